@@ -1,0 +1,205 @@
+//! Catalog work over an ordinary (non-replication) connection: which tables a selection means, the
+//! publication that covers them, the slot's state, and each table's primary key.
+
+use std::collections::BTreeSet;
+
+use tokio_postgres::{Client, NoTls};
+
+use super::replication::quote_ident;
+use crate::config::TablePattern;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("{context}: {}", describe_pg_error(.source))]
+    Query { context: String, source: tokio_postgres::Error },
+    #[error("table {0} does not exist (or the user cannot see it); check `source.tables`")]
+    NoSuchTable(String),
+    #[error(
+        "publication `{publication}` is FOR ALL TABLES; that works, but sluice cannot manage it: drop it or name another"
+    )]
+    AllTablesPublication { publication: String },
+}
+
+/// The server's own words, with its detail and hint, instead of tokio-postgres' generic "db error".
+pub fn describe_pg_error(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => {
+            let mut text = db.message().to_owned();
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!(" ({detail})"));
+            }
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!("; hint: {hint}"));
+            }
+            text
+        }
+        None => err.to_string(),
+    }
+}
+
+fn query_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> CatalogError {
+    let context = context.into();
+    move |source| CatalogError::Query { context, source }
+}
+
+/// Opens an ordinary connection; its driver task ends when the client is dropped.
+pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, CatalogError> {
+    let (client, connection) = config.connect(NoTls).await.map_err(CatalogError::Connect)?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "catalog connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// A table by schema and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableName {
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+impl std::fmt::Display for TableName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// The ordinary and partitioned tables a selection names. An exact name that matches nothing is an error;
+/// a wildcard that matches nothing is allowed (the tables may come later).
+pub async fn resolve_tables(client: &Client, patterns: &[TablePattern]) -> Result<Vec<TableName>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(query_error("cannot list tables"))?;
+    let all: Vec<TableName> = rows.iter().map(|r| TableName { schema: r.get(0), name: r.get(1) }).collect();
+    let mut chosen = BTreeSet::new();
+    for pattern in patterns {
+        let mut matched = false;
+        for table in all.iter().filter(|t| pattern.matches(&t.schema, &t.name)) {
+            chosen.insert(table.clone());
+            matched = true;
+        }
+        if !matched && pattern.is_exact() {
+            return Err(CatalogError::NoSuchTable(pattern.to_string()));
+        }
+        if !matched {
+            tracing::warn!(pattern = %pattern, "table pattern matches no table yet");
+        }
+    }
+    Ok(chosen.into_iter().collect())
+}
+
+/// What `ensure_publication` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PublicationChange {
+    pub created: bool,
+    pub added: Vec<TableName>,
+}
+
+/// Makes the publication exist and cover `tables`. Tables it covers beyond those are left alone (their
+/// events are skipped by the reader), so a publication shared with other consumers is not narrowed.
+pub async fn ensure_publication(
+    client: &Client,
+    publication: &str,
+    tables: &[TableName],
+) -> Result<PublicationChange, CatalogError> {
+    let existing = client
+        .query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&publication])
+        .await
+        .map_err(query_error(format!("cannot read publication `{publication}`")))?;
+    let list = |tables: &[TableName]| tables.iter().map(TableName::quoted).collect::<Vec<_>>().join(", ");
+    match existing {
+        None => {
+            let sql = if tables.is_empty() {
+                format!("CREATE PUBLICATION {}", quote_ident(publication))
+            } else {
+                format!("CREATE PUBLICATION {} FOR TABLE {}", quote_ident(publication), list(tables))
+            };
+            client.batch_execute(&sql).await.map_err(query_error(format!(
+                "cannot create publication `{publication}` (the user must own the tables, or create the publication \
+                 beforehand as a user who does)"
+            )))?;
+            Ok(PublicationChange { created: true, added: tables.to_vec() })
+        }
+        Some(row) if row.get::<_, bool>(0) => Ok(PublicationChange::default()),
+        Some(_) => {
+            let covered = published_tables(client, publication).await?;
+            let missing: Vec<TableName> = tables.iter().filter(|t| !covered.contains(t)).cloned().collect();
+            if !missing.is_empty() {
+                let sql = format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(publication), list(&missing));
+                client.batch_execute(&sql).await.map_err(query_error(format!(
+                    "cannot add {} to publication `{publication}` (the user must own the publication and the tables)",
+                    list(&missing)
+                )))?;
+            }
+            Ok(PublicationChange { created: false, added: missing })
+        }
+    }
+}
+
+pub async fn published_tables(client: &Client, publication: &str) -> Result<BTreeSet<TableName>, CatalogError> {
+    let rows = client
+        .query("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1", &[&publication])
+        .await
+        .map_err(query_error(format!("cannot list the tables of publication `{publication}`")))?;
+    Ok(rows.iter().map(|r| TableName { schema: r.get(0), name: r.get(1) }).collect())
+}
+
+/// A replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    pub plugin: Option<String>,
+    pub slot_type: String,
+    pub database: Option<String>,
+    pub active: bool,
+    pub confirmed_flush_lsn: Option<String>,
+}
+
+pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, CatalogError> {
+    let row = client
+        .query_opt(
+            "SELECT plugin, slot_type, database, active, confirmed_flush_lsn::text FROM pg_replication_slots \
+             WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(query_error(format!("cannot read replication slot `{slot}`")))?;
+    Ok(row.map(|r| SlotInfo {
+        plugin: r.get(0),
+        slot_type: r.get(1),
+        database: r.get(2),
+        active: r.get(3),
+        confirmed_flush_lsn: r.get(4),
+    }))
+}
+
+/// Primary-key column names of a table, in key order; empty when the table has none.
+pub async fn primary_key(client: &Client, relation_id: u32) -> Result<Vec<String>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT a.attname FROM pg_index i \
+             JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
+            &[&relation_id],
+        )
+        .await
+        .map_err(query_error(format!("cannot read the primary key of relation {relation_id}")))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}

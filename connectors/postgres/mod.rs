@@ -1,0 +1,11 @@
+//! PostgreSQL logical decoding with the built-in `pgoutput` plugin.
+//!
+//! `pgoutput` decodes the plugin's messages (pure, no I/O); `types` maps column types and text values onto
+//! the event model; `replication` speaks the streaming-replication protocol; `catalog` manages the slot, the
+//! publication and table metadata over an ordinary connection; `reader` turns the stream into events.
+
+pub mod catalog;
+pub mod pgoutput;
+pub mod reader;
+pub mod replication;
+pub mod types;

@@ -1,0 +1,431 @@
+//! The PostgreSQL source: prepares the publication and the slot, then turns the slot's pgoutput stream into
+//! [`SourceEvent`]s, answering the server with the position the pipeline has acknowledged.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::Client;
+
+use super::catalog::{self, CatalogError, TableName};
+use super::pgoutput::{self, Message, OldTuple, Relation, TupleData, TupleValue};
+use super::replication::{Frame, ReplicationConnection, ReplicationError};
+use super::types;
+use crate::config::TablePattern;
+use crate::event::{ChangeEvent, Column, Lsn, Op, Position, Row, SourceEvent, SourceInfo, Table, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    #[error("cannot decode the replication stream: {0}")]
+    Decode(#[from] pgoutput::DecodeError),
+    #[error(
+        "replication slot `{slot}` is gone but sluice had delivered up to {position}: changes since then may be lost. \
+         Recreate the pipeline deliberately: remove the position file {position_file} (sluice then creates a new slot)"
+    )]
+    SlotLost { slot: String, position: Lsn, position_file: String },
+    #[error("replication slot `{slot}` uses the `{plugin}` plugin; sluice needs a `pgoutput` slot: drop it or name another")]
+    WrongPlugin { slot: String, plugin: String },
+    #[error("replication slot `{slot}` belongs to database `{other}`, not `{database}`")]
+    OtherDatabase { slot: String, other: String, database: String },
+    #[error("replication slot `{slot}` is physical; sluice needs a logical slot")]
+    PhysicalSlot { slot: String },
+    #[error("replication stream out of order: {0}")]
+    Protocol(String),
+}
+
+/// What the reader needs to know.
+#[derive(Clone, Debug)]
+pub struct PostgresSettings {
+    pub connection: tokio_postgres::Config,
+    pub database: String,
+    pub slot: String,
+    pub publication: String,
+    pub tables: Vec<TablePattern>,
+    pub status_interval: Duration,
+}
+
+/// A prepared source: publication and slot in place.
+pub struct PostgresSource {
+    settings: PostgresSettings,
+    catalog: Client,
+    selected: BTreeSet<TableName>,
+}
+
+/// How the pipeline and the reader talk besides the event channel.
+pub struct StreamControl {
+    pub events: mpsc::Sender<SourceEvent>,
+    /// The newest LSN every event before which is on the broker (and in the position file).
+    pub acknowledged: watch::Receiver<Lsn>,
+    /// Becomes true when sluice should stop; the reader finishes the open transaction first.
+    pub stop: watch::Receiver<bool>,
+}
+
+impl PostgresSource {
+    /// Resolves the tables, makes the publication cover them and the slot exist. `stored` is the position
+    /// sluice delivered up to in an earlier run, if any.
+    pub async fn prepare(
+        settings: PostgresSettings,
+        stored: Option<Lsn>,
+        position_file: &str,
+    ) -> Result<PostgresSource, SourceError> {
+        let catalog = catalog::connect(&settings.connection).await?;
+        let selected = catalog::resolve_tables(&catalog, &settings.tables).await?;
+        let tables: Vec<TableName> = selected.iter().cloned().collect();
+        // The publication must exist before the slot: pgoutput reads it through the slot's historic snapshot.
+        let change = catalog::ensure_publication(&catalog, &settings.publication, &tables).await?;
+        if change.created {
+            tracing::info!(publication = %settings.publication, tables = tables.len(), "created publication");
+        } else if !change.added.is_empty() {
+            let added: Vec<String> = change.added.iter().map(ToString::to_string).collect();
+            tracing::info!(publication = %settings.publication, added = ?added, "added tables to publication");
+        }
+        match catalog::slot_info(&catalog, &settings.slot).await? {
+            Some(slot) => check_slot(&settings, &slot)?,
+            None => {
+                if let Some(position) = stored {
+                    return Err(SourceError::SlotLost {
+                        slot: settings.slot.clone(),
+                        position,
+                        position_file: position_file.to_owned(),
+                    });
+                }
+                let mut conn = ReplicationConnection::connect(&settings.connection).await?;
+                let consistent_point = conn.create_slot(&settings.slot).await?;
+                conn.close().await?;
+                tracing::info!(slot = %settings.slot, %consistent_point, "created replication slot");
+            }
+        }
+        Ok(PostgresSource { settings, catalog, selected: selected.into_iter().collect() })
+    }
+
+    pub fn tables(&self) -> impl Iterator<Item = &TableName> {
+        self.selected.iter()
+    }
+
+    /// Streams changes from `resume` (the server starts at the later of it and the slot's confirmed
+    /// position) until told to stop, then reports the final acknowledged position to the server.
+    pub async fn stream(self, resume: Lsn, control: StreamControl) -> Result<(), SourceError> {
+        let StreamControl { events, mut acknowledged, mut stop } = control;
+        let mut conn = ReplicationConnection::connect(&self.settings.connection).await?;
+        conn.start_replication(&self.settings.slot, resume, &self.settings.publication).await?;
+        tracing::info!(slot = %self.settings.slot, from = %resume, "streaming");
+
+        let mut decoder = StreamDecoder::new(self.settings.database.clone(), resume);
+        let mut acked = resume;
+        let mut status = tokio::time::interval(self.settings.status_interval);
+        status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stopping = *stop.borrow();
+        let mut produced = Vec::new();
+
+        while !(stopping && !decoder.in_transaction()) {
+            let frame = tokio::select! {
+                frame = conn.next_frame() => frame?,
+                _ = status.tick() => {
+                    acked = acked.max(*acknowledged.borrow_and_update());
+                    conn.send_status(acked, false).await?;
+                    continue;
+                }
+                _ = stop.changed(), if !stopping => {
+                    stopping = true;
+                    tracing::info!("stopping: finishing the open transaction");
+                    continue;
+                }
+            };
+            match frame {
+                Frame::XLogData { wal_start, data, .. } => {
+                    let message = pgoutput::decode(&data)?;
+                    decoder.apply(message, wal_start, &self, &mut produced).await?;
+                }
+                Frame::Keepalive { wal_end, reply_requested } => {
+                    decoder.idle(wal_end, &mut produced);
+                    if reply_requested {
+                        acked = acked.max(*acknowledged.borrow_and_update());
+                        conn.send_status(acked, false).await?;
+                    }
+                }
+                Frame::CopyDone => return Err(SourceError::Protocol("the server ended the replication stream".into())),
+            }
+            for event in produced.drain(..) {
+                // Keep answering the server while the pipeline is full, so it does not time the connection out.
+                let permit = loop {
+                    tokio::select! {
+                        permit = events.reserve() => break permit,
+                        _ = status.tick() => {
+                            acked = acked.max(*acknowledged.borrow_and_update());
+                            conn.send_status(acked, false).await?;
+                        }
+                    }
+                };
+                match permit {
+                    Ok(permit) => permit.send(event),
+                    // The pipeline stopped (it failed, and says why): end quietly.
+                    Err(_) => return Ok(()),
+                }
+            }
+        }
+
+        // Let the pipeline drain, then tell the server the final acknowledged position.
+        drop(events);
+        loop {
+            tokio::select! {
+                changed = acknowledged.changed() => {
+                    acked = acked.max(*acknowledged.borrow_and_update());
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                _ = status.tick() => conn.send_status(acked, false).await?,
+            }
+        }
+        conn.send_status(acked, false).await?;
+        conn.close().await?;
+        tracing::info!(slot = %self.settings.slot, acknowledged = %acked, "replication stream closed");
+        Ok(())
+    }
+
+    /// The table model for a Relation message; None when the table is not selected.
+    async fn table_for(&self, relation: &Relation) -> Result<Option<Table>, SourceError> {
+        let name = TableName { schema: relation.namespace.clone(), name: relation.name.clone() };
+        let selected = self.selected.contains(&name)
+            || self.settings.tables.iter().any(|p| p.matches(&name.schema, &name.name));
+        if !selected {
+            return Ok(None);
+        }
+        let primary_key = catalog::primary_key(&self.catalog, relation.id).await?;
+        Ok(Some(table_from_relation(relation, &primary_key)))
+    }
+}
+
+fn check_slot(settings: &PostgresSettings, slot: &catalog::SlotInfo) -> Result<(), SourceError> {
+    if slot.slot_type != "logical" {
+        return Err(SourceError::PhysicalSlot { slot: settings.slot.clone() });
+    }
+    let plugin = slot.plugin.clone().unwrap_or_default();
+    if plugin != "pgoutput" {
+        return Err(SourceError::WrongPlugin { slot: settings.slot.clone(), plugin });
+    }
+    let database = slot.database.clone().unwrap_or_default();
+    if database != settings.database {
+        return Err(SourceError::OtherDatabase {
+            slot: settings.slot.clone(),
+            other: database,
+            database: settings.database.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The message key: the primary key; without one, a replica identity index; otherwise no key.
+pub fn table_from_relation(relation: &Relation, primary_key: &[String]) -> Table {
+    let index_identity = relation.replica_identity == b'i';
+    let columns = relation
+        .columns
+        .iter()
+        .map(|c| Column {
+            name: c.name.clone(),
+            column_type: types::column_type(c.type_oid, c.type_modifier),
+            key: if primary_key.is_empty() { index_identity && c.key } else { primary_key.contains(&c.name) },
+            source_type: types::type_name(c.type_oid).to_string(),
+        })
+        .collect();
+    Table { id: relation.id, schema: relation.namespace.clone(), name: relation.name.clone(), columns }
+}
+
+struct OpenTransaction {
+    xid: u32,
+    commit_lsn: Lsn,
+    commit_time_us: i64,
+}
+
+/// Protocol state between messages: known relations and the open transaction.
+struct StreamDecoder {
+    database: String,
+    relations: HashMap<u32, Option<Arc<Table>>>,
+    transaction: Option<OpenTransaction>,
+    /// The last position handed on (a commit's end, or an idle point).
+    last_position: Lsn,
+}
+
+impl StreamDecoder {
+    fn new(database: String, resume: Lsn) -> StreamDecoder {
+        StreamDecoder { database, relations: HashMap::new(), transaction: None, last_position: resume }
+    }
+
+    fn in_transaction(&self) -> bool {
+        self.transaction.is_some()
+    }
+
+    /// A keepalive outside a transaction: everything the server had to send up to `wal_end` was sent.
+    fn idle(&mut self, wal_end: Lsn, out: &mut Vec<SourceEvent>) {
+        if self.transaction.is_none() && wal_end > self.last_position {
+            self.last_position = wal_end;
+            out.push(SourceEvent::Idle { position: Position::Postgres { lsn: wal_end } });
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        message: Message,
+        lsn: Lsn,
+        source: &PostgresSource,
+        out: &mut Vec<SourceEvent>,
+    ) -> Result<(), SourceError> {
+        match message {
+            Message::Begin(begin) => {
+                if self.transaction.is_some() {
+                    return Err(SourceError::Protocol("Begin inside an open transaction".into()));
+                }
+                self.transaction = Some(OpenTransaction {
+                    xid: begin.xid,
+                    commit_lsn: begin.final_lsn,
+                    commit_time_us: begin.commit_time_us,
+                });
+            }
+            Message::Commit(commit) => {
+                if self.transaction.take().is_none() {
+                    return Err(SourceError::Protocol("Commit without Begin".into()));
+                }
+                self.last_position = self.last_position.max(commit.end_lsn);
+                out.push(SourceEvent::Commit { position: Position::Postgres { lsn: commit.end_lsn } });
+            }
+            Message::Relation(relation) => {
+                let table = source.table_for(&relation).await?.map(Arc::new);
+                if let Some(table) = &table {
+                    tracing::debug!(table = %table.qualified_name(), columns = table.columns.len(), "relation");
+                }
+                self.relations.insert(relation.id, table);
+            }
+            Message::Insert(insert) => {
+                if let Some(table) = self.table(insert.relation_id)? {
+                    let after = decode_row(&table, &insert.new)?;
+                    out.push(self.change(table, Op::Create, None, Some(after), lsn)?);
+                }
+            }
+            Message::Update(update) => {
+                if let Some(table) = self.table(update.relation_id)? {
+                    self.update(table, update.old.as_ref(), &update.new, lsn, out)?;
+                }
+            }
+            Message::Delete(delete) => {
+                if let Some(table) = self.table(delete.relation_id)? {
+                    let before = match &delete.old {
+                        OldTuple::Key(tuple) | OldTuple::Full(tuple) => decode_row(&table, tuple)?,
+                    };
+                    out.push(self.change(table, Op::Delete, Some(before), None, lsn)?);
+                }
+            }
+            Message::Truncate(truncate) => {
+                for relation_id in &truncate.relation_ids {
+                    if let Some(table) = self.table(*relation_id)? {
+                        out.push(self.change(table, Op::Truncate, None, None, lsn)?);
+                    }
+                }
+            }
+            Message::Origin(_) | Message::Type(_) | Message::LogicalMessage(_) => {}
+        }
+        Ok(())
+    }
+
+    /// An update; one that changes the key becomes a delete of the old key and a create of the new one, so
+    /// that the old key's last event (and its tombstone) says it is gone — what Debezium does.
+    fn update(
+        &self,
+        table: Arc<Table>,
+        old: Option<&OldTuple>,
+        new: &TupleData,
+        lsn: Lsn,
+        out: &mut Vec<SourceEvent>,
+    ) -> Result<(), SourceError> {
+        let mut after = decode_row(&table, new)?;
+        let before = match old {
+            Some(OldTuple::Full(tuple)) => {
+                let before = decode_row(&table, tuple)?;
+                restore_unchanged_toast(&mut after, &before);
+                Some(before)
+            }
+            Some(OldTuple::Key(tuple)) => Some(decode_row(&table, tuple)?),
+            None => None,
+        };
+        let key_changed = before.as_ref().is_some_and(|b| {
+            let mut keys = table.key_columns().map(|(i, _)| i).peekable();
+            keys.peek().is_some() && keys.any(|i| b[i] != after[i])
+        });
+        if key_changed {
+            out.push(self.change(table.clone(), Op::Delete, before, None, lsn)?);
+            out.push(self.change(table, Op::Create, None, Some(after), lsn)?);
+        } else {
+            out.push(self.change(table, Op::Update, before, Some(after), lsn)?);
+        }
+        Ok(())
+    }
+
+    fn table(&self, relation_id: u32) -> Result<Option<Arc<Table>>, SourceError> {
+        match self.relations.get(&relation_id) {
+            Some(table) => Ok(table.clone()),
+            None => Err(SourceError::Protocol(format!("change for relation {relation_id} before its Relation message"))),
+        }
+    }
+
+    fn change(
+        &self,
+        table: Arc<Table>,
+        op: Op,
+        before: Option<Row>,
+        after: Option<Row>,
+        lsn: Lsn,
+    ) -> Result<SourceEvent, SourceError> {
+        let tx = self
+            .transaction
+            .as_ref()
+            .ok_or_else(|| SourceError::Protocol("row change outside a transaction".into()))?;
+        let source = SourceInfo {
+            database: self.database.clone(),
+            txid: u64::from(tx.xid),
+            lsn,
+            commit_lsn: tx.commit_lsn,
+            commit_time_us: tx.commit_time_us,
+            snapshot: false,
+        };
+        Ok(SourceEvent::Change(ChangeEvent { table, op, before, after, source }))
+    }
+}
+
+/// Text values to typed values. A value that does not parse is kept as `OutOfRange` with the reason, so the
+/// event reaches the dead-letter topic instead of stopping the stream.
+fn decode_row(table: &Table, tuple: &TupleData) -> Result<Row, SourceError> {
+    if tuple.0.len() != table.columns.len() {
+        return Err(SourceError::Protocol(format!(
+            "{} has {} columns but a row arrived with {}",
+            table.qualified_name(),
+            table.columns.len(),
+            tuple.0.len()
+        )));
+    }
+    let row = table
+        .columns
+        .iter()
+        .zip(&tuple.0)
+        .map(|(column, value)| match value {
+            TupleValue::Null => Value::Null,
+            TupleValue::UnchangedToast => Value::UnchangedToast,
+            TupleValue::Text(text) => types::parse_text(&column.column_type, text)
+                .unwrap_or_else(|err| Value::OutOfRange(err.to_string())),
+            TupleValue::Binary(_) => Value::OutOfRange("unexpected binary-format value".into()),
+        })
+        .collect();
+    Ok(row)
+}
+
+/// With REPLICA IDENTITY FULL the old row carries the values an update left untouched in TOAST storage.
+fn restore_unchanged_toast(after: &mut Row, before: &Row) {
+    for (value, old) in after.iter_mut().zip(before) {
+        if *value == Value::UnchangedToast && *old != Value::UnchangedToast {
+            *value = old.clone();
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! A streaming-replication connection: startup and authentication, the few replication commands sluice
+//! needs, and the CopyBoth stream of WAL data and keepalives.
+//!
+//! tokio-postgres cannot open replication connections, so this speaks the protocol itself, reusing
+//! `postgres-protocol` (rust-postgres' message codec and SCRAM) for the framing and the crypto. Owning the
+//! socket lets the reader decide when to read (backpressure) while it keeps sending status updates.
+
+use std::io;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::{backend, frontend};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_postgres::config::Host;
+
+use crate::event::Lsn;
+
+/// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
+const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    #[error("cannot connect to PostgreSQL at {address}: {source}")]
+    Connect { address: String, source: io::Error },
+    #[error("PostgreSQL asked for {0} authentication, which sluice does not support (use scram-sha-256, md5 or password)")]
+    UnsupportedAuth(String),
+    #[error("PostgreSQL asked for a password but the source URL has none")]
+    PasswordMissing,
+    #[error("{0}")]
+    Server(#[from] ServerError),
+    #[error("replication protocol error: {0}")]
+    Protocol(String),
+    #[error("connection to PostgreSQL failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("PostgreSQL closed the replication connection")]
+    Closed,
+}
+
+impl ReplicationError {
+    /// The server's SQLSTATE, when the server reported the error.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            ReplicationError::Server(err) => Some(&err.code),
+            _ => None,
+        }
+    }
+}
+
+/// An ErrorResponse from the server.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("PostgreSQL error {code}: {message}{}{}", detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default(), hint.as_deref().map(|h| format!("; hint: {h}")).unwrap_or_default())]
+pub struct ServerError {
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl ServerError {
+    fn from_body(body: &backend::ErrorResponseBody) -> ServerError {
+        let mut error = ServerError { code: String::new(), message: String::new(), detail: None, hint: None };
+        let mut fields = body.fields();
+        while let Ok(Some(field)) = fields.next() {
+            let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
+            match field.type_() {
+                b'C' => error.code = value,
+                b'M' => error.message = value,
+                b'D' => error.detail = Some(value),
+                b'H' => error.hint = Some(value),
+                _ => {}
+            }
+        }
+        error
+    }
+}
+
+/// What the server sends once streaming.
+#[derive(Debug)]
+pub enum Frame {
+    /// A chunk of decoded WAL: one pgoutput message.
+    XLogData { wal_start: Lsn, wal_end: Lsn, data: Bytes },
+    /// The server's position; `reply_requested` means it wants a status update now.
+    Keepalive { wal_end: Lsn, reply_requested: bool },
+    /// The server ended the stream.
+    CopyDone,
+}
+
+/// `IDENTIFY_SYSTEM`'s answer.
+#[derive(Debug, Clone)]
+pub struct SystemIdentity {
+    pub system_id: String,
+    pub timeline: u32,
+    pub wal_position: Lsn,
+    pub database: Option<String>,
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+pub struct ReplicationConnection {
+    stream: Box<dyn Stream>,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+}
+
+impl ReplicationConnection {
+    /// Opens a `replication=database` connection with the session settings the text decoders rely on.
+    pub async fn connect(config: &tokio_postgres::Config) -> Result<ReplicationConnection, ReplicationError> {
+        let stream = open_stream(config).await?;
+        let mut conn = ReplicationConnection {
+            stream,
+            read_buf: BytesMut::with_capacity(64 * 1024),
+            write_buf: BytesMut::with_capacity(256),
+        };
+        conn.startup(config).await?;
+        Ok(conn)
+    }
+
+    async fn startup(&mut self, config: &tokio_postgres::Config) -> Result<(), ReplicationError> {
+        let user = config.get_user().unwrap_or("postgres");
+        let database = config.get_dbname().unwrap_or(user);
+        let application = config.get_application_name().unwrap_or("sluice");
+        // Fixed output formats: the value decoders parse ISO dates in UTC, round-trip floats, hex bytea.
+        let params = [
+            ("user", user),
+            ("database", database),
+            ("replication", "database"),
+            ("application_name", application),
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO, MDY"),
+            ("TimeZone", "UTC"),
+            ("extra_float_digits", "3"),
+            ("bytea_output", "hex"),
+            ("IntervalStyle", "iso_8601"),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut self.write_buf)?;
+        self.flush().await?;
+        self.authenticate(user, config.get_password()).await?;
+        loop {
+            match self.next_message().await? {
+                backend::Message::ReadyForQuery(_) => return Ok(()),
+                backend::Message::ErrorResponse(body) => return Err(ServerError::from_body(&body).into()),
+                _ => {}
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, user: &str, password: Option<&[u8]>) -> Result<(), ReplicationError> {
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            match self.next_message().await? {
+                backend::Message::AuthenticationOk => return Ok(()),
+                backend::Message::AuthenticationCleartextPassword => {
+                    let password = password.ok_or(ReplicationError::PasswordMissing)?;
+                    frontend::password_message(password, &mut self.write_buf)?;
+                }
+                backend::Message::AuthenticationMd5Password(body) => {
+                    let password = password.ok_or(ReplicationError::PasswordMissing)?;
+                    let hash = postgres_protocol::authentication::md5_hash(user.as_bytes(), password, body.salt());
+                    frontend::password_message(hash.as_bytes(), &mut self.write_buf)?;
+                }
+                backend::Message::AuthenticationSasl(body) => {
+                    let password = password.ok_or(ReplicationError::PasswordMissing)?;
+                    let mechanisms: Vec<String> = body.mechanisms().map(|m| Ok(m.to_owned())).collect()?;
+                    if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
+                        return Err(ReplicationError::UnsupportedAuth(mechanisms.join(", ")));
+                    }
+                    // Channel binding needs TLS; without it the server accepts plain SCRAM-SHA-256.
+                    let state = ScramSha256::new(password, ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, state.message(), &mut self.write_buf)?;
+                    scram = Some(state);
+                }
+                backend::Message::AuthenticationSaslContinue(body) => {
+                    let state = scram.as_mut().ok_or_else(|| protocol("SASL continue before SASL start"))?;
+                    state.update(body.data())?;
+                    frontend::sasl_response(state.message(), &mut self.write_buf)?;
+                }
+                backend::Message::AuthenticationSaslFinal(body) => {
+                    let state = scram.as_mut().ok_or_else(|| protocol("SASL final before SASL start"))?;
+                    state.finish(body.data())?;
+                    continue;
+                }
+                backend::Message::ErrorResponse(body) => return Err(ServerError::from_body(&body).into()),
+                backend::Message::AuthenticationGss | backend::Message::AuthenticationSspi => {
+                    return Err(ReplicationError::UnsupportedAuth("GSSAPI/SSPI".into()))
+                }
+                backend::Message::AuthenticationKerberosV5 => {
+                    return Err(ReplicationError::UnsupportedAuth("Kerberos V5".into()))
+                }
+                _ => return Err(protocol("unexpected message during authentication")),
+            }
+            self.flush().await?;
+        }
+    }
+
+    /// Runs one simple-protocol command and returns its rows as text.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, ReplicationError> {
+        frontend::query(sql, &mut self.write_buf)?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut failure = None;
+        loop {
+            match self.next_message().await? {
+                backend::Message::DataRow(body) => {
+                    let buffer = body.buffer();
+                    let row = body
+                        .ranges()
+                        .map(|range| Ok(range.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned())))
+                        .collect()?;
+                    rows.push(row);
+                }
+                backend::Message::ErrorResponse(body) => failure = Some(ServerError::from_body(&body)),
+                backend::Message::ReadyForQuery(_) => break,
+                _ => {}
+            }
+        }
+        match failure {
+            Some(err) => Err(err.into()),
+            None => Ok(rows),
+        }
+    }
+
+    pub async fn identify_system(&mut self) -> Result<SystemIdentity, ReplicationError> {
+        let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
+        let row = rows.first().ok_or_else(|| protocol("IDENTIFY_SYSTEM returned no row"))?;
+        let text = |i: usize| row.get(i).cloned().flatten();
+        let wal_position = text(2).ok_or_else(|| protocol("IDENTIFY_SYSTEM without xlogpos"))?;
+        Ok(SystemIdentity {
+            system_id: text(0).unwrap_or_default(),
+            timeline: text(1).and_then(|t| t.parse().ok()).unwrap_or(0),
+            wal_position: wal_position.parse().map_err(protocol)?,
+            database: text(3),
+        })
+    }
+
+    /// Creates a logical slot for pgoutput and returns its consistent point: changes committed after it
+    /// are streamed.
+    pub async fn create_slot(&mut self, slot: &str) -> Result<Lsn, ReplicationError> {
+        let sql = format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT", quote_ident(slot));
+        let rows = self.simple_query(&sql).await?;
+        let consistent_point = rows.first().and_then(|r| r.get(1).cloned().flatten());
+        consistent_point.ok_or_else(|| protocol("CREATE_REPLICATION_SLOT returned no consistent point"))?.parse().map_err(protocol)
+    }
+
+    /// Enters streaming. The server resumes at the later of `start` and the slot's confirmed position.
+    pub async fn start_replication(&mut self, slot: &str, start: Lsn, publication: &str) -> Result<(), ReplicationError> {
+        let sql = format!(
+            "START_REPLICATION SLOT {} LOGICAL {} (\"proto_version\" '1', \"publication_names\" {})",
+            quote_ident(slot),
+            start,
+            quote_literal(&quote_ident(publication)),
+        );
+        frontend::query(&sql, &mut self.write_buf)?;
+        self.flush().await?;
+        loop {
+            if self.take_copy_both_response().await? {
+                return Ok(());
+            }
+            match self.next_message().await? {
+                backend::Message::ErrorResponse(body) => {
+                    let err = ServerError::from_body(&body);
+                    // Drain to ReadyForQuery so the connection stays usable for the caller's next step.
+                    while !matches!(self.next_message().await?, backend::Message::ReadyForQuery(_)) {}
+                    return Err(err.into());
+                }
+                backend::Message::NoticeResponse(_) | backend::Message::ParameterStatus(_) => {}
+                _ => return Err(protocol("unexpected answer to START_REPLICATION")),
+            }
+        }
+    }
+
+    /// The next frame of the replication stream. Cancel-safe: bytes read before a cancellation stay buffered.
+    pub async fn next_frame(&mut self) -> Result<Frame, ReplicationError> {
+        loop {
+            match self.next_message().await? {
+                backend::Message::CopyData(body) => return parse_copy_data(body.into_bytes()),
+                backend::Message::CopyDone => return Ok(Frame::CopyDone),
+                backend::Message::ErrorResponse(body) => return Err(ServerError::from_body(&body).into()),
+                backend::Message::NoticeResponse(_) | backend::Message::ParameterStatus(_) => {}
+                _ => return Err(protocol("unexpected message in the replication stream")),
+            }
+        }
+    }
+
+    /// Standby status update: `flushed` is what the server may forget (confirmed_flush_lsn of the slot).
+    pub async fn send_status(&mut self, flushed: Lsn, reply_requested: bool) -> Result<(), ReplicationError> {
+        let payload = standby_status_update(flushed, now_pg_micros(), reply_requested);
+        self.write_buf.put_u8(b'd');
+        self.write_buf.put_i32(4 + payload.len() as i32);
+        self.write_buf.put_slice(&payload);
+        self.flush().await
+    }
+
+    /// Ends streaming politely: CopyDone, then Terminate.
+    pub async fn close(mut self) -> Result<(), ReplicationError> {
+        frontend::copy_done(&mut self.write_buf);
+        frontend::terminate(&mut self.write_buf);
+        self.flush().await?;
+        let _ = self.stream.shutdown().await;
+        Ok(())
+    }
+
+    /// postgres-protocol has no CopyBothResponse ('W'), the answer that starts streaming: recognise it here.
+    /// Returns false, consuming nothing, when the next message is something else.
+    async fn take_copy_both_response(&mut self) -> Result<bool, ReplicationError> {
+        loop {
+            if self.read_buf.len() >= 5 {
+                if self.read_buf[0] != b'W' {
+                    return Ok(false);
+                }
+                let len = u32::from_be_bytes([self.read_buf[1], self.read_buf[2], self.read_buf[3], self.read_buf[4]]);
+                let total = len as usize + 1;
+                if self.read_buf.len() >= total {
+                    self.read_buf.advance(total);
+                    return Ok(true);
+                }
+            }
+            if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+                return Err(ReplicationError::Closed);
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), ReplicationError> {
+        self.stream.write_all(&self.write_buf).await?;
+        self.write_buf.clear();
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    async fn next_message(&mut self) -> Result<backend::Message, ReplicationError> {
+        loop {
+            if let Some(message) = backend::Message::parse(&mut self.read_buf)? {
+                return Ok(message);
+            }
+            // Grow for large messages (a wide row) instead of reading in tiny steps.
+            if let Ok(Some(header)) = backend::Header::parse(&self.read_buf) {
+                let wanted = header.len() as usize + 1;
+                if wanted > self.read_buf.capacity() {
+                    self.read_buf.reserve(wanted - self.read_buf.len());
+                }
+            }
+            if self.read_buf.capacity() - self.read_buf.len() < 8 * 1024 {
+                self.read_buf.reserve(64 * 1024);
+            }
+            if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+                return Err(ReplicationError::Closed);
+            }
+        }
+    }
+}
+
+async fn open_stream(config: &tokio_postgres::Config) -> Result<Box<dyn Stream>, ReplicationError> {
+    let hosts = config.get_hosts();
+    let ports = config.get_ports();
+    let mut last_error = None;
+    for (i, host) in hosts.iter().enumerate() {
+        let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        match host {
+            Host::Tcp(name) => {
+                let address = format!("{name}:{port}");
+                match tokio::net::TcpStream::connect(&address).await {
+                    Ok(stream) => {
+                        stream.set_nodelay(true)?;
+                        return Ok(Box::new(stream));
+                    }
+                    Err(source) => last_error = Some(ReplicationError::Connect { address, source }),
+                }
+            }
+            Host::Unix(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                match tokio::net::UnixStream::connect(&path).await {
+                    Ok(stream) => return Ok(Box::new(stream)),
+                    Err(source) => {
+                        last_error = Some(ReplicationError::Connect { address: path.display().to_string(), source })
+                    }
+                }
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| protocol("the source URL names no host")))
+}
+
+fn parse_copy_data(mut data: Bytes) -> Result<Frame, ReplicationError> {
+    if data.is_empty() {
+        return Err(protocol("empty CopyData message"));
+    }
+    match data.get_u8() {
+        b'w' if data.len() >= 24 => {
+            let wal_start = Lsn(data.get_u64());
+            let wal_end = Lsn(data.get_u64());
+            let _send_time = data.get_i64();
+            Ok(Frame::XLogData { wal_start, wal_end, data })
+        }
+        b'k' if data.len() >= 17 => {
+            let wal_end = Lsn(data.get_u64());
+            let _send_time = data.get_i64();
+            Ok(Frame::Keepalive { wal_end, reply_requested: data.get_u8() == 1 })
+        }
+        b'w' | b'k' => Err(protocol("truncated XLogData or keepalive message")),
+        other => Err(protocol(format!("unknown replication message type {:?}", other as char))),
+    }
+}
+
+/// The payload of a standby status update ('r'): written, flushed and applied positions, the client's clock.
+fn standby_status_update(flushed: Lsn, clock_pg_micros: i64, reply_requested: bool) -> [u8; 34] {
+    let mut out = [0u8; 34];
+    out[0] = b'r';
+    // Written = flushed = applied: sluice reports only what the broker acknowledged.
+    out[1..9].copy_from_slice(&flushed.0.to_be_bytes());
+    out[9..17].copy_from_slice(&flushed.0.to_be_bytes());
+    out[17..25].copy_from_slice(&flushed.0.to_be_bytes());
+    out[25..33].copy_from_slice(&clock_pg_micros.to_be_bytes());
+    out[33] = u8::from(reply_requested);
+    out
+}
+
+fn now_pg_micros() -> i64 {
+    let since_unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    since_unix.as_micros() as i64 - PG_EPOCH_OFFSET_US
+}
+
+fn protocol(message: impl Into<String>) -> ReplicationError {
+    ReplicationError::Protocol(message.into())
+}
+
+/// Double-quotes an identifier for SQL and replication commands.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Single-quotes a string literal.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_and_xlogdata_parse() {
+        let mut keepalive = vec![b'k'];
+        keepalive.extend_from_slice(&0x1_0000_0020u64.to_be_bytes());
+        keepalive.extend_from_slice(&7i64.to_be_bytes());
+        keepalive.push(1);
+        match parse_copy_data(Bytes::from(keepalive)).unwrap() {
+            Frame::Keepalive { wal_end, reply_requested } => {
+                assert_eq!(wal_end, Lsn(0x1_0000_0020));
+                assert!(reply_requested);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut xlog = vec![b'w'];
+        xlog.extend_from_slice(&10u64.to_be_bytes());
+        xlog.extend_from_slice(&20u64.to_be_bytes());
+        xlog.extend_from_slice(&0i64.to_be_bytes());
+        xlog.extend_from_slice(b"B...");
+        match parse_copy_data(Bytes::from(xlog)).unwrap() {
+            Frame::XLogData { wal_start, wal_end, data } => {
+                assert_eq!((wal_start, wal_end), (Lsn(10), Lsn(20)));
+                assert_eq!(&data[..], b"B...");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_copy_data(Bytes::from_static(b"k\0\0")).is_err());
+        assert!(parse_copy_data(Bytes::from_static(b"x")).is_err());
+        assert!(parse_copy_data(Bytes::new()).is_err());
+    }
+
+    #[test]
+    fn status_update_layout() {
+        let payload = standby_status_update(Lsn(0x0102_0304_0506_0708), 99, false);
+        assert_eq!(payload[0], b'r');
+        for at in [1, 9, 17] {
+            assert_eq!(&payload[at..at + 8], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        }
+        assert_eq!(i64::from_be_bytes(payload[25..33].try_into().unwrap()), 99);
+        assert_eq!(payload[33], 0);
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("my\"slot"), "\"my\"\"slot\"");
+        assert_eq!(quote_literal("o'neil"), "'o''neil'");
+    }
+}

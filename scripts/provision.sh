@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs what the tests, the demo and the benchmarks need on a fresh Debian machine. Idempotent:
+# each step checks first and does nothing when its piece is already there.
+#
+#   - Debian packages: PostgreSQL 15 server (private test clusters), cmake + libcurl (rdkafka's cmake-build)
+#   - tansu 0.6.0, a Kafka-protocol broker, built once into a cache outside the repository
+#
+# Environment: SLUICE_CACHE_DIR (default ~/.cache/sluice) is where tansu is installed.
+set -euo pipefail
+
+cache_dir="${SLUICE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice}"
+tansu_version="0.6.0"
+tansu_root="$cache_dir/tansu-$tansu_version"
+
+log() { printf '[provision] %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+need_debs=()
+command -v cmake >/dev/null 2>&1 || need_debs+=(cmake)
+dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need_debs+=(libcurl4-openssl-dev)
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need_debs+=(postgresql-15 postgresql-client-15)
+command -v pg_recvlogical >/dev/null 2>&1 || need_debs+=(postgresql-client-15)
+# librdkafka's cmake build wants a C++ compiler and these headers for zstd/lz4 compression and TLS.
+command -v g++ >/dev/null 2>&1 || need_debs+=(g++)
+dpkg -s libssl-dev >/dev/null 2>&1 || need_debs+=(libssl-dev)
+dpkg -s libsasl2-dev >/dev/null 2>&1 || need_debs+=(libsasl2-dev)
+dpkg -s zlib1g-dev >/dev/null 2>&1 || need_debs+=(zlib1g-dev)
+dpkg -s libzstd-dev >/dev/null 2>&1 || need_debs+=(libzstd-dev)
+dpkg -s pkg-config >/dev/null 2>&1 || need_debs+=(pkg-config)
+
+if [ ${#need_debs[@]} -gt 0 ]; then
+  log "installing Debian packages: ${need_debs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq --no-install-recommends "${need_debs[@]}" >/dev/null
+else
+  log "Debian packages present"
+fi
+
+if [ -x "$tansu_root/bin/tansu" ]; then
+  log "tansu $tansu_version present at $tansu_root/bin/tansu"
+else
+  log "building tansu $tansu_version into $tansu_root (about 12 minutes on 2 cores, once per machine)"
+  mkdir -p "$cache_dir"
+  # A private target dir keeps the build out of the repository and out of other cargo builds.
+  CARGO_TARGET_DIR="$cache_dir/tansu-build" cargo install "tansu@$tansu_version" --locked \
+    --no-default-features --features libsql --root "$tansu_root.partial"
+  rm -rf "$tansu_root" && mv "$tansu_root.partial" "$tansu_root"
+  rm -rf "$cache_dir/tansu-build"
+fi
+
+echo "$tansu_root/bin/tansu"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command: provisions what the tests need (idempotent), then runs every test of the workspace.
+# The integration tests start their own PostgreSQL clusters, tansu brokers and registry test doubles on free
+# 127.0.0.1 ports and stop them afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SLUICE_TANSU="$(bash scripts/provision.sh | tail -n 1)"
+export SLUICE_TANSU
+
+# Two cores: two test threads keep the end-to-end tests (each with its own PostgreSQL and broker) from
+# starving one another.
+cargo test --workspace --locked -- --test-threads="${SLUICE_TEST_THREADS:-2}" "$@"

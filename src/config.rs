@@ -1,0 +1,674 @@
+//! The one TOML file that configures a sluice instance.
+//!
+//! Parsing is strict: an unknown key, a wrong type or a missing section is an error that names the key and
+//! its line. `${VAR}` inside any string value is replaced by the environment variable (secrets stay out of
+//! the file); `$$` is a literal `$`. After parsing, [`Config::load`] checks the values themselves (URL
+//! shapes, names PostgreSQL and Kafka accept, producer settings that would break delivery guarantees) and
+//! reports every problem found, each with its line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    pub sink: SinkConfig,
+    pub avro: AvroConfig,
+    pub positions: PositionsConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Postgres,
+}
+
+/// `[source]`: where changes come from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// libpq-style URL; `${PGPASSWORD}` keeps the password out of the file.
+    pub url: Spanned<EnvString>,
+    /// Logical replication slot, created if missing.
+    pub slot: Spanned<EnvString>,
+    /// Publication, created if missing and extended with tables it lacks.
+    pub publication: Spanned<EnvString>,
+    /// `schema.table` names; `*` matches any run of characters (`public.*`).
+    pub tables: Spanned<Vec<Spanned<EnvString>>>,
+    /// Seconds between standby status updates sent to the server.
+    #[serde(default = "default_status_interval_secs")]
+    pub status_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    Kafka,
+}
+
+/// `[sink]`: where events go.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    pub kind: SinkKind,
+    /// Comma-separated `host:port` bootstrap list.
+    pub brokers: Spanned<EnvString>,
+    /// Topic per table: `<topic_prefix>.<schema>.<table>`; also the logical server name in `source.name`.
+    pub topic_prefix: Spanned<EnvString>,
+    pub dead_letter_topic: Spanned<EnvString>,
+    /// Create missing topics through the admin API (brokers often run with auto-creation off).
+    #[serde(default = "default_true")]
+    pub create_topics: bool,
+    /// Partitions of topics sluice creates; -1 leaves it to the broker's default.
+    #[serde(default = "default_broker_setting")]
+    pub topic_partitions: i32,
+    /// Replication factor of topics sluice creates; -1 leaves it to the broker's default.
+    #[serde(default = "default_broker_setting")]
+    pub topic_replication_factor: i32,
+    /// librdkafka producer properties, passed through.
+    #[serde(default)]
+    pub kafka: BTreeMap<String, Spanned<PropertyValue>>,
+}
+
+/// `[avro]`: how events are encoded.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AvroConfig {
+    /// Confluent-compatible schema registry.
+    pub registry_url: Spanned<EnvString>,
+}
+
+/// `[positions]`: where the resume position is kept.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PositionsConfig {
+    pub dir: Spanned<EnvString>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_broker_setting() -> i32 {
+    -1
+}
+
+fn default_status_interval_secs() -> u64 {
+    10
+}
+
+/// A string value with `${VAR}` references already replaced from the environment.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnvString(pub String);
+
+impl EnvString {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for EnvString {
+    // Values may hold secrets read from the environment: never print them through Debug.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EnvString(..)")
+    }
+}
+
+impl<'de> Deserialize<'de> for EnvString {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        expand_env(&raw, |name| std::env::var(name).ok()).map(EnvString).map_err(de::Error::custom)
+    }
+}
+
+/// Replaces `${NAME}` with `lookup(NAME)`; `$$` stands for `$`. Any other `$` is kept as it is.
+pub fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        if let Some(after) = tail.strip_prefix("$$") {
+            out.push('$');
+            rest = after;
+        } else if let Some(body) = tail.strip_prefix("${") {
+            let end = body.find('}').ok_or_else(|| format!("unclosed `${{` in `{}`", redact_secrets(raw)))?;
+            let name = &body[..end];
+            let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!("`${{{name}}}` is not a valid environment variable reference"));
+            }
+            let value = lookup(name)
+                .ok_or_else(|| format!("environment variable `{name}` is not set (referenced as `${{{name}}}`)"))?;
+            out.push_str(&value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A librdkafka property: TOML strings, integers, floats and booleans all become the string librdkafka wants.
+#[derive(Clone, PartialEq)]
+pub struct PropertyValue(pub String);
+
+impl fmt::Debug for PropertyValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PropertyValue(..)")
+    }
+}
+
+impl<'de> Deserialize<'de> for PropertyValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PropertyVisitor;
+        impl Visitor<'_> for PropertyVisitor {
+            type Value = PropertyValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PropertyValue, E> {
+                expand_env(v, |name| std::env::var(name).ok()).map(PropertyValue).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PropertyValue, E> {
+                Ok(PropertyValue(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PropertyValue, E> {
+                Ok(PropertyValue(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<PropertyValue, E> {
+                Ok(PropertyValue(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<PropertyValue, E> {
+                Ok(PropertyValue(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(PropertyVisitor)
+    }
+}
+
+/// One problem with a configuration value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the key, e.g. `source.url`.
+    pub key: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}, column {}: `{}`: {}", self.line, self.column, self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Invalid { path: PathBuf, problems: Vec<Problem> },
+}
+
+impl Config {
+    /// Reads, parses and checks a config file. No network access.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text).map_err(|err| match err {
+            ParseError::Syntax(message) => ConfigError::Syntax { path: path.to_owned(), message },
+            ParseError::Invalid(problems) => ConfigError::Invalid { path: path.to_owned(), problems },
+        })
+    }
+
+    /// Parses and checks config text.
+    pub fn parse(text: &str) -> Result<Config, ParseError> {
+        let config: Config = toml::from_str(text).map_err(|err| ParseError::Syntax(describe_toml_error(text, &err)))?;
+        let problems = config.problems(text);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ParseError::Invalid(problems))
+        }
+    }
+
+    /// Every value-level problem, in file order.
+    fn problems(&self, text: &str) -> Vec<Problem> {
+        let mut found = Vec::new();
+        let mut report = |key: &str, span: Range<usize>, message: String| {
+            let (line, column) = line_column(text, span.start);
+            found.push(Problem { key: key.to_owned(), line, column, message });
+        };
+
+        let source = &self.source;
+        if let Err(message) = check_postgres_url(source.url.get_ref().as_str()) {
+            report("source.url", source.url.span(), message);
+        }
+        if let Err(message) = check_slot_name(source.slot.get_ref().as_str()) {
+            report("source.slot", source.slot.span(), message);
+        }
+        if let Err(message) = check_identifier(source.publication.get_ref().as_str(), "publication") {
+            report("source.publication", source.publication.span(), message);
+        }
+        if source.tables.get_ref().is_empty() {
+            report("source.tables", source.tables.span(), "lists no tables: name at least one `schema.table`".into());
+        }
+        for table in source.tables.get_ref() {
+            if let Err(message) = TablePattern::parse(table.get_ref().as_str()) {
+                report("source.tables", table.span(), message);
+            }
+        }
+        if source.status_interval_secs == 0 || source.status_interval_secs > 3600 {
+            let span = source.url.span();
+            report("source.status_interval_secs", span, "must be between 1 and 3600 seconds".into());
+        }
+
+        let sink = &self.sink;
+        if let Err(message) = check_brokers(sink.brokers.get_ref().as_str()) {
+            report("sink.brokers", sink.brokers.span(), message);
+        }
+        if let Err(message) = check_topic_name(sink.topic_prefix.get_ref().as_str()) {
+            report("sink.topic_prefix", sink.topic_prefix.span(), message);
+        }
+        if let Err(message) = check_topic_name(sink.dead_letter_topic.get_ref().as_str()) {
+            report("sink.dead_letter_topic", sink.dead_letter_topic.span(), message);
+        }
+        for (name, value) in &sink.kafka {
+            if let Err(message) = check_producer_property(name, &value.get_ref().0) {
+                report(&format!("sink.kafka.\"{name}\""), value.span(), message);
+            }
+        }
+        if sink.topic_partitions == 0 || sink.topic_partitions < -1 {
+            report("sink.topic_partitions", sink.brokers.span(), "must be -1 (broker default) or at least 1".into());
+        }
+        if sink.topic_replication_factor == 0 || sink.topic_replication_factor < -1 {
+            let message = "must be -1 (broker default) or at least 1".into();
+            report("sink.topic_replication_factor", sink.brokers.span(), message);
+        }
+
+        if let Err(message) = check_http_url(self.avro.registry_url.get_ref().as_str()) {
+            report("avro.registry_url", self.avro.registry_url.span(), message);
+        }
+        if self.positions.dir.get_ref().as_str().trim().is_empty() {
+            report("positions.dir", self.positions.dir.span(), "is empty: name a directory".into());
+        }
+        found.sort_by_key(|p| (p.line, p.column));
+        found
+    }
+
+    pub fn table_patterns(&self) -> Vec<TablePattern> {
+        // Checked in `problems`: every entry parses.
+        self.source.tables.get_ref().iter().filter_map(|t| TablePattern::parse(t.get_ref().as_str()).ok()).collect()
+    }
+
+    /// Producer properties from `[sink.kafka]`.
+    pub fn kafka_properties(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.sink.kafka.iter().map(|(k, v)| (k.as_str(), v.get_ref().0.as_str()))
+    }
+}
+
+#[derive(Debug)]
+pub enum ParseError {
+    /// The file is not TOML of the expected shape; the message names the key, line and column.
+    Syntax(String),
+    Invalid(Vec<Problem>),
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::Syntax(message) => f.write_str(message),
+            ParseError::Invalid(problems) => {
+                let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
+                f.write_str(&lines.join("\n"))
+            }
+        }
+    }
+}
+
+/// toml's own message, led by `line L, column C` so that every config error reads the same way.
+fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim_end();
+    match err.span() {
+        Some(span) => {
+            let (line, column) = line_column(text, span.start);
+            let snippet = text.lines().nth(line.saturating_sub(1)).unwrap_or("").trim();
+            let shown = if snippet.is_empty() { String::new() } else { format!(" (at `{}`)", redact_secrets(snippet)) };
+            format!("line {line}, column {column}: {message}{shown}")
+        }
+        None => message.to_owned(),
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// A `schema.table` selector; either part may contain `*` wildcards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TablePattern {
+    pub schema: String,
+    pub table: String,
+}
+
+impl TablePattern {
+    pub fn parse(text: &str) -> Result<TablePattern, String> {
+        let (schema, table) = text
+            .split_once('.')
+            .ok_or_else(|| format!("`{text}` is not `schema.table` (for example `public.orders` or `public.*`)"))?;
+        if schema.is_empty() || table.is_empty() || table.contains('.') {
+            return Err(format!("`{text}` is not `schema.table` (for example `public.orders` or `public.*`)"));
+        }
+        Ok(TablePattern { schema: schema.to_owned(), table: table.to_owned() })
+    }
+
+    pub fn matches(&self, schema: &str, table: &str) -> bool {
+        wildcard_match(&self.schema, schema) && wildcard_match(&self.table, table)
+    }
+
+    pub fn is_exact(&self) -> bool {
+        !self.schema.contains('*') && !self.table.contains('*')
+    }
+}
+
+impl fmt::Display for TablePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+fn check_postgres_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(format!("`{}` is not a PostgreSQL URL: it must start with postgres://", redact_secrets(url)));
+    }
+    let config = tokio_postgres::Config::from_str(url)
+        .map_err(|err| format!("invalid PostgreSQL URL `{}`: {err}", redact_secrets(url)))?;
+    if config.get_hosts().is_empty() {
+        return Err("names no host: write postgres://user@host:port/database".into());
+    }
+    if config.get_user().is_none() {
+        return Err("names no user: write postgres://user@host:port/database".into());
+    }
+    if config.get_dbname().is_none() {
+        return Err("names no database: write postgres://user@host:port/database".into());
+    }
+    Ok(())
+}
+
+/// PostgreSQL's rule for replication slot names.
+fn check_slot_name(name: &str) -> Result<(), String> {
+    let valid_chars = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if name.is_empty() || name.len() > 63 || !valid_chars {
+        return Err(format!(
+            "`{name}` is not a valid replication slot name: use 1 to 63 lower-case letters, digits and underscores"
+        ));
+    }
+    Ok(())
+}
+
+fn check_identifier(name: &str, what: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 || name.contains('\0') {
+        return Err(format!("`{name}` is not a valid {what} name: use 1 to 63 characters"));
+    }
+    Ok(())
+}
+
+fn check_brokers(list: &str) -> Result<(), String> {
+    let brokers: Vec<&str> = list.split(',').map(str::trim).collect();
+    for broker in &brokers {
+        // Scheme-qualified entries (SASL_SSL://host:port) are allowed by librdkafka; check the host:port part.
+        let address = broker.rsplit("://").next().unwrap_or(broker);
+        let valid = address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !valid {
+            return Err(format!("`{broker}` is not `host:port` (for example `127.0.0.1:9092`)"));
+        }
+    }
+    Ok(())
+}
+
+/// Kafka's rule for topic names (topic_prefix must satisfy it too, being the start of one).
+fn check_topic_name(name: &str) -> Result<(), String> {
+    let valid_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if name.is_empty() || name.len() > 249 || !valid_chars || name == "." || name == ".." {
+        return Err(format!(
+            "`{name}` is not a valid Kafka topic name: use 1 to 249 ASCII letters, digits, `.`, `_` and `-`"
+        ));
+    }
+    Ok(())
+}
+
+/// Producer settings that would break "nothing lost, nothing reordered" are refused instead of silently obeyed.
+fn check_producer_property(name: &str, value: &str) -> Result<(), String> {
+    let lowered = value.trim().to_ascii_lowercase();
+    match name {
+        "bootstrap.servers" | "metadata.broker.list" => Err("set `sink.brokers` instead".into()),
+        "acks" | "request.required.acks" if !matches!(lowered.as_str(), "all" | "-1") => {
+            Err(format!("`{value}` could lose events: sluice requires acks=all"))
+        }
+        "enable.idempotence" if lowered != "true" => {
+            Err("sluice requires the idempotent producer (no duplicates or reordering on retries)".into())
+        }
+        "partitioner" if lowered != "murmur2_random" && lowered != "murmur2" => {
+            Err("sluice uses Java's murmur2 partitioning so that a key lands where other Kafka clients put it".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_http_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|err| format!("`{}` is not a URL: {err}", redact_secrets(url)))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(format!("`{}` is not an http:// or https:// URL", redact_secrets(url)));
+    }
+    Ok(())
+}
+
+/// Replaces the password in any `scheme://user:password@host` URL inside `text` with `***`.
+pub fn redact_secrets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(scheme_end) = rest.find("://") {
+        let authority_start = scheme_end + 3;
+        out.push_str(&rest[..authority_start]);
+        rest = &rest[authority_start..];
+        let authority_end = rest.find(['/', '?', '#', ' ', '"', '\'']).unwrap_or(rest.len());
+        let authority = &rest[..authority_end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                match userinfo.split_once(':') {
+                    Some((user, _password)) => out.push_str(&format!("{user}:***{}", &authority[at..])),
+                    None => out.push_str(authority),
+                }
+            }
+            None => out.push_str(authority),
+        }
+        rest = &rest[authority_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[source]
+kind = "postgres"
+url = "postgres://replicator:secret@127.0.0.1:5432/shop"
+slot = "sluice"
+publication = "sluice"
+tables = ["public.orders", "public.*"]
+
+[sink]
+kind = "kafka"
+brokers = "127.0.0.1:9092"
+topic_prefix = "shop"
+dead_letter_topic = "shop.dlq"
+[sink.kafka]
+"compression.type" = "zstd"
+"linger.ms" = 5
+
+[avro]
+registry_url = "http://127.0.0.1:8081"
+
+[positions]
+dir = "/var/lib/sluice"
+"#;
+
+    fn syntax_error(text: &str) -> String {
+        match Config::parse(text) {
+            Err(ParseError::Syntax(message)) => message,
+            other => panic!("expected a syntax error, got {other:?}"),
+        }
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match Config::parse(text) {
+            Err(ParseError::Invalid(problems)) => problems,
+            other => panic!("expected value problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_documented_shape_parses() {
+        let config = Config::parse(GOOD).unwrap();
+        assert_eq!(config.source.kind, SourceKind::Postgres);
+        assert_eq!(config.sink.topic_prefix.get_ref().as_str(), "shop");
+        assert!(config.sink.create_topics);
+        assert_eq!(config.source.status_interval_secs, 10);
+        let props: Vec<_> = config.kafka_properties().collect();
+        assert_eq!(props, vec![("compression.type", "zstd"), ("linger.ms", "5")]);
+        let patterns = config.table_patterns();
+        assert_eq!(patterns.len(), 2);
+        assert!(patterns[1].matches("public", "anything"));
+        assert!(!patterns[0].matches("public", "orders2"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = GOOD.replace("slot = \"sluice\"", "slot = \"sluice\"\nslots = 3");
+        let message = syntax_error(&text);
+        assert!(message.contains("line 6, column 1"), "{message}");
+        assert!(message.contains("unknown field `slots`"), "{message}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_line() {
+        let text = GOOD.replace("tables = [\"public.orders\", \"public.*\"]", "tables = \"public.orders\"");
+        let message = syntax_error(&text);
+        assert!(message.contains("line 7"), "{message}");
+        assert!(message.contains("tables") || message.contains("sequence"), "{message}");
+    }
+
+    #[test]
+    fn missing_section_is_named() {
+        let text = GOOD.replace("[positions]\ndir = \"/var/lib/sluice\"\n", "");
+        let message = syntax_error(&text);
+        assert!(message.contains("missing field `positions`"), "{message}");
+    }
+
+    #[test]
+    fn bad_url_is_reported_with_its_line_and_without_the_password() {
+        let text = GOOD.replace("postgres://replicator:secret@127.0.0.1:5432/shop", "mysql://u:secret@h/db");
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key, "source.url");
+        assert_eq!(found[0].line, 4);
+        assert!(!found[0].message.contains("secret"), "{}", found[0].message);
+        let text = GOOD.replace("127.0.0.1:5432/shop", "127.0.0.1:5432");
+        assert!(problems(&text)[0].message.contains("names no database"));
+    }
+
+    #[test]
+    fn every_value_problem_is_reported_at_once() {
+        let text = GOOD
+            .replace("slot = \"sluice\"", "slot = \"Sluice-1\"")
+            .replace("topic_prefix = \"shop\"", "topic_prefix = \"sh op\"")
+            .replace("brokers = \"127.0.0.1:9092\"", "brokers = \"localhost\"")
+            .replace("\"linger.ms\" = 5", "acks = 1")
+            .replace("http://127.0.0.1:8081", "ftp://x")
+            .replace("\"public.*\"", "\"orders\"");
+        let keys: Vec<String> = problems(&text).into_iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            ["source.slot", "source.tables", "sink.brokers", "sink.topic_prefix", "sink.kafka.\"acks\"", "avro.registry_url"]
+        );
+    }
+
+    #[test]
+    fn environment_references_are_expanded() {
+        let lookup = |name: &str| (name == "PW").then(|| "s3cret".to_owned());
+        assert_eq!(expand_env("a:${PW}@h", lookup).unwrap(), "a:s3cret@h");
+        assert_eq!(expand_env("cost $$5 and $x", lookup).unwrap(), "cost $5 and $x");
+        assert!(expand_env("${MISSING}", lookup).unwrap_err().contains("`MISSING` is not set"));
+        assert!(expand_env("${PW", lookup).unwrap_err().contains("unclosed"));
+        assert!(expand_env("${A-B}", lookup).unwrap_err().contains("not a valid"));
+    }
+
+    #[test]
+    fn a_missing_environment_variable_is_a_located_error() {
+        let text = GOOD.replace("secret@", "${SLUICE_TEST_SURELY_UNSET_VAR}@");
+        let message = syntax_error(&text);
+        assert!(message.contains("SLUICE_TEST_SURELY_UNSET_VAR"), "{message}");
+        assert!(message.contains("line 4"), "{message}");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        assert_eq!(redact_secrets("postgres://u:pw@h:1/db"), "postgres://u:***@h:1/db");
+        assert_eq!(redact_secrets("url = \"postgres://u@h/db\""), "url = \"postgres://u@h/db\"");
+        assert_eq!(redact_secrets("a http://x:y@z/p and https://k:v@w"), "a http://x:***@z/p and https://k:***@w");
+    }
+
+    #[test]
+    fn wildcards_match_as_documented() {
+        assert!(wildcard_match("*", ""));
+        assert!(wildcard_match("ord*", "orders"));
+        assert!(wildcard_match("*_log", "audit_log"));
+        assert!(wildcard_match("a*b*c", "aXXbYYc"));
+        assert!(!wildcard_match("a*b*c", "aXXc"));
+        assert!(!wildcard_match("ab*ba", "aba"));
+    }
+}

@@ -1,0 +1,223 @@
+//! The change-event model: what every source produces and every later stage consumes.
+//!
+//! A source turns its log into [`SourceEvent`]s: row changes, plus the transaction boundaries and idle
+//! points that tell the pipeline which positions become safe to acknowledge once the broker has the events.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// A PostgreSQL WAL position. Displayed the way PostgreSQL prints it (`16/B374D848`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Lsn(pub u64);
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+impl std::str::FromStr for Lsn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (hi, lo) = s.split_once('/').ok_or_else(|| format!("`{s}` is not an LSN (expected X/Y in hex)"))?;
+        let hi = u32::from_str_radix(hi, 16).map_err(|_| format!("`{s}` is not an LSN (bad high half)"))?;
+        let lo = u32::from_str_radix(lo, 16).map_err(|_| format!("`{s}` is not an LSN (bad low half)"))?;
+        Ok(Lsn((u64::from(hi) << 32) | u64::from(lo)))
+    }
+}
+
+/// How far a source got. Acknowledging a position means: every event before it is on the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Position {
+    /// PostgreSQL: the end LSN of the last delivered transaction (or of an idle point after it).
+    Postgres { lsn: Lsn },
+}
+
+/// Debezium's operation codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Create,
+    Update,
+    Delete,
+    Truncate,
+    /// A row read by a snapshot.
+    Read,
+}
+
+impl Op {
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Create => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+            Op::Truncate => "t",
+            Op::Read => "r",
+        }
+    }
+}
+
+/// The type of a column as the Avro side sees it. Sources map their native types onto these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ColumnType {
+    Boolean,
+    Int16,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    /// Fixed precision and scale: Avro `bytes` with logical type `decimal`.
+    Decimal { precision: u32, scale: u32 },
+    /// A numeric without declared scale: each value carries its own (Debezium's VariableScaleDecimal).
+    VariableDecimal,
+    String,
+    Bytes,
+    Uuid,
+    /// Days since 1970-01-01.
+    Date,
+    /// Microseconds since 1970-01-01 00:00, no time zone (Avro `local-timestamp-micros`).
+    Timestamp,
+    /// Microseconds since 1970-01-01 00:00 UTC (Avro `timestamp-micros`).
+    TimestampTz,
+    /// JSON text (json, jsonb).
+    Json,
+    /// A type this version does not map natively: carried as its text form, tagged with the type name.
+    Text { type_name: String },
+}
+
+/// One column of a captured table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub column_type: ColumnType,
+    /// Part of the primary key (or the replica identity): goes into the message key.
+    pub key: bool,
+    /// The source's own type name (`int4`, `numeric`, ...), for documentation and errors.
+    pub source_type: String,
+}
+
+/// A captured table at one schema version. A schema change produces a new `Table`; events hold an `Arc` to
+/// the version they were decoded with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table {
+    /// The source's identifier for the relation (PostgreSQL: the table's OID).
+    pub id: u32,
+    pub schema: String,
+    pub name: String,
+    pub columns: Vec<Column>,
+}
+
+impl Table {
+    /// `schema.table`, as a person writes it.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
+    pub fn key_columns(&self) -> impl Iterator<Item = (usize, &Column)> {
+        self.columns.iter().enumerate().filter(|(_, c)| c.key)
+    }
+}
+
+/// A numeric value as PostgreSQL has it: exact decimal digits, or one of the special values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Numeric {
+    /// `unscaled * 10^-scale`; `unscaled` is an optional `-` followed by decimal digits.
+    Finite { unscaled: String, scale: u32 },
+    NaN,
+    PositiveInfinity,
+    NegativeInfinity,
+}
+
+/// One column value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Null,
+    /// PostgreSQL did not send the value: a TOASTed column the update did not change.
+    UnchangedToast,
+    Bool(bool),
+    Int16(i16),
+    Int32(i32),
+    Int64(i64),
+    Float32(f32),
+    Float64(f64),
+    Numeric(Numeric),
+    String(String),
+    Bytes(Vec<u8>),
+    /// Canonical lower-case text form.
+    Uuid(String),
+    /// Days since 1970-01-01.
+    Date(i32),
+    /// Microseconds since the epoch, no zone.
+    Timestamp(i64),
+    /// Microseconds since the epoch, UTC.
+    TimestampTz(i64),
+    Json(String),
+    /// A value that exists in the source but has no representation in its column's Avro type
+    /// (`date 'infinity'`, text that does not parse as its type): the encoder rejects it, with this reason.
+    OutOfRange(String),
+}
+
+/// One row: values in the table's column order.
+pub type Row = Vec<Value>;
+
+/// Where in the source an event came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceInfo {
+    pub database: String,
+    /// Transaction id.
+    pub txid: u64,
+    /// Position of this change in the log.
+    pub lsn: Lsn,
+    /// LSN of the transaction's commit record (Debezium's `last_commit_lsn`).
+    pub commit_lsn: Lsn,
+    /// Commit time, microseconds since the Unix epoch.
+    pub commit_time_us: i64,
+    pub snapshot: bool,
+}
+
+/// A row-level change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChangeEvent {
+    pub table: Arc<Table>,
+    pub op: Op,
+    pub before: Option<Row>,
+    pub after: Option<Row>,
+    pub source: SourceInfo,
+}
+
+impl ChangeEvent {
+    /// The row the message key is taken from: the new row, or the old one for deletes.
+    pub fn key_row(&self) -> Option<&Row> {
+        self.after.as_ref().or(self.before.as_ref())
+    }
+}
+
+/// What a source hands to the pipeline, in log order.
+#[derive(Debug)]
+pub enum SourceEvent {
+    Change(ChangeEvent),
+    /// The transaction whose changes were just emitted is complete; once they are all on the broker,
+    /// `position` may be acknowledged.
+    Commit { position: Position },
+    /// Nothing is open at `position` (the source is idle): it may be acknowledged once everything
+    /// emitted earlier is on the broker. Keeps the server from retaining log for idle captures.
+    Idle { position: Position },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_round_trips_through_text() {
+        let lsn: Lsn = "16/B374D848".parse().unwrap();
+        assert_eq!(lsn.0, 0x16_B374_D848);
+        assert_eq!(lsn.to_string(), "16/B374D848");
+        assert_eq!(Lsn(0).to_string(), "0/0");
+        assert!("16B374D848".parse::<Lsn>().is_err());
+        assert!("G/0".parse::<Lsn>().is_err());
+    }
+}

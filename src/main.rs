@@ -1,0 +1,204 @@
+//! The `sluice` command line: `run`, `validate`, `check`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice::config::Config;
+use sluice::tail::{StartAt, TailOptions};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "Change-data capture: PostgreSQL logical decoding to Avro events on Kafka")]
+struct Cli {
+    /// Log output: human-readable text or one JSON object per line (for log collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: stream changes until SIGTERM or SIGINT.
+    Run {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Parse and check the config file without touching the network. Exit 0 when valid, 1 otherwise.
+    Validate {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Connect to PostgreSQL, the broker and the registry and report what is ready, with fixes.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Print a topic's messages decoded, one JSON object per line (brokers and registry from the config).
+    Tail {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The topic to read; defaults to the dead-letter topic.
+        topic: Option<String>,
+        /// `beginning`, `end`, or an offset.
+        #[arg(long, default_value = "beginning")]
+        from: String,
+        /// Keep waiting for new messages.
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Validate { config } => validate(&config),
+            Command::Check { config } => check(&config).await,
+            Command::Run { config } => run(&config).await,
+            Command::Tail { config, topic, from, follow } => tail(&config, topic, &from, follow).await,
+        }
+    })
+}
+
+fn load(path: &std::path::Path) -> Option<Config> {
+    match Config::load(path) {
+        Ok(config) => Some(config),
+        Err(err) => {
+            eprintln!("error: invalid configuration\n  {err}");
+            None
+        }
+    }
+}
+
+fn validate(path: &std::path::Path) -> ExitCode {
+    match load(path) {
+        Some(_) => {
+            println!("{}: configuration is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::FAILURE,
+    }
+}
+
+async fn check(path: &std::path::Path) -> ExitCode {
+    let Some(config) = load(path) else { return ExitCode::FAILURE };
+    println!("[ ok ] {}: configuration is valid", path.display());
+    let report = sluice::preflight::run(&config).await;
+    for line in &report.lines {
+        println!("{line}");
+    }
+    if report.passed() {
+        println!("ready: `sluice run -c {}` can start", path.display());
+        ExitCode::SUCCESS
+    } else {
+        println!("not ready: fix the lines marked FAIL");
+        ExitCode::FAILURE
+    }
+}
+
+async fn tail(path: &std::path::Path, topic: Option<String>, from: &str, follow: bool) -> ExitCode {
+    let Some(config) = load(path) else { return ExitCode::FAILURE };
+    let start = match from {
+        "beginning" => StartAt::Beginning,
+        "end" => StartAt::End,
+        offset => match offset.parse() {
+            Ok(n) => StartAt::Offset(n),
+            Err(_) => {
+                eprintln!("error: --from takes `beginning`, `end` or an offset, not `{offset}`");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let options = TailOptions {
+        brokers: config.sink.brokers.get_ref().as_str().to_owned(),
+        topic: topic.unwrap_or_else(|| config.sink.dead_letter_topic.get_ref().as_str().to_owned()),
+        start,
+        follow,
+        registry_url: Some(config.avro.registry_url.get_ref().as_str().to_owned()),
+        properties: config
+            .kafka_properties()
+            .filter(|(k, _)| sluice::sink::is_connection_property(k))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    };
+    let mut out = std::io::stdout().lock();
+    match sluice::tail::run(&options, &mut out).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", error_chain(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(path: &std::path::Path) -> ExitCode {
+    let Some(config) = load(path) else { return ExitCode::FAILURE };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping after the open transaction"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping after the open transaction"),
+        }
+        let _ = stop_tx.send(true);
+        // A second signal means "now": exit without waiting; unacknowledged events are sent again next run.
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: exiting at once");
+        std::process::exit(130);
+    });
+    match sluice::pipeline::run(&config, stop_rx).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "sluice stopped");
+            eprintln!("error: {}", error_chain(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(&format!(": {cause_text}"));
+        }
+        source = cause.source();
+    }
+    sluice::config::redact_secrets(&text)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}

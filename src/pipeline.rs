@@ -1,0 +1,412 @@
+//! `sluice run`: source → Avro encoding → Kafka sink, with positions acknowledged only after the broker has
+//! every event up to them.
+//!
+//! Three tasks: the source reader (sends events, answers the server), this module's publishing loop
+//! (encodes, produces, routes failures to the dead-letter topic) and the acknowledger (writes the position
+//! file, then lets the reader tell the server). A stop request ends the reader at a transaction boundary;
+//! the loop drains, waits for the broker, and the final position is stored.
+
+use std::collections::HashMap;
+use std::pin::pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::avro::{self, EnvelopeContext, TableSchemas};
+use crate::config::Config;
+use crate::connectors::postgres::reader::{PostgresSettings, PostgresSource, SourceError, StreamControl};
+use crate::deadletter::{self, Stage};
+use crate::event::{ChangeEvent, Lsn, Op, Position, SourceEvent, Table, Value};
+use crate::positions::{now_ms, AckTracker, PositionError, PositionStore};
+use crate::registry::{RegistryClient, RegistryError};
+use crate::sink::{FailedDelivery, KafkaSink, Outgoing, SinkError, SinkSettings};
+
+/// Events buffered between the reader and the publishing loop.
+const EVENT_BUFFER: usize = 4096;
+/// How long a stop waits for the broker to acknowledge what is in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("source.url: {0}")]
+    SourceUrl(String),
+    #[error(transparent)]
+    Position(#[from] PositionError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("the dead-letter topic `{topic}` refused a message ({reason}); stopping without acknowledging it")]
+    DeadLetterRefused { topic: String, reason: String },
+    #[error("stopped while the schema registry was unreachable: {0}")]
+    StoppedWaitingForRegistry(RegistryError),
+    #[error("the broker did not acknowledge {outstanding} messages within {timeout:?}; they will be sent again on restart")]
+    DrainTimeout { outstanding: u64, timeout: Duration },
+    #[error("the source reader stopped unexpectedly")]
+    ReaderGone,
+}
+
+/// Runs until `stop` becomes true (then drains and returns Ok) or something fails.
+pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), PipelineError> {
+    let settings = postgres_settings(config)?;
+    let store = PositionStore::open(std::path::Path::new(config.positions.dir.get_ref().as_str()), &settings.slot)?;
+    let stored = store.load()?.map(|s| match s.position {
+        Position::Postgres { lsn } => lsn,
+    });
+
+    let tracker = Arc::new(AckTracker::new());
+    let (mut sink, failures) = KafkaSink::new(SinkSettings::from_config(config), tracker.clone())?;
+    sink.check_reachable(Duration::from_secs(15))?;
+    let dead_letter_topic = config.sink.dead_letter_topic.get_ref().as_str().to_owned();
+    sink.ensure_topic(&dead_letter_topic).await?;
+    let registry = RegistryClient::new(config.avro.registry_url.get_ref().as_str())?;
+
+    let source = PostgresSource::prepare(settings, stored, &store.path().display().to_string()).await?;
+    let resume = stored.unwrap_or_default();
+    match stored {
+        Some(lsn) => tracing::info!(position = %lsn, file = %store.path().display(), "resuming after stored position"),
+        None => tracing::info!("no stored position: starting from the slot's position"),
+    }
+
+    let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
+    let (ack_tx, ack_rx) = watch::channel(resume);
+    let reader = tokio::spawn(source.stream(resume, StreamControl { events: events_tx, acknowledged: ack_rx, stop: stop.clone() }));
+    let (finish_tx, finish_rx) = oneshot::channel();
+    let acknowledger = tokio::spawn(acknowledge(tracker.clone(), store, ack_tx, resume, finish_rx));
+
+    let mut publisher = Publisher {
+        sink,
+        registry,
+        tracker: tracker.clone(),
+        topic_prefix: config.sink.topic_prefix.get_ref().as_str().to_owned(),
+        dead_letter_topic,
+        encodings: HashMap::new(),
+        key_buf: Vec::with_capacity(256),
+        value_buf: Vec::with_capacity(4096),
+        stop,
+        stats: Stats::default(),
+    };
+    let published = publisher.publish_all(events_rx, failures).await;
+    let stats = publisher.stats;
+    // The acknowledger stores the final position and ends; the reader then reports it to the server and closes.
+    let _ = finish_tx.send(());
+    let acknowledged = acknowledger.await.map_err(|_| PipelineError::ReaderGone)?;
+    let read = reader.await.map_err(|_| PipelineError::ReaderGone)?;
+    tracing::info!(
+        events = stats.events,
+        dead_letters = stats.dead_letters,
+        acknowledged = %acknowledged,
+        "pipeline stopped"
+    );
+    published?;
+    read?;
+    Ok(())
+}
+
+fn postgres_settings(config: &Config) -> Result<PostgresSettings, PipelineError> {
+    let url = config.source.url.get_ref().as_str();
+    let connection = tokio_postgres::Config::from_str(url)
+        .map_err(|err| PipelineError::SourceUrl(crate::config::redact_secrets(&err.to_string())))?;
+    let database = connection.get_dbname().unwrap_or_default().to_owned();
+    Ok(PostgresSettings {
+        connection,
+        database,
+        slot: config.source.slot.get_ref().as_str().to_owned(),
+        publication: config.source.publication.get_ref().as_str().to_owned(),
+        tables: config.table_patterns(),
+        status_interval: Duration::from_secs(config.source.status_interval_secs),
+    })
+}
+
+/// Writes each newly acknowledged position to the file, then passes it to the reader. Writes coalesce: while
+/// one is in progress, later acknowledgements wait and the next write covers them all. When `finish` fires it
+/// writes what is acknowledged by then and returns; dropping `to_reader` lets the reader close the stream.
+async fn acknowledge(
+    tracker: Arc<AckTracker>,
+    store: PositionStore,
+    to_reader: watch::Sender<Lsn>,
+    start: Lsn,
+    mut finish: oneshot::Receiver<()>,
+) -> Lsn {
+    let store = Arc::new(store);
+    let mut saved = start;
+    let mut finishing = false;
+    loop {
+        let mut changed = pin!(tracker.changed());
+        changed.as_mut().enable();
+        if let Some(Position::Postgres { lsn }) = tracker.acknowledged() {
+            if lsn > saved {
+                let store = store.clone();
+                let written = tokio::task::spawn_blocking(move || store.save(Position::Postgres { lsn })).await;
+                match written {
+                    Ok(Ok(())) => {
+                        saved = lsn;
+                        let _ = to_reader.send(lsn);
+                        continue;
+                    }
+                    // Without the file the position must not reach the server either: stay behind and retry.
+                    Ok(Err(err)) => tracing::error!(error = %err, "cannot store the position; retrying"),
+                    Err(err) => tracing::error!(error = %err, "position writer failed; retrying"),
+                }
+                if finishing {
+                    return saved;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        if finishing {
+            return saved;
+        }
+        tokio::select! {
+            _ = changed => {}
+            _ = &mut finish => finishing = true,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    events: u64,
+    dead_letters: u64,
+}
+
+/// A table's topic and registered schema ids, valid for one schema version.
+struct TableEncoding {
+    table: Arc<Table>,
+    topic: String,
+    key_schema_id: Option<u32>,
+    value_schema_id: u32,
+}
+
+struct Publisher {
+    sink: KafkaSink,
+    registry: RegistryClient,
+    tracker: Arc<AckTracker>,
+    topic_prefix: String,
+    dead_letter_topic: String,
+    encodings: HashMap<u32, TableEncoding>,
+    key_buf: Vec<u8>,
+    value_buf: Vec<u8>,
+    stop: watch::Receiver<bool>,
+    stats: Stats,
+}
+
+impl Publisher {
+    async fn publish_all(
+        &mut self,
+        mut events: mpsc::Receiver<SourceEvent>,
+        mut failures: mpsc::UnboundedReceiver<FailedDelivery>,
+    ) -> Result<(), PipelineError> {
+        loop {
+            tokio::select! {
+                biased;
+                Some(failure) = failures.recv() => self.handle_failure(failure).await?,
+                event = events.recv() => match event {
+                    Some(SourceEvent::Change(change)) => self.publish(change).await?,
+                    Some(SourceEvent::Commit { position } | SourceEvent::Idle { position }) => {
+                        self.tracker.close_group(position)
+                    }
+                    None => break,
+                },
+            }
+        }
+        self.drain(&mut failures).await
+    }
+
+    /// Waits until the broker has acknowledged everything, still routing refused messages.
+    async fn drain(&mut self, failures: &mut mpsc::UnboundedReceiver<FailedDelivery>) -> Result<(), PipelineError> {
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while self.tracker.outstanding() > 0 {
+            tokio::select! {
+                Some(failure) = failures.recv() => self.handle_failure(failure).await?,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(PipelineError::DrainTimeout { outstanding: self.tracker.outstanding(), timeout: DRAIN_TIMEOUT });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish(&mut self, event: ChangeEvent) -> Result<(), PipelineError> {
+        self.stats.events += 1;
+        let encoding = match self.encoding_for(&event.table).await? {
+            Ok(encoding) => encoding,
+            Err((topic, stage, reason)) => return self.dead_letter(&event, &topic, stage, &reason, None).await,
+        };
+        let topic = encoding.topic.clone();
+        let (key_id, value_id) = (encoding.key_schema_id, encoding.value_schema_id);
+
+        self.key_buf.clear();
+        let mut has_key = false;
+        if let (Some(id), Some(row)) = (key_id, event.key_row()) {
+            avro::write_confluent_header(id, &mut self.key_buf);
+            if let Err(err) = avro::encode_key(&event.table, row, &mut self.key_buf) {
+                return self.dead_letter(&event, &topic, Stage::Encode, &err.to_string(), None).await;
+            }
+            has_key = true;
+        }
+        self.value_buf.clear();
+        avro::write_confluent_header(value_id, &mut self.value_buf);
+        let context = EnvelopeContext {
+            server_name: &self.topic_prefix,
+            connector: "postgresql",
+            version: env!("CARGO_PKG_VERSION"),
+            processed_at_ms: now_ms(),
+        };
+        if let Err(err) = avro::encode_envelope(&event, &context, &mut self.value_buf) {
+            let key = has_key.then(|| self.key_buf.clone());
+            return self.dead_letter(&event, &topic, Stage::Encode, &err.to_string(), key.as_deref()).await;
+        }
+
+        let lsn = event.source.lsn.to_string();
+        let commit_lsn = event.source.commit_lsn.to_string();
+        let txid = event.source.txid.to_string();
+        let unchanged = unchanged_toast_columns(&event);
+        let mut headers: Vec<(&str, &[u8])> =
+            vec![("sluice.lsn", lsn.as_bytes()), ("sluice.commit_lsn", commit_lsn.as_bytes()), ("sluice.txid", txid.as_bytes())];
+        if let Some(columns) = &unchanged {
+            headers.push(("sluice.unchanged_toast", columns.as_bytes()));
+        }
+        let key = has_key.then_some(self.key_buf.as_slice());
+        let message = Outgoing { topic: &topic, key, payload: Some(&self.value_buf), headers: &headers };
+        let ordinal = self.tracker.register();
+        if let Err(err) = self.sink.send(&message, ordinal, false).await {
+            let key = key.map(<[u8]>::to_vec);
+            return self.dead_letter_registered(&event, &topic, Stage::Produce, &err.to_string(), key.as_deref(), ordinal).await;
+        }
+        // A delete is followed by a tombstone so that compaction can drop the key.
+        if event.op == Op::Delete && has_key {
+            let tombstone = Outgoing { topic: &topic, key: Some(&self.key_buf), payload: None, headers: &headers };
+            let ordinal = self.tracker.register();
+            self.sink.send(&tombstone, ordinal, false).await?;
+        }
+        Ok(())
+    }
+
+    /// The table's topic and schema ids, registering the schemas of a new table version. `Ok(Err(..))` is a
+    /// failure for this table's events (they go to the dead-letter topic); `Err` stops the pipeline.
+    async fn encoding_for(
+        &mut self,
+        table: &Arc<Table>,
+    ) -> Result<Result<&TableEncoding, (String, Stage, String)>, PipelineError> {
+        let current = self.encodings.get(&table.id).is_some_and(|e| Arc::ptr_eq(&e.table, table) || *e.table == **table);
+        if !current {
+            let topic = avro::topic_name(&self.topic_prefix, table);
+            let schemas = match avro::table_schemas(&self.topic_prefix, table) {
+                Ok(schemas) => schemas,
+                Err(err) => return Ok(Err((topic, Stage::Encode, err.to_string()))),
+            };
+            if let Err(err) = self.sink.ensure_topic(&schemas.topic).await {
+                return Ok(Err((topic, Stage::Produce, err.to_string())));
+            }
+            match self.register(&schemas).await? {
+                Ok((key_schema_id, value_schema_id)) => {
+                    tracing::info!(table = %table.qualified_name(), topic = %schemas.topic, key_schema_id, value_schema_id, "table schema registered");
+                    let encoding = TableEncoding { table: table.clone(), topic: schemas.topic, key_schema_id, value_schema_id };
+                    self.encodings.insert(table.id, encoding);
+                }
+                Err(err) => return Ok(Err((topic, Stage::Register, err.to_string()))),
+            }
+        }
+        Ok(Ok(&self.encodings[&table.id]))
+    }
+
+    /// Registers key and value schemas, retrying while the registry is unreachable.
+    async fn register(&mut self, schemas: &TableSchemas) -> Result<Result<(Option<u32>, u32), RegistryError>, PipelineError> {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            let attempt = async {
+                let key = match &schemas.key {
+                    Some(key) => Some(self.registry.register(&format!("{}-key", schemas.topic), &key.json).await?),
+                    None => None,
+                };
+                let value = self.registry.register(&format!("{}-value", schemas.topic), &schemas.value.json).await?;
+                Ok::<_, RegistryError>((key, value))
+            };
+            match attempt.await {
+                Ok(ids) => return Ok(Ok(ids)),
+                Err(err) if err.is_retryable() => {
+                    if *self.stop.borrow() {
+                        return Err(PipelineError::StoppedWaitingForRegistry(err));
+                    }
+                    tracing::warn!(error = %err, retry_in = ?delay, "schema registry unavailable; events wait");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.stop.changed() => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+                Err(err) => return Ok(Err(err)),
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &mut self,
+        event: &ChangeEvent,
+        topic: &str,
+        stage: Stage,
+        reason: &str,
+        key: Option<&[u8]>,
+    ) -> Result<(), PipelineError> {
+        let ordinal = self.tracker.register();
+        self.dead_letter_registered(event, topic, stage, reason, key, ordinal).await
+    }
+
+    async fn dead_letter_registered(
+        &mut self,
+        event: &ChangeEvent,
+        topic: &str,
+        stage: Stage,
+        reason: &str,
+        key: Option<&[u8]>,
+        ordinal: u64,
+    ) -> Result<(), PipelineError> {
+        tracing::warn!(stage = stage.as_str(), table = %event.table.qualified_name(), lsn = %event.source.lsn, reason, "event sent to the dead-letter topic");
+        let letter = deadletter::for_event(event, topic, stage, reason, now_ms());
+        self.send_dead_letter(letter, key, ordinal).await
+    }
+
+    async fn send_dead_letter(&mut self, letter: deadletter::DeadLetter, key: Option<&[u8]>, ordinal: u64) -> Result<(), PipelineError> {
+        self.stats.dead_letters += 1;
+        let headers: Vec<(&str, &[u8])> = letter.headers.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        let message = Outgoing { topic: &self.dead_letter_topic, key, payload: Some(&letter.value), headers: &headers };
+        self.sink.send(&message, ordinal, true).await.map_err(|err| PipelineError::DeadLetterRefused {
+            topic: self.dead_letter_topic.clone(),
+            reason: err.to_string(),
+        })
+    }
+
+    /// The broker refused a message for good: it goes to the dead-letter topic under the same ordinal, so the
+    /// position still waits for it. A refused dead letter stops the pipeline.
+    async fn handle_failure(&mut self, failure: FailedDelivery) -> Result<(), PipelineError> {
+        if failure.dead_letter {
+            return Err(PipelineError::DeadLetterRefused { topic: failure.topic, reason: failure.error.to_string() });
+        }
+        let reason = format!("the broker refused the message: {}", failure.error);
+        tracing::warn!(topic = %failure.topic, %reason, "message sent to the dead-letter topic");
+        let letter =
+            deadletter::for_refused_message(&failure.topic, failure.payload.as_deref(), &failure.headers, &reason, now_ms());
+        self.send_dead_letter(letter, failure.key.as_deref(), failure.ordinal).await
+    }
+}
+
+/// Columns whose values PostgreSQL did not send (unchanged TOAST), as a comma-separated header value.
+fn unchanged_toast_columns(event: &ChangeEvent) -> Option<String> {
+    let after = event.after.as_ref()?;
+    let names: Vec<&str> = event
+        .table
+        .columns
+        .iter()
+        .zip(after)
+        .filter(|(_, v)| **v == Value::UnchangedToast)
+        .map(|(c, _)| c.name.as_str())
+        .collect();
+    (!names.is_empty()).then(|| names.join(","))
+}

@@ -1,0 +1,285 @@
+//! Remembering how far sluice got.
+//!
+//! [`AckTracker`] follows every produced message until the broker acknowledges it and works out the newest
+//! source position whose events — and all events before them — are on the broker. [`PositionStore`] keeps
+//! that position in a file, written atomically before the source is told, so that a restart resumes after
+//! the last delivered transaction even when the crash came before the server heard of it.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::event::Position;
+
+/// Groups messages by the source position that acknowledges them (a transaction, or an idle point).
+///
+/// Messages are registered under the currently open group; [`AckTracker::close_group`] seals it with its
+/// position. Deliveries may come back in any order (partitions are independent); a position becomes
+/// acknowledged only when its group and every earlier group have no message outstanding.
+#[derive(Default)]
+pub struct AckTracker {
+    state: Mutex<TrackerState>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct TrackerState {
+    /// Ordinal of `groups[0]`.
+    first: u64,
+    groups: VecDeque<Group>,
+    acknowledged: Option<Position>,
+    outstanding: u64,
+}
+
+#[derive(Default)]
+struct Group {
+    outstanding: u64,
+    /// Set when the group is sealed.
+    position: Option<Position>,
+}
+
+impl AckTracker {
+    pub fn new() -> AckTracker {
+        AckTracker::default()
+    }
+
+    /// Registers one message under the open group and returns the group's ordinal, which the delivery report
+    /// hands back to [`AckTracker::delivered`].
+    pub fn register(&self) -> u64 {
+        let mut state = self.lock();
+        if state.groups.back().is_none_or(|g| g.position.is_some()) {
+            state.groups.push_back(Group::default());
+        }
+        let ordinal = state.first + state.groups.len() as u64 - 1;
+        if let Some(group) = state.groups.back_mut() {
+            group.outstanding += 1;
+        }
+        state.outstanding += 1;
+        ordinal
+    }
+
+    /// Seals the open group (creating an empty one if nothing is open) with the position that acknowledges it.
+    pub fn close_group(&self, position: Position) {
+        let mut state = self.lock();
+        match state.groups.back_mut() {
+            Some(group) if group.position.is_none() => group.position = Some(position),
+            _ => state.groups.push_back(Group { outstanding: 0, position: Some(position) }),
+        }
+        if state.advance() {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// One message of group `ordinal` is on the broker.
+    pub fn delivered(&self, ordinal: u64) {
+        let mut state = self.lock();
+        let index = ordinal.checked_sub(state.first).map(|i| i as usize);
+        let Some(group) = index.and_then(|i| state.groups.get_mut(i)) else {
+            tracing::error!(ordinal, "delivery report for an unknown message group");
+            return;
+        };
+        group.outstanding = group.outstanding.saturating_sub(1);
+        state.outstanding = state.outstanding.saturating_sub(1);
+        if state.advance() || state.outstanding == 0 {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// The newest position all of whose events are on the broker.
+    pub fn acknowledged(&self) -> Option<Position> {
+        self.lock().acknowledged
+    }
+
+    /// Messages produced and not yet acknowledged.
+    pub fn outstanding(&self) -> u64 {
+        self.lock().outstanding
+    }
+
+    /// A future that completes when the acknowledged position or the outstanding count may have changed.
+    /// Create it before reading the state, so that a change in between is not missed.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
+    /// Wakes every waiter (used at shutdown).
+    pub fn wake(&self) {
+        self.changed.notify_waiters();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TrackerState> {
+        // A panic elsewhere while holding the lock leaves counters that are still consistent enough to read.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl TrackerState {
+    /// Pops every complete group at the front; true when the acknowledged position moved.
+    fn advance(&mut self) -> bool {
+        let mut moved = false;
+        while let Some(front) = self.groups.front() {
+            match front.position {
+                Some(position) if front.outstanding == 0 => {
+                    self.acknowledged = Some(position);
+                    self.groups.pop_front();
+                    self.first += 1;
+                    moved = true;
+                }
+                _ => break,
+            }
+        }
+        moved
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PositionError {
+    #[error("cannot create the positions directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot write the position file {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot read the position file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("the position file {path} is damaged ({reason}); move it away to resume from the slot's position")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// What the position file holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredPosition {
+    /// Which source the position belongs to (the slot name for PostgreSQL).
+    pub source: String,
+    pub position: Position,
+    pub updated_at_ms: i64,
+}
+
+/// One position file in `[positions].dir`, named after the source so that several instances can share a dir.
+pub struct PositionStore {
+    path: PathBuf,
+    source: String,
+}
+
+impl PositionStore {
+    pub fn open(dir: &Path, source: &str) -> Result<PositionStore, PositionError> {
+        fs::create_dir_all(dir).map_err(|source| PositionError::CreateDir { path: dir.to_owned(), source })?;
+        Ok(PositionStore { path: dir.join(format!("{source}.position.json")), source: source.to_owned() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The stored position, or None when sluice never delivered anything for this source.
+    pub fn load(&self) -> Result<Option<StoredPosition>, PositionError> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(PositionError::Read { path: self.path.clone(), source }),
+        };
+        let stored: StoredPosition = serde_json::from_str(&text)
+            .map_err(|err| PositionError::Corrupt { path: self.path.clone(), reason: err.to_string() })?;
+        if stored.source != self.source {
+            let reason = format!("it belongs to source `{}`, not `{}`", stored.source, self.source);
+            return Err(PositionError::Corrupt { path: self.path.clone(), reason });
+        }
+        Ok(Some(stored))
+    }
+
+    /// Writes the position atomically: a temporary file, fsync, rename over the old one, fsync the directory.
+    /// A crash leaves either the old or the new position, never a torn file.
+    pub fn save(&self, position: Position) -> Result<(), PositionError> {
+        let stored = StoredPosition { source: self.source.clone(), position, updated_at_ms: now_ms() };
+        let mut text = serde_json::to_vec_pretty(&stored).expect("position serialises");
+        text.push(b'\n');
+        let temporary = self.path.with_extension("json.tmp");
+        let write_error = |source| PositionError::Write { path: self.path.clone(), source };
+        let mut file = fs::File::create(&temporary).map_err(write_error)?;
+        file.write_all(&text).map_err(write_error)?;
+        file.sync_all().map_err(write_error)?;
+        drop(file);
+        fs::rename(&temporary, &self.path).map_err(write_error)?;
+        if let Some(dir) = self.path.parent() {
+            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(write_error)?;
+        }
+        Ok(())
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Lsn;
+
+    fn at(lsn: u64) -> Position {
+        Position::Postgres { lsn: Lsn(lsn) }
+    }
+
+    #[test]
+    fn a_position_waits_for_every_earlier_delivery() {
+        let tracker = AckTracker::new();
+        let first = tracker.register();
+        let _ = tracker.register();
+        tracker.close_group(at(10));
+        let second = tracker.register();
+        tracker.close_group(at(20));
+        assert_ne!(first, second);
+
+        // The second transaction is delivered first: nothing is acknowledged yet.
+        tracker.delivered(second);
+        assert_eq!(tracker.acknowledged(), None);
+        tracker.delivered(first);
+        assert_eq!(tracker.acknowledged(), None, "one message of the first transaction is still out");
+        tracker.delivered(first);
+        assert_eq!(tracker.acknowledged(), Some(at(20)));
+        assert_eq!(tracker.outstanding(), 0);
+    }
+
+    #[test]
+    fn an_open_transaction_holds_back_later_idle_points() {
+        let tracker = AckTracker::new();
+        tracker.close_group(at(5));
+        assert_eq!(tracker.acknowledged(), Some(at(5)), "an empty group is acknowledged at once");
+        let open = tracker.register();
+        tracker.delivered(open);
+        assert_eq!(tracker.acknowledged(), Some(at(5)), "not sealed yet");
+        tracker.close_group(at(9));
+        assert_eq!(tracker.acknowledged(), Some(at(9)));
+    }
+
+    #[test]
+    fn unknown_ordinals_are_ignored() {
+        let tracker = AckTracker::new();
+        tracker.delivered(42);
+        assert_eq!(tracker.acknowledged(), None);
+    }
+
+    #[test]
+    fn store_round_trips_and_rejects_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PositionStore::open(&dir.path().join("nested"), "sluice").unwrap();
+        assert_eq!(store.load().unwrap(), None);
+        store.save(at(0x16_B374_D848)).unwrap();
+        store.save(at(0x16_B374_D900)).unwrap();
+        assert_eq!(store.load().unwrap().unwrap().position, at(0x16_B374_D900));
+
+        fs::write(store.path(), b"{ torn").unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(err.contains("damaged"), "{err}");
+
+        // A file copied from another source's store is refused rather than resumed from.
+        let mine = PositionStore::open(dir.path(), "mine").unwrap();
+        mine.save(at(7)).unwrap();
+        let other = PositionStore::open(dir.path(), "other").unwrap();
+        fs::copy(mine.path(), other.path()).unwrap();
+        let err = other.load().unwrap_err().to_string();
+        assert!(err.contains("belongs to source `mine`"), "{err}");
+    }
+}

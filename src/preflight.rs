@@ -1,0 +1,332 @@
+//! `sluice check`: connects to everything the config names and reports, line by line, what is ready and
+//! what is not — with the fix for each problem. Changes nothing.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use crate::config::{redact_secrets, Config};
+use crate::connectors::postgres::catalog::{self, describe_pg_error, TableName};
+use crate::registry::RegistryClient;
+use crate::sink::{KafkaSink, SinkSettings};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Pass,
+    Warn,
+    Fail,
+    /// Not checked because an earlier check failed.
+    Skip,
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckLine {
+    pub status: Status,
+    pub what: String,
+    /// How to fix it, for failures and warnings.
+    pub fix: Option<String>,
+}
+
+impl fmt::Display for CheckLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mark = match self.status {
+            Status::Pass => "[ ok ]",
+            Status::Warn => "[warn]",
+            Status::Fail => "[FAIL]",
+            Status::Skip => "[skip]",
+        };
+        write!(f, "{mark} {}", self.what)?;
+        if let Some(fix) = &self.fix {
+            write!(f, "\n       fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+pub struct Report {
+    pub lines: Vec<CheckLine>,
+}
+
+impl Report {
+    fn pass(&mut self, what: impl Into<String>) {
+        self.lines.push(CheckLine { status: Status::Pass, what: what.into(), fix: None });
+    }
+    fn warn(&mut self, what: impl Into<String>, fix: impl Into<String>) {
+        self.lines.push(CheckLine { status: Status::Warn, what: what.into(), fix: Some(fix.into()) });
+    }
+    fn fail(&mut self, what: impl Into<String>, fix: impl Into<String>) {
+        self.lines.push(CheckLine { status: Status::Fail, what: what.into(), fix: Some(fix.into()) });
+    }
+    fn skip(&mut self, what: impl Into<String>) {
+        self.lines.push(CheckLine { status: Status::Skip, what: what.into(), fix: None });
+    }
+
+    pub fn passed(&self) -> bool {
+        !self.lines.iter().any(|l| matches!(l.status, Status::Fail | Status::Skip))
+    }
+}
+
+pub async fn run(config: &Config) -> Report {
+    let mut report = Report::default();
+    check_postgres(config, &mut report).await;
+    check_broker(config, &mut report);
+    check_registry(config, &mut report).await;
+    report
+}
+
+async fn check_postgres(config: &Config, report: &mut Report) {
+    let url = config.source.url.get_ref().as_str();
+    let shown = redact_secrets(url);
+    let connection = match tokio_postgres::Config::from_str(url) {
+        Ok(mut c) => c.connect_timeout(Duration::from_secs(10)).to_owned(),
+        Err(err) => return report.fail(format!("PostgreSQL URL {shown}: {err}"), "correct `source.url`"),
+    };
+    let client = match catalog::connect(&connection).await {
+        Ok(client) => client,
+        Err(err) => {
+            report.fail(
+                format!("PostgreSQL at {shown} is not reachable: {}", source_text(&err)),
+                "check host, port, user and password in `source.url`, that the server runs, and that pg_hba.conf \
+                 admits this host for the user",
+            );
+            report.skip("wal_level, replication privilege, tables, slot and publication (no connection)");
+            return;
+        }
+    };
+    let version = scalar(&client, "SHOW server_version").await.unwrap_or_else(|_| "unknown".into());
+    report.pass(format!("PostgreSQL at {shown} is reachable (server {version})"));
+
+    match scalar(&client, "SHOW wal_level").await {
+        Ok(level) if level == "logical" => report.pass("wal_level = logical"),
+        Ok(level) => report.fail(
+            format!("wal_level is `{level}`: logical decoding needs `logical`"),
+            "run `ALTER SYSTEM SET wal_level = logical;` as a superuser (or set it in postgresql.conf), then restart PostgreSQL",
+        ),
+        Err(err) => report.fail(format!("cannot read wal_level: {err}"), "grant the user access to SHOW wal_level"),
+    }
+
+    check_role(&client, report).await;
+    let tables = check_tables(config, &client, report).await;
+    check_slot(config, &client, report).await;
+    check_publication(config, &client, &tables, report).await;
+}
+
+async fn check_role(client: &Client, report: &mut Report) {
+    let row = client
+        .query_one("SELECT current_user::text, rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+        .await;
+    match row {
+        Ok(row) => {
+            let (user, replication, superuser): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
+            if replication || superuser {
+                let how = if superuser { "superuser" } else { "REPLICATION" };
+                report.pass(format!("user `{user}` may replicate ({how})"));
+            } else {
+                report.fail(
+                    format!("user `{user}` may not start replication (neither REPLICATION nor superuser)"),
+                    format!("as a superuser: ALTER ROLE \"{user}\" WITH REPLICATION;"),
+                );
+            }
+        }
+        Err(err) => report.fail(format!("cannot read the user's role: {}", describe_pg_error(&err)), "check the user"),
+    }
+}
+
+/// Checks that each selected table exists and can identify its rows; returns the tables found.
+async fn check_tables(config: &Config, client: &Client, report: &mut Report) -> Vec<TableName> {
+    let tables = match catalog::resolve_tables(client, &config.table_patterns()).await {
+        Ok(tables) => tables,
+        Err(err) => {
+            report.fail(err.to_string(), "create the table, or correct `source.tables`");
+            return Vec::new();
+        }
+    };
+    if tables.is_empty() {
+        report.warn("`source.tables` matches no table yet", "create the tables, or correct the patterns");
+    }
+    for table in &tables {
+        let row = client
+            .query_one(
+                "SELECT c.relreplident::text, \
+                   (SELECT string_agg(a.attname, ', ' ORDER BY k.ord) FROM pg_index i \
+                      JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true \
+                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                     WHERE i.indrelid = c.oid AND i.indisprimary) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2",
+                &[&table.schema, &table.name],
+            )
+            .await;
+        match row {
+            Ok(row) => {
+                let identity: String = row.get(0);
+                let key: Option<String> = row.get(1);
+                match (identity.as_str(), key) {
+                    ("n", _) => report.fail(
+                        format!("table {table}: REPLICA IDENTITY NOTHING, so updates and deletes cannot be published"),
+                        format!("ALTER TABLE {} REPLICA IDENTITY DEFAULT; (with a primary key) or FULL", table.quoted()),
+                    ),
+                    ("d", None) => report.fail(
+                        format!("table {table} has no primary key: PostgreSQL refuses its updates and deletes under a publication"),
+                        format!("add a primary key, or ALTER TABLE {} REPLICA IDENTITY FULL;", table.quoted()),
+                    ),
+                    ("f", None) => report.warn(
+                        format!("table {table}: no primary key (REPLICA IDENTITY FULL): its messages have no key"),
+                        "add a primary key so that consumers can key and compact its events",
+                    ),
+                    (_, Some(key)) => report.pass(format!("table {table}: primary key ({key})")),
+                    (_, None) => report.pass(format!("table {table}: replica identity index")),
+                }
+            }
+            Err(err) => report.fail(format!("table {table}: {}", describe_pg_error(&err)), "check the table"),
+        }
+    }
+    tables
+}
+
+async fn check_slot(config: &Config, client: &Client, report: &mut Report) {
+    let slot = config.source.slot.get_ref().as_str();
+    match catalog::slot_info(client, slot).await {
+        Ok(Some(info)) => {
+            let plugin = info.plugin.clone().unwrap_or_default();
+            if info.slot_type != "logical" || plugin != "pgoutput" {
+                report.fail(
+                    format!("slot `{slot}` exists but is a {} slot with plugin `{plugin}`", info.slot_type),
+                    "name another slot in `source.slot`, or drop this one: SELECT pg_drop_replication_slot('…');",
+                );
+            } else if info.active {
+                report.warn(
+                    format!("slot `{slot}` is in use by another connection right now"),
+                    "stop the other consumer (or sluice instance) before starting this one",
+                );
+            } else {
+                let at = info.confirmed_flush_lsn.unwrap_or_else(|| "?".into());
+                report.pass(format!("slot `{slot}` exists (pgoutput, confirmed up to {at})"));
+            }
+        }
+        Ok(None) => {
+            let free = scalar(
+                client,
+                "SELECT (current_setting('max_replication_slots')::int - count(*))::text FROM pg_replication_slots",
+            )
+            .await
+            .unwrap_or_default();
+            if free == "0" {
+                report.fail(
+                    format!("slot `{slot}` does not exist and max_replication_slots is used up"),
+                    "raise max_replication_slots in postgresql.conf (restart needed) or drop an unused slot",
+                );
+            } else {
+                report.pass(format!("slot `{slot}` does not exist yet: `sluice run` creates it ({free} slots free)"));
+            }
+        }
+        Err(err) => report.fail(err.to_string(), "grant the user access to pg_replication_slots"),
+    }
+}
+
+async fn check_publication(config: &Config, client: &Client, tables: &[TableName], report: &mut Report) {
+    let publication = config.source.publication.get_ref().as_str();
+    let exists = client.query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&publication]).await;
+    match exists {
+        Ok(Some(row)) if row.get::<_, bool>(0) => report.pass(format!("publication `{publication}` covers all tables")),
+        Ok(Some(_)) => match catalog::published_tables(client, publication).await {
+            Ok(covered) => {
+                let missing: Vec<String> = tables.iter().filter(|t| !covered.contains(t)).map(ToString::to_string).collect();
+                if missing.is_empty() {
+                    report.pass(format!("publication `{publication}` covers the selected tables"));
+                } else {
+                    let owned = owns_all(client, tables).await;
+                    let fix = format!("`sluice run` adds them{}", if owned { "" } else { " if the user owns the publication and tables; otherwise ALTER PUBLICATION … ADD TABLE as the owner" });
+                    report.warn(format!("publication `{publication}` lacks {}", missing.join(", ")), fix);
+                }
+            }
+            Err(err) => report.fail(err.to_string(), "grant the user access to pg_publication_tables"),
+        },
+        Ok(None) => {
+            let may_create = scalar(client, "SELECT has_database_privilege(current_database(), 'CREATE')::text")
+                .await
+                .is_ok_and(|v| v == "true");
+            if may_create && owns_all(client, tables).await {
+                report.pass(format!("publication `{publication}` does not exist yet: `sluice run` creates it"));
+            } else {
+                report.fail(
+                    format!("publication `{publication}` does not exist and the user may not create it for these tables"),
+                    format!("as the tables' owner: CREATE PUBLICATION \"{publication}\" FOR TABLE …; (or grant CREATE on the database and make the user the tables' owner)"),
+                );
+            }
+        }
+        Err(err) => report.fail(format!("cannot read publications: {}", describe_pg_error(&err)), "check the user's access"),
+    }
+}
+
+/// Whether the user owns every table (or is superuser): what CREATE/ALTER PUBLICATION … TABLE requires.
+async fn owns_all(client: &Client, tables: &[TableName]) -> bool {
+    let mut all = true;
+    for table in tables {
+        let owned = client
+            .query_one(
+                "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
+                   OR pg_has_role(c.relowner, 'USAGE') \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+                &[&table.schema, &table.name],
+            )
+            .await
+            .map(|row| row.get::<_, bool>(0))
+            .unwrap_or(false);
+        all &= owned;
+    }
+    all
+}
+
+fn check_broker(config: &Config, report: &mut Report) {
+    let settings = SinkSettings::from_config(config);
+    let brokers = settings.brokers.clone();
+    let tracker = std::sync::Arc::new(crate::positions::AckTracker::new());
+    let checked = KafkaSink::new(settings, tracker).and_then(|(sink, _)| sink.check_reachable(Duration::from_secs(10)));
+    match checked {
+        Ok(()) => report.pass(format!("broker at {brokers} is reachable")),
+        Err(err) => report.fail(
+            format!("broker at {brokers} is not reachable: {err}"),
+            "check `sink.brokers`, that the broker runs and advertises an address this host can reach, and the security settings in [sink.kafka]",
+        ),
+    }
+}
+
+async fn check_registry(config: &Config, report: &mut Report) {
+    let url = config.avro.registry_url.get_ref().as_str();
+    let shown = redact_secrets(url);
+    let reached = match RegistryClient::new(url) {
+        Ok(client) => client.ping().await,
+        Err(err) => Err(err),
+    };
+    match reached {
+        Ok(()) => report.pass(format!("schema registry at {shown} is reachable")),
+        Err(err) => report.fail(
+            format!("schema registry at {shown} is not reachable: {err}"),
+            "check `avro.registry_url` and that the registry runs",
+        ),
+    }
+}
+
+async fn scalar(client: &Client, sql: &str) -> Result<String, String> {
+    let row = client.query_one(sql, &[]).await.map_err(|e| describe_pg_error(&e))?;
+    row.try_get::<_, String>(0).map_err(|e| e.to_string())
+}
+
+/// The innermost cause, which says what actually went wrong ("connection refused", "password authentication
+/// failed"), without repeating the wrappers.
+fn source_text(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(&format!(": {cause_text}"));
+        }
+        source = cause.source();
+    }
+    redact_secrets(&text)
+}

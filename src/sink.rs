@@ -1,0 +1,269 @@
+//! The Kafka sink: an idempotent, acks=all librdkafka producer whose delivery reports feed the
+//! [`AckTracker`], and the admin calls that create missing topics.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::Message;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::positions::AckTracker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot create the Kafka producer: {0}")]
+    Producer(#[source] KafkaError),
+    #[error("cannot create topic `{topic}`: {reason}")]
+    CreateTopic { topic: String, reason: String },
+    #[error("the broker refused a message for topic `{topic}`: {source}")]
+    Send { topic: String, source: KafkaError },
+    #[error("brokers at {brokers} are unreachable: {source}")]
+    Unreachable { brokers: String, source: KafkaError },
+}
+
+/// The settings the sink needs, out of the config file.
+#[derive(Clone, Debug)]
+pub struct SinkSettings {
+    pub brokers: String,
+    pub properties: Vec<(String, String)>,
+    pub create_topics: bool,
+    pub topic_partitions: i32,
+    pub topic_replication_factor: i32,
+}
+
+impl SinkSettings {
+    pub fn from_config(config: &Config) -> SinkSettings {
+        SinkSettings {
+            brokers: config.sink.brokers.get_ref().as_str().to_owned(),
+            properties: config.kafka_properties().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            create_topics: config.sink.create_topics,
+            topic_partitions: config.sink.topic_partitions,
+            topic_replication_factor: config.sink.topic_replication_factor,
+        }
+    }
+
+    /// librdkafka settings: sluice's guarantees first, then the user's pass-through properties (which
+    /// `config` already checked do not weaken them).
+    fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", "sluice")
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            // Java's partitioner: a key lands on the partition other Kafka clients (and Debezium) pick.
+            .set("partitioner", "murmur2_random")
+            // Never give up on a message because the broker was away for a while: reading pauses instead.
+            .set("message.timeout.ms", "0")
+            .set("linger.ms", "5");
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+/// A delivery the broker refused for good.
+#[derive(Debug)]
+pub struct FailedDelivery {
+    pub ordinal: u64,
+    pub dead_letter: bool,
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub error: KafkaError,
+}
+
+/// Routes librdkafka's delivery reports: successes to the tracker, failures to the pipeline.
+pub struct DeliveryReports {
+    tracker: Arc<AckTracker>,
+    failures: mpsc::UnboundedSender<FailedDelivery>,
+}
+
+impl ClientContext for DeliveryReports {}
+
+impl ProducerContext for DeliveryReports {
+    /// `ordinal << 1 | dead_letter`.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let (ordinal, dead_letter) = ((opaque >> 1) as u64, opaque & 1 == 1);
+        match result {
+            Ok(_) => self.tracker.delivered(ordinal),
+            Err((error, message)) => {
+                let headers = message
+                    .headers()
+                    .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect())
+                    .unwrap_or_default();
+                let failure = FailedDelivery {
+                    ordinal,
+                    dead_letter,
+                    topic: message.topic().to_owned(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec),
+                    headers,
+                    error: error.clone(),
+                };
+                // The receiver lives as long as the pipeline; if it is gone the process is exiting anyway, and the
+                // unacknowledged position makes the next run deliver the message again.
+                let _ = self.failures.send(failure);
+            }
+        }
+    }
+}
+
+/// A message ready to produce.
+pub struct Outgoing<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    pub headers: &'a [(&'a str, &'a [u8])],
+}
+
+pub struct KafkaSink {
+    producer: ThreadedProducer<DeliveryReports>,
+    admin: AdminClient<DefaultClientContext>,
+    settings: SinkSettings,
+    known_topics: HashSet<String>,
+}
+
+impl KafkaSink {
+    /// Creates the producer; failed deliveries arrive on the returned receiver.
+    pub fn new(
+        settings: SinkSettings,
+        tracker: Arc<AckTracker>,
+    ) -> Result<(KafkaSink, mpsc::UnboundedReceiver<FailedDelivery>), SinkError> {
+        let (failures, failed) = mpsc::unbounded_channel();
+        let client_config = settings.client_config();
+        let producer = client_config
+            .create_with_context(DeliveryReports { tracker, failures })
+            .map_err(SinkError::Producer)?;
+        let mut admin_config = ClientConfig::new();
+        admin_config.set("bootstrap.servers", &settings.brokers);
+        // Security settings apply to the admin connection too.
+        for (key, value) in settings.properties.iter().filter(|(k, _)| is_connection_property(k)) {
+            admin_config.set(key, value);
+        }
+        let admin = admin_config.create().map_err(SinkError::Producer)?;
+        Ok((KafkaSink { producer, admin, settings, known_topics: HashSet::new() }, failed))
+    }
+
+    /// Fails unless a broker answers a metadata request within `timeout`.
+    pub fn check_reachable(&self, timeout: Duration) -> Result<(), SinkError> {
+        self.producer
+            .client()
+            .fetch_metadata(None, timeout)
+            .map(|_| ())
+            .map_err(|source| SinkError::Unreachable { brokers: self.settings.brokers.clone(), source })
+    }
+
+    /// Makes sure `topic` exists, creating it when allowed. Cached: the broker is asked once per topic.
+    pub async fn ensure_topic(&mut self, topic: &str) -> Result<(), SinkError> {
+        if !self.settings.create_topics || self.known_topics.contains(topic) {
+            return Ok(());
+        }
+        let new_topic = NewTopic::new(
+            topic,
+            self.settings.topic_partitions,
+            TopicReplication::Fixed(self.settings.topic_replication_factor),
+        );
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = self
+            .admin
+            .create_topics([&new_topic], &options)
+            .await
+            .map_err(|err| SinkError::CreateTopic { topic: topic.to_owned(), reason: err.to_string() })?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => {
+                    return Err(SinkError::CreateTopic { topic: topic.to_owned(), reason: code.to_string() })
+                }
+            }
+        }
+        tracing::debug!(topic, "topic ready");
+        self.known_topics.insert(topic.to_owned());
+        Ok(())
+    }
+
+    /// Hands a message to librdkafka. Waits while its queue is full (backpressure); other errors mean the
+    /// message can never be produced as it is.
+    pub async fn send(&self, message: &Outgoing<'_>, ordinal: u64, dead_letter: bool) -> Result<(), SinkError> {
+        let opaque = ((ordinal as usize) << 1) | usize::from(dead_letter);
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+        for (key, value) in message.headers {
+            headers = headers.insert(Header { key, value: Some(*value) });
+        }
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(message.topic, opaque).headers(headers);
+        if let Some(key) = message.key {
+            record = record.key(key);
+        }
+        if let Some(payload) = message.payload {
+            record = record.payload(payload);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((source, _)) => return Err(SinkError::Send { topic: message.topic.to_owned(), source }),
+            }
+        }
+    }
+
+    /// Messages librdkafka still holds (queued or awaiting acknowledgement).
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    /// Waits up to `timeout` for every queued message to be acknowledged.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+}
+
+/// Properties that configure the connection (security, addresses) rather than producing.
+pub fn is_connection_property(key: &str) -> bool {
+    ["security.", "ssl.", "sasl.", "client.dns", "broker.address", "socket."].iter().any(|p| key.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_properties_cannot_drop_the_guarantees_but_can_tune() {
+        let settings = SinkSettings {
+            brokers: "127.0.0.1:1".into(),
+            properties: vec![("compression.type".into(), "zstd".into()), ("linger.ms".into(), "20".into())],
+            create_topics: true,
+            topic_partitions: 1,
+            topic_replication_factor: 1,
+        };
+        let config = settings.client_config();
+        assert_eq!(config.get("acks"), Some("all"));
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+        assert_eq!(config.get("partitioner"), Some("murmur2_random"));
+        assert_eq!(config.get("compression.type"), Some("zstd"));
+        assert_eq!(config.get("linger.ms"), Some("20"));
+    }
+
+    #[test]
+    fn connection_properties_are_recognised() {
+        assert!(is_connection_property("security.protocol"));
+        assert!(is_connection_property("sasl.username"));
+        assert!(!is_connection_property("compression.type"));
+    }
+}

@@ -1,0 +1,257 @@
+//! Shared pieces of the end-to-end tests: the three services, a config file pointing at them, the sluice
+//! daemon as a child process, and decoding what it published.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+use sluice_testkit::broker::{read_topic, Record, Tansu};
+use sluice_testkit::postgres::PgCluster;
+use sluice_testkit::registry::RegistryDouble;
+
+pub const DATABASE: &str = "shop";
+pub const PREFIX: &str = "shop";
+pub const DEAD_LETTERS: &str = "shop.dlq";
+
+/// A private PostgreSQL, a tansu broker and the registry test double, plus a scratch directory.
+pub struct Services {
+    pub pg: PgCluster,
+    pub broker: Tansu,
+    pub registry: RegistryDouble,
+    pub dir: tempfile::TempDir,
+}
+
+impl Services {
+    pub async fn start() -> Services {
+        let pg = PgCluster::start().expect("start PostgreSQL");
+        pg.create_database(DATABASE).await.expect("create database");
+        let broker = Tansu::start().expect("start tansu");
+        let registry = RegistryDouble::start().expect("start the registry double");
+        Services { pg, broker, registry, dir: tempfile::tempdir().expect("temp dir") }
+    }
+
+    pub async fn sql(&self, sql: &str) {
+        let client = self.pg.client(DATABASE).await.expect("connect");
+        client.batch_execute(sql).await.unwrap_or_else(|err| panic!("{sql}: {err}"));
+    }
+
+    /// Writes a config for `tables` and returns its path.
+    pub fn write_config(&self, tables: &[&str]) -> PathBuf {
+        let tables: Vec<String> = tables.iter().map(|t| format!("\"{t}\"")).collect();
+        let text = format!(
+            r#"[source]
+kind = "postgres"
+url = "{url}"
+slot = "sluice_test"
+publication = "sluice_test"
+tables = [{tables}]
+status_interval_secs = 1
+
+[sink]
+kind = "kafka"
+brokers = "{brokers}"
+topic_prefix = "{PREFIX}"
+dead_letter_topic = "{DEAD_LETTERS}"
+topic_partitions = 3
+topic_replication_factor = 1
+[sink.kafka]
+"compression.type" = "lz4"
+
+[avro]
+registry_url = "{registry}"
+
+[positions]
+dir = "{positions}"
+"#,
+            url = self.pg.url(DATABASE),
+            tables = tables.join(", "),
+            brokers = self.broker.bootstrap(),
+            registry = self.registry.url(),
+            positions = self.dir.path().join("positions").display(),
+        );
+        let path = self.dir.path().join("sluice.toml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// Every record of `topic` once at least `min` are there (or after `timeout`, whatever is there).
+    pub async fn read(&self, topic: &str, min: usize, timeout: Duration) -> Vec<Record> {
+        read_topic(&self.broker.bootstrap(), topic, min, timeout).await.expect("read topic")
+    }
+
+    /// Decodes a Confluent-framed Avro body with the schema the registry double holds for its id.
+    pub fn decode(&self, body: &[u8]) -> Json {
+        assert!(body.len() > 5 && body[0] == 0, "not Confluent-framed: {body:?}");
+        let id = u32::from_be_bytes([body[1], body[2], body[3], body[4]]);
+        let schema = self.schema(id);
+        sluice::tail::decode_datum(&schema, &body[5..]).unwrap_or_else(|err| panic!("decode with schema {id}: {err}"))
+    }
+
+    fn schema(&self, id: u32) -> String {
+        thread_local! {
+            static CACHE: std::cell::RefCell<HashMap<(String, u32), String>> = Default::default();
+        }
+        let key = (self.registry.url(), id);
+        if let Some(found) = CACHE.with(|c| c.borrow().get(&key).cloned()) {
+            return found;
+        }
+        let schema = self
+            .registry
+            .schemas()
+            .into_iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, s)| s)
+            .unwrap_or_else(|| panic!("schema id {id} is not in the registry"));
+        CACHE.with(|c| c.borrow_mut().insert(key, schema.clone()));
+        schema
+    }
+
+    /// Waits until sluice's slot is being streamed from.
+    pub async fn wait_streaming(&self, daemon: &mut Daemon) {
+        let client = self.pg.client(DATABASE).await.expect("connect");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let active = client
+                .query_opt("SELECT active FROM pg_replication_slots WHERE slot_name = 'sluice_test'", &[])
+                .await
+                .expect("query slots")
+                .is_some_and(|row| row.get::<_, bool>(0));
+            if active {
+                return;
+            }
+            if let Some(status) = daemon.exited() {
+                panic!("sluice exited ({status}) before streaming:\n{}", daemon.log());
+            }
+            assert!(Instant::now() < deadline, "sluice did not start streaming:\n{}", daemon.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The slot's confirmed_flush_lsn, as text.
+    pub async fn confirmed_flush(&self) -> Option<String> {
+        let client = self.pg.client(DATABASE).await.expect("connect");
+        client
+            .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'sluice_test'", &[])
+            .await
+            .expect("query slots")
+            .and_then(|row| row.get(0))
+    }
+}
+
+pub fn sluice_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sluice")
+}
+
+/// Runs `sluice ARGS` to completion; returns (exit status, stdout, stderr).
+pub fn sluice(args: &[&str]) -> (ExitStatus, String, String) {
+    let output = Command::new(sluice_bin()).args(args).output().expect("run sluice");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `sluice run` as a child process, its log in a file.
+pub struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(config: &Path) -> Daemon {
+        let log = config.with_file_name(format!("sluice-{}.log", std::process::id() as u128 + now_nanos()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(sluice_bin())
+            .args(["run", "-c"])
+            .arg(config)
+            .env("SLUICE_LOG", "info,sluice=debug")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn sluice");
+        Daemon { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([format!("-{name}"), self.child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{name} failed");
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        self.signal("KILL");
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the exit (bounded).
+    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "sluice did not exit within {within:?} of SIGTERM:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
+}
+
+/// A decoded change event, reduced to what the tests compare.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Json>,
+    /// None for a tombstone.
+    pub value: Option<Json>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Event {
+    pub fn op(&self) -> Option<&str> {
+        self.value.as_ref()?.get("op")?.as_str()
+    }
+    pub fn after(&self) -> Option<&Json> {
+        self.value.as_ref()?.get("after").filter(|v| !v.is_null())
+    }
+    pub fn before(&self) -> Option<&Json> {
+        self.value.as_ref()?.get("before").filter(|v| !v.is_null())
+    }
+}
+
+pub fn decode_all(services: &Services, records: &[Record]) -> Vec<Event> {
+    records
+        .iter()
+        .map(|r| Event {
+            partition: r.partition,
+            offset: r.offset,
+            key: r.key.as_deref().map(|k| services.decode(k)),
+            value: r.value.as_deref().map(|v| services.decode(v)),
+            headers: r.headers.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect(),
+        })
+        .collect()
+}

@@ -1,0 +1,340 @@
+//! A private tansu broker (Kafka protocol) per test: own port, own SQLite storage in a temporary
+//! directory, killed on drop.
+//!
+//! tansu differs from Kafka in ways tests must respect: producing does not create topics (use
+//! `create_topics`), there are no transactions, snappy-compressed batches cannot be fetched (use lz4 or
+//! zstd), and DeleteTopics deletes every topic — never call it.
+
+mod read;
+
+pub use read::{read_topic, Record};
+
+use std::fs::File;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+use tempfile::TempDir;
+
+use crate::log_tail::log_tail;
+
+const TANSU_VERSION: &str = "0.6.0";
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a start is tried when the chosen port turns out to be taken.
+const START_ATTEMPTS: u32 = 3;
+/// What tansu logs when its port is taken (it then exits with status 0).
+const ADDR_IN_USE: &str = "Address already in use";
+/// How long a created topic may take to show up in metadata with all its partitions.
+const TOPIC_VISIBLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running tansu broker listening on 127.0.0.1. Dropping it kills the process (even when frozen) and
+/// deletes its storage.
+pub struct Tansu {
+    child: Child,
+    port: u16,
+    /// Working directory of the broker: its SQLite database and its log. Removed after the kill.
+    dir: TempDir,
+}
+
+impl Tansu {
+    /// Starts a broker and waits until it answers a metadata request.
+    pub fn start() -> Result<Tansu> {
+        let binary = tansu_binary()?;
+        let mut attempt = 1;
+        loop {
+            match Tansu::start_once(&binary, crate::free_port()) {
+                // Between free_port() and the bind, another process may take the port: try another.
+                Err(err) if attempt < START_ATTEMPTS && format!("{err:#}").contains(ADDR_IN_USE) => attempt += 1,
+                result => return result,
+            }
+        }
+    }
+
+    fn start_once(binary: &Path, port: u16) -> Result<Tansu> {
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-tansu-")
+            .tempdir()
+            .context("creating a temporary directory for tansu")?;
+        let log_path = dir.path().join("tansu.log");
+        let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let listener = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(binary)
+            .arg("broker")
+            .args(["--listener-url", &listener, "--advertised-listener-url", &listener])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            // The storage URL is relative: the database lands in the broker's own directory.
+            .current_dir(dir.path())
+            // Ambient settings for these must not turn on schema validation or telemetry export.
+            .env_remove("SCHEMA_REGISTRY")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            // Plain log lines, no ANSI colours, in the log tails of error messages.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("duplicating the tansu log handle")?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {}", binary.display()))?;
+        let mut broker = Tansu { child, port, dir };
+        broker.wait_until_ready()?;
+        Ok(broker)
+    }
+
+    /// The `bootstrap.servers` value for clients: `127.0.0.1:PORT`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The broker's stdout and stderr.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("tansu.log")
+    }
+
+    /// Creates topics with `partitions` partitions each (replication factor 1) and waits until metadata
+    /// shows them. Topics that already exist are fine.
+    pub async fn create_topics(&self, names: &[&str], partitions: i32) -> Result<()> {
+        let admin = admin_client(&self.bootstrap())?;
+        let topics: Vec<NewTopic<'_>> =
+            names.iter().map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1))).collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = admin
+            .create_topics(&topics, &options)
+            .await
+            .with_context(|| format!("CreateTopics {names:?} on tansu at {}", self.bootstrap()))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => bail!("tansu refused to create topic `{topic}`: {code}"),
+            }
+        }
+        let bootstrap = self.bootstrap();
+        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+        // Metadata calls block: keep them off the runtime's threads, which may be driving the code under test.
+        tokio::task::spawn_blocking(move || wait_for_topics(&bootstrap, &names, partitions))
+            .await
+            .context("the topic-metadata check panicked")?
+    }
+
+    /// Suspends the broker (SIGSTOP): connections stay open but nothing is answered, as with a hung broker.
+    pub fn freeze(&self) -> Result<()> {
+        self.signal("STOP")
+    }
+
+    /// Resumes a frozen broker (SIGCONT).
+    pub fn thaw(&self) -> Result<()> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.child.id().to_string();
+        let output = Command::new("kill").args([&format!("-{signal}"), &pid]).output().context("running kill")?;
+        if !output.status.success() {
+            bail!("kill -{signal} {pid} (tansu) failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(())
+    }
+
+    fn wait_until_ready(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let mut last_problem = String::from("the port does not accept connections yet");
+        while started.elapsed() < START_TIMEOUT {
+            if let Some(status) = self.child.try_wait().context("checking the tansu process")? {
+                // Checked in the whole log: a backtrace may follow the error line.
+                if std::fs::read_to_string(self.log_path()).unwrap_or_default().contains(ADDR_IN_USE) {
+                    bail!("tansu could not listen on port {}: {ADDR_IN_USE}", self.port);
+                }
+                bail!("tansu exited during startup ({status})\n{}", log_tail(&self.log_path(), 30));
+            }
+            match self.probe() {
+                Ok(()) => return Ok(()),
+                Err(problem) => last_problem = format!("{problem:#}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "tansu did not become ready on {} within {START_TIMEOUT:?}: {last_problem}\n{}",
+            self.bootstrap(),
+            log_tail(&self.log_path(), 30)
+        )
+    }
+
+    /// Ready means: the port accepts TCP and a metadata request lists this broker.
+    fn probe(&self) -> Result<()> {
+        TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_secs(1))
+            .context("connecting to the listener")?;
+        let admin = admin_client(&self.bootstrap())?;
+        let metadata =
+            admin.inner().fetch_metadata(None, Duration::from_secs(2)).context("fetching cluster metadata")?;
+        if metadata.brokers().is_empty() {
+            bail!("metadata lists no brokers");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The tansu binary: `$SLUICE_TANSU`, else where scripts/provision.sh installs it.
+pub fn tansu_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("SLUICE_TANSU") {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!("SLUICE_TANSU points at {}, which is not a file", path.display());
+        }
+        return Ok(path);
+    }
+    let cache = match (std::env::var_os("SLUICE_CACHE_DIR"), std::env::var_os("XDG_CACHE_HOME")) {
+        (Some(dir), _) => PathBuf::from(dir),
+        (None, Some(xdg)) => PathBuf::from(xdg).join("sluice"),
+        (None, None) => {
+            let home = std::env::var_os("HOME").context("HOME is not set, cannot locate the tansu binary")?;
+            PathBuf::from(home).join(".cache").join("sluice")
+        }
+    };
+    let path = cache.join(format!("tansu-{TANSU_VERSION}")).join("bin").join("tansu");
+    if !path.is_file() {
+        bail!(
+            "tansu {TANSU_VERSION} is not installed at {}: run scripts/provision.sh (or set SLUICE_TANSU)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn admin_client(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .with_context(|| format!("creating a Kafka admin client for {bootstrap}"))
+}
+
+/// Blocks until metadata shows every topic with `partitions` partitions.
+fn wait_for_topics(bootstrap: &str, names: &[String], partitions: i32) -> Result<()> {
+    let admin = admin_client(bootstrap)?;
+    let started = Instant::now();
+    for name in names {
+        loop {
+            let seen = admin
+                .inner()
+                .fetch_metadata(Some(name), Duration::from_secs(2))
+                .ok()
+                .and_then(|metadata| {
+                    metadata.topics().first().filter(|t| t.error().is_none()).map(|t| t.partitions().len())
+                })
+                .unwrap_or(0);
+            if seen as i32 >= partitions {
+                break;
+            }
+            if started.elapsed() > TOPIC_VISIBLE_TIMEOUT {
+                bail!("topic `{name}` shows {seen} of {partitions} partitions in metadata after {TOPIC_VISIBLE_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    fn producer(bootstrap: &str) -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("compression.type", "lz4")
+            .set("message.timeout.ms", "10000")
+            .create()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_produced_message_is_read_back() {
+        let broker = Tansu::start().unwrap();
+        broker.create_topics(&["orders"], 3).await.unwrap();
+        // Creating again is tolerated.
+        broker.create_topics(&["orders"], 3).await.unwrap();
+
+        let headers = OwnedHeaders::new().insert(Header { key: "op", value: Some("c".as_bytes()) });
+        let record = FutureRecord::to("orders").key("k1").payload("v1").partition(1).headers(headers);
+        producer(&broker.bootstrap()).send(record, Duration::from_secs(10)).await.map_err(|(err, _)| err).unwrap();
+
+        let records = read_topic(&broker.bootstrap(), "orders", 1, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(records.len(), 1, "{records:?}");
+        let record = &records[0];
+        assert_eq!((record.topic.as_str(), record.partition, record.offset), ("orders", 1, 0));
+        assert_eq!(record.key.as_deref(), Some(&b"k1"[..]));
+        assert_eq!(record.value.as_deref(), Some(&b"v1"[..]));
+        assert_eq!(record.headers, vec![("op".to_owned(), b"c".to_vec())]);
+    }
+
+    #[tokio::test]
+    async fn read_topic_returns_what_it_has_at_the_timeout() {
+        let broker = Tansu::start().unwrap();
+        broker.create_topics(&["sparse"], 1).await.unwrap();
+        let producer = producer(&broker.bootstrap());
+        for i in 0..3 {
+            let payload = format!("m{i}");
+            producer
+                .send(FutureRecord::<(), _>::to("sparse").payload(&payload), Duration::from_secs(10))
+                .await
+                .unwrap();
+        }
+        let started = Instant::now();
+        let records = read_topic(&broker.bootstrap(), "sparse", 5, Duration::from_secs(4)).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_secs(4));
+        let values: Vec<_> = records.iter().map(|r| r.value.clone().unwrap()).collect();
+        assert_eq!(values, vec![b"m0".to_vec(), b"m1".to_vec(), b"m2".to_vec()]);
+        assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_frozen_broker_stops_answering_until_thawed() {
+        let broker = Tansu::start().unwrap();
+        broker.create_topics(&["t"], 1).await.unwrap();
+        broker.freeze().unwrap();
+        let bootstrap = broker.bootstrap();
+        let frozen = tokio::task::spawn_blocking(move || {
+            admin_client(&bootstrap).unwrap().inner().fetch_metadata(Some("t"), Duration::from_secs(2)).is_err()
+        });
+        assert!(frozen.await.unwrap(), "a frozen broker answered metadata");
+        broker.thaw().unwrap();
+        broker.create_topics(&["t"], 1).await.unwrap();
+    }
+
+    #[test]
+    fn a_taken_port_is_reported_as_such() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let err = Tansu::start_once(&tansu_binary().unwrap(), port).err().expect("the port is taken");
+        assert!(format!("{err:#}").contains(ADDR_IN_USE), "{err:#}");
+    }
+
+    #[test]
+    fn drop_kills_the_broker() {
+        let broker = Tansu::start().unwrap();
+        let port = broker.port();
+        broker.freeze().unwrap();
+        drop(broker);
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "port {port} still accepts");
+    }
+}

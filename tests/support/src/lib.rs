@@ -1,0 +1,48 @@
+//! Test harness for sluice: throwaway PostgreSQL clusters, a tansu broker, and a schema-registry test
+//! double. Every fixture owns a temporary directory and its processes, and cleans both up on drop.
+
+pub mod broker;
+pub mod postgres;
+pub mod registry;
+
+mod log_tail;
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::sync::{Mutex, OnceLock};
+
+/// A loopback TCP port that was free a moment ago.
+///
+/// The OS picks it (bind to port 0), so parallel tests do not collide on a fixed range; the ports handed
+/// out by this process are remembered so two fixtures started back to back never get the same one.
+/// There is still a small window before the caller binds it, which is accepted for tests.
+pub fn free_port() -> u16 {
+    static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let handed_out = HANDED_OUT.get_or_init(Mutex::default);
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 to find a free port");
+        let port = listener.local_addr().expect("local address of a bound listener").port();
+        if handed_out.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return port;
+        }
+    }
+}
+
+/// A random hex string, for passwords and consumer-group names that must not clash between tests.
+pub(crate) fn random_hex() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS per instance: enough randomness without a dependency.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher
+        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    format!("{:016x}", hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_are_not_handed_out_twice() {
+        let ports: std::collections::HashSet<u16> = (0..50).map(|_| super::free_port()).collect();
+        assert_eq!(ports.len(), 50);
+    }
+}
