@@ -127,7 +127,9 @@ impl fmt::Debug for EnvString {
 impl<'de> Deserialize<'de> for EnvString {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(deserializer)?;
-        expand_env(&raw, |name| std::env::var(name).ok()).map(EnvString).map_err(de::Error::custom)
+        expand_env(&raw, |name| std::env::var(name).ok())
+            .map(EnvString)
+            .map_err(de::Error::custom)
     }
 }
 
@@ -142,14 +144,20 @@ pub fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<
             out.push('$');
             rest = after;
         } else if let Some(body) = tail.strip_prefix("${") {
-            let end = body.find('}').ok_or_else(|| format!("unclosed `${{` in `{}`", redact_secrets(raw)))?;
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unclosed `${{` in `{}`", redact_secrets(raw)))?;
             let name = &body[..end];
-            let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let valid =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                return Err(format!("`${{{name}}}` is not a valid environment variable reference"));
+                return Err(format!(
+                    "`${{{name}}}` is not a valid environment variable reference"
+                ));
             }
-            let value = lookup(name)
-                .ok_or_else(|| format!("environment variable `{name}` is not set (referenced as `${{{name}}}`)"))?;
+            let value = lookup(name).ok_or_else(|| {
+                format!("environment variable `{name}` is not set (referenced as `${{{name}}}`)")
+            })?;
             out.push_str(&value);
             rest = &body[end + 1..];
         } else {
@@ -180,7 +188,9 @@ impl<'de> Deserialize<'de> for PropertyValue {
                 f.write_str("a string, number or boolean")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<PropertyValue, E> {
-                expand_env(v, |name| std::env::var(name).ok()).map(PropertyValue).map_err(E::custom)
+                expand_env(v, |name| std::env::var(name).ok())
+                    .map(PropertyValue)
+                    .map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<PropertyValue, E> {
                 Ok(PropertyValue(v.to_string()))
@@ -211,34 +221,53 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}, column {}: `{}`: {}", self.line, self.column, self.key, self.message)
+        write!(
+            f,
+            "line {}, column {}: `{}`: {}",
+            self.line, self.column, self.key, self.message
+        )
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("{path}: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
-    Invalid { path: PathBuf, problems: Vec<Problem> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
 }
 
 impl Config {
     /// Reads, parses and checks a config file. No network access.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Config::parse(&text).map_err(|err| match err {
-            ParseError::Syntax(message) => ConfigError::Syntax { path: path.to_owned(), message },
-            ParseError::Invalid(problems) => ConfigError::Invalid { path: path.to_owned(), problems },
+            ParseError::Syntax(message) => ConfigError::Syntax {
+                path: path.to_owned(),
+                message,
+            },
+            ParseError::Invalid(problems) => ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            },
         })
     }
 
     /// Parses and checks config text.
     pub fn parse(text: &str) -> Result<Config, ParseError> {
-        let config: Config = toml::from_str(text).map_err(|err| ParseError::Syntax(describe_toml_error(text, &err)))?;
+        let config: Config = toml::from_str(text)
+            .map_err(|err| ParseError::Syntax(describe_toml_error(text, &err)))?;
         let problems = config.problems(text);
         if problems.is_empty() {
             Ok(config)
@@ -252,7 +281,12 @@ impl Config {
         let mut found = Vec::new();
         let mut report = |key: &str, span: Range<usize>, message: String| {
             let (line, column) = line_column(text, span.start);
-            found.push(Problem { key: key.to_owned(), line, column, message });
+            found.push(Problem {
+                key: key.to_owned(),
+                line,
+                column,
+                message,
+            });
         };
 
         let source = &self.source;
@@ -262,11 +296,16 @@ impl Config {
         if let Err(message) = check_slot_name(source.slot.get_ref().as_str()) {
             report("source.slot", source.slot.span(), message);
         }
-        if let Err(message) = check_identifier(source.publication.get_ref().as_str(), "publication") {
+        if let Err(message) = check_identifier(source.publication.get_ref().as_str(), "publication")
+        {
             report("source.publication", source.publication.span(), message);
         }
         if source.tables.get_ref().is_empty() {
-            report("source.tables", source.tables.span(), "lists no tables: name at least one `schema.table`".into());
+            report(
+                "source.tables",
+                source.tables.span(),
+                "lists no tables: name at least one `schema.table`".into(),
+            );
         }
         for table in source.tables.get_ref() {
             if let Err(message) = TablePattern::parse(table.get_ref().as_str()) {
@@ -275,7 +314,11 @@ impl Config {
         }
         if source.status_interval_secs == 0 || source.status_interval_secs > 3600 {
             let span = source.url.span();
-            report("source.status_interval_secs", span, "must be between 1 and 3600 seconds".into());
+            report(
+                "source.status_interval_secs",
+                span,
+                "must be between 1 and 3600 seconds".into(),
+            );
         }
 
         let sink = &self.sink;
@@ -286,7 +329,11 @@ impl Config {
             report("sink.topic_prefix", sink.topic_prefix.span(), message);
         }
         if let Err(message) = check_topic_name(sink.dead_letter_topic.get_ref().as_str()) {
-            report("sink.dead_letter_topic", sink.dead_letter_topic.span(), message);
+            report(
+                "sink.dead_letter_topic",
+                sink.dead_letter_topic.span(),
+                message,
+            );
         }
         for (name, value) in &sink.kafka {
             if let Err(message) = check_producer_property(name, &value.get_ref().0) {
@@ -294,18 +341,30 @@ impl Config {
             }
         }
         if sink.topic_partitions == 0 || sink.topic_partitions < -1 {
-            report("sink.topic_partitions", sink.brokers.span(), "must be -1 (broker default) or at least 1".into());
+            report(
+                "sink.topic_partitions",
+                sink.brokers.span(),
+                "must be -1 (broker default) or at least 1".into(),
+            );
         }
         if sink.topic_replication_factor == 0 || sink.topic_replication_factor < -1 {
             let message = "must be -1 (broker default) or at least 1".into();
-            report("sink.topic_replication_factor", sink.brokers.span(), message);
+            report(
+                "sink.topic_replication_factor",
+                sink.brokers.span(),
+                message,
+            );
         }
 
         if let Err(message) = check_http_url(self.avro.registry_url.get_ref().as_str()) {
             report("avro.registry_url", self.avro.registry_url.span(), message);
         }
         if self.positions.dir.get_ref().as_str().trim().is_empty() {
-            report("positions.dir", self.positions.dir.span(), "is empty: name a directory".into());
+            report(
+                "positions.dir",
+                self.positions.dir.span(),
+                "is empty: name a directory".into(),
+            );
         }
         found.sort_by_key(|p| (p.line, p.column));
         found
@@ -313,12 +372,20 @@ impl Config {
 
     pub fn table_patterns(&self) -> Vec<TablePattern> {
         // Checked in `problems`: every entry parses.
-        self.source.tables.get_ref().iter().filter_map(|t| TablePattern::parse(t.get_ref().as_str()).ok()).collect()
+        self.source
+            .tables
+            .get_ref()
+            .iter()
+            .filter_map(|t| TablePattern::parse(t.get_ref().as_str()).ok())
+            .collect()
     }
 
     /// Producer properties from `[sink.kafka]`.
     pub fn kafka_properties(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.sink.kafka.iter().map(|(k, v)| (k.as_str(), v.get_ref().0.as_str()))
+        self.sink
+            .kafka
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.get_ref().0.as_str()))
     }
 }
 
@@ -347,8 +414,16 @@ fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
     match err.span() {
         Some(span) => {
             let (line, column) = line_column(text, span.start);
-            let snippet = text.lines().nth(line.saturating_sub(1)).unwrap_or("").trim();
-            let shown = if snippet.is_empty() { String::new() } else { format!(" (at `{}`)", redact_secrets(snippet)) };
+            let snippet = text
+                .lines()
+                .nth(line.saturating_sub(1))
+                .unwrap_or("")
+                .trim();
+            let shown = if snippet.is_empty() {
+                String::new()
+            } else {
+                format!(" (at `{}`)", redact_secrets(snippet))
+            };
             format!("line {line}, column {column}: {message}{shown}")
         }
         None => message.to_owned(),
@@ -373,13 +448,18 @@ pub struct TablePattern {
 
 impl TablePattern {
     pub fn parse(text: &str) -> Result<TablePattern, String> {
-        let (schema, table) = text
-            .split_once('.')
-            .ok_or_else(|| format!("`{text}` is not `schema.table` (for example `public.orders` or `public.*`)"))?;
+        let (schema, table) = text.split_once('.').ok_or_else(|| {
+            format!("`{text}` is not `schema.table` (for example `public.orders` or `public.*`)")
+        })?;
         if schema.is_empty() || table.is_empty() || table.contains('.') {
-            return Err(format!("`{text}` is not `schema.table` (for example `public.orders` or `public.*`)"));
+            return Err(format!(
+                "`{text}` is not `schema.table` (for example `public.orders` or `public.*`)"
+            ));
         }
-        Ok(TablePattern { schema: schema.to_owned(), table: table.to_owned() })
+        Ok(TablePattern {
+            schema: schema.to_owned(),
+            table: table.to_owned(),
+        })
     }
 
     pub fn matches(&self, schema: &str, table: &str) -> bool {
@@ -419,7 +499,10 @@ fn wildcard_match(pattern: &str, text: &str) -> bool {
 
 fn check_postgres_url(url: &str) -> Result<(), String> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(format!("`{}` is not a PostgreSQL URL: it must start with postgres://", redact_secrets(url)));
+        return Err(format!(
+            "`{}` is not a PostgreSQL URL: it must start with postgres://",
+            redact_secrets(url)
+        ));
     }
     let config = tokio_postgres::Config::from_str(url)
         .map_err(|err| format!("invalid PostgreSQL URL `{}`: {err}", redact_secrets(url)))?;
@@ -437,7 +520,9 @@ fn check_postgres_url(url: &str) -> Result<(), String> {
 
 /// PostgreSQL's rule for replication slot names.
 fn check_slot_name(name: &str) -> Result<(), String> {
-    let valid_chars = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    let valid_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if name.is_empty() || name.len() > 63 || !valid_chars {
         return Err(format!(
             "`{name}` is not a valid replication slot name: use 1 to 63 lower-case letters, digits and underscores"
@@ -448,7 +533,9 @@ fn check_slot_name(name: &str) -> Result<(), String> {
 
 fn check_identifier(name: &str, what: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 63 || name.contains('\0') {
-        return Err(format!("`{name}` is not a valid {what} name: use 1 to 63 characters"));
+        return Err(format!(
+            "`{name}` is not a valid {what} name: use 1 to 63 characters"
+        ));
     }
     Ok(())
 }
@@ -458,9 +545,13 @@ fn check_brokers(list: &str) -> Result<(), String> {
     for broker in &brokers {
         // Scheme-qualified entries (SASL_SSL://host:port) are allowed by librdkafka; check the host:port part.
         let address = broker.rsplit("://").next().unwrap_or(broker);
-        let valid = address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        let valid = address
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
         if !valid {
-            return Err(format!("`{broker}` is not `host:port` (for example `127.0.0.1:9092`)"));
+            return Err(format!(
+                "`{broker}` is not `host:port` (for example `127.0.0.1:9092`)"
+            ));
         }
     }
     Ok(())
@@ -468,7 +559,9 @@ fn check_brokers(list: &str) -> Result<(), String> {
 
 /// Kafka's rule for topic names (topic_prefix must satisfy it too, being the start of one).
 fn check_topic_name(name: &str) -> Result<(), String> {
-    let valid_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let valid_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if name.is_empty() || name.len() > 249 || !valid_chars || name == "." || name == ".." {
         return Err(format!(
             "`{name}` is not a valid Kafka topic name: use 1 to 249 ASCII letters, digits, `.`, `_` and `-`"
@@ -496,9 +589,13 @@ fn check_producer_property(name: &str, value: &str) -> Result<(), String> {
 }
 
 fn check_http_url(url: &str) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(url).map_err(|err| format!("`{}` is not a URL: {err}", redact_secrets(url)))?;
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|err| format!("`{}` is not a URL: {err}", redact_secrets(url)))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(format!("`{}` is not an http:// or https:// URL", redact_secrets(url)));
+        return Err(format!(
+            "`{}` is not an http:// or https:// URL",
+            redact_secrets(url)
+        ));
     }
     Ok(())
 }
@@ -511,13 +608,17 @@ pub fn redact_secrets(text: &str) -> String {
         let authority_start = scheme_end + 3;
         out.push_str(&rest[..authority_start]);
         rest = &rest[authority_start..];
-        let authority_end = rest.find(['/', '?', '#', ' ', '"', '\'']).unwrap_or(rest.len());
+        let authority_end = rest
+            .find(['/', '?', '#', ' ', '"', '\''])
+            .unwrap_or(rest.len());
         let authority = &rest[..authority_end];
         match authority.rfind('@') {
             Some(at) => {
                 let userinfo = &authority[..at];
                 match userinfo.split_once(':') {
-                    Some((user, _password)) => out.push_str(&format!("{user}:***{}", &authority[at..])),
+                    Some((user, _password)) => {
+                        out.push_str(&format!("{user}:***{}", &authority[at..]))
+                    }
                     None => out.push_str(authority),
                 }
             }
@@ -579,7 +680,10 @@ dir = "/var/lib/sluice"
         assert!(config.sink.create_topics);
         assert_eq!(config.source.status_interval_secs, 10);
         let props: Vec<_> = config.kafka_properties().collect();
-        assert_eq!(props, vec![("compression.type", "zstd"), ("linger.ms", "5")]);
+        assert_eq!(
+            props,
+            vec![("compression.type", "zstd"), ("linger.ms", "5")]
+        );
         let patterns = config.table_patterns();
         assert_eq!(patterns.len(), 2);
         assert!(patterns[1].matches("public", "anything"));
@@ -596,10 +700,16 @@ dir = "/var/lib/sluice"
 
     #[test]
     fn wrong_type_names_key_and_line() {
-        let text = GOOD.replace("tables = [\"public.orders\", \"public.*\"]", "tables = \"public.orders\"");
+        let text = GOOD.replace(
+            "tables = [\"public.orders\", \"public.*\"]",
+            "tables = \"public.orders\"",
+        );
         let message = syntax_error(&text);
         assert!(message.contains("line 7"), "{message}");
-        assert!(message.contains("tables") || message.contains("sequence"), "{message}");
+        assert!(
+            message.contains("tables") || message.contains("sequence"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -611,7 +721,10 @@ dir = "/var/lib/sluice"
 
     #[test]
     fn bad_url_is_reported_with_its_line_and_without_the_password() {
-        let text = GOOD.replace("postgres://replicator:secret@127.0.0.1:5432/shop", "mysql://u:secret@h/db");
+        let text = GOOD.replace(
+            "postgres://replicator:secret@127.0.0.1:5432/shop",
+            "mysql://u:secret@h/db",
+        );
         let found = problems(&text);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].key, "source.url");
@@ -633,7 +746,14 @@ dir = "/var/lib/sluice"
         let keys: Vec<String> = problems(&text).into_iter().map(|p| p.key).collect();
         assert_eq!(
             keys,
-            ["source.slot", "source.tables", "sink.brokers", "sink.topic_prefix", "sink.kafka.\"acks\"", "avro.registry_url"]
+            [
+                "source.slot",
+                "source.tables",
+                "sink.brokers",
+                "sink.topic_prefix",
+                "sink.kafka.\"acks\"",
+                "avro.registry_url"
+            ]
         );
     }
 
@@ -641,25 +761,44 @@ dir = "/var/lib/sluice"
     fn environment_references_are_expanded() {
         let lookup = |name: &str| (name == "PW").then(|| "s3cret".to_owned());
         assert_eq!(expand_env("a:${PW}@h", lookup).unwrap(), "a:s3cret@h");
-        assert_eq!(expand_env("cost $$5 and $x", lookup).unwrap(), "cost $5 and $x");
-        assert!(expand_env("${MISSING}", lookup).unwrap_err().contains("`MISSING` is not set"));
+        assert_eq!(
+            expand_env("cost $$5 and $x", lookup).unwrap(),
+            "cost $5 and $x"
+        );
+        assert!(expand_env("${MISSING}", lookup)
+            .unwrap_err()
+            .contains("`MISSING` is not set"));
         assert!(expand_env("${PW", lookup).unwrap_err().contains("unclosed"));
-        assert!(expand_env("${A-B}", lookup).unwrap_err().contains("not a valid"));
+        assert!(expand_env("${A-B}", lookup)
+            .unwrap_err()
+            .contains("not a valid"));
     }
 
     #[test]
     fn a_missing_environment_variable_is_a_located_error() {
         let text = GOOD.replace("secret@", "${SLUICE_TEST_SURELY_UNSET_VAR}@");
         let message = syntax_error(&text);
-        assert!(message.contains("SLUICE_TEST_SURELY_UNSET_VAR"), "{message}");
+        assert!(
+            message.contains("SLUICE_TEST_SURELY_UNSET_VAR"),
+            "{message}"
+        );
         assert!(message.contains("line 4"), "{message}");
     }
 
     #[test]
     fn secrets_are_redacted() {
-        assert_eq!(redact_secrets("postgres://u:pw@h:1/db"), "postgres://u:***@h:1/db");
-        assert_eq!(redact_secrets("url = \"postgres://u@h/db\""), "url = \"postgres://u@h/db\"");
-        assert_eq!(redact_secrets("a http://x:y@z/p and https://k:v@w"), "a http://x:***@z/p and https://k:***@w");
+        assert_eq!(
+            redact_secrets("postgres://u:pw@h:1/db"),
+            "postgres://u:***@h:1/db"
+        );
+        assert_eq!(
+            redact_secrets("url = \"postgres://u@h/db\""),
+            "url = \"postgres://u@h/db\""
+        );
+        assert_eq!(
+            redact_secrets("a http://x:y@z/p and https://k:v@w"),
+            "a http://x:***@z/p and https://k:***@w"
+        );
     }
 
     #[test]

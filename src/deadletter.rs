@@ -34,7 +34,13 @@ pub struct DeadLetter {
 }
 
 /// Builds the dead letter for `event`, which was meant for `topic`.
-pub fn for_event(event: &ChangeEvent, topic: &str, stage: Stage, reason: &str, failed_at_ms: i64) -> DeadLetter {
+pub fn for_event(
+    event: &ChangeEvent,
+    topic: &str,
+    stage: Stage,
+    reason: &str,
+    failed_at_ms: i64,
+) -> DeadLetter {
     let source = &event.source;
     let record = json!({
         "stage": stage.as_str(),
@@ -63,7 +69,10 @@ pub fn for_event(event: &ChangeEvent, topic: &str, stage: Stage, reason: &str, f
         ("sluice.lsn", source.lsn.to_string().into_bytes()),
         ("sluice.txid", source.txid.to_string().into_bytes()),
     ];
-    DeadLetter { value: serde_json::to_vec(&record).unwrap_or_default(), headers }
+    DeadLetter {
+        value: serde_json::to_vec(&record).unwrap_or_default(),
+        headers,
+    }
 }
 
 /// Builds the dead letter for a message the broker refused, from what the message itself still carries.
@@ -75,7 +84,10 @@ pub fn for_refused_message(
     failed_at_ms: i64,
 ) -> DeadLetter {
     let header = |name: &str| {
-        headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     };
     let record = json!({
         "stage": Stage::Produce.as_str(),
@@ -87,7 +99,10 @@ pub fn for_refused_message(
         "payload_bytes": payload.map_or(0, <[u8]>::len),
     });
     let mut out_headers = vec![
-        ("sluice.dlq.stage", Stage::Produce.as_str().as_bytes().to_vec()),
+        (
+            "sluice.dlq.stage",
+            Stage::Produce.as_str().as_bytes().to_vec(),
+        ),
         ("sluice.dlq.reason", reason.as_bytes().to_vec()),
         ("sluice.dlq.topic", topic.as_bytes().to_vec()),
     ];
@@ -96,7 +111,10 @@ pub fn for_refused_message(
             out_headers.push((name, value.into_bytes()));
         }
     }
-    DeadLetter { value: serde_json::to_vec(&record).unwrap_or_default(), headers: out_headers }
+    DeadLetter {
+        value: serde_json::to_vec(&record).unwrap_or_default(),
+        headers: out_headers,
+    }
 }
 
 /// A row as a JSON object keyed by column name.
@@ -168,7 +186,12 @@ mod tests {
 
     #[test]
     fn numerics_print_like_postgres() {
-        let finite = |u: &str, s| numeric_text(&Numeric::Finite { unscaled: u.into(), scale: s });
+        let finite = |u: &str, s| {
+            numeric_text(&Numeric::Finite {
+                unscaled: u.into(),
+                scale: s,
+            })
+        };
         assert_eq!(finite("12345", 2), "123.45");
         assert_eq!(finite("-5", 3), "-0.005");
         assert_eq!(finite("0", 0), "0");
@@ -181,6 +204,9 @@ mod tests {
         assert_eq!(value_json(&Value::Bytes(vec![0, 255])), json!("\\x00ff"));
         assert_eq!(value_json(&Value::Float64(f64::NAN)), json!("NaN"));
         assert_eq!(value_json(&Value::Int64(i64::MAX)), json!(i64::MAX));
-        assert_eq!(value_json(&Value::OutOfRange("r".into())), json!({ "invalid": "r" }));
+        assert_eq!(
+            value_json(&Value::OutOfRange("r".into())),
+            json!({ "invalid": "r" })
+        );
     }
 }

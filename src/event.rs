@@ -9,9 +9,25 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 /// A PostgreSQL WAL position. Displayed the way PostgreSQL prints it (`16/B374D848`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(into = "String", try_from = "String")]
 pub struct Lsn(pub u64);
+
+// Stored as PostgreSQL prints it, so a person can compare the position file with pg_replication_slots.
+impl From<Lsn> for String {
+    fn from(lsn: Lsn) -> String {
+        lsn.to_string()
+    }
+}
+
+impl TryFrom<String> for Lsn {
+    type Error = String;
+    fn try_from(text: String) -> Result<Lsn, String> {
+        text.parse()
+    }
+}
 
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -22,9 +38,13 @@ impl fmt::Display for Lsn {
 impl std::str::FromStr for Lsn {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (hi, lo) = s.split_once('/').ok_or_else(|| format!("`{s}` is not an LSN (expected X/Y in hex)"))?;
-        let hi = u32::from_str_radix(hi, 16).map_err(|_| format!("`{s}` is not an LSN (bad high half)"))?;
-        let lo = u32::from_str_radix(lo, 16).map_err(|_| format!("`{s}` is not an LSN (bad low half)"))?;
+        let (hi, lo) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not an LSN (expected X/Y in hex)"))?;
+        let hi = u32::from_str_radix(hi, 16)
+            .map_err(|_| format!("`{s}` is not an LSN (bad high half)"))?;
+        let lo = u32::from_str_radix(lo, 16)
+            .map_err(|_| format!("`{s}` is not an LSN (bad low half)"))?;
         Ok(Lsn((u64::from(hi) << 32) | u64::from(lo)))
     }
 }
@@ -70,7 +90,10 @@ pub enum ColumnType {
     Float32,
     Float64,
     /// Fixed precision and scale: Avro `bytes` with logical type `decimal`.
-    Decimal { precision: u32, scale: u32 },
+    Decimal {
+        precision: u32,
+        scale: u32,
+    },
     /// A numeric without declared scale: each value carries its own (Debezium's VariableScaleDecimal).
     VariableDecimal,
     String,
@@ -85,7 +108,9 @@ pub enum ColumnType {
     /// JSON text (json, jsonb).
     Json,
     /// A type this version does not map natively: carried as its text form, tagged with the type name.
-    Text { type_name: String },
+    Text {
+        type_name: String,
+    },
 }
 
 /// One column of a captured table.
@@ -125,7 +150,10 @@ impl Table {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Numeric {
     /// `unscaled * 10^-scale`; `unscaled` is an optional `-` followed by decimal digits.
-    Finite { unscaled: String, scale: u32 },
+    Finite {
+        unscaled: String,
+        scale: u32,
+    },
     NaN,
     PositiveInfinity,
     NegativeInfinity,
@@ -201,10 +229,14 @@ pub enum SourceEvent {
     Change(ChangeEvent),
     /// The transaction whose changes were just emitted is complete; once they are all on the broker,
     /// `position` may be acknowledged.
-    Commit { position: Position },
+    Commit {
+        position: Position,
+    },
     /// Nothing is open at `position` (the source is idle): it may be acknowledged once everything
     /// emitted earlier is on the broker. Keeps the server from retaining log for idle captures.
-    Idle { position: Position },
+    Idle {
+        position: Position,
+    },
 }
 
 #[cfg(test)]

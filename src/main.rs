@@ -11,7 +11,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "Change-data capture: PostgreSQL logical decoding to Avro events on Kafka")]
+#[command(
+    name = "sluice",
+    version,
+    about = "Change-data capture: PostgreSQL logical decoding to Avro events on Kafka"
+)]
 struct Cli {
     /// Log output: human-readable text or one JSON object per line (for log collectors).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -61,7 +65,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -73,7 +80,12 @@ fn main() -> ExitCode {
             Command::Validate { config } => validate(&config),
             Command::Check { config } => check(&config).await,
             Command::Run { config } => run(&config).await,
-            Command::Tail { config, topic, from, follow } => tail(&config, topic, &from, follow).await,
+            Command::Tail {
+                config,
+                topic,
+                from,
+                follow,
+            } => tail(&config, topic, &from, follow).await,
         }
     })
 }
@@ -99,7 +111,9 @@ fn validate(path: &std::path::Path) -> ExitCode {
 }
 
 async fn check(path: &std::path::Path) -> ExitCode {
-    let Some(config) = load(path) else { return ExitCode::FAILURE };
+    let Some(config) = load(path) else {
+        return ExitCode::FAILURE;
+    };
     println!("[ ok ] {}: configuration is valid", path.display());
     let report = sluice::preflight::run(&config).await;
     for line in &report.lines {
@@ -115,7 +129,9 @@ async fn check(path: &std::path::Path) -> ExitCode {
 }
 
 async fn tail(path: &std::path::Path, topic: Option<String>, from: &str, follow: bool) -> ExitCode {
-    let Some(config) = load(path) else { return ExitCode::FAILURE };
+    let Some(config) = load(path) else {
+        return ExitCode::FAILURE;
+    };
     let start = match from {
         "beginning" => StartAt::Beginning,
         "end" => StartAt::End,
@@ -150,10 +166,15 @@ async fn tail(path: &std::path::Path, topic: Option<String>, from: &str, follow:
 }
 
 async fn run(path: &std::path::Path) -> ExitCode {
-    let Some(config) = load(path) else { return ExitCode::FAILURE };
+    let Some(config) = load(path) else {
+        return ExitCode::FAILURE;
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             tracing::error!("cannot install signal handlers");
             return;
         };
@@ -196,7 +217,9 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().with_current_span(false).init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),

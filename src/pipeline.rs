@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::avro::{self, EnvelopeContext, TableSchemas};
 use crate::config::Config;
-use crate::connectors::postgres::reader::{PostgresSettings, PostgresSource, SourceError, StreamControl};
+use crate::connectors::postgres::reader::{
+    PostgresSettings, PostgresSource, SourceError, StreamControl,
+};
 use crate::deadletter::{self, Stage};
 use crate::event::{ChangeEvent, Lsn, Op, Position, SourceEvent, Table, Value};
 use crate::positions::{now_ms, AckTracker, PositionError, PositionStore};
@@ -53,7 +55,10 @@ pub enum PipelineError {
 /// Runs until `stop` becomes true (then drains and returns Ok) or something fails.
 pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), PipelineError> {
     let settings = postgres_settings(config)?;
-    let store = PositionStore::open(std::path::Path::new(config.positions.dir.get_ref().as_str()), &settings.slot)?;
+    let store = PositionStore::open(
+        std::path::Path::new(config.positions.dir.get_ref().as_str()),
+        &settings.slot,
+    )?;
     let stored = store.load()?.map(|s| match s.position {
         Position::Postgres { lsn } => lsn,
     });
@@ -65,18 +70,34 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
     sink.ensure_topic(&dead_letter_topic).await?;
     let registry = RegistryClient::new(config.avro.registry_url.get_ref().as_str())?;
 
-    let source = PostgresSource::prepare(settings, stored, &store.path().display().to_string()).await?;
+    let source =
+        PostgresSource::prepare(settings, stored, &store.path().display().to_string()).await?;
     let resume = stored.unwrap_or_default();
     match stored {
-        Some(lsn) => tracing::info!(position = %lsn, file = %store.path().display(), "resuming after stored position"),
+        Some(lsn) => {
+            tracing::info!(position = %lsn, file = %store.path().display(), "resuming after stored position")
+        }
         None => tracing::info!("no stored position: starting from the slot's position"),
     }
 
     let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
     let (ack_tx, ack_rx) = watch::channel(resume);
-    let reader = tokio::spawn(source.stream(resume, StreamControl { events: events_tx, acknowledged: ack_rx, stop: stop.clone() }));
+    let reader = tokio::spawn(source.stream(
+        resume,
+        StreamControl {
+            events: events_tx,
+            acknowledged: ack_rx,
+            stop: stop.clone(),
+        },
+    ));
     let (finish_tx, finish_rx) = oneshot::channel();
-    let acknowledger = tokio::spawn(acknowledge(tracker.clone(), store, ack_tx, resume, finish_rx));
+    let acknowledger = tokio::spawn(acknowledge(
+        tracker.clone(),
+        store,
+        ack_tx,
+        resume,
+        finish_rx,
+    ));
 
     let mut publisher = Publisher {
         sink,
@@ -141,7 +162,9 @@ async fn acknowledge(
         if let Some(Position::Postgres { lsn }) = tracker.acknowledged() {
             if lsn > saved {
                 let store = store.clone();
-                let written = tokio::task::spawn_blocking(move || store.save(Position::Postgres { lsn })).await;
+                let written =
+                    tokio::task::spawn_blocking(move || store.save(Position::Postgres { lsn }))
+                        .await;
                 match written {
                     Ok(Ok(())) => {
                         saved = lsn;
@@ -149,7 +172,9 @@ async fn acknowledge(
                         continue;
                     }
                     // Without the file the position must not reach the server either: stay behind and retry.
-                    Ok(Err(err)) => tracing::error!(error = %err, "cannot store the position; retrying"),
+                    Ok(Err(err)) => {
+                        tracing::error!(error = %err, "cannot store the position; retrying")
+                    }
                     Err(err) => tracing::error!(error = %err, "position writer failed; retrying"),
                 }
                 if finishing {
@@ -219,7 +244,10 @@ impl Publisher {
     }
 
     /// Waits until the broker has acknowledged everything, still routing refused messages.
-    async fn drain(&mut self, failures: &mut mpsc::UnboundedReceiver<FailedDelivery>) -> Result<(), PipelineError> {
+    async fn drain(
+        &mut self,
+        failures: &mut mpsc::UnboundedReceiver<FailedDelivery>,
+    ) -> Result<(), PipelineError> {
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while self.tracker.outstanding() > 0 {
             tokio::select! {
@@ -237,7 +265,9 @@ impl Publisher {
         self.stats.events += 1;
         let encoding = match self.encoding_for(&event.table).await? {
             Ok(encoding) => encoding,
-            Err((topic, stage, reason)) => return self.dead_letter(&event, &topic, stage, &reason, None).await,
+            Err((topic, stage, reason)) => {
+                return self.dead_letter(&event, &topic, stage, &reason, None).await
+            }
         };
         let topic = encoding.topic.clone();
         let (key_id, value_id) = (encoding.key_schema_id, encoding.value_schema_id);
@@ -247,7 +277,9 @@ impl Publisher {
         if let (Some(id), Some(row)) = (key_id, event.key_row()) {
             avro::write_confluent_header(id, &mut self.key_buf);
             if let Err(err) = avro::encode_key(&event.table, row, &mut self.key_buf) {
-                return self.dead_letter(&event, &topic, Stage::Encode, &err.to_string(), None).await;
+                return self
+                    .dead_letter(&event, &topic, Stage::Encode, &err.to_string(), None)
+                    .await;
             }
             has_key = true;
         }
@@ -261,28 +293,58 @@ impl Publisher {
         };
         if let Err(err) = avro::encode_envelope(&event, &context, &mut self.value_buf) {
             let key = has_key.then(|| self.key_buf.clone());
-            return self.dead_letter(&event, &topic, Stage::Encode, &err.to_string(), key.as_deref()).await;
+            return self
+                .dead_letter(
+                    &event,
+                    &topic,
+                    Stage::Encode,
+                    &err.to_string(),
+                    key.as_deref(),
+                )
+                .await;
         }
 
         let lsn = event.source.lsn.to_string();
         let commit_lsn = event.source.commit_lsn.to_string();
         let txid = event.source.txid.to_string();
         let unchanged = unchanged_toast_columns(&event);
-        let mut headers: Vec<(&str, &[u8])> =
-            vec![("sluice.lsn", lsn.as_bytes()), ("sluice.commit_lsn", commit_lsn.as_bytes()), ("sluice.txid", txid.as_bytes())];
+        let mut headers: Vec<(&str, &[u8])> = vec![
+            ("sluice.lsn", lsn.as_bytes()),
+            ("sluice.commit_lsn", commit_lsn.as_bytes()),
+            ("sluice.txid", txid.as_bytes()),
+        ];
         if let Some(columns) = &unchanged {
             headers.push(("sluice.unchanged_toast", columns.as_bytes()));
         }
         let key = has_key.then_some(self.key_buf.as_slice());
-        let message = Outgoing { topic: &topic, key, payload: Some(&self.value_buf), headers: &headers };
+        let message = Outgoing {
+            topic: &topic,
+            key,
+            payload: Some(&self.value_buf),
+            headers: &headers,
+        };
         let ordinal = self.tracker.register();
         if let Err(err) = self.sink.send(&message, ordinal, false).await {
             let key = key.map(<[u8]>::to_vec);
-            return self.dead_letter_registered(&event, &topic, Stage::Produce, &err.to_string(), key.as_deref(), ordinal).await;
+            return self
+                .dead_letter_registered(
+                    &event,
+                    &topic,
+                    Stage::Produce,
+                    &err.to_string(),
+                    key.as_deref(),
+                    ordinal,
+                )
+                .await;
         }
         // A delete is followed by a tombstone so that compaction can drop the key.
         if event.op == Op::Delete && has_key {
-            let tombstone = Outgoing { topic: &topic, key: Some(&self.key_buf), payload: None, headers: &headers };
+            let tombstone = Outgoing {
+                topic: &topic,
+                key: Some(&self.key_buf),
+                payload: None,
+                headers: &headers,
+            };
             let ordinal = self.tracker.register();
             self.sink.send(&tombstone, ordinal, false).await?;
         }
@@ -295,7 +357,10 @@ impl Publisher {
         &mut self,
         table: &Arc<Table>,
     ) -> Result<Result<&TableEncoding, (String, Stage, String)>, PipelineError> {
-        let current = self.encodings.get(&table.id).is_some_and(|e| Arc::ptr_eq(&e.table, table) || *e.table == **table);
+        let current = self
+            .encodings
+            .get(&table.id)
+            .is_some_and(|e| Arc::ptr_eq(&e.table, table) || *e.table == **table);
         if !current {
             let topic = avro::topic_name(&self.topic_prefix, table);
             let schemas = match avro::table_schemas(&self.topic_prefix, table) {
@@ -308,7 +373,12 @@ impl Publisher {
             match self.register(&schemas).await? {
                 Ok((key_schema_id, value_schema_id)) => {
                     tracing::info!(table = %table.qualified_name(), topic = %schemas.topic, key_schema_id, value_schema_id, "table schema registered");
-                    let encoding = TableEncoding { table: table.clone(), topic: schemas.topic, key_schema_id, value_schema_id };
+                    let encoding = TableEncoding {
+                        table: table.clone(),
+                        topic: schemas.topic,
+                        key_schema_id,
+                        value_schema_id,
+                    };
                     self.encodings.insert(table.id, encoding);
                 }
                 Err(err) => return Ok(Err((topic, Stage::Register, err.to_string()))),
@@ -318,15 +388,25 @@ impl Publisher {
     }
 
     /// Registers key and value schemas, retrying while the registry is unreachable.
-    async fn register(&mut self, schemas: &TableSchemas) -> Result<Result<(Option<u32>, u32), RegistryError>, PipelineError> {
+    async fn register(
+        &mut self,
+        schemas: &TableSchemas,
+    ) -> Result<Result<(Option<u32>, u32), RegistryError>, PipelineError> {
         let mut delay = Duration::from_millis(500);
         loop {
             let attempt = async {
                 let key = match &schemas.key {
-                    Some(key) => Some(self.registry.register(&format!("{}-key", schemas.topic), &key.json).await?),
+                    Some(key) => Some(
+                        self.registry
+                            .register(&format!("{}-key", schemas.topic), &key.json)
+                            .await?,
+                    ),
                     None => None,
                 };
-                let value = self.registry.register(&format!("{}-value", schemas.topic), &schemas.value.json).await?;
+                let value = self
+                    .registry
+                    .register(&format!("{}-value", schemas.topic), &schemas.value.json)
+                    .await?;
                 Ok::<_, RegistryError>((key, value))
             };
             match attempt.await {
@@ -356,7 +436,8 @@ impl Publisher {
         key: Option<&[u8]>,
     ) -> Result<(), PipelineError> {
         let ordinal = self.tracker.register();
-        self.dead_letter_registered(event, topic, stage, reason, key, ordinal).await
+        self.dead_letter_registered(event, topic, stage, reason, key, ordinal)
+            .await
     }
 
     async fn dead_letter_registered(
@@ -373,27 +454,53 @@ impl Publisher {
         self.send_dead_letter(letter, key, ordinal).await
     }
 
-    async fn send_dead_letter(&mut self, letter: deadletter::DeadLetter, key: Option<&[u8]>, ordinal: u64) -> Result<(), PipelineError> {
+    async fn send_dead_letter(
+        &mut self,
+        letter: deadletter::DeadLetter,
+        key: Option<&[u8]>,
+        ordinal: u64,
+    ) -> Result<(), PipelineError> {
         self.stats.dead_letters += 1;
-        let headers: Vec<(&str, &[u8])> = letter.headers.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-        let message = Outgoing { topic: &self.dead_letter_topic, key, payload: Some(&letter.value), headers: &headers };
-        self.sink.send(&message, ordinal, true).await.map_err(|err| PipelineError::DeadLetterRefused {
-            topic: self.dead_letter_topic.clone(),
-            reason: err.to_string(),
-        })
+        let headers: Vec<(&str, &[u8])> = letter
+            .headers
+            .iter()
+            .map(|(k, v)| (*k, v.as_slice()))
+            .collect();
+        let message = Outgoing {
+            topic: &self.dead_letter_topic,
+            key,
+            payload: Some(&letter.value),
+            headers: &headers,
+        };
+        self.sink
+            .send(&message, ordinal, true)
+            .await
+            .map_err(|err| PipelineError::DeadLetterRefused {
+                topic: self.dead_letter_topic.clone(),
+                reason: err.to_string(),
+            })
     }
 
     /// The broker refused a message for good: it goes to the dead-letter topic under the same ordinal, so the
     /// position still waits for it. A refused dead letter stops the pipeline.
     async fn handle_failure(&mut self, failure: FailedDelivery) -> Result<(), PipelineError> {
         if failure.dead_letter {
-            return Err(PipelineError::DeadLetterRefused { topic: failure.topic, reason: failure.error.to_string() });
+            return Err(PipelineError::DeadLetterRefused {
+                topic: failure.topic,
+                reason: failure.error.to_string(),
+            });
         }
         let reason = format!("the broker refused the message: {}", failure.error);
         tracing::warn!(topic = %failure.topic, %reason, "message sent to the dead-letter topic");
-        let letter =
-            deadletter::for_refused_message(&failure.topic, failure.payload.as_deref(), &failure.headers, &reason, now_ms());
-        self.send_dead_letter(letter, failure.key.as_deref(), failure.ordinal).await
+        let letter = deadletter::for_refused_message(
+            &failure.topic,
+            failure.payload.as_deref(),
+            &failure.headers,
+            &reason,
+            now_ms(),
+        );
+        self.send_dead_letter(letter, failure.key.as_deref(), failure.ordinal)
+            .await
     }
 }
 

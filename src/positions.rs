@@ -68,7 +68,10 @@ impl AckTracker {
         let mut state = self.lock();
         match state.groups.back_mut() {
             Some(group) if group.position.is_none() => group.position = Some(position),
-            _ => state.groups.push_back(Group { outstanding: 0, position: Some(position) }),
+            _ => state.groups.push_back(Group {
+                outstanding: 0,
+                position: Some(position),
+            }),
         }
         if state.advance() {
             self.changed.notify_waiters();
@@ -113,7 +116,9 @@ impl AckTracker {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TrackerState> {
         // A panic elsewhere while holding the lock leaves counters that are still consistent enough to read.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -139,11 +144,20 @@ impl TrackerState {
 #[derive(Debug, thiserror::Error)]
 pub enum PositionError {
     #[error("cannot create the positions directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write the position file {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read the position file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the position file {path} is damaged ({reason}); move it away to resume from the slot's position")]
     Corrupt { path: PathBuf, reason: String },
 }
@@ -165,8 +179,14 @@ pub struct PositionStore {
 
 impl PositionStore {
     pub fn open(dir: &Path, source: &str) -> Result<PositionStore, PositionError> {
-        fs::create_dir_all(dir).map_err(|source| PositionError::CreateDir { path: dir.to_owned(), source })?;
-        Ok(PositionStore { path: dir.join(format!("{source}.position.json")), source: source.to_owned() })
+        fs::create_dir_all(dir).map_err(|source| PositionError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        Ok(PositionStore {
+            path: dir.join(format!("{source}.position.json")),
+            source: source.to_owned(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -178,13 +198,27 @@ impl PositionStore {
         let text = match fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(PositionError::Read { path: self.path.clone(), source }),
+            Err(source) => {
+                return Err(PositionError::Read {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
         };
-        let stored: StoredPosition = serde_json::from_str(&text)
-            .map_err(|err| PositionError::Corrupt { path: self.path.clone(), reason: err.to_string() })?;
+        let stored: StoredPosition =
+            serde_json::from_str(&text).map_err(|err| PositionError::Corrupt {
+                path: self.path.clone(),
+                reason: err.to_string(),
+            })?;
         if stored.source != self.source {
-            let reason = format!("it belongs to source `{}`, not `{}`", stored.source, self.source);
-            return Err(PositionError::Corrupt { path: self.path.clone(), reason });
+            let reason = format!(
+                "it belongs to source `{}`, not `{}`",
+                stored.source, self.source
+            );
+            return Err(PositionError::Corrupt {
+                path: self.path.clone(),
+                reason,
+            });
         }
         Ok(Some(stored))
     }
@@ -192,25 +226,36 @@ impl PositionStore {
     /// Writes the position atomically: a temporary file, fsync, rename over the old one, fsync the directory.
     /// A crash leaves either the old or the new position, never a torn file.
     pub fn save(&self, position: Position) -> Result<(), PositionError> {
-        let stored = StoredPosition { source: self.source.clone(), position, updated_at_ms: now_ms() };
+        let stored = StoredPosition {
+            source: self.source.clone(),
+            position,
+            updated_at_ms: now_ms(),
+        };
         let mut text = serde_json::to_vec_pretty(&stored).expect("position serialises");
         text.push(b'\n');
         let temporary = self.path.with_extension("json.tmp");
-        let write_error = |source| PositionError::Write { path: self.path.clone(), source };
+        let write_error = |source| PositionError::Write {
+            path: self.path.clone(),
+            source,
+        };
         let mut file = fs::File::create(&temporary).map_err(write_error)?;
         file.write_all(&text).map_err(write_error)?;
         file.sync_all().map_err(write_error)?;
         drop(file);
         fs::rename(&temporary, &self.path).map_err(write_error)?;
         if let Some(dir) = self.path.parent() {
-            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(write_error)?;
+            fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(write_error)?;
         }
         Ok(())
     }
 }
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]
@@ -236,7 +281,11 @@ mod tests {
         tracker.delivered(second);
         assert_eq!(tracker.acknowledged(), None);
         tracker.delivered(first);
-        assert_eq!(tracker.acknowledged(), None, "one message of the first transaction is still out");
+        assert_eq!(
+            tracker.acknowledged(),
+            None,
+            "one message of the first transaction is still out"
+        );
         tracker.delivered(first);
         assert_eq!(tracker.acknowledged(), Some(at(20)));
         assert_eq!(tracker.outstanding(), 0);
@@ -246,7 +295,11 @@ mod tests {
     fn an_open_transaction_holds_back_later_idle_points() {
         let tracker = AckTracker::new();
         tracker.close_group(at(5));
-        assert_eq!(tracker.acknowledged(), Some(at(5)), "an empty group is acknowledged at once");
+        assert_eq!(
+            tracker.acknowledged(),
+            Some(at(5)),
+            "an empty group is acknowledged at once"
+        );
         let open = tracker.register();
         tracker.delivered(open);
         assert_eq!(tracker.acknowledged(), Some(at(5)), "not sealed yet");

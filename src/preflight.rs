@@ -52,20 +52,39 @@ pub struct Report {
 
 impl Report {
     fn pass(&mut self, what: impl Into<String>) {
-        self.lines.push(CheckLine { status: Status::Pass, what: what.into(), fix: None });
+        self.lines.push(CheckLine {
+            status: Status::Pass,
+            what: what.into(),
+            fix: None,
+        });
     }
     fn warn(&mut self, what: impl Into<String>, fix: impl Into<String>) {
-        self.lines.push(CheckLine { status: Status::Warn, what: what.into(), fix: Some(fix.into()) });
+        self.lines.push(CheckLine {
+            status: Status::Warn,
+            what: what.into(),
+            fix: Some(fix.into()),
+        });
     }
     fn fail(&mut self, what: impl Into<String>, fix: impl Into<String>) {
-        self.lines.push(CheckLine { status: Status::Fail, what: what.into(), fix: Some(fix.into()) });
+        self.lines.push(CheckLine {
+            status: Status::Fail,
+            what: what.into(),
+            fix: Some(fix.into()),
+        });
     }
     fn skip(&mut self, what: impl Into<String>) {
-        self.lines.push(CheckLine { status: Status::Skip, what: what.into(), fix: None });
+        self.lines.push(CheckLine {
+            status: Status::Skip,
+            what: what.into(),
+            fix: None,
+        });
     }
 
     pub fn passed(&self) -> bool {
-        !self.lines.iter().any(|l| matches!(l.status, Status::Fail | Status::Skip))
+        !self
+            .lines
+            .iter()
+            .any(|l| matches!(l.status, Status::Fail | Status::Skip))
     }
 }
 
@@ -82,7 +101,12 @@ async fn check_postgres(config: &Config, report: &mut Report) {
     let shown = redact_secrets(url);
     let connection = match tokio_postgres::Config::from_str(url) {
         Ok(mut c) => c.connect_timeout(Duration::from_secs(10)).to_owned(),
-        Err(err) => return report.fail(format!("PostgreSQL URL {shown}: {err}"), "correct `source.url`"),
+        Err(err) => {
+            return report.fail(
+                format!("PostgreSQL URL {shown}: {err}"),
+                "correct `source.url`",
+            )
+        }
     };
     let client = match catalog::connect(&connection).await {
         Ok(client) => client,
@@ -92,12 +116,18 @@ async fn check_postgres(config: &Config, report: &mut Report) {
                 "check host, port, user and password in `source.url`, that the server runs, and that pg_hba.conf \
                  admits this host for the user",
             );
-            report.skip("wal_level, replication privilege, tables, slot and publication (no connection)");
+            report.skip(
+                "wal_level, replication privilege, tables, slot and publication (no connection)",
+            );
             return;
         }
     };
-    let version = scalar(&client, "SHOW server_version").await.unwrap_or_else(|_| "unknown".into());
-    report.pass(format!("PostgreSQL at {shown} is reachable (server {version})"));
+    let version = scalar(&client, "SHOW server_version")
+        .await
+        .unwrap_or_else(|_| "unknown".into());
+    report.pass(format!(
+        "PostgreSQL at {shown} is reachable (server {version})"
+    ));
 
     match scalar(&client, "SHOW wal_level").await {
         Ok(level) if level == "logical" => report.pass("wal_level = logical"),
@@ -120,9 +150,14 @@ async fn check_role(client: &Client, report: &mut Report) {
         .await;
     match row {
         Ok(row) => {
-            let (user, replication, superuser): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
+            let (user, replication, superuser): (String, bool, bool) =
+                (row.get(0), row.get(1), row.get(2));
             if replication || superuser {
-                let how = if superuser { "superuser" } else { "REPLICATION" };
+                let how = if superuser {
+                    "superuser"
+                } else {
+                    "REPLICATION"
+                };
                 report.pass(format!("user `{user}` may replicate ({how})"));
             } else {
                 report.fail(
@@ -131,7 +166,10 @@ async fn check_role(client: &Client, report: &mut Report) {
                 );
             }
         }
-        Err(err) => report.fail(format!("cannot read the user's role: {}", describe_pg_error(&err)), "check the user"),
+        Err(err) => report.fail(
+            format!("cannot read the user's role: {}", describe_pg_error(&err)),
+            "check the user",
+        ),
     }
 }
 
@@ -140,12 +178,18 @@ async fn check_tables(config: &Config, client: &Client, report: &mut Report) -> 
     let tables = match catalog::resolve_tables(client, &config.table_patterns()).await {
         Ok(tables) => tables,
         Err(err) => {
-            report.fail(err.to_string(), "create the table, or correct `source.tables`");
+            report.fail(
+                err.to_string(),
+                "create the table, or correct `source.tables`",
+            );
             return Vec::new();
         }
     };
     if tables.is_empty() {
-        report.warn("`source.tables` matches no table yet", "create the tables, or correct the patterns");
+        report.warn(
+            "`source.tables` matches no table yet",
+            "create the tables, or correct the patterns",
+        );
     }
     for table in &tables {
         let row = client
@@ -181,7 +225,10 @@ async fn check_tables(config: &Config, client: &Client, report: &mut Report) -> 
                     (_, None) => report.pass(format!("table {table}: replica identity index")),
                 }
             }
-            Err(err) => report.fail(format!("table {table}: {}", describe_pg_error(&err)), "check the table"),
+            Err(err) => report.fail(
+                format!("table {table}: {}", describe_pg_error(&err)),
+                "check the table",
+            ),
         }
     }
     tables
@@ -204,7 +251,9 @@ async fn check_slot(config: &Config, client: &Client, report: &mut Report) {
                 );
             } else {
                 let at = info.confirmed_flush_lsn.unwrap_or_else(|| "?".into());
-                report.pass(format!("slot `{slot}` exists (pgoutput, confirmed up to {at})"));
+                report.pass(format!(
+                    "slot `{slot}` exists (pgoutput, confirmed up to {at})"
+                ));
             }
         }
         Ok(None) => {
@@ -220,37 +269,78 @@ async fn check_slot(config: &Config, client: &Client, report: &mut Report) {
                     "raise max_replication_slots in postgresql.conf (restart needed) or drop an unused slot",
                 );
             } else {
-                report.pass(format!("slot `{slot}` does not exist yet: `sluice run` creates it ({free} slots free)"));
+                report.pass(format!(
+                    "slot `{slot}` does not exist yet: `sluice run` creates it ({free} slots free)"
+                ));
             }
         }
-        Err(err) => report.fail(err.to_string(), "grant the user access to pg_replication_slots"),
+        Err(err) => report.fail(
+            err.to_string(),
+            "grant the user access to pg_replication_slots",
+        ),
     }
 }
 
-async fn check_publication(config: &Config, client: &Client, tables: &[TableName], report: &mut Report) {
+async fn check_publication(
+    config: &Config,
+    client: &Client,
+    tables: &[TableName],
+    report: &mut Report,
+) {
     let publication = config.source.publication.get_ref().as_str();
-    let exists = client.query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&publication]).await;
+    let exists = client
+        .query_opt(
+            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await;
     match exists {
-        Ok(Some(row)) if row.get::<_, bool>(0) => report.pass(format!("publication `{publication}` covers all tables")),
+        Ok(Some(row)) if row.get::<_, bool>(0) => {
+            report.pass(format!("publication `{publication}` covers all tables"))
+        }
         Ok(Some(_)) => match catalog::published_tables(client, publication).await {
             Ok(covered) => {
-                let missing: Vec<String> = tables.iter().filter(|t| !covered.contains(t)).map(ToString::to_string).collect();
+                let missing: Vec<String> = tables
+                    .iter()
+                    .filter(|t| !covered.contains(t))
+                    .map(ToString::to_string)
+                    .collect();
                 if missing.is_empty() {
-                    report.pass(format!("publication `{publication}` covers the selected tables"));
+                    report.pass(format!(
+                        "publication `{publication}` covers the selected tables"
+                    ));
                 } else {
                     let owned = owns_all(client, tables).await;
-                    let fix = format!("`sluice run` adds them{}", if owned { "" } else { " if the user owns the publication and tables; otherwise ALTER PUBLICATION … ADD TABLE as the owner" });
-                    report.warn(format!("publication `{publication}` lacks {}", missing.join(", ")), fix);
+                    let fix = format!(
+                        "`sluice run` adds them{}",
+                        if owned {
+                            ""
+                        } else {
+                            " if the user owns the publication and tables; otherwise ALTER PUBLICATION … ADD TABLE as the owner"
+                        }
+                    );
+                    report.warn(
+                        format!("publication `{publication}` lacks {}", missing.join(", ")),
+                        fix,
+                    );
                 }
             }
-            Err(err) => report.fail(err.to_string(), "grant the user access to pg_publication_tables"),
+            Err(err) => report.fail(
+                err.to_string(),
+                "grant the user access to pg_publication_tables",
+            ),
         },
         Ok(None) => {
-            let may_create = scalar(client, "SELECT has_database_privilege(current_database(), 'CREATE')::text")
-                .await
-                .is_ok_and(|v| v == "true");
+            let may_create = scalar(
+                client,
+                "SELECT has_database_privilege(current_database(), 'CREATE')::text",
+            )
+            .await
+            .is_ok_and(|v| v == "true");
             if may_create && owns_all(client, tables).await {
-                report.pass(format!("publication `{publication}` does not exist yet: `sluice run` creates it"));
+                report.pass(format!(
+                    "publication `{publication}` does not exist yet: `sluice run` creates it"
+                ));
             } else {
                 report.fail(
                     format!("publication `{publication}` does not exist and the user may not create it for these tables"),
@@ -258,7 +348,10 @@ async fn check_publication(config: &Config, client: &Client, tables: &[TableName
                 );
             }
         }
-        Err(err) => report.fail(format!("cannot read publications: {}", describe_pg_error(&err)), "check the user's access"),
+        Err(err) => report.fail(
+            format!("cannot read publications: {}", describe_pg_error(&err)),
+            "check the user's access",
+        ),
     }
 }
 
@@ -285,7 +378,8 @@ fn check_broker(config: &Config, report: &mut Report) {
     let settings = SinkSettings::from_config(config);
     let brokers = settings.brokers.clone();
     let tracker = std::sync::Arc::new(crate::positions::AckTracker::new());
-    let checked = KafkaSink::new(settings, tracker).and_then(|(sink, _)| sink.check_reachable(Duration::from_secs(10)));
+    let checked = KafkaSink::new(settings, tracker)
+        .and_then(|(sink, _)| sink.check_reachable(Duration::from_secs(10)));
     match checked {
         Ok(()) => report.pass(format!("broker at {brokers} is reachable")),
         Err(err) => report.fail(
@@ -312,7 +406,10 @@ async fn check_registry(config: &Config, report: &mut Report) {
 }
 
 async fn scalar(client: &Client, sql: &str) -> Result<String, String> {
-    let row = client.query_one(sql, &[]).await.map_err(|e| describe_pg_error(&e))?;
+    let row = client
+        .query_one(sql, &[])
+        .await
+        .map_err(|e| describe_pg_error(&e))?;
     row.try_get::<_, String>(0).map_err(|e| e.to_string())
 }
 

@@ -16,7 +16,12 @@ pub enum RegistryError {
     Unavailable { url: String, reason: String },
     /// The registry answered and refused the schema: retrying gives the same answer.
     #[error("schema registry refused the schema for subject `{subject}` (HTTP {status}, error {code}): {message}")]
-    Rejected { subject: String, status: u16, code: i64, message: String },
+    Rejected {
+        subject: String,
+        status: u16,
+        code: i64,
+        message: String,
+    },
 }
 
 impl RegistryError {
@@ -51,8 +56,15 @@ impl RegistryClient {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
             .build()
-            .map_err(|err| RegistryError::Unavailable { url: base_url.to_owned(), reason: err.to_string() })?;
-        Ok(RegistryClient { http, base: base_url.trim_end_matches('/').to_owned(), ids: Mutex::default() })
+            .map_err(|err| RegistryError::Unavailable {
+                url: base_url.to_owned(),
+                reason: err.to_string(),
+            })?;
+        Ok(RegistryClient {
+            http,
+            base: base_url.trim_end_matches('/').to_owned(),
+            ids: Mutex::default(),
+        })
     }
 
     /// Registers `schema` under `subject` (a no-op on the registry's side when it is already there) and
@@ -62,7 +74,11 @@ impl RegistryClient {
         if let Some(id) = self.cached(&cache_key) {
             return Ok(id);
         }
-        let url = format!("{}/subjects/{}/versions", self.base, percent_encode(subject));
+        let url = format!(
+            "{}/subjects/{}/versions",
+            self.base,
+            percent_encode(subject)
+        );
         let body = serde_json::json!({ "schema": schema, "schemaType": "AVRO" });
         let response = self
             .http
@@ -76,19 +92,28 @@ impl RegistryClient {
         let status = response.status();
         let text = response.text().await.map_err(|err| self.unavailable(err))?;
         if status.is_success() {
-            let parsed: RegisterResponse = serde_json::from_str(&text).map_err(|err| RegistryError::Unavailable {
-                url: self.base.clone(),
-                reason: format!("unexpected answer to a registration ({err}): {text}"),
-            })?;
-            self.ids.lock().unwrap_or_else(|p| p.into_inner()).insert(cache_key, parsed.id);
+            let parsed: RegisterResponse =
+                serde_json::from_str(&text).map_err(|err| RegistryError::Unavailable {
+                    url: self.base.clone(),
+                    reason: format!("unexpected answer to a registration ({err}): {text}"),
+                })?;
+            self.ids
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(cache_key, parsed.id);
             return Ok(parsed.id);
         }
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             let reason = format!("HTTP {status}: {}", truncate(&text, 300));
-            return Err(RegistryError::Unavailable { url: self.base.clone(), reason });
+            return Err(RegistryError::Unavailable {
+                url: self.base.clone(),
+                reason,
+            });
         }
-        let error: ErrorResponse = serde_json::from_str(&text)
-            .unwrap_or(ErrorResponse { error_code: 0, message: truncate(&text, 300).to_owned() });
+        let error: ErrorResponse = serde_json::from_str(&text).unwrap_or(ErrorResponse {
+            error_code: 0,
+            message: truncate(&text, 300).to_owned(),
+        });
         Err(RegistryError::Rejected {
             subject: subject.to_owned(),
             status: status.as_u16(),
@@ -115,12 +140,17 @@ impl RegistryClient {
         let text = response.text().await.map_err(|err| self.unavailable(err))?;
         if !status.is_success() {
             let reason = format!("schema id {id}: HTTP {status}: {}", truncate(&text, 300));
-            return Err(RegistryError::Unavailable { url: self.base.clone(), reason });
+            return Err(RegistryError::Unavailable {
+                url: self.base.clone(),
+                reason,
+            });
         }
-        serde_json::from_str::<SchemaResponse>(&text).map(|r| r.schema).map_err(|err| RegistryError::Unavailable {
-            url: self.base.clone(),
-            reason: format!("unexpected answer for schema id {id} ({err})"),
-        })
+        serde_json::from_str::<SchemaResponse>(&text)
+            .map(|r| r.schema)
+            .map_err(|err| RegistryError::Unavailable {
+                url: self.base.clone(),
+                reason: format!("unexpected answer for schema id {id} ({err})"),
+            })
     }
 
     /// Whether the registry answers at all (for `sluice check`).
@@ -136,12 +166,19 @@ impl RegistryClient {
             Ok(())
         } else {
             let reason = format!("GET /subjects answered HTTP {}", response.status());
-            Err(RegistryError::Unavailable { url: self.base.clone(), reason })
+            Err(RegistryError::Unavailable {
+                url: self.base.clone(),
+                reason,
+            })
         }
     }
 
     fn cached(&self, key: &(String, String)) -> Option<u32> {
-        self.ids.lock().unwrap_or_else(|p| p.into_inner()).get(key).copied()
+        self.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
     }
 
     fn unavailable(&self, err: reqwest::Error) -> RegistryError {
@@ -152,7 +189,10 @@ impl RegistryClient {
             reason.push_str(&format!(": {cause}"));
             source = cause.source();
         }
-        RegistryError::Unavailable { url: self.base.clone(), reason }
+        RegistryError::Unavailable {
+            url: self.base.clone(),
+            reason,
+        }
     }
 }
 
@@ -182,7 +222,10 @@ mod tests {
 
     #[test]
     fn subjects_are_escaped_for_the_path() {
-        assert_eq!(percent_encode("shop.public.orders-value"), "shop.public.orders-value");
+        assert_eq!(
+            percent_encode("shop.public.orders-value"),
+            "shop.public.orders-value"
+        );
         assert_eq!(percent_encode("a/b c"), "a%2Fb%20c");
     }
 

@@ -43,7 +43,10 @@ impl SinkSettings {
     pub fn from_config(config: &Config) -> SinkSettings {
         SinkSettings {
             brokers: config.sink.brokers.get_ref().as_str().to_owned(),
-            properties: config.kafka_properties().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            properties: config
+                .kafka_properties()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
             create_topics: config.sink.create_topics,
             topic_partitions: config.sink.topic_partitions,
             topic_replication_factor: config.sink.topic_replication_factor,
@@ -102,7 +105,11 @@ impl ProducerContext for DeliveryReports {
             Err((error, message)) => {
                 let headers = message
                     .headers()
-                    .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect())
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 let failure = FailedDelivery {
                     ordinal,
@@ -150,11 +157,23 @@ impl KafkaSink {
         let mut admin_config = ClientConfig::new();
         admin_config.set("bootstrap.servers", &settings.brokers);
         // Security settings apply to the admin connection too.
-        for (key, value) in settings.properties.iter().filter(|(k, _)| is_connection_property(k)) {
+        for (key, value) in settings
+            .properties
+            .iter()
+            .filter(|(k, _)| is_connection_property(k))
+        {
             admin_config.set(key, value);
         }
         let admin = admin_config.create().map_err(SinkError::Producer)?;
-        Ok((KafkaSink { producer, admin, settings, known_topics: HashSet::new() }, failed))
+        Ok((
+            KafkaSink {
+                producer,
+                admin,
+                settings,
+                known_topics: HashSet::new(),
+            },
+            failed,
+        ))
     }
 
     /// Fails unless a broker answers a metadata request within `timeout`.
@@ -163,7 +182,10 @@ impl KafkaSink {
             .client()
             .fetch_metadata(None, timeout)
             .map(|_| ())
-            .map_err(|source| SinkError::Unreachable { brokers: self.settings.brokers.clone(), source })
+            .map_err(|source| SinkError::Unreachable {
+                brokers: self.settings.brokers.clone(),
+                source,
+            })
     }
 
     /// Makes sure `topic` exists, creating it when allowed. Cached: the broker is asked once per topic.
@@ -181,12 +203,18 @@ impl KafkaSink {
             .admin
             .create_topics([&new_topic], &options)
             .await
-            .map_err(|err| SinkError::CreateTopic { topic: topic.to_owned(), reason: err.to_string() })?;
+            .map_err(|err| SinkError::CreateTopic {
+                topic: topic.to_owned(),
+                reason: err.to_string(),
+            })?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((_, code)) => {
-                    return Err(SinkError::CreateTopic { topic: topic.to_owned(), reason: code.to_string() })
+                    return Err(SinkError::CreateTopic {
+                        topic: topic.to_owned(),
+                        reason: code.to_string(),
+                    })
                 }
             }
         }
@@ -197,11 +225,19 @@ impl KafkaSink {
 
     /// Hands a message to librdkafka. Waits while its queue is full (backpressure); other errors mean the
     /// message can never be produced as it is.
-    pub async fn send(&self, message: &Outgoing<'_>, ordinal: u64, dead_letter: bool) -> Result<(), SinkError> {
+    pub async fn send(
+        &self,
+        message: &Outgoing<'_>,
+        ordinal: u64,
+        dead_letter: bool,
+    ) -> Result<(), SinkError> {
         let opaque = ((ordinal as usize) << 1) | usize::from(dead_letter);
         let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
         for (key, value) in message.headers {
-            headers = headers.insert(Header { key, value: Some(*value) });
+            headers = headers.insert(Header {
+                key,
+                value: Some(*value),
+            });
         }
         let mut record: BaseRecord<'_, [u8], [u8], usize> =
             BaseRecord::with_opaque_to(message.topic, opaque).headers(headers);
@@ -218,7 +254,12 @@ impl KafkaSink {
                     record = returned;
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                Err((source, _)) => return Err(SinkError::Send { topic: message.topic.to_owned(), source }),
+                Err((source, _)) => {
+                    return Err(SinkError::Send {
+                        topic: message.topic.to_owned(),
+                        source,
+                    })
+                }
             }
         }
     }
@@ -236,7 +277,16 @@ impl KafkaSink {
 
 /// Properties that configure the connection (security, addresses) rather than producing.
 pub fn is_connection_property(key: &str) -> bool {
-    ["security.", "ssl.", "sasl.", "client.dns", "broker.address", "socket."].iter().any(|p| key.starts_with(p))
+    [
+        "security.",
+        "ssl.",
+        "sasl.",
+        "client.dns",
+        "broker.address",
+        "socket.",
+    ]
+    .iter()
+    .any(|p| key.starts_with(p))
 }
 
 #[cfg(test)]
@@ -247,7 +297,10 @@ mod tests {
     fn user_properties_cannot_drop_the_guarantees_but_can_tune() {
         let settings = SinkSettings {
             brokers: "127.0.0.1:1".into(),
-            properties: vec![("compression.type".into(), "zstd".into()), ("linger.ms".into(), "20".into())],
+            properties: vec![
+                ("compression.type".into(), "zstd".into()),
+                ("linger.ms".into(), "20".into()),
+            ],
             create_topics: true,
             topic_partitions: 1,
             topic_replication_factor: 1,

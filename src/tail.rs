@@ -22,7 +22,10 @@ use crate::registry::{RegistryClient, RegistryError};
 #[derive(Debug, thiserror::Error)]
 pub enum TailError {
     #[error("cannot read topic `{topic}`: {source}")]
-    Kafka { topic: String, source: rdkafka::error::KafkaError },
+    Kafka {
+        topic: String,
+        source: rdkafka::error::KafkaError,
+    },
     #[error("topic `{0}` does not exist")]
     NoSuchTopic(String),
     #[error(transparent)]
@@ -48,7 +51,10 @@ struct ParsedSchema {
 
 impl MessageDecoder {
     pub fn new(registry: Option<RegistryClient>) -> MessageDecoder {
-        MessageDecoder { registry, schemas: HashMap::new() }
+        MessageDecoder {
+            registry,
+            schemas: HashMap::new(),
+        }
     }
 
     /// A message body as JSON: decoded Avro, a JSON document, or (failing both) `{"bytes": "<hex>"}`.
@@ -67,7 +73,10 @@ impl MessageDecoder {
                 };
                 let mut reader = &body[5..];
                 let value = apache_avro::from_avro_datum(&parsed.schema, &mut reader, None)
-                    .map_err(|err| TailError::Undecodable { id, reason: err.to_string() })?;
+                    .map_err(|err| TailError::Undecodable {
+                        id,
+                        reason: err.to_string(),
+                    })?;
                 return Ok(avro_json(&value, &parsed.schema, &parsed.names));
             }
         }
@@ -82,8 +91,12 @@ impl MessageDecoder {
 pub fn decode_datum(schema_text: &str, datum: &[u8]) -> Result<Json, TailError> {
     let parsed = parse_schema(0, schema_text)?;
     let mut reader = datum;
-    let value = apache_avro::from_avro_datum(&parsed.schema, &mut reader, None)
-        .map_err(|err| TailError::Undecodable { id: 0, reason: err.to_string() })?;
+    let value = apache_avro::from_avro_datum(&parsed.schema, &mut reader, None).map_err(|err| {
+        TailError::Undecodable {
+            id: 0,
+            reason: err.to_string(),
+        }
+    })?;
     if !reader.is_empty() {
         let reason = format!("{} bytes left over after the datum", reader.len());
         return Err(TailError::Undecodable { id: 0, reason });
@@ -92,10 +105,21 @@ pub fn decode_datum(schema_text: &str, datum: &[u8]) -> Result<Json, TailError> 
 }
 
 fn parse_schema(id: u32, text: &str) -> Result<ParsedSchema, TailError> {
-    let schema = Schema::parse_str(text).map_err(|err| TailError::BadSchema { id, reason: err.to_string() })?;
-    let resolved = apache_avro::schema::ResolvedSchema::try_from(&schema)
-        .map_err(|err| TailError::BadSchema { id, reason: err.to_string() })?;
-    let names = resolved.get_names().iter().map(|(name, schema)| (name.clone(), (*schema).clone())).collect();
+    let schema = Schema::parse_str(text).map_err(|err| TailError::BadSchema {
+        id,
+        reason: err.to_string(),
+    })?;
+    let resolved = apache_avro::schema::ResolvedSchema::try_from(&schema).map_err(|err| {
+        TailError::BadSchema {
+            id,
+            reason: err.to_string(),
+        }
+    })?;
+    let names = resolved
+        .get_names()
+        .iter()
+        .map(|(name, schema)| (name.clone(), (*schema).clone()))
+        .collect();
     Ok(ParsedSchema { schema, names })
 }
 
@@ -106,15 +130,21 @@ pub fn avro_json(value: &Avro, schema: &Schema, names: &HashMap<Name, Schema>) -
         other => other,
     };
     match (value, schema) {
-        (Avro::Union(index, inner), Schema::Union(union)) => match union.variants().get(*index as usize) {
-            Some(variant) => avro_json(inner, variant, names),
-            None => Json::Null,
-        },
+        (Avro::Union(index, inner), Schema::Union(union)) => {
+            match union.variants().get(*index as usize) {
+                Some(variant) => avro_json(inner, variant, names),
+                None => Json::Null,
+            }
+        }
         (Avro::Union(_, inner), other) => avro_json(inner, other, names),
         (Avro::Record(fields), Schema::Record(record)) => {
             let mut object = Map::with_capacity(fields.len());
             for (name, field_value) in fields {
-                let field_schema = record.fields.iter().find(|f| &f.name == name).map(|f| &f.schema);
+                let field_schema = record
+                    .fields
+                    .iter()
+                    .find(|f| &f.name == name)
+                    .map(|f| &f.schema);
                 let json = match field_schema {
                     Some(s) => avro_json(field_value, s, names),
                     None => avro_json(field_value, &Schema::Null, names),
@@ -127,7 +157,9 @@ pub fn avro_json(value: &Avro, schema: &Schema, names: &HashMap<Name, Schema>) -
             let bytes: Vec<u8> = decimal.try_into().unwrap_or_default();
             json!(decimal_text(&bytes, decimal_schema.scale))
         }
-        (Avro::Bytes(bytes), Schema::Decimal(decimal_schema)) => json!(decimal_text(bytes, decimal_schema.scale)),
+        (Avro::Bytes(bytes), Schema::Decimal(decimal_schema)) => {
+            json!(decimal_text(bytes, decimal_schema.scale))
+        }
         (Avro::Null, _) => Json::Null,
         (Avro::Boolean(v), _) => json!(v),
         (Avro::Int(v) | Avro::Date(v) | Avro::TimeMillis(v), _) => json!(v),
@@ -147,12 +179,18 @@ pub fn avro_json(value: &Avro, schema: &Schema, names: &HashMap<Name, Schema>) -
         (Avro::String(v) | Avro::Enum(_, v), _) => json!(v),
         (Avro::Uuid(v), _) => json!(v.to_string()),
         (Avro::Bytes(v) | Avro::Fixed(_, v), _) => json!(hex(v)),
-        (Avro::Array(items), Schema::Array(array)) => {
-            Json::Array(items.iter().map(|v| avro_json(v, &array.items, names)).collect())
-        }
-        (Avro::Map(entries), Schema::Map(map)) => {
-            Json::Object(entries.iter().map(|(k, v)| (k.clone(), avro_json(v, &map.types, names))).collect())
-        }
+        (Avro::Array(items), Schema::Array(array)) => Json::Array(
+            items
+                .iter()
+                .map(|v| avro_json(v, &array.items, names))
+                .collect(),
+        ),
+        (Avro::Map(entries), Schema::Map(map)) => Json::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (k.clone(), avro_json(v, &map.types, names)))
+                .collect(),
+        ),
         (other, _) => Json::try_from(other.clone()).unwrap_or(Json::Null),
     }
 }
@@ -234,7 +272,10 @@ pub struct TailOptions {
 
 /// Prints every message from `start` to the end (or forever with `follow`) as JSON lines to `out`.
 pub async fn run(options: &TailOptions, out: &mut impl Write) -> Result<u64, TailError> {
-    let kafka = |source| TailError::Kafka { topic: options.topic.clone(), source };
+    let kafka = |source| TailError::Kafka {
+        topic: options.topic.clone(),
+        source,
+    };
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &options.brokers)
@@ -245,7 +286,9 @@ pub async fn run(options: &TailOptions, out: &mut impl Write) -> Result<u64, Tai
         config.set(key, value);
     }
     let consumer: BaseConsumer = config.create().map_err(kafka)?;
-    let metadata = consumer.fetch_metadata(Some(&options.topic), Duration::from_secs(10)).map_err(kafka)?;
+    let metadata = consumer
+        .fetch_metadata(Some(&options.topic), Duration::from_secs(10))
+        .map_err(kafka)?;
     let partitions: Vec<i32> = metadata
         .topics()
         .iter()
@@ -259,8 +302,9 @@ pub async fn run(options: &TailOptions, out: &mut impl Write) -> Result<u64, Tai
     let mut remaining = HashMap::new();
     let mut assignment = TopicPartitionList::new();
     for partition in &partitions {
-        let (low, high) =
-            consumer.fetch_watermarks(&options.topic, *partition, Duration::from_secs(10)).map_err(kafka)?;
+        let (low, high) = consumer
+            .fetch_watermarks(&options.topic, *partition, Duration::from_secs(10))
+            .map_err(kafka)?;
         let offset = match options.start {
             StartAt::Beginning => Offset::Beginning,
             StartAt::End => Offset::End,
@@ -274,28 +318,49 @@ pub async fn run(options: &TailOptions, out: &mut impl Write) -> Result<u64, Tai
         if first < high {
             remaining.insert(*partition, high);
         }
-        assignment.add_partition_offset(&options.topic, *partition, offset).map_err(kafka)?;
+        assignment
+            .add_partition_offset(&options.topic, *partition, offset)
+            .map_err(kafka)?;
     }
     consumer.assign(&assignment).map_err(kafka)?;
 
-    let registry = options.registry_url.as_deref().map(RegistryClient::new).transpose()?;
+    let registry = options
+        .registry_url
+        .as_deref()
+        .map(RegistryClient::new)
+        .transpose()?;
     let mut decoder = MessageDecoder::new(registry);
     let mut printed = 0;
     while options.follow || !remaining.is_empty() {
-        let Some(result) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let Some(result) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
         let message = result.map_err(kafka)?;
         let key = match message.key() {
-            Some(key) => decoder.decode(key).await.unwrap_or_else(|err| json!({ "error": err.to_string() })),
+            Some(key) => decoder
+                .decode(key)
+                .await
+                .unwrap_or_else(|err| json!({ "error": err.to_string() })),
             None => Json::Null,
         };
         let value = match message.payload() {
-            Some(body) => decoder.decode(body).await.unwrap_or_else(|err| json!({ "error": err.to_string() })),
+            Some(body) => decoder
+                .decode(body)
+                .await
+                .unwrap_or_else(|err| json!({ "error": err.to_string() })),
             None => Json::Null,
         };
         let headers: Map<String, Json> = message
             .headers()
             .map(|h| {
-                h.iter().map(|h| (h.key.to_owned(), json!(String::from_utf8_lossy(h.value.unwrap_or_default())))).collect()
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            json!(String::from_utf8_lossy(h.value.unwrap_or_default())),
+                        )
+                    })
+                    .collect()
             })
             .unwrap_or_default();
         let line = json!({
@@ -309,7 +374,10 @@ pub async fn run(options: &TailOptions, out: &mut impl Write) -> Result<u64, Tai
         serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::from)?;
         out.write_all(b"\n")?;
         printed += 1;
-        if remaining.get(&message.partition()).is_some_and(|high| message.offset() + 1 >= *high) {
+        if remaining
+            .get(&message.partition())
+            .is_some_and(|high| message.offset() + 1 >= *high)
+        {
             remaining.remove(&message.partition());
         }
     }

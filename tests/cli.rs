@@ -44,7 +44,11 @@ fn validate(text: &str) -> (i32, String) {
         .env("SLUICE_TEST_PASSWORD", "s3cret-pw")
         .output()
         .unwrap();
-    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     (output.status.code().unwrap_or(-1), printed)
 }
 
@@ -54,19 +58,30 @@ fn validate_accepts_a_good_config_and_the_shipped_example() {
     assert_eq!(code, 0, "{printed}");
     assert!(printed.contains("configuration is valid"), "{printed}");
 
-    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/sluice.toml")).unwrap();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/sluice.toml"))
+            .unwrap();
     let output = std::process::Command::new(common::sluice_bin())
-        .args(["validate", "-c", concat!(env!("CARGO_MANIFEST_DIR"), "/config/sluice.toml")])
+        .args([
+            "validate",
+            "-c",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/sluice.toml"),
+        ])
         .env("PGPASSWORD", "x")
         .output()
         .unwrap();
-    assert!(output.status.success(), "config/sluice.toml: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "config/sluice.toml: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(example.contains("[sink.kafka]"));
 }
 
 #[test]
 fn validate_names_an_unknown_key_and_its_line() {
-    let (code, printed) = validate(&VALID.replace("slot = \"sluice\"", "slot = \"sluice\"\nslot_name = \"x\""));
+    let (code, printed) =
+        validate(&VALID.replace("slot = \"sluice\"", "slot = \"sluice\"\nslot_name = \"x\""));
     assert_eq!(code, 1, "{printed}");
     assert!(printed.contains("line 6, column 1"), "{printed}");
     assert!(printed.contains("unknown field `slot_name`"), "{printed}");
@@ -82,18 +97,23 @@ fn validate_names_a_wrong_type_and_its_line() {
 
 #[test]
 fn validate_names_a_missing_section() {
-    let (code, printed) = validate(&VALID.replace("[avro]\nregistry_url = \"http://127.0.0.1:8081\"\n", ""));
+    let (code, printed) =
+        validate(&VALID.replace("[avro]\nregistry_url = \"http://127.0.0.1:8081\"\n", ""));
     assert_eq!(code, 1, "{printed}");
     assert!(printed.contains("missing field `avro`"), "{printed}");
 }
 
 #[test]
 fn validate_names_a_bad_url_and_keeps_the_password_secret() {
-    let (code, printed) = validate(&VALID.replace("@127.0.0.1:5432/shop", "@127.0.0.1:notaport/shop"));
+    let (code, printed) =
+        validate(&VALID.replace("@127.0.0.1:5432/shop", "@127.0.0.1:notaport/shop"));
     assert_eq!(code, 1, "{printed}");
     assert!(printed.contains("`source.url`"), "{printed}");
     assert!(printed.contains("line 4"), "{printed}");
-    assert!(!printed.contains("s3cret-pw"), "the password leaked: {printed}");
+    assert!(
+        !printed.contains("s3cret-pw"),
+        "the password leaked: {printed}"
+    );
 
     let (code, printed) = validate(&VALID.replace("http://127.0.0.1:8081", "127.0.0.1:8081"));
     assert_eq!(code, 1, "{printed}");
@@ -112,27 +132,44 @@ fn validate_reports_a_missing_environment_variable() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr.contains("environment variable `SLUICE_TEST_PASSWORD` is not set"), "{stderr}");
+    assert!(
+        stderr.contains("environment variable `SLUICE_TEST_PASSWORD` is not set"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn validate_refuses_a_missing_file() {
     let (status, _, stderr) = sluice(&["validate", "-c", "/nonexistent/sluice.toml"]);
     assert_eq!(status.code(), Some(1));
-    assert!(stderr.contains("cannot read config file /nonexistent/sluice.toml"), "{stderr}");
+    assert!(
+        stderr.contains("cannot read config file /nonexistent/sluice.toml"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_passes_against_ready_services() {
     let services = Services::start().await;
-    services.sql("CREATE TABLE orders (id bigint PRIMARY KEY, note text)").await;
+    services
+        .sql("CREATE TABLE orders (id bigint PRIMARY KEY, note text)")
+        .await;
     let config = services.write_config(&["public.orders"]);
     let (status, stdout, stderr) = sluice(&["check", "-c", config.to_str().unwrap()]);
     assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
-    for line in ["wal_level = logical", "may replicate", "table public.orders: primary key (id)", "broker at", "schema registry at"] {
+    for line in [
+        "wal_level = logical",
+        "may replicate",
+        "table public.orders: primary key (id)",
+        "broker at",
+        "schema registry at",
+    ] {
         assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
     }
-    assert!(!stdout.contains(services.pg.password()), "the password leaked:\n{stdout}");
+    assert!(
+        !stdout.contains(services.pg.password()),
+        "the password leaked:\n{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,11 +177,22 @@ async fn check_names_wal_level_replica_and_the_fix() {
     let pg = PgCluster::start_with(&[("wal_level", "replica")]).expect("start PostgreSQL");
     pg.create_database("shop").await.unwrap();
     let client = pg.client("shop").await.unwrap();
-    client.batch_execute("CREATE TABLE orders (id bigint PRIMARY KEY); CREATE TABLE events (note text)").await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE orders (id bigint PRIMARY KEY); CREATE TABLE events (note text)",
+        )
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let text = VALID
-        .replace("postgres://replicator:${SLUICE_TEST_PASSWORD}@127.0.0.1:5432/shop", &pg.url("shop"))
-        .replace("[\"public.orders\"]", "[\"public.orders\", \"public.events\"]")
+        .replace(
+            "postgres://replicator:${SLUICE_TEST_PASSWORD}@127.0.0.1:5432/shop",
+            &pg.url("shop"),
+        )
+        .replace(
+            "[\"public.orders\"]",
+            "[\"public.orders\", \"public.events\"]",
+        )
         // Nothing listens on port 9 (discard): broker and registry checks fail, which is part of the report.
         .replace("127.0.0.1:9092", "127.0.0.1:9")
         .replace("http://127.0.0.1:8081", "http://127.0.0.1:9");
@@ -152,12 +200,27 @@ async fn check_names_wal_level_replica_and_the_fix() {
     let (status, stdout, _) = sluice(&["check", "-c", path.to_str().unwrap()]);
     assert_eq!(status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("[FAIL] wal_level is `replica`"), "{stdout}");
-    assert!(stdout.contains("ALTER SYSTEM SET wal_level = logical"), "{stdout}");
-    assert!(stdout.contains("[FAIL] table public.events has no primary key"), "{stdout}");
+    assert!(
+        stdout.contains("ALTER SYSTEM SET wal_level = logical"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[FAIL] table public.events has no primary key"),
+        "{stdout}"
+    );
     assert!(stdout.contains("REPLICA IDENTITY FULL"), "{stdout}");
-    assert!(stdout.contains("[ ok ] table public.orders: primary key (id)"), "{stdout}");
-    assert!(stdout.contains("[FAIL] broker at 127.0.0.1:9 is not reachable"), "{stdout}");
-    assert!(stdout.contains("[FAIL] schema registry at http://127.0.0.1:9 is not reachable"), "{stdout}");
+    assert!(
+        stdout.contains("[ ok ] table public.orders: primary key (id)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[FAIL] broker at 127.0.0.1:9 is not reachable"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[FAIL] schema registry at http://127.0.0.1:9 is not reachable"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

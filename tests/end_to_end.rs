@@ -63,12 +63,22 @@ struct Workload {
 
 impl Workload {
     fn new(seed: u64) -> Workload {
-        Workload { rng: Rng(seed), live: HashMap::new(), next_id: 1, versions: HashMap::new(), history: History::new() }
+        Workload {
+            rng: Rng(seed),
+            live: HashMap::new(),
+            next_id: 1,
+            versions: HashMap::new(),
+            history: History::new(),
+        }
     }
 
     /// One statement and the event it must produce.
     fn statement(&mut self) -> String {
-        let table: &'static str = if self.rng.below(2) == 0 { "orders" } else { "customers" };
+        let table: &'static str = if self.rng.below(2) == 0 {
+            "orders"
+        } else {
+            "customers"
+        };
         let live = self.live.entry(table).or_default().len();
         let choice = self.rng.below(10);
         if live < 5 || choice < 4 {
@@ -98,7 +108,10 @@ impl Workload {
     }
 
     fn record(&mut self, table: &str, id: i64, op: char, row: Json) {
-        self.history.entry((table.to_owned(), id)).or_default().push((op, row));
+        self.history
+            .entry((table.to_owned(), id))
+            .or_default()
+            .push((op, row));
     }
 
     /// An INSERT or UPDATE with values derived from (id, version), and the row as decoded from the event.
@@ -106,7 +119,12 @@ impl Workload {
         let n = self.rng.below(1_000_000) as i64;
         if table == "orders" {
             let cents = n * 7 - 3_000_000;
-            let amount = format!("{}{}.{:02}", if cents < 0 { "-" } else { "" }, cents.abs() / 100, cents.abs() % 100);
+            let amount = format!(
+                "{}{}.{:02}",
+                if cents < 0 { "-" } else { "" },
+                cents.abs() / 100,
+                cents.abs() % 100
+            );
             let status = ["new", "paid", "shipped", "größe"][(n % 4) as usize];
             let micros = 1_700_000_000_000_000 + n * 1_234_567;
             let payload = format!("{{\"n\": {n}, \"tags\": [\"a\", \"b\"]}}");
@@ -162,7 +180,10 @@ impl Workload {
                 batch.push_str(";\n");
             }
             batch.push_str("COMMIT;");
-            client.batch_execute(&batch).await.expect("workload transaction");
+            client
+                .batch_execute(&batch)
+                .await
+                .expect("workload transaction");
         }
     }
 
@@ -171,7 +192,11 @@ impl Workload {
             self.history
                 .iter()
                 .filter(|((t, _), _)| t == table)
-                .map(|(_, ops)| ops.iter().map(|(op, _)| if *op == 'd' { 2 } else { 1 }).sum::<usize>())
+                .map(|(_, ops)| {
+                    ops.iter()
+                        .map(|(op, _)| if *op == 'd' { 2 } else { 1 })
+                        .sum::<usize>()
+                })
                 .sum()
         };
         (count("orders"), count("customers"))
@@ -182,11 +207,18 @@ impl Workload {
 fn per_key(events: &[Event]) -> BTreeMap<i64, Vec<(char, Json)>> {
     let mut keys: BTreeMap<i64, Vec<(char, Json)>> = BTreeMap::new();
     for event in events {
-        let id = event.key.as_ref().and_then(|k| k["id"].as_i64()).expect("every event has a key with an id");
+        let id = event
+            .key
+            .as_ref()
+            .and_then(|k| k["id"].as_i64())
+            .expect("every event has a key with an id");
         let entry = match event.op() {
             None => ('t', Json::Null),
             Some("d") => ('d', event.before().cloned().expect("delete has before")),
-            Some(op) => (op.chars().next().unwrap(), event.after().cloned().expect("change has after")),
+            Some(op) => (
+                op.chars().next().unwrap(),
+                event.after().cloned().expect("change has after"),
+            ),
         };
         keys.entry(id).or_default().push(entry);
     }
@@ -198,28 +230,50 @@ fn same_row(op: char, expected: &Json, actual: &Json) -> bool {
     if op == 'd' {
         return actual["id"] == expected["id"];
     }
-    expected.as_object().unwrap().iter().all(|(k, v)| &actual[k] == v)
+    expected
+        .as_object()
+        .unwrap()
+        .iter()
+        .all(|(k, v)| &actual[k] == v)
 }
 
 /// Every key's events equal the workload's history, in order, with a tombstone after each delete.
 fn assert_matches_history(history: &History, table: &str, events: &[Event]) {
     let actual = per_key(events);
-    let expected: BTreeMap<i64, &Vec<(char, Json)>> =
-        history.iter().filter(|((t, _), _)| t == table).map(|((_, id), ops)| (*id, ops)).collect();
+    let expected: BTreeMap<i64, &Vec<(char, Json)>> = history
+        .iter()
+        .filter(|((t, _), _)| t == table)
+        .map(|((_, id), ops)| (*id, ops))
+        .collect();
     assert_eq!(actual.len(), expected.len(), "{table}: number of keys");
     for (id, ops) in expected {
         let got = &actual[&id];
         let mut got_iter = got.iter();
         for (op, row) in ops {
-            let (got_op, got_row) = got_iter.next().unwrap_or_else(|| panic!("{table} key {id}: missing events"));
-            assert_eq!(*got_op, *op, "{table} key {id}: expected {ops:?}, got {got:?}");
-            assert!(same_row(*op, row, got_row), "{table} key {id} {op}: expected {row}, got {got_row}");
+            let (got_op, got_row) = got_iter
+                .next()
+                .unwrap_or_else(|| panic!("{table} key {id}: missing events"));
+            assert_eq!(
+                *got_op, *op,
+                "{table} key {id}: expected {ops:?}, got {got:?}"
+            );
+            assert!(
+                same_row(*op, row, got_row),
+                "{table} key {id} {op}: expected {row}, got {got_row}"
+            );
             if *op == 'd' {
                 let tombstone = got_iter.next().map(|(op, _)| *op);
-                assert_eq!(tombstone, Some('t'), "{table} key {id}: a delete must be followed by a tombstone");
+                assert_eq!(
+                    tombstone,
+                    Some('t'),
+                    "{table} key {id}: a delete must be followed by a tombstone"
+                );
             }
         }
-        assert!(got_iter.next().is_none(), "{table} key {id}: extra events {got:?}");
+        assert!(
+            got_iter.next().is_none(),
+            "{table} key {id}: extra events {got:?}"
+        );
     }
 }
 
@@ -234,10 +288,23 @@ async fn ten_thousand_changes_arrive_in_commit_order_per_key() {
     let mut workload = Workload::new(0x5eed);
     workload.run(&services, 100, 100).await;
     let (orders, customers) = workload.event_count();
-    assert_eq!(workload.history.values().map(Vec::len).sum::<usize>(), 10_000);
+    assert_eq!(
+        workload.history.values().map(Vec::len).sum::<usize>(),
+        10_000
+    );
 
-    let order_events = decode_all(&services, &services.read(ORDERS, orders, Duration::from_secs(120)).await);
-    let customer_events = decode_all(&services, &services.read(CUSTOMERS, customers, Duration::from_secs(60)).await);
+    let order_events = decode_all(
+        &services,
+        &services
+            .read(ORDERS, orders, Duration::from_secs(120))
+            .await,
+    );
+    let customer_events = decode_all(
+        &services,
+        &services
+            .read(CUSTOMERS, customers, Duration::from_secs(60))
+            .await,
+    );
     assert_matches_history(&workload.history, "orders", &order_events);
     assert_matches_history(&workload.history, "customers", &customer_events);
 
@@ -255,14 +322,22 @@ async fn ten_thousand_changes_arrive_in_commit_order_per_key() {
     assert!(first.headers.contains_key("sluice.lsn") && first.headers.contains_key("sluice.txid"));
     // Subjects follow the topic-name strategy.
     let subjects = services.registry.subjects();
-    for subject in [format!("{ORDERS}-key"), format!("{ORDERS}-value"), format!("{CUSTOMERS}-value")] {
+    for subject in [
+        format!("{ORDERS}-key"),
+        format!("{ORDERS}-value"),
+        format!("{CUSTOMERS}-value"),
+    ] {
         assert!(subjects.contains(&subject), "{subject} not in {subjects:?}");
     }
 
     // The slot's confirmed position moves once the broker has everything.
     let end: String = {
         let client = services.pg.client(common::DATABASE).await.unwrap();
-        client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0)
+        client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0)
     };
     let confirmed_past = |lsn: &str| parse_lsn(lsn) >= parse_lsn(&end) - 1_000_000;
     let mut confirmed = None;
@@ -273,8 +348,16 @@ async fn ten_thousand_changes_arrive_in_commit_order_per_key() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(confirmed.as_deref().is_some_and(confirmed_past), "slot confirmed {confirmed:?}, WAL at {end}");
-    assert_eq!(daemon.terminate(Duration::from_secs(30)).code(), Some(0), "{}", daemon.log());
+    assert!(
+        confirmed.as_deref().is_some_and(confirmed_past),
+        "slot confirmed {confirmed:?}, WAL at {end}"
+    );
+    assert_eq!(
+        daemon.terminate(Duration::from_secs(30)).code(),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
 }
 
 fn parse_lsn(text: &str) -> u64 {
@@ -286,11 +369,8 @@ fn parse_lsn(text: &str) -> u64 {
 fn final_state(events: &[Event]) -> BTreeMap<i64, Json> {
     let mut state = BTreeMap::new();
     for (id, ops) in per_key(events) {
-        match ops.last() {
-            Some(('c' | 'u', row)) => {
-                state.insert(id, row.clone());
-            }
-            _ => {}
+        if let Some(('c' | 'u', row)) = ops.last() {
+            state.insert(id, row.clone());
         }
     }
     state
@@ -308,9 +388,17 @@ fn expected_final_state(history: &History, table: &str) -> BTreeMap<i64, Json> {
 }
 
 fn assert_same_state(table: &str, expected: &BTreeMap<i64, Json>, actual: &BTreeMap<i64, Json>) {
-    assert_eq!(expected.keys().collect::<Vec<_>>(), actual.keys().collect::<Vec<_>>(), "{table}: live keys");
+    assert_eq!(
+        expected.keys().collect::<Vec<_>>(),
+        actual.keys().collect::<Vec<_>>(),
+        "{table}: live keys"
+    );
     for (id, row) in expected {
-        assert!(same_row('u', row, &actual[id]), "{table} key {id}: expected {row}, got {}", actual[id]);
+        assert!(
+            same_row('u', row, &actual[id]),
+            "{table} key {id}: expected {row}, got {}",
+            actual[id]
+        );
     }
 }
 
@@ -319,7 +407,10 @@ fn committed_changes(history: &History, table: &str) -> HashSet<(i64, char, i64)
     history
         .iter()
         .filter(|((t, _), _)| t == table)
-        .flat_map(|((_, id), ops)| ops.iter().map(move |(op, row)| (*id, *op, row["version"].as_i64().unwrap_or(-1))))
+        .flat_map(|((_, id), ops)| {
+            ops.iter()
+                .map(move |(op, row)| (*id, *op, row["version"].as_i64().unwrap_or(-1)))
+        })
         .collect()
 }
 
@@ -329,7 +420,11 @@ fn observed_changes(events: &[Event]) -> Vec<(i64, char, i64)> {
         .filter_map(|e| {
             let id = e.key.as_ref()?["id"].as_i64()?;
             let op = e.op()?.chars().next()?;
-            let version = if op == 'd' { -1 } else { e.after()?["version"].as_i64()? };
+            let version = if op == 'd' {
+                -1
+            } else {
+                e.after()?["version"].as_i64()?
+            };
             Some((id, op, version))
         })
         .collect()
@@ -355,17 +450,42 @@ async fn sigkill_mid_stream_loses_nothing() {
     workload.run(&services, 10, 100).await;
 
     let (orders, customers) = workload.event_count();
-    let order_events = decode_all(&services, &services.read(ORDERS, orders, Duration::from_secs(120)).await);
-    let customer_events = decode_all(&services, &services.read(CUSTOMERS, customers, Duration::from_secs(60)).await);
+    let order_events = decode_all(
+        &services,
+        &services
+            .read(ORDERS, orders, Duration::from_secs(120))
+            .await,
+    );
+    let customer_events = decode_all(
+        &services,
+        &services
+            .read(CUSTOMERS, customers, Duration::from_secs(60))
+            .await,
+    );
     for (table, events) in [("orders", &order_events), ("customers", &customer_events)] {
-        assert_same_state(table, &expected_final_state(&workload.history, table), &final_state(events));
-        let observed: HashSet<_> = observed_changes(events).into_iter().map(|(id, op, v)| (id, op, if op == 'd' { -1 } else { v })).collect();
+        assert_same_state(
+            table,
+            &expected_final_state(&workload.history, table),
+            &final_state(events),
+        );
+        let observed: HashSet<_> = observed_changes(events)
+            .into_iter()
+            .map(|(id, op, v)| (id, op, if op == 'd' { -1 } else { v }))
+            .collect();
         for (id, op, version) in committed_changes(&workload.history, table) {
             let version = if op == 'd' { -1 } else { version };
-            assert!(observed.contains(&(id, op, version)), "{table}: committed change ({id}, {op}, {version}) is missing");
+            assert!(
+                observed.contains(&(id, op, version)),
+                "{table}: committed change ({id}, {op}, {version}) is missing"
+            );
         }
     }
-    assert_eq!(daemon.terminate(Duration::from_secs(30)).code(), Some(0), "{}", daemon.log());
+    assert_eq!(
+        daemon.terminate(Duration::from_secs(30)).code(),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,16 +502,29 @@ async fn sigterm_and_restart_repeat_nothing() {
     let writer = {
         let url = services.pg.url(common::DATABASE);
         tokio::spawn(async move {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
             tokio::spawn(connection);
             for i in 0..200 {
-                client.batch_execute(&format!("INSERT INTO orders VALUES ({}, 1, 1.00, 'bulk', 0, now(), '{{}}')", 1_000_000 + i)).await.unwrap();
+                client
+                    .batch_execute(&format!(
+                        "INSERT INTO orders VALUES ({}, 1, 1.00, 'bulk', 0, now(), '{{}}')",
+                        1_000_000 + i
+                    ))
+                    .await
+                    .unwrap();
             }
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let status = daemon.terminate(Duration::from_secs(60));
-    assert_eq!(status.code(), Some(0), "SIGTERM must end sluice cleanly:\n{}", daemon.log());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM must end sluice cleanly:\n{}",
+        daemon.log()
+    );
     writer.await.unwrap();
     workload.run(&services, 5, 100).await;
 
@@ -400,15 +533,40 @@ async fn sigterm_and_restart_repeat_nothing() {
     workload.run(&services, 5, 100).await;
 
     let (orders, customers) = workload.event_count();
-    let order_events = decode_all(&services, &services.read(ORDERS, orders + 200, Duration::from_secs(120)).await);
-    let customer_events = decode_all(&services, &services.read(CUSTOMERS, customers, Duration::from_secs(60)).await);
-    let bulk: Vec<&Event> = order_events.iter().filter(|e| e.after().is_some_and(|a| a["status"] == "bulk")).collect();
-    assert_eq!(bulk.len(), 200, "every row written around the stop arrives exactly once");
-    let workload_orders: Vec<Event> = order_events.into_iter().filter(|e| e.key.as_ref().unwrap()["id"].as_i64().unwrap() < 1_000_000).collect();
+    let order_events = decode_all(
+        &services,
+        &services
+            .read(ORDERS, orders + 200, Duration::from_secs(120))
+            .await,
+    );
+    let customer_events = decode_all(
+        &services,
+        &services
+            .read(CUSTOMERS, customers, Duration::from_secs(60))
+            .await,
+    );
+    let bulk: Vec<&Event> = order_events
+        .iter()
+        .filter(|e| e.after().is_some_and(|a| a["status"] == "bulk"))
+        .collect();
+    assert_eq!(
+        bulk.len(),
+        200,
+        "every row written around the stop arrives exactly once"
+    );
+    let workload_orders: Vec<Event> = order_events
+        .into_iter()
+        .filter(|e| e.key.as_ref().unwrap()["id"].as_i64().unwrap() < 1_000_000)
+        .collect();
     // Exactly the history: nothing lost, nothing repeated.
     assert_matches_history(&workload.history, "orders", &workload_orders);
     assert_matches_history(&workload.history, "customers", &customer_events);
-    assert_eq!(daemon.terminate(Duration::from_secs(30)).code(), Some(0), "{}", daemon.log());
+    assert_eq!(
+        daemon.terminate(Duration::from_secs(30)).code(),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,33 +584,66 @@ async fn values_that_do_not_fit_go_to_the_dead_letter_topic_and_the_stream_goes_
              INSERT INTO orders VALUES (3, 1, 11.25, 'ok', 0, now(), '{}');",
         )
         .await;
-    let events = decode_all(&services, &services.read(ORDERS, 2, Duration::from_secs(60)).await);
-    let ids: Vec<i64> = events.iter().map(|e| e.after().unwrap()["id"].as_i64().unwrap()).collect();
+    let events = decode_all(
+        &services,
+        &services.read(ORDERS, 2, Duration::from_secs(60)).await,
+    );
+    let ids: Vec<i64> = events
+        .iter()
+        .map(|e| e.after().unwrap()["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(ids, vec![1, 3], "the rows around the bad one are published");
     assert_eq!(events[1].after().unwrap()["amount"], "11.25");
 
-    let letters = services.read(DEAD_LETTERS, 1, Duration::from_secs(30)).await;
+    let letters = services
+        .read(DEAD_LETTERS, 1, Duration::from_secs(30))
+        .await;
     assert_eq!(letters.len(), 1, "exactly one dead letter");
     let letter: Json = serde_json::from_slice(letters[0].value.as_deref().unwrap()).unwrap();
     assert_eq!(letter["stage"], "encode");
-    assert!(letter["reason"].as_str().unwrap().contains("NaN"), "{letter}");
+    assert!(
+        letter["reason"].as_str().unwrap().contains("NaN"),
+        "{letter}"
+    );
     assert_eq!(letter["table"], "public.orders");
     assert_eq!(letter["topic"], ORDERS);
     assert_eq!(letter["after"]["id"], 2);
     assert_eq!(letter["after"]["amount"], "NaN");
     assert!(letter["source"]["lsn"].as_str().unwrap().contains('/'));
-    let stage = letters[0].headers.iter().find(|(k, _)| k == "sluice.dlq.stage").map(|(_, v)| v.clone());
+    let stage = letters[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k == "sluice.dlq.stage")
+        .map(|(_, v)| v.clone());
     assert_eq!(stage.as_deref(), Some(&b"encode"[..]));
 
     // The dead letter is acknowledged like any event: a clean restart does not send it again.
-    assert_eq!(daemon.terminate(Duration::from_secs(30)).code(), Some(0), "{}", daemon.log());
+    assert_eq!(
+        daemon.terminate(Duration::from_secs(30)).code(),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
     let mut daemon = Daemon::start(&config);
     services.wait_streaming(&mut daemon).await;
-    services.sql("INSERT INTO orders VALUES (4, 1, 1.00, 'after restart', 0, now(), '{}')").await;
+    services
+        .sql("INSERT INTO orders VALUES (4, 1, 1.00, 'after restart', 0, now(), '{}')")
+        .await;
     let events = services.read(ORDERS, 3, Duration::from_secs(60)).await;
     assert_eq!(events.len(), 3);
-    assert_eq!(services.read(DEAD_LETTERS, 1, Duration::from_secs(5)).await.len(), 1);
-    assert_eq!(daemon.terminate(Duration::from_secs(30)).code(), Some(0), "{}", daemon.log());
+    assert_eq!(
+        services
+            .read(DEAD_LETTERS, 1, Duration::from_secs(5))
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        daemon.terminate(Duration::from_secs(30)).code(),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,12 +654,27 @@ async fn a_schema_the_registry_refuses_sends_events_to_the_dead_letter_topic() {
     services.registry.set_reject_all(true);
     let mut daemon = Daemon::start(&config);
     services.wait_streaming(&mut daemon).await;
-    services.sql("INSERT INTO orders VALUES (1, 1, 10.50, 'ok', 0, now(), '{}')").await;
+    services
+        .sql("INSERT INTO orders VALUES (1, 1, 10.50, 'ok', 0, now(), '{}')")
+        .await;
 
-    let letters = services.read(DEAD_LETTERS, 1, Duration::from_secs(30)).await;
+    let letters = services
+        .read(DEAD_LETTERS, 1, Duration::from_secs(30))
+        .await;
     assert_eq!(letters.len(), 1);
     let letter: Json = serde_json::from_slice(letters[0].value.as_deref().unwrap()).unwrap();
     assert_eq!(letter["stage"], "register");
-    assert!(letter["reason"].as_str().unwrap().contains("shop.public.orders-"), "{letter}");
-    assert_eq!(daemon.terminate(Duration::from_secs(30)).code(), Some(0), "{}", daemon.log());
+    assert!(
+        letter["reason"]
+            .as_str()
+            .unwrap()
+            .contains("shop.public.orders-"),
+        "{letter}"
+    );
+    assert_eq!(
+        daemon.terminate(Duration::from_secs(30)).code(),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
 }

@@ -13,7 +13,10 @@ pub enum CatalogError {
     #[error("cannot connect to PostgreSQL: {0}")]
     Connect(#[source] tokio_postgres::Error),
     #[error("{context}: {}", describe_pg_error(.source))]
-    Query { context: String, source: tokio_postgres::Error },
+    Query {
+        context: String,
+        source: tokio_postgres::Error,
+    },
     #[error("table {0} does not exist (or the user cannot see it); check `source.tables`")]
     NoSuchTable(String),
     #[error(
@@ -76,7 +79,10 @@ impl std::fmt::Display for TableName {
 
 /// The ordinary and partitioned tables a selection names. An exact name that matches nothing is an error;
 /// a wildcard that matches nothing is allowed (the tables may come later).
-pub async fn resolve_tables(client: &Client, patterns: &[TablePattern]) -> Result<Vec<TableName>, CatalogError> {
+pub async fn resolve_tables(
+    client: &Client,
+    patterns: &[TablePattern],
+) -> Result<Vec<TableName>, CatalogError> {
     let rows = client
         .query(
             "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -87,7 +93,13 @@ pub async fn resolve_tables(client: &Client, patterns: &[TablePattern]) -> Resul
         )
         .await
         .map_err(query_error("cannot list tables"))?;
-    let all: Vec<TableName> = rows.iter().map(|r| TableName { schema: r.get(0), name: r.get(1) }).collect();
+    let all: Vec<TableName> = rows
+        .iter()
+        .map(|r| TableName {
+            schema: r.get(0),
+            name: r.get(1),
+        })
+        .collect();
     let mut chosen = BTreeSet::new();
     for pattern in patterns {
         let mut matched = false;
@@ -120,45 +132,88 @@ pub async fn ensure_publication(
     tables: &[TableName],
 ) -> Result<PublicationChange, CatalogError> {
     let existing = client
-        .query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&publication])
+        .query_opt(
+            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
         .await
-        .map_err(query_error(format!("cannot read publication `{publication}`")))?;
-    let list = |tables: &[TableName]| tables.iter().map(TableName::quoted).collect::<Vec<_>>().join(", ");
+        .map_err(query_error(format!(
+            "cannot read publication `{publication}`"
+        )))?;
+    let list = |tables: &[TableName]| {
+        tables
+            .iter()
+            .map(TableName::quoted)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     match existing {
         None => {
             let sql = if tables.is_empty() {
                 format!("CREATE PUBLICATION {}", quote_ident(publication))
             } else {
-                format!("CREATE PUBLICATION {} FOR TABLE {}", quote_ident(publication), list(tables))
+                format!(
+                    "CREATE PUBLICATION {} FOR TABLE {}",
+                    quote_ident(publication),
+                    list(tables)
+                )
             };
             client.batch_execute(&sql).await.map_err(query_error(format!(
                 "cannot create publication `{publication}` (the user must own the tables, or create the publication \
                  beforehand as a user who does)"
             )))?;
-            Ok(PublicationChange { created: true, added: tables.to_vec() })
+            Ok(PublicationChange {
+                created: true,
+                added: tables.to_vec(),
+            })
         }
         Some(row) if row.get::<_, bool>(0) => Ok(PublicationChange::default()),
         Some(_) => {
             let covered = published_tables(client, publication).await?;
-            let missing: Vec<TableName> = tables.iter().filter(|t| !covered.contains(t)).cloned().collect();
+            let missing: Vec<TableName> = tables
+                .iter()
+                .filter(|t| !covered.contains(t))
+                .cloned()
+                .collect();
             if !missing.is_empty() {
-                let sql = format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(publication), list(&missing));
+                let sql = format!(
+                    "ALTER PUBLICATION {} ADD TABLE {}",
+                    quote_ident(publication),
+                    list(&missing)
+                );
                 client.batch_execute(&sql).await.map_err(query_error(format!(
                     "cannot add {} to publication `{publication}` (the user must own the publication and the tables)",
                     list(&missing)
                 )))?;
             }
-            Ok(PublicationChange { created: false, added: missing })
+            Ok(PublicationChange {
+                created: false,
+                added: missing,
+            })
         }
     }
 }
 
-pub async fn published_tables(client: &Client, publication: &str) -> Result<BTreeSet<TableName>, CatalogError> {
+pub async fn published_tables(
+    client: &Client,
+    publication: &str,
+) -> Result<BTreeSet<TableName>, CatalogError> {
     let rows = client
-        .query("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1", &[&publication])
+        .query(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1",
+            &[&publication],
+        )
         .await
-        .map_err(query_error(format!("cannot list the tables of publication `{publication}`")))?;
-    Ok(rows.iter().map(|r| TableName { schema: r.get(0), name: r.get(1) }).collect())
+        .map_err(query_error(format!(
+            "cannot list the tables of publication `{publication}`"
+        )))?;
+    Ok(rows
+        .iter()
+        .map(|r| TableName {
+            schema: r.get(0),
+            name: r.get(1),
+        })
+        .collect())
 }
 
 /// A replication slot as `pg_replication_slots` shows it.
@@ -200,6 +255,8 @@ pub async fn primary_key(client: &Client, relation_id: u32) -> Result<Vec<String
             &[&relation_id],
         )
         .await
-        .map_err(query_error(format!("cannot read the primary key of relation {relation_id}")))?;
+        .map_err(query_error(format!(
+            "cannot read the primary key of relation {relation_id}"
+        )))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }

@@ -155,23 +155,69 @@ pub enum DecodeError {
     #[error("unknown pgoutput message tag '{}' (0x{tag:02x})", printable(*.tag))]
     UnknownTag { tag: u8 },
     #[error("pgoutput {message} message truncated at byte {offset} while reading {field} ({needed} bytes needed, {left} left)")]
-    Truncated { message: &'static str, field: &'static str, offset: usize, needed: usize, left: usize },
+    Truncated {
+        message: &'static str,
+        field: &'static str,
+        offset: usize,
+        needed: usize,
+        left: usize,
+    },
     #[error("pgoutput {message} message truncated at byte {offset} while reading {field} (no terminating NUL)")]
-    UnterminatedString { message: &'static str, field: &'static str, offset: usize },
+    UnterminatedString {
+        message: &'static str,
+        field: &'static str,
+        offset: usize,
+    },
     #[error("pgoutput {message} message has invalid UTF-8 in {field} at byte {offset}")]
-    InvalidUtf8 { message: &'static str, field: &'static str, offset: usize },
+    InvalidUtf8 {
+        message: &'static str,
+        field: &'static str,
+        offset: usize,
+    },
     #[error("pgoutput {message} message has a negative {field} ({value}) at byte {offset}")]
-    Negative { message: &'static str, field: &'static str, offset: usize, value: i32 },
+    Negative {
+        message: &'static str,
+        field: &'static str,
+        offset: usize,
+        value: i32,
+    },
     #[error("pgoutput {message} message has {field} {length} at byte {offset}, but only {left} bytes follow")]
-    LengthExceedsMessage { message: &'static str, field: &'static str, offset: usize, length: usize, left: usize },
+    LengthExceedsMessage {
+        message: &'static str,
+        field: &'static str,
+        offset: usize,
+        length: usize,
+        left: usize,
+    },
     #[error("pgoutput {message} message has unknown tuple column kind '{}' (0x{kind:02x}) at byte {offset}", printable(*.kind))]
-    UnknownColumnKind { message: &'static str, offset: usize, kind: u8 },
+    UnknownColumnKind {
+        message: &'static str,
+        offset: usize,
+        kind: u8,
+    },
     #[error("pgoutput {message} message has '{}' (0x{found:02x}) at byte {offset} where {expected} was expected", printable(*.found))]
-    Unexpected { message: &'static str, offset: usize, found: u8, expected: &'static str },
-    #[error("pgoutput {message} message has a {field} at byte {offset} outside the representable range")]
-    TimestampOutOfRange { message: &'static str, field: &'static str, offset: usize },
-    #[error("pgoutput {message} message has {count} trailing bytes after its end at byte {offset}")]
-    TrailingBytes { message: &'static str, offset: usize, count: usize },
+    Unexpected {
+        message: &'static str,
+        offset: usize,
+        found: u8,
+        expected: &'static str,
+    },
+    #[error(
+        "pgoutput {message} message has a {field} at byte {offset} outside the representable range"
+    )]
+    TimestampOutOfRange {
+        message: &'static str,
+        field: &'static str,
+        offset: usize,
+    },
+    #[error(
+        "pgoutput {message} message has {count} trailing bytes after its end at byte {offset}"
+    )]
+    TrailingBytes {
+        message: &'static str,
+        offset: usize,
+        count: usize,
+    },
 }
 
 /// A tag byte as a character for error messages; control and non-ASCII bytes as `?` (the hex is shown too).
@@ -196,7 +242,9 @@ pub fn decode(data: &Bytes) -> Result<Message, DecodeError> {
         b'U' => Message::Update(update(&mut Reader::new(data, "Update"))?),
         b'D' => Message::Delete(delete(&mut Reader::new(data, "Delete"))?),
         b'T' => Message::Truncate(truncate(&mut Reader::new(data, "Truncate"))?),
-        b'M' => Message::LogicalMessage(logical_message(&mut Reader::new(data, "logical decoding"))?),
+        b'M' => {
+            Message::LogicalMessage(logical_message(&mut Reader::new(data, "logical decoding"))?)
+        }
         _ => return Err(DecodeError::UnknownTag { tag }),
     };
     Ok(message)
@@ -209,7 +257,11 @@ fn begin(r: &mut Reader<'_>) -> Result<Begin, DecodeError> {
     let commit_time_us = r.timestamp("commit timestamp")?;
     let xid = r.u32("transaction id")?;
     r.finish()?;
-    Ok(Begin { final_lsn, commit_time_us, xid })
+    Ok(Begin {
+        final_lsn,
+        commit_time_us,
+        xid,
+    })
 }
 
 fn commit(r: &mut Reader<'_>) -> Result<Commit, DecodeError> {
@@ -218,7 +270,12 @@ fn commit(r: &mut Reader<'_>) -> Result<Commit, DecodeError> {
     let end_lsn = r.lsn("end LSN")?;
     let commit_time_us = r.timestamp("commit timestamp")?;
     r.finish()?;
-    Ok(Commit { flags, commit_lsn, end_lsn, commit_time_us })
+    Ok(Commit {
+        flags,
+        commit_lsn,
+        end_lsn,
+        commit_time_us,
+    })
 }
 
 fn origin(r: &mut Reader<'_>) -> Result<Origin, DecodeError> {
@@ -243,7 +300,13 @@ fn relation(r: &mut Reader<'_>) -> Result<Relation, DecodeError> {
         columns.push(relation_column(r)?);
     }
     r.finish()?;
-    Ok(Relation { id, namespace, name, replica_identity, columns })
+    Ok(Relation {
+        id,
+        namespace,
+        name,
+        replica_identity,
+        columns,
+    })
 }
 
 fn relation_column(r: &mut Reader<'_>) -> Result<RelationColumn, DecodeError> {
@@ -251,7 +314,12 @@ fn relation_column(r: &mut Reader<'_>) -> Result<RelationColumn, DecodeError> {
     let name = r.cstring("column name")?;
     let type_oid = r.u32("column type OID")?;
     let type_modifier = r.i32("column type modifier")?;
-    Ok(RelationColumn { key: flags & 1 != 0, name, type_oid, type_modifier })
+    Ok(RelationColumn {
+        key: flags & 1 != 0,
+        name,
+        type_oid,
+        type_modifier,
+    })
 }
 
 fn type_message(r: &mut Reader<'_>) -> Result<TypeMessage, DecodeError> {
@@ -259,7 +327,11 @@ fn type_message(r: &mut Reader<'_>) -> Result<TypeMessage, DecodeError> {
     let namespace = r.cstring("namespace")?;
     let name = r.cstring("type name")?;
     r.finish()?;
-    Ok(TypeMessage { id, namespace, name })
+    Ok(TypeMessage {
+        id,
+        namespace,
+        name,
+    })
 }
 
 fn insert(r: &mut Reader<'_>) -> Result<Insert, DecodeError> {
@@ -284,7 +356,11 @@ fn update(r: &mut Reader<'_>) -> Result<Update, DecodeError> {
     }
     let new = tuple_data(r)?;
     r.finish()?;
-    Ok(Update { relation_id, old, new })
+    Ok(Update {
+        relation_id,
+        old,
+        new,
+    })
 }
 
 fn delete(r: &mut Reader<'_>) -> Result<Delete, DecodeError> {
@@ -308,7 +384,11 @@ fn truncate(r: &mut Reader<'_>) -> Result<Truncate, DecodeError> {
         relation_ids.push(r.u32("relation id")?);
     }
     r.finish()?;
-    Ok(Truncate { cascade: options & 1 != 0, restart_identity: options & 2 != 0, relation_ids })
+    Ok(Truncate {
+        cascade: options & 1 != 0,
+        restart_identity: options & 2 != 0,
+        relation_ids,
+    })
 }
 
 fn logical_message(r: &mut Reader<'_>) -> Result<LogicalMessage, DecodeError> {
@@ -318,7 +398,12 @@ fn logical_message(r: &mut Reader<'_>) -> Result<LogicalMessage, DecodeError> {
     let length = r.count32("content length")?;
     let content = r.bytes(length, "content")?;
     r.finish()?;
-    Ok(LogicalMessage { transactional: flags & 1 != 0, lsn, prefix, content })
+    Ok(LogicalMessage {
+        transactional: flags & 1 != 0,
+        lsn,
+        prefix,
+        content,
+    })
 }
 
 fn tuple_data(r: &mut Reader<'_>) -> Result<TupleData, DecodeError> {
@@ -336,9 +421,19 @@ fn tuple_value(r: &mut Reader<'_>) -> Result<TupleValue, DecodeError> {
     let value = match r.u8("tuple column kind")? {
         b'n' => TupleValue::Null,
         b'u' => TupleValue::UnchangedToast,
-        b't' => TupleValue::Text(r.length_prefixed("tuple column value length", "tuple column value")?),
-        b'b' => TupleValue::Binary(r.length_prefixed("tuple column value length", "tuple column value")?),
-        kind => return Err(DecodeError::UnknownColumnKind { message: r.message, offset, kind }),
+        b't' => {
+            TupleValue::Text(r.length_prefixed("tuple column value length", "tuple column value")?)
+        }
+        b'b' => TupleValue::Binary(
+            r.length_prefixed("tuple column value length", "tuple column value")?,
+        ),
+        kind => {
+            return Err(DecodeError::UnknownColumnKind {
+                message: r.message,
+                offset,
+                kind,
+            })
+        }
     };
     Ok(value)
 }
@@ -353,7 +448,11 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// A reader positioned after the tag byte.
     fn new(data: &'a Bytes, message: &'static str) -> Reader<'a> {
-        Reader { data, pos: 1, message }
+        Reader {
+            data,
+            pos: 1,
+            message,
+        }
     }
 
     fn remaining(&self) -> usize {
@@ -362,7 +461,11 @@ impl<'a> Reader<'a> {
 
     /// The next `N` bytes, advancing past them.
     fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
-        let slice = self.data.get(self.pos..).and_then(|rest| rest.get(..N)).ok_or_else(|| self.truncated(field, N))?;
+        let slice = self
+            .data
+            .get(self.pos..)
+            .and_then(|rest| rest.get(..N))
+            .ok_or_else(|| self.truncated(field, N))?;
         let mut bytes = [0; N];
         bytes.copy_from_slice(slice);
         self.pos += N;
@@ -398,11 +501,12 @@ impl<'a> Reader<'a> {
     fn timestamp(&mut self, field: &'static str) -> Result<i64, DecodeError> {
         let offset = self.pos;
         let pg = self.i64(field)?;
-        pg.checked_add(PG_EPOCH_OFFSET_US).ok_or(DecodeError::TimestampOutOfRange {
-            message: self.message,
-            field,
-            offset,
-        })
+        pg.checked_add(PG_EPOCH_OFFSET_US)
+            .ok_or(DecodeError::TimestampOutOfRange {
+                message: self.message,
+                field,
+                offset,
+            })
     }
 
     /// An Int16 count, which must not be negative.
@@ -437,7 +541,11 @@ impl<'a> Reader<'a> {
     }
 
     /// An Int32 length followed by that many bytes.
-    fn length_prefixed(&mut self, length_field: &'static str, field: &'static str) -> Result<Bytes, DecodeError> {
+    fn length_prefixed(
+        &mut self,
+        length_field: &'static str,
+        field: &'static str,
+    ) -> Result<Bytes, DecodeError> {
         let length = self.count32(length_field)?;
         self.bytes(length, field)
     }
@@ -446,11 +554,14 @@ impl<'a> Reader<'a> {
     fn cstring(&mut self, field: &'static str) -> Result<String, DecodeError> {
         let start = self.pos;
         let rest = self.data.get(start..).unwrap_or_default();
-        let length = rest.iter().position(|&b| b == 0).ok_or(DecodeError::UnterminatedString {
-            message: self.message,
-            field,
-            offset: start,
-        })?;
+        let length = rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or(DecodeError::UnterminatedString {
+                message: self.message,
+                field,
+                offset: start,
+            })?;
         let text = std::str::from_utf8(&rest[..length]).map_err(|_| DecodeError::InvalidUtf8 {
             message: self.message,
             field,
@@ -473,20 +584,40 @@ impl<'a> Reader<'a> {
     fn finish(&self) -> Result<(), DecodeError> {
         match self.remaining() {
             0 => Ok(()),
-            count => Err(DecodeError::TrailingBytes { message: self.message, offset: self.pos, count }),
+            count => Err(DecodeError::TrailingBytes {
+                message: self.message,
+                offset: self.pos,
+                count,
+            }),
         }
     }
 
     fn truncated(&self, field: &'static str, needed: usize) -> DecodeError {
-        DecodeError::Truncated { message: self.message, field, offset: self.pos, needed, left: self.remaining() }
+        DecodeError::Truncated {
+            message: self.message,
+            field,
+            offset: self.pos,
+            needed,
+            left: self.remaining(),
+        }
     }
 
     fn negative(&self, field: &'static str, offset: usize, value: i32) -> DecodeError {
-        DecodeError::Negative { message: self.message, field, offset, value }
+        DecodeError::Negative {
+            message: self.message,
+            field,
+            offset,
+            value,
+        }
     }
 
     fn unexpected(&self, offset: usize, found: u8, expected: &'static str) -> DecodeError {
-        DecodeError::Unexpected { message: self.message, offset, found, expected }
+        DecodeError::Unexpected {
+            message: self.message,
+            offset,
+            found,
+            expected,
+        }
     }
 }
 
@@ -576,11 +707,20 @@ mod tests {
     const PG_US: i64 = UNIX_US - 946_684_800_000_000;
 
     fn begin_msg() -> Bytes {
-        Encoder::new(b'B').i64(0x16_B374_D848).i64(PG_US).u32(4_000_000_000).build()
+        Encoder::new(b'B')
+            .i64(0x16_B374_D848)
+            .i64(PG_US)
+            .u32(4_000_000_000)
+            .build()
     }
 
     fn commit_msg() -> Bytes {
-        Encoder::new(b'C').u8(0).i64(0x100).i64(0x128).i64(PG_US).build()
+        Encoder::new(b'C')
+            .u8(0)
+            .i64(0x100)
+            .i64(0x128)
+            .i64(PG_US)
+            .build()
     }
 
     fn origin_msg() -> Bytes {
@@ -606,39 +746,83 @@ mod tests {
     }
 
     fn type_msg() -> Bytes {
-        Encoder::new(b'Y').u32(16_400).str("public").str("mood").build()
+        Encoder::new(b'Y')
+            .u32(16_400)
+            .str("public")
+            .str("mood")
+            .build()
     }
 
     fn insert_msg() -> Bytes {
-        Encoder::new(b'I').u32(16_385).u8(b'N').tuple(&row()).build()
+        Encoder::new(b'I')
+            .u32(16_385)
+            .u8(b'N')
+            .tuple(&row())
+            .build()
     }
 
     fn update_key_msg() -> Bytes {
-        Encoder::new(b'U').u32(16_385).u8(b'K').tuple(&[text("1")]).u8(b'N').tuple(&row()).build()
+        Encoder::new(b'U')
+            .u32(16_385)
+            .u8(b'K')
+            .tuple(&[text("1")])
+            .u8(b'N')
+            .tuple(&row())
+            .build()
     }
 
     fn update_full_msg() -> Bytes {
-        Encoder::new(b'U').u32(16_385).u8(b'O').tuple(&[text("1"), text("x")]).u8(b'N').tuple(&row()).build()
+        Encoder::new(b'U')
+            .u32(16_385)
+            .u8(b'O')
+            .tuple(&[text("1"), text("x")])
+            .u8(b'N')
+            .tuple(&row())
+            .build()
     }
 
     fn update_new_only_msg() -> Bytes {
-        Encoder::new(b'U').u32(16_385).u8(b'N').tuple(&row()).build()
+        Encoder::new(b'U')
+            .u32(16_385)
+            .u8(b'N')
+            .tuple(&row())
+            .build()
     }
 
     fn delete_key_msg() -> Bytes {
-        Encoder::new(b'D').u32(16_385).u8(b'K').tuple(&[text("7"), TupleValue::Null]).build()
+        Encoder::new(b'D')
+            .u32(16_385)
+            .u8(b'K')
+            .tuple(&[text("7"), TupleValue::Null])
+            .build()
     }
 
     fn delete_full_msg() -> Bytes {
-        Encoder::new(b'D').u32(16_385).u8(b'O').tuple(&[text("7"), text("abc")]).build()
+        Encoder::new(b'D')
+            .u32(16_385)
+            .u8(b'O')
+            .tuple(&[text("7"), text("abc")])
+            .build()
     }
 
     fn truncate_msg() -> Bytes {
-        Encoder::new(b'T').i32(3).u8(3).u32(1).u32(2).u32(u32::MAX).build()
+        Encoder::new(b'T')
+            .i32(3)
+            .u8(3)
+            .u32(1)
+            .u32(2)
+            .u32(u32::MAX)
+            .build()
     }
 
     fn logical_msg() -> Bytes {
-        Encoder::new(b'M').u8(1).i64(0x300).str("sluice").i32(5).raw(b"hello").build()
+        Encoder::new(b'M')
+            .u8(1)
+            .i64(0x300)
+            .str("sluice")
+            .i32(5)
+            .raw(b"hello")
+            .build()
     }
 
     fn all_valid() -> Vec<Bytes> {
@@ -675,20 +859,31 @@ mod tests {
 
     #[test]
     fn begin_converts_the_timestamp_to_the_unix_epoch() {
-        let expected = Begin { final_lsn: Lsn(0x16_B374_D848), commit_time_us: UNIX_US, xid: 4_000_000_000 };
+        let expected = Begin {
+            final_lsn: Lsn(0x16_B374_D848),
+            commit_time_us: UNIX_US,
+            xid: 4_000_000_000,
+        };
         assert_eq!(decode_ok(begin_msg()), Message::Begin(expected));
     }
 
     #[test]
     fn commit() {
-        let expected = Commit { flags: 0, commit_lsn: Lsn(0x100), end_lsn: Lsn(0x128), commit_time_us: UNIX_US };
+        let expected = Commit {
+            flags: 0,
+            commit_lsn: Lsn(0x100),
+            end_lsn: Lsn(0x128),
+            commit_time_us: UNIX_US,
+        };
         assert_eq!(decode_ok(commit_msg()), Message::Commit(expected));
     }
 
     #[test]
     fn pg_epoch_is_the_year_2000() {
         let message = Encoder::new(b'C').u8(0).i64(1).i64(2).i64(0).build();
-        let Message::Commit(commit) = decode_ok(message) else { panic!("not a commit") };
+        let Message::Commit(commit) = decode_ok(message) else {
+            panic!("not a commit")
+        };
         assert_eq!(commit.commit_time_us, 946_684_800_000_000);
     }
 
@@ -701,7 +896,10 @@ mod tests {
 
     #[test]
     fn origin() {
-        let expected = Origin { commit_lsn: Lsn(0x200), name: "upstream".into() };
+        let expected = Origin {
+            commit_lsn: Lsn(0x200),
+            name: "upstream".into(),
+        };
         assert_eq!(decode_ok(origin_msg()), Message::Origin(expected));
     }
 
@@ -713,8 +911,18 @@ mod tests {
             name: "orders".into(),
             replica_identity: b'd',
             columns: vec![
-                RelationColumn { key: true, name: "id".into(), type_oid: 23, type_modifier: -1 },
-                RelationColumn { key: false, name: "amount".into(), type_oid: 1700, type_modifier: 786_438 },
+                RelationColumn {
+                    key: true,
+                    name: "id".into(),
+                    type_oid: 23,
+                    type_modifier: -1,
+                },
+                RelationColumn {
+                    key: false,
+                    name: "amount".into(),
+                    type_oid: 1700,
+                    type_modifier: 786_438,
+                },
             ],
         };
         assert_eq!(decode_ok(relation_msg()), Message::Relation(expected));
@@ -722,8 +930,16 @@ mod tests {
 
     #[test]
     fn relation_with_empty_namespace_is_in_pg_catalog() {
-        let message = Encoder::new(b'R').u32(1259).str("").str("pg_class").u8(b'n').i16(0).build();
-        let Message::Relation(relation) = decode_ok(message) else { panic!("not a relation") };
+        let message = Encoder::new(b'R')
+            .u32(1259)
+            .str("")
+            .str("pg_class")
+            .u8(b'n')
+            .i16(0)
+            .build();
+        let Message::Relation(relation) = decode_ok(message) else {
+            panic!("not a relation")
+        };
         assert_eq!(relation.namespace, "pg_catalog");
         assert_eq!(relation.replica_identity, b'n');
         assert!(relation.columns.is_empty());
@@ -731,73 +947,120 @@ mod tests {
 
     #[test]
     fn type_message() {
-        let expected = TypeMessage { id: 16_400, namespace: "public".into(), name: "mood".into() };
+        let expected = TypeMessage {
+            id: 16_400,
+            namespace: "public".into(),
+            name: "mood".into(),
+        };
         assert_eq!(decode_ok(type_msg()), Message::Type(expected));
     }
 
     #[test]
     fn insert_with_every_column_kind() {
-        let expected = Insert { relation_id: 16_385, new: TupleData(row()) };
+        let expected = Insert {
+            relation_id: 16_385,
+            new: TupleData(row()),
+        };
         assert_eq!(decode_ok(insert_msg()), Message::Insert(expected));
     }
 
     #[test]
     fn tuple_values_are_slices_of_the_input() {
         let data = insert_msg();
-        let Message::Insert(insert) = decode_ok(data.clone()) else { panic!("not an insert") };
-        let TupleValue::Text(value) = &insert.new.0[0] else { panic!("not text") };
+        let Message::Insert(insert) = decode_ok(data.clone()) else {
+            panic!("not an insert")
+        };
+        let TupleValue::Text(value) = &insert.new.0[0] else {
+            panic!("not text")
+        };
         let input = data.as_ptr_range();
         assert!(input.contains(&value.as_ptr()), "the value was copied");
     }
 
     #[test]
     fn empty_tuple_and_empty_values() {
-        let message = Encoder::new(b'I').u32(1).u8(b'N').tuple(&[text(""), TupleValue::Binary(Bytes::new())]).build();
-        let Message::Insert(insert) = decode_ok(message) else { panic!("not an insert") };
-        assert_eq!(insert.new, TupleData(vec![text(""), TupleValue::Binary(Bytes::new())]));
+        let message = Encoder::new(b'I')
+            .u32(1)
+            .u8(b'N')
+            .tuple(&[text(""), TupleValue::Binary(Bytes::new())])
+            .build();
+        let Message::Insert(insert) = decode_ok(message) else {
+            panic!("not an insert")
+        };
+        assert_eq!(
+            insert.new,
+            TupleData(vec![text(""), TupleValue::Binary(Bytes::new())])
+        );
         let message = Encoder::new(b'I').u32(1).u8(b'N').tuple(&[]).build();
-        let Message::Insert(insert) = decode_ok(message) else { panic!("not an insert") };
+        let Message::Insert(insert) = decode_ok(message) else {
+            panic!("not an insert")
+        };
         assert!(insert.new.0.is_empty());
     }
 
     #[test]
     fn update_with_old_key() {
-        let expected =
-            Update { relation_id: 16_385, old: Some(OldTuple::Key(TupleData(vec![text("1")]))), new: TupleData(row()) };
+        let expected = Update {
+            relation_id: 16_385,
+            old: Some(OldTuple::Key(TupleData(vec![text("1")]))),
+            new: TupleData(row()),
+        };
         assert_eq!(decode_ok(update_key_msg()), Message::Update(expected));
     }
 
     #[test]
     fn update_with_old_row() {
         let old = Some(OldTuple::Full(TupleData(vec![text("1"), text("x")])));
-        let expected = Update { relation_id: 16_385, old, new: TupleData(row()) };
+        let expected = Update {
+            relation_id: 16_385,
+            old,
+            new: TupleData(row()),
+        };
         assert_eq!(decode_ok(update_full_msg()), Message::Update(expected));
     }
 
     #[test]
     fn update_without_old_tuple() {
-        let expected = Update { relation_id: 16_385, old: None, new: TupleData(row()) };
+        let expected = Update {
+            relation_id: 16_385,
+            old: None,
+            new: TupleData(row()),
+        };
         assert_eq!(decode_ok(update_new_only_msg()), Message::Update(expected));
     }
 
     #[test]
     fn delete_with_old_key() {
-        let expected = Delete { relation_id: 16_385, old: OldTuple::Key(TupleData(vec![text("7"), TupleValue::Null])) };
+        let expected = Delete {
+            relation_id: 16_385,
+            old: OldTuple::Key(TupleData(vec![text("7"), TupleValue::Null])),
+        };
         assert_eq!(decode_ok(delete_key_msg()), Message::Delete(expected));
     }
 
     #[test]
     fn delete_with_old_row() {
-        let expected = Delete { relation_id: 16_385, old: OldTuple::Full(TupleData(vec![text("7"), text("abc")])) };
+        let expected = Delete {
+            relation_id: 16_385,
+            old: OldTuple::Full(TupleData(vec![text("7"), text("abc")])),
+        };
         assert_eq!(decode_ok(delete_full_msg()), Message::Delete(expected));
     }
 
     #[test]
     fn truncate_with_options() {
-        let expected = Truncate { cascade: true, restart_identity: true, relation_ids: vec![1, 2, u32::MAX] };
+        let expected = Truncate {
+            cascade: true,
+            restart_identity: true,
+            relation_ids: vec![1, 2, u32::MAX],
+        };
         assert_eq!(decode_ok(truncate_msg()), Message::Truncate(expected));
         let plain = Encoder::new(b'T').i32(1).u8(0).u32(9).build();
-        let expected = Truncate { cascade: false, restart_identity: false, relation_ids: vec![9] };
+        let expected = Truncate {
+            cascade: false,
+            restart_identity: false,
+            relation_ids: vec![9],
+        };
         assert_eq!(decode_ok(plain), Message::Truncate(expected));
     }
 
@@ -811,7 +1074,9 @@ mod tests {
         };
         assert_eq!(decode_ok(logical_msg()), Message::LogicalMessage(expected));
         let plain = Encoder::new(b'M').u8(0).i64(1).str("p").i32(0).build();
-        let Message::LogicalMessage(message) = decode_ok(plain) else { panic!("not a logical message") };
+        let Message::LogicalMessage(message) = decode_ok(plain) else {
+            panic!("not a logical message")
+        };
         assert!(!message.transactional);
         assert!(message.content.is_empty());
     }
@@ -858,8 +1123,14 @@ mod tests {
 
     #[test]
     fn unknown_tag_shows_char_and_hex() {
-        assert_eq!(decode_err(b"Zabc"), "unknown pgoutput message tag 'Z' (0x5a)");
-        assert_eq!(decode_err(&[0x01]), "unknown pgoutput message tag '?' (0x01)");
+        assert_eq!(
+            decode_err(b"Zabc"),
+            "unknown pgoutput message tag 'Z' (0x5a)"
+        );
+        assert_eq!(
+            decode_err(&[0x01]),
+            "unknown pgoutput message tag '?' (0x01)"
+        );
         // Protocol version 2 streaming messages are not expected with version 1.
         assert!(decode_err(b"S\0\0\0\x01\x01").contains("'S' (0x53)"));
     }
@@ -867,7 +1138,10 @@ mod tests {
     #[test]
     fn unknown_tuple_column_kind() {
         let message = Encoder::new(b'I').u32(1).u8(b'N').i16(1).u8(b'x').build();
-        assert_eq!(decode_err(&message), "pgoutput Insert message has unknown tuple column kind 'x' (0x78) at byte 8");
+        assert_eq!(
+            decode_err(&message),
+            "pgoutput Insert message has unknown tuple column kind 'x' (0x78) at byte 8"
+        );
     }
 
     #[test]
@@ -879,7 +1153,13 @@ mod tests {
         );
         let update = Encoder::new(b'U').u32(1).u8(b'X').i16(0).build();
         assert!(decode_err(&update).contains("where 'K', 'O' or 'N' was expected"));
-        let update = Encoder::new(b'U').u32(1).u8(b'K').i16(0).u8(b'O').i16(0).build();
+        let update = Encoder::new(b'U')
+            .u32(1)
+            .u8(b'K')
+            .i16(0)
+            .u8(b'O')
+            .i16(0)
+            .build();
         assert!(decode_err(&update).contains("at byte 8 where 'N' (new tuple) was expected"));
         let delete = Encoder::new(b'D').u32(1).u8(b'N').i16(0).build();
         assert!(decode_err(&delete).contains("where 'K' or 'O' was expected"));
@@ -887,44 +1167,102 @@ mod tests {
 
     #[test]
     fn negative_lengths_and_counts() {
-        let value = Encoder::new(b'I').u32(1).u8(b'N').i16(1).u8(b't').i32(-1).build();
+        let value = Encoder::new(b'I')
+            .u32(1)
+            .u8(b'N')
+            .i16(1)
+            .u8(b't')
+            .i32(-1)
+            .build();
         assert_eq!(
             decode_err(&value),
             "pgoutput Insert message has a negative tuple column value length (-1) at byte 9"
         );
         let columns = Encoder::new(b'I').u32(1).u8(b'N').i16(-3).build();
         assert!(decode_err(&columns).contains("negative tuple column count (-3) at byte 6"));
-        let relation = Encoder::new(b'R').u32(1).str("s").str("t").u8(b'd').i16(i16::MIN).build();
+        let relation = Encoder::new(b'R')
+            .u32(1)
+            .str("s")
+            .str("t")
+            .u8(b'd')
+            .i16(i16::MIN)
+            .build();
         assert!(decode_err(&relation).contains("negative column count (-32768)"));
         let truncate = Encoder::new(b'T').i32(-1).u8(0).build();
         assert!(decode_err(&truncate).contains("negative relation count (-1) at byte 1"));
-        let content = Encoder::new(b'M').u8(0).i64(1).str("p").i32(i32::MIN).build();
+        let content = Encoder::new(b'M')
+            .u8(0)
+            .i64(1)
+            .str("p")
+            .i32(i32::MIN)
+            .build();
         assert!(decode_err(&content).contains("negative content length (-2147483648)"));
     }
 
     #[test]
     fn lengths_beyond_the_message() {
-        let value = Encoder::new(b'I').u32(1).u8(b'N').i16(1).u8(b'b').i32(100).raw(b"abc").build();
+        let value = Encoder::new(b'I')
+            .u32(1)
+            .u8(b'N')
+            .i16(1)
+            .u8(b'b')
+            .i32(100)
+            .raw(b"abc")
+            .build();
         assert_eq!(
             decode_err(&value),
             "pgoutput Insert message has tuple column value 100 at byte 13, but only 3 bytes follow"
         );
-        let huge = Encoder::new(b'M').u8(0).i64(1).str("p").i32(i32::MAX).build();
+        let huge = Encoder::new(b'M')
+            .u8(0)
+            .i64(1)
+            .str("p")
+            .i32(i32::MAX)
+            .build();
         assert!(decode_err(&huge).contains("content 2147483647"));
         // Huge counts must fail on the missing data, not on allocating for it.
         let truncate = Encoder::new(b'T').i32(i32::MAX).u8(0).u32(1).build();
         assert!(decode_err(&truncate).contains("truncated at byte 10 while reading relation id"));
-        let columns = Encoder::new(b'I').u32(1).u8(b'N').i16(i16::MAX).u8(b'n').build();
-        assert!(decode_err(&columns).contains("truncated at byte 9 while reading tuple column kind"));
+        let columns = Encoder::new(b'I')
+            .u32(1)
+            .u8(b'N')
+            .i16(i16::MAX)
+            .u8(b'n')
+            .build();
+        assert!(
+            decode_err(&columns).contains("truncated at byte 9 while reading tuple column kind")
+        );
     }
 
     #[test]
     fn invalid_utf8_in_names() {
-        let relation = Encoder::new(b'R').u32(1).str("public").raw(&[b'o', 0xff, 0]).u8(b'd').i16(0).build();
-        assert_eq!(decode_err(&relation), "pgoutput Relation message has invalid UTF-8 in relation name at byte 12");
-        let column = Encoder::new(b'R').u32(1).str("s").str("t").u8(b'd').i16(1).u8(0).raw(&[0xc3, 0]).build();
+        let relation = Encoder::new(b'R')
+            .u32(1)
+            .str("public")
+            .raw(&[b'o', 0xff, 0])
+            .u8(b'd')
+            .i16(0)
+            .build();
+        assert_eq!(
+            decode_err(&relation),
+            "pgoutput Relation message has invalid UTF-8 in relation name at byte 12"
+        );
+        let column = Encoder::new(b'R')
+            .u32(1)
+            .str("s")
+            .str("t")
+            .u8(b'd')
+            .i16(1)
+            .u8(0)
+            .raw(&[0xc3, 0])
+            .build();
         assert!(decode_err(&column).contains("invalid UTF-8 in column name"));
-        let prefix = Encoder::new(b'M').u8(0).i64(1).raw(&[0xe2, 0x82, 0]).i32(0).build();
+        let prefix = Encoder::new(b'M')
+            .u8(0)
+            .i64(1)
+            .raw(&[0xe2, 0x82, 0])
+            .i32(0)
+            .build();
         assert!(decode_err(&prefix).contains("invalid UTF-8 in prefix"));
     }
 
@@ -934,7 +1272,13 @@ mod tests {
             let mut longer = message.to_vec();
             longer.extend_from_slice(b"xy");
             let err = decode_err(&longer);
-            assert!(err.contains(&format!("2 trailing bytes after its end at byte {}", message.len())), "{err}");
+            assert!(
+                err.contains(&format!(
+                    "2 trailing bytes after its end at byte {}",
+                    message.len()
+                )),
+                "{err}"
+            );
         }
     }
 
@@ -1000,6 +1344,9 @@ mod tests {
             }
         }
         // Some mutations (a changed value byte) stay valid; most do not.
-        assert!(decoded > 0 && decoded < 20_000, "{decoded} of 20000 mutated messages decoded");
+        assert!(
+            decoded > 0 && decoded < 20_000,
+            "{decoded} of 20000 mutated messages decoded"
+        );
     }
 }

@@ -13,7 +13,9 @@ use super::pgoutput::{self, Message, OldTuple, Relation, TupleData, TupleValue};
 use super::replication::{Frame, ReplicationConnection, ReplicationError};
 use super::types;
 use crate::config::TablePattern;
-use crate::event::{ChangeEvent, Column, Lsn, Op, Position, Row, SourceEvent, SourceInfo, Table, Value};
+use crate::event::{
+    ChangeEvent, Column, Lsn, Op, Position, Row, SourceEvent, SourceInfo, Table, Value,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -27,11 +29,19 @@ pub enum SourceError {
         "replication slot `{slot}` is gone but sluice had delivered up to {position}: changes since then may be lost. \
          Recreate the pipeline deliberately: remove the position file {position_file} (sluice then creates a new slot)"
     )]
-    SlotLost { slot: String, position: Lsn, position_file: String },
+    SlotLost {
+        slot: String,
+        position: Lsn,
+        position_file: String,
+    },
     #[error("replication slot `{slot}` uses the `{plugin}` plugin; sluice needs a `pgoutput` slot: drop it or name another")]
     WrongPlugin { slot: String, plugin: String },
     #[error("replication slot `{slot}` belongs to database `{other}`, not `{database}`")]
-    OtherDatabase { slot: String, other: String, database: String },
+    OtherDatabase {
+        slot: String,
+        other: String,
+        database: String,
+    },
     #[error("replication slot `{slot}` is physical; sluice needs a logical slot")]
     PhysicalSlot { slot: String },
     #[error("replication stream out of order: {0}")]
@@ -75,7 +85,7 @@ impl PostgresSource {
     ) -> Result<PostgresSource, SourceError> {
         let catalog = catalog::connect(&settings.connection).await?;
         let selected = catalog::resolve_tables(&catalog, &settings.tables).await?;
-        let tables: Vec<TableName> = selected.iter().cloned().collect();
+        let tables: Vec<TableName> = selected.to_vec();
         // The publication must exist before the slot: pgoutput reads it through the slot's historic snapshot.
         let change = catalog::ensure_publication(&catalog, &settings.publication, &tables).await?;
         if change.created {
@@ -100,7 +110,11 @@ impl PostgresSource {
                 tracing::info!(slot = %settings.slot, %consistent_point, "created replication slot");
             }
         }
-        Ok(PostgresSource { settings, catalog, selected: selected.into_iter().collect() })
+        Ok(PostgresSource {
+            settings,
+            catalog,
+            selected: selected.into_iter().collect(),
+        })
     }
 
     pub fn tables(&self) -> impl Iterator<Item = &TableName> {
@@ -110,9 +124,14 @@ impl PostgresSource {
     /// Streams changes from `resume` (the server starts at the later of it and the slot's confirmed
     /// position) until told to stop, then reports the final acknowledged position to the server.
     pub async fn stream(self, resume: Lsn, control: StreamControl) -> Result<(), SourceError> {
-        let StreamControl { events, mut acknowledged, mut stop } = control;
+        let StreamControl {
+            events,
+            mut acknowledged,
+            mut stop,
+        } = control;
         let mut conn = ReplicationConnection::connect(&self.settings.connection).await?;
-        conn.start_replication(&self.settings.slot, resume, &self.settings.publication).await?;
+        conn.start_replication(&self.settings.slot, resume, &self.settings.publication)
+            .await?;
         tracing::info!(slot = %self.settings.slot, from = %resume, "streaming");
 
         let mut decoder = StreamDecoder::new(self.settings.database.clone(), resume);
@@ -122,7 +141,8 @@ impl PostgresSource {
         let mut stopping = *stop.borrow();
         let mut produced = Vec::new();
 
-        while !(stopping && !decoder.in_transaction()) {
+        // On a stop request, read on to the end of the open transaction: a half-published one would repeat.
+        while !stopping || decoder.in_transaction() {
             let frame = tokio::select! {
                 frame = conn.next_frame() => frame?,
                 _ = status.tick() => {
@@ -137,18 +157,29 @@ impl PostgresSource {
                 }
             };
             match frame {
-                Frame::XLogData { wal_start, data, .. } => {
+                Frame::XLogData {
+                    wal_start, data, ..
+                } => {
                     let message = pgoutput::decode(&data)?;
-                    decoder.apply(message, wal_start, &self, &mut produced).await?;
+                    decoder
+                        .apply(message, wal_start, &self, &mut produced)
+                        .await?;
                 }
-                Frame::Keepalive { wal_end, reply_requested } => {
+                Frame::Keepalive {
+                    wal_end,
+                    reply_requested,
+                } => {
                     decoder.idle(wal_end, &mut produced);
                     if reply_requested {
                         acked = acked.max(*acknowledged.borrow_and_update());
                         conn.send_status(acked, false).await?;
                     }
                 }
-                Frame::CopyDone => return Err(SourceError::Protocol("the server ended the replication stream".into())),
+                Frame::CopyDone => {
+                    return Err(SourceError::Protocol(
+                        "the server ended the replication stream".into(),
+                    ))
+                }
             }
             for event in produced.drain(..) {
                 // Keep answering the server while the pipeline is full, so it does not time the connection out.
@@ -190,9 +221,16 @@ impl PostgresSource {
 
     /// The table model for a Relation message; None when the table is not selected.
     async fn table_for(&self, relation: &Relation) -> Result<Option<Table>, SourceError> {
-        let name = TableName { schema: relation.namespace.clone(), name: relation.name.clone() };
+        let name = TableName {
+            schema: relation.namespace.clone(),
+            name: relation.name.clone(),
+        };
         let selected = self.selected.contains(&name)
-            || self.settings.tables.iter().any(|p| p.matches(&name.schema, &name.name));
+            || self
+                .settings
+                .tables
+                .iter()
+                .any(|p| p.matches(&name.schema, &name.name));
         if !selected {
             return Ok(None);
         }
@@ -203,11 +241,16 @@ impl PostgresSource {
 
 fn check_slot(settings: &PostgresSettings, slot: &catalog::SlotInfo) -> Result<(), SourceError> {
     if slot.slot_type != "logical" {
-        return Err(SourceError::PhysicalSlot { slot: settings.slot.clone() });
+        return Err(SourceError::PhysicalSlot {
+            slot: settings.slot.clone(),
+        });
     }
     let plugin = slot.plugin.clone().unwrap_or_default();
     if plugin != "pgoutput" {
-        return Err(SourceError::WrongPlugin { slot: settings.slot.clone(), plugin });
+        return Err(SourceError::WrongPlugin {
+            slot: settings.slot.clone(),
+            plugin,
+        });
     }
     let database = slot.database.clone().unwrap_or_default();
     if database != settings.database {
@@ -229,11 +272,20 @@ pub fn table_from_relation(relation: &Relation, primary_key: &[String]) -> Table
         .map(|c| Column {
             name: c.name.clone(),
             column_type: types::column_type(c.type_oid, c.type_modifier),
-            key: if primary_key.is_empty() { index_identity && c.key } else { primary_key.contains(&c.name) },
+            key: if primary_key.is_empty() {
+                index_identity && c.key
+            } else {
+                primary_key.contains(&c.name)
+            },
             source_type: types::type_name(c.type_oid).to_string(),
         })
         .collect();
-    Table { id: relation.id, schema: relation.namespace.clone(), name: relation.name.clone(), columns }
+    Table {
+        id: relation.id,
+        schema: relation.namespace.clone(),
+        name: relation.name.clone(),
+        columns,
+    }
 }
 
 struct OpenTransaction {
@@ -253,7 +305,12 @@ struct StreamDecoder {
 
 impl StreamDecoder {
     fn new(database: String, resume: Lsn) -> StreamDecoder {
-        StreamDecoder { database, relations: HashMap::new(), transaction: None, last_position: resume }
+        StreamDecoder {
+            database,
+            relations: HashMap::new(),
+            transaction: None,
+            last_position: resume,
+        }
     }
 
     fn in_transaction(&self) -> bool {
@@ -264,7 +321,9 @@ impl StreamDecoder {
     fn idle(&mut self, wal_end: Lsn, out: &mut Vec<SourceEvent>) {
         if self.transaction.is_none() && wal_end > self.last_position {
             self.last_position = wal_end;
-            out.push(SourceEvent::Idle { position: Position::Postgres { lsn: wal_end } });
+            out.push(SourceEvent::Idle {
+                position: Position::Postgres { lsn: wal_end },
+            });
         }
     }
 
@@ -278,7 +337,9 @@ impl StreamDecoder {
         match message {
             Message::Begin(begin) => {
                 if self.transaction.is_some() {
-                    return Err(SourceError::Protocol("Begin inside an open transaction".into()));
+                    return Err(SourceError::Protocol(
+                        "Begin inside an open transaction".into(),
+                    ));
                 }
                 self.transaction = Some(OpenTransaction {
                     xid: begin.xid,
@@ -291,7 +352,11 @@ impl StreamDecoder {
                     return Err(SourceError::Protocol("Commit without Begin".into()));
                 }
                 self.last_position = self.last_position.max(commit.end_lsn);
-                out.push(SourceEvent::Commit { position: Position::Postgres { lsn: commit.end_lsn } });
+                out.push(SourceEvent::Commit {
+                    position: Position::Postgres {
+                        lsn: commit.end_lsn,
+                    },
+                });
             }
             Message::Relation(relation) => {
                 let table = source.table_for(&relation).await?.map(Arc::new);
@@ -367,7 +432,9 @@ impl StreamDecoder {
     fn table(&self, relation_id: u32) -> Result<Option<Arc<Table>>, SourceError> {
         match self.relations.get(&relation_id) {
             Some(table) => Ok(table.clone()),
-            None => Err(SourceError::Protocol(format!("change for relation {relation_id} before its Relation message"))),
+            None => Err(SourceError::Protocol(format!(
+                "change for relation {relation_id} before its Relation message"
+            ))),
         }
     }
 
@@ -391,7 +458,13 @@ impl StreamDecoder {
             commit_time_us: tx.commit_time_us,
             snapshot: false,
         };
-        Ok(SourceEvent::Change(ChangeEvent { table, op, before, after, source }))
+        Ok(SourceEvent::Change(ChangeEvent {
+            table,
+            op,
+            before,
+            after,
+            source,
+        }))
     }
 }
 

@@ -60,7 +60,12 @@ pub struct ServerError {
 
 impl ServerError {
     fn from_body(body: &backend::ErrorResponseBody) -> ServerError {
-        let mut error = ServerError { code: String::new(), message: String::new(), detail: None, hint: None };
+        let mut error = ServerError {
+            code: String::new(),
+            message: String::new(),
+            detail: None,
+            hint: None,
+        };
         let mut fields = body.fields();
         while let Ok(Some(field)) = fields.next() {
             let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
@@ -80,7 +85,11 @@ impl ServerError {
 #[derive(Debug)]
 pub enum Frame {
     /// A chunk of decoded WAL: one pgoutput message.
-    XLogData { wal_start: Lsn, wal_end: Lsn, data: Bytes },
+    XLogData {
+        wal_start: Lsn,
+        wal_end: Lsn,
+        data: Bytes,
+    },
     /// The server's position; `reply_requested` means it wants a status update now.
     Keepalive { wal_end: Lsn, reply_requested: bool },
     /// The server ended the stream.
@@ -107,7 +116,9 @@ pub struct ReplicationConnection {
 
 impl ReplicationConnection {
     /// Opens a `replication=database` connection with the session settings the text decoders rely on.
-    pub async fn connect(config: &tokio_postgres::Config) -> Result<ReplicationConnection, ReplicationError> {
+    pub async fn connect(
+        config: &tokio_postgres::Config,
+    ) -> Result<ReplicationConnection, ReplicationError> {
         let stream = open_stream(config).await?;
         let mut conn = ReplicationConnection {
             stream,
@@ -141,13 +152,19 @@ impl ReplicationConnection {
         loop {
             match self.next_message().await? {
                 backend::Message::ReadyForQuery(_) => return Ok(()),
-                backend::Message::ErrorResponse(body) => return Err(ServerError::from_body(&body).into()),
+                backend::Message::ErrorResponse(body) => {
+                    return Err(ServerError::from_body(&body).into())
+                }
                 _ => {}
             }
         }
     }
 
-    async fn authenticate(&mut self, user: &str, password: Option<&[u8]>) -> Result<(), ReplicationError> {
+    async fn authenticate(
+        &mut self,
+        user: &str,
+        password: Option<&[u8]>,
+    ) -> Result<(), ReplicationError> {
         let mut scram: Option<ScramSha256> = None;
         loop {
             match self.next_message().await? {
@@ -158,31 +175,46 @@ impl ReplicationConnection {
                 }
                 backend::Message::AuthenticationMd5Password(body) => {
                     let password = password.ok_or(ReplicationError::PasswordMissing)?;
-                    let hash = postgres_protocol::authentication::md5_hash(user.as_bytes(), password, body.salt());
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        user.as_bytes(),
+                        password,
+                        body.salt(),
+                    );
                     frontend::password_message(hash.as_bytes(), &mut self.write_buf)?;
                 }
                 backend::Message::AuthenticationSasl(body) => {
                     let password = password.ok_or(ReplicationError::PasswordMissing)?;
-                    let mechanisms: Vec<String> = body.mechanisms().map(|m| Ok(m.to_owned())).collect()?;
+                    let mechanisms: Vec<String> =
+                        body.mechanisms().map(|m| Ok(m.to_owned())).collect()?;
                     if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
                         return Err(ReplicationError::UnsupportedAuth(mechanisms.join(", ")));
                     }
                     // Channel binding needs TLS; without it the server accepts plain SCRAM-SHA-256.
                     let state = ScramSha256::new(password, ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(SCRAM_SHA_256, state.message(), &mut self.write_buf)?;
+                    frontend::sasl_initial_response(
+                        SCRAM_SHA_256,
+                        state.message(),
+                        &mut self.write_buf,
+                    )?;
                     scram = Some(state);
                 }
                 backend::Message::AuthenticationSaslContinue(body) => {
-                    let state = scram.as_mut().ok_or_else(|| protocol("SASL continue before SASL start"))?;
+                    let state = scram
+                        .as_mut()
+                        .ok_or_else(|| protocol("SASL continue before SASL start"))?;
                     state.update(body.data())?;
                     frontend::sasl_response(state.message(), &mut self.write_buf)?;
                 }
                 backend::Message::AuthenticationSaslFinal(body) => {
-                    let state = scram.as_mut().ok_or_else(|| protocol("SASL final before SASL start"))?;
+                    let state = scram
+                        .as_mut()
+                        .ok_or_else(|| protocol("SASL final before SASL start"))?;
                     state.finish(body.data())?;
                     continue;
                 }
-                backend::Message::ErrorResponse(body) => return Err(ServerError::from_body(&body).into()),
+                backend::Message::ErrorResponse(body) => {
+                    return Err(ServerError::from_body(&body).into())
+                }
                 backend::Message::AuthenticationGss | backend::Message::AuthenticationSspi => {
                     return Err(ReplicationError::UnsupportedAuth("GSSAPI/SSPI".into()))
                 }
@@ -196,7 +228,10 @@ impl ReplicationConnection {
     }
 
     /// Runs one simple-protocol command and returns its rows as text.
-    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, ReplicationError> {
+    pub async fn simple_query(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, ReplicationError> {
         frontend::query(sql, &mut self.write_buf)?;
         self.flush().await?;
         let mut rows = Vec::new();
@@ -207,11 +242,15 @@ impl ReplicationConnection {
                     let buffer = body.buffer();
                     let row = body
                         .ranges()
-                        .map(|range| Ok(range.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned())))
+                        .map(|range| {
+                            Ok(range.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned()))
+                        })
                         .collect()?;
                     rows.push(row);
                 }
-                backend::Message::ErrorResponse(body) => failure = Some(ServerError::from_body(&body)),
+                backend::Message::ErrorResponse(body) => {
+                    failure = Some(ServerError::from_body(&body))
+                }
                 backend::Message::ReadyForQuery(_) => break,
                 _ => {}
             }
@@ -224,7 +263,9 @@ impl ReplicationConnection {
 
     pub async fn identify_system(&mut self) -> Result<SystemIdentity, ReplicationError> {
         let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
-        let row = rows.first().ok_or_else(|| protocol("IDENTIFY_SYSTEM returned no row"))?;
+        let row = rows
+            .first()
+            .ok_or_else(|| protocol("IDENTIFY_SYSTEM returned no row"))?;
         let text = |i: usize| row.get(i).cloned().flatten();
         let wal_position = text(2).ok_or_else(|| protocol("IDENTIFY_SYSTEM without xlogpos"))?;
         Ok(SystemIdentity {
@@ -238,14 +279,25 @@ impl ReplicationConnection {
     /// Creates a logical slot for pgoutput and returns its consistent point: changes committed after it
     /// are streamed.
     pub async fn create_slot(&mut self, slot: &str) -> Result<Lsn, ReplicationError> {
-        let sql = format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT", quote_ident(slot));
+        let sql = format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+            quote_ident(slot)
+        );
         let rows = self.simple_query(&sql).await?;
         let consistent_point = rows.first().and_then(|r| r.get(1).cloned().flatten());
-        consistent_point.ok_or_else(|| protocol("CREATE_REPLICATION_SLOT returned no consistent point"))?.parse().map_err(protocol)
+        consistent_point
+            .ok_or_else(|| protocol("CREATE_REPLICATION_SLOT returned no consistent point"))?
+            .parse()
+            .map_err(protocol)
     }
 
     /// Enters streaming. The server resumes at the later of `start` and the slot's confirmed position.
-    pub async fn start_replication(&mut self, slot: &str, start: Lsn, publication: &str) -> Result<(), ReplicationError> {
+    pub async fn start_replication(
+        &mut self,
+        slot: &str,
+        start: Lsn,
+        publication: &str,
+    ) -> Result<(), ReplicationError> {
         let sql = format!(
             "START_REPLICATION SLOT {} LOGICAL {} (\"proto_version\" '1', \"publication_names\" {})",
             quote_ident(slot),
@@ -262,7 +314,10 @@ impl ReplicationConnection {
                 backend::Message::ErrorResponse(body) => {
                     let err = ServerError::from_body(&body);
                     // Drain to ReadyForQuery so the connection stays usable for the caller's next step.
-                    while !matches!(self.next_message().await?, backend::Message::ReadyForQuery(_)) {}
+                    while !matches!(
+                        self.next_message().await?,
+                        backend::Message::ReadyForQuery(_)
+                    ) {}
                     return Err(err.into());
                 }
                 backend::Message::NoticeResponse(_) | backend::Message::ParameterStatus(_) => {}
@@ -277,7 +332,9 @@ impl ReplicationConnection {
             match self.next_message().await? {
                 backend::Message::CopyData(body) => return parse_copy_data(body.into_bytes()),
                 backend::Message::CopyDone => return Ok(Frame::CopyDone),
-                backend::Message::ErrorResponse(body) => return Err(ServerError::from_body(&body).into()),
+                backend::Message::ErrorResponse(body) => {
+                    return Err(ServerError::from_body(&body).into())
+                }
                 backend::Message::NoticeResponse(_) | backend::Message::ParameterStatus(_) => {}
                 _ => return Err(protocol("unexpected message in the replication stream")),
             }
@@ -285,7 +342,11 @@ impl ReplicationConnection {
     }
 
     /// Standby status update: `flushed` is what the server may forget (confirmed_flush_lsn of the slot).
-    pub async fn send_status(&mut self, flushed: Lsn, reply_requested: bool) -> Result<(), ReplicationError> {
+    pub async fn send_status(
+        &mut self,
+        flushed: Lsn,
+        reply_requested: bool,
+    ) -> Result<(), ReplicationError> {
         let payload = standby_status_update(flushed, now_pg_micros(), reply_requested);
         self.write_buf.put_u8(b'd');
         self.write_buf.put_i32(4 + payload.len() as i32);
@@ -310,7 +371,12 @@ impl ReplicationConnection {
                 if self.read_buf[0] != b'W' {
                     return Ok(false);
                 }
-                let len = u32::from_be_bytes([self.read_buf[1], self.read_buf[2], self.read_buf[3], self.read_buf[4]]);
+                let len = u32::from_be_bytes([
+                    self.read_buf[1],
+                    self.read_buf[2],
+                    self.read_buf[3],
+                    self.read_buf[4],
+                ]);
                 let total = len as usize + 1;
                 if self.read_buf.len() >= total {
                     self.read_buf.advance(total);
@@ -374,7 +440,10 @@ async fn open_stream(config: &tokio_postgres::Config) -> Result<Box<dyn Stream>,
                 match tokio::net::UnixStream::connect(&path).await {
                     Ok(stream) => return Ok(Box::new(stream)),
                     Err(source) => {
-                        last_error = Some(ReplicationError::Connect { address: path.display().to_string(), source })
+                        last_error = Some(ReplicationError::Connect {
+                            address: path.display().to_string(),
+                            source,
+                        })
                     }
                 }
             }
@@ -392,15 +461,25 @@ fn parse_copy_data(mut data: Bytes) -> Result<Frame, ReplicationError> {
             let wal_start = Lsn(data.get_u64());
             let wal_end = Lsn(data.get_u64());
             let _send_time = data.get_i64();
-            Ok(Frame::XLogData { wal_start, wal_end, data })
+            Ok(Frame::XLogData {
+                wal_start,
+                wal_end,
+                data,
+            })
         }
         b'k' if data.len() >= 17 => {
             let wal_end = Lsn(data.get_u64());
             let _send_time = data.get_i64();
-            Ok(Frame::Keepalive { wal_end, reply_requested: data.get_u8() == 1 })
+            Ok(Frame::Keepalive {
+                wal_end,
+                reply_requested: data.get_u8() == 1,
+            })
         }
         b'w' | b'k' => Err(protocol("truncated XLogData or keepalive message")),
-        other => Err(protocol(format!("unknown replication message type {:?}", other as char))),
+        other => Err(protocol(format!(
+            "unknown replication message type {:?}",
+            other as char
+        ))),
     }
 }
 
@@ -418,7 +497,9 @@ fn standby_status_update(flushed: Lsn, clock_pg_micros: i64, reply_requested: bo
 }
 
 fn now_pg_micros() -> i64 {
-    let since_unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     since_unix.as_micros() as i64 - PG_EPOCH_OFFSET_US
 }
 
@@ -447,7 +528,10 @@ mod tests {
         keepalive.extend_from_slice(&7i64.to_be_bytes());
         keepalive.push(1);
         match parse_copy_data(Bytes::from(keepalive)).unwrap() {
-            Frame::Keepalive { wal_end, reply_requested } => {
+            Frame::Keepalive {
+                wal_end,
+                reply_requested,
+            } => {
                 assert_eq!(wal_end, Lsn(0x1_0000_0020));
                 assert!(reply_requested);
             }
@@ -459,7 +543,11 @@ mod tests {
         xlog.extend_from_slice(&0i64.to_be_bytes());
         xlog.extend_from_slice(b"B...");
         match parse_copy_data(Bytes::from(xlog)).unwrap() {
-            Frame::XLogData { wal_start, wal_end, data } => {
+            Frame::XLogData {
+                wal_start,
+                wal_end,
+                data,
+            } => {
                 assert_eq!((wal_start, wal_end), (Lsn(10), Lsn(20)));
                 assert_eq!(&data[..], b"B...");
             }

@@ -20,20 +20,35 @@ const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SECOND;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ValueError {
     #[error("`{text}` is not a valid {type_name}")]
-    Invalid { text: String, type_name: &'static str },
+    Invalid {
+        text: String,
+        type_name: &'static str,
+    },
     #[error("`{text}` is out of range for {type_name}")]
-    Overflow { text: String, type_name: &'static str },
+    Overflow {
+        text: String,
+        type_name: &'static str,
+    },
     #[error("{type_name} value `{text}` is not valid UTF-8")]
-    InvalidUtf8 { text: String, type_name: &'static str },
+    InvalidUtf8 {
+        text: String,
+        type_name: &'static str,
+    },
 }
 
 impl ValueError {
     fn invalid(text: &str, type_name: &'static str) -> ValueError {
-        ValueError::Invalid { text: shown(text), type_name }
+        ValueError::Invalid {
+            text: shown(text),
+            type_name,
+        }
     }
 
     fn overflow(text: &str, type_name: &'static str) -> ValueError {
-        ValueError::Overflow { text: shown(text), type_name }
+        ValueError::Overflow {
+            text: shown(text),
+            type_name,
+        }
     }
 }
 
@@ -84,7 +99,9 @@ pub fn column_type(type_oid: u32, type_modifier: i32) -> ColumnType {
         TIMESTAMPTZ => ColumnType::TimestampTz,
         UUID => ColumnType::Uuid,
         NUMERIC => numeric_type(type_modifier),
-        other => ColumnType::Text { type_name: type_name(other).into_owned() },
+        other => ColumnType::Text {
+            type_name: type_name(other).into_owned(),
+        },
     }
 }
 
@@ -99,7 +116,9 @@ fn numeric_type(type_modifier: i32) -> ColumnType {
     let scale = ((packed & 0x7ff) ^ 1024) - 1024;
     // Avro decimals need 1 <= precision and 0 <= scale <= precision; other values carry their own scale.
     match (u32::try_from(precision), u32::try_from(scale)) {
-        (Ok(precision), Ok(scale)) if precision >= 1 && scale <= precision => ColumnType::Decimal { precision, scale },
+        (Ok(precision), Ok(scale)) if precision >= 1 && scale <= precision => {
+            ColumnType::Decimal { precision, scale }
+        }
         _ => ColumnType::VariableDecimal,
     }
 }
@@ -171,8 +190,10 @@ fn known_type_name(type_oid: u32) -> Option<&'static str> {
 /// bytea_output=hex) into a [`Value`] of the given column type.
 pub fn parse_text(column_type: &ColumnType, text: &[u8]) -> Result<Value, ValueError> {
     let type_name = text_type_name(column_type);
-    let text = std::str::from_utf8(text)
-        .map_err(|_| ValueError::InvalidUtf8 { text: shown(&String::from_utf8_lossy(text)), type_name })?;
+    let text = std::str::from_utf8(text).map_err(|_| ValueError::InvalidUtf8 {
+        text: shown(&String::from_utf8_lossy(text)),
+        type_name,
+    })?;
     match column_type {
         ColumnType::Boolean => parse_bool(text).map(Value::Bool),
         ColumnType::Int16 => parse_int(text, type_name).map(Value::Int16),
@@ -180,7 +201,9 @@ pub fn parse_text(column_type: &ColumnType, text: &[u8]) -> Result<Value, ValueE
         ColumnType::Int64 => parse_int(text, type_name).map(Value::Int64),
         ColumnType::Float32 => parse_float(text, type_name).map(Value::Float32),
         ColumnType::Float64 => parse_float(text, type_name).map(Value::Float64),
-        ColumnType::Decimal { .. } | ColumnType::VariableDecimal => parse_numeric(text).map(Value::Numeric),
+        ColumnType::Decimal { .. } | ColumnType::VariableDecimal => {
+            parse_numeric(text).map(Value::Numeric)
+        }
         ColumnType::Bytes => parse_bytea(text).map(Value::Bytes),
         ColumnType::Uuid => parse_uuid(text).map(Value::Uuid),
         ColumnType::Date => parse_date(text),
@@ -226,13 +249,17 @@ fn parse_int<T: std::str::FromStr>(text: &str, type_name: &'static str) -> Resul
         return Err(ValueError::invalid(text, type_name));
     }
     // Well-formed digits that do not parse can only be out of range.
-    text.parse().map_err(|_| ValueError::overflow(text, type_name))
+    text.parse()
+        .map_err(|_| ValueError::overflow(text, type_name))
 }
 
 /// Floats: PostgreSQL spells the specials `NaN`, `Infinity` and `-Infinity`; everything else is decimal
 /// or exponent notation. Rust's parser would also take `inf`, `nan` or `+1`, which PostgreSQL never
 /// prints, so only the exact spellings and plain numbers get through.
-fn parse_float<T: std::str::FromStr + Float>(text: &str, type_name: &'static str) -> Result<T, ValueError> {
+fn parse_float<T: std::str::FromStr + Float>(
+    text: &str,
+    type_name: &'static str,
+) -> Result<T, ValueError> {
     match text {
         "NaN" => return Ok(T::NAN),
         "Infinity" => return Ok(T::INFINITY),
@@ -241,11 +268,15 @@ fn parse_float<T: std::str::FromStr + Float>(text: &str, type_name: &'static str
     }
     let unsigned = text.strip_prefix('-').unwrap_or(text);
     let plain = unsigned.starts_with(|c: char| c.is_ascii_digit() || c == '.')
-        && unsigned.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
+        && unsigned
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
     if !plain {
         return Err(ValueError::invalid(text, type_name));
     }
-    let value: T = text.parse().map_err(|_| ValueError::invalid(text, type_name))?;
+    let value: T = text
+        .parse()
+        .map_err(|_| ValueError::invalid(text, type_name))?;
     // A finite spelling that rounds to infinity is beyond the type.
     if value.is_infinite() {
         return Err(ValueError::overflow(text, type_name));
@@ -323,7 +354,9 @@ fn parse_bytea(text: &str) -> Result<Vec<u8>, ValueError> {
 }
 
 fn hex_digit(b: u8) -> Option<u8> {
-    char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok())
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 /// A UUID in the 8-4-4-4-12 form, lower-cased.
@@ -352,13 +385,20 @@ fn parse_date(text: &str) -> Result<Value, ValueError> {
     let days = civil_days(days, bc).ok_or_else(invalid)?;
     Ok(match i32::try_from(days) {
         Ok(days) => Value::Date(days),
-        Err(_) => Value::OutOfRange(format!("date `{}` is outside the Avro date range", shown(text))),
+        Err(_) => Value::OutOfRange(format!(
+            "date `{}` is outside the Avro date range",
+            shown(text)
+        )),
     })
 }
 
 /// `YYYY-MM-DD HH:MM:SS[.ffffff]`, then for timestamptz a zone offset `±HH[:MM[:SS]]`, then optionally ` BC`.
 fn parse_timestamp(text: &str, with_zone: bool) -> Result<Value, ValueError> {
-    let type_name = if with_zone { "timestamptz" } else { "timestamp" };
+    let type_name = if with_zone {
+        "timestamptz"
+    } else {
+        "timestamp"
+    };
     if let Some(reason) = infinity_reason(text, type_name) {
         return Ok(Value::OutOfRange(reason));
     }
@@ -368,7 +408,11 @@ fn parse_timestamp(text: &str, with_zone: bool) -> Result<Value, ValueError> {
     let date = cursor.date().ok_or_else(invalid)?;
     cursor.expect(b' ').ok_or_else(invalid)?;
     let time_of_day = cursor.time().ok_or_else(invalid)?;
-    let offset = if with_zone { cursor.zone_offset().ok_or_else(invalid)? } else { 0 };
+    let offset = if with_zone {
+        cursor.zone_offset().ok_or_else(invalid)?
+    } else {
+        0
+    };
     cursor.end().ok_or_else(invalid)?;
     let days = civil_days(date, bc).ok_or_else(invalid)?;
     // Days from the far future or past do not fit i64 microseconds (PostgreSQL counts from 2000, not 1970).
@@ -379,14 +423,21 @@ fn parse_timestamp(text: &str, with_zone: bool) -> Result<Value, ValueError> {
     Ok(match micros {
         Some(micros) if with_zone => Value::TimestampTz(micros),
         Some(micros) => Value::Timestamp(micros),
-        None => Value::OutOfRange(format!("{type_name} `{}` is outside the Avro timestamp range", shown(text))),
+        None => Value::OutOfRange(format!(
+            "{type_name} `{}` is outside the Avro timestamp range",
+            shown(text)
+        )),
     })
 }
 
 /// The reason `infinity` and `-infinity` cannot be carried, or `None` for other text.
 fn infinity_reason(text: &str, type_name: &str) -> Option<String> {
-    matches!(text, "infinity" | "-infinity")
-        .then(|| format!("{type_name} '{text}' has no Avro {} representation", avro_kind(type_name)))
+    matches!(text, "infinity" | "-infinity").then(|| {
+        format!(
+            "{type_name} '{text}' has no Avro {} representation",
+            avro_kind(type_name)
+        )
+    })
 }
 
 fn avro_kind(type_name: &str) -> &'static str {
@@ -419,8 +470,11 @@ fn civil_days(date: CivilDate, bc: bool) -> Option<i64> {
         return None;
     }
     let year = if bc { 1 - date.year } else { date.year };
-    (date.month >= 1 && date.month <= 12 && date.day >= 1 && date.day <= days_in_month(year, date.month))
-        .then(|| days_from_civil(year, date.month, date.day))
+    (date.month >= 1
+        && date.month <= 12
+        && date.day >= 1
+        && date.day <= days_in_month(year, date.month))
+    .then(|| days_from_civil(year, date.month, date.day))
 }
 
 fn is_leap(year: i64) -> bool {
@@ -456,18 +510,27 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn new(text: &'a str) -> Cursor<'a> {
-        Cursor { rest: text.as_bytes() }
+        Cursor {
+            rest: text.as_bytes(),
+        }
     }
 
     /// Between `min` and `max` decimal digits (as many as there are), with their count.
     fn digits(&mut self, min: usize, max: usize) -> Option<(i64, usize)> {
-        let count = self.rest.iter().take(max + 1).take_while(|b| b.is_ascii_digit()).count();
+        let count = self
+            .rest
+            .iter()
+            .take(max + 1)
+            .take_while(|b| b.is_ascii_digit())
+            .count();
         if count < min || count > max {
             return None;
         }
         let (digits, rest) = self.rest.split_at(count);
         self.rest = rest;
-        let value = digits.iter().fold(0_i64, |acc, d| acc * 10 + i64::from(d - b'0'));
+        let value = digits
+            .iter()
+            .fold(0_i64, |acc, d| acc * 10 + i64::from(d - b'0'));
         Some((value, count))
     }
 
@@ -529,7 +592,11 @@ impl<'a> Cursor<'a> {
         let (minutes, seconds) = if self.eat(b':') {
             let minutes = self.fixed(2).filter(|m| *m < 60)?;
             // Seconds only ever follow minutes.
-            let seconds = if self.eat(b':') { self.fixed(2).filter(|s| *s < 60)? } else { 0 };
+            let seconds = if self.eat(b':') {
+                self.fixed(2).filter(|s| *s < 60)?
+            } else {
+                0
+            };
             (minutes, seconds)
         } else {
             (0, 0)
@@ -557,7 +624,10 @@ mod tests {
     }
 
     fn finite(unscaled: &str, scale: u32) -> Value {
-        Value::Numeric(Numeric::Finite { unscaled: unscaled.into(), scale })
+        Value::Numeric(Numeric::Finite {
+            unscaled: unscaled.into(),
+            scale,
+        })
     }
 
     #[test]
@@ -591,26 +661,60 @@ mod tests {
 
     #[test]
     fn other_types_are_text_with_their_name() {
-        assert_eq!(column_type(1186, -1), ColumnType::Text { type_name: "interval".into() });
-        assert_eq!(column_type(16_385, -1), ColumnType::Text { type_name: "oid:16385".into() });
+        assert_eq!(
+            column_type(1186, -1),
+            ColumnType::Text {
+                type_name: "interval".into()
+            }
+        );
+        assert_eq!(
+            column_type(16_385, -1),
+            ColumnType::Text {
+                type_name: "oid:16385".into()
+            }
+        );
         assert_eq!(type_name(23), "int4");
         assert_eq!(type_name(1184), "timestamptz");
         assert_eq!(type_name(99_999), "oid:99999");
-        assert_eq!(parse(&column_type(1186, -1), "1 day 02:03:04"), Value::String("1 day 02:03:04".into()));
+        assert_eq!(
+            parse(&column_type(1186, -1), "1 day 02:03:04"),
+            Value::String("1 day 02:03:04".into())
+        );
     }
 
     #[test]
     fn numeric_typmods() {
         let typmod = |p: i32, s: i32| ((p << 16) | (s & 0x7ff)) + 4;
         assert_eq!(typmod(12, 2), 786_438);
-        assert_eq!(column_type(1700, 786_438), ColumnType::Decimal { precision: 12, scale: 2 });
-        assert_eq!(column_type(1700, typmod(10, 0)), ColumnType::Decimal { precision: 10, scale: 0 });
-        assert_eq!(column_type(1700, typmod(1000, 1000)), ColumnType::Decimal { precision: 1000, scale: 1000 });
+        assert_eq!(
+            column_type(1700, 786_438),
+            ColumnType::Decimal {
+                precision: 12,
+                scale: 2
+            }
+        );
+        assert_eq!(
+            column_type(1700, typmod(10, 0)),
+            ColumnType::Decimal {
+                precision: 10,
+                scale: 0
+            }
+        );
+        assert_eq!(
+            column_type(1700, typmod(1000, 1000)),
+            ColumnType::Decimal {
+                precision: 1000,
+                scale: 1000
+            }
+        );
         assert_eq!(column_type(1700, -1), ColumnType::VariableDecimal);
         assert_eq!(column_type(1700, 3), ColumnType::VariableDecimal);
         assert_eq!(column_type(1700, i32::MIN), ColumnType::VariableDecimal);
         // PostgreSQL 15: numeric(2, -3) and numeric(3, 5) have no fixed Avro decimal form.
-        assert_eq!(column_type(1700, typmod(2, -3)), ColumnType::VariableDecimal);
+        assert_eq!(
+            column_type(1700, typmod(2, -3)),
+            ColumnType::VariableDecimal
+        );
         assert_eq!(column_type(1700, typmod(3, 5)), ColumnType::VariableDecimal);
         assert_eq!(column_type(1700, i32::MAX), ColumnType::VariableDecimal);
     }
@@ -619,32 +723,62 @@ mod tests {
     fn booleans() {
         assert_eq!(parse(&ColumnType::Boolean, "t"), Value::Bool(true));
         assert_eq!(parse(&ColumnType::Boolean, "f"), Value::Bool(false));
-        assert_eq!(error(&ColumnType::Boolean, "true"), "`true` is not a valid bool");
+        assert_eq!(
+            error(&ColumnType::Boolean, "true"),
+            "`true` is not a valid bool"
+        );
     }
 
     #[test]
     fn integers_at_their_limits() {
         assert_eq!(parse(&ColumnType::Int16, "-32768"), Value::Int16(i16::MIN));
         assert_eq!(parse(&ColumnType::Int16, "32767"), Value::Int16(i16::MAX));
-        assert_eq!(parse(&ColumnType::Int32, "-2147483648"), Value::Int32(i32::MIN));
-        assert_eq!(parse(&ColumnType::Int32, "2147483647"), Value::Int32(i32::MAX));
-        assert_eq!(parse(&ColumnType::Int64, "-9223372036854775808"), Value::Int64(i64::MIN));
-        assert_eq!(parse(&ColumnType::Int64, "9223372036854775807"), Value::Int64(i64::MAX));
-        assert_eq!(parse(&column_type(26, -1), "4294967295"), Value::Int64(4_294_967_295));
+        assert_eq!(
+            parse(&ColumnType::Int32, "-2147483648"),
+            Value::Int32(i32::MIN)
+        );
+        assert_eq!(
+            parse(&ColumnType::Int32, "2147483647"),
+            Value::Int32(i32::MAX)
+        );
+        assert_eq!(
+            parse(&ColumnType::Int64, "-9223372036854775808"),
+            Value::Int64(i64::MIN)
+        );
+        assert_eq!(
+            parse(&ColumnType::Int64, "9223372036854775807"),
+            Value::Int64(i64::MAX)
+        );
+        assert_eq!(
+            parse(&column_type(26, -1), "4294967295"),
+            Value::Int64(4_294_967_295)
+        );
         assert_eq!(parse(&ColumnType::Int32, "0"), Value::Int32(0));
     }
 
     #[test]
     fn integer_errors() {
-        assert_eq!(error(&ColumnType::Int16, "32768"), "`32768` is out of range for int2");
-        assert_eq!(error(&ColumnType::Int32, "2147483648"), "`2147483648` is out of range for int4");
+        assert_eq!(
+            error(&ColumnType::Int16, "32768"),
+            "`32768` is out of range for int2"
+        );
+        assert_eq!(
+            error(&ColumnType::Int32, "2147483648"),
+            "`2147483648` is out of range for int4"
+        );
         assert_eq!(
             error(&ColumnType::Int64, "-9223372036854775809"),
             "`-9223372036854775809` is out of range for int8"
         );
-        assert_eq!(error(&ColumnType::Int32, "12x"), "`12x` is not a valid int4");
+        assert_eq!(
+            error(&ColumnType::Int32, "12x"),
+            "`12x` is not a valid int4"
+        );
         for bad in ["", "-", "+1", " 1", "1.0", "1e3"] {
-            assert!(error(&ColumnType::Int32, bad).contains("is not a valid int4"), "{bad}");
+            assert!(
+                error(&ColumnType::Int32, bad).contains("is not a valid int4"),
+                "{bad}"
+            );
         }
     }
 
@@ -653,34 +787,66 @@ mod tests {
         assert_eq!(parse(&ColumnType::Float64, "1.5"), Value::Float64(1.5));
         assert_eq!(parse(&ColumnType::Float64, "-0"), Value::Float64(-0.0));
         assert_eq!(parse(&ColumnType::Float64, "1e+300"), Value::Float64(1e300));
-        assert_eq!(parse(&ColumnType::Float64, "1.2345678901234567e-05"), Value::Float64(1.234_567_890_123_456_7e-5));
-        assert_eq!(parse(&ColumnType::Float64, "Infinity"), Value::Float64(f64::INFINITY));
-        assert_eq!(parse(&ColumnType::Float64, "-Infinity"), Value::Float64(f64::NEG_INFINITY));
+        assert_eq!(
+            parse(&ColumnType::Float64, "1.2345678901234567e-05"),
+            Value::Float64(1.234_567_890_123_456_7e-5)
+        );
+        assert_eq!(
+            parse(&ColumnType::Float64, "Infinity"),
+            Value::Float64(f64::INFINITY)
+        );
+        assert_eq!(
+            parse(&ColumnType::Float64, "-Infinity"),
+            Value::Float64(f64::NEG_INFINITY)
+        );
         assert!(matches!(parse(&ColumnType::Float64, "NaN"), Value::Float64(v) if v.is_nan()));
-        assert_eq!(parse(&ColumnType::Float32, "3.4028235e+38"), Value::Float32(f32::MAX));
+        assert_eq!(
+            parse(&ColumnType::Float32, "3.4028235e+38"),
+            Value::Float32(f32::MAX)
+        );
         assert_eq!(parse(&ColumnType::Float32, "1.1"), Value::Float32(1.1));
-        assert_eq!(parse(&ColumnType::Float32, "-Infinity"), Value::Float32(f32::NEG_INFINITY));
+        assert_eq!(
+            parse(&ColumnType::Float32, "-Infinity"),
+            Value::Float32(f32::NEG_INFINITY)
+        );
         assert!(matches!(parse(&ColumnType::Float32, "NaN"), Value::Float32(v) if v.is_nan()));
     }
 
     #[test]
     fn float_errors() {
         // Spellings Rust accepts but PostgreSQL never prints.
-        for bad in ["inf", "infinity", "nan", "+1.5", "1.5 ", "", "-", "e5", "1,5", "0x10"] {
-            assert!(error(&ColumnType::Float64, bad).contains("is not a valid float8"), "{bad}");
+        for bad in [
+            "inf", "infinity", "nan", "+1.5", "1.5 ", "", "-", "e5", "1,5", "0x10",
+        ] {
+            assert!(
+                error(&ColumnType::Float64, bad).contains("is not a valid float8"),
+                "{bad}"
+            );
         }
-        assert_eq!(error(&ColumnType::Float32, "1e39"), "`1e39` is out of range for float4");
-        assert_eq!(error(&ColumnType::Float64, "1e999"), "`1e999` is out of range for float8");
+        assert_eq!(
+            error(&ColumnType::Float32, "1e39"),
+            "`1e39` is out of range for float4"
+        );
+        assert_eq!(
+            error(&ColumnType::Float64, "1e999"),
+            "`1e999` is out of range for float8"
+        );
     }
 
     #[test]
     fn numeric_values() {
-        let numeric = ColumnType::Decimal { precision: 12, scale: 4 };
+        let numeric = ColumnType::Decimal {
+            precision: 12,
+            scale: 4,
+        };
         assert_eq!(parse(&numeric, "-123.4500"), finite("-1234500", 4));
         assert_eq!(parse(&numeric, "123.4500"), finite("1234500", 4));
         assert_eq!(parse(&ColumnType::VariableDecimal, "42"), finite("42", 0));
         assert_eq!(parse(&ColumnType::VariableDecimal, "0.001"), finite("1", 3));
-        assert_eq!(parse(&ColumnType::VariableDecimal, "-0.050"), finite("-50", 3));
+        assert_eq!(
+            parse(&ColumnType::VariableDecimal, "-0.050"),
+            finite("-50", 3)
+        );
         assert_eq!(parse(&ColumnType::VariableDecimal, "100"), finite("100", 0));
         let big = "123456789012345678901234567890.000000000000000000001";
         assert_eq!(
@@ -691,31 +857,66 @@ mod tests {
 
     #[test]
     fn numeric_zeros_are_normalised() {
-        for (text, scale) in [("0", 0), ("-0", 0), ("0.00", 2), ("-0.00", 2), ("000", 0), ("007.10", 2)] {
-            let expected = if text.contains('7') { finite("710", 2) } else { finite("0", scale) };
-            assert_eq!(parse(&ColumnType::VariableDecimal, text), expected, "{text}");
+        for (text, scale) in [
+            ("0", 0),
+            ("-0", 0),
+            ("0.00", 2),
+            ("-0.00", 2),
+            ("000", 0),
+            ("007.10", 2),
+        ] {
+            let expected = if text.contains('7') {
+                finite("710", 2)
+            } else {
+                finite("0", scale)
+            };
+            assert_eq!(
+                parse(&ColumnType::VariableDecimal, text),
+                expected,
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn numeric_specials() {
-        assert_eq!(parse(&ColumnType::VariableDecimal, "NaN"), Value::Numeric(Numeric::NaN));
-        assert_eq!(parse(&ColumnType::VariableDecimal, "Infinity"), Value::Numeric(Numeric::PositiveInfinity));
-        let fixed = ColumnType::Decimal { precision: 5, scale: 2 };
-        assert_eq!(parse(&fixed, "-Infinity"), Value::Numeric(Numeric::NegativeInfinity));
+        assert_eq!(
+            parse(&ColumnType::VariableDecimal, "NaN"),
+            Value::Numeric(Numeric::NaN)
+        );
+        assert_eq!(
+            parse(&ColumnType::VariableDecimal, "Infinity"),
+            Value::Numeric(Numeric::PositiveInfinity)
+        );
+        let fixed = ColumnType::Decimal {
+            precision: 5,
+            scale: 2,
+        };
+        assert_eq!(
+            parse(&fixed, "-Infinity"),
+            Value::Numeric(Numeric::NegativeInfinity)
+        );
     }
 
     #[test]
     fn numeric_errors() {
-        for bad in ["", "-", ".", "1.2.3", "1e5", "+1", "--1", "1 ", "nan", "infinity", "1,5"] {
-            assert!(error(&ColumnType::VariableDecimal, bad).contains("is not a valid numeric"), "{bad}");
+        for bad in [
+            "", "-", ".", "1.2.3", "1e5", "+1", "--1", "1 ", "nan", "infinity", "1,5",
+        ] {
+            assert!(
+                error(&ColumnType::VariableDecimal, bad).contains("is not a valid numeric"),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn bytea_hex() {
         assert_eq!(parse(&ColumnType::Bytes, "\\x"), Value::Bytes(vec![]));
-        assert_eq!(parse(&ColumnType::Bytes, "\\x00ff10Ab"), Value::Bytes(vec![0x00, 0xff, 0x10, 0xab]));
+        assert_eq!(
+            parse(&ColumnType::Bytes, "\\x00ff10Ab"),
+            Value::Bytes(vec![0x00, 0xff, 0x10, 0xab])
+        );
     }
 
     #[test]
@@ -725,21 +926,33 @@ mod tests {
             "`\\x0g` is not a valid bytea (expected \\x and hex digit pairs)"
         );
         for bad in ["\\x0", "abc", "", "\\000", "x00", "\\x 00", "\\x+0"] {
-            assert!(error(&ColumnType::Bytes, bad).contains("is not a valid bytea"), "{bad}");
+            assert!(
+                error(&ColumnType::Bytes, bad).contains("is not a valid bytea"),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn uuids_are_lower_cased() {
         let expected = Value::Uuid("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into());
-        assert_eq!(parse(&ColumnType::Uuid, "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"), expected);
-        assert_eq!(parse(&ColumnType::Uuid, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), expected);
+        assert_eq!(
+            parse(&ColumnType::Uuid, "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"),
+            expected
+        );
+        assert_eq!(
+            parse(&ColumnType::Uuid, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+            expected
+        );
         for bad in [
             "a0eebc999c0b4ef8bb6d6bb9bd380a11",
             "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1",
             "g0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
         ] {
-            assert!(error(&ColumnType::Uuid, bad).contains("is not a valid uuid"), "{bad}");
+            assert!(
+                error(&ColumnType::Uuid, bad).contains("is not a valid uuid"),
+                "{bad}"
+            );
         }
     }
 
@@ -751,15 +964,33 @@ mod tests {
         assert_eq!(parse(&ColumnType::Date, "1900-03-01"), Value::Date(-25_508));
         assert_eq!(parse(&ColumnType::Date, "2024-02-29"), Value::Date(19_782));
         assert_eq!(parse(&ColumnType::Date, "2000-02-29"), Value::Date(11_016));
-        assert_eq!(parse(&ColumnType::Date, "10000-01-01"), Value::Date(2_932_897));
+        assert_eq!(
+            parse(&ColumnType::Date, "10000-01-01"),
+            Value::Date(2_932_897)
+        );
         // 0001-01-01 is day -719162; the day before is 1 BC (astronomical year 0), a leap year.
-        assert_eq!(parse(&ColumnType::Date, "0001-01-01"), Value::Date(-719_162));
-        assert_eq!(parse(&ColumnType::Date, "0001-12-31 BC"), Value::Date(-719_163));
-        assert_eq!(parse(&ColumnType::Date, "0001-02-29 BC"), Value::Date(-719_163 - 306));
+        assert_eq!(
+            parse(&ColumnType::Date, "0001-01-01"),
+            Value::Date(-719_162)
+        );
+        assert_eq!(
+            parse(&ColumnType::Date, "0001-12-31 BC"),
+            Value::Date(-719_163)
+        );
+        assert_eq!(
+            parse(&ColumnType::Date, "0001-02-29 BC"),
+            Value::Date(-719_163 - 306)
+        );
         // PostgreSQL's earliest date: Julian day 0.
-        assert_eq!(parse(&ColumnType::Date, "4714-11-24 BC"), Value::Date(-2_440_588));
+        assert_eq!(
+            parse(&ColumnType::Date, "4714-11-24 BC"),
+            Value::Date(-2_440_588)
+        );
         // And its latest.
-        assert_eq!(parse(&ColumnType::Date, "5874897-12-31"), Value::Date(2_145_042_905));
+        assert_eq!(
+            parse(&ColumnType::Date, "5874897-12-31"),
+            Value::Date(2_145_042_905)
+        );
     }
 
     #[test]
@@ -778,7 +1009,10 @@ mod tests {
             "2024-01-01 00:00:00",
             "1234567890-01-01",
         ] {
-            assert!(error(&ColumnType::Date, bad).contains("is not a valid date"), "{bad}");
+            assert!(
+                error(&ColumnType::Date, bad).contains("is not a valid date"),
+                "{bad}"
+            );
         }
         assert_eq!(
             parse(&ColumnType::Date, "infinity"),
@@ -796,26 +1030,47 @@ mod tests {
 
     #[test]
     fn timestamps() {
-        assert_eq!(parse(&ColumnType::Timestamp, "1970-01-01 00:00:00"), Value::Timestamp(0));
-        assert_eq!(parse(&ColumnType::Timestamp, "2024-01-02 03:04:05"), Value::Timestamp(1_704_164_645_000_000));
+        assert_eq!(
+            parse(&ColumnType::Timestamp, "1970-01-01 00:00:00"),
+            Value::Timestamp(0)
+        );
+        assert_eq!(
+            parse(&ColumnType::Timestamp, "2024-01-02 03:04:05"),
+            Value::Timestamp(1_704_164_645_000_000)
+        );
         assert_eq!(
             parse(&ColumnType::Timestamp, "2024-01-02 03:04:05.678901"),
             Value::Timestamp(1_704_164_645_678_901)
         );
-        assert_eq!(parse(&ColumnType::Timestamp, "2024-01-02 03:04:05.5"), Value::Timestamp(1_704_164_645_500_000));
-        assert_eq!(parse(&ColumnType::Timestamp, "1969-12-31 23:59:59.999999"), Value::Timestamp(-1));
-        assert_eq!(parse(&ColumnType::Timestamp, "2024-02-29 12:00:00"), Value::Timestamp(1_709_208_000_000_000));
+        assert_eq!(
+            parse(&ColumnType::Timestamp, "2024-01-02 03:04:05.5"),
+            Value::Timestamp(1_704_164_645_500_000)
+        );
+        assert_eq!(
+            parse(&ColumnType::Timestamp, "1969-12-31 23:59:59.999999"),
+            Value::Timestamp(-1)
+        );
+        assert_eq!(
+            parse(&ColumnType::Timestamp, "2024-02-29 12:00:00"),
+            Value::Timestamp(1_709_208_000_000_000)
+        );
         assert_eq!(
             parse(&ColumnType::Timestamp, "0001-12-31 23:00:00 BC"),
             Value::Timestamp(-719_162 * MICROS_PER_DAY - 3_600 * MICROS_PER_SECOND)
         );
-        assert_eq!(parse(&ColumnType::Timestamp, "10000-01-01 00:00:00"), Value::Timestamp(2_932_897 * MICROS_PER_DAY));
+        assert_eq!(
+            parse(&ColumnType::Timestamp, "10000-01-01 00:00:00"),
+            Value::Timestamp(2_932_897 * MICROS_PER_DAY)
+        );
     }
 
     #[test]
     fn timestamps_with_zones() {
         let base = 1_704_164_645_000_000;
-        assert_eq!(parse(&ColumnType::TimestampTz, "2024-01-02 03:04:05+00"), Value::TimestampTz(base));
+        assert_eq!(
+            parse(&ColumnType::TimestampTz, "2024-01-02 03:04:05+00"),
+            Value::TimestampTz(base)
+        );
         let fraction = parse(&ColumnType::TimestampTz, "2024-01-02 03:04:05.25+00");
         assert_eq!(fraction, Value::TimestampTz(base + 250_000));
         let india = parse(&ColumnType::TimestampTz, "2024-01-02 08:34:05+05:30");
@@ -825,7 +1080,10 @@ mod tests {
         let seconds = parse(&ColumnType::TimestampTz, "2024-01-02 03:04:05+00:00:10");
         assert_eq!(seconds, Value::TimestampTz(base - 10 * MICROS_PER_SECOND));
         let bc = parse(&ColumnType::TimestampTz, "0001-12-31 23:00:00+00 BC");
-        assert_eq!(bc, Value::TimestampTz(-719_162 * MICROS_PER_DAY - 3_600 * MICROS_PER_SECOND));
+        assert_eq!(
+            bc,
+            Value::TimestampTz(-719_162 * MICROS_PER_DAY - 3_600 * MICROS_PER_SECOND)
+        );
     }
 
     #[test]
@@ -842,7 +1100,10 @@ mod tests {
             "2024-01-02 03:04:05+00",
             "2023-02-29 00:00:00",
         ] {
-            assert!(error(&ColumnType::Timestamp, bad).contains("is not a valid timestamp"), "{bad}");
+            assert!(
+                error(&ColumnType::Timestamp, bad).contains("is not a valid timestamp"),
+                "{bad}"
+            );
         }
         for bad in [
             "2024-01-02 03:04:05",
@@ -852,7 +1113,10 @@ mod tests {
             "2024-01-02 03:04:05 +00",
             "2024-01-02 03:04:05Z",
         ] {
-            assert!(error(&ColumnType::TimestampTz, bad).contains("is not a valid timestamptz"), "{bad}");
+            assert!(
+                error(&ColumnType::TimestampTz, bad).contains("is not a valid timestamptz"),
+                "{bad}"
+            );
         }
     }
 
@@ -864,23 +1128,35 @@ mod tests {
         );
         assert_eq!(
             parse(&ColumnType::TimestampTz, "-infinity"),
-            Value::OutOfRange("timestamptz '-infinity' has no Avro timestamp representation".into())
+            Value::OutOfRange(
+                "timestamptz '-infinity' has no Avro timestamp representation".into()
+            )
         );
         // PostgreSQL's last timestamp is past i64 microseconds counted from 1970.
         assert_eq!(
             parse(&ColumnType::TimestampTz, "294276-12-31 23:59:59.999999+00"),
             Value::OutOfRange(
-                "timestamptz `294276-12-31 23:59:59.999999+00` is outside the Avro timestamp range".into()
+                "timestamptz `294276-12-31 23:59:59.999999+00` is outside the Avro timestamp range"
+                    .into()
             )
         );
-        assert!(matches!(parse(&ColumnType::Timestamp, "294247-01-01 00:00:00"), Value::Timestamp(_)));
+        assert!(matches!(
+            parse(&ColumnType::Timestamp, "294247-01-01 00:00:00"),
+            Value::Timestamp(_)
+        ));
     }
 
     #[test]
     fn text_json_and_utf8() {
-        assert_eq!(parse(&ColumnType::String, "héllo"), Value::String("héllo".into()));
+        assert_eq!(
+            parse(&ColumnType::String, "héllo"),
+            Value::String("héllo".into())
+        );
         assert_eq!(parse(&ColumnType::String, ""), Value::String(String::new()));
-        assert_eq!(parse(&ColumnType::Json, r#"{"a": [1, 2]}"#), Value::Json(r#"{"a": [1, 2]}"#.into()));
+        assert_eq!(
+            parse(&ColumnType::Json, r#"{"a": [1, 2]}"#),
+            Value::Json(r#"{"a": [1, 2]}"#.into())
+        );
         let err = parse_text(&ColumnType::String, &[b'a', 0xff]).unwrap_err();
         assert_eq!(err.to_string(), "text value `a\u{fffd}` is not valid UTF-8");
         assert!(parse_text(&ColumnType::Json, &[0xc3]).is_err());
@@ -891,6 +1167,9 @@ mod tests {
     fn long_inputs_are_shortened_in_errors() {
         let long = "9".repeat(200);
         let err = error(&ColumnType::Int32, &long);
-        assert_eq!(err, format!("`{}… (200 bytes)` is out of range for int4", "9".repeat(64)));
+        assert_eq!(
+            err,
+            format!("`{}… (200 bytes)` is out of range for int4", "9".repeat(64))
+        );
     }
 }

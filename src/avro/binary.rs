@@ -85,9 +85,26 @@ mod tests {
         assert_eq!(long(2), [0x04]);
         assert_eq!(long(-64), [0x7F]);
         assert_eq!(long(64), [0x80, 0x01]);
-        assert_eq!(long(i64::MAX), [0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]);
-        assert_eq!(long(i64::MIN), [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]);
-        for value in [0, 1, -1, 63, -64, 64, 1 << 40, -(1 << 40), i64::MAX, i64::MIN] {
+        assert_eq!(
+            long(i64::MAX),
+            [0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]
+        );
+        assert_eq!(
+            long(i64::MIN),
+            [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]
+        );
+        for value in [
+            0,
+            1,
+            -1,
+            63,
+            -64,
+            64,
+            1 << 40,
+            -(1 << 40),
+            i64::MAX,
+            i64::MIN,
+        ] {
             assert_eq!(tests_support::read_long(&mut long(value).as_slice()), value);
         }
     }

@@ -15,10 +15,18 @@ pub enum DecimalError {
     Malformed(String),
     /// Rescaling to the column's scale would drop non-zero digits.
     #[error("value {value} has scale {scale}, more than the column's scale {column_scale}")]
-    ScaleTooLarge { value: String, scale: u32, column_scale: u32 },
+    ScaleTooLarge {
+        value: String,
+        scale: u32,
+        column_scale: u32,
+    },
     /// More significant digits than the column's precision allows.
     #[error("value {value} has {digits} digits, more than the column's precision {precision}")]
-    PrecisionExceeded { value: String, digits: u64, precision: u32 },
+    PrecisionExceeded {
+        value: String,
+        digits: u64,
+        precision: u32,
+    },
 }
 
 /// A parsed unscaled value: sign and significant digits (no leading zeros; empty for zero).
@@ -35,7 +43,10 @@ fn parse(unscaled: &str) -> Result<Unscaled<'_>, DecimalError> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(DecimalError::Malformed(unscaled.to_owned()));
     }
-    Ok(Unscaled { negative, digits: digits.trim_start_matches('0') })
+    Ok(Unscaled {
+        negative,
+        digits: digits.trim_start_matches('0'),
+    })
 }
 
 /// Writes `unscaled × 10^-scale` as Avro decimal bytes at `column_scale`: padded with zeros when the value
@@ -54,15 +65,27 @@ pub fn write_fixed_scale(
         let keep = value.digits.len().saturating_sub(drop);
         let (kept, dropped) = value.digits.split_at(keep);
         if dropped.bytes().any(|b| b != b'0') {
-            return Err(DecimalError::ScaleTooLarge { value: display(unscaled, scale), scale, column_scale });
+            return Err(DecimalError::ScaleTooLarge {
+                value: display(unscaled, scale),
+                scale,
+                column_scale,
+            });
         }
         (kept, 0)
     } else {
         (value.digits, column_scale - scale)
     };
-    let count = if digits.is_empty() { 0 } else { digits.len() as u64 + u64::from(pad) };
+    let count = if digits.is_empty() {
+        0
+    } else {
+        digits.len() as u64 + u64::from(pad)
+    };
     if count > u64::from(precision) {
-        return Err(DecimalError::PrecisionExceeded { value: display(unscaled, scale), digits: count, precision });
+        return Err(DecimalError::PrecisionExceeded {
+            value: display(unscaled, scale),
+            digits: count,
+            precision,
+        });
     }
     write_twos_complement(value.negative, digits, pad, out);
     Ok(())
@@ -111,7 +134,11 @@ fn write_twos_complement(negative: bool, digits: &str, pad: u32, out: &mut Vec<u
         write_bytes(minimal(&bytes), out);
     } else {
         let magnitude = magnitude_be(digits, pad);
-        let bytes = if negative { negate(&magnitude) } else { positive(magnitude) };
+        let bytes = if negative {
+            negate(&magnitude)
+        } else {
+            positive(magnitude)
+        };
         write_bytes(&bytes, out);
     }
 }
@@ -149,7 +176,9 @@ fn magnitude_be(digits: &str, pad: u32) -> Vec<u8> {
     let mut chunk_start = 0;
     while chunk_start < bytes.len() {
         let chunk = &bytes[chunk_start..(chunk_start + 9).min(bytes.len())];
-        let value = chunk.iter().fold(0u32, |acc, b| acc * 10 + u32::from(b - b'0'));
+        let value = chunk
+            .iter()
+            .fold(0u32, |acc, b| acc * 10 + u32::from(b - b'0'));
         multiply_add(10u32.pow(chunk.len() as u32), value);
         chunk_start += chunk.len();
     }
@@ -161,7 +190,11 @@ fn magnitude_be(digits: &str, pad: u32) -> Vec<u8> {
             remaining -= step;
         }
     }
-    let mut be: Vec<u8> = limbs.iter().rev().flat_map(|limb| limb.to_be_bytes()).collect();
+    let mut be: Vec<u8> = limbs
+        .iter()
+        .rev()
+        .flat_map(|limb| limb.to_be_bytes())
+        .collect();
     let leading_zeros = be.iter().take_while(|b| **b == 0).count();
     be.drain(..leading_zeros);
     be
@@ -243,7 +276,9 @@ mod tests {
     use super::*;
 
     /// Reads a length-prefixed value back (lengths here are below 64, one varint byte).
-    fn written(f: impl FnOnce(&mut Vec<u8>) -> Result<(), DecimalError>) -> Result<Vec<u8>, DecimalError> {
+    fn written(
+        f: impl FnOnce(&mut Vec<u8>) -> Result<(), DecimalError>,
+    ) -> Result<Vec<u8>, DecimalError> {
         let mut out = Vec::new();
         f(&mut out)?;
         assert_eq!(usize::from(out[0] / 2), out.len() - 1, "length prefix");
@@ -274,8 +309,20 @@ mod tests {
 
     #[test]
     fn limb_path_agrees_with_i128_path() {
-        let mut samples: Vec<i128> =
-            vec![0, 1, -1, 127, 128, -128, -129, 255, 256, -256, i128::from(u64::MAX), -i128::from(u64::MAX)];
+        let mut samples: Vec<i128> = vec![
+            0,
+            1,
+            -1,
+            127,
+            128,
+            -128,
+            -129,
+            255,
+            256,
+            -256,
+            i128::from(u64::MAX),
+            -i128::from(u64::MAX),
+        ];
         let mut x: i128 = 7;
         while x.checked_mul(13).is_some() {
             x *= 13;
@@ -293,7 +340,11 @@ mod tests {
             };
             let digits = digits.trim_start_matches('0');
             let magnitude = magnitude_be(digits, 0);
-            let general = if negative { negate(&magnitude) } else { positive(magnitude) };
+            let general = if negative {
+                negate(&magnitude)
+            } else {
+                positive(magnitude)
+            };
             assert_eq!(general, minimal(&value.to_be_bytes()), "{value}");
         }
     }
@@ -313,9 +364,15 @@ mod tests {
         assert_eq!(signed_be_to_decimal(data), huge);
         // -(2^(8n-1)) needs no extra sign byte; -(2^(8n-1)+1) does.
         let two_pow_135 = "43556142965880123323311949751266331066368";
-        assert_eq!(unscaled(&format!("-{two_pow_135}")), [&[0x80][..], &[0x00; 16]].concat());
+        assert_eq!(
+            unscaled(&format!("-{two_pow_135}")),
+            [&[0x80][..], &[0x00; 16]].concat()
+        );
         let plus_one = "43556142965880123323311949751266331066369";
-        assert_eq!(unscaled(&format!("-{plus_one}")), [&[0xFF, 0x7F][..], &[0xFF; 16]].concat());
+        assert_eq!(
+            unscaled(&format!("-{plus_one}")),
+            [&[0xFF, 0x7F][..], &[0xFF; 16]].concat()
+        );
     }
 
     #[test]
@@ -332,16 +389,28 @@ mod tests {
         assert_eq!(fixed("0", 7, 1, 2).unwrap(), [0x00]);
         assert_eq!(
             fixed("123456", 3, 10, 2),
-            Err(DecimalError::ScaleTooLarge { value: "123.456".into(), scale: 3, column_scale: 2 })
+            Err(DecimalError::ScaleTooLarge {
+                value: "123.456".into(),
+                scale: 3,
+                column_scale: 2
+            })
         );
         assert_eq!(
             fixed("5", 3, 10, 1),
-            Err(DecimalError::ScaleTooLarge { value: "0.005".into(), scale: 3, column_scale: 1 })
+            Err(DecimalError::ScaleTooLarge {
+                value: "0.005".into(),
+                scale: 3,
+                column_scale: 1
+            })
         );
         // 12345.6 at scale 2 needs 7 digits.
         assert_eq!(
             fixed("-123456", 1, 5, 2),
-            Err(DecimalError::PrecisionExceeded { value: "-12345.6".into(), digits: 7, precision: 5 })
+            Err(DecimalError::PrecisionExceeded {
+                value: "-12345.6".into(),
+                digits: 7,
+                precision: 5
+            })
         );
         assert_eq!(fixed("99999", 2, 5, 2).unwrap(), unscaled("99999"));
         assert_eq!(fixed("0001", 0, 1, 0).unwrap(), [0x01]);
@@ -350,7 +419,11 @@ mod tests {
     #[test]
     fn malformed_text_is_refused() {
         for text in ["", "-", "+1", "1.5", "1e3", " 1", "١"] {
-            assert_eq!(written(|out| write_unscaled(text, out)), Err(DecimalError::Malformed(text.into())), "{text:?}");
+            assert_eq!(
+                written(|out| write_unscaled(text, out)),
+                Err(DecimalError::Malformed(text.into())),
+                "{text:?}"
+            );
         }
     }
 

@@ -9,7 +9,8 @@
 use std::io::Write as _;
 
 use super::binary::{
-    write_boolean, write_bytes, write_double, write_float, write_int, write_long, write_string, write_union_branch,
+    write_boolean, write_bytes, write_double, write_float, write_int, write_long, write_string,
+    write_union_branch,
 };
 use super::decimal::{self, DecimalError};
 use crate::event::{ChangeEvent, Column, ColumnType, Numeric, Op, Row, Table, Value};
@@ -30,9 +31,17 @@ pub struct EnvelopeContext<'a> {
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum EncodeError {
     #[error("{table}: a row has {got} values for {expected} columns")]
-    RowShape { table: String, expected: usize, got: usize },
+    RowShape {
+        table: String,
+        expected: usize,
+        got: usize,
+    },
     #[error("column `{column}` ({column_type}): {reason}")]
-    Column { column: String, column_type: String, reason: EncodeReason },
+    Column {
+        column: String,
+        column_type: String,
+        reason: EncodeReason,
+    },
     #[error("source {field} {value} does not fit an Avro long")]
     SourceOutOfRange { field: &'static str, value: u64 },
 }
@@ -53,7 +62,10 @@ pub enum EncodeReason {
     #[error("`{0}` is not a UUID in its hyphenated form")]
     MalformedUuid(String),
     #[error("expected {expected}, got {found}")]
-    TypeMismatch { expected: &'static str, found: &'static str },
+    TypeMismatch {
+        expected: &'static str,
+        found: &'static str,
+    },
     /// The source's own reason (`Value::OutOfRange`).
     #[error("{0}")]
     OutOfRange(String),
@@ -71,7 +83,11 @@ pub fn encode_key(table: &Table, row: &Row, out: &mut Vec<u8>) -> Result<(), Enc
 }
 
 /// Appends the envelope of a change event (Debezium field order: before, after, source, op, ts_ms).
-pub fn encode_envelope(event: &ChangeEvent, ctx: &EnvelopeContext, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+pub fn encode_envelope(
+    event: &ChangeEvent,
+    ctx: &EnvelopeContext,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
     let start = out.len();
     let result = write_envelope(event, ctx, out);
     if result.is_err() {
@@ -93,7 +109,11 @@ fn write_key(table: &Table, row: &Row, out: &mut Vec<u8>) -> Result<(), EncodeEr
     Ok(())
 }
 
-fn write_envelope(event: &ChangeEvent, ctx: &EnvelopeContext, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+fn write_envelope(
+    event: &ChangeEvent,
+    ctx: &EnvelopeContext,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
     let table = &*event.table;
     // A truncate has no rows, whatever the event carries.
     let (before, after) = match event.op {
@@ -110,7 +130,11 @@ fn write_envelope(event: &ChangeEvent, ctx: &EnvelopeContext, out: &mut Vec<u8>)
 }
 
 /// `["null", Value]`, and inside `Value` every field `["null", T]`.
-fn write_optional_row(table: &Table, row: Option<&Row>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+fn write_optional_row(
+    table: &Table,
+    row: Option<&Row>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
     let Some(row) = row else {
         write_union_branch(0, out);
         return Ok(());
@@ -123,14 +147,19 @@ fn write_optional_row(table: &Table, row: Option<&Row>, out: &mut Vec<u8>) -> Re
             Value::Null | Value::UnchangedToast => write_union_branch(0, out),
             value => {
                 write_union_branch(1, out);
-                write_value(&column.column_type, value, out).map_err(|reason| column_error(column, reason))?;
+                write_value(&column.column_type, value, out)
+                    .map_err(|reason| column_error(column, reason))?;
             }
         }
     }
     Ok(())
 }
 
-fn write_source(event: &ChangeEvent, ctx: &EnvelopeContext, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+fn write_source(
+    event: &ChangeEvent,
+    ctx: &EnvelopeContext,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
     let source = &event.source;
     write_string(ctx.version, out);
     write_string(ctx.connector, out);
@@ -166,12 +195,20 @@ fn check_shape(table: &Table, row: &Row) -> Result<(), EncodeError> {
     if row.len() == table.columns.len() {
         Ok(())
     } else {
-        Err(EncodeError::RowShape { table: table.qualified_name(), expected: table.columns.len(), got: row.len() })
+        Err(EncodeError::RowShape {
+            table: table.qualified_name(),
+            expected: table.columns.len(),
+            got: row.len(),
+        })
     }
 }
 
 /// One non-null value, in its column type's Avro encoding.
-fn write_value(column_type: &ColumnType, value: &Value, out: &mut Vec<u8>) -> Result<(), EncodeReason> {
+fn write_value(
+    column_type: &ColumnType,
+    value: &Value,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeReason> {
     match (column_type, value) {
         (_, Value::OutOfRange(reason)) => return Err(EncodeReason::OutOfRange(reason.clone())),
         (ColumnType::Boolean, Value::Bool(v)) => write_boolean(*v, out),
@@ -180,18 +217,28 @@ fn write_value(column_type: &ColumnType, value: &Value, out: &mut Vec<u8>) -> Re
         (ColumnType::Int64, Value::Int64(v)) => write_long(*v, out),
         (ColumnType::Float32, Value::Float32(v)) => write_float(*v, out),
         (ColumnType::Float64, Value::Float64(v)) => write_double(*v, out),
-        (ColumnType::Decimal { precision, scale: column_scale }, Value::Numeric(numeric)) => {
+        (
+            ColumnType::Decimal {
+                precision,
+                scale: column_scale,
+            },
+            Value::Numeric(numeric),
+        ) => {
             let (unscaled, scale) = finite(numeric)?;
             decimal::write_fixed_scale(unscaled, scale, *precision, *column_scale, out)?;
         }
         (ColumnType::VariableDecimal, Value::Numeric(numeric)) => {
             let (unscaled, scale) = finite(numeric)?;
-            write_int(i32::try_from(scale).map_err(|_| EncodeReason::ScaleOutOfRange(scale))?, out);
+            write_int(
+                i32::try_from(scale).map_err(|_| EncodeReason::ScaleOutOfRange(scale))?,
+                out,
+            );
             decimal::write_unscaled(unscaled, out)?;
         }
-        (ColumnType::String | ColumnType::Json | ColumnType::Text { .. }, Value::String(v) | Value::Json(v)) => {
-            write_string(v, out)
-        }
+        (
+            ColumnType::String | ColumnType::Json | ColumnType::Text { .. },
+            Value::String(v) | Value::Json(v),
+        ) => write_string(v, out),
         (ColumnType::Bytes, Value::Bytes(v)) => write_bytes(v, out),
         (ColumnType::Uuid, Value::Uuid(v)) => {
             if !is_hyphenated_uuid(v) {
@@ -203,7 +250,10 @@ fn write_value(column_type: &ColumnType, value: &Value, out: &mut Vec<u8>) -> Re
         (ColumnType::Timestamp, Value::Timestamp(v)) => write_long(*v, out),
         (ColumnType::TimestampTz, Value::TimestampTz(v)) => write_long(*v, out),
         (expected, found) => {
-            return Err(EncodeReason::TypeMismatch { expected: type_kind(expected), found: value_kind(found) })
+            return Err(EncodeReason::TypeMismatch {
+                expected: type_kind(expected),
+                found: value_kind(found),
+            })
         }
     }
     Ok(())
@@ -228,12 +278,20 @@ fn is_hyphenated_uuid(text: &str) -> bool {
 }
 
 fn column_error(column: &Column, reason: EncodeReason) -> EncodeError {
-    EncodeError::Column { column: column.name.clone(), column_type: describe(column), reason }
+    EncodeError::Column {
+        column: column.name.clone(),
+        column_type: describe(column),
+        reason,
+    }
 }
 
 /// The column's type for messages: the source's name, with precision and scale for decimals.
 fn describe(column: &Column) -> String {
-    let name = if column.source_type.is_empty() { type_kind(&column.column_type) } else { &column.source_type };
+    let name = if column.source_type.is_empty() {
+        type_kind(&column.column_type)
+    } else {
+        &column.source_type
+    };
     match column.column_type {
         ColumnType::Decimal { precision, scale } => format!("{name}({precision},{scale})"),
         _ => name.to_owned(),
@@ -290,15 +348,29 @@ mod tests {
     use super::*;
     use crate::event::{Lsn, SourceInfo};
 
-    const CTX: EnvelopeContext<'static> =
-        EnvelopeContext { server_name: "shop", connector: "postgresql", version: "0.1.0", processed_at_ms: 0 };
+    const CTX: EnvelopeContext<'static> = EnvelopeContext {
+        server_name: "shop",
+        connector: "postgresql",
+        version: "0.1.0",
+        processed_at_ms: 0,
+    };
 
     fn column(name: &str, column_type: ColumnType, key: bool, source_type: &str) -> Column {
-        Column { name: name.into(), column_type, key, source_type: source_type.into() }
+        Column {
+            name: name.into(),
+            column_type,
+            key,
+            source_type: source_type.into(),
+        }
     }
 
     fn table(columns: Vec<Column>) -> Arc<Table> {
-        Arc::new(Table { id: 1, schema: "public".into(), name: "t".into(), columns })
+        Arc::new(Table {
+            id: 1,
+            schema: "public".into(),
+            name: "t".into(),
+            columns,
+        })
     }
 
     fn insert(table: &Arc<Table>, row: Row) -> ChangeEvent {
@@ -310,7 +382,13 @@ mod tests {
             commit_time_us: 0,
             snapshot: false,
         };
-        ChangeEvent { table: table.clone(), op: Op::Create, before: None, after: Some(row), source }
+        ChangeEvent {
+            table: table.clone(),
+            op: Op::Create,
+            before: None,
+            after: Some(row),
+            source,
+        }
     }
 
     /// The envelope error for a one-column row; the buffer must be left as it was.
@@ -331,30 +409,55 @@ mod tests {
     }
 
     fn numeric(unscaled: &str, scale: u32) -> Value {
-        Value::Numeric(Numeric::Finite { unscaled: unscaled.into(), scale })
+        Value::Numeric(Numeric::Finite {
+            unscaled: unscaled.into(),
+            scale,
+        })
     }
 
-    const AMOUNT: ColumnType = ColumnType::Decimal { precision: 12, scale: 2 };
+    const AMOUNT: ColumnType = ColumnType::Decimal {
+        precision: 12,
+        scale: 2,
+    };
 
     #[test]
     fn non_finite_numerics_are_refused() {
         let t = table(vec![column("amount", AMOUNT, false, "numeric")]);
         let mut out = Vec::new();
-        let err = encode_envelope(&insert(&t, vec![Value::Numeric(Numeric::NaN)]), &CTX, &mut out).unwrap_err();
-        assert_eq!(err.to_string(), "column `amount` (numeric(12,2)): NaN has no Avro decimal representation");
+        let err = encode_envelope(
+            &insert(&t, vec![Value::Numeric(Numeric::NaN)]),
+            &CTX,
+            &mut out,
+        )
+        .unwrap_err();
         assert_eq!(
-            envelope_error(ColumnType::VariableDecimal, "numeric", Value::Numeric(Numeric::PositiveInfinity)),
+            err.to_string(),
+            "column `amount` (numeric(12,2)): NaN has no Avro decimal representation"
+        );
+        assert_eq!(
+            envelope_error(
+                ColumnType::VariableDecimal,
+                "numeric",
+                Value::Numeric(Numeric::PositiveInfinity)
+            ),
             "column `n` (numeric): Infinity has no Avro decimal representation"
         );
         assert_eq!(
-            key_error(ColumnType::VariableDecimal, "numeric", Value::Numeric(Numeric::NegativeInfinity)),
+            key_error(
+                ColumnType::VariableDecimal,
+                "numeric",
+                Value::Numeric(Numeric::NegativeInfinity)
+            ),
             "column `id` (numeric): -Infinity has no Avro decimal representation"
         );
     }
 
     #[test]
     fn decimals_must_fit_the_column() {
-        let n52 = ColumnType::Decimal { precision: 5, scale: 2 };
+        let n52 = ColumnType::Decimal {
+            precision: 5,
+            scale: 2,
+        };
         assert_eq!(
             envelope_error(n52.clone(), "numeric", numeric("123456", 3)),
             "column `n` (numeric(5,2)): value 123.456 has scale 3, more than the column's scale 2"
@@ -372,14 +475,21 @@ mod tests {
             "column `n` (numeric): `` is not a decimal number"
         );
         assert_eq!(
-            envelope_error(ColumnType::VariableDecimal, "numeric", numeric("1", u32::MAX)),
+            envelope_error(
+                ColumnType::VariableDecimal,
+                "numeric",
+                numeric("1", u32::MAX)
+            ),
             "column `n` (numeric): scale 4294967295 does not fit an Avro int"
         );
     }
 
     #[test]
     fn key_columns_need_values() {
-        assert_eq!(key_error(ColumnType::Int64, "int8", Value::Null), "column `id` (int8): NULL in a key column");
+        assert_eq!(
+            key_error(ColumnType::Int64, "int8", Value::Null),
+            "column `id` (int8): NULL in a key column"
+        );
         assert_eq!(
             key_error(ColumnType::String, "text", Value::UnchangedToast),
             "column `id` (text): unchanged TOAST value in a key column"
@@ -397,11 +507,22 @@ mod tests {
             "column `id` (timestamp): expected timestamp, got timestamp with time zone"
         );
         assert_eq!(
-            envelope_error(ColumnType::Decimal { precision: 3, scale: 0 }, "", Value::Int32(1)),
+            envelope_error(
+                ColumnType::Decimal {
+                    precision: 3,
+                    scale: 0
+                },
+                "",
+                Value::Int32(1)
+            ),
             "column `n` (decimal(3,0)): expected decimal, got int32"
         );
         assert_eq!(
-            envelope_error(ColumnType::Uuid, "uuid", Value::String("123e4567-e89b-12d3-a456-426614174000".into())),
+            envelope_error(
+                ColumnType::Uuid,
+                "uuid",
+                Value::String("123e4567-e89b-12d3-a456-426614174000".into())
+            ),
             "column `n` (uuid): expected uuid, got string"
         );
     }
@@ -409,10 +530,17 @@ mod tests {
     #[test]
     fn out_of_range_values_carry_their_reason() {
         assert_eq!(
-            envelope_error(ColumnType::Date, "date", Value::OutOfRange("infinity has no date representation".into())),
+            envelope_error(
+                ColumnType::Date,
+                "date",
+                Value::OutOfRange("infinity has no date representation".into())
+            ),
             "column `n` (date): infinity has no date representation"
         );
-        assert_eq!(key_error(ColumnType::Int32, "int4", Value::OutOfRange("bad".into())), "column `id` (int4): bad");
+        assert_eq!(
+            key_error(ColumnType::Int32, "int4", Value::OutOfRange("bad".into())),
+            "column `id` (int4): bad"
+        );
     }
 
     #[test]
@@ -432,14 +560,23 @@ mod tests {
 
     #[test]
     fn rows_must_have_one_value_per_column() {
-        let t =
-            table(vec![column("a", ColumnType::Int32, true, "int4"), column("b", ColumnType::Int32, false, "int4")]);
+        let t = table(vec![
+            column("a", ColumnType::Int32, true, "int4"),
+            column("b", ColumnType::Int32, false, "int4"),
+        ]);
         let mut out = Vec::new();
         let err = encode_envelope(&insert(&t, vec![Value::Int32(1)]), &CTX, &mut out).unwrap_err();
-        assert_eq!(err.to_string(), "public.t: a row has 1 values for 2 columns");
+        assert_eq!(
+            err.to_string(),
+            "public.t: a row has 1 values for 2 columns"
+        );
         assert_eq!(
             encode_key(&t, &vec![], &mut out).unwrap_err(),
-            EncodeError::RowShape { table: "public.t".into(), expected: 2, got: 0 }
+            EncodeError::RowShape {
+                table: "public.t".into(),
+                expected: 2,
+                got: 0
+            }
         );
         assert!(out.is_empty());
     }
@@ -451,7 +588,10 @@ mod tests {
         event.source.txid = u64::MAX;
         let mut out = Vec::new();
         let err = encode_envelope(&event, &CTX, &mut out).unwrap_err();
-        assert_eq!(err.to_string(), format!("source txId {} does not fit an Avro long", u64::MAX));
+        assert_eq!(
+            err.to_string(),
+            format!("source txId {} does not fit an Avro long", u64::MAX)
+        );
         assert!(out.is_empty());
     }
 

@@ -19,7 +19,9 @@ mod roundtrip_tests;
 pub use decimal::DecimalError;
 pub use encode::{encode_envelope, encode_key, EncodeError, EncodeReason, EnvelopeContext};
 pub use naming::topic_name;
-pub use schema::{table_schemas, AvroSchema, SchemaError, TableSchemas, SOURCE_RECORD, VARIABLE_SCALE_DECIMAL};
+pub use schema::{
+    table_schemas, AvroSchema, SchemaError, TableSchemas, SOURCE_RECORD, VARIABLE_SCALE_DECIMAL,
+};
 
 /// Confluent wire format header: magic byte 0 + schema id as 4-byte big-endian.
 pub fn write_confluent_header(schema_id: u32, out: &mut Vec<u8>) {

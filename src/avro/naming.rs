@@ -29,14 +29,24 @@ use crate::event::Table;
 pub fn topic_name(topic_prefix: &str, table: &Table) -> String {
     format!("{topic_prefix}.{}.{}", table.schema, table.name)
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
 /// The Avro namespace of a table's records.
 pub fn namespace(topic_prefix: &str, table: &Table) -> String {
     let joined = format!("{topic_prefix}.{}.{}", table.schema, table.name);
-    joined.split('.').map(avro_name).collect::<Vec<_>>().join(".")
+    joined
+        .split('.')
+        .map(avro_name)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// One legal Avro name (`[A-Za-z_][A-Za-z0-9_]*`) from any text.
@@ -45,7 +55,13 @@ pub fn avro_name(text: &str) -> String {
     if text.is_empty() || text.starts_with(|c: char| c.is_ascii_digit()) {
         name.push('_');
     }
-    name.extend(text.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }));
+    name.extend(text.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            c
+        } else {
+            '_'
+        }
+    }));
     name
 }
 
@@ -93,18 +109,39 @@ mod tests {
 
     #[test]
     fn topics_keep_kafka_characters() {
-        assert_eq!(topic_name("shop", &table("public", "orders", &[])), "shop.public.orders");
-        assert_eq!(topic_name("shop", &table("public", "order items", &[])), "shop.public.order_items");
-        assert_eq!(topic_name("shop-1", &table("My Schema", "2024-sales", &[])), "shop-1.My_Schema.2024-sales");
-        assert_eq!(topic_name("shop", &table("public", "café/ü", &[])), "shop.public.caf___");
+        assert_eq!(
+            topic_name("shop", &table("public", "orders", &[])),
+            "shop.public.orders"
+        );
+        assert_eq!(
+            topic_name("shop", &table("public", "order items", &[])),
+            "shop.public.order_items"
+        );
+        assert_eq!(
+            topic_name("shop-1", &table("My Schema", "2024-sales", &[])),
+            "shop-1.My_Schema.2024-sales"
+        );
+        assert_eq!(
+            topic_name("shop", &table("public", "café/ü", &[])),
+            "shop.public.caf___"
+        );
     }
 
     #[test]
     fn namespaces_are_legal_avro_names() {
-        assert_eq!(namespace("shop", &table("public", "orders", &[])), "shop.public.orders");
-        assert_eq!(namespace("shop-1", &table("public", "2024-sales", &[])), "shop_1.public._2024_sales");
+        assert_eq!(
+            namespace("shop", &table("public", "orders", &[])),
+            "shop.public.orders"
+        );
+        assert_eq!(
+            namespace("shop-1", &table("public", "2024-sales", &[])),
+            "shop_1.public._2024_sales"
+        );
         assert_eq!(namespace("shop", &table("", "a..b", &[])), "shop._.a._.b");
-        assert_eq!(namespace("shop", &table("Ünïcode", "x y", &[])), "shop._n_code.x_y");
+        assert_eq!(
+            namespace("shop", &table("Ünïcode", "x y", &[])),
+            "shop._n_code.x_y"
+        );
     }
 
     #[test]
@@ -120,6 +157,9 @@ mod tests {
     #[test]
     fn colliding_fields_get_suffixes_in_table_order() {
         let t = table("public", "t", &["a b", "a-b", "a_b", "a_b_2", "A_B", "a.b"]);
-        assert_eq!(field_names(&t), ["a_b", "a_b_2", "a_b_3", "a_b_2_2", "A_B", "a_b_4"]);
+        assert_eq!(
+            field_names(&t),
+            ["a_b", "a_b_2", "a_b_3", "a_b_2_2", "A_B", "a_b_4"]
+        );
     }
 }

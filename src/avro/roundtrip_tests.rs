@@ -8,7 +8,9 @@ use apache_avro::{Decimal, Uuid};
 
 use super::decimal::tests_support::signed_be_to_decimal;
 use super::*;
-use crate::event::{ChangeEvent, Column, ColumnType, Lsn, Numeric, Op, Row, SourceInfo, Table, Value};
+use crate::event::{
+    ChangeEvent, Column, ColumnType, Lsn, Numeric, Op, Row, SourceInfo, Table, Value,
+};
 
 const CTX: EnvelopeContext<'static> = EnvelopeContext {
     server_name: "shop",
@@ -18,11 +20,21 @@ const CTX: EnvelopeContext<'static> = EnvelopeContext {
 };
 
 fn column(name: &str, column_type: ColumnType, key: bool, source_type: &str) -> Column {
-    Column { name: name.into(), column_type, key, source_type: source_type.into() }
+    Column {
+        name: name.into(),
+        column_type,
+        key,
+        source_type: source_type.into(),
+    }
 }
 
 fn table(columns: Vec<Column>) -> Arc<Table> {
-    Arc::new(Table { id: 42, schema: "public".into(), name: "things".into(), columns })
+    Arc::new(Table {
+        id: 42,
+        schema: "public".into(),
+        name: "things".into(),
+        columns,
+    })
 }
 
 fn source() -> SourceInfo {
@@ -37,7 +49,13 @@ fn source() -> SourceInfo {
 }
 
 fn event(table: &Arc<Table>, op: Op, before: Option<Row>, after: Option<Row>) -> ChangeEvent {
-    ChangeEvent { table: table.clone(), op, before, after, source: source() }
+    ChangeEvent {
+        table: table.clone(),
+        op,
+        before,
+        after,
+        source: source(),
+    }
 }
 
 /// Decodes one datum and checks that it used every byte.
@@ -45,7 +63,11 @@ fn decode(schema: &AvroSchema, bytes: &[u8]) -> Avro {
     let mut reader = bytes;
     let value = apache_avro::from_avro_datum(&schema.schema, &mut reader, None)
         .unwrap_or_else(|err| panic!("decoding {bytes:02X?} with {}: {err}", schema.json));
-    assert!(reader.is_empty(), "{} bytes left over after {value:?}", reader.len());
+    assert!(
+        reader.is_empty(),
+        "{} bytes left over after {value:?}",
+        reader.len()
+    );
     value
 }
 
@@ -62,7 +84,12 @@ fn encoded_envelope(event: &ChangeEvent) -> Vec<u8> {
 }
 
 fn record(fields: Vec<(&str, Avro)>) -> Avro {
-    Avro::Record(fields.into_iter().map(|(name, value)| (name.to_owned(), value)).collect())
+    Avro::Record(
+        fields
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect(),
+    )
 }
 
 fn null() -> Avro {
@@ -75,7 +102,13 @@ fn some(value: Avro) -> Avro {
 
 /// The decoded form of a `Value` record: every field optional.
 fn value_record(names: &[&str], values: Vec<Option<Avro>>) -> Avro {
-    record(names.iter().zip(values).map(|(name, value)| (*name, value.map_or_else(null, some))).collect())
+    record(
+        names
+            .iter()
+            .zip(values)
+            .map(|(name, value)| (*name, value.map_or_else(null, some)))
+            .collect(),
+    )
 }
 
 fn expected_source(table: &Table, snapshot: &str) -> Avro {
@@ -86,7 +119,13 @@ fn expected_source(table: &Table, snapshot: &str) -> Avro {
         ("ts_ms", Avro::Long(1_700_000_000_123)),
         ("snapshot", Avro::String(snapshot.into())),
         ("db", Avro::String("inventory".into())),
-        ("sequence", some(Avro::String(format!("[\"{}\",\"{}\"]", 0x16_B374_D900u64, 0x16_B374_D848u64)))),
+        (
+            "sequence",
+            some(Avro::String(format!(
+                "[\"{}\",\"{}\"]",
+                0x16_B374_D900u64, 0x16_B374_D848u64
+            ))),
+        ),
         ("schema", Avro::String(table.schema.clone())),
         ("table", Avro::String(table.name.clone())),
         ("txId", some(Avro::Long(771))),
@@ -123,14 +162,20 @@ fn decimal(value: i128) -> Avro {
 }
 
 fn numeric(unscaled: &str, scale: u32) -> Value {
-    Value::Numeric(Numeric::Finite { unscaled: unscaled.into(), scale })
+    Value::Numeric(Numeric::Finite {
+        unscaled: unscaled.into(),
+        scale,
+    })
 }
 
 /// For one column type: a table with the type as key column `k` and as value column `v`; every sample is
 /// encoded as a key and in create, update, delete, read and truncate envelopes (and with `v` null), and
 /// decoded back.
 fn check_type(column_type: ColumnType, samples: Vec<(Value, Avro)>) {
-    let t = table(vec![column("k", column_type.clone(), true, "src"), column("v", column_type, false, "src")]);
+    let t = table(vec![
+        column("k", column_type.clone(), true, "src"),
+        column("v", column_type, false, "src"),
+    ]);
     let schemas = table_schemas("shop", &t).unwrap();
     let key_schema = schemas.key.as_ref().unwrap();
     let names = ["k", "v"];
@@ -139,7 +184,11 @@ fn check_type(column_type: ColumnType, samples: Vec<(Value, Avro)>) {
         let row: Row = vec![value.clone(), value.clone()];
         let label = format!("{value:?}");
 
-        assert_eq!(decode(key_schema, &encoded_key(&t, &row)), record(vec![("k", expected.clone())]), "key {label}");
+        assert_eq!(
+            decode(key_schema, &encoded_key(&t, &row)),
+            record(vec![("k", expected.clone())]),
+            "key {label}"
+        );
 
         let full = value_record(&names, vec![Some(expected.clone()), Some(expected.clone())]);
         let insert = event(&t, Op::Create, None, Some(row.clone()));
@@ -151,7 +200,9 @@ fn check_type(column_type: ColumnType, samples: Vec<(Value, Avro)>) {
 
         let half: Row = vec![value.clone(), Value::Null];
         let half_expected = value_record(&names, vec![Some(expected.clone()), None]);
-        let (old_row, old_expected) = previous.clone().unwrap_or((half.clone(), half_expected.clone()));
+        let (old_row, old_expected) = previous
+            .clone()
+            .unwrap_or((half.clone(), half_expected.clone()));
         let update = event(&t, Op::Update, Some(old_row), Some(half.clone()));
         assert_eq!(
             decode(&schemas.value, &encoded_envelope(&update)),
@@ -176,20 +227,27 @@ fn check_type(column_type: ColumnType, samples: Vec<(Value, Avro)>) {
         previous = Some((row, full));
     }
     let truncate = event(&t, Op::Truncate, None, None);
-    assert_eq!(decode(&schemas.value, &encoded_envelope(&truncate)), expected_envelope(&t, "t", None, None));
+    assert_eq!(
+        decode(&schemas.value, &encoded_envelope(&truncate)),
+        expected_envelope(&t, "t", None, None)
+    );
 }
 
 #[test]
 fn boolean() {
     check_type(
         ColumnType::Boolean,
-        vec![(Value::Bool(true), Avro::Boolean(true)), (Value::Bool(false), Avro::Boolean(false))],
+        vec![
+            (Value::Bool(true), Avro::Boolean(true)),
+            (Value::Bool(false), Avro::Boolean(false)),
+        ],
     );
 }
 
 #[test]
 fn int16() {
-    let samples = [i16::MIN, -1, 0, 1, i16::MAX].map(|v| (Value::Int16(v), Avro::Int(i32::from(v))));
+    let samples =
+        [i16::MIN, -1, 0, 1, i16::MAX].map(|v| (Value::Int16(v), Avro::Int(i32::from(v))));
     check_type(ColumnType::Int16, samples.to_vec());
 }
 
@@ -207,14 +265,44 @@ fn int64() {
 
 #[test]
 fn float32() {
-    let samples = [0.0, -0.0, 1.5, -3.25e-5, f32::MAX, f32::MIN, f32::MIN_POSITIVE, f32::INFINITY, f32::NEG_INFINITY];
-    check_type(ColumnType::Float32, samples.map(|v| (Value::Float32(v), Avro::Float(v))).to_vec());
+    let samples = [
+        0.0,
+        -0.0,
+        1.5,
+        -3.25e-5,
+        f32::MAX,
+        f32::MIN,
+        f32::MIN_POSITIVE,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+    ];
+    check_type(
+        ColumnType::Float32,
+        samples
+            .map(|v| (Value::Float32(v), Avro::Float(v)))
+            .to_vec(),
+    );
 }
 
 #[test]
 fn float64() {
-    let samples = [0.0, -0.0, 1.5, -3.25e-300, f64::MAX, f64::MIN, f64::MIN_POSITIVE, f64::INFINITY, f64::NEG_INFINITY];
-    check_type(ColumnType::Float64, samples.map(|v| (Value::Float64(v), Avro::Double(v))).to_vec());
+    let samples = [
+        0.0,
+        -0.0,
+        1.5,
+        -3.25e-300,
+        f64::MAX,
+        f64::MIN,
+        f64::MIN_POSITIVE,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    ];
+    check_type(
+        ColumnType::Float64,
+        samples
+            .map(|v| (Value::Float64(v), Avro::Double(v)))
+            .to_vec(),
+    );
 }
 
 #[test]
@@ -225,18 +313,36 @@ fn float_nan_is_encoded() {
         column("d", ColumnType::Float64, false, "float8"),
     ]);
     let schemas = table_schemas("shop", &t).unwrap();
-    let insert = event(&t, Op::Create, None, Some(vec![Value::Float32(f32::NAN), Value::Float64(f64::NAN)]));
-    let Avro::Record(fields) = decode(&schemas.value, &encoded_envelope(&insert)) else { panic!("not a record") };
-    let Avro::Union(1, after) = &fields[1].1 else { panic!("after is null") };
-    let Avro::Record(after) = &**after else { panic!("after is not a record") };
-    assert!(matches!(&after[0].1, Avro::Union(1, v) if matches!(**v, Avro::Float(f) if f.is_nan())));
-    assert!(matches!(&after[1].1, Avro::Union(1, v) if matches!(**v, Avro::Double(d) if d.is_nan())));
+    let insert = event(
+        &t,
+        Op::Create,
+        None,
+        Some(vec![Value::Float32(f32::NAN), Value::Float64(f64::NAN)]),
+    );
+    let Avro::Record(fields) = decode(&schemas.value, &encoded_envelope(&insert)) else {
+        panic!("not a record")
+    };
+    let Avro::Union(1, after) = &fields[1].1 else {
+        panic!("after is null")
+    };
+    let Avro::Record(after) = &**after else {
+        panic!("after is not a record")
+    };
+    assert!(
+        matches!(&after[0].1, Avro::Union(1, v) if matches!(**v, Avro::Float(f) if f.is_nan()))
+    );
+    assert!(
+        matches!(&after[1].1, Avro::Union(1, v) if matches!(**v, Avro::Double(d) if d.is_nan()))
+    );
 }
 
 #[test]
 fn decimal_with_fixed_scale() {
     check_type(
-        ColumnType::Decimal { precision: 12, scale: 2 },
+        ColumnType::Decimal {
+            precision: 12,
+            scale: 2,
+        },
         vec![
             (numeric("12345", 2), decimal(12345)),
             (numeric("-12345", 2), decimal(-12345)),
@@ -257,13 +363,29 @@ fn decimal_with_fixed_scale() {
 fn decimal_with_forty_digits() {
     let forty = "1234567890123456789012345678901234567890";
     let negative = format!("-{forty}");
-    let t = table(vec![column("n", ColumnType::Decimal { precision: 45, scale: 5 }, true, "numeric")]);
+    let t = table(vec![column(
+        "n",
+        ColumnType::Decimal {
+            precision: 45,
+            scale: 5,
+        },
+        true,
+        "numeric",
+    )]);
     let schemas = table_schemas("shop", &t).unwrap();
-    for (value, expected) in [(forty.to_owned(), format!("{forty}00000")), (negative, format!("-{forty}00000"))] {
+    for (value, expected) in [
+        (forty.to_owned(), format!("{forty}00000")),
+        (negative, format!("-{forty}00000")),
+    ] {
         // Scale 0 in the value, padded to 5: 45 digits.
         let row = vec![numeric(&value, 0)];
-        let Avro::Record(fields) = decode(schemas.key.as_ref().unwrap(), &encoded_key(&t, &row)) else { panic!() };
-        let Avro::Decimal(decoded) = &fields[0].1 else { panic!("not a decimal: {:?}", fields[0].1) };
+        let Avro::Record(fields) = decode(schemas.key.as_ref().unwrap(), &encoded_key(&t, &row))
+        else {
+            panic!()
+        };
+        let Avro::Decimal(decoded) = &fields[0].1 else {
+            panic!("not a decimal: {:?}", fields[0].1)
+        };
         let bytes = <Vec<u8>>::try_from(decoded).unwrap();
         assert_eq!(signed_be_to_decimal(&bytes), expected);
         // Minimal length: 45 digits need 19 bytes (10^45 < 2^150 < 2^151).
@@ -273,7 +395,15 @@ fn decimal_with_forty_digits() {
 
 #[test]
 fn decimal_bytes_are_minimal() {
-    let t = table(vec![column("n", ColumnType::Decimal { precision: 10, scale: 0 }, true, "numeric")]);
+    let t = table(vec![column(
+        "n",
+        ColumnType::Decimal {
+            precision: 10,
+            scale: 0,
+        },
+        true,
+        "numeric",
+    )]);
     let schemas = table_schemas("shop", &t).unwrap();
     for (text, bytes) in [
         ("0", vec![0x00]),
@@ -282,11 +412,15 @@ fn decimal_bytes_are_minimal() {
         ("-128", vec![0x80]),
         ("-129", vec![0xFF, 0x7F]),
     ] {
-        let Avro::Record(fields) = decode(schemas.key.as_ref().unwrap(), &encoded_key(&t, &vec![numeric(text, 0)]))
-        else {
+        let Avro::Record(fields) = decode(
+            schemas.key.as_ref().unwrap(),
+            &encoded_key(&t, &vec![numeric(text, 0)]),
+        ) else {
             panic!()
         };
-        let Avro::Decimal(decoded) = &fields[0].1 else { panic!() };
+        let Avro::Decimal(decoded) = &fields[0].1 else {
+            panic!()
+        };
         assert_eq!(<Vec<u8>>::try_from(decoded).unwrap(), bytes, "{text}");
     }
 }
@@ -294,7 +428,12 @@ fn decimal_bytes_are_minimal() {
 #[test]
 fn variable_scale_decimal() {
     let forty = "-1234567890123456789012345678901234567890";
-    let vsd = |scale: i32, bytes: Vec<u8>| record(vec![("scale", Avro::Int(scale)), ("value", Avro::Bytes(bytes))]);
+    let vsd = |scale: i32, bytes: Vec<u8>| {
+        record(vec![
+            ("scale", Avro::Int(scale)),
+            ("value", Avro::Bytes(bytes)),
+        ])
+    };
     let mut forty_bytes = Vec::new();
     decimal::write_unscaled(forty, &mut forty_bytes).unwrap();
     let forty_bytes = forty_bytes[1..].to_vec();
@@ -313,14 +452,34 @@ fn variable_scale_decimal() {
 
 #[test]
 fn string() {
-    let samples = ["", "plain", "héllo wörld ✓ 日本語 🎉", "line\nbreak\ttab\0nul", &"x".repeat(300)];
-    check_type(ColumnType::String, samples.map(|s| (Value::String(s.into()), Avro::String(s.into()))).to_vec());
+    let samples = [
+        "",
+        "plain",
+        "héllo wörld ✓ 日本語 🎉",
+        "line\nbreak\ttab\0nul",
+        &"x".repeat(300),
+    ];
+    check_type(
+        ColumnType::String,
+        samples
+            .map(|s| (Value::String(s.into()), Avro::String(s.into())))
+            .to_vec(),
+    );
 }
 
 #[test]
 fn bytes() {
-    let samples = [vec![], vec![0x00, 0xFF, 0x01], (0..=255).collect::<Vec<u8>>().repeat(4)];
-    check_type(ColumnType::Bytes, samples.map(|b| (Value::Bytes(b.clone()), Avro::Bytes(b))).to_vec());
+    let samples = [
+        vec![],
+        vec![0x00, 0xFF, 0x01],
+        (0..=255).collect::<Vec<u8>>().repeat(4),
+    ];
+    check_type(
+        ColumnType::Bytes,
+        samples
+            .map(|b| (Value::Bytes(b.clone()), Avro::Bytes(b)))
+            .to_vec(),
+    );
 }
 
 #[test]
@@ -332,7 +491,14 @@ fn uuid() {
     ];
     check_type(
         ColumnType::Uuid,
-        samples.map(|s| (Value::Uuid(s.into()), Avro::Uuid(Uuid::parse_str(s).unwrap()))).to_vec(),
+        samples
+            .map(|s| {
+                (
+                    Value::Uuid(s.into()),
+                    Avro::Uuid(Uuid::parse_str(s).unwrap()),
+                )
+            })
+            .to_vec(),
     );
 }
 
@@ -347,13 +513,23 @@ fn date() {
 fn timestamp() {
     // 0001-01-01, one microsecond before the epoch, the epoch, 2023.
     let micros = [-62_135_596_800_000_000, -1, 0, 1_700_000_000_123_456];
-    check_type(ColumnType::Timestamp, micros.map(|t| (Value::Timestamp(t), Avro::LocalTimestampMicros(t))).to_vec());
+    check_type(
+        ColumnType::Timestamp,
+        micros
+            .map(|t| (Value::Timestamp(t), Avro::LocalTimestampMicros(t)))
+            .to_vec(),
+    );
 }
 
 #[test]
 fn timestamp_with_time_zone() {
     let micros = [-62_135_596_800_000_000, -1, 0, 1_700_000_000_123_456];
-    check_type(ColumnType::TimestampTz, micros.map(|t| (Value::TimestampTz(t), Avro::TimestampMicros(t))).to_vec());
+    check_type(
+        ColumnType::TimestampTz,
+        micros
+            .map(|t| (Value::TimestampTz(t), Avro::TimestampMicros(t)))
+            .to_vec(),
+    );
 }
 
 #[test]
@@ -361,7 +537,10 @@ fn json() {
     check_type(
         ColumnType::Json,
         vec![
-            (Value::Json(r#"{"a": [1, 2], "é": null}"#.into()), Avro::String(r#"{"a": [1, 2], "é": null}"#.into())),
+            (
+                Value::Json(r#"{"a": [1, 2], "é": null}"#.into()),
+                Avro::String(r#"{"a": [1, 2], "é": null}"#.into()),
+            ),
             (Value::Json("null".into()), Avro::String("null".into())),
             (Value::String("[]".into()), Avro::String("[]".into())),
         ],
@@ -371,9 +550,14 @@ fn json() {
 #[test]
 fn text_of_unmapped_type() {
     check_type(
-        ColumnType::Text { type_name: "interval".into() },
+        ColumnType::Text {
+            type_name: "interval".into(),
+        },
         vec![
-            (Value::String("1 day 02:00:00".into()), Avro::String("1 day 02:00:00".into())),
+            (
+                Value::String("1 day 02:00:00".into()),
+                Avro::String("1 day 02:00:00".into()),
+            ),
             (Value::String(String::new()), Avro::String(String::new())),
         ],
     );
@@ -385,16 +569,43 @@ fn all_types_in_one_row() {
         column("id", ColumnType::Int64, true, "int8"),
         column("flag", ColumnType::Boolean, false, "bool"),
         column("small", ColumnType::Int16, false, "int2"),
-        column("amount", ColumnType::Decimal { precision: 12, scale: 2 }, false, "numeric"),
+        column(
+            "amount",
+            ColumnType::Decimal {
+                precision: 12,
+                scale: 2,
+            },
+            false,
+            "numeric",
+        ),
         column("ratio", ColumnType::VariableDecimal, false, "numeric"),
         column("other ratio", ColumnType::VariableDecimal, false, "numeric"),
         column("name", ColumnType::String, false, "text"),
         column("uid", ColumnType::Uuid, false, "uuid"),
         column("born", ColumnType::Date, false, "date"),
         column("doc", ColumnType::Json, false, "jsonb"),
-        column("span", ColumnType::Text { type_name: "interval".into() }, false, "interval"),
+        column(
+            "span",
+            ColumnType::Text {
+                type_name: "interval".into(),
+            },
+            false,
+            "interval",
+        ),
     ]);
-    let names = ["id", "flag", "small", "amount", "ratio", "other_ratio", "name", "uid", "born", "doc", "span"];
+    let names = [
+        "id",
+        "flag",
+        "small",
+        "amount",
+        "ratio",
+        "other_ratio",
+        "name",
+        "uid",
+        "born",
+        "doc",
+        "span",
+    ];
     let schemas = table_schemas("shop", &t).unwrap();
     let row = vec![
         Value::Int64(1),
@@ -416,10 +627,15 @@ fn all_types_in_one_row() {
             Some(Avro::Boolean(true)),
             Some(Avro::Int(-2)),
             Some(decimal(-1050)),
-            Some(record(vec![("scale", Avro::Int(2)), ("value", Avro::Bytes(vec![5]))])),
+            Some(record(vec![
+                ("scale", Avro::Int(2)),
+                ("value", Avro::Bytes(vec![5])),
+            ])),
             None,
             Some(Avro::String("Zoë".into())),
-            Some(Avro::Uuid(Uuid::parse_str("123e4567-e89b-12d3-a456-426614174000").unwrap())),
+            Some(Avro::Uuid(
+                Uuid::parse_str("123e4567-e89b-12d3-a456-426614174000").unwrap(),
+            )),
             Some(Avro::Date(-3650)),
             Some(Avro::String("{}".into())),
             // An unchanged TOAST value goes out as null.
@@ -429,13 +645,21 @@ fn all_types_in_one_row() {
     // REPLICA IDENTITY DEFAULT: the before image has the key only.
     let mut before: Row = vec![Value::Null; names.len()];
     before[0] = Value::Int64(1);
-    let before_expected = value_record(&names, (0..names.len()).map(|i| (i == 0).then_some(Avro::Long(1))).collect());
+    let before_expected = value_record(
+        &names,
+        (0..names.len())
+            .map(|i| (i == 0).then_some(Avro::Long(1)))
+            .collect(),
+    );
     let update = event(&t, Op::Update, Some(before), Some(row.clone()));
     assert_eq!(
         decode(&schemas.value, &encoded_envelope(&update)),
         expected_envelope(&t, "u", Some(before_expected), Some(after))
     );
-    assert_eq!(decode(schemas.key.as_ref().unwrap(), &encoded_key(&t, &row)), record(vec![("id", Avro::Long(1))]));
+    assert_eq!(
+        decode(schemas.key.as_ref().unwrap(), &encoded_key(&t, &row)),
+        record(vec![("id", Avro::Long(1))])
+    );
 }
 
 #[test]
@@ -446,10 +670,17 @@ fn snapshot_source_fields() {
     read.source.snapshot = true;
     // Commit times before 1970 round down to the millisecond.
     read.source.commit_time_us = -1_500;
-    let Avro::Record(fields) = decode(&schemas.value, &encoded_envelope(&read)) else { panic!() };
-    let Avro::Record(source) = &fields[2].1 else { panic!() };
+    let Avro::Record(fields) = decode(&schemas.value, &encoded_envelope(&read)) else {
+        panic!()
+    };
+    let Avro::Record(source) = &fields[2].1 else {
+        panic!()
+    };
     assert_eq!(source[3], ("ts_ms".to_owned(), Avro::Long(-2)));
-    assert_eq!(source[4], ("snapshot".to_owned(), Avro::String("true".into())));
+    assert_eq!(
+        source[4],
+        ("snapshot".to_owned(), Avro::String("true".into()))
+    );
     assert_eq!(fields[3].1, Avro::String("r".into()));
 }
 
@@ -457,8 +688,16 @@ fn snapshot_source_fields() {
 fn truncate_ignores_rows() {
     let t = table(vec![column("id", ColumnType::Int32, true, "int4")]);
     let schemas = table_schemas("shop", &t).unwrap();
-    let truncate = event(&t, Op::Truncate, Some(vec![Value::Int32(1)]), Some(vec![Value::Int32(2)]));
-    assert_eq!(decode(&schemas.value, &encoded_envelope(&truncate)), expected_envelope(&t, "t", None, None));
+    let truncate = event(
+        &t,
+        Op::Truncate,
+        Some(vec![Value::Int32(1)]),
+        Some(vec![Value::Int32(2)]),
+    );
+    assert_eq!(
+        decode(&schemas.value, &encoded_envelope(&truncate)),
+        expected_envelope(&t, "t", None, None)
+    );
 }
 
 #[test]
@@ -469,7 +708,10 @@ fn output_is_appended_after_a_confluent_header() {
     write_confluent_header(7, &mut out);
     encode_key(&t, &vec![Value::Int32(-3)], &mut out).unwrap();
     assert_eq!(out, [0, 0, 0, 0, 7, 0x05]);
-    assert_eq!(decode(schemas.key.as_ref().unwrap(), &out[5..]), record(vec![("id", Avro::Int(-3))]));
+    assert_eq!(
+        decode(schemas.key.as_ref().unwrap(), &out[5..]),
+        record(vec![("id", Avro::Int(-3))])
+    );
 }
 
 #[test]
@@ -486,17 +728,37 @@ fn weird_names_round_trip() {
         ],
     });
     let schemas = table_schemas("my-server", &t).unwrap();
-    let row = vec![Value::Int32(9), Value::String("x".into()), numeric("1", 1), numeric("-2", 0)];
+    let row = vec![
+        Value::Int32(9),
+        Value::String("x".into()),
+        numeric("1", 1),
+        numeric("-2", 0),
+    ];
     let key = decode(schemas.key.as_ref().unwrap(), &encoded_key(&t, &row));
-    let vsd = |scale, value: i128| record(vec![("scale", Avro::Int(scale)), ("value", Avro::Bytes(be(value)))]);
-    assert_eq!(key, record(vec![("order_id", Avro::Int(9)), ("_n_", vsd(0, -2))]));
+    let vsd = |scale, value: i128| {
+        record(vec![
+            ("scale", Avro::Int(scale)),
+            ("value", Avro::Bytes(be(value))),
+        ])
+    };
+    assert_eq!(
+        key,
+        record(vec![("order_id", Avro::Int(9)), ("_n_", vsd(0, -2))])
+    );
     let insert = event(&t, Op::Create, None, Some(row));
-    let Avro::Record(fields) = decode(&schemas.value, &encoded_envelope(&insert)) else { panic!() };
+    let Avro::Record(fields) = decode(&schemas.value, &encoded_envelope(&insert)) else {
+        panic!()
+    };
     assert_eq!(
         fields[1].1,
         some(value_record(
             &["order_id", "order_id_2", "_1st", "_n_"],
-            vec![Some(Avro::Int(9)), Some(Avro::String("x".into())), Some(vsd(1, 1)), Some(vsd(0, -2))]
+            vec![
+                Some(Avro::Int(9)),
+                Some(Avro::String("x".into())),
+                Some(vsd(1, 1)),
+                Some(vsd(0, -2))
+            ]
         ))
     );
 }

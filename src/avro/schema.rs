@@ -82,7 +82,12 @@ pub fn table_schemas(topic_prefix: &str, table: &Table) -> Result<TableSchemas, 
     let namespace = namespace(topic_prefix, table);
     let names = field_names(table);
 
-    let key_fields: Vec<(&Column, &String)> = table.columns.iter().zip(&names).filter(|(c, _)| c.key).collect();
+    let key_fields: Vec<(&Column, &String)> = table
+        .columns
+        .iter()
+        .zip(&names)
+        .filter(|(c, _)| c.key)
+        .collect();
     let key = if key_fields.is_empty() {
         None
     } else {
@@ -91,7 +96,8 @@ pub fn table_schemas(topic_prefix: &str, table: &Table) -> Result<TableSchemas, 
             .iter()
             .map(|(column, name)| Ok(field(column, name, types.column(table, column)?)))
             .collect::<Result<Vec<_>, SchemaError>>()?;
-        let record = json!({"type": "record", "name": "Key", "namespace": namespace, "fields": fields});
+        let record =
+            json!({"type": "record", "name": "Key", "namespace": namespace, "fields": fields});
         Some(parse(table, "key", &record)?)
     };
 
@@ -106,7 +112,8 @@ pub fn table_schemas(topic_prefix: &str, table: &Table) -> Result<TableSchemas, 
             Ok(f)
         })
         .collect::<Result<Vec<_>, SchemaError>>()?;
-    let value_record = json!({"type": "record", "name": "Value", "namespace": namespace, "fields": value_fields});
+    let value_record =
+        json!({"type": "record", "name": "Value", "namespace": namespace, "fields": value_fields});
     let envelope = json!({
         "type": "record",
         "name": "Envelope",
@@ -121,7 +128,11 @@ pub fn table_schemas(topic_prefix: &str, table: &Table) -> Result<TableSchemas, 
     });
     let value = parse(table, "value", &envelope)?;
 
-    Ok(TableSchemas { topic: topic_name(topic_prefix, table), key, value })
+    Ok(TableSchemas {
+        topic: topic_name(topic_prefix, table),
+        key,
+        value,
+    })
 }
 
 fn field(column: &Column, name: &str, avro_type: Json) -> Json {
@@ -213,7 +224,10 @@ fn parse(table: &Table, part: &'static str, schema: &Json) -> Result<AvroSchema,
         part,
         source,
     })?;
-    Ok(AvroSchema { json, schema: parsed })
+    Ok(AvroSchema {
+        json,
+        schema: parsed,
+    })
 }
 
 #[cfg(test)]
@@ -222,11 +236,21 @@ mod tests {
     use crate::event::Column;
 
     fn column(name: &str, column_type: ColumnType, key: bool, source_type: &str) -> Column {
-        Column { name: name.into(), column_type, key, source_type: source_type.into() }
+        Column {
+            name: name.into(),
+            column_type,
+            key,
+            source_type: source_type.into(),
+        }
     }
 
     fn table(schema: &str, name: &str, columns: Vec<Column>) -> Table {
-        Table { id: 7, schema: schema.into(), name: name.into(), columns }
+        Table {
+            id: 7,
+            schema: schema.into(),
+            name: name.into(),
+            columns,
+        }
     }
 
     fn parsed(json: &str) -> Json {
@@ -240,8 +264,23 @@ mod tests {
             "orders",
             vec![
                 column("id", ColumnType::Int64, true, "int8"),
-                column("total", ColumnType::Decimal { precision: 12, scale: 2 }, false, "numeric"),
-                column("note text", ColumnType::Text { type_name: "tsvector".into() }, false, "tsvector"),
+                column(
+                    "total",
+                    ColumnType::Decimal {
+                        precision: 12,
+                        scale: 2,
+                    },
+                    false,
+                    "numeric",
+                ),
+                column(
+                    "note text",
+                    ColumnType::Text {
+                        type_name: "tsvector".into(),
+                    },
+                    false,
+                    "tsvector",
+                ),
             ],
         );
         let schemas = table_schemas("shop", &t).unwrap();
@@ -302,7 +341,10 @@ mod tests {
             ColumnType::Int64,
             ColumnType::Float32,
             ColumnType::Float64,
-            ColumnType::Decimal { precision: 10, scale: 0 },
+            ColumnType::Decimal {
+                precision: 10,
+                scale: 0,
+            },
             ColumnType::VariableDecimal,
             ColumnType::String,
             ColumnType::Bytes,
@@ -311,9 +353,15 @@ mod tests {
             ColumnType::Timestamp,
             ColumnType::TimestampTz,
             ColumnType::Json,
-            ColumnType::Text { type_name: "interval".into() },
+            ColumnType::Text {
+                type_name: "interval".into(),
+            },
         ];
-        let columns = types.iter().enumerate().map(|(i, t)| column(&format!("c{i}"), t.clone(), true, "x")).collect();
+        let columns = types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| column(&format!("c{i}"), t.clone(), true, "x"))
+            .collect();
         let schemas = table_schemas("p", &table("s", "t", columns)).unwrap();
         assert!(schemas.key.is_some());
         assert!(schemas.value.json.contains("\"connect.type\":\"int16\""));
@@ -334,7 +382,10 @@ mod tests {
         let full = format!("\"{VARIABLE_SCALE_DECIMAL}\"");
         let definition = format!("\"name\":{full}");
         // Two key columns, three value columns: one definition each, the other uses by name.
-        for (json, uses) in [(&schemas.key.as_ref().unwrap().json, 2), (&schemas.value.json, 3)] {
+        for (json, uses) in [
+            (&schemas.key.as_ref().unwrap().json, 2),
+            (&schemas.value.json, 3),
+        ] {
             assert_eq!(json.matches(&definition).count(), 1, "{json}");
             assert_eq!(json.matches(&full).count(), uses, "{json}");
         }
@@ -342,7 +393,11 @@ mod tests {
 
     #[test]
     fn tables_without_key_columns_have_no_key_schema() {
-        let t = table("public", "log", vec![column("line", ColumnType::String, false, "text")]);
+        let t = table(
+            "public",
+            "log",
+            vec![column("line", ColumnType::String, false, "text")],
+        );
         assert!(table_schemas("p", &t).unwrap().key.is_none());
         // An empty table still has an envelope.
         assert!(table_schemas("p", &table("public", "empty", vec![])).is_ok());
@@ -364,13 +419,31 @@ mod tests {
             ],
         );
         let schemas = table_schemas("my-server.prod", &t).unwrap();
-        assert_eq!(schemas.topic, "my-server.prod.Mixed_Case-Schema.1st_table.v2__");
+        assert_eq!(
+            schemas.topic,
+            "my-server.prod.Mixed_Case-Schema.1st_table.v2__"
+        );
         let value = parsed(&schemas.value.json);
-        assert_eq!(value["namespace"], "my_server.prod.Mixed_Case_Schema._1st_table.v2__");
+        assert_eq!(
+            value["namespace"],
+            "my_server.prod.Mixed_Case_Schema._1st_table.v2__"
+        );
         let fields = value["fields"][0]["type"][1]["fields"].as_array().unwrap();
         let names: Vec<&str> = fields.iter().map(|f| f["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["order_id", "order_id_2", "order_id_3", "_2nd", "_", "_n_c_d_", "_quoted_"]);
-        let originals: Vec<Option<&str>> = fields.iter().map(|f| f["sluice.column"].as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "order_id",
+                "order_id_2",
+                "order_id_3",
+                "_2nd",
+                "_",
+                "_n_c_d_",
+                "_quoted_"
+            ]
+        );
+        let originals: Vec<Option<&str>> =
+            fields.iter().map(|f| f["sluice.column"].as_str()).collect();
         assert_eq!(
             originals,
             [
@@ -384,21 +457,40 @@ mod tests {
             ]
         );
         let key = parsed(&schemas.key.unwrap().json);
-        let key_names: Vec<&str> =
-            key["fields"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+        let key_names: Vec<&str> = key["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap())
+            .collect();
         assert_eq!(key_names, ["order_id", "order_id_2"]);
     }
 
     #[test]
     fn decimal_bounds() {
         let t = |precision, scale| {
-            table("s", "t", vec![column("n", ColumnType::Decimal { precision, scale }, false, "numeric")])
+            table(
+                "s",
+                "t",
+                vec![column(
+                    "n",
+                    ColumnType::Decimal { precision, scale },
+                    false,
+                    "numeric",
+                )],
+            )
         };
         let schemas = table_schemas("p", &t(2, 5)).unwrap();
         let value = parsed(&schemas.value.json);
         let n = &value["fields"][0]["type"][1]["fields"][0]["type"][1];
-        assert_eq!((n["precision"].as_u64(), n["scale"].as_u64()), (Some(5), Some(5)));
+        assert_eq!(
+            (n["precision"].as_u64(), n["scale"].as_u64()),
+            (Some(5), Some(5))
+        );
         let err = table_schemas("p", &t(0, 0)).unwrap_err();
-        assert_eq!(err.to_string(), "s.t: column `n` is a decimal with precision 0, which Avro cannot declare");
+        assert_eq!(
+            err.to_string(),
+            "s.t: column `n` is a decimal with precision 0, which Avro cannot declare"
+        );
     }
 }

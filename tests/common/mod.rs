@@ -30,12 +30,20 @@ impl Services {
         pg.create_database(DATABASE).await.expect("create database");
         let broker = Tansu::start().expect("start tansu");
         let registry = RegistryDouble::start().expect("start the registry double");
-        Services { pg, broker, registry, dir: tempfile::tempdir().expect("temp dir") }
+        Services {
+            pg,
+            broker,
+            registry,
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     pub async fn sql(&self, sql: &str) {
         let client = self.pg.client(DATABASE).await.expect("connect");
-        client.batch_execute(sql).await.unwrap_or_else(|err| panic!("{sql}: {err}"));
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|err| panic!("{sql}: {err}"));
     }
 
     /// Writes a config for `tables` and returns its path.
@@ -79,15 +87,21 @@ dir = "{positions}"
 
     /// Every record of `topic` once at least `min` are there (or after `timeout`, whatever is there).
     pub async fn read(&self, topic: &str, min: usize, timeout: Duration) -> Vec<Record> {
-        read_topic(&self.broker.bootstrap(), topic, min, timeout).await.expect("read topic")
+        read_topic(&self.broker.bootstrap(), topic, min, timeout)
+            .await
+            .expect("read topic")
     }
 
     /// Decodes a Confluent-framed Avro body with the schema the registry double holds for its id.
     pub fn decode(&self, body: &[u8]) -> Json {
-        assert!(body.len() > 5 && body[0] == 0, "not Confluent-framed: {body:?}");
+        assert!(
+            body.len() > 5 && body[0] == 0,
+            "not Confluent-framed: {body:?}"
+        );
         let id = u32::from_be_bytes([body[1], body[2], body[3], body[4]]);
         let schema = self.schema(id);
-        sluice::tail::decode_datum(&schema, &body[5..]).unwrap_or_else(|err| panic!("decode with schema {id}: {err}"))
+        sluice::tail::decode_datum(&schema, &body[5..])
+            .unwrap_or_else(|err| panic!("decode with schema {id}: {err}"))
     }
 
     fn schema(&self, id: u32) -> String {
@@ -115,7 +129,10 @@ dir = "{positions}"
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let active = client
-                .query_opt("SELECT active FROM pg_replication_slots WHERE slot_name = 'sluice_test'", &[])
+                .query_opt(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = 'sluice_test'",
+                    &[],
+                )
                 .await
                 .expect("query slots")
                 .is_some_and(|row| row.get::<_, bool>(0));
@@ -123,9 +140,16 @@ dir = "{positions}"
                 return;
             }
             if let Some(status) = daemon.exited() {
-                panic!("sluice exited ({status}) before streaming:\n{}", daemon.log());
+                panic!(
+                    "sluice exited ({status}) before streaming:\n{}",
+                    daemon.log()
+                );
             }
-            assert!(Instant::now() < deadline, "sluice did not start streaming:\n{}", daemon.log());
+            assert!(
+                Instant::now() < deadline,
+                "sluice did not start streaming:\n{}",
+                daemon.log()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -147,7 +171,10 @@ pub fn sluice_bin() -> &'static str {
 
 /// Runs `sluice ARGS` to completion; returns (exit status, stdout, stderr).
 pub fn sluice(args: &[&str]) -> (ExitStatus, String, String) {
-    let output = Command::new(sluice_bin()).args(args).output().expect("run sluice");
+    let output = Command::new(sluice_bin())
+        .args(args)
+        .output()
+        .expect("run sluice");
     (
         output.status,
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -163,7 +190,10 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &Path) -> Daemon {
-        let log = config.with_file_name(format!("sluice-{}.log", std::process::id() as u128 + now_nanos()));
+        let log = config.with_file_name(format!(
+            "sluice-{}.log",
+            std::process::id() as u128 + now_nanos()
+        ));
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(sluice_bin())
             .args(["run", "-c"])
@@ -185,7 +215,9 @@ impl Daemon {
     }
 
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill").args([format!("-{name}"), self.child.id().to_string()]).status();
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status();
         assert!(status.is_ok_and(|s| s.success()), "kill -{name} failed");
     }
 
@@ -203,7 +235,11 @@ impl Daemon {
             if let Some(status) = self.exited() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "sluice did not exit within {within:?} of SIGTERM:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "sluice did not exit within {within:?} of SIGTERM:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -217,7 +253,10 @@ impl Drop for Daemon {
 }
 
 fn now_nanos() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
 }
 
 /// A decoded change event, reduced to what the tests compare.
@@ -251,7 +290,11 @@ pub fn decode_all(services: &Services, records: &[Record]) -> Vec<Event> {
             offset: r.offset,
             key: r.key.as_deref().map(|k| services.decode(k)),
             value: r.value.as_deref().map(|v| services.decode(v)),
-            headers: r.headers.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect(),
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                .collect(),
         })
         .collect()
 }

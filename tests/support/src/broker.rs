@@ -50,7 +50,11 @@ impl Tansu {
         loop {
             match Tansu::start_once(&binary, crate::free_port()) {
                 // Between free_port() and the bind, another process may take the port: try another.
-                Err(err) if attempt < START_ATTEMPTS && format!("{err:#}").contains(ADDR_IN_USE) => attempt += 1,
+                Err(err)
+                    if attempt < START_ATTEMPTS && format!("{err:#}").contains(ADDR_IN_USE) =>
+                {
+                    attempt += 1
+                }
                 result => return result,
             }
         }
@@ -62,11 +66,17 @@ impl Tansu {
             .tempdir()
             .context("creating a temporary directory for tansu")?;
         let log_path = dir.path().join("tansu.log");
-        let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let log =
+            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let listener = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(binary)
             .arg("broker")
-            .args(["--listener-url", &listener, "--advertised-listener-url", &listener])
+            .args([
+                "--listener-url",
+                &listener,
+                "--advertised-listener-url",
+                &listener,
+            ])
             .args(["--storage-engine", "sqlite://tansu.db"])
             // The storage URL is relative: the database lands in the broker's own directory.
             .current_dir(dir.path())
@@ -76,7 +86,10 @@ impl Tansu {
             // Plain log lines, no ANSI colours, in the log tails of error messages.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().context("duplicating the tansu log handle")?)
+            .stdout(
+                log.try_clone()
+                    .context("duplicating the tansu log handle")?,
+            )
             .stderr(log)
             .spawn()
             .with_context(|| format!("spawning {}", binary.display()))?;
@@ -107,8 +120,10 @@ impl Tansu {
     /// shows them. Topics that already exist are fine.
     pub async fn create_topics(&self, names: &[&str], partitions: i32) -> Result<()> {
         let admin = admin_client(&self.bootstrap())?;
-        let topics: Vec<NewTopic<'_>> =
-            names.iter().map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1))).collect();
+        let topics: Vec<NewTopic<'_>> = names
+            .iter()
+            .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
+            .collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = admin
             .create_topics(&topics, &options)
@@ -140,9 +155,15 @@ impl Tansu {
 
     fn signal(&self, signal: &str) -> Result<()> {
         let pid = self.child.id().to_string();
-        let output = Command::new("kill").args([&format!("-{signal}"), &pid]).output().context("running kill")?;
+        let output = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .output()
+            .context("running kill")?;
         if !output.status.success() {
-            bail!("kill -{signal} {pid} (tansu) failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+            bail!(
+                "kill -{signal} {pid} (tansu) failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
         }
         Ok(())
     }
@@ -151,12 +172,25 @@ impl Tansu {
         let started = Instant::now();
         let mut last_problem = String::from("the port does not accept connections yet");
         while started.elapsed() < START_TIMEOUT {
-            if let Some(status) = self.child.try_wait().context("checking the tansu process")? {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .context("checking the tansu process")?
+            {
                 // Checked in the whole log: a backtrace may follow the error line.
-                if std::fs::read_to_string(self.log_path()).unwrap_or_default().contains(ADDR_IN_USE) {
-                    bail!("tansu could not listen on port {}: {ADDR_IN_USE}", self.port);
+                if std::fs::read_to_string(self.log_path())
+                    .unwrap_or_default()
+                    .contains(ADDR_IN_USE)
+                {
+                    bail!(
+                        "tansu could not listen on port {}: {ADDR_IN_USE}",
+                        self.port
+                    );
                 }
-                bail!("tansu exited during startup ({status})\n{}", log_tail(&self.log_path(), 30));
+                bail!(
+                    "tansu exited during startup ({status})\n{}",
+                    log_tail(&self.log_path(), 30)
+                );
             }
             match self.probe() {
                 Ok(()) => return Ok(()),
@@ -176,8 +210,10 @@ impl Tansu {
         TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_secs(1))
             .context("connecting to the listener")?;
         let admin = admin_client(&self.bootstrap())?;
-        let metadata =
-            admin.inner().fetch_metadata(None, Duration::from_secs(2)).context("fetching cluster metadata")?;
+        let metadata = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(2))
+            .context("fetching cluster metadata")?;
         if metadata.brokers().is_empty() {
             bail!("metadata lists no brokers");
         }
@@ -197,19 +233,29 @@ pub fn tansu_binary() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("SLUICE_TANSU") {
         let path = PathBuf::from(path);
         if !path.is_file() {
-            bail!("SLUICE_TANSU points at {}, which is not a file", path.display());
+            bail!(
+                "SLUICE_TANSU points at {}, which is not a file",
+                path.display()
+            );
         }
         return Ok(path);
     }
-    let cache = match (std::env::var_os("SLUICE_CACHE_DIR"), std::env::var_os("XDG_CACHE_HOME")) {
+    let cache = match (
+        std::env::var_os("SLUICE_CACHE_DIR"),
+        std::env::var_os("XDG_CACHE_HOME"),
+    ) {
         (Some(dir), _) => PathBuf::from(dir),
         (None, Some(xdg)) => PathBuf::from(xdg).join("sluice"),
         (None, None) => {
-            let home = std::env::var_os("HOME").context("HOME is not set, cannot locate the tansu binary")?;
+            let home = std::env::var_os("HOME")
+                .context("HOME is not set, cannot locate the tansu binary")?;
             PathBuf::from(home).join(".cache").join("sluice")
         }
     };
-    let path = cache.join(format!("tansu-{TANSU_VERSION}")).join("bin").join("tansu");
+    let path = cache
+        .join(format!("tansu-{TANSU_VERSION}"))
+        .join("bin")
+        .join("tansu");
     if !path.is_file() {
         bail!(
             "tansu {TANSU_VERSION} is not installed at {}: run scripts/provision.sh (or set SLUICE_TANSU)",
@@ -237,7 +283,11 @@ fn wait_for_topics(bootstrap: &str, names: &[String], partitions: i32) -> Result
                 .fetch_metadata(Some(name), Duration::from_secs(2))
                 .ok()
                 .and_then(|metadata| {
-                    metadata.topics().first().filter(|t| t.error().is_none()).map(|t| t.partitions().len())
+                    metadata
+                        .topics()
+                        .first()
+                        .filter(|t| t.error().is_none())
+                        .map(|t| t.partitions().len())
                 })
                 .unwrap_or(0);
             if seen as i32 >= partitions {
@@ -274,14 +324,30 @@ mod tests {
         // Creating again is tolerated.
         broker.create_topics(&["orders"], 3).await.unwrap();
 
-        let headers = OwnedHeaders::new().insert(Header { key: "op", value: Some("c".as_bytes()) });
-        let record = FutureRecord::to("orders").key("k1").payload("v1").partition(1).headers(headers);
-        producer(&broker.bootstrap()).send(record, Duration::from_secs(10)).await.map_err(|(err, _)| err).unwrap();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "op",
+            value: Some("c".as_bytes()),
+        });
+        let record = FutureRecord::to("orders")
+            .key("k1")
+            .payload("v1")
+            .partition(1)
+            .headers(headers);
+        producer(&broker.bootstrap())
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(err, _)| err)
+            .unwrap();
 
-        let records = read_topic(&broker.bootstrap(), "orders", 1, Duration::from_secs(20)).await.unwrap();
+        let records = read_topic(&broker.bootstrap(), "orders", 1, Duration::from_secs(20))
+            .await
+            .unwrap();
         assert_eq!(records.len(), 1, "{records:?}");
         let record = &records[0];
-        assert_eq!((record.topic.as_str(), record.partition, record.offset), ("orders", 1, 0));
+        assert_eq!(
+            (record.topic.as_str(), record.partition, record.offset),
+            ("orders", 1, 0)
+        );
         assert_eq!(record.key.as_deref(), Some(&b"k1"[..]));
         assert_eq!(record.value.as_deref(), Some(&b"v1"[..]));
         assert_eq!(record.headers, vec![("op".to_owned(), b"c".to_vec())]);
@@ -295,16 +361,24 @@ mod tests {
         for i in 0..3 {
             let payload = format!("m{i}");
             producer
-                .send(FutureRecord::<(), _>::to("sparse").payload(&payload), Duration::from_secs(10))
+                .send(
+                    FutureRecord::<(), _>::to("sparse").payload(&payload),
+                    Duration::from_secs(10),
+                )
                 .await
                 .unwrap();
         }
         let started = Instant::now();
-        let records = read_topic(&broker.bootstrap(), "sparse", 5, Duration::from_secs(4)).await.unwrap();
+        let records = read_topic(&broker.bootstrap(), "sparse", 5, Duration::from_secs(4))
+            .await
+            .unwrap();
         assert!(started.elapsed() >= Duration::from_secs(4));
         let values: Vec<_> = records.iter().map(|r| r.value.clone().unwrap()).collect();
         assert_eq!(values, vec![b"m0".to_vec(), b"m1".to_vec(), b"m2".to_vec()]);
-        assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(
+            records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
     }
 
     #[tokio::test]
@@ -314,7 +388,11 @@ mod tests {
         broker.freeze().unwrap();
         let bootstrap = broker.bootstrap();
         let frozen = tokio::task::spawn_blocking(move || {
-            admin_client(&bootstrap).unwrap().inner().fetch_metadata(Some("t"), Duration::from_secs(2)).is_err()
+            admin_client(&bootstrap)
+                .unwrap()
+                .inner()
+                .fetch_metadata(Some("t"), Duration::from_secs(2))
+                .is_err()
         });
         assert!(frozen.await.unwrap(), "a frozen broker answered metadata");
         broker.thaw().unwrap();
@@ -325,7 +403,9 @@ mod tests {
     fn a_taken_port_is_reported_as_such() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
-        let err = Tansu::start_once(&tansu_binary().unwrap(), port).err().expect("the port is taken");
+        let err = Tansu::start_once(&tansu_binary().unwrap(), port)
+            .err()
+            .expect("the port is taken");
         assert!(format!("{err:#}").contains(ADDR_IN_USE), "{err:#}");
     }
 
@@ -335,6 +415,9 @@ mod tests {
         let port = broker.port();
         broker.freeze().unwrap();
         drop(broker);
-        assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "port {port} still accepts");
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} still accepts"
+        );
     }
 }

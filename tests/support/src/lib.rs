@@ -20,9 +20,17 @@ pub fn free_port() -> u16 {
     static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let handed_out = HANDED_OUT.get_or_init(Mutex::default);
     loop {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 to find a free port");
-        let port = listener.local_addr().expect("local address of a bound listener").port();
-        if handed_out.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+        let listener =
+            TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 to find a free port");
+        let port = listener
+            .local_addr()
+            .expect("local address of a bound listener")
+            .port();
+        if handed_out
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(port)
+        {
             return port;
         }
     }
@@ -33,8 +41,12 @@ pub(crate) fn random_hex() -> String {
     use std::hash::{BuildHasher, Hasher};
     // RandomState is seeded from the OS per instance: enough randomness without a dependency.
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher
-        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
     format!("{:016x}", hasher.finish())
 }
 

@@ -58,7 +58,11 @@ impl PgCluster {
         loop {
             match PgCluster::start_once(settings, crate::free_port()) {
                 // Between free_port() and the bind, another process may take the port: try another.
-                Err(err) if attempt < START_ATTEMPTS && format!("{err:#}").contains(ADDR_IN_USE) => attempt += 1,
+                Err(err)
+                    if attempt < START_ATTEMPTS && format!("{err:#}").contains(ADDR_IN_USE) =>
+                {
+                    attempt += 1
+                }
                 result => return result,
             }
         }
@@ -69,7 +73,11 @@ impl PgCluster {
             .prefix("sluice-pg-")
             .tempdir()
             .context("creating a temporary directory for a PostgreSQL cluster")?;
-        let cluster = PgCluster { dir, port, password: crate::random_hex() };
+        let cluster = PgCluster {
+            dir,
+            port,
+            password: crate::random_hex(),
+        };
         // From here on, Drop stops whatever got started if a later step fails.
         cluster.init()?;
         cluster.configure(settings)?;
@@ -88,7 +96,10 @@ impl PgCluster {
 
     /// A connection URL for database `db` over TCP, with the superuser's credentials.
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://{POSTGRES_USER}:{}@127.0.0.1:{}/{db}", self.password, self.port)
+        format!(
+            "postgres://{POSTGRES_USER}:{}@127.0.0.1:{}/{db}",
+            self.password, self.port
+        )
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -109,7 +120,12 @@ impl PgCluster {
     pub async fn client(&self, db: &str) -> Result<tokio_postgres::Client> {
         let (client, connection) = tokio_postgres::connect(&self.url(db), tokio_postgres::NoTls)
             .await
-            .with_context(|| format!("connecting to database `{db}` at 127.0.0.1:{} as postgres", self.port))?;
+            .with_context(|| {
+                format!(
+                    "connecting to database `{db}` at 127.0.0.1:{} as postgres",
+                    self.port
+                )
+            })?;
         // Errors of the connection (e.g. the server restarting) surface on the client's next call.
         tokio::spawn(async move {
             let _ = connection.await;
@@ -141,10 +157,19 @@ impl PgCluster {
             .spawn()
             .context("spawning psql")?;
         // Closing stdin (dropping it) is what tells psql the script is complete.
-        child.stdin.take().expect("psql stdin is piped").write_all(sql.as_bytes()).context("writing SQL to psql")?;
+        child
+            .stdin
+            .take()
+            .expect("psql stdin is piped")
+            .write_all(sql.as_bytes())
+            .context("writing SQL to psql")?;
         let output = child.wait_with_output().context("waiting for psql")?;
         if !output.status.success() {
-            bail!("psql on database `{db}` failed ({}): {}\nSQL:\n{sql}", output.status, describe(&output));
+            bail!(
+                "psql on database `{db}` failed ({}): {}\nSQL:\n{sql}",
+                output.status,
+                describe(&output)
+            );
         }
         let mut stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         if stdout.ends_with('\n') {
@@ -184,7 +209,8 @@ impl PgCluster {
 
     fn init(&self) -> Result<()> {
         let pwfile = self.dir.path().join("pwfile");
-        std::fs::write(&pwfile, &self.password).context("writing the superuser password file for initdb")?;
+        std::fs::write(&pwfile, &self.password)
+            .context("writing the superuser password file for initdb")?;
         if running_as_root() {
             // The server refuses to run as root, so its user must own the directory (and read the pwfile).
             let output = Command::new("chown")
@@ -203,8 +229,18 @@ impl PgCluster {
         let output = self
             .pg_command("initdb")
             .args(["-D".as_ref(), self.data_dir().as_os_str()])
-            .args(["-U", POSTGRES_USER, "--auth-local=trust", "--auth-host=scram-sha-256"])
-            .args([format!("--pwfile={}", pwfile.display()).as_str(), "--encoding=UTF8", "--locale=C", "--no-sync"])
+            .args([
+                "-U",
+                POSTGRES_USER,
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ])
+            .args([
+                format!("--pwfile={}", pwfile.display()).as_str(),
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
             .output()
             .context("running initdb")?;
         let _ = std::fs::remove_file(&pwfile);
@@ -228,7 +264,8 @@ impl PgCluster {
             .append(true)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        file.write_all(conf.as_bytes()).with_context(|| format!("appending settings to {}", path.display()))
+        file.write_all(conf.as_bytes())
+            .with_context(|| format!("appending settings to {}", path.display()))
     }
 
     fn pg_ctl_start(&self) -> Result<()> {
@@ -251,9 +288,17 @@ impl PgCluster {
     }
 
     fn pg_ctl_stop(&self, mode: &str) -> Result<()> {
-        let output = self.pg_ctl().args(["stop", "-m", mode]).output().context("running pg_ctl stop")?;
+        let output = self
+            .pg_ctl()
+            .args(["stop", "-m", mode])
+            .output()
+            .context("running pg_ctl stop")?;
         if !output.status.success() {
-            bail!("pg_ctl stop -m {mode} failed ({}): {}", output.status, describe(&output));
+            bail!(
+                "pg_ctl stop -m {mode} failed ({}): {}",
+                output.status,
+                describe(&output)
+            );
         }
         Ok(())
     }
@@ -261,7 +306,9 @@ impl PgCluster {
     /// pg_ctl on this cluster's data directory, waiting for each operation to complete.
     fn pg_ctl(&self) -> Command {
         let mut command = self.pg_command("pg_ctl");
-        command.args(["-D".as_ref(), self.data_dir().as_os_str()]).args(["-w", "-t", PG_CTL_TIMEOUT]);
+        command
+            .args(["-D".as_ref(), self.data_dir().as_os_str()])
+            .args(["-w", "-t", PG_CTL_TIMEOUT]);
         command
     }
 
@@ -290,7 +337,12 @@ impl PgCluster {
 impl Drop for PgCluster {
     fn drop(&mut self) {
         // Immediate: nothing in a throwaway cluster is worth a checkpoint. Fails harmlessly if stopped.
-        let _ = self.pg_ctl().args(["stop", "-m", "immediate"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = self
+            .pg_ctl()
+            .args(["stop", "-m", "immediate"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -318,7 +370,11 @@ fn describe(output: &Output) -> String {
     format!(
         "{}{}",
         stderr.trim(),
-        if stdout.trim().is_empty() { String::new() } else { format!("\n{}", stdout.trim()) }
+        if stdout.trim().is_empty() {
+            String::new()
+        } else {
+            format!("\n{}", stdout.trim())
+        }
     )
 }
 
@@ -349,21 +405,37 @@ mod tests {
     #[tokio::test]
     async fn a_wrong_password_is_refused() {
         let pg = PgCluster::start().unwrap();
-        let url = pg.url("postgres").replace(pg.password(), "not-the-password");
-        let err = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.err().expect("connection must fail");
+        let url = pg
+            .url("postgres")
+            .replace(pg.password(), "not-the-password");
+        let err = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("connection must fail");
         let code = err.as_db_error().map(|db| db.code().clone());
-        assert_eq!(code, Some(tokio_postgres::error::SqlState::INVALID_PASSWORD), "{err:?}");
+        assert_eq!(
+            code,
+            Some(tokio_postgres::error::SqlState::INVALID_PASSWORD),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]
     async fn restart_keeps_port_and_data() {
         let pg = PgCluster::start().unwrap();
         pg.create_database("app").await.unwrap();
-        pg.psql("app", "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);").unwrap();
+        pg.psql(
+            "app",
+            "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);",
+        )
+        .unwrap();
 
         pg.restart().unwrap();
         let client = pg.client("app").await.unwrap();
-        let row = client.query_one("SELECT count(*) FROM t", &[]).await.unwrap();
+        let row = client
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .unwrap();
         assert_eq!(row.get::<_, i64>(0), 2);
 
         // A crash loses nothing committed either, and restart starts a stopped server.
@@ -378,13 +450,18 @@ mod tests {
     fn extra_settings_override_the_defaults() {
         let pg = PgCluster::start_with(&[("wal_level", "replica")]).unwrap();
         assert_eq!(pg.psql("postgres", "SHOW wal_level").unwrap(), "replica");
-        assert_eq!(pg.psql("postgres", "SHOW max_replication_slots").unwrap(), "10");
+        assert_eq!(
+            pg.psql("postgres", "SHOW max_replication_slots").unwrap(),
+            "10"
+        );
     }
 
     #[test]
     fn psql_errors_carry_the_server_message() {
         let pg = PgCluster::start().unwrap();
-        let err = pg.psql("postgres", "SELECT * FROM no_such_table").unwrap_err();
+        let err = pg
+            .psql("postgres", "SELECT * FROM no_such_table")
+            .unwrap_err();
         assert!(err.to_string().contains("no_such_table"), "{err:#}");
     }
 
@@ -392,7 +469,9 @@ mod tests {
     fn a_taken_port_is_reported_as_such() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
-        let err = PgCluster::start_once(&[], port).err().expect("the port is taken");
+        let err = PgCluster::start_once(&[], port)
+            .err()
+            .expect("the port is taken");
         assert!(format!("{err:#}").contains(ADDR_IN_USE), "{err:#}");
     }
 
@@ -402,6 +481,9 @@ mod tests {
         let (dir, port) = (pg.data_dir(), pg.port());
         drop(pg);
         assert!(!dir.exists(), "{} should be gone", dir.display());
-        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "port {port} still accepts");
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} still accepts"
+        );
     }
 }

@@ -42,10 +42,14 @@ impl RegistryDouble {
 
     /// Serves on `addr` (e.g. `127.0.0.1:8081`).
     pub fn start_on(addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<RegistryDouble> {
-        let listener =
-            std::net::TcpListener::bind(&addr).with_context(|| format!("binding the registry double to {addr:?}"))?;
-        let addr = listener.local_addr().context("local address of the registry double")?;
-        listener.set_nonblocking(true).context("making the registry double's listener non-blocking")?;
+        let listener = std::net::TcpListener::bind(&addr)
+            .with_context(|| format!("binding the registry double to {addr:?}"))?;
+        let addr = listener
+            .local_addr()
+            .context("local address of the registry double")?;
+        listener
+            .set_nonblocking(true)
+            .context("making the registry double's listener non-blocking")?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -57,12 +61,18 @@ impl RegistryDouble {
             .name(format!("registry-double-{}", addr.port()))
             .spawn(move || {
                 runtime.block_on(async move {
-                    let listener = TcpListener::from_std(listener).expect("registering the listener with the runtime");
+                    let listener = TcpListener::from_std(listener)
+                        .expect("registering the listener with the runtime");
                     serve(listener, served, stopped).await;
                 })
             })
             .context("spawning the registry double's thread")?;
-        Ok(RegistryDouble { addr, store, shutdown: Some(shutdown), thread: Some(thread) })
+        Ok(RegistryDouble {
+            addr,
+            store,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
     }
 
     /// The base URL, `http://127.0.0.1:PORT`.
@@ -90,7 +100,9 @@ impl RegistryDouble {
     }
 
     fn store(&self) -> MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -105,7 +117,11 @@ impl Drop for RegistryDouble {
     }
 }
 
-async fn serve(listener: TcpListener, store: Arc<Mutex<Store>>, mut stopped: oneshot::Receiver<()>) {
+async fn serve(
+    listener: TcpListener,
+    store: Arc<Mutex<Store>>,
+    mut stopped: oneshot::Receiver<()>,
+) {
     loop {
         tokio::select! {
             _ = &mut stopped => return,
@@ -122,10 +138,15 @@ async fn serve(listener: TcpListener, store: Arc<Mutex<Store>>, mut stopped: one
 
 async fn answer(mut stream: TcpStream, store: Arc<Mutex<Store>>) {
     let response = match http::read_request(&mut stream).await {
-        Ok(Some(request)) => routes::handle(&mut store.lock().unwrap_or_else(|p| p.into_inner()), &request),
+        Ok(Some(request)) => routes::handle(
+            &mut store.lock().unwrap_or_else(|p| p.into_inner()),
+            &request,
+        ),
         Ok(None) => return,
         Err(err) => {
-            let body = store::ApiError::new(400, 400, format!("bad request: {err:#}")).body().to_string();
+            let body = store::ApiError::new(400, 400, format!("bad request: {err:#}"))
+                .body()
+                .to_string();
             http::Response { status: 400, body }
         }
     };
@@ -140,7 +161,12 @@ mod tests {
     use std::io::{Read, Write};
 
     /// A blocking HTTP/1.1 client good for one request per connection: enough to test over real sockets.
-    fn call(registry: &RegistryDouble, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    fn call(
+        registry: &RegistryDouble,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
         let mut stream = std::net::TcpStream::connect(registry.addr()).unwrap();
         let body = body.map(Value::to_string).unwrap_or_default();
         let request = format!(
@@ -155,11 +181,17 @@ mod tests {
         let (head, body) = response.split_once("\r\n\r\n").expect("a response head");
         let status = head.split(' ').nth(1).unwrap().parse().unwrap();
         assert!(head.contains(http::CONTENT_TYPE), "{head}");
-        (status, serde_json::from_str(body).unwrap_or_else(|err| panic!("{err}: {body}")))
+        (
+            status,
+            serde_json::from_str(body).unwrap_or_else(|err| panic!("{err}: {body}")),
+        )
     }
 
     fn schema(fields: &[&str]) -> String {
-        let fields: Vec<Value> = fields.iter().map(|f| json!({ "name": f, "type": "string" })).collect();
+        let fields: Vec<Value> = fields
+            .iter()
+            .map(|f| json!({ "name": f, "type": "string" }))
+            .collect();
         json!({ "type": "record", "name": "Row", "fields": fields }).to_string()
     }
 
@@ -171,46 +203,104 @@ mod tests {
         let path = "/subjects/shop.public.orders-value/versions";
 
         assert_eq!(
-            call(&registry, "POST", path, Some(&json!({ "schema": v1, "schemaType": "AVRO" }))),
+            call(
+                &registry,
+                "POST",
+                path,
+                Some(&json!({ "schema": v1, "schemaType": "AVRO" }))
+            ),
             (200, json!({ "id": 1 }))
         );
         // Same schema with other whitespace: same id, no new version.
-        let v1_pretty = serde_json::to_string_pretty(&serde_json::from_str::<Value>(&v1).unwrap()).unwrap();
-        assert_eq!(call(&registry, "POST", path, Some(&json!({ "schema": v1_pretty }))), (200, json!({ "id": 1 })));
-        assert_eq!(call(&registry, "POST", path, Some(&json!({ "schema": v2 }))), (200, json!({ "id": 2 })));
+        let v1_pretty =
+            serde_json::to_string_pretty(&serde_json::from_str::<Value>(&v1).unwrap()).unwrap();
+        assert_eq!(
+            call(
+                &registry,
+                "POST",
+                path,
+                Some(&json!({ "schema": v1_pretty }))
+            ),
+            (200, json!({ "id": 1 }))
+        );
+        assert_eq!(
+            call(&registry, "POST", path, Some(&json!({ "schema": v2 }))),
+            (200, json!({ "id": 2 }))
+        );
         assert_eq!(call(&registry, "GET", path, None), (200, json!([1, 2])));
 
-        let (status, found) =
-            call(&registry, "POST", "/subjects/shop.public.orders-value", Some(&json!({ "schema": v1 })));
+        let (status, found) = call(
+            &registry,
+            "POST",
+            "/subjects/shop.public.orders-value",
+            Some(&json!({ "schema": v1 })),
+        );
         assert_eq!(status, 200);
-        assert_eq!(found, json!({ "subject": "shop.public.orders-value", "id": 1, "version": 1, "schema": v1 }));
-        let (status, missing) =
-            call(&registry, "POST", "/subjects/shop.public.orders-value", Some(&json!({ "schema": schema(&["z"]) })));
+        assert_eq!(
+            found,
+            json!({ "subject": "shop.public.orders-value", "id": 1, "version": 1, "schema": v1 })
+        );
+        let (status, missing) = call(
+            &registry,
+            "POST",
+            "/subjects/shop.public.orders-value",
+            Some(&json!({ "schema": schema(&["z"]) })),
+        );
         assert_eq!((status, &missing["error_code"]), (404, &json!(40403)));
 
-        assert_eq!(call(&registry, "GET", "/schemas/ids/2", None), (200, json!({ "schema": v2 })));
+        assert_eq!(
+            call(&registry, "GET", "/schemas/ids/2", None),
+            (200, json!({ "schema": v2 }))
+        );
         assert_eq!(call(&registry, "GET", "/schemas/ids/3", None).0, 404);
-        let (_, latest) = call(&registry, "GET", "/subjects/shop.public.orders-value/versions/latest", None);
+        let (_, latest) = call(
+            &registry,
+            "GET",
+            "/subjects/shop.public.orders-value/versions/latest",
+            None,
+        );
         assert_eq!((&latest["id"], &latest["version"]), (&json!(2), &json!(2)));
-        assert_eq!(call(&registry, "GET", "/config", None), (200, json!({ "compatibilityLevel": "BACKWARD" })));
+        assert_eq!(
+            call(&registry, "GET", "/config", None),
+            (200, json!({ "compatibilityLevel": "BACKWARD" }))
+        );
 
         assert_eq!(registry.schemas(), vec![(1, v1), (2, v2)]);
-        assert_eq!(registry.subjects(), vec!["shop.public.orders-value".to_owned()]);
+        assert_eq!(
+            registry.subjects(),
+            vec!["shop.public.orders-value".to_owned()]
+        );
     }
 
     #[test]
     fn subjects_in_paths_are_percent_decoded() {
         let registry = RegistryDouble::start().unwrap();
         let body = json!({ "schema": "\"string\"" });
-        assert_eq!(call(&registry, "POST", "/subjects/odd%2Fname%20x/versions", Some(&body)).0, 200);
-        assert_eq!(call(&registry, "GET", "/subjects", None), (200, json!(["odd/name x"])));
+        assert_eq!(
+            call(
+                &registry,
+                "POST",
+                "/subjects/odd%2Fname%20x/versions",
+                Some(&body)
+            )
+            .0,
+            200
+        );
+        assert_eq!(
+            call(&registry, "GET", "/subjects", None),
+            (200, json!(["odd/name x"]))
+        );
     }
 
     #[test]
     fn errors_follow_confluent_codes() {
         let registry = RegistryDouble::start().unwrap();
-        let (status, body) =
-            call(&registry, "POST", "/subjects/t-value/versions", Some(&json!({ "schema": "{not json" })));
+        let (status, body) = call(
+            &registry,
+            "POST",
+            "/subjects/t-value/versions",
+            Some(&json!({ "schema": "{not json" })),
+        );
         assert_eq!((status, &body["error_code"]), (422, &json!(42201)));
         let (status, body) = call(&registry, "GET", "/nowhere", None);
         assert_eq!((status, &body["error_code"]), (404, &json!(404)));
@@ -218,8 +308,12 @@ mod tests {
         assert_eq!((status, &body["error_code"]), (404, &json!(40401)));
 
         registry.set_reject_all(true);
-        let (status, body) =
-            call(&registry, "POST", "/subjects/t-value/versions", Some(&json!({ "schema": "\"long\"" })));
+        let (status, body) = call(
+            &registry,
+            "POST",
+            "/subjects/t-value/versions",
+            Some(&json!({ "schema": "\"long\"" })),
+        );
         assert_eq!((status, &body["error_code"]), (409, &json!(409)));
         assert!(registry.schemas().is_empty());
     }
@@ -229,7 +323,10 @@ mod tests {
         // The double has its own runtime: a current-thread test runtime doing blocking calls cannot starve it.
         let registry = RegistryDouble::start().unwrap();
         let body = json!({ "schema": "\"string\"" });
-        assert_eq!(call(&registry, "POST", "/subjects/s/versions", Some(&body)), (200, json!({ "id": 1 })));
+        assert_eq!(
+            call(&registry, "POST", "/subjects/s/versions", Some(&body)),
+            (200, json!({ "id": 1 }))
+        );
     }
 
     #[test]
@@ -237,6 +334,9 @@ mod tests {
         let registry = RegistryDouble::start().unwrap();
         let addr = registry.addr();
         drop(registry);
-        assert!(std::net::TcpStream::connect(addr).is_err(), "{addr} still accepts connections");
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "{addr} still accepts connections"
+        );
     }
 }

@@ -41,7 +41,11 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<String>, 
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "-h" | "--help" => return Ok(None),
-            "--listen" => listen = args.next().ok_or("--listen needs an address, e.g. 127.0.0.1:8081")?,
+            "--listen" => {
+                listen = args
+                    .next()
+                    .ok_or("--listen needs an address, e.g. 127.0.0.1:8081")?
+            }
             other => match other.strip_prefix("--listen=") {
                 Some(addr) => listen = addr.to_owned(),
                 None => return Err(format!("unknown argument `{other}`")),

@@ -30,7 +30,12 @@ pub struct Record {
 /// nothing new arrived for a short quiet period, or until `timeout`. Returns what was read (sorted by
 /// partition, then offset) in either case: the caller asserts on it. A topic that never appears gives an
 /// empty result.
-pub async fn read_topic(bootstrap: &str, topic: &str, min_messages: usize, timeout: Duration) -> Result<Vec<Record>> {
+pub async fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    min_messages: usize,
+    timeout: Duration,
+) -> Result<Vec<Record>> {
     let deadline = Instant::now() + timeout;
     let partitions = {
         let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
@@ -44,22 +49,26 @@ pub async fn read_topic(bootstrap: &str, topic: &str, min_messages: usize, timeo
         return Ok(Vec::new());
     }
 
-    let consumer: StreamConsumer =
-        reader_config(bootstrap).create().with_context(|| format!("creating a Kafka consumer for {bootstrap}"))?;
+    let consumer: StreamConsumer = reader_config(bootstrap)
+        .create()
+        .with_context(|| format!("creating a Kafka consumer for {bootstrap}"))?;
     let mut assignment = TopicPartitionList::new();
     for partition in &partitions {
         assignment
             .add_partition_offset(topic, *partition, Offset::Beginning)
             .with_context(|| format!("assigning {topic}/{partition}"))?;
     }
-    consumer.assign(&assignment).with_context(|| format!("assigning the partitions of `{topic}`"))?;
+    consumer
+        .assign(&assignment)
+        .with_context(|| format!("assigning the partitions of `{topic}`"))?;
 
     let mut records = Vec::new();
     let mut last_error = None;
     let mut last_progress = Instant::now();
     loop {
         let now = Instant::now();
-        if now >= deadline || (records.len() >= min_messages && now - last_progress >= QUIET_PERIOD) {
+        if now >= deadline || (records.len() >= min_messages && now - last_progress >= QUIET_PERIOD)
+        {
             break;
         }
         match tokio::time::timeout(POLL_SLICE.min(deadline - now), consumer.recv()).await {
@@ -76,8 +85,13 @@ pub async fn read_topic(bootstrap: &str, topic: &str, min_messages: usize, timeo
         }
     }
     if records.len() < min_messages {
-        let error = last_error.map(|err| format!("; last consumer error: {err}")).unwrap_or_default();
-        eprintln!("read_topic: {} of {min_messages} messages from `{topic}` within {timeout:?}{error}", records.len());
+        let error = last_error
+            .map(|err| format!("; last consumer error: {err}"))
+            .unwrap_or_default();
+        eprintln!(
+            "read_topic: {} of {min_messages} messages from `{topic}` within {timeout:?}{error}",
+            records.len()
+        );
     }
     records.sort_by_key(|record| (record.partition, record.offset));
     Ok(records)
@@ -89,7 +103,10 @@ fn reader_config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("sluice-testkit-reader-{}", crate::random_hex()))
+        .set(
+            "group.id",
+            format!("sluice-testkit-reader-{}", crate::random_hex()),
+        )
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -99,11 +116,16 @@ fn reader_config(bootstrap: &str) -> ClientConfig {
 
 /// The partition ids of `topic`, waiting for it to exist until `deadline` (empty if it never does).
 fn partitions_of(bootstrap: &str, topic: &str, deadline: Instant) -> Result<Vec<i32>> {
-    let consumer: BaseConsumer =
-        reader_config(bootstrap).create().with_context(|| format!("creating a Kafka consumer for {bootstrap}"))?;
+    let consumer: BaseConsumer = reader_config(bootstrap)
+        .create()
+        .with_context(|| format!("creating a Kafka consumer for {bootstrap}"))?;
     loop {
         if let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(2)) {
-            if let Some(found) = metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()) {
+            if let Some(found) = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+            {
                 let mut ids: Vec<i32> = found.partitions().iter().map(|p| p.id()).collect();
                 if !ids.is_empty() {
                     ids.sort_unstable();
@@ -122,7 +144,15 @@ fn to_record(message: &impl Message) -> Record {
     let headers = message
         .headers()
         .map(|headers| {
-            headers.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect()
+            headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                    )
+                })
+                .collect()
         })
         .unwrap_or_default();
     Record {

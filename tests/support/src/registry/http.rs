@@ -34,7 +34,10 @@ where
             bail!("request head longer than {MAX_HEAD} bytes");
         }
         let mut chunk = [0u8; 4096];
-        let read = stream.read(&mut chunk).await.context("reading the request")?;
+        let read = stream
+            .read(&mut chunk)
+            .await
+            .context("reading the request")?;
         if read == 0 {
             if buffer.is_empty() {
                 return Ok(None);
@@ -47,17 +50,27 @@ where
     let mut lines = head.split("\r\n");
     let request_line = lines.next().unwrap_or_default();
     let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(_version)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(target), Some(_version)) = (parts.next(), parts.next(), parts.next())
+    else {
         bail!("malformed request line `{request_line}`");
     };
-    let (method, path) = (method.to_owned(), target.split('?').next().unwrap_or_default().to_owned());
+    let (method, path) = (
+        method.to_owned(),
+        target.split('?').next().unwrap_or_default().to_owned(),
+    );
     let mut content_length = 0usize;
     let mut expect_continue = false;
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else { bail!("malformed header line `{line}`") };
+        let Some((name, value)) = line.split_once(':') else {
+            bail!("malformed header line `{line}`")
+        };
         let value = value.trim();
         match name.trim().to_ascii_lowercase().as_str() {
-            "content-length" => content_length = value.parse().with_context(|| format!("Content-Length `{value}`"))?,
+            "content-length" => {
+                content_length = value
+                    .parse()
+                    .with_context(|| format!("Content-Length `{value}`"))?
+            }
             "transfer-encoding" if !value.eq_ignore_ascii_case("identity") => {
                 bail!("Transfer-Encoding `{value}` is not supported, send a Content-Length")
             }
@@ -71,13 +84,22 @@ where
     let mut body = buffer.split_off(head_end + 4);
     if expect_continue && body.len() < content_length {
         // curl waits for this before sending bodies over 1 KiB.
-        stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.context("writing 100 Continue")?;
+        stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .context("writing 100 Continue")?;
     }
     while body.len() < content_length {
         let mut chunk = vec![0u8; (content_length - body.len()).min(64 * 1024)];
-        let read = stream.read(&mut chunk).await.context("reading the request body")?;
+        let read = stream
+            .read(&mut chunk)
+            .await
+            .context("reading the request body")?;
         if read == 0 {
-            bail!("connection closed after {} of {content_length} body bytes", body.len());
+            bail!(
+                "connection closed after {} of {content_length} body bytes",
+                body.len()
+            );
         }
         body.extend_from_slice(&chunk[..read]);
     }
@@ -85,15 +107,24 @@ where
     Ok(Some(Request { method, path, body }))
 }
 
-pub(crate) async fn write_response<S: AsyncWriteExt + Unpin>(stream: &mut S, response: &Response) -> Result<()> {
+pub(crate) async fn write_response<S: AsyncWriteExt + Unpin>(
+    stream: &mut S,
+    response: &Response,
+) -> Result<()> {
     let head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         response.status,
         reason(response.status),
         response.body.len()
     );
-    stream.write_all(head.as_bytes()).await.context("writing the response head")?;
-    stream.write_all(response.body.as_bytes()).await.context("writing the response body")?;
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .context("writing the response head")?;
+    stream
+        .write_all(response.body.as_bytes())
+        .await
+        .context("writing the response body")?;
     stream.flush().await.context("flushing the response")
 }
 
@@ -122,7 +153,9 @@ pub(crate) fn percent_decode(segment: &str) -> String {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|window| window == needle)
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
 }
 
 fn reason(status: u16) -> &'static str {
@@ -144,7 +177,10 @@ mod tests {
     #[test]
     fn percent_escapes_are_decoded() {
         assert_eq!(percent_decode("a%2Fb%20c"), "a/b c");
-        assert_eq!(percent_decode("shop.public.orders-value"), "shop.public.orders-value");
+        assert_eq!(
+            percent_decode("shop.public.orders-value"),
+            "shop.public.orders-value"
+        );
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz%e2%9c%93"), "%zz✓");
     }

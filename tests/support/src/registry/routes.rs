@@ -7,14 +7,25 @@ use super::store::{ApiError, Store, VersionRef};
 
 pub(crate) fn handle(store: &mut Store, request: &Request) -> Response {
     match route(store, request) {
-        Ok(body) => Response { status: 200, body: body.to_string() },
-        Err(err) => Response { status: err.status, body: err.body().to_string() },
+        Ok(body) => Response {
+            status: 200,
+            body: body.to_string(),
+        },
+        Err(err) => Response {
+            status: err.status,
+            body: err.body().to_string(),
+        },
     }
 }
 
 fn route(store: &mut Store, request: &Request) -> Result<Value, ApiError> {
     // Split before decoding, so an escaped `/` stays inside its subject.
-    let segments: Vec<String> = request.path.trim_matches('/').split('/').map(percent_decode).collect();
+    let segments: Vec<String> = request
+        .path
+        .trim_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect();
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let method = request.method.as_str();
     match (method, segments.as_slice()) {
@@ -33,14 +44,25 @@ fn route(store: &mut Store, request: &Request) -> Result<Value, ApiError> {
             Ok(store.version(subject, version_ref(version)?)?.body())
         }
         ("GET", ["schemas", "ids", id]) => {
-            let id = id.parse().map_err(|_| ApiError::new(404, 40403, format!("Schema {id} not found")))?;
+            let id = id
+                .parse()
+                .map_err(|_| ApiError::new(404, 40403, format!("Schema {id} not found")))?;
             Ok(json!({ "schema": store.schema_by_id(id)? }))
         }
         (_, ["config"] | ["subjects"] | ["subjects", _] | ["subjects", _, "versions"])
-        | (_, ["subjects", _, "versions", _] | ["schemas", "ids", _]) => {
-            Err(ApiError::new(405, 405, format!("HTTP method {method} is not supported on {}", request.path)))
-        }
-        _ => Err(ApiError::new(404, 404, format!("{} {} is not served by the registry double", method, request.path))),
+        | (_, ["subjects", _, "versions", _] | ["schemas", "ids", _]) => Err(ApiError::new(
+            405,
+            405,
+            format!("HTTP method {method} is not supported on {}", request.path),
+        )),
+        _ => Err(ApiError::new(
+            404,
+            404,
+            format!(
+                "{} {} is not served by the registry double",
+                method, request.path
+            ),
+        )),
     }
 }
 
@@ -49,7 +71,9 @@ fn schema_of(body: &[u8]) -> Result<String, ApiError> {
     let body: Value = serde_json::from_slice(body).map_err(ApiError::invalid_schema)?;
     if let Some(kind) = body.get("schemaType").and_then(Value::as_str) {
         if kind != "AVRO" {
-            return Err(ApiError::invalid_schema(format!("schemaType {kind} is not supported by the registry double")));
+            return Err(ApiError::invalid_schema(format!(
+                "schemaType {kind} is not supported by the registry double"
+            )));
         }
     }
     match body.get("schema") {
@@ -61,8 +85,17 @@ fn schema_of(body: &[u8]) -> Result<String, ApiError> {
 fn version_ref(version: &str) -> Result<VersionRef, ApiError> {
     match version {
         "latest" | "-1" => Ok(VersionRef::Latest),
-        number => number.parse().ok().filter(|n| *n > 0).map(VersionRef::Number).ok_or_else(|| {
-            ApiError::new(422, 42202, format!("The specified version '{number}' is not a valid version id."))
-        }),
+        number => number
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(VersionRef::Number)
+            .ok_or_else(|| {
+                ApiError::new(
+                    422,
+                    42202,
+                    format!("The specified version '{number}' is not a valid version id."),
+                )
+            }),
     }
 }

@@ -15,7 +15,11 @@ pub(crate) struct ApiError {
 
 impl ApiError {
     pub fn new(status: u16, code: u32, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn body(&self) -> Value {
@@ -82,7 +86,10 @@ impl Store {
         let id = match self.find(&parsed) {
             Some(id) => id,
             None => {
-                self.schemas.push(StoredSchema { text: schema.to_owned(), parsed });
+                self.schemas.push(StoredSchema {
+                    text: schema.to_owned(),
+                    parsed,
+                });
                 self.schemas.len() as u32
             }
         };
@@ -96,10 +103,17 @@ impl Store {
     /// Finds `schema` among the versions of `subject`.
     pub fn lookup(&self, subject: &str, schema: &str) -> Result<SubjectVersion, ApiError> {
         let parsed = parse_schema(schema)?;
-        let versions = self.subjects.get(subject).ok_or_else(|| ApiError::subject_not_found(subject))?;
+        let versions = self
+            .subjects
+            .get(subject)
+            .ok_or_else(|| ApiError::subject_not_found(subject))?;
         let id = self.find(&parsed).filter(|id| versions.contains(id));
         let id = id.ok_or_else(|| ApiError::new(404, 40403, "Schema not found"))?;
-        let version = versions.iter().position(|v| *v == id).expect("id is among the versions") as u32 + 1;
+        let version = versions
+            .iter()
+            .position(|v| *v == id)
+            .expect("id is among the versions") as u32
+            + 1;
         Ok(self.subject_version(subject, version, id))
     }
 
@@ -116,12 +130,18 @@ impl Store {
     }
 
     pub fn versions(&self, subject: &str) -> Result<Vec<u32>, ApiError> {
-        let versions = self.subjects.get(subject).ok_or_else(|| ApiError::subject_not_found(subject))?;
+        let versions = self
+            .subjects
+            .get(subject)
+            .ok_or_else(|| ApiError::subject_not_found(subject))?;
         Ok((1..=versions.len() as u32).collect())
     }
 
     pub fn version(&self, subject: &str, which: VersionRef) -> Result<SubjectVersion, ApiError> {
-        let versions = self.subjects.get(subject).ok_or_else(|| ApiError::subject_not_found(subject))?;
+        let versions = self
+            .subjects
+            .get(subject)
+            .ok_or_else(|| ApiError::subject_not_found(subject))?;
         let version = match which {
             VersionRef::Latest => versions.len() as u32,
             VersionRef::Number(n) => n,
@@ -135,7 +155,11 @@ impl Store {
 
     /// Every schema with its id, in id order.
     pub fn schemas(&self) -> Vec<(u32, String)> {
-        self.schemas.iter().enumerate().map(|(index, stored)| (index as u32 + 1, stored.text.clone())).collect()
+        self.schemas
+            .iter()
+            .enumerate()
+            .map(|(index, stored)| (index as u32 + 1, stored.text.clone()))
+            .collect()
     }
 
     pub fn set_reject_all(&mut self, reject: bool) {
@@ -143,12 +167,20 @@ impl Store {
     }
 
     fn find(&self, parsed: &Value) -> Option<u32> {
-        self.schemas.iter().position(|stored| stored.parsed == *parsed).map(|index| index as u32 + 1)
+        self.schemas
+            .iter()
+            .position(|stored| stored.parsed == *parsed)
+            .map(|index| index as u32 + 1)
     }
 
     fn subject_version(&self, subject: &str, version: u32, id: u32) -> SubjectVersion {
         let schema = self.schemas[id as usize - 1].text.clone();
-        SubjectVersion { subject: subject.to_owned(), id, version, schema }
+        SubjectVersion {
+            subject: subject.to_owned(),
+            id,
+            version,
+            schema,
+        }
     }
 }
 
@@ -161,7 +193,8 @@ fn parse_schema(schema: &str) -> Result<Value, ApiError> {
 mod tests {
     use super::*;
 
-    const ORDER: &str = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"long"}]}"#;
+    const ORDER: &str =
+        r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"long"}]}"#;
     const ORDER_SPACED: &str = r#"{ "type": "record", "name": "Order",
         "fields": [ { "name": "id", "type": "long" } ] }"#;
     const ORDER_V2: &str = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"long"},{"name":"n","type":["null","string"],"default":null}]}"#;
@@ -181,11 +214,25 @@ mod tests {
         assert_eq!(store.register("orders-value", ORDER), Ok(1));
         assert_eq!(store.register("orders-value", ORDER_V2), Ok(2));
         assert_eq!(store.register("archive-value", ORDER_V2), Ok(2));
-        assert_eq!(store.version("orders-value", VersionRef::Latest).unwrap().version, 2);
-        let archived = store.version("archive-value", VersionRef::Number(1)).unwrap();
+        assert_eq!(
+            store
+                .version("orders-value", VersionRef::Latest)
+                .unwrap()
+                .version,
+            2
+        );
+        let archived = store
+            .version("archive-value", VersionRef::Number(1))
+            .unwrap();
         assert_eq!((archived.id, archived.version), (2, 1));
-        assert_eq!(store.lookup("orders-value", ORDER_SPACED).unwrap().version, 1);
-        assert_eq!(store.subjects(), vec!["archive-value".to_owned(), "orders-value".to_owned()]);
+        assert_eq!(
+            store.lookup("orders-value", ORDER_SPACED).unwrap().version,
+            1
+        );
+        assert_eq!(
+            store.subjects(),
+            vec!["archive-value".to_owned(), "orders-value".to_owned()]
+        );
     }
 
     #[test]
@@ -193,11 +240,26 @@ mod tests {
         let mut store = Store::default();
         store.register("orders-value", ORDER).unwrap();
         assert_eq!(store.lookup("nope", ORDER).unwrap_err().code, 40401);
-        assert_eq!(store.lookup("orders-value", ORDER_V2).unwrap_err().code, 40403);
+        assert_eq!(
+            store.lookup("orders-value", ORDER_V2).unwrap_err().code,
+            40403
+        );
         assert_eq!(store.schema_by_id(0).unwrap_err().code, 40403);
         assert_eq!(store.schema_by_id(2).unwrap_err().code, 40403);
-        assert_eq!(store.version("orders-value", VersionRef::Number(2)).unwrap_err().code, 40402);
-        assert_eq!(store.register("orders-value", "{not json").unwrap_err().code, 42201);
+        assert_eq!(
+            store
+                .version("orders-value", VersionRef::Number(2))
+                .unwrap_err()
+                .code,
+            40402
+        );
+        assert_eq!(
+            store
+                .register("orders-value", "{not json")
+                .unwrap_err()
+                .code,
+            42201
+        );
     }
 
     #[test]

@@ -1,0 +1,205 @@
+//! The end-to-end demo behind `scripts/demo.sh`: starts a private PostgreSQL, a tansu broker and the
+//! registry test double, runs `sluice run` against them, applies a small shop workload, and prints the
+//! events as `sluice tail` decodes them. Everything it starts is stopped at the end.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use sluice_testkit::broker::Tansu;
+use sluice_testkit::postgres::PgCluster;
+use sluice_testkit::registry::RegistryDouble;
+
+const SCHEMA: &str = "
+CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, email varchar(120), signed_up date);
+CREATE TABLE orders (
+    id bigint PRIMARY KEY,
+    customer_id int NOT NULL REFERENCES customers,
+    amount numeric(12,2),
+    status text,
+    ordered_at timestamptz DEFAULT now(),
+    items jsonb
+);";
+
+const WORKLOAD: &[&str] = &[
+    "INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com', '2024-03-01'), (2, 'Grace', NULL, '2024-05-17')",
+    "BEGIN; INSERT INTO orders (id, customer_id, amount, status, items) VALUES (100, 1, 42.50, 'new', '[{\"sku\": \"A-1\", \"qty\": 2}]'); UPDATE customers SET email = 'grace@example.com' WHERE id = 2; COMMIT",
+    "UPDATE orders SET status = 'paid' WHERE id = 100",
+    "INSERT INTO orders (id, customer_id, amount, status, items) VALUES (101, 2, 'NaN', 'broken', '[]')",
+    "INSERT INTO orders (id, customer_id, amount, status, items) VALUES (102, 2, 7.25, 'new', '[]')",
+    "DELETE FROM orders WHERE id = 102",
+];
+
+fn main() -> Result<()> {
+    let sluice = sluice_binary()?;
+    println!(
+        "== starting PostgreSQL (wal_level=logical), tansu and the schema-registry test double"
+    );
+    let pg = PgCluster::start()?;
+    let broker = Tansu::start()?;
+    let registry = RegistryDouble::start()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        pg.create_database("shop").await?;
+        pg.client("shop")
+            .await?
+            .batch_execute(SCHEMA)
+            .await
+            .context("create the demo tables")
+    })?;
+
+    let work = tempfile::tempdir()?;
+    let config = write_config(work.path(), &pg, &broker, &registry)?;
+    println!(
+        "== config ({})\n{}",
+        config.display(),
+        redact(&std::fs::read_to_string(&config)?, pg.password())
+    );
+
+    let log_path = work.path().join("sluice.log");
+    let mut daemon = Command::new(&sluice)
+        .args(["run", "-c"])
+        .arg(&config)
+        .stderr(std::fs::File::create(&log_path)?)
+        .stdout(Stdio::null())
+        .spawn()
+        .context("start sluice")?;
+    let streaming = runtime.block_on(wait_streaming(&pg));
+    if let Err(err) = streaming {
+        let _ = daemon.kill();
+        bail!(
+            "{err}\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
+
+    println!("== workload");
+    runtime.block_on(async {
+        let client = pg.client("shop").await?;
+        for statement in WORKLOAD {
+            println!("   {statement}");
+            client
+                .batch_execute(statement)
+                .await
+                .with_context(|| statement.to_string())?;
+        }
+        anyhow::Ok(())
+    })?;
+    std::thread::sleep(Duration::from_secs(3));
+
+    for topic in ["shop.public.customers", "shop.public.orders", "shop.dlq"] {
+        println!("== sluice tail {topic}");
+        let output = Command::new(&sluice)
+            .args(["tail", "-c"])
+            .arg(&config)
+            .arg(topic)
+            .output()?;
+        print!("{}", String::from_utf8_lossy(&output.stdout));
+        if !output.status.success() {
+            bail!(
+                "sluice tail {topic} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+
+    println!("== stopping sluice (SIGTERM)");
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()?;
+    let status = daemon.wait()?;
+    println!("   {status}");
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    println!("== sluice log\n{}", redact(&log, pg.password()));
+    let position = std::fs::read_to_string(work.path().join("positions/sluice.position.json"))
+        .unwrap_or_default();
+    println!("== stored position\n{position}");
+    if !status.success() {
+        bail!("sluice exited with {status}");
+    }
+    println!("== demo finished: PostgreSQL, tansu and the registry test double are stopped");
+    Ok(())
+}
+
+/// The sluice binary next to this one (both are built by `cargo build --workspace`), or $SLUICE_BIN.
+fn sluice_binary() -> Result<PathBuf> {
+    if let Ok(path) = std::env::var("SLUICE_BIN") {
+        return Ok(path.into());
+    }
+    let here = std::env::current_exe()?;
+    let path = here.with_file_name("sluice");
+    if !path.exists() {
+        bail!(
+            "{} not found: build it first (cargo build --workspace) or set SLUICE_BIN",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn write_config(
+    dir: &Path,
+    pg: &PgCluster,
+    broker: &Tansu,
+    registry: &RegistryDouble,
+) -> Result<PathBuf> {
+    let text = format!(
+        r#"[source]
+kind = "postgres"
+url = "postgres://postgres:${{DEMO_PGPASSWORD}}@127.0.0.1:{port}/shop"
+slot = "sluice"
+publication = "sluice"
+tables = ["public.*"]
+status_interval_secs = 1
+
+[sink]
+kind = "kafka"
+brokers = "{brokers}"
+topic_prefix = "shop"
+dead_letter_topic = "shop.dlq"
+topic_partitions = 1
+topic_replication_factor = 1
+[sink.kafka]
+"compression.type" = "zstd"
+
+[avro]
+registry_url = "{registry}"
+
+[positions]
+dir = "{positions}"
+"#,
+        port = pg.port(),
+        brokers = broker.bootstrap(),
+        registry = registry.url(),
+        positions = dir.join("positions").display(),
+    );
+    // The password reaches sluice through the environment, as a deployment would pass a secret.
+    std::env::set_var("DEMO_PGPASSWORD", pg.password());
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+async fn wait_streaming(pg: &PgCluster) -> Result<()> {
+    let client = pg.client("shop").await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let row = client
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = 'sluice'",
+                &[],
+            )
+            .await?;
+        if row.is_some_and(|r| r.get::<_, bool>(0)) {
+            println!("== sluice is streaming from slot `sluice`");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("sluice did not start streaming within 60 s")
+}
+
+fn redact(text: &str, secret: &str) -> String {
+    text.replace(secret, "***")
+}
