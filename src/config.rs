@@ -14,6 +14,7 @@ use std::str::FromStr;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use tokio_postgres::config::SslMode;
 use toml::Spanned;
 
 /// The whole configuration file.
@@ -47,7 +48,7 @@ pub struct SourceConfig {
     pub tables: Spanned<Vec<Spanned<EnvString>>>,
     /// Seconds between standby status updates sent to the server.
     #[serde(default = "default_status_interval_secs")]
-    pub status_interval_secs: u64,
+    pub status_interval_secs: Spanned<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -71,10 +72,10 @@ pub struct SinkConfig {
     pub create_topics: bool,
     /// Partitions of topics sluice creates; -1 leaves it to the broker's default.
     #[serde(default = "default_broker_setting")]
-    pub topic_partitions: i32,
+    pub topic_partitions: Spanned<i32>,
     /// Replication factor of topics sluice creates; -1 leaves it to the broker's default.
     #[serde(default = "default_broker_setting")]
-    pub topic_replication_factor: i32,
+    pub topic_replication_factor: Spanned<i32>,
     /// librdkafka producer properties, passed through.
     #[serde(default)]
     pub kafka: BTreeMap<String, Spanned<PropertyValue>>,
@@ -99,13 +100,18 @@ fn default_true() -> bool {
     true
 }
 
-fn default_broker_setting() -> i32 {
-    -1
+// Defaults carry an empty span: they are valid, so no problem ever points at them.
+fn default_broker_setting() -> Spanned<i32> {
+    Spanned::new(0..0, -1)
 }
 
-fn default_status_interval_secs() -> u64 {
-    10
+fn default_status_interval_secs() -> Spanned<u64> {
+    Spanned::new(0..0, 10)
 }
+
+/// The server drops a replication client that stays silent for `wal_sender_timeout` (60 s by default); status
+/// updates must come well within it.
+const MAX_STATUS_INTERVAL_SECS: u64 = 30;
 
 /// A string value with `${VAR}` references already replaced from the environment.
 #[derive(Clone, PartialEq, Eq)]
@@ -312,12 +318,16 @@ impl Config {
                 report("source.tables", table.span(), message);
             }
         }
-        if source.status_interval_secs == 0 || source.status_interval_secs > 3600 {
-            let span = source.url.span();
+        let interval = *source.status_interval_secs.get_ref();
+        if interval == 0 || interval > MAX_STATUS_INTERVAL_SECS {
+            let message = format!(
+                "must be between 1 and {MAX_STATUS_INTERVAL_SECS} seconds: PostgreSQL drops a replication \
+                 client that stays silent for wal_sender_timeout (60 s by default)"
+            );
             report(
                 "source.status_interval_secs",
-                span,
-                "must be between 1 and 3600 seconds".into(),
+                source.status_interval_secs.span(),
+                message,
             );
         }
 
@@ -340,20 +350,18 @@ impl Config {
                 report(&format!("sink.kafka.\"{name}\""), value.span(), message);
             }
         }
-        if sink.topic_partitions == 0 || sink.topic_partitions < -1 {
-            report(
-                "sink.topic_partitions",
-                sink.brokers.span(),
-                "must be -1 (broker default) or at least 1".into(),
-            );
-        }
-        if sink.topic_replication_factor == 0 || sink.topic_replication_factor < -1 {
-            let message = "must be -1 (broker default) or at least 1".into();
-            report(
+        for (key, setting) in [
+            ("sink.topic_partitions", &sink.topic_partitions),
+            (
                 "sink.topic_replication_factor",
-                sink.brokers.span(),
-                message,
-            );
+                &sink.topic_replication_factor,
+            ),
+        ] {
+            let value = *setting.get_ref();
+            if value == 0 || value < -1 {
+                let message = format!("is {value}; must be -1 (broker default) or at least 1");
+                report(key, setting.span(), message);
+            }
         }
 
         if let Err(message) = check_http_url(self.avro.registry_url.get_ref().as_str()) {
@@ -515,6 +523,11 @@ fn check_postgres_url(url: &str) -> Result<(), String> {
     if config.get_dbname().is_none() {
         return Err("names no database: write postgres://user@host:port/database".into());
     }
+    if !matches!(config.get_ssl_mode(), SslMode::Disable | SslMode::Prefer) {
+        return Err("sslmode: sluice does not yet speak TLS to PostgreSQL; use sslmode=disable (or prefer, \
+                    which connects without TLS) on a trusted network"
+            .into());
+    }
     Ok(())
 }
 
@@ -584,6 +597,11 @@ fn check_producer_property(name: &str, value: &str) -> Result<(), String> {
         "partitioner" if lowered != "murmur2_random" && lowered != "murmur2" => {
             Err("sluice uses Java's murmur2 partitioning so that a key lands where other Kafka clients put it".into())
         }
+        // A message that times out is dropped by the producer; sluice waits for the broker instead.
+        "message.timeout.ms" | "delivery.timeout.ms" if lowered != "0" => Err(
+            "a delivery timeout would drop events while the broker is away; sluice waits for it instead (0)".into(),
+        ),
+        "transactional.id" => Err("sluice does not use Kafka transactions; remove it".into()),
         _ => Ok(()),
     }
 }
@@ -678,7 +696,7 @@ dir = "/var/lib/sluice"
         assert_eq!(config.source.kind, SourceKind::Postgres);
         assert_eq!(config.sink.topic_prefix.get_ref().as_str(), "shop");
         assert!(config.sink.create_topics);
-        assert_eq!(config.source.status_interval_secs, 10);
+        assert_eq!(*config.source.status_interval_secs.get_ref(), 10);
         let props: Vec<_> = config.kafka_properties().collect();
         assert_eq!(
             props,
@@ -755,6 +773,51 @@ dir = "/var/lib/sluice"
                 "avro.registry_url"
             ]
         );
+    }
+
+    #[test]
+    fn numeric_settings_are_located_at_their_own_line() {
+        let text = GOOD
+            .replace(
+                "tables = [\"public.orders\", \"public.*\"]",
+                "tables = [\"public.orders\", \"public.*\"]\nstatus_interval_secs = 120",
+            )
+            .replace(
+                "dead_letter_topic = \"shop.dlq\"",
+                "dead_letter_topic = \"shop.dlq\"\ntopic_partitions = 0\ntopic_replication_factor = -3",
+            );
+        let found = problems(&text);
+        let located: Vec<(&str, usize)> = found.iter().map(|p| (p.key.as_str(), p.line)).collect();
+        assert_eq!(
+            located,
+            [
+                ("source.status_interval_secs", 8),
+                ("sink.topic_partitions", 15),
+                ("sink.topic_replication_factor", 16)
+            ]
+        );
+        assert!(
+            found[0].message.contains("wal_sender_timeout"),
+            "{}",
+            found[0].message
+        );
+    }
+
+    #[test]
+    fn settings_that_would_drop_or_hide_events_are_refused() {
+        let text = GOOD.replace("\"linger.ms\" = 5", "\"message.timeout.ms\" = 30000");
+        let found = problems(&text);
+        assert_eq!(found[0].key, "sink.kafka.\"message.timeout.ms\"");
+        assert!(
+            found[0].message.contains("drop events"),
+            "{}",
+            found[0].message
+        );
+
+        let text = GOOD.replace("5432/shop", "5432/shop?sslmode=require");
+        let found = problems(&text);
+        assert_eq!(found[0].key, "source.url");
+        assert!(found[0].message.contains("TLS"), "{}", found[0].message);
     }
 
     #[test]

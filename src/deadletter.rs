@@ -2,6 +2,8 @@
 //! dead-letter topic with the stage that failed, the reason, the source position and the change itself, so
 //! that nothing vanishes and the stream goes on.
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use serde_json::{json, Map, Value as Json};
 
 use crate::event::{ChangeEvent, Numeric, Row, Table, Value};
@@ -28,9 +30,10 @@ impl Stage {
 }
 
 /// A dead letter ready to produce.
+#[derive(Clone, Debug)]
 pub struct DeadLetter {
     pub value: Vec<u8>,
-    pub headers: Vec<(&'static str, Vec<u8>)>,
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 /// Builds the dead letter for `event`, which was meant for `topic`.
@@ -59,25 +62,24 @@ pub fn for_event(
             "commit_lsn": source.commit_lsn.to_string(),
             "ts_ms": source.commit_time_us.div_euclid(1000),
         },
+        "key": event.key_row().and_then(|row| key_json(&event.table, row)),
         "before": event.before.as_ref().map(|row| row_json(&event.table, row)),
         "after": event.after.as_ref().map(|row| row_json(&event.table, row)),
     });
-    let headers = vec![
-        ("sluice.dlq.stage", stage.as_str().as_bytes().to_vec()),
-        ("sluice.dlq.reason", reason.as_bytes().to_vec()),
-        ("sluice.dlq.topic", topic.as_bytes().to_vec()),
-        ("sluice.lsn", source.lsn.to_string().into_bytes()),
-        ("sluice.txid", source.txid.to_string().into_bytes()),
-    ];
+    let mut headers = letter_headers(stage, reason, topic);
+    headers.push(("sluice.lsn".into(), source.lsn.to_string().into_bytes()));
+    headers.push(("sluice.txid".into(), source.txid.to_string().into_bytes()));
     DeadLetter {
         value: serde_json::to_vec(&record).unwrap_or_default(),
         headers,
     }
 }
 
-/// Builds the dead letter for a message the broker refused, from what the message itself still carries.
+/// Builds the dead letter for a message the broker refused, from what the message itself carries: its key
+/// and value bytes (Confluent-framed Avro, base64) and its headers, so that it can be decoded and replayed.
 pub fn for_refused_message(
     topic: &str,
+    key: Option<&[u8]>,
     payload: Option<&[u8]>,
     headers: &[(String, Vec<u8>)],
     reason: &str,
@@ -89,6 +91,10 @@ pub fn for_refused_message(
             .find(|(k, _)| k == name)
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     };
+    let original_headers: Map<String, Json> = headers
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(String::from_utf8_lossy(v))))
+        .collect();
     let record = json!({
         "stage": Stage::Produce.as_str(),
         "reason": reason,
@@ -96,25 +102,73 @@ pub fn for_refused_message(
         "sluice_version": env!("CARGO_PKG_VERSION"),
         "topic": topic,
         "source": { "lsn": header("sluice.lsn"), "txId": header("sluice.txid") },
-        "payload_bytes": payload.map_or(0, <[u8]>::len),
+        "key_schema_id": key.and_then(confluent_schema_id),
+        "key_base64": key.map(|k| BASE64.encode(k)),
+        "value_schema_id": payload.and_then(confluent_schema_id),
+        "value_base64": payload.map(|p| BASE64.encode(p)),
+        "headers": original_headers,
     });
-    let mut out_headers = vec![
-        (
-            "sluice.dlq.stage",
-            Stage::Produce.as_str().as_bytes().to_vec(),
-        ),
-        ("sluice.dlq.reason", reason.as_bytes().to_vec()),
-        ("sluice.dlq.topic", topic.as_bytes().to_vec()),
-    ];
+    let mut out_headers = letter_headers(Stage::Produce, reason, topic);
     for name in ["sluice.lsn", "sluice.txid"] {
         if let Some(value) = header(name) {
-            out_headers.push((name, value.into_bytes()));
+            out_headers.push((name.into(), value.into_bytes()));
         }
     }
     DeadLetter {
         value: serde_json::to_vec(&record).unwrap_or_default(),
         headers: out_headers,
     }
+}
+
+/// The headers every dead letter has: what failed, why, and where the message was meant to go.
+fn letter_headers(stage: Stage, reason: &str, topic: &str) -> Vec<(String, Vec<u8>)> {
+    vec![
+        (
+            "sluice.dlq.stage".into(),
+            stage.as_str().as_bytes().to_vec(),
+        ),
+        ("sluice.dlq.reason".into(), reason.as_bytes().to_vec()),
+        ("sluice.dlq.topic".into(), topic.as_bytes().to_vec()),
+    ]
+}
+
+/// The schema id of a Confluent-framed message (magic byte 0, then a big-endian id).
+fn confluent_schema_id(bytes: &[u8]) -> Option<u32> {
+    match bytes {
+        [0, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
+/// Fields that carry the change itself; everything else in a dead letter is small.
+const BULKY_FIELDS: [&str; 4] = ["before", "after", "key_base64", "value_base64"];
+
+/// A smaller form of a dead letter the broker refused as too large: the row data is left out, the key, the
+/// reason and the source position stay, so the change can still be found and replayed from the database.
+/// None when the letter is already the smaller form.
+pub fn shrink(letter: &DeadLetter) -> Option<DeadLetter> {
+    let mut record: Map<String, Json> = serde_json::from_slice(&letter.value).ok()?;
+    if record.contains_key("omitted") {
+        return None;
+    }
+    let omitted: Vec<&str> = BULKY_FIELDS
+        .into_iter()
+        .filter(|field| record.remove(*field).is_some())
+        .collect();
+    record.insert("omitted".into(), json!(omitted));
+    Some(DeadLetter {
+        value: serde_json::to_vec(&record).ok()?,
+        headers: letter.headers.clone(),
+    })
+}
+
+/// The key columns of a row, or None for a table without a key.
+fn key_json(table: &Table, row: &Row) -> Option<Json> {
+    let key: Map<String, Json> = table
+        .key_columns()
+        .map(|(i, column)| (column.name.clone(), value_json(&row[i])))
+        .collect();
+    (!key.is_empty()).then_some(Json::Object(key))
 }
 
 /// A row as a JSON object keyed by column name.
@@ -197,6 +251,44 @@ mod tests {
         assert_eq!(finite("0", 0), "0");
         assert_eq!(finite("700", 0), "700");
         assert_eq!(numeric_text(&Numeric::NaN), "NaN");
+    }
+
+    #[test]
+    fn a_refused_message_keeps_its_bytes_and_headers() {
+        let key = [0, 0, 0, 0, 7, 2];
+        let payload = [0, 0, 0, 1, 2, 9, 9, 9];
+        let headers = vec![
+            ("sluice.lsn".to_owned(), b"0/16B3748".to_vec()),
+            ("sluice.txid".to_owned(), b"771".to_vec()),
+        ];
+        let letter = for_refused_message(
+            "shop.public.orders",
+            Some(&key),
+            Some(&payload),
+            &headers,
+            "too large",
+            5,
+        );
+        let record: Json = serde_json::from_slice(&letter.value).unwrap();
+        assert_eq!(record["key_schema_id"], json!(7));
+        assert_eq!(record["value_schema_id"], json!(258));
+        let value = BASE64
+            .decode(record["value_base64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(value, payload);
+        assert_eq!(record["headers"]["sluice.lsn"], json!("0/16B3748"));
+        assert_eq!(record["source"]["txId"], json!("771"));
+        assert!(letter
+            .headers
+            .iter()
+            .any(|(k, v)| k == "sluice.dlq.topic" && v == b"shop.public.orders"));
+
+        let small = shrink(&letter).unwrap();
+        let record: Json = serde_json::from_slice(&small.value).unwrap();
+        assert!(record.get("value_base64").is_none());
+        assert_eq!(record["omitted"], json!(["key_base64", "value_base64"]));
+        assert_eq!(record["source"]["lsn"], json!("0/16B3748"));
+        assert!(shrink(&small).is_none(), "the small form is final");
     }
 
     #[test]

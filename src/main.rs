@@ -169,15 +169,19 @@ async fn run(path: &std::path::Path) -> ExitCode {
     let Some(config) = load(path) else {
         return ExitCode::FAILURE;
     };
+    // Without handlers a SIGTERM would kill the daemon mid-transaction: refuse to start instead.
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(err), _) | (_, Err(err)) => {
+            eprintln!("error: cannot install the SIGTERM/SIGINT handlers: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: stopping after the open transaction"),
             _ = int.recv() => tracing::info!("SIGINT: stopping after the open transaction"),

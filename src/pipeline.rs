@@ -17,13 +17,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::avro::{self, EnvelopeContext, TableSchemas};
 use crate::config::Config;
 use crate::connectors::postgres::reader::{
-    PostgresSettings, PostgresSource, SourceError, StreamControl,
+    PostgresSettings, PostgresSource, Resume, SourceError, StreamControl,
 };
 use crate::deadletter::{self, Stage};
 use crate::event::{ChangeEvent, Lsn, Op, Position, SourceEvent, Table, Value};
 use crate::positions::{now_ms, AckTracker, PositionError, PositionStore};
 use crate::registry::{RegistryClient, RegistryError};
-use crate::sink::{FailedDelivery, KafkaSink, Outgoing, SinkError, SinkSettings};
+use crate::sink::{is_too_large, FailedDelivery, KafkaSink, Outgoing, SinkError, SinkSettings};
 
 /// Events buffered between the reader and the publishing loop.
 const EVENT_BUFFER: usize = 4096;
@@ -55,23 +55,29 @@ pub enum PipelineError {
 /// Runs until `stop` becomes true (then drains and returns Ok) or something fails.
 pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), PipelineError> {
     let settings = postgres_settings(config)?;
-    let store = PositionStore::open(
+    let mut store = PositionStore::open(
         std::path::Path::new(config.positions.dir.get_ref().as_str()),
         &settings.slot,
     )?;
-    let stored = store.load()?.map(|s| match s.position {
-        Position::Postgres { lsn } => lsn,
-    });
+    let stored_position = store.load()?;
 
     let tracker = Arc::new(AckTracker::new());
     let (mut sink, failures) = KafkaSink::new(SinkSettings::from_config(config), tracker.clone())?;
     sink.check_reachable(Duration::from_secs(15))?;
     let dead_letter_topic = config.sink.dead_letter_topic.get_ref().as_str().to_owned();
-    sink.ensure_topic(&dead_letter_topic).await?;
+    sink.ensure_topic(&dead_letter_topic, &stop).await?;
     let registry = RegistryClient::new(config.avro.registry_url.get_ref().as_str())?;
 
-    let source =
-        PostgresSource::prepare(settings, stored, &store.path().display().to_string()).await?;
+    let stored = stored_position.as_ref().map(|s| match s.position {
+        Position::Postgres { lsn } => lsn,
+    });
+    let previous_run = stored_position.as_ref().map(|s| Resume {
+        lsn: stored.unwrap_or_default(),
+        identity: s.identity.as_ref(),
+        file: store.path(),
+    });
+    let source = PostgresSource::prepare(settings, previous_run).await?;
+    store.set_identity(source.identity().clone());
     let resume = stored.unwrap_or_default();
     match stored {
         Some(lsn) => {
@@ -112,6 +118,10 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
         stats: Stats::default(),
     };
     let published = publisher.publish_all(events_rx, failures).await;
+    if let Err(err) = &published {
+        tracing::error!(error = %err, "publishing failed: stopping the reader");
+    }
+    // `publish_all` has dropped the event channel's receiver, which ends the reader if it is still reading.
     let stats = publisher.stats;
     // The acknowledger stores the final position and ends; the reader then reports it to the server and closes.
     let _ = finish_tx.send(());
@@ -120,11 +130,12 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
     tracing::info!(
         events = stats.events,
         dead_letters = stats.dead_letters,
-        acknowledged = %acknowledged,
+        acknowledged = %acknowledged.as_ref().map_or_else(|_| "not stored".to_owned(), ToString::to_string),
         "pipeline stopped"
     );
     published?;
     read?;
+    acknowledged?;
     Ok(())
 }
 
@@ -139,20 +150,21 @@ fn postgres_settings(config: &Config) -> Result<PostgresSettings, PipelineError>
         slot: config.source.slot.get_ref().as_str().to_owned(),
         publication: config.source.publication.get_ref().as_str().to_owned(),
         tables: config.table_patterns(),
-        status_interval: Duration::from_secs(config.source.status_interval_secs),
+        status_interval: Duration::from_secs(*config.source.status_interval_secs.get_ref()),
     })
 }
 
 /// Writes each newly acknowledged position to the file, then passes it to the reader. Writes coalesce: while
 /// one is in progress, later acknowledgements wait and the next write covers them all. When `finish` fires it
 /// writes what is acknowledged by then and returns; dropping `to_reader` lets the reader close the stream.
+/// A failed final write is an error: the broker has events the file does not know of.
 async fn acknowledge(
     tracker: Arc<AckTracker>,
     store: PositionStore,
     to_reader: watch::Sender<Lsn>,
     start: Lsn,
     mut finish: oneshot::Receiver<()>,
-) -> Lsn {
+) -> Result<Lsn, PositionError> {
     let store = Arc::new(store);
     let mut saved = start;
     let mut finishing = false;
@@ -161,31 +173,37 @@ async fn acknowledge(
         changed.as_mut().enable();
         if let Some(Position::Postgres { lsn }) = tracker.acknowledged() {
             if lsn > saved {
-                let store = store.clone();
+                let writer = store.clone();
                 let written =
-                    tokio::task::spawn_blocking(move || store.save(Position::Postgres { lsn }))
-                        .await;
+                    tokio::task::spawn_blocking(move || writer.save(Position::Postgres { lsn }))
+                        .await
+                        .unwrap_or_else(|err| {
+                            Err(PositionError::Write {
+                                path: store.path().to_owned(),
+                                source: std::io::Error::other(err.to_string()),
+                            })
+                        });
                 match written {
-                    Ok(Ok(())) => {
+                    Ok(()) => {
                         saved = lsn;
                         let _ = to_reader.send(lsn);
                         continue;
                     }
+                    Err(err) if finishing => return Err(err),
                     // Without the file the position must not reach the server either: stay behind and retry.
-                    Ok(Err(err)) => {
+                    Err(err) => {
                         tracing::error!(error = %err, "cannot store the position; retrying")
                     }
-                    Err(err) => tracing::error!(error = %err, "position writer failed; retrying"),
                 }
-                if finishing {
-                    return saved;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = &mut finish, if !finishing => finishing = true,
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         }
         if finishing {
-            return saved;
+            return Ok(saved);
         }
         tokio::select! {
             _ = changed => {}
@@ -324,7 +342,10 @@ impl Publisher {
             headers: &headers,
         };
         let ordinal = self.tracker.register();
-        if let Err(err) = self.sink.send(&message, ordinal, false).await {
+        if let Err(err) = self.sink.send(&message, ordinal, false, &self.stop).await {
+            if !err.is_message_fault() {
+                return Err(err.into());
+            }
             let key = key.map(<[u8]>::to_vec);
             return self
                 .dead_letter_registered(
@@ -346,7 +367,9 @@ impl Publisher {
                 headers: &headers,
             };
             let ordinal = self.tracker.register();
-            self.sink.send(&tombstone, ordinal, false).await?;
+            self.sink
+                .send(&tombstone, ordinal, false, &self.stop)
+                .await?;
         }
         Ok(())
     }
@@ -367,8 +390,12 @@ impl Publisher {
                 Ok(schemas) => schemas,
                 Err(err) => return Ok(Err((topic, Stage::Encode, err.to_string()))),
             };
-            if let Err(err) = self.sink.ensure_topic(&schemas.topic).await {
-                return Ok(Err((topic, Stage::Produce, err.to_string())));
+            match self.sink.ensure_topic(&schemas.topic, &self.stop).await {
+                Ok(()) => {}
+                Err(err) if err.is_message_fault() => {
+                    return Ok(Err((topic, Stage::Produce, err.to_string())))
+                }
+                Err(err) => return Err(err.into()),
             }
             match self.register(&schemas).await? {
                 Ok((key_schema_id, value_schema_id)) => {
@@ -454,6 +481,7 @@ impl Publisher {
         self.send_dead_letter(letter, key, ordinal).await
     }
 
+    /// Produces a dead letter; one too large for the broker is sent again without the row data.
     async fn send_dead_letter(
         &mut self,
         letter: deadletter::DeadLetter,
@@ -461,39 +489,72 @@ impl Publisher {
         ordinal: u64,
     ) -> Result<(), PipelineError> {
         self.stats.dead_letters += 1;
-        let headers: Vec<(&str, &[u8])> = letter
-            .headers
-            .iter()
-            .map(|(k, v)| (*k, v.as_slice()))
-            .collect();
-        let message = Outgoing {
-            topic: &self.dead_letter_topic,
-            key,
-            payload: Some(&letter.value),
-            headers: &headers,
-        };
-        self.sink
-            .send(&message, ordinal, true)
-            .await
-            .map_err(|err| PipelineError::DeadLetterRefused {
-                topic: self.dead_letter_topic.clone(),
-                reason: err.to_string(),
-            })
+        let mut letter = letter;
+        loop {
+            let headers: Vec<(&str, &[u8])> = letter
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect();
+            let message = Outgoing {
+                topic: &self.dead_letter_topic,
+                key,
+                payload: Some(&letter.value),
+                headers: &headers,
+            };
+            let err = match self.sink.send(&message, ordinal, true, &self.stop).await {
+                Ok(()) => return Ok(()),
+                Err(err) => err,
+            };
+            if err.is_too_large() {
+                if let Some(smaller) = deadletter::shrink(&letter) {
+                    tracing::warn!(
+                        "dead letter too large for the broker: sending it without the row data"
+                    );
+                    letter = smaller;
+                    continue;
+                }
+            }
+            return Err(if err.is_message_fault() {
+                PipelineError::DeadLetterRefused {
+                    topic: self.dead_letter_topic.clone(),
+                    reason: err.to_string(),
+                }
+            } else {
+                err.into()
+            });
+        }
     }
 
     /// The broker refused a message for good: it goes to the dead-letter topic under the same ordinal, so the
     /// position still waits for it. A refused dead letter stops the pipeline.
     async fn handle_failure(&mut self, failure: FailedDelivery) -> Result<(), PipelineError> {
         if failure.dead_letter {
-            return Err(PipelineError::DeadLetterRefused {
-                topic: failure.topic,
-                reason: failure.error.to_string(),
-            });
+            let letter = deadletter::DeadLetter {
+                value: failure.payload.unwrap_or_default(),
+                headers: failure.headers,
+            };
+            let smaller = is_too_large(&failure.error)
+                .then(|| deadletter::shrink(&letter))
+                .flatten();
+            return match smaller {
+                Some(smaller) => {
+                    // Counted once already, when it was first sent.
+                    self.stats.dead_letters = self.stats.dead_letters.saturating_sub(1);
+                    self.send_dead_letter(smaller, failure.key.as_deref(), failure.ordinal)
+                        .await
+                }
+                None => Err(PipelineError::DeadLetterRefused {
+                    topic: failure.topic,
+                    reason: failure.error.to_string(),
+                }),
+            };
         }
         let reason = format!("the broker refused the message: {}", failure.error);
         tracing::warn!(topic = %failure.topic, %reason, "message sent to the dead-letter topic");
         let letter = deadletter::for_refused_message(
             &failure.topic,
+            failure.key.as_deref(),
             failure.payload.as_deref(),
             &failure.headers,
             &reason,

@@ -162,11 +162,33 @@ pub enum PositionError {
     Corrupt { path: PathBuf, reason: String },
 }
 
+/// The server and database a position was read from. A position means nothing on another server (a
+/// restored backup, a new primary built from scratch), so resuming there is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceIdentity {
+    /// PostgreSQL's system identifier (IDENTIFY_SYSTEM), unique per cluster.
+    pub system_id: String,
+    pub database: String,
+}
+
+impl std::fmt::Display for SourceIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "database `{}` of system {}",
+            self.database, self.system_id
+        )
+    }
+}
+
 /// What the position file holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredPosition {
     /// Which source the position belongs to (the slot name for PostgreSQL).
     pub source: String,
+    /// Absent in files written before sluice recorded it; such files are trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<SourceIdentity>,
     pub position: Position,
     pub updated_at_ms: i64,
 }
@@ -175,6 +197,7 @@ pub struct StoredPosition {
 pub struct PositionStore {
     path: PathBuf,
     source: String,
+    identity: Option<SourceIdentity>,
 }
 
 impl PositionStore {
@@ -184,9 +207,20 @@ impl PositionStore {
             source,
         })?;
         Ok(PositionStore {
-            path: dir.join(format!("{source}.position.json")),
+            path: PositionStore::file_path(dir, source),
             source: source.to_owned(),
+            identity: None,
         })
+    }
+
+    /// Where the position of `source` is kept inside `dir`.
+    pub fn file_path(dir: &Path, source: &str) -> PathBuf {
+        dir.join(format!("{source}.position.json"))
+    }
+
+    /// The identity written with every later position.
+    pub fn set_identity(&mut self, identity: SourceIdentity) {
+        self.identity = Some(identity);
     }
 
     pub fn path(&self) -> &Path {
@@ -228,6 +262,7 @@ impl PositionStore {
     pub fn save(&self, position: Position) -> Result<(), PositionError> {
         let stored = StoredPosition {
             source: self.source.clone(),
+            identity: self.identity.clone(),
             position,
             updated_at_ms: now_ms(),
         };
@@ -317,11 +352,19 @@ mod tests {
     #[test]
     fn store_round_trips_and_rejects_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let store = PositionStore::open(&dir.path().join("nested"), "sluice").unwrap();
+        let mut store = PositionStore::open(&dir.path().join("nested"), "sluice").unwrap();
         assert_eq!(store.load().unwrap(), None);
         store.save(at(0x16_B374_D848)).unwrap();
+        assert_eq!(store.load().unwrap().unwrap().identity, None);
+        let identity = SourceIdentity {
+            system_id: "7321".into(),
+            database: "shop".into(),
+        };
+        store.set_identity(identity.clone());
         store.save(at(0x16_B374_D900)).unwrap();
-        assert_eq!(store.load().unwrap().unwrap().position, at(0x16_B374_D900));
+        let loaded = store.load().unwrap().unwrap();
+        assert_eq!(loaded.position, at(0x16_B374_D900));
+        assert_eq!(loaded.identity, Some(identity));
 
         fs::write(store.path(), b"{ torn").unwrap();
         let err = store.load().unwrap_err().to_string();

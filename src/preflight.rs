@@ -9,6 +9,7 @@ use tokio_postgres::Client;
 
 use crate::config::{redact_secrets, Config};
 use crate::connectors::postgres::catalog::{self, describe_pg_error, TableName};
+use crate::positions::PositionStore;
 use crate::registry::RegistryClient;
 use crate::sink::{KafkaSink, SinkSettings};
 
@@ -236,18 +237,32 @@ async fn check_tables(config: &Config, client: &Client, report: &mut Report) -> 
 
 async fn check_slot(config: &Config, client: &Client, report: &mut Report) {
     let slot = config.source.slot.get_ref().as_str();
+    let database = tokio_postgres::Config::from_str(config.source.url.get_ref().as_str())
+        .ok()
+        .and_then(|c| c.get_dbname().map(str::to_owned))
+        .unwrap_or_default();
+    let position_file = PositionStore::file_path(
+        std::path::Path::new(config.positions.dir.get_ref().as_str()),
+        slot,
+    );
     match catalog::slot_info(client, slot).await {
         Ok(Some(info)) => {
             let plugin = info.plugin.clone().unwrap_or_default();
+            let slot_database = info.database.clone().unwrap_or_default();
             if info.slot_type != "logical" || plugin != "pgoutput" {
                 report.fail(
                     format!("slot `{slot}` exists but is a {} slot with plugin `{plugin}`", info.slot_type),
                     "name another slot in `source.slot`, or drop this one: SELECT pg_drop_replication_slot('…');",
                 );
+            } else if slot_database != database {
+                report.fail(
+                    format!("slot `{slot}` belongs to database `{slot_database}`, not `{database}`"),
+                    "name another slot in `source.slot` (a slot streams one database)",
+                );
             } else if info.active {
-                report.warn(
+                report.fail(
                     format!("slot `{slot}` is in use by another connection right now"),
-                    "stop the other consumer (or sluice instance) before starting this one",
+                    "stop the other consumer (or sluice instance) first: a slot serves one reader at a time",
                 );
             } else {
                 let at = info.confirmed_flush_lsn.unwrap_or_else(|| "?".into());
@@ -256,6 +271,13 @@ async fn check_slot(config: &Config, client: &Client, report: &mut Report) {
                 ));
             }
         }
+        Ok(None) if position_file.exists() => report.fail(
+            format!(
+                "slot `{slot}` does not exist, but {} says sluice read from it before: changes since then are lost to it",
+                position_file.display()
+            ),
+            "if starting afresh is intended, remove the position file; `sluice run` then creates the slot",
+        ),
         Ok(None) => {
             let free = scalar(
                 client,
@@ -290,10 +312,19 @@ async fn check_publication(
     let publication = config.source.publication.get_ref().as_str();
     let exists = client
         .query_opt(
-            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            "SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = $1",
             &[&publication],
         )
         .await;
+    if let Ok(Some(row)) = &exists {
+        let partitioned = catalog::partitioned_tables(client, tables).await;
+        if !row.get::<_, bool>(1) && partitioned.is_ok_and(|p| !p.is_empty()) {
+            return report.fail(
+                format!("publication `{publication}` publishes partitions under their own names, and a selected table is partitioned"),
+                format!("ALTER PUBLICATION \"{publication}\" SET (publish_via_partition_root = true);"),
+            );
+        }
+    }
     match exists {
         Ok(Some(row)) if row.get::<_, bool>(0) => {
             report.pass(format!("publication `{publication}` covers all tables"))

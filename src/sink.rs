@@ -12,7 +12,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::positions::AckTracker;
@@ -27,7 +28,31 @@ pub enum SinkError {
     Send { topic: String, source: KafkaError },
     #[error("brokers at {brokers} are unreachable: {source}")]
     Unreachable { brokers: String, source: KafkaError },
+    #[error("stopped while waiting for the broker: {0}")]
+    Stalled(String),
 }
+
+impl SinkError {
+    /// True when the message itself is at fault (it goes to the dead-letter topic); false when sluice must stop.
+    pub fn is_message_fault(&self) -> bool {
+        matches!(self, SinkError::Send { .. } | SinkError::CreateTopic { .. })
+    }
+
+    /// The message is larger than the producer or the broker accepts.
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, SinkError::Send { source, .. } if is_too_large(source))
+    }
+}
+
+pub fn is_too_large(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge)
+    )
+}
+
+/// How long a stopping daemon keeps offering a message to a full producer queue before giving up.
+const STALL_LIMIT: Duration = Duration::from_secs(60);
 
 /// The settings the sink needs, out of the config file.
 #[derive(Clone, Debug)]
@@ -48,8 +73,8 @@ impl SinkSettings {
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
             create_topics: config.sink.create_topics,
-            topic_partitions: config.sink.topic_partitions,
-            topic_replication_factor: config.sink.topic_replication_factor,
+            topic_partitions: *config.sink.topic_partitions.get_ref(),
+            topic_replication_factor: *config.sink.topic_replication_factor.get_ref(),
         }
     }
 
@@ -189,10 +214,44 @@ impl KafkaSink {
     }
 
     /// Makes sure `topic` exists, creating it when allowed. Cached: the broker is asked once per topic.
-    pub async fn ensure_topic(&mut self, topic: &str) -> Result<(), SinkError> {
+    /// Transient admin failures (timeouts, a controller moving) are retried until `stop` is set; only an
+    /// answer about this topic itself (invalid name, not authorised, refused by policy) is an error.
+    pub async fn ensure_topic(
+        &mut self,
+        topic: &str,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(), SinkError> {
         if !self.settings.create_topics || self.known_topics.contains(topic) {
             return Ok(());
         }
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match self.create_topic(topic).await {
+                Ok(()) => break,
+                Err(CreateFailure::Definitive(reason)) => {
+                    return Err(SinkError::CreateTopic {
+                        topic: topic.to_owned(),
+                        reason,
+                    })
+                }
+                Err(CreateFailure::Transient(reason)) => {
+                    if *stop.borrow() {
+                        return Err(SinkError::Stalled(format!(
+                            "cannot create topic `{topic}`: {reason}"
+                        )));
+                    }
+                    tracing::warn!(topic, %reason, retry_in = ?delay, "cannot create topic yet; events wait");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        tracing::debug!(topic, "topic ready");
+        self.known_topics.insert(topic.to_owned());
+        Ok(())
+    }
+
+    async fn create_topic(&self, topic: &str) -> Result<(), CreateFailure> {
         let new_topic = NewTopic::new(
             topic,
             self.settings.topic_partitions,
@@ -203,33 +262,27 @@ impl KafkaSink {
             .admin
             .create_topics([&new_topic], &options)
             .await
-            .map_err(|err| SinkError::CreateTopic {
-                topic: topic.to_owned(),
-                reason: err.to_string(),
-            })?;
+            .map_err(|err| CreateFailure::Transient(err.to_string()))?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((_, code)) => {
-                    return Err(SinkError::CreateTopic {
-                        topic: topic.to_owned(),
-                        reason: code.to_string(),
-                    })
+                Err((_, code)) if is_topic_fault(code) => {
+                    return Err(CreateFailure::Definitive(code.to_string()))
                 }
+                Err((_, code)) => return Err(CreateFailure::Transient(code.to_string())),
             }
         }
-        tracing::debug!(topic, "topic ready");
-        self.known_topics.insert(topic.to_owned());
         Ok(())
     }
 
-    /// Hands a message to librdkafka. Waits while its queue is full (backpressure); other errors mean the
-    /// message can never be produced as it is.
+    /// Hands a message to librdkafka. Waits while its queue is full (backpressure), for at most
+    /// [`STALL_LIMIT`] once `stop` is set; other errors mean the message can never be produced as it is.
     pub async fn send(
         &self,
         message: &Outgoing<'_>,
         ordinal: u64,
         dead_letter: bool,
+        stop: &watch::Receiver<bool>,
     ) -> Result<(), SinkError> {
         let opaque = ((ordinal as usize) << 1) | usize::from(dead_letter);
         let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
@@ -247,11 +300,21 @@ impl KafkaSink {
         if let Some(payload) = message.payload {
             record = record.payload(payload);
         }
+        let mut give_up_at = None;
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
+                    if *stop.borrow() {
+                        let deadline =
+                            *give_up_at.get_or_insert_with(|| Instant::now() + STALL_LIMIT);
+                        if Instant::now() >= deadline {
+                            return Err(SinkError::Stalled(format!(
+                                "librdkafka's queue stayed full for {STALL_LIMIT:?}"
+                            )));
+                        }
+                    }
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 Err((source, _)) => {
@@ -275,6 +338,28 @@ impl KafkaSink {
     }
 }
 
+enum CreateFailure {
+    /// About this topic: retrying cannot help.
+    Definitive(String),
+    /// About the cluster's state or the connection: retry.
+    Transient(String),
+}
+
+/// Admin answers that concern the topic itself rather than the cluster's momentary state.
+fn is_topic_fault(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::PolicyViolation
+            | RDKafkaErrorCode::InvalidPartitions
+            | RDKafkaErrorCode::InvalidReplicationFactor
+            | RDKafkaErrorCode::InvalidConfig
+            | RDKafkaErrorCode::InvalidRequest
+    )
+}
+
 /// Properties that configure the connection (security, addresses) rather than producing.
 pub fn is_connection_property(key: &str) -> bool {
     [
@@ -292,6 +377,97 @@ pub fn is_connection_property(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{Lsn, Position};
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    fn mock_settings(brokers: String) -> SinkSettings {
+        SinkSettings {
+            brokers,
+            properties: vec![("linger.ms".into(), "0".into())],
+            // The mock broker creates topics on first use and does not answer CreateTopics.
+            create_topics: false,
+            topic_partitions: 3,
+            topic_replication_factor: 1,
+        }
+    }
+
+    async fn acknowledged_within(tracker: &AckTracker, timeout: Duration) -> Option<Position> {
+        let deadline = Instant::now() + timeout;
+        while tracker.acknowledged().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracker.acknowledged()
+    }
+
+    // librdkafka's in-process mock broker: quick checks of how the sink reads delivery reports and admin
+    // answers. The end-to-end tests run the same code against a real broker.
+    #[tokio::test]
+    async fn a_position_is_acknowledged_once_its_messages_are_delivered() {
+        let cluster = MockCluster::new(1).unwrap();
+        let tracker = Arc::new(AckTracker::new());
+        let (sink, _failures) =
+            KafkaSink::new(mock_settings(cluster.bootstrap_servers()), tracker.clone()).unwrap();
+        let (_stop_tx, stop) = watch::channel(false);
+        for i in 0..3u8 {
+            let ordinal = tracker.register();
+            let message = Outgoing {
+                topic: "orders",
+                key: Some(&[i]),
+                payload: Some(b"value"),
+                headers: &[("sluice.lsn", b"0/10")],
+            };
+            sink.send(&message, ordinal, false, &stop).await.unwrap();
+        }
+        let position = Position::Postgres { lsn: Lsn(0x10) };
+        tracker.close_group(position);
+        assert_eq!(
+            acknowledged_within(&tracker, Duration::from_secs(10)).await,
+            Some(position)
+        );
+        assert_eq!(tracker.outstanding(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_delivery_comes_back_whole_and_holds_the_position() {
+        let cluster = MockCluster::new(1).unwrap();
+        let tracker = Arc::new(AckTracker::new());
+        let (sink, mut failures) =
+            KafkaSink::new(mock_settings(cluster.bootstrap_servers()), tracker.clone()).unwrap();
+        let (_stop_tx, stop) = watch::channel(false);
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+        );
+        let ordinal = tracker.register();
+        let message = Outgoing {
+            topic: "orders",
+            key: Some(b"k"),
+            payload: Some(b"big"),
+            headers: &[("sluice.txid", b"42")],
+        };
+        sink.send(&message, ordinal, false, &stop).await.unwrap();
+        tracker.close_group(Position::Postgres { lsn: Lsn(0x20) });
+
+        let failure = tokio::time::timeout(Duration::from_secs(10), failures.recv())
+            .await
+            .expect("a delivery report")
+            .unwrap();
+        assert_eq!(failure.ordinal, ordinal);
+        assert!(!failure.dead_letter);
+        assert_eq!(failure.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(failure.payload.as_deref(), Some(&b"big"[..]));
+        assert_eq!(
+            failure.headers,
+            vec![("sluice.txid".to_owned(), b"42".to_vec())]
+        );
+        assert!(is_too_large(&failure.error), "{}", failure.error);
+        assert_eq!(
+            tracker.acknowledged(),
+            None,
+            "the refused message still holds the position"
+        );
+    }
 
     #[test]
     fn user_properties_cannot_drop_the_guarantees_but_can_tune() {

@@ -170,6 +170,22 @@ async fn check_passes_against_ready_services() {
         !stdout.contains(services.pg.password()),
         "the password leaked:\n{stdout}"
     );
+
+    // A position file without its slot: `run` would refuse to start, so `check` fails and says why.
+    let positions = services.dir.path().join("positions");
+    std::fs::create_dir_all(&positions).unwrap();
+    std::fs::write(
+        positions.join("sluice_test.position.json"),
+        r#"{"source":"sluice_test","position":{"kind":"postgres","lsn":"0/1000000"},"updated_at_ms":0}"#,
+    )
+    .unwrap();
+    let (status, stdout, _) = sluice(&["check", "-c", config.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("[FAIL] slot `sluice_test` does not exist, but"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("remove the position file"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,9 +20,11 @@ pub enum CatalogError {
     #[error("table {0} does not exist (or the user cannot see it); check `source.tables`")]
     NoSuchTable(String),
     #[error(
-        "publication `{publication}` is FOR ALL TABLES; that works, but sluice cannot manage it: drop it or name another"
+        "publication `{publication}` publishes the partitions of {table} under their own names; sluice needs \
+         them under the partitioned table's: ALTER PUBLICATION {publication} SET (publish_via_partition_root = true), \
+         or name another publication for sluice to create"
     )]
-    AllTablesPublication { publication: String },
+    PartitionsPublishedSeparately { publication: String, table: String },
 }
 
 /// The server's own words, with its detail and hint, instead of tokio-postgres' generic "db error".
@@ -133,7 +135,7 @@ pub async fn ensure_publication(
 ) -> Result<PublicationChange, CatalogError> {
     let existing = client
         .query_opt(
-            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            "SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = $1",
             &[&publication],
         )
         .await
@@ -149,11 +151,16 @@ pub async fn ensure_publication(
     };
     match existing {
         None => {
+            // Changes of a partition are published as changes of its partitioned table, the one the user
+            // named: one topic per table, whatever its partitions.
             let sql = if tables.is_empty() {
-                format!("CREATE PUBLICATION {}", quote_ident(publication))
+                format!(
+                    "CREATE PUBLICATION {} WITH (publish_via_partition_root = true)",
+                    quote_ident(publication)
+                )
             } else {
                 format!(
-                    "CREATE PUBLICATION {} FOR TABLE {}",
+                    "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
                     quote_ident(publication),
                     list(tables)
                 )
@@ -167,8 +174,18 @@ pub async fn ensure_publication(
                 added: tables.to_vec(),
             })
         }
-        Some(row) if row.get::<_, bool>(0) => Ok(PublicationChange::default()),
-        Some(_) => {
+        Some(row) => {
+            if !row.get::<_, bool>(1) {
+                if let Some(table) = partitioned_tables(client, tables).await?.into_iter().next() {
+                    return Err(CatalogError::PartitionsPublishedSeparately {
+                        publication: publication.to_owned(),
+                        table: table.to_string(),
+                    });
+                }
+            }
+            if row.get::<_, bool>(0) {
+                return Ok(PublicationChange::default());
+            }
             let covered = published_tables(client, publication).await?;
             let missing: Vec<TableName> = tables
                 .iter()
@@ -192,6 +209,29 @@ pub async fn ensure_publication(
             })
         }
     }
+}
+
+/// The partitioned tables among `tables`.
+pub async fn partitioned_tables(
+    client: &Client,
+    tables: &[TableName],
+) -> Result<Vec<TableName>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'p'",
+            &[],
+        )
+        .await
+        .map_err(query_error("cannot list partitioned tables"))?;
+    Ok(rows
+        .iter()
+        .map(|r| TableName {
+            schema: r.get(0),
+            name: r.get(1),
+        })
+        .filter(|t| tables.contains(t))
+        .collect())
 }
 
 pub async fn published_tables(

@@ -2,6 +2,7 @@
 //! [`SourceEvent`]s, answering the server with the position the pipeline has acknowledged.
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use crate::config::TablePattern;
 use crate::event::{
     ChangeEvent, Column, Lsn, Op, Position, Row, SourceEvent, SourceInfo, Table, Value,
 };
+use crate::positions::SourceIdentity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -44,6 +46,16 @@ pub enum SourceError {
     },
     #[error("replication slot `{slot}` is physical; sluice needs a logical slot")]
     PhysicalSlot { slot: String },
+    #[error(
+        "the position file {file} was written for {stored}, but source.url reaches {actual}: a position means \
+         nothing on another server. If the database was replaced on purpose, remove the file (sluice then \
+         starts from the slot's position)"
+    )]
+    OtherServer {
+        file: String,
+        stored: SourceIdentity,
+        actual: SourceIdentity,
+    },
     #[error("replication stream out of order: {0}")]
     Protocol(String),
 }
@@ -64,6 +76,7 @@ pub struct PostgresSource {
     settings: PostgresSettings,
     catalog: Client,
     selected: BTreeSet<TableName>,
+    identity: SourceIdentity,
 }
 
 /// How the pipeline and the reader talk besides the event channel.
@@ -75,14 +88,44 @@ pub struct StreamControl {
     pub stop: watch::Receiver<bool>,
 }
 
+/// Where an earlier run got to, from the position file.
+#[derive(Clone, Copy, Debug)]
+pub struct Resume<'a> {
+    pub lsn: Lsn,
+    /// None in files written before sluice recorded it.
+    pub identity: Option<&'a SourceIdentity>,
+    pub file: &'a Path,
+}
+
 impl PostgresSource {
-    /// Resolves the tables, makes the publication cover them and the slot exist. `stored` is the position
-    /// sluice delivered up to in an earlier run, if any.
+    /// Checks that `resume` (if any) belongs to this server and database, resolves the tables, makes the
+    /// publication cover them and the slot exist.
     pub async fn prepare(
         settings: PostgresSettings,
-        stored: Option<Lsn>,
-        position_file: &str,
+        resume: Option<Resume<'_>>,
     ) -> Result<PostgresSource, SourceError> {
+        // The replication connection first: it proves the REPLICATION privilege before anything is changed.
+        let mut conn = ReplicationConnection::connect(&settings.connection).await?;
+        let system = conn.identify_system().await?;
+        let identity = SourceIdentity {
+            system_id: system.system_id,
+            database: settings.database.clone(),
+        };
+        if let Some(Resume {
+            identity: Some(stored),
+            file,
+            ..
+        }) = resume
+        {
+            if *stored != identity {
+                return Err(SourceError::OtherServer {
+                    file: file.display().to_string(),
+                    stored: stored.clone(),
+                    actual: identity,
+                });
+            }
+        }
+
         let catalog = catalog::connect(&settings.connection).await?;
         let selected = catalog::resolve_tables(&catalog, &settings.tables).await?;
         let tables: Vec<TableName> = selected.to_vec();
@@ -95,26 +138,34 @@ impl PostgresSource {
             tracing::info!(publication = %settings.publication, added = ?added, "added tables to publication");
         }
         match catalog::slot_info(&catalog, &settings.slot).await? {
-            Some(slot) => check_slot(&settings, &slot)?,
+            Some(slot) => {
+                check_slot(&settings, &slot)?;
+                warn_if_slot_is_ahead(&settings.slot, &slot, resume);
+            }
             None => {
-                if let Some(position) = stored {
+                if let Some(resume) = resume {
                     return Err(SourceError::SlotLost {
                         slot: settings.slot.clone(),
-                        position,
-                        position_file: position_file.to_owned(),
+                        position: resume.lsn,
+                        position_file: resume.file.display().to_string(),
                     });
                 }
-                let mut conn = ReplicationConnection::connect(&settings.connection).await?;
                 let consistent_point = conn.create_slot(&settings.slot).await?;
-                conn.close().await?;
                 tracing::info!(slot = %settings.slot, %consistent_point, "created replication slot");
             }
         }
+        conn.close().await?;
         Ok(PostgresSource {
             settings,
             catalog,
             selected: selected.into_iter().collect(),
+            identity,
         })
+    }
+
+    /// The server and database this source reads.
+    pub fn identity(&self) -> &SourceIdentity {
+        &self.identity
     }
 
     pub fn tables(&self) -> impl Iterator<Item = &TableName> {
@@ -142,9 +193,11 @@ impl PostgresSource {
         let mut produced = Vec::new();
 
         // On a stop request, read on to the end of the open transaction: a half-published one would repeat.
-        while !stopping || decoder.in_transaction() {
+        'reading: while !stopping || decoder.in_transaction() {
             let frame = tokio::select! {
                 frame = conn.next_frame() => frame?,
+                // The pipeline failed (and says why): stop reading, report what it acknowledged.
+                _ = events.closed() => break 'reading,
                 _ = status.tick() => {
                     acked = acked.max(*acknowledged.borrow_and_update());
                     conn.send_status(acked, false).await?;
@@ -194,8 +247,7 @@ impl PostgresSource {
                 };
                 match permit {
                     Ok(permit) => permit.send(event),
-                    // The pipeline stopped (it failed, and says why): end quietly.
-                    Err(_) => return Ok(()),
+                    Err(_) => break 'reading,
                 }
             }
         }
@@ -232,10 +284,33 @@ impl PostgresSource {
                 .iter()
                 .any(|p| p.matches(&name.schema, &name.name));
         if !selected {
+            // A publication shared with other consumers may cover more tables than sluice was asked for.
+            tracing::info!(table = %name, publication = %self.settings.publication, "skipping changes of a published table that source.tables does not select");
             return Ok(None);
         }
         let primary_key = catalog::primary_key(&self.catalog, relation.id).await?;
         Ok(Some(table_from_relation(relation, &primary_key)))
+    }
+}
+
+/// The slot only moves when sluice has stored a position first; a slot ahead of the file means someone else
+/// advanced it (or the file is an old copy), and the changes in between are no longer in the slot.
+fn warn_if_slot_is_ahead(slot_name: &str, slot: &catalog::SlotInfo, resume: Option<Resume<'_>>) {
+    let confirmed = slot
+        .confirmed_flush_lsn
+        .as_deref()
+        .and_then(|text| text.parse::<Lsn>().ok());
+    if let (Some(confirmed), Some(resume)) = (confirmed, resume) {
+        if confirmed > resume.lsn {
+            tracing::warn!(
+                slot = slot_name,
+                stored = %resume.lsn,
+                confirmed = %confirmed,
+                file = %resume.file.display(),
+                "the slot was advanced past the stored position by something other than sluice: changes \
+                 between the two positions cannot be read again and will not be published"
+            );
+        }
     }
 }
 

@@ -418,6 +418,8 @@ impl ReplicationConnection {
     }
 }
 
+const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn open_stream(config: &tokio_postgres::Config) -> Result<Box<dyn Stream>, ReplicationError> {
     let hosts = config.get_hosts();
     let ports = config.get_ports();
@@ -427,7 +429,22 @@ async fn open_stream(config: &tokio_postgres::Config) -> Result<Box<dyn Stream>,
         match host {
             Host::Tcp(name) => {
                 let address = format!("{name}:{port}");
-                match tokio::net::TcpStream::connect(&address).await {
+                // Like libpq, `connect_timeout` bounds each host; without it an unanswered SYN waits for
+                // the kernel's retries (minutes).
+                let timeout = config
+                    .get_connect_timeout()
+                    .copied()
+                    .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+                let connected =
+                    tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&address))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!("no answer within {timeout:?}"),
+                            ))
+                        });
+                match connected {
                     Ok(stream) => {
                         stream.set_nodelay(true)?;
                         return Ok(Box::new(stream));

@@ -48,7 +48,16 @@ impl Services {
 
     /// Writes a config for `tables` and returns its path.
     pub fn write_config(&self, tables: &[&str]) -> PathBuf {
+        self.write_config_with(tables, &[])
+    }
+
+    /// Writes a config for `tables` with extra `[sink.kafka]` properties and returns its path.
+    pub fn write_config_with(&self, tables: &[&str], kafka: &[(&str, &str)]) -> PathBuf {
         let tables: Vec<String> = tables.iter().map(|t| format!("\"{t}\"")).collect();
+        let kafka: String = kafka
+            .iter()
+            .map(|(k, v)| format!("\"{k}\" = \"{v}\"\n"))
+            .collect();
         let text = format!(
             r#"[source]
 kind = "postgres"
@@ -67,7 +76,7 @@ topic_partitions = 3
 topic_replication_factor = 1
 [sink.kafka]
 "compression.type" = "lz4"
-
+{kafka}
 [avro]
 registry_url = "{registry}"
 

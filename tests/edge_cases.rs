@@ -1,0 +1,232 @@
+//! The less travelled paths, end to end against a real PostgreSQL, tansu and the registry test double:
+//! partitioned tables, an event too large for the broker, and a position file that belongs to another server.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{decode_all, Daemon, Services, DEAD_LETTERS};
+use serde_json::Value as Json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_of_partitions_arrive_on_the_partitioned_tables_topic() {
+    let services = Services::start().await;
+    services
+        .sql(
+            "CREATE TABLE readings (id bigint, taken date NOT NULL, value double precision,
+                 PRIMARY KEY (id, taken)) PARTITION BY RANGE (taken);
+             CREATE TABLE readings_2025 PARTITION OF readings FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+             CREATE TABLE readings_2026 PARTITION OF readings FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');",
+        )
+        .await;
+    let config = services.write_config(&["public.readings"]);
+    let mut daemon = Daemon::start(&config);
+    services.wait_streaming(&mut daemon).await;
+
+    services
+        .sql(
+            "INSERT INTO readings VALUES (1, '2025-06-01', 1.5), (2, '2026-06-01', 2.5);
+             UPDATE readings SET value = 3.5 WHERE id = 2;
+             -- moves the row to the other partition: PostgreSQL publishes a delete and an insert
+             UPDATE readings SET taken = '2026-02-01' WHERE id = 1;
+             DELETE FROM readings WHERE id = 2;",
+        )
+        .await;
+    let records = services
+        .read("shop.public.readings", 7, Duration::from_secs(60))
+        .await;
+    let events = decode_all(&services, &records);
+    let changes: Vec<(i64, &str)> = events
+        .iter()
+        .filter(|e| e.value.is_some())
+        .map(|e| {
+            (
+                e.key.as_ref().unwrap()["id"].as_i64().unwrap(),
+                e.op().unwrap(),
+            )
+        })
+        .collect();
+    let mut changes_of_1: Vec<&str> = changes.iter().filter(|c| c.0 == 1).map(|c| c.1).collect();
+    let changes_of_2: Vec<&str> = changes.iter().filter(|c| c.0 == 2).map(|c| c.1).collect();
+    changes_of_1.sort_unstable();
+    assert_eq!(changes_of_1, ["c", "c", "d"], "{events:?}");
+    assert_eq!(changes_of_2, ["c", "u", "d"], "{events:?}");
+    let tombstones = events.iter().filter(|e| e.value.is_none()).count();
+    assert_eq!(tombstones, 2, "each delete is followed by a tombstone");
+    for event in events.iter().filter(|e| e.value.is_some()) {
+        let source = &event.value.as_ref().unwrap()["source"];
+        assert_eq!(
+            source["table"], "readings",
+            "published under the parent: {source}"
+        );
+    }
+    assert!(
+        services
+            .registry
+            .subjects()
+            .iter()
+            .all(|s| !s.contains("readings_20")),
+        "no topic or subject per partition: {:?}",
+        services.registry.subjects()
+    );
+    assert_eq!(
+        daemon.terminate(Duration::from_secs(30)).code(),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_too_large_for_the_producer_goes_to_the_dead_letter_topic_without_its_row() {
+    let services = Services::start().await;
+    services
+        .sql("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        .await;
+    // librdkafka refuses messages above message.max.bytes before they leave the process.
+    let config = services.write_config_with(&["public.notes"], &[("message.max.bytes", "4000")]);
+    let mut daemon = Daemon::start(&config);
+    services.wait_streaming(&mut daemon).await;
+
+    services
+        .sql(
+            "INSERT INTO notes VALUES (1, 'short');
+             INSERT INTO notes VALUES (2, repeat('x', 20000));
+             INSERT INTO notes VALUES (3, 'short again');",
+        )
+        .await;
+    let events = decode_all(
+        &services,
+        &services
+            .read("shop.public.notes", 2, Duration::from_secs(60))
+            .await,
+    );
+    let ids: Vec<i64> = events
+        .iter()
+        .map(|e| e.after().unwrap()["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 3], "the stream goes on around the large row");
+
+    let letters = services
+        .read(DEAD_LETTERS, 1, Duration::from_secs(30))
+        .await;
+    assert_eq!(letters.len(), 1);
+    let letter: Json = serde_json::from_slice(letters[0].value.as_deref().unwrap()).unwrap();
+    assert_eq!(letter["stage"], "produce", "{letter}");
+    assert!(
+        letter["reason"].as_str().unwrap().contains("too large"),
+        "{letter}"
+    );
+    assert_eq!(
+        letter["key"]["id"], 2,
+        "the key says which row to fetch again: {letter}"
+    );
+    assert!(
+        letter.get("after").is_none(),
+        "the row itself did not fit either: {letter}"
+    );
+    assert!(letter["source"]["lsn"].as_str().unwrap().contains('/'));
+
+    // Acknowledged like any event: a clean restart does not send the letter again.
+    assert_eq!(
+        daemon.terminate(Duration::from_secs(30)).code(),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+    let mut daemon = Daemon::start(&config);
+    services.wait_streaming(&mut daemon).await;
+    services
+        .sql("INSERT INTO notes VALUES (4, 'after restart')")
+        .await;
+    assert_eq!(
+        services
+            .read("shop.public.notes", 3, Duration::from_secs(60))
+            .await
+            .len(),
+        3
+    );
+    assert_eq!(
+        services
+            .read(DEAD_LETTERS, 1, Duration::from_secs(3))
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        daemon.terminate(Duration::from_secs(30)).code(),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_file_from_another_server_is_refused() {
+    let services = Services::start().await;
+    services
+        .sql("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        .await;
+    let config = services.write_config(&["public.notes"]);
+    let mut daemon = Daemon::start(&config);
+    services.wait_streaming(&mut daemon).await;
+    services.sql("INSERT INTO notes VALUES (1, 'one')").await;
+    assert_eq!(
+        services
+            .read("shop.public.notes", 1, Duration::from_secs(60))
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        daemon.terminate(Duration::from_secs(30)).code(),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+
+    let confirmed = services.confirmed_flush().await;
+    let file = services
+        .dir
+        .path()
+        .join("positions/sluice_test.position.json");
+    let mut stored: Json = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let system_id = stored["identity"]["system_id"].as_str().unwrap().to_owned();
+    assert!(
+        system_id.parse::<u64>().is_ok(),
+        "PostgreSQL's system identifier: {stored}"
+    );
+    assert_eq!(stored["identity"]["database"], "shop");
+    // As if the file had been copied from another cluster.
+    stored["identity"]["system_id"] = Json::from("6999999999999999999");
+    std::fs::write(&file, stored.to_string()).unwrap();
+
+    let mut daemon = Daemon::start(&config);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = daemon.exited() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sluice kept running:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.code(), Some(1));
+    let log = daemon.log();
+    assert!(
+        log.contains("was written for database `shop` of system 6999999999999999999"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("reaches database `shop` of system {system_id}")),
+        "{log}"
+    );
+    assert_eq!(
+        services.confirmed_flush().await,
+        confirmed,
+        "the slot is left as it was"
+    );
+}
