@@ -60,6 +60,24 @@ pub enum SourceError {
     Protocol(String),
 }
 
+impl SourceError {
+    /// A lost or refused connection that reconnecting may cure (server restart, network cut, slot still
+    /// held by the previous connection's server process).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SourceError::Replication(err) => err.is_retryable(),
+            SourceError::Catalog(CatalogError::Connect(_)) => true,
+            SourceError::Catalog(CatalogError::Query { source, .. }) => {
+                source.is_closed()
+                    || source
+                        .code()
+                        .is_some_and(|code| super::replication::is_retryable_sqlstate(code.code()))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// What the reader needs to know.
 #[derive(Clone, Debug)]
 pub struct PostgresSettings {
@@ -77,6 +95,26 @@ pub struct PostgresSource {
     catalog: Client,
     selected: BTreeSet<TableName>,
     identity: SourceIdentity,
+}
+
+/// The first wait before reopening a lost replication connection; it doubles up to the maximum.
+const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(500);
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// What outlives one replication connection: the pipeline's channels, the acknowledged position and
+/// whether a stop was requested.
+struct Link {
+    control: StreamControl,
+    acked: Lsn,
+    stopping: bool,
+}
+
+impl Link {
+    fn refresh_acked(&mut self) {
+        self.acked = self
+            .acked
+            .max(*self.control.acknowledged.borrow_and_update());
+    }
 }
 
 /// How the pipeline and the reader talk besides the event channel.
@@ -173,38 +211,85 @@ impl PostgresSource {
     }
 
     /// Streams changes from `resume` (the server starts at the later of it and the slot's confirmed
-    /// position) until told to stop, then reports the final acknowledged position to the server.
-    pub async fn stream(self, resume: Lsn, control: StreamControl) -> Result<(), SourceError> {
-        let StreamControl {
-            events,
-            mut acknowledged,
-            mut stop,
-        } = control;
-        let mut conn = ReplicationConnection::connect(&self.settings.connection).await?;
-        conn.start_replication(&self.settings.slot, resume, &self.settings.publication)
-            .await?;
-        tracing::info!(slot = %self.settings.slot, from = %resume, "streaming");
-
+    /// position) until told to stop, then reports the final acknowledged position to the server. A lost
+    /// connection (server restart, network cut) is reopened with backoff from the acknowledged position;
+    /// what was already handed on is skipped on the way, so the pipeline sees every change once.
+    pub async fn stream(mut self, resume: Lsn, control: StreamControl) -> Result<(), SourceError> {
+        let stopping = *control.stop.borrow();
+        let mut link = Link {
+            control,
+            acked: resume,
+            stopping,
+        };
         let mut decoder = StreamDecoder::new(self.settings.database.clone(), resume);
-        let mut acked = resume;
+        let mut delay = RECONNECT_FIRST_DELAY;
+        let mut reconnecting = false;
+        loop {
+            let started = tokio::time::Instant::now();
+            let err = match self
+                .stream_connection(&mut decoder, &mut link, reconnecting)
+                .await
+            {
+                Ok(conn) => return self.finish(conn, link).await,
+                Err(err) if err.is_retryable() => err,
+                Err(err) => return Err(err),
+            };
+            decoder.connection_lost();
+            if link.stopping || link.control.events.is_closed() {
+                tracing::warn!(error = %err, "replication connection lost while stopping; the server learns the stored position on the next run");
+                return Ok(());
+            }
+            link.refresh_acked();
+            if started.elapsed() > RECONNECT_MAX_DELAY * 2 {
+                delay = RECONNECT_FIRST_DELAY;
+            }
+            tracing::warn!(error = %err, retry_in = ?delay, resume = %link.acked, "replication connection lost; reconnecting");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = link.control.stop.changed() => return Ok(()),
+                _ = link.control.events.closed() => return Ok(()),
+            }
+            delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+            reconnecting = true;
+        }
+    }
+
+    /// One replication connection, from the acknowledged position until a stop (returning the connection
+    /// for [`Self::finish`]) or a failure.
+    async fn stream_connection(
+        &mut self,
+        decoder: &mut StreamDecoder,
+        link: &mut Link,
+        reconnecting: bool,
+    ) -> Result<ReplicationConnection, SourceError> {
+        if reconnecting {
+            // The catalog connection most likely went down with the server too.
+            self.catalog = catalog::connect(&self.settings.connection).await?;
+        }
+        let mut conn = ReplicationConnection::connect(&self.settings.connection).await?;
+        link.refresh_acked();
+        conn.start_replication(&self.settings.slot, link.acked, &self.settings.publication)
+            .await?;
+        tracing::info!(slot = %self.settings.slot, from = %link.acked, "streaming");
+
         let mut status = tokio::time::interval(self.settings.status_interval);
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut stopping = *stop.borrow();
         let mut produced = Vec::new();
+        let control = &mut link.control;
 
         // On a stop request, read on to the end of the open transaction: a half-published one would repeat.
-        'reading: while !stopping || decoder.in_transaction() {
+        'reading: while !link.stopping || decoder.in_transaction() {
             let frame = tokio::select! {
                 frame = conn.next_frame() => frame?,
                 // The pipeline failed (and says why): stop reading, report what it acknowledged.
-                _ = events.closed() => break 'reading,
+                _ = control.events.closed() => break 'reading,
                 _ = status.tick() => {
-                    acked = acked.max(*acknowledged.borrow_and_update());
-                    conn.send_status(acked, false).await?;
+                    link.acked = link.acked.max(*control.acknowledged.borrow_and_update());
+                    conn.send_status(link.acked, false).await?;
                     continue;
                 }
-                _ = stop.changed(), if !stopping => {
-                    stopping = true;
+                _ = control.stop.changed(), if !link.stopping => {
+                    link.stopping = true;
                     tracing::info!("stopping: finishing the open transaction");
                     continue;
                 }
@@ -215,7 +300,7 @@ impl PostgresSource {
                 } => {
                     let message = pgoutput::decode(&data)?;
                     decoder
-                        .apply(message, wal_start, &self, &mut produced)
+                        .apply(message, wal_start, self, &mut produced)
                         .await?;
                 }
                 Frame::Keepalive {
@@ -224,8 +309,8 @@ impl PostgresSource {
                 } => {
                     decoder.idle(wal_end, &mut produced);
                     if reply_requested {
-                        acked = acked.max(*acknowledged.borrow_and_update());
-                        conn.send_status(acked, false).await?;
+                        link.acked = link.acked.max(*control.acknowledged.borrow_and_update());
+                        conn.send_status(link.acked, false).await?;
                     }
                 }
                 Frame::CopyDone => {
@@ -238,10 +323,10 @@ impl PostgresSource {
                 // Keep answering the server while the pipeline is full, so it does not time the connection out.
                 let permit = loop {
                     tokio::select! {
-                        permit = events.reserve() => break permit,
+                        permit = control.events.reserve() => break permit,
                         _ = status.tick() => {
-                            acked = acked.max(*acknowledged.borrow_and_update());
-                            conn.send_status(acked, false).await?;
+                            link.acked = link.acked.max(*control.acknowledged.borrow_and_update());
+                            conn.send_status(link.acked, false).await?;
                         }
                     }
                 };
@@ -252,8 +337,24 @@ impl PostgresSource {
             }
         }
 
-        // Let the pipeline drain, then tell the server the final acknowledged position.
+        Ok(conn)
+    }
+
+    /// Lets the pipeline drain (dropping the event sender tells it), then tells the server the final
+    /// acknowledged position.
+    async fn finish(&self, mut conn: ReplicationConnection, link: Link) -> Result<(), SourceError> {
+        let Link {
+            control:
+                StreamControl {
+                    events,
+                    mut acknowledged,
+                    ..
+                },
+            mut acked,
+            ..
+        } = link;
         drop(events);
+        let mut status = tokio::time::interval(self.settings.status_interval);
         loop {
             tokio::select! {
                 changed = acknowledged.changed() => {
@@ -367,6 +468,18 @@ struct OpenTransaction {
     xid: u32,
     commit_lsn: Lsn,
     commit_time_us: i64,
+    /// Change events of this transaction handed on so far, over every connection.
+    handed_on: u64,
+    /// Change events still to drop because an earlier connection handed them on (u64::MAX: all of them,
+    /// the whole transaction was handed on).
+    skip: u64,
+}
+
+/// A transaction cut off by a lost connection: the next connection replays it from the start.
+#[derive(Clone, Copy, Debug)]
+struct CutOff {
+    commit_lsn: Lsn,
+    handed_on: u64,
 }
 
 /// Protocol state between messages: known relations and the open transaction.
@@ -376,6 +489,7 @@ struct StreamDecoder {
     transaction: Option<OpenTransaction>,
     /// The last position handed on (a commit's end, or an idle point).
     last_position: Lsn,
+    cut_off: Option<CutOff>,
 }
 
 impl StreamDecoder {
@@ -385,6 +499,29 @@ impl StreamDecoder {
             relations: HashMap::new(),
             transaction: None,
             last_position: resume,
+            cut_off: None,
+        }
+    }
+
+    /// The connection is gone: the next one starts again at the acknowledged position, before the open
+    /// transaction, which will be replayed from its Begin.
+    fn connection_lost(&mut self) {
+        if let Some(tx) = self.transaction.take() {
+            self.cut_off = Some(CutOff {
+                commit_lsn: tx.commit_lsn,
+                handed_on: tx.handed_on,
+            });
+        }
+    }
+
+    /// Drops the change events in `out[from..]` that an earlier connection already handed on.
+    fn drop_replayed(&mut self, out: &mut Vec<SourceEvent>, from: usize) {
+        if let Some(tx) = &mut self.transaction {
+            let new = (out.len() - from) as u64;
+            let replayed = tx.skip.min(new);
+            out.drain(from..from + replayed as usize);
+            tx.skip -= replayed;
+            tx.handed_on += new - replayed;
         }
     }
 
@@ -416,15 +553,34 @@ impl StreamDecoder {
                         "Begin inside an open transaction".into(),
                     ));
                 }
+                // After a reconnect the server replays from the acknowledged position: transactions that
+                // committed before the last position handed on were handed on whole; the one cut off
+                // mid-way was handed on in part.
+                let (handed_on, skip) = if begin.final_lsn < self.last_position {
+                    (0, u64::MAX)
+                } else {
+                    match self.cut_off.take() {
+                        Some(cut) if cut.commit_lsn == begin.final_lsn => {
+                            tracing::info!(txid = begin.xid, handed_on = cut.handed_on, "replaying the transaction the lost connection cut off: skipping the changes already handed on");
+                            (cut.handed_on, cut.handed_on)
+                        }
+                        _ => (0, 0),
+                    }
+                };
                 self.transaction = Some(OpenTransaction {
                     xid: begin.xid,
                     commit_lsn: begin.final_lsn,
                     commit_time_us: begin.commit_time_us,
+                    handed_on,
+                    skip,
                 });
             }
             Message::Commit(commit) => {
-                if self.transaction.take().is_none() {
+                let Some(tx) = self.transaction.take() else {
                     return Err(SourceError::Protocol("Commit without Begin".into()));
+                };
+                if tx.skip == u64::MAX {
+                    return Ok(());
                 }
                 self.last_position = self.last_position.max(commit.end_lsn);
                 out.push(SourceEvent::Commit {
@@ -440,6 +596,24 @@ impl StreamDecoder {
                 }
                 self.relations.insert(relation.id, table);
             }
+            Message::Insert(_) | Message::Update(_) | Message::Delete(_) | Message::Truncate(_) => {
+                let from = out.len();
+                self.apply_change(message, lsn, out)?;
+                self.drop_replayed(out, from);
+            }
+            Message::Origin(_) | Message::Type(_) | Message::LogicalMessage(_) => {}
+        }
+        Ok(())
+    }
+
+    /// A row change (or truncate) into its change events.
+    fn apply_change(
+        &mut self,
+        message: Message,
+        lsn: Lsn,
+        out: &mut Vec<SourceEvent>,
+    ) -> Result<(), SourceError> {
+        match message {
             Message::Insert(insert) => {
                 if let Some(table) = self.table(insert.relation_id)? {
                     let after = decode_row(&table, &insert.new)?;
@@ -466,7 +640,7 @@ impl StreamDecoder {
                     }
                 }
             }
-            Message::Origin(_) | Message::Type(_) | Message::LogicalMessage(_) => {}
+            _ => {}
         }
         Ok(())
     }

@@ -39,6 +39,17 @@ pub enum ReplicationError {
 }
 
 impl ReplicationError {
+    /// Worth reconnecting for: the connection failed or was cut, or the server is (re)starting.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ReplicationError::Connect { .. }
+            | ReplicationError::Io(_)
+            | ReplicationError::Closed => true,
+            ReplicationError::Server(err) => is_retryable_sqlstate(&err.code),
+            _ => false,
+        }
+    }
+
     /// The server's SQLSTATE, when the server reported the error.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
@@ -46,6 +57,12 @@ impl ReplicationError {
             _ => None,
         }
     }
+}
+
+/// Connection exceptions (08), operator intervention — shutdown, crash, starting up (57P), too many
+/// connections (53300), and a slot still active for the server process of a cut connection (55006).
+pub fn is_retryable_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("57P") || code == "53300" || code == "55006"
 }
 
 /// An ErrorResponse from the server.
