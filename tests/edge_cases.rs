@@ -3,10 +3,23 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{decode_all, Daemon, Services, DEAD_LETTERS};
 use serde_json::Value as Json;
+
+/// The services, a `notes` table, and sluice streaming it (with extra `[sink.kafka]` properties).
+async fn streaming_notes(kafka: &[(&str, &str)]) -> (Services, PathBuf, Daemon) {
+    let services = Services::start().await;
+    services
+        .sql("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        .await;
+    let config = services.write_config_with(&["public.notes"], kafka);
+    let mut daemon = Daemon::start(&config);
+    services.wait_streaming(&mut daemon).await;
+    (services, config, daemon)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_of_partitions_arrive_on_the_partitioned_tables_topic() {
@@ -69,24 +82,13 @@ async fn changes_of_partitions_arrive_on_the_partitioned_tables_topic() {
         "no topic or subject per partition: {:?}",
         services.registry.subjects()
     );
-    assert_eq!(
-        daemon.terminate(Duration::from_secs(30)).code(),
-        Some(0),
-        "{}",
-        daemon.log()
-    );
+    daemon.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_too_large_for_the_producer_goes_to_the_dead_letter_topic_without_its_row() {
-    let services = Services::start().await;
-    services
-        .sql("CREATE TABLE notes (id int PRIMARY KEY, body text)")
-        .await;
     // librdkafka refuses messages above message.max.bytes before they leave the process.
-    let config = services.write_config_with(&["public.notes"], &[("message.max.bytes", "4000")]);
-    let mut daemon = Daemon::start(&config);
-    services.wait_streaming(&mut daemon).await;
+    let (services, config, mut daemon) = streaming_notes(&[("message.max.bytes", "4000")]).await;
 
     services
         .sql(
@@ -128,12 +130,7 @@ async fn an_event_too_large_for_the_producer_goes_to_the_dead_letter_topic_witho
     assert!(letter["source"]["lsn"].as_str().unwrap().contains('/'));
 
     // Acknowledged like any event: a clean restart does not send the letter again.
-    assert_eq!(
-        daemon.terminate(Duration::from_secs(30)).code(),
-        Some(0),
-        "{}",
-        daemon.log()
-    );
+    daemon.stop_cleanly();
     let mut daemon = Daemon::start(&config);
     services.wait_streaming(&mut daemon).await;
     services
@@ -153,23 +150,12 @@ async fn an_event_too_large_for_the_producer_goes_to_the_dead_letter_topic_witho
             .len(),
         1
     );
-    assert_eq!(
-        daemon.terminate(Duration::from_secs(30)).code(),
-        Some(0),
-        "{}",
-        daemon.log()
-    );
+    daemon.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_position_file_from_another_server_is_refused() {
-    let services = Services::start().await;
-    services
-        .sql("CREATE TABLE notes (id int PRIMARY KEY, body text)")
-        .await;
-    let config = services.write_config(&["public.notes"]);
-    let mut daemon = Daemon::start(&config);
-    services.wait_streaming(&mut daemon).await;
+    let (services, config, mut daemon) = streaming_notes(&[]).await;
     services.sql("INSERT INTO notes VALUES (1, 'one')").await;
     assert_eq!(
         services
@@ -178,12 +164,7 @@ async fn a_position_file_from_another_server_is_refused() {
             .len(),
         1
     );
-    assert_eq!(
-        daemon.terminate(Duration::from_secs(30)).code(),
-        Some(0),
-        "{}",
-        daemon.log()
-    );
+    daemon.stop_cleanly();
 
     let confirmed = services.confirmed_flush().await;
     let file = services
@@ -233,13 +214,7 @@ async fn a_position_file_from_another_server_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_crash_mid_stream_is_survived_without_loss_or_repeats() {
-    let services = Services::start().await;
-    services
-        .sql("CREATE TABLE notes (id int PRIMARY KEY, body text)")
-        .await;
-    let config = services.write_config(&["public.notes"]);
-    let mut daemon = Daemon::start(&config);
-    services.wait_streaming(&mut daemon).await;
+    let (services, _config, mut daemon) = streaming_notes(&[]).await;
 
     // One large transaction, then the server dies while sluice is still streaming it (the log shows the
     // cut-off transaction replayed with its first part skipped, when the timing catches it mid-way).
@@ -272,10 +247,5 @@ async fn a_database_crash_mid_stream_is_survived_without_loss_or_repeats() {
     assert_eq!(ids.len(), 20010, "every row arrives");
     assert_eq!(received, 20010, "and none twice:\n{}", daemon.log());
     assert!(daemon.log().contains("reconnecting"), "{}", daemon.log());
-    assert_eq!(
-        daemon.terminate(Duration::from_secs(30)).code(),
-        Some(0),
-        "{}",
-        daemon.log()
-    );
+    daemon.stop_cleanly();
 }

@@ -352,12 +352,7 @@ async fn ten_thousand_changes_arrive_in_commit_order_per_key() {
         confirmed.as_deref().is_some_and(confirmed_past),
         "slot confirmed {confirmed:?}, WAL at {end}"
     );
-    assert_eq!(
-        daemon.terminate(Duration::from_secs(30)).code(),
-        Some(0),
-        "{}",
-        daemon.log()
-    );
+    daemon.stop_cleanly();
 }
 
 fn parse_lsn(text: &str) -> u64 {
@@ -480,12 +475,7 @@ async fn sigkill_mid_stream_loses_nothing() {
             );
         }
     }
-    assert_eq!(
-        daemon.terminate(Duration::from_secs(30)).code(),
-        Some(0),
-        "{}",
-        daemon.log()
-    );
+    daemon.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -561,12 +551,7 @@ async fn sigterm_and_restart_repeat_nothing() {
     // Exactly the history: nothing lost, nothing repeated.
     assert_matches_history(&workload.history, "orders", &workload_orders);
     assert_matches_history(&workload.history, "customers", &customer_events);
-    assert_eq!(
-        daemon.terminate(Duration::from_secs(30)).code(),
-        Some(0),
-        "{}",
-        daemon.log()
-    );
+    daemon.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -618,12 +603,7 @@ async fn values_that_do_not_fit_go_to_the_dead_letter_topic_and_the_stream_goes_
     assert_eq!(stage.as_deref(), Some(&b"encode"[..]));
 
     // The dead letter is acknowledged like any event: a clean restart does not send it again.
-    assert_eq!(
-        daemon.terminate(Duration::from_secs(30)).code(),
-        Some(0),
-        "{}",
-        daemon.log()
-    );
+    daemon.stop_cleanly();
     let mut daemon = Daemon::start(&config);
     services.wait_streaming(&mut daemon).await;
     services
@@ -638,12 +618,7 @@ async fn values_that_do_not_fit_go_to_the_dead_letter_topic_and_the_stream_goes_
             .len(),
         1
     );
-    assert_eq!(
-        daemon.terminate(Duration::from_secs(30)).code(),
-        Some(0),
-        "{}",
-        daemon.log()
-    );
+    daemon.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -671,10 +646,5 @@ async fn a_schema_the_registry_refuses_sends_events_to_the_dead_letter_topic() {
             .contains("shop.public.orders-"),
         "{letter}"
     );
-    assert_eq!(
-        daemon.terminate(Duration::from_secs(30)).code(),
-        Some(0),
-        "{}",
-        daemon.log()
-    );
+    daemon.stop_cleanly();
 }

@@ -68,6 +68,14 @@ pub struct TableName {
 }
 
 impl TableName {
+    /// From a catalog row whose first two columns are the schema and the table name.
+    fn from_row(row: &tokio_postgres::Row) -> TableName {
+        TableName {
+            schema: row.get(0),
+            name: row.get(1),
+        }
+    }
+
     pub fn quoted(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
     }
@@ -95,13 +103,7 @@ pub async fn resolve_tables(
         )
         .await
         .map_err(query_error("cannot list tables"))?;
-    let all: Vec<TableName> = rows
-        .iter()
-        .map(|r| TableName {
-            schema: r.get(0),
-            name: r.get(1),
-        })
-        .collect();
+    let all: Vec<TableName> = rows.iter().map(TableName::from_row).collect();
     let mut chosen = BTreeSet::new();
     for pattern in patterns {
         let mut matched = false;
@@ -226,10 +228,7 @@ pub async fn partitioned_tables(
         .map_err(query_error("cannot list partitioned tables"))?;
     Ok(rows
         .iter()
-        .map(|r| TableName {
-            schema: r.get(0),
-            name: r.get(1),
-        })
+        .map(TableName::from_row)
         .filter(|t| tables.contains(t))
         .collect())
 }
@@ -247,13 +246,7 @@ pub async fn published_tables(
         .map_err(query_error(format!(
             "cannot list the tables of publication `{publication}`"
         )))?;
-    Ok(rows
-        .iter()
-        .map(|r| TableName {
-            schema: r.get(0),
-            name: r.get(1),
-        })
-        .collect())
+    Ok(rows.iter().map(TableName::from_row).collect())
 }
 
 /// A replication slot as `pg_replication_slots` shows it.

@@ -236,6 +236,17 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, and the clean exit (status 0) a stop must end in.
+    pub fn stop_cleanly(&mut self) {
+        let status = self.terminate(Duration::from_secs(30));
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "SIGTERM must end sluice cleanly:\n{}",
+            self.log()
+        );
+    }
+
     /// SIGTERM, then wait for the exit (bounded).
     pub fn terminate(&mut self, within: Duration) -> ExitStatus {
         self.signal("TERM");
