@@ -9,6 +9,7 @@ use tokio_postgres::Client;
 
 use crate::config::{redact_secrets, Config};
 use crate::connectors::postgres::catalog::{self, describe_pg_error, TableName};
+use crate::connectors::postgres::replication::{ReplicationConnection, ReplicationError};
 use crate::positions::PositionStore;
 use crate::registry::RegistryClient;
 use crate::sink::{KafkaSink, SinkSettings};
@@ -140,6 +141,7 @@ async fn check_postgres(config: &Config, report: &mut Report) {
     }
 
     check_role(&client, report).await;
+    check_replication_connection(&connection, report).await;
     let tables = check_tables(config, &client, report).await;
     check_slot(config, &client, report).await;
     check_publication(config, &client, &tables, report).await;
@@ -170,6 +172,27 @@ async fn check_role(client: &Client, report: &mut Report) {
         Err(err) => report.fail(
             format!("cannot read the user's role: {}", describe_pg_error(&err)),
             "check the user",
+        ),
+    }
+}
+
+/// Opens the kind of connection `sluice run` streams over: pg_hba.conf, connection limits and
+/// max_wal_senders apply to it differently than to the connection above.
+async fn check_replication_connection(connection: &tokio_postgres::Config, report: &mut Report) {
+    let opened = async {
+        let mut conn = ReplicationConnection::connect(connection).await?;
+        let system = conn.identify_system().await?;
+        conn.close().await?;
+        Ok::<_, ReplicationError>(system)
+    };
+    match opened.await {
+        Ok(system) => report.pass(format!(
+            "replication connection opens (system {}, timeline {})",
+            system.system_id, system.timeline
+        )),
+        Err(err) => report.fail(
+            format!("cannot open a replication connection: {}", redact_secrets(&err.to_string())),
+            "check max_wal_senders (a free sender is needed) and that pg_hba.conf admits the user for this database",
         ),
     }
 }

@@ -160,6 +160,7 @@ async fn check_passes_against_ready_services() {
     for line in [
         "wal_level = logical",
         "may replicate",
+        "replication connection opens (system ",
         "table public.orders: primary key (id)",
         "broker at",
         "schema registry at",
