@@ -49,6 +49,24 @@ pub struct SourceConfig {
     /// Seconds between standby status updates sent to the server.
     #[serde(default = "default_status_interval_secs")]
     pub status_interval_secs: Spanned<u64>,
+    /// Whether the rows already in the tables are published (as `op = "r"`) before streaming.
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+}
+
+/// `source.snapshot`: Debezium's snapshot modes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    /// Read the tables once, when sluice has no stored position, then stream.
+    #[default]
+    Initial,
+    /// Never read the tables: only changes after the slot was created are published.
+    Never,
+    /// Read the tables, then stop without streaming (and drop the slot, so no WAL is retained).
+    InitialOnly,
+    /// Like `initial`, and again whenever the stored position cannot be resumed (the slot is gone).
+    WhenNeeded,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -697,6 +715,7 @@ dir = "/var/lib/sluice"
         assert_eq!(config.sink.topic_prefix.get_ref().as_str(), "shop");
         assert!(config.sink.create_topics);
         assert_eq!(*config.source.status_interval_secs.get_ref(), 10);
+        assert_eq!(config.source.snapshot, SnapshotMode::Initial);
         let props: Vec<_> = config.kafka_properties().collect();
         assert_eq!(
             props,
@@ -726,6 +745,29 @@ dir = "/var/lib/sluice"
         assert!(message.contains("line 7"), "{message}");
         assert!(
             message.contains("tables") || message.contains("sequence"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn snapshot_modes_parse_and_an_unknown_one_is_named() {
+        let with = |mode: &str| {
+            GOOD.replace(
+                "slot = \"sluice\"",
+                &format!("slot = \"sluice\"\nsnapshot = \"{mode}\""),
+            )
+        };
+        for (text, mode) in [
+            ("never", SnapshotMode::Never),
+            ("initial_only", SnapshotMode::InitialOnly),
+            ("when_needed", SnapshotMode::WhenNeeded),
+        ] {
+            assert_eq!(Config::parse(&with(text)).unwrap().source.snapshot, mode);
+        }
+        let message = syntax_error(&with("sometimes"));
+        assert!(message.contains("line 6"), "{message}");
+        assert!(
+            message.contains("sometimes") && message.contains("initial_only"),
             "{message}"
         );
     }

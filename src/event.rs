@@ -203,7 +203,28 @@ pub struct SourceInfo {
     pub commit_lsn: Lsn,
     /// Commit time, microseconds since the Unix epoch.
     pub commit_time_us: i64,
-    pub snapshot: bool,
+    pub snapshot: SnapshotMarker,
+}
+
+/// Debezium's `source.snapshot`: whether a snapshot read the row, and which row was the snapshot's last.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SnapshotMarker {
+    /// Streamed from the log.
+    #[default]
+    False,
+    True,
+    /// The last row of the snapshot: what follows is streamed.
+    Last,
+}
+
+impl SnapshotMarker {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotMarker::False => "false",
+            SnapshotMarker::True => "true",
+            SnapshotMarker::Last => "last",
+        }
+    }
 }
 
 /// A row-level change.

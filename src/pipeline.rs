@@ -15,10 +15,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::avro::{self, EnvelopeContext, TableSchemas};
-use crate::config::Config;
+use crate::config::{Config, SnapshotMode};
 use crate::connectors::postgres::reader::{
     PostgresSettings, PostgresSource, Resume, SourceError, StreamControl,
 };
+use crate::connectors::postgres::snapshot::Snapshot;
 use crate::deadletter::{self, Stage};
 use crate::event::{ChangeEvent, Lsn, Op, Position, SourceEvent, Table, Value};
 use crate::positions::{now_ms, AckTracker, PositionError, PositionStore};
@@ -60,9 +61,19 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
         &settings.slot,
     )?;
     let stored_position = store.load()?;
+    if settings.snapshot == SnapshotMode::InitialOnly
+        && stored_position
+            .as_ref()
+            .is_some_and(|s| !s.snapshot_pending)
+    {
+        tracing::info!(file = %store.path().display(), "snapshot = initial_only and the snapshot is complete: nothing to do");
+        return Ok(());
+    }
+    let mode = settings.snapshot;
 
     let tracker = Arc::new(AckTracker::new());
-    let (mut sink, failures) = KafkaSink::new(SinkSettings::from_config(config), tracker.clone())?;
+    let (mut sink, mut failures) =
+        KafkaSink::new(SinkSettings::from_config(config), tracker.clone())?;
     sink.check_reachable(Duration::from_secs(15))?;
     let dead_letter_topic = config.sink.dead_letter_topic.get_ref().as_str().to_owned();
     sink.ensure_topic(&dead_letter_topic, &stop).await?;
@@ -75,16 +86,46 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
         lsn: stored.unwrap_or_default(),
         identity: s.identity.as_ref(),
         file: store.path(),
+        snapshot_pending: s.snapshot_pending,
     });
-    let source = PostgresSource::prepare(settings, previous_run).await?;
+    let mut source = PostgresSource::prepare(settings, previous_run).await?;
     store.set_identity(source.identity().clone());
-    let resume = stored.unwrap_or_default();
-    match stored {
-        Some(lsn) => {
-            tracing::info!(position = %lsn, file = %store.path().display(), "resuming after stored position")
+    let mut publisher = Publisher {
+        sink,
+        registry,
+        tracker: tracker.clone(),
+        topic_prefix: config.sink.topic_prefix.get_ref().as_str().to_owned(),
+        dead_letter_topic,
+        encodings: HashMap::new(),
+        key_buf: Vec::with_capacity(256),
+        value_buf: Vec::with_capacity(4096),
+        stop: stop.clone(),
+        stats: Stats::default(),
+    };
+
+    let resume = match source.take_snapshot() {
+        Some(snapshot) => {
+            let at = snapshot.consistent_point;
+            if !publish_snapshot(snapshot, &mut publisher, &mut failures, &store).await? {
+                return Ok(());
+            }
+            if mode == SnapshotMode::InitialOnly {
+                source.drop_slot().await?;
+                tracing::info!("snapshot = initial_only: done, not streaming");
+                return Ok(());
+            }
+            at
         }
-        None => tracing::info!("no stored position: starting from the slot's position"),
-    }
+        None => {
+            match stored {
+                Some(lsn) => {
+                    tracing::info!(position = %lsn, file = %store.path().display(), "resuming after stored position")
+                }
+                None => tracing::info!("no stored position: starting from the slot's position"),
+            }
+            stored.unwrap_or_default()
+        }
+    };
 
     let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
     let (ack_tx, ack_rx) = watch::channel(resume);
@@ -105,19 +146,7 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
         finish_rx,
     ));
 
-    let mut publisher = Publisher {
-        sink,
-        registry,
-        tracker: tracker.clone(),
-        topic_prefix: config.sink.topic_prefix.get_ref().as_str().to_owned(),
-        dead_letter_topic,
-        encodings: HashMap::new(),
-        key_buf: Vec::with_capacity(256),
-        value_buf: Vec::with_capacity(4096),
-        stop,
-        stats: Stats::default(),
-    };
-    let published = publisher.publish_all(events_rx, failures).await;
+    let published = publisher.publish_all(events_rx, &mut failures).await;
     if let Err(err) = &published {
         tracing::error!(error = %err, "publishing failed: stopping the reader");
     }
@@ -151,7 +180,38 @@ fn postgres_settings(config: &Config) -> Result<PostgresSettings, PipelineError>
         publication: config.source.publication.get_ref().as_str().to_owned(),
         tables: config.table_patterns(),
         status_interval: Duration::from_secs(*config.source.status_interval_secs.get_ref()),
+        snapshot: config.source.snapshot,
     })
+}
+
+/// Publishes the snapshot's rows and waits until the broker has every one; then the snapshot's position is
+/// stored as complete. The file says "snapshot pending" from before the first row until then, so a run that
+/// stops or dies in between takes the snapshot again. Returns false when a stop request interrupted it.
+async fn publish_snapshot(
+    snapshot: Snapshot,
+    publisher: &mut Publisher,
+    failures: &mut mpsc::UnboundedReceiver<FailedDelivery>,
+    store: &PositionStore,
+) -> Result<bool, PipelineError> {
+    let lsn = snapshot.consistent_point;
+    let at = Position::Postgres { lsn };
+    store.save_snapshot_pending(at)?;
+    let (rows_tx, rows_rx) = mpsc::channel(EVENT_BUFFER);
+    let reading = tokio::spawn(snapshot.read(rows_tx, publisher.stop.clone()));
+    let published = publisher.publish_all(rows_rx, failures).await;
+    let read = reading.await.map_err(|_| PipelineError::ReaderGone)?;
+    published?;
+    let outcome = read?;
+    if !outcome.complete {
+        tracing::info!(
+            rows = outcome.rows,
+            "stopped during the snapshot: the next run takes it again"
+        );
+        return Ok(false);
+    }
+    store.save(at)?;
+    tracing::info!(rows = outcome.rows, position = %lsn, "snapshot complete: every row is on the broker");
+    Ok(true)
 }
 
 /// Writes each newly acknowledged position to the file, then passes it to the reader. Writes coalesce: while
@@ -243,7 +303,7 @@ impl Publisher {
     async fn publish_all(
         &mut self,
         mut events: mpsc::Receiver<SourceEvent>,
-        mut failures: mpsc::UnboundedReceiver<FailedDelivery>,
+        failures: &mut mpsc::UnboundedReceiver<FailedDelivery>,
     ) -> Result<(), PipelineError> {
         loop {
             tokio::select! {
@@ -258,7 +318,7 @@ impl Publisher {
                 },
             }
         }
-        self.drain(&mut failures).await
+        self.drain(failures).await
     }
 
     /// Waits until the broker has acknowledged everything, still routing refused messages.

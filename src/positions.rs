@@ -190,6 +190,10 @@ pub struct StoredPosition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<SourceIdentity>,
     pub position: Position,
+    /// A snapshot started at `position` and not all of its rows are on the broker yet: the next run takes
+    /// it again. Absent once the snapshot is complete.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot_pending: bool,
     pub updated_at_ms: i64,
 }
 
@@ -260,10 +264,20 @@ impl PositionStore {
     /// Writes the position atomically: a temporary file, fsync, rename over the old one, fsync the directory.
     /// A crash leaves either the old or the new position, never a torn file.
     pub fn save(&self, position: Position) -> Result<(), PositionError> {
+        self.write(position, false)
+    }
+
+    /// Records that a snapshot starting at `position` is under way, before its first row is published.
+    pub fn save_snapshot_pending(&self, position: Position) -> Result<(), PositionError> {
+        self.write(position, true)
+    }
+
+    fn write(&self, position: Position, snapshot_pending: bool) -> Result<(), PositionError> {
         let stored = StoredPosition {
             source: self.source.clone(),
             identity: self.identity.clone(),
             position,
+            snapshot_pending,
             updated_at_ms: now_ms(),
         };
         let mut text = serde_json::to_vec_pretty(&stored).expect("position serialises");
@@ -365,6 +379,11 @@ mod tests {
         let loaded = store.load().unwrap().unwrap();
         assert_eq!(loaded.position, at(0x16_B374_D900));
         assert_eq!(loaded.identity, Some(identity));
+        assert!(!loaded.snapshot_pending);
+        store.save_snapshot_pending(at(0x17_0000_0000)).unwrap();
+        assert!(store.load().unwrap().unwrap().snapshot_pending);
+        store.save(at(0x17_0000_0000)).unwrap();
+        assert!(!store.load().unwrap().unwrap().snapshot_pending);
 
         fs::write(store.path(), b"{ torn").unwrap();
         let err = store.load().unwrap_err().to_string();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::config::{redact_secrets, Config};
+use crate::config::{redact_secrets, Config, SnapshotMode};
 use crate::connectors::postgres::catalog::{self, describe_pg_error, TableName};
 use crate::connectors::postgres::replication::{ReplicationConnection, ReplicationError};
 use crate::positions::PositionStore;
@@ -293,6 +293,14 @@ async fn check_slot(config: &Config, client: &Client, report: &mut Report) {
                     "slot `{slot}` exists (pgoutput, confirmed up to {at})"
                 ));
             }
+        }
+        Ok(None)
+            if position_file.exists()
+                && config.source.snapshot == SnapshotMode::WhenNeeded =>
+        {
+            report.pass(format!(
+                "slot `{slot}` does not exist: with snapshot = \"when_needed\", `sluice run` creates it and takes a new snapshot"
+            ))
         }
         Ok(None) if position_file.exists() => report.fail(
             format!(

@@ -5,8 +5,10 @@ use std::collections::BTreeSet;
 
 use tokio_postgres::{Client, NoTls};
 
+use super::pgoutput::{Relation, RelationColumn};
 use super::replication::quote_ident;
 use crate::config::TablePattern;
+use crate::event::Lsn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -259,6 +261,13 @@ pub struct SlotInfo {
     pub confirmed_flush_lsn: Option<String>,
 }
 
+impl SlotInfo {
+    /// Where streaming from the slot starts.
+    pub fn confirmed_lsn(&self) -> Option<Lsn> {
+        self.confirmed_flush_lsn.as_deref()?.parse().ok()
+    }
+}
+
 pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, CatalogError> {
     let row = client
         .query_opt(
@@ -292,4 +301,77 @@ pub async fn primary_key(client: &Client, relation_id: u32) -> Result<Vec<String
             "cannot read the primary key of relation {relation_id}"
         )))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// What a snapshot needs to know of a table before reading it.
+#[derive(Debug, Clone)]
+pub struct TableDescription {
+    /// The table as a pgoutput Relation message would describe it, so that snapshot rows and streamed rows
+    /// share one table model.
+    pub relation: Relation,
+    pub primary_key: Vec<String>,
+    /// A partitioned table is read through a query (COPY cannot read one directly).
+    pub partitioned: bool,
+    /// The planner's row estimate (all partitions together); None while the table was never analysed.
+    pub estimated_rows: Option<u64>,
+}
+
+/// Describes a table from the catalog the way pgoutput would: the columns it publishes (no dropped or
+/// generated ones), their types and which belong to the replica identity index.
+pub async fn describe_table(
+    client: &Client,
+    table: &TableName,
+) -> Result<TableDescription, CatalogError> {
+    let context = || format!("cannot describe table {table}");
+    let row = client
+        .query_opt(
+            "SELECT c.oid, c.relreplident, c.relkind = 'p', \
+               (CASE WHEN c.relkind = 'p' THEN \
+                  (SELECT sum(p.reltuples) FILTER (WHERE p.reltuples >= 0) FROM pg_partition_tree(c.oid) t \
+                   JOIN pg_class p ON p.oid = t.relid WHERE t.isleaf) \
+                ELSE nullif(c.reltuples, -1) END)::float8 \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(query_error(context()))?
+        .ok_or_else(|| CatalogError::NoSuchTable(table.to_string()))?;
+    let id: u32 = row.get(0);
+    let replica_identity: i8 = row.get(1);
+    let partitioned: bool = row.get(2);
+    let estimated_rows = row.get::<_, Option<f64>>(3).map(|n| n.max(0.0) as u64);
+    let columns = client
+        .query(
+            "SELECT a.attname, a.atttypid, a.atttypmod, \
+               COALESCE(a.attnum = ANY ((SELECT i.indkey FROM pg_index i \
+                                         WHERE i.indrelid = a.attrelid AND i.indisreplident)::int2[]), false) \
+             FROM pg_attribute a \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+             ORDER BY a.attnum",
+            &[&id],
+        )
+        .await
+        .map_err(query_error(context()))?
+        .iter()
+        .map(|r| RelationColumn {
+            name: r.get(0),
+            type_oid: r.get(1),
+            type_modifier: r.get(2),
+            key: r.get(3),
+        })
+        .collect();
+    let primary_key = primary_key(client, id).await?;
+    Ok(TableDescription {
+        relation: Relation {
+            id,
+            namespace: table.schema.clone(),
+            name: table.name.clone(),
+            replica_identity: replica_identity as u8,
+            columns,
+        },
+        primary_key,
+        partitioned,
+        estimated_rows,
+    })
 }

@@ -2,10 +2,12 @@
 //!
 //! `pgoutput` decodes the plugin's messages (pure, no I/O); `types` maps column types and text values onto
 //! the event model; `replication` speaks the streaming-replication protocol; `catalog` manages the slot, the
-//! publication and table metadata over an ordinary connection; `reader` turns the stream into events.
+//! publication and table metadata over an ordinary connection; `snapshot` reads the rows already in the
+//! tables; `reader` prepares the slot and turns the stream into events.
 
 pub mod catalog;
 pub mod pgoutput;
 pub mod reader;
 pub mod replication;
+pub mod snapshot;
 pub mod types;

@@ -12,10 +12,12 @@ use tokio_postgres::Client;
 use super::catalog::{self, CatalogError, TableName};
 use super::pgoutput::{self, Message, OldTuple, Relation, TupleData, TupleValue};
 use super::replication::{Frame, ReplicationConnection, ReplicationError};
+use super::snapshot::Snapshot;
 use super::types;
-use crate::config::TablePattern;
+use crate::config::{SnapshotMode, TablePattern};
 use crate::event::{
-    ChangeEvent, Column, Lsn, Op, Position, Row, SourceEvent, SourceInfo, Table, Value,
+    ChangeEvent, Column, Lsn, Op, Position, Row, SnapshotMarker, SourceEvent, SourceInfo, Table,
+    Value,
 };
 use crate::positions::SourceIdentity;
 
@@ -29,7 +31,8 @@ pub enum SourceError {
     Decode(#[from] pgoutput::DecodeError),
     #[error(
         "replication slot `{slot}` is gone but sluice had delivered up to {position}: changes since then may be lost. \
-         Recreate the pipeline deliberately: remove the position file {position_file} (sluice then creates a new slot)"
+         Recreate the pipeline deliberately: remove the position file {position_file} (sluice then creates a new slot \
+         and takes a new snapshot), or set `source.snapshot = \"when_needed\"` to do that automatically"
     )]
     SlotLost {
         slot: String,
@@ -87,6 +90,7 @@ pub struct PostgresSettings {
     pub publication: String,
     pub tables: Vec<TablePattern>,
     pub status_interval: Duration,
+    pub snapshot: SnapshotMode,
 }
 
 /// A prepared source: publication and slot in place.
@@ -95,6 +99,7 @@ pub struct PostgresSource {
     catalog: Client,
     selected: BTreeSet<TableName>,
     identity: SourceIdentity,
+    snapshot: Option<Snapshot>,
 }
 
 /// The first wait before reopening a lost replication connection; it doubles up to the maximum.
@@ -133,6 +138,8 @@ pub struct Resume<'a> {
     /// None in files written before sluice recorded it.
     pub identity: Option<&'a SourceIdentity>,
     pub file: &'a Path,
+    /// The run that wrote the file was taking a snapshot and did not finish it.
+    pub snapshot_pending: bool,
 }
 
 impl PostgresSource {
@@ -175,30 +182,85 @@ impl PostgresSource {
             let added: Vec<String> = change.added.iter().map(ToString::to_string).collect();
             tracing::info!(publication = %settings.publication, added = ?added, "added tables to publication");
         }
-        match catalog::slot_info(&catalog, &settings.slot).await? {
-            Some(slot) => {
-                check_slot(&settings, &slot)?;
+        let wants_snapshot = settings.snapshot != SnapshotMode::Never;
+        let slot = catalog::slot_info(&catalog, &settings.slot).await?;
+        if let Some(slot) = &slot {
+            check_slot(&settings, slot)?;
+        }
+        // How the run begins: Some(consistent point, exported snapshot) when the tables are read first.
+        let begin = match (slot, resume) {
+            (Some(slot), Some(resume)) if !(resume.snapshot_pending && wants_snapshot) => {
                 warn_if_slot_is_ahead(&settings.slot, &slot, resume);
+                None
             }
-            None => {
-                if let Some(resume) = resume {
+            (Some(_), Some(_)) => {
+                // The slot was created for a snapshot that did not finish and has not moved since (nothing
+                // is acknowledged before the snapshot is on the broker): a new slot gives a new exported
+                // snapshot, so the retaken snapshot still meets the stream exactly.
+                tracing::info!(slot = %settings.slot, "the previous snapshot did not finish: recreating the slot to take it again");
+                conn.drop_slot(&settings.slot).await?;
+                Some(create_slot(&mut conn, &settings.slot, true).await?)
+            }
+            (Some(slot), None) if wants_snapshot => {
+                // A slot sluice has no position for (created by hand, or sluice stopped right after creating
+                // it): its exported snapshot is gone, so the rows are read as they are now.
+                let confirmed = slot.confirmed_lsn().unwrap_or_default();
+                tracing::warn!(slot = %settings.slot, %confirmed, "snapshot of an existing slot: changes committed between the slot's position and the snapshot may be published again after the snapshot rows");
+                Some((confirmed, None))
+            }
+            (Some(_), None) => None,
+            (None, Some(resume)) if !resume.snapshot_pending => {
+                if settings.snapshot != SnapshotMode::WhenNeeded {
                     return Err(SourceError::SlotLost {
                         slot: settings.slot.clone(),
                         position: resume.lsn,
                         position_file: resume.file.display().to_string(),
                     });
                 }
-                let consistent_point = conn.create_slot(&settings.slot).await?;
-                tracing::info!(slot = %settings.slot, %consistent_point, "created replication slot");
+                tracing::warn!(slot = %settings.slot, stored = %resume.lsn, "the slot is gone: snapshot = when_needed, so a new slot is created and the tables are read again");
+                Some(create_slot(&mut conn, &settings.slot, true).await?)
             }
-        }
-        conn.close().await?;
+            (None, _) => {
+                let (consistent_point, exported) =
+                    create_slot(&mut conn, &settings.slot, wants_snapshot).await?;
+                wants_snapshot.then_some((consistent_point, exported))
+            }
+        };
+        let snapshot = match begin {
+            Some((consistent_point, exported)) => Some(Snapshot {
+                connection: settings.connection.clone(),
+                database: settings.database.clone(),
+                tables: tables.clone(),
+                consistent_point,
+                // The exporting connection stays open until the snapshot is adopted.
+                exported: exported.map(|name| (conn, name)),
+            }),
+            None => {
+                conn.close().await?;
+                None
+            }
+        };
         Ok(PostgresSource {
             settings,
             catalog,
             selected: selected.into_iter().collect(),
             identity,
+            snapshot,
         })
+    }
+
+    /// The snapshot to read before streaming, when this run takes one.
+    pub fn take_snapshot(&mut self) -> Option<Snapshot> {
+        self.snapshot.take()
+    }
+
+    /// Drops the slot (after `snapshot = "initial_only"`, so that the server does not keep WAL for it).
+    pub async fn drop_slot(&self) -> Result<(), SourceError> {
+        let mut conn = ReplicationConnection::connect(&self.settings.connection).await?;
+        conn.drop_slot(&self.settings.slot).await?;
+        conn.close().await?;
+        tracing::info!(slot = %self.settings.slot, "dropped replication slot");
+        Ok(())
     }
 
     /// The server and database this source reads.
@@ -394,14 +456,21 @@ impl PostgresSource {
     }
 }
 
+/// Creates the slot; returns its consistent point and, when asked for, the name of its exported snapshot.
+async fn create_slot(
+    conn: &mut ReplicationConnection,
+    slot: &str,
+    export_snapshot: bool,
+) -> Result<(Lsn, Option<String>), SourceError> {
+    let created = conn.create_slot(slot, export_snapshot).await?;
+    tracing::info!(slot, consistent_point = %created.consistent_point, "created replication slot");
+    Ok((created.consistent_point, created.snapshot_name))
+}
+
 /// The slot only moves when sluice has stored a position first; a slot ahead of the file means someone else
 /// advanced it (or the file is an old copy), and the changes in between are no longer in the slot.
-fn warn_if_slot_is_ahead(slot_name: &str, slot: &catalog::SlotInfo, resume: Option<Resume<'_>>) {
-    let confirmed = slot
-        .confirmed_flush_lsn
-        .as_deref()
-        .and_then(|text| text.parse::<Lsn>().ok());
-    if let (Some(confirmed), Some(resume)) = (confirmed, resume) {
+fn warn_if_slot_is_ahead(slot_name: &str, slot: &catalog::SlotInfo, resume: Resume<'_>) {
+    if let Some(confirmed) = slot.confirmed_lsn() {
         if confirmed > resume.lsn {
             tracing::warn!(
                 slot = slot_name,
@@ -705,7 +774,7 @@ impl StreamDecoder {
             lsn,
             commit_lsn: tx.commit_lsn,
             commit_time_us: tx.commit_time_us,
-            snapshot: false,
+            snapshot: SnapshotMarker::False,
         };
         Ok(SourceEvent::Change(ChangeEvent {
             table,
@@ -719,7 +788,7 @@ impl StreamDecoder {
 
 /// Text values to typed values. A value that does not parse is kept as `OutOfRange` with the reason, so the
 /// event reaches the dead-letter topic instead of stopping the stream.
-fn decode_row(table: &Table, tuple: &TupleData) -> Result<Row, SourceError> {
+pub(super) fn decode_row(table: &Table, tuple: &TupleData) -> Result<Row, SourceError> {
     if tuple.0.len() != table.columns.len() {
         return Err(SourceError::Protocol(format!(
             "{} has {} columns but a row arrived with {}",

@@ -113,6 +113,14 @@ pub enum Frame {
     CopyDone,
 }
 
+/// `CREATE_REPLICATION_SLOT`'s answer.
+#[derive(Debug, Clone)]
+pub struct CreatedSlot {
+    pub consistent_point: Lsn,
+    /// The exported snapshot, when one was asked for.
+    pub snapshot_name: Option<String>,
+}
+
 /// `IDENTIFY_SYSTEM`'s answer.
 #[derive(Debug, Clone)]
 pub struct SystemIdentity {
@@ -122,8 +130,18 @@ pub struct SystemIdentity {
     pub database: Option<String>,
 }
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+/// Fixed output formats for every connection whose text values sluice parses (the stream and snapshots):
+/// the value decoders read ISO dates in UTC, round-trip floats and hex bytea.
+pub const OUTPUT_SETTINGS: &[(&str, &str)] = &[
+    ("DateStyle", "ISO, MDY"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+    ("IntervalStyle", "iso_8601"),
+];
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
 
 pub struct ReplicationConnection {
     stream: Box<dyn Stream>,
@@ -150,20 +168,17 @@ impl ReplicationConnection {
         let user = config.get_user().unwrap_or("postgres");
         let database = config.get_dbname().unwrap_or(user);
         let application = config.get_application_name().unwrap_or("sluice");
-        // Fixed output formats: the value decoders parse ISO dates in UTC, round-trip floats, hex bytea.
         let params = [
             ("user", user),
             ("database", database),
             ("replication", "database"),
             ("application_name", application),
             ("client_encoding", "UTF8"),
-            ("DateStyle", "ISO, MDY"),
-            ("TimeZone", "UTC"),
-            ("extra_float_digits", "3"),
-            ("bytea_output", "hex"),
-            ("IntervalStyle", "iso_8601"),
         ];
-        frontend::startup_message(params.iter().copied(), &mut self.write_buf)?;
+        frontend::startup_message(
+            params.iter().chain(OUTPUT_SETTINGS).copied(),
+            &mut self.write_buf,
+        )?;
         self.flush().await?;
         self.authenticate(user, config.get_password()).await?;
         loop {
@@ -293,19 +308,49 @@ impl ReplicationConnection {
         })
     }
 
-    /// Creates a logical slot for pgoutput and returns its consistent point: changes committed after it
-    /// are streamed.
-    pub async fn create_slot(&mut self, slot: &str) -> Result<Lsn, ReplicationError> {
+    /// Creates a logical slot for pgoutput. Changes committed after its consistent point are streamed; with
+    /// `export_snapshot`, the answer also names a snapshot of the database at exactly that point, which
+    /// other connections can adopt (`SET TRANSACTION SNAPSHOT`) until this connection runs its next command.
+    pub async fn create_slot(
+        &mut self,
+        slot: &str,
+        export_snapshot: bool,
+    ) -> Result<CreatedSlot, ReplicationError> {
+        let snapshot = if export_snapshot {
+            "EXPORT_SNAPSHOT"
+        } else {
+            "NOEXPORT_SNAPSHOT"
+        };
         let sql = format!(
-            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {snapshot}",
             quote_ident(slot)
         );
         let rows = self.simple_query(&sql).await?;
-        let consistent_point = rows.first().and_then(|r| r.get(1).cloned().flatten());
-        consistent_point
+        let row = rows
+            .first()
+            .ok_or_else(|| protocol("CREATE_REPLICATION_SLOT returned no row"))?;
+        let consistent_point = row
+            .get(1)
+            .cloned()
+            .flatten()
             .ok_or_else(|| protocol("CREATE_REPLICATION_SLOT returned no consistent point"))?
             .parse()
-            .map_err(protocol)
+            .map_err(protocol)?;
+        let snapshot_name = row.get(2).cloned().flatten();
+        if export_snapshot && snapshot_name.is_none() {
+            return Err(protocol("CREATE_REPLICATION_SLOT exported no snapshot"));
+        }
+        Ok(CreatedSlot {
+            consistent_point,
+            snapshot_name,
+        })
+    }
+
+    /// Drops a slot, waiting for a previous user of it to let go.
+    pub async fn drop_slot(&mut self, slot: &str) -> Result<(), ReplicationError> {
+        self.simple_query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_ident(slot)))
+            .await
+            .map(drop)
     }
 
     /// Enters streaming. The server resumes at the later of `start` and the slot's confirmed position.

@@ -165,7 +165,7 @@ fn write_source(
     write_string(ctx.connector, out);
     write_string(ctx.server_name, out);
     write_long(source.commit_time_us.div_euclid(1000), out);
-    write_string(if source.snapshot { "true" } else { "false" }, out);
+    write_string(source.snapshot.as_str(), out);
     write_string(&source.database, out);
     // Debezium's sequence: ["<last_commit_lsn>","<lsn>"], LSNs as decimal numbers. At most 47 bytes, so it
     // is formatted on the stack.
@@ -346,7 +346,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::event::{Lsn, SourceInfo};
+    use crate::event::{Lsn, SnapshotMarker, SourceInfo};
 
     const CTX: EnvelopeContext<'static> = EnvelopeContext {
         server_name: "shop",
@@ -380,7 +380,7 @@ mod tests {
             lsn: Lsn(2),
             commit_lsn: Lsn(3),
             commit_time_us: 0,
-            snapshot: false,
+            snapshot: SnapshotMarker::False,
         };
         ChangeEvent {
             table: table.clone(),

@@ -9,7 +9,8 @@ use apache_avro::{Decimal, Uuid};
 use super::decimal::tests_support::signed_be_to_decimal;
 use super::*;
 use crate::event::{
-    ChangeEvent, Column, ColumnType, Lsn, Numeric, Op, Row, SourceInfo, Table, Value,
+    ChangeEvent, Column, ColumnType, Lsn, Numeric, Op, Row, SnapshotMarker, SourceInfo, Table,
+    Value,
 };
 
 const CTX: EnvelopeContext<'static> = EnvelopeContext {
@@ -44,7 +45,7 @@ fn source() -> SourceInfo {
         lsn: Lsn(0x16_B374_D848),
         commit_lsn: Lsn(0x16_B374_D900),
         commit_time_us: 1_700_000_000_123_456,
-        snapshot: false,
+        snapshot: SnapshotMarker::False,
     }
 }
 
@@ -667,7 +668,7 @@ fn snapshot_source_fields() {
     let t = table(vec![column("id", ColumnType::Int32, true, "int4")]);
     let schemas = table_schemas("shop", &t).unwrap();
     let mut read = event(&t, Op::Read, None, Some(vec![Value::Int32(1)]));
-    read.source.snapshot = true;
+    read.source.snapshot = SnapshotMarker::Last;
     // Commit times before 1970 round down to the millisecond.
     read.source.commit_time_us = -1_500;
     let Avro::Record(fields) = decode(&schemas.value, &encoded_envelope(&read)) else {
@@ -679,7 +680,7 @@ fn snapshot_source_fields() {
     assert_eq!(source[3], ("ts_ms".to_owned(), Avro::Long(-2)));
     assert_eq!(
         source[4],
-        ("snapshot".to_owned(), Avro::String("true".into()))
+        ("snapshot".to_owned(), Avro::String("last".into()))
     );
     assert_eq!(fields[3].1, Avro::String("r".into()));
 }

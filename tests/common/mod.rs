@@ -53,6 +53,16 @@ impl Services {
 
     /// Writes a config for `tables` with extra `[sink.kafka]` properties and returns its path.
     pub fn write_config_with(&self, tables: &[&str], kafka: &[(&str, &str)]) -> PathBuf {
+        self.write_config_source(tables, "", kafka)
+    }
+
+    /// Writes a config for `tables` with extra `[source]` lines and `[sink.kafka]` properties.
+    pub fn write_config_source(
+        &self,
+        tables: &[&str],
+        source: &str,
+        kafka: &[(&str, &str)],
+    ) -> PathBuf {
         let tables: Vec<String> = tables.iter().map(|t| format!("\"{t}\"")).collect();
         let kafka: String = kafka
             .iter()
@@ -66,6 +76,7 @@ slot = "sluice_test"
 publication = "sluice_test"
 tables = [{tables}]
 status_interval_secs = 1
+{source}
 
 [sink]
 kind = "kafka"
@@ -163,6 +174,26 @@ dir = "{positions}"
         }
     }
 
+    /// The stored position file, as JSON (None when there is none yet).
+    pub fn position_file(&self) -> Option<Json> {
+        let path = self.dir.path().join("positions/sluice_test.position.json");
+        let text = std::fs::read_to_string(path).ok()?;
+        Some(serde_json::from_str(&text).expect("position file is JSON"))
+    }
+
+    /// Whether sluice's slot exists.
+    pub async fn slot_exists(&self) -> bool {
+        let client = self.pg.client(DATABASE).await.expect("connect");
+        client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'sluice_test'",
+                &[],
+            )
+            .await
+            .expect("query slots")
+            .is_some()
+    }
+
     /// The slot's confirmed_flush_lsn, as text.
     pub async fn confirmed_flush(&self) -> Option<String> {
         let client = self.pg.client(DATABASE).await.expect("connect");
@@ -250,6 +281,11 @@ impl Daemon {
     /// SIGTERM, then wait for the exit (bounded).
     pub fn terminate(&mut self, within: Duration) -> ExitStatus {
         self.signal("TERM");
+        self.wait(within)
+    }
+
+    /// Waits for sluice to exit by itself (bounded).
+    pub fn wait(&mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.exited() {
@@ -257,7 +293,7 @@ impl Daemon {
             }
             assert!(
                 Instant::now() < deadline,
-                "sluice did not exit within {within:?} of SIGTERM:\n{}",
+                "sluice did not exit within {within:?}:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));

@@ -20,7 +20,9 @@ CREATE TABLE orders (
     status text,
     ordered_at timestamptz DEFAULT now(),
     items jsonb
-);";
+);
+-- Already there when sluice starts: the initial snapshot publishes it (op = \"r\").
+INSERT INTO customers VALUES (3, 'Linus', 'linus@example.com', '2023-11-02');";
 
 const WORKLOAD: &[&str] = &[
     "INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com', '2024-03-01'), (2, 'Grace', NULL, '2024-05-17')",
