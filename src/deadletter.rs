@@ -68,7 +68,9 @@ pub fn for_event(
     });
     let mut headers = letter_headers(stage, reason, topic);
     headers.push(("sluice.lsn".into(), source.lsn.to_string().into_bytes()));
-    headers.push(("sluice.txid".into(), source.txid.to_string().into_bytes()));
+    if let Some(txid) = source.txid {
+        headers.push(("sluice.txid".into(), txid.to_string().into_bytes()));
+    }
     DeadLetter {
         value: serde_json::to_vec(&record).unwrap_or_default(),
         headers,

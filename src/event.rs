@@ -195,8 +195,9 @@ pub type Row = Vec<Value>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceInfo {
     pub database: String,
-    /// Transaction id.
-    pub txid: u64,
+    /// Transaction id; None for snapshot rows (the read-only snapshot transaction has none, and asking for
+    /// one would make every other slot creation on the server wait for the snapshot to end).
+    pub txid: Option<u64>,
     /// Position of this change in the log.
     pub lsn: Lsn,
     /// LSN of the transaction's commit record (Debezium's `last_commit_lsn`).

@@ -109,8 +109,14 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
             if !publish_snapshot(snapshot, &mut publisher, &mut failures, &store).await? {
                 return Ok(());
             }
+            // initial_only drops the slot before the file says "complete": a crash in between takes the
+            // snapshot again rather than leaving a slot that holds WAL with nobody to read it.
             if mode == SnapshotMode::InitialOnly {
                 source.drop_slot().await?;
+            }
+            store.save(Position::Postgres { lsn: at })?;
+            tracing::info!(position = %at, "snapshot complete: every row is on the broker");
+            if mode == SnapshotMode::InitialOnly {
                 tracing::info!("snapshot = initial_only: done, not streaming");
                 return Ok(());
             }
@@ -184,18 +190,18 @@ fn postgres_settings(config: &Config) -> Result<PostgresSettings, PipelineError>
     })
 }
 
-/// Publishes the snapshot's rows and waits until the broker has every one; then the snapshot's position is
-/// stored as complete. The file says "snapshot pending" from before the first row until then, so a run that
-/// stops or dies in between takes the snapshot again. Returns false when a stop request interrupted it.
+/// Publishes the snapshot's rows and waits until the broker has every one. The file says "snapshot pending"
+/// from before the first row until the caller stores the snapshot as complete, so a run that stops or dies
+/// in between takes the snapshot again. Returns false when a stop request interrupted it.
 async fn publish_snapshot(
     snapshot: Snapshot,
     publisher: &mut Publisher,
     failures: &mut mpsc::UnboundedReceiver<FailedDelivery>,
     store: &PositionStore,
 ) -> Result<bool, PipelineError> {
-    let lsn = snapshot.consistent_point;
-    let at = Position::Postgres { lsn };
-    store.save_snapshot_pending(at)?;
+    store.save_snapshot_pending(Position::Postgres {
+        lsn: snapshot.consistent_point,
+    })?;
     let (rows_tx, rows_rx) = mpsc::channel(EVENT_BUFFER);
     let reading = tokio::spawn(snapshot.read(rows_tx, publisher.stop.clone()));
     let published = publisher.publish_all(rows_rx, failures).await;
@@ -209,8 +215,7 @@ async fn publish_snapshot(
         );
         return Ok(false);
     }
-    store.save(at)?;
-    tracing::info!(rows = outcome.rows, position = %lsn, "snapshot complete: every row is on the broker");
+    tracing::info!(rows = outcome.rows, "snapshot rows on the broker");
     Ok(true)
 }
 
@@ -384,13 +389,15 @@ impl Publisher {
 
         let lsn = event.source.lsn.to_string();
         let commit_lsn = event.source.commit_lsn.to_string();
-        let txid = event.source.txid.to_string();
+        let txid = event.source.txid.map(|txid| txid.to_string());
         let unchanged = unchanged_toast_columns(&event);
         let mut headers: Vec<(&str, &[u8])> = vec![
             ("sluice.lsn", lsn.as_bytes()),
             ("sluice.commit_lsn", commit_lsn.as_bytes()),
-            ("sluice.txid", txid.as_bytes()),
         ];
+        if let Some(txid) = &txid {
+            headers.push(("sluice.txid", txid.as_bytes()));
+        }
         if let Some(columns) = &unchanged {
             headers.push(("sluice.unchanged_toast", columns.as_bytes()));
         }

@@ -233,28 +233,30 @@ impl PositionStore {
 
     /// The stored position, or None when sluice never delivered anything for this source.
     pub fn load(&self) -> Result<Option<StoredPosition>, PositionError> {
-        let text = match fs::read_to_string(&self.path) {
+        PositionStore::peek(&self.path, &self.source)
+    }
+
+    /// Reads the position file at `path` (None when there is none) without creating anything.
+    pub fn peek(path: &Path, source: &str) -> Result<Option<StoredPosition>, PositionError> {
+        let text = match fs::read_to_string(path) {
             Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
                 return Err(PositionError::Read {
-                    path: self.path.clone(),
+                    path: path.to_owned(),
                     source,
                 })
             }
         };
         let stored: StoredPosition =
             serde_json::from_str(&text).map_err(|err| PositionError::Corrupt {
-                path: self.path.clone(),
+                path: path.to_owned(),
                 reason: err.to_string(),
             })?;
-        if stored.source != self.source {
-            let reason = format!(
-                "it belongs to source `{}`, not `{}`",
-                stored.source, self.source
-            );
+        if stored.source != source {
+            let reason = format!("it belongs to source `{}`, not `{}`", stored.source, source);
             return Err(PositionError::Corrupt {
-                path: self.path.clone(),
+                path: path.to_owned(),
                 reason,
             });
         }

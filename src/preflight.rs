@@ -279,7 +279,9 @@ async fn check_slot(config: &Config, client: &Client, report: &mut Report) {
                 );
             } else if slot_database != database {
                 report.fail(
-                    format!("slot `{slot}` belongs to database `{slot_database}`, not `{database}`"),
+                    format!(
+                        "slot `{slot}` belongs to database `{slot_database}`, not `{database}`"
+                    ),
                     "name another slot in `source.slot` (a slot streams one database)",
                 );
             } else if info.active {
@@ -294,22 +296,27 @@ async fn check_slot(config: &Config, client: &Client, report: &mut Report) {
                 ));
             }
         }
-        Ok(None)
-            if position_file.exists()
-                && config.source.snapshot == SnapshotMode::WhenNeeded =>
-        {
-            report.pass(format!(
-                "slot `{slot}` does not exist: with snapshot = \"when_needed\", `sluice run` creates it and takes a new snapshot"
-            ))
-        }
-        Ok(None) if position_file.exists() => report.fail(
-            format!(
-                "slot `{slot}` does not exist, but {} says sluice read from it before: changes since then are lost to it",
-                position_file.display()
-            ),
-            "if starting afresh is intended, remove the position file; `sluice run` then creates the slot",
-        ),
         Ok(None) => {
+            // What `sluice run` does about the missing slot depends on what the position file says.
+            let stored = PositionStore::peek(&position_file, slot).ok().flatten();
+            let mode = config.source.snapshot;
+            match stored {
+                Some(stored) if !stored.snapshot_pending && mode == SnapshotMode::InitialOnly => {
+                    return report.pass(format!(
+                        "slot `{slot}` does not exist: the initial_only snapshot is complete, nothing to stream"
+                    ));
+                }
+                Some(stored) if !stored.snapshot_pending && mode != SnapshotMode::WhenNeeded => {
+                    return report.fail(
+                        format!(
+                            "slot `{slot}` does not exist, but {} says sluice read from it before: changes since then are lost to it",
+                            position_file.display()
+                        ),
+                        "to start afresh with a new snapshot, remove the position file or set source.snapshot = \"when_needed\"",
+                    );
+                }
+                _ => {}
+            }
             let free = scalar(
                 client,
                 "SELECT (current_setting('max_replication_slots')::int - count(*))::text FROM pg_replication_slots",
@@ -322,8 +329,13 @@ async fn check_slot(config: &Config, client: &Client, report: &mut Report) {
                     "raise max_replication_slots in postgresql.conf (restart needed) or drop an unused slot",
                 );
             } else {
+                let snapshot = if mode == SnapshotMode::Never {
+                    ""
+                } else {
+                    " and takes a snapshot"
+                };
                 report.pass(format!(
-                    "slot `{slot}` does not exist yet: `sluice run` creates it ({free} slots free)"
+                    "slot `{slot}` does not exist yet: `sluice run` creates it{snapshot} ({free} slots free)"
                 ));
             }
         }

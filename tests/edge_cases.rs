@@ -167,11 +167,8 @@ async fn a_position_file_from_another_server_is_refused() {
     daemon.stop_cleanly();
 
     let confirmed = services.confirmed_flush().await;
-    let file = services
-        .dir
-        .path()
-        .join("positions/sluice_test.position.json");
-    let mut stored: Json = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let file = services.position_path();
+    let mut stored = services.position_file().expect("a position is stored");
     let system_id = stored["identity"]["system_id"].as_str().unwrap().to_owned();
     assert!(
         system_id.parse::<u64>().is_ok(),

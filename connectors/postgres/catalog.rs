@@ -46,7 +46,9 @@ pub fn describe_pg_error(err: &tokio_postgres::Error) -> String {
     }
 }
 
-fn query_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> CatalogError {
+pub(super) fn query_error(
+    context: impl Into<String>,
+) -> impl FnOnce(tokio_postgres::Error) -> CatalogError {
     let context = context.into();
     move |source| CatalogError::Query { context, source }
 }

@@ -226,20 +226,22 @@ impl PostgresSource {
                 wants_snapshot.then_some((consistent_point, exported))
             }
         };
-        let snapshot = match begin {
-            Some((consistent_point, exported)) => Some(Snapshot {
-                connection: settings.connection.clone(),
-                database: settings.database.clone(),
-                tables: tables.clone(),
-                consistent_point,
-                // The exporting connection stays open until the snapshot is adopted.
-                exported: exported.map(|name| (conn, name)),
-            }),
-            None => {
+        // An exported snapshot lives as long as the connection that exported it stays idle: it goes with
+        // the snapshot until adopted. Otherwise the connection's work is done.
+        let (consistent_point, exported) = match begin {
+            Some((consistent_point, Some(name))) => (Some(consistent_point), Some((conn, name))),
+            other => {
                 conn.close().await?;
-                None
+                (other.map(|(consistent_point, _)| consistent_point), None)
             }
         };
+        let snapshot = consistent_point.map(|consistent_point| Snapshot {
+            connection: settings.connection.clone(),
+            database: settings.database.clone(),
+            tables: tables.clone(),
+            consistent_point,
+            exported,
+        });
         Ok(PostgresSource {
             settings,
             catalog,
@@ -770,7 +772,7 @@ impl StreamDecoder {
             .ok_or_else(|| SourceError::Protocol("row change outside a transaction".into()))?;
         let source = SourceInfo {
             database: self.database.clone(),
-            txid: u64::from(tx.xid),
+            txid: Some(u64::from(tx.xid)),
             lsn,
             commit_lsn: tx.commit_lsn,
             commit_time_us: tx.commit_time_us,

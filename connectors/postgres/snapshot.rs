@@ -49,11 +49,6 @@ pub struct SnapshotOutcome {
 }
 
 impl Snapshot {
-    /// Whether the rows are read exactly as of the consistent point.
-    pub fn is_exported(&self) -> bool {
-        self.exported.is_some()
-    }
-
     /// Reads every table and hands the rows on, the last one marked `last`, then a Commit at the consistent
     /// point. A stop request (or a closed channel) ends it early, incomplete.
     pub async fn read(
@@ -68,14 +63,13 @@ impl Snapshot {
             .collect();
         execute(&client, &settings.join("; ")).await?;
         execute(&client, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        let exported = self.exported.is_some();
         if let Some((exporter, name)) = self.exported.take() {
             let adopt = format!("SET TRANSACTION SNAPSHOT {}", quote_literal(&name));
             execute(&client, &adopt).await?;
             // The transaction holds the snapshot now; the exporting connection may go.
             exporter.close().await?;
         }
-        let exported = self.exported.is_none();
-        let txid = snapshot_txid(&client).await?;
         let mut emitter = Emitter {
             events,
             stop,
@@ -83,7 +77,7 @@ impl Snapshot {
             rows: 0,
             source: SourceInfo {
                 database: self.database.clone(),
-                txid,
+                txid: None,
                 lsn: self.consistent_point,
                 commit_lsn: self.consistent_point,
                 commit_time_us: crate::positions::now_ms() * 1000,
@@ -232,25 +226,12 @@ async fn read_table(
 }
 
 async fn execute(client: &Client, sql: &str) -> Result<(), SourceError> {
-    client.batch_execute(sql).await.map_err(|source| {
-        SourceError::from(CatalogError::Query {
-            context: format!("snapshot: `{sql}` failed"),
-            source,
-        })
-    })
-}
-
-/// The snapshot transaction's own id, the `txId` of its rows (as Debezium does). Asking for it assigns one
-/// to the read-only transaction, which costs an id and nothing else.
-async fn snapshot_txid(client: &Client) -> Result<u64, SourceError> {
-    let row = client
-        .query_one("SELECT pg_current_xact_id()::text", &[])
+    let context = format!("snapshot: `{sql}` failed");
+    client
+        .batch_execute(sql)
         .await
-        .map_err(|source| CatalogError::Query {
-            context: "snapshot: cannot read the transaction id".into(),
-            source,
-        })?;
-    Ok(row.get::<_, String>(0).parse().unwrap_or(0))
+        .map_err(catalog::query_error(context))?;
+    Ok(())
 }
 
 /// Splits COPY's output into lines. PostgreSQL sends one row per message, so a chunk is normally one whole

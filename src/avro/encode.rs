@@ -178,8 +178,13 @@ fn write_source(
     write_bytes(&sequence[..len], out);
     write_string(&event.table.schema, out);
     write_string(&event.table.name, out);
-    write_union_branch(1, out);
-    write_long(as_long("txId", source.txid)?, out);
+    match source.txid {
+        Some(txid) => {
+            write_union_branch(1, out);
+            write_long(as_long("txId", txid)?, out);
+        }
+        None => write_union_branch(0, out),
+    }
     write_union_branch(1, out);
     write_long(as_long("lsn", source.lsn.0)?, out);
     // xmin: not tracked.
@@ -376,7 +381,7 @@ mod tests {
     fn insert(table: &Arc<Table>, row: Row) -> ChangeEvent {
         let source = SourceInfo {
             database: "db".into(),
-            txid: 1,
+            txid: Some(1),
             lsn: Lsn(2),
             commit_lsn: Lsn(3),
             commit_time_us: 0,
@@ -585,7 +590,7 @@ mod tests {
     fn source_positions_must_fit_a_long() {
         let t = table(vec![column("a", ColumnType::Int32, true, "int4")]);
         let mut event = insert(&t, vec![Value::Int32(1)]);
-        event.source.txid = u64::MAX;
+        event.source.txid = Some(u64::MAX);
         let mut out = Vec::new();
         let err = encode_envelope(&event, &CTX, &mut out).unwrap_err();
         assert_eq!(

@@ -41,7 +41,7 @@ fn table(columns: Vec<Column>) -> Arc<Table> {
 fn source() -> SourceInfo {
     SourceInfo {
         database: "inventory".into(),
-        txid: 771,
+        txid: Some(771),
         lsn: Lsn(0x16_B374_D848),
         commit_lsn: Lsn(0x16_B374_D900),
         commit_time_us: 1_700_000_000_123_456,

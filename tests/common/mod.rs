@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 use sluice_testkit::broker::{read_topic, Record, Tansu};
+use sluice_testkit::config::ConfigFile;
 use sluice_testkit::postgres::PgCluster;
 use sluice_testkit::registry::RegistryDouble;
 
@@ -63,46 +64,24 @@ impl Services {
         source: &str,
         kafka: &[(&str, &str)],
     ) -> PathBuf {
-        let tables: Vec<String> = tables.iter().map(|t| format!("\"{t}\"")).collect();
-        let kafka: String = kafka
-            .iter()
-            .map(|(k, v)| format!("\"{k}\" = \"{v}\"\n"))
-            .collect();
-        let text = format!(
-            r#"[source]
-kind = "postgres"
-url = "{url}"
-slot = "sluice_test"
-publication = "sluice_test"
-tables = [{tables}]
-status_interval_secs = 1
-{source}
-
-[sink]
-kind = "kafka"
-brokers = "{brokers}"
-topic_prefix = "{PREFIX}"
-dead_letter_topic = "{DEAD_LETTERS}"
-topic_partitions = 3
-topic_replication_factor = 1
-[sink.kafka]
-"compression.type" = "lz4"
-{kafka}
-[avro]
-registry_url = "{registry}"
-
-[positions]
-dir = "{positions}"
-"#,
-            url = self.pg.url(DATABASE),
-            tables = tables.join(", "),
-            brokers = self.broker.bootstrap(),
-            registry = self.registry.url(),
-            positions = self.dir.path().join("positions").display(),
+        let mut config = ConfigFile::local(
+            self.pg.url(DATABASE),
+            self.broker.bootstrap(),
+            self.registry.url(),
+            self.dir.path().join("positions"),
         );
-        let path = self.dir.path().join("sluice.toml");
-        std::fs::write(&path, text).expect("write config");
-        path
+        config.slot = "sluice_test".into();
+        config.publication = "sluice_test".into();
+        config.tables = tables.iter().map(ToString::to_string).collect();
+        config.source_extra = source.to_owned();
+        config.topic_prefix = PREFIX.into();
+        config.topic_partitions = 3;
+        config
+            .kafka
+            .extend(kafka.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        config
+            .write(&self.dir.path().join("sluice.toml"))
+            .expect("write config")
     }
 
     /// Every record of `topic` once at least `min` are there (or after `timeout`, whatever is there).
@@ -174,24 +153,15 @@ dir = "{positions}"
         }
     }
 
-    /// The stored position file, as JSON (None when there is none yet).
-    pub fn position_file(&self) -> Option<Json> {
-        let path = self.dir.path().join("positions/sluice_test.position.json");
-        let text = std::fs::read_to_string(path).ok()?;
-        Some(serde_json::from_str(&text).expect("position file is JSON"))
+    /// Where sluice keeps its position.
+    pub fn position_path(&self) -> PathBuf {
+        self.dir.path().join("positions/sluice_test.position.json")
     }
 
-    /// Whether sluice's slot exists.
-    pub async fn slot_exists(&self) -> bool {
-        let client = self.pg.client(DATABASE).await.expect("connect");
-        client
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'sluice_test'",
-                &[],
-            )
-            .await
-            .expect("query slots")
-            .is_some()
+    /// The stored position file, as JSON (None when there is none yet).
+    pub fn position_file(&self) -> Option<Json> {
+        let text = std::fs::read_to_string(self.position_path()).ok()?;
+        Some(serde_json::from_str(&text).expect("position file is JSON"))
     }
 
     /// The slot's confirmed_flush_lsn, as text.

@@ -2,6 +2,7 @@
 //! double. Every fixture owns a temporary directory and its processes, and cleans both up on drop.
 
 pub mod broker;
+pub mod config;
 pub mod postgres;
 pub mod registry;
 

@@ -8,7 +8,8 @@
 //! - `GET /schemas/ids/{id}`, `GET /subjects`, `GET /subjects/{subject}/versions`,
 //!   `GET /subjects/{subject}/versions/{n|latest}`, `GET /config` (always `BACKWARD`).
 //!
-//! It does no compatibility checking (`set_reject_all` makes every registration fail with 409 instead),
+//! It does no compatibility checking (`set_reject_all` makes every registration fail with 409 instead;
+//! `set_unavailable` makes every call fail with 503),
 //! no Avro validation beyond "is JSON" (422/42201 otherwise), no deletes, and keeps everything in memory.
 //! The server runs on its own thread and runtime, so it answers even while a test blocks its own thread.
 
@@ -97,6 +98,11 @@ impl RegistryDouble {
     /// While set, every registration is refused with 409 (incompatible schema), for negative tests.
     pub fn set_reject_all(&self, reject: bool) {
         self.store().set_reject_all(reject)
+    }
+
+    /// While set, every call fails with HTTP 503: a registry that is down, which clients should wait out.
+    pub fn set_unavailable(&self, unavailable: bool) {
+        self.store().unavailable = unavailable;
     }
 
     fn store(&self) -> MutexGuard<'_, Store> {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use sluice_testkit::broker::Tansu;
+use sluice_testkit::config::ConfigFile;
 use sluice_testkit::postgres::PgCluster;
 use sluice_testkit::registry::RegistryDouble;
 
@@ -146,41 +147,19 @@ fn write_config(
     broker: &Tansu,
     registry: &RegistryDouble,
 ) -> Result<PathBuf> {
-    let text = format!(
-        r#"[source]
-kind = "postgres"
-url = "postgres://postgres:${{DEMO_PGPASSWORD}}@127.0.0.1:{port}/shop"
-slot = "sluice"
-publication = "sluice"
-tables = ["public.*"]
-status_interval_secs = 1
-
-[sink]
-kind = "kafka"
-brokers = "{brokers}"
-topic_prefix = "shop"
-dead_letter_topic = "shop.dlq"
-topic_partitions = 1
-topic_replication_factor = 1
-[sink.kafka]
-"compression.type" = "zstd"
-
-[avro]
-registry_url = "{registry}"
-
-[positions]
-dir = "{positions}"
-"#,
-        port = pg.port(),
-        brokers = broker.bootstrap(),
-        registry = registry.url(),
-        positions = dir.join("positions").display(),
-    );
     // The password reaches sluice through the environment, as a deployment would pass a secret.
     std::env::set_var("DEMO_PGPASSWORD", pg.password());
-    let path = dir.join("sluice.toml");
-    std::fs::write(&path, text)?;
-    Ok(path)
+    let mut config = ConfigFile::local(
+        format!(
+            "postgres://postgres:${{DEMO_PGPASSWORD}}@127.0.0.1:{}/shop",
+            pg.port()
+        ),
+        broker.bootstrap(),
+        registry.url(),
+        dir.join("positions"),
+    );
+    config.kafka = vec![("compression.type".into(), "zstd".into())];
+    config.write(&dir.join("sluice.toml"))
 }
 
 async fn wait_streaming(pg: &PgCluster) -> Result<()> {

@@ -6,7 +6,16 @@ use super::http::{percent_decode, Request, Response};
 use super::store::{ApiError, Store, VersionRef};
 
 pub(crate) fn handle(store: &mut Store, request: &Request) -> Response {
-    match route(store, request) {
+    let answer = if store.unavailable {
+        Err(ApiError::new(
+            503,
+            50003,
+            "the registry double is set to be unavailable",
+        ))
+    } else {
+        route(store, request)
+    };
+    match answer {
         Ok(body) => Response {
             status: 200,
             body: body.to_string(),

@@ -69,6 +69,8 @@ pub(crate) struct Store {
     /// Subject → schema ids; version N is at index N - 1.
     subjects: BTreeMap<String, Vec<u32>>,
     reject_all: bool,
+    /// Every call fails with 503, as a registry that is down behind a load balancer answers.
+    pub(crate) unavailable: bool,
 }
 
 impl Store {

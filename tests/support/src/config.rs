@@ -1,0 +1,103 @@
+//! sluice config files pointing at the local services: the tests, the demo and the benchmark write theirs
+//! from here, each changing only what it needs.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// The settings that differ between users of the local services; [`ConfigFile::render`] gives the TOML.
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    pub url: String,
+    pub slot: String,
+    pub publication: String,
+    /// `schema.table` patterns.
+    pub tables: Vec<String>,
+    /// More `[source]` lines, e.g. `snapshot = "never"`.
+    pub source_extra: String,
+    pub brokers: String,
+    /// Also the dead-letter topic's prefix: `<topic_prefix>.dlq`.
+    pub topic_prefix: String,
+    pub topic_partitions: i32,
+    /// `[sink.kafka]` properties.
+    pub kafka: Vec<(String, String)>,
+    pub registry_url: String,
+    pub positions_dir: PathBuf,
+}
+
+impl ConfigFile {
+    /// Slot and publication `sluice`, topic prefix `shop`, one partition per topic, lz4 (tansu cannot
+    /// fetch snappy), status updates every second so that tests see acknowledgements quickly.
+    pub fn local(
+        url: String,
+        brokers: String,
+        registry_url: String,
+        positions_dir: PathBuf,
+    ) -> Self {
+        ConfigFile {
+            url,
+            slot: "sluice".into(),
+            publication: "sluice".into(),
+            tables: vec!["public.*".into()],
+            source_extra: String::new(),
+            brokers,
+            topic_prefix: "shop".into(),
+            topic_partitions: 1,
+            kafka: vec![("compression.type".into(), "lz4".into())],
+            registry_url,
+            positions_dir,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let tables: Vec<String> = self.tables.iter().map(|t| format!("\"{t}\"")).collect();
+        let kafka: String = self
+            .kafka
+            .iter()
+            .map(|(k, v)| format!("\"{k}\" = \"{v}\"\n"))
+            .collect();
+        format!(
+            r#"[source]
+kind = "postgres"
+url = "{url}"
+slot = "{slot}"
+publication = "{publication}"
+tables = [{tables}]
+status_interval_secs = 1
+{source_extra}
+
+[sink]
+kind = "kafka"
+brokers = "{brokers}"
+topic_prefix = "{prefix}"
+dead_letter_topic = "{prefix}.dlq"
+topic_partitions = {partitions}
+topic_replication_factor = 1
+[sink.kafka]
+{kafka}
+[avro]
+registry_url = "{registry}"
+
+[positions]
+dir = "{positions}"
+"#,
+            url = self.url,
+            slot = self.slot,
+            publication = self.publication,
+            tables = tables.join(", "),
+            source_extra = self.source_extra,
+            brokers = self.brokers,
+            prefix = self.topic_prefix,
+            partitions = self.topic_partitions,
+            registry = self.registry_url,
+            positions = self.positions_dir.display(),
+        )
+    }
+
+    /// Writes the file and returns its path.
+    pub fn write(&self, path: &Path) -> Result<PathBuf> {
+        std::fs::write(path, self.render())
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path.to_owned())
+    }
+}
