@@ -46,6 +46,12 @@ pub struct SourceConfig {
     pub publication: Spanned<EnvString>,
     /// `schema.table` names; `*` matches any run of characters (`public.*`).
     pub tables: Spanned<Vec<Spanned<EnvString>>>,
+    /// Tables `tables` matches that are not captured after all (same pattern syntax).
+    #[serde(default = "no_patterns")]
+    pub exclude_tables: Spanned<Vec<Spanned<EnvString>>>,
+    /// `schema.table.column` patterns: columns left out of every event (key columns cannot be).
+    #[serde(default = "no_patterns")]
+    pub exclude_columns: Spanned<Vec<Spanned<EnvString>>>,
     /// Seconds between standby status updates sent to the server.
     #[serde(default = "default_status_interval_secs")]
     pub status_interval_secs: Spanned<u64>,
@@ -121,6 +127,10 @@ fn default_true() -> bool {
 // Defaults carry an empty span: they are valid, so no problem ever points at them.
 fn default_broker_setting() -> Spanned<i32> {
     Spanned::new(0..0, -1)
+}
+
+fn no_patterns() -> Spanned<Vec<Spanned<EnvString>>> {
+    Spanned::new(0..0, Vec::new())
 }
 
 fn default_status_interval_secs() -> Spanned<u64> {
@@ -331,9 +341,19 @@ impl Config {
                 "lists no tables: name at least one `schema.table`".into(),
             );
         }
-        for table in source.tables.get_ref() {
-            if let Err(message) = TablePattern::parse(table.get_ref().as_str()) {
-                report("source.tables", table.span(), message);
+        for (key, patterns) in [
+            ("source.tables", &source.tables),
+            ("source.exclude_tables", &source.exclude_tables),
+        ] {
+            for table in patterns.get_ref() {
+                if let Err(message) = TablePattern::parse(table.get_ref().as_str()) {
+                    report(key, table.span(), message);
+                }
+            }
+        }
+        for column in source.exclude_columns.get_ref() {
+            if let Err(message) = ColumnPattern::parse(column.get_ref().as_str()) {
+                report("source.exclude_columns", column.span(), message);
             }
         }
         let interval = *source.status_interval_secs.get_ref();
@@ -396,14 +416,24 @@ impl Config {
         found
     }
 
-    pub fn table_patterns(&self) -> Vec<TablePattern> {
+    /// Which tables and columns are captured.
+    pub fn selection(&self) -> Selection {
         // Checked in `problems`: every entry parses.
-        self.source
-            .tables
-            .get_ref()
-            .iter()
-            .filter_map(|t| TablePattern::parse(t.get_ref().as_str()).ok())
-            .collect()
+        fn parse_all<T>(
+            patterns: &Spanned<Vec<Spanned<EnvString>>>,
+            parse: fn(&str) -> Result<T, String>,
+        ) -> Vec<T> {
+            patterns
+                .get_ref()
+                .iter()
+                .filter_map(|p| parse(p.get_ref().as_str()).ok())
+                .collect()
+        }
+        Selection {
+            tables: parse_all(&self.source.tables, TablePattern::parse),
+            exclude_tables: parse_all(&self.source.exclude_tables, TablePattern::parse),
+            exclude_columns: parse_all(&self.source.exclude_columns, ColumnPattern::parse),
+        }
     }
 
     /// Producer properties from `[sink.kafka]`.
@@ -500,6 +530,56 @@ impl TablePattern {
 impl fmt::Display for TablePattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+/// A `schema.table.column` selector; each part may contain `*` wildcards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnPattern {
+    pub table: TablePattern,
+    pub column: String,
+}
+
+impl ColumnPattern {
+    pub fn parse(text: &str) -> Result<ColumnPattern, String> {
+        let shape = || {
+            format!("`{text}` is not `schema.table.column` (for example `public.customers.email` or `*.*.password`)")
+        };
+        let (table, column) = text.rsplit_once('.').ok_or_else(shape)?;
+        if column.is_empty() {
+            return Err(shape());
+        }
+        Ok(ColumnPattern {
+            table: TablePattern::parse(table).map_err(|_| shape())?,
+            column: column.to_owned(),
+        })
+    }
+
+    pub fn matches(&self, schema: &str, table: &str, column: &str) -> bool {
+        self.table.matches(schema, table) && wildcard_match(&self.column, column)
+    }
+}
+
+/// What `[source]` selects: tables by include and exclude patterns, and columns to leave out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    pub tables: Vec<TablePattern>,
+    pub exclude_tables: Vec<TablePattern>,
+    pub exclude_columns: Vec<ColumnPattern>,
+}
+
+impl Selection {
+    /// Whether the table is captured.
+    pub fn includes(&self, schema: &str, table: &str) -> bool {
+        self.tables.iter().any(|p| p.matches(schema, table))
+            && !self.exclude_tables.iter().any(|p| p.matches(schema, table))
+    }
+
+    /// Whether the column is left out of events.
+    pub fn excludes_column(&self, schema: &str, table: &str, column: &str) -> bool {
+        self.exclude_columns
+            .iter()
+            .any(|p| p.matches(schema, table, column))
     }
 }
 
@@ -721,10 +801,42 @@ dir = "/var/lib/sluice"
             props,
             vec![("compression.type", "zstd"), ("linger.ms", "5")]
         );
-        let patterns = config.table_patterns();
+        let patterns = config.selection().tables;
         assert_eq!(patterns.len(), 2);
         assert!(patterns[1].matches("public", "anything"));
         assert!(!patterns[0].matches("public", "orders2"));
+    }
+
+    #[test]
+    fn exclusions_narrow_the_selection() {
+        let text = GOOD.replace(
+            "tables = [\"public.orders\", \"public.*\"]",
+            "tables = [\"public.*\"]\nexclude_tables = [\"public.audit_*\"]\n\
+             exclude_columns = [\"public.customers.email\", \"*.*.password\"]",
+        );
+        let selection = Config::parse(&text).unwrap().selection();
+        assert!(selection.includes("public", "orders"));
+        assert!(!selection.includes("public", "audit_log"));
+        assert!(!selection.includes("sales", "orders"));
+        assert!(selection.excludes_column("public", "customers", "email"));
+        assert!(selection.excludes_column("sales", "users", "password"));
+        assert!(!selection.excludes_column("public", "orders", "email"));
+
+        let text = GOOD.replace(
+            "tables = [\"public.orders\", \"public.*\"]",
+            "tables = [\"public.*\"]\nexclude_tables = [\"audit\"]\nexclude_columns = [\"public.email\"]",
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(
+            (found[0].key.as_str(), found[0].line),
+            ("source.exclude_tables", 8)
+        );
+        assert!(
+            found[1].message.contains("is not `schema.table.column`"),
+            "{}",
+            found[1]
+        );
     }
 
     #[test]

@@ -184,7 +184,7 @@ fn postgres_settings(config: &Config) -> Result<PostgresSettings, PipelineError>
         database,
         slot: config.source.slot.get_ref().as_str().to_owned(),
         publication: config.source.publication.get_ref().as_str().to_owned(),
-        tables: config.table_patterns(),
+        selection: config.selection(),
         status_interval: Duration::from_secs(*config.source.status_interval_secs.get_ref()),
         snapshot: config.source.snapshot,
     })

@@ -199,7 +199,7 @@ async fn check_replication_connection(connection: &tokio_postgres::Config, repor
 
 /// Checks that each selected table exists and can identify its rows; returns the tables found.
 async fn check_tables(config: &Config, client: &Client, report: &mut Report) -> Vec<TableName> {
-    let tables = match catalog::resolve_tables(client, &config.table_patterns()).await {
+    let tables = match catalog::resolve_tables(client, &config.selection()).await {
         Ok(tables) => tables,
         Err(err) => {
             report.fail(

@@ -61,7 +61,10 @@ async fn idle_tables_do_not_hold_back_wal_written_elsewhere() {
         .await
         .unwrap()
         .get(0);
-    assert!(written > 900 * 1024 * 1024, "the neighbour wrote {written} bytes of WAL");
+    assert!(
+        written > 900 * 1024 * 1024,
+        "the neighbour wrote {written} bytes of WAL"
+    );
 
     // The server tells sluice how far it has read (keepalives); sluice, with nothing in flight,
     // acknowledges that position, and the slot lets the WAL go.
@@ -80,7 +83,9 @@ async fn idle_tables_do_not_hold_back_wal_written_elsewhere() {
     }
 
     // The capture still works after the idle stretch.
-    services.sql("INSERT INTO notes VALUES (1, 'still here')").await;
+    services
+        .sql("INSERT INTO notes VALUES (1, 'still here')")
+        .await;
     let notes = services
         .read("shop.public.notes", 1, Duration::from_secs(60))
         .await;

@@ -7,7 +7,7 @@ use tokio_postgres::{Client, NoTls};
 
 use super::pgoutput::{Relation, RelationColumn};
 use super::replication::quote_ident;
-use crate::config::TablePattern;
+use crate::config::Selection;
 use crate::event::Lsn;
 
 #[derive(Debug, thiserror::Error)]
@@ -91,11 +91,11 @@ impl std::fmt::Display for TableName {
     }
 }
 
-/// The ordinary and partitioned tables a selection names. An exact name that matches nothing is an error;
-/// a wildcard that matches nothing is allowed (the tables may come later).
+/// The ordinary and partitioned tables a selection names, less the excluded ones. An exact name that
+/// matches nothing is an error; a wildcard that matches nothing is allowed (the tables may come later).
 pub async fn resolve_tables(
     client: &Client,
-    patterns: &[TablePattern],
+    selection: &Selection,
 ) -> Result<Vec<TableName>, CatalogError> {
     let rows = client
         .query(
@@ -109,10 +109,12 @@ pub async fn resolve_tables(
         .map_err(query_error("cannot list tables"))?;
     let all: Vec<TableName> = rows.iter().map(TableName::from_row).collect();
     let mut chosen = BTreeSet::new();
-    for pattern in patterns {
+    for pattern in &selection.tables {
         let mut matched = false;
         for table in all.iter().filter(|t| pattern.matches(&t.schema, &t.name)) {
-            chosen.insert(table.clone());
+            if selection.includes(&table.schema, &table.name) {
+                chosen.insert(table.clone());
+            }
             matched = true;
         }
         if !matched && pattern.is_exact() {

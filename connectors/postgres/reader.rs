@@ -14,7 +14,7 @@ use super::pgoutput::{self, Message, OldTuple, Relation, TupleData, TupleValue};
 use super::replication::{Frame, ReplicationConnection, ReplicationError};
 use super::snapshot::Snapshot;
 use super::types;
-use crate::config::{SnapshotMode, TablePattern};
+use crate::config::{Selection, SnapshotMode};
 use crate::event::{
     ChangeEvent, Column, Lsn, Op, Position, Row, SnapshotMarker, SourceEvent, SourceInfo, Table,
     Value,
@@ -88,7 +88,7 @@ pub struct PostgresSettings {
     pub database: String,
     pub slot: String,
     pub publication: String,
-    pub tables: Vec<TablePattern>,
+    pub selection: Selection,
     pub status_interval: Duration,
     pub snapshot: SnapshotMode,
 }
@@ -172,7 +172,7 @@ impl PostgresSource {
         }
 
         let catalog = catalog::connect(&settings.connection).await?;
-        let selected = catalog::resolve_tables(&catalog, &settings.tables).await?;
+        let selected = catalog::resolve_tables(&catalog, &settings.selection).await?;
         let tables: Vec<TableName> = selected.to_vec();
         // The publication must exist before the slot: pgoutput reads it through the slot's historic snapshot.
         let change = catalog::ensure_publication(&catalog, &settings.publication, &tables).await?;
@@ -239,6 +239,7 @@ impl PostgresSource {
             connection: settings.connection.clone(),
             database: settings.database.clone(),
             tables: tables.clone(),
+            selection: settings.selection.clone(),
             consistent_point,
             exported,
         });
@@ -437,24 +438,24 @@ impl PostgresSource {
     }
 
     /// The table model for a Relation message; None when the table is not selected.
-    async fn table_for(&self, relation: &Relation) -> Result<Option<Table>, SourceError> {
+    async fn table_for(&self, relation: &Relation) -> Result<Option<Captured>, SourceError> {
         let name = TableName {
             schema: relation.namespace.clone(),
             name: relation.name.clone(),
         };
         let selected = self.selected.contains(&name)
-            || self
-                .settings
-                .tables
-                .iter()
-                .any(|p| p.matches(&name.schema, &name.name));
+            || self.settings.selection.includes(&name.schema, &name.name);
         if !selected {
             // A publication shared with other consumers may cover more tables than sluice was asked for.
-            tracing::info!(table = %name, publication = %self.settings.publication, "skipping changes of a published table that source.tables does not select");
+            tracing::info!(table = %name, publication = %self.settings.publication, "skipping changes of a published table that the selection leaves out");
             return Ok(None);
         }
         let primary_key = catalog::primary_key(&self.catalog, relation.id).await?;
-        Ok(Some(table_from_relation(relation, &primary_key)))
+        Ok(Some(Captured::new(
+            relation,
+            &primary_key,
+            &self.settings.selection,
+        )))
     }
 }
 
@@ -556,7 +557,7 @@ struct CutOff {
 /// Protocol state between messages: known relations and the open transaction.
 struct StreamDecoder {
     database: String,
-    relations: HashMap<u32, Option<Arc<Table>>>,
+    relations: HashMap<u32, Option<Captured>>,
     transaction: Option<OpenTransaction>,
     /// The last position handed on (a commit's end, or an idle point).
     last_position: Lsn,
@@ -661,11 +662,11 @@ impl StreamDecoder {
                 });
             }
             Message::Relation(relation) => {
-                let table = source.table_for(&relation).await?.map(Arc::new);
-                if let Some(table) = &table {
+                let captured = source.table_for(&relation).await?;
+                if let Some(Captured { table, .. }) = &captured {
                     tracing::debug!(table = %table.qualified_name(), columns = table.columns.len(), "relation");
                 }
-                self.relations.insert(relation.id, table);
+                self.relations.insert(relation.id, captured);
             }
             Message::Insert(_) | Message::Update(_) | Message::Delete(_) | Message::Truncate(_) => {
                 let from = out.len();
@@ -686,28 +687,28 @@ impl StreamDecoder {
     ) -> Result<(), SourceError> {
         match message {
             Message::Insert(insert) => {
-                if let Some(table) = self.table(insert.relation_id)? {
-                    let after = decode_row(&table, &insert.new)?;
-                    out.push(self.change(table, Op::Create, None, Some(after), lsn)?);
+                if let Some(captured) = self.table(insert.relation_id)? {
+                    let after = captured.decode(&insert.new)?;
+                    out.push(self.change(captured.table, Op::Create, None, Some(after), lsn)?);
                 }
             }
             Message::Update(update) => {
-                if let Some(table) = self.table(update.relation_id)? {
-                    self.update(table, update.old.as_ref(), &update.new, lsn, out)?;
+                if let Some(captured) = self.table(update.relation_id)? {
+                    self.update(captured, update.old.as_ref(), &update.new, lsn, out)?;
                 }
             }
             Message::Delete(delete) => {
-                if let Some(table) = self.table(delete.relation_id)? {
+                if let Some(captured) = self.table(delete.relation_id)? {
                     let before = match &delete.old {
-                        OldTuple::Key(tuple) | OldTuple::Full(tuple) => decode_row(&table, tuple)?,
+                        OldTuple::Key(tuple) | OldTuple::Full(tuple) => captured.decode(tuple)?,
                     };
-                    out.push(self.change(table, Op::Delete, Some(before), None, lsn)?);
+                    out.push(self.change(captured.table, Op::Delete, Some(before), None, lsn)?);
                 }
             }
             Message::Truncate(truncate) => {
                 for relation_id in &truncate.relation_ids {
-                    if let Some(table) = self.table(*relation_id)? {
-                        out.push(self.change(table, Op::Truncate, None, None, lsn)?);
+                    if let Some(captured) = self.table(*relation_id)? {
+                        out.push(self.change(captured.table, Op::Truncate, None, None, lsn)?);
                     }
                 }
             }
@@ -720,22 +721,23 @@ impl StreamDecoder {
     /// that the old key's last event (and its tombstone) says it is gone — what Debezium does.
     fn update(
         &self,
-        table: Arc<Table>,
+        captured: Captured,
         old: Option<&OldTuple>,
         new: &TupleData,
         lsn: Lsn,
         out: &mut Vec<SourceEvent>,
     ) -> Result<(), SourceError> {
-        let mut after = decode_row(&table, new)?;
+        let mut after = captured.decode(new)?;
         let before = match old {
             Some(OldTuple::Full(tuple)) => {
-                let before = decode_row(&table, tuple)?;
+                let before = captured.decode(tuple)?;
                 restore_unchanged_toast(&mut after, &before);
                 Some(before)
             }
-            Some(OldTuple::Key(tuple)) => Some(decode_row(&table, tuple)?),
+            Some(OldTuple::Key(tuple)) => Some(captured.decode(tuple)?),
             None => None,
         };
+        let table = captured.table;
         let key_changed = before.as_ref().is_some_and(|b| {
             let mut keys = table.key_columns().map(|(i, _)| i).peekable();
             keys.peek().is_some() && keys.any(|i| b[i] != after[i])
@@ -749,7 +751,7 @@ impl StreamDecoder {
         Ok(())
     }
 
-    fn table(&self, relation_id: u32) -> Result<Option<Arc<Table>>, SourceError> {
+    fn table(&self, relation_id: u32) -> Result<Option<Captured>, SourceError> {
         match self.relations.get(&relation_id) {
             Some(table) => Ok(table.clone()),
             None => Err(SourceError::Protocol(format!(
@@ -785,6 +787,70 @@ impl StreamDecoder {
             after,
             source,
         }))
+    }
+}
+
+/// A table as its events carry it: the relation's columns less the excluded ones.
+#[derive(Clone, Debug)]
+pub(super) struct Captured {
+    pub table: Arc<Table>,
+    /// Which of the relation's columns stay, in the server's column order; None when all of them do.
+    keep: Option<Arc<[bool]>>,
+}
+
+impl Captured {
+    /// The relation's table model with `source.exclude_columns` applied. Key columns stay whatever the
+    /// patterns say: the message key needs them.
+    pub(super) fn new(relation: &Relation, primary_key: &[String], selection: &Selection) -> Self {
+        let mut table = table_from_relation(relation, primary_key);
+        let keep: Vec<bool> = table
+            .columns
+            .iter()
+            .map(|column| {
+                let excluded = selection.excludes_column(&table.schema, &table.name, &column.name);
+                if excluded && column.key {
+                    tracing::warn!(table = %table.qualified_name(), column = %column.name, "source.exclude_columns matches a key column: it stays in the events, the message key needs it");
+                }
+                column.key || !excluded
+            })
+            .collect();
+        if keep.iter().all(|kept| *kept) {
+            return Captured {
+                table: Arc::new(table),
+                keep: None,
+            };
+        }
+        let mut kept = keep.iter();
+        table
+            .columns
+            .retain(|_| kept.next().copied().unwrap_or(true));
+        Captured {
+            table: Arc::new(table),
+            keep: Some(keep.into()),
+        }
+    }
+
+    /// A row the server sent (every published column) as the event's row.
+    fn decode(&self, tuple: &TupleData) -> Result<Row, SourceError> {
+        let Some(keep) = &self.keep else {
+            return decode_row(&self.table, tuple);
+        };
+        if tuple.0.len() != keep.len() {
+            return Err(SourceError::Protocol(format!(
+                "{} has {} columns but a row arrived with {}",
+                self.table.qualified_name(),
+                keep.len(),
+                tuple.0.len()
+            )));
+        }
+        let kept = tuple
+            .0
+            .iter()
+            .zip(keep.iter())
+            .filter(|(_, kept)| **kept)
+            .map(|(value, _)| value.clone())
+            .collect();
+        decode_row(&self.table, &TupleData(kept))
     }
 }
 

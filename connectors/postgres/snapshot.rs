@@ -17,8 +17,9 @@ use tokio_postgres::Client;
 
 use super::catalog::{self, CatalogError, TableName};
 use super::pgoutput::{TupleData, TupleValue};
-use super::reader::{decode_row, table_from_relation, SourceError};
+use super::reader::{decode_row, Captured, SourceError};
 use super::replication::{quote_ident, quote_literal, ReplicationConnection, OUTPUT_SETTINGS};
+use crate::config::Selection;
 use crate::event::{
     ChangeEvent, Lsn, Op, Position, Row, SnapshotMarker, SourceEvent, SourceInfo, Table,
 };
@@ -31,6 +32,8 @@ pub struct Snapshot {
     pub(super) connection: tokio_postgres::Config,
     pub(super) database: String,
     pub(super) tables: Vec<TableName>,
+    /// For the columns left out of events.
+    pub(super) selection: Selection,
     /// Where the stream continues once every snapshot row is on the broker.
     pub consistent_point: Lsn,
     /// The replication connection that created the slot and the name of the snapshot it exported; the
@@ -86,7 +89,7 @@ impl Snapshot {
         };
         tracing::info!(tables = self.tables.len(), at = %self.consistent_point, exported, "snapshot started");
         for table in &self.tables {
-            if !read_table(&client, table, &mut emitter).await? {
+            if !read_table(&client, table, &self.selection, &mut emitter).await? {
                 let rows = emitter.rows;
                 emitter.finish(None).await;
                 tracing::info!(
@@ -166,13 +169,12 @@ impl Emitter {
 async fn read_table(
     client: &Client,
     name: &TableName,
+    selection: &Selection,
     emitter: &mut Emitter,
 ) -> Result<bool, SourceError> {
     let description = catalog::describe_table(client, name).await?;
-    let table = Arc::new(table_from_relation(
-        &description.relation,
-        &description.primary_key,
-    ));
+    // COPY reads only the captured columns, so its rows need no filtering.
+    let table = Captured::new(&description.relation, &description.primary_key, selection).table;
     let columns: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
     // COPY reads a plain table directly (the fastest way out of PostgreSQL); a partitioned table only
     // through a query.
