@@ -58,6 +58,11 @@ pub struct SourceConfig {
     /// Whether the rows already in the tables are published (as `op = "r"`) before streaming.
     #[serde(default)]
     pub snapshot: SnapshotMode,
+    /// Drop the slot (and forget the position) after a clean stop, so the server keeps no WAL for a
+    /// stopped sluice; the next run starts afresh. For development and tests (Debezium's
+    /// slot.drop.on.stop).
+    #[serde(default)]
+    pub drop_slot_on_stop: bool,
 }
 
 /// `source.snapshot`: Debezium's snapshot modes.

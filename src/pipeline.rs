@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::avro::{self, EnvelopeContext, TableSchemas};
 use crate::config::{Config, SnapshotMode};
 use crate::connectors::postgres::reader::{
-    PostgresSettings, PostgresSource, Resume, SourceError, StreamControl,
+    self, PostgresSettings, PostgresSource, Resume, SourceError, StreamControl,
 };
 use crate::connectors::postgres::snapshot::Snapshot;
 use crate::deadletter::{self, Stage};
@@ -88,6 +88,7 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
         file: store.path(),
         snapshot_pending: s.snapshot_pending,
     });
+    let slot_settings = settings.clone();
     let mut source = PostgresSource::prepare(settings, previous_run).await?;
     store.set_identity(source.identity().clone());
     let mut publisher = Publisher {
@@ -112,7 +113,7 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
             // initial_only drops the slot before the file says "complete": a crash in between takes the
             // snapshot again rather than leaving a slot that holds WAL with nobody to read it.
             if mode == SnapshotMode::InitialOnly {
-                source.drop_slot().await?;
+                reader::drop_slot(&slot_settings).await?;
             }
             store.save(Position::Postgres { lsn: at })?;
             tracing::info!(position = %at, "snapshot complete: every row is on the broker");
@@ -144,6 +145,7 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
         },
     ));
     let (finish_tx, finish_rx) = oneshot::channel();
+    let position_file = store.path().to_owned();
     let acknowledger = tokio::spawn(acknowledge(
         tracker.clone(),
         store,
@@ -171,6 +173,12 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
     published?;
     read?;
     acknowledged?;
+    if config.source.drop_slot_on_stop {
+        // Without its slot the stored position means nothing: the next run starts afresh.
+        reader::drop_slot(&slot_settings).await?;
+        PositionStore::remove(&position_file)?;
+        tracing::info!(file = %position_file.display(), "drop_slot_on_stop: slot dropped and position file removed");
+    }
     Ok(())
 }
 

@@ -263,6 +263,17 @@ impl PositionStore {
         Ok(Some(stored))
     }
 
+    /// Deletes the position file at `path` (a missing one is fine).
+    pub fn remove(path: &Path) -> Result<(), PositionError> {
+        match fs::remove_file(path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(PositionError::Write {
+                path: path.to_owned(),
+                source: err,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Writes the position atomically: a temporary file, fsync, rename over the old one, fsync the directory.
     /// A crash leaves either the old or the new position, never a torn file.
     pub fn save(&self, position: Position) -> Result<(), PositionError> {

@@ -55,7 +55,10 @@ async fn each_schema_change_gives_the_next_event_a_new_schema_version() {
     assert_eq!(fields(5), ["id", "title"]);
     let ids: Vec<u32> = (1..=5).map(|id| by_id[&id].1).collect();
     for pair in ids.windows(2) {
-        assert_ne!(pair[0], pair[1], "every change registers a new schema: {ids:?}");
+        assert_ne!(
+            pair[0], pair[1],
+            "every change registers a new schema: {ids:?}"
+        );
     }
 
     // BACKWARD: the schema after ADD COLUMN reads the event written before it.

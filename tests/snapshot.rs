@@ -376,3 +376,46 @@ async fn initial_only_and_never_modes() {
     assert_eq!(created, [11]);
     daemon.stop_cleanly();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_slot_on_stop_leaves_no_slot_and_the_next_run_starts_afresh() {
+    let services = Services::start().await;
+    services.sql(&schema(10)).await;
+    let config = services.write_config_source(&["public.items"], "drop_slot_on_stop = true", &[]);
+    let mut daemon = Daemon::start(&config);
+    services.wait_streaming(&mut daemon).await;
+    services
+        .sql("INSERT INTO items VALUES (11, 'streamed', 1.00, NULL)")
+        .await;
+    assert_eq!(
+        services
+            .read(ITEMS, 11, Duration::from_secs(30))
+            .await
+            .len(),
+        11
+    );
+    daemon.stop_cleanly();
+    assert!(
+        services.confirmed_flush().await.is_none(),
+        "the slot is gone"
+    );
+    assert!(
+        services.position_file().is_none(),
+        "the position is forgotten"
+    );
+
+    // A new slot, and the snapshot takes every row again.
+    let mut daemon = Daemon::start(&config);
+    services.wait_streaming(&mut daemon).await;
+    let items = decode_all(
+        &services,
+        &services.read(ITEMS, 22, Duration::from_secs(30)).await,
+    );
+    let read = items.iter().filter(|e| e.op() == Some("r")).count();
+    assert_eq!(
+        (items.len(), read),
+        (22, 21),
+        "10 + 11 snapshot rows and one create"
+    );
+    daemon.stop_cleanly();
+}

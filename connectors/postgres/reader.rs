@@ -257,15 +257,6 @@ impl PostgresSource {
         self.snapshot.take()
     }
 
-    /// Drops the slot (after `snapshot = "initial_only"`, so that the server does not keep WAL for it).
-    pub async fn drop_slot(&self) -> Result<(), SourceError> {
-        let mut conn = ReplicationConnection::connect(&self.settings.connection).await?;
-        conn.drop_slot(&self.settings.slot).await?;
-        conn.close().await?;
-        tracing::info!(slot = %self.settings.slot, "dropped replication slot");
-        Ok(())
-    }
-
     /// The server and database this source reads.
     pub fn identity(&self) -> &SourceIdentity {
         &self.identity
@@ -457,6 +448,16 @@ impl PostgresSource {
             &self.settings.selection,
         )))
     }
+}
+
+/// Drops the slot, so that the server keeps no WAL for it (after `snapshot = "initial_only"`, or a clean
+/// stop with `drop_slot_on_stop`).
+pub async fn drop_slot(settings: &PostgresSettings) -> Result<(), SourceError> {
+    let mut conn = ReplicationConnection::connect(&settings.connection).await?;
+    conn.drop_slot(&settings.slot).await?;
+    conn.close().await?;
+    tracing::info!(slot = %settings.slot, "dropped replication slot");
+    Ok(())
 }
 
 /// Creates the slot; returns its consistent point and, when asked for, the name of its exported snapshot.
