@@ -298,7 +298,15 @@ async fn check_slot(config: &Config, client: &Client, report: &mut Report) {
         }
         Ok(None) => {
             // What `sluice run` does about the missing slot depends on what the position file says.
-            let stored = PositionStore::peek(&position_file, slot).ok().flatten();
+            let stored = match PositionStore::peek(&position_file, slot) {
+                Ok(stored) => stored,
+                Err(err) => {
+                    return report.fail(
+                        err.to_string(),
+                        "`sluice run` refuses it too: move the file away to start afresh",
+                    )
+                }
+            };
             let mode = config.source.snapshot;
             match stored {
                 Some(stored) if !stored.snapshot_pending && mode == SnapshotMode::InitialOnly => {

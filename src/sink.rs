@@ -53,6 +53,8 @@ pub fn is_too_large(error: &KafkaError) -> bool {
 
 /// How long a stopping daemon keeps offering a message to a full producer queue before giving up.
 const STALL_LIMIT: Duration = Duration::from_secs(60);
+/// How long the producer queue may stay full before that is logged.
+const QUEUE_FULL_WARNING: Duration = Duration::from_secs(10);
 
 /// The settings the sink needs, out of the config file.
 #[derive(Clone, Debug)]
@@ -78,6 +80,19 @@ impl SinkSettings {
         }
     }
 
+    /// The byte bound of librdkafka's queue: 32 MiB, and never less than two of the largest messages the
+    /// producer accepts, since a message larger than the whole queue would be refused as "queue full"
+    /// for ever.
+    fn queue_kbytes(&self) -> u64 {
+        let max_message_kb = self
+            .properties
+            .iter()
+            .find(|(key, _)| key == "message.max.bytes")
+            .and_then(|(_, value)| value.parse::<u64>().ok())
+            .map_or(1024, |bytes| bytes.div_ceil(1024));
+        (2 * max_message_kb).max(32 * 1024)
+    }
+
     /// librdkafka settings: sluice's guarantees first, then the user's pass-through properties (which
     /// `config` already checked do not weaken them).
     fn client_config(&self) -> ClientConfig {
@@ -96,7 +111,10 @@ impl SinkSettings {
             // throughput (measured with bench/run.sh) and triples the resident memory; a full queue
             // just makes the source wait (backpressure).
             .set("queue.buffering.max.messages", "10000")
-            .set("queue.buffering.max.kbytes", "32768");
+            .set(
+                "queue.buffering.max.kbytes",
+                self.queue_kbytes().to_string(),
+            );
         for (key, value) in &self.properties {
             config.set(key, value);
         }
@@ -306,11 +324,19 @@ impl KafkaSink {
             record = record.payload(payload);
         }
         let mut give_up_at = None;
+        let waiting_since = Instant::now();
+        let mut warned = false;
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
+                    // A full queue is ordinary backpressure; one that stays full says the broker is not
+                    // acknowledging.
+                    if !warned && waiting_since.elapsed() >= QUEUE_FULL_WARNING {
+                        warned = true;
+                        tracing::warn!(topic = message.topic, in_flight = self.in_flight(), waited = ?QUEUE_FULL_WARNING, "the producer queue is full and not draining: reading waits for the broker");
+                    }
                     if *stop.borrow() {
                         let deadline =
                             *give_up_at.get_or_insert_with(|| Instant::now() + STALL_LIMIT);
@@ -495,6 +521,19 @@ mod tests {
         assert_eq!(config.get("linger.ms"), Some("20"));
         assert_eq!(config.get("queue.buffering.max.messages"), Some("50000"));
         assert_eq!(config.get("queue.buffering.max.kbytes"), Some("32768"));
+
+        // The queue always holds the largest message the producer accepts.
+        let large = SinkSettings {
+            properties: vec![("message.max.bytes".into(), "100000000".into())],
+            ..settings
+        };
+        let kbytes: u64 = large
+            .client_config()
+            .get("queue.buffering.max.kbytes")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(kbytes * 1024 >= 2 * 100_000_000, "{kbytes}");
     }
 
     #[test]

@@ -23,7 +23,6 @@ use sluice_testkit::postgres::PgCluster;
 use sluice_testkit::registry::RegistryDouble;
 
 const DATABASE: &str = "bench";
-const PG_RECVLOGICAL: &str = "/usr/lib/postgresql/15/bin/pg_recvlogical";
 /// How often a measured process's CPU time and peak RSS are read.
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 
@@ -188,7 +187,8 @@ fn report_one(measure: &Measure) {
 /// pg_recvlogical with pgoutput from its own slot to /dev/null, up to the WAL end of the writes.
 fn measure_recvlogical(pg: &PgCluster, end: &str, rows: u64, timeout: Duration) -> Result<Measure> {
     let started = Instant::now();
-    let mut child = Command::new(PG_RECVLOGICAL)
+    let program = sluice_testkit::postgres::program_path("pg_recvlogical");
+    let mut child = Command::new(&program)
         .args([
             "--dbname",
             &pg.url(DATABASE),
@@ -200,7 +200,7 @@ fn measure_recvlogical(pg: &PgCluster, end: &str, rows: u64, timeout: Duration) 
         .args(["-o", "proto_version=1", "-o", "publication_names=bench"])
         .stderr(Stdio::inherit())
         .spawn()
-        .with_context(|| format!("starting {PG_RECVLOGICAL}"))?;
+        .with_context(|| format!("starting {}", program.display()))?;
     let usage = follow(&mut child, timeout, || Ok(false))?;
     Ok(Measure {
         name: "pg_recvlogical (pgoutput → /dev/null)",
@@ -240,14 +240,12 @@ impl Bench<'_> {
         config.tables = vec!["public.bench".into()];
         config.source_extra = format!("snapshot = \"{snapshot}\"");
         config.topic_prefix = prefix.into();
-        config
-            .kafka
-            .push(("linger.ms".into(), self.args.linger_ms.to_string()));
+        config.set_kafka("linger.ms", &self.args.linger_ms.to_string());
         for property in &self.args.kafka {
             let (key, value) = property
                 .split_once('=')
                 .with_context(|| format!("--kafka {property}: not KEY=VALUE"))?;
-            config.kafka.push((key.into(), value.into()));
+            config.set_kafka(key, value);
         }
         let path = config.write(&self.work.join(format!("{prefix}.toml")))?;
         let topic = format!("{prefix}.public.bench");
@@ -267,10 +265,19 @@ impl Bench<'_> {
             Ok(messages_on(&self.counter, &topic)? >= self.args.rows)
         });
         let seconds = started.elapsed().as_secs_f64();
-        if child.try_wait()?.is_none() {
+        let usage = usage.with_context(|| format!("sluice's log is {}", log.display()))?;
+        if snapshot == "initial_only" {
+            // It stores the position and drops its slot, then exits by itself.
+            let status = child.wait()?;
+            if !status.success() {
+                bail!(
+                    "{name}: sluice exited with {status}; its log is {}",
+                    log.display()
+                );
+            }
+        } else {
             stop(&mut child)?;
         }
-        let usage = usage.with_context(|| format!("sluice's log is {}", log.display()))?;
         let on_broker = messages_on(&self.counter, &topic)?;
         if on_broker < self.args.rows {
             bail!(
@@ -353,6 +360,7 @@ fn follow(
         }
         if Instant::now() > deadline {
             let _ = child.kill();
+            let _ = child.wait();
             bail!("not done within {timeout:?}");
         }
         std::thread::sleep(SAMPLE_EVERY);

@@ -833,43 +833,36 @@ impl Captured {
 
     /// A row the server sent (every published column) as the event's row.
     fn decode(&self, tuple: &TupleData) -> Result<Row, SourceError> {
-        let Some(keep) = &self.keep else {
-            return decode_row(&self.table, tuple);
-        };
-        if tuple.0.len() != keep.len() {
-            return Err(SourceError::Protocol(format!(
-                "{} has {} columns but a row arrived with {}",
-                self.table.qualified_name(),
-                keep.len(),
-                tuple.0.len()
-            )));
-        }
-        let kept = tuple
-            .0
-            .iter()
-            .zip(keep.iter())
-            .filter(|(_, kept)| **kept)
-            .map(|(value, _)| value.clone())
-            .collect();
-        decode_row(&self.table, &TupleData(kept))
+        decode_row(&self.table, tuple, self.keep.as_deref())
     }
 }
 
-/// Text values to typed values. A value that does not parse is kept as `OutOfRange` with the reason, so the
-/// event reaches the dead-letter topic instead of stopping the stream.
-pub(super) fn decode_row(table: &Table, tuple: &TupleData) -> Result<Row, SourceError> {
-    if tuple.0.len() != table.columns.len() {
+/// Text values to typed values, for the columns `keep` marks (all when None). A value that does not parse
+/// is kept as `OutOfRange` with the reason, so the event reaches the dead-letter topic instead of stopping
+/// the stream.
+pub(super) fn decode_row(
+    table: &Table,
+    tuple: &TupleData,
+    keep: Option<&[bool]>,
+) -> Result<Row, SourceError> {
+    let width = keep.map_or(table.columns.len(), <[bool]>::len);
+    if tuple.0.len() != width {
         return Err(SourceError::Protocol(format!(
-            "{} has {} columns but a row arrived with {}",
+            "{} has {width} columns but a row arrived with {}",
             table.qualified_name(),
-            table.columns.len(),
             tuple.0.len()
         )));
     }
+    let kept = tuple
+        .0
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| keep.is_none_or(|keep| keep[*i]))
+        .map(|(_, value)| value);
     let row = table
         .columns
         .iter()
-        .zip(&tuple.0)
+        .zip(kept)
         .map(|(column, value)| match value {
             TupleValue::Null => Value::Null,
             TupleValue::UnchangedToast => Value::UnchangedToast,

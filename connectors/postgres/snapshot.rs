@@ -206,7 +206,7 @@ async fn read_table(
             let tuple = parse_copy_line(&line, table.columns.len()).map_err(|reason| {
                 SourceError::Protocol(format!("{name}: COPY row {}: {reason}", rows + 1))
             })?;
-            let after = decode_row(&table, &tuple)?;
+            let after = decode_row(&table, &tuple, None)?;
             if !emitter.row(&table, after).await {
                 return Ok(false);
             }

@@ -76,9 +76,9 @@ impl Services {
         config.source_extra = source.to_owned();
         config.topic_prefix = PREFIX.into();
         config.topic_partitions = 3;
-        config
-            .kafka
-            .extend(kafka.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        for (key, value) in kafka {
+            config.set_kafka(key, value);
+        }
         config
             .write(&self.dir.path().join("sluice.toml"))
             .expect("write config")

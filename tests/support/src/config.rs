@@ -94,6 +94,12 @@ dir = "{positions}"
         )
     }
 
+    /// Sets a `[sink.kafka]` property, replacing an earlier value of the same key.
+    pub fn set_kafka(&mut self, key: &str, value: &str) {
+        self.kafka.retain(|(k, _)| k != key);
+        self.kafka.push((key.to_owned(), value.to_owned()));
+    }
+
     /// Writes the file and returns its path.
     pub fn write(&self, path: &Path) -> Result<PathBuf> {
         std::fs::write(path, self.render())

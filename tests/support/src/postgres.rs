@@ -36,6 +36,11 @@ const BASE_SETTINGS: &[(&str, &str)] = &[
     ("shared_buffers", "64MB"),
 ];
 
+/// Where a PostgreSQL 15 program (`initdb`, `pg_recvlogical`, …) is installed.
+pub fn program_path(program: &str) -> PathBuf {
+    Path::new(BIN_DIR).join(program)
+}
+
 /// A running PostgreSQL cluster in a temporary directory. Dropping it stops the server (immediate mode)
 /// and deletes the directory.
 pub struct PgCluster {
@@ -314,7 +319,7 @@ impl PgCluster {
 
     /// A PostgreSQL program, run as the `postgres` OS user when we are root.
     fn pg_command(&self, program: &str) -> Command {
-        let program = Path::new(BIN_DIR).join(program);
+        let program = program_path(program);
         let mut command = if running_as_root() {
             let mut runuser = Command::new("runuser");
             runuser.args(["-u", POSTGRES_USER, "--"]).arg(program);
