@@ -190,6 +190,9 @@ impl PostgresSource {
         // How the run begins: Some(consistent point, exported snapshot) when the tables are read first.
         let begin = match (slot, resume) {
             (Some(slot), Some(resume)) if !(resume.snapshot_pending && wants_snapshot) => {
+                if resume.snapshot_pending {
+                    tracing::warn!(slot = %settings.slot, file = %resume.file.display(), "the previous run's snapshot did not finish and snapshot = never: it is abandoned, rows it did not publish are not published");
+                }
                 warn_if_slot_is_ahead(&settings.slot, &slot, resume);
                 None
             }
