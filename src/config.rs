@@ -63,6 +63,10 @@ pub struct SourceConfig {
     /// slot.drop.on.stop).
     #[serde(default)]
     pub drop_slot_on_stop: bool,
+    /// Publish logical decoding messages (`pg_logical_emit_message`, the outbox pattern) to
+    /// `<topic_prefix>.message`.
+    #[serde(default)]
+    pub capture_messages: bool,
 }
 
 /// `source.snapshot`: Debezium's snapshot modes.

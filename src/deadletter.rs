@@ -77,9 +77,11 @@ pub fn for_event(
     }
 }
 
-/// Builds the dead letter for a message the broker refused, from what the message itself carries: its key
-/// and value bytes (Confluent-framed Avro, base64) and its headers, so that it can be decoded and replayed.
+/// Builds the dead letter for a message that could not be published (the broker refused it, or, for a
+/// logical decoding message, its schema), from what the message itself carries: its key and value bytes
+/// (Confluent-framed Avro, base64) and its headers, so that it can be decoded and replayed.
 pub fn for_refused_message(
+    stage: Stage,
     topic: &str,
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
@@ -98,7 +100,7 @@ pub fn for_refused_message(
         .map(|(k, v)| (k.clone(), json!(String::from_utf8_lossy(v))))
         .collect();
     let record = json!({
-        "stage": Stage::Produce.as_str(),
+        "stage": stage.as_str(),
         "reason": reason,
         "failed_at_ms": failed_at_ms,
         "sluice_version": env!("CARGO_PKG_VERSION"),
@@ -110,7 +112,7 @@ pub fn for_refused_message(
         "value_base64": payload.map(|p| BASE64.encode(p)),
         "headers": original_headers,
     });
-    let mut out_headers = letter_headers(Stage::Produce, reason, topic);
+    let mut out_headers = letter_headers(stage, reason, topic);
     for name in ["sluice.lsn", "sluice.txid"] {
         if let Some(value) = header(name) {
             out_headers.push((name.into(), value.into_bytes()));
@@ -264,6 +266,7 @@ mod tests {
             ("sluice.txid".to_owned(), b"771".to_vec()),
         ];
         let letter = for_refused_message(
+            Stage::Produce,
             "shop.public.orders",
             Some(&key),
             Some(&payload),

@@ -245,10 +245,27 @@ impl ChangeEvent {
     }
 }
 
+/// A message written with `pg_logical_emit_message` (the outbox pattern), passed on as it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodingMessage {
+    pub database: String,
+    pub prefix: String,
+    pub content: Vec<u8>,
+    /// Written as part of a transaction (and delivered with it, at its commit), or on its own.
+    pub transactional: bool,
+    /// The transaction of a transactional message.
+    pub txid: Option<u64>,
+    pub lsn: Lsn,
+    /// The commit time of a transactional message's transaction, microseconds since the Unix epoch.
+    pub commit_time_us: Option<i64>,
+}
+
 /// What a source hands to the pipeline, in log order.
 #[derive(Debug)]
 pub enum SourceEvent {
     Change(ChangeEvent),
+    /// A logical decoding message, when the source was asked for them.
+    Message(DecodingMessage),
     /// The transaction whose changes were just emitted is complete; once they are all on the broker,
     /// `position` may be acknowledged.
     Commit {

@@ -21,7 +21,7 @@ use crate::connectors::postgres::reader::{
 };
 use crate::connectors::postgres::snapshot::Snapshot;
 use crate::deadletter::{self, Stage};
-use crate::event::{ChangeEvent, Lsn, Op, Position, SourceEvent, Table, Value};
+use crate::event::{ChangeEvent, DecodingMessage, Lsn, Op, Position, SourceEvent, Table, Value};
 use crate::positions::{now_ms, AckTracker, PositionError, PositionStore};
 use crate::registry::{RegistryClient, RegistryError};
 use crate::sink::{is_too_large, FailedDelivery, KafkaSink, Outgoing, SinkError, SinkSettings};
@@ -98,6 +98,7 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
         topic_prefix: config.sink.topic_prefix.get_ref().as_str().to_owned(),
         dead_letter_topic,
         encodings: HashMap::new(),
+        message_schema_ids: None,
         key_buf: Vec::with_capacity(256),
         value_buf: Vec::with_capacity(4096),
         stop: stop.clone(),
@@ -195,6 +196,7 @@ fn postgres_settings(config: &Config) -> Result<PostgresSettings, PipelineError>
         selection: config.selection(),
         status_interval: Duration::from_secs(*config.source.status_interval_secs.get_ref()),
         snapshot: config.source.snapshot,
+        capture_messages: config.source.capture_messages,
     })
 }
 
@@ -306,6 +308,8 @@ struct Publisher {
     topic_prefix: String,
     dead_letter_topic: String,
     encodings: HashMap<u32, TableEncoding>,
+    /// Key and value schema ids of the logical decoding messages topic, once registered.
+    message_schema_ids: Option<(u32, u32)>,
     key_buf: Vec<u8>,
     value_buf: Vec<u8>,
     stop: watch::Receiver<bool>,
@@ -324,6 +328,7 @@ impl Publisher {
                 Some(failure) = failures.recv() => self.handle_failure(failure).await?,
                 event = events.recv() => match event {
                     Some(SourceEvent::Change(change)) => self.publish(change).await?,
+                    Some(SourceEvent::Message(message)) => self.publish_message(message).await?,
                     Some(SourceEvent::Commit { position } | SourceEvent::Idle { position }) => {
                         self.tracker.close_group(position)
                     }
@@ -447,6 +452,82 @@ impl Publisher {
                 .await?;
         }
         Ok(())
+    }
+
+    /// A logical decoding message, to `<topic_prefix>.message` (Debezium's topic for them) with its
+    /// prefix as the key. One the broker refuses goes to the dead-letter topic like any message.
+    async fn publish_message(&mut self, message: DecodingMessage) -> Result<(), PipelineError> {
+        let schemas = avro::message_schemas(&format!("{}.message", self.topic_prefix));
+        let (key_id, value_id) = match self.message_schema_ids {
+            Some(ids) => ids,
+            None => {
+                self.sink.ensure_topic(&schemas.topic, &self.stop).await?;
+                match self.register(&schemas).await? {
+                    Ok((key_id, value_id)) => {
+                        let ids = (key_id.unwrap_or_default(), value_id);
+                        self.message_schema_ids = Some(ids);
+                        ids
+                    }
+                    // The registry refused the schema: this message goes to the dead-letter topic, and
+                    // the next one asks again.
+                    Err(err) => {
+                        let lsn = message.lsn.to_string();
+                        let reason = format!("cannot register the message schema: {err}");
+                        let letter = deadletter::for_refused_message(
+                            Stage::Register,
+                            &schemas.topic,
+                            Some(message.prefix.as_bytes()),
+                            Some(&message.content),
+                            &[("sluice.lsn".to_owned(), lsn.into_bytes())],
+                            &reason,
+                            now_ms(),
+                        );
+                        let ordinal = self.tracker.register();
+                        return self.send_dead_letter(letter, None, ordinal).await;
+                    }
+                }
+            }
+        };
+        self.key_buf.clear();
+        avro::write_confluent_header(key_id, &mut self.key_buf);
+        avro::encode_message_key(&message, &mut self.key_buf);
+        self.value_buf.clear();
+        avro::write_confluent_header(value_id, &mut self.value_buf);
+        avro::encode_message(&message, &mut self.value_buf);
+        let lsn = message.lsn.to_string();
+        let txid = message.txid.map(|txid| txid.to_string());
+        let mut headers: Vec<(&str, &[u8])> = vec![("sluice.lsn", lsn.as_bytes())];
+        if let Some(txid) = &txid {
+            headers.push(("sluice.txid", txid.as_bytes()));
+        }
+        let outgoing = Outgoing {
+            topic: &schemas.topic,
+            key: Some(&self.key_buf),
+            payload: Some(&self.value_buf),
+            headers: &headers,
+        };
+        let ordinal = self.tracker.register();
+        match self.sink.send(&outgoing, ordinal, false, &self.stop).await {
+            Ok(()) => Ok(()),
+            Err(err) if err.is_message_fault() => {
+                let reason = format!("the broker refused the message: {err}");
+                let letter = deadletter::for_refused_message(
+                    Stage::Produce,
+                    &schemas.topic,
+                    Some(&self.key_buf),
+                    Some(&self.value_buf),
+                    &headers
+                        .iter()
+                        .map(|(name, value)| (name.to_string(), value.to_vec()))
+                        .collect::<Vec<_>>(),
+                    &reason,
+                    now_ms(),
+                );
+                let key = self.key_buf.clone();
+                self.send_dead_letter(letter, Some(&key), ordinal).await
+            }
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// The table's topic and schema ids, registering the schemas of a new table version. `Ok(Err(..))` is a
@@ -628,6 +709,7 @@ impl Publisher {
         let reason = format!("the broker refused the message: {}", failure.error);
         tracing::warn!(topic = %failure.topic, %reason, "message sent to the dead-letter topic");
         let letter = deadletter::for_refused_message(
+            Stage::Produce,
             &failure.topic,
             failure.key.as_deref(),
             failure.payload.as_deref(),

@@ -16,8 +16,8 @@ use super::snapshot::Snapshot;
 use super::types;
 use crate::config::{Selection, SnapshotMode};
 use crate::event::{
-    ChangeEvent, Column, Lsn, Op, Position, Row, SnapshotMarker, SourceEvent, SourceInfo, Table,
-    Value,
+    ChangeEvent, Column, DecodingMessage, Lsn, Op, Position, Row, SnapshotMarker, SourceEvent,
+    SourceInfo, Table, Value,
 };
 use crate::positions::SourceIdentity;
 
@@ -91,6 +91,8 @@ pub struct PostgresSettings {
     pub selection: Selection,
     pub status_interval: Duration,
     pub snapshot: SnapshotMode,
+    /// Ask for logical decoding messages (`pg_logical_emit_message`) too.
+    pub capture_messages: bool,
 }
 
 /// A prepared source: publication and slot in place.
@@ -327,8 +329,13 @@ impl PostgresSource {
         }
         let mut conn = ReplicationConnection::connect(&self.settings.connection).await?;
         link.refresh_acked();
-        conn.start_replication(&self.settings.slot, link.acked, &self.settings.publication)
-            .await?;
+        conn.start_replication(
+            &self.settings.slot,
+            link.acked,
+            &self.settings.publication,
+            self.settings.capture_messages,
+        )
+        .await?;
         tracing::info!(slot = %self.settings.slot, from = %link.acked, "streaming");
 
         let mut status = tokio::time::interval(self.settings.status_interval);
@@ -672,12 +679,18 @@ impl StreamDecoder {
                 }
                 self.relations.insert(relation.id, captured);
             }
-            Message::Insert(_) | Message::Update(_) | Message::Delete(_) | Message::Truncate(_) => {
+            // Logical decoding messages count among a transaction's events, so that a replay after a
+            // reconnect skips them like the changes.
+            Message::Insert(_)
+            | Message::Update(_)
+            | Message::Delete(_)
+            | Message::Truncate(_)
+            | Message::LogicalMessage(_) => {
                 let from = out.len();
                 self.apply_change(message, lsn, out)?;
                 self.drop_replayed(out, from);
             }
-            Message::Origin(_) | Message::Type(_) | Message::LogicalMessage(_) => {}
+            Message::Origin(_) | Message::Type(_) => {}
         }
         Ok(())
     }
@@ -715,6 +728,19 @@ impl StreamDecoder {
                         out.push(self.change(captured.table, Op::Truncate, None, None, lsn)?);
                     }
                 }
+            }
+            // The server sends these only when asked (source.capture_messages).
+            Message::LogicalMessage(message) => {
+                let transaction = self.transaction.as_ref().filter(|_| message.transactional);
+                out.push(SourceEvent::Message(DecodingMessage {
+                    database: self.database.clone(),
+                    prefix: message.prefix,
+                    content: message.content.to_vec(),
+                    transactional: message.transactional,
+                    txid: transaction.map(|tx| u64::from(tx.xid)),
+                    lsn: message.lsn,
+                    commit_time_us: transaction.map(|tx| tx.commit_time_us),
+                }));
             }
             _ => {}
         }

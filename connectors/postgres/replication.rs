@@ -353,18 +353,21 @@ impl ReplicationConnection {
             .map(drop)
     }
 
-    /// Enters streaming. The server resumes at the later of `start` and the slot's confirmed position.
+    /// Enters streaming. The server resumes at the later of `start` and the slot's confirmed position;
+    /// with `messages`, logical decoding messages come too.
     pub async fn start_replication(
         &mut self,
         slot: &str,
         start: Lsn,
         publication: &str,
+        messages: bool,
     ) -> Result<(), ReplicationError> {
         let sql = format!(
-            "START_REPLICATION SLOT {} LOGICAL {} (\"proto_version\" '1', \"publication_names\" {})",
+            "START_REPLICATION SLOT {} LOGICAL {} (\"proto_version\" '1', \"publication_names\" {}{})",
             quote_ident(slot),
             start,
             quote_literal(&quote_ident(publication)),
+            if messages { ", \"messages\" 'true'" } else { "" },
         );
         frontend::query(&sql, &mut self.write_buf)?;
         self.flush().await?;

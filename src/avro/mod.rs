@@ -10,6 +10,7 @@
 mod binary;
 mod decimal;
 mod encode;
+mod message;
 pub mod naming;
 mod schema;
 
@@ -18,6 +19,7 @@ mod roundtrip_tests;
 
 pub use decimal::DecimalError;
 pub use encode::{encode_envelope, encode_key, EncodeError, EncodeReason, EnvelopeContext};
+pub use message::{encode_message, encode_message_key, message_schemas};
 pub use naming::topic_name;
 pub use schema::{
     table_schemas, AvroSchema, SchemaError, TableSchemas, SOURCE_RECORD, VARIABLE_SCALE_DECIMAL,
