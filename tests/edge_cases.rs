@@ -11,14 +11,8 @@ use serde_json::Value as Json;
 
 /// The services, a `notes` table, and sluice streaming it (with extra `[sink.kafka]` properties).
 async fn streaming_notes(kafka: &[(&str, &str)]) -> (Services, PathBuf, Daemon) {
-    let services = Services::start().await;
-    services
-        .sql("CREATE TABLE notes (id int PRIMARY KEY, body text)")
-        .await;
-    let config = services.write_config_with(&["public.notes"], kafka);
-    let mut daemon = Daemon::start(&config);
-    services.wait_streaming(&mut daemon).await;
-    (services, config, daemon)
+    let schema = "CREATE TABLE notes (id int PRIMARY KEY, body text)";
+    common::streaming(schema, &["public.notes"], "", kafka).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

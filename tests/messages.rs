@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{decode_all, Daemon, Services, DEAD_LETTERS};
+use common::{decode_all, DEAD_LETTERS};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -14,20 +14,22 @@ fn hex(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emitted_messages_arrive_on_the_message_topic() {
-    let services = Services::start().await;
-    services
-        .sql("CREATE TABLE notes (id int PRIMARY KEY, body text)")
-        .await;
-    let config = services.write_config_source(&["public.notes"], "capture_messages = true", &[]);
-    let mut daemon = Daemon::start(&config);
-    services.wait_streaming(&mut daemon).await;
+    let (services, _, mut daemon) = common::streaming(
+        "CREATE TABLE notes (id int PRIMARY KEY, body text)",
+        &["public.notes"],
+        "capture_messages = true",
+        &[],
+    )
+    .await;
 
     // A message whose schema the registry refuses goes to the dead-letter topic; the stream goes on.
     services.registry.set_reject_all(true);
     services
         .sql("SELECT pg_logical_emit_message(false, 'early', 'refused')")
         .await;
-    let letters = services.read(DEAD_LETTERS, 1, Duration::from_secs(60)).await;
+    let letters = services
+        .read(DEAD_LETTERS, 1, Duration::from_secs(60))
+        .await;
     assert_eq!(letters.len(), 1);
     let letter: serde_json::Value =
         serde_json::from_slice(letters[0].value.as_deref().unwrap()).unwrap();

@@ -7,19 +7,19 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{decode_all, Daemon, Services};
+use common::decode_all;
 
 const ITEMS: &str = "shop.public.items";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_schema_change_gives_the_next_event_a_new_schema_version() {
-    let services = Services::start().await;
-    services
-        .sql("CREATE TABLE items (id int PRIMARY KEY, name text)")
-        .await;
-    let config = services.write_config(&["public.items"]);
-    let mut daemon = Daemon::start(&config);
-    services.wait_streaming(&mut daemon).await;
+    let (services, _, mut daemon) = common::streaming(
+        "CREATE TABLE items (id int PRIMARY KEY, name text)",
+        &["public.items"],
+        "",
+        &[],
+    )
+    .await;
     for step in [
         "INSERT INTO items VALUES (1, 'one')",
         "ALTER TABLE items ADD COLUMN price numeric(10,2); INSERT INTO items VALUES (2, 'two', 2.50)",

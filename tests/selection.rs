@@ -5,29 +5,23 @@ mod common;
 
 use std::time::Duration;
 
-use common::{decode_all, Daemon, Services};
+use common::decode_all;
 
 const CUSTOMERS: &str = "shop.public.customers";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn excluded_tables_and_columns_stay_out_of_events() {
-    let services = Services::start().await;
-    services
-        .sql(
-            "CREATE TABLE customers (id int PRIMARY KEY, name text, email text, password text);
-             CREATE TABLE audit_log (id int PRIMARY KEY, entry text);
-             INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com', 'secret');
-             INSERT INTO audit_log VALUES (1, 'created Ada');",
-        )
-        .await;
-    let config = services.write_config_source(
+    let (services, _, mut daemon) = common::streaming(
+        "CREATE TABLE customers (id int PRIMARY KEY, name text, email text, password text);
+         CREATE TABLE audit_log (id int PRIMARY KEY, entry text);
+         INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com', 'secret');
+         INSERT INTO audit_log VALUES (1, 'created Ada');",
         &["public.*"],
         r#"exclude_tables = ["public.audit_*"]
 exclude_columns = ["public.customers.email", "*.*.password", "public.customers.id"]"#,
         &[],
-    );
-    let mut daemon = Daemon::start(&config);
-    services.wait_streaming(&mut daemon).await;
+    )
+    .await;
     services
         .sql(
             "INSERT INTO customers VALUES (2, 'Grace', 'grace@example.com', 'hunter2');

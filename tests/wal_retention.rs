@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Services};
+use common::Services;
 
 /// WAL the slot may hold back once the neighbour is done: a few segments, far below what was written.
 const RETAINED_LIMIT: i64 = 64 * 1024 * 1024;
@@ -26,13 +26,13 @@ async fn retained_by_slot(services: &Services) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tables_do_not_hold_back_wal_written_elsewhere() {
-    let services = Services::start().await;
-    services
-        .sql("CREATE TABLE notes (id int PRIMARY KEY, body text)")
-        .await;
-    let config = services.write_config(&["public.notes"]);
-    let mut daemon = Daemon::start(&config);
-    services.wait_streaming(&mut daemon).await;
+    let (services, _, mut daemon) = common::streaming(
+        "CREATE TABLE notes (id int PRIMARY KEY, body text)",
+        &["public.notes"],
+        "",
+        &[],
+    )
+    .await;
 
     services.pg.create_database("neighbour").await.unwrap();
     let neighbour = services.pg.client("neighbour").await.unwrap();

@@ -175,6 +175,22 @@ impl Services {
     }
 }
 
+/// The services with `schema` applied, and sluice streaming `tables` with extra `[source]` lines and
+/// `[sink.kafka]` properties; returns the config's path too.
+pub async fn streaming(
+    schema: &str,
+    tables: &[&str],
+    source: &str,
+    kafka: &[(&str, &str)],
+) -> (Services, PathBuf, Daemon) {
+    let services = Services::start().await;
+    services.sql(schema).await;
+    let config = services.write_config_source(tables, source, kafka);
+    let mut daemon = Daemon::start(&config);
+    services.wait_streaming(&mut daemon).await;
+    (services, config, daemon)
+}
+
 pub fn sluice_bin() -> &'static str {
     env!("CARGO_BIN_EXE_sluice")
 }
