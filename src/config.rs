@@ -569,6 +569,12 @@ impl ColumnPattern {
     }
 }
 
+impl fmt::Display for ColumnPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.table, self.column)
+    }
+}
+
 /// What `[source]` selects: tables by include and exclude patterns, and columns to leave out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::config::{redact_secrets, Config, SnapshotMode};
+use crate::config::{redact_secrets, Config, Selection, SnapshotMode};
 use crate::connectors::postgres::catalog::{self, describe_pg_error, TableName};
 use crate::connectors::postgres::replication::{ReplicationConnection, ReplicationError};
 use crate::positions::PositionStore;
@@ -199,7 +199,8 @@ async fn check_replication_connection(connection: &tokio_postgres::Config, repor
 
 /// Checks that each selected table exists and can identify its rows; returns the tables found.
 async fn check_tables(config: &Config, client: &Client, report: &mut Report) -> Vec<TableName> {
-    let tables = match catalog::resolve_tables(client, &config.selection()).await {
+    let selection = config.selection();
+    let tables = match catalog::resolve_tables(client, &selection).await {
         Ok(tables) => tables,
         Err(err) => {
             report.fail(
@@ -255,7 +256,53 @@ async fn check_tables(config: &Config, client: &Client, report: &mut Report) -> 
             ),
         }
     }
+    check_excluded_columns(&selection, client, &tables, report).await;
     tables
+}
+
+/// An exclusion that matches no column of the captured tables is most likely a typo, and the column it
+/// was meant to leave out is being published.
+async fn check_excluded_columns(
+    selection: &Selection,
+    client: &Client,
+    tables: &[TableName],
+    report: &mut Report,
+) {
+    if selection.exclude_columns.is_empty() {
+        return;
+    }
+    let mut columns = Vec::new();
+    for table in tables {
+        if let Ok(description) = catalog::describe_table(client, table).await {
+            columns.extend(
+                description
+                    .relation
+                    .columns
+                    .into_iter()
+                    .map(|column| (table.clone(), column.name)),
+            );
+        }
+    }
+    for pattern in &selection.exclude_columns {
+        let matched: Vec<String> = columns
+            .iter()
+            .filter(|(table, column)| pattern.matches(&table.schema, &table.name, column))
+            .map(|(table, column)| format!("{table}.{column}"))
+            .collect();
+        if matched.is_empty() {
+            report.warn(
+                format!(
+                    "source.exclude_columns: `{pattern}` matches no column of the captured tables"
+                ),
+                "check it for a typo: the column it should leave out would be published",
+            );
+        } else {
+            report.pass(format!(
+                "source.exclude_columns: `{pattern}` leaves out {}",
+                matched.join(", ")
+            ));
+        }
+    }
 }
 
 async fn check_slot(config: &Config, client: &Client, report: &mut Report) {

@@ -154,7 +154,11 @@ async fn check_passes_against_ready_services() {
     services
         .sql("CREATE TABLE orders (id bigint PRIMARY KEY, note text)")
         .await;
-    let config = services.write_config(&["public.orders"]);
+    let config = services.write_config_source(
+        &["public.orders"],
+        r#"exclude_columns = ["public.orders.note", "public.orders.nte"]"#,
+        &[],
+    );
     let (status, stdout, stderr) = sluice(&["check", "-c", config.to_str().unwrap()]);
     assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
     for line in [
@@ -162,6 +166,8 @@ async fn check_passes_against_ready_services() {
         "may replicate",
         "replication connection opens (system ",
         "table public.orders: primary key (id)",
+        "`public.orders.note` leaves out public.orders.note",
+        "`public.orders.nte` matches no column of the captured tables",
         "broker at",
         "schema registry at",
     ] {
