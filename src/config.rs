@@ -63,6 +63,9 @@ pub struct SourceConfig {
     /// slot.drop.on.stop).
     #[serde(default)]
     pub drop_slot_on_stop: bool,
+    /// Connections a snapshot reads tables over at the same time, all in the same snapshot.
+    #[serde(default = "default_snapshot_connections")]
+    pub snapshot_connections: Spanned<u8>,
     /// Publish logical decoding messages (`pg_logical_emit_message`, the outbox pattern) to
     /// `<topic_prefix>.message`.
     #[serde(default)]
@@ -141,6 +144,13 @@ fn default_broker_setting() -> Spanned<i32> {
 fn no_patterns() -> Spanned<Vec<Spanned<EnvString>>> {
     Spanned::new(0..0, Vec::new())
 }
+
+fn default_snapshot_connections() -> Spanned<u8> {
+    Spanned::new(0..0, 1)
+}
+
+/// Each snapshot connection is a server backend and a walsender's exported snapshot shared that many ways.
+const MAX_SNAPSHOT_CONNECTIONS: u8 = 16;
 
 fn default_status_interval_secs() -> Spanned<u64> {
     Spanned::new(0..0, 10)
@@ -375,6 +385,15 @@ impl Config {
                 "source.status_interval_secs",
                 source.status_interval_secs.span(),
                 message,
+            );
+        }
+
+        let connections = *source.snapshot_connections.get_ref();
+        if connections == 0 || connections > MAX_SNAPSHOT_CONNECTIONS {
+            report(
+                "source.snapshot_connections",
+                source.snapshot_connections.span(),
+                format!("is {connections}; must be between 1 and {MAX_SNAPSHOT_CONNECTIONS}"),
             );
         }
 
@@ -891,6 +910,13 @@ dir = "/var/lib/sluice"
         ] {
             assert_eq!(Config::parse(&with(text)).unwrap().source.snapshot, mode);
         }
+        let text = GOOD.replace(
+            "slot = \"sluice\"",
+            "slot = \"sluice\"\nsnapshot_connections = 0",
+        );
+        let found = problems(&text);
+        assert_eq!(found[0].key, "source.snapshot_connections");
+        assert_eq!(found[0].line, 6);
         let message = syntax_error(&with("sometimes"));
         assert!(message.contains("line 6"), "{message}");
         assert!(

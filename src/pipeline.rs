@@ -197,6 +197,7 @@ fn postgres_settings(config: &Config) -> Result<PostgresSettings, PipelineError>
         status_interval: Duration::from_secs(*config.source.status_interval_secs.get_ref()),
         snapshot: config.source.snapshot,
         capture_messages: config.source.capture_messages,
+        snapshot_connections: usize::from(*config.source.snapshot_connections.get_ref()),
     })
 }
 

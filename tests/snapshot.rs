@@ -109,7 +109,12 @@ async fn read_until_state(
 async fn snapshot_then_stream_publishes_every_row_once() {
     let services = Services::start().await;
     services.sql(&schema(3_000)).await;
-    let config = services.write_config(&["public.items", "public.tags", "public.measures"]);
+    // Two connections share the three tables, inside the one exported snapshot.
+    let config = services.write_config_source(
+        &["public.items", "public.tags", "public.measures"],
+        "snapshot_connections = 2",
+        &[],
+    );
     let mut daemon = Daemon::start(&config);
 
     // Writes that race the snapshot: whichever side of the slot's consistent point they fall on, each
@@ -228,6 +233,7 @@ async fn snapshot_then_stream_publishes_every_row_once() {
     }
     let position = services.position_file().expect("a position is stored");
     assert!(position.get("snapshot_pending").is_none(), "{position}");
+    assert!(daemon.log().contains("connections=2"), "{}", daemon.log());
 
     // A restart resumes the stream: the snapshot is not taken again.
     daemon.stop_cleanly();

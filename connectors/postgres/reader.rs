@@ -93,6 +93,8 @@ pub struct PostgresSettings {
     pub snapshot: SnapshotMode,
     /// Ask for logical decoding messages (`pg_logical_emit_message`) too.
     pub capture_messages: bool,
+    /// Connections a snapshot reads tables over at the same time.
+    pub snapshot_connections: usize,
 }
 
 /// A prepared source: publication and slot in place.
@@ -245,6 +247,7 @@ impl PostgresSource {
             database: settings.database.clone(),
             tables: tables.clone(),
             selection: settings.selection.clone(),
+            connections: settings.snapshot_connections,
             consistent_point,
             exported,
         });

@@ -7,12 +7,14 @@
 //! is in the stream. Rows are read with `COPY … TO STDOUT` in text format — the same text output functions
 //! pgoutput uses — so snapshot rows and streamed rows go through one value decoder.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio_postgres::Client;
 
 use super::catalog::{self, CatalogError, TableName};
@@ -24,6 +26,8 @@ use crate::event::{
     ChangeEvent, Lsn, Op, Position, Row, SnapshotMarker, SourceEvent, SourceInfo, Table,
 };
 
+/// Rows on their way from the readers to the one place that marks the last.
+const ROWS_IN_FLIGHT: usize = 1024;
 /// How often a table's progress is logged while it is read.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -34,6 +38,8 @@ pub struct Snapshot {
     pub(super) tables: Vec<TableName>,
     /// For the columns left out of events.
     pub(super) selection: Selection,
+    /// Connections reading tables at the same time (`source.snapshot_connections`).
+    pub(super) connections: usize,
     /// Where the stream continues once every snapshot row is on the broker.
     pub consistent_point: Lsn,
     /// The replication connection that created the slot and the name of the snapshot it exported; the
@@ -53,12 +59,118 @@ pub struct SnapshotOutcome {
 
 impl Snapshot {
     /// Reads every table and hands the rows on, the last one marked `last`, then a Commit at the consistent
-    /// point. A stop request (or a closed channel) ends it early, incomplete.
+    /// point. Tables are shared out among `connections` connections that all adopt the same snapshot. A
+    /// stop request (or a closed channel) ends it early, incomplete.
     pub async fn read(
         mut self,
         events: mpsc::Sender<SourceEvent>,
         stop: watch::Receiver<bool>,
     ) -> Result<SnapshotOutcome, SourceError> {
+        let exported = self.exported.is_some();
+        let workers = self.connections.clamp(1, self.tables.len().max(1));
+        let mut clients = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            clients.push(self.open_reading_transaction().await?);
+        }
+        // Every reader holds the snapshot now; the exporting connection may go.
+        if let Some((exporter, _)) = self.exported.take() {
+            exporter.close().await?;
+        }
+        tracing::info!(tables = self.tables.len(), connections = workers, at = %self.consistent_point, exported, "snapshot started");
+
+        let source = SourceInfo {
+            database: self.database.clone(),
+            txid: None,
+            lsn: self.consistent_point,
+            commit_lsn: self.consistent_point,
+            commit_time_us: crate::positions::now_ms() * 1000,
+            snapshot: SnapshotMarker::True,
+        };
+        // The readers' rows meet in one channel, so that one place can hold back the final row.
+        let (rows_tx, mut rows_rx) = mpsc::channel(ROWS_IN_FLIGHT);
+        let queue = Arc::new(Mutex::new(VecDeque::from(self.tables.clone())));
+        let mut readers = JoinSet::new();
+        for client in clients {
+            let queue = queue.clone();
+            let selection = self.selection.clone();
+            let rows = RowSender {
+                tx: rows_tx.clone(),
+                stop: stop.clone(),
+                source: source.clone(),
+            };
+            readers.spawn(async move {
+                loop {
+                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                    let Some(table) = next else { break };
+                    if !read_table(&client, &table, &selection, &rows).await? {
+                        return Ok(false);
+                    }
+                }
+                execute(&client, "COMMIT").await?;
+                Ok::<_, SourceError>(true)
+            });
+        }
+        drop(rows_tx);
+
+        let mut pending: Option<ChangeEvent> = None;
+        let mut handed_on: u64 = 0;
+        let mut forwarding = true;
+        while let Some(event) = rows_rx.recv().await {
+            handed_on += 1;
+            if let Some(previous) = pending.replace(event) {
+                if events.send(SourceEvent::Change(previous)).await.is_err() {
+                    forwarding = false;
+                    break;
+                }
+            }
+        }
+        // When the pipeline is gone, the readers' next row finds this channel closed and they stop.
+        drop(rows_rx);
+        let mut all_read = true;
+        while let Some(done) = readers.join_next().await {
+            let read = done.map_err(|err| {
+                SourceError::Protocol(format!("a snapshot reader failed: {err}"))
+            })??;
+            all_read &= read;
+        }
+        let complete = forwarding && all_read;
+        if let Some(mut last) = pending.take() {
+            if complete {
+                last.source.snapshot = SnapshotMarker::Last;
+            }
+            if events.send(SourceEvent::Change(last)).await.is_err() {
+                return Ok(SnapshotOutcome {
+                    complete: false,
+                    rows: handed_on,
+                });
+            }
+        }
+        if !complete {
+            tracing::info!(
+                rows = handed_on,
+                "snapshot interrupted; the next run takes it again from the start"
+            );
+            return Ok(SnapshotOutcome {
+                complete: false,
+                rows: handed_on,
+            });
+        }
+        let commit = SourceEvent::Commit {
+            position: Position::Postgres {
+                lsn: self.consistent_point,
+            },
+        };
+        let complete = events.send(commit).await.is_ok();
+        tracing::info!(rows = handed_on, "snapshot read");
+        Ok(SnapshotOutcome {
+            complete,
+            rows: handed_on,
+        })
+    }
+
+    /// A connection in a read-only REPEATABLE READ transaction on the snapshot, with the output settings
+    /// the value decoders expect.
+    async fn open_reading_transaction(&self) -> Result<Client, SourceError> {
         let client = catalog::connect(&self.connection).await?;
         let settings: Vec<String> = OUTPUT_SETTINGS
             .iter()
@@ -66,66 +178,28 @@ impl Snapshot {
             .collect();
         execute(&client, &settings.join("; ")).await?;
         execute(&client, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
-        let exported = self.exported.is_some();
-        if let Some((exporter, name)) = self.exported.take() {
-            let adopt = format!("SET TRANSACTION SNAPSHOT {}", quote_literal(&name));
+        if let Some((_, name)) = &self.exported {
+            let adopt = format!("SET TRANSACTION SNAPSHOT {}", quote_literal(name));
             execute(&client, &adopt).await?;
-            // The transaction holds the snapshot now; the exporting connection may go.
-            exporter.close().await?;
         }
-        let mut emitter = Emitter {
-            events,
-            stop,
-            pending: None,
-            rows: 0,
-            source: SourceInfo {
-                database: self.database.clone(),
-                txid: None,
-                lsn: self.consistent_point,
-                commit_lsn: self.consistent_point,
-                commit_time_us: crate::positions::now_ms() * 1000,
-                snapshot: SnapshotMarker::True,
-            },
-        };
-        tracing::info!(tables = self.tables.len(), at = %self.consistent_point, exported, "snapshot started");
-        for table in &self.tables {
-            if !read_table(&client, table, &self.selection, &mut emitter).await? {
-                let rows = emitter.rows;
-                emitter.finish(None).await;
-                tracing::info!(
-                    rows,
-                    "snapshot interrupted; the next run takes it again from the start"
-                );
-                return Ok(SnapshotOutcome {
-                    complete: false,
-                    rows,
-                });
-            }
-        }
-        execute(&client, "COMMIT").await?;
-        let rows = emitter.rows;
-        let complete = emitter.finish(Some(self.consistent_point)).await;
-        tracing::info!(rows, "snapshot read");
-        Ok(SnapshotOutcome { complete, rows })
+        Ok(client)
     }
 }
 
-/// Hands snapshot rows on, holding the latest back so that the snapshot's final row can be marked `last`.
-struct Emitter {
-    events: mpsc::Sender<SourceEvent>,
+/// What a snapshot reader sends its rows through.
+struct RowSender {
+    tx: mpsc::Sender<ChangeEvent>,
     stop: watch::Receiver<bool>,
-    pending: Option<ChangeEvent>,
-    rows: u64,
+    /// Every snapshot row's source fields.
     source: SourceInfo,
 }
 
-impl Emitter {
-    /// Hands on a row (the previous one, really); false when sluice is stopping or the pipeline is gone.
-    async fn row(&mut self, table: &Arc<Table>, after: Row) -> bool {
+impl RowSender {
+    /// Hands on a row; false when sluice is stopping or the rows are no longer wanted.
+    async fn row(&self, table: &Arc<Table>, after: Row) -> bool {
         if *self.stop.borrow() {
             return false;
         }
-        self.rows += 1;
         let event = ChangeEvent {
             table: table.clone(),
             op: Op::Read,
@@ -133,44 +207,16 @@ impl Emitter {
             after: Some(after),
             source: self.source.clone(),
         };
-        match self.pending.replace(event) {
-            Some(previous) => self
-                .events
-                .send(SourceEvent::Change(previous))
-                .await
-                .is_ok(),
-            None => true,
-        }
-    }
-
-    /// Hands on the held-back row. With `sealed_at` (the snapshot is complete) it is marked `last` and
-    /// followed by the Commit that lets the pipeline acknowledge the snapshot; returns whether all of it
-    /// was handed on.
-    async fn finish(mut self, sealed_at: Option<Lsn>) -> bool {
-        if let Some(mut last) = self.pending.take() {
-            if sealed_at.is_some() {
-                last.source.snapshot = SnapshotMarker::Last;
-            }
-            if self.events.send(SourceEvent::Change(last)).await.is_err() {
-                return false;
-            }
-        }
-        let Some(lsn) = sealed_at else {
-            return false;
-        };
-        let commit = SourceEvent::Commit {
-            position: Position::Postgres { lsn },
-        };
-        self.events.send(commit).await.is_ok()
+        self.tx.send(event).await.is_ok()
     }
 }
 
-/// Reads one table with COPY; false when the emitter refused a row (stop requested).
+/// Reads one table with COPY; false when a row was refused (stop requested).
 async fn read_table(
     client: &Client,
     name: &TableName,
     selection: &Selection,
-    emitter: &mut Emitter,
+    rows_out: &RowSender,
 ) -> Result<bool, SourceError> {
     let description = catalog::describe_table(client, name).await?;
     // COPY reads only the captured columns, so its rows need no filtering.
@@ -207,7 +253,7 @@ async fn read_table(
                 SourceError::Protocol(format!("{name}: COPY row {}: {reason}", rows + 1))
             })?;
             let after = decode_row(&table, &tuple, None)?;
-            if !emitter.row(&table, after).await {
+            if !rows_out.row(&table, after).await {
                 return Ok(false);
             }
             rows += 1;
