@@ -98,6 +98,7 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
         topic_prefix: config.sink.topic_prefix.get_ref().as_str().to_owned(),
         dead_letter_topic,
         encodings: HashMap::new(),
+        message_topic: format!("{}.message", config.sink.topic_prefix.get_ref().as_str()),
         message_schema_ids: None,
         key_buf: Vec::with_capacity(256),
         value_buf: Vec::with_capacity(4096),
@@ -309,7 +310,9 @@ struct Publisher {
     topic_prefix: String,
     dead_letter_topic: String,
     encodings: HashMap<u32, TableEncoding>,
-    /// Key and value schema ids of the logical decoding messages topic, once registered.
+    /// `<topic_prefix>.message`, where logical decoding messages go.
+    message_topic: String,
+    /// Key and value schema ids of the messages topic, once registered.
     message_schema_ids: Option<(u32, u32)>,
     key_buf: Vec<u8>,
     value_buf: Vec<u8>,
@@ -458,10 +461,11 @@ impl Publisher {
     /// A logical decoding message, to `<topic_prefix>.message` (Debezium's topic for them) with its
     /// prefix as the key. One the broker refuses goes to the dead-letter topic like any message.
     async fn publish_message(&mut self, message: DecodingMessage) -> Result<(), PipelineError> {
-        let schemas = avro::message_schemas(&format!("{}.message", self.topic_prefix));
         let (key_id, value_id) = match self.message_schema_ids {
             Some(ids) => ids,
             None => {
+                // Built and registered once: every message has the same schemas.
+                let schemas = avro::message_schemas(&self.message_topic);
                 self.sink.ensure_topic(&schemas.topic, &self.stop).await?;
                 match self.register(&schemas).await? {
                     Ok((key_id, value_id)) => {
@@ -502,7 +506,7 @@ impl Publisher {
             headers.push(("sluice.txid", txid.as_bytes()));
         }
         let outgoing = Outgoing {
-            topic: &schemas.topic,
+            topic: &self.message_topic,
             key: Some(&self.key_buf),
             payload: Some(&self.value_buf),
             headers: &headers,
@@ -514,7 +518,7 @@ impl Publisher {
                 let reason = format!("the broker refused the message: {err}");
                 let letter = deadletter::for_refused_message(
                     Stage::Produce,
-                    &schemas.topic,
+                    &self.message_topic,
                     Some(&self.key_buf),
                     Some(&self.value_buf),
                     &headers
