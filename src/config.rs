@@ -70,6 +70,23 @@ pub struct SourceConfig {
     /// `<topic_prefix>.message`.
     #[serde(default)]
     pub capture_messages: bool,
+    /// How `numeric` columns are published (Debezium's decimal.handling.mode).
+    #[serde(default)]
+    pub decimal_handling: DecimalHandling,
+}
+
+/// `source.decimal_handling`: the Avro form of `numeric` columns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecimalHandling {
+    /// Exact Avro decimals. `NaN` and `±Infinity` have no decimal form: their events go to the dead-letter
+    /// topic.
+    #[default]
+    Precise,
+    /// The decimal text (`"12.50"`, `"NaN"`, `"Infinity"`): exact, and every value fits.
+    String,
+    /// Avro `double`: every value fits, digits beyond double precision are rounded.
+    Double,
 }
 
 /// `source.snapshot`: Debezium's snapshot modes.

@@ -194,8 +194,8 @@ pub fn value_json(value: &Value) -> Json {
         Value::Int16(v) => json!(v),
         Value::Int32(v) => json!(v),
         Value::Int64(v) => json!(v),
-        Value::Float32(v) => float_json(f64::from(*v)),
-        Value::Float64(v) => float_json(*v),
+        Value::Float32(v) => crate::tail::finite_or_text(f64::from(*v)),
+        Value::Float64(v) => crate::tail::finite_or_text(*v),
         Value::Numeric(n) => json!(numeric_text(n)),
         Value::String(v) | Value::Json(v) | Value::Uuid(v) => json!(v),
         Value::Bytes(v) => {
@@ -203,16 +203,18 @@ pub fn value_json(value: &Value) -> Json {
             json!(format!("\\x{hex}"))
         }
         Value::Date(days) => json!(days),
-        Value::Timestamp(us) | Value::TimestampTz(us) => json!(us),
+        Value::Timestamp(us) | Value::TimestampTz(us) | Value::Time(us) => json!(us),
+        // Composite fields in declaration order.
+        Value::Array(items) | Value::Record(items) => {
+            Json::Array(items.iter().map(value_json).collect())
+        }
+        Value::TextMap(pairs) => Json::Object(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_ref().map_or(Json::Null, |v| json!(v))))
+                .collect(),
+        ),
         Value::OutOfRange(reason) => json!({ "invalid": reason }),
-    }
-}
-
-fn float_json(v: f64) -> Json {
-    if v.is_finite() {
-        json!(v)
-    } else {
-        json!(v.to_string())
     }
 }
 

@@ -105,12 +105,37 @@ pub enum ColumnType {
     Timestamp,
     /// Microseconds since 1970-01-01 00:00 UTC (Avro `timestamp-micros`).
     TimestampTz,
+    /// Microseconds since midnight (Avro `time-micros`); PostgreSQL's `24:00:00` is 86,400,000,000.
+    Time,
+    /// An exact amount with two decimal places (PostgreSQL `money` under the C monetary locale).
+    Money,
+    /// An array of `dimensions` nesting levels (at least 1) whose elements may be null.
+    Array {
+        element: Box<ColumnType>,
+        dimensions: u32,
+    },
+    /// A composite type: a named record whose fields may be null.
+    Record {
+        /// The Avro full name of the record.
+        name: String,
+        fields: Vec<RecordField>,
+    },
+    /// Text keys to nullable text values (hstore).
+    TextMap,
     /// JSON text (json, jsonb).
     Json,
     /// A type this version does not map natively: carried as its text form, tagged with the type name.
     Text {
         type_name: String,
     },
+}
+
+/// One field of a composite type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordField {
+    /// The field's name in PostgreSQL.
+    pub name: String,
+    pub column_type: ColumnType,
 }
 
 /// One column of a captured table.
@@ -176,12 +201,20 @@ pub enum Value {
     Bytes(Vec<u8>),
     /// Canonical lower-case text form.
     Uuid(String),
-    /// Days since 1970-01-01.
+    /// Days since 1970-01-01; `infinity` is `i32::MAX`, `-infinity` `i32::MIN`.
     Date(i32),
-    /// Microseconds since the epoch, no zone.
+    /// Microseconds since the epoch, no zone; `infinity` is `i64::MAX`, `-infinity` `i64::MIN`.
     Timestamp(i64),
-    /// Microseconds since the epoch, UTC.
+    /// Microseconds since the epoch, UTC; infinities as for `Timestamp`.
     TimestampTz(i64),
+    /// Microseconds since midnight.
+    Time(i64),
+    /// Array elements (nested arrays for each further dimension); `Null` for a NULL element.
+    Array(Vec<Value>),
+    /// Composite fields in declaration order; `Null` for a NULL field.
+    Record(Vec<Value>),
+    /// Key–value pairs in the order the source printed them.
+    TextMap(Vec<(String, Option<String>)>),
     Json(String),
     /// A value that exists in the source but has no representation in its column's Avro type
     /// (`date 'infinity'`, text that does not parse as its type): the encoder rejects it, with this reason.

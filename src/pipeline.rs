@@ -199,6 +199,7 @@ fn postgres_settings(config: &Config) -> Result<PostgresSettings, PipelineError>
         snapshot: config.source.snapshot,
         capture_messages: config.source.capture_messages,
         snapshot_connections: usize::from(*config.source.snapshot_connections.get_ref()),
+        decimal_handling: config.source.decimal_handling,
     })
 }
 

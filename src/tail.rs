@@ -17,6 +17,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Map, Value as Json};
 
+use crate::avro::VARIABLE_SCALE_DECIMAL;
 use crate::registry::{RegistryClient, RegistryError};
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +138,17 @@ pub fn avro_json(value: &Avro, schema: &Schema, names: &HashMap<Name, Schema>) -
             }
         }
         (Avro::Union(_, inner), other) => avro_json(inner, other, names),
+        // Debezium's numeric without a declared scale: printed as the exact decimal it stands for.
+        (Avro::Record(fields), Schema::Record(record))
+            if record.name.fullname(None) == VARIABLE_SCALE_DECIMAL =>
+        {
+            match fields.as_slice() {
+                [(_, Avro::Int(scale)), (_, Avro::Bytes(unscaled))] if *scale >= 0 => {
+                    json!(decimal_text(unscaled, *scale as usize))
+                }
+                _ => Json::Null,
+            }
+        }
         (Avro::Record(fields), Schema::Record(record)) => {
             let mut object = Map::with_capacity(fields.len());
             for (name, field_value) in fields {
@@ -195,11 +207,16 @@ pub fn avro_json(value: &Avro, schema: &Schema, names: &HashMap<Name, Schema>) -
     }
 }
 
-fn finite_or_text(v: f64) -> Json {
+/// JSON has no NaN or infinities: they are printed as PostgreSQL spells them.
+pub fn finite_or_text(v: f64) -> Json {
     if v.is_finite() {
         json!(v)
+    } else if v.is_nan() {
+        json!("NaN")
+    } else if v > 0.0 {
+        json!("Infinity")
     } else {
-        json!(v.to_string())
+        json!("-Infinity")
     }
 }
 

@@ -1,7 +1,8 @@
 //! PostgreSQL logical decoding with the built-in `pgoutput` plugin.
 //!
 //! `pgoutput` decodes the plugin's messages (pure, no I/O); `types` maps column types and text values onto
-//! the event model; `replication` speaks the streaming-replication protocol; `catalog` manages the slot, the
+//! the event model, with `type_catalog` looking up the types a message names only by OID and `structured`
+//! splitting array, composite and hstore text; `replication` speaks the streaming-replication protocol; `catalog` manages the slot, the
 //! publication and table metadata over an ordinary connection; `snapshot` reads the rows already in the
 //! tables; `reader` prepares the slot and turns the stream into events.
 
@@ -10,4 +11,6 @@ pub mod pgoutput;
 pub mod reader;
 pub mod replication;
 pub mod snapshot;
+pub mod structured;
+pub mod type_catalog;
 pub mod types;

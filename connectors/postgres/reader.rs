@@ -13,8 +13,9 @@ use super::catalog::{self, CatalogError, TableName};
 use super::pgoutput::{self, Message, OldTuple, Relation, TupleData, TupleValue};
 use super::replication::{Frame, ReplicationConnection, ReplicationError};
 use super::snapshot::Snapshot;
-use super::types;
-use crate::config::{Selection, SnapshotMode};
+use super::type_catalog;
+use super::types::{self, ResolvedColumn};
+use crate::config::{DecimalHandling, Selection, SnapshotMode};
 use crate::event::{
     ChangeEvent, Column, DecodingMessage, Lsn, Op, Position, Row, SnapshotMarker, SourceEvent,
     SourceInfo, Table, Value,
@@ -95,6 +96,7 @@ pub struct PostgresSettings {
     pub capture_messages: bool,
     /// Connections a snapshot reads tables over at the same time.
     pub snapshot_connections: usize,
+    pub decimal_handling: DecimalHandling,
 }
 
 /// A prepared source: publication and slot in place.
@@ -247,6 +249,7 @@ impl PostgresSource {
             database: settings.database.clone(),
             tables: tables.clone(),
             selection: settings.selection.clone(),
+            decimal_handling: settings.decimal_handling,
             connections: settings.snapshot_connections,
             consistent_point,
             exported,
@@ -455,11 +458,15 @@ impl PostgresSource {
             return Ok(None);
         }
         let primary_key = catalog::primary_key(&self.catalog, relation.id).await?;
-        Ok(Some(Captured::new(
+        let captured = Captured::load(
+            &self.catalog,
             relation,
             &primary_key,
             &self.settings.selection,
-        )))
+            self.settings.decimal_handling,
+        )
+        .await?;
+        Ok(Some(captured))
     }
 }
 
@@ -525,21 +532,27 @@ fn check_slot(settings: &PostgresSettings, slot: &catalog::SlotInfo) -> Result<(
     Ok(())
 }
 
-/// The message key: the primary key; without one, a replica identity index; otherwise no key.
-pub fn table_from_relation(relation: &Relation, primary_key: &[String]) -> Table {
+/// The table model of a relation whose column types were resolved (`resolved`, in column order). The message
+/// key: the primary key; without one, a replica identity index; otherwise no key.
+pub fn table_from_relation(
+    relation: &Relation,
+    primary_key: &[String],
+    resolved: Vec<ResolvedColumn>,
+) -> Table {
     let index_identity = relation.replica_identity == b'i';
     let columns = relation
         .columns
         .iter()
-        .map(|c| Column {
+        .zip(resolved)
+        .map(|(c, resolved)| Column {
             name: c.name.clone(),
-            column_type: types::column_type(c.type_oid, c.type_modifier),
+            column_type: resolved.column_type,
             key: if primary_key.is_empty() {
                 index_identity && c.key
             } else {
                 primary_key.contains(&c.name)
             },
-            source_type: types::type_name(c.type_oid).to_string(),
+            source_type: resolved.source_type,
         })
         .collect();
     Table {
@@ -832,10 +845,27 @@ pub(super) struct Captured {
 }
 
 impl Captured {
+    /// Looks up the relation's column types in the catalog, then [`Captured::new`].
+    pub(super) async fn load(
+        client: &Client,
+        relation: &Relation,
+        primary_key: &[String],
+        selection: &Selection,
+        decimal: DecimalHandling,
+    ) -> Result<Captured, SourceError> {
+        let resolved = type_catalog::resolve_columns(client, relation, decimal).await?;
+        Ok(Captured::new(relation, primary_key, resolved, selection))
+    }
+
     /// The relation's table model with `source.exclude_columns` applied. Key columns stay whatever the
     /// patterns say: the message key needs them.
-    pub(super) fn new(relation: &Relation, primary_key: &[String], selection: &Selection) -> Self {
-        let mut table = table_from_relation(relation, primary_key);
+    pub(super) fn new(
+        relation: &Relation,
+        primary_key: &[String],
+        resolved: Vec<ResolvedColumn>,
+        selection: &Selection,
+    ) -> Self {
+        let mut table = table_from_relation(relation, primary_key, resolved);
         let keep: Vec<bool> = table
             .columns
             .iter()

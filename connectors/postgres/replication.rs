@@ -138,6 +138,8 @@ pub const OUTPUT_SETTINGS: &[(&str, &str)] = &[
     ("extra_float_digits", "3"),
     ("bytea_output", "hex"),
     ("IntervalStyle", "iso_8601"),
+    // money prints as `$1,234.50` whatever the server's locale.
+    ("lc_monetary", "C"),
 ];
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}

@@ -21,7 +21,7 @@ use super::catalog::{self, CatalogError, TableName};
 use super::pgoutput::{TupleData, TupleValue};
 use super::reader::{decode_row, Captured, SourceError};
 use super::replication::{quote_ident, quote_literal, ReplicationConnection, OUTPUT_SETTINGS};
-use crate::config::Selection;
+use crate::config::{DecimalHandling, Selection};
 use crate::event::{
     ChangeEvent, Lsn, Op, Position, Row, SnapshotMarker, SourceEvent, SourceInfo, Table,
 };
@@ -38,6 +38,7 @@ pub struct Snapshot {
     pub(super) tables: Vec<TableName>,
     /// For the columns left out of events.
     pub(super) selection: Selection,
+    pub(super) decimal_handling: DecimalHandling,
     /// Connections reading tables at the same time (`source.snapshot_connections`).
     pub(super) connections: usize,
     /// Where the stream continues once every snapshot row is on the broker.
@@ -93,6 +94,7 @@ impl Snapshot {
         for client in clients {
             let queue = queue.clone();
             let selection = self.selection.clone();
+            let decimal = self.decimal_handling;
             let rows = RowSender {
                 tx: rows_tx.clone(),
                 stop: stop.clone(),
@@ -102,7 +104,7 @@ impl Snapshot {
                 loop {
                     let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
                     let Some(table) = next else { break };
-                    if !read_table(&client, &table, &selection, &rows).await? {
+                    if !read_table(&client, &table, &selection, decimal, &rows).await? {
                         return Ok(false);
                     }
                 }
@@ -216,11 +218,20 @@ async fn read_table(
     client: &Client,
     name: &TableName,
     selection: &Selection,
+    decimal: DecimalHandling,
     rows_out: &RowSender,
 ) -> Result<bool, SourceError> {
     let description = catalog::describe_table(client, name).await?;
     // COPY reads only the captured columns, so its rows need no filtering.
-    let table = Captured::new(&description.relation, &description.primary_key, selection).table;
+    let table = Captured::load(
+        client,
+        &description.relation,
+        &description.primary_key,
+        selection,
+        decimal,
+    )
+    .await?
+    .table;
     let columns: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
     // COPY reads a plain table directly (the fastest way out of PostgreSQL); a partitioned table only
     // through a query.

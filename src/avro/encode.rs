@@ -53,8 +53,13 @@ pub enum EncodeReason {
     NullInKey,
     #[error("unchanged TOAST value in a key column")]
     UnchangedToastInKey,
-    #[error("{0} has no Avro decimal representation")]
+    #[error(
+        "{0} has no Avro decimal representation (source.decimal_handling = \"string\" or \"double\" \
+         publishes it)"
+    )]
     NonFiniteDecimal(&'static str),
+    #[error("a composite value has {got} fields, its type {expected}")]
+    RecordShape { expected: usize, got: usize },
     #[error(transparent)]
     Decimal(#[from] DecimalError),
     #[error("scale {0} does not fit an Avro int")]
@@ -254,6 +259,45 @@ fn write_value(
         (ColumnType::Date, Value::Date(v)) => write_int(*v, out),
         (ColumnType::Timestamp, Value::Timestamp(v)) => write_long(*v, out),
         (ColumnType::TimestampTz, Value::TimestampTz(v)) => write_long(*v, out),
+        (ColumnType::Time, Value::Time(v)) => write_long(*v, out),
+        (ColumnType::Money, Value::Numeric(numeric)) => {
+            let (unscaled, scale) = finite(numeric)?;
+            decimal::write_fixed_scale(unscaled, scale, MONEY_PRECISION, MONEY_SCALE, out)?;
+        }
+        (
+            ColumnType::Array {
+                element,
+                dimensions,
+            },
+            Value::Array(items),
+        ) => write_array(element, *dimensions, items, out)?,
+        (ColumnType::Record { fields, .. }, Value::Record(values)) => {
+            if values.len() != fields.len() {
+                return Err(EncodeReason::RecordShape {
+                    expected: fields.len(),
+                    got: values.len(),
+                });
+            }
+            for (field, value) in fields.iter().zip(values) {
+                write_nullable(&field.column_type, value, out)?;
+            }
+        }
+        (ColumnType::TextMap, Value::TextMap(pairs)) => {
+            write_block_count(pairs.len(), out);
+            for (key, value) in pairs {
+                write_string(key, out);
+                match value {
+                    Some(text) => {
+                        write_union_branch(1, out);
+                        write_string(text, out);
+                    }
+                    None => write_union_branch(0, out),
+                }
+            }
+            if !pairs.is_empty() {
+                write_block_count(0, out);
+            }
+        }
         (expected, found) => {
             return Err(EncodeReason::TypeMismatch {
                 expected: type_kind(expected),
@@ -262,6 +306,56 @@ fn write_value(
         }
     }
     Ok(())
+}
+
+/// PostgreSQL money: a 64-bit count of cents (under the C monetary locale sluice reads it with).
+const MONEY_PRECISION: u32 = 19;
+const MONEY_SCALE: u32 = 2;
+
+/// `["null", T]`.
+fn write_nullable(
+    column_type: &ColumnType,
+    value: &Value,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeReason> {
+    if *value == Value::Null {
+        write_union_branch(0, out);
+        Ok(())
+    } else {
+        write_union_branch(1, out);
+        write_value(column_type, value, out)
+    }
+}
+
+/// One block holding every item, then the empty block that ends an Avro array. The innermost level's
+/// items are `["null", element]`; outer levels hold the next level's arrays.
+fn write_array(
+    element: &ColumnType,
+    dimensions: u32,
+    items: &[Value],
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeReason> {
+    write_block_count(items.len(), out);
+    for item in items {
+        match (dimensions, item) {
+            (0 | 1, item) => write_nullable(element, item, out)?,
+            (_, Value::Array(inner)) => write_array(element, dimensions - 1, inner, out)?,
+            (_, found) => {
+                return Err(EncodeReason::TypeMismatch {
+                    expected: "array",
+                    found: value_kind(found),
+                })
+            }
+        }
+    }
+    if !items.is_empty() {
+        write_block_count(0, out);
+    }
+    Ok(())
+}
+
+fn write_block_count(count: usize, out: &mut Vec<u8>) {
+    write_long(i64::try_from(count).unwrap_or(i64::MAX), out);
 }
 
 fn finite(numeric: &Numeric) -> Result<(&str, u32), EncodeReason> {
@@ -321,6 +415,11 @@ fn type_kind(column_type: &ColumnType) -> &'static str {
         ColumnType::TimestampTz => "timestamp with time zone",
         ColumnType::Json => "json",
         ColumnType::Text { .. } => "text",
+        ColumnType::Time => "time",
+        ColumnType::Money => "money",
+        ColumnType::Array { .. } => "array",
+        ColumnType::Record { .. } => "composite",
+        ColumnType::TextMap => "map",
     }
 }
 
@@ -342,6 +441,10 @@ fn value_kind(value: &Value) -> &'static str {
         Value::Timestamp(_) => "timestamp",
         Value::TimestampTz(_) => "timestamp with time zone",
         Value::Json(_) => "json",
+        Value::Time(_) => "time",
+        Value::Array(_) => "array",
+        Value::Record(_) => "composite",
+        Value::TextMap(_) => "map",
         Value::OutOfRange(_) => "out-of-range value",
     }
 }
@@ -437,7 +540,8 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "column `amount` (numeric(12,2)): NaN has no Avro decimal representation"
+            "column `amount` (numeric(12,2)): NaN has no Avro decimal representation \
+             (source.decimal_handling = \"string\" or \"double\" publishes it)"
         );
         assert_eq!(
             envelope_error(
@@ -445,7 +549,8 @@ mod tests {
                 "numeric",
                 Value::Numeric(Numeric::PositiveInfinity)
             ),
-            "column `n` (numeric): Infinity has no Avro decimal representation"
+            "column `n` (numeric): Infinity has no Avro decimal representation \
+             (source.decimal_handling = \"string\" or \"double\" publishes it)"
         );
         assert_eq!(
             key_error(
@@ -453,7 +558,8 @@ mod tests {
                 "numeric",
                 Value::Numeric(Numeric::NegativeInfinity)
             ),
-            "column `id` (numeric): -Infinity has no Avro decimal representation"
+            "column `id` (numeric): -Infinity has no Avro decimal representation \
+             (source.decimal_handling = \"string\" or \"double\" publishes it)"
         );
     }
 

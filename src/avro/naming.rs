@@ -67,12 +67,15 @@ pub fn avro_name(text: &str) -> String {
 
 /// Field names for the table's columns, in column order, unique within the table.
 pub fn field_names(table: &Table) -> Vec<String> {
-    let mut used: HashSet<String> = HashSet::with_capacity(table.columns.len());
-    table
-        .columns
-        .iter()
-        .map(|column| {
-            let base = avro_name(&column.name);
+    unique_field_names(table.columns.iter().map(|c| c.name.as_str()))
+}
+
+/// Legal, unique Avro field names for source names, in order (also for the fields of composite types).
+pub fn unique_field_names<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> Vec<String> {
+    let mut used: HashSet<String> = HashSet::with_capacity(names.len());
+    names
+        .map(|source_name| {
+            let base = avro_name(source_name);
             let mut name = base.clone();
             let mut suffix = 2u64;
             while used.contains(&name) {
@@ -83,6 +86,13 @@ pub fn field_names(table: &Table) -> Vec<String> {
             name
         })
         .collect()
+}
+
+/// The Avro full name of a composite type's record: `sluice.postgres.types.` and the type's dotted name
+/// (`public.address`), each component made legal.
+pub fn composite_record_name(type_name: &str) -> String {
+    let components: Vec<String> = type_name.split('.').map(avro_name).collect();
+    format!("sluice.postgres.types.{}", components.join("."))
 }
 
 #[cfg(test)]

@@ -565,6 +565,153 @@ fn text_of_unmapped_type() {
 }
 
 #[test]
+fn infinite_dates_and_timestamps_are_the_extremes() {
+    check_type(
+        ColumnType::Date,
+        [i32::MIN, i32::MAX]
+            .map(|d| (Value::Date(d), Avro::Date(d)))
+            .to_vec(),
+    );
+    check_type(
+        ColumnType::TimestampTz,
+        [i64::MIN, i64::MAX]
+            .map(|t| (Value::TimestampTz(t), Avro::TimestampMicros(t)))
+            .to_vec(),
+    );
+}
+
+#[test]
+fn time() {
+    let micros = [0, 45_296_789_000, 86_400_000_000];
+    check_type(
+        ColumnType::Time,
+        micros
+            .map(|t| (Value::Time(t), Avro::TimeMicros(t)))
+            .to_vec(),
+    );
+}
+
+#[test]
+fn money() {
+    check_type(
+        ColumnType::Money,
+        vec![
+            (numeric("123450", 2), decimal(123_450)),
+            (numeric("-7", 2), decimal(-7)),
+            (
+                numeric("-9223372036854775808", 2),
+                decimal(i128::from(i64::MIN)),
+            ),
+            (
+                numeric("9223372036854775807", 2),
+                decimal(i128::from(i64::MAX)),
+            ),
+        ],
+    );
+}
+
+#[test]
+fn arrays_with_null_elements_and_dimensions() {
+    let ints = |v: &[Option<i32>]| {
+        (
+            Value::Array(
+                v.iter()
+                    .map(|i| i.map_or(Value::Null, Value::Int32))
+                    .collect(),
+            ),
+            Avro::Array(
+                v.iter()
+                    .map(|i| i.map_or(null(), |i| some(Avro::Int(i))))
+                    .collect(),
+            ),
+        )
+    };
+    check_type(
+        ColumnType::Array {
+            element: Box::new(ColumnType::Int32),
+            dimensions: 1,
+        },
+        vec![ints(&[]), ints(&[Some(1), None, Some(-3)]), ints(&[None])],
+    );
+    let (row1, avro1) = ints(&[Some(1), Some(2)]);
+    let (row2, avro2) = ints(&[Some(3), None]);
+    check_type(
+        ColumnType::Array {
+            element: Box::new(ColumnType::String),
+            dimensions: 2,
+        },
+        vec![(Value::Array(vec![]), Avro::Array(vec![]))],
+    );
+    check_type(
+        ColumnType::Array {
+            element: Box::new(ColumnType::Int32),
+            dimensions: 2,
+        },
+        vec![(
+            Value::Array(vec![row1, row2]),
+            Avro::Array(vec![avro1, avro2]),
+        )],
+    );
+}
+
+#[test]
+fn composite_records_are_defined_once_per_schema() {
+    let address = ColumnType::Record {
+        name: "public.address".into(),
+        fields: vec![
+            crate::event::RecordField {
+                name: "street name".into(),
+                column_type: ColumnType::String,
+            },
+            crate::event::RecordField {
+                name: "number".into(),
+                column_type: ColumnType::Int32,
+            },
+        ],
+    };
+    let sample = |street: Option<&str>, number: Option<i32>| {
+        (
+            Value::Record(vec![
+                street.map_or(Value::Null, |s| Value::String(s.into())),
+                number.map_or(Value::Null, Value::Int32),
+            ]),
+            record(vec![
+                (
+                    "street_name",
+                    street.map_or(null(), |s| some(Avro::String(s.into()))),
+                ),
+                ("number", number.map_or(null(), |n| some(Avro::Int(n)))),
+            ]),
+        )
+    };
+    check_type(
+        address,
+        vec![sample(Some("Main St"), Some(12)), sample(None, None)],
+    );
+}
+
+#[test]
+fn text_maps() {
+    check_type(
+        ColumnType::TextMap,
+        vec![
+            (Value::TextMap(vec![]), Avro::Map(Default::default())),
+            (
+                Value::TextMap(vec![("a".into(), Some("1".into())), ("b".into(), None)]),
+                Avro::Map(
+                    [
+                        ("a".to_owned(), some(Avro::String("1".into()))),
+                        ("b".to_owned(), null()),
+                    ]
+                    .into_iter()
+                    .collect(),
+                ),
+            ),
+        ],
+    );
+}
+
+#[test]
 fn all_types_in_one_row() {
     let t = table(vec![
         column("id", ColumnType::Int64, true, "int8"),

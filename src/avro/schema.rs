@@ -20,6 +20,11 @@
 //! | `TimestampTz`     | `{"type":"long","logicalType":"timestamp-micros"}`                          |
 //! | `Json`            | `{"type":"string","connect.name":"io.debezium.data.Json"}`                  |
 //! | `Text{type_name}` | `{"type":"string","sluice.source_type":type_name}`                          |
+//! | `Time`            | `{"type":"long","logicalType":"time-micros"}`                               |
+//! | `Money`           | `{"type":"bytes","logicalType":"decimal","precision":19,"scale":2}`         |
+//! | `Array{T, n}`     | `n` nested `{"type":"array",…}`, the innermost with items `["null", T]`        |
+//! | `Record{name, …}` | record `sluice.postgres.types.<name>`, every field `["null", T]`            |
+//! | `TextMap`         | `{"type":"map","values":["null","string"]}`                                 |
 //!
 //! Only `Text` columns carry their source type (`sluice.source_type`): for every other type the Avro type
 //! already says what the value is, and repeating `int4` on every field would only bloat what every consumer
@@ -32,7 +37,9 @@ use std::collections::HashSet;
 
 use serde_json::{json, Value as Json};
 
-use super::naming::{field_names, namespace, topic_name};
+use super::naming::{
+    composite_record_name, field_names, namespace, topic_name, unique_field_names,
+};
 use crate::event::{Column, ColumnType, Table};
 
 /// Full name of the record describing where an event came from.
@@ -168,12 +175,25 @@ fn source_record() -> Json {
 /// Column types for one schema; remembers which named types it has defined.
 #[derive(Default)]
 struct TypeBuilder {
-    defined: HashSet<&'static str>,
+    defined: HashSet<String>,
 }
+
+/// The largest money amount, 92233720368547758.07, has 19 digits.
+const MONEY_PRECISION: u32 = 19;
 
 impl TypeBuilder {
     fn column(&mut self, table: &Table, column: &Column) -> Result<Json, SchemaError> {
-        Ok(match &column.column_type {
+        self.avro_type(table, column, &column.column_type)
+    }
+
+    /// The Avro type of `column_type`, which is `column`'s type or nested in it.
+    fn avro_type(
+        &mut self,
+        table: &Table,
+        column: &Column,
+        column_type: &ColumnType,
+    ) -> Result<Json, SchemaError> {
+        Ok(match column_type {
             ColumnType::Boolean => json!("boolean"),
             ColumnType::Int16 => json!({"type": "int", "connect.type": "int16"}),
             ColumnType::Int32 => json!("int"),
@@ -204,12 +224,49 @@ impl TypeBuilder {
             ColumnType::TimestampTz => json!({"type": "long", "logicalType": "timestamp-micros"}),
             ColumnType::Json => json!({"type": "string", "connect.name": "io.debezium.data.Json"}),
             ColumnType::Text { type_name } => json!({"type": "string", "sluice.source_type": type_name}),
+            ColumnType::Time => json!({"type": "long", "logicalType": "time-micros"}),
+            ColumnType::Money => {
+                json!({"type": "bytes", "logicalType": "decimal", "precision": MONEY_PRECISION, "scale": 2})
+            }
+            ColumnType::Array {
+                element,
+                dimensions,
+            } => {
+                // Elements may be NULL; the sub-arrays of a multi-dimensional array never are.
+                let mut avro = json!({"type": "array", "items": ["null", self.avro_type(table, column, element)?]});
+                for _ in 1..*dimensions {
+                    avro = json!({"type": "array", "items": avro});
+                }
+                avro
+            }
+            ColumnType::Record { name, fields } => {
+                let full_name = composite_record_name(name);
+                if self.defined.contains(&full_name) {
+                    return Ok(json!(full_name));
+                }
+                self.defined.insert(full_name.clone());
+                let names = unique_field_names(fields.iter().map(|f| f.name.as_str()));
+                let mut avro_fields = Vec::with_capacity(fields.len());
+                for (field, avro_name) in fields.iter().zip(names) {
+                    let mut f = json!({
+                        "name": avro_name,
+                        "type": ["null", self.avro_type(table, column, &field.column_type)?],
+                        "default": null,
+                    });
+                    if field.name != avro_name {
+                        f["sluice.column"] = json!(field.name);
+                    }
+                    avro_fields.push(f);
+                }
+                json!({"type": "record", "name": full_name, "sluice.source_type": name, "fields": avro_fields})
+            }
+            ColumnType::TextMap => json!({"type": "map", "values": ["null", "string"]}),
         })
     }
 
     /// The definition at first use, the full name afterwards.
-    fn named(&mut self, full_name: &'static str, definition: impl FnOnce() -> Json) -> Json {
-        if self.defined.insert(full_name) {
+    fn named(&mut self, full_name: &str, definition: impl FnOnce() -> Json) -> Json {
+        if self.defined.insert(full_name.to_owned()) {
             definition()
         } else {
             json!(full_name)

@@ -1,0 +1,186 @@
+//! What the catalog says about column types a Relation message only names by OID: domains, enums, composite
+//! types, arrays, ranges and extension types such as hstore. `types::resolve` turns the result into the
+//! event model's column types.
+//!
+//! Types are looked up afresh for every Relation message (they are rare): a composite type altered since
+//! the last one is then seen as it is now.
+
+use std::collections::HashMap;
+
+use tokio_postgres::Client;
+
+use super::catalog::{query_error, CatalogError};
+use super::pgoutput::Relation;
+use super::types::{self, ResolvedColumn};
+use crate::config::DecimalHandling;
+
+/// One `pg_type` row, reduced to what the mapping needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgType {
+    /// `typname` for types in `pg_catalog`, `schema.typname` otherwise.
+    pub name: String,
+    pub kind: PgTypeKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PgTypeKind {
+    /// A domain: its base type with the domain's modifier and, for arrays, dimensions.
+    Domain {
+        base: u32,
+        type_modifier: i32,
+        dimensions: i32,
+    },
+    Enum,
+    /// A composite type's attributes in order.
+    Composite {
+        fields: Vec<FieldType>,
+    },
+    /// An array type.
+    Array {
+        element: u32,
+    },
+    /// A base type (including extension types), range, multirange or pseudo-type.
+    Other,
+}
+
+/// One attribute of a composite type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldType {
+    pub name: String,
+    pub type_oid: u32,
+    pub type_modifier: i32,
+    /// Declared array dimensions (`int[][]` is 2), 0 when not declared.
+    pub dimensions: i32,
+}
+
+/// The types met while resolving one relation, by OID.
+pub type TypeMap = HashMap<u32, PgType>;
+
+/// Deeper nesting than this (domains over arrays of composites of …) is treated as text: PostgreSQL
+/// forbids cycles, so only a pathological schema gets here.
+const MAX_DEPTH: usize = 32;
+
+/// The event model's column types for a relation's columns, in the relation's order.
+pub async fn resolve_columns(
+    client: &Client,
+    relation: &Relation,
+    decimal: DecimalHandling,
+) -> Result<Vec<ResolvedColumn>, CatalogError> {
+    let dimensions = declared_dimensions(client, relation.id).await?;
+    let mut catalog = TypeMap::new();
+    let mut pending: Vec<(u32, usize)> = relation.columns.iter().map(|c| (c.type_oid, 0)).collect();
+    while let Some((oid, depth)) = pending.pop() {
+        if types::is_native(oid) || catalog.contains_key(&oid) || depth > MAX_DEPTH {
+            continue;
+        }
+        let found = lookup(client, oid).await?;
+        pending.extend(referenced(&found).into_iter().map(|o| (o, depth + 1)));
+        catalog.insert(oid, found);
+    }
+    Ok(relation
+        .columns
+        .iter()
+        .map(|c| {
+            let dims = dimensions.get(&c.name).copied().unwrap_or(0);
+            types::resolve(c.type_oid, c.type_modifier, dims, &catalog, decimal)
+        })
+        .collect())
+}
+
+/// The OIDs a type's mapping depends on.
+fn referenced(found: &PgType) -> Vec<u32> {
+    match &found.kind {
+        PgTypeKind::Domain { base, .. } => vec![*base],
+        PgTypeKind::Array { element, .. } => vec![*element],
+        PgTypeKind::Composite { fields } => fields.iter().map(|f| f.type_oid).collect(),
+        PgTypeKind::Enum | PgTypeKind::Other => Vec::new(),
+    }
+}
+
+/// `attndims` by column name: pgoutput does not send it, and it decides how deep an array column's Avro
+/// type nests.
+async fn declared_dimensions(
+    client: &Client,
+    relation_id: u32,
+) -> Result<HashMap<String, i32>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT attname, attndims FROM pg_attribute \
+             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+            &[&relation_id],
+        )
+        .await
+        .map_err(query_error(format!(
+            "cannot read the columns of relation {relation_id}"
+        )))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+async fn lookup(client: &Client, oid: u32) -> Result<PgType, CatalogError> {
+    let context = || format!("cannot look up type {oid}");
+    let row = client
+        .query_opt(
+            "SELECT t.typname::text, n.nspname::text, t.typtype, t.typcategory, t.typelem, t.typbasetype, \
+               t.typtypmod, t.typndims, t.typrelid \
+             FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.oid = $1",
+            &[&oid],
+        )
+        .await
+        .map_err(query_error(context()))?;
+    // A type dropped since the Relation message: its values can still be carried as text.
+    let Some(row) = row else {
+        return Ok(PgType {
+            name: format!("oid:{oid}"),
+            kind: PgTypeKind::Other,
+        });
+    };
+    let typname: String = row.get(0);
+    let schema: String = row.get(1);
+    let name = if schema == "pg_catalog" {
+        typname
+    } else {
+        format!("{schema}.{typname}")
+    };
+    let typtype = row.get::<_, i8>(2) as u8;
+    let category = row.get::<_, i8>(3) as u8;
+    let element: u32 = row.get(4);
+    let kind = match typtype {
+        b'd' => PgTypeKind::Domain {
+            base: row.get(5),
+            type_modifier: row.get(6),
+            dimensions: row.get(7),
+        },
+        b'e' => PgTypeKind::Enum,
+        b'c' => PgTypeKind::Composite {
+            fields: composite_fields(client, row.get(8))
+                .await
+                .map_err(query_error(context()))?,
+        },
+        // `name` and `point` have a typelem too (they are subscriptable), but they are not arrays.
+        b'b' if category == b'A' && element != 0 => PgTypeKind::Array { element },
+        _ => PgTypeKind::Other,
+    };
+    Ok(PgType { name, kind })
+}
+
+async fn composite_fields(
+    client: &Client,
+    relation_id: u32,
+) -> Result<Vec<FieldType>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT attname::text, atttypid, atttypmod, attndims FROM pg_attribute \
+             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&relation_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| FieldType {
+            name: r.get(0),
+            type_oid: r.get(1),
+            type_modifier: r.get(2),
+            dimensions: r.get(3),
+        })
+        .collect())
+}
