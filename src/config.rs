@@ -70,6 +70,15 @@ pub struct SourceConfig {
     /// `<topic_prefix>.message`.
     #[serde(default)]
     pub capture_messages: bool,
+    /// Seconds between heartbeats: a `pg_logical_emit_message` written in the captured database, so that
+    /// the slot advances even when that database writes nothing else (Debezium's heartbeat.interval.ms
+    /// with an action query). 0 turns them off.
+    #[serde(default)]
+    pub heartbeat_interval_secs: u64,
+    /// Publish a BEGIN and an END record per transaction to `<topic_prefix>.transaction` (Debezium's
+    /// provide.transaction.metadata). Every streamed event carries its transaction block either way.
+    #[serde(default)]
+    pub transaction_metadata: bool,
     /// How `numeric` columns are published (Debezium's decimal.handling.mode).
     #[serde(default)]
     pub decimal_handling: DecimalHandling,

@@ -238,6 +238,17 @@ pub struct SourceInfo {
     /// Commit time, microseconds since the Unix epoch.
     pub commit_time_us: i64,
     pub snapshot: SnapshotMarker,
+    /// Where the change stands in its transaction; None for snapshot rows.
+    pub order: Option<TransactionOrder>,
+}
+
+/// Debezium's transaction block: the change's place among its transaction's change events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransactionOrder {
+    /// 1 for the transaction's first change event, over all tables.
+    pub total: u64,
+    /// 1 for the transaction's first change event of this table.
+    pub in_table: u64,
 }
 
 /// Debezium's `source.snapshot`: whether a snapshot read the row, and which row was the snapshot's last.

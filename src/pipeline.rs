@@ -98,8 +98,20 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
         topic_prefix: config.sink.topic_prefix.get_ref().as_str().to_owned(),
         dead_letter_topic,
         encodings: HashMap::new(),
-        message_topic: format!("{}.message", config.sink.topic_prefix.get_ref().as_str()),
-        message_schema_ids: None,
+        messages: FixedTopic::new(
+            format!("{}.message", config.sink.topic_prefix.get_ref().as_str()),
+            avro::message_schemas,
+        ),
+        transactions: config.source.transaction_metadata.then(|| {
+            FixedTopic::new(
+                format!(
+                    "{}.transaction",
+                    config.sink.topic_prefix.get_ref().as_str()
+                ),
+                avro::transaction_schemas,
+            )
+        }),
+        open_transaction: None,
         key_buf: Vec::with_capacity(256),
         value_buf: Vec::with_capacity(4096),
         stop: stop.clone(),
@@ -200,6 +212,10 @@ fn postgres_settings(config: &Config) -> Result<PostgresSettings, PipelineError>
         capture_messages: config.source.capture_messages,
         snapshot_connections: usize::from(*config.source.snapshot_connections.get_ref()),
         decimal_handling: config.source.decimal_handling,
+        heartbeat_interval: match config.source.heartbeat_interval_secs {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        },
     })
 }
 
@@ -296,6 +312,40 @@ struct Stats {
     dead_letters: u64,
 }
 
+/// A topic whose records all have the same key and value schemas (messages, transaction metadata).
+struct FixedTopic {
+    topic: String,
+    schemas: fn(&str) -> TableSchemas,
+    /// Key and value schema ids, once registered.
+    ids: Option<(u32, u32)>,
+}
+
+impl FixedTopic {
+    fn new(topic: String, schemas: fn(&str) -> TableSchemas) -> FixedTopic {
+        FixedTopic {
+            topic,
+            schemas,
+            ids: None,
+        }
+    }
+}
+
+/// Which fixed topic a record goes to.
+#[derive(Clone, Copy)]
+enum Fixed {
+    Messages,
+    Transactions,
+}
+
+/// The open transaction's change events so far, per table in first-seen order.
+struct TransactionCounts {
+    id: String,
+    txid: u64,
+    commit_lsn: Lsn,
+    ts_ms: i64,
+    per_table: Vec<(String, u64)>,
+}
+
 /// A table's topic and registered schema ids, valid for one schema version.
 struct TableEncoding {
     table: Arc<Table>,
@@ -312,9 +362,11 @@ struct Publisher {
     dead_letter_topic: String,
     encodings: HashMap<u32, TableEncoding>,
     /// `<topic_prefix>.message`, where logical decoding messages go.
-    message_topic: String,
-    /// Key and value schema ids of the messages topic, once registered.
-    message_schema_ids: Option<(u32, u32)>,
+    messages: FixedTopic,
+    /// `<topic_prefix>.transaction`, with `source.transaction_metadata`.
+    transactions: Option<FixedTopic>,
+    /// The transaction whose events are being published, for its END record.
+    open_transaction: Option<TransactionCounts>,
     key_buf: Vec<u8>,
     value_buf: Vec<u8>,
     stop: watch::Receiver<bool>,
@@ -334,9 +386,14 @@ impl Publisher {
                 event = events.recv() => match event {
                     Some(SourceEvent::Change(change)) => self.publish(change).await?,
                     Some(SourceEvent::Message(message)) => self.publish_message(message).await?,
-                    Some(SourceEvent::Commit { position } | SourceEvent::Idle { position }) => {
+                    Some(SourceEvent::Commit { position }) => {
+                        // The END record belongs to the transaction: the position waits for it too.
+                        if let Some(open) = self.open_transaction.take() {
+                            self.publish_transaction_boundary(&open, true).await?;
+                        }
                         self.tracker.close_group(position)
                     }
+                    Some(SourceEvent::Idle { position }) => self.tracker.close_group(position),
                     None => break,
                 },
             }
@@ -364,6 +421,9 @@ impl Publisher {
 
     async fn publish(&mut self, event: ChangeEvent) -> Result<(), PipelineError> {
         self.stats.events += 1;
+        if self.transactions.is_some() {
+            self.count_in_transaction(&event).await?;
+        }
         let encoding = match self.encoding_for(&event.table).await? {
             Ok(encoding) => encoding,
             Err((topic, stage, reason)) => {
@@ -460,31 +520,127 @@ impl Publisher {
     }
 
     /// A logical decoding message, to `<topic_prefix>.message` (Debezium's topic for them) with its
-    /// prefix as the key. One the broker refuses goes to the dead-letter topic like any message.
+    /// prefix as the key.
     async fn publish_message(&mut self, message: DecodingMessage) -> Result<(), PipelineError> {
-        let (key_id, value_id) = match self.message_schema_ids {
+        let mut key = Vec::new();
+        avro::encode_message_key(&message, &mut key);
+        let mut value = Vec::new();
+        avro::encode_message(&message, &mut value);
+        let mut headers = vec![(
+            "sluice.lsn".to_owned(),
+            message.lsn.to_string().into_bytes(),
+        )];
+        if let Some(txid) = message.txid {
+            headers.push(("sluice.txid".to_owned(), txid.to_string().into_bytes()));
+        }
+        self.publish_fixed(Fixed::Messages, &key, &value, &headers)
+            .await
+    }
+
+    /// Counts a streamed change in its transaction, publishing the transaction's BEGIN record before its
+    /// first change.
+    async fn count_in_transaction(&mut self, event: &ChangeEvent) -> Result<(), PipelineError> {
+        let (Some(txid), Some(_)) = (event.source.txid, event.source.order) else {
+            return Ok(());
+        };
+        let id = avro::transaction_id(txid, event.source.commit_lsn);
+        if self
+            .open_transaction
+            .as_ref()
+            .is_none_or(|open| open.id != id)
+        {
+            let open = TransactionCounts {
+                id,
+                txid,
+                commit_lsn: event.source.commit_lsn,
+                ts_ms: event.source.commit_time_us.div_euclid(1000),
+                per_table: Vec::new(),
+            };
+            self.publish_transaction_boundary(&open, false).await?;
+            self.open_transaction = Some(open);
+        }
+        let table = event.table.qualified_name();
+        let Some(open) = self.open_transaction.as_mut() else {
+            return Ok(());
+        };
+        match open.per_table.iter_mut().find(|(name, _)| *name == table) {
+            Some((_, count)) => *count += 1,
+            None => open.per_table.push((table, 1)),
+        }
+        Ok(())
+    }
+
+    /// The BEGIN (`end` false) or END record of a transaction, to `<topic_prefix>.transaction`.
+    async fn publish_transaction_boundary(
+        &mut self,
+        open: &TransactionCounts,
+        end: bool,
+    ) -> Result<(), PipelineError> {
+        let boundary = avro::TransactionBoundary {
+            id: &open.id,
+            ts_ms: open.ts_ms,
+            counts: end.then_some(open.per_table.as_slice()),
+        };
+        let mut key = Vec::new();
+        avro::encode_transaction_key(&boundary, &mut key);
+        let mut value = Vec::new();
+        avro::encode_transaction(&boundary, &mut value);
+        let headers = [
+            ("sluice.txid".to_owned(), open.txid.to_string().into_bytes()),
+            (
+                "sluice.commit_lsn".to_owned(),
+                open.commit_lsn.to_string().into_bytes(),
+            ),
+        ];
+        self.publish_fixed(Fixed::Transactions, &key, &value, &headers)
+            .await
+    }
+
+    /// A record for a fixed topic: key and value are Avro bodies, framed here once the schemas are
+    /// registered (the first time, with the topic created). A record whose schema the registry refuses, or
+    /// that the broker refuses, goes to the dead-letter topic with its bodies.
+    async fn publish_fixed(
+        &mut self,
+        which: Fixed,
+        key: &[u8],
+        value: &[u8],
+        headers: &[(String, Vec<u8>)],
+    ) -> Result<(), PipelineError> {
+        let fixed = match which {
+            Fixed::Messages => &self.messages,
+            Fixed::Transactions => match &self.transactions {
+                Some(fixed) => fixed,
+                None => return Ok(()),
+            },
+        };
+        let topic = fixed.topic.clone();
+        let (key_id, value_id) = match fixed.ids {
             Some(ids) => ids,
             None => {
-                // Built and registered once: every message has the same schemas.
-                let schemas = avro::message_schemas(&self.message_topic);
-                self.sink.ensure_topic(&schemas.topic, &self.stop).await?;
+                let schemas = (fixed.schemas)(&topic);
+                self.sink.ensure_topic(&topic, &self.stop).await?;
                 match self.register(&schemas).await? {
                     Ok((key_id, value_id)) => {
                         let ids = (key_id.unwrap_or_default(), value_id);
-                        self.message_schema_ids = Some(ids);
+                        match which {
+                            Fixed::Messages => self.messages.ids = Some(ids),
+                            Fixed::Transactions => {
+                                if let Some(fixed) = &mut self.transactions {
+                                    fixed.ids = Some(ids);
+                                }
+                            }
+                        }
                         ids
                     }
-                    // The registry refused the schema: this message goes to the dead-letter topic, and
-                    // the next one asks again.
+                    // This record goes to the dead-letter topic; the next one asks again.
                     Err(err) => {
-                        let lsn = message.lsn.to_string();
-                        let reason = format!("cannot register the message schema: {err}");
+                        let reason = format!("cannot register the schema of {topic}: {err}");
                         let letter = deadletter::for_refused_message(
                             Stage::Register,
-                            &schemas.topic,
-                            Some(message.prefix.as_bytes()),
-                            Some(&message.content),
-                            &[("sluice.lsn".to_owned(), lsn.into_bytes())],
+                            &topic,
+                            Some(key),
+                            Some(value),
+                            headers,
                             &reason,
                             now_ms(),
                         );
@@ -496,36 +652,31 @@ impl Publisher {
         };
         self.key_buf.clear();
         avro::write_confluent_header(key_id, &mut self.key_buf);
-        avro::encode_message_key(&message, &mut self.key_buf);
+        self.key_buf.extend_from_slice(key);
         self.value_buf.clear();
         avro::write_confluent_header(value_id, &mut self.value_buf);
-        avro::encode_message(&message, &mut self.value_buf);
-        let lsn = message.lsn.to_string();
-        let txid = message.txid.map(|txid| txid.to_string());
-        let mut headers: Vec<(&str, &[u8])> = vec![("sluice.lsn", lsn.as_bytes())];
-        if let Some(txid) = &txid {
-            headers.push(("sluice.txid", txid.as_bytes()));
-        }
+        self.value_buf.extend_from_slice(value);
+        let header_refs: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_slice()))
+            .collect();
         let outgoing = Outgoing {
-            topic: &self.message_topic,
+            topic: &topic,
             key: Some(&self.key_buf),
             payload: Some(&self.value_buf),
-            headers: &headers,
+            headers: &header_refs,
         };
         let ordinal = self.tracker.register();
         match self.sink.send(&outgoing, ordinal, false, &self.stop).await {
             Ok(()) => Ok(()),
             Err(err) if err.is_message_fault() => {
-                let reason = format!("the broker refused the message: {err}");
+                let reason = format!("the broker refused the record: {err}");
                 let letter = deadletter::for_refused_message(
                     Stage::Produce,
-                    &self.message_topic,
+                    &topic,
                     Some(&self.key_buf),
                     Some(&self.value_buf),
-                    &headers
-                        .iter()
-                        .map(|(name, value)| (name.to_string(), value.to_vec()))
-                        .collect::<Vec<_>>(),
+                    headers,
                     &reason,
                     now_ms(),
                 );

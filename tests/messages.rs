@@ -80,3 +80,68 @@ async fn emitted_messages_arrive_on_the_message_topic() {
     assert_eq!(notes.len(), 1);
     daemon.stop_cleanly();
 }
+
+/// Heartbeats write into the captured database's WAL, so the slot moves on while its tables are idle, and
+/// they never reach a topic, even with `capture_messages`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_move_the_slot_and_are_not_published() {
+    let (services, _, mut daemon) = common::streaming(
+        "CREATE TABLE notes (id int PRIMARY KEY, body text)",
+        &["public.notes"],
+        "capture_messages = true\nheartbeat_interval_secs = 1",
+        &[],
+    )
+    .await;
+    let client = services.pg.client(common::DATABASE).await.unwrap();
+    // A second slot sees what the WAL holds from here on.
+    client
+        .batch_execute("SELECT pg_create_logical_replication_slot('probe', 'test_decoding')")
+        .await
+        .unwrap();
+    let start: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Nothing else writes WAL here: only heartbeats can take the slot past `start`.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let moved: bool = client
+            .query_one(
+                "SELECT confirmed_flush_lsn > $1::text::pg_lsn FROM pg_replication_slots \
+                 WHERE slot_name = 'sluice_test'",
+                &[&start],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if moved {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot stayed at {start}:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let heartbeats: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_logical_slot_get_changes('probe', NULL, NULL) \
+             WHERE data LIKE 'message: transactional: 0 prefix: sluice.heartbeat%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(heartbeats >= 1, "no heartbeat in the WAL");
+    client
+        .batch_execute("SELECT pg_drop_replication_slot('probe')")
+        .await
+        .unwrap();
+    let messages = services
+        .read("shop.message", 0, Duration::from_secs(2))
+        .await;
+    assert!(messages.is_empty(), "{messages:?}");
+    daemon.stop_cleanly();
+}

@@ -82,3 +82,53 @@ exclude_columns = ["public.customers.email", "*.*.password", "public.customers.i
     );
     daemon.stop_cleanly();
 }
+
+/// The publication follows the selection: a table that leaves the config leaves the publication on the
+/// next start, so the server stops decoding its changes for sluice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publication_narrows_with_the_selection() {
+    let (services, _, mut daemon) = common::streaming(
+        "CREATE TABLE customers (id int PRIMARY KEY, name text);
+         CREATE TABLE audit_log (id int PRIMARY KEY, entry text);",
+        &["public.customers", "public.audit_log"],
+        "",
+        &[],
+    )
+    .await;
+    let published = || async {
+        let client = services.pg.client(common::DATABASE).await.unwrap();
+        let rows = client
+            .query(
+                "SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'sluice_test' \
+                 ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect::<Vec<String>>()
+    };
+    assert_eq!(published().await, ["audit_log", "customers"]);
+    daemon.stop_cleanly();
+
+    let config = services.write_config(&["public.customers"]);
+    let mut daemon = common::Daemon::start(&config);
+    services.wait_streaming(&mut daemon).await;
+    assert_eq!(published().await, ["customers"]);
+    assert!(
+        daemon
+            .log()
+            .contains("dropped tables that left the selection from the publication"),
+        "{}",
+        daemon.log()
+    );
+    services
+        .sql("INSERT INTO audit_log VALUES (1, 'x'); INSERT INTO customers VALUES (1, 'Ada');")
+        .await;
+    let events = services.read(CUSTOMERS, 1, Duration::from_secs(60)).await;
+    assert_eq!(events.len(), 1);
+    let audit = services
+        .read("shop.public.audit_log", 0, Duration::from_secs(2))
+        .await;
+    assert!(audit.is_empty(), "{audit:?}");
+    daemon.stop_cleanly();
+}

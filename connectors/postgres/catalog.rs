@@ -132,6 +132,11 @@ pub async fn resolve_tables(
 pub struct PublicationChange {
     pub created: bool,
     pub added: Vec<TableName>,
+    /// Tables that left the selection and were dropped from the publication.
+    pub removed: Vec<TableName>,
+    /// Why tables that left the selection are still published (the user does not own the publication):
+    /// the reader skips their changes, but the server still decodes them.
+    pub not_removed: Option<(Vec<TableName>, String)>,
 }
 
 /// Makes the publication exist and cover `tables`. Tables it covers beyond those are left alone (their
@@ -180,6 +185,7 @@ pub async fn ensure_publication(
             Ok(PublicationChange {
                 created: true,
                 added: tables.to_vec(),
+                ..PublicationChange::default()
             })
         }
         Some(row) => {
@@ -211,10 +217,27 @@ pub async fn ensure_publication(
                     list(&missing)
                 )))?;
             }
-            Ok(PublicationChange {
-                created: false,
+            // Kept in step with the selection: a table it no longer names is not decoded for nothing.
+            let extra: Vec<TableName> = covered
+                .into_iter()
+                .filter(|t| !tables.contains(t))
+                .collect();
+            let mut change = PublicationChange {
                 added: missing,
-            })
+                ..PublicationChange::default()
+            };
+            if !extra.is_empty() {
+                let sql = format!(
+                    "ALTER PUBLICATION {} DROP TABLE {}",
+                    quote_ident(publication),
+                    list(&extra)
+                );
+                match client.batch_execute(&sql).await {
+                    Ok(()) => change.removed = extra,
+                    Err(err) => change.not_removed = Some((extra, describe_pg_error(&err))),
+                }
+            }
+            Ok(change)
         }
     }
 }

@@ -18,7 +18,7 @@ use super::types::{self, ResolvedColumn};
 use crate::config::{DecimalHandling, Selection, SnapshotMode};
 use crate::event::{
     ChangeEvent, Column, DecodingMessage, Lsn, Op, Position, Row, SnapshotMarker, SourceEvent,
-    SourceInfo, Table, Value,
+    SourceInfo, Table, TransactionOrder, Value,
 };
 use crate::positions::SourceIdentity;
 
@@ -97,7 +97,12 @@ pub struct PostgresSettings {
     /// Connections a snapshot reads tables over at the same time.
     pub snapshot_connections: usize,
     pub decimal_handling: DecimalHandling,
+    /// How often to write a heartbeat message into the WAL of the captured database (None: never).
+    pub heartbeat_interval: Option<Duration>,
 }
+
+/// The prefix of heartbeat messages; they are never published, even with `capture_messages`.
+pub const HEARTBEAT_PREFIX: &str = "sluice.heartbeat";
 
 /// A prepared source: publication and slot in place.
 pub struct PostgresSource {
@@ -184,9 +189,17 @@ impl PostgresSource {
         let change = catalog::ensure_publication(&catalog, &settings.publication, &tables).await?;
         if change.created {
             tracing::info!(publication = %settings.publication, tables = tables.len(), "created publication");
-        } else if !change.added.is_empty() {
-            let added: Vec<String> = change.added.iter().map(ToString::to_string).collect();
-            tracing::info!(publication = %settings.publication, added = ?added, "added tables to publication");
+        }
+        let names =
+            |tables: &[TableName]| tables.iter().map(ToString::to_string).collect::<Vec<_>>();
+        if !change.created && !change.added.is_empty() {
+            tracing::info!(publication = %settings.publication, added = ?names(&change.added), "added tables to publication");
+        }
+        if !change.removed.is_empty() {
+            tracing::info!(publication = %settings.publication, removed = ?names(&change.removed), "dropped tables that left the selection from the publication");
+        }
+        if let Some((kept, reason)) = &change.not_removed {
+            tracing::warn!(publication = %settings.publication, tables = ?names(kept), reason = %reason, "tables that left the selection stay in the publication: their changes are decoded and skipped");
         }
         let wants_snapshot = settings.snapshot != SnapshotMode::Never;
         let slot = catalog::slot_info(&catalog, &settings.slot).await?;
@@ -346,6 +359,10 @@ impl PostgresSource {
 
         let mut status = tokio::time::interval(self.settings.status_interval);
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let heartbeats = self.settings.heartbeat_interval;
+        // Never ticked when heartbeats are off; any period will do.
+        let mut heartbeat = tokio::time::interval(heartbeats.unwrap_or(Duration::from_secs(3600)));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut produced = Vec::new();
         let control = &mut link.control;
 
@@ -363,6 +380,10 @@ impl PostgresSource {
                 _ = control.stop.changed(), if !link.stopping => {
                     link.stopping = true;
                     tracing::info!("stopping: finishing the open transaction");
+                    continue;
+                }
+                _ = heartbeat.tick(), if heartbeats.is_some() => {
+                    self.emit_heartbeat().await;
                     continue;
                 }
             };
@@ -442,6 +463,21 @@ impl PostgresSource {
         conn.close().await?;
         tracing::info!(slot = %self.settings.slot, acknowledged = %acked, "replication stream closed");
         Ok(())
+    }
+
+    /// Writes a heartbeat into the captured database's WAL: the walsender reads past it and reports a
+    /// newer position, which the idle acknowledgement then confirms. A failure only costs this heartbeat.
+    async fn emit_heartbeat(&self) {
+        let written = self
+            .catalog
+            .execute(
+                "SELECT pg_logical_emit_message(false, $1, '')",
+                &[&HEARTBEAT_PREFIX],
+            )
+            .await;
+        if let Err(err) = written {
+            tracing::warn!(error = %catalog::describe_pg_error(&err), "cannot write a heartbeat");
+        }
     }
 
     /// The table model for a Relation message; None when the table is not selected.
@@ -572,6 +608,10 @@ struct OpenTransaction {
     /// Change events still to drop because an earlier connection handed them on (u64::MAX: all of them,
     /// the whole transaction was handed on).
     skip: u64,
+    /// Row change events so far, in total and per table id: the transaction block's orders. Counted again
+    /// from Begin when a transaction is replayed, so replayed events get the numbers they had.
+    changes: u64,
+    changes_by_table: HashMap<u32, u64>,
 }
 
 /// A transaction cut off by a lost connection: the next connection replays it from the start.
@@ -672,6 +712,8 @@ impl StreamDecoder {
                     commit_time_us: begin.commit_time_us,
                     handed_on,
                     skip,
+                    changes: 0,
+                    changes_by_table: HashMap::new(),
                 });
             }
             Message::Commit(commit) => {
@@ -745,8 +787,8 @@ impl StreamDecoder {
                     }
                 }
             }
-            // The server sends these only when asked (source.capture_messages).
-            Message::LogicalMessage(message) => {
+            // The server sends these only when asked (source.capture_messages); heartbeats are sluice's own.
+            Message::LogicalMessage(message) if message.prefix != HEARTBEAT_PREFIX => {
                 let transaction = self.transaction.as_ref().filter(|_| message.transactional);
                 out.push(SourceEvent::Message(DecodingMessage {
                     database: self.database.clone(),
@@ -766,7 +808,7 @@ impl StreamDecoder {
     /// An update; one that changes the key becomes a delete of the old key and a create of the new one, so
     /// that the old key's last event (and its tombstone) says it is gone — what Debezium does.
     fn update(
-        &self,
+        &mut self,
         captured: Captured,
         old: Option<&OldTuple>,
         new: &TupleData,
@@ -807,7 +849,7 @@ impl StreamDecoder {
     }
 
     fn change(
-        &self,
+        &mut self,
         table: Arc<Table>,
         op: Op,
         before: Option<Row>,
@@ -816,8 +858,11 @@ impl StreamDecoder {
     ) -> Result<SourceEvent, SourceError> {
         let tx = self
             .transaction
-            .as_ref()
+            .as_mut()
             .ok_or_else(|| SourceError::Protocol("row change outside a transaction".into()))?;
+        tx.changes += 1;
+        let in_table = tx.changes_by_table.entry(table.id).or_default();
+        *in_table += 1;
         let source = SourceInfo {
             database: self.database.clone(),
             txid: Some(u64::from(tx.xid)),
@@ -825,6 +870,10 @@ impl StreamDecoder {
             commit_lsn: tx.commit_lsn,
             commit_time_us: tx.commit_time_us,
             snapshot: SnapshotMarker::False,
+            order: Some(TransactionOrder {
+                total: tx.changes,
+                in_table: *in_table,
+            }),
         };
         Ok(SourceEvent::Change(ChangeEvent {
             table,

@@ -86,6 +86,7 @@ impl Snapshot {
             commit_lsn: self.consistent_point,
             commit_time_us: crate::positions::now_ms() * 1000,
             snapshot: SnapshotMarker::True,
+            order: None,
         };
         // The readers' rows meet in one channel, so that one place can hold back the final row.
         let (rows_tx, mut rows_rx) = mpsc::channel(ROWS_IN_FLIGHT);

@@ -13,7 +13,7 @@ use super::binary::{
     write_union_branch,
 };
 use super::decimal::{self, DecimalError};
-use crate::event::{ChangeEvent, Column, ColumnType, Numeric, Op, Row, Table, Value};
+use crate::event::{ChangeEvent, Column, ColumnType, Lsn, Numeric, Op, Row, Table, Value};
 
 /// What an envelope needs beyond the event.
 #[derive(Clone, Copy, Debug)]
@@ -131,7 +131,25 @@ fn write_envelope(
     write_string(event.op.code(), out);
     write_union_branch(1, out);
     write_long(ctx.processed_at_ms, out);
+    match (event.source.txid, event.source.order) {
+        (Some(txid), Some(order)) => {
+            write_union_branch(1, out);
+            write_string(&transaction_id(txid, event.source.commit_lsn), out);
+            write_long(as_long("transaction.total_order", order.total)?, out);
+            write_long(
+                as_long("transaction.data_collection_order", order.in_table)?,
+                out,
+            );
+        }
+        _ => write_union_branch(0, out),
+    }
     Ok(())
+}
+
+/// A transaction's id in transaction blocks and metadata records: `<txid>:<commit LSN as a decimal>`, as
+/// Debezium writes it (txids wrap around; with the commit LSN the id is unique).
+pub fn transaction_id(txid: u64, commit_lsn: Lsn) -> String {
+    format!("{txid}:{}", commit_lsn.0)
 }
 
 /// `["null", Value]`, and inside `Value` every field `["null", T]`.
@@ -489,6 +507,7 @@ mod tests {
             commit_lsn: Lsn(3),
             commit_time_us: 0,
             snapshot: SnapshotMarker::False,
+            order: None,
         };
         ChangeEvent {
             table: table.clone(),

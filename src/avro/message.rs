@@ -30,9 +30,11 @@ pub fn message_schemas(topic: &str) -> TableSchemas {
     }
 }
 
-fn fixed(schema: serde_json::Value) -> AvroSchema {
+/// A schema sluice writes by hand: parsed once, known to be valid.
+pub(super) fn fixed(schema: serde_json::Value) -> AvroSchema {
     let json = schema.to_string();
-    let schema = apache_avro::Schema::parse_str(&json).expect("the message schemas are valid Avro");
+    let schema =
+        apache_avro::Schema::parse_str(&json).expect("sluice's fixed schemas are valid Avro");
     AvroSchema { json, schema }
 }
 

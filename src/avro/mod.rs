@@ -13,16 +13,22 @@ mod encode;
 mod message;
 pub mod naming;
 mod schema;
+mod transaction;
 
 #[cfg(test)]
 mod roundtrip_tests;
 
 pub use decimal::DecimalError;
-pub use encode::{encode_envelope, encode_key, EncodeError, EncodeReason, EnvelopeContext};
+pub use encode::{
+    encode_envelope, encode_key, transaction_id, EncodeError, EncodeReason, EnvelopeContext,
+};
 pub use message::{encode_message, encode_message_key, message_schemas};
 pub use naming::topic_name;
 pub use schema::{
     table_schemas, AvroSchema, SchemaError, TableSchemas, SOURCE_RECORD, VARIABLE_SCALE_DECIMAL,
+};
+pub use transaction::{
+    encode_transaction, encode_transaction_key, transaction_schemas, TransactionBoundary,
 };
 
 /// Confluent wire format header: magic byte 0 + schema id as 4-byte big-endian.

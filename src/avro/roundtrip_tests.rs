@@ -10,7 +10,7 @@ use super::decimal::tests_support::signed_be_to_decimal;
 use super::*;
 use crate::event::{
     ChangeEvent, Column, ColumnType, Lsn, Numeric, Op, Row, SnapshotMarker, SourceInfo, Table,
-    Value,
+    TransactionOrder, Value,
 };
 
 const CTX: EnvelopeContext<'static> = EnvelopeContext {
@@ -46,6 +46,10 @@ fn source() -> SourceInfo {
         commit_lsn: Lsn(0x16_B374_D900),
         commit_time_us: 1_700_000_000_123_456,
         snapshot: SnapshotMarker::False,
+        order: Some(TransactionOrder {
+            total: 3,
+            in_table: 2,
+        }),
     }
 }
 
@@ -142,6 +146,14 @@ fn expected_envelope(table: &Table, op: &str, before: Option<Avro>, after: Optio
         ("source", expected_source(table, "false")),
         ("op", Avro::String(op.into())),
         ("ts_ms", some(Avro::Long(1_700_000_000_999))),
+        (
+            "transaction",
+            some(record(vec![
+                ("id", Avro::String(format!("771:{}", 0x16_B374_D900u64))),
+                ("total_order", Avro::Long(3)),
+                ("data_collection_order", Avro::Long(2)),
+            ])),
+        ),
     ])
 }
 
@@ -830,6 +842,13 @@ fn snapshot_source_fields() {
         ("snapshot".to_owned(), Avro::String("last".into()))
     );
     assert_eq!(fields[3].1, Avro::String("r".into()));
+    // Snapshot rows belong to no transaction.
+    read.source.txid = None;
+    read.source.order = None;
+    let Avro::Record(fields) = decode(&schemas.value, &encoded_envelope(&read)) else {
+        panic!()
+    };
+    assert_eq!(fields[5], ("transaction".to_owned(), null()));
 }
 
 #[test]

@@ -44,6 +44,8 @@ use crate::event::{Column, ColumnType, Table};
 
 /// Full name of the record describing where an event came from.
 pub const SOURCE_RECORD: &str = "sluice.postgres.Source";
+/// Full name of the envelope's transaction block.
+pub const TRANSACTION_BLOCK: &str = "sluice.TransactionBlock";
 /// Full name of Debezium's record for numerics without a declared scale.
 pub const VARIABLE_SCALE_DECIMAL: &str = "io.debezium.data.VariableScaleDecimal";
 
@@ -131,6 +133,7 @@ pub fn table_schemas(topic_prefix: &str, table: &Table) -> Result<TableSchemas, 
             {"name": "source", "type": source_record()},
             {"name": "op", "type": "string"},
             {"name": "ts_ms", "type": ["null", "long"], "default": null},
+            {"name": "transaction", "type": ["null", transaction_block()], "default": null},
         ],
     });
     let value = parse(table, "value", &envelope)?;
@@ -148,6 +151,20 @@ fn field(column: &Column, name: &str, avro_type: Json) -> Json {
         f["sluice.column"] = json!(column.name);
     }
     f
+}
+
+/// Debezium's transaction block: which transaction (`<txid>:<commit LSN>`), the event's place in it, and its
+/// place among the transaction's events of this table (1-based). Null on snapshot rows.
+fn transaction_block() -> Json {
+    json!({
+        "type": "record",
+        "name": TRANSACTION_BLOCK,
+        "fields": [
+            {"name": "id", "type": "string"},
+            {"name": "total_order", "type": "long"},
+            {"name": "data_collection_order", "type": "long"},
+        ],
+    })
 }
 
 /// Debezium's `source` block for PostgreSQL, minus the fields this version has no value for.
@@ -384,6 +401,11 @@ mod tests {
                     }},
                     {"name": "op", "type": "string"},
                     {"name": "ts_ms", "type": ["null", "long"], "default": null},
+                    {"name": "transaction", "type": ["null", {"type": "record", "name": "sluice.TransactionBlock", "fields": [
+                        {"name": "id", "type": "string"},
+                        {"name": "total_order", "type": "long"},
+                        {"name": "data_collection_order", "type": "long"},
+                    ]}], "default": null},
                 ],
             })
         );
