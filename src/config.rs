@@ -94,7 +94,8 @@ pub enum DecimalHandling {
     Precise,
     /// The decimal text (`"12.50"`, `"NaN"`, `"Infinity"`): exact, and every value fits.
     String,
-    /// Avro `double`: every value fits, digits beyond double precision are rounded.
+    /// Avro `double`: NaN and ±Infinity fit, digits beyond double precision are rounded; a value beyond
+    /// the double range goes to the dead-letter topic.
     Double,
 }
 

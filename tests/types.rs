@@ -326,6 +326,18 @@ const CASES: &[Case] = &[
         expected: AS_TEXT,
     },
     Case {
+        documents: &["other built-in types", "oidvector", "int2vector"],
+        declared: "oidvector",
+        values: &["'1 2 3'", "''"],
+        expected: AS_TEXT,
+    },
+    Case {
+        documents: &["other built-in types", "pg_lsn"],
+        declared: "pg_lsn",
+        values: &["'16/B374D848'"],
+        expected: AS_TEXT,
+    },
+    Case {
         documents: &["inet"],
         declared: "inet",
         values: &["'192.168.0.1/24'", "'::1'"],
@@ -527,6 +539,28 @@ async fn every_type_round_trips_through_a_real_server() {
         }
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+
+    // The values compare equal as JSON; the schema says what they mean.
+    let schema = services
+        .registry
+        .schemas()
+        .into_iter()
+        .map(|(_, s)| s)
+        .find(|s| s.contains("Envelope"))
+        .expect("the value schema is registered");
+    for logical in [
+        r#""logicalType":"time-micros""#,
+        r#""logicalType":"timestamp-micros""#,
+        r#""logicalType":"local-timestamp-micros""#,
+        r#""logicalType":"date""#,
+        r#""logicalType":"decimal","precision":19,"scale":2"#,
+        r#""logicalType":"uuid""#,
+        r#""type":"map","values":["null","string"]"#,
+        r#""name":"sluice.postgres.types.public.address""#,
+        r#""sluice.source_type":"public.mood""#,
+    ] {
+        assert!(schema.contains(logical), "{logical} missing from {schema}");
+    }
     daemon.stop_cleanly();
 }
 

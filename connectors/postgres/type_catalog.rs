@@ -105,7 +105,8 @@ async fn declared_dimensions(
 ) -> Result<HashMap<String, i32>, CatalogError> {
     let rows = client
         .query(
-            "SELECT attname, attndims FROM pg_attribute \
+            // attndims is int2 in newer servers; read it as int4 on every version.
+            "SELECT attname, attndims::int4 FROM pg_attribute \
              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
             &[&relation_id],
         )
@@ -121,7 +122,7 @@ async fn lookup(client: &Client, oid: u32) -> Result<PgType, CatalogError> {
     let row = client
         .query_opt(
             "SELECT t.typname::text, n.nspname::text, t.typtype, t.typcategory, t.typelem, t.typbasetype, \
-               t.typtypmod, t.typndims, t.typrelid \
+               t.typtypmod, t.typndims::int4, t.typrelid, t.typoutput = 'array_out'::regproc \
              FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.oid = $1",
             &[&oid],
         )
@@ -156,8 +157,11 @@ async fn lookup(client: &Client, oid: u32) -> Result<PgType, CatalogError> {
                 .await
                 .map_err(query_error(context()))?,
         },
-        // `name` and `point` have a typelem too (they are subscriptable), but they are not arrays.
-        b'b' if category == b'A' && element != 0 => PgTypeKind::Array { element },
+        // `name` and `point` have a typelem too (they are subscriptable), and int2vector and oidvector are
+        // in the array category but print as `1 2 3`: only array_out's `{…}` form is an array here.
+        b'b' if category == b'A' && element != 0 && row.get::<_, bool>(9) => {
+            PgTypeKind::Array { element }
+        }
         _ => PgTypeKind::Other,
     };
     Ok(PgType { name, kind })
@@ -169,7 +173,7 @@ async fn composite_fields(
 ) -> Result<Vec<FieldType>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT attname::text, atttypid, atttypmod, attndims FROM pg_attribute \
+            "SELECT attname::text, atttypid, atttypmod, attndims::int4 FROM pg_attribute \
              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
             &[&relation_id],
         )

@@ -454,6 +454,10 @@ fn array_value(
 }
 
 fn parse_record(text: &str, fields: &[RecordField]) -> Result<Value, ValueError> {
+    // A type without attributes prints `()`, which reads like one NULL field.
+    if fields.is_empty() && text == "()" {
+        return Ok(Value::Record(Vec::new()));
+    }
     let split = structured::split_record(text)
         .map_err(|err| ValueError::malformed(text, "composite value", err))?;
     if split.len() != fields.len() {
@@ -1136,6 +1140,11 @@ mod tests {
             Value::Record(vec![Value::String(r#"Main "St""#.into()), Value::Null])
         );
         assert!(error(&address, "(a)").contains("the number of fields differs"));
+        let empty = ColumnType::Record {
+            name: "public.nothing".into(),
+            fields: vec![],
+        };
+        assert_eq!(parse(&empty, "()"), Value::Record(vec![]));
         assert!(error(&address, "(a,b)").contains("`b` is not a valid int4"));
         assert_eq!(
             parse(&ColumnType::TextMap, r#""k"=>"v", "n"=>NULL"#),

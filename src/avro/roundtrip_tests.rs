@@ -703,6 +703,72 @@ fn composite_records_are_defined_once_per_schema() {
 }
 
 #[test]
+fn composite_types_whose_names_sanitise_alike_get_their_own_records() {
+    let composite = |name: &str, field: &str, column_type: ColumnType| ColumnType::Record {
+        name: name.into(),
+        fields: vec![crate::event::RecordField {
+            name: field.into(),
+            column_type,
+        }],
+    };
+    let t = table(vec![
+        column("k", ColumnType::Int32, true, "int4"),
+        column(
+            "a",
+            composite("public.order-line", "qty", ColumnType::Int32),
+            false,
+            "c",
+        ),
+        column(
+            "b",
+            composite("public.order_line", "sku", ColumnType::String),
+            false,
+            "c",
+        ),
+        column(
+            "c",
+            composite("public.order-line", "qty", ColumnType::Int32),
+            false,
+            "c",
+        ),
+    ]);
+    let schemas = table_schemas("shop", &t).unwrap();
+    assert!(
+        schemas
+            .value
+            .json
+            .contains("sluice.postgres.types.public.order_line_2"),
+        "{}",
+        schemas.value.json
+    );
+    let row = vec![
+        Value::Int32(1),
+        Value::Record(vec![Value::Int32(3)]),
+        Value::Record(vec![Value::String("x".into())]),
+        Value::Record(vec![Value::Int32(4)]),
+    ];
+    let decoded = decode(
+        &schemas.value,
+        &encoded_envelope(&event(&t, Op::Create, None, Some(row))),
+    );
+    let Avro::Record(fields) = decoded else {
+        panic!()
+    };
+    assert_eq!(
+        fields[1].1,
+        some(value_record(
+            &["k", "a", "b", "c"],
+            vec![
+                Some(Avro::Int(1)),
+                Some(record(vec![("qty", some(Avro::Int(3)))])),
+                Some(record(vec![("sku", some(Avro::String("x".into())))])),
+                Some(record(vec![("qty", some(Avro::Int(4)))])),
+            ]
+        ))
+    );
+}
+
+#[test]
 fn text_maps() {
     check_type(
         ColumnType::TextMap,

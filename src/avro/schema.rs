@@ -33,7 +33,7 @@
 //!
 //! Named types (records) are defined at their first use in a schema and referenced by full name after that.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{json, Value as Json};
 
@@ -193,6 +193,8 @@ fn source_record() -> Json {
 #[derive(Default)]
 struct TypeBuilder {
     defined: HashSet<String>,
+    /// Composite types defined so far: source name → Avro full name.
+    composites: HashMap<String, String>,
 }
 
 /// The largest money amount, 92233720368547758.07, has 19 digits.
@@ -257,11 +259,19 @@ impl TypeBuilder {
                 avro
             }
             ColumnType::Record { name, fields } => {
-                let full_name = composite_record_name(name);
-                if self.defined.contains(&full_name) {
+                if let Some(full_name) = self.composites.get(name) {
                     return Ok(json!(full_name));
                 }
+                // Two types may sanitise to one name (`order-line`, `order_line`): later ones get a suffix.
+                let base = composite_record_name(name);
+                let mut full_name = base.clone();
+                let mut suffix = 2u32;
+                while self.defined.contains(&full_name) {
+                    full_name = format!("{base}_{suffix}");
+                    suffix += 1;
+                }
                 self.defined.insert(full_name.clone());
+                self.composites.insert(name.clone(), full_name.clone());
                 let names = unique_field_names(fields.iter().map(|f| f.name.as_str()));
                 let mut avro_fields = Vec::with_capacity(fields.len());
                 for (field, avro_name) in fields.iter().zip(names) {
