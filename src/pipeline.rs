@@ -596,6 +596,14 @@ impl Publisher {
             .await
     }
 
+    /// The fixed topic `which` names; None for transaction metadata when it is off.
+    fn fixed_topic(&mut self, which: Fixed) -> Option<&mut FixedTopic> {
+        match which {
+            Fixed::Messages => Some(&mut self.messages),
+            Fixed::Transactions => self.transactions.as_mut(),
+        }
+    }
+
     /// A record for a fixed topic: key and value are Avro bodies, framed here once the schemas are
     /// registered (the first time, with the topic created). A record whose schema the registry refuses, or
     /// that the broker refuses, goes to the dead-letter topic with its bodies.
@@ -606,29 +614,20 @@ impl Publisher {
         value: &[u8],
         headers: &[(String, Vec<u8>)],
     ) -> Result<(), PipelineError> {
-        let fixed = match which {
-            Fixed::Messages => &self.messages,
-            Fixed::Transactions => match &self.transactions {
-                Some(fixed) => fixed,
-                None => return Ok(()),
-            },
+        let Some(fixed) = self.fixed_topic(which) else {
+            return Ok(());
         };
-        let topic = fixed.topic.clone();
-        let (key_id, value_id) = match fixed.ids {
+        let (topic, ids, schemas) = (fixed.topic.clone(), fixed.ids, fixed.schemas);
+        let (key_id, value_id) = match ids {
             Some(ids) => ids,
             None => {
-                let schemas = (fixed.schemas)(&topic);
+                let schemas = schemas(&topic);
                 self.sink.ensure_topic(&topic, &self.stop).await?;
                 match self.register(&schemas).await? {
                     Ok((key_id, value_id)) => {
                         let ids = (key_id.unwrap_or_default(), value_id);
-                        match which {
-                            Fixed::Messages => self.messages.ids = Some(ids),
-                            Fixed::Transactions => {
-                                if let Some(fixed) = &mut self.transactions {
-                                    fixed.ids = Some(ids);
-                                }
-                            }
+                        if let Some(fixed) = self.fixed_topic(which) {
+                            fixed.ids = Some(ids);
                         }
                         ids
                     }

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{decode_all, Daemon, Event, Services, DEAD_LETTERS};
+use common::{decode_all, Daemon, Event, Services};
 use serde_json::Value as Json;
 
 const ITEMS: &str = "shop.public.items";
@@ -262,10 +262,7 @@ async fn snapshot_then_stream_publishes_every_row_once() {
     let mut ops: Vec<&str> = tags.iter().filter_map(Event::op).collect();
     ops.sort_unstable();
     assert_eq!(ops, ["r", "r", "r", "r", "r", "u"]);
-    assert!(services
-        .read(DEAD_LETTERS, 0, Duration::from_secs(1))
-        .await
-        .is_empty());
+    services.assert_no_dead_letters().await;
     daemon.stop_cleanly();
 }
 
@@ -299,10 +296,7 @@ async fn a_large_snapshot_while_writes_continue() {
     assert_each_row_arrived_once(&items, expected.len());
     let read = items.iter().filter(|e| e.op() == Some("r")).count();
     assert!(read >= rows as usize, "{read} snapshot rows");
-    assert!(services
-        .read(DEAD_LETTERS, 0, Duration::from_secs(1))
-        .await
-        .is_empty());
+    services.assert_no_dead_letters().await;
     daemon.stop_cleanly();
 }
 

@@ -514,8 +514,7 @@ async fn every_type_round_trips_through_a_real_server() {
             .read("shop.public.every_type", rows, Duration::from_secs(60))
             .await,
     );
-    let letters = services.read(DEAD_LETTERS, 0, Duration::from_secs(1)).await;
-    assert!(letters.is_empty(), "dead letters: {letters:?}");
+    services.assert_no_dead_letters().await;
     assert_eq!(events.len(), rows, "{events:?}");
 
     let mut mismatches = Vec::new();

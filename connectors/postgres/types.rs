@@ -131,18 +131,6 @@ pub fn resolve(
     }
 }
 
-/// [`resolve`] for a built-in type, without a catalog.
-pub fn column_type(type_oid: u32, type_modifier: i32) -> ColumnType {
-    resolve(
-        type_oid,
-        type_modifier,
-        0,
-        &TypeMap::new(),
-        DecimalHandling::Precise,
-    )
-    .column_type
-}
-
 /// Domains nest in arrays nest in composites …; a schema deeper than this is carried as text.
 const MAX_TYPE_DEPTH: usize = 32;
 
@@ -847,6 +835,18 @@ impl<'a> Cursor<'a> {
 mod tests {
     use super::*;
     use crate::connectors::postgres::type_catalog::FieldType;
+
+    /// [`resolve`] for a built-in type, without a catalog.
+    fn column_type(type_oid: u32, type_modifier: i32) -> ColumnType {
+        resolve(
+            type_oid,
+            type_modifier,
+            0,
+            &TypeMap::new(),
+            DecimalHandling::Precise,
+        )
+        .column_type
+    }
 
     fn parse(column_type: &ColumnType, text: &str) -> Value {
         match parse_text(column_type, text.as_bytes()) {

@@ -35,6 +35,24 @@ pub fn write_bytes(value: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(value);
 }
 
+/// An Avro array or map body: one block of every item (its count, then the items as `write_item` writes
+/// them), then the empty block that ends it; an empty array or map is the end block alone.
+pub fn write_blocks<T, E>(
+    items: &[T],
+    out: &mut Vec<u8>,
+    mut write_item: impl FnMut(&T, &mut Vec<u8>) -> Result<(), E>,
+) -> Result<(), E> {
+    if !items.is_empty() {
+        // A slice never holds more than isize::MAX items.
+        write_long(items.len() as i64, out);
+        for item in items {
+            write_item(item, out)?;
+        }
+    }
+    write_long(0, out);
+    Ok(())
+}
+
 /// `string`: UTF-8 bytes, encoded like `bytes`.
 pub fn write_string(value: &str, out: &mut Vec<u8>) {
     write_bytes(value.as_bytes(), out);

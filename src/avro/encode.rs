@@ -9,8 +9,8 @@
 use std::io::Write as _;
 
 use super::binary::{
-    write_boolean, write_bytes, write_double, write_float, write_int, write_long, write_string,
-    write_union_branch,
+    write_blocks, write_boolean, write_bytes, write_double, write_float, write_int, write_long,
+    write_string, write_union_branch,
 };
 use super::decimal::{self, DecimalError};
 use crate::event::{ChangeEvent, Column, ColumnType, Lsn, Numeric, Op, Row, Table, Value};
@@ -301,8 +301,7 @@ fn write_value(
             }
         }
         (ColumnType::TextMap, Value::TextMap(pairs)) => {
-            write_block_count(pairs.len(), out);
-            for (key, value) in pairs {
+            write_blocks(pairs, out, |(key, value), out| {
                 write_string(key, out);
                 match value {
                     Some(text) => {
@@ -311,10 +310,8 @@ fn write_value(
                     }
                     None => write_union_branch(0, out),
                 }
-            }
-            if !pairs.is_empty() {
-                write_block_count(0, out);
-            }
+                Ok::<(), EncodeReason>(())
+            })?;
         }
         (expected, found) => {
             return Err(EncodeReason::TypeMismatch {
@@ -345,35 +342,22 @@ fn write_nullable(
     }
 }
 
-/// One block holding every item, then the empty block that ends an Avro array. The innermost level's
-/// items are `["null", element]`; outer levels hold the next level's arrays.
+/// An array of `dimensions` levels: the innermost level's items are `["null", element]`; outer levels hold
+/// the next level's arrays.
 fn write_array(
     element: &ColumnType,
     dimensions: u32,
     items: &[Value],
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeReason> {
-    write_block_count(items.len(), out);
-    for item in items {
-        match (dimensions, item) {
-            (0 | 1, item) => write_nullable(element, item, out)?,
-            (_, Value::Array(inner)) => write_array(element, dimensions - 1, inner, out)?,
-            (_, found) => {
-                return Err(EncodeReason::TypeMismatch {
-                    expected: "array",
-                    found: value_kind(found),
-                })
-            }
-        }
-    }
-    if !items.is_empty() {
-        write_block_count(0, out);
-    }
-    Ok(())
-}
-
-fn write_block_count(count: usize, out: &mut Vec<u8>) {
-    write_long(i64::try_from(count).unwrap_or(i64::MAX), out);
+    write_blocks(items, out, |item, out| match (dimensions, item) {
+        (0 | 1, item) => write_nullable(element, item, out),
+        (_, Value::Array(inner)) => write_array(element, dimensions - 1, inner, out),
+        (_, found) => Err(EncodeReason::TypeMismatch {
+            expected: "array",
+            found: value_kind(found),
+        }),
+    })
 }
 
 fn finite(numeric: &Numeric) -> Result<(&str, u32), EncodeReason> {

@@ -2,9 +2,11 @@
 //! transaction on `<topic_prefix>.transaction`, keyed by the transaction id; END counts the transaction's
 //! change events, in total and per table.
 
+use std::convert::Infallible;
+
 use serde_json::json;
 
-use super::binary::{write_long, write_string, write_union_branch};
+use super::binary::{write_blocks, write_long, write_string, write_union_branch};
 use super::message::fixed;
 use super::schema::TableSchemas;
 
@@ -78,14 +80,12 @@ pub fn encode_transaction(boundary: &TransactionBoundary, out: &mut Vec<u8>) {
     write_union_branch(1, out);
     write_long(count(counts.iter().map(|(_, n)| n).sum()), out);
     write_union_branch(1, out);
-    if !counts.is_empty() {
-        write_long(count(counts.len() as u64), out);
-        for (table, n) in counts {
-            write_string(table, out);
-            write_long(count(*n), out);
-        }
-    }
-    write_long(0, out);
+    let written = write_blocks(counts, out, |(table, n), out| {
+        write_string(table, out);
+        write_long(count(*n), out);
+        Ok::<(), Infallible>(())
+    });
+    written.unwrap_or_else(|never| match never {});
 }
 
 #[cfg(test)]

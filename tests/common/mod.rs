@@ -91,6 +91,12 @@ impl Services {
             .expect("read topic")
     }
 
+    /// Asserts that the dead-letter topic is empty (or was never written).
+    pub async fn assert_no_dead_letters(&self) {
+        let letters = self.read(DEAD_LETTERS, 0, Duration::from_secs(1)).await;
+        assert!(letters.is_empty(), "dead letters: {letters:?}");
+    }
+
     /// Decodes a Confluent-framed Avro body with the schema the registry double holds for its id.
     pub fn decode(&self, body: &[u8]) -> Json {
         assert!(
