@@ -23,6 +23,7 @@ use toml::Spanned;
 pub struct Config {
     pub source: SourceConfig,
     pub sink: SinkConfig,
+    #[serde(default)]
     pub avro: AvroConfig,
     pub positions: PositionsConfig,
 }
@@ -144,13 +145,50 @@ pub struct SinkConfig {
     pub kafka: BTreeMap<String, Spanned<PropertyValue>>,
 }
 
-/// `[avro]`: how events are encoded.
-#[derive(Debug, Deserialize)]
+/// `[avro]`: how events are encoded and where their schemas go.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AvroConfig {
-    /// Confluent-compatible schema registry.
-    pub registry_url: Spanned<EnvString>,
+    /// Confluent-compatible schema registry. Without it, messages use Avro's single-object encoding and
+    /// every schema is published to `schemas_topic`.
+    pub registry_url: Option<Spanned<EnvString>>,
+    /// How registry subjects are named (Confluent's subject name strategies).
+    #[serde(default)]
+    pub subject_name_strategy: SubjectNameStrategy,
+    /// HTTP basic authentication to the registry (both or neither).
+    pub registry_username: Option<Spanned<EnvString>>,
+    pub registry_password: Option<Spanned<EnvString>>,
+    /// Bearer token for the registry (instead of basic authentication).
+    pub registry_bearer_token: Option<Spanned<EnvString>>,
+    /// PEM file of the certificate authorities that sign the registry's TLS certificate (the system's
+    /// roots are trusted as well).
+    pub registry_ca_file: Option<Spanned<EnvString>>,
+    /// PEM files of a client certificate and its key, for registries that require mutual TLS.
+    pub registry_client_cert_file: Option<Spanned<EnvString>>,
+    pub registry_client_key_file: Option<Spanned<EnvString>>,
+    /// Without a registry: the topic that holds every schema, keyed by fingerprint. Defaults to
+    /// `<topic_prefix>.schemas`.
+    pub schemas_topic: Option<Spanned<EnvString>>,
+    /// Directory of contracts: `<topic>.avsc` files, each the reader schema every event of its topic must
+    /// satisfy. Relative paths are taken from the working directory; a missing directory means no contracts.
+    pub contracts_dir: Option<Spanned<EnvString>>,
 }
+
+/// `avro.subject_name_strategy`: the registry subject a schema is registered under.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectNameStrategy {
+    /// `<topic>-key` and `<topic>-value` (Confluent's TopicNameStrategy).
+    #[default]
+    TopicName,
+    /// The record's full name (RecordNameStrategy): one subject per record type, whatever the topic.
+    RecordName,
+    /// `<topic>-<record full name>` (TopicRecordNameStrategy).
+    TopicRecordName,
+}
+
+/// Where contracts are looked for when `avro.contracts_dir` is not set.
+pub const DEFAULT_CONTRACTS_DIR: &str = "schemas/contracts";
 
 /// `[positions]`: where the resume position is kept.
 #[derive(Debug, Deserialize)]
@@ -457,9 +495,7 @@ impl Config {
             }
         }
 
-        if let Err(message) = check_http_url(self.avro.registry_url.get_ref().as_str()) {
-            report("avro.registry_url", self.avro.registry_url.span(), message);
-        }
+        self.avro_problems(&mut report);
         if self.positions.dir.get_ref().as_str().trim().is_empty() {
             report(
                 "positions.dir",
@@ -469,6 +505,99 @@ impl Config {
         }
         found.sort_by_key(|p| (p.line, p.column));
         found
+    }
+
+    fn avro_problems(&self, report: &mut impl FnMut(&str, Range<usize>, String)) {
+        let avro = &self.avro;
+        let registry_only = [
+            ("avro.registry_username", &avro.registry_username),
+            ("avro.registry_password", &avro.registry_password),
+            ("avro.registry_bearer_token", &avro.registry_bearer_token),
+            ("avro.registry_ca_file", &avro.registry_ca_file),
+            (
+                "avro.registry_client_cert_file",
+                &avro.registry_client_cert_file,
+            ),
+            (
+                "avro.registry_client_key_file",
+                &avro.registry_client_key_file,
+            ),
+        ];
+        let Some(url) = &avro.registry_url else {
+            for (key, value) in registry_only {
+                if let Some(value) = value {
+                    report(
+                        key,
+                        value.span(),
+                        "has no effect without `avro.registry_url`".into(),
+                    );
+                }
+            }
+            if let Some(topic) = &avro.schemas_topic {
+                if let Err(message) = check_topic_name(topic.get_ref().as_str()) {
+                    report("avro.schemas_topic", topic.span(), message);
+                }
+            }
+            return;
+        };
+        if let Err(message) = check_http_url(url.get_ref().as_str()) {
+            report("avro.registry_url", url.span(), message);
+        }
+        if let Some(topic) = &avro.schemas_topic {
+            report(
+                "avro.schemas_topic",
+                topic.span(),
+                "is only used without `avro.registry_url` (the registry holds the schemas)".into(),
+            );
+        }
+        let pairs = [
+            (
+                "avro.registry_username",
+                &avro.registry_username,
+                "avro.registry_password",
+                &avro.registry_password,
+            ),
+            (
+                "avro.registry_client_cert_file",
+                &avro.registry_client_cert_file,
+                "avro.registry_client_key_file",
+                &avro.registry_client_key_file,
+            ),
+        ];
+        for (key, value, other_key, other) in pairs {
+            match (value, other) {
+                (Some(value), None) => {
+                    report(key, value.span(), format!("needs `{other_key}` too"))
+                }
+                (None, Some(other)) => {
+                    report(other_key, other.span(), format!("needs `{key}` too"))
+                }
+                _ => {}
+            }
+        }
+        if let (Some(_), Some(token)) = (&avro.registry_username, &avro.registry_bearer_token) {
+            report(
+                "avro.registry_bearer_token",
+                token.span(),
+                "choose one: basic authentication (`registry_username`) or a bearer token".into(),
+            );
+        }
+    }
+
+    /// The topic that holds every schema when there is no registry.
+    pub fn schemas_topic(&self) -> String {
+        match &self.avro.schemas_topic {
+            Some(topic) => topic.get_ref().as_str().to_owned(),
+            None => format!("{}.schemas", self.sink.topic_prefix.get_ref().as_str()),
+        }
+    }
+
+    /// Where contracts are read from.
+    pub fn contracts_dir(&self) -> PathBuf {
+        match &self.avro.contracts_dir {
+            Some(dir) => PathBuf::from(dir.get_ref().as_str()),
+            None => PathBuf::from(DEFAULT_CONTRACTS_DIR),
+        }
     }
 
     /// Which tables and columns are captured.

@@ -6,6 +6,7 @@
 
 pub mod avro;
 pub mod config;
+pub mod contracts;
 pub mod deadletter;
 pub mod event;
 pub mod pipeline;

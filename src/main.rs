@@ -37,10 +37,15 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Parse and check the config file without touching the network. Exit 0 when valid, 1 otherwise.
+    /// Parse and check the config file and the contracts. With contracts, also compare each with its
+    /// table's current schema (this connects to PostgreSQL; --offline skips it). Exit 0 when valid, 1
+    /// otherwise.
     Validate {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Do not connect to PostgreSQL: check the files only.
+        #[arg(long)]
+        offline: bool,
     },
     /// Connect to PostgreSQL, the broker and the registry and report what is ready, with fixes.
     Check {
@@ -77,7 +82,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Validate { config } => validate(&config),
+            Command::Validate { config, offline } => validate(&config, offline).await,
             Command::Check { config } => check(&config).await,
             Command::Run { config } => run(&config).await,
             Command::Tail {
@@ -100,13 +105,51 @@ fn load(path: &std::path::Path) -> Option<Config> {
     }
 }
 
-fn validate(path: &std::path::Path) -> ExitCode {
-    match load(path) {
-        Some(_) => {
-            println!("{}: configuration is valid", path.display());
-            ExitCode::SUCCESS
+async fn validate(path: &std::path::Path, offline: bool) -> ExitCode {
+    let Some(config) = load(path) else {
+        return ExitCode::FAILURE;
+    };
+    println!("{}: configuration is valid", path.display());
+    let contracts = match sluice::contracts::Contracts::load(&config.contracts_dir()) {
+        Ok(contracts) => contracts,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
         }
-        None => ExitCode::FAILURE,
+    };
+    if contracts.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    for contract in contracts.iter() {
+        println!(
+            "contract {} for topic `{}` parses",
+            contract.path.display(),
+            contract.topic
+        );
+    }
+    if offline {
+        println!("--offline: contracts not compared with the tables");
+        return ExitCode::SUCCESS;
+    }
+    match sluice::preflight::compare_contracts(&config, &contracts).await {
+        Ok(lines) => {
+            let failed = lines.iter().any(|line| line.starts_with("FAIL"));
+            for line in lines {
+                println!("{line}");
+            }
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(err) => {
+            eprintln!(
+                "error: cannot compare the contracts with the tables: {}",
+                error_chain(&*err)
+            );
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -148,7 +191,9 @@ async fn tail(path: &std::path::Path, topic: Option<String>, from: &str, follow:
         topic: topic.unwrap_or_else(|| config.sink.dead_letter_topic.get_ref().as_str().to_owned()),
         start,
         follow,
-        registry_url: Some(config.avro.registry_url.get_ref().as_str().to_owned()),
+        registry: sluice::registry::RegistrySettings::from_config(&config),
+        schemas_topic: config.schemas_topic(),
+        schemas_dir: Some(PathBuf::from(config.positions.dir.get_ref().as_str()).join("schemas")),
         properties: config
             .kafka_properties()
             .filter(|(k, _)| sluice::sink::is_connection_property(k))

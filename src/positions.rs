@@ -295,23 +295,28 @@ impl PositionStore {
         };
         let mut text = serde_json::to_vec_pretty(&stored).expect("position serialises");
         text.push(b'\n');
-        let temporary = self.path.with_extension("json.tmp");
-        let write_error = |source| PositionError::Write {
+        write_atomically(&self.path, &text).map_err(|source| PositionError::Write {
             path: self.path.clone(),
             source,
-        };
-        let mut file = fs::File::create(&temporary).map_err(write_error)?;
-        file.write_all(&text).map_err(write_error)?;
-        file.sync_all().map_err(write_error)?;
-        drop(file);
-        fs::rename(&temporary, &self.path).map_err(write_error)?;
-        if let Some(dir) = self.path.parent() {
-            fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(write_error)?;
-        }
-        Ok(())
+        })
     }
+}
+
+/// Replaces `path` with `bytes`: a temporary file, fsync, rename over the old one, fsync the directory. A
+/// crash leaves either the old or the new content, never a torn file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    let mut file = fs::File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&temporary, path)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 pub fn now_ms() -> i64 {

@@ -10,8 +10,9 @@ use tokio_postgres::Client;
 use crate::config::{redact_secrets, Config, Selection, SnapshotMode};
 use crate::connectors::postgres::catalog::{self, describe_pg_error, TableName};
 use crate::connectors::postgres::replication::{ReplicationConnection, ReplicationError};
+use crate::contracts::Contracts;
 use crate::positions::PositionStore;
-use crate::registry::RegistryClient;
+use crate::registry::{RegistryClient, RegistryError, RegistrySettings};
 use crate::sink::{KafkaSink, SinkSettings};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -519,19 +520,76 @@ fn check_broker(config: &Config, report: &mut Report) {
 }
 
 async fn check_registry(config: &Config, report: &mut Report) {
-    let url = config.avro.registry_url.get_ref().as_str();
-    let shown = redact_secrets(url);
-    let reached = match RegistryClient::new(url) {
+    let Some(settings) = RegistrySettings::from_config(config) else {
+        report.pass(format!(
+            "no schema registry: messages use Avro single-object encoding, schemas go to topic `{}`",
+            config.schemas_topic()
+        ));
+        return;
+    };
+    let shown = redact_secrets(&settings.url);
+    let reached = match RegistryClient::new(&settings) {
         Ok(client) => client.ping().await,
         Err(err) => Err(err),
     };
     match reached {
         Ok(()) => report.pass(format!("schema registry at {shown} is reachable")),
+        Err(err @ RegistryError::Unauthorized { .. }) => report.fail(
+            format!("schema registry at {shown} refuses sluice: {err}"),
+            "check avro.registry_username/registry_password or avro.registry_bearer_token",
+        ),
+        Err(err @ RegistryError::TlsFile { .. }) => report.fail(
+            format!("schema registry at {shown}: {err}"),
+            "check the PEM files named in [avro]",
+        ),
         Err(err) => report.fail(
             format!("schema registry at {shown} is not reachable: {err}"),
             "check `avro.registry_url` and that the registry runs",
         ),
     }
+}
+
+/// Each contract compared with the current schema of its topic's table: one line per finding, led by `ok`,
+/// `note` (some events may break it) or `FAIL` (no event can satisfy it, or no table has that topic).
+pub async fn compare_contracts(
+    config: &Config,
+    contracts: &Contracts,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let settings = crate::pipeline::postgres_settings(config)?;
+    let tables = crate::connectors::postgres::reader::current_tables(&settings).await?;
+    let prefix = config.sink.topic_prefix.get_ref().as_str();
+    let mut lines = Vec::new();
+    for contract in contracts.iter() {
+        let table = tables
+            .iter()
+            .find(|t| crate::avro::topic_name(prefix, t) == contract.topic);
+        let Some(table) = table else {
+            lines.push(format!(
+                "FAIL {}: no captured table publishes to topic `{}`",
+                contract.path.display(),
+                contract.topic
+            ));
+            continue;
+        };
+        let schemas = crate::avro::table_schemas(prefix, table)?;
+        let found = contract.compare(&schemas.value.schema);
+        if found.is_empty() {
+            lines.push(format!(
+                "ok   {}: reads every event of {}",
+                contract.path.display(),
+                table.qualified_name()
+            ));
+        }
+        for mismatch in found {
+            let lead = if mismatch.fatal { "FAIL" } else { "note" };
+            lines.push(format!(
+                "{lead} {} ({}): {mismatch}",
+                contract.path.display(),
+                table.qualified_name()
+            ));
+        }
+    }
+    Ok(lines)
 }
 
 async fn scalar(client: &Client, sql: &str) -> Result<String, String> {

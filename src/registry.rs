@@ -1,19 +1,38 @@
-//! Client for a Confluent-compatible schema registry (the documented REST API: register a schema under a
-//! subject, get its global id). Ids are cached, so the registry is asked once per schema version.
+//! Client for a Confluent-compatible schema registry (the documented REST API that Confluent, Apicurio's
+//! ccompat API and Redpanda serve: register a schema under a subject, get a schema by its global id). Ids
+//! are cached, so the registry is asked once per schema version. Basic or bearer authentication, and TLS
+//! with a private CA or a client certificate, come from `[avro]`.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::config::{Config, SubjectNameStrategy};
+
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// A TLS file named in `[avro]` cannot be used.
+    #[error("avro.{key}: cannot use {path}: {reason}")]
+    TlsFile {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
     /// The registry could not be reached or failed on its side: worth retrying.
     #[error("schema registry at {url} is unreachable: {reason}")]
     Unavailable { url: String, reason: String },
+    /// The registry refused the credentials: a configuration problem, not a property of the event.
+    #[error("schema registry at {url} refused the credentials (HTTP {status}): {message}; check avro.registry_username/registry_password or registry_bearer_token")]
+    Unauthorized {
+        url: String,
+        status: u16,
+        message: String,
+    },
     /// The registry answered and refused the schema: retrying gives the same answer.
     #[error("schema registry refused the schema for subject `{subject}` (HTTP {status}, error {code}): {message}")]
     Rejected {
@@ -27,6 +46,12 @@ pub enum RegistryError {
 impl RegistryError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, RegistryError::Unavailable { .. })
+    }
+
+    /// Whether the failure belongs to the schema (its events go to the dead-letter topic) rather than to
+    /// the registry or sluice's settings (which stop sluice).
+    pub fn is_schema_fault(&self) -> bool {
+        matches!(self, RegistryError::Rejected { .. })
     }
 }
 
@@ -43,28 +68,168 @@ struct ErrorResponse {
     message: String,
 }
 
+/// How to reach the registry: `[avro]` without the parts that concern encoding.
+#[derive(Clone, Debug, Default)]
+pub struct RegistrySettings {
+    pub url: String,
+    pub auth: Option<RegistryAuth>,
+    /// Extra trusted certificate authorities (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+}
+
+#[derive(Clone)]
+pub enum RegistryAuth {
+    Basic { username: String, password: String },
+    Bearer(String),
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    // Credentials never reach a log line through Debug.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegistryAuth::Basic { username, .. } => write!(f, "Basic({username}, ***)"),
+            RegistryAuth::Bearer(_) => f.write_str("Bearer(***)"),
+        }
+    }
+}
+
+impl RegistrySettings {
+    /// The registry `[avro]` names, or None in registry-free mode.
+    pub fn from_config(config: &Config) -> Option<RegistrySettings> {
+        let avro = &config.avro;
+        let text = |value: &Option<toml::Spanned<crate::config::EnvString>>| {
+            value.as_ref().map(|v| v.get_ref().as_str().to_owned())
+        };
+        let auth = match (
+            text(&avro.registry_username),
+            text(&avro.registry_password),
+            text(&avro.registry_bearer_token),
+        ) {
+            (Some(username), Some(password), _) => Some(RegistryAuth::Basic { username, password }),
+            (_, _, Some(token)) => Some(RegistryAuth::Bearer(token)),
+            _ => None,
+        };
+        Some(RegistrySettings {
+            url: text(&avro.registry_url)?,
+            auth,
+            ca_file: text(&avro.registry_ca_file).map(PathBuf::from),
+            client_identity: text(&avro.registry_client_cert_file)
+                .zip(text(&avro.registry_client_key_file))
+                .map(|(cert, key)| (PathBuf::from(cert), PathBuf::from(key))),
+        })
+    }
+
+    pub fn for_url(url: &str) -> RegistrySettings {
+        RegistrySettings {
+            url: url.to_owned(),
+            ..RegistrySettings::default()
+        }
+    }
+}
+
+/// Which part of a message a schema describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchemaPart {
+    Key,
+    Value,
+}
+
+/// The subject a schema is registered under. `record_name` is the schema's full name (for a primitive
+/// schema, its type name, as Confluent's serializers do).
+pub fn subject(
+    strategy: SubjectNameStrategy,
+    topic: &str,
+    part: SchemaPart,
+    record_name: &str,
+) -> String {
+    match strategy {
+        SubjectNameStrategy::TopicName => match part {
+            SchemaPart::Key => format!("{topic}-key"),
+            SchemaPart::Value => format!("{topic}-value"),
+        },
+        SubjectNameStrategy::RecordName => record_name.to_owned(),
+        SubjectNameStrategy::TopicRecordName => format!("{topic}-{record_name}"),
+    }
+}
+
+/// The name [`subject`] uses for a schema.
+pub fn record_name(schema: &apache_avro::Schema) -> String {
+    use apache_avro::schema::Schema;
+    match schema {
+        Schema::Record(r) => r.name.fullname(None),
+        Schema::Enum(e) => e.name.fullname(None),
+        Schema::Fixed(f) => f.name.fullname(None),
+        other => serde_json::to_value(other)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "unknown".to_owned()),
+    }
+}
+
 pub struct RegistryClient {
     http: reqwest::Client,
     base: String,
+    auth: Option<RegistryAuth>,
     /// (subject, schema text) → id.
     ids: Mutex<HashMap<(String, String), u32>>,
 }
 
 impl RegistryClient {
-    pub fn new(base_url: &str) -> Result<RegistryClient, RegistryError> {
-        let http = reqwest::Client::builder()
+    pub fn new(settings: &RegistrySettings) -> Result<RegistryClient, RegistryError> {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|err| RegistryError::Unavailable {
-                url: base_url.to_owned(),
-                reason: err.to_string(),
+            .timeout(Duration::from_secs(30));
+        if let Some(path) = &settings.ca_file {
+            let pem = read_pem("registry_ca_file", path)?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| {
+                RegistryError::TlsFile {
+                    key: "registry_ca_file",
+                    path: path.clone(),
+                    reason: err.to_string(),
+                }
             })?;
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        if let Some((cert, key)) = &settings.client_identity {
+            let mut pem = read_pem("registry_client_cert_file", cert)?;
+            pem.push(b'\n');
+            pem.extend(read_pem("registry_client_key_file", key)?);
+            let identity =
+                reqwest::Identity::from_pem(&pem).map_err(|err| RegistryError::TlsFile {
+                    key: "registry_client_cert_file",
+                    path: cert.clone(),
+                    reason: err.to_string(),
+                })?;
+            builder = builder.identity(identity);
+        }
+        let http = builder.build().map_err(|err| RegistryError::Unavailable {
+            url: settings.url.clone(),
+            reason: err.to_string(),
+        })?;
         Ok(RegistryClient {
             http,
-            base: base_url.trim_end_matches('/').to_owned(),
+            base: settings.url.trim_end_matches('/').to_owned(),
+            auth: settings.auth.clone(),
             ids: Mutex::default(),
         })
+    }
+
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let request = self
+            .http
+            .request(method, url)
+            .header(reqwest::header::ACCEPT, CONTENT_TYPE);
+        match &self.auth {
+            Some(RegistryAuth::Basic { username, password }) => {
+                request.basic_auth(username, Some(password))
+            }
+            Some(RegistryAuth::Bearer(token)) => request.bearer_auth(token),
+            None => request,
+        }
     }
 
     /// Registers `schema` under `subject` (a no-op on the registry's side when it is already there) and
@@ -81,10 +246,8 @@ impl RegistryClient {
         );
         let body = serde_json::json!({ "schema": schema, "schemaType": "AVRO" });
         let response = self
-            .http
-            .post(&url)
+            .request(reqwest::Method::POST, &url)
             .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-            .header(reqwest::header::ACCEPT, CONTENT_TYPE)
             .json(&body)
             .send()
             .await
@@ -103,12 +266,8 @@ impl RegistryClient {
                 .insert(cache_key, parsed.id);
             return Ok(parsed.id);
         }
-        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            let reason = format!("HTTP {status}: {}", truncate(&text, 300));
-            return Err(RegistryError::Unavailable {
-                url: self.base.clone(),
-                reason,
-            });
+        if let Some(err) = self.failure(status, &text) {
+            return Err(err);
         }
         let error: ErrorResponse = serde_json::from_str(&text).unwrap_or(ErrorResponse {
             error_code: 0,
@@ -130,14 +289,15 @@ impl RegistryClient {
         }
         let url = format!("{}/schemas/ids/{id}", self.base);
         let response = self
-            .http
-            .get(&url)
-            .header(reqwest::header::ACCEPT, CONTENT_TYPE)
+            .request(reqwest::Method::GET, &url)
             .send()
             .await
             .map_err(|err| self.unavailable(err))?;
         let status = response.status();
         let text = response.text().await.map_err(|err| self.unavailable(err))?;
+        if let Some(err) = self.failure(status, &text) {
+            return Err(err);
+        }
         if !status.is_success() {
             let reason = format!("schema id {id}: HTTP {status}: {}", truncate(&text, 300));
             return Err(RegistryError::Unavailable {
@@ -156,21 +316,43 @@ impl RegistryClient {
     /// Whether the registry answers at all (for `sluice check`).
     pub async fn ping(&self) -> Result<(), RegistryError> {
         let response = self
-            .http
-            .get(format!("{}/subjects", self.base))
-            .header(reqwest::header::ACCEPT, CONTENT_TYPE)
+            .request(reqwest::Method::GET, &format!("{}/subjects", self.base))
             .send()
             .await
             .map_err(|err| self.unavailable(err))?;
-        if response.status().is_success() {
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if status.is_success() {
             Ok(())
+        } else if let Some(err) = self.failure(status, &body) {
+            Err(err)
         } else {
-            let reason = format!("GET /subjects answered HTTP {}", response.status());
+            let reason = format!("GET /subjects answered HTTP {status}");
             Err(RegistryError::Unavailable {
                 url: self.base.clone(),
                 reason,
             })
         }
+    }
+
+    /// The answers that are about the registry rather than the request: it is busy or failing (retry), or
+    /// it refuses the credentials.
+    fn failure(&self, status: reqwest::StatusCode, body: &str) -> Option<RegistryError> {
+        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            let reason = format!("HTTP {status}: {}", truncate(body, 300));
+            return Some(RegistryError::Unavailable {
+                url: self.base.clone(),
+                reason,
+            });
+        }
+        if matches!(status.as_u16(), 401 | 403) {
+            return Some(RegistryError::Unauthorized {
+                url: self.base.clone(),
+                status: status.as_u16(),
+                message: truncate(body, 300).to_owned(),
+            });
+        }
+        None
     }
 
     fn cached(&self, key: &(String, String)) -> Option<u32> {
@@ -194,6 +376,14 @@ impl RegistryClient {
             reason,
         }
     }
+}
+
+fn read_pem(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, RegistryError> {
+    std::fs::read(path).map_err(|err| RegistryError::TlsFile {
+        key,
+        path: path.to_owned(),
+        reason: err.to_string(),
+    })
 }
 
 /// Subjects are topic names plus `-key`/`-value`: escape anything outside the unreserved set for the path.
@@ -232,7 +422,7 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_registry_is_a_retryable_error() {
         // Port 9 on loopback: nothing listens there.
-        let client = RegistryClient::new("http://127.0.0.1:9").unwrap();
+        let client = RegistryClient::new(&RegistrySettings::for_url("http://127.0.0.1:9")).unwrap();
         let err = client.register("t-value", "\"string\"").await.unwrap_err();
         assert!(err.is_retryable(), "{err}");
         assert!(err.to_string().contains("unreachable"), "{err}");

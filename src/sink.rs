@@ -244,12 +244,22 @@ impl KafkaSink {
         topic: &str,
         stop: &watch::Receiver<bool>,
     ) -> Result<(), SinkError> {
+        self.ensure_topic_with(topic, &[], stop).await
+    }
+
+    /// [`KafkaSink::ensure_topic`], creating the topic with these topic configs (`cleanup.policy`, …).
+    pub async fn ensure_topic_with(
+        &mut self,
+        topic: &str,
+        configs: &[(&str, &str)],
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(), SinkError> {
         if !self.settings.create_topics || self.known_topics.contains(topic) {
             return Ok(());
         }
         let mut delay = Duration::from_millis(250);
         loop {
-            match self.create_topic(topic).await {
+            match self.create_topic(topic, configs).await {
                 Ok(()) => break,
                 Err(CreateFailure::Definitive(reason)) => {
                     return Err(SinkError::CreateTopic {
@@ -274,12 +284,19 @@ impl KafkaSink {
         Ok(())
     }
 
-    async fn create_topic(&self, topic: &str) -> Result<(), CreateFailure> {
-        let new_topic = NewTopic::new(
+    async fn create_topic(
+        &self,
+        topic: &str,
+        configs: &[(&str, &str)],
+    ) -> Result<(), CreateFailure> {
+        let mut new_topic = NewTopic::new(
             topic,
             self.settings.topic_partitions,
             TopicReplication::Fixed(self.settings.topic_replication_factor),
         );
+        for (key, value) in configs {
+            new_topic = new_topic.set(key, value);
+        }
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let results = self
             .admin

@@ -1,11 +1,13 @@
 //! `sluice tail`: reads a change topic (or the dead-letter topic) and prints each message decoded, as one
 //! JSON object per line — for people who would rather look than write a consumer.
 //!
-//! Confluent-framed Avro (magic byte 0 + schema id) is decoded with the schema fetched from the registry;
-//! JSON payloads (dead letters) are printed as they are.
+//! Both framings are decoded: Confluent's (a zero byte and a registry id) with the schema fetched from the
+//! registry, and Avro's single-object encoding (`C3 01` and a fingerprint) with the schema found on the
+//! schemas topic. Other payloads are printed as JSON when they are JSON, as text when they are text.
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +19,8 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Map, Value as Json};
 
-use crate::avro::VARIABLE_SCALE_DECIMAL;
-use crate::registry::{RegistryClient, RegistryError};
+use crate::avro::{Fingerprint, SchemaRef, VARIABLE_SCALE_DECIMAL};
+use crate::registry::{RegistryClient, RegistryError, RegistrySettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TailError {
@@ -31,18 +33,82 @@ pub enum TailError {
     NoSuchTopic(String),
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    #[error("schema {id} from the registry does not parse: {reason}")]
-    BadSchema { id: u32, reason: String },
-    #[error("message does not match its schema {id}: {reason}")]
-    Undecodable { id: u32, reason: String },
+    #[error("schema {schema} does not parse: {reason}")]
+    BadSchema { schema: String, reason: String },
+    #[error("message does not match its schema {schema}: {reason}")]
+    Undecodable { schema: String, reason: String },
+    #[error("the message names schema {0}, which is neither on the schemas topic nor in the schemas directory")]
+    UnknownFingerprint(String),
+    #[error("the message names registry schema {0}, but no avro.registry_url is configured")]
+    NoRegistry(u32),
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
 }
 
-/// Decodes message bodies, caching schemas by id.
+/// Where single-object schemas are found: the schemas topic, then the schemas directory.
+pub struct SchemaLookup {
+    pub brokers: String,
+    pub properties: Vec<(String, String)>,
+    pub topic: String,
+    /// `[positions].dir/schemas`, when this host has it.
+    pub dir: Option<PathBuf>,
+}
+
+impl SchemaLookup {
+    /// Every schema on the topic and in the directory, by fingerprint.
+    fn load(&self) -> HashMap<Fingerprint, String> {
+        let mut found = HashMap::new();
+        if let Some(entries) = self.dir.as_ref().and_then(|d| std::fs::read_dir(d).ok()) {
+            for path in entries.flatten().map(|e| e.path()) {
+                let fingerprint = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .and_then(Fingerprint::from_hex);
+                if let (Some(fingerprint), Ok(text)) = (fingerprint, std::fs::read_to_string(&path))
+                {
+                    found.insert(fingerprint, text);
+                }
+            }
+        }
+        // Later records win, as compaction would have it.
+        let consumer = match consumer(&self.brokers, &self.properties) {
+            Ok(consumer) => consumer,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the schemas topic");
+                return found;
+            }
+        };
+        let read = read_topic(
+            &consumer,
+            &self.topic,
+            StartAt::Beginning,
+            false,
+            |message| {
+                let key = message.key().and_then(|k| std::str::from_utf8(k).ok());
+                let value = message.payload().and_then(|v| std::str::from_utf8(v).ok());
+                if let (Some(fingerprint), Some(text)) =
+                    (key.and_then(Fingerprint::from_hex), value)
+                {
+                    found.insert(fingerprint, text.to_owned());
+                }
+                Ok(())
+            },
+        );
+        if let Err(err) = read {
+            tracing::warn!(error = %err, topic = %self.topic, "cannot read the schemas topic");
+        }
+        found
+    }
+}
+
+/// Decodes message bodies, caching schemas by registry id and by fingerprint.
 pub struct MessageDecoder {
     registry: Option<RegistryClient>,
-    schemas: HashMap<u32, Arc<ParsedSchema>>,
+    lookup: Option<SchemaLookup>,
+    by_id: HashMap<u32, Arc<ParsedSchema>>,
+    by_fingerprint: HashMap<Fingerprint, Arc<ParsedSchema>>,
+    /// Schema texts read from the schemas topic, parsed on first use.
+    texts: HashMap<Fingerprint, String>,
 }
 
 struct ParsedSchema {
@@ -51,71 +117,111 @@ struct ParsedSchema {
 }
 
 impl MessageDecoder {
-    pub fn new(registry: Option<RegistryClient>) -> MessageDecoder {
+    pub fn new(registry: Option<RegistryClient>, lookup: Option<SchemaLookup>) -> MessageDecoder {
         MessageDecoder {
             registry,
-            schemas: HashMap::new(),
+            lookup,
+            by_id: HashMap::new(),
+            by_fingerprint: HashMap::new(),
+            texts: HashMap::new(),
         }
     }
 
-    /// A message body as JSON: decoded Avro, a JSON document, or (failing both) `{"bytes": "<hex>"}`.
+    /// A message body as JSON: decoded Avro in either framing, a JSON document, text, or (failing all)
+    /// `{"bytes": "<hex>"}`.
     pub async fn decode(&mut self, body: &[u8]) -> Result<Json, TailError> {
-        if let (Some(0), Some(registry)) = (body.first(), &self.registry) {
-            if body.len() >= 5 {
-                let id = u32::from_be_bytes([body[1], body[2], body[3], body[4]]);
-                let parsed = match self.schemas.get(&id) {
-                    Some(parsed) => parsed.clone(),
-                    None => {
-                        let text = registry.schema_by_id(id).await?;
-                        let parsed = Arc::new(parse_schema(id, &text)?);
-                        self.schemas.insert(id, parsed.clone());
-                        parsed
-                    }
-                };
-                let mut reader = &body[5..];
-                let value = apache_avro::from_avro_datum(&parsed.schema, &mut reader, None)
-                    .map_err(|err| TailError::Undecodable {
-                        id,
-                        reason: err.to_string(),
-                    })?;
-                return Ok(avro_json(&value, &parsed.schema, &parsed.names));
+        let framed = match SchemaRef::split(body) {
+            Some((SchemaRef::RegistryId(id), datum)) if self.registry.is_some() => {
+                Some((self.by_registry_id(id).await?, format!("id {id}"), datum))
+            }
+            Some((SchemaRef::Fingerprint(fingerprint), datum)) if self.lookup.is_some() => Some((
+                self.by_fingerprint(fingerprint)?,
+                format!("fingerprint {}", fingerprint.hex()),
+                datum,
+            )),
+            _ => None,
+        };
+        if let Some((parsed, name, datum)) = framed {
+            let value = apache_avro::from_avro_datum(&parsed.schema, &mut &datum[..], None)
+                .map_err(|err| TailError::Undecodable {
+                    schema: name,
+                    reason: err.to_string(),
+                })?;
+            return Ok(avro_json(&value, &parsed.schema, &parsed.names));
+        }
+        if let Ok(json) = serde_json::from_slice::<Json>(body) {
+            return Ok(json);
+        }
+        match (std::str::from_utf8(body), SchemaRef::split(body)) {
+            (_, Some((SchemaRef::RegistryId(id), _))) if body.len() > 5 => {
+                Err(TailError::NoRegistry(id))
+            }
+            (Ok(text), _) => Ok(json!(text)),
+            (Err(_), _) => Ok(json!({ "bytes": hex(body) })),
+        }
+    }
+
+    async fn by_registry_id(&mut self, id: u32) -> Result<Arc<ParsedSchema>, TailError> {
+        if let Some(parsed) = self.by_id.get(&id) {
+            return Ok(parsed.clone());
+        }
+        let registry = self.registry.as_ref().ok_or(TailError::NoRegistry(id))?;
+        let text = registry.schema_by_id(id).await?;
+        let parsed = Arc::new(parse_schema(&format!("id {id}"), &text)?);
+        self.by_id.insert(id, parsed.clone());
+        Ok(parsed)
+    }
+
+    fn by_fingerprint(&mut self, fingerprint: Fingerprint) -> Result<Arc<ParsedSchema>, TailError> {
+        if let Some(parsed) = self.by_fingerprint.get(&fingerprint) {
+            return Ok(parsed.clone());
+        }
+        if !self.texts.contains_key(&fingerprint) {
+            // A schema published since the last look (with --follow, or a new table version).
+            if let Some(lookup) = &self.lookup {
+                self.texts = lookup.load();
             }
         }
-        match serde_json::from_slice::<Json>(body) {
-            Ok(json) => Ok(json),
-            Err(_) => Ok(json!({ "bytes": hex(body) })),
-        }
+        let text = self
+            .texts
+            .get(&fingerprint)
+            .ok_or_else(|| TailError::UnknownFingerprint(fingerprint.hex()))?;
+        let parsed = Arc::new(parse_schema(
+            &format!("fingerprint {}", fingerprint.hex()),
+            text,
+        )?);
+        self.by_fingerprint.insert(fingerprint, parsed.clone());
+        Ok(parsed)
     }
 }
 
-/// Decodes one Avro datum (the body after the Confluent header) written with `schema_text`, as JSON.
+/// Decodes one Avro datum (the body after the framing header) written with `schema_text`, as JSON.
 pub fn decode_datum(schema_text: &str, datum: &[u8]) -> Result<Json, TailError> {
-    let parsed = parse_schema(0, schema_text)?;
+    let parsed = parse_schema("given", schema_text)?;
     let mut reader = datum;
     let value = apache_avro::from_avro_datum(&parsed.schema, &mut reader, None).map_err(|err| {
         TailError::Undecodable {
-            id: 0,
+            schema: "given".into(),
             reason: err.to_string(),
         }
     })?;
     if !reader.is_empty() {
         let reason = format!("{} bytes left over after the datum", reader.len());
-        return Err(TailError::Undecodable { id: 0, reason });
+        return Err(TailError::Undecodable {
+            schema: "given".into(),
+            reason,
+        });
     }
     Ok(avro_json(&value, &parsed.schema, &parsed.names))
 }
 
-fn parse_schema(id: u32, text: &str) -> Result<ParsedSchema, TailError> {
-    let schema = Schema::parse_str(text).map_err(|err| TailError::BadSchema {
-        id,
+fn parse_schema(name: &str, text: &str) -> Result<ParsedSchema, TailError> {
+    let bad = |err: apache_avro::Error| TailError::BadSchema {
+        schema: name.to_owned(),
         reason: err.to_string(),
-    })?;
-    let resolved = apache_avro::schema::ResolvedSchema::try_from(&schema).map_err(|err| {
-        TailError::BadSchema {
-            id,
-            reason: err.to_string(),
-        }
-    })?;
+    };
+    let schema = Schema::parse_str(text).map_err(bad)?;
+    let resolved = apache_avro::schema::ResolvedSchema::try_from(&schema).map_err(bad)?;
     let names = resolved
         .get_names()
         .iter()
@@ -282,115 +388,81 @@ pub struct TailOptions {
     pub topic: String,
     pub start: StartAt,
     pub follow: bool,
-    pub registry_url: Option<String>,
+    pub registry: Option<RegistrySettings>,
+    /// Without a registry: the schemas topic and directory.
+    pub schemas_topic: String,
+    pub schemas_dir: Option<PathBuf>,
     /// librdkafka properties for the connection (security settings from `[sink.kafka]`).
     pub properties: Vec<(String, String)>,
 }
 
-/// Prints every message from `start` to the end (or forever with `follow`) as JSON lines to `out`.
-pub async fn run(options: &TailOptions, out: &mut impl Write) -> Result<u64, TailError> {
-    let kafka = |source| TailError::Kafka {
-        topic: options.topic.clone(),
-        source,
-    };
+fn consumer(
+    brokers: &str,
+    properties: &[(String, String)],
+) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
     let mut config = ClientConfig::new();
     config
-        .set("bootstrap.servers", &options.brokers)
+        .set("bootstrap.servers", brokers)
         .set("group.id", "sluice-tail")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false");
-    for (key, value) in &options.properties {
+    for (key, value) in properties {
         config.set(key, value);
     }
-    let consumer: BaseConsumer = config.create().map_err(kafka)?;
+    config.create()
+}
+
+/// Hands every message of `topic` from `start` to `each`, up to the end of each partition as it was at the
+/// start (or forever with `follow`).
+fn read_topic(
+    consumer: &BaseConsumer,
+    topic: &str,
+    start: StartAt,
+    follow: bool,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<(), TailError>,
+) -> Result<(), TailError> {
+    let kafka = |source| TailError::Kafka {
+        topic: topic.to_owned(),
+        source,
+    };
     let metadata = consumer
-        .fetch_metadata(Some(&options.topic), Duration::from_secs(10))
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(kafka)?;
     let partitions: Vec<i32> = metadata
         .topics()
         .iter()
-        .filter(|t| t.name() == options.topic && t.error().is_none())
+        .filter(|t| t.name() == topic && t.error().is_none())
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
     if partitions.is_empty() {
-        return Err(TailError::NoSuchTopic(options.topic.clone()));
+        return Err(TailError::NoSuchTopic(topic.to_owned()));
     }
-    // Where each partition ends now: without --follow, reading stops there.
+    // Where each partition ends now: without `follow`, reading stops there.
     let mut remaining = HashMap::new();
     let mut assignment = TopicPartitionList::new();
     for partition in &partitions {
         let (low, high) = consumer
-            .fetch_watermarks(&options.topic, *partition, Duration::from_secs(10))
+            .fetch_watermarks(topic, *partition, Duration::from_secs(10))
             .map_err(kafka)?;
-        let offset = match options.start {
-            StartAt::Beginning => Offset::Beginning,
-            StartAt::End => Offset::End,
-            StartAt::Offset(n) => Offset::Offset(n.clamp(low, high)),
-        };
-        let first = match options.start {
-            StartAt::Beginning => low,
-            StartAt::End => high,
-            StartAt::Offset(n) => n.clamp(low, high),
+        let (offset, first) = match start {
+            StartAt::Beginning => (Offset::Beginning, low),
+            StartAt::End => (Offset::End, high),
+            StartAt::Offset(n) => (Offset::Offset(n.clamp(low, high)), n.clamp(low, high)),
         };
         if first < high {
             remaining.insert(*partition, high);
         }
         assignment
-            .add_partition_offset(&options.topic, *partition, offset)
+            .add_partition_offset(topic, *partition, offset)
             .map_err(kafka)?;
     }
     consumer.assign(&assignment).map_err(kafka)?;
-
-    let registry = options
-        .registry_url
-        .as_deref()
-        .map(RegistryClient::new)
-        .transpose()?;
-    let mut decoder = MessageDecoder::new(registry);
-    let mut printed = 0;
-    while options.follow || !remaining.is_empty() {
+    while follow || !remaining.is_empty() {
         let Some(result) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
         let message = result.map_err(kafka)?;
-        let key = match message.key() {
-            Some(key) => decoder
-                .decode(key)
-                .await
-                .unwrap_or_else(|err| json!({ "error": err.to_string() })),
-            None => Json::Null,
-        };
-        let value = match message.payload() {
-            Some(body) => decoder
-                .decode(body)
-                .await
-                .unwrap_or_else(|err| json!({ "error": err.to_string() })),
-            None => Json::Null,
-        };
-        let headers: Map<String, Json> = message
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_owned(),
-                            json!(String::from_utf8_lossy(h.value.unwrap_or_default())),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let line = json!({
-            "topic": message.topic(),
-            "partition": message.partition(),
-            "offset": message.offset(),
-            "key": key,
-            "value": value,
-            "headers": headers,
-        });
-        serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::from)?;
-        out.write_all(b"\n")?;
-        printed += 1;
+        each(&message)?;
         if remaining
             .get(&message.partition())
             .is_some_and(|high| message.offset() + 1 >= *high)
@@ -398,6 +470,78 @@ pub async fn run(options: &TailOptions, out: &mut impl Write) -> Result<u64, Tai
             remaining.remove(&message.partition());
         }
     }
+    Ok(())
+}
+
+/// Prints every message from `start` to the end (or forever with `follow`) as JSON lines to `out`.
+pub async fn run(options: &TailOptions, out: &mut impl Write) -> Result<u64, TailError> {
+    let consumer =
+        consumer(&options.brokers, &options.properties).map_err(|source| TailError::Kafka {
+            topic: options.topic.clone(),
+            source,
+        })?;
+    let registry = options
+        .registry
+        .as_ref()
+        .map(RegistryClient::new)
+        .transpose()?;
+    let lookup = options.registry.is_none().then(|| SchemaLookup {
+        brokers: options.brokers.clone(),
+        properties: options.properties.clone(),
+        topic: options.schemas_topic.clone(),
+        dir: options.schemas_dir.clone(),
+    });
+    let mut decoder = MessageDecoder::new(registry, lookup);
+    // Decoding may ask the registry (async) while the consumer is polled (blocking): collect a message's
+    // parts, then decode them outside the poll callback.
+    let mut printed = 0;
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        read_topic(
+            &consumer,
+            &options.topic,
+            options.start,
+            options.follow,
+            |message| {
+                let mut decode = |body: Option<&[u8]>| match body {
+                    Some(body) => runtime
+                        .block_on(decoder.decode(body))
+                        .unwrap_or_else(|err| json!({ "error": err.to_string() })),
+                    None => Json::Null,
+                };
+                let key = decode(message.key());
+                let value = decode(message.payload());
+                let headers: Map<String, Json> = message
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    json!(String::from_utf8_lossy(h.value.unwrap_or_default())),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let line = json!({
+                    "topic": message.topic(),
+                    "partition": message.partition(),
+                    "offset": message.offset(),
+                    "key": key,
+                    "value": value,
+                    "headers": headers,
+                });
+                serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::from)?;
+                out.write_all(b"\n")?;
+                if options.follow {
+                    out.flush()?;
+                }
+                printed += 1;
+                Ok(())
+            },
+        )
+    })?;
     out.flush()?;
     Ok(printed)
 }

@@ -98,9 +98,9 @@ fn validate_names_a_wrong_type_and_its_line() {
 #[test]
 fn validate_names_a_missing_section() {
     let (code, printed) =
-        validate(&VALID.replace("[avro]\nregistry_url = \"http://127.0.0.1:8081\"\n", ""));
+        validate(&VALID.replace("[positions]\ndir = \"/tmp/sluice-positions\"\n", ""));
     assert_eq!(code, 1, "{printed}");
-    assert!(printed.contains("missing field `avro`"), "{printed}");
+    assert!(printed.contains("missing field `positions`"), "{printed}");
 }
 
 #[test]

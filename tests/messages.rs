@@ -31,8 +31,7 @@ async fn emitted_messages_arrive_on_the_message_topic() {
         .read(DEAD_LETTERS, 1, Duration::from_secs(60))
         .await;
     assert_eq!(letters.len(), 1);
-    let letter: serde_json::Value =
-        serde_json::from_slice(letters[0].value.as_deref().unwrap()).unwrap();
+    let letter = services.dead_letter(&letters[0]);
     assert_eq!(letter["stage"], "register", "{letter}");
     assert_eq!(letter["topic"], "shop.message", "{letter}");
     services.registry.set_reject_all(false);

@@ -609,9 +609,9 @@ async fn special_numerics_follow_decimal_handling() {
         .read(DEAD_LETTERS, 1, Duration::from_secs(60))
         .await;
     assert_eq!(letters.len(), 1);
-    let letter: Json = serde_json::from_slice(letters[0].value.as_deref().unwrap()).unwrap();
+    let letter = services.dead_letter(&letters[0]);
     assert_eq!(letter["stage"], "encode", "{letter}");
-    let reason = letter["reason"].as_str().unwrap();
+    let reason = letter["error"].as_str().unwrap();
     assert!(
         reason.contains("NaN has no Avro decimal representation")
             && reason.contains("decimal_handling"),

@@ -232,7 +232,7 @@ impl Bench<'_> {
         let mut config = ConfigFile::local(
             self.pg.url(DATABASE),
             self.broker.bootstrap(),
-            self.registry.url(),
+            Some(self.registry.url()),
             self.work.join(format!("{prefix}-positions")),
         );
         config.slot = slot.into();

@@ -568,6 +568,26 @@ fn check_slot(settings: &PostgresSettings, slot: &catalog::SlotInfo) -> Result<(
     Ok(())
 }
 
+/// The current model of every selected table, as the next event of each would carry it (for comparing
+/// contracts with the tables without starting a stream).
+pub async fn current_tables(settings: &PostgresSettings) -> Result<Vec<Arc<Table>>, SourceError> {
+    let client = catalog::connect(&settings.connection).await?;
+    let mut tables = Vec::new();
+    for name in catalog::resolve_tables(&client, &settings.selection).await? {
+        let description = catalog::describe_table(&client, &name).await?;
+        let captured = Captured::load(
+            &client,
+            &description.relation,
+            &description.primary_key,
+            &settings.selection,
+            settings.decimal_handling,
+        )
+        .await?;
+        tables.push(captured.table);
+    }
+    Ok(tables)
+}
+
 /// The table model of a relation whose column types were resolved (`resolved`, in column order). The message
 /// key: the primary key; without one, a replica identity index; otherwise no key.
 pub fn table_from_relation(

@@ -938,7 +938,7 @@ fn output_is_appended_after_a_confluent_header() {
     let t = table(vec![column("id", ColumnType::Int32, true, "int4")]);
     let schemas = table_schemas("shop", &t).unwrap();
     let mut out = Vec::new();
-    write_confluent_header(7, &mut out);
+    SchemaRef::RegistryId(7).write_header(&mut out);
     encode_key(&t, &vec![Value::Int32(-3)], &mut out).unwrap();
     assert_eq!(out, [0, 0, 0, 0, 7, 0x05]);
     assert_eq!(

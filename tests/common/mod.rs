@@ -8,6 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
+use sluice::avro::SchemaRef;
 use sluice_testkit::broker::{read_topic, Record, Tansu};
 use sluice_testkit::config::ConfigFile;
 use sluice_testkit::postgres::PgCluster;
@@ -64,23 +65,40 @@ impl Services {
         source: &str,
         kafka: &[(&str, &str)],
     ) -> PathBuf {
+        let mut config = self.config(tables);
+        config.source_extra = source.to_owned();
+        for (key, value) in kafka {
+            config.set_kafka(key, value);
+        }
+        self.write(&config)
+    }
+
+    /// The config the tests start from: these services, slot and publication `sluice_test`, prefix `shop`,
+    /// three partitions per topic, the registry double.
+    pub fn config(&self, tables: &[&str]) -> ConfigFile {
         let mut config = ConfigFile::local(
             self.pg.url(DATABASE),
             self.broker.bootstrap(),
-            self.registry.url(),
+            Some(self.registry.url()),
             self.dir.path().join("positions"),
         );
         config.slot = "sluice_test".into();
         config.publication = "sluice_test".into();
         config.tables = tables.iter().map(ToString::to_string).collect();
-        config.source_extra = source.to_owned();
         config.topic_prefix = PREFIX.into();
         config.topic_partitions = 3;
-        for (key, value) in kafka {
-            config.set_kafka(key, value);
-        }
         config
-            .write(&self.dir.path().join("sluice.toml"))
+    }
+
+    /// Writes `config` as this test's `sluice.toml` and returns its path.
+    pub fn write(&self, config: &ConfigFile) -> PathBuf {
+        self.write_as(config, "sluice.toml")
+    }
+
+    /// Writes `config` under `name` in this test's directory and returns its path.
+    pub fn write_as(&self, config: &ConfigFile, name: &str) -> PathBuf {
+        config
+            .write(&self.dir.path().join(name))
             .expect("write config")
     }
 
@@ -99,14 +117,23 @@ impl Services {
 
     /// Decodes a Confluent-framed Avro body with the schema the registry double holds for its id.
     pub fn decode(&self, body: &[u8]) -> Json {
-        assert!(
-            body.len() > 5 && body[0] == 0,
-            "not Confluent-framed: {body:?}"
-        );
-        let id = u32::from_be_bytes([body[1], body[2], body[3], body[4]]);
+        let Some((SchemaRef::RegistryId(id), datum)) = SchemaRef::split(body) else {
+            panic!("not Confluent-framed: {body:?}");
+        };
         let schema = self.schema(id);
-        sluice::tail::decode_datum(&schema, &body[5..])
+        sluice::tail::decode_datum(&schema, datum)
             .unwrap_or_else(|err| panic!("decode with schema {id}: {err}"))
+    }
+
+    /// A dead letter decoded, with its `key` and `change` JSON texts parsed.
+    pub fn dead_letter(&self, record: &Record) -> Json {
+        let mut letter = self.decode(record.value.as_deref().expect("a dead letter has a value"));
+        for field in ["key", "change"] {
+            if let Some(text) = letter[field].as_str() {
+                letter[field] = serde_json::from_str(text).expect("JSON in a dead letter");
+            }
+        }
+        letter
     }
 
     fn schema(&self, id: u32) -> String {
@@ -130,13 +157,18 @@ impl Services {
 
     /// Waits until sluice's slot is being streamed from.
     pub async fn wait_streaming(&self, daemon: &mut Daemon) {
+        self.wait_streaming_slot(daemon, "sluice_test").await
+    }
+
+    /// Waits until `slot` is being streamed from by `daemon`.
+    pub async fn wait_streaming_slot(&self, daemon: &mut Daemon, slot: &str) {
         let client = self.pg.client(DATABASE).await.expect("connect");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let active = client
                 .query_opt(
-                    "SELECT active FROM pg_replication_slots WHERE slot_name = 'sluice_test'",
-                    &[],
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
                 )
                 .await
                 .expect("query slots")

@@ -21,17 +21,21 @@ pub struct ConfigFile {
     pub topic_partitions: i32,
     /// `[sink.kafka]` properties.
     pub kafka: Vec<(String, String)>,
-    pub registry_url: String,
+    /// None: registry-free (single-object encoding, schemas on `<topic_prefix>.schemas`).
+    pub registry_url: Option<String>,
+    /// More `[avro]` lines, e.g. `subject_name_strategy = "record_name"`.
+    pub avro_extra: String,
     pub positions_dir: PathBuf,
 }
 
 impl ConfigFile {
     /// Slot and publication `sluice`, topic prefix `shop`, one partition per topic, lz4 (tansu cannot
-    /// fetch snappy), status updates every second so that tests see acknowledgements quickly.
+    /// fetch snappy), status updates every second so that tests see acknowledgements quickly, and contracts
+    /// only from `<positions_dir>/contracts` (so that the repository's own never apply by accident).
     pub fn local(
         url: String,
         brokers: String,
-        registry_url: String,
+        registry_url: Option<String>,
         positions_dir: PathBuf,
     ) -> Self {
         ConfigFile {
@@ -45,8 +49,14 @@ impl ConfigFile {
             topic_partitions: 1,
             kafka: vec![("compression.type".into(), "lz4".into())],
             registry_url,
+            avro_extra: String::new(),
             positions_dir,
         }
+    }
+
+    /// Where this config's contracts are read from.
+    pub fn contracts_dir(&self) -> PathBuf {
+        self.positions_dir.join("contracts")
     }
 
     pub fn render(&self) -> String {
@@ -76,7 +86,8 @@ topic_replication_factor = 1
 [sink.kafka]
 {kafka}
 [avro]
-registry_url = "{registry}"
+{registry}contracts_dir = "{contracts}"
+{avro_extra}
 
 [positions]
 dir = "{positions}"
@@ -89,7 +100,13 @@ dir = "{positions}"
             brokers = self.brokers,
             prefix = self.topic_prefix,
             partitions = self.topic_partitions,
-            registry = self.registry_url,
+            registry = self
+                .registry_url
+                .as_ref()
+                .map(|url| format!("registry_url = \"{url}\"\n"))
+                .unwrap_or_default(),
+            contracts = self.contracts_dir().display(),
+            avro_extra = self.avro_extra,
             positions = self.positions_dir.display(),
         )
     }

@@ -8,8 +8,9 @@
 //! - `GET /schemas/ids/{id}`, `GET /subjects`, `GET /subjects/{subject}/versions`,
 //!   `GET /subjects/{subject}/versions/{n|latest}`, `GET /config` (always `BACKWARD`).
 //!
-//! It does no compatibility checking (`set_reject_all` makes every registration fail with 409 instead;
-//! `set_unavailable` makes every call fail with 503),
+//! It does no compatibility checking (`set_reject_all` and `reject_subjects_starting_with` make
+//! registrations fail with 409 instead; `set_unavailable` makes every call fail with 503;
+//! `require_authorization` answers 401 to calls without the expected `Authorization` header),
 //! no Avro validation beyond "is JSON" (422/42201 otherwise), no deletes, and keeps everything in memory.
 //! The server runs on its own thread and runtime, so it answers even while a test blocks its own thread.
 
@@ -97,7 +98,18 @@ impl RegistryDouble {
 
     /// While set, every registration is refused with 409 (incompatible schema), for negative tests.
     pub fn set_reject_all(&self, reject: bool) {
-        self.store().set_reject_all(reject)
+        self.store().set_reject_prefix(reject.then_some(""))
+    }
+
+    /// While set, registrations under subjects that start with `prefix` are refused with 409.
+    pub fn reject_subjects_starting_with(&self, prefix: Option<&str>) {
+        self.store().set_reject_prefix(prefix)
+    }
+
+    /// While set, every call must carry exactly this `Authorization` header (`Basic …`, `Bearer …`), or
+    /// is answered 401.
+    pub fn require_authorization(&self, header: Option<&str>) {
+        self.store().required_authorization = header.map(str::to_owned);
     }
 
     /// While set, every call fails with HTTP 503: a registry that is down, which clients should wait out.

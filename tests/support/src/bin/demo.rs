@@ -1,6 +1,8 @@
-//! The end-to-end demo behind `scripts/demo.sh`: starts a private PostgreSQL, a tansu broker and the
-//! registry test double, runs `sluice run` against them, applies a small shop workload, and prints the
-//! events as `sluice tail` decodes them. Everything it starts is stopped at the end.
+//! The end-to-end demo behind `scripts/demo.sh`: starts a private PostgreSQL and a tansu broker, runs
+//! `sluice run` against them without a schema registry (single-object encoding, schemas on
+//! `shop.schemas`) and with the repository's example contract for `shop.public.orders`, applies a small
+//! shop workload, and prints the events as `sluice tail` decodes them. Everything it starts is stopped at
+//! the end.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -10,7 +12,6 @@ use anyhow::{bail, Context, Result};
 use sluice_testkit::broker::Tansu;
 use sluice_testkit::config::ConfigFile;
 use sluice_testkit::postgres::PgCluster;
-use sluice_testkit::registry::RegistryDouble;
 
 const SCHEMA: &str = "
 CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, email varchar(120), signed_up date);
@@ -30,18 +31,16 @@ const WORKLOAD: &[&str] = &[
     "BEGIN; INSERT INTO orders (id, customer_id, amount, status, items) VALUES (100, 1, 42.50, 'new', '[{\"sku\": \"A-1\", \"qty\": 2}]'); UPDATE customers SET email = 'grace@example.com' WHERE id = 2; COMMIT",
     "UPDATE orders SET status = 'paid' WHERE id = 100",
     "INSERT INTO orders (id, customer_id, amount, status, items) VALUES (101, 2, 'NaN', 'broken', '[]')",
+    "INSERT INTO orders (id, customer_id, amount, status, items) VALUES (103, 1, NULL, 'draft', '[]')",
     "INSERT INTO orders (id, customer_id, amount, status, items) VALUES (102, 2, 7.25, 'new', '[]')",
     "DELETE FROM orders WHERE id = 102",
 ];
 
 fn main() -> Result<()> {
     let sluice = sluice_binary()?;
-    println!(
-        "== starting PostgreSQL (wal_level=logical), tansu and the schema-registry test double"
-    );
+    println!("== starting PostgreSQL (wal_level=logical) and tansu");
     let pg = PgCluster::start()?;
     let broker = Tansu::start()?;
-    let registry = RegistryDouble::start()?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         pg.create_database("shop").await?;
@@ -53,7 +52,7 @@ fn main() -> Result<()> {
     })?;
 
     let work = tempfile::tempdir()?;
-    let config = write_config(work.path(), &pg, &broker, &registry)?;
+    let config = write_config(work.path(), &pg, &broker)?;
     println!(
         "== config ({})\n{}",
         config.display(),
@@ -121,7 +120,7 @@ fn main() -> Result<()> {
     if !status.success() {
         bail!("sluice exited with {status}");
     }
-    println!("== demo finished: PostgreSQL, tansu and the registry test double are stopped");
+    println!("== demo finished: PostgreSQL and tansu are stopped");
     Ok(())
 }
 
@@ -141,12 +140,7 @@ fn sluice_binary() -> Result<PathBuf> {
     Ok(path)
 }
 
-fn write_config(
-    dir: &Path,
-    pg: &PgCluster,
-    broker: &Tansu,
-    registry: &RegistryDouble,
-) -> Result<PathBuf> {
+fn write_config(dir: &Path, pg: &PgCluster, broker: &Tansu) -> Result<PathBuf> {
     // The password reaches sluice through the environment, as a deployment would pass a secret.
     std::env::set_var("DEMO_PGPASSWORD", pg.password());
     let mut config = ConfigFile::local(
@@ -155,10 +149,18 @@ fn write_config(
             pg.port()
         ),
         broker.bootstrap(),
-        registry.url(),
+        None,
         dir.join("positions"),
     );
     config.kafka = vec![("compression.type".into(), "zstd".into())];
+    // The repository's example contract: an order without an amount goes to the dead-letter topic.
+    let contract = "shop.public.orders.avsc";
+    let example = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../schemas/contracts/examples")
+        .join(contract);
+    std::fs::create_dir_all(config.contracts_dir())?;
+    std::fs::copy(&example, config.contracts_dir().join(contract))
+        .with_context(|| format!("copying {}", example.display()))?;
     config.write(&dir.join("sluice.toml"))
 }
 

@@ -12,6 +12,8 @@ pub(crate) struct Request {
     pub method: String,
     /// The path without the query string, still percent-encoded.
     pub path: String,
+    /// The `Authorization` header, if sent.
+    pub authorization: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -60,6 +62,7 @@ where
     );
     let mut content_length = 0usize;
     let mut expect_continue = false;
+    let mut authorization = None;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             bail!("malformed header line `{line}`")
@@ -75,6 +78,7 @@ where
                 bail!("Transfer-Encoding `{value}` is not supported, send a Content-Length")
             }
             "expect" => expect_continue = value.eq_ignore_ascii_case("100-continue"),
+            "authorization" => authorization = Some(value.to_owned()),
             _ => {}
         }
     }
@@ -104,7 +108,12 @@ where
         body.extend_from_slice(&chunk[..read]);
     }
     body.truncate(content_length);
-    Ok(Some(Request { method, path, body }))
+    Ok(Some(Request {
+        method,
+        path,
+        authorization,
+        body,
+    }))
 }
 
 pub(crate) async fn write_response<S: AsyncWriteExt + Unpin>(

@@ -6,12 +6,18 @@ use super::http::{percent_decode, Request, Response};
 use super::store::{ApiError, Store, VersionRef};
 
 pub(crate) fn handle(store: &mut Store, request: &Request) -> Response {
+    let authorized = store
+        .required_authorization
+        .as_ref()
+        .is_none_or(|required| request.authorization.as_ref() == Some(required));
     let answer = if store.unavailable {
         Err(ApiError::new(
             503,
             50003,
             "the registry double is set to be unavailable",
         ))
+    } else if !authorized {
+        Err(ApiError::new(401, 40101, "Unauthorized"))
     } else {
         route(store, request)
     };

@@ -68,7 +68,10 @@ pub(crate) struct Store {
     schemas: Vec<StoredSchema>,
     /// Subject → schema ids; version N is at index N - 1.
     subjects: BTreeMap<String, Vec<u32>>,
-    reject_all: bool,
+    /// Registrations under subjects starting with this are refused with 409 ("" refuses all).
+    reject_prefix: Option<String>,
+    /// The exact `Authorization` header every call must carry (401 otherwise).
+    pub(crate) required_authorization: Option<String>,
     /// Every call fails with 503, as a registry that is down behind a load balancer answers.
     pub(crate) unavailable: bool,
 }
@@ -78,7 +81,11 @@ impl Store {
     /// keeps its id and version; a schema known under another subject keeps its id and gets a new version.
     pub fn register(&mut self, subject: &str, schema: &str) -> Result<u32, ApiError> {
         let parsed = parse_schema(schema)?;
-        if self.reject_all {
+        if self
+            .reject_prefix
+            .as_deref()
+            .is_some_and(|prefix| subject.starts_with(prefix))
+        {
             return Err(ApiError::new(
                 409,
                 409,
@@ -164,8 +171,8 @@ impl Store {
             .collect()
     }
 
-    pub fn set_reject_all(&mut self, reject: bool) {
-        self.reject_all = reject;
+    pub fn set_reject_prefix(&mut self, prefix: Option<&str>) {
+        self.reject_prefix = prefix.map(str::to_owned);
     }
 
     fn find(&self, parsed: &Value) -> Option<u32> {
@@ -267,11 +274,11 @@ mod tests {
     #[test]
     fn reject_all_refuses_registrations_with_409() {
         let mut store = Store::default();
-        store.set_reject_all(true);
+        store.set_reject_prefix(Some(""));
         let err = store.register("orders-value", ORDER).unwrap_err();
         assert_eq!((err.status, err.code), (409, 409));
         assert!(store.subjects().is_empty());
-        store.set_reject_all(false);
+        store.set_reject_prefix(None);
         assert_eq!(store.register("orders-value", ORDER), Ok(1));
     }
 }

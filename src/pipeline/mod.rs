@@ -14,17 +14,21 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::avro::{self, EnvelopeContext, TableSchemas};
+mod schemas;
+
+use crate::avro::{self, EncodeError, EncodeReason, EnvelopeContext, SchemaRef, TableSchemas};
 use crate::config::{Config, SnapshotMode};
 use crate::connectors::postgres::reader::{
     self, PostgresSettings, PostgresSource, Resume, SourceError, StreamControl,
 };
 use crate::connectors::postgres::snapshot::Snapshot;
-use crate::deadletter::{self, Stage};
+use crate::contracts::{BoundContract, ContractError, Contracts};
+use crate::deadletter::{self, DeadLetter, Stage};
 use crate::event::{ChangeEvent, DecodingMessage, Lsn, Op, Position, SourceEvent, Table, Value};
 use crate::positions::{now_ms, AckTracker, PositionError, PositionStore};
-use crate::registry::{RegistryClient, RegistryError};
+use crate::registry::{RegistryClient, RegistryError, RegistrySettings, SchemaPart};
 use crate::sink::{is_too_large, FailedDelivery, KafkaSink, Outgoing, SinkError, SinkSettings};
+use schemas::SchemaDirectory;
 
 /// Events buffered between the reader and the publishing loop.
 const EVENT_BUFFER: usize = 4096;
@@ -45,6 +49,17 @@ pub enum PipelineError {
     Registry(#[from] RegistryError),
     #[error("the dead-letter topic `{topic}` refused a message ({reason}); stopping without acknowledging it")]
     DeadLetterRefused { topic: String, reason: String },
+    #[error(transparent)]
+    Contract(#[from] ContractError),
+    #[error("cannot write the schema file {path}: {source}")]
+    SchemaFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the schemas topic `{topic}` refused a schema ({reason}); consumers could not read the messages that use it, so sluice stops")]
+    SchemaTopicRefused { topic: String, reason: String },
+    #[error("the schema registry refused the dead-letter schema: {0}")]
+    DeadLetterSchema(RegistryError),
     #[error("stopped while the schema registry was unreachable: {0}")]
     StoppedWaitingForRegistry(RegistryError),
     #[error("the broker did not acknowledge {outstanding} messages within {timeout:?}; they will be sent again on restart")]
@@ -71,13 +86,26 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
     }
     let mode = settings.snapshot;
 
+    let contracts = Contracts::load(&config.contracts_dir())?;
+    for contract in contracts.iter() {
+        tracing::info!(topic = %contract.topic, file = %contract.path.display(), "contract in force");
+    }
     let tracker = Arc::new(AckTracker::new());
     let (mut sink, mut failures) =
         KafkaSink::new(SinkSettings::from_config(config), tracker.clone())?;
     sink.check_reachable(Duration::from_secs(15))?;
     let dead_letter_topic = config.sink.dead_letter_topic.get_ref().as_str().to_owned();
     sink.ensure_topic(&dead_letter_topic, &stop).await?;
-    let registry = RegistryClient::new(config.avro.registry_url.get_ref().as_str())?;
+    let schemas = match RegistrySettings::from_config(config) {
+        Some(settings) => SchemaDirectory::Registry {
+            client: RegistryClient::new(&settings)?,
+            strategy: config.avro.subject_name_strategy,
+        },
+        None => SchemaDirectory::topic(
+            config.schemas_topic(),
+            std::path::PathBuf::from(config.positions.dir.get_ref().as_str()),
+        ),
+    };
 
     let stored = stored_position.as_ref().map(|s| match s.position {
         Position::Postgres { lsn } => lsn,
@@ -93,10 +121,12 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
     store.set_identity(source.identity().clone());
     let mut publisher = Publisher {
         sink,
-        registry,
+        schemas,
         tracker: tracker.clone(),
         topic_prefix: config.sink.topic_prefix.get_ref().as_str().to_owned(),
         dead_letter_topic,
+        dead_letter_schema: None,
+        contracts,
         encodings: HashMap::new(),
         messages: FixedTopic::new(
             format!("{}.message", config.sink.topic_prefix.get_ref().as_str()),
@@ -117,6 +147,8 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
         stop: stop.clone(),
         stats: Stats::default(),
     };
+
+    publisher.prepare_dead_letters().await?;
 
     let resume = match source.take_snapshot() {
         Some(snapshot) => {
@@ -180,7 +212,7 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
     let read = reader.await.map_err(|_| PipelineError::ReaderGone)?;
     tracing::info!(
         events = stats.events,
-        dead_letters = stats.dead_letters,
+        dead_letters = stats.dead_letter_total(),
         acknowledged = %acknowledged.as_ref().map_or_else(|_| "not stored".to_owned(), ToString::to_string),
         "pipeline stopped"
     );
@@ -196,7 +228,7 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
     Ok(())
 }
 
-fn postgres_settings(config: &Config) -> Result<PostgresSettings, PipelineError> {
+pub fn postgres_settings(config: &Config) -> Result<PostgresSettings, PipelineError> {
     let url = config.source.url.get_ref().as_str();
     let connection = tokio_postgres::Config::from_str(url)
         .map_err(|err| PipelineError::SourceUrl(crate::config::redact_secrets(&err.to_string())))?;
@@ -309,15 +341,22 @@ async fn acknowledge(
 #[derive(Default)]
 struct Stats {
     events: u64,
-    dead_letters: u64,
+    /// By stage and table (or topic, for records that are not table changes).
+    dead_letters: HashMap<(Stage, String), u64>,
+}
+
+impl Stats {
+    fn dead_letter_total(&self) -> u64 {
+        self.dead_letters.values().sum()
+    }
 }
 
 /// A topic whose records all have the same key and value schemas (messages, transaction metadata).
 struct FixedTopic {
     topic: String,
     schemas: fn(&str) -> TableSchemas,
-    /// Key and value schema ids, once registered.
-    ids: Option<(u32, u32)>,
+    /// Key and value schemas, once registered or published.
+    refs: Option<(SchemaRef, SchemaRef)>,
 }
 
 impl FixedTopic {
@@ -325,7 +364,7 @@ impl FixedTopic {
         FixedTopic {
             topic,
             schemas,
-            ids: None,
+            refs: None,
         }
     }
 }
@@ -346,20 +385,25 @@ struct TransactionCounts {
     per_table: Vec<(String, u64)>,
 }
 
-/// A table's topic and registered schema ids, valid for one schema version.
+/// A table's topic and schemas, valid for one schema version.
 struct TableEncoding {
     table: Arc<Table>,
     topic: String,
-    key_schema_id: Option<u32>,
-    value_schema_id: u32,
+    key_schema: Option<SchemaRef>,
+    value_schema: SchemaRef,
+    /// The topic's contract, bound to this version's value schema.
+    contract: Option<Arc<BoundContract>>,
 }
 
 struct Publisher {
     sink: KafkaSink,
-    registry: RegistryClient,
+    schemas: SchemaDirectory,
     tracker: Arc<AckTracker>,
     topic_prefix: String,
     dead_letter_topic: String,
+    /// Set by [`Publisher::prepare_dead_letters`] before the first event.
+    dead_letter_schema: Option<SchemaRef>,
+    contracts: Contracts,
     encodings: HashMap<u32, TableEncoding>,
     /// `<topic_prefix>.message`, where logical decoding messages go.
     messages: FixedTopic,
@@ -431,21 +475,22 @@ impl Publisher {
             }
         };
         let topic = encoding.topic.clone();
-        let (key_id, value_id) = (encoding.key_schema_id, encoding.value_schema_id);
+        let (key_schema, value_schema) = (encoding.key_schema, encoding.value_schema);
+        let contract = encoding.contract.clone();
 
         self.key_buf.clear();
         let mut has_key = false;
-        if let (Some(id), Some(row)) = (key_id, event.key_row()) {
-            avro::write_confluent_header(id, &mut self.key_buf);
+        if let (Some(schema), Some(row)) = (key_schema, event.key_row()) {
+            schema.write_header(&mut self.key_buf);
             if let Err(err) = avro::encode_key(&event.table, row, &mut self.key_buf) {
                 return self
-                    .dead_letter(&event, &topic, Stage::Encode, &err.to_string(), None)
+                    .dead_letter(&event, &topic, encode_stage(&err), &err.to_string(), None)
                     .await;
             }
             has_key = true;
         }
         self.value_buf.clear();
-        avro::write_confluent_header(value_id, &mut self.value_buf);
+        value_schema.write_header(&mut self.value_buf);
         let context = EnvelopeContext {
             server_name: &self.topic_prefix,
             connector: "postgresql",
@@ -458,11 +503,21 @@ impl Publisher {
                 .dead_letter(
                     &event,
                     &topic,
-                    Stage::Encode,
+                    encode_stage(&err),
                     &err.to_string(),
                     key.as_deref(),
                 )
                 .await;
+        }
+
+        if let Some(contract) = &contract {
+            let datum = SchemaRef::split(&self.value_buf).map_or(&[][..], |(_, datum)| datum);
+            if let Err(reason) = contract.check(datum) {
+                let key = has_key.then(|| self.key_buf.clone());
+                return self
+                    .dead_letter(&event, &topic, Stage::Validate, &reason, key.as_deref())
+                    .await;
+            }
         }
 
         let lsn = event.source.lsn.to_string();
@@ -617,43 +672,46 @@ impl Publisher {
         let Some(fixed) = self.fixed_topic(which) else {
             return Ok(());
         };
-        let (topic, ids, schemas) = (fixed.topic.clone(), fixed.ids, fixed.schemas);
-        let (key_id, value_id) = match ids {
-            Some(ids) => ids,
+        let (topic, refs, schemas) = (fixed.topic.clone(), fixed.refs, fixed.schemas);
+        let (key_schema, value_schema) = match refs {
+            Some(refs) => refs,
             None => {
                 let schemas = schemas(&topic);
                 self.sink.ensure_topic(&topic, &self.stop).await?;
-                match self.register(&schemas).await? {
-                    Ok((key_id, value_id)) => {
-                        let ids = (key_id.unwrap_or_default(), value_id);
+                match self.schema_refs(&schemas).await? {
+                    // Fixed topics always have a key schema.
+                    Ok((Some(key_schema), value_schema)) => {
+                        let refs = (key_schema, value_schema);
                         if let Some(fixed) = self.fixed_topic(which) {
-                            fixed.ids = Some(ids);
+                            fixed.refs = Some(refs);
                         }
-                        ids
+                        refs
                     }
+                    Ok((None, _)) => unreachable!("fixed topics have key schemas"),
                     // This record goes to the dead-letter topic; the next one asks again.
                     Err(err) => {
                         let reason = format!("cannot register the schema of {topic}: {err}");
-                        let letter = deadletter::for_refused_message(
+                        let letter = DeadLetter::for_refused_message(
                             Stage::Register,
                             &topic,
                             Some(key),
                             Some(value),
                             headers,
                             &reason,
+                            &self.topic_prefix,
                             now_ms(),
                         );
                         let ordinal = self.tracker.register();
-                        return self.send_dead_letter(letter, None, ordinal).await;
+                        return self.send_dead_letter(&letter, None, ordinal).await;
                     }
                 }
             }
         };
         self.key_buf.clear();
-        avro::write_confluent_header(key_id, &mut self.key_buf);
+        key_schema.write_header(&mut self.key_buf);
         self.key_buf.extend_from_slice(key);
         self.value_buf.clear();
-        avro::write_confluent_header(value_id, &mut self.value_buf);
+        value_schema.write_header(&mut self.value_buf);
         self.value_buf.extend_from_slice(value);
         let header_refs: Vec<(&str, &[u8])> = headers
             .iter()
@@ -670,17 +728,18 @@ impl Publisher {
             Ok(()) => Ok(()),
             Err(err) if err.is_message_fault() => {
                 let reason = format!("the broker refused the record: {err}");
-                let letter = deadletter::for_refused_message(
+                let letter = DeadLetter::for_refused_message(
                     Stage::Produce,
                     &topic,
                     Some(&self.key_buf),
                     Some(&self.value_buf),
                     headers,
                     &reason,
+                    &self.topic_prefix,
                     now_ms(),
                 );
                 let key = self.key_buf.clone();
-                self.send_dead_letter(letter, Some(&key), ordinal).await
+                self.send_dead_letter(&letter, Some(&key), ordinal).await
             }
             Err(err) => Err(err.into()),
         }
@@ -709,14 +768,18 @@ impl Publisher {
                 }
                 Err(err) => return Err(err.into()),
             }
-            match self.register(&schemas).await? {
-                Ok((key_schema_id, value_schema_id)) => {
-                    tracing::info!(table = %table.qualified_name(), topic = %schemas.topic, key_schema_id, value_schema_id, "table schema registered");
+            match self.schema_refs(&schemas).await? {
+                Ok((key_schema, value_schema)) => {
+                    tracing::info!(table = %table.qualified_name(), topic = %schemas.topic, ?key_schema, ?value_schema, "table schema ready");
+                    let contract = self.contracts.get(&schemas.topic).map(|contract| {
+                        Arc::new(BoundContract::new(contract.clone(), &schemas.value.schema))
+                    });
                     let encoding = TableEncoding {
                         table: table.clone(),
                         topic: schemas.topic,
-                        key_schema_id,
-                        value_schema_id,
+                        key_schema,
+                        value_schema,
+                        contract,
                     };
                     self.encodings.insert(table.id, encoding);
                 }
@@ -724,46 +787,6 @@ impl Publisher {
             }
         }
         Ok(Ok(&self.encodings[&table.id]))
-    }
-
-    /// Registers key and value schemas, retrying while the registry is unreachable.
-    async fn register(
-        &mut self,
-        schemas: &TableSchemas,
-    ) -> Result<Result<(Option<u32>, u32), RegistryError>, PipelineError> {
-        let mut delay = Duration::from_millis(500);
-        loop {
-            let attempt = async {
-                let key = match &schemas.key {
-                    Some(key) => Some(
-                        self.registry
-                            .register(&format!("{}-key", schemas.topic), &key.json)
-                            .await?,
-                    ),
-                    None => None,
-                };
-                let value = self
-                    .registry
-                    .register(&format!("{}-value", schemas.topic), &schemas.value.json)
-                    .await?;
-                Ok::<_, RegistryError>((key, value))
-            };
-            match attempt.await {
-                Ok(ids) => return Ok(Ok(ids)),
-                Err(err) if err.is_retryable() => {
-                    if *self.stop.borrow() {
-                        return Err(PipelineError::StoppedWaitingForRegistry(err));
-                    }
-                    tracing::warn!(error = %err, retry_in = ?delay, "schema registry unavailable; events wait");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.stop.changed() => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(30));
-                }
-                Err(err) => return Ok(Err(err)),
-            }
-        }
     }
 
     async fn dead_letter(
@@ -789,41 +812,85 @@ impl Publisher {
         ordinal: u64,
     ) -> Result<(), PipelineError> {
         tracing::warn!(stage = stage.as_str(), table = %event.table.qualified_name(), lsn = %event.source.lsn, reason, "event sent to the dead-letter topic");
-        let letter = deadletter::for_event(event, topic, stage, reason, now_ms());
-        self.send_dead_letter(letter, key, ordinal).await
+        let letter =
+            DeadLetter::for_event(event, topic, stage, reason, &self.topic_prefix, now_ms());
+        self.send_dead_letter(&letter, key, ordinal).await
     }
 
-    /// Produces a dead letter; one too large for the broker is sent again without the row data.
+    /// Registers or publishes the dead-letter schema, before any event can need it.
+    async fn prepare_dead_letters(&mut self) -> Result<(), PipelineError> {
+        let schema = avro::AvroSchema {
+            json: deadletter::SCHEMA_TEXT.to_owned(),
+            schema: deadletter::schema().clone(),
+        };
+        let topic = self.dead_letter_topic.clone();
+        let found = self.schema_ref(&topic, SchemaPart::Value, &schema).await?;
+        self.dead_letter_schema = Some(found.map_err(PipelineError::DeadLetterSchema)?);
+        Ok(())
+    }
+
+    /// A dead letter framed like every other message.
+    fn frame_dead_letter(&self, datum: &[u8]) -> Vec<u8> {
+        let mut framed = Vec::with_capacity(datum.len() + 10);
+        self.dead_letter_schema
+            .expect("prepare_dead_letters runs before the first event")
+            .write_header(&mut framed);
+        framed.extend_from_slice(datum);
+        framed
+    }
+
+    /// Produces a dead letter; one too large for the broker is sent again without the change itself.
     async fn send_dead_letter(
         &mut self,
-        letter: deadletter::DeadLetter,
+        letter: &DeadLetter,
         key: Option<&[u8]>,
         ordinal: u64,
     ) -> Result<(), PipelineError> {
-        self.stats.dead_letters += 1;
-        let mut letter = letter;
+        *self
+            .stats
+            .dead_letters
+            .entry((
+                letter.stage,
+                letter
+                    .collection
+                    .clone()
+                    .unwrap_or_else(|| letter.topic.clone()),
+            ))
+            .or_default() += 1;
+        self.produce_dead_letter(letter.encode(), &letter.headers(), key, ordinal)
+            .await
+    }
+
+    async fn produce_dead_letter(
+        &mut self,
+        datum: Vec<u8>,
+        headers: &[(String, Vec<u8>)],
+        key: Option<&[u8]>,
+        ordinal: u64,
+    ) -> Result<(), PipelineError> {
+        let mut datum = datum;
         loop {
-            let headers: Vec<(&str, &[u8])> = letter
-                .headers
+            let value = self.frame_dead_letter(&datum);
+            let header_refs: Vec<(&str, &[u8])> = headers
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_slice()))
                 .collect();
             let message = Outgoing {
                 topic: &self.dead_letter_topic,
                 key,
-                payload: Some(&letter.value),
-                headers: &headers,
+                payload: Some(&value),
+                headers: &header_refs,
             };
             let err = match self.sink.send(&message, ordinal, true, &self.stop).await {
                 Ok(()) => return Ok(()),
                 Err(err) => err,
             };
             if err.is_too_large() {
-                if let Some(smaller) = deadletter::shrink(&letter) {
+                if let Some(smaller) = deadletter::shrink(&datum) {
                     tracing::warn!(
-                        "dead letter too large for the broker: sending it without the row data"
+                        "dead letter too large for the broker: sending it without the change itself"
                     );
-                    letter = smaller;
+                    datum = smaller;
                     continue;
                 }
             }
@@ -839,22 +906,29 @@ impl Publisher {
     }
 
     /// The broker refused a message for good: it goes to the dead-letter topic under the same ordinal, so the
-    /// position still waits for it. A refused dead letter stops the pipeline.
+    /// position still waits for it. A refused dead letter is sent once more without the change if it was too
+    /// large, and otherwise stops the pipeline, as does a refused schema.
     async fn handle_failure(&mut self, failure: FailedDelivery) -> Result<(), PipelineError> {
         if failure.dead_letter {
-            let letter = deadletter::DeadLetter {
-                value: failure.payload.unwrap_or_default(),
-                headers: failure.headers,
-            };
             let smaller = is_too_large(&failure.error)
-                .then(|| deadletter::shrink(&letter))
+                .then(|| {
+                    let payload = failure.payload.as_deref()?;
+                    let (_, datum) = SchemaRef::split(payload)?;
+                    deadletter::shrink(datum)
+                })
                 .flatten();
             return match smaller {
                 Some(smaller) => {
-                    // Counted once already, when it was first sent.
-                    self.stats.dead_letters = self.stats.dead_letters.saturating_sub(1);
-                    self.send_dead_letter(smaller, failure.key.as_deref(), failure.ordinal)
-                        .await
+                    tracing::warn!(
+                        "dead letter too large for the broker: sending it without the change itself"
+                    );
+                    self.produce_dead_letter(
+                        smaller,
+                        &failure.headers,
+                        failure.key.as_deref(),
+                        failure.ordinal,
+                    )
+                    .await
                 }
                 None => Err(PipelineError::DeadLetterRefused {
                     topic: failure.topic,
@@ -862,19 +936,38 @@ impl Publisher {
                 }),
             };
         }
+        if Some(failure.topic.as_str()) == self.schemas.schemas_topic() {
+            return Err(PipelineError::SchemaTopicRefused {
+                topic: failure.topic,
+                reason: failure.error.to_string(),
+            });
+        }
         let reason = format!("the broker refused the message: {}", failure.error);
         tracing::warn!(topic = %failure.topic, %reason, "message sent to the dead-letter topic");
-        let letter = deadletter::for_refused_message(
+        let letter = DeadLetter::for_refused_message(
             Stage::Produce,
             &failure.topic,
             failure.key.as_deref(),
             failure.payload.as_deref(),
             &failure.headers,
             &reason,
+            &self.topic_prefix,
             now_ms(),
         );
-        self.send_dead_letter(letter, failure.key.as_deref(), failure.ordinal)
+        self.send_dead_letter(&letter, failure.key.as_deref(), failure.ordinal)
             .await
+    }
+}
+
+/// Which stage an encoding failure belongs to: a value the source could not represent failed at decoding
+/// (the encoder only carries its reason along); anything else at encoding.
+fn encode_stage(err: &EncodeError) -> Stage {
+    match err {
+        EncodeError::Column {
+            reason: EncodeReason::OutOfRange(_),
+            ..
+        } => Stage::Decode,
+        _ => Stage::Encode,
     }
 }
 
