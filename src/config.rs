@@ -26,6 +26,17 @@ pub struct Config {
     #[serde(default)]
     pub avro: AvroConfig,
     pub positions: PositionsConfig,
+    /// The HTTP endpoint; none without this section.
+    pub api: Option<ApiConfig>,
+}
+
+/// `[api]`: the HTTP endpoint for metrics and health probes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `host:port` to listen on; keep it on 127.0.0.1 unless the scraper is elsewhere. Port 0 picks a
+    /// free one (logged).
+    pub address: Spanned<EnvString>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -496,6 +507,24 @@ impl Config {
         }
 
         self.avro_problems(&mut report);
+        if let Some(api) = &self.api {
+            if api
+                .address
+                .get_ref()
+                .as_str()
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+            {
+                report(
+                    "api.address",
+                    api.address.span(),
+                    format!(
+                        "`{}` is not an address: write ip:port, e.g. 127.0.0.1:9464",
+                        api.address.get_ref().as_str()
+                    ),
+                );
+            }
+        }
         if self.positions.dir.get_ref().as_str().trim().is_empty() {
             report(
                 "positions.dir",
@@ -976,6 +1005,47 @@ dir = "/var/lib/sluice"
             Err(ParseError::Invalid(problems)) => problems,
             other => panic!("expected value problems, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn avro_settings_that_cannot_work_together_are_named() {
+        let without_registry = GOOD.replace(
+            "registry_url = \"http://127.0.0.1:8081\"",
+            "registry_username = \"u\"\nschemas_topic = \"shop schemas\"",
+        );
+        let found: Vec<(String, String)> = problems(&without_registry)
+            .into_iter()
+            .map(|p| (p.key, p.message))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "avro.registry_username".to_owned(),
+                    "has no effect without `avro.registry_url`".to_owned()
+                ),
+                (
+                    "avro.schemas_topic".to_owned(),
+                    problems(
+                        &GOOD.replace("topic_prefix = \"shop\"", "topic_prefix = \"shop schemas\"")
+                    )
+                    .remove(0)
+                    .message
+                ),
+            ]
+        );
+        let half_auth = GOOD.replace(
+            "registry_url = \"http://127.0.0.1:8081\"",
+            "registry_url = \"https://r\"\nregistry_password = \"p\"\nregistry_bearer_token = \"t\"",
+        );
+        let keys: Vec<String> = problems(&half_auth).into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["avro.registry_password"]);
+
+        // Without a registry, the schemas topic follows the topic prefix.
+        let free =
+            Config::parse(&GOOD.replace("registry_url = \"http://127.0.0.1:8081\"", "")).unwrap();
+        assert_eq!(free.schemas_topic(), "shop.schemas");
+        assert_eq!(free.contracts_dir(), PathBuf::from("schemas/contracts"));
     }
 
     #[test]

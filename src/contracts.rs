@@ -157,13 +157,15 @@ impl Contract {
     }
 
     /// Checks one event, given as JSON (`tail::avro_json` of the envelope): the first violation, if any.
-    pub fn check(&self, envelope: &Json) -> Result<(), Mismatch> {
+    /// `unchanged` names the row's fields whose values the source did not send (unchanged TOAST, published
+    /// as null): they are not held to the contract, the consumer keeps the value it has.
+    pub fn check(&self, envelope: &Json, unchanged: &[String]) -> Result<(), Mismatch> {
         if self.envelope {
-            return self.check_value(envelope, &self.schema, "");
+            return self.check_value(envelope, &self.schema, "", unchanged);
         }
         match envelope.get("after") {
             Some(Json::Null) | None => Ok(()),
-            Some(after) => self.check_value(after, &self.schema, "after"),
+            Some(after) => self.check_value(after, &self.schema, "after", unchanged),
         }
     }
 
@@ -188,7 +190,13 @@ impl Contract {
         Some((resolve(row, names), "after"))
     }
 
-    fn check_value(&self, value: &Json, schema: &Schema, path: &str) -> Result<(), Mismatch> {
+    fn check_value(
+        &self,
+        value: &Json,
+        schema: &Schema,
+        path: &str,
+        unchanged: &[String],
+    ) -> Result<(), Mismatch> {
         let violation = |problem: String| Mismatch {
             field: path.to_owned(),
             problem,
@@ -205,7 +213,7 @@ impl Contract {
                 }
                 let mut first_error = None;
                 for variant in union.variants().iter().filter(|v| **v != Schema::Null) {
-                    match self.check_value(value, variant, path) {
+                    match self.check_value(value, variant, path, unchanged) {
                         Ok(()) => return Ok(()),
                         Err(err) => {
                             first_error.get_or_insert(err);
@@ -220,8 +228,20 @@ impl Contract {
             (Schema::Record(record), Json::Object(object)) => {
                 for field in &record.fields {
                     let field_path = join(path, &field.name);
-                    match object.get(&field.name) {
-                        Some(value) => self.check_value(value, &field.schema, &field_path)?,
+                    if path == "after" && unchanged.contains(&field.name) {
+                        continue;
+                    }
+                    let written = object.get(&field.name).or_else(|| {
+                        field
+                            .aliases
+                            .iter()
+                            .flatten()
+                            .find_map(|alias| object.get(alias))
+                    });
+                    match written {
+                        Some(value) => {
+                            self.check_value(value, &field.schema, &field_path, unchanged)?
+                        }
                         None if field.default.is_some() => {}
                         None => {
                             return Err(Mismatch {
@@ -255,12 +275,12 @@ impl Contract {
             }
             (Schema::Array(array), Json::Array(items)) => {
                 items.iter().enumerate().try_for_each(|(i, item)| {
-                    self.check_value(item, &array.items, &format!("{path}[{i}]"))
+                    self.check_value(item, &array.items, &format!("{path}[{i}]"), unchanged)
                 })
             }
             (Schema::Map(map), Json::Object(entries)) => entries
                 .iter()
-                .try_for_each(|(k, v)| self.check_value(v, &map.types, &join(path, k))),
+                .try_for_each(|(k, v)| self.check_value(v, &map.types, &join(path, k), unchanged)),
             // Types were compared once per table version (`compare`); scalars need no more.
             _ => Ok(()),
         }
@@ -299,15 +319,20 @@ impl BoundContract {
         }
     }
 
+    /// Why no event of this table version can satisfy the contract, if so.
+    pub fn incompatible(&self) -> Option<&str> {
+        self.incompatible.as_deref()
+    }
+
     /// Checks one event's value (the Avro datum, without the framing header); the violation in words.
-    pub fn check(&self, datum: &[u8]) -> Result<(), String> {
+    pub fn check(&self, datum: &[u8], unchanged: &[String]) -> Result<(), String> {
         if let Some(reason) = &self.incompatible {
             return Err(reason.clone());
         }
         let value = apache_avro::from_avro_datum(&self.writer, &mut &datum[..], None)
             .map_err(|err| format!("the event does not decode with its own schema: {err}"))?;
         let json = crate::tail::avro_json(&value, &self.writer, &self.writer_names);
-        self.contract.check(&json).map_err(|mismatch| {
+        self.contract.check(&json, unchanged).map_err(|mismatch| {
             format!(
                 "breaks contract {}: {mismatch}",
                 self.contract.path.display()
@@ -511,9 +536,11 @@ impl Pair<'_> {
     }
 }
 
-/// Avro's promotions, and identical primitive or logical types.
+/// Avro's promotions between the types underneath any logical type (resolution ignores logical types;
+/// decimals are compared separately, by scale).
 fn promotes(writer: &Schema, reader: &Schema) -> bool {
     use Schema::*;
+    let (writer, reader) = (underlying(writer), underlying(reader));
     writer == reader
         || matches!(
             (writer, reader),
@@ -522,20 +549,22 @@ fn promotes(writer: &Schema, reader: &Schema) -> bool {
                 | (Float, Double)
                 | (String, Bytes)
                 | (Bytes, String)
-                | (Uuid, String)
-                | (String, Uuid)
-                | (Date, Int)
-                | (TimeMillis, Int)
-                | (
-                    TimeMicros
-                        | TimestampMillis
-                        | TimestampMicros
-                        | LocalTimestampMillis
-                        | LocalTimestampMicros,
-                    Long
-                )
         )
         || matches!((writer, reader), (Fixed(w), Fixed(r)) if w.size == r.size)
+}
+
+/// The type a logical type is written as.
+fn underlying(schema: &Schema) -> &Schema {
+    use Schema::*;
+    match schema {
+        Date | TimeMillis => &Int,
+        TimeMicros | TimestampMillis | TimestampMicros | TimestampNanos | LocalTimestampMillis
+        | LocalTimestampMicros | LocalTimestampNanos => &Long,
+        Uuid => &String,
+        BigDecimal => &Bytes,
+        Decimal(d) => &d.inner,
+        other => other,
+    }
 }
 
 fn type_name(schema: &Schema) -> String {
@@ -564,6 +593,12 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    impl Contract {
+        fn check_event(&self, envelope: &Json) -> Result<(), Mismatch> {
+            self.check(envelope, &[])
+        }
+    }
     use crate::avro::table_schemas;
     use crate::event::{Column, ColumnType, Table};
 
@@ -664,28 +699,66 @@ mod tests {
         let contract = contract(ROW);
         let event = |after: Json| json!({"op": "c", "before": null, "after": after});
         assert_eq!(
-            contract.check(&event(
+            contract.check_event(&event(
                 json!({"id": 1, "amount": "1234.50", "status": null})
             )),
             Ok(())
         );
         let err = contract
-            .check(&event(json!({"id": 1, "amount": null, "status": "new"})))
+            .check_event(&event(json!({"id": 1, "amount": null, "status": "new"})))
             .unwrap_err();
         assert_eq!(err.field, "after.amount");
         assert!(err.problem.contains("is null"), "{err}");
         let err = contract
-            .check(&event(
+            .check_event(&event(
                 json!({"id": 1, "amount": "12345.00", "status": "new"}),
             ))
             .unwrap_err();
         assert!(err.problem.contains("precision 6"), "{err}");
         let err = contract
-            .check(&event(json!({"id": 1, "amount": "1.005", "status": "new"})))
+            .check_event(&event(json!({"id": 1, "amount": "1.005", "status": "new"})))
             .unwrap_err();
         assert!(err.problem.contains("fraction digits"), "{err}");
         // A delete has no after: nothing to hold to the row contract.
-        assert_eq!(contract.check(&json!({"op": "d", "after": null})), Ok(()));
+        assert_eq!(
+            contract.check_event(&json!({"op": "d", "after": null})),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn unchanged_toast_values_and_aliases_are_not_violations() {
+        let contract = contract(ROW);
+        // An update that left a TOASTed column alone carries null for it: the consumer keeps its value.
+        let update = json!({"op": "u", "after": {"id": 1, "amount": null, "status": "x"}});
+        assert!(contract.check(&update, &[]).is_err());
+        assert_eq!(contract.check(&update, &["amount".to_owned()]), Ok(()));
+
+        let aliased = super::Contract::parse(
+            "t",
+            Path::new("c.avsc"),
+            r#"{"type": "record", "name": "Value", "fields": [
+                {"name": "order_id", "aliases": ["id"], "type": "long"}]}"#,
+        )
+        .unwrap();
+        assert!(aliased.compare(&orders()).iter().all(|m| !m.fatal));
+        assert_eq!(aliased.check_event(&json!({"after": {"id": 5}})), Ok(()));
+    }
+
+    #[test]
+    fn logical_types_resolve_like_their_underlying_types() {
+        let as_long = ROW.replace(
+            r#"{"name": "id", "type": "long"}"#,
+            r#"{"name": "id", "type": {"type": "long", "logicalType": "timestamp-micros"}}"#,
+        );
+        let found = contract(&as_long).compare(&orders());
+        assert!(found.iter().all(|m| !m.fatal), "{found:?}");
+        let as_bytes = ROW.replace(
+            r#"{"type": "bytes", "logicalType": "decimal", "precision": 6, "scale": 2}"#,
+            r#""bytes""#,
+        );
+        let found = contract(&as_bytes).compare(&orders());
+        assert!(found.iter().all(|m| !m.fatal), "{found:?}");
     }
 
     #[test]
@@ -695,11 +768,11 @@ mod tests {
             {"name": "status", "type": {"type": "enum", "name": "Status", "symbols": ["new", "paid"]}}]}"#,
         );
         assert_eq!(
-            contract.check(&json!({"after": {"status": "paid"}})),
+            contract.check_event(&json!({"after": {"status": "paid"}})),
             Ok(())
         );
         let err = contract
-            .check(&json!({"after": {"status": "lost"}}))
+            .check_event(&json!({"after": {"status": "lost"}}))
             .unwrap_err();
         assert_eq!(err.field, "after.status");
         assert!(err.problem.contains("`lost` is not one of"), "{err}");
@@ -716,11 +789,11 @@ mod tests {
         let found = contract.compare(&orders());
         assert!(found.iter().all(|m| !m.fatal), "{found:?}");
         assert_eq!(
-            contract.check(&json!({"op": "c", "after": {"id": 3}})),
+            contract.check_event(&json!({"op": "c", "after": {"id": 3}})),
             Ok(())
         );
         let err = contract
-            .check(&json!({"op": "c", "after": {"id": null}}))
+            .check_event(&json!({"op": "c", "after": {"id": null}}))
             .unwrap_err();
         assert_eq!(err.field, "after.id");
     }

@@ -92,59 +92,69 @@ pub struct DeadLetter {
     pub original_headers: Vec<(String, String)>,
 }
 
+/// What failed, where and when: the part every dead letter has.
+#[derive(Clone, Copy, Debug)]
+pub struct Failure<'a> {
+    pub stage: Stage,
+    /// The topic the change was meant for.
+    pub topic: &'a str,
+    pub error: &'a str,
+    /// The instance's logical name (`sink.topic_prefix`).
+    pub instance: &'a str,
+    pub failed_at_ms: i64,
+}
+
 impl DeadLetter {
-    /// The dead letter of a change event meant for `topic`.
-    pub fn for_event(
-        event: &ChangeEvent,
-        topic: &str,
-        stage: Stage,
-        error: &str,
-        instance: &str,
-        failed_at_ms: i64,
-    ) -> DeadLetter {
-        let source = &event.source;
-        let change = json!({
-            "op": event.op.code(),
-            "before": event.before.as_ref().map(|row| row_json(&event.table, row)),
-            "after": event.after.as_ref().map(|row| row_json(&event.table, row)),
-        });
+    fn new(failure: Failure<'_>, source: SourcePosition) -> DeadLetter {
         DeadLetter {
-            failed_at_ms,
-            instance: instance.to_owned(),
-            stage,
-            error: error.to_owned(),
-            topic: topic.to_owned(),
-            collection: Some(event.table.qualified_name()),
-            source: SourcePosition {
-                connector: "postgresql",
-                db: Some(source.database.clone()),
-                lsn: Some(source.lsn.to_string()),
-                commit_lsn: Some(source.commit_lsn.to_string()),
-                txid: source.txid,
-                resume_token: None,
-            },
-            op: Some(event.op.code().to_owned()),
-            key: event.key_row().and_then(|row| key_json(&event.table, row)),
-            change: Some(change),
+            failed_at_ms: failure.failed_at_ms,
+            instance: failure.instance.to_owned(),
+            stage: failure.stage,
+            error: failure.error.to_owned(),
+            topic: failure.topic.to_owned(),
+            collection: None,
+            source,
+            op: None,
+            key: None,
+            change: None,
             original_key: None,
             original_value: None,
             original_headers: Vec::new(),
         }
     }
 
+    /// The dead letter of a change event.
+    pub fn for_event(event: &ChangeEvent, failure: Failure<'_>) -> DeadLetter {
+        let source = &event.source;
+        let position = SourcePosition {
+            connector: "postgresql",
+            db: Some(source.database.clone()),
+            lsn: Some(source.lsn.to_string()),
+            commit_lsn: Some(source.commit_lsn.to_string()),
+            txid: source.txid,
+            resume_token: None,
+        };
+        DeadLetter {
+            collection: Some(event.table.qualified_name()),
+            op: Some(event.op.code().to_owned()),
+            key: event.key_row().and_then(|row| key_json(&event.table, row)),
+            change: Some(json!({
+                "op": event.op.code(),
+                "before": event.before.as_ref().map(|row| row_json(&event.table, row)),
+                "after": event.after.as_ref().map(|row| row_json(&event.table, row)),
+            })),
+            ..DeadLetter::new(failure, position)
+        }
+    }
+
     /// The dead letter of a message that could not be published (the broker refused it, or the registry
     /// refused the schema of a record that is not a table change), from what the message carries: its
     /// framed key and value bytes and its headers, so that it can be decoded and replayed.
-    #[allow(clippy::too_many_arguments)]
     pub fn for_refused_message(
-        stage: Stage,
-        topic: &str,
+        failure: Failure<'_>,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: &[(String, Vec<u8>)],
-        error: &str,
-        instance: &str,
-        failed_at_ms: i64,
     ) -> DeadLetter {
         let header = |name: &str| {
             headers
@@ -152,30 +162,22 @@ impl DeadLetter {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         };
+        let position = SourcePosition {
+            connector: "postgresql",
+            db: None,
+            lsn: header("sluice.lsn"),
+            commit_lsn: header("sluice.commit_lsn"),
+            txid: header("sluice.txid").and_then(|t| t.parse().ok()),
+            resume_token: None,
+        };
         DeadLetter {
-            failed_at_ms,
-            instance: instance.to_owned(),
-            stage,
-            error: error.to_owned(),
-            topic: topic.to_owned(),
-            collection: None,
-            source: SourcePosition {
-                connector: "postgresql",
-                db: None,
-                lsn: header("sluice.lsn"),
-                commit_lsn: header("sluice.commit_lsn"),
-                txid: header("sluice.txid").and_then(|t| t.parse().ok()),
-                resume_token: None,
-            },
-            op: None,
-            key: None,
-            change: None,
             original_key: key.map(<[u8]>::to_vec),
             original_value: value.map(<[u8]>::to_vec),
             original_headers: headers
                 .iter()
                 .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
                 .collect(),
+            ..DeadLetter::new(failure, position)
         }
     }
 
@@ -449,16 +451,14 @@ mod tests {
             ("sluice.lsn".to_owned(), b"0/16B3748".to_vec()),
             ("sluice.txid".to_owned(), b"771".to_vec()),
         ];
-        let letter = DeadLetter::for_refused_message(
-            Stage::Produce,
-            "shop.public.orders",
-            Some(&key),
-            Some(&payload),
-            &headers,
-            "too large",
-            "shop",
-            5,
-        );
+        let failure = Failure {
+            stage: Stage::Produce,
+            topic: "shop.public.orders",
+            error: "too large",
+            instance: "shop",
+            failed_at_ms: 5,
+        };
+        let letter = DeadLetter::for_refused_message(failure, Some(&key), Some(&payload), &headers);
         let record = decode(&letter);
         assert_eq!(record["stage"], json!("produce"));
         assert_eq!(record["sluice"]["name"], json!("shop"));

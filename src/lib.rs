@@ -4,11 +4,13 @@
 //! `avro` encodes events (schemas through `registry`); `sink` publishes them; `positions` remembers what the
 //! broker acknowledged; `pipeline` wires those together; `config` and `preflight` face the operator.
 
+pub mod api;
 pub mod avro;
 pub mod config;
 pub mod contracts;
 pub mod deadletter;
 pub mod event;
+pub mod metrics;
 pub mod pipeline;
 pub mod positions;
 pub mod preflight;

@@ -33,6 +33,13 @@ pub enum RegistryError {
         status: u16,
         message: String,
     },
+    /// An answer that is neither success nor about the schema: sluice stops rather than guess.
+    #[error("schema registry at {url} answered HTTP {status}: {message}")]
+    Unexpected {
+        url: String,
+        status: u16,
+        message: String,
+    },
     /// The registry answered and refused the schema: retrying gives the same answer.
     #[error("schema registry refused the schema for subject `{subject}` (HTTP {status}, error {code}): {message}")]
     Rejected {
@@ -136,6 +143,15 @@ pub enum SchemaPart {
     Value,
 }
 
+impl SchemaPart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchemaPart::Key => "key",
+            SchemaPart::Value => "value",
+        }
+    }
+}
+
 /// The subject a schema is registered under. `record_name` is the schema's full name (for a primitive
 /// schema, its type name, as Confluent's serializers do).
 pub fn subject(
@@ -145,10 +161,7 @@ pub fn subject(
     record_name: &str,
 ) -> String {
     match strategy {
-        SubjectNameStrategy::TopicName => match part {
-            SchemaPart::Key => format!("{topic}-key"),
-            SchemaPart::Value => format!("{topic}-value"),
-        },
+        SubjectNameStrategy::TopicName => format!("{topic}-{}", part.as_str()),
         SubjectNameStrategy::RecordName => record_name.to_owned(),
         SubjectNameStrategy::TopicRecordName => format!("{topic}-{record_name}"),
     }
@@ -171,6 +184,8 @@ pub fn record_name(schema: &apache_avro::Schema) -> String {
 pub struct RegistryClient {
     http: reqwest::Client,
     base: String,
+    /// `base` with any password in it replaced, for messages.
+    shown: String,
     auth: Option<RegistryAuth>,
     /// (subject, schema text) → id.
     ids: Mutex<HashMap<(String, String), u32>>,
@@ -207,12 +222,13 @@ impl RegistryClient {
             builder = builder.identity(identity);
         }
         let http = builder.build().map_err(|err| RegistryError::Unavailable {
-            url: settings.url.clone(),
+            url: crate::config::redact_secrets(&settings.url),
             reason: err.to_string(),
         })?;
         Ok(RegistryClient {
             http,
             base: settings.url.trim_end_matches('/').to_owned(),
+            shown: crate::config::redact_secrets(settings.url.trim_end_matches('/')),
             auth: settings.auth.clone(),
             ids: Mutex::default(),
         })
@@ -257,7 +273,7 @@ impl RegistryClient {
         if status.is_success() {
             let parsed: RegisterResponse =
                 serde_json::from_str(&text).map_err(|err| RegistryError::Unavailable {
-                    url: self.base.clone(),
+                    url: self.shown.clone(),
                     reason: format!("unexpected answer to a registration ({err}): {text}"),
                 })?;
             self.ids
@@ -273,10 +289,19 @@ impl RegistryClient {
             error_code: 0,
             message: truncate(&text, 300).to_owned(),
         });
-        Err(RegistryError::Rejected {
-            subject: subject.to_owned(),
+        // 409: incompatible with the subject's history; 422: not a valid schema. Anything else (a proxy's
+        // 404 or 413, …) says nothing about the schema and must not send events to the dead-letter topic.
+        if matches!(status.as_u16(), 409 | 422) {
+            return Err(RegistryError::Rejected {
+                subject: subject.to_owned(),
+                status: status.as_u16(),
+                code: error.error_code,
+                message: error.message,
+            });
+        }
+        Err(RegistryError::Unexpected {
+            url: self.shown.clone(),
             status: status.as_u16(),
-            code: error.error_code,
             message: error.message,
         })
     }
@@ -301,14 +326,14 @@ impl RegistryClient {
         if !status.is_success() {
             let reason = format!("schema id {id}: HTTP {status}: {}", truncate(&text, 300));
             return Err(RegistryError::Unavailable {
-                url: self.base.clone(),
+                url: self.shown.clone(),
                 reason,
             });
         }
         serde_json::from_str::<SchemaResponse>(&text)
             .map(|r| r.schema)
             .map_err(|err| RegistryError::Unavailable {
-                url: self.base.clone(),
+                url: self.shown.clone(),
                 reason: format!("unexpected answer for schema id {id} ({err})"),
             })
     }
@@ -329,7 +354,7 @@ impl RegistryClient {
         } else {
             let reason = format!("GET /subjects answered HTTP {status}");
             Err(RegistryError::Unavailable {
-                url: self.base.clone(),
+                url: self.shown.clone(),
                 reason,
             })
         }
@@ -341,13 +366,13 @@ impl RegistryClient {
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             let reason = format!("HTTP {status}: {}", truncate(body, 300));
             return Some(RegistryError::Unavailable {
-                url: self.base.clone(),
+                url: self.shown.clone(),
                 reason,
             });
         }
         if matches!(status.as_u16(), 401 | 403) {
             return Some(RegistryError::Unauthorized {
-                url: self.base.clone(),
+                url: self.shown.clone(),
                 status: status.as_u16(),
                 message: truncate(body, 300).to_owned(),
             });
@@ -372,7 +397,7 @@ impl RegistryClient {
             source = cause.source();
         }
         RegistryError::Unavailable {
-            url: self.base.clone(),
+            url: self.shown.clone(),
             reason,
         }
     }

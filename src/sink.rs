@@ -138,16 +138,43 @@ pub struct FailedDelivery {
 pub struct DeliveryReports {
     tracker: Arc<AckTracker>,
     failures: mpsc::UnboundedSender<FailedDelivery>,
+    /// The outcome of each message sent with [`MessageKind::Schema`], in order.
+    schema_reports: mpsc::UnboundedSender<Result<(), KafkaError>>,
+}
+
+/// What a message is, for its delivery report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageKind {
+    Event,
+    DeadLetter,
+    /// A record of the schemas topic: the sender waits for its outcome ([`KafkaSink::schema_delivered`]).
+    Schema,
+}
+
+impl MessageKind {
+    fn bits(self) -> usize {
+        match self {
+            MessageKind::Event => 0,
+            MessageKind::DeadLetter => 1,
+            MessageKind::Schema => 2,
+        }
+    }
 }
 
 impl ClientContext for DeliveryReports {}
 
 impl ProducerContext for DeliveryReports {
-    /// `ordinal << 1 | dead_letter`.
+    /// `ordinal << 2 | MessageKind::bits`.
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
-        let (ordinal, dead_letter) = ((opaque >> 1) as u64, opaque & 1 == 1);
+        let (ordinal, dead_letter, schema) =
+            ((opaque >> 2) as u64, opaque & 3 == 1, opaque & 3 == 2);
+        if schema {
+            let _ = self
+                .schema_reports
+                .send(result.as_ref().map(|_| ()).map_err(|(err, _)| err.clone()));
+        }
         match result {
             Ok(_) => self.tracker.delivered(ordinal),
             Err((error, message)) => {
@@ -189,6 +216,7 @@ pub struct KafkaSink {
     admin: AdminClient<DefaultClientContext>,
     settings: SinkSettings,
     known_topics: HashSet<String>,
+    schema_outcomes: mpsc::UnboundedReceiver<Result<(), KafkaError>>,
 }
 
 impl KafkaSink {
@@ -198,9 +226,14 @@ impl KafkaSink {
         tracker: Arc<AckTracker>,
     ) -> Result<(KafkaSink, mpsc::UnboundedReceiver<FailedDelivery>), SinkError> {
         let (failures, failed) = mpsc::unbounded_channel();
+        let (schema_reports, schema_outcomes) = mpsc::unbounded_channel();
         let client_config = settings.client_config();
         let producer = client_config
-            .create_with_context(DeliveryReports { tracker, failures })
+            .create_with_context(DeliveryReports {
+                tracker,
+                failures,
+                schema_reports,
+            })
             .map_err(SinkError::Producer)?;
         let mut admin_config = ClientConfig::new();
         admin_config.set("bootstrap.servers", &settings.brokers);
@@ -219,6 +252,7 @@ impl KafkaSink {
                 admin,
                 settings,
                 known_topics: HashSet::new(),
+                schema_outcomes,
             },
             failed,
         ))
@@ -321,10 +355,10 @@ impl KafkaSink {
         &self,
         message: &Outgoing<'_>,
         ordinal: u64,
-        dead_letter: bool,
+        kind: MessageKind,
         stop: &watch::Receiver<bool>,
     ) -> Result<(), SinkError> {
-        let opaque = ((ordinal as usize) << 1) | usize::from(dead_letter);
+        let opaque = ((ordinal as usize) << 2) | kind.bits();
         let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
         for (key, value) in message.headers {
             headers = headers.insert(Header {
@@ -370,6 +404,30 @@ impl KafkaSink {
                         topic: message.topic.to_owned(),
                         source,
                     })
+                }
+            }
+        }
+    }
+
+    /// Waits for the broker's answer to the schema record sent last ([`MessageKind::Schema`]). A refusal
+    /// is an error, and so is a stop request while waiting: the schema must be on the broker before any
+    /// message that names it.
+    pub async fn schema_delivered(
+        &mut self,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(), SinkError> {
+        let mut stop = stop.clone();
+        loop {
+            tokio::select! {
+                outcome = self.schema_outcomes.recv() => return match outcome {
+                    Some(Ok(())) => Ok(()),
+                    Some(Err(source)) => Err(SinkError::Send { topic: "(schemas topic)".into(), source }),
+                    None => Err(SinkError::Stalled("the producer is gone".into())),
+                },
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return Err(SinkError::Stalled("stopped while the schemas topic had not acknowledged a schema".into()));
+                    }
                 }
             }
         }
@@ -465,7 +523,9 @@ mod tests {
                 payload: Some(b"value"),
                 headers: &[("sluice.lsn", b"0/10")],
             };
-            sink.send(&message, ordinal, false, &stop).await.unwrap();
+            sink.send(&message, ordinal, MessageKind::Event, &stop)
+                .await
+                .unwrap();
         }
         let position = Position::Postgres { lsn: Lsn(0x10) };
         tracker.close_group(position);
@@ -494,7 +554,9 @@ mod tests {
             payload: Some(b"big"),
             headers: &[("sluice.txid", b"42")],
         };
-        sink.send(&message, ordinal, false, &stop).await.unwrap();
+        sink.send(&message, ordinal, MessageKind::Event, &stop)
+            .await
+            .unwrap();
         tracker.close_group(Position::Postgres { lsn: Lsn(0x20) });
 
         let failure = tokio::time::timeout(Duration::from_secs(10), failures.recv())

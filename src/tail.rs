@@ -249,7 +249,10 @@ pub fn avro_json(value: &Avro, schema: &Schema, names: &HashMap<Name, Schema>) -
             if record.name.fullname(None) == VARIABLE_SCALE_DECIMAL =>
         {
             match fields.as_slice() {
-                [(_, Avro::Int(scale)), (_, Avro::Bytes(unscaled))] if *scale >= 0 => {
+                // PostgreSQL's largest numeric scale bounds what a real message holds.
+                [(_, Avro::Int(scale)), (_, Avro::Bytes(unscaled))]
+                    if (0..=16383).contains(scale) =>
+                {
                     json!(decimal_text(unscaled, *scale as usize))
                 }
                 _ => Json::Null,
@@ -485,7 +488,8 @@ pub async fn run(options: &TailOptions, out: &mut impl Write) -> Result<u64, Tai
         .as_ref()
         .map(RegistryClient::new)
         .transpose()?;
-    let lookup = options.registry.is_none().then(|| SchemaLookup {
+    // Both framings, whichever this instance writes: a topic may hold messages of an earlier setting.
+    let lookup = Some(SchemaLookup {
         brokers: options.brokers.clone(),
         properties: options.properties.clone(),
         topic: options.schemas_topic.clone(),

@@ -35,7 +35,8 @@ const CONTRACT: &str = r#"{
 async fn events_that_break_a_contract_become_dead_letters_and_the_rest_flow() {
     let services = Services::start().await;
     services.sql(SCHEMA).await;
-    let config = services.config(&["public.orders"]);
+    let mut config = services.config(&["public.orders"]);
+    config.api_address = Some("127.0.0.1:0".into());
     std::fs::create_dir_all(config.contracts_dir()).unwrap();
     std::fs::write(
         config.contracts_dir().join(format!("{ORDERS}.avsc")),
@@ -130,6 +131,22 @@ async fn events_that_break_a_contract_become_dead_letters_and_the_rest_flow() {
         decode["error"].as_str().unwrap().contains("dimension"),
         "{decode}"
     );
+
+    // The metrics count what was published and what went to the dead-letter topic, by stage and table.
+    let (status, metrics) = common::http_get(&daemon, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    for line in [
+        "sluice_events_total{table=\"public.orders\",op=\"c\"} 2",
+        "sluice_events_total{table=\"public.orders\",op=\"d\"} 1",
+        "sluice_dead_letters_total{stage=\"validate\",table=\"public.orders\"} 3",
+        "sluice_dead_letters_total{stage=\"decode\",table=\"public.orders\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing `{line}` in:\n{metrics}"
+        );
+    }
+    assert!(common::http_get(&daemon, "/health/live").0.contains("200"));
 
     // Acknowledged like any event: a restart neither repeats nor loses a dead letter.
     daemon.stop_cleanly();

@@ -168,6 +168,33 @@ async fn registry_free_messages_decode_with_only_the_schemas_topic() {
     let change: Json = serde_json::from_str(letter["change"].as_str().unwrap()).unwrap();
     assert_eq!(change["after"]["id"], 4);
 
+    // A change of scale keeps the fingerprint (Parsing Canonical Form has no scale): the new version is
+    // refused rather than published over the old one, and its events become dead letters.
+    services
+        .sql(
+            "ALTER TABLE orders ALTER COLUMN amount TYPE numeric(12,4);
+             INSERT INTO orders VALUES (5, 1.2345, NULL, 'new scale', NULL);",
+        )
+        .await;
+    let letters = services.read("free.dlq", 2, Duration::from_secs(30)).await;
+    assert_eq!(letters.len(), 2);
+    let letter = decode_single_object(&schemas, letters[1].value.as_deref().unwrap());
+    assert_eq!(letter["stage"], "register", "{letter}");
+    assert!(
+        letter["error"].as_str().unwrap().contains("fingerprint"),
+        "{letter}"
+    );
+    let change: Json = serde_json::from_str(letter["change"].as_str().unwrap()).unwrap();
+    assert_eq!(change["after"]["amount"], "1.2345");
+    let schema_records = services
+        .read("free.schemas", 4, Duration::from_secs(5))
+        .await;
+    assert_eq!(
+        schema_records.len(),
+        4,
+        "nothing was published over an earlier schema"
+    );
+
     // `sluice tail` finds the schemas on the topic by itself.
     let (status, out, err) = sluice(&["tail", "-c", path.to_str().unwrap(), "free.public.orders"]);
     assert!(status.success(), "{err}");

@@ -183,6 +183,15 @@ pub enum SchemaRef {
     Fingerprint(Fingerprint),
 }
 
+impl std::fmt::Display for SchemaRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SchemaRef::RegistryId(id) => write!(f, "registry id {id}"),
+            SchemaRef::Fingerprint(fingerprint) => write!(f, "fingerprint {}", fingerprint.hex()),
+        }
+    }
+}
+
 impl SchemaRef {
     /// Appends the header that precedes the Avro body.
     pub fn write_header(self, out: &mut Vec<u8>) {
@@ -309,7 +318,7 @@ mod tests {
     #[test]
     fn logical_types_do_not_change_the_fingerprint_but_names_do() {
         // Parsing Canonical Form drops logicalType, precision and scale: schemas differing only there share
-        // a fingerprint, and a compacted schemas topic keeps the later text (schemas/README.md says so).
+        // a fingerprint (which is why the pipeline refuses the second one).
         let of = |text: &str| Fingerprint::of_json(text).unwrap();
         assert_eq!(
             of(r#""long""#),

@@ -23,11 +23,14 @@ use crate::connectors::postgres::reader::{
 };
 use crate::connectors::postgres::snapshot::Snapshot;
 use crate::contracts::{BoundContract, ContractError, Contracts};
-use crate::deadletter::{self, DeadLetter, Stage};
+use crate::deadletter::{self, DeadLetter, Failure, Stage};
 use crate::event::{ChangeEvent, DecodingMessage, Lsn, Op, Position, SourceEvent, Table, Value};
+use crate::metrics::Metrics;
 use crate::positions::{now_ms, AckTracker, PositionError, PositionStore};
 use crate::registry::{RegistryClient, RegistryError, RegistrySettings, SchemaPart};
-use crate::sink::{is_too_large, FailedDelivery, KafkaSink, Outgoing, SinkError, SinkSettings};
+use crate::sink::{
+    is_too_large, FailedDelivery, KafkaSink, MessageKind, Outgoing, SinkError, SinkSettings,
+};
 use schemas::SchemaDirectory;
 
 /// Events buffered between the reader and the publishing loop.
@@ -51,6 +54,8 @@ pub enum PipelineError {
     DeadLetterRefused { topic: String, reason: String },
     #[error(transparent)]
     Contract(#[from] ContractError),
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
     #[error("cannot write the schema file {path}: {source}")]
     SchemaFile {
         path: std::path::PathBuf,
@@ -59,7 +64,7 @@ pub enum PipelineError {
     #[error("the schemas topic `{topic}` refused a schema ({reason}); consumers could not read the messages that use it, so sluice stops")]
     SchemaTopicRefused { topic: String, reason: String },
     #[error("the schema registry refused the dead-letter schema: {0}")]
-    DeadLetterSchema(RegistryError),
+    DeadLetterSchema(String),
     #[error("stopped while the schema registry was unreachable: {0}")]
     StoppedWaitingForRegistry(RegistryError),
     #[error("the broker did not acknowledge {outstanding} messages within {timeout:?}; they will be sent again on restart")]
@@ -87,10 +92,19 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
     let mode = settings.snapshot;
 
     let contracts = Contracts::load(&config.contracts_dir())?;
+    if config.avro.contracts_dir.is_some() && !config.contracts_dir().is_dir() {
+        tracing::warn!(dir = %config.contracts_dir().display(), "avro.contracts_dir does not exist: no contracts are enforced");
+    }
     for contract in contracts.iter() {
         tracing::info!(topic = %contract.topic, file = %contract.path.display(), "contract in force");
     }
     let tracker = Arc::new(AckTracker::new());
+    let metrics = Arc::new(Metrics::default());
+    metrics.follow(tracker.clone());
+    if let Some(api) = &config.api {
+        let address = crate::api::serve(api.address.get_ref().as_str(), metrics.clone()).await?;
+        tracing::info!(%address, "api listening: /metrics, /health/live");
+    }
     let (mut sink, mut failures) =
         KafkaSink::new(SinkSettings::from_config(config), tracker.clone())?;
     sink.check_reachable(Duration::from_secs(15))?;
@@ -145,10 +159,9 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
         key_buf: Vec::with_capacity(256),
         value_buf: Vec::with_capacity(4096),
         stop: stop.clone(),
-        stats: Stats::default(),
+        events: 0,
+        metrics: metrics.clone(),
     };
-
-    publisher.prepare_dead_letters().await?;
 
     let resume = match source.take_snapshot() {
         Some(snapshot) => {
@@ -205,14 +218,15 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
         tracing::error!(error = %err, "publishing failed: stopping the reader");
     }
     // `publish_all` has dropped the event channel's receiver, which ends the reader if it is still reading.
-    let stats = publisher.stats;
+    let events = publisher.events;
     // The acknowledger stores the final position and ends; the reader then reports it to the server and closes.
     let _ = finish_tx.send(());
     let acknowledged = acknowledger.await.map_err(|_| PipelineError::ReaderGone)?;
     let read = reader.await.map_err(|_| PipelineError::ReaderGone)?;
     tracing::info!(
-        events = stats.events,
-        dead_letters = stats.dead_letter_total(),
+        events,
+        dead_letters = metrics.dead_letter_total(),
+        dead_letters_by_stage_and_table = %metrics.dead_letter_breakdown(),
         acknowledged = %acknowledged.as_ref().map_or_else(|_| "not stored".to_owned(), ToString::to_string),
         "pipeline stopped"
     );
@@ -338,19 +352,6 @@ async fn acknowledge(
     }
 }
 
-#[derive(Default)]
-struct Stats {
-    events: u64,
-    /// By stage and table (or topic, for records that are not table changes).
-    dead_letters: HashMap<(Stage, String), u64>,
-}
-
-impl Stats {
-    fn dead_letter_total(&self) -> u64 {
-        self.dead_letters.values().sum()
-    }
-}
-
 /// A topic whose records all have the same key and value schemas (messages, transaction metadata).
 struct FixedTopic {
     topic: String,
@@ -388,6 +389,8 @@ struct TransactionCounts {
 /// A table's topic and schemas, valid for one schema version.
 struct TableEncoding {
     table: Arc<Table>,
+    /// `schema.table`, for the metrics.
+    name: Arc<str>,
     topic: String,
     key_schema: Option<SchemaRef>,
     value_schema: SchemaRef,
@@ -401,7 +404,7 @@ struct Publisher {
     tracker: Arc<AckTracker>,
     topic_prefix: String,
     dead_letter_topic: String,
-    /// Set by [`Publisher::prepare_dead_letters`] before the first event.
+    /// Registered or published with the first dead letter.
     dead_letter_schema: Option<SchemaRef>,
     contracts: Contracts,
     encodings: HashMap<u32, TableEncoding>,
@@ -414,7 +417,9 @@ struct Publisher {
     key_buf: Vec<u8>,
     value_buf: Vec<u8>,
     stop: watch::Receiver<bool>,
-    stats: Stats,
+    /// Change events taken from the source, for the final log line.
+    events: u64,
+    metrics: Arc<Metrics>,
 }
 
 impl Publisher {
@@ -464,7 +469,7 @@ impl Publisher {
     }
 
     async fn publish(&mut self, event: ChangeEvent) -> Result<(), PipelineError> {
-        self.stats.events += 1;
+        self.events += 1;
         if self.transactions.is_some() {
             self.count_in_transaction(&event).await?;
         }
@@ -477,6 +482,7 @@ impl Publisher {
         let topic = encoding.topic.clone();
         let (key_schema, value_schema) = (encoding.key_schema, encoding.value_schema);
         let contract = encoding.contract.clone();
+        let name = encoding.name.clone();
 
         self.key_buf.clear();
         let mut has_key = false;
@@ -512,7 +518,7 @@ impl Publisher {
 
         if let Some(contract) = &contract {
             let datum = SchemaRef::split(&self.value_buf).map_or(&[][..], |(_, datum)| datum);
-            if let Err(reason) = contract.check(datum) {
+            if let Err(reason) = contract.check(datum, &unchanged_toast_fields(&event)) {
                 let key = has_key.then(|| self.key_buf.clone());
                 return self
                     .dead_letter(&event, &topic, Stage::Validate, &reason, key.as_deref())
@@ -542,7 +548,11 @@ impl Publisher {
             headers: &headers,
         };
         let ordinal = self.tracker.register();
-        if let Err(err) = self.sink.send(&message, ordinal, false, &self.stop).await {
+        if let Err(err) = self
+            .sink
+            .send(&message, ordinal, MessageKind::Event, &self.stop)
+            .await
+        {
             if !err.is_message_fault() {
                 return Err(err.into());
             }
@@ -558,6 +568,7 @@ impl Publisher {
                 )
                 .await;
         }
+        self.metrics.event_published(&name, event.op.code());
         // A delete is followed by a tombstone so that compaction can drop the key.
         if event.op == Op::Delete && has_key {
             let tombstone = Outgoing {
@@ -568,7 +579,7 @@ impl Publisher {
             };
             let ordinal = self.tracker.register();
             self.sink
-                .send(&tombstone, ordinal, false, &self.stop)
+                .send(&tombstone, ordinal, MessageKind::Event, &self.stop)
                 .await?;
         }
         Ok(())
@@ -692,14 +703,16 @@ impl Publisher {
                     Err(err) => {
                         let reason = format!("cannot register the schema of {topic}: {err}");
                         let letter = DeadLetter::for_refused_message(
-                            Stage::Register,
-                            &topic,
+                            Failure {
+                                stage: Stage::Register,
+                                topic: &topic,
+                                error: &reason,
+                                instance: &self.topic_prefix,
+                                failed_at_ms: now_ms(),
+                            },
                             Some(key),
                             Some(value),
                             headers,
-                            &reason,
-                            &self.topic_prefix,
-                            now_ms(),
                         );
                         let ordinal = self.tracker.register();
                         return self.send_dead_letter(&letter, None, ordinal).await;
@@ -724,19 +737,25 @@ impl Publisher {
             headers: &header_refs,
         };
         let ordinal = self.tracker.register();
-        match self.sink.send(&outgoing, ordinal, false, &self.stop).await {
+        match self
+            .sink
+            .send(&outgoing, ordinal, MessageKind::Event, &self.stop)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(err) if err.is_message_fault() => {
                 let reason = format!("the broker refused the record: {err}");
                 let letter = DeadLetter::for_refused_message(
-                    Stage::Produce,
-                    &topic,
+                    Failure {
+                        stage: Stage::Produce,
+                        topic: &topic,
+                        error: &reason,
+                        instance: &self.topic_prefix,
+                        failed_at_ms: now_ms(),
+                    },
                     Some(&self.key_buf),
                     Some(&self.value_buf),
                     headers,
-                    &reason,
-                    &self.topic_prefix,
-                    now_ms(),
                 );
                 let key = self.key_buf.clone();
                 self.send_dead_letter(&letter, Some(&key), ordinal).await
@@ -770,12 +789,17 @@ impl Publisher {
             }
             match self.schema_refs(&schemas).await? {
                 Ok((key_schema, value_schema)) => {
-                    tracing::info!(table = %table.qualified_name(), topic = %schemas.topic, ?key_schema, ?value_schema, "table schema ready");
+                    let key = key_schema.map_or_else(|| "none".to_owned(), |k| k.to_string());
+                    tracing::info!(table = %table.qualified_name(), topic = %schemas.topic, key_schema = %key, value_schema = %value_schema, "table schema ready");
                     let contract = self.contracts.get(&schemas.topic).map(|contract| {
                         Arc::new(BoundContract::new(contract.clone(), &schemas.value.schema))
                     });
+                    if let Some(reason) = contract.as_ref().and_then(|c| c.incompatible()) {
+                        tracing::error!(table = %table.qualified_name(), reason, "every event of this table version will go to the dead-letter topic");
+                    }
                     let encoding = TableEncoding {
                         table: table.clone(),
+                        name: table.qualified_name().into(),
                         topic: schemas.topic,
                         key_schema,
                         value_schema,
@@ -812,31 +836,36 @@ impl Publisher {
         ordinal: u64,
     ) -> Result<(), PipelineError> {
         tracing::warn!(stage = stage.as_str(), table = %event.table.qualified_name(), lsn = %event.source.lsn, reason, "event sent to the dead-letter topic");
-        let letter =
-            DeadLetter::for_event(event, topic, stage, reason, &self.topic_prefix, now_ms());
+        let letter = DeadLetter::for_event(
+            event,
+            Failure {
+                stage,
+                topic,
+                error: reason,
+                instance: &self.topic_prefix,
+                failed_at_ms: now_ms(),
+            },
+        );
         self.send_dead_letter(&letter, key, ordinal).await
     }
 
-    /// Registers or publishes the dead-letter schema, before any event can need it.
-    async fn prepare_dead_letters(&mut self) -> Result<(), PipelineError> {
+    /// The dead-letter schema, registered or published the first time a dead letter needs it (so that a
+    /// registry that is down delays only what needs it).
+    async fn dead_letter_schema(&mut self) -> Result<SchemaRef, PipelineError> {
+        if let Some(found) = self.dead_letter_schema {
+            return Ok(found);
+        }
         let schema = avro::AvroSchema {
             json: deadletter::SCHEMA_TEXT.to_owned(),
             schema: deadletter::schema().clone(),
         };
         let topic = self.dead_letter_topic.clone();
-        let found = self.schema_ref(&topic, SchemaPart::Value, &schema).await?;
-        self.dead_letter_schema = Some(found.map_err(PipelineError::DeadLetterSchema)?);
-        Ok(())
-    }
-
-    /// A dead letter framed like every other message.
-    fn frame_dead_letter(&self, datum: &[u8]) -> Vec<u8> {
-        let mut framed = Vec::with_capacity(datum.len() + 10);
-        self.dead_letter_schema
-            .expect("prepare_dead_letters runs before the first event")
-            .write_header(&mut framed);
-        framed.extend_from_slice(datum);
-        framed
+        let found = self
+            .schema_ref(&topic, SchemaPart::Value, &schema)
+            .await?
+            .map_err(PipelineError::DeadLetterSchema)?;
+        self.dead_letter_schema = Some(found);
+        Ok(found)
     }
 
     /// Produces a dead letter; one too large for the broker is sent again without the change itself.
@@ -846,17 +875,8 @@ impl Publisher {
         key: Option<&[u8]>,
         ordinal: u64,
     ) -> Result<(), PipelineError> {
-        *self
-            .stats
-            .dead_letters
-            .entry((
-                letter.stage,
-                letter
-                    .collection
-                    .clone()
-                    .unwrap_or_else(|| letter.topic.clone()),
-            ))
-            .or_default() += 1;
+        let table = letter.collection.as_deref().unwrap_or(&letter.topic);
+        self.metrics.dead_letter(letter.stage, table);
         self.produce_dead_letter(letter.encode(), &letter.headers(), key, ordinal)
             .await
     }
@@ -868,9 +888,12 @@ impl Publisher {
         key: Option<&[u8]>,
         ordinal: u64,
     ) -> Result<(), PipelineError> {
+        let schema = self.dead_letter_schema().await?;
         let mut datum = datum;
         loop {
-            let value = self.frame_dead_letter(&datum);
+            let mut value = Vec::with_capacity(datum.len() + 10);
+            schema.write_header(&mut value);
+            value.extend_from_slice(&datum);
             let header_refs: Vec<(&str, &[u8])> = headers
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_slice()))
@@ -881,7 +904,11 @@ impl Publisher {
                 payload: Some(&value),
                 headers: &header_refs,
             };
-            let err = match self.sink.send(&message, ordinal, true, &self.stop).await {
+            let err = match self
+                .sink
+                .send(&message, ordinal, MessageKind::DeadLetter, &self.stop)
+                .await
+            {
                 Ok(()) => return Ok(()),
                 Err(err) => err,
             };
@@ -945,14 +972,16 @@ impl Publisher {
         let reason = format!("the broker refused the message: {}", failure.error);
         tracing::warn!(topic = %failure.topic, %reason, "message sent to the dead-letter topic");
         let letter = DeadLetter::for_refused_message(
-            Stage::Produce,
-            &failure.topic,
+            Failure {
+                stage: Stage::Produce,
+                topic: &failure.topic,
+                error: &reason,
+                instance: &self.topic_prefix,
+                failed_at_ms: now_ms(),
+            },
             failure.key.as_deref(),
             failure.payload.as_deref(),
             &failure.headers,
-            &reason,
-            &self.topic_prefix,
-            now_ms(),
         );
         self.send_dead_letter(&letter, failure.key.as_deref(), failure.ordinal)
             .await
@@ -969,6 +998,22 @@ fn encode_stage(err: &EncodeError) -> Stage {
         } => Stage::Decode,
         _ => Stage::Encode,
     }
+}
+
+/// The Avro field names of the columns whose values PostgreSQL did not send (unchanged TOAST).
+fn unchanged_toast_fields(event: &ChangeEvent) -> Vec<String> {
+    let Some(after) = &event.after else {
+        return Vec::new();
+    };
+    if !after.contains(&Value::UnchangedToast) {
+        return Vec::new();
+    }
+    avro::naming::field_names(&event.table)
+        .into_iter()
+        .zip(after)
+        .filter(|(_, value)| **value == Value::UnchangedToast)
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// Columns whose values PostgreSQL did not send (unchanged TOAST), as a comma-separated header value.

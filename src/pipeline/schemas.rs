@@ -4,7 +4,7 @@
 //! and written to `[positions].dir/schemas/<fingerprint>.avsc`, and messages carry the fingerprint
 //! (Avro's single-object encoding). Either way a schema is on its way before the first message that needs it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,8 +12,8 @@ use super::{PipelineError, Publisher};
 use crate::avro::{AvroSchema, Fingerprint, SchemaRef, TableSchemas};
 use crate::config::SubjectNameStrategy;
 use crate::positions::write_atomically;
-use crate::registry::{self, RegistryClient, RegistryError, SchemaPart};
-use crate::sink::Outgoing;
+use crate::registry::{self, RegistryClient, SchemaPart};
+use crate::sink::{MessageKind, Outgoing};
 
 /// The registry, or the schemas topic and directory.
 pub enum SchemaDirectory {
@@ -25,17 +25,32 @@ pub enum SchemaDirectory {
         topic: String,
         /// `<positions.dir>/schemas`.
         dir: PathBuf,
-        /// Fingerprints published by this run, with the text published for each.
-        published: HashMap<Fingerprint, String>,
+        /// Every fingerprint published, by earlier runs (their files) and this one, with its text.
+        known: HashMap<Fingerprint, String>,
+        /// Fingerprints this run has put on the topic.
+        published: HashSet<Fingerprint>,
     },
 }
 
 impl SchemaDirectory {
+    /// Registry-free: the schemas topic, and the directory whose files say what earlier runs published.
     pub fn topic(topic: String, positions_dir: PathBuf) -> SchemaDirectory {
+        let dir = positions_dir.join("schemas");
+        let known = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let path = entry.path();
+                let fingerprint = Fingerprint::from_hex(path.file_stem()?.to_str()?)?;
+                Some((fingerprint, std::fs::read_to_string(&path).ok()?))
+            })
+            .collect();
         SchemaDirectory::Topic {
             topic,
-            dir: positions_dir.join("schemas"),
-            published: HashMap::new(),
+            dir,
+            known,
+            published: HashSet::new(),
         }
     }
 
@@ -52,12 +67,12 @@ impl SchemaDirectory {
 const MAX_REGISTRY_BACKOFF: Duration = Duration::from_secs(10);
 
 impl Publisher {
-    /// The key and value schema references of a topic's schemas. `Ok(Err(..))` is a refusal of the schema
-    /// itself (the events go to the dead-letter topic); `Err` stops the pipeline.
+    /// The key and value schema references of a topic's schemas. `Ok(Err(reason))` is a refusal of the
+    /// schema itself (the events go to the dead-letter topic); `Err` stops the pipeline.
     pub(super) async fn schema_refs(
         &mut self,
         schemas: &TableSchemas,
-    ) -> Result<Result<(Option<SchemaRef>, SchemaRef), RegistryError>, PipelineError> {
+    ) -> Result<Result<(Option<SchemaRef>, SchemaRef), String>, PipelineError> {
         let key = match &schemas.key {
             Some(key) => match self
                 .schema_ref(&schemas.topic, SchemaPart::Key, key)
@@ -79,10 +94,10 @@ impl Publisher {
         topic: &str,
         part: SchemaPart,
         schema: &AvroSchema,
-    ) -> Result<Result<SchemaRef, RegistryError>, PipelineError> {
+    ) -> Result<Result<SchemaRef, String>, PipelineError> {
         match &self.schemas {
             SchemaDirectory::Registry { .. } => self.register(topic, part, schema).await,
-            SchemaDirectory::Topic { .. } => self.publish_schema(topic, part, schema).await.map(Ok),
+            SchemaDirectory::Topic { .. } => self.publish_schema(topic, part, schema).await,
         }
     }
 
@@ -92,7 +107,7 @@ impl Publisher {
         topic: &str,
         part: SchemaPart,
         schema: &AvroSchema,
-    ) -> Result<Result<SchemaRef, RegistryError>, PipelineError> {
+    ) -> Result<Result<SchemaRef, String>, PipelineError> {
         let SchemaDirectory::Registry { client, strategy } = &self.schemas else {
             unreachable!("register is only called with a registry");
         };
@@ -113,45 +128,54 @@ impl Publisher {
                     tracing::warn!(error = %err, subject, retry_in = ?delay, "schema registry unavailable; events wait");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = self.stop.changed() => {}
+                        Ok(()) = self.stop.changed() => {}
                     }
                     delay = (delay * 2).min(MAX_REGISTRY_BACKOFF);
                 }
-                Err(err) if err.is_schema_fault() => return Ok(Err(err)),
+                Err(err) if err.is_schema_fault() => return Ok(Err(err.to_string())),
                 Err(err) => return Err(err.into()),
             }
         }
     }
 
     /// Publishes a schema to the schemas topic and its directory once per run, and waits until the broker
-    /// has it, so that no message naming its fingerprint is on the broker before it.
+    /// has it, so that no message naming its fingerprint is on the broker before it. A schema whose
+    /// fingerprint an earlier, different schema already has is refused (`Ok(Err)`): Parsing Canonical
+    /// Form leaves out logical types, precision and scale, and replacing the earlier text would make its
+    /// messages decode wrongly.
     async fn publish_schema(
         &mut self,
         topic: &str,
         part: SchemaPart,
         schema: &AvroSchema,
-    ) -> Result<SchemaRef, PipelineError> {
+    ) -> Result<Result<SchemaRef, String>, PipelineError> {
         let SchemaDirectory::Topic {
             topic: schemas_topic,
             dir,
+            known,
             published,
         } = &self.schemas
         else {
             unreachable!("publish_schema is only called without a registry");
         };
-        let fingerprint =
-            Fingerprint::of_json(&schema.json).expect("generated schemas are valid JSON schemas");
-        match published.get(&fingerprint) {
-            Some(text) if *text == schema.json => return Ok(SchemaRef::Fingerprint(fingerprint)),
-            // Parsing Canonical Form leaves out logical types, so a column's change of logical type alone
-            // keeps the fingerprint; the later text replaces the earlier one on the compacted topic.
-            Some(_) => {
-                tracing::warn!(fingerprint = %fingerprint.hex(), topic, "a schema with the same fingerprint but other logical types: publishing the new text")
+        let Some(fingerprint) = Fingerprint::of_json(&schema.json) else {
+            unreachable!("generated schemas are valid JSON schemas");
+        };
+        let hex = fingerprint.hex();
+        match known.get(&fingerprint) {
+            Some(text) if *text != schema.json => {
+                return Ok(Err(format!(
+                    "the schema for {topic} has the fingerprint {hex} of an earlier schema that differs only in \
+                     logical types, precision or scale; publishing it would change how that schema's messages \
+                     decode. Use a schema registry (avro.registry_url) for such type changes"
+                )))
             }
-            None => {}
+            Some(_) if published.contains(&fingerprint) => {
+                return Ok(Ok(SchemaRef::Fingerprint(fingerprint)))
+            }
+            _ => {}
         }
         let (schemas_topic, dir) = (schemas_topic.clone(), dir.clone());
-        let hex = fingerprint.hex();
         let path = dir.join(format!("{hex}.avsc"));
         let written = std::fs::create_dir_all(&dir)
             .and_then(|()| write_atomically(&path, schema.json.as_bytes()));
@@ -161,14 +185,10 @@ impl Publisher {
         self.sink
             .ensure_topic_with(&schemas_topic, &[("cleanup.policy", "compact")], &self.stop)
             .await?;
-        let part_name = match part {
-            SchemaPart::Key => "key",
-            SchemaPart::Value => "value",
-        };
         let headers: [(&str, &[u8]); 3] = [
             ("sluice.schema.fingerprint", hex.as_bytes()),
             ("sluice.schema.topic", topic.as_bytes()),
-            ("sluice.schema.part", part_name.as_bytes()),
+            ("sluice.schema.part", part.as_str().as_bytes()),
         ];
         let record = Outgoing {
             topic: &schemas_topic,
@@ -176,23 +196,28 @@ impl Publisher {
             payload: Some(schema.json.as_bytes()),
             headers: &headers,
         };
-        // Tracked like an event: the position waits for the schema as well.
+        // Tracked like an event as well: the position waits for the schema.
         let ordinal = self.tracker.register();
+        let refused = |err: crate::sink::SinkError| PipelineError::SchemaTopicRefused {
+            topic: schemas_topic.clone(),
+            reason: err.to_string(),
+        };
         self.sink
-            .send(&record, ordinal, false, &self.stop)
+            .send(&record, ordinal, MessageKind::Schema, &self.stop)
             .await
-            .map_err(|err| PipelineError::SchemaTopicRefused {
-                topic: schemas_topic.clone(),
-                reason: err.to_string(),
-            })?;
-        // Messages of other topics may reach a consumer first unless the schema is acknowledged before them.
-        while self.sink.in_flight() > 0 && !*self.stop.borrow() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            .map_err(refused)?;
+        self.sink
+            .schema_delivered(&self.stop)
+            .await
+            .map_err(refused)?;
+        tracing::info!(fingerprint = %hex, topic, part = part.as_str(), file = %path.display(), "schema published");
+        if let SchemaDirectory::Topic {
+            known, published, ..
+        } = &mut self.schemas
+        {
+            known.insert(fingerprint, schema.json.clone());
+            published.insert(fingerprint);
         }
-        tracing::info!(fingerprint = %hex, topic, part = part_name, file = %path.display(), "schema published");
-        if let SchemaDirectory::Topic { published, .. } = &mut self.schemas {
-            published.insert(fingerprint, schema.json.clone());
-        }
-        Ok(SchemaRef::Fingerprint(fingerprint))
+        Ok(Ok(SchemaRef::Fingerprint(fingerprint)))
     }
 }

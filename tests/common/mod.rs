@@ -246,6 +246,28 @@ pub fn sluice(args: &[&str]) -> (ExitStatus, String, String) {
     )
 }
 
+/// GET `path` from the `[api]` endpoint the daemon logged it listens on; (status line, body).
+pub fn http_get(daemon: &Daemon, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let log = daemon.log();
+    let address = log
+        .lines()
+        .find(|l| l.contains("api listening"))
+        .and_then(|l| l.split("address=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the daemon logged no api address:\n{log}"))
+        .to_owned();
+    let mut stream = std::net::TcpStream::connect(&address).expect("connect to the api");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
 /// `sluice run` as a child process, its log in a file.
 pub struct Daemon {
     child: Child,

@@ -26,6 +26,8 @@ pub struct ConfigFile {
     /// More `[avro]` lines, e.g. `subject_name_strategy = "record_name"`.
     pub avro_extra: String,
     pub positions_dir: PathBuf,
+    /// `[api] address`, e.g. `127.0.0.1:0`; None leaves the endpoint off.
+    pub api_address: Option<String>,
 }
 
 impl ConfigFile {
@@ -51,6 +53,7 @@ impl ConfigFile {
             registry_url,
             avro_extra: String::new(),
             positions_dir,
+            api_address: None,
         }
     }
 
@@ -91,7 +94,7 @@ topic_replication_factor = 1
 
 [positions]
 dir = "{positions}"
-"#,
+{api}"#,
             url = self.url,
             slot = self.slot,
             publication = self.publication,
@@ -108,6 +111,11 @@ dir = "{positions}"
             contracts = self.contracts_dir().display(),
             avro_extra = self.avro_extra,
             positions = self.positions_dir.display(),
+            api = self
+                .api_address
+                .as_ref()
+                .map(|address| format!("\n[api]\naddress = \"{address}\"\n"))
+                .unwrap_or_default(),
         )
     }
 
