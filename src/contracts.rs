@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use apache_avro::schema::{Name, RecordSchema, ResolvedSchema, Schema};
+use apache_avro::schema::{Name, RecordSchema, Schema};
 use serde_json::Value as Json;
 
 #[derive(Debug, thiserror::Error)]
@@ -383,12 +383,7 @@ fn join(path: &str, field: &str) -> String {
 }
 
 fn names_of(schema: &Schema) -> Result<HashMap<Name, Schema>, String> {
-    let resolved = ResolvedSchema::try_from(schema).map_err(|err| err.to_string())?;
-    Ok(resolved
-        .get_names()
-        .iter()
-        .map(|(name, schema)| (name.clone(), (*schema).clone()))
-        .collect())
+    crate::tail::named_types(schema).map_err(|err| err.to_string())
 }
 
 fn resolve<'a>(schema: &'a Schema, names: &'a HashMap<Name, Schema>) -> &'a Schema {

@@ -104,7 +104,7 @@ impl SchemaLookup {
 /// Decodes message bodies, caching schemas by registry id and by fingerprint.
 pub struct MessageDecoder {
     registry: Option<RegistryClient>,
-    lookup: Option<SchemaLookup>,
+    lookup: SchemaLookup,
     by_id: HashMap<u32, Arc<ParsedSchema>>,
     by_fingerprint: HashMap<Fingerprint, Arc<ParsedSchema>>,
     /// Schema texts read from the schemas topic, parsed on first use.
@@ -117,7 +117,7 @@ struct ParsedSchema {
 }
 
 impl MessageDecoder {
-    pub fn new(registry: Option<RegistryClient>, lookup: Option<SchemaLookup>) -> MessageDecoder {
+    pub fn new(registry: Option<RegistryClient>, lookup: SchemaLookup) -> MessageDecoder {
         MessageDecoder {
             registry,
             lookup,
@@ -134,7 +134,7 @@ impl MessageDecoder {
             Some((SchemaRef::RegistryId(id), datum)) if self.registry.is_some() => {
                 Some((self.by_registry_id(id).await?, format!("id {id}"), datum))
             }
-            Some((SchemaRef::Fingerprint(fingerprint), datum)) if self.lookup.is_some() => Some((
+            Some((SchemaRef::Fingerprint(fingerprint), datum)) => Some((
                 self.by_fingerprint(fingerprint)?,
                 format!("fingerprint {}", fingerprint.hex()),
                 datum,
@@ -178,9 +178,7 @@ impl MessageDecoder {
         }
         if !self.texts.contains_key(&fingerprint) {
             // A schema published since the last look (with --follow, or a new table version).
-            if let Some(lookup) = &self.lookup {
-                self.texts = lookup.load();
-            }
+            self.texts = self.lookup.load();
         }
         let text = self
             .texts
@@ -221,13 +219,18 @@ fn parse_schema(name: &str, text: &str) -> Result<ParsedSchema, TailError> {
         reason: err.to_string(),
     };
     let schema = Schema::parse_str(text).map_err(bad)?;
-    let resolved = apache_avro::schema::ResolvedSchema::try_from(&schema).map_err(bad)?;
-    let names = resolved
+    let names = named_types(&schema).map_err(bad)?;
+    Ok(ParsedSchema { schema, names })
+}
+
+/// Every named type a schema defines, by name: what [`avro_json`] looks references up in.
+pub fn named_types(schema: &Schema) -> Result<HashMap<Name, Schema>, apache_avro::Error> {
+    let resolved = apache_avro::schema::ResolvedSchema::try_from(schema)?;
+    Ok(resolved
         .get_names()
         .iter()
         .map(|(name, schema)| (name.clone(), (*schema).clone()))
-        .collect();
-    Ok(ParsedSchema { schema, names })
+        .collect())
 }
 
 /// Avro to JSON, guided by the schema so that logical types read naturally (decimals as exact strings).
@@ -489,12 +492,12 @@ pub async fn run(options: &TailOptions, out: &mut impl Write) -> Result<u64, Tai
         .map(RegistryClient::new)
         .transpose()?;
     // Both framings, whichever this instance writes: a topic may hold messages of an earlier setting.
-    let lookup = Some(SchemaLookup {
+    let lookup = SchemaLookup {
         brokers: options.brokers.clone(),
         properties: options.properties.clone(),
         topic: options.schemas_topic.clone(),
         dir: options.schemas_dir.clone(),
-    });
+    };
     let mut decoder = MessageDecoder::new(registry, lookup);
     // Decoding may ask the registry (async) while the consumer is polled (blocking): collect a message's
     // parts, then decode them outside the poll callback.

@@ -103,11 +103,10 @@ async fn an_event_too_large_for_the_producer_goes_to_the_dead_letter_topic_witho
         .collect();
     assert_eq!(ids, [1, 3], "the stream goes on around the large row");
 
-    let letters = services
-        .read(DEAD_LETTERS, 1, Duration::from_secs(30))
-        .await;
-    assert_eq!(letters.len(), 1);
-    let letter = services.dead_letter(&letters[0]);
+    let letter = services
+        .dead_letters(1, Duration::from_secs(30))
+        .await
+        .remove(0);
     assert_eq!(letter["stage"], "produce", "{letter}");
     assert!(
         letter["error"].as_str().unwrap().contains("too large"),

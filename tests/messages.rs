@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{decode_all, DEAD_LETTERS};
+use common::decode_all;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -29,11 +29,10 @@ async fn emitted_messages_arrive_on_the_message_topic() {
     services
         .sql("SELECT pg_logical_emit_message(false, 'early', 'refused')")
         .await;
-    let letters = services
-        .read(DEAD_LETTERS, 1, Duration::from_secs(60))
-        .await;
-    assert_eq!(letters.len(), 1);
-    let letter = services.dead_letter(&letters[0]);
+    let letter = services
+        .dead_letters(1, Duration::from_secs(60))
+        .await
+        .remove(0);
     assert_eq!(letter["stage"], "register", "{letter}");
     assert_eq!(letter["topic"], "shop.message", "{letter}");
     services.registry.reject_subjects_starting_with(None);

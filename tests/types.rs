@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{decode_all, Services, DEAD_LETTERS};
+use common::{decode_all, Services};
 use serde_json::Value as Json;
 
 struct Case {
@@ -605,11 +605,10 @@ async fn special_numerics_follow_decimal_handling() {
     services
         .sql("INSERT INTO readings VALUES (1, 'NaN'), (2, 1.5)")
         .await;
-    let letters = services
-        .read(DEAD_LETTERS, 1, Duration::from_secs(60))
-        .await;
-    assert_eq!(letters.len(), 1);
-    let letter = services.dead_letter(&letters[0]);
+    let letter = services
+        .dead_letters(1, Duration::from_secs(60))
+        .await
+        .remove(0);
     assert_eq!(letter["stage"], "encode", "{letter}");
     let reason = letter["error"].as_str().unwrap();
     assert!(

@@ -574,11 +574,9 @@ pub async fn current_tables(settings: &PostgresSettings) -> Result<Vec<Arc<Table
     let client = catalog::connect(&settings.connection).await?;
     let mut tables = Vec::new();
     for name in catalog::resolve_tables(&client, &settings.selection).await? {
-        let description = catalog::describe_table(&client, &name).await?;
-        let captured = Captured::load(
+        let (_, captured) = Captured::describe(
             &client,
-            &description.relation,
-            &description.primary_key,
+            &name,
             &settings.selection,
             settings.decimal_handling,
         )
@@ -914,6 +912,26 @@ pub(super) struct Captured {
 }
 
 impl Captured {
+    /// Describes a table from the catalog and loads its model: what a snapshot reads and what comparing
+    /// a contract needs, before any Relation message arrives.
+    pub(super) async fn describe(
+        client: &Client,
+        name: &TableName,
+        selection: &Selection,
+        decimal: DecimalHandling,
+    ) -> Result<(catalog::TableDescription, Captured), SourceError> {
+        let description = catalog::describe_table(client, name).await?;
+        let captured = Captured::load(
+            client,
+            &description.relation,
+            &description.primary_key,
+            selection,
+            decimal,
+        )
+        .await?;
+        Ok((description, captured))
+    }
+
     /// Looks up the relation's column types in the catalog, then [`Captured::new`].
     pub(super) async fn load(
         client: &Client,

@@ -222,17 +222,9 @@ async fn read_table(
     decimal: DecimalHandling,
     rows_out: &RowSender,
 ) -> Result<bool, SourceError> {
-    let description = catalog::describe_table(client, name).await?;
+    let (description, captured) = Captured::describe(client, name, selection, decimal).await?;
     // COPY reads only the captured columns, so its rows need no filtering.
-    let table = Captured::load(
-        client,
-        &description.relation,
-        &description.primary_key,
-        selection,
-        decimal,
-    )
-    .await?
-    .table;
+    let table = captured.table;
     let columns: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
     // COPY reads a plain table directly (the fastest way out of PostgreSQL); a partitioned table only
     // through a query.

@@ -703,13 +703,7 @@ impl Publisher {
                     Err(err) => {
                         let reason = format!("cannot register the schema of {topic}: {err}");
                         let letter = DeadLetter::for_refused_message(
-                            Failure {
-                                stage: Stage::Register,
-                                topic: &topic,
-                                error: &reason,
-                                instance: &self.topic_prefix,
-                                failed_at_ms: now_ms(),
-                            },
+                            self.failure(Stage::Register, &topic, &reason),
                             Some(key),
                             Some(value),
                             headers,
@@ -746,13 +740,7 @@ impl Publisher {
             Err(err) if err.is_message_fault() => {
                 let reason = format!("the broker refused the record: {err}");
                 let letter = DeadLetter::for_refused_message(
-                    Failure {
-                        stage: Stage::Produce,
-                        topic: &topic,
-                        error: &reason,
-                        instance: &self.topic_prefix,
-                        failed_at_ms: now_ms(),
-                    },
+                    self.failure(Stage::Produce, &topic, &reason),
                     Some(&self.key_buf),
                     Some(&self.value_buf),
                     headers,
@@ -836,17 +824,19 @@ impl Publisher {
         ordinal: u64,
     ) -> Result<(), PipelineError> {
         tracing::warn!(stage = stage.as_str(), table = %event.table.qualified_name(), lsn = %event.source.lsn, reason, "event sent to the dead-letter topic");
-        let letter = DeadLetter::for_event(
-            event,
-            Failure {
-                stage,
-                topic,
-                error: reason,
-                instance: &self.topic_prefix,
-                failed_at_ms: now_ms(),
-            },
-        );
+        let letter = DeadLetter::for_event(event, self.failure(stage, topic, reason));
         self.send_dead_letter(&letter, key, ordinal).await
+    }
+
+    /// A failure of this instance, now.
+    fn failure<'a>(&'a self, stage: Stage, topic: &'a str, error: &'a str) -> Failure<'a> {
+        Failure {
+            stage,
+            topic,
+            error,
+            instance: &self.topic_prefix,
+            failed_at_ms: now_ms(),
+        }
     }
 
     /// The dead-letter schema, registered or published the first time a dead letter needs it (so that a
@@ -972,13 +962,7 @@ impl Publisher {
         let reason = format!("the broker refused the message: {}", failure.error);
         tracing::warn!(topic = %failure.topic, %reason, "message sent to the dead-letter topic");
         let letter = DeadLetter::for_refused_message(
-            Failure {
-                stage: Stage::Produce,
-                topic: &failure.topic,
-                error: &reason,
-                instance: &self.topic_prefix,
-                failed_at_ms: now_ms(),
-            },
+            self.failure(Stage::Produce, &failure.topic, &reason),
             failure.key.as_deref(),
             failure.payload.as_deref(),
             &failure.headers,
@@ -1000,32 +984,30 @@ fn encode_stage(err: &EncodeError) -> Stage {
     }
 }
 
-/// The Avro field names of the columns whose values PostgreSQL did not send (unchanged TOAST).
-fn unchanged_toast_fields(event: &ChangeEvent) -> Vec<String> {
-    let Some(after) = &event.after else {
-        return Vec::new();
-    };
-    if !after.contains(&Value::UnchangedToast) {
-        return Vec::new();
-    }
-    avro::naming::field_names(&event.table)
-        .into_iter()
-        .zip(after)
+/// Positions of the columns whose values PostgreSQL did not send (unchanged TOAST).
+fn unchanged_toast(event: &ChangeEvent) -> impl Iterator<Item = usize> + '_ {
+    event
+        .after
+        .iter()
+        .flat_map(|after| after.iter().enumerate())
         .filter(|(_, value)| **value == Value::UnchangedToast)
-        .map(|(name, _)| name)
-        .collect()
+        .map(|(i, _)| i)
 }
 
-/// Columns whose values PostgreSQL did not send (unchanged TOAST), as a comma-separated header value.
+/// The Avro field names of the unchanged-TOAST columns, for the contract check.
+fn unchanged_toast_fields(event: &ChangeEvent) -> Vec<String> {
+    let positions: Vec<usize> = unchanged_toast(event).collect();
+    if positions.is_empty() {
+        return Vec::new();
+    }
+    let names = avro::naming::field_names(&event.table);
+    positions.into_iter().map(|i| names[i].clone()).collect()
+}
+
+/// The unchanged-TOAST columns, as a comma-separated header value.
 fn unchanged_toast_columns(event: &ChangeEvent) -> Option<String> {
-    let after = event.after.as_ref()?;
-    let names: Vec<&str> = event
-        .table
-        .columns
-        .iter()
-        .zip(after)
-        .filter(|(_, v)| **v == Value::UnchangedToast)
-        .map(|(c, _)| c.name.as_str())
+    let names: Vec<&str> = unchanged_toast(event)
+        .map(|i| event.table.columns[i].name.as_str())
         .collect();
     (!names.is_empty()).then(|| names.join(","))
 }

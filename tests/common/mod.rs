@@ -125,6 +125,14 @@ impl Services {
             .unwrap_or_else(|err| panic!("decode with schema {id}: {err}"))
     }
 
+    /// Waits up to `timeout` for the dead-letter topic, asserts that it holds exactly `count` letters, and
+    /// returns them decoded.
+    pub async fn dead_letters(&self, count: usize, timeout: Duration) -> Vec<Json> {
+        let records = self.read(DEAD_LETTERS, count, timeout).await;
+        assert_eq!(records.len(), count, "dead letters");
+        records.iter().map(|r| self.dead_letter(r)).collect()
+    }
+
     /// A dead letter decoded, with its `key` and `change` JSON texts parsed.
     pub fn dead_letter(&self, record: &Record) -> Json {
         let mut letter = self.decode(record.value.as_deref().expect("a dead letter has a value"));
