@@ -1,5 +1,6 @@
-//! The HTTP endpoint in `[api]`: `/metrics` (Prometheus text format) and `/health/live`. Deliberately
-//! small: one GET per connection, answered and closed, which is all a scraper or a probe sends.
+//! The HTTP endpoint in `[api]`: `/metrics` (Prometheus text format), `/health/live` and `/health/ready`.
+//! Deliberately small: one GET per connection, answered and closed, which is all a scraper or a probe
+//! sends.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,6 +72,14 @@ async fn answer(mut stream: TcpStream, metrics: Arc<Metrics>) {
             metrics.render(),
         ),
         ("GET", "/health/live") => ("200 OK", "text/plain; charset=utf-8", "live\n".to_owned()),
+        ("GET", "/health/ready") => match metrics.readiness() {
+            Ok(()) => ("200 OK", "text/plain; charset=utf-8", "ready\n".to_owned()),
+            Err(why) => (
+                "503 Service Unavailable",
+                "text/plain; charset=utf-8",
+                format!("not ready: {}\n", why.as_str()),
+            ),
+        },
         ("GET", _) => (
             "404 Not Found",
             "text/plain; charset=utf-8",

@@ -10,11 +10,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
-use tokio_postgres::config::SslMode;
 use toml::Spanned;
 
 /// The whole configuration file.
@@ -151,6 +150,10 @@ pub struct SinkConfig {
     /// Replication factor of topics sluice creates; -1 leaves it to the broker's default.
     #[serde(default = "default_broker_setting")]
     pub topic_replication_factor: Spanned<i32>,
+    /// How long a stop (SIGTERM/SIGINT) may take: up to half of it finishing the open transaction, the
+    /// rest waiting for the broker to acknowledge what is in flight.
+    #[serde(default = "default_shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: Spanned<u64>,
     /// librdkafka producer properties, passed through.
     #[serde(default)]
     pub kafka: BTreeMap<String, Spanned<PropertyValue>>,
@@ -227,6 +230,14 @@ fn default_snapshot_connections() -> Spanned<u8> {
 
 /// Each snapshot connection is a server backend and a walsender's exported snapshot shared that many ways.
 const MAX_SNAPSHOT_CONNECTIONS: u8 = 16;
+
+/// Below Kubernetes' default terminationGracePeriodSeconds (30).
+fn default_shutdown_timeout_secs() -> Spanned<u64> {
+    Spanned::new(0..0, 25)
+}
+
+/// Below this a stop under load would rarely finish its transaction and its acknowledgements in time.
+const MIN_SHUTDOWN_TIMEOUT_SECS: u64 = 2;
 
 fn default_status_interval_secs() -> Spanned<u64> {
     Spanned::new(0..0, 10)
@@ -474,6 +485,14 @@ impl Config {
         }
 
         let sink = &self.sink;
+        let shutdown = *sink.shutdown_timeout_secs.get_ref();
+        if shutdown < MIN_SHUTDOWN_TIMEOUT_SECS {
+            report(
+                "sink.shutdown_timeout_secs",
+                sink.shutdown_timeout_secs.span(),
+                format!("is {shutdown}; must be at least {MIN_SHUTDOWN_TIMEOUT_SECS} seconds"),
+            );
+        }
         if let Err(message) = check_brokers(sink.brokers.get_ref().as_str()) {
             report("sink.brokers", sink.brokers.span(), message);
         }
@@ -611,6 +630,11 @@ impl Config {
                 "choose one: basic authentication (`registry_username`) or a bearer token".into(),
             );
         }
+    }
+
+    /// `sink.shutdown_timeout_secs`: the bound on a stop.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(*self.sink.shutdown_timeout_secs.get_ref())
     }
 
     /// The topic that holds every schema when there is no registry.
@@ -829,8 +853,9 @@ fn check_postgres_url(url: &str) -> Result<(), String> {
             redact_secrets(url)
         ));
     }
-    let config = tokio_postgres::Config::from_str(url)
-        .map_err(|err| format!("invalid PostgreSQL URL `{}`: {err}", redact_secrets(url)))?;
+    let config = crate::connectors::postgres::connection::PgConnection::parse(url)
+        .map_err(|err| format!("invalid PostgreSQL URL `{}`: {err}", redact_secrets(url)))?
+        .config;
     if config.get_hosts().is_empty() {
         return Err("names no host: write postgres://user@host:port/database".into());
     }
@@ -839,11 +864,6 @@ fn check_postgres_url(url: &str) -> Result<(), String> {
     }
     if config.get_dbname().is_none() {
         return Err("names no database: write postgres://user@host:port/database".into());
-    }
-    if !matches!(config.get_ssl_mode(), SslMode::Disable | SslMode::Prefer) {
-        return Err("sslmode: sluice does not yet speak TLS to PostgreSQL; use sslmode=disable (or prefer, \
-                    which connects without TLS) on a trusted network"
-            .into());
     }
     Ok(())
 }
@@ -1136,6 +1156,19 @@ dir = "/var/lib/sluice"
         ] {
             assert_eq!(Config::parse(&with(text)).unwrap().source.snapshot, mode);
         }
+        let config = Config::parse(GOOD).unwrap();
+        assert_eq!(config.shutdown_timeout(), Duration::from_secs(25));
+        let text = GOOD.replace(
+            "dead_letter_topic = \"shop.dlq\"",
+            "dead_letter_topic = \"shop.dlq\"\nshutdown_timeout_secs = 1",
+        );
+        let found = problems(&text);
+        assert_eq!(found[0].key, "sink.shutdown_timeout_secs");
+        assert!(
+            found[0].message.contains("at least 2"),
+            "{}",
+            found[0].message
+        );
         let text = GOOD.replace(
             "slot = \"sluice\"",
             "slot = \"sluice\"\nsnapshot_connections = 0",
@@ -1235,10 +1268,15 @@ dir = "/var/lib/sluice"
             found[0].message
         );
 
-        let text = GOOD.replace("5432/shop", "5432/shop?sslmode=require");
+        let text = GOOD.replace("5432/shop", "5432/shop?sslmode=verify-full");
         let found = problems(&text);
         assert_eq!(found[0].key, "source.url");
-        assert!(found[0].message.contains("TLS"), "{}", found[0].message);
+        assert!(
+            found[0].message.contains("sslrootcert"),
+            "{}",
+            found[0].message
+        );
+        assert!(Config::parse(&GOOD.replace("5432/shop", "5432/shop?sslmode=require")).is_ok());
     }
 
     #[test]

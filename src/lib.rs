@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod positions;
 pub mod preflight;
 pub mod registry;
+pub mod shutdown;
 pub mod sink;
 pub mod tail;
 

@@ -1,18 +1,42 @@
-//! Counters the daemon keeps about itself, rendered in Prometheus' text exposition format for `/metrics`.
-//! Updated on the publishing path (one short lock per event), read by the HTTP endpoint.
+//! What the daemon knows about itself, rendered in Prometheus' text exposition format for `/metrics` and
+//! summed up for `/health/ready`. Counters by label sit behind one short lock per event; everything
+//! updated from other threads (delivery reports, the source reader) is an atomic.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::deadletter::Stage;
-use crate::positions::AckTracker;
+use crate::event::Lsn;
+use crate::positions::{now_ms, AckTracker};
+
+/// Upper bounds (milliseconds) of the acknowledgement-latency histogram's buckets.
+const LATENCY_BUCKETS_MS: [u64; 14] = [
+    1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000,
+];
 
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Counters>,
     /// Where the in-flight count is read from, once the pipeline has one.
     tracker: OnceLock<Arc<AckTracker>>,
+    /// Key and value bytes of the change events handed to the producer.
+    bytes: AtomicU64,
+    /// The server's current WAL position (`pg_current_wal_lsn()`), asked every few seconds (0: not yet).
+    server_wal_end: AtomicU64,
+    /// The position stored and reported to the server.
+    acknowledged: AtomicU64,
+    /// Commit-to-publish delay of the newest streamed change, in ms (Debezium's MilliSecondsBehindSource).
+    behind_ms: AtomicI64,
+    reconnects: AtomicU64,
+    /// When the last delivery report arrived (ms since the epoch; 0: none yet).
+    last_delivery_ms: AtomicI64,
+    streaming: AtomicBool,
+    /// Starts false: the pipeline does not start before the broker answered.
+    broker_unreachable: AtomicBool,
+    snapshot_running: AtomicBool,
+    latency: Histogram,
 }
 
 #[derive(Default)]
@@ -22,10 +46,65 @@ struct Counters {
     events: HashMap<String, BTreeMap<&'static str, u64>>,
     /// (stage, table or topic) → dead letters.
     dead_letters: BTreeMap<(&'static str, String), u64>,
+    /// table → its snapshot's progress.
+    snapshot: BTreeMap<String, Arc<SnapshotProgress>>,
+}
+
+/// One table's snapshot: rows read so far, and the planner's estimate of the total.
+#[derive(Default)]
+pub struct SnapshotProgress {
+    pub rows: AtomicU64,
+    estimated: AtomicU64,
+    finished: AtomicBool,
+}
+
+impl SnapshotProgress {
+    pub fn finished(&self) {
+        self.finished.store(true, Relaxed);
+    }
+}
+
+#[derive(Default)]
+struct Histogram {
+    /// Cumulative counts are computed at render time; these are per bucket, the last one is +Inf.
+    buckets: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
+    sum_ms: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, ms: u64) {
+        let bucket = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|bound| ms <= *bound)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.sum_ms.fetch_add(ms, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+}
+
+/// Why `/health/ready` says no, if it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReady {
+    Snapshotting,
+    NotStreaming,
+    BrokerUnreachable,
+}
+
+impl NotReady {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotReady::Snapshotting => "taking the initial snapshot",
+            NotReady::NotStreaming => "not streaming from the source",
+            NotReady::BrokerUnreachable => "the broker is unreachable",
+        }
+    }
 }
 
 impl Metrics {
-    pub fn event_published(&self, table: &str, op: &'static str) {
+    pub fn event_published(&self, table: &str, op: &'static str, bytes: usize) {
+        self.bytes.fetch_add(bytes as u64, Relaxed);
         let mut counters = self.lock();
         match counters.events.get_mut(table) {
             Some(ops) => *ops.entry(op).or_default() += 1,
@@ -50,6 +129,79 @@ impl Metrics {
         let _ = self.tracker.set(tracker);
     }
 
+    /// A message's delivery report arrived `ms` after it was produced.
+    pub fn acknowledged_after(&self, ms: u64) {
+        self.latency.observe(ms);
+        self.last_delivery_ms.store(now_ms(), Relaxed);
+    }
+
+    /// Milliseconds since the broker last answered a produce request (None: it has not yet).
+    pub fn since_last_delivery_ms(&self) -> Option<i64> {
+        match self.last_delivery_ms.load(Relaxed) {
+            0 => None,
+            at => Some(now_ms() - at),
+        }
+    }
+
+    /// The newest streamed change committed at `commit_time_us` was published now.
+    pub fn published_commit(&self, commit_time_us: i64) {
+        let behind = (now_ms() - commit_time_us / 1000).max(0);
+        self.behind_ms.store(behind, Relaxed);
+    }
+
+    pub fn server_wal_end(&self, lsn: Lsn) {
+        self.server_wal_end.fetch_max(lsn.0, Relaxed);
+    }
+
+    pub fn position_stored(&self, lsn: Lsn) {
+        self.acknowledged.fetch_max(lsn.0, Relaxed);
+    }
+
+    pub fn reconnected(&self) {
+        self.reconnects.fetch_add(1, Relaxed);
+    }
+
+    pub fn set_streaming(&self, streaming: bool) {
+        self.streaming.store(streaming, Relaxed);
+    }
+
+    pub fn set_broker_reachable(&self, reachable: bool) {
+        self.broker_unreachable.store(!reachable, Relaxed);
+    }
+
+    pub fn set_snapshot_running(&self, running: bool) {
+        self.snapshot_running.store(running, Relaxed);
+    }
+
+    /// Starts following one table's snapshot.
+    pub fn snapshot_table(
+        &self,
+        table: &str,
+        estimated_rows: Option<u64>,
+    ) -> Arc<SnapshotProgress> {
+        let progress = Arc::new(SnapshotProgress::default());
+        progress
+            .estimated
+            .store(estimated_rows.unwrap_or(0), Relaxed);
+        self.lock()
+            .snapshot
+            .insert(table.to_owned(), progress.clone());
+        progress
+    }
+
+    /// Ready means streaming with the broker reachable: what a probe or a load balancer wants to know.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        if self.snapshot_running.load(Relaxed) {
+            Err(NotReady::Snapshotting)
+        } else if !self.streaming.load(Relaxed) {
+            Err(NotReady::NotStreaming)
+        } else if self.broker_unreachable.load(Relaxed) {
+            Err(NotReady::BrokerUnreachable)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Dead letters so far, in total.
     pub fn dead_letter_total(&self) -> u64 {
         self.lock().dead_letters.values().sum()
@@ -68,43 +220,168 @@ impl Metrics {
 
     /// The Prometheus text format (version 0.0.4).
     pub fn render(&self) -> String {
-        let counters = self.lock();
         let mut out = String::new();
-        out.push_str("# HELP sluice_events_total Change events published, by table and op.\n");
-        out.push_str("# TYPE sluice_events_total counter\n");
-        let mut tables: Vec<&String> = counters.events.keys().collect();
-        tables.sort();
-        for (table, op, count) in tables
-            .into_iter()
-            .flat_map(|t| counters.events[t].iter().map(move |(op, n)| (t, op, n)))
         {
-            let _ = writeln!(
-                out,
-                "sluice_events_total{{table=\"{}\",op=\"{op}\"}} {count}",
-                escape(table)
+            let counters = self.lock();
+            header(
+                &mut out,
+                "sluice_events_total",
+                "counter",
+                "Change events published, by table and op.",
             );
-        }
-        out.push_str(
-            "# HELP sluice_dead_letters_total Changes sent to the dead-letter topic, by stage and table.\n",
-        );
-        out.push_str("# TYPE sluice_dead_letters_total counter\n");
-        for ((stage, table), count) in &counters.dead_letters {
-            let _ = writeln!(
-                out,
-                "sluice_dead_letters_total{{stage=\"{stage}\",table=\"{}\"}} {count}",
-                escape(table)
+            let mut tables: Vec<&String> = counters.events.keys().collect();
+            tables.sort();
+            for (table, op, count) in tables
+                .into_iter()
+                .flat_map(|t| counters.events[t].iter().map(move |(op, n)| (t, op, n)))
+            {
+                let _ = writeln!(
+                    out,
+                    "sluice_events_total{{table=\"{}\",op=\"{op}\"}} {count}",
+                    escape(table)
+                );
+            }
+            header(
+                &mut out,
+                "sluice_dead_letters_total",
+                "counter",
+                "Changes sent to the dead-letter topic, by stage and table.",
             );
+            for ((stage, table), count) in &counters.dead_letters {
+                let _ = writeln!(
+                    out,
+                    "sluice_dead_letters_total{{stage=\"{stage}\",table=\"{}\"}} {count}",
+                    escape(table)
+                );
+            }
+            let families: [(&str, &str, SnapshotValue); 3] = [
+                (
+                    "sluice_snapshot_rows",
+                    "Rows of each table read by the snapshot so far.",
+                    |p| p.rows.load(Relaxed),
+                ),
+                (
+                    "sluice_snapshot_rows_estimated",
+                    "The planner's estimate of each snapshot table's rows (0: unknown).",
+                    |p| p.estimated.load(Relaxed),
+                ),
+                (
+                    "sluice_snapshot_table_finished",
+                    "1 once a table's snapshot has been read to the end.",
+                    |p| u64::from(p.finished.load(Relaxed)),
+                ),
+            ];
+            for (name, help, value) in families {
+                header(&mut out, name, "gauge", help);
+                for (table, progress) in &counters.snapshot {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{table=\"{}\"}} {}",
+                        escape(table),
+                        value(progress)
+                    );
+                }
+            }
         }
-        out.push_str("# HELP sluice_in_flight_messages Messages produced and not yet acknowledged by the broker.\n");
-        out.push_str("# TYPE sluice_in_flight_messages gauge\n");
         let in_flight = self.tracker.get().map_or(0, |t| t.outstanding());
-        let _ = writeln!(out, "sluice_in_flight_messages {in_flight}");
+        let wal_end = self.server_wal_end.load(Relaxed);
+        let lag_bytes = wal_end.saturating_sub(self.acknowledged.load(Relaxed));
+        let gauges: [(&str, &str, &str, String); 8] = [
+            (
+                "sluice_bytes_total",
+                "counter",
+                "Key and value bytes of the change events handed to the producer.",
+                self.bytes.load(Relaxed).to_string(),
+            ),
+            (
+                "sluice_in_flight_messages",
+                "gauge",
+                "Messages produced and not yet acknowledged by the broker.",
+                in_flight.to_string(),
+            ),
+            (
+                "sluice_source_lag_bytes",
+                "gauge",
+                "Bytes of WAL between the server's end and the position sluice has stored and acknowledged.",
+                lag_bytes.to_string(),
+            ),
+            (
+                "sluice_source_lag_seconds",
+                "gauge",
+                "Seconds between the newest published change's commit and its publication.",
+                format_seconds(self.behind_ms.load(Relaxed).max(0) as u64),
+            ),
+            (
+                "sluice_source_reconnects_total",
+                "counter",
+                "Attempts to open the replication connection again after losing it.",
+                self.reconnects.load(Relaxed).to_string(),
+            ),
+            (
+                "sluice_streaming",
+                "gauge",
+                "1 while changes are streamed from the replication slot.",
+                u8::from(self.streaming.load(Relaxed)).to_string(),
+            ),
+            (
+                "sluice_broker_reachable",
+                "gauge",
+                "1 while the broker answers.",
+                u8::from(!self.broker_unreachable.load(Relaxed)).to_string(),
+            ),
+            (
+                "sluice_snapshot_running",
+                "gauge",
+                "1 while the initial snapshot is being taken.",
+                u8::from(self.snapshot_running.load(Relaxed)).to_string(),
+            ),
+        ];
+        for (name, kind, help, value) in gauges {
+            header(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        self.render_latency(&mut out);
         out
+    }
+
+    fn render_latency(&self, out: &mut String) {
+        let name = "sluice_broker_ack_latency_seconds";
+        header(
+            out,
+            name,
+            "histogram",
+            "Time from handing a message to the producer to the broker's acknowledgement.",
+        );
+        let mut cumulative = 0;
+        for (i, count) in self.latency.buckets.iter().enumerate() {
+            cumulative += count.load(Relaxed);
+            let bound = LATENCY_BUCKETS_MS
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |ms| format_seconds(*ms));
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            format_seconds(self.latency.sum_ms.load(Relaxed))
+        );
+        let _ = writeln!(out, "{name}_count {}", self.latency.count.load(Relaxed));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counters> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// How one snapshot metric reads a table's progress.
+type SnapshotValue = fn(&SnapshotProgress) -> u64;
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn format_seconds(ms: u64) -> String {
+    format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
 /// Label values escape backslash, double quote and newline.
@@ -122,9 +399,9 @@ mod tests {
     #[test]
     fn counters_render_in_the_text_format() {
         let metrics = Metrics::default();
-        metrics.event_published("public.orders", "c");
-        metrics.event_published("public.orders", "c");
-        metrics.event_published("public.\"odd\"", "u");
+        metrics.event_published("public.orders", "c", 100);
+        metrics.event_published("public.orders", "c", 20);
+        metrics.event_published("public.\"odd\"", "u", 3);
         metrics.dead_letter(Stage::Validate, "public.orders");
         let tracker = Arc::new(AckTracker::new());
         for _ in 0..7 {
@@ -147,7 +424,81 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sluice_in_flight_messages 7\n"), "{text}");
+        assert!(text.contains("sluice_bytes_total 123\n"), "{text}");
         assert_eq!(metrics.dead_letter_total(), 1);
         assert_eq!(metrics.dead_letter_breakdown(), "validate public.orders=1");
+    }
+
+    #[test]
+    fn latency_buckets_are_cumulative() {
+        let metrics = Metrics::default();
+        for ms in [0, 1, 3, 40, 40, 60_000] {
+            metrics.acknowledged_after(ms);
+        }
+        let text = metrics.render();
+        for line in [
+            "sluice_broker_ack_latency_seconds_bucket{le=\"0.001\"} 2\n",
+            "sluice_broker_ack_latency_seconds_bucket{le=\"0.005\"} 3\n",
+            "sluice_broker_ack_latency_seconds_bucket{le=\"0.050\"} 5\n",
+            "sluice_broker_ack_latency_seconds_bucket{le=\"30.000\"} 5\n",
+            "sluice_broker_ack_latency_seconds_bucket{le=\"+Inf\"} 6\n",
+            "sluice_broker_ack_latency_seconds_sum 60.084\n",
+            "sluice_broker_ack_latency_seconds_count 6\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn lag_is_the_wal_between_the_server_end_and_the_stored_position() {
+        let metrics = Metrics::default();
+        metrics.server_wal_end(Lsn(5_000));
+        metrics.position_stored(Lsn(3_500));
+        // A late, older report never moves either backwards.
+        metrics.server_wal_end(Lsn(4_000));
+        assert!(metrics.render().contains("sluice_source_lag_bytes 1500\n"));
+        metrics.published_commit((now_ms() - 2_000) * 1000);
+        let text = metrics.render();
+        let behind: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("sluice_source_lag_seconds "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((2.0..3.0).contains(&behind), "{text}");
+    }
+
+    #[test]
+    fn ready_only_when_streaming_with_the_broker_up() {
+        let metrics = Metrics::default();
+        assert_eq!(metrics.readiness(), Err(NotReady::NotStreaming));
+        metrics.set_snapshot_running(true);
+        assert_eq!(metrics.readiness(), Err(NotReady::Snapshotting));
+        metrics.set_snapshot_running(false);
+        metrics.set_streaming(true);
+        assert_eq!(metrics.readiness(), Ok(()));
+        metrics.set_broker_reachable(false);
+        assert_eq!(metrics.readiness(), Err(NotReady::BrokerUnreachable));
+        metrics.set_broker_reachable(true);
+        assert_eq!(metrics.readiness(), Ok(()));
+        assert!(metrics.render().contains("sluice_streaming 1\n"));
+    }
+
+    #[test]
+    fn snapshot_progress_is_per_table() {
+        let metrics = Metrics::default();
+        let orders = metrics.snapshot_table("public.orders", Some(1000));
+        orders.rows.fetch_add(250, Relaxed);
+        metrics.snapshot_table("public.empty", None).finished();
+        let text = metrics.render();
+        for line in [
+            "sluice_snapshot_rows{table=\"public.orders\"} 250\n",
+            "sluice_snapshot_rows_estimated{table=\"public.orders\"} 1000\n",
+            "sluice_snapshot_rows_estimated{table=\"public.empty\"} 0\n",
+            "sluice_snapshot_table_finished{table=\"public.empty\"} 1\n",
+            "sluice_snapshot_table_finished{table=\"public.orders\"} 0\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
     }
 }

@@ -2,13 +2,13 @@
 //! what is not — with the fix for each problem. Changes nothing.
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use tokio_postgres::Client;
 
 use crate::config::{redact_secrets, Config, Selection, SnapshotMode};
 use crate::connectors::postgres::catalog::{self, describe_pg_error, TableName};
+use crate::connectors::postgres::connection::PgConnection;
 use crate::connectors::postgres::replication::{ReplicationConnection, ReplicationError};
 use crate::contracts::Contracts;
 use crate::positions::PositionStore;
@@ -102,8 +102,11 @@ pub async fn run(config: &Config) -> Report {
 async fn check_postgres(config: &Config, report: &mut Report) {
     let url = config.source.url.get_ref().as_str();
     let shown = redact_secrets(url);
-    let connection = match tokio_postgres::Config::from_str(url) {
-        Ok(mut c) => c.connect_timeout(Duration::from_secs(10)).to_owned(),
+    let connection = match PgConnection::parse(url) {
+        Ok(mut c) => {
+            c.config.connect_timeout(Duration::from_secs(10));
+            c
+        }
         Err(err) => {
             return report.fail(
                 format!("PostgreSQL URL {shown}: {err}"),
@@ -179,7 +182,7 @@ async fn check_role(client: &Client, report: &mut Report) {
 
 /// Opens the kind of connection `sluice run` streams over: pg_hba.conf, connection limits and
 /// max_wal_senders apply to it differently than to the connection above.
-async fn check_replication_connection(connection: &tokio_postgres::Config, report: &mut Report) {
+async fn check_replication_connection(connection: &PgConnection, report: &mut Report) {
     let opened = async {
         let mut conn = ReplicationConnection::connect(connection).await?;
         let system = conn.identify_system().await?;
@@ -225,6 +228,7 @@ async fn check_tables(config: &Config, client: &Client, report: &mut Report) -> 
                       JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true \
                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
                      WHERE i.indrelid = c.oid AND i.indisprimary) \
+                   , has_table_privilege(c.oid, 'SELECT') \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = $1 AND c.relname = $2",
                 &[&table.schema, &table.name],
@@ -234,6 +238,12 @@ async fn check_tables(config: &Config, client: &Client, report: &mut Report) -> 
             Ok(row) => {
                 let identity: String = row.get(0);
                 let key: Option<String> = row.get(1);
+                if !row.get::<_, bool>(2) {
+                    report.fail(
+                        format!("table {table}: the user may not SELECT from it, which the snapshot and type lookups need"),
+                        format!("as its owner: GRANT SELECT ON {} TO <the user in source.url>;", table.quoted()),
+                    );
+                }
                 match (identity.as_str(), key) {
                     ("n", _) => report.fail(
                         format!("table {table}: REPLICA IDENTITY NOTHING, so updates and deletes cannot be published"),
@@ -308,9 +318,8 @@ async fn check_excluded_columns(
 
 async fn check_slot(config: &Config, client: &Client, report: &mut Report) {
     let slot = config.source.slot.get_ref().as_str();
-    let database = tokio_postgres::Config::from_str(config.source.url.get_ref().as_str())
-        .ok()
-        .and_then(|c| c.get_dbname().map(str::to_owned))
+    let database = PgConnection::parse(config.source.url.get_ref().as_str())
+        .map(|c| c.database())
         .unwrap_or_default();
     let position_file = PositionStore::file_path(
         std::path::Path::new(config.positions.dir.get_ref().as_str()),
@@ -508,7 +517,7 @@ fn check_broker(config: &Config, report: &mut Report) {
     let settings = SinkSettings::from_config(config);
     let brokers = settings.brokers.clone();
     let tracker = std::sync::Arc::new(crate::positions::AckTracker::new());
-    let checked = KafkaSink::new(settings, tracker)
+    let checked = KafkaSink::new(settings, tracker, std::sync::Arc::default())
         .and_then(|(sink, _)| sink.check_reachable(Duration::from_secs(10)));
     match checked {
         Ok(()) => report.pass(format!("broker at {brokers} is reachable")),

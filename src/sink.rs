@@ -9,14 +9,16 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Header, Headers, OwnedHeaders};
+use rdkafka::message::{DeliveryResult, Header, Headers, OwnedHeaders, Timestamp};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::positions::AckTracker;
+use crate::metrics::Metrics;
+use crate::positions::{now_ms, AckTracker};
+use crate::shutdown::StopDeadline;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -51,8 +53,6 @@ pub fn is_too_large(error: &KafkaError) -> bool {
     )
 }
 
-/// How long a stopping daemon keeps offering a message to a full producer queue before giving up.
-const STALL_LIMIT: Duration = Duration::from_secs(60);
 /// How long the producer queue may stay full before that is logged.
 const QUEUE_FULL_WARNING: Duration = Duration::from_secs(10);
 
@@ -137,6 +137,7 @@ pub struct FailedDelivery {
 /// Routes librdkafka's delivery reports: successes to the tracker, failures to the pipeline.
 pub struct DeliveryReports {
     tracker: Arc<AckTracker>,
+    metrics: Arc<Metrics>,
     failures: mpsc::UnboundedSender<FailedDelivery>,
     /// The outcome of each message sent with [`MessageKind::Schema`], in order.
     schema_reports: mpsc::UnboundedSender<Result<(), KafkaError>>,
@@ -175,6 +176,13 @@ impl ProducerContext for DeliveryReports {
                 .schema_reports
                 .send(result.as_ref().map(|_| ()).map_err(|(err, _)| err.clone()));
         }
+        // CreateTime is when the producer took the message (LogAppendTime would be the broker's clock).
+        if let Ok(message) = result {
+            if let Timestamp::CreateTime(produced_ms) = message.timestamp() {
+                self.metrics
+                    .acknowledged_after(now_ms().saturating_sub(produced_ms).max(0) as u64);
+            }
+        }
         match result {
             Ok(_) => self.tracker.delivered(ordinal),
             Err((error, message)) => {
@@ -212,11 +220,14 @@ pub struct Outgoing<'a> {
 }
 
 pub struct KafkaSink {
-    producer: ThreadedProducer<DeliveryReports>,
+    /// Shared with the [`BrokerProbe`].
+    producer: Arc<ThreadedProducer<DeliveryReports>>,
     admin: AdminClient<DefaultClientContext>,
     settings: SinkSettings,
     known_topics: HashSet<String>,
     schema_outcomes: mpsc::UnboundedReceiver<Result<(), KafkaError>>,
+    /// Past it, a stopping daemon stops offering a message to a full producer queue.
+    stop_deadline: StopDeadline,
 }
 
 impl KafkaSink {
@@ -224,6 +235,7 @@ impl KafkaSink {
     pub fn new(
         settings: SinkSettings,
         tracker: Arc<AckTracker>,
+        metrics: Arc<Metrics>,
     ) -> Result<(KafkaSink, mpsc::UnboundedReceiver<FailedDelivery>), SinkError> {
         let (failures, failed) = mpsc::unbounded_channel();
         let (schema_reports, schema_outcomes) = mpsc::unbounded_channel();
@@ -231,6 +243,7 @@ impl KafkaSink {
         let producer = client_config
             .create_with_context(DeliveryReports {
                 tracker,
+                metrics,
                 failures,
                 schema_reports,
             })
@@ -248,14 +261,28 @@ impl KafkaSink {
         let admin = admin_config.create().map_err(SinkError::Producer)?;
         Ok((
             KafkaSink {
-                producer,
+                producer: Arc::new(producer),
                 admin,
                 settings,
                 known_topics: HashSet::new(),
                 schema_outcomes,
+                stop_deadline: StopDeadline::default(),
             },
             failed,
         ))
+    }
+
+    /// Bounds how long a stop waits for room in the producer queue.
+    pub fn bound_stop(&mut self, deadline: StopDeadline) {
+        self.stop_deadline = deadline;
+    }
+
+    /// A handle that asks whether the broker answers, for a task of its own.
+    pub fn probe(&self, topic: &str) -> BrokerProbe {
+        BrokerProbe {
+            producer: self.producer.clone(),
+            topic: topic.to_owned(),
+        }
     }
 
     /// Fails unless a broker answers a metadata request within `timeout`.
@@ -349,14 +376,13 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// Hands a message to librdkafka. Waits while its queue is full (backpressure), for at most
-    /// [`STALL_LIMIT`] once `stop` is set; other errors mean the message can never be produced as it is.
+    /// Hands a message to librdkafka. Waits while its queue is full (backpressure), until the stop
+    /// deadline once a stop is requested; other errors mean the message can never be produced as it is.
     pub async fn send(
         &self,
         message: &Outgoing<'_>,
         ordinal: u64,
         kind: MessageKind,
-        stop: &watch::Receiver<bool>,
     ) -> Result<(), SinkError> {
         let opaque = ((ordinal as usize) << 2) | kind.bits();
         let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
@@ -374,7 +400,6 @@ impl KafkaSink {
         if let Some(payload) = message.payload {
             record = record.payload(payload);
         }
-        let mut give_up_at = None;
         let waiting_since = Instant::now();
         let mut warned = false;
         loop {
@@ -388,14 +413,10 @@ impl KafkaSink {
                         warned = true;
                         tracing::warn!(topic = message.topic, in_flight = self.in_flight(), waited = ?QUEUE_FULL_WARNING, "the producer queue is full and not draining: reading waits for the broker");
                     }
-                    if *stop.borrow() {
-                        let deadline =
-                            *give_up_at.get_or_insert_with(|| Instant::now() + STALL_LIMIT);
-                        if Instant::now() >= deadline {
-                            return Err(SinkError::Stalled(format!(
-                                "librdkafka's queue stayed full for {STALL_LIMIT:?}"
-                            )));
-                        }
+                    if self.stop_deadline.passed() {
+                        return Err(SinkError::Stalled(
+                            "librdkafka's queue stayed full until the shutdown bound".into(),
+                        ));
                     }
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
@@ -441,6 +462,22 @@ impl KafkaSink {
     /// Waits up to `timeout` for every queued message to be acknowledged.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(timeout)
+    }
+}
+
+/// Asks the broker for one topic's metadata: the cheapest request that proves it answers.
+pub struct BrokerProbe {
+    producer: Arc<ThreadedProducer<DeliveryReports>>,
+    topic: String,
+}
+
+impl BrokerProbe {
+    /// True when a broker answered within `timeout`. Blocks: call it from a blocking task.
+    pub fn answers(&self, timeout: Duration) -> bool {
+        self.producer
+            .client()
+            .fetch_metadata(Some(&self.topic), timeout)
+            .is_ok()
     }
 }
 
@@ -512,9 +549,12 @@ mod tests {
     async fn a_position_is_acknowledged_once_its_messages_are_delivered() {
         let cluster = MockCluster::new(1).unwrap();
         let tracker = Arc::new(AckTracker::new());
-        let (sink, _failures) =
-            KafkaSink::new(mock_settings(cluster.bootstrap_servers()), tracker.clone()).unwrap();
-        let (_stop_tx, stop) = watch::channel(false);
+        let (sink, _failures) = KafkaSink::new(
+            mock_settings(cluster.bootstrap_servers()),
+            tracker.clone(),
+            Arc::default(),
+        )
+        .unwrap();
         for i in 0..3u8 {
             let ordinal = tracker.register();
             let message = Outgoing {
@@ -523,7 +563,7 @@ mod tests {
                 payload: Some(b"value"),
                 headers: &[("sluice.lsn", b"0/10")],
             };
-            sink.send(&message, ordinal, MessageKind::Event, &stop)
+            sink.send(&message, ordinal, MessageKind::Event)
                 .await
                 .unwrap();
         }
@@ -540,9 +580,12 @@ mod tests {
     async fn a_refused_delivery_comes_back_whole_and_holds_the_position() {
         let cluster = MockCluster::new(1).unwrap();
         let tracker = Arc::new(AckTracker::new());
-        let (sink, mut failures) =
-            KafkaSink::new(mock_settings(cluster.bootstrap_servers()), tracker.clone()).unwrap();
-        let (_stop_tx, stop) = watch::channel(false);
+        let (sink, mut failures) = KafkaSink::new(
+            mock_settings(cluster.bootstrap_servers()),
+            tracker.clone(),
+            Arc::default(),
+        )
+        .unwrap();
         cluster.request_errors(
             RDKafkaApiKey::Produce,
             &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
@@ -554,7 +597,7 @@ mod tests {
             payload: Some(b"big"),
             headers: &[("sluice.txid", b"42")],
         };
-        sink.send(&message, ordinal, MessageKind::Event, &stop)
+        sink.send(&message, ordinal, MessageKind::Event)
             .await
             .unwrap();
         tracker.close_group(Position::Postgres { lsn: Lsn(0x20) });

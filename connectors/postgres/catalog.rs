@@ -3,8 +3,10 @@
 
 use std::collections::BTreeSet;
 
+use tokio_postgres::config::Host;
 use tokio_postgres::{Client, NoTls};
 
+use super::connection::{PgConnection, SslMode};
 use super::pgoutput::{Relation, RelationColumn};
 use super::replication::quote_ident;
 use crate::config::Selection;
@@ -53,15 +55,33 @@ pub(super) fn query_error(
     move |source| CatalogError::Query { context, source }
 }
 
-/// Opens an ordinary connection; its driver task ends when the client is dropped.
-pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, CatalogError> {
-    let (client, connection) = config.connect(NoTls).await.map_err(CatalogError::Connect)?;
-    tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            tracing::debug!(error = %err, "catalog connection closed");
-        }
-    });
+/// Opens an ordinary connection (over TLS as `sslmode` says; Unix sockets never use TLS, as with libpq);
+/// its driver task ends when the client is dropped.
+pub async fn connect(connection: &PgConnection) -> Result<Client, CatalogError> {
+    let config = &connection.config;
+    let unix_only = config
+        .get_hosts()
+        .iter()
+        .all(|host| matches!(host, Host::Unix(_)));
+    let client = if connection.tls.mode == SslMode::Disable || unix_only {
+        let (client, driver) = config.connect(NoTls).await.map_err(CatalogError::Connect)?;
+        tokio::spawn(drive(driver));
+        client
+    } else {
+        let (client, driver) = config
+            .connect(connection.tls.clone())
+            .await
+            .map_err(CatalogError::Connect)?;
+        tokio::spawn(drive(driver));
+        client
+    };
     Ok(client)
+}
+
+async fn drive(driver: impl std::future::Future<Output = Result<(), tokio_postgres::Error>>) {
+    if let Err(err) = driver.await {
+        tracing::debug!(error = %err, "catalog connection closed");
+    }
 }
 
 /// A table by schema and name.

@@ -2,11 +2,12 @@
 //!
 //! `pgoutput` decodes the plugin's messages (pure, no I/O); `types` maps column types and text values onto
 //! the event model, with `type_catalog` looking up the types a message names only by OID and `structured`
-//! splitting array, composite and hstore text; `replication` speaks the streaming-replication protocol; `catalog` manages the slot, the
+//! splitting array, composite and hstore text; `replication` speaks the streaming-replication protocol; `connection` parses the URL and its TLS settings; `catalog` manages the slot, the
 //! publication and table metadata over an ordinary connection; `snapshot` reads the rows already in the
 //! tables; `reader` prepares the slot and turns the stream into events.
 
 pub mod catalog;
+pub mod connection;
 pub mod pgoutput;
 pub mod reader;
 pub mod replication;

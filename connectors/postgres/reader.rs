@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 
 use super::catalog::{self, CatalogError, TableName};
+use super::connection::PgConnection;
 use super::pgoutput::{self, Message, OldTuple, Relation, TupleData, TupleValue};
 use super::replication::{Frame, ReplicationConnection, ReplicationError};
 use super::snapshot::Snapshot;
@@ -85,7 +86,7 @@ impl SourceError {
 /// What the reader needs to know.
 #[derive(Clone, Debug)]
 pub struct PostgresSettings {
-    pub connection: tokio_postgres::Config,
+    pub connection: PgConnection,
     pub database: String,
     pub slot: String,
     pub publication: String,
@@ -116,6 +117,8 @@ pub struct PostgresSource {
 /// The first wait before reopening a lost replication connection; it doubles up to the maximum.
 const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(500);
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
+/// How often the server's WAL position is read, for the lag metric.
+const WAL_END_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What outlives one replication connection: the pipeline's channels, the acknowledged position and
 /// whether a stop was requested.
@@ -123,6 +126,8 @@ struct Link {
     control: StreamControl,
     acked: Lsn,
     stopping: bool,
+    /// When a stop stops waiting for the open transaction to end.
+    give_up_at: Option<tokio::time::Instant>,
 }
 
 impl Link {
@@ -140,6 +145,11 @@ pub struct StreamControl {
     pub acknowledged: watch::Receiver<Lsn>,
     /// Becomes true when sluice should stop; the reader finishes the open transaction first.
     pub stop: watch::Receiver<bool>,
+    /// How long a stop waits for the open transaction to end; past it, the part read is sent again next
+    /// run (its commit was never acknowledged).
+    pub stop_grace: Duration,
+    /// Where the server's WAL end, the connection state and reconnects are reported.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Where an earlier run got to, from the position file.
@@ -167,6 +177,7 @@ impl PostgresSource {
             system_id: system.system_id,
             database: settings.database.clone(),
         };
+        tracing::info!(system_id = %identity.system_id, database = %identity.database, timeline = system.timeline, "connected to PostgreSQL");
         if let Some(Resume {
             identity: Some(stored),
             file,
@@ -296,10 +307,12 @@ impl PostgresSource {
     /// what was already handed on is skipped on the way, so the pipeline sees every change once.
     pub async fn stream(mut self, resume: Lsn, control: StreamControl) -> Result<(), SourceError> {
         let stopping = *control.stop.borrow();
+        let give_up_at = stopping.then(|| tokio::time::Instant::now() + control.stop_grace);
         let mut link = Link {
             control,
             acked: resume,
             stopping,
+            give_up_at,
         };
         let mut decoder = StreamDecoder::new(self.settings.database.clone(), resume);
         let mut delay = RECONNECT_FIRST_DELAY;
@@ -315,6 +328,7 @@ impl PostgresSource {
                 Err(err) => return Err(err),
             };
             decoder.connection_lost();
+            link.control.metrics.set_streaming(false);
             if link.stopping || link.control.events.is_closed() {
                 tracing::warn!(error = %err, "replication connection lost while stopping; the server learns the stored position on the next run");
                 return Ok(());
@@ -331,6 +345,7 @@ impl PostgresSource {
             }
             delay = (delay * 2).min(RECONNECT_MAX_DELAY);
             reconnecting = true;
+            link.control.metrics.reconnected();
         }
     }
 
@@ -356,6 +371,7 @@ impl PostgresSource {
         )
         .await?;
         tracing::info!(slot = %self.settings.slot, from = %link.acked, "streaming");
+        link.control.metrics.set_streaming(true);
 
         let mut status = tokio::time::interval(self.settings.status_interval);
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -363,11 +379,17 @@ impl PostgresSource {
         // Never ticked when heartbeats are off; any period will do.
         let mut heartbeat = tokio::time::interval(heartbeats.unwrap_or(Duration::from_secs(3600)));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut wal_probe = tokio::time::interval(WAL_END_PROBE_INTERVAL);
+        wal_probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut produced = Vec::new();
         let control = &mut link.control;
 
         // On a stop request, read on to the end of the open transaction: a half-published one would repeat.
         'reading: while !link.stopping || decoder.in_transaction() {
+            // A time that never comes until a stop sets one.
+            let give_up_at = link
+                .give_up_at
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
             let frame = tokio::select! {
                 frame = conn.next_frame() => frame?,
                 // The pipeline failed (and says why): stop reading, report what it acknowledged.
@@ -379,11 +401,20 @@ impl PostgresSource {
                 }
                 _ = control.stop.changed(), if !link.stopping => {
                     link.stopping = true;
-                    tracing::info!("stopping: finishing the open transaction");
+                    link.give_up_at = Some(tokio::time::Instant::now() + control.stop_grace);
+                    tracing::info!(within = ?control.stop_grace, "stopping: finishing the open transaction");
                     continue;
+                }
+                _ = tokio::time::sleep_until(give_up_at), if link.stopping => {
+                    tracing::warn!(waited = ?control.stop_grace, "stopping: the open transaction did not end in time; the part read is sent again on the next run");
+                    break 'reading;
                 }
                 _ = heartbeat.tick(), if heartbeats.is_some() => {
                     self.emit_heartbeat().await;
+                    continue;
+                }
+                _ = wal_probe.tick() => {
+                    self.report_wal_end(&control.metrics).await;
                     continue;
                 }
             };
@@ -421,6 +452,12 @@ impl PostgresSource {
                             link.acked = link.acked.max(*control.acknowledged.borrow_and_update());
                             conn.send_status(link.acked, false).await?;
                         }
+                        _ = tokio::time::sleep_until(give_up_at), if link.stopping => {
+                            tracing::warn!(waited = ?control.stop_grace, "stopping: the pipeline is still full; the open transaction's part read is sent again on the next run");
+                            break 'reading;
+                        }
+                        // While reading waits is when the lag grows: keep measuring it.
+                        _ = wal_probe.tick() => self.report_wal_end(&control.metrics).await,
                     }
                 };
                 match permit {
@@ -441,6 +478,7 @@ impl PostgresSource {
                 StreamControl {
                     events,
                     mut acknowledged,
+                    metrics,
                     ..
                 },
             mut acked,
@@ -461,8 +499,25 @@ impl PostgresSource {
         }
         conn.send_status(acked, false).await?;
         conn.close().await?;
+        metrics.set_streaming(false);
         tracing::info!(slot = %self.settings.slot, acknowledged = %acked, "replication stream closed");
         Ok(())
+    }
+
+    /// Reads the server's current WAL position for `sluice_source_lag_bytes`. Neither the stream's frames
+    /// nor its keepalives carry it (both tell how far the walsender has sent). A failure only costs this
+    /// reading.
+    async fn report_wal_end(&self, metrics: &crate::metrics::Metrics) {
+        let current = self
+            .catalog
+            .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[])
+            .await;
+        match current {
+            Ok(row) => metrics.server_wal_end(Lsn(row.get::<_, i64>(0).max(0) as u64)),
+            Err(err) => {
+                tracing::debug!(error = %catalog::describe_pg_error(&err), "cannot read the server's WAL position")
+            }
+        }
     }
 
     /// Writes a heartbeat into the captured database's WAL: the walsender reads past it and reports a

@@ -15,6 +15,7 @@ use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_postgres::config::Host;
 
+use super::connection::{self, PgConnection, SslMode};
 use crate::event::Lsn;
 
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
@@ -36,6 +37,8 @@ pub enum ReplicationError {
     Io(#[from] io::Error),
     #[error("PostgreSQL closed the replication connection")]
     Closed,
+    #[error("TLS to PostgreSQL at {address}: {reason}")]
+    Tls { address: String, reason: String },
 }
 
 impl ReplicationError {
@@ -154,9 +157,10 @@ pub struct ReplicationConnection {
 impl ReplicationConnection {
     /// Opens a `replication=database` connection with the session settings the text decoders rely on.
     pub async fn connect(
-        config: &tokio_postgres::Config,
+        connection: &PgConnection,
     ) -> Result<ReplicationConnection, ReplicationError> {
-        let stream = open_stream(config).await?;
+        let config = &connection.config;
+        let stream = open_stream(connection).await?;
         let mut conn = ReplicationConnection {
             stream,
             read_buf: BytesMut::with_capacity(64 * 1024),
@@ -403,6 +407,9 @@ impl ReplicationConnection {
                     return Err(ServerError::from_body(&body).into())
                 }
                 backend::Message::NoticeResponse(_) | backend::Message::ParameterStatus(_) => {}
+                // A walsender told to shut down (a server stop or restart) sends what it has, then ends
+                // the COPY with CommandComplete and closes: the same as a lost connection.
+                backend::Message::CommandComplete(_) => return Err(ReplicationError::Closed),
                 _ => return Err(protocol("unexpected message in the replication stream")),
             }
         }
@@ -487,7 +494,8 @@ impl ReplicationConnection {
 
 const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-async fn open_stream(config: &tokio_postgres::Config) -> Result<Box<dyn Stream>, ReplicationError> {
+async fn open_stream(connection: &PgConnection) -> Result<Box<dyn Stream>, ReplicationError> {
+    let config = &connection.config;
     let hosts = config.get_hosts();
     let ports = config.get_ports();
     let mut last_error = None;
@@ -514,7 +522,7 @@ async fn open_stream(config: &tokio_postgres::Config) -> Result<Box<dyn Stream>,
                 match connected {
                     Ok(stream) => {
                         stream.set_nodelay(true)?;
-                        return Ok(Box::new(stream));
+                        return start_tls(stream, name, &address, connection).await;
                     }
                     Err(source) => last_error = Some(ReplicationError::Connect { address, source }),
                 }
@@ -534,6 +542,48 @@ async fn open_stream(config: &tokio_postgres::Config) -> Result<Box<dyn Stream>,
         }
     }
     Err(last_error.unwrap_or_else(|| protocol("the source URL names no host")))
+}
+
+/// The SSLRequest code: asks the server to switch the connection to TLS before the startup message.
+const SSL_REQUEST_CODE: i32 = 80_877_103;
+
+/// Switches a fresh TCP connection to TLS when `sslmode` asks for it: what libpq and tokio-postgres do
+/// before the startup message. A server without TLS answers `N`: fine for prefer, an error otherwise.
+async fn start_tls(
+    mut stream: tokio::net::TcpStream,
+    host: &str,
+    address: &str,
+    connection: &PgConnection,
+) -> Result<Box<dyn Stream>, ReplicationError> {
+    let Some(tls) = connection.tls.client_config() else {
+        return Ok(Box::new(stream));
+    };
+    let tls_error = |reason: String| ReplicationError::Tls {
+        address: address.to_owned(),
+        reason,
+    };
+    let mut request = BytesMut::with_capacity(8);
+    request.put_i32(8);
+    request.put_i32(SSL_REQUEST_CODE);
+    stream.write_all(&request).await?;
+    match stream.read_u8().await? {
+        b'S' => {}
+        b'N' if connection.tls.mode == SslMode::Prefer => return Ok(Box::new(stream)),
+        b'N' => {
+            return Err(tls_error(format!(
+                "the server does not accept TLS connections, and sslmode={} requires one (enable ssl on \
+                 the server, or use sslmode=prefer or disable on a trusted network)",
+                connection.tls.mode.as_str()
+            )))
+        }
+        other => return Err(tls_error(format!("unexpected answer {other:#x} to the TLS request"))),
+    }
+    let name = connection::server_name(host).map_err(|err| tls_error(err.to_string()))?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, stream)
+        .await
+        .map_err(|err| tls_error(err.to_string()))?;
+    Ok(Box::new(stream))
 }
 
 fn parse_copy_data(mut data: Bytes) -> Result<Frame, ReplicationError> {

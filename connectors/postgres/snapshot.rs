@@ -8,6 +8,7 @@
 //! pgoutput uses — so snapshot rows and streamed rows go through one value decoder.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use tokio::task::JoinSet;
 use tokio_postgres::Client;
 
 use super::catalog::{self, CatalogError, TableName};
+use super::connection::PgConnection;
 use super::pgoutput::{TupleData, TupleValue};
 use super::reader::{decode_row, Captured, SourceError};
 use super::replication::{quote_ident, quote_literal, ReplicationConnection, OUTPUT_SETTINGS};
@@ -25,6 +27,7 @@ use crate::config::{DecimalHandling, Selection};
 use crate::event::{
     ChangeEvent, Lsn, Op, Position, Row, SnapshotMarker, SourceEvent, SourceInfo, Table,
 };
+use crate::metrics::Metrics;
 
 /// Rows on their way from the readers to the one place that marks the last.
 const ROWS_IN_FLIGHT: usize = 1024;
@@ -33,7 +36,7 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A snapshot ready to be read.
 pub struct Snapshot {
-    pub(super) connection: tokio_postgres::Config,
+    pub(super) connection: PgConnection,
     pub(super) database: String,
     pub(super) tables: Vec<TableName>,
     /// For the columns left out of events.
@@ -66,6 +69,7 @@ impl Snapshot {
         mut self,
         events: mpsc::Sender<SourceEvent>,
         stop: watch::Receiver<bool>,
+        metrics: Arc<Metrics>,
     ) -> Result<SnapshotOutcome, SourceError> {
         let exported = self.exported.is_some();
         let workers = self.connections.clamp(1, self.tables.len().max(1));
@@ -96,6 +100,7 @@ impl Snapshot {
             let queue = queue.clone();
             let selection = self.selection.clone();
             let decimal = self.decimal_handling;
+            let metrics = metrics.clone();
             let rows = RowSender {
                 tx: rows_tx.clone(),
                 stop: stop.clone(),
@@ -105,7 +110,7 @@ impl Snapshot {
                 loop {
                     let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
                     let Some(table) = next else { break };
-                    if !read_table(&client, &table, &selection, decimal, &rows).await? {
+                    if !read_table(&client, &table, &selection, decimal, &rows, &metrics).await? {
                         return Ok(false);
                     }
                 }
@@ -221,6 +226,7 @@ async fn read_table(
     selection: &Selection,
     decimal: DecimalHandling,
     rows_out: &RowSender,
+    metrics: &Metrics,
 ) -> Result<bool, SourceError> {
     let (description, captured) = Captured::describe(client, name, selection, decimal).await?;
     // COPY reads only the captured columns, so its rows need no filtering.
@@ -239,6 +245,7 @@ async fn read_table(
     };
     let estimate = description.estimated_rows;
     tracing::info!(table = %name, estimated_rows = ?estimate, "snapshot of table started");
+    let progress = metrics.snapshot_table(&name.to_string(), estimate);
     let query_error = |source| CatalogError::Query {
         context: format!("snapshot: cannot read {name}"),
         source,
@@ -262,6 +269,7 @@ async fn read_table(
             }
             rows += 1;
         }
+        progress.rows.store(rows, Relaxed);
         if reported.elapsed() >= PROGRESS_INTERVAL {
             reported = Instant::now();
             tracing::info!(table = %name, rows, estimated_rows = ?estimate, "snapshot progress");
@@ -272,6 +280,7 @@ async fn read_table(
             "{name}: COPY output ended inside a row"
         )));
     }
+    progress.finished();
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(table = %name, rows, seconds, "snapshot of table finished");
     Ok(true)

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::pin::pin;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,16 +17,20 @@ mod schemas;
 
 use crate::avro::{self, EncodeError, EncodeReason, EnvelopeContext, SchemaRef, TableSchemas};
 use crate::config::{Config, SnapshotMode};
+use crate::connectors::postgres::connection::PgConnection;
 use crate::connectors::postgres::reader::{
     self, PostgresSettings, PostgresSource, Resume, SourceError, StreamControl,
 };
 use crate::connectors::postgres::snapshot::Snapshot;
 use crate::contracts::{BoundContract, ContractError, Contracts};
 use crate::deadletter::{self, DeadLetter, Failure, Stage};
-use crate::event::{ChangeEvent, DecodingMessage, Lsn, Op, Position, SourceEvent, Table, Value};
+use crate::event::{
+    ChangeEvent, DecodingMessage, Lsn, Op, Position, SnapshotMarker, SourceEvent, Table, Value,
+};
 use crate::metrics::Metrics;
 use crate::positions::{now_ms, AckTracker, PositionError, PositionStore};
 use crate::registry::{RegistryClient, RegistryError, RegistrySettings, SchemaPart};
+use crate::shutdown::StopDeadline;
 use crate::sink::{
     is_too_large, FailedDelivery, KafkaSink, MessageKind, Outgoing, SinkError, SinkSettings,
 };
@@ -35,8 +38,8 @@ use schemas::SchemaDirectory;
 
 /// Events buffered between the reader and the publishing loop.
 const EVENT_BUFFER: usize = 4096;
-/// How long a stop waits for the broker to acknowledge what is in flight.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the broker is asked whether it answers, and how long it has to answer.
+const BROKER_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -67,7 +70,7 @@ pub enum PipelineError {
     DeadLetterSchema(String),
     #[error("stopped while the schema registry was unreachable: {0}")]
     StoppedWaitingForRegistry(RegistryError),
-    #[error("the broker did not acknowledge {outstanding} messages within {timeout:?}; they will be sent again on restart")]
+    #[error("the broker did not acknowledge {outstanding} messages within the shutdown bound ({timeout:?}); they will be sent again on restart")]
     DrainTimeout { outstanding: u64, timeout: Duration },
     #[error("the source reader stopped unexpectedly")]
     ReaderGone,
@@ -103,13 +106,24 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
     metrics.follow(tracker.clone());
     if let Some(api) = &config.api {
         let address = crate::api::serve(api.address.get_ref().as_str(), metrics.clone()).await?;
-        tracing::info!(%address, "api listening: /metrics, /health/live");
+        tracing::info!(%address, "api listening: /metrics, /health/live, /health/ready");
     }
-    let (mut sink, mut failures) =
-        KafkaSink::new(SinkSettings::from_config(config), tracker.clone())?;
+    let (mut sink, mut failures) = KafkaSink::new(
+        SinkSettings::from_config(config),
+        tracker.clone(),
+        metrics.clone(),
+    )?;
     sink.check_reachable(Duration::from_secs(15))?;
+    tracing::info!(brokers = %config.sink.brokers.get_ref().as_str(), "broker reachable");
     let dead_letter_topic = config.sink.dead_letter_topic.get_ref().as_str().to_owned();
     sink.ensure_topic(&dead_letter_topic, &stop).await?;
+    let stop_deadline = StopDeadline::follow(stop.clone(), config.shutdown_timeout());
+    sink.bound_stop(stop_deadline.clone());
+    // Aborted when `run` returns, whichever way.
+    let _broker_watch = AbortOnDrop(tokio::spawn(watch_broker(
+        sink.probe(&dead_letter_topic),
+        metrics.clone(),
+    )));
     let schemas = match RegistrySettings::from_config(config) {
         Some(settings) => SchemaDirectory::Registry {
             client: RegistryClient::new(&settings)?,
@@ -161,6 +175,8 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
         stop: stop.clone(),
         events: 0,
         metrics: metrics.clone(),
+        stop_deadline: stop_deadline.clone(),
+        shutdown_timeout: config.shutdown_timeout(),
     };
 
     let resume = match source.take_snapshot() {
@@ -201,12 +217,15 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
             events: events_tx,
             acknowledged: ack_rx,
             stop: stop.clone(),
+            stop_grace: config.shutdown_timeout() / 2,
+            metrics: metrics.clone(),
         },
     ));
     let (finish_tx, finish_rx) = oneshot::channel();
     let position_file = store.path().to_owned();
     let acknowledger = tokio::spawn(acknowledge(
         tracker.clone(),
+        metrics.clone(),
         store,
         ack_tx,
         resume,
@@ -244,9 +263,8 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
 
 pub fn postgres_settings(config: &Config) -> Result<PostgresSettings, PipelineError> {
     let url = config.source.url.get_ref().as_str();
-    let connection = tokio_postgres::Config::from_str(url)
-        .map_err(|err| PipelineError::SourceUrl(crate::config::redact_secrets(&err.to_string())))?;
-    let database = connection.get_dbname().unwrap_or_default().to_owned();
+    let connection = PgConnection::parse(url).map_err(PipelineError::SourceUrl)?;
+    let database = connection.database();
     Ok(PostgresSettings {
         connection,
         database,
@@ -278,9 +296,12 @@ async fn publish_snapshot(
         lsn: snapshot.consistent_point,
     })?;
     let (rows_tx, rows_rx) = mpsc::channel(EVENT_BUFFER);
-    let reading = tokio::spawn(snapshot.read(rows_tx, publisher.stop.clone()));
+    publisher.metrics.set_snapshot_running(true);
+    let reading =
+        tokio::spawn(snapshot.read(rows_tx, publisher.stop.clone(), publisher.metrics.clone()));
     let published = publisher.publish_all(rows_rx, failures).await;
     let read = reading.await.map_err(|_| PipelineError::ReaderGone)?;
+    publisher.metrics.set_snapshot_running(false);
     published?;
     let outcome = read?;
     if !outcome.complete {
@@ -300,6 +321,7 @@ async fn publish_snapshot(
 /// A failed final write is an error: the broker has events the file does not know of.
 async fn acknowledge(
     tracker: Arc<AckTracker>,
+    metrics: Arc<Metrics>,
     store: PositionStore,
     to_reader: watch::Sender<Lsn>,
     start: Lsn,
@@ -307,6 +329,7 @@ async fn acknowledge(
 ) -> Result<Lsn, PositionError> {
     let store = Arc::new(store);
     let mut saved = start;
+    metrics.position_stored(start);
     let mut finishing = false;
     loop {
         let mut changed = pin!(tracker.changed());
@@ -326,6 +349,7 @@ async fn acknowledge(
                 match written {
                     Ok(()) => {
                         saved = lsn;
+                        metrics.position_stored(lsn);
                         let _ = to_reader.send(lsn);
                         continue;
                     }
@@ -348,6 +372,46 @@ async fn acknowledge(
         tokio::select! {
             _ = changed => {}
             _ = &mut finish => finishing = true,
+        }
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Checks every few seconds whether the broker answers: for `/health/ready`, and for one log line each
+/// time that changes (while it does not, events wait in the producer and reading pauses when it is full).
+/// A delivery report since the last check is an answer; otherwise a metadata request is sent. Both count,
+/// because a broker working through a backlog answers that request only after the produce requests
+/// queued before it on the same connection.
+async fn watch_broker(probe: crate::sink::BrokerProbe, metrics: Arc<Metrics>) {
+    let probe = Arc::new(probe);
+    let mut reachable = true;
+    loop {
+        tokio::time::sleep(BROKER_PROBE_INTERVAL).await;
+        let delivering = metrics
+            .since_last_delivery_ms()
+            .is_some_and(|ms| ms < BROKER_PROBE_INTERVAL.as_millis() as i64);
+        let answers = delivering || {
+            let asking = probe.clone();
+            tokio::task::spawn_blocking(move || asking.answers(BROKER_PROBE_INTERVAL))
+                .await
+                .unwrap_or(false)
+        };
+        if answers != reachable {
+            reachable = answers;
+            metrics.set_broker_reachable(answers);
+            if answers {
+                tracing::info!("broker reachable again: acknowledgements resume");
+            } else {
+                tracing::warn!(timeout = ?BROKER_PROBE_INTERVAL, "broker unreachable: events wait for it, nothing is acknowledged to the source meanwhile");
+            }
         }
     }
 }
@@ -420,6 +484,9 @@ struct Publisher {
     /// Change events taken from the source, for the final log line.
     events: u64,
     metrics: Arc<Metrics>,
+    /// Set when a stop is requested: past it, nothing more is published or waited for.
+    stop_deadline: StopDeadline,
+    shutdown_timeout: Duration,
 }
 
 impl Publisher {
@@ -429,6 +496,10 @@ impl Publisher {
         failures: &mut mpsc::UnboundedReceiver<FailedDelivery>,
     ) -> Result<(), PipelineError> {
         loop {
+            if self.stop_deadline.passed() {
+                tracing::warn!(bound = ?self.shutdown_timeout, "stopping: the shutdown bound is reached; events not yet published are read again on the next run");
+                break;
+            }
             tokio::select! {
                 biased;
                 Some(failure) = failures.recv() => self.handle_failure(failure).await?,
@@ -450,19 +521,22 @@ impl Publisher {
         self.drain(failures).await
     }
 
-    /// Waits until the broker has acknowledged everything, still routing refused messages.
+    /// Waits until the broker has acknowledged everything, still routing refused messages; once a stop
+    /// is requested, no longer than its deadline.
     async fn drain(
         &mut self,
         failures: &mut mpsc::UnboundedReceiver<FailedDelivery>,
     ) -> Result<(), PipelineError> {
-        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while self.tracker.outstanding() > 0 {
+            if self.stop_deadline.passed() {
+                return Err(PipelineError::DrainTimeout {
+                    outstanding: self.tracker.outstanding(),
+                    timeout: self.shutdown_timeout,
+                });
+            }
             tokio::select! {
                 Some(failure) = failures.recv() => self.handle_failure(failure).await?,
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                _ = tokio::time::sleep_until(deadline) => {
-                    return Err(PipelineError::DrainTimeout { outstanding: self.tracker.outstanding(), timeout: DRAIN_TIMEOUT });
-                }
             }
         }
         Ok(())
@@ -548,11 +622,7 @@ impl Publisher {
             headers: &headers,
         };
         let ordinal = self.tracker.register();
-        if let Err(err) = self
-            .sink
-            .send(&message, ordinal, MessageKind::Event, &self.stop)
-            .await
-        {
+        if let Err(err) = self.sink.send(&message, ordinal, MessageKind::Event).await {
             if !err.is_message_fault() {
                 return Err(err.into());
             }
@@ -568,7 +638,11 @@ impl Publisher {
                 )
                 .await;
         }
-        self.metrics.event_published(&name, event.op.code());
+        let bytes = self.value_buf.len() + key.map_or(0, <[u8]>::len);
+        self.metrics.event_published(&name, event.op.code(), bytes);
+        if event.source.snapshot == SnapshotMarker::False {
+            self.metrics.published_commit(event.source.commit_time_us);
+        }
         // A delete is followed by a tombstone so that compaction can drop the key.
         if event.op == Op::Delete && has_key {
             let tombstone = Outgoing {
@@ -579,7 +653,7 @@ impl Publisher {
             };
             let ordinal = self.tracker.register();
             self.sink
-                .send(&tombstone, ordinal, MessageKind::Event, &self.stop)
+                .send(&tombstone, ordinal, MessageKind::Event)
                 .await?;
         }
         Ok(())
@@ -731,11 +805,7 @@ impl Publisher {
             headers: &header_refs,
         };
         let ordinal = self.tracker.register();
-        match self
-            .sink
-            .send(&outgoing, ordinal, MessageKind::Event, &self.stop)
-            .await
-        {
+        match self.sink.send(&outgoing, ordinal, MessageKind::Event).await {
             Ok(()) => Ok(()),
             Err(err) if err.is_message_fault() => {
                 let reason = format!("the broker refused the record: {err}");
@@ -896,7 +966,7 @@ impl Publisher {
             };
             let err = match self
                 .sink
-                .send(&message, ordinal, MessageKind::DeadLetter, &self.stop)
+                .send(&message, ordinal, MessageKind::DeadLetter)
                 .await
             {
                 Ok(()) => return Ok(()),

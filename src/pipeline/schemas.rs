@@ -203,7 +203,7 @@ impl Publisher {
             reason: err.to_string(),
         };
         self.sink
-            .send(&record, ordinal, MessageKind::Schema, &self.stop)
+            .send(&record, ordinal, MessageKind::Schema)
             .await
             .map_err(refused)?;
         self.sink

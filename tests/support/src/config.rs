@@ -19,6 +19,8 @@ pub struct ConfigFile {
     /// Also the dead-letter topic's prefix: `<topic_prefix>.dlq`.
     pub topic_prefix: String,
     pub topic_partitions: i32,
+    /// More `[sink]` lines, e.g. `shutdown_timeout_secs = 10`.
+    pub sink_extra: String,
     /// `[sink.kafka]` properties.
     pub kafka: Vec<(String, String)>,
     /// None: registry-free (single-object encoding, schemas on `<topic_prefix>.schemas`).
@@ -49,6 +51,7 @@ impl ConfigFile {
             brokers,
             topic_prefix: "shop".into(),
             topic_partitions: 1,
+            sink_extra: String::new(),
             kafka: vec![("compression.type".into(), "lz4".into())],
             registry_url,
             avro_extra: String::new(),
@@ -86,6 +89,7 @@ topic_prefix = "{prefix}"
 dead_letter_topic = "{prefix}.dlq"
 topic_partitions = {partitions}
 topic_replication_factor = 1
+{sink_extra}
 [sink.kafka]
 {kafka}
 [avro]
@@ -103,6 +107,7 @@ dir = "{positions}"
             brokers = self.brokers,
             prefix = self.topic_prefix,
             partitions = self.topic_partitions,
+            sink_extra = self.sink_extra,
             registry = self
                 .registry_url
                 .as_ref()

@@ -212,6 +212,50 @@ impl PgCluster {
         Ok(())
     }
 
+    /// Writes `contents` into the data directory as `name`, owned by the server's user and readable by it
+    /// alone (what the server demands of a private key); returns the path.
+    pub fn install_file(&self, name: &str, contents: &[u8]) -> Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.data_dir().join(name);
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod {}", path.display()))?;
+        if running_as_root() {
+            let output = Command::new("chown")
+                .arg(format!("{POSTGRES_USER}:"))
+                .arg(&path)
+                .output()
+                .context("running chown")?;
+            if !output.status.success() {
+                bail!("chown of {} failed: {}", path.display(), describe(&output));
+            }
+        }
+        Ok(path)
+    }
+
+    /// Puts `lines` before the other pg_hba.conf rules (the first matching rule wins) and reloads.
+    pub fn prepend_hba(&self, lines: &[&str]) -> Result<()> {
+        let path = self.data_dir().join("pg_hba.conf");
+        let old = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        std::fs::write(&path, format!("{}\n{old}", lines.join("\n")))
+            .with_context(|| format!("writing {}", path.display()))?;
+        self.reload()
+    }
+
+    /// Makes the server read its configuration files again (pg_ctl reload).
+    pub fn reload(&self) -> Result<()> {
+        let output = self
+            .pg_ctl()
+            .arg("reload")
+            .output()
+            .context("running pg_ctl reload")?;
+        if !output.status.success() {
+            bail!("pg_ctl reload failed: {}", describe(&output));
+        }
+        Ok(())
+    }
+
     fn init(&self) -> Result<()> {
         let pwfile = self.dir.path().join("pwfile");
         std::fs::write(&pwfile, &self.password)
