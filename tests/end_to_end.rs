@@ -339,7 +339,7 @@ async fn ten_thousand_changes_arrive_in_commit_order_per_key() {
             .unwrap()
             .get(0)
     };
-    let confirmed_past = |lsn: &str| parse_lsn(lsn) >= parse_lsn(&end) - 1_000_000;
+    let confirmed_past = |lsn: &str| common::lsn(lsn) >= common::lsn(&end) - 1_000_000;
     let mut confirmed = None;
     for _ in 0..100 {
         confirmed = services.confirmed_flush().await;
@@ -353,11 +353,6 @@ async fn ten_thousand_changes_arrive_in_commit_order_per_key() {
         "slot confirmed {confirmed:?}, WAL at {end}"
     );
     daemon.stop_cleanly();
-}
-
-fn parse_lsn(text: &str) -> u64 {
-    let (hi, lo) = text.split_once('/').unwrap();
-    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
 }
 
 /// Final state per key from a topic: the last event's after image, or gone after a delete/tombstone.

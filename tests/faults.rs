@@ -84,15 +84,10 @@ impl Writer {
     }
 }
 
-fn parse_lsn(text: &str) -> u64 {
-    let (hi, lo) = text.split_once('/').expect("an LSN");
-    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
-}
-
 /// The LSN in the position file.
 fn stored_lsn(services: &Services) -> u64 {
     let file = services.position_file().expect("a position is stored");
-    parse_lsn(file["position"]["lsn"].as_str().expect("position.lsn"))
+    common::lsn(file["position"]["lsn"].as_str().expect("position.lsn"))
 }
 
 fn row_id(event: &Event) -> i64 {
@@ -262,7 +257,7 @@ async fn twenty_sigkills_under_load_lose_nothing_and_repeat_only_the_unacknowled
         per_run[run] += 1;
         // A run starts from the stored position: what it publishes committed at or after it. An event
         // from before would be a repeat of something already acknowledged.
-        let commit_lsn = parse_lsn(&event.headers["sluice.commit_lsn"]);
+        let commit_lsn = common::lsn(&event.headers["sluice.commit_lsn"]);
         assert!(
             commit_lsn >= runs[run].resumed_from,
             "run {run} published a transaction committed at {} before its stored position {}",

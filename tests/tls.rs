@@ -189,6 +189,23 @@ async fn replication_error(url: &str) -> String {
     }
 }
 
+/// Asserts that both `sluice check` (tokio-postgres) and sluice's replication client refuse `url`, the
+/// check's report containing each of `check_says` and the replication error `replication_says`.
+async fn assert_refused(
+    services: &Services,
+    url: String,
+    name: &str,
+    check_says: &[&str],
+    replication_says: &str,
+) {
+    let report = check(&write_config(services, url.clone(), name));
+    for expected in check_says {
+        assert!(report.contains(expected), "{name}: {report}");
+    }
+    let error = replication_error(&url).await;
+    assert!(error.contains(replication_says), "{name}: {error}");
+}
+
 /// `sluice check`'s PostgreSQL lines.
 fn check(config: &Path) -> String {
     let (_, stdout, stderr) = sluice(&["check", "-c", config.to_str().unwrap()]);
@@ -253,15 +270,14 @@ async fn certificate_problems_are_named() {
     );
 
     // The server's certificate names localhost, not 127.0.0.1: verify-full refuses, verify-ca accepts.
-    let wrong_name = url(&services, "127.0.0.1", &verify_full(&pki));
-    let report = check(&write_config(
+    assert_refused(
         &services,
-        wrong_name.clone(),
+        url(&services, "127.0.0.1", &verify_full(&pki)),
         "wrong-name.toml",
-    ));
-    assert!(report.contains("not valid for name"), "{report}");
-    let error = replication_error(&wrong_name).await;
-    assert!(error.contains("not valid for name"), "{error}");
+        &["not valid for name"],
+        "not valid for name",
+    )
+    .await;
     let verify_ca = format!(
         "sslmode=verify-ca&sslrootcert={}{client_cert}",
         pki.path("ca.crt").display()
@@ -278,31 +294,28 @@ async fn certificate_problems_are_named() {
         "sslmode=verify-full&sslrootcert={}{client_cert}",
         pki.path("other-ca.crt").display()
     );
-    let other_root = url(&services, "localhost", &other_root);
-    let report = check(&write_config(
+    assert_refused(
         &services,
-        other_root.clone(),
+        url(&services, "localhost", &other_root),
         "other-root.toml",
-    ));
-    assert!(report.contains("UnknownIssuer"), "{report}");
-    let error = replication_error(&other_root).await;
-    assert!(error.contains("UnknownIssuer"), "{error}");
+        &["UnknownIssuer"],
+        "UnknownIssuer",
+    )
+    .await;
 
     // No client certificate: the server's pg_hba.conf demands one.
     let no_client_cert = format!(
         "sslmode=verify-full&sslrootcert={}",
         pki.path("ca.crt").display()
     );
-    let no_client_cert = url(&services, "localhost", &no_client_cert);
-    let report = check(&write_config(
+    assert_refused(
         &services,
-        no_client_cert.clone(),
+        url(&services, "localhost", &no_client_cert),
         "no-client-cert.toml",
-    ));
-    assert!(report.contains("not reachable"), "{report}");
-    assert!(report.contains("certificate"), "{report}");
-    let error = replication_error(&no_client_cert).await;
-    assert!(error.contains("client certificate"), "{error}");
+        &["not reachable", "certificate"],
+        "client certificate",
+    )
+    .await;
 
     // A missing file is a configuration error, found without connecting.
     let config = write_config(

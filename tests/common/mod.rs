@@ -237,6 +237,13 @@ pub async fn streaming(
     (services, config, daemon)
 }
 
+/// An LSN as PostgreSQL and sluice print it (`16/B374D848`), as a number.
+pub fn lsn(text: &str) -> u64 {
+    text.parse::<sluice::event::Lsn>()
+        .unwrap_or_else(|err| panic!("`{text}` is not an LSN: {err}"))
+        .0
+}
+
 pub fn sluice_bin() -> &'static str {
     env!("CARGO_BIN_EXE_sluice")
 }
