@@ -250,19 +250,29 @@ fn client_config(
     client_key: Option<&str>,
 ) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = root_cert.map(load_roots).transpose()?;
-    let verifier: Arc<dyn ServerCertVerifier> = match (mode, roots) {
-        (SslMode::VerifyFull, Some(roots)) => webpki_verifier(roots, &provider)?,
-        // libpq: with a root certificate, require behaves as verify-ca.
-        (_, Some(roots)) => Arc::new(IgnoreHostname(webpki_verifier(roots, &provider)?)),
+    // libpq: with a root certificate, prefer and require check the chain too (as verify-ca does).
+    let chain = match (mode, root_cert) {
+        (_, Some(path)) => Some(
+            WebPkiServerVerifier::builder_with_provider(
+                Arc::new(load_roots(path)?),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|err| format!("sslrootcert {path}: {err}"))?,
+        ),
         (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
             return Err(
                 "sslmode=verify-ca and verify-full need sslrootcert=<PEM file of the certificate authority>"
                     .into(),
             )
         }
-        (_, None) => Arc::new(AnyCertificate(provider.clone())),
+        (_, None) => None,
     };
+    let verifier = Arc::new(LibpqVerifier {
+        chain,
+        check_name: mode == SslMode::VerifyFull,
+        provider: provider.clone(),
+    });
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|err| format!("TLS setup: {err}"))?
@@ -309,20 +319,19 @@ fn load_roots(path: &str) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-fn webpki_verifier(
-    roots: RootCertStore,
-    provider: &Arc<CryptoProvider>,
-) -> Result<Arc<WebPkiServerVerifier>, String> {
-    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|err| format!("sslrootcert: {err}"))
+/// libpq's meaning of `sslmode`. With a root certificate, the chain must lead to it, and with verify-full
+/// the certificate must also name the host (rustls checks the chain before the name, so only a name
+/// mismatch is let through otherwise). Without one (prefer, require), the connection is encrypted, not
+/// authenticated. The handshake signatures are checked in every mode, so the peer holds the key of the
+/// certificate it shows.
+#[derive(Debug)]
+struct LibpqVerifier {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    check_name: bool,
+    provider: Arc<CryptoProvider>,
 }
 
-/// verify-ca: the chain must lead to the root, whatever names the certificate carries.
-#[derive(Debug)]
-struct IgnoreHostname(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for IgnoreHostname {
+impl ServerCertVerifier for LibpqVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -331,55 +340,15 @@ impl ServerCertVerifier for IgnoreHostname {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
             other => other,
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// prefer and require without a root certificate: encrypted, not authenticated (libpq's meaning). The
-/// handshake signatures are still checked, so the peer holds the key of the certificate it shows.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -392,7 +361,7 @@ impl ServerCertVerifier for AnyCertificate {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -406,12 +375,14 @@ impl ServerCertVerifier for AnyCertificate {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
