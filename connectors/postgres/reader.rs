@@ -125,9 +125,8 @@ const WAL_END_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 struct Link {
     control: StreamControl,
     acked: Lsn,
-    stopping: bool,
-    /// When a stop stops waiting for the open transaction to end.
-    give_up_at: Option<tokio::time::Instant>,
+    /// Set when a stop is requested: until when the open transaction may still be read.
+    stopping_until: Option<tokio::time::Instant>,
 }
 
 impl Link {
@@ -306,13 +305,12 @@ impl PostgresSource {
     /// connection (server restart, network cut) is reopened with backoff from the acknowledged position;
     /// what was already handed on is skipped on the way, so the pipeline sees every change once.
     pub async fn stream(mut self, resume: Lsn, control: StreamControl) -> Result<(), SourceError> {
-        let stopping = *control.stop.borrow();
-        let give_up_at = stopping.then(|| tokio::time::Instant::now() + control.stop_grace);
+        let stopping_until =
+            (*control.stop.borrow()).then(|| tokio::time::Instant::now() + control.stop_grace);
         let mut link = Link {
             control,
             acked: resume,
-            stopping,
-            give_up_at,
+            stopping_until,
         };
         let mut decoder = StreamDecoder::new(self.settings.database.clone(), resume);
         let mut delay = RECONNECT_FIRST_DELAY;
@@ -329,7 +327,7 @@ impl PostgresSource {
             };
             decoder.connection_lost();
             link.control.metrics.set_streaming(false);
-            if link.stopping || link.control.events.is_closed() {
+            if link.stopping_until.is_some() || link.control.events.is_closed() {
                 tracing::warn!(error = %err, "replication connection lost while stopping; the server learns the stored position on the next run");
                 return Ok(());
             }
@@ -385,10 +383,10 @@ impl PostgresSource {
         let control = &mut link.control;
 
         // On a stop request, read on to the end of the open transaction: a half-published one would repeat.
-        'reading: while !link.stopping || decoder.in_transaction() {
+        'reading: while link.stopping_until.is_none() || decoder.in_transaction() {
             // A time that never comes until a stop sets one.
             let give_up_at = link
-                .give_up_at
+                .stopping_until
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
             let frame = tokio::select! {
                 frame = conn.next_frame() => frame?,
@@ -399,13 +397,12 @@ impl PostgresSource {
                     conn.send_status(link.acked, false).await?;
                     continue;
                 }
-                _ = control.stop.changed(), if !link.stopping => {
-                    link.stopping = true;
-                    link.give_up_at = Some(tokio::time::Instant::now() + control.stop_grace);
+                _ = control.stop.changed(), if link.stopping_until.is_none() => {
+                    link.stopping_until = Some(tokio::time::Instant::now() + control.stop_grace);
                     tracing::info!(within = ?control.stop_grace, "stopping: finishing the open transaction");
                     continue;
                 }
-                _ = tokio::time::sleep_until(give_up_at), if link.stopping => {
+                _ = tokio::time::sleep_until(give_up_at), if link.stopping_until.is_some() => {
                     tracing::warn!(waited = ?control.stop_grace, "stopping: the open transaction did not end in time; the part read is sent again on the next run");
                     break 'reading;
                 }
@@ -452,7 +449,7 @@ impl PostgresSource {
                             link.acked = link.acked.max(*control.acknowledged.borrow_and_update());
                             conn.send_status(link.acked, false).await?;
                         }
-                        _ = tokio::time::sleep_until(give_up_at), if link.stopping => {
+                        _ = tokio::time::sleep_until(give_up_at), if link.stopping_until.is_some() => {
                             tracing::warn!(waited = ?control.stop_grace, "stopping: the pipeline is still full; the open transaction's part read is sent again on the next run");
                             break 'reading;
                         }
