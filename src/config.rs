@@ -77,6 +77,10 @@ pub struct SourceConfig {
     /// Connections a snapshot reads tables over at the same time, all in the same snapshot.
     #[serde(default = "default_snapshot_connections")]
     pub snapshot_connections: Spanned<u8>,
+    /// With several snapshot connections, a table estimated larger than this with a one-column integer
+    /// primary key is read in key ranges of about this many rows, so that the connections share it.
+    #[serde(default = "default_snapshot_chunk_rows")]
+    pub snapshot_chunk_rows: Spanned<u64>,
     /// Publish logical decoding messages (`pg_logical_emit_message`, the outbox pattern) to
     /// `<topic_prefix>.message`.
     #[serde(default)]
@@ -129,15 +133,17 @@ pub enum SnapshotMode {
 #[serde(rename_all = "lowercase")]
 pub enum SinkKind {
     Kafka,
+    /// Sends nothing and acknowledges every message at once: for measuring sluice on its own.
+    Blackhole,
 }
 
 /// `[sink]`: where events go.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
-    pub kind: SinkKind,
-    /// Comma-separated `host:port` bootstrap list.
-    pub brokers: Spanned<EnvString>,
+    pub kind: Spanned<SinkKind>,
+    /// Comma-separated `host:port` bootstrap list; required by `kind = "kafka"`.
+    pub brokers: Option<Spanned<EnvString>>,
     /// Topic per table: `<topic_prefix>.<schema>.<table>`; also the logical server name in `source.name`.
     pub topic_prefix: Spanned<EnvString>,
     pub dead_letter_topic: Spanned<EnvString>,
@@ -157,6 +163,13 @@ pub struct SinkConfig {
     /// librdkafka producer properties, passed through.
     #[serde(default)]
     pub kafka: BTreeMap<String, Spanned<PropertyValue>>,
+}
+
+impl SinkConfig {
+    /// The bootstrap list; empty for the blackhole, which needs none.
+    pub fn brokers(&self) -> &str {
+        self.brokers.as_ref().map_or("", |b| b.get_ref().as_str())
+    }
 }
 
 /// `[avro]`: how events are encoded and where their schemas go.
@@ -227,6 +240,13 @@ fn no_patterns() -> Spanned<Vec<Spanned<EnvString>>> {
 fn default_snapshot_connections() -> Spanned<u8> {
     Spanned::new(0..0, 1)
 }
+
+fn default_snapshot_chunk_rows() -> Spanned<u64> {
+    Spanned::new(0..0, 250_000)
+}
+
+/// Smaller key ranges cost a query each and balance nothing better.
+const MIN_SNAPSHOT_CHUNK_ROWS: u64 = 1_000;
 
 /// Each snapshot connection is a server backend and a walsender's exported snapshot shared that many ways.
 const MAX_SNAPSHOT_CONNECTIONS: u8 = 16;
@@ -483,6 +503,14 @@ impl Config {
                 format!("is {connections}; must be between 1 and {MAX_SNAPSHOT_CONNECTIONS}"),
             );
         }
+        let chunk_rows = *source.snapshot_chunk_rows.get_ref();
+        if chunk_rows < MIN_SNAPSHOT_CHUNK_ROWS {
+            report(
+                "source.snapshot_chunk_rows",
+                source.snapshot_chunk_rows.span(),
+                format!("is {chunk_rows}; must be at least {MIN_SNAPSHOT_CHUNK_ROWS}"),
+            );
+        }
 
         let sink = &self.sink;
         let shutdown = *sink.shutdown_timeout_secs.get_ref();
@@ -493,8 +521,19 @@ impl Config {
                 format!("is {shutdown}; must be at least {MIN_SHUTDOWN_TIMEOUT_SECS} seconds"),
             );
         }
-        if let Err(message) = check_brokers(sink.brokers.get_ref().as_str()) {
-            report("sink.brokers", sink.brokers.span(), message);
+        match (&sink.brokers, sink.kind.get_ref()) {
+            (Some(brokers), _) => {
+                if let Err(message) = check_brokers(brokers.get_ref().as_str()) {
+                    report("sink.brokers", brokers.span(), message);
+                }
+            }
+            (None, SinkKind::Kafka) => report(
+                "sink.brokers",
+                sink.kind.span(),
+                "is required with kind = \"kafka\" (for example `brokers = \"127.0.0.1:9092\"`)"
+                    .into(),
+            ),
+            (None, SinkKind::Blackhole) => {}
         }
         if let Err(message) = check_topic_name(sink.topic_prefix.get_ref().as_str()) {
             report("sink.topic_prefix", sink.topic_prefix.span(), message);
@@ -1025,6 +1064,21 @@ dir = "/var/lib/sluice"
             Err(ParseError::Invalid(problems)) => problems,
             other => panic!("expected value problems, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_kafka_sink_needs_brokers_and_the_blackhole_none() {
+        let without_brokers = GOOD.replace("brokers = \"127.0.0.1:9092\"\n", "");
+        let found = problems(&without_brokers);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key, "sink.brokers");
+        assert!(found[0].message.contains("required with kind = \"kafka\""));
+        assert_eq!(found[0].line, 10, "reported at `kind`");
+
+        let blackhole = without_brokers.replace("kind = \"kafka\"", "kind = \"blackhole\"");
+        let config = Config::parse(&blackhole).expect("the blackhole needs no brokers");
+        assert_eq!(*config.sink.kind.get_ref(), SinkKind::Blackhole);
+        assert_eq!(config.sink.brokers(), "");
     }
 
     #[test]

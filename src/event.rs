@@ -314,6 +314,8 @@ pub enum SourceEvent {
     /// `position` may be acknowledged.
     Commit {
         position: Position,
+        /// When the source committed it (microseconds since the epoch); None for a snapshot.
+        commit_time_us: Option<i64>,
     },
     /// Nothing is open at `position` (the source is idle): it may be acknowledged once everything
     /// emitted earlier is on the broker. Keeps the server from retaining log for idle captures.

@@ -175,6 +175,10 @@ async fn tail(path: &std::path::Path, topic: Option<String>, from: &str, follow:
     let Some(config) = load(path) else {
         return ExitCode::FAILURE;
     };
+    if config.sink.brokers.is_none() {
+        eprintln!("error: sink.kind = \"blackhole\" keeps nothing to tail");
+        return ExitCode::FAILURE;
+    }
     let start = match from {
         "beginning" => StartAt::Beginning,
         "end" => StartAt::End,
@@ -187,7 +191,7 @@ async fn tail(path: &std::path::Path, topic: Option<String>, from: &str, follow:
         },
     };
     let options = TailOptions {
-        brokers: config.sink.brokers.get_ref().as_str().to_owned(),
+        brokers: config.sink.brokers().to_owned(),
         topic: topic.unwrap_or_else(|| config.sink.dead_letter_topic.get_ref().as_str().to_owned()),
         start,
         follow,

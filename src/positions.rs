@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::event::Position;
+use crate::metrics::Histogram;
 
 /// Groups messages by the source position that acknowledges them (a transaction, or an idle point).
 ///
@@ -25,6 +26,7 @@ use crate::event::Position;
 pub struct AckTracker {
     state: Mutex<TrackerState>,
     changed: Notify,
+    commit_to_ack: Histogram,
 }
 
 #[derive(Default)]
@@ -39,8 +41,12 @@ struct TrackerState {
 #[derive(Default)]
 struct Group {
     outstanding: u64,
+    /// Whether any message was registered: an empty group's acknowledgement says nothing about latency.
+    carries_messages: bool,
     /// Set when the group is sealed.
     position: Option<Position>,
+    /// The source's commit time of a streamed transaction (microseconds since the epoch).
+    commit_time_us: Option<i64>,
 }
 
 impl AckTracker {
@@ -58,22 +64,28 @@ impl AckTracker {
         let ordinal = state.first + state.groups.len() as u64 - 1;
         if let Some(group) = state.groups.back_mut() {
             group.outstanding += 1;
+            group.carries_messages = true;
         }
         state.outstanding += 1;
         ordinal
     }
 
-    /// Seals the open group (creating an empty one if nothing is open) with the position that acknowledges it.
-    pub fn close_group(&self, position: Position) {
+    /// Seals the open group (creating an empty one if nothing is open) with the position that acknowledges
+    /// it and, for a streamed transaction, its commit time.
+    pub fn close_group(&self, position: Position, commit_time_us: Option<i64>) {
         let mut state = self.lock();
         match state.groups.back_mut() {
-            Some(group) if group.position.is_none() => group.position = Some(position),
+            Some(group) if group.position.is_none() => {
+                group.position = Some(position);
+                group.commit_time_us = commit_time_us;
+            }
             _ => state.groups.push_back(Group {
-                outstanding: 0,
                 position: Some(position),
+                commit_time_us,
+                ..Group::default()
             }),
         }
-        if state.advance() {
+        if state.advance(&self.commit_to_ack) {
             self.changed.notify_waiters();
         }
     }
@@ -88,7 +100,7 @@ impl AckTracker {
         };
         group.outstanding = group.outstanding.saturating_sub(1);
         state.outstanding = state.outstanding.saturating_sub(1);
-        if state.advance() || state.outstanding == 0 {
+        if state.advance(&self.commit_to_ack) || state.outstanding == 0 {
             self.changed.notify_waiters();
         }
     }
@@ -109,6 +121,11 @@ impl AckTracker {
         self.changed.notified()
     }
 
+    /// Commit-to-acknowledgement latency of every streamed transaction that carried events.
+    pub fn commit_to_ack(&self) -> &Histogram {
+        &self.commit_to_ack
+    }
+
     /// Wakes every waiter (used at shutdown).
     pub fn wake(&self) {
         self.changed.notify_waiters();
@@ -123,12 +140,17 @@ impl AckTracker {
 }
 
 impl TrackerState {
-    /// Pops every complete group at the front; true when the acknowledged position moved.
-    fn advance(&mut self) -> bool {
+    /// Pops every complete group at the front, timing the transactions among them; true when the
+    /// acknowledged position moved.
+    fn advance(&mut self, commit_to_ack: &Histogram) -> bool {
         let mut moved = false;
         while let Some(front) = self.groups.front() {
             match front.position {
                 Some(position) if front.outstanding == 0 => {
+                    if let (true, Some(committed)) = (front.carries_messages, front.commit_time_us)
+                    {
+                        commit_to_ack.observe_us(now_us().saturating_sub(committed).max(0) as u64);
+                    }
                     self.acknowledged = Some(position);
                     self.groups.pop_front();
                     self.first += 1;
@@ -320,9 +342,13 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 pub fn now_ms() -> i64 {
+    now_us() / 1000
+}
+
+pub fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 #[cfg(test)]
@@ -339,9 +365,9 @@ mod tests {
         let tracker = AckTracker::new();
         let first = tracker.register();
         let _ = tracker.register();
-        tracker.close_group(at(10));
+        tracker.close_group(at(10), None);
         let second = tracker.register();
-        tracker.close_group(at(20));
+        tracker.close_group(at(20), None);
         assert_ne!(first, second);
 
         // The second transaction is delivered first: nothing is acknowledged yet.
@@ -361,7 +387,7 @@ mod tests {
     #[test]
     fn an_open_transaction_holds_back_later_idle_points() {
         let tracker = AckTracker::new();
-        tracker.close_group(at(5));
+        tracker.close_group(at(5), None);
         assert_eq!(
             tracker.acknowledged(),
             Some(at(5)),
@@ -370,8 +396,24 @@ mod tests {
         let open = tracker.register();
         tracker.delivered(open);
         assert_eq!(tracker.acknowledged(), Some(at(5)), "not sealed yet");
-        tracker.close_group(at(9));
+        tracker.close_group(at(9), None);
         assert_eq!(tracker.acknowledged(), Some(at(9)));
+    }
+
+    #[test]
+    fn each_transaction_with_events_is_timed_from_its_commit_to_its_last_acknowledgement() {
+        let tracker = AckTracker::new();
+        let committed = now_us() - 2_000_000;
+        let message = tracker.register();
+        tracker.close_group(at(10), Some(committed));
+        // Transactions without events (filtered out) and idle points are not timed.
+        tracker.close_group(at(11), Some(committed));
+        tracker.close_group(at(12), None);
+        assert_eq!(tracker.commit_to_ack().count(), 0, "not acknowledged yet");
+        tracker.delivered(message);
+        assert_eq!(tracker.acknowledged(), Some(at(12)));
+        assert_eq!(tracker.commit_to_ack().count(), 1);
+        assert!(tracker.commit_to_ack().sum_us() >= 2_000_000);
     }
 
     #[test]

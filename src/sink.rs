@@ -1,5 +1,6 @@
-//! The Kafka sink: an idempotent, acks=all librdkafka producer whose delivery reports feed the
-//! [`AckTracker`], and the admin calls that create missing topics.
+//! The sink: an idempotent, acks=all librdkafka producer whose delivery reports feed the
+//! [`AckTracker`], and the admin calls that create missing topics — or, for measuring sluice on its own,
+//! a blackhole that acknowledges every message as it is handed over.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use rdkafka::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::config::{Config, SinkKind};
 use crate::metrics::Metrics;
 use crate::positions::{now_ms, AckTracker};
 use crate::shutdown::StopDeadline;
@@ -59,6 +60,8 @@ const QUEUE_FULL_WARNING: Duration = Duration::from_secs(10);
 /// The settings the sink needs, out of the config file.
 #[derive(Clone, Debug)]
 pub struct SinkSettings {
+    pub kind: SinkKind,
+    /// Empty for the blackhole.
     pub brokers: String,
     pub properties: Vec<(String, String)>,
     pub create_topics: bool,
@@ -69,7 +72,8 @@ pub struct SinkSettings {
 impl SinkSettings {
     pub fn from_config(config: &Config) -> SinkSettings {
         SinkSettings {
-            brokers: config.sink.brokers.get_ref().as_str().to_owned(),
+            kind: *config.sink.kind.get_ref(),
+            brokers: config.sink.brokers().to_owned(),
             properties: config
                 .kafka_properties()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -148,7 +152,7 @@ pub struct DeliveryReports {
 pub enum MessageKind {
     Event,
     DeadLetter,
-    /// A record of the schemas topic: the sender waits for its outcome ([`KafkaSink::schema_delivered`]).
+    /// A record of the schemas topic: the sender waits for its outcome ([`Sink::schema_delivered`]).
     Schema,
 }
 
@@ -159,6 +163,16 @@ impl MessageKind {
             MessageKind::DeadLetter => 1,
             MessageKind::Schema => 2,
         }
+    }
+}
+
+impl DeliveryReports {
+    /// The blackhole's delivery report: every message is acknowledged as it is handed over.
+    fn acknowledged(&self, ordinal: u64, kind: MessageKind) {
+        if kind == MessageKind::Schema {
+            let _ = self.schema_reports.send(Ok(()));
+        }
+        self.tracker.delivered(ordinal);
     }
 }
 
@@ -219,10 +233,8 @@ pub struct Outgoing<'a> {
     pub headers: &'a [(&'a str, &'a [u8])],
 }
 
-pub struct KafkaSink {
-    /// Shared with the [`BrokerProbe`].
-    producer: Arc<ThreadedProducer<DeliveryReports>>,
-    admin: AdminClient<DefaultClientContext>,
+pub struct Sink {
+    transport: Transport,
     settings: SinkSettings,
     known_topics: HashSet<String>,
     schema_outcomes: mpsc::UnboundedReceiver<Result<(), KafkaError>>,
@@ -230,39 +242,47 @@ pub struct KafkaSink {
     stop_deadline: StopDeadline,
 }
 
-impl KafkaSink {
+enum Transport {
+    Kafka {
+        /// Shared with the [`BrokerProbe`].
+        producer: Arc<ThreadedProducer<DeliveryReports>>,
+        admin: AdminClient<DefaultClientContext>,
+    },
+    /// Sends nothing and acknowledges every message at once (Vector's `blackhole` sink): what is left of
+    /// a run is sluice's own cost, which is what `bench/run.sh` measures with it.
+    Blackhole(DeliveryReports),
+}
+
+impl Sink {
     /// Creates the producer; failed deliveries arrive on the returned receiver.
     pub fn new(
         settings: SinkSettings,
         tracker: Arc<AckTracker>,
         metrics: Arc<Metrics>,
-    ) -> Result<(KafkaSink, mpsc::UnboundedReceiver<FailedDelivery>), SinkError> {
+    ) -> Result<(Sink, mpsc::UnboundedReceiver<FailedDelivery>), SinkError> {
         let (failures, failed) = mpsc::unbounded_channel();
         let (schema_reports, schema_outcomes) = mpsc::unbounded_channel();
-        let client_config = settings.client_config();
-        let producer = client_config
-            .create_with_context(DeliveryReports {
-                tracker,
-                metrics,
-                failures,
-                schema_reports,
-            })
-            .map_err(SinkError::Producer)?;
-        let mut admin_config = ClientConfig::new();
-        admin_config.set("bootstrap.servers", &settings.brokers);
-        // Security settings apply to the admin connection too.
-        for (key, value) in settings
-            .properties
-            .iter()
-            .filter(|(k, _)| is_connection_property(k))
-        {
-            admin_config.set(key, value);
-        }
-        let admin = admin_config.create().map_err(SinkError::Producer)?;
+        let reports = DeliveryReports {
+            tracker,
+            metrics,
+            failures,
+            schema_reports,
+        };
+        let transport = match settings.kind {
+            SinkKind::Kafka => Transport::Kafka {
+                producer: Arc::new(
+                    settings
+                        .client_config()
+                        .create_with_context(reports)
+                        .map_err(SinkError::Producer)?,
+                ),
+                admin: admin_client(&settings)?,
+            },
+            SinkKind::Blackhole => Transport::Blackhole(reports),
+        };
         Ok((
-            KafkaSink {
-                producer: Arc::new(producer),
-                admin,
+            Sink {
+                transport,
                 settings,
                 known_topics: HashSet::new(),
                 schema_outcomes,
@@ -280,14 +300,20 @@ impl KafkaSink {
     /// A handle that asks whether the broker answers, for a task of its own.
     pub fn probe(&self, topic: &str) -> BrokerProbe {
         BrokerProbe {
-            producer: self.producer.clone(),
+            producer: match &self.transport {
+                Transport::Kafka { producer, .. } => Some(producer.clone()),
+                Transport::Blackhole(_) => None,
+            },
             topic: topic.to_owned(),
         }
     }
 
     /// Fails unless a broker answers a metadata request within `timeout`.
     pub fn check_reachable(&self, timeout: Duration) -> Result<(), SinkError> {
-        self.producer
+        let Transport::Kafka { producer, .. } = &self.transport else {
+            return Ok(());
+        };
+        producer
             .client()
             .fetch_metadata(None, timeout)
             .map(|_| ())
@@ -308,19 +334,22 @@ impl KafkaSink {
         self.ensure_topic_with(topic, &[], stop).await
     }
 
-    /// [`KafkaSink::ensure_topic`], creating the topic with these topic configs (`cleanup.policy`, …).
+    /// [`Sink::ensure_topic`], creating the topic with these topic configs (`cleanup.policy`, …).
     pub async fn ensure_topic_with(
         &mut self,
         topic: &str,
         configs: &[(&str, &str)],
         stop: &watch::Receiver<bool>,
     ) -> Result<(), SinkError> {
+        let Transport::Kafka { admin, .. } = &self.transport else {
+            return Ok(());
+        };
         if !self.settings.create_topics || self.known_topics.contains(topic) {
             return Ok(());
         }
         let mut delay = Duration::from_millis(250);
         loop {
-            match self.create_topic(topic, configs).await {
+            match create_topic(admin, &self.settings, topic, configs).await {
                 Ok(()) => break,
                 Err(CreateFailure::Definitive(reason)) => {
                     return Err(SinkError::CreateTopic {
@@ -345,37 +374,6 @@ impl KafkaSink {
         Ok(())
     }
 
-    async fn create_topic(
-        &self,
-        topic: &str,
-        configs: &[(&str, &str)],
-    ) -> Result<(), CreateFailure> {
-        let mut new_topic = NewTopic::new(
-            topic,
-            self.settings.topic_partitions,
-            TopicReplication::Fixed(self.settings.topic_replication_factor),
-        );
-        for (key, value) in configs {
-            new_topic = new_topic.set(key, value);
-        }
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let results = self
-            .admin
-            .create_topics([&new_topic], &options)
-            .await
-            .map_err(|err| CreateFailure::Transient(err.to_string()))?;
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((_, code)) if is_topic_fault(code) => {
-                    return Err(CreateFailure::Definitive(code.to_string()))
-                }
-                Err((_, code)) => return Err(CreateFailure::Transient(code.to_string())),
-            }
-        }
-        Ok(())
-    }
-
     /// Hands a message to librdkafka. Waits while its queue is full (backpressure), until the stop
     /// deadline once a stop is requested; other errors mean the message can never be produced as it is.
     pub async fn send(
@@ -384,6 +382,13 @@ impl KafkaSink {
         ordinal: u64,
         kind: MessageKind,
     ) -> Result<(), SinkError> {
+        let producer = match &self.transport {
+            Transport::Kafka { producer, .. } => producer,
+            Transport::Blackhole(reports) => {
+                reports.acknowledged(ordinal, kind);
+                return Ok(());
+            }
+        };
         let opaque = ((ordinal as usize) << 2) | kind.bits();
         let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
         for (key, value) in message.headers {
@@ -403,7 +408,7 @@ impl KafkaSink {
         let waiting_since = Instant::now();
         let mut warned = false;
         loop {
-            match self.producer.send(record) {
+            match producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
@@ -411,7 +416,7 @@ impl KafkaSink {
                     // acknowledging.
                     if !warned && waiting_since.elapsed() >= QUEUE_FULL_WARNING {
                         warned = true;
-                        tracing::warn!(topic = message.topic, in_flight = self.in_flight(), waited = ?QUEUE_FULL_WARNING, "the producer queue is full and not draining: reading waits for the broker");
+                        tracing::warn!(topic = message.topic, in_flight = producer.in_flight_count(), waited = ?QUEUE_FULL_WARNING, "the producer queue is full and not draining: reading waits for the broker");
                     }
                     if self.stop_deadline.passed() {
                         return Err(SinkError::Stalled(
@@ -453,31 +458,69 @@ impl KafkaSink {
             }
         }
     }
+}
 
-    /// Messages librdkafka still holds (queued or awaiting acknowledgement).
-    pub fn in_flight(&self) -> i32 {
-        self.producer.in_flight_count()
+/// The admin client that creates topics, with the producer's security settings.
+fn admin_client(settings: &SinkSettings) -> Result<AdminClient<DefaultClientContext>, SinkError> {
+    let mut admin_config = ClientConfig::new();
+    admin_config.set("bootstrap.servers", &settings.brokers);
+    for (key, value) in settings
+        .properties
+        .iter()
+        .filter(|(k, _)| is_connection_property(k))
+    {
+        admin_config.set(key, value);
     }
+    admin_config.create().map_err(SinkError::Producer)
+}
 
-    /// Waits up to `timeout` for every queued message to be acknowledged.
-    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(timeout)
+async fn create_topic(
+    admin: &AdminClient<DefaultClientContext>,
+    settings: &SinkSettings,
+    topic: &str,
+    configs: &[(&str, &str)],
+) -> Result<(), CreateFailure> {
+    let mut new_topic = NewTopic::new(
+        topic,
+        settings.topic_partitions,
+        TopicReplication::Fixed(settings.topic_replication_factor),
+    );
+    for (key, value) in configs {
+        new_topic = new_topic.set(key, value);
     }
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics([&new_topic], &options)
+        .await
+        .map_err(|err| CreateFailure::Transient(err.to_string()))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) if is_topic_fault(code) => {
+                return Err(CreateFailure::Definitive(code.to_string()))
+            }
+            Err((_, code)) => return Err(CreateFailure::Transient(code.to_string())),
+        }
+    }
+    Ok(())
 }
 
 /// Asks the broker for one topic's metadata: the cheapest request that proves it answers.
 pub struct BrokerProbe {
-    producer: Arc<ThreadedProducer<DeliveryReports>>,
+    /// None for the blackhole, which always answers.
+    producer: Option<Arc<ThreadedProducer<DeliveryReports>>>,
     topic: String,
 }
 
 impl BrokerProbe {
     /// True when a broker answered within `timeout`. Blocks: call it from a blocking task.
     pub fn answers(&self, timeout: Duration) -> bool {
-        self.producer
-            .client()
-            .fetch_metadata(Some(&self.topic), timeout)
-            .is_ok()
+        self.producer.as_ref().is_none_or(|producer| {
+            producer
+                .client()
+                .fetch_metadata(Some(&self.topic), timeout)
+                .is_ok()
+        })
     }
 }
 
@@ -526,6 +569,7 @@ mod tests {
 
     fn mock_settings(brokers: String) -> SinkSettings {
         SinkSettings {
+            kind: SinkKind::Kafka,
             brokers,
             properties: vec![("linger.ms".into(), "0".into())],
             // The mock broker creates topics on first use and does not answer CreateTopics.
@@ -546,10 +590,47 @@ mod tests {
     // librdkafka's in-process mock broker: quick checks of how the sink reads delivery reports and admin
     // answers. The end-to-end tests run the same code against a real broker.
     #[tokio::test]
+    async fn the_blackhole_acknowledges_every_message_at_once() {
+        let tracker = Arc::new(AckTracker::new());
+        let settings = SinkSettings {
+            kind: SinkKind::Blackhole,
+            ..mock_settings(String::new())
+        };
+        let (mut sink, _failures) = Sink::new(settings, tracker.clone(), Arc::default()).unwrap();
+        let (_stop_tx, stop) = watch::channel(false);
+        sink.check_reachable(Duration::from_secs(1)).unwrap();
+        sink.ensure_topic("shop.public.orders", &stop)
+            .await
+            .unwrap();
+        assert!(sink.probe("shop.dlq").answers(Duration::from_secs(1)));
+        let message = Outgoing {
+            topic: "shop.public.orders",
+            key: Some(b"k"),
+            payload: Some(b"v"),
+            headers: &[],
+        };
+        let ordinal = tracker.register();
+        sink.send(&message, ordinal, MessageKind::Event)
+            .await
+            .unwrap();
+        let ordinal = tracker.register();
+        sink.send(&message, ordinal, MessageKind::Schema)
+            .await
+            .unwrap();
+        sink.schema_delivered(&stop).await.unwrap();
+        tracker.close_group(Position::Postgres { lsn: Lsn(0x10) }, None);
+        assert_eq!(tracker.outstanding(), 0);
+        assert_eq!(
+            tracker.acknowledged(),
+            Some(Position::Postgres { lsn: Lsn(0x10) })
+        );
+    }
+
+    #[tokio::test]
     async fn a_position_is_acknowledged_once_its_messages_are_delivered() {
         let cluster = MockCluster::new(1).unwrap();
         let tracker = Arc::new(AckTracker::new());
-        let (sink, _failures) = KafkaSink::new(
+        let (sink, _failures) = Sink::new(
             mock_settings(cluster.bootstrap_servers()),
             tracker.clone(),
             Arc::default(),
@@ -568,7 +649,7 @@ mod tests {
                 .unwrap();
         }
         let position = Position::Postgres { lsn: Lsn(0x10) };
-        tracker.close_group(position);
+        tracker.close_group(position, None);
         assert_eq!(
             acknowledged_within(&tracker, Duration::from_secs(10)).await,
             Some(position)
@@ -580,7 +661,7 @@ mod tests {
     async fn a_refused_delivery_comes_back_whole_and_holds_the_position() {
         let cluster = MockCluster::new(1).unwrap();
         let tracker = Arc::new(AckTracker::new());
-        let (sink, mut failures) = KafkaSink::new(
+        let (sink, mut failures) = Sink::new(
             mock_settings(cluster.bootstrap_servers()),
             tracker.clone(),
             Arc::default(),
@@ -600,7 +681,7 @@ mod tests {
         sink.send(&message, ordinal, MessageKind::Event)
             .await
             .unwrap();
-        tracker.close_group(Position::Postgres { lsn: Lsn(0x20) });
+        tracker.close_group(Position::Postgres { lsn: Lsn(0x20) }, None);
 
         let failure = tokio::time::timeout(Duration::from_secs(10), failures.recv())
             .await
@@ -625,6 +706,7 @@ mod tests {
     #[test]
     fn user_properties_cannot_drop_the_guarantees_but_can_tune() {
         let settings = SinkSettings {
+            kind: SinkKind::Kafka,
             brokers: "127.0.0.1:1".into(),
             properties: vec![
                 ("compression.type".into(), "zstd".into()),

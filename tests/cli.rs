@@ -3,8 +3,10 @@
 mod common;
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use common::{sluice, Services};
+use common::{sluice, Daemon, Services};
+use sluice_testkit::config::ConfigFile;
 use sluice_testkit::postgres::PgCluster;
 
 const VALID: &str = r#"
@@ -263,4 +265,105 @@ async fn check_names_an_unreachable_database() {
     assert!(stdout.contains("is not reachable"), "{stdout}");
     assert!(stdout.contains("[skip]"), "{stdout}");
     assert!(!stdout.contains("s3cret-pw"), "{stdout}");
+}
+
+/// The blackhole sink needs no broker: `check` says so, and `run` acknowledges every transaction to
+/// PostgreSQL as soon as its events are encoded, which is what the benchmark's null-sink row measures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_blackhole_sink_acknowledges_without_a_broker() {
+    let pg = PgCluster::start().expect("start PostgreSQL");
+    pg.create_database(common::DATABASE).await.unwrap();
+    let client = pg.client(common::DATABASE).await.unwrap();
+    client
+        .batch_execute("CREATE TABLE orders (id bigint PRIMARY KEY, note text)")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ConfigFile::local(
+        pg.url(common::DATABASE),
+        String::new(),
+        None,
+        dir.path().join("positions"),
+    );
+    config.sink_kind = "blackhole".into();
+    config.tables = vec!["public.orders".into()];
+    config.api_address = Some("127.0.0.1:0".into());
+    let path = config.write(&dir.path().join("sluice.toml")).unwrap();
+    assert!(!config.render().contains("brokers"));
+
+    let (status, stdout, stderr) = sluice(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("sink.kind = \"blackhole\": no broker"),
+        "{stdout}"
+    );
+
+    let mut daemon = Daemon::start(&path);
+    let slot_active =
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'sluice' AND active";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client
+        .query_one(slot_active, &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(daemon.exited().is_none(), "{}", daemon.log());
+        assert!(
+            Instant::now() < deadline,
+            "not streaming:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for batch in 0..3 {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO orders SELECT i, 'n' FROM generate_series({}, {}) AS i",
+                batch * 100 + 1,
+                batch * 100 + 100
+            ))
+            .await
+            .unwrap();
+    }
+    let written: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    // Acknowledged to PostgreSQL: the slot's confirmed position passes the inserts.
+    let confirmed =
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'sluice'";
+    loop {
+        let flushed: String = client.query_one(confirmed, &[]).await.unwrap().get(0);
+        if common::lsn(&flushed) >= common::lsn(&written) {
+            break;
+        }
+        assert!(daemon.exited().is_none(), "{}", daemon.log());
+        assert!(
+            Instant::now() < deadline,
+            "slot at {flushed}, writes end at {written}:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, metrics) = common::http_get(&daemon, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "sluice_events_total{table=\"public.orders\",op=\"c\"} 300"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "sluice_commit_to_ack_seconds_count 3"),
+        "three transactions carried events:\n{metrics}"
+    );
+    assert!(daemon
+        .log()
+        .contains("events are acknowledged and thrown away"));
+    daemon.stop_cleanly();
 }

@@ -240,3 +240,113 @@ async fn a_database_crash_mid_stream_is_survived_without_loss_or_repeats() {
     assert!(daemon.log().contains("reconnecting"), "{}", daemon.log());
     daemon.stop_cleanly();
 }
+
+/// An update that leaves a 1 MB TOASTed column alone: PostgreSQL does not send the value. Under REPLICA
+/// IDENTITY FULL sluice restores it from the old row; under DEFAULT it cannot, and the event says so (the
+/// `sluice.unchanged_toast` header, null in `after`) and `/metrics` counts it — it is never passed off
+/// as a real null.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_toasted_value_is_restored_or_marked_never_silently_dropped() {
+    let services = Services::start().await;
+    services
+        .sql(
+            "CREATE TABLE docs (id int PRIMARY KEY, body text, n int);
+             CREATE TABLE docs_full (id int PRIMARY KEY, body text, n int);
+             ALTER TABLE docs_full REPLICA IDENTITY FULL;",
+        )
+        .await;
+    let mut config = services.config(&["public.docs", "public.docs_full"]);
+    // Events of a few MB: one row's 1 MB value, twice in the FULL table's update (before and after).
+    config.set_kafka("message.max.bytes", "8000000");
+    config.api_address = Some("127.0.0.1:0".into());
+    let mut daemon = Daemon::start(&services.write(&config));
+    services.wait_streaming(&mut daemon).await;
+
+    // 1 MB of hex digits (md5 of a counter): pglz cannot squeeze it inline, so it is stored out of line.
+    let body = "(SELECT string_agg(md5(i::text), '') FROM generate_series(1, 32768) AS i)";
+    services
+        .sql(&format!(
+            "INSERT INTO docs VALUES (1, {body}, 0);
+             INSERT INTO docs_full VALUES (1, {body}, 0);
+             UPDATE docs SET n = 1 WHERE id = 1;
+             UPDATE docs_full SET n = 1 WHERE id = 1;"
+        ))
+        .await;
+    let client = services.pg.client(common::DATABASE).await.unwrap();
+    let stored: String = client
+        .query_one("SELECT body FROM docs_full WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored.len(), 1_048_576);
+    let external: bool = client
+        .query_one(
+            "SELECT pg_relation_size(reltoastrelid) > 0 FROM pg_class WHERE relname = 'docs_full'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(external, "the value is in the TOAST table");
+
+    let full = decode_all(
+        &services,
+        &services
+            .read("shop.public.docs_full", 2, Duration::from_secs(60))
+            .await,
+    );
+    assert_eq!(
+        full.len(),
+        2,
+        "{:?}",
+        full.iter().map(|e| e.op()).collect::<Vec<_>>()
+    );
+    let update = &full[1];
+    assert_eq!(update.op(), Some("u"));
+    let after = update.after().expect("after");
+    assert_eq!(after["n"], 1);
+    assert_eq!(
+        after["body"].as_str().map(str::len),
+        Some(1_048_576),
+        "restored from the old row"
+    );
+    assert_eq!(after["body"].as_str(), Some(stored.as_str()));
+    assert!(!update.headers.contains_key("sluice.unchanged_toast"));
+
+    let default = decode_all(
+        &services,
+        &services
+            .read("shop.public.docs", 2, Duration::from_secs(60))
+            .await,
+    );
+    assert_eq!(default.len(), 2);
+    let update = &default[1];
+    assert_eq!(update.op(), Some("u"));
+    let after = update.after().expect("after");
+    assert_eq!(after["n"], 1);
+    assert!(after["body"].is_null(), "{}", after["body"]);
+    assert_eq!(
+        update
+            .headers
+            .get("sluice.unchanged_toast")
+            .map(String::as_str),
+        Some("body"),
+        "the event names the value it lacks"
+    );
+    let inserted = default[0].after().expect("the insert carries the value");
+    assert_eq!(inserted["body"].as_str().map(str::len), Some(1_048_576));
+
+    let (_, metrics) = common::http_get(&daemon, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "sluice_unchanged_toast_total{table=\"public.docs\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("sluice_unchanged_toast_total{table=\"public.docs_full\"}"),
+        "{metrics}"
+    );
+    services.assert_no_dead_letters().await;
+    daemon.stop_cleanly();
+}

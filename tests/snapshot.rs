@@ -266,8 +266,8 @@ async fn snapshot_then_stream_publishes_every_row_once() {
     daemon.stop_cleanly();
 }
 
-/// A larger table, written to while the snapshot reads it: afterwards the topic holds the table as it is,
-/// row by row. `SLUICE_SNAPSHOT_ROWS` sets the size. CI runs 10,000: reading a topic back from tansu 0.6
+/// A larger table, written to while the snapshot reads it over three connections in key ranges: afterwards
+/// the topic holds the table as it is, row by row. `SLUICE_SNAPSHOT_ROWS` sets the size. CI runs 10,000: reading a topic back from tansu 0.6
 /// slows down with its length faster than linearly (10,000 rows in 18 s, 20,000 in 56 s here), so a
 /// million cannot be compared through it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,7 +278,15 @@ async fn a_large_snapshot_while_writes_continue() {
         .unwrap_or(10_000);
     let services = Services::start().await;
     services.sql(&schema(rows)).await;
-    let config = services.write_config_source(&["public.items"], "", &[]);
+    // The planner's estimate decides the split.
+    services.sql("ANALYZE items").await;
+    // Three connections share the table in key ranges of about a fifth of it.
+    let chunk_rows = (rows / 5).max(1_000);
+    let config = services.write_config_source(
+        &["public.items"],
+        &format!("snapshot_connections = 3\nsnapshot_chunk_rows = {chunk_rows}"),
+        &[],
+    );
     let started = Instant::now();
     let mut daemon = Daemon::start(&config);
     let writer = spawn_racing_writer(&services, rows, 20);
@@ -296,6 +304,31 @@ async fn a_large_snapshot_while_writes_continue() {
     assert_each_row_arrived_once(&items, expected.len());
     let read = items.iter().filter(|e| e.op() == Some("r")).count();
     assert!(read >= rows as usize, "{read} snapshot rows");
+    let log = daemon.log();
+    let split = log
+        .lines()
+        .find(|l| l.contains("snapshot of table split into key ranges"))
+        .unwrap_or_else(|| panic!("the table was not split:\n{log}"));
+    assert!(split.contains("ranges=5"), "{split}");
+    // The ranges follow the key histogram (not the extent the late ids stretch): each holds rows, and
+    // more than one connection read them.
+    let ranges: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("snapshot of key range finished"))
+        .collect();
+    assert_eq!(ranges.len(), 5, "{log}");
+    assert!(
+        ranges.iter().all(|l| !l.contains(" rows=0 ")),
+        "{ranges:#?}"
+    );
+    let readers: std::collections::BTreeSet<&str> = ranges
+        .iter()
+        .filter_map(|l| l.split(" reader=").nth(1))
+        .collect();
+    assert!(
+        readers.len() > 1,
+        "one connection read every range: {ranges:#?}"
+    );
     services.assert_no_dead_letters().await;
     daemon.stop_cleanly();
 }

@@ -3,10 +3,14 @@
 //! like.
 //!
 //! The same rows are written once, after the slots exist; then each reader drains them from its own slot:
-//! `pg_recvlogical` (pgoutput to /dev/null: how fast the server hands changes out) and `sluice run` (Avro,
-//! registry, broker acknowledgements). For snapshots, `COPY … TO STDOUT` of the table is compared with
-//! sluice's snapshot of it (`snapshot = "initial_only"`). CPU time and peak RSS come from /proc, sampled
-//! while each process runs.
+//! `pg_recvlogical` (pgoutput to /dev/null: how fast the server hands changes out), `sluice run` to the
+//! broker (Avro, registry, broker acknowledgements) and `sluice run` to the blackhole sink (the same
+//! work without a broker: sluice's own cost). For snapshots, `COPY … TO STDOUT` of the table is compared
+//! with sluice's snapshot of it (`snapshot = "initial_only"`). CPU time and peak RSS come from /proc,
+//! sampled while each process runs. Last, commit-to-acknowledgement latency is read from sluice's own
+//! histogram while a paced writer commits a steady rate ([`latency`]).
+
+mod latency;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -47,6 +51,15 @@ struct Args {
     /// Longest wait for one reader.
     #[arg(long, default_value_t = 1_800)]
     timeout_secs: u64,
+    /// Rows per second the paced writer commits while latency is measured.
+    #[arg(long, default_value_t = 10_000)]
+    latency_rate: u64,
+    /// Rows per transaction of the paced writer.
+    #[arg(long, default_value_t = 100)]
+    latency_batch: u64,
+    /// How long the paced writer runs, after a warm-up of a few seconds.
+    #[arg(long, default_value_t = 30)]
+    latency_secs: u64,
 }
 
 /// One measured reader.
@@ -89,6 +102,7 @@ async fn main() -> Result<()> {
         "CREATE PUBLICATION bench FOR TABLE bench WITH (publish_via_partition_root = true)",
         "SELECT pg_create_logical_replication_slot('bench_recvlogical', 'pgoutput')",
         "SELECT pg_create_logical_replication_slot('bench_sluice', 'pgoutput')",
+        "SELECT pg_create_logical_replication_slot('bench_blackhole', 'pgoutput')",
     ] {
         client.batch_execute(statement).await?;
     }
@@ -128,20 +142,61 @@ async fn main() -> Result<()> {
     };
     let streaming = bench.measure_sluice(
         "sluice → broker (Avro, registry)",
-        "stream",
-        "bench_sluice",
-        "never",
+        &Run::streaming("stream", "bench_sluice", Sink::Broker),
     )?;
     report_one(&streaming);
+    let blackhole = bench.measure_sluice(
+        "sluice → blackhole sink (Avro, registry)",
+        &Run::streaming("null", "bench_blackhole", Sink::Blackhole),
+    )?;
+    report_one(&blackhole);
     let copy = measure_copy(&client, args.rows).await?;
     report_one(&copy);
     let snapshot = bench.measure_sluice(
         "sluice snapshot → broker",
-        "snap",
-        "bench_snapshot",
-        "initial_only",
+        &Run {
+            prefix: "snap",
+            slot: "bench_snapshot",
+            snapshot: "initial_only",
+            sink: Sink::Broker,
+        },
     )?;
     report_one(&snapshot);
+    // "initial" rather than "initial_only": the blackhole's count is read from the running process.
+    let snapshot_blackhole = bench.measure_sluice(
+        "sluice snapshot → blackhole sink",
+        &Run {
+            prefix: "snapnull",
+            slot: "bench_snapnull",
+            snapshot: "initial",
+            sink: Sink::Blackhole,
+        },
+    )?;
+    report_one(&snapshot_blackhole);
+
+    let pace = latency::Pace {
+        rows_per_second: args.latency_rate,
+        batch: args.latency_batch,
+        seconds: args.latency_secs,
+    };
+    let mut latencies = Vec::new();
+    let mut next_id = args.rows + 1;
+    for (sink, prefix) in [(Sink::Broker, "lat"), (Sink::Blackhole, "latnull")] {
+        let slot = format!("bench_{prefix}");
+        client
+            .batch_execute(&format!(
+                "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+            ))
+            .await?;
+        let run = Run::streaming(prefix, &slot, sink);
+        let measured = bench.measure_latency(&run, &client, &pace, next_id).await?;
+        eprintln!("{}", measured.describe(sink.name()));
+        next_id += measured.rows;
+        latencies.push((sink, measured));
+        client
+            .batch_execute(&format!("SELECT pg_drop_replication_slot('{slot}')"))
+            .await?;
+    }
 
     println!();
     println!(
@@ -153,8 +208,10 @@ async fn main() -> Result<()> {
     for (measure, baseline) in [
         (&recvlogical, None),
         (&streaming, Some(&recvlogical)),
+        (&blackhole, Some(&recvlogical)),
         (&copy, None),
         (&snapshot, Some(&copy)),
+        (&snapshot_blackhole, Some(&copy)),
     ] {
         let ratio = baseline.map_or("—".to_owned(), |b| {
             format!("{:.0}%", 100.0 * measure.rate() / b.rate())
@@ -168,7 +225,16 @@ async fn main() -> Result<()> {
         );
     }
     println!();
-    println!("Not measured yet: sluice to a null sink, commit-to-ack latency at a steady 10,000 events/s.");
+    println!(
+        "Commit-to-acknowledgement latency per transaction at a steady {} rows/s ({} rows per \
+         transaction, {} s), from sluice's histogram (percentiles interpolated within its buckets)",
+        pace.rows_per_second, pace.batch, pace.seconds
+    );
+    println!("| sink | transactions | rows/s reached | p50 ms | p99 ms | within 50 ms |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (sink, measured) in &latencies {
+        println!("{}", measured.table_row(sink.name()));
+    }
     Ok(())
 }
 
@@ -210,6 +276,41 @@ fn measure_recvlogical(pg: &PgCluster, end: &str, rows: u64, timeout: Duration) 
     })
 }
 
+/// Where a measured sluice sends its events.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sink {
+    Broker,
+    Blackhole,
+}
+
+impl Sink {
+    fn name(self) -> &'static str {
+        match self {
+            Sink::Broker => "broker",
+            Sink::Blackhole => "blackhole",
+        }
+    }
+}
+
+/// One sluice run: its topic prefix (which also names its files), slot, snapshot mode and sink.
+struct Run<'a> {
+    prefix: &'a str,
+    slot: &'a str,
+    snapshot: &'a str,
+    sink: Sink,
+}
+
+impl<'a> Run<'a> {
+    fn streaming(prefix: &'a str, slot: &'a str, sink: Sink) -> Self {
+        Run {
+            prefix,
+            slot,
+            snapshot: "never",
+            sink,
+        }
+    }
+}
+
 /// The services and settings every sluice measurement shares.
 struct Bench<'a> {
     args: &'a Args,
@@ -221,69 +322,36 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    /// Runs sluice from its own slot (and topic prefix) until every row is on the broker.
-    fn measure_sluice(
-        &self,
-        name: &'static str,
-        prefix: &str,
-        slot: &str,
-        snapshot: &str,
-    ) -> Result<Measure> {
-        let mut config = ConfigFile::local(
-            self.pg.url(DATABASE),
-            self.broker.bootstrap(),
-            Some(self.registry.url()),
-            self.work.join(format!("{prefix}-positions")),
-        );
-        config.slot = slot.into();
-        config.publication = "bench".into();
-        config.tables = vec!["public.bench".into()];
-        config.source_extra = format!("snapshot = \"{snapshot}\"");
-        config.topic_prefix = prefix.into();
-        config.set_kafka("linger.ms", &self.args.linger_ms.to_string());
-        for property in &self.args.kafka {
-            let (key, value) = property
-                .split_once('=')
-                .with_context(|| format!("--kafka {property}: not KEY=VALUE"))?;
-            config.set_kafka(key, value);
-        }
-        let path = config.write(&self.work.join(format!("{prefix}.toml")))?;
-        let topic = format!("{prefix}.public.bench");
-        let log = self.work.join(format!("{prefix}.log"));
-
+    /// Runs sluice from its own slot (and topic prefix) until every row is on the broker, or, for the
+    /// blackhole, counted by its metrics.
+    fn measure_sluice(&self, name: &'static str, run: &Run<'_>) -> Result<Measure> {
+        let (mut child, sluice) = self.start_sluice(run)?;
         let started = Instant::now();
-        let mut child = Command::new(&self.args.sluice)
-            .args(["run", "-c"])
-            .arg(&path)
-            .env("SLUICE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .with_context(|| format!("starting {}", self.args.sluice.display()))?;
         let timeout = Duration::from_secs(self.args.timeout_secs);
         let usage = follow(&mut child, timeout, || {
-            Ok(messages_on(&self.counter, &topic)? >= self.args.rows)
+            Ok(sluice.events_done(&self.counter)? >= self.args.rows)
         });
         let seconds = started.elapsed().as_secs_f64();
-        let usage = usage.with_context(|| format!("sluice's log is {}", log.display()))?;
-        if snapshot == "initial_only" {
+        let usage = usage.with_context(|| format!("sluice's log is {}", sluice.log.display()))?;
+        // Counted before the stop: the blackhole's count lives in the process.
+        let done = sluice.events_done(&self.counter)?;
+        if run.snapshot == "initial_only" {
             // It stores the position and drops its slot, then exits by itself.
             let status = child.wait()?;
             if !status.success() {
                 bail!(
                     "{name}: sluice exited with {status}; its log is {}",
-                    log.display()
+                    sluice.log.display()
                 );
             }
         } else {
             stop(&mut child)?;
         }
-        let on_broker = messages_on(&self.counter, &topic)?;
-        if on_broker < self.args.rows {
+        if done < self.args.rows {
             bail!(
-                "{name}: {on_broker} of {} rows on the broker; sluice's log is {}",
+                "{name}: {done} of {} rows delivered; sluice's log is {}",
                 self.args.rows,
-                log.display()
+                sluice.log.display()
             );
         }
         Ok(Measure {
@@ -293,6 +361,78 @@ impl Bench<'_> {
             usage,
         })
     }
+
+    /// Starts `sluice run` with its own config, log and metrics endpoint.
+    fn start_sluice(&self, run: &Run<'_>) -> Result<(Child, Started)> {
+        let mut config = ConfigFile::local(
+            self.pg.url(DATABASE),
+            self.broker.bootstrap(),
+            Some(self.registry.url()),
+            self.work.join(format!("{}-positions", run.prefix)),
+        );
+        config.slot = run.slot.into();
+        config.publication = "bench".into();
+        config.tables = vec!["public.bench".into()];
+        config.source_extra = format!("snapshot = \"{}\"", run.snapshot);
+        config.topic_prefix = run.prefix.into();
+        config.sink_kind = run.sink.name().replace("broker", "kafka");
+        let api = format!("127.0.0.1:{}", free_port()?);
+        config.api_address = Some(api.clone());
+        config.set_kafka("linger.ms", &self.args.linger_ms.to_string());
+        for property in &self.args.kafka {
+            let (key, value) = property
+                .split_once('=')
+                .with_context(|| format!("--kafka {property}: not KEY=VALUE"))?;
+            config.set_kafka(key, value);
+        }
+        let path = config.write(&self.work.join(format!("{}.toml", run.prefix)))?;
+        let log = self.work.join(format!("{}.log", run.prefix));
+        let child = Command::new(&self.args.sluice)
+            .args(["run", "-c"])
+            .arg(&path)
+            .env("SLUICE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", self.args.sluice.display()))?;
+        Ok((
+            child,
+            Started {
+                topic: format!("{}.public.bench", run.prefix),
+                sink: run.sink,
+                api,
+                log,
+            },
+        ))
+    }
+}
+
+/// What the harness needs to know of a running sluice.
+struct Started {
+    topic: String,
+    sink: Sink,
+    /// `host:port` of its metrics endpoint.
+    api: String,
+    log: PathBuf,
+}
+
+impl Started {
+    /// Events delivered so far: on the broker's topic, or counted by the blackhole run's metrics.
+    fn events_done(&self, counter: &BaseConsumer) -> Result<u64> {
+        match self.sink {
+            Sink::Broker => messages_on(counter, &self.topic),
+            Sink::Blackhole => Ok(latency::Scrape::get(&self.api)
+                .map(|scrape| scrape.events())
+                .unwrap_or(0)),
+        }
+    }
+}
+
+/// A port nobody listens on now, for a metrics endpoint.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// `COPY bench TO STDOUT`, every byte read and dropped.

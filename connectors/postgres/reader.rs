@@ -97,6 +97,8 @@ pub struct PostgresSettings {
     pub capture_messages: bool,
     /// Connections a snapshot reads tables over at the same time.
     pub snapshot_connections: usize,
+    /// Rows per key range of a large table read over several connections.
+    pub snapshot_chunk_rows: u64,
     pub decimal_handling: DecimalHandling,
     /// How often to write a heartbeat message into the WAL of the captured database (None: never).
     pub heartbeat_interval: Option<Duration>,
@@ -274,6 +276,7 @@ impl PostgresSource {
             selection: settings.selection.clone(),
             decimal_handling: settings.decimal_handling,
             connections: settings.snapshot_connections,
+            chunk_rows: settings.snapshot_chunk_rows,
             consistent_point,
             exported,
         });
@@ -798,6 +801,7 @@ impl StreamDecoder {
                     position: Position::Postgres {
                         lsn: commit.end_lsn,
                     },
+                    commit_time_us: Some(tx.commit_time_us),
                 });
             }
             Message::Relation(relation) => {

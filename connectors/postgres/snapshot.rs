@@ -8,13 +8,16 @@
 //! pgoutput uses — so snapshot rows and streamed rows go through one value decoder.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{
+    AtomicU64, AtomicUsize,
+    Ordering::{AcqRel, Relaxed},
+};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_postgres::Client;
 
@@ -27,10 +30,12 @@ use crate::config::{DecimalHandling, Selection};
 use crate::event::{
     ChangeEvent, Lsn, Op, Position, Row, SnapshotMarker, SourceEvent, SourceInfo, Table,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SnapshotProgress};
 
 /// Rows on their way from the readers to the one place that marks the last.
 const ROWS_IN_FLIGHT: usize = 1024;
+/// Primary-key types a large table can be split on: ranges of them are plain integer arithmetic.
+const SPLITTABLE_KEY_TYPES: [&str; 3] = ["int2", "int4", "int8"];
 /// How often a table's progress is logged while it is read.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -44,6 +49,10 @@ pub struct Snapshot {
     pub(super) decimal_handling: DecimalHandling,
     /// Connections reading tables at the same time (`source.snapshot_connections`).
     pub(super) connections: usize,
+    /// With more than one connection, a table the planner estimates larger than this, with a one-column
+    /// integer primary key, is read in primary-key ranges of about this many rows, so that several
+    /// connections share it (`source.snapshot_chunk_rows`).
+    pub(super) chunk_rows: u64,
     /// Where the stream continues once every snapshot row is on the broker.
     pub consistent_point: Lsn,
     /// The replication connection that created the slot and the name of the snapshot it exported; the
@@ -63,8 +72,8 @@ pub struct SnapshotOutcome {
 
 impl Snapshot {
     /// Reads every table and hands the rows on, the last one marked `last`, then a Commit at the consistent
-    /// point. Tables are shared out among `connections` connections that all adopt the same snapshot. A
-    /// stop request (or a closed channel) ends it early, incomplete.
+    /// point. Tables (and the key ranges of large ones) are shared out among `connections` connections
+    /// that all adopt the same snapshot. A stop request (or a closed channel) ends it early, incomplete.
     pub async fn read(
         mut self,
         events: mpsc::Sender<SourceEvent>,
@@ -72,7 +81,17 @@ impl Snapshot {
         metrics: Arc<Metrics>,
     ) -> Result<SnapshotOutcome, SourceError> {
         let exported = self.exported.is_some();
-        let workers = self.connections.clamp(1, self.tables.len().max(1));
+        // Splitting needs several connections, and one snapshot shared by them: in snapshots of their
+        // own, a row whose key moved between ranges could be read twice or not at all.
+        let split_tables = self.connections > 1 && exported;
+        let chunk_rows = if split_tables { self.chunk_rows } else { 0 };
+        // A split table can keep every connection busy; otherwise a connection per table is the most
+        // that can be used.
+        let workers = if split_tables {
+            self.connections
+        } else {
+            self.connections.clamp(1, self.tables.len().max(1))
+        };
         let mut clients = Vec::with_capacity(workers);
         for _ in 0..workers {
             clients.push(self.open_reading_transaction().await?);
@@ -94,9 +113,9 @@ impl Snapshot {
         };
         // The readers' rows meet in one channel, so that one place can hold back the final row.
         let (rows_tx, mut rows_rx) = mpsc::channel(ROWS_IN_FLIGHT);
-        let queue = Arc::new(Mutex::new(VecDeque::from(self.tables.clone())));
+        let queue = Arc::new(WorkQueue::new(self.tables.iter().cloned()));
         let mut readers = JoinSet::new();
-        for client in clients {
+        for (reader, client) in clients.into_iter().enumerate() {
             let queue = queue.clone();
             let selection = self.selection.clone();
             let decimal = self.decimal_handling;
@@ -108,9 +127,28 @@ impl Snapshot {
             };
             readers.spawn(async move {
                 loop {
-                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
-                    let Some(table) = next else { break };
-                    if !read_table(&client, &table, &selection, decimal, &rows, &metrics).await? {
+                    let read = match queue.next().await {
+                        None => break,
+                        Some(Next::Table(name, splitting)) => {
+                            let found =
+                                Captured::describe(&client, &name, &selection, decimal).await?;
+                            let table = TableRead::start(&name, found, &metrics);
+                            let mut ranges = match table.split_key() {
+                                Some(key) => split(&client, &table, &key, chunk_rows).await?,
+                                None => Vec::new(),
+                            };
+                            // This reader takes one range; the others go to the front of the queue, for
+                            // whichever reader is free first.
+                            let first = ranges.pop();
+                            table.pieces.store(ranges.len() + 1, Relaxed);
+                            splitting.done(&table, ranges);
+                            read_piece(&client, reader, &table, first.as_ref(), &rows).await?
+                        }
+                        Some(Next::Range(table, range)) => {
+                            read_piece(&client, reader, &table, Some(&range), &rows).await?
+                        }
+                    };
+                    if !read {
                         return Ok(false);
                     }
                 }
@@ -167,6 +205,7 @@ impl Snapshot {
             position: Position::Postgres {
                 lsn: self.consistent_point,
             },
+            commit_time_us: None,
         };
         let complete = events.send(commit).await.is_ok();
         tracing::info!(rows = handed_on, "snapshot read");
@@ -219,33 +258,286 @@ impl RowSender {
     }
 }
 
-/// Reads one table with COPY; false when a row was refused (stop requested).
-async fn read_table(
+/// What a snapshot reader does next: a table not yet looked at, or one key range of a split table.
+enum Piece {
+    Table(TableName),
+    Range(Arc<TableRead>, KeyRange),
+}
+
+/// The readers' shared work. A reader that finds it empty waits while another reader is still deciding
+/// whether to split a table, since that may add ranges; it stops only when nothing more can come.
+struct WorkQueue {
+    state: Mutex<WorkState>,
+    added: Notify,
+}
+
+struct WorkState {
+    pieces: VecDeque<Piece>,
+    /// Tables taken from the queue whose ranges are not known yet.
+    splitting: usize,
+}
+
+/// A piece taken from the queue; a table comes with the duty to report its ranges.
+enum Next {
+    Table(TableName, Splitting),
+    Range(Arc<TableRead>, KeyRange),
+}
+
+/// Held while a reader splits a table. Dropped without [`Splitting::done`] (the reader failed), it still
+/// releases the readers waiting for it.
+struct Splitting(Arc<WorkQueue>);
+
+impl WorkQueue {
+    fn new(tables: impl Iterator<Item = TableName>) -> WorkQueue {
+        WorkQueue {
+            state: Mutex::new(WorkState {
+                pieces: tables.map(Piece::Table).collect(),
+                splitting: 0,
+            }),
+            added: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WorkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next piece, or None once the queue is empty and no table is being split.
+    async fn next(self: &Arc<Self>) -> Option<Next> {
+        loop {
+            // Registered before the state is read, so that a wake-up in between is not lost.
+            let added = self.added.notified();
+            {
+                let mut state = self.lock();
+                match state.pieces.pop_front() {
+                    Some(Piece::Table(name)) => {
+                        state.splitting += 1;
+                        return Some(Next::Table(name, Splitting(self.clone())));
+                    }
+                    Some(Piece::Range(table, range)) => return Some(Next::Range(table, range)),
+                    None if state.splitting == 0 => return None,
+                    None => {}
+                }
+            }
+            added.await;
+        }
+    }
+}
+
+impl Splitting {
+    /// Queues the table's other ranges.
+    fn done(self, table: &Arc<TableRead>, ranges: Vec<KeyRange>) {
+        let mut state = self.0.lock();
+        for range in ranges {
+            state.pieces.push_front(Piece::Range(table.clone(), range));
+        }
+        // Released before the drop below takes the lock again.
+        drop(state);
+    }
+}
+
+impl Drop for Splitting {
+    fn drop(&mut self) {
+        self.0.lock().splitting -= 1;
+        self.0.added.notify_waiters();
+    }
+}
+
+/// Rows whose one-column integer key lies in `low..=high`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct KeyRange {
+    column: String,
+    low: i64,
+    high: i64,
+}
+
+/// One table being read, shared by the readers of its pieces.
+struct TableRead {
+    name: TableName,
+    table: Arc<Table>,
+    description: catalog::TableDescription,
+    progress: Arc<SnapshotProgress>,
+    /// Pieces not yet finished: the last one to finish reports the table done.
+    pieces: AtomicUsize,
+    rows: AtomicU64,
+    started: Instant,
+    /// When progress was last logged (ms after `started`).
+    reported_ms: AtomicU64,
+}
+
+impl TableRead {
+    fn start(
+        name: &TableName,
+        (description, captured): (catalog::TableDescription, Captured),
+        metrics: &Metrics,
+    ) -> Arc<TableRead> {
+        let estimate = description.estimated_rows;
+        tracing::info!(table = %name, estimated_rows = ?estimate, "snapshot of table started");
+        Arc::new(TableRead {
+            name: name.clone(),
+            table: captured.table,
+            progress: metrics.snapshot_table(&name.to_string(), estimate),
+            description,
+            pieces: AtomicUsize::new(1),
+            rows: AtomicU64::new(0),
+            started: Instant::now(),
+            reported_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// The column a large table can be split on: its primary key, when that is one captured integer column.
+    fn split_key(&self) -> Option<String> {
+        let [key] = self.description.primary_key.as_slice() else {
+            return None;
+        };
+        self.table
+            .columns
+            .iter()
+            .any(|c| &c.name == key && SPLITTABLE_KEY_TYPES.contains(&c.source_type.as_str()))
+            .then(|| key.clone())
+    }
+
+    /// `FROM` clause of the queries that read it: `ONLY`, so that a plain table's inheritance children are
+    /// left to their own snapshots, as `COPY table` does; a partitioned table is read through its root.
+    fn from(&self) -> String {
+        let only = if self.description.partitioned {
+            ""
+        } else {
+            "ONLY "
+        };
+        format!("{only}{}", self.name.quoted())
+    }
+
+    fn counted(&self, rows: u64) {
+        let total = self.rows.fetch_add(rows, Relaxed) + rows;
+        // Readers of several pieces report at once: the gauge only moves forward.
+        self.progress.rows.fetch_max(total, Relaxed);
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let last = self.reported_ms.load(Relaxed);
+        if now_ms.saturating_sub(last) >= PROGRESS_INTERVAL.as_millis() as u64
+            && self
+                .reported_ms
+                .compare_exchange(last, now_ms, Relaxed, Relaxed)
+                .is_ok()
+        {
+            tracing::info!(table = %self.name, rows = total, estimated_rows = ?self.description.estimated_rows, "snapshot progress");
+        }
+    }
+
+    fn piece_finished(&self) {
+        if self.pieces.fetch_sub(1, AcqRel) == 1 {
+            self.progress.finished();
+            let rows = self.rows.load(Relaxed);
+            let seconds = self.started.elapsed().as_secs_f64();
+            tracing::info!(table = %self.name, rows, seconds, "snapshot of table finished");
+        }
+    }
+}
+
+/// Key ranges of about `chunk_rows` rows each, by the planner's estimate and the key's extent in the
+/// snapshot; none when the table is small enough to read in one piece. The cuts come from the key's
+/// histogram in `pg_stats` where ANALYZE made one (keys are rarely spread evenly), else from an even
+/// split of the extent; either way every key between the smallest and the largest falls in exactly one
+/// range.
+async fn split(
     client: &Client,
-    name: &TableName,
-    selection: &Selection,
-    decimal: DecimalHandling,
+    table: &TableRead,
+    key: &str,
+    chunk_rows: u64,
+) -> Result<Vec<KeyRange>, SourceError> {
+    let estimate = table.description.estimated_rows.unwrap_or(0);
+    if chunk_rows == 0 || estimate <= chunk_rows {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT min({key})::int8, max({key})::int8, \
+           (SELECT histogram_bounds::text::int8[] FROM pg_stats \
+             WHERE schemaname = $1 AND tablename = $2 AND attname = $3 ORDER BY inherited DESC LIMIT 1) \
+         FROM {}",
+        table.from(),
+        key = quote_ident(key)
+    );
+    let row = client
+        .query_one(&sql, &[&table.name.schema, &table.name.name, &key])
+        .await
+        .map_err(catalog::query_error(format!(
+            "snapshot: cannot find the key range of {}",
+            table.name
+        )))?;
+    let (Some(low), Some(high)) = (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1))
+    else {
+        return Ok(Vec::new());
+    };
+    let histogram: Vec<i64> = row.get::<_, Option<Vec<i64>>>(2).unwrap_or_default();
+    let ranges = key_ranges(key, low, high, estimate.div_ceil(chunk_rows), &histogram);
+    tracing::info!(table = %table.name, key, ranges = ranges.len(), low, high, "snapshot of table split into key ranges");
+    Ok(ranges)
+}
+
+/// `low..=high` cut into at most `pieces` contiguous ranges: at the key histogram's bounds (equal row
+/// counts between neighbours, by the planner's sample) when there is one, else into equal widths.
+fn key_ranges(column: &str, low: i64, high: i64, pieces: u64, histogram: &[i64]) -> Vec<KeyRange> {
+    let pieces = pieces.max(1) as usize;
+    // Each range starts at a cut; the first at `low`.
+    let mut starts: Vec<i64> = vec![low];
+    if histogram.len() > 2 {
+        for k in 1..pieces {
+            let cut = histogram[k * (histogram.len() - 1) / pieces];
+            if cut > *starts.last().unwrap_or(&low) && cut <= high {
+                starts.push(cut);
+            }
+        }
+    } else {
+        let span = i128::from(high) - i128::from(low) + 1;
+        let width = ((span + pieces as i128 - 1) / pieces as i128).max(1);
+        let mut start = i128::from(low) + width;
+        while start <= i128::from(high) {
+            starts.push(start as i64);
+            start += width;
+        }
+    }
+    starts
+        .iter()
+        .enumerate()
+        .map(|(i, &start)| KeyRange {
+            column: column.to_owned(),
+            low: start,
+            high: starts.get(i + 1).map_or(high, |next| next - 1),
+        })
+        .collect()
+}
+
+/// Reads one piece of a table with COPY: the whole table, or one key range. False when a row was
+/// refused (stop requested).
+async fn read_piece(
+    client: &Client,
+    reader: usize,
+    read: &TableRead,
+    range: Option<&KeyRange>,
     rows_out: &RowSender,
-    metrics: &Metrics,
 ) -> Result<bool, SourceError> {
-    let (description, captured) = Captured::describe(client, name, selection, decimal).await?;
+    let (name, table) = (&read.name, &read.table);
     // COPY reads only the captured columns, so its rows need no filtering.
-    let table = captured.table;
     let columns: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
-    // COPY reads a plain table directly (the fastest way out of PostgreSQL); a partitioned table only
-    // through a query.
-    let sql = if description.partitioned || columns.is_empty() {
-        format!(
+    // COPY reads a plain table directly (the fastest way out of PostgreSQL); a partitioned table or a
+    // key range only through a query.
+    let sql = match range {
+        // Typed bounds: a bare -9223372036854775808 would be a numeric, and miss the index.
+        Some(range) => format!(
+            "COPY (SELECT {} FROM {} WHERE {key} BETWEEN '{}'::int8 AND '{}'::int8) TO STDOUT",
+            columns.join(", "),
+            read.from(),
+            range.low,
+            range.high,
+            key = quote_ident(&range.column),
+        ),
+        None if read.description.partitioned || columns.is_empty() => format!(
             "COPY (SELECT {} FROM {}) TO STDOUT",
             columns.join(", "),
             name.quoted()
-        )
-    } else {
-        format!("COPY {} ({}) TO STDOUT", name.quoted(), columns.join(", "))
+        ),
+        None => format!("COPY {} ({}) TO STDOUT", name.quoted(), columns.join(", ")),
     };
-    let estimate = description.estimated_rows;
-    tracing::info!(table = %name, estimated_rows = ?estimate, "snapshot of table started");
-    let progress = metrics.snapshot_table(&name.to_string(), estimate);
     let query_error = |source| CatalogError::Query {
         context: format!("snapshot: cannot read {name}"),
         source,
@@ -255,34 +547,30 @@ async fn read_table(
     let mut lines = Lines::default();
     let mut batch = Vec::new();
     let mut rows: u64 = 0;
-    let started = Instant::now();
-    let mut reported = started;
     while let Some(chunk) = stream.next().await {
         lines.split(chunk.map_err(query_error)?, &mut batch);
+        let in_chunk = batch.len() as u64;
         for line in batch.drain(..) {
             let tuple = parse_copy_line(&line, table.columns.len()).map_err(|reason| {
                 SourceError::Protocol(format!("{name}: COPY row {}: {reason}", rows + 1))
             })?;
-            let after = decode_row(&table, &tuple, None)?;
-            if !rows_out.row(&table, after).await {
+            let after = decode_row(table, &tuple, None)?;
+            if !rows_out.row(table, after).await {
                 return Ok(false);
             }
             rows += 1;
         }
-        progress.rows.store(rows, Relaxed);
-        if reported.elapsed() >= PROGRESS_INTERVAL {
-            reported = Instant::now();
-            tracing::info!(table = %name, rows, estimated_rows = ?estimate, "snapshot progress");
-        }
+        read.counted(in_chunk);
     }
     if !lines.is_empty() {
         return Err(SourceError::Protocol(format!(
             "{name}: COPY output ended inside a row"
         )));
     }
-    progress.finished();
-    let seconds = started.elapsed().as_secs_f64();
-    tracing::info!(table = %name, rows, seconds, "snapshot of table finished");
+    if let Some(range) = range {
+        tracing::info!(table = %name, low = range.low, high = range.high, rows, reader, "snapshot of key range finished");
+    }
+    read.piece_finished();
     Ok(true)
 }
 
@@ -425,6 +713,79 @@ mod tests {
             TupleValue::Text(bytes) => Some(bytes),
             _ => None,
         }
+    }
+
+    #[tokio::test]
+    async fn an_idle_reader_waits_while_a_table_is_being_split() {
+        let table = |name: &str| TableName {
+            schema: "public".into(),
+            name: name.into(),
+        };
+        let queue = Arc::new(WorkQueue::new([table("a")].into_iter()));
+        let Some(Next::Table(name, splitting)) = queue.next().await else {
+            panic!("the table comes first");
+        };
+        assert_eq!(name, table("a"));
+        let waiting = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.next().await.is_none() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the queue is empty but ranges may still come"
+        );
+        // The splitting reader is done (here: it failed, so no ranges): the other one may stop.
+        drop(splitting);
+        assert!(waiting.await.unwrap());
+        assert!(queue.next().await.is_none());
+    }
+
+    #[test]
+    fn key_ranges_cover_every_key_once() {
+        let bounds = |ranges: Vec<KeyRange>| -> Vec<(i64, i64)> {
+            ranges.iter().map(|r| (r.low, r.high)).collect()
+        };
+        assert_eq!(
+            bounds(key_ranges("id", -5, 94, 4, &[])),
+            [(-5, 19), (20, 44), (45, 69), (70, 94)]
+        );
+        // An uneven span: the last range is the short one.
+        assert_eq!(
+            bounds(key_ranges("id", 1, 10, 3, &[])),
+            [(1, 4), (5, 8), (9, 10)]
+        );
+        // Fewer keys than pieces, and the whole i64 range without overflow.
+        assert_eq!(key_ranges("id", 7, 8, 10, &[]).len(), 2);
+        let whole = key_ranges("id", i64::MIN, i64::MAX, 3, &[]);
+        assert_eq!(whole.first().map(|r| r.low), Some(i64::MIN));
+        assert_eq!(whole.last().map(|r| r.high), Some(i64::MAX));
+        for pair in whole.windows(2) {
+            assert_eq!(pair[0].high + 1, pair[1].low);
+        }
+    }
+
+    #[test]
+    fn key_ranges_follow_the_histogram_past_outliers() {
+        // 10,000 keys packed at the start and one far outlier: an even split would put them all in the
+        // first range; the histogram's bounds share them out.
+        let histogram: Vec<i64> = (0..=100).map(|i| 1 + i * 100).chain([10_000_000]).collect();
+        let ranges = key_ranges("id", 1, 10_000_000, 4, &histogram);
+        assert_eq!(
+            ranges.iter().map(|r| (r.low, r.high)).collect::<Vec<_>>(),
+            [
+                (1, 2_500),
+                (2_501, 5_000),
+                (5_001, 7_500),
+                (7_501, 10_000_000)
+            ]
+        );
+        // Bounds outside the extent (a stale histogram) or repeated are skipped; coverage stays whole.
+        let ranges = key_ranges("id", 50, 60, 4, &[0, 10, 55, 55, 55, 90]);
+        assert_eq!(
+            ranges.iter().map(|r| (r.low, r.high)).collect::<Vec<_>>(),
+            [(50, 54), (55, 60)]
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 mod schemas;
 
 use crate::avro::{self, EncodeError, EncodeReason, EnvelopeContext, SchemaRef, TableSchemas};
-use crate::config::{Config, SnapshotMode};
+use crate::config::{Config, SinkKind, SnapshotMode};
 use crate::connectors::postgres::connection::PgConnection;
 use crate::connectors::postgres::reader::{
     self, PostgresSettings, PostgresSource, Resume, SourceError, StreamControl,
@@ -32,7 +32,7 @@ use crate::positions::{now_ms, AckTracker, PositionError, PositionStore};
 use crate::registry::{RegistryClient, RegistryError, RegistrySettings, SchemaPart};
 use crate::shutdown::StopDeadline;
 use crate::sink::{
-    is_too_large, FailedDelivery, KafkaSink, MessageKind, Outgoing, SinkError, SinkSettings,
+    is_too_large, FailedDelivery, MessageKind, Outgoing, Sink, SinkError, SinkSettings,
 };
 use schemas::SchemaDirectory;
 
@@ -108,13 +108,18 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
         let address = crate::api::serve(api.address.get_ref().as_str(), metrics.clone()).await?;
         tracing::info!(%address, "api listening: /metrics, /health/live, /health/ready");
     }
-    let (mut sink, mut failures) = KafkaSink::new(
+    let (mut sink, mut failures) = Sink::new(
         SinkSettings::from_config(config),
         tracker.clone(),
         metrics.clone(),
     )?;
     sink.check_reachable(Duration::from_secs(15))?;
-    tracing::info!(brokers = %config.sink.brokers.get_ref().as_str(), "broker reachable");
+    match config.sink.kind.get_ref() {
+        SinkKind::Kafka => tracing::info!(brokers = %config.sink.brokers(), "broker reachable"),
+        SinkKind::Blackhole => {
+            tracing::warn!("sink.kind = \"blackhole\": events are acknowledged and thrown away")
+        }
+    }
     let dead_letter_topic = config.sink.dead_letter_topic.get_ref().as_str().to_owned();
     sink.ensure_topic(&dead_letter_topic, &stop).await?;
     let stop_deadline = StopDeadline::follow(stop.clone(), config.shutdown_timeout());
@@ -275,6 +280,7 @@ pub fn postgres_settings(config: &Config) -> Result<PostgresSettings, PipelineEr
         snapshot: config.source.snapshot,
         capture_messages: config.source.capture_messages,
         snapshot_connections: usize::from(*config.source.snapshot_connections.get_ref()),
+        snapshot_chunk_rows: *config.source.snapshot_chunk_rows.get_ref(),
         decimal_handling: config.source.decimal_handling,
         heartbeat_interval: match config.source.heartbeat_interval_secs {
             0 => None,
@@ -463,7 +469,7 @@ struct TableEncoding {
 }
 
 struct Publisher {
-    sink: KafkaSink,
+    sink: Sink,
     schemas: SchemaDirectory,
     tracker: Arc<AckTracker>,
     topic_prefix: String,
@@ -506,14 +512,14 @@ impl Publisher {
                 event = events.recv() => match event {
                     Some(SourceEvent::Change(change)) => self.publish(change).await?,
                     Some(SourceEvent::Message(message)) => self.publish_message(message).await?,
-                    Some(SourceEvent::Commit { position }) => {
+                    Some(SourceEvent::Commit { position, commit_time_us }) => {
                         // The END record belongs to the transaction: the position waits for it too.
                         if let Some(open) = self.open_transaction.take() {
                             self.publish_transaction_boundary(&open, true).await?;
                         }
-                        self.tracker.close_group(position)
+                        self.tracker.close_group(position, commit_time_us)
                     }
-                    Some(SourceEvent::Idle { position }) => self.tracker.close_group(position),
+                    Some(SourceEvent::Idle { position }) => self.tracker.close_group(position, None),
                     None => break,
                 },
             }
@@ -640,6 +646,9 @@ impl Publisher {
         }
         let bytes = self.value_buf.len() + key.map_or(0, <[u8]>::len);
         self.metrics.event_published(&name, event.op.code(), bytes);
+        if unchanged.is_some() {
+            self.metrics.unchanged_toast(&name);
+        }
         if event.source.snapshot == SnapshotMarker::False {
             self.metrics.published_commit(event.source.commit_time_us);
         }

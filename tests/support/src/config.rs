@@ -15,6 +15,8 @@ pub struct ConfigFile {
     pub tables: Vec<String>,
     /// More `[source]` lines, e.g. `snapshot = "never"`.
     pub source_extra: String,
+    /// `kafka`, or `blackhole` (which gets no `brokers` line).
+    pub sink_kind: String,
     pub brokers: String,
     /// Also the dead-letter topic's prefix: `<topic_prefix>.dlq`.
     pub topic_prefix: String,
@@ -48,6 +50,7 @@ impl ConfigFile {
             publication: "sluice".into(),
             tables: vec!["public.*".into()],
             source_extra: String::new(),
+            sink_kind: "kafka".into(),
             brokers,
             topic_prefix: "shop".into(),
             topic_partitions: 1,
@@ -83,9 +86,8 @@ status_interval_secs = 1
 {source_extra}
 
 [sink]
-kind = "kafka"
-brokers = "{brokers}"
-topic_prefix = "{prefix}"
+kind = "{sink_kind}"
+{brokers}topic_prefix = "{prefix}"
 dead_letter_topic = "{prefix}.dlq"
 topic_partitions = {partitions}
 topic_replication_factor = 1
@@ -104,7 +106,12 @@ dir = "{positions}"
             publication = self.publication,
             tables = tables.join(", "),
             source_extra = self.source_extra,
-            brokers = self.brokers,
+            sink_kind = self.sink_kind,
+            brokers = if self.sink_kind == "blackhole" {
+                String::new()
+            } else {
+                format!("brokers = \"{}\"\n", self.brokers)
+            },
             prefix = self.topic_prefix,
             partitions = self.topic_partitions,
             sink_extra = self.sink_extra,
