@@ -175,7 +175,7 @@ async fn tail(path: &std::path::Path, topic: Option<String>, from: &str, follow:
     let Some(config) = load(path) else {
         return ExitCode::FAILURE;
     };
-    if config.sink.brokers.is_none() {
+    if *config.sink.kind.get_ref() == sluice::config::SinkKind::Blackhole {
         eprintln!("error: sink.kind = \"blackhole\" keeps nothing to tail");
         return ExitCode::FAILURE;
     }

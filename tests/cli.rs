@@ -299,24 +299,7 @@ async fn the_blackhole_sink_acknowledges_without_a_broker() {
     );
 
     let mut daemon = Daemon::start(&path);
-    let slot_active =
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'sluice' AND active";
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client
-        .query_one(slot_active, &[])
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        == 0
-    {
-        assert!(daemon.exited().is_none(), "{}", daemon.log());
-        assert!(
-            Instant::now() < deadline,
-            "not streaming:\n{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_slot_active(&pg, &mut daemon, "sluice").await;
     for batch in 0..3 {
         client
             .batch_execute(&format!(
@@ -334,6 +317,7 @@ async fn the_blackhole_sink_acknowledges_without_a_broker() {
         .get(0);
 
     // Acknowledged to PostgreSQL: the slot's confirmed position passes the inserts.
+    let deadline = Instant::now() + Duration::from_secs(60);
     let confirmed =
         "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'sluice'";
     loop {

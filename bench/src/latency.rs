@@ -3,12 +3,11 @@
 //! (per transaction: from the commit, by PostgreSQL's clock, to the broker's acknowledgement of its last
 //! event). PostgreSQL and sluice share this machine's clock, so no skew enters the figure.
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{stop, Bench, Run};
+use crate::{insert_rows, stop, Bench, Run};
 
 const HISTOGRAM: &str = "sluice_commit_to_ack_seconds";
 /// Writes before the measured window: the first transactions also register schemas and create topics.
@@ -184,11 +183,7 @@ impl Writer<'_> {
             ticks.tick().await;
             let (first, last) = (self.next_id, self.next_id + self.batch - 1);
             self.client
-                .batch_execute(&format!(
-                    "INSERT INTO bench SELECT i, i % 1000, (i % 10000000) / 100.0, 'label ' || i, \
-                       now(), jsonb_build_object('i', i, 'tags', jsonb_build_array('a', 'b')) \
-                     FROM generate_series({first}, {last}) AS i"
-                ))
+                .batch_execute(&insert_rows(first, last, "now()"))
                 .await?;
             self.next_id = last + 1;
             self.transactions += 1;
@@ -206,20 +201,9 @@ pub struct Scrape {
 
 impl Scrape {
     pub fn get(address: &str) -> Result<Scrape> {
-        let mut stream = std::net::TcpStream::connect(address)
-            .with_context(|| format!("connecting to sluice's metrics at {address}"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(
-            stream,
-            "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body)
-            .context("no HTTP response from the metrics endpoint")?;
-        Ok(Scrape::parse(body))
+        let (_, body) =
+            sluice_testkit::http_get(address, "/metrics").context("reading sluice's metrics")?;
+        Ok(Scrape::parse(&body))
     }
 
     fn parse(text: &str) -> Scrape {

@@ -112,11 +112,7 @@ async fn main() -> Result<()> {
     while first <= args.rows {
         let last = (first + args.batch - 1).min(args.rows);
         client
-            .batch_execute(&format!(
-                "INSERT INTO bench SELECT i, i % 1000, (i % 10000000) / 100.0, 'label ' || i, \
-                   now() - i * interval '1 second', jsonb_build_object('i', i, 'tags', jsonb_build_array('a', 'b')) \
-                 FROM generate_series({first}, {last}) AS i"
-            ))
+            .batch_execute(&insert_rows(first, last, "now() - i * interval '1 second'"))
             .await?;
         first = last + 1;
     }
@@ -238,6 +234,15 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// One transaction's INSERT of rows `first..=last` (ids), stamped with the SQL expression `at`.
+fn insert_rows(first: u64, last: u64, at: &str) -> String {
+    format!(
+        "INSERT INTO bench SELECT i, i % 1000, (i % 10000000) / 100.0, 'label ' || i, {at}, \
+           jsonb_build_object('i', i, 'tags', jsonb_build_array('a', 'b')) \
+         FROM generate_series({first}, {last}) AS i"
+    )
+}
+
 fn report_one(measure: &Measure) {
     eprintln!(
         "{}: {} events in {:.2} s, {:.0}/s, CPU {:.2} s, peak RSS {:.1} MB",
@@ -287,6 +292,14 @@ impl Sink {
     fn name(self) -> &'static str {
         match self {
             Sink::Broker => "broker",
+            Sink::Blackhole => "blackhole",
+        }
+    }
+
+    /// `[sink] kind` in sluice's config.
+    fn kind(self) -> &'static str {
+        match self {
+            Sink::Broker => "kafka",
             Sink::Blackhole => "blackhole",
         }
     }
@@ -375,8 +388,8 @@ impl Bench<'_> {
         config.tables = vec!["public.bench".into()];
         config.source_extra = format!("snapshot = \"{}\"", run.snapshot);
         config.topic_prefix = run.prefix.into();
-        config.sink_kind = run.sink.name().replace("broker", "kafka");
-        let api = format!("127.0.0.1:{}", free_port()?);
+        config.sink_kind = run.sink.kind().into();
+        let api = format!("127.0.0.1:{}", sluice_testkit::free_port());
         config.api_address = Some(api.clone());
         config.set_kafka("linger.ms", &self.args.linger_ms.to_string());
         for property in &self.args.kafka {
@@ -426,13 +439,6 @@ impl Started {
                 .unwrap_or(0)),
         }
     }
-}
-
-/// A port nobody listens on now, for a metrics endpoint.
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// `COPY bench TO STDOUT`, every byte read and dropped.

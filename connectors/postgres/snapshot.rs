@@ -359,7 +359,6 @@ struct TableRead {
     progress: Arc<SnapshotProgress>,
     /// Pieces not yet finished: the last one to finish reports the table done.
     pieces: AtomicUsize,
-    rows: AtomicU64,
     started: Instant,
     /// When progress was last logged (ms after `started`).
     reported_ms: AtomicU64,
@@ -379,7 +378,6 @@ impl TableRead {
             progress: metrics.snapshot_table(&name.to_string(), estimate),
             description,
             pieces: AtomicUsize::new(1),
-            rows: AtomicU64::new(0),
             started: Instant::now(),
             reported_ms: AtomicU64::new(0),
         })
@@ -409,9 +407,8 @@ impl TableRead {
     }
 
     fn counted(&self, rows: u64) {
-        let total = self.rows.fetch_add(rows, Relaxed) + rows;
-        // Readers of several pieces report at once: the gauge only moves forward.
-        self.progress.rows.fetch_max(total, Relaxed);
+        // The progress gauge is the table's count: every piece's reader adds to it.
+        let total = self.progress.rows.fetch_add(rows, Relaxed) + rows;
         let now_ms = self.started.elapsed().as_millis() as u64;
         let last = self.reported_ms.load(Relaxed);
         if now_ms.saturating_sub(last) >= PROGRESS_INTERVAL.as_millis() as u64
@@ -427,7 +424,7 @@ impl TableRead {
     fn piece_finished(&self) {
         if self.pieces.fetch_sub(1, AcqRel) == 1 {
             self.progress.finished();
-            let rows = self.rows.load(Relaxed);
+            let rows = self.progress.rows.load(Relaxed);
             let seconds = self.started.elapsed().as_secs_f64();
             tracing::info!(table = %self.name, rows, seconds, "snapshot of table finished");
         }

@@ -170,33 +170,7 @@ impl Services {
 
     /// Waits until `slot` is being streamed from by `daemon`.
     pub async fn wait_streaming_slot(&self, daemon: &mut Daemon, slot: &str) {
-        let client = self.pg.client(DATABASE).await.expect("connect");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let active = client
-                .query_opt(
-                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&slot],
-                )
-                .await
-                .expect("query slots")
-                .is_some_and(|row| row.get::<_, bool>(0));
-            if active {
-                return;
-            }
-            if let Some(status) = daemon.exited() {
-                panic!(
-                    "sluice exited ({status}) before streaming:\n{}",
-                    daemon.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sluice did not start streaming:\n{}",
-                daemon.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_slot_active(&self.pg, daemon, slot).await
     }
 
     /// Where sluice keeps its position.
@@ -237,6 +211,37 @@ pub async fn streaming(
     (services, config, daemon)
 }
 
+/// Waits until `slot` in the `shop` database of `pg` is being streamed from by `daemon`.
+pub async fn wait_slot_active(pg: &PgCluster, daemon: &mut Daemon, slot: &str) {
+    let client = pg.client(DATABASE).await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let active = client
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .expect("query slots")
+            .is_some_and(|row| row.get::<_, bool>(0));
+        if active {
+            return;
+        }
+        if let Some(status) = daemon.exited() {
+            panic!(
+                "sluice exited ({status}) before streaming:\n{}",
+                daemon.log()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sluice did not start streaming:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// An LSN as PostgreSQL and sluice print it (`16/B374D848`), as a number.
 pub fn lsn(text: &str) -> u64 {
     text.parse::<sluice::event::Lsn>()
@@ -263,7 +268,6 @@ pub fn sluice(args: &[&str]) -> (ExitStatus, String, String) {
 
 /// GET `path` from the `[api]` endpoint the daemon logged it listens on; (status line, body).
 pub fn http_get(daemon: &Daemon, path: &str) -> (String, String) {
-    use std::io::{Read, Write};
     let log = daemon.log();
     let address = log
         .lines()
@@ -272,15 +276,7 @@ pub fn http_get(daemon: &Daemon, path: &str) -> (String, String) {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("the daemon logged no api address:\n{log}"))
         .to_owned();
-    let mut stream = std::net::TcpStream::connect(&address).expect("connect to the api");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    (
-        head.lines().next().unwrap_or_default().to_owned(),
-        body.to_owned(),
-    )
+    sluice_testkit::http_get(&address, path).unwrap_or_else(|err| panic!("GET {path}: {err:#}"))
 }
 
 /// `sluice run` as a child process, its log in a file.

@@ -37,6 +37,29 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// GET `path` from an HTTP endpoint at `address` (`host:port`), such as sluice's `[api]`; returns the
+/// status line and the body.
+pub fn http_get(address: &str, path: &str) -> anyhow::Result<(String, String)> {
+    use anyhow::Context;
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)
+        .with_context(|| format!("connecting to {address}"))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no HTTP response from {address}{path}"))?;
+    Ok((
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    ))
+}
+
 /// A random hex string, for passwords and consumer-group names that must not clash between tests.
 pub(crate) fn random_hex() -> String {
     use std::hash::{BuildHasher, Hasher};
