@@ -12,6 +12,7 @@
 
 mod latency;
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -60,6 +61,30 @@ struct Args {
     /// How long the paced writer runs, after a warm-up of a few seconds.
     #[arg(long, default_value_t = 30)]
     latency_secs: u64,
+    /// Only these measurements (comma-separated); all of them when not given.
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(MEASUREMENTS))]
+    only: Vec<String>,
+    /// Records each measured sluice with `perf record` (DWARF call graphs) into DIR/<name>.perf.data,
+    /// attached to the running process so that its CPU and memory figures stay its own.
+    #[arg(long, value_name = "DIR")]
+    perf: Option<PathBuf>,
+}
+
+/// The measurements, by the names `--only` takes; `latency` covers both latency rows.
+const MEASUREMENTS: [&str; 7] = [
+    "recvlogical",
+    "stream",
+    "null",
+    "copy",
+    "snap",
+    "snapnull",
+    "latency",
+];
+
+impl Args {
+    fn wants(&self, measurement: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|m| m == measurement)
+    }
 }
 
 /// One measured reader.
@@ -126,8 +151,10 @@ async fn main() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     let timeout = Duration::from_secs(args.timeout_secs);
-    let recvlogical = measure_recvlogical(&pg, &end, args.rows, timeout)?;
-    report_one(&recvlogical);
+    let recvlogical = args
+        .wants("recvlogical")
+        .then(|| measure_recvlogical(&pg, &end, args.rows, timeout))
+        .transpose()?;
     let bench = Bench {
         args: &args,
         pg: &pg,
@@ -140,14 +167,17 @@ async fn main() -> Result<()> {
         "sluice → broker (Avro, registry)",
         &Run::streaming("stream", "bench_sluice", Sink::Broker),
     )?;
-    report_one(&streaming);
     let blackhole = bench.measure_sluice(
         "sluice → blackhole sink (Avro, registry)",
         &Run::streaming("null", "bench_blackhole", Sink::Blackhole),
     )?;
-    report_one(&blackhole);
-    let copy = measure_copy(&client, args.rows).await?;
-    report_one(&copy);
+    let copy = if args.wants("copy") {
+        let measured = measure_copy(&client, args.rows).await?;
+        report_one(&measured);
+        Some(measured)
+    } else {
+        None
+    };
     let snapshot = bench.measure_sluice(
         "sluice snapshot → broker",
         &Run {
@@ -157,7 +187,6 @@ async fn main() -> Result<()> {
             sink: Sink::Broker,
         },
     )?;
-    report_one(&snapshot);
     // "initial" rather than "initial_only": the blackhole's count is read from the running process.
     let snapshot_blackhole = bench.measure_sluice(
         "sluice snapshot → blackhole sink",
@@ -168,7 +197,6 @@ async fn main() -> Result<()> {
             sink: Sink::Blackhole,
         },
     )?;
-    report_one(&snapshot_blackhole);
 
     let pace = latency::Pace {
         rows_per_second: args.latency_rate,
@@ -177,7 +205,12 @@ async fn main() -> Result<()> {
     };
     let mut latencies = Vec::new();
     let mut next_id = args.rows + 1;
-    for (sink, prefix) in [(Sink::Broker, "lat"), (Sink::Blackhole, "latnull")] {
+    let latency_runs = if args.wants("latency") {
+        &[(Sink::Broker, "lat"), (Sink::Blackhole, "latnull")][..]
+    } else {
+        &[]
+    };
+    for &(sink, prefix) in latency_runs {
         let slot = format!("bench_{prefix}");
         client
             .batch_execute(&format!(
@@ -203,12 +236,13 @@ async fn main() -> Result<()> {
     println!("|---|---:|---:|---:|---:|");
     for (measure, baseline) in [
         (&recvlogical, None),
-        (&streaming, Some(&recvlogical)),
-        (&blackhole, Some(&recvlogical)),
+        (&streaming, recvlogical.as_ref()),
+        (&blackhole, recvlogical.as_ref()),
         (&copy, None),
-        (&snapshot, Some(&copy)),
-        (&snapshot_blackhole, Some(&copy)),
+        (&snapshot, copy.as_ref()),
+        (&snapshot_blackhole, copy.as_ref()),
     ] {
+        let Some(measure) = measure else { continue };
         let ratio = baseline.map_or("—".to_owned(), |b| {
             format!("{:.0}%", 100.0 * measure.rate() / b.rate())
         });
@@ -219,6 +253,9 @@ async fn main() -> Result<()> {
             measure.name,
             measure.rate()
         );
+    }
+    if latencies.is_empty() {
+        return Ok(());
     }
     println!();
     println!(
@@ -273,12 +310,14 @@ fn measure_recvlogical(pg: &PgCluster, end: &str, rows: u64, timeout: Duration) 
         .spawn()
         .with_context(|| format!("starting {}", program.display()))?;
     let usage = follow(&mut child, timeout, || Ok(false))?;
-    Ok(Measure {
+    let measured = Measure {
         name: "pg_recvlogical (pgoutput → /dev/null)",
         events: rows,
         seconds: started.elapsed().as_secs_f64(),
         usage,
-    })
+    };
+    report_one(&measured);
+    Ok(measured)
 }
 
 /// Where a measured sluice sends its events.
@@ -336,15 +375,28 @@ struct Bench<'a> {
 
 impl Bench<'_> {
     /// Runs sluice from its own slot (and topic prefix) until every row is on the broker, or, for the
-    /// blackhole, counted by its metrics.
-    fn measure_sluice(&self, name: &'static str, run: &Run<'_>) -> Result<Measure> {
+    /// blackhole, counted by its metrics; `None` when `--only` leaves it out.
+    fn measure_sluice(&self, name: &'static str, run: &Run<'_>) -> Result<Option<Measure>> {
+        if !self.args.wants(run.prefix) {
+            return Ok(None);
+        }
         let (mut child, sluice) = self.start_sluice(run)?;
         let started = Instant::now();
+        let profiler = match &self.args.perf {
+            Some(dir) => Some(Profiler::attach(
+                child.id(),
+                &dir.join(format!("{}.perf.data", run.prefix)),
+            )?),
+            None => None,
+        };
         let timeout = Duration::from_secs(self.args.timeout_secs);
         let usage = follow(&mut child, timeout, || {
             Ok(sluice.events_done(&self.counter)? >= self.args.rows)
         });
         let seconds = started.elapsed().as_secs_f64();
+        if let Some(profiler) = profiler {
+            profiler.finish()?;
+        }
         let usage = usage.with_context(|| format!("sluice's log is {}", sluice.log.display()))?;
         // Counted before the stop: the blackhole's count lives in the process.
         let done = sluice.events_done(&self.counter)?;
@@ -367,12 +419,14 @@ impl Bench<'_> {
                 sluice.log.display()
             );
         }
-        Ok(Measure {
+        let measured = Measure {
             name,
             events: self.args.rows,
             seconds,
             usage,
-        })
+        };
+        report_one(&measured);
+        Ok(Some(measured))
     }
 
     /// Starts `sluice run` with its own config, log and metrics endpoint.
@@ -460,6 +514,66 @@ async fn measure_copy(client: &tokio_postgres::Client, rows: u64) -> Result<Meas
         // The work happens in the server; the client only counts lines.
         usage: Usage::default(),
     })
+}
+
+/// Threads sluice has once its runtime is up: main and two workers.
+const PROFILED_THREADS: usize = 3;
+
+/// `perf record` attached to one measured process.
+struct Profiler {
+    child: Child,
+    output: PathBuf,
+}
+
+impl Profiler {
+    fn attach(pid: u32, output: &Path) -> Result<Profiler> {
+        std::fs::create_dir_all(output.parent().unwrap_or(Path::new(".")))?;
+        // `perf record -p` follows only the threads there when it attaches: wait for the runtime's.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_dir(format!("/proc/{pid}/task"))?.count() < PROFILED_THREADS
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // DWARF unwinding: the release build keeps debug info but no frame pointers. 499 Hz keeps a
+        // 1,000,000-row run's data to a few hundred MB.
+        let child = Command::new("perf")
+            .args([
+                "record",
+                "-F",
+                "499",
+                "--call-graph",
+                "dwarf,16384",
+                "-q",
+                "-o",
+            ])
+            .arg(output)
+            .args(["-p", &pid.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting perf (Debian package linux-perf)")?;
+        Ok(Profiler {
+            child,
+            output: output.to_owned(),
+        })
+    }
+
+    /// Stops recording (SIGINT, as perf expects) and says how to read the profile.
+    fn finish(mut self) -> Result<()> {
+        Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()?;
+        let status = self.child.wait()?;
+        // perf writes its data and then ends by the signal it was sent.
+        if !status.success() && status.signal() != Some(2) {
+            bail!("perf record exited with {status}");
+        }
+        eprintln!(
+            "profile: perf report -i {} --no-children --sort symbol",
+            self.output.display()
+        );
+        Ok(())
+    }
 }
 
 /// SIGTERM and a clean exit.
