@@ -128,7 +128,7 @@ impl DeadLetter {
         let source = &event.source;
         let position = SourcePosition {
             connector: "postgresql",
-            db: Some(source.database.clone()),
+            db: Some(source.database.to_string()),
             lsn: Some(source.lsn.to_string()),
             commit_lsn: Some(source.commit_lsn.to_string()),
             txid: source.txid,

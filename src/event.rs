@@ -227,7 +227,8 @@ pub type Row = Vec<Value>;
 /// Where in the source an event came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceInfo {
-    pub database: String,
+    /// Shared: every event of a run carries the same name, so cloning it must not allocate.
+    pub database: Arc<str>,
     /// Transaction id; None for snapshot rows (the read-only snapshot transaction has none, and asking for
     /// one would make every other slot creation on the server wait for the snapshot to end).
     pub txid: Option<u64>,

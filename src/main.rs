@@ -10,6 +10,10 @@ use sluice::tail::{StartAt, TailOptions};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+/// See Cargo.toml: cross-thread frees without glibc's arena lock.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sluice",

@@ -315,7 +315,7 @@ impl PostgresSource {
             acked: resume,
             stopping_until,
         };
-        let mut decoder = StreamDecoder::new(self.settings.database.clone(), resume);
+        let mut decoder = StreamDecoder::new(&self.settings.database, resume);
         let mut delay = RECONNECT_FIRST_DELAY;
         let mut reconnecting = false;
         loop {
@@ -696,7 +696,7 @@ struct CutOff {
 
 /// Protocol state between messages: known relations and the open transaction.
 struct StreamDecoder {
-    database: String,
+    database: Arc<str>,
     relations: HashMap<u32, Option<Captured>>,
     transaction: Option<OpenTransaction>,
     /// The last position handed on (a commit's end, or an idle point).
@@ -705,9 +705,9 @@ struct StreamDecoder {
 }
 
 impl StreamDecoder {
-    fn new(database: String, resume: Lsn) -> StreamDecoder {
+    fn new(database: &str, resume: Lsn) -> StreamDecoder {
         StreamDecoder {
-            database,
+            database: database.into(),
             relations: HashMap::new(),
             transaction: None,
             last_position: resume,
@@ -865,7 +865,7 @@ impl StreamDecoder {
             Message::LogicalMessage(message) if message.prefix != HEARTBEAT_PREFIX => {
                 let transaction = self.transaction.as_ref().filter(|_| message.transactional);
                 out.push(SourceEvent::Message(DecodingMessage {
-                    database: self.database.clone(),
+                    database: self.database.to_string(),
                     prefix: message.prefix,
                     content: message.content.to_vec(),
                     transactional: message.transactional,

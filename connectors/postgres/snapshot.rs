@@ -103,7 +103,7 @@ impl Snapshot {
         tracing::info!(tables = self.tables.len(), connections = workers, at = %self.consistent_point, exported, "snapshot started");
 
         let source = SourceInfo {
-            database: self.database.clone(),
+            database: self.database.as_str().into(),
             txid: None,
             lsn: self.consistent_point,
             commit_lsn: self.consistent_point,
