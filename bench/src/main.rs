@@ -64,8 +64,9 @@ struct Args {
     /// Only these measurements (comma-separated); all of them when not given.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(MEASUREMENTS))]
     only: Vec<String>,
-    /// Records each measured sluice with `perf record` (DWARF call graphs) into DIR/<name>.perf.data,
-    /// attached to the running process so that its CPU and memory figures stay its own.
+    /// Records each throughput run of sluice with `perf record` (DWARF call graphs) into
+    /// DIR/<name>.perf.data. perf attaches to the running process, so its own CPU is not counted, but
+    /// its sampling slows sluice: take figures from runs without it.
     #[arg(long, value_name = "DIR")]
     perf: Option<PathBuf>,
 }
@@ -234,18 +235,21 @@ async fn main() -> Result<()> {
     );
     println!("| reader | events/s | vs PostgreSQL | CPU s per M events | peak RSS MB |");
     println!("|---|---:|---:|---:|---:|");
+    // Each row with its baseline: None for the baselines themselves.
     for (measure, baseline) in [
         (&recvlogical, None),
-        (&streaming, recvlogical.as_ref()),
-        (&blackhole, recvlogical.as_ref()),
+        (&streaming, Some(&recvlogical)),
+        (&blackhole, Some(&recvlogical)),
         (&copy, None),
-        (&snapshot, copy.as_ref()),
-        (&snapshot_blackhole, copy.as_ref()),
+        (&snapshot, Some(&copy)),
+        (&snapshot_blackhole, Some(&copy)),
     ] {
         let Some(measure) = measure else { continue };
-        let ratio = baseline.map_or("—".to_owned(), |b| {
-            format!("{:.0}%", 100.0 * measure.rate() / b.rate())
-        });
+        let ratio = match baseline {
+            None => "—".to_owned(),
+            Some(None) => "baseline not run".to_owned(),
+            Some(Some(b)) => format!("{:.0}%", 100.0 * measure.rate() / b.rate()),
+        };
         let cpu = measure.usage.cpu_seconds * 1_000_000.0 / measure.events as f64;
         let rss = measure.usage.peak_rss_kb as f64 / 1024.0;
         println!(
@@ -383,10 +387,19 @@ impl Bench<'_> {
         let (mut child, sluice) = self.start_sluice(run)?;
         let started = Instant::now();
         let profiler = match &self.args.perf {
-            Some(dir) => Some(Profiler::attach(
-                child.id(),
-                &dir.join(format!("{}.perf.data", run.prefix)),
-            )?),
+            Some(dir) => {
+                let output = dir.join(format!("{}.perf.data", run.prefix));
+                match Profiler::attach(child.id(), &output) {
+                    Ok(profiler) => Some(profiler),
+                    Err(err) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(
+                            err.context(format!("sluice's log is {}", sluice.log.display()))
+                        );
+                    }
+                }
+            }
             None => None,
         };
         let timeout = Duration::from_secs(self.args.timeout_secs);
@@ -516,8 +529,10 @@ async fn measure_copy(client: &tokio_postgres::Client, rows: u64) -> Result<Meas
     })
 }
 
-/// Threads sluice has once its runtime is up: main and two workers.
-const PROFILED_THREADS: usize = 3;
+/// Threads sluice has once its runtime is up: main and one worker per CPU.
+fn runtime_threads() -> usize {
+    1 + std::thread::available_parallelism().map_or(1, usize::from)
+}
 
 /// `perf record` attached to one measured process.
 struct Profiler {
@@ -528,9 +543,14 @@ struct Profiler {
 impl Profiler {
     fn attach(pid: u32, output: &Path) -> Result<Profiler> {
         std::fs::create_dir_all(output.parent().unwrap_or(Path::new(".")))?;
-        // `perf record -p` follows only the threads there when it attaches: wait for the runtime's.
+        // Attached right after the start, perf recorded the main thread alone (the first profile had no
+        // sample from the runtime's workers): wait for them.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while std::fs::read_dir(format!("/proc/{pid}/task"))?.count() < PROFILED_THREADS
+        let tasks = format!("/proc/{pid}/task");
+        while std::fs::read_dir(&tasks)
+            .with_context(|| format!("reading {tasks}: did sluice exit at once?"))?
+            .count()
+            < runtime_threads()
             && Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(5));
