@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{sluice, Daemon, Services};
 use sluice_testkit::config::ConfigFile;
-use sluice_testkit::postgres::PgCluster;
+use sluice_testkit::postgres::{current_wal_lsn, PgCluster};
 
 const VALID: &str = r#"
 [source]
@@ -310,11 +310,7 @@ async fn the_blackhole_sink_acknowledges_without_a_broker() {
             .await
             .unwrap();
     }
-    let written: String = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let written = current_wal_lsn(&client).await.unwrap();
 
     // Acknowledged to PostgreSQL: the slot's confirmed position passes the inserts.
     let deadline = Instant::now() + Duration::from_secs(60);

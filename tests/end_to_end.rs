@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{decode_all, Daemon, Event, Services, DEAD_LETTERS};
 use serde_json::{json, Value as Json};
+use sluice_testkit::postgres::current_wal_lsn;
 
 const ORDERS: &str = "shop.public.orders";
 const CUSTOMERS: &str = "shop.public.customers";
@@ -331,14 +332,8 @@ async fn ten_thousand_changes_arrive_in_commit_order_per_key() {
     }
 
     // The slot's confirmed position moves once the broker has everything.
-    let end: String = {
-        let client = services.pg.client(common::DATABASE).await.unwrap();
-        client
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await
-            .unwrap()
-            .get(0)
-    };
+    let client = services.pg.client(common::DATABASE).await.unwrap();
+    let end = current_wal_lsn(&client).await.unwrap();
     let confirmed_past = |lsn: &str| common::lsn(lsn) >= common::lsn(&end) - 1_000_000;
     let mut confirmed = None;
     for _ in 0..100 {

@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::decode_all;
+use sluice_testkit::postgres::current_wal_lsn;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -98,11 +99,7 @@ async fn heartbeats_move_the_slot_and_are_not_published() {
         .batch_execute("SELECT pg_create_logical_replication_slot('probe', 'test_decoding')")
         .await
         .unwrap();
-    let start: String = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let start = current_wal_lsn(&client).await.unwrap();
     // Nothing else writes WAL here: only heartbeats can take the slot past `start`.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {

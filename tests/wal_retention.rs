@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Services;
+use sluice_testkit::postgres::current_wal_lsn;
 
 /// WAL the slot may hold back once the neighbour is done: a few segments, far below what was written.
 const RETAINED_LIMIT: i64 = 64 * 1024 * 1024;
@@ -36,13 +37,7 @@ async fn idle_tables_do_not_hold_back_wal_written_elsewhere() {
 
     services.pg.create_database("neighbour").await.unwrap();
     let neighbour = services.pg.client("neighbour").await.unwrap();
-    let wal_position = || async {
-        let row = neighbour
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await
-            .unwrap();
-        row.get::<_, String>(0)
-    };
+    let wal_position = || async { current_wal_lsn(&neighbour).await.unwrap() };
     let before = wal_position().await;
     // Rows of about 1 KB, stored inline and uncompressed: a million of them are about 1 GB of WAL.
     neighbour

@@ -142,10 +142,7 @@ async fn main() -> Result<()> {
             .await?;
         first = last + 1;
     }
-    let end: String = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await?
-        .get(0);
+    let end = sluice_testkit::postgres::current_wal_lsn(&client).await?;
     eprintln!(
         "wrote {} rows in {:.1} s (WAL end {end})",
         args.rows,
@@ -580,9 +577,8 @@ impl Profiler {
 
     /// Stops recording (SIGINT, as perf expects) and says how to read the profile.
     fn finish(mut self) -> Result<()> {
-        Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()?;
+        // perf has ended by itself when sluice did (an `initial_only` snapshot); the status tells.
+        let _ = sluice_testkit::signal(self.child.id(), "INT");
         let status = self.child.wait()?;
         // perf writes its data and then ends by the signal it was sent.
         if !status.success() && status.signal() != Some(2) {
@@ -598,9 +594,8 @@ impl Profiler {
 
 /// SIGTERM and a clean exit.
 fn stop(child: &mut Child) -> Result<()> {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()?;
+    // A sluice that already exited cannot be signalled; its status below says how it ended.
+    let _ = sluice_testkit::signal(child.id(), "TERM");
     let status = child.wait()?;
     if !status.success() {
         bail!("sluice exited with {status} after SIGTERM");

@@ -312,10 +312,9 @@ impl Daemon {
     }
 
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{name}"), self.child.id().to_string()])
-            .status();
-        assert!(status.is_ok_and(|s| s.success()), "kill -{name} failed");
+        if let Err(err) = sluice_testkit::signal(self.child.id(), name) {
+            panic!("{err:#}");
+        }
     }
 
     /// SIGKILL: no chance to clean up.

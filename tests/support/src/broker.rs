@@ -154,18 +154,7 @@ impl Tansu {
     }
 
     fn signal(&self, signal: &str) -> Result<()> {
-        let pid = self.child.id().to_string();
-        let output = Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .output()
-            .context("running kill")?;
-        if !output.status.success() {
-            bail!(
-                "kill -{signal} {pid} (tansu) failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        Ok(())
+        crate::signal(self.child.id(), signal).context("signalling tansu")
     }
 
     fn wait_until_ready(&mut self) -> Result<()> {

@@ -37,6 +37,23 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Sends signal `name` (`TERM`, `STOP`, …) to process `pid` with kill(1); a failure carries kill's own
+/// message (no such process, not permitted).
+pub fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let output = std::process::Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .output()
+        .context("running kill")?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "kill -{name} {pid} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// GET `path` from an HTTP endpoint at `address` (`host:port`), such as sluice's `[api]`; returns the
 /// status line and the body.
 pub fn http_get(address: &str, path: &str) -> anyhow::Result<(String, String)> {

@@ -36,6 +36,15 @@ const BASE_SETTINGS: &[(&str, &str)] = &[
     ("shared_buffers", "64MB"),
 ];
 
+/// The server's current WAL insert position, as text (`0/1925588`): where the writes so far end.
+pub async fn current_wal_lsn(client: &tokio_postgres::Client) -> Result<String> {
+    let row = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .context("asking for pg_current_wal_lsn()")?;
+    Ok(row.get(0))
+}
+
 /// Where a PostgreSQL 15 program (`initdb`, `pg_recvlogical`, …) is installed.
 pub fn program_path(program: &str) -> PathBuf {
     Path::new(BIN_DIR).join(program)
