@@ -540,8 +540,8 @@ struct Profiler {
 impl Profiler {
     fn attach(pid: u32, output: &Path) -> Result<Profiler> {
         std::fs::create_dir_all(output.parent().unwrap_or(Path::new(".")))?;
-        // Attached right after the start, perf recorded the main thread alone (the first profile had no
-        // sample from the runtime's workers): wait for them.
+        // Attached right after the start, perf may record the main thread alone (one of the profiles
+        // behind RESULTS.md had no sample from the runtime's workers): wait for them.
         let deadline = Instant::now() + Duration::from_secs(5);
         let tasks = format!("/proc/{pid}/task");
         while std::fs::read_dir(&tasks)
