@@ -16,17 +16,63 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
+mod mongodb;
+
+pub use mongodb::{
+    BeforeImage, CollectionPattern, CollectionSelection, FullDocument, MongodbSourceConfig,
+};
+
 /// The whole configuration file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct Config {
-    pub source: SourceConfig,
+    pub source: Source,
     pub sink: SinkConfig,
-    #[serde(default)]
     pub avro: AvroConfig,
     pub positions: PositionsConfig,
     /// The HTTP endpoint; none without this section.
     pub api: Option<ApiConfig>,
+}
+
+/// `[source]`: its keys depend on its `kind`.
+#[derive(Debug)]
+pub enum Source {
+    Postgres(SourceConfig),
+    Mongodb(MongodbSourceConfig),
+}
+
+/// The file as written, for the source kind `S`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile<S> {
+    source: S,
+    sink: SinkConfig,
+    #[serde(default)]
+    avro: AvroConfig,
+    positions: PositionsConfig,
+    api: Option<ApiConfig>,
+}
+
+impl<S> ConfigFile<S> {
+    fn into_config(self, source: impl FnOnce(S) -> Source) -> Config {
+        Config {
+            source: source(self.source),
+            sink: self.sink,
+            avro: self.avro,
+            positions: self.positions,
+            api: self.api,
+        }
+    }
+}
+
+/// Just `source.kind`, read first to know which keys the rest of `[source]` may have.
+#[derive(Deserialize)]
+struct KindProbe<K> {
+    source: KindOnly<K>,
+}
+
+#[derive(Deserialize)]
+struct KindOnly<K> {
+    kind: K,
 }
 
 /// `[api]`: the HTTP endpoint for metrics and health probes.
@@ -42,9 +88,10 @@ pub struct ApiConfig {
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
     Postgres,
+    Mongodb,
 }
 
-/// `[source]`: where changes come from.
+/// `[source]` with `kind = "postgres"`: where changes come from.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
@@ -97,6 +144,28 @@ pub struct SourceConfig {
     /// How `numeric` columns are published (Debezium's decimal.handling.mode).
     #[serde(default)]
     pub decimal_handling: DecimalHandling,
+}
+
+impl SourceConfig {
+    /// Which tables and columns are captured.
+    pub fn selection(&self) -> Selection {
+        // Checked in `problems`: every entry parses.
+        fn parse_all<T>(
+            patterns: &Spanned<Vec<Spanned<EnvString>>>,
+            parse: fn(&str) -> Result<T, String>,
+        ) -> Vec<T> {
+            patterns
+                .get_ref()
+                .iter()
+                .filter_map(|p| parse(p.get_ref().as_str()).ok())
+                .collect()
+        }
+        Selection {
+            tables: parse_all(&self.tables, TablePattern::parse),
+            exclude_tables: parse_all(&self.exclude_tables, TablePattern::parse),
+            exclude_columns: parse_all(&self.exclude_columns, ColumnPattern::parse),
+        }
+    }
 }
 
 /// `source.decimal_handling`: the Avro form of `numeric` columns.
@@ -426,8 +495,24 @@ impl Config {
 
     /// Parses and checks config text.
     pub fn parse(text: &str) -> Result<Config, ParseError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|err| ParseError::Syntax(describe_toml_error(text, &err)))?;
+        let syntax = |err: toml::de::Error| ParseError::Syntax(describe_toml_error(text, &err));
+        let kind = match toml::from_str::<KindProbe<SourceKind>>(text) {
+            Ok(probe) => probe.source.kind,
+            // A kind that is there but unknown: that is the error to report.
+            Err(err) if toml::from_str::<KindProbe<String>>(text).is_ok() => {
+                return Err(syntax(err))
+            }
+            // No kind at all: the PostgreSQL form is parsed, and its error names what is missing.
+            Err(_) => SourceKind::Postgres,
+        };
+        let config = match kind {
+            SourceKind::Postgres => toml::from_str::<ConfigFile<SourceConfig>>(text)
+                .map_err(syntax)?
+                .into_config(Source::Postgres),
+            SourceKind::Mongodb => toml::from_str::<ConfigFile<MongodbSourceConfig>>(text)
+                .map_err(syntax)?
+                .into_config(Source::Mongodb),
+        };
         let problems = config.problems(text);
         if problems.is_empty() {
             Ok(config)
@@ -449,7 +534,106 @@ impl Config {
             });
         };
 
-        let source = &self.source;
+        match &self.source {
+            Source::Postgres(source) => postgres_problems(source, &mut report),
+            Source::Mongodb(source) => source.problems(&mut report),
+        }
+        self.sink_problems(&mut report);
+        self.avro_problems(&mut report);
+        if let Some(api) = &self.api {
+            if api
+                .address
+                .get_ref()
+                .as_str()
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+            {
+                report(
+                    "api.address",
+                    api.address.span(),
+                    format!(
+                        "`{}` is not an address: write ip:port, e.g. 127.0.0.1:9464",
+                        api.address.get_ref().as_str()
+                    ),
+                );
+            }
+        }
+        if self.positions.dir.get_ref().as_str().trim().is_empty() {
+            report(
+                "positions.dir",
+                self.positions.dir.span(),
+                "is empty: name a directory".into(),
+            );
+        }
+        found.sort_by_key(|p| (p.line, p.column));
+        found
+    }
+
+    /// The PostgreSQL source settings; None for another kind of source.
+    pub fn postgres(&self) -> Option<&SourceConfig> {
+        match &self.source {
+            Source::Postgres(source) => Some(source),
+            Source::Mongodb(_) => None,
+        }
+    }
+
+    fn sink_problems(&self, report: &mut impl FnMut(&str, Range<usize>, String)) {
+        let sink = &self.sink;
+        let shutdown = *sink.shutdown_timeout_secs.get_ref();
+        if shutdown < MIN_SHUTDOWN_TIMEOUT_SECS {
+            report(
+                "sink.shutdown_timeout_secs",
+                sink.shutdown_timeout_secs.span(),
+                format!("is {shutdown}; must be at least {MIN_SHUTDOWN_TIMEOUT_SECS} seconds"),
+            );
+        }
+        match (&sink.brokers, sink.kind.get_ref()) {
+            (Some(brokers), _) => {
+                if let Err(message) = check_brokers(brokers.get_ref().as_str()) {
+                    report("sink.brokers", brokers.span(), message);
+                }
+            }
+            (None, SinkKind::Kafka) => report(
+                "sink.brokers",
+                sink.kind.span(),
+                "is required with kind = \"kafka\" (for example `brokers = \"127.0.0.1:9092\"`)"
+                    .into(),
+            ),
+            (None, SinkKind::Blackhole) => {}
+        }
+        if let Err(message) = check_topic_name(sink.topic_prefix.get_ref().as_str()) {
+            report("sink.topic_prefix", sink.topic_prefix.span(), message);
+        }
+        if let Err(message) = check_topic_name(sink.dead_letter_topic.get_ref().as_str()) {
+            report(
+                "sink.dead_letter_topic",
+                sink.dead_letter_topic.span(),
+                message,
+            );
+        }
+        for (name, value) in &sink.kafka {
+            if let Err(message) = check_producer_property(name, &value.get_ref().0) {
+                report(&format!("sink.kafka.\"{name}\""), value.span(), message);
+            }
+        }
+        for (key, setting) in [
+            ("sink.topic_partitions", &sink.topic_partitions),
+            (
+                "sink.topic_replication_factor",
+                &sink.topic_replication_factor,
+            ),
+        ] {
+            let value = *setting.get_ref();
+            if value == 0 || value < -1 {
+                let message = format!("is {value}; must be -1 (broker default) or at least 1");
+                report(key, setting.span(), message);
+            }
+        }
+    }
+}
+
+fn postgres_problems(source: &SourceConfig, report: &mut impl FnMut(&str, Range<usize>, String)) {
+    {
         if let Err(message) = check_postgres_url(source.url.get_ref().as_str()) {
             report("source.url", source.url.span(), message);
         }
@@ -511,89 +695,10 @@ impl Config {
                 format!("is {chunk_rows}; must be at least {MIN_SNAPSHOT_CHUNK_ROWS}"),
             );
         }
-
-        let sink = &self.sink;
-        let shutdown = *sink.shutdown_timeout_secs.get_ref();
-        if shutdown < MIN_SHUTDOWN_TIMEOUT_SECS {
-            report(
-                "sink.shutdown_timeout_secs",
-                sink.shutdown_timeout_secs.span(),
-                format!("is {shutdown}; must be at least {MIN_SHUTDOWN_TIMEOUT_SECS} seconds"),
-            );
-        }
-        match (&sink.brokers, sink.kind.get_ref()) {
-            (Some(brokers), _) => {
-                if let Err(message) = check_brokers(brokers.get_ref().as_str()) {
-                    report("sink.brokers", brokers.span(), message);
-                }
-            }
-            (None, SinkKind::Kafka) => report(
-                "sink.brokers",
-                sink.kind.span(),
-                "is required with kind = \"kafka\" (for example `brokers = \"127.0.0.1:9092\"`)"
-                    .into(),
-            ),
-            (None, SinkKind::Blackhole) => {}
-        }
-        if let Err(message) = check_topic_name(sink.topic_prefix.get_ref().as_str()) {
-            report("sink.topic_prefix", sink.topic_prefix.span(), message);
-        }
-        if let Err(message) = check_topic_name(sink.dead_letter_topic.get_ref().as_str()) {
-            report(
-                "sink.dead_letter_topic",
-                sink.dead_letter_topic.span(),
-                message,
-            );
-        }
-        for (name, value) in &sink.kafka {
-            if let Err(message) = check_producer_property(name, &value.get_ref().0) {
-                report(&format!("sink.kafka.\"{name}\""), value.span(), message);
-            }
-        }
-        for (key, setting) in [
-            ("sink.topic_partitions", &sink.topic_partitions),
-            (
-                "sink.topic_replication_factor",
-                &sink.topic_replication_factor,
-            ),
-        ] {
-            let value = *setting.get_ref();
-            if value == 0 || value < -1 {
-                let message = format!("is {value}; must be -1 (broker default) or at least 1");
-                report(key, setting.span(), message);
-            }
-        }
-
-        self.avro_problems(&mut report);
-        if let Some(api) = &self.api {
-            if api
-                .address
-                .get_ref()
-                .as_str()
-                .parse::<std::net::SocketAddr>()
-                .is_err()
-            {
-                report(
-                    "api.address",
-                    api.address.span(),
-                    format!(
-                        "`{}` is not an address: write ip:port, e.g. 127.0.0.1:9464",
-                        api.address.get_ref().as_str()
-                    ),
-                );
-            }
-        }
-        if self.positions.dir.get_ref().as_str().trim().is_empty() {
-            report(
-                "positions.dir",
-                self.positions.dir.span(),
-                "is empty: name a directory".into(),
-            );
-        }
-        found.sort_by_key(|p| (p.line, p.column));
-        found
     }
+}
 
+impl Config {
     fn avro_problems(&self, report: &mut impl FnMut(&str, Range<usize>, String)) {
         let avro = &self.avro;
         let registry_only = [
@@ -689,26 +794,6 @@ impl Config {
         match &self.avro.contracts_dir {
             Some(dir) => PathBuf::from(dir.get_ref().as_str()),
             None => PathBuf::from(DEFAULT_CONTRACTS_DIR),
-        }
-    }
-
-    /// Which tables and columns are captured.
-    pub fn selection(&self) -> Selection {
-        // Checked in `problems`: every entry parses.
-        fn parse_all<T>(
-            patterns: &Spanned<Vec<Spanned<EnvString>>>,
-            parse: fn(&str) -> Result<T, String>,
-        ) -> Vec<T> {
-            patterns
-                .get_ref()
-                .iter()
-                .filter_map(|p| parse(p.get_ref().as_str()).ok())
-                .collect()
-        }
-        Selection {
-            tables: parse_all(&self.source.tables, TablePattern::parse),
-            exclude_tables: parse_all(&self.source.exclude_tables, TablePattern::parse),
-            exclude_columns: parse_all(&self.source.exclude_columns, ColumnPattern::parse),
         }
     }
 
@@ -1125,17 +1210,18 @@ dir = "/var/lib/sluice"
     #[test]
     fn the_documented_shape_parses() {
         let config = Config::parse(GOOD).unwrap();
-        assert_eq!(config.source.kind, SourceKind::Postgres);
+        let source = config.postgres().unwrap();
+        assert_eq!(source.kind, SourceKind::Postgres);
         assert_eq!(config.sink.topic_prefix.get_ref().as_str(), "shop");
         assert!(config.sink.create_topics);
-        assert_eq!(*config.source.status_interval_secs.get_ref(), 10);
-        assert_eq!(config.source.snapshot, SnapshotMode::Initial);
+        assert_eq!(*source.status_interval_secs.get_ref(), 10);
+        assert_eq!(source.snapshot, SnapshotMode::Initial);
         let props: Vec<_> = config.kafka_properties().collect();
         assert_eq!(
             props,
             vec![("compression.type", "zstd"), ("linger.ms", "5")]
         );
-        let patterns = config.selection().tables;
+        let patterns = source.selection().tables;
         assert_eq!(patterns.len(), 2);
         assert!(patterns[1].matches("public", "anything"));
         assert!(!patterns[0].matches("public", "orders2"));
@@ -1148,7 +1234,11 @@ dir = "/var/lib/sluice"
             "tables = [\"public.*\"]\nexclude_tables = [\"public.audit_*\"]\n\
              exclude_columns = [\"public.customers.email\", \"*.*.password\"]",
         );
-        let selection = Config::parse(&text).unwrap().selection();
+        let selection = Config::parse(&text)
+            .unwrap()
+            .postgres()
+            .unwrap()
+            .selection();
         assert!(selection.includes("public", "orders"));
         assert!(!selection.includes("public", "audit_log"));
         assert!(!selection.includes("sales", "orders"));
@@ -1208,7 +1298,8 @@ dir = "/var/lib/sluice"
             ("initial_only", SnapshotMode::InitialOnly),
             ("when_needed", SnapshotMode::WhenNeeded),
         ] {
-            assert_eq!(Config::parse(&with(text)).unwrap().source.snapshot, mode);
+            let config = Config::parse(&with(text)).unwrap();
+            assert_eq!(config.postgres().unwrap().snapshot, mode);
         }
         let config = Config::parse(GOOD).unwrap();
         assert_eq!(config.shutdown_timeout(), Duration::from_secs(25));

@@ -10,7 +10,7 @@ use apache_avro::types::Value as Avro;
 use apache_avro::Schema;
 use serde_json::{json, Map, Value as Json};
 
-use crate::event::{ChangeEvent, Numeric, Row, Table, Value};
+use crate::event::{ChangeEvent, Numeric, Row, Table, UndecodableChange, Value};
 
 /// The record format, as documented in `schemas/dead_letter.avsc`.
 pub const SCHEMA_TEXT: &str = include_str!("../schemas/dead_letter.avsc");
@@ -101,6 +101,8 @@ pub struct Failure<'a> {
     pub error: &'a str,
     /// The instance's logical name (`sink.topic_prefix`).
     pub instance: &'a str,
+    /// Debezium's name of the source connector (`postgresql`, `mongodb`).
+    pub connector: &'static str,
     pub failed_at_ms: i64,
 }
 
@@ -147,6 +149,23 @@ impl DeadLetter {
         }
     }
 
+    /// The dead letter of a log entry that has no event form, with the entry as the source printed it.
+    pub fn for_undecodable(change: &UndecodableChange, failure: Failure<'_>) -> DeadLetter {
+        let position = SourcePosition {
+            connector: change.connector,
+            resume_token: change.resume_token.clone(),
+            ..SourcePosition::default()
+        };
+        DeadLetter {
+            collection: change.namespace.clone(),
+            change: Some(
+                serde_json::from_str(&change.raw)
+                    .unwrap_or_else(|_| Json::String(change.raw.clone())),
+            ),
+            ..DeadLetter::new(failure, position)
+        }
+    }
+
     /// The dead letter of a message that could not be published (the broker refused it, or the registry
     /// refused the schema of a record that is not a table change), from what the message carries: its
     /// framed key and value bytes and its headers, so that it can be decoded and replayed.
@@ -163,12 +182,12 @@ impl DeadLetter {
                 .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         };
         let position = SourcePosition {
-            connector: "postgresql",
+            connector: failure.connector,
             db: None,
             lsn: header("sluice.lsn"),
             commit_lsn: header("sluice.commit_lsn"),
             txid: header("sluice.txid").and_then(|t| t.parse().ok()),
-            resume_token: None,
+            resume_token: header("sluice.resume_token"),
         };
         DeadLetter {
             original_key: key.map(<[u8]>::to_vec),
@@ -456,6 +475,7 @@ mod tests {
             topic: "shop.public.orders",
             error: "too large",
             instance: "shop",
+            connector: "postgresql",
             failed_at_ms: 5,
         };
         let letter = DeadLetter::for_refused_message(failure, Some(&key), Some(&payload), &headers);

@@ -50,11 +50,23 @@ impl std::str::FromStr for Lsn {
 }
 
 /// How far a source got. Acknowledging a position means: every event before it is on the broker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Position {
     /// PostgreSQL: the end LSN of the last delivered transaction (or of an idle point after it).
     Postgres { lsn: Lsn },
+    /// MongoDB change streams: the resume token of the last delivered event (or a post-batch token
+    /// after it), as canonical Extended JSON, which is how the server hands it back on resume.
+    Mongodb { resume_token: String },
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Position::Postgres { lsn } => write!(f, "{lsn}"),
+            Position::Mongodb { resume_token } => write!(f, "resume token {resume_token}"),
+        }
+    }
 }
 
 /// Debezium's operation codes.
@@ -305,10 +317,80 @@ pub struct DecodingMessage {
     pub commit_time_us: Option<i64>,
 }
 
+/// A MongoDB document change. Documents have no fixed columns, so they travel as canonical Extended JSON
+/// text (what Debezium's MongoDB connector publishes), which represents every BSON value exactly.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DocumentChange {
+    pub database: String,
+    pub collection: String,
+    pub op: Op,
+    /// The document's `_id` as canonical Extended JSON: the message key.
+    pub key: String,
+    /// The document before the change: a pre-image, when the collection records them and the stream asks.
+    pub before: Option<String>,
+    /// The document after the change (for updates: as looked up or post-imaged; None when it is gone).
+    pub after: Option<String>,
+    /// What an update changed, as the server described it.
+    pub update: Option<UpdateDescription>,
+    pub source: DocumentSource,
+}
+
+/// The fields an update set, removed and truncated (MongoDB's `updateDescription`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UpdateDescription {
+    /// The set fields as one canonical Extended JSON document, keyed by dotted path.
+    pub updated_fields: Option<String>,
+    pub removed_fields: Vec<String>,
+    /// Arrays shortened by the update: dotted path and new length.
+    pub truncated_arrays: Vec<(String, u32)>,
+}
+
+/// Where in MongoDB's log a document change came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DocumentSource {
+    /// The replica set name (or the shard's), when known.
+    pub replica_set: Option<Arc<str>>,
+    /// The operation's cluster time: seconds since the epoch, and its ordinal within that second.
+    pub cluster_time: (u32, u32),
+    /// The wall clock time of the operation (MongoDB 6.0+), milliseconds since the epoch.
+    pub wall_time_ms: Option<i64>,
+    /// The transaction number and session id of a multi-document transaction.
+    pub txn_number: Option<i64>,
+    pub lsid: Option<String>,
+    /// The change's resume token (canonical Extended JSON); None for snapshot reads.
+    pub resume_token: Option<String>,
+    pub snapshot: SnapshotMarker,
+}
+
+impl DocumentChange {
+    /// `db.collection`, as MongoDB names a namespace.
+    pub fn namespace(&self) -> String {
+        format!("{}.{}", self.database, self.collection)
+    }
+}
+
+/// A change the source read but could not turn into an event (a malformed or unexpected log entry): it
+/// goes to the dead-letter topic as the source printed it, and the stream goes on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UndecodableChange {
+    pub connector: &'static str,
+    /// `db.collection` (or `schema.table`), when the entry names one.
+    pub namespace: Option<String>,
+    /// The entry as relaxed Extended JSON (or the source's own text form).
+    pub raw: String,
+    pub reason: String,
+    /// The entry's position, as its source prints it.
+    pub resume_token: Option<String>,
+}
+
 /// What a source hands to the pipeline, in log order.
 #[derive(Debug)]
 pub enum SourceEvent {
     Change(ChangeEvent),
+    /// A MongoDB document change.
+    Document(DocumentChange),
+    /// A change that has no event form: it goes to the dead-letter topic.
+    Undecodable(UndecodableChange),
     /// A logical decoding message, when the source was asked for them.
     Message(DecodingMessage),
     /// The transaction whose changes were just emitted is complete; once they are all on the broker,

@@ -107,7 +107,7 @@ impl AckTracker {
 
     /// The newest position all of whose events are on the broker.
     pub fn acknowledged(&self) -> Option<Position> {
-        self.lock().acknowledged
+        self.lock().acknowledged.clone()
     }
 
     /// Messages produced and not yet acknowledged.
@@ -146,13 +146,12 @@ impl TrackerState {
         let mut moved = false;
         while let Some(front) = self.groups.front() {
             match front.position {
-                Some(position) if front.outstanding == 0 => {
+                Some(_) if front.outstanding == 0 => {
                     if let (true, Some(committed)) = (front.carries_messages, front.commit_time_us)
                     {
                         commit_to_ack.observe_us(now_us().saturating_sub(committed).max(0) as u64);
                     }
-                    self.acknowledged = Some(position);
-                    self.groups.pop_front();
+                    self.acknowledged = self.groups.pop_front().and_then(|group| group.position);
                     self.first += 1;
                     moved = true;
                 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::config::{redact_secrets, Config, Selection, SinkKind, SnapshotMode};
+use crate::config::{redact_secrets, Config, Selection, SinkKind, SnapshotMode, Source};
 use crate::connectors::postgres::catalog::{self, describe_pg_error, TableName};
 use crate::connectors::postgres::connection::PgConnection;
 use crate::connectors::postgres::replication::{ReplicationConnection, ReplicationError};
@@ -54,28 +54,28 @@ pub struct Report {
 }
 
 impl Report {
-    fn pass(&mut self, what: impl Into<String>) {
+    pub(crate) fn pass(&mut self, what: impl Into<String>) {
         self.lines.push(CheckLine {
             status: Status::Pass,
             what: what.into(),
             fix: None,
         });
     }
-    fn warn(&mut self, what: impl Into<String>, fix: impl Into<String>) {
+    pub(crate) fn warn(&mut self, what: impl Into<String>, fix: impl Into<String>) {
         self.lines.push(CheckLine {
             status: Status::Warn,
             what: what.into(),
             fix: Some(fix.into()),
         });
     }
-    fn fail(&mut self, what: impl Into<String>, fix: impl Into<String>) {
+    pub(crate) fn fail(&mut self, what: impl Into<String>, fix: impl Into<String>) {
         self.lines.push(CheckLine {
             status: Status::Fail,
             what: what.into(),
             fix: Some(fix.into()),
         });
     }
-    fn skip(&mut self, what: impl Into<String>) {
+    pub(crate) fn skip(&mut self, what: impl Into<String>) {
         self.lines.push(CheckLine {
             status: Status::Skip,
             what: what.into(),
@@ -93,14 +93,22 @@ impl Report {
 
 pub async fn run(config: &Config) -> Report {
     let mut report = Report::default();
-    check_postgres(config, &mut report).await;
+    match &config.source {
+        Source::Postgres(_) => check_postgres(config, &mut report).await,
+        Source::Mongodb(source) => {
+            crate::connectors::mongodb::preflight::check(source, &mut report).await
+        }
+    }
     check_broker(config, &mut report);
     check_registry(config, &mut report).await;
     report
 }
 
 async fn check_postgres(config: &Config, report: &mut Report) {
-    let url = config.source.url.get_ref().as_str();
+    let Some(source) = config.postgres() else {
+        return;
+    };
+    let url = source.url.get_ref().as_str();
     let shown = redact_secrets(url);
     let connection = match PgConnection::parse(url) {
         Ok(mut c) => {
@@ -203,7 +211,10 @@ async fn check_replication_connection(connection: &PgConnection, report: &mut Re
 
 /// Checks that each selected table exists and can identify its rows; returns the tables found.
 async fn check_tables(config: &Config, client: &Client, report: &mut Report) -> Vec<TableName> {
-    let selection = config.selection();
+    let Some(source) = config.postgres() else {
+        return Vec::new();
+    };
+    let selection = source.selection();
     let tables = match catalog::resolve_tables(client, &selection).await {
         Ok(tables) => tables,
         Err(err) => {
@@ -317,8 +328,11 @@ async fn check_excluded_columns(
 }
 
 async fn check_slot(config: &Config, client: &Client, report: &mut Report) {
-    let slot = config.source.slot.get_ref().as_str();
-    let database = PgConnection::parse(config.source.url.get_ref().as_str())
+    let Some(source) = config.postgres() else {
+        return;
+    };
+    let slot = source.slot.get_ref().as_str();
+    let database = PgConnection::parse(source.url.get_ref().as_str())
         .map(|c| c.database())
         .unwrap_or_default();
     let position_file = PositionStore::file_path(
@@ -364,7 +378,7 @@ async fn check_slot(config: &Config, client: &Client, report: &mut Report) {
                     )
                 }
             };
-            let mode = config.source.snapshot;
+            let mode = source.snapshot;
             match stored {
                 Some(stored) if !stored.snapshot_pending && mode == SnapshotMode::InitialOnly => {
                     return report.pass(format!(
@@ -417,7 +431,10 @@ async fn check_publication(
     tables: &[TableName],
     report: &mut Report,
 ) {
-    let publication = config.source.publication.get_ref().as_str();
+    let Some(source) = config.postgres() else {
+        return;
+    };
+    let publication = source.publication.get_ref().as_str();
     let exists = client
         .query_opt(
             "SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = $1",
@@ -569,7 +586,12 @@ pub async fn compare_contracts(
     config: &Config,
     contracts: &Contracts,
 ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    let settings = crate::pipeline::postgres_settings(config)?;
+    let Some(source) = config.postgres() else {
+        return Ok(vec![
+            "contracts are compared with PostgreSQL tables only in this version".to_owned(),
+        ]);
+    };
+    let settings = crate::pipeline::postgres_settings(source)?;
     let tables = crate::connectors::postgres::reader::current_tables(&settings).await?;
     let prefix = config.sink.topic_prefix.get_ref().as_str();
     let mut lines = Vec::new();

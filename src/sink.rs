@@ -649,7 +649,7 @@ mod tests {
                 .unwrap();
         }
         let position = Position::Postgres { lsn: Lsn(0x10) };
-        tracker.close_group(position, None);
+        tracker.close_group(position.clone(), None);
         assert_eq!(
             acknowledged_within(&tracker, Duration::from_secs(10)).await,
             Some(position)

@@ -10,6 +10,7 @@
 
 mod binary;
 mod decimal;
+mod document;
 mod encode;
 pub mod framing;
 mod message;
@@ -21,6 +22,10 @@ mod transaction;
 mod roundtrip_tests;
 
 pub use decimal::DecimalError;
+pub use document::{
+    document_schemas, document_topic, encode_document_envelope, encode_document_key,
+    MONGODB_SOURCE_RECORD,
+};
 pub use encode::{
     encode_envelope, encode_key, transaction_id, EncodeError, EncodeReason, EnvelopeContext,
 };

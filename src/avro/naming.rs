@@ -1,4 +1,5 @@
-//! Topic and Avro names for a table.
+//! Topic and Avro names for a table (and, by the same rule, for a MongoDB collection: its database in
+//! place of the schema).
 //!
 //! # Naming rule
 //!
@@ -27,7 +28,12 @@ use crate::event::Table;
 
 /// The topic a table's events go to.
 pub fn topic_name(topic_prefix: &str, table: &Table) -> String {
-    format!("{topic_prefix}.{}.{}", table.schema, table.name)
+    collection_topic(topic_prefix, &table.schema, &table.name)
+}
+
+/// The topic of `<container>.<collection>` (PostgreSQL schema and table, MongoDB database and collection).
+pub fn collection_topic(topic_prefix: &str, container: &str, collection: &str) -> String {
+    format!("{topic_prefix}.{container}.{collection}")
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
@@ -41,7 +47,12 @@ pub fn topic_name(topic_prefix: &str, table: &Table) -> String {
 
 /// The Avro namespace of a table's records.
 pub fn namespace(topic_prefix: &str, table: &Table) -> String {
-    let joined = format!("{topic_prefix}.{}.{}", table.schema, table.name);
+    collection_namespace(topic_prefix, &table.schema, &table.name)
+}
+
+/// The Avro namespace of `<container>.<collection>`'s records.
+pub fn collection_namespace(topic_prefix: &str, container: &str, collection: &str) -> String {
+    let joined = format!("{topic_prefix}.{container}.{collection}");
     joined
         .split('.')
         .map(avro_name)

@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod documents;
 mod schemas;
 
 use crate::avro::{self, EncodeError, EncodeReason, EnvelopeContext, SchemaRef, TableSchemas};
-use crate::config::{Config, SinkKind, SnapshotMode};
+use crate::config::{Config, SinkKind, SnapshotMode, Source, SourceConfig};
 use crate::connectors::postgres::connection::PgConnection;
 use crate::connectors::postgres::reader::{
     self, PostgresSettings, PostgresSource, Resume, SourceError, StreamControl,
@@ -53,7 +54,14 @@ pub enum PipelineError {
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
+    Mongodb(crate::connectors::mongodb::reader::MongodbError),
+    #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error("the position file {file} holds a position of another kind of source ({position}); point positions.dir elsewhere or move the file away")]
+    ForeignPosition {
+        file: std::path::PathBuf,
+        position: String,
+    },
     #[error("the dead-letter topic `{topic}` refused a message ({reason}); stopping without acknowledging it")]
     DeadLetterRefused { topic: String, reason: String },
     #[error(transparent)]
@@ -79,22 +87,29 @@ pub enum PipelineError {
 
 /// Runs until `stop` becomes true (then drains and returns Ok) or something fails.
 pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), PipelineError> {
-    let settings = postgres_settings(config)?;
-    let mut store = PositionStore::open(
-        std::path::Path::new(config.positions.dir.get_ref().as_str()),
-        &settings.slot,
-    )?;
-    let stored_position = store.load()?;
-    if settings.snapshot == SnapshotMode::InitialOnly
-        && stored_position
-            .as_ref()
-            .is_some_and(|s| !s.snapshot_pending)
-    {
-        tracing::info!(file = %store.path().display(), "snapshot = initial_only and the snapshot is complete: nothing to do");
-        return Ok(());
+    match &config.source {
+        Source::Postgres(source) => run_postgres(config, source, stop).await,
+        Source::Mongodb(source) => documents::run(config, source, stop).await,
     }
-    let mode = settings.snapshot;
+}
 
+/// What every source's run shares: the sink with its failure channel, the schema directory and the
+/// publishing loop's state, set up from the config.
+struct Started {
+    publisher: Publisher,
+    failures: mpsc::UnboundedReceiver<FailedDelivery>,
+    tracker: Arc<AckTracker>,
+    metrics: Arc<Metrics>,
+    /// Aborted when dropped, at the end of the run.
+    _broker_watch: AbortOnDrop,
+}
+
+/// Loads the contracts, starts the API, connects the sink and makes sure the dead-letter topic exists.
+async fn start(
+    config: &Config,
+    stop: &watch::Receiver<bool>,
+    connector: &'static str,
+) -> Result<Started, PipelineError> {
     let contracts = Contracts::load(&config.contracts_dir())?;
     if config.avro.contracts_dir.is_some() && !config.contracts_dir().is_dir() {
         tracing::warn!(dir = %config.contracts_dir().display(), "avro.contracts_dir does not exist: no contracts are enforced");
@@ -109,7 +124,7 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
         let address = crate::api::serve(api.address.get_ref().as_str(), metrics.clone()).await?;
         tracing::info!(%address, "api listening: /metrics, /health/live, /health/ready");
     }
-    let (mut sink, mut failures) = Sink::new(
+    let (mut sink, failures) = Sink::new(
         SinkSettings::from_config(config),
         tracker.clone(),
         metrics.clone(),
@@ -122,11 +137,10 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
         }
     }
     let dead_letter_topic = config.sink.dead_letter_topic.get_ref().as_str().to_owned();
-    sink.ensure_topic(&dead_letter_topic, &stop).await?;
+    sink.ensure_topic(&dead_letter_topic, stop).await?;
     let stop_deadline = StopDeadline::follow(stop.clone(), config.shutdown_timeout());
     sink.bound_stop(stop_deadline.clone());
-    // Aborted when `run` returns, whichever way.
-    let _broker_watch = AbortOnDrop(tokio::spawn(watch_broker(
+    let broker_watch = AbortOnDrop(tokio::spawn(watch_broker(
         sink.probe(&dead_letter_topic),
         metrics.clone(),
     )));
@@ -140,38 +154,23 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
             std::path::PathBuf::from(config.positions.dir.get_ref().as_str()),
         ),
     };
-
-    let stored = stored_position.as_ref().map(|s| match s.position {
-        Position::Postgres { lsn } => lsn,
-    });
-    let previous_run = stored_position.as_ref().map(|s| Resume {
-        lsn: stored.unwrap_or_default(),
-        identity: s.identity.as_ref(),
-        file: store.path(),
-        snapshot_pending: s.snapshot_pending,
-    });
-    let slot_settings = settings.clone();
-    let mut source = PostgresSource::prepare(settings, previous_run).await?;
-    store.set_identity(source.identity().clone());
-    let mut publisher = Publisher {
+    let topic_prefix = config.sink.topic_prefix.get_ref().as_str();
+    let transaction_metadata = config.postgres().is_some_and(|pg| pg.transaction_metadata);
+    let publisher = Publisher {
         sink,
         schemas,
         tracker: tracker.clone(),
-        topic_prefix: config.sink.topic_prefix.get_ref().as_str().to_owned(),
+        connector,
+        topic_prefix: topic_prefix.to_owned(),
         dead_letter_topic,
         dead_letter_schema: None,
         contracts,
         encodings: HashMap::new(),
-        messages: FixedTopic::new(
-            format!("{}.message", config.sink.topic_prefix.get_ref().as_str()),
-            avro::message_schemas,
-        ),
-        transactions: config.source.transaction_metadata.then(|| {
+        collections: HashMap::new(),
+        messages: FixedTopic::new(format!("{topic_prefix}.message"), avro::message_schemas),
+        transactions: transaction_metadata.then(|| {
             FixedTopic::new(
-                format!(
-                    "{}.transaction",
-                    config.sink.topic_prefix.get_ref().as_str()
-                ),
+                format!("{topic_prefix}.transaction"),
                 avro::transaction_schemas,
             )
         }),
@@ -183,9 +182,65 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
         stop: stop.clone(),
         events: 0,
         metrics: metrics.clone(),
-        stop_deadline: stop_deadline.clone(),
+        stop_deadline,
         shutdown_timeout: config.shutdown_timeout(),
     };
+    Ok(Started {
+        publisher,
+        failures,
+        tracker,
+        metrics,
+        _broker_watch: broker_watch,
+    })
+}
+
+async fn run_postgres(
+    config: &Config,
+    source_config: &SourceConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<(), PipelineError> {
+    let settings = postgres_settings(source_config)?;
+    let mut store = PositionStore::open(
+        std::path::Path::new(config.positions.dir.get_ref().as_str()),
+        &settings.slot,
+    )?;
+    let stored_position = store.load()?;
+    if settings.snapshot == SnapshotMode::InitialOnly
+        && stored_position
+            .as_ref()
+            .is_some_and(|s| !s.snapshot_pending)
+    {
+        tracing::info!(file = %store.path().display(), "snapshot = initial_only and the snapshot is complete: nothing to do");
+        return Ok(());
+    }
+    let mode = settings.snapshot;
+    let Started {
+        mut publisher,
+        mut failures,
+        tracker,
+        metrics,
+        _broker_watch,
+    } = start(config, &stop, "postgresql").await?;
+
+    let stored = match stored_position.as_ref().map(|s| &s.position) {
+        None => None,
+        Some(Position::Postgres { lsn }) => Some(*lsn),
+        Some(other) => {
+            return Err(PipelineError::ForeignPosition {
+                file: store.path().to_owned(),
+                position: other.to_string(),
+            })
+        }
+    };
+    let previous_run = stored_position.as_ref().map(|s| Resume {
+        lsn: stored.unwrap_or_default(),
+        identity: s.identity.as_ref(),
+        file: store.path(),
+        snapshot_pending: s.snapshot_pending,
+    });
+    let slot_settings = settings.clone();
+    let mut source = PostgresSource::prepare(settings, previous_run).await?;
+    store.set_identity(source.identity().clone());
 
     let resume = match source.take_snapshot() {
         Some(snapshot) => {
@@ -231,12 +286,17 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
     ));
     let (finish_tx, finish_rx) = oneshot::channel();
     let position_file = store.path().to_owned();
+    metrics.position_stored(resume);
     let acknowledger = tokio::spawn(acknowledge(
         tracker.clone(),
         metrics.clone(),
         store,
-        ack_tx,
-        resume,
+        move |position| {
+            if let Position::Postgres { lsn } = position {
+                let _ = ack_tx.send(*lsn);
+            }
+        },
+        Some(Position::Postgres { lsn: resume }),
         finish_rx,
     ));
 
@@ -254,13 +314,13 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
         events,
         dead_letters = metrics.dead_letter_total(),
         dead_letters_by_stage_and_table = %metrics.dead_letter_breakdown(),
-        acknowledged = %acknowledged.as_ref().map_or_else(|_| "not stored".to_owned(), ToString::to_string),
+        acknowledged = %acknowledged_text(&acknowledged),
         "pipeline stopped"
     );
     published?;
     read?;
     acknowledged?;
-    if config.source.drop_slot_on_stop {
+    if source_config.drop_slot_on_stop {
         // Without its slot the stored position means nothing: the next run starts afresh.
         reader::drop_slot(&slot_settings).await?;
         PositionStore::remove(&position_file)?;
@@ -269,23 +329,23 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Pip
     Ok(())
 }
 
-pub fn postgres_settings(config: &Config) -> Result<PostgresSettings, PipelineError> {
-    let url = config.source.url.get_ref().as_str();
+pub fn postgres_settings(source: &SourceConfig) -> Result<PostgresSettings, PipelineError> {
+    let url = source.url.get_ref().as_str();
     let connection = PgConnection::parse(url).map_err(PipelineError::SourceUrl)?;
     let database = connection.database();
     Ok(PostgresSettings {
         connection,
         database,
-        slot: config.source.slot.get_ref().as_str().to_owned(),
-        publication: config.source.publication.get_ref().as_str().to_owned(),
-        selection: config.selection(),
-        status_interval: Duration::from_secs(*config.source.status_interval_secs.get_ref()),
-        snapshot: config.source.snapshot,
-        capture_messages: config.source.capture_messages,
-        snapshot_connections: usize::from(*config.source.snapshot_connections.get_ref()),
-        snapshot_chunk_rows: *config.source.snapshot_chunk_rows.get_ref(),
-        decimal_handling: config.source.decimal_handling,
-        heartbeat_interval: match config.source.heartbeat_interval_secs {
+        slot: source.slot.get_ref().as_str().to_owned(),
+        publication: source.publication.get_ref().as_str().to_owned(),
+        selection: source.selection(),
+        status_interval: Duration::from_secs(*source.status_interval_secs.get_ref()),
+        snapshot: source.snapshot,
+        capture_messages: source.capture_messages,
+        snapshot_connections: usize::from(*source.snapshot_connections.get_ref()),
+        snapshot_chunk_rows: *source.snapshot_chunk_rows.get_ref(),
+        decimal_handling: source.decimal_handling,
+        heartbeat_interval: match source.heartbeat_interval_secs {
             0 => None,
             secs => Some(Duration::from_secs(secs)),
         },
@@ -324,56 +384,57 @@ async fn publish_snapshot(
     Ok(true)
 }
 
-/// Writes each newly acknowledged position to the file, then passes it to the reader. Writes coalesce: while
-/// one is in progress, later acknowledgements wait and the next write covers them all. When `finish` fires it
-/// writes what is acknowledged by then and returns; dropping `to_reader` lets the reader close the stream.
-/// A failed final write is an error: the broker has events the file does not know of.
+/// Writes each newly acknowledged position to the file, then passes it to the reader (`tell_reader`). Writes
+/// coalesce: while one is in progress, later acknowledgements wait and the next write covers them all. When
+/// `finish` fires it writes what is acknowledged by then and returns; dropping `tell_reader` lets the
+/// reader close the stream. A failed final write is an error: the broker has events the file does not
+/// know of.
 async fn acknowledge(
     tracker: Arc<AckTracker>,
     metrics: Arc<Metrics>,
     store: PositionStore,
-    to_reader: watch::Sender<Lsn>,
-    start: Lsn,
+    tell_reader: impl Fn(&Position),
+    start: Option<Position>,
     mut finish: oneshot::Receiver<()>,
-) -> Result<Lsn, PositionError> {
+) -> Result<Option<Position>, PositionError> {
     let store = Arc::new(store);
     let mut saved = start;
-    metrics.position_stored(start);
     let mut finishing = false;
     loop {
         let mut changed = pin!(tracker.changed());
         changed.as_mut().enable();
-        if let Some(Position::Postgres { lsn }) = tracker.acknowledged() {
-            if lsn > saved {
-                let writer = store.clone();
-                let written =
-                    tokio::task::spawn_blocking(move || writer.save(Position::Postgres { lsn }))
-                        .await
-                        .unwrap_or_else(|err| {
-                            Err(PositionError::Write {
-                                path: store.path().to_owned(),
-                                source: std::io::Error::other(err.to_string()),
-                            })
-                        });
-                match written {
-                    Ok(()) => {
-                        saved = lsn;
+        // The tracker only moves forward: a position it reports that differs from the saved one is newer.
+        if let Some(position) = tracker.acknowledged().filter(|p| Some(p) != saved.as_ref()) {
+            let writer = store.clone();
+            let to_write = position.clone();
+            let written = tokio::task::spawn_blocking(move || writer.save(to_write))
+                .await
+                .unwrap_or_else(|err| {
+                    Err(PositionError::Write {
+                        path: store.path().to_owned(),
+                        source: std::io::Error::other(err.to_string()),
+                    })
+                });
+            match written {
+                Ok(()) => {
+                    if let Position::Postgres { lsn } = position {
                         metrics.position_stored(lsn);
-                        let _ = to_reader.send(lsn);
-                        continue;
                     }
-                    Err(err) if finishing => return Err(err),
-                    // Without the file the position must not reach the server either: stay behind and retry.
-                    Err(err) => {
-                        tracing::error!(error = %err, "cannot store the position; retrying")
-                    }
+                    tell_reader(&position);
+                    saved = Some(position);
+                    continue;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = &mut finish, if !finishing => finishing = true,
+                Err(err) if finishing => return Err(err),
+                // Without the file the position must not reach the server either: stay behind and retry.
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot store the position; retrying")
                 }
-                continue;
             }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = &mut finish, if !finishing => finishing = true,
+            }
+            continue;
         }
         if finishing {
             return Ok(saved);
@@ -382,6 +443,15 @@ async fn acknowledge(
             _ = changed => {}
             _ = &mut finish => finishing = true,
         }
+    }
+}
+
+/// The final acknowledged position, for the last log line.
+fn acknowledged_text(acknowledged: &Result<Option<Position>, PositionError>) -> String {
+    match acknowledged {
+        Ok(Some(position)) => position.to_string(),
+        Ok(None) => "none".to_owned(),
+        Err(_) => "not stored".to_owned(),
     }
 }
 
@@ -445,18 +515,23 @@ impl LsnText {
     }
 }
 
-/// A topic whose records all have the same key and value schemas (messages, transaction metadata).
+/// A topic whose records all have the same key and value schemas (messages, transaction metadata, a
+/// MongoDB collection).
 struct FixedTopic {
     topic: String,
-    schemas: fn(&str) -> TableSchemas,
+    schemas: TableSchemas,
     /// Key and value schemas, once registered or published.
     refs: Option<(SchemaRef, SchemaRef)>,
 }
 
 impl FixedTopic {
     fn new(topic: String, schemas: fn(&str) -> TableSchemas) -> FixedTopic {
+        FixedTopic::with_schemas(schemas(&topic))
+    }
+
+    fn with_schemas(schemas: TableSchemas) -> FixedTopic {
         FixedTopic {
-            topic,
+            topic: schemas.topic.clone(),
             schemas,
             refs: None,
         }
@@ -464,10 +539,11 @@ impl FixedTopic {
 }
 
 /// Which fixed topic a record goes to.
-#[derive(Clone, Copy)]
-enum Fixed {
+enum Fixed<'a> {
     Messages,
     Transactions,
+    /// The topic of a MongoDB collection, by `db.collection`.
+    Collection(&'a str),
 }
 
 /// The open transaction's change events so far, per table in first-seen order.
@@ -495,12 +571,16 @@ struct Publisher {
     sink: Sink,
     schemas: SchemaDirectory,
     tracker: Arc<AckTracker>,
+    /// Debezium's connector name for the source (`postgresql`, `mongodb`).
+    connector: &'static str,
     topic_prefix: String,
     dead_letter_topic: String,
     /// Registered or published with the first dead letter.
     dead_letter_schema: Option<SchemaRef>,
     contracts: Contracts,
     encodings: HashMap<u32, TableEncoding>,
+    /// MongoDB collections' topics, by `db.collection`.
+    collections: HashMap<String, FixedTopic>,
     /// `<topic_prefix>.message`, where logical decoding messages go.
     messages: FixedTopic,
     /// `<topic_prefix>.transaction`, with `source.transaction_metadata`.
@@ -538,6 +618,8 @@ impl Publisher {
                 event = events.recv() => match event {
                     Some(SourceEvent::Change(change)) => self.publish(change).await?,
                     Some(SourceEvent::Message(message)) => self.publish_message(message).await?,
+                    Some(SourceEvent::Document(change)) => self.publish_document(change).await?,
+                    Some(SourceEvent::Undecodable(change)) => self.dead_letter_undecodable(change).await?,
                     Some(SourceEvent::Commit { position, commit_time_us }) => {
                         // The END record belongs to the transaction: the position waits for it too.
                         if let Some(open) = self.open_transaction.take() {
@@ -605,7 +687,7 @@ impl Publisher {
         value_schema.write_header(&mut self.value_buf);
         let context = EnvelopeContext {
             server_name: &self.topic_prefix,
-            connector: "postgresql",
+            connector: self.connector,
             version: env!("CARGO_PKG_VERSION"),
             processed_at_ms: now_ms(),
         };
@@ -773,10 +855,11 @@ impl Publisher {
     }
 
     /// The fixed topic `which` names; None for transaction metadata when it is off.
-    fn fixed_topic(&mut self, which: Fixed) -> Option<&mut FixedTopic> {
+    fn fixed_topic(&mut self, which: &Fixed) -> Option<&mut FixedTopic> {
         match which {
             Fixed::Messages => Some(&mut self.messages),
             Fixed::Transactions => self.transactions.as_mut(),
+            Fixed::Collection(namespace) => self.collections.get_mut(*namespace),
         }
     }
 
@@ -785,25 +868,25 @@ impl Publisher {
     /// that the broker refuses, goes to the dead-letter topic with its bodies.
     async fn publish_fixed(
         &mut self,
-        which: Fixed,
+        which: Fixed<'_>,
         key: &[u8],
         value: &[u8],
         headers: &[(String, Vec<u8>)],
     ) -> Result<(), PipelineError> {
-        let Some(fixed) = self.fixed_topic(which) else {
+        let Some(fixed) = self.fixed_topic(&which) else {
             return Ok(());
         };
-        let (topic, refs, schemas) = (fixed.topic.clone(), fixed.refs, fixed.schemas);
+        let (topic, refs) = (fixed.topic.clone(), fixed.refs);
         let (key_schema, value_schema) = match refs {
             Some(refs) => refs,
             None => {
-                let schemas = schemas(&topic);
+                let schemas = fixed.schemas.clone();
                 self.sink.ensure_topic(&topic, &self.stop).await?;
                 match self.schema_refs(&schemas).await? {
                     // Fixed topics always have a key schema.
                     Ok((Some(key_schema), value_schema)) => {
                         let refs = (key_schema, value_schema);
-                        if let Some(fixed) = self.fixed_topic(which) {
+                        if let Some(fixed) = self.fixed_topic(&which) {
                             fixed.refs = Some(refs);
                         }
                         refs
@@ -941,6 +1024,7 @@ impl Publisher {
             topic,
             error,
             instance: &self.topic_prefix,
+            connector: self.connector,
             failed_at_ms: now_ms(),
         }
     }

@@ -1,0 +1,187 @@
+//! `sluice check` for a MongoDB source: the server's topology and version, whether the user may open the
+//! change stream, the oplog window, and the pre- and post-image settings the config relies on.
+
+use mongodb::bson::{doc, Bson, Document, Timestamp};
+use mongodb::Client;
+
+use super::reader::{client, selection_filter, topology};
+use crate::config::{redact_secrets, BeforeImage, FullDocument, MongodbSourceConfig};
+use crate::preflight::Report;
+
+/// Below this the oplog cannot cover a day's outage, the usual time to notice and fix one.
+const MIN_OPLOG_WINDOW_HOURS: f64 = 24.0;
+/// MongoDB's error code for a missing privilege.
+const UNAUTHORIZED: i32 = 13;
+
+pub async fn check(source: &MongodbSourceConfig, report: &mut Report) {
+    let url = source.url.get_ref().as_str();
+    let shown = redact_secrets(url);
+    let client = match client(url).await {
+        Ok(client) => client,
+        Err(err) => return report.fail(err.to_string(), "fix `source.url`"),
+    };
+    let (replica_set, mongos) = match topology(&client, &shown).await {
+        Ok(found) => found,
+        Err(err) => {
+            report.fail(
+                err.to_string(),
+                "check that mongod runs, the address and port, the credentials, and TLS options in the URL",
+            );
+            return report.skip("change stream, oplog window and pre-images: not checked");
+        }
+    };
+    match (&replica_set, mongos) {
+        (Some(name), _) => report.pass(format!("MongoDB at {shown}: replica set `{name}`")),
+        (None, true) => report.pass(format!("MongoDB at {shown}: mongos of a sharded cluster")),
+        (None, false) => {
+            report.fail(
+                format!("MongoDB at {shown} is a standalone server: it has no change streams"),
+                "run it as a replica set (a one-member set will do: --replSet rs0, then rs.initiate())",
+            );
+            return report.skip("change stream, oplog window and pre-images: not checked");
+        }
+    }
+    let version = server_version(&client).await;
+    let images_wanted = source.before != BeforeImage::Off
+        || matches!(
+            source.full_document,
+            FullDocument::WhenAvailable | FullDocument::Required
+        );
+    match version {
+        Some((major, minor, text)) if (major, minor) < (4, 2) => report.fail(
+            format!("MongoDB {text}: sluice resumes change streams with startAfter, which needs 4.2 or later"),
+            "upgrade MongoDB",
+        ),
+        Some((major, _, text)) if major < 6 && images_wanted => report.fail(
+            format!("MongoDB {text}: pre- and post-images (`source.before`, `source.full_document`) need 6.0 or later"),
+            "upgrade MongoDB, or set `before = \"off\"` and `full_document = \"update_lookup\"`",
+        ),
+        Some((_, _, text)) => report.pass(format!("MongoDB {text}")),
+        None => report.warn("cannot read the server version (buildInfo)", "grant the user clusterMonitor"),
+    }
+
+    let opened = client
+        .watch()
+        .pipeline([selection_filter(&source.selection())])
+        .await;
+    match opened {
+        Ok(_) => report.pass("the user may open the change stream over the selected collections"),
+        Err(err) => {
+            let reason = redact_secrets(&err.to_string());
+            let fix = match err.kind.as_ref() {
+                mongodb::error::ErrorKind::Command(command) if command.code == UNAUTHORIZED => {
+                    "grant the user `find` and `changeStream` on the captured databases (the built-in `readAnyDatabase` role has both)"
+                }
+                _ => "see the server's message above",
+            };
+            report.fail(format!("cannot open the change stream: {reason}"), fix);
+        }
+    }
+
+    if replica_set.is_some() {
+        match oplog_window_hours(&client).await {
+            Ok(hours) if hours < MIN_OPLOG_WINDOW_HOURS => report.warn(
+                format!("oplog window: {hours:.1} h; a stop longer than that loses the position"),
+                "enlarge the oplog (replSetResizeOplog) or set a minimum retention (oplogMinRetentionHours)",
+            ),
+            Ok(hours) => report.pass(format!("oplog window: {hours:.1} h")),
+            Err(reason) => report.warn(
+                format!("cannot read the oplog window: {reason}"),
+                "grant the user `read` on the `local` database to have it checked",
+            ),
+        }
+    }
+
+    if images_wanted {
+        check_images(&client, source, report).await;
+    }
+}
+
+/// (major, minor, text) of the server version.
+async fn server_version(client: &Client) -> Option<(u32, u32, String)> {
+    let info = client
+        .database("admin")
+        .run_command(doc! { "buildInfo": 1 })
+        .await
+        .ok()?;
+    let text = info.get_str("version").ok()?.to_owned();
+    let mut parts = text.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??, text))
+}
+
+/// Hours between the oldest and the newest oplog entry.
+async fn oplog_window_hours(client: &Client) -> Result<f64, String> {
+    let oplog = client.database("local").collection::<Document>("oplog.rs");
+    let mut ends = Vec::new();
+    for direction in [1, -1] {
+        let entry = oplog
+            .find_one(doc! {})
+            .sort(doc! { "$natural": direction })
+            .projection(doc! { "ts": 1 })
+            .await
+            .map_err(|err| redact_secrets(&err.to_string()))?;
+        match entry.as_ref().and_then(|e| e.get("ts")) {
+            Some(Bson::Timestamp(Timestamp { time, .. })) => ends.push(*time),
+            _ => return Err("the oplog is empty".into()),
+        }
+    }
+    Ok(f64::from(ends[1].saturating_sub(ends[0])) / 3600.0)
+}
+
+/// Each selected collection records pre- and post-images when the config asks for them.
+async fn check_images(client: &Client, source: &MongodbSourceConfig, report: &mut Report) {
+    let selection = source.selection();
+    let databases = match client.list_database_names().await {
+        Ok(names) => names,
+        Err(err) => {
+            return report.warn(
+                format!(
+                    "cannot list databases to check pre- and post-images: {}",
+                    redact_secrets(&err.to_string())
+                ),
+                "grant the user listDatabases",
+            )
+        }
+    };
+    let mut without = Vec::new();
+    let mut with = 0;
+    for database in databases {
+        let Ok(specs) = client.database(&database).list_collections().await else {
+            continue;
+        };
+        use futures::TryStreamExt;
+        let specs: Vec<_> = specs.try_collect().await.unwrap_or_default();
+        for spec in specs {
+            if !selection.includes(&database, &spec.name) {
+                continue;
+            }
+            let enabled = spec
+                .options
+                .change_stream_pre_and_post_images
+                .is_some_and(|images| images.enabled);
+            if enabled {
+                with += 1;
+            } else {
+                without.push(format!("{database}.{}", spec.name));
+            }
+        }
+    }
+    if without.is_empty() {
+        report.pass(format!(
+            "pre- and post-images recorded by all {with} selected collections"
+        ));
+    } else {
+        let strict = source.before == BeforeImage::Required
+            || source.full_document == FullDocument::Required;
+        let what = format!(
+            "pre- and post-images are not recorded by {}",
+            without.join(", ")
+        );
+        let fix = "run db.runCommand({collMod: \"<collection>\", changeStreamPreAndPostImages: {enabled: true}}) for each";
+        if strict {
+            report.fail(what, fix);
+        } else {
+            report.warn(what, fix);
+        }
+    }
+}

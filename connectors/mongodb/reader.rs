@@ -1,0 +1,451 @@
+//! The change-stream reader: one deployment-wide change stream, filtered on the server to the selected
+//! collections, each event converted and handed to the pipeline with the resume token that positions it.
+//!
+//! MongoDB keeps no per-reader state (there is no slot to acknowledge), so the position file is the only
+//! record of how far sluice got: a token is stored once the broker has every event before it, and a
+//! restart opens the stream with `startAfter` that token (which, unlike `resumeAfter`, also accepts the
+//! token of an `invalidate`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mongodb::bson::{self, doc, Bson, Document};
+use mongodb::change_stream::event::ResumeToken;
+use mongodb::change_stream::ChangeStream;
+use mongodb::error::{Error as DriverError, ErrorKind};
+use mongodb::options::{
+    ChangeStreamOptions, ClientOptions, FullDocumentBeforeChangeType, FullDocumentType,
+};
+use mongodb::Client;
+use tokio::sync::{mpsc, watch};
+
+use super::change::{self, EventKind};
+use crate::config::{redact_secrets, BeforeImage, CollectionSelection, FullDocument};
+use crate::event::{Position, SourceEvent};
+use crate::metrics::Metrics;
+
+/// How long the server holds a getMore open when nothing happens: how quickly a stop is noticed.
+const MAX_AWAIT: Duration = Duration::from_secs(1);
+/// How often an idle stream's position (its post-batch resume token) is passed on to be stored.
+const IDLE_POSITION_INTERVAL: Duration = Duration::from_secs(10);
+/// Backoff between reconnection attempts after a transient failure.
+const RECONNECT_BACKOFF: [Duration; 5] = [
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+];
+/// MongoDB's error code for a resume point that is no longer in the oplog.
+const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MongodbError {
+    #[error("source.url: {0}")]
+    Url(String),
+    #[error("cannot reach MongoDB at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("MongoDB at {url} is a standalone server; change streams need a replica set or a sharded cluster (a one-member replica set will do: start mongod with --replSet and run rs.initiate())")]
+    Standalone { url: String },
+    #[error("the stored resume token is no longer in the oplog ({reason}): the changes since it are gone from the server. Move the position file {file} away to start from now (those changes are not published), and size the oplog for the longest outage to expect")]
+    HistoryLost { reason: String, file: String },
+    #[error("the position file holds a resume token that is not valid: {0}")]
+    BadToken(String),
+    #[error("the change stream failed: {0}")]
+    Stream(String),
+}
+
+/// What the reader needs from the config.
+#[derive(Clone, Debug)]
+pub struct MongodbSettings {
+    pub url: String,
+    pub selection: CollectionSelection,
+    pub full_document: FullDocument,
+    pub before: BeforeImage,
+}
+
+/// How the reader talks to the pipeline.
+pub struct DocumentStreamControl {
+    pub events: mpsc::Sender<SourceEvent>,
+    pub stop: watch::Receiver<bool>,
+    pub metrics: Arc<Metrics>,
+    /// The position file, named in errors that tell the operator to move it.
+    pub position_file: String,
+}
+
+pub struct MongodbSource {
+    client: Client,
+    settings: MongodbSettings,
+    replica_set: Option<Arc<str>>,
+}
+
+impl MongodbSource {
+    /// Connects and asks the server what it is: a standalone server has no change streams.
+    pub async fn connect(settings: MongodbSettings) -> Result<MongodbSource, MongodbError> {
+        let shown = redact_secrets(&settings.url);
+        let client = client(&settings.url).await?;
+        let (replica_set, mongos) = topology(&client, &shown).await?;
+        if replica_set.is_none() && !mongos {
+            return Err(MongodbError::Standalone { url: shown });
+        }
+        tracing::info!(url = %shown, replica_set = replica_set.as_deref().unwrap_or("(mongos)"), "connected to MongoDB");
+        Ok(MongodbSource {
+            client,
+            settings,
+            replica_set,
+        })
+    }
+
+    /// Streams changes after `resume` (a stored resume token), or from now, until a stop request or
+    /// the pipeline going away. Transient failures reconnect with backoff from the last token read.
+    pub async fn stream(
+        self,
+        resume: Option<String>,
+        mut control: DocumentStreamControl,
+    ) -> Result<(), MongodbError> {
+        let mut token = resume.as_deref().map(parse_token).transpose()?;
+        let mut failures = 0usize;
+        loop {
+            if *control.stop.borrow() {
+                return Ok(());
+            }
+            match self.stream_once(&mut token, &mut control).await {
+                Ok(Ended::Stopped) => return Ok(()),
+                Ok(Ended::Invalidated) => {
+                    failures = 0;
+                    tracing::info!("the change stream was invalidated: opening a new one after it");
+                }
+                Err(err) if is_transient(&err) => {
+                    let wait = RECONNECT_BACKOFF[failures.min(RECONNECT_BACKOFF.len() - 1)];
+                    failures += 1;
+                    control.metrics.reconnected();
+                    tracing::warn!(error = %redact_secrets(&err.to_string()), retry_in = ?wait, "MongoDB connection lost: reconnecting from the last change read");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = control.stop.changed() => {}
+                    }
+                }
+                Err(err) => return Err(self.describe(err, &control)),
+            }
+        }
+    }
+
+    /// One change stream, from `token` on; `token` follows every event read.
+    async fn stream_once(
+        &self,
+        token: &mut Option<ResumeToken>,
+        control: &mut DocumentStreamControl,
+    ) -> Result<Ended, DriverError> {
+        let options = ChangeStreamOptions::builder()
+            .full_document(self.settings.full_document.option().map(full_document_type))
+            .full_document_before_change(self.settings.before.option().map(before_change_type))
+            .start_after(token.clone())
+            .max_await_time(MAX_AWAIT)
+            .build();
+        let mut stream: ChangeStream<Document> = self
+            .client
+            .watch()
+            .pipeline([selection_filter(&self.settings.selection)])
+            .with_options(options)
+            .await?
+            .with_type::<Document>();
+        control.metrics.set_streaming(true);
+        let mut last_idle = tokio::time::Instant::now();
+        // The stream's starting point is stored at once: a first run that stops before any change must
+        // resume from here, not from whenever it starts next.
+        let mut pass_idle = token.is_none();
+        loop {
+            if *control.stop.borrow() {
+                return Ok(Ended::Stopped);
+            }
+            let Some(event) = stream.next_if_any().await? else {
+                let idle_token = stream.resume_token();
+                if idle_token.is_some() && idle_token != *token {
+                    if pass_idle || last_idle.elapsed() >= IDLE_POSITION_INTERVAL {
+                        let position = position_of(idle_token.as_ref())?;
+                        if !send(control, SourceEvent::Idle { position }).await {
+                            return Ok(Ended::Stopped);
+                        }
+                        last_idle = tokio::time::Instant::now();
+                        pass_idle = false;
+                    }
+                    *token = idle_token;
+                }
+                continue;
+            };
+            *token = stream.resume_token();
+            match change::convert(&event, self.replica_set.as_ref()) {
+                Ok(converted) => {
+                    let position = Position::Mongodb {
+                        resume_token: converted.resume_token,
+                    };
+                    match converted.kind {
+                        EventKind::Change(change) => {
+                            if !self
+                                .settings
+                                .selection
+                                .includes(&change.database, &change.collection)
+                            {
+                                continue;
+                            }
+                            let commit_time_us = change
+                                .source
+                                .wall_time_ms
+                                .map(|ms| ms * 1000)
+                                .unwrap_or(i64::from(change.source.cluster_time.0) * 1_000_000);
+                            if !send(control, SourceEvent::Document(*change)).await
+                                || !send(
+                                    control,
+                                    SourceEvent::Commit {
+                                        position,
+                                        commit_time_us: Some(commit_time_us),
+                                    },
+                                )
+                                .await
+                            {
+                                return Ok(Ended::Stopped);
+                            }
+                        }
+                        EventKind::Ddl {
+                            operation,
+                            namespace,
+                            to,
+                        } => {
+                            tracing::info!(%operation, %namespace, to = to.as_deref().unwrap_or(""), "collection-level change: no document events to publish");
+                            if !send(control, SourceEvent::Idle { position }).await {
+                                return Ok(Ended::Stopped);
+                            }
+                        }
+                        EventKind::Invalidate => {
+                            if !send(control, SourceEvent::Idle { position }).await {
+                                return Ok(Ended::Stopped);
+                            }
+                            return Ok(Ended::Invalidated);
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "change event without an event form: sent to the dead-letter topic");
+                    let letter = err.undecodable(&event);
+                    let position = position_of(token.as_ref())?;
+                    if !send(control, SourceEvent::Undecodable(letter)).await
+                        || !send(control, SourceEvent::Idle { position }).await
+                    {
+                        return Ok(Ended::Stopped);
+                    }
+                }
+            }
+        }
+    }
+
+    fn describe(&self, err: DriverError, control: &DocumentStreamControl) -> MongodbError {
+        let reason = redact_secrets(&err.to_string());
+        match err.kind.as_ref() {
+            ErrorKind::Command(command) if command.code == CHANGE_STREAM_HISTORY_LOST => {
+                MongodbError::HistoryLost {
+                    reason,
+                    file: control.position_file.clone(),
+                }
+            }
+            _ => MongodbError::Stream(reason),
+        }
+    }
+}
+
+/// A client for `url`, named `sluice` in the server's logs unless the URL names it.
+pub async fn client(url: &str) -> Result<Client, MongodbError> {
+    let mut options = ClientOptions::parse(url)
+        .await
+        .map_err(|err| MongodbError::Url(redact_secrets(&err.to_string())))?;
+    options.app_name.get_or_insert_with(|| "sluice".to_owned());
+    Client::with_options(options).map_err(|err| MongodbError::Url(redact_secrets(&err.to_string())))
+}
+
+/// The replica set's name, and whether the server is a mongos, from `hello`.
+pub async fn topology(
+    client: &Client,
+    shown: &str,
+) -> Result<(Option<Arc<str>>, bool), MongodbError> {
+    let hello = client
+        .database("admin")
+        .run_command(doc! { "hello": 1 })
+        .await
+        .map_err(|err| MongodbError::Unreachable {
+            url: shown.to_owned(),
+            reason: redact_secrets(&err.to_string()),
+        })?;
+    let replica_set = hello.get_str("setName").ok().map(Arc::<str>::from);
+    let mongos = hello.get_str("msg") == Ok("isdbgrid");
+    Ok((replica_set, mongos))
+}
+
+enum Ended {
+    Stopped,
+    /// The stream ended with an `invalidate`: a new one starts after it.
+    Invalidated,
+}
+
+/// Sends to the pipeline; false when it has gone away (it stopped or failed).
+async fn send(control: &DocumentStreamControl, event: SourceEvent) -> bool {
+    control.events.send(event).await.is_ok()
+}
+
+/// Failures a reconnect can cure: the network, an election, a server restarting.
+fn is_transient(err: &DriverError) -> bool {
+    match err.kind.as_ref() {
+        ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::ServerSelection { .. } => true,
+        _ => {
+            err.contains_label("ResumableChangeStreamError")
+                || err.contains_label("RetryableWriteError")
+                || err.contains_label("NetworkError")
+        }
+    }
+}
+
+/// A `$match` stage keeping the selected collections' events, and the events that concern a whole
+/// database or the stream itself (`dropDatabase`, `invalidate`), which name no collection.
+pub fn selection_filter(selection: &CollectionSelection) -> Document {
+    let namespace = |pattern: &crate::config::CollectionPattern| {
+        doc! {
+            "ns.db": { "$regex": anchored(&pattern.database) },
+            "ns.coll": { "$regex": anchored(&pattern.collection) },
+        }
+    };
+    let include: Vec<Bson> = selection
+        .include
+        .iter()
+        .map(|p| Bson::Document(namespace(p)))
+        .collect();
+    let exclude: Vec<Bson> = selection
+        .exclude
+        .iter()
+        .map(|p| Bson::Document(namespace(p)))
+        .collect();
+    let mut selected = doc! { "$or": include };
+    if !exclude.is_empty() {
+        selected = doc! { "$and": [selected, { "$nor": exclude }] };
+    }
+    doc! { "$match": { "$or": [
+        selected,
+        { "operationType": { "$in": ["dropDatabase", "invalidate"] } },
+    ] } }
+}
+
+/// A wildcard pattern (`*` for any run) as an anchored regular expression.
+fn anchored(pattern: &str) -> String {
+    let mut regex = String::from("^");
+    for (i, part) in pattern.split('*').enumerate() {
+        if i > 0 {
+            regex.push_str(".*");
+        }
+        for c in part.chars() {
+            if "\\^$.|?*+()[]{}".contains(c) {
+                regex.push('\\');
+            }
+            regex.push(c);
+        }
+    }
+    regex.push('$');
+    regex
+}
+
+fn full_document_type(option: &str) -> FullDocumentType {
+    match option {
+        "updateLookup" => FullDocumentType::UpdateLookup,
+        "whenAvailable" => FullDocumentType::WhenAvailable,
+        "required" => FullDocumentType::Required,
+        other => FullDocumentType::Other(other.to_owned()),
+    }
+}
+
+fn before_change_type(option: &str) -> FullDocumentBeforeChangeType {
+    match option {
+        "whenAvailable" => FullDocumentBeforeChangeType::WhenAvailable,
+        "required" => FullDocumentBeforeChangeType::Required,
+        _ => FullDocumentBeforeChangeType::Off,
+    }
+}
+
+/// A resume token as the position file holds it: canonical Extended JSON.
+pub fn token_text(token: &ResumeToken) -> Result<String, DriverError> {
+    let value = bson::to_bson(token).map_err(DriverError::custom)?;
+    Ok(change::canonical_json(&value))
+}
+
+fn position_of(token: Option<&ResumeToken>) -> Result<Position, DriverError> {
+    let token =
+        token.ok_or_else(|| DriverError::custom("the change stream gave no resume token"))?;
+    Ok(Position::Mongodb {
+        resume_token: token_text(token)?,
+    })
+}
+
+/// The stored text back into a token the driver sends as it is.
+pub fn parse_token(text: &str) -> Result<ResumeToken, MongodbError> {
+    let json: serde_json::Value =
+        serde_json::from_str(text).map_err(|err| MongodbError::BadToken(err.to_string()))?;
+    let value = match Bson::try_from(json) {
+        Ok(value @ Bson::Document(_)) => value,
+        Ok(other) => {
+            return Err(MongodbError::BadToken(format!(
+                "expected a document, found {:?}",
+                other.element_type()
+            )))
+        }
+        Err(err) => return Err(MongodbError::BadToken(err.to_string())),
+    };
+    // The token type reads only from raw BSON: wrap it in a document and read that back.
+    #[derive(serde::Deserialize)]
+    struct Wrapped {
+        token: ResumeToken,
+    }
+    let bytes = bson::to_vec(&doc! { "token": value })
+        .map_err(|err| MongodbError::BadToken(err.to_string()))?;
+    bson::from_slice::<Wrapped>(&bytes)
+        .map(|w| w.token)
+        .map_err(|err| MongodbError::BadToken(err.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CollectionPattern;
+
+    #[test]
+    fn a_stored_token_reads_back_into_the_same_token() {
+        let text = r#"{"_data":"8264F0A1B2000000012B022C0100296E5A1004"}"#;
+        let token = parse_token(text).unwrap();
+        assert_eq!(token_text(&token).unwrap(), text);
+        assert!(matches!(parse_token("{"), Err(MongodbError::BadToken(_))));
+        assert!(matches!(parse_token("5"), Err(MongodbError::BadToken(_))));
+    }
+
+    #[test]
+    fn wildcards_become_anchored_regexes_with_the_rest_escaped() {
+        assert_eq!(anchored("shop"), "^shop$");
+        assert_eq!(anchored("*"), "^.*$");
+        assert_eq!(anchored("people.v2*"), "^people\\.v2.*$");
+        assert_eq!(anchored("a(b)"), "^a\\(b\\)$");
+    }
+
+    #[test]
+    fn the_filter_keeps_selected_collections_and_stream_level_events() {
+        let selection = CollectionSelection {
+            include: vec![CollectionPattern::parse("shop.*").unwrap()],
+            exclude: vec![CollectionPattern::parse("shop.audit").unwrap()],
+        };
+        let stage = selection_filter(&selection);
+        let text = stage.to_string();
+        assert!(
+            text.contains(r#""ns.db": { "$regex": "^shop$" }"#),
+            "{text}"
+        );
+        assert!(text.contains(r#""$nor": [{ "ns.db": { "$regex": "^shop$" }, "ns.coll": { "$regex": "^audit$" } }]"#), "{text}");
+        assert!(
+            text.contains(r#""$in": ["dropDatabase", "invalidate"]"#),
+            "{text}"
+        );
+    }
+}

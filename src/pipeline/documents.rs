@@ -1,0 +1,211 @@
+//! `sluice run` for a MongoDB source: the change-stream reader, the same publishing loop, and the resume
+//! token stored once the broker has every event before it.
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{
+    acknowledge, acknowledged_text, start, Fixed, FixedTopic, PipelineError, Publisher, Started,
+    EVENT_BUFFER,
+};
+use crate::avro;
+use crate::config::{Config, MongodbSourceConfig};
+use crate::connectors::mongodb::reader::{
+    DocumentStreamControl, MongodbError, MongodbSettings, MongodbSource,
+};
+use crate::deadletter::{DeadLetter, Stage};
+use crate::event::{DocumentChange, Position, UndecodableChange};
+use crate::positions::{now_ms, PositionStore};
+use crate::sink::{MessageKind, Outgoing};
+
+/// The position file's name: one MongoDB instance per topic prefix.
+fn position_name(config: &Config) -> String {
+    format!("{}.mongodb", config.sink.topic_prefix.get_ref().as_str())
+}
+
+pub(super) async fn run(
+    config: &Config,
+    source: &MongodbSourceConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<(), PipelineError> {
+    let store = PositionStore::open(
+        std::path::Path::new(config.positions.dir.get_ref().as_str()),
+        &position_name(config),
+    )?;
+    let resume = match store.load()?.map(|stored| stored.position) {
+        None => None,
+        Some(Position::Mongodb { resume_token }) => Some(resume_token),
+        Some(other) => {
+            return Err(PipelineError::ForeignPosition {
+                file: store.path().to_owned(),
+                position: other.to_string(),
+            })
+        }
+    };
+    let Started {
+        mut publisher,
+        mut failures,
+        tracker,
+        metrics,
+        _broker_watch,
+    } = start(config, &stop, "mongodb").await?;
+    let settings = MongodbSettings {
+        url: source.url.get_ref().as_str().to_owned(),
+        selection: source.selection(),
+        full_document: source.full_document,
+        before: source.before,
+    };
+    let reader = MongodbSource::connect(settings).await?;
+    match &resume {
+        Some(token) => {
+            tracing::info!(resume_token = %token, file = %store.path().display(), "resuming after stored position")
+        }
+        None => tracing::info!("no stored position: publishing changes from now on"),
+    }
+
+    let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
+    let position_file = store.path().display().to_string();
+    let reading = tokio::spawn(reader.stream(
+        resume.clone(),
+        DocumentStreamControl {
+            events: events_tx,
+            stop: stop.clone(),
+            metrics: metrics.clone(),
+            position_file,
+        },
+    ));
+    let (finish_tx, finish_rx) = oneshot::channel();
+    let acknowledger = tokio::spawn(acknowledge(
+        tracker.clone(),
+        metrics.clone(),
+        store,
+        // Change streams keep nothing on the server for their readers: the file is the only record.
+        |_| {},
+        resume.map(|resume_token| Position::Mongodb { resume_token }),
+        finish_rx,
+    ));
+
+    let published = publisher.publish_all(events_rx, &mut failures).await;
+    if let Err(err) = &published {
+        tracing::error!(error = %err, "publishing failed: stopping the reader");
+    }
+    let events = publisher.events;
+    let _ = finish_tx.send(());
+    let acknowledged = acknowledger.await.map_err(|_| PipelineError::ReaderGone)?;
+    let read = reading.await.map_err(|_| PipelineError::ReaderGone)?;
+    tracing::info!(
+        events,
+        dead_letters = metrics.dead_letter_total(),
+        dead_letters_by_stage_and_table = %metrics.dead_letter_breakdown(),
+        acknowledged = %acknowledged_text(&acknowledged),
+        "pipeline stopped"
+    );
+    published?;
+    read?;
+    acknowledged?;
+    Ok(())
+}
+
+impl From<MongodbError> for PipelineError {
+    fn from(err: MongodbError) -> PipelineError {
+        PipelineError::Mongodb(err)
+    }
+}
+
+impl Publisher {
+    /// A document change, to its collection's topic (created, and its schemas registered, the first time).
+    pub(super) async fn publish_document(
+        &mut self,
+        change: DocumentChange,
+    ) -> Result<(), PipelineError> {
+        self.events += 1;
+        let namespace = change.namespace();
+        if !self.collections.contains_key(&namespace) {
+            let schemas =
+                avro::document_schemas(&self.topic_prefix, &change.database, &change.collection);
+            self.collections
+                .insert(namespace.clone(), FixedTopic::with_schemas(schemas));
+        }
+        let mut key = Vec::with_capacity(change.key.len() + 8);
+        avro::encode_document_key(&change, &mut key);
+        let mut value = Vec::with_capacity(
+            change.after.as_ref().map_or(0, String::len)
+                + change.before.as_ref().map_or(0, String::len)
+                + 256,
+        );
+        avro::encode_document_envelope(&change, &self.topic_prefix, now_ms(), &mut value);
+        let mut headers = Vec::with_capacity(1);
+        if let Some(token) = &change.source.resume_token {
+            headers.push(("sluice.resume_token".to_owned(), token.clone().into_bytes()));
+        }
+        let bytes = key.len() + value.len();
+        self.publish_fixed(Fixed::Collection(&namespace), &key, &value, &headers)
+            .await?;
+        self.metrics
+            .event_published(&namespace, change.op.code(), bytes);
+        if change.source.snapshot == crate::event::SnapshotMarker::False {
+            self.metrics
+                .published_commit(change.source.wall_time_ms.map_or(0, |ms| ms * 1000));
+        }
+        // A delete is followed by a tombstone so that compaction can drop the key.
+        if change.op == crate::event::Op::Delete {
+            self.publish_tombstone(&Fixed::Collection(&namespace), &key, &headers)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A tombstone (null value) with the key of the record just published to `which`'s topic.
+    async fn publish_tombstone(
+        &mut self,
+        which: &Fixed<'_>,
+        key: &[u8],
+        headers: &[(String, Vec<u8>)],
+    ) -> Result<(), PipelineError> {
+        // No schemas means the record itself went to the dead-letter topic: nothing to tombstone.
+        let Some((topic, (key_schema, _))) = self
+            .fixed_topic(which)
+            .and_then(|fixed| Some((fixed.topic.clone(), fixed.refs?)))
+        else {
+            return Ok(());
+        };
+        self.key_buf.clear();
+        key_schema.write_header(&mut self.key_buf);
+        self.key_buf.extend_from_slice(key);
+        let header_refs: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_slice()))
+            .collect();
+        let tombstone = Outgoing {
+            topic: &topic,
+            key: Some(&self.key_buf),
+            payload: None,
+            headers: &header_refs,
+        };
+        let ordinal = self.tracker.register();
+        self.sink
+            .send(&tombstone, ordinal, MessageKind::Event)
+            .await?;
+        Ok(())
+    }
+
+    /// A change that has no event form, to the dead-letter topic as the source printed it.
+    pub(super) async fn dead_letter_undecodable(
+        &mut self,
+        change: UndecodableChange,
+    ) -> Result<(), PipelineError> {
+        let topic = match change
+            .namespace
+            .as_deref()
+            .and_then(|ns| ns.split_once('.'))
+        {
+            Some((db, coll)) => avro::document_topic(&self.topic_prefix, db, coll),
+            None => self.dead_letter_topic.clone(),
+        };
+        let letter = DeadLetter::for_undecodable(
+            &change,
+            self.failure(Stage::Decode, &topic, &change.reason),
+        );
+        let ordinal = self.tracker.register();
+        self.send_dead_letter(&letter, None, ordinal).await
+    }
+}
