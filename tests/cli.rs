@@ -78,6 +78,18 @@ fn validate_accepts_a_good_config_and_the_shipped_example() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(example.contains("[sink.kafka]"));
+
+    let mongodb = concat!(env!("CARGO_MANIFEST_DIR"), "/config/mongodb.toml");
+    let output = std::process::Command::new(common::sluice_bin())
+        .args(["validate", "--offline", "-c", mongodb])
+        .env("MONGODB_PASSWORD", "x")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "config/mongodb.toml: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]

@@ -1,12 +1,17 @@
-//! Test harness for sluice: throwaway PostgreSQL clusters, a tansu broker, and a schema-registry test
-//! double. Every fixture owns a temporary directory and its processes, and cleans both up on drop.
+//! Test harness for sluice: throwaway PostgreSQL clusters, a tansu broker, a schema-registry test
+//! double and a MongoDB wire-protocol test double. Every fixture owns a temporary directory and its
+//! processes, and cleans both up on drop.
 
 pub mod broker;
 pub mod config;
+pub mod mongo_double;
 pub mod postgres;
 pub mod registry;
 
 mod log_tail;
+
+/// The BSON crate the MongoDB double speaks, for tests that build change events.
+pub use bson;
 
 use std::collections::HashSet;
 use std::net::TcpListener;
@@ -78,7 +83,7 @@ pub fn http_get(address: &str, path: &str) -> anyhow::Result<(String, String)> {
 }
 
 /// A random hex string, for passwords and consumer-group names that must not clash between tests.
-pub(crate) fn random_hex() -> String {
+pub fn random_hex() -> String {
     use std::hash::{BuildHasher, Hasher};
     // RandomState is seeded from the OS per instance: enough randomness without a dependency.
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();

@@ -1,0 +1,428 @@
+//! The MongoDB reader end to end through the real driver, against the wire-protocol TEST DOUBLE in
+//! `tests/support/src/mongo_double.rs` (no MongoDB server can be installed here), a real tansu broker
+//! and the registry double: events in MongoDB's documented format go in, Avro events come out, the
+//! resume token survives a dropped connection and a restart, a lost token stops sluice with a clear
+//! error, and a malformed event goes to the dead-letter topic. `tests/mongodb_live.rs` runs the same
+//! kind of scenario against a real replica set when `MONGODB_URI` is set.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+use sluice::avro::SchemaRef;
+use sluice_testkit::broker::{read_topic, Record, Tansu};
+use sluice_testkit::bson::{doc, Bson, Document};
+use sluice_testkit::mongo_double::{change_event, MongoDouble, REPLICA_SET};
+use sluice_testkit::registry::RegistryDouble;
+
+use common::Daemon;
+
+const PREFIX: &str = "app";
+
+struct Setup {
+    double: MongoDouble,
+    broker: Tansu,
+    registry: RegistryDouble,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        Setup {
+            double: MongoDouble::start()
+                .await
+                .expect("start the MongoDB double"),
+            broker: Tansu::start().expect("start tansu"),
+            registry: RegistryDouble::start().expect("start the registry double"),
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        let text = format!(
+            r#"[source]
+kind = "mongodb"
+url = "{url}"
+collections = ["shop.*"]
+exclude_collections = ["shop.audit"]
+
+[sink]
+kind = "kafka"
+brokers = "{brokers}"
+topic_prefix = "{PREFIX}"
+dead_letter_topic = "{PREFIX}.dlq"
+topic_partitions = 1
+topic_replication_factor = 1
+shutdown_timeout_secs = 10
+
+[avro]
+registry_url = "{registry}"
+
+[positions]
+dir = "{positions}"
+"#,
+            url = self.double.url(),
+            brokers = self.broker.bootstrap(),
+            registry = self.registry.url(),
+            positions = self.dir.path().join("positions").display(),
+        );
+        let path = self.dir.path().join("sluice.toml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    fn position_file(&self) -> Option<Json> {
+        let path = self
+            .dir
+            .path()
+            .join(format!("positions/{PREFIX}.mongodb.position.json"));
+        let text = std::fs::read_to_string(path).ok()?;
+        Some(serde_json::from_str(&text).expect("position file is JSON"))
+    }
+
+    fn stored_token(&self) -> Option<String> {
+        let file = self.position_file()?;
+        file["position"]["resume_token"].as_str().map(str::to_owned)
+    }
+
+    async fn read(&self, topic: &str, min: usize) -> Vec<Record> {
+        read_topic(
+            &self.broker.bootstrap(),
+            topic,
+            min,
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("read topic")
+    }
+
+    fn decode(&self, body: &[u8]) -> Json {
+        let Some((SchemaRef::RegistryId(id), datum)) = SchemaRef::split(body) else {
+            panic!("not Confluent-framed: {body:?}");
+        };
+        let (_, schema) = self
+            .registry
+            .schemas()
+            .into_iter()
+            .find(|(i, _)| *i == id)
+            .unwrap_or_else(|| panic!("schema {id} is not in the registry"));
+        sluice::tail::decode_datum(&schema, datum).expect("decode")
+    }
+
+    /// (key, value) of each record, decoded; a tombstone's value is null.
+    fn decode_all(&self, records: &[Record]) -> Vec<(Json, Json)> {
+        records
+            .iter()
+            .map(|r| {
+                let key = self.decode(r.key.as_deref().expect("every record has a key"));
+                let value = r.value.as_deref().map_or(Json::Null, |v| self.decode(v));
+                (key, value)
+            })
+            .collect()
+    }
+}
+
+/// Waits until `check` holds, or fails with the daemon's log.
+async fn wait_until(what: &str, daemon: &Daemon, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn insert(coll: &str, id: i32, fields: Document) -> Document {
+    let mut event = change_event("insert", "shop", coll, id);
+    let mut document = doc! { "_id": id };
+    document.extend(fields);
+    event.insert("fullDocument", document);
+    event
+}
+
+fn text_of(json: &Json) -> Json {
+    serde_json::from_str(json.as_str().expect("a JSON string")).expect("Extended JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_streams_publish_resume_and_dead_letter_through_the_driver() {
+    let setup = Setup::start().await;
+    let config = setup.config();
+    let mut daemon = Daemon::start(&config);
+    wait_until(
+        "the change stream and the first stored position",
+        &daemon,
+        || !setup.double.change_stream_stages().is_empty() && setup.stored_token().is_some(),
+    )
+    .await;
+    let first = &setup.double.change_stream_stages()[0];
+    assert_eq!(first.get_bool("allChangesForCluster"), Ok(true), "{first}");
+    assert_eq!(first.get_str("fullDocument"), Ok("updateLookup"), "{first}");
+    assert!(
+        first.get("startAfter").is_none(),
+        "a first run starts from now: {first}"
+    );
+
+    let double = &setup.double;
+    double.append(insert(
+        "orders",
+        1,
+        doc! { "qty": 5_i64, "price": Bson::Decimal128("12.50".parse().unwrap()) },
+    ));
+    let mut update = change_event("update", "shop", "orders", 1);
+    update.insert(
+        "updateDescription",
+        doc! { "updatedFields": { "qty": 6_i32 }, "removedFields": ["price"] },
+    );
+    update.insert("fullDocument", doc! { "_id": 1, "qty": 6_i32 });
+    double.append(update);
+    let mut replace = change_event("replace", "shop", "orders", 1);
+    replace.insert("fullDocument", doc! { "_id": 1, "whole": "new" });
+    double.append(replace);
+    double.append(insert("audit", 9, doc! { "who": "x" }));
+    // A transaction over two collections: each event carries the transaction number and session.
+    for (coll, id) in [("orders", 2), ("customers", 7)] {
+        let mut event = insert(coll, id, doc! {});
+        event.insert("txnNumber", 3_i64);
+        event.insert("lsid", doc! { "id": Bson::Binary(sluice_testkit::bson::Binary { subtype: sluice_testkit::bson::spec::BinarySubtype::Uuid, bytes: vec![1; 16] }) });
+        double.append(event);
+    }
+    double.append(change_event("delete", "shop", "orders", 1));
+    let mut malformed = change_event("insert", "shop", "orders", 3);
+    malformed.remove("documentKey");
+    malformed.insert("fullDocument", doc! { "_id": 3 });
+    double.append(malformed);
+    let mut drop = change_event("drop", "shop", "old", 0);
+    drop.remove("documentKey");
+    drop.remove("wallTime");
+    let last_before_cut = double.append(drop);
+
+    let orders = setup.decode_all(&setup.read(&format!("{PREFIX}.shop.orders"), 6).await);
+    let ops: Vec<&str> = orders
+        .iter()
+        .map(|(_, v)| v["op"].as_str().unwrap_or("tombstone"))
+        .collect();
+    assert_eq!(ops, ["c", "u", "u", "c", "d", "tombstone"], "{orders:#?}");
+    let (key, created) = &orders[0];
+    assert_eq!(key["id"], "{\"$numberInt\":\"1\"}");
+    assert_eq!(
+        text_of(&created["after"]),
+        serde_json::json!({"_id": {"$numberInt": "1"}, "qty": {"$numberLong": "5"}, "price": {"$numberDecimal": "12.50"}})
+    );
+    assert!(created["before"].is_null());
+    let source = &created["source"];
+    assert_eq!(source["connector"], "mongodb");
+    assert_eq!(source["name"], PREFIX);
+    assert_eq!(source["db"], "shop");
+    assert_eq!(source["collection"], "orders");
+    assert_eq!(source["rs"], REPLICA_SET);
+    assert_eq!(source["snapshot"], "false");
+    let (_, updated) = &orders[1];
+    assert_eq!(
+        text_of(&updated["updateDescription"]["updatedFields"]),
+        serde_json::json!({"qty": {"$numberInt": "6"}})
+    );
+    assert_eq!(
+        updated["updateDescription"]["removedFields"],
+        serde_json::json!(["price"])
+    );
+    assert_eq!(
+        text_of(&updated["after"])["qty"],
+        serde_json::json!({"$numberInt": "6"})
+    );
+    assert_eq!(text_of(&orders[2].1["after"])["whole"], "new");
+    let (_, in_transaction) = &orders[3];
+    assert_eq!(in_transaction["source"]["txnNumber"], 3);
+    assert_eq!(
+        in_transaction["source"]["lsid"],
+        "01010101-0101-0101-0101-010101010101"
+    );
+    assert!(
+        orders[4].1["after"].is_null() && orders[5].1.is_null(),
+        "a delete, then its tombstone"
+    );
+    assert_eq!(orders[5].0["id"], "{\"$numberInt\":\"1\"}");
+
+    let customers = setup.decode_all(&setup.read(&format!("{PREFIX}.shop.customers"), 1).await);
+    assert_eq!(customers.len(), 1);
+    assert_eq!(customers[0].1["source"]["txnNumber"], 3);
+    // Every later event is on the broker, so a topic for the audit collection would be there by now.
+    let audit = read_topic(
+        &setup.broker.bootstrap(),
+        &format!("{PREFIX}.shop.audit"),
+        0,
+        Duration::from_secs(3),
+    )
+    .await
+    .expect("read topic");
+    assert!(audit.is_empty(), "an excluded collection publishes nothing");
+
+    let letters = setup.read(&format!("{PREFIX}.dlq"), 1).await;
+    assert_eq!(letters.len(), 1, "one dead letter: the malformed event");
+    let letter = setup.decode(letters[0].value.as_deref().unwrap());
+    assert_eq!(letter["stage"], "decode");
+    assert_eq!(letter["error"], "change event field `documentKey`: missing");
+    assert_eq!(letter["collection"], "shop.orders");
+    assert_eq!(letter["source"]["connector"], "mongodb");
+    let raw: Json = serde_json::from_str(letter["change"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        raw["fullDocument"]["_id"], 3,
+        "the event as the server sent it"
+    );
+
+    // Everything up to the drop is on the broker: its token is the stored position.
+    let cut_token = sluice::connectors::mongodb::change::canonical_json(&Bson::Document(
+        last_before_cut.clone(),
+    ));
+    wait_until("the position after the drop event", &daemon, || {
+        setup.stored_token().as_deref() == Some(cut_token.as_str())
+    })
+    .await;
+
+    // A dropped connection: the stream resumes after the last event read, nothing lost or repeated.
+    let aggregates_before = double.change_stream_stages().len();
+    double.drop_connections();
+    double.append(insert("orders", 4, doc! {}));
+    let orders = setup.read(&format!("{PREFIX}.shop.orders"), 7).await;
+    assert_eq!(orders.len(), 7, "one more event after the cut, once");
+    let resumed = double.change_stream_stages();
+    assert!(
+        resumed.len() > aggregates_before,
+        "the stream was opened again"
+    );
+    let resumed_from = resumed.last().unwrap();
+    let token = resumed_from
+        .get_document("resumeAfter")
+        .or_else(|_| resumed_from.get_document("startAfter"));
+    assert_eq!(
+        token,
+        Ok(&last_before_cut),
+        "resumed from the last event read: {resumed_from}"
+    );
+
+    // A restart resumes after the stored token: what was written while sluice was down arrives once.
+    let last = double.append(insert("orders", 5, doc! {}));
+    let last_token =
+        sluice::connectors::mongodb::change::canonical_json(&Bson::Document(last.clone()));
+    wait_until("the position of the last event", &daemon, || {
+        setup.stored_token().as_deref() == Some(last_token.as_str())
+    })
+    .await;
+    daemon.stop_cleanly();
+    assert!(
+        daemon.log().contains("pipeline stopped"),
+        "{}",
+        daemon.log()
+    );
+    double.append(insert("orders", 6, doc! {}));
+    let final_token = double.append(insert("customers", 8, doc! {}));
+    let final_token =
+        sluice::connectors::mongodb::change::canonical_json(&Bson::Document(final_token));
+    let mut daemon = Daemon::start(&config);
+    let orders = setup.decode_all(&setup.read(&format!("{PREFIX}.shop.orders"), 9).await);
+    let customers = setup.read(&format!("{PREFIX}.shop.customers"), 2).await;
+    assert_eq!(orders.len(), 9, "{orders:#?}");
+    assert_eq!(customers.len(), 2);
+    let ids: Vec<&str> = orders[6..]
+        .iter()
+        .map(|(k, _)| k["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "{\"$numberInt\":\"4\"}",
+            "{\"$numberInt\":\"5\"}",
+            "{\"$numberInt\":\"6\"}"
+        ]
+    );
+    let restarted = double.change_stream_stages().last().cloned().unwrap();
+    assert_eq!(
+        restarted.get_document("startAfter"),
+        Ok(&last),
+        "{restarted}"
+    );
+    wait_until("the position of the last event", &daemon, || {
+        setup.stored_token().as_deref() == Some(final_token.as_str())
+    })
+    .await;
+    daemon.stop_cleanly();
+
+    // The stored token fell off the oplog: sluice stops and says what happened and what to do.
+    double.forget_history();
+    double.append(insert("orders", 10, doc! {}));
+    let mut daemon = Daemon::start(&config);
+    let status = daemon.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{}", daemon.log());
+    let log = daemon.log();
+    assert!(log.contains("no longer in the oplog"), "{log}");
+    assert!(log.contains("Move the position file"), "{log}");
+    assert_eq!(
+        setup.stored_token().as_deref(),
+        Some(final_token.as_str()),
+        "the position is kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_check_reports_the_double_as_a_replica_set_and_what_it_cannot_read() {
+    let setup = Setup::start().await;
+    let config = setup.config();
+    let (status, stdout, stderr) = common::sluice(&["check", "-c", config.to_str().unwrap()]);
+    assert!(
+        stdout.contains(&format!(
+            "[ ok ] MongoDB at {}: replica set `{REPLICA_SET}`",
+            setup.double.url()
+        )),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("[ ok ] MongoDB 6.0.0"), "{stdout}");
+    assert!(
+        stdout.contains("[ ok ] the user may open the change stream"),
+        "{stdout}"
+    );
+    // The double has no local.oplog.rs: the window cannot be read, which is a warning, not a failure.
+    assert!(
+        stdout.contains("[warn] cannot read the oplog window"),
+        "{stdout}"
+    );
+    assert!(status.success(), "{stdout}\n{stderr}");
+}
+
+#[test]
+fn an_unreachable_server_is_named_without_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = sluice_testkit::free_port();
+    let text = format!(
+        r#"[source]
+kind = "mongodb"
+url = "mongodb://sluice:hunter2@127.0.0.1:{port}/?directConnection=true&serverSelectionTimeoutMS=1000"
+collections = ["shop.*"]
+
+[sink]
+kind = "blackhole"
+topic_prefix = "{PREFIX}"
+dead_letter_topic = "{PREFIX}.dlq"
+
+[positions]
+dir = "{}"
+"#,
+        dir.path().join("positions").display()
+    );
+    let config: &Path = &dir.path().join("sluice.toml");
+    std::fs::write(config, text).unwrap();
+    let (status, stdout, stderr) = common::sluice(&["run", "-c", config.to_str().unwrap()]);
+    assert!(!status.success());
+    let said = format!("{stdout}{stderr}");
+    assert!(
+        said.contains(&format!(
+            "cannot reach MongoDB at mongodb://sluice:***@127.0.0.1:{port}"
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("hunter2"), "{said}");
+}

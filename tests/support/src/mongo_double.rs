@@ -1,0 +1,496 @@
+//! A TEST DOUBLE of a MongoDB replica-set primary, not a database: it speaks the wire protocol (OP_MSG,
+//! plus OP_QUERY/OP_REPLY for the legacy handshake) for just the commands a change-stream reader sends —
+//! `hello`/`isMaster`, `buildInfo`, `ping`, `aggregate` with `$changeStream`, `getMore`, `killCursors`,
+//! `endSessions` — and serves change events that the test appends to its log.
+//!
+//! No MongoDB server can be installed on the build machines; this lets the real driver path (handshake,
+//! cursor, resume after a dropped connection, resume tokens across restarts) run in CI. It does not
+//! evaluate `$match` stages or store documents: the test writes the change events themselves, in the
+//! format MongoDB documents. The integration suite in `tests/mongodb_live.rs` runs against a real
+//! replica set when `MONGODB_URI` is set.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bson::{doc, Bson, DateTime, Document, Timestamp};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+
+const OP_REPLY: i32 = 1;
+const OP_QUERY: i32 = 2004;
+const OP_MSG: i32 = 2013;
+/// MongoDB 6.0's wire version.
+const MAX_WIRE_VERSION: i32 = 17;
+/// MongoDB's error codes the double answers with.
+const COMMAND_NOT_FOUND: i32 = 59;
+const CURSOR_NOT_FOUND: i32 = 43;
+const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
+/// The replica set the double claims to be.
+pub const REPLICA_SET: &str = "rs-double";
+
+/// The double's state, shared by its connections and the test.
+#[derive(Default)]
+struct State {
+    /// The change log; the event at index i has sequence number `first_seq + i`.
+    events: Vec<Document>,
+    /// Sequence number of `events[0]`: raising it forgets history, as a rolled-over oplog does.
+    first_seq: u64,
+    /// Open cursors: id → sequence number of the next event to return.
+    cursors: HashMap<i64, u64>,
+    next_cursor: i64,
+    /// Every command received, in order: (command name, body).
+    commands: Vec<(String, Document)>,
+}
+
+/// A running double, listening on a loopback port until dropped.
+pub struct MongoDouble {
+    port: u16,
+    state: Arc<Mutex<State>>,
+    appended: Arc<Notify>,
+    /// Bumped to make every open connection close (a network failure, as the driver sees it).
+    generation: watch::Sender<u64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl MongoDouble {
+    pub async fn start() -> Result<MongoDouble> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the MongoDB double")?;
+        let port = listener.local_addr()?.port();
+        let state = Arc::new(Mutex::new(State {
+            first_seq: 1,
+            next_cursor: 1000,
+            ..State::default()
+        }));
+        let appended = Arc::new(Notify::new());
+        let (generation, _) = watch::channel(0u64);
+        let accept = {
+            let (state, appended, generation) =
+                (state.clone(), appended.clone(), generation.clone());
+            tokio::spawn(async move {
+                while let Ok((socket, _)) = listener.accept().await {
+                    let connection = Connection {
+                        port,
+                        state: state.clone(),
+                        appended: appended.clone(),
+                        closed: generation.subscribe(),
+                    };
+                    tokio::spawn(connection.serve(socket));
+                }
+            })
+        };
+        Ok(MongoDouble {
+            port,
+            state,
+            appended,
+            generation,
+            accept,
+        })
+    }
+
+    /// A connection string for the driver: one server, no discovery.
+    pub fn url(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+
+    /// Appends a change event (as `insert`, `update`, … below build them) and returns its resume token.
+    pub fn append(&self, mut event: Document) -> Document {
+        let mut state = lock(&self.state);
+        let seq = state.first_seq + state.events.len() as u64;
+        let token = token_of(seq);
+        event.insert("_id", token.clone());
+        event
+            .entry("clusterTime".to_owned())
+            .or_insert(Bson::Timestamp(Timestamp {
+                time: 1_700_000_000 + seq as u32,
+                increment: 1,
+            }));
+        state.events.push(event);
+        drop(state);
+        self.appended.notify_waiters();
+        token
+    }
+
+    /// Closes every open connection, as a network failure or a failover would.
+    pub fn drop_connections(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Forgets every event so far, and one more written meanwhile, as an oplog that rolled over while a
+    /// reader was away does: resuming from any token handed out so far fails with
+    /// ChangeStreamHistoryLost.
+    pub fn forget_history(&self) {
+        let mut state = lock(&self.state);
+        state.first_seq += state.events.len() as u64 + 1;
+        state.events.clear();
+    }
+
+    /// The commands received so far named `name` (`aggregate`, `getMore`, …).
+    pub fn commands(&self, name: &str) -> Vec<Document> {
+        lock(&self.state)
+            .commands
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, body)| body.clone())
+            .collect()
+    }
+
+    /// The `$changeStream` stage of every `aggregate` received, in order.
+    pub fn change_stream_stages(&self) -> Vec<Document> {
+        self.commands("aggregate")
+            .iter()
+            .filter_map(|body| {
+                let first = body.get_array("pipeline").ok()?.first()?.as_document()?;
+                first.get_document("$changeStream").ok().cloned()
+            })
+            .collect()
+    }
+}
+
+impl Drop for MongoDouble {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.drop_connections();
+    }
+}
+
+/// A change event of `operation` on `db.coll` for the document with `id` (MongoDB's event format; the
+/// double adds `_id` and `clusterTime` when it appends it).
+pub fn change_event(operation: &str, db: &str, coll: &str, id: impl Into<Bson>) -> Document {
+    let id = id.into();
+    doc! {
+        "operationType": operation,
+        "wallTime": DateTime::now(),
+        "ns": { "db": db, "coll": coll },
+        "documentKey": { "_id": id },
+    }
+}
+
+/// The resume token of sequence number `seq`: hex digits that sort as the numbers do, like MongoDB's.
+pub fn token_of(seq: u64) -> Document {
+    doc! { "_data": format!("82{seq:016X}") }
+}
+
+fn seq_of(token: &Document) -> Option<u64> {
+    let data = token.get_str("_data").ok()?.strip_prefix("82")?;
+    u64::from_str_radix(data, 16).ok()
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Connection {
+    port: u16,
+    state: Arc<Mutex<State>>,
+    appended: Arc<Notify>,
+    closed: watch::Receiver<u64>,
+}
+
+/// One request: its id, its opcode and the command document.
+struct Request {
+    id: i32,
+    op_code: i32,
+    body: Document,
+}
+
+impl Connection {
+    async fn serve(self, mut socket: TcpStream) {
+        let mut closed = self.closed.clone();
+        loop {
+            // Closing wins over a reply that became ready at the same moment, so that a test which drops
+            // the connections and then appends knows the event was not served on the old connection.
+            let request = tokio::select! {
+                biased;
+                _ = closed.changed() => return,
+                request = read_request(&mut socket) => request,
+            };
+            let Ok(request) = request else { return };
+            let reply = tokio::select! {
+                biased;
+                _ = closed.changed() => return,
+                reply = self.answer(&request.body) => reply,
+            };
+            let bytes = match request.op_code {
+                OP_QUERY => op_reply(request.id, &reply),
+                _ => op_msg(request.id, &reply),
+            };
+            if socket.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn answer(&self, body: &Document) -> Document {
+        let name = body.keys().next().cloned().unwrap_or_default();
+        lock(&self.state)
+            .commands
+            .push((name.clone(), body.clone()));
+        match name.as_str() {
+            "hello" | "isMaster" | "ismaster" => self.hello(),
+            "buildInfo" | "buildinfo" => {
+                doc! { "version": "6.0.0", "versionArray": [6, 0, 0, 0], "ok": 1.0 }
+            }
+            "ping" | "endSessions" => doc! { "ok": 1.0 },
+            "aggregate" => self.aggregate(body),
+            "getMore" => self.get_more(body).await,
+            "killCursors" => {
+                let ids = body.get_array("cursors").cloned().unwrap_or_default();
+                let mut state = lock(&self.state);
+                for id in &ids {
+                    if let Bson::Int64(id) = id {
+                        state.cursors.remove(id);
+                    }
+                }
+                doc! { "cursorsKilled": ids, "ok": 1.0 }
+            }
+            other => error(
+                COMMAND_NOT_FOUND,
+                &format!("the MongoDB test double does not implement `{other}`"),
+            ),
+        }
+    }
+
+    fn hello(&self) -> Document {
+        let me = format!("127.0.0.1:{}", self.port);
+        doc! {
+            "helloOk": true,
+            "isWritablePrimary": true,
+            "ismaster": true,
+            "setName": REPLICA_SET,
+            "setVersion": 1,
+            "hosts": [me.clone()],
+            "primary": me.clone(),
+            "me": me,
+            "maxBsonObjectSize": 16 * 1024 * 1024,
+            "maxMessageSizeBytes": 48_000_000,
+            "maxWriteBatchSize": 100_000,
+            "localTime": DateTime::now(),
+            "logicalSessionTimeoutMinutes": 30,
+            "connectionId": 1,
+            "minWireVersion": 0,
+            "maxWireVersion": MAX_WIRE_VERSION,
+            "readOnly": false,
+            "ok": 1.0,
+        }
+    }
+
+    fn aggregate(&self, body: &Document) -> Document {
+        let stage = body
+            .get_array("pipeline")
+            .ok()
+            .and_then(|p| p.first())
+            .and_then(Bson::as_document)
+            .and_then(|s| s.get_document("$changeStream").ok());
+        let Some(stage) = stage else {
+            return error(
+                COMMAND_NOT_FOUND,
+                "the MongoDB test double only runs $changeStream aggregations",
+            );
+        };
+        let mut state = lock(&self.state);
+        let resume = ["startAfter", "resumeAfter"]
+            .iter()
+            .find_map(|key| stage.get_document(key).ok());
+        let next = match resume {
+            None => state.first_seq + state.events.len() as u64,
+            Some(token) => match seq_of(token) {
+                Some(seq) if seq + 1 >= state.first_seq => seq + 1,
+                _ => {
+                    return error(
+                        CHANGE_STREAM_HISTORY_LOST,
+                        "Resume of change stream was not possible, as the resume point may no longer be in the oplog.",
+                    )
+                }
+            },
+        };
+        let id = state.next_cursor;
+        state.next_cursor += 1;
+        let (batch, next) = batch_from(&state, next);
+        state.cursors.insert(id, next);
+        cursor_reply(id, "firstBatch", batch, next)
+    }
+
+    async fn get_more(&self, body: &Document) -> Document {
+        let id = match body.get("getMore") {
+            Some(Bson::Int64(id)) => *id,
+            _ => return error(CURSOR_NOT_FOUND, "getMore without a cursor id"),
+        };
+        let wait_ms = match body.get("maxTimeMS") {
+            Some(Bson::Int64(ms)) => *ms,
+            Some(Bson::Int32(ms)) => i64::from(*ms),
+            _ => 1000,
+        };
+        let wait = Duration::from_millis(wait_ms.clamp(0, 5000) as u64);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let appended = self.appended.notified();
+            {
+                let mut state = lock(&self.state);
+                let Some(&next) = state.cursors.get(&id) else {
+                    return error(CURSOR_NOT_FOUND, &format!("cursor id {id} not found"));
+                };
+                let (batch, next) = batch_from(&state, next);
+                if !batch.is_empty() || tokio::time::Instant::now() >= deadline {
+                    state.cursors.insert(id, next);
+                    return cursor_reply(id, "nextBatch", batch, next);
+                }
+            }
+            let _ = tokio::time::timeout_at(deadline, appended).await;
+        }
+    }
+}
+
+/// The events from sequence number `next` on (at most 100), and the sequence number after them.
+fn batch_from(state: &State, next: u64) -> (Vec<Bson>, u64) {
+    let start = next.saturating_sub(state.first_seq) as usize;
+    let batch: Vec<Bson> = state
+        .events
+        .iter()
+        .skip(start)
+        .take(100)
+        .cloned()
+        .map(Bson::Document)
+        .collect();
+    let next = next + batch.len() as u64;
+    (batch, next)
+}
+
+/// A cursor batch with its post-batch resume token: the token of the last event returned, or of the
+/// last one before the cursor's position when the batch is empty.
+fn cursor_reply(id: i64, field: &str, batch: Vec<Bson>, next: u64) -> Document {
+    doc! {
+        "cursor": {
+            field: batch,
+            "postBatchResumeToken": token_of(next - 1),
+            "id": id,
+            "ns": "admin.$cmd.aggregate",
+        },
+        "ok": 1.0,
+    }
+}
+
+fn error(code: i32, message: &str) -> Document {
+    doc! { "ok": 0.0, "errmsg": message, "code": code, "codeName": "" }
+}
+
+async fn read_request(socket: &mut TcpStream) -> Result<Request> {
+    let length = socket.read_i32_le().await?;
+    if !(16..=48_000_000).contains(&length) {
+        bail!("message length {length}");
+    }
+    let mut message = vec![0u8; length as usize - 4];
+    socket.read_exact(&mut message).await?;
+    let id = i32::from_le_bytes(message[0..4].try_into()?);
+    let op_code = i32::from_le_bytes(message[8..12].try_into()?);
+    let rest = &message[12..];
+    let body = match op_code {
+        OP_MSG => msg_body(rest)?,
+        OP_QUERY => query_body(rest)?,
+        other => bail!("opcode {other} is not served by the test double"),
+    };
+    Ok(Request { id, op_code, body })
+}
+
+/// OP_MSG: flag bits, then sections; the body is the kind-0 section, with each kind-1 document sequence
+/// added to it as an array (which is what the server does).
+fn msg_body(bytes: &[u8]) -> Result<Document> {
+    let flags = u32::from_le_bytes(bytes[0..4].try_into()?);
+    let end = if flags & 1 != 0 {
+        bytes.len() - 4
+    } else {
+        bytes.len()
+    };
+    let mut at = 4;
+    let mut body = None;
+    let mut sequences = Vec::new();
+    while at < end {
+        let kind = bytes[at];
+        at += 1;
+        match kind {
+            0 => {
+                let size = i32::from_le_bytes(bytes[at..at + 4].try_into()?) as usize;
+                body = Some(Document::from_reader(&bytes[at..at + size])?);
+                at += size;
+            }
+            1 => {
+                let size = i32::from_le_bytes(bytes[at..at + 4].try_into()?) as usize;
+                let section = &bytes[at + 4..at + size];
+                let name_end = section
+                    .iter()
+                    .position(|b| *b == 0)
+                    .context("sequence name")?;
+                let name = String::from_utf8(section[..name_end].to_vec())?;
+                let mut docs = Vec::new();
+                let mut rest = &section[name_end + 1..];
+                while !rest.is_empty() {
+                    let doc_size = i32::from_le_bytes(rest[0..4].try_into()?) as usize;
+                    docs.push(Bson::Document(Document::from_reader(&rest[..doc_size])?));
+                    rest = &rest[doc_size..];
+                }
+                sequences.push((name, docs));
+                at += size;
+            }
+            other => bail!("OP_MSG section kind {other}"),
+        }
+    }
+    let mut body = body.context("OP_MSG without a body section")?;
+    for (name, docs) in sequences {
+        body.insert(name, docs);
+    }
+    Ok(body)
+}
+
+/// OP_QUERY (only the handshake uses it): flags, collection name, skip, limit, query.
+fn query_body(bytes: &[u8]) -> Result<Document> {
+    let name_end = 4 + bytes[4..]
+        .iter()
+        .position(|b| *b == 0)
+        .context("collection name")?;
+    let query = &bytes[name_end + 1 + 8..];
+    let mut body = Document::from_reader(query)?;
+    // A handshake may wrap the command in `$query`.
+    if let Ok(inner) = body.get_document("$query") {
+        body = inner.clone();
+    }
+    Ok(body)
+}
+
+fn header(length: usize, response_to: i32, op_code: i32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(length);
+    out.extend_from_slice(&(length as i32).to_le_bytes());
+    out.extend_from_slice(&0i32.to_le_bytes());
+    out.extend_from_slice(&response_to.to_le_bytes());
+    out.extend_from_slice(&op_code.to_le_bytes());
+    out
+}
+
+fn op_msg(response_to: i32, reply: &Document) -> Vec<u8> {
+    let mut body = Vec::new();
+    reply
+        .to_writer(&mut body)
+        .expect("a reply document serialises");
+    let mut out = header(16 + 4 + 1 + body.len(), response_to, OP_MSG);
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.push(0);
+    out.extend_from_slice(&body);
+    out
+}
+
+fn op_reply(response_to: i32, reply: &Document) -> Vec<u8> {
+    let mut body = Vec::new();
+    reply
+        .to_writer(&mut body)
+        .expect("a reply document serialises");
+    let mut out = header(16 + 20 + body.len(), response_to, OP_REPLY);
+    out.extend_from_slice(&0i32.to_le_bytes());
+    out.extend_from_slice(&0i64.to_le_bytes());
+    out.extend_from_slice(&0i32.to_le_bytes());
+    out.extend_from_slice(&1i32.to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
