@@ -70,7 +70,7 @@ pub async fn check(source: &MongodbSourceConfig, report: &mut Report) {
             let reason = redact_secrets(&err.to_string());
             let fix = match err.kind.as_ref() {
                 mongodb::error::ErrorKind::Command(command) if command.code == UNAUTHORIZED => {
-                    "grant the user `find` and `changeStream` on the captured databases (the built-in `readAnyDatabase` role has both)"
+                    "sluice opens one deployment-wide stream: grant the user `find` and `changeStream` on every database (the built-in `readAnyDatabase` role has both)"
                 }
                 _ => "see the server's message above",
             };

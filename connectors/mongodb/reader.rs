@@ -109,13 +109,17 @@ impl MongodbSource {
             if *control.stop.borrow() {
                 return Ok(());
             }
-            match self.stream_once(&mut token, &mut control).await {
+            match self
+                .stream_once(&mut token, &mut control, &mut failures)
+                .await
+            {
                 Ok(Ended::Stopped) => return Ok(()),
                 Ok(Ended::Invalidated) => {
                     failures = 0;
                     tracing::info!("the change stream was invalidated: opening a new one after it");
                 }
                 Err(err) if is_transient(&err) => {
+                    control.metrics.set_streaming(false);
                     let wait = RECONNECT_BACKOFF[failures.min(RECONNECT_BACKOFF.len() - 1)];
                     failures += 1;
                     control.metrics.reconnected();
@@ -125,7 +129,10 @@ impl MongodbSource {
                         _ = control.stop.changed() => {}
                     }
                 }
-                Err(err) => return Err(self.describe(err, &control)),
+                Err(err) => {
+                    control.metrics.set_streaming(false);
+                    return Err(self.describe(err, &control));
+                }
             }
         }
     }
@@ -135,6 +142,7 @@ impl MongodbSource {
         &self,
         token: &mut Option<ResumeToken>,
         control: &mut DocumentStreamControl,
+        failures: &mut usize,
     ) -> Result<Ended, DriverError> {
         let options = ChangeStreamOptions::builder()
             .full_document(self.settings.full_document.option().map(full_document_type))
@@ -149,18 +157,35 @@ impl MongodbSource {
             .with_options(options)
             .await?
             .with_type::<Document>();
+        // Opened: the next failure starts the backoff from its shortest wait again.
+        *failures = 0;
         control.metrics.set_streaming(true);
         let mut last_idle = tokio::time::Instant::now();
+        // The token last handed on, from an event or an idle point: an idle token is passed on only
+        // when it differs from it.
+        let mut passed_on = token.clone();
         // The stream's starting point is stored at once: a first run that stops before any change must
         // resume from here, not from whenever it starts next.
         let mut pass_idle = token.is_none();
+        let mut stop = control.stop.clone();
         loop {
-            if *control.stop.borrow() {
+            if *stop.borrow() {
                 return Ok(Ended::Stopped);
             }
-            let Some(event) = stream.next_if_any().await? else {
+            // A stop must not wait for a getMore or server selection during an outage.
+            let next = tokio::select! {
+                next = stream.next_if_any() => next?,
+                _ = stop.changed() => return Ok(Ended::Stopped),
+            };
+            let Some(event) = next else {
+                if !stream.is_alive() {
+                    return Err(DriverError::custom(
+                        "the server closed the change stream's cursor without an invalidate",
+                    ));
+                }
                 let idle_token = stream.resume_token();
-                if idle_token.is_some() && idle_token != *token {
+                if idle_token.is_some() && idle_token != passed_on {
+                    *token = idle_token.clone();
                     if pass_idle || last_idle.elapsed() >= IDLE_POSITION_INTERVAL {
                         let position = position_of(idle_token.as_ref())?;
                         if !send(control, SourceEvent::Idle { position }).await {
@@ -168,12 +193,13 @@ impl MongodbSource {
                         }
                         last_idle = tokio::time::Instant::now();
                         pass_idle = false;
+                        passed_on = idle_token;
                     }
-                    *token = idle_token;
                 }
                 continue;
             };
             *token = stream.resume_token();
+            passed_on = token.clone();
             match change::convert(&event, self.replica_set.as_ref()) {
                 Ok(converted) => {
                     let position = Position::Mongodb {

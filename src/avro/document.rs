@@ -9,7 +9,7 @@
 use serde_json::json;
 
 use super::binary::{write_blocks, write_int, write_long, write_string, write_union_branch};
-use super::message::fixed;
+use super::message::{fixed, write_optional_long};
 use super::naming::{collection_namespace, collection_topic};
 use super::schema::TableSchemas;
 use crate::event::DocumentChange;
@@ -147,16 +147,6 @@ fn write_optional_string(value: Option<&str>, out: &mut Vec<u8>) {
         Some(value) => {
             write_union_branch(1, out);
             write_string(value, out);
-        }
-        None => write_union_branch(0, out),
-    }
-}
-
-fn write_optional_long(value: Option<i64>, out: &mut Vec<u8>) {
-    match value {
-        Some(value) => {
-            write_union_branch(1, out);
-            write_long(value, out);
         }
         None => write_union_branch(0, out),
     }

@@ -55,7 +55,8 @@ pub fn encode_message(message: &DecodingMessage, out: &mut Vec<u8>) {
     write_optional_long(message.commit_time_us.map(|us| us.div_euclid(1000)), out);
 }
 
-fn write_optional_long(value: Option<i64>, out: &mut Vec<u8>) {
+/// A `["null", "long"]` union.
+pub(super) fn write_optional_long(value: Option<i64>, out: &mut Vec<u8>) {
     match value {
         Some(value) => {
             write_union_branch(1, out);

@@ -143,8 +143,14 @@ impl Publisher {
         self.metrics
             .event_published(&namespace, change.op.code(), bytes);
         if change.source.snapshot == crate::event::SnapshotMarker::False {
-            self.metrics
-                .published_commit(change.source.wall_time_ms.map_or(0, |ms| ms * 1000));
+            // Before 6.0 events have no wall time: the cluster time's seconds stand in.
+            let committed_us = change
+                .source
+                .wall_time_ms
+                .map_or(i64::from(change.source.cluster_time.0) * 1_000_000, |ms| {
+                    ms * 1000
+                });
+            self.metrics.published_commit(committed_us);
         }
         // A delete is followed by a tombstone so that compaction can drop the key.
         if change.op == crate::event::Op::Delete {
