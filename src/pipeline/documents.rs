@@ -4,7 +4,7 @@
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    acknowledge, acknowledged_text, start, Fixed, FixedTopic, PipelineError, Publisher, Started,
+    acknowledge, finish_run, start, Fixed, FixedTopic, PipelineError, Publisher, Started,
     EVENT_BUFFER,
 };
 use crate::avro;
@@ -84,25 +84,15 @@ pub(super) async fn run(
         finish_rx,
     ));
 
-    let published = publisher.publish_all(events_rx, &mut failures).await;
-    if let Err(err) = &published {
-        tracing::error!(error = %err, "publishing failed: stopping the reader");
-    }
-    let events = publisher.events;
-    let _ = finish_tx.send(());
-    let acknowledged = acknowledger.await.map_err(|_| PipelineError::ReaderGone)?;
-    let read = reading.await.map_err(|_| PipelineError::ReaderGone)?;
-    tracing::info!(
-        events,
-        dead_letters = metrics.dead_letter_total(),
-        dead_letters_by_stage_and_table = %metrics.dead_letter_breakdown(),
-        acknowledged = %acknowledged_text(&acknowledged),
-        "pipeline stopped"
-    );
-    published?;
-    read?;
-    acknowledged?;
-    Ok(())
+    finish_run(
+        &mut publisher,
+        &mut failures,
+        events_rx,
+        reading,
+        acknowledger,
+        finish_tx,
+    )
+    .await
 }
 
 impl From<MongodbError> for PipelineError {

@@ -300,26 +300,15 @@ async fn run_postgres(
         finish_rx,
     ));
 
-    let published = publisher.publish_all(events_rx, &mut failures).await;
-    if let Err(err) = &published {
-        tracing::error!(error = %err, "publishing failed: stopping the reader");
-    }
-    // `publish_all` has dropped the event channel's receiver, which ends the reader if it is still reading.
-    let events = publisher.events;
-    // The acknowledger stores the final position and ends; the reader then reports it to the server and closes.
-    let _ = finish_tx.send(());
-    let acknowledged = acknowledger.await.map_err(|_| PipelineError::ReaderGone)?;
-    let read = reader.await.map_err(|_| PipelineError::ReaderGone)?;
-    tracing::info!(
-        events,
-        dead_letters = metrics.dead_letter_total(),
-        dead_letters_by_stage_and_table = %metrics.dead_letter_breakdown(),
-        acknowledged = %acknowledged_text(&acknowledged),
-        "pipeline stopped"
-    );
-    published?;
-    read?;
-    acknowledged?;
+    finish_run(
+        &mut publisher,
+        &mut failures,
+        events_rx,
+        reader,
+        acknowledger,
+        finish_tx,
+    )
+    .await?;
     if source_config.drop_slot_on_stop {
         // Without its slot the stored position means nothing: the next run starts afresh.
         reader::drop_slot(&slot_settings).await?;
@@ -444,6 +433,43 @@ async fn acknowledge(
             _ = &mut finish => finishing = true,
         }
     }
+}
+
+/// Publishes what the reader sends until it ends or publishing fails, then has the acknowledger store the
+/// final position, waits for both tasks and logs the run's totals. The first error wins, in that order:
+/// publishing, reading, storing.
+async fn finish_run<E>(
+    publisher: &mut Publisher,
+    failures: &mut mpsc::UnboundedReceiver<FailedDelivery>,
+    events: mpsc::Receiver<SourceEvent>,
+    reader: tokio::task::JoinHandle<Result<(), E>>,
+    acknowledger: tokio::task::JoinHandle<Result<Option<Position>, PositionError>>,
+    finish: oneshot::Sender<()>,
+) -> Result<(), PipelineError>
+where
+    PipelineError: From<E>,
+{
+    let published = publisher.publish_all(events, failures).await;
+    if let Err(err) = &published {
+        tracing::error!(error = %err, "publishing failed: stopping the reader");
+    }
+    // `publish_all` has dropped the event channel's receiver, which ends the reader if it is still reading.
+    // The acknowledger stores the final position and ends; the reader then reports it to the server and closes.
+    let _ = finish.send(());
+    let acknowledged = acknowledger.await.map_err(|_| PipelineError::ReaderGone)?;
+    let read = reader.await.map_err(|_| PipelineError::ReaderGone)?;
+    let metrics = &publisher.metrics;
+    tracing::info!(
+        events = publisher.events,
+        dead_letters = metrics.dead_letter_total(),
+        dead_letters_by_stage_and_table = %metrics.dead_letter_breakdown(),
+        acknowledged = %acknowledged_text(&acknowledged),
+        "pipeline stopped"
+    );
+    published?;
+    read?;
+    acknowledged?;
+    Ok(())
 }
 
 /// The final acknowledged position, for the last log line.
