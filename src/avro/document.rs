@@ -11,7 +11,7 @@ use serde_json::json;
 use super::binary::{write_blocks, write_int, write_long, write_string, write_union_branch};
 use super::message::{fixed, write_optional_long};
 use super::naming::{collection_namespace, collection_topic};
-use super::schema::TableSchemas;
+use super::schema::{common_source_fields, TableSchemas};
 use crate::event::DocumentChange;
 
 /// Full name of the envelope's source block.
@@ -68,25 +68,17 @@ pub fn document_schemas(topic_prefix: &str, database: &str, collection: &str) ->
 /// Debezium's MongoDB `source` block, plus the resume token that positions the event.
 fn source_record() -> serde_json::Value {
     let optional = |name: &str, avro_type: &str| json!({"name": name, "type": ["null", avro_type], "default": null});
-    json!({
-        "type": "record",
-        "name": MONGODB_SOURCE_RECORD,
-        "fields": [
-            {"name": "version", "type": "string"},
-            {"name": "connector", "type": "string"},
-            {"name": "name", "type": "string"},
-            {"name": "ts_ms", "type": "long"},
-            {"name": "snapshot", "type": "string", "default": "false"},
-            {"name": "db", "type": "string"},
-            optional("rs", "string"),
-            {"name": "collection", "type": "string"},
-            {"name": "ord", "type": "int"},
-            optional("lsid", "string"),
-            optional("txnNumber", "long"),
-            optional("wallTime", "long"),
-            optional("resumeToken", "string"),
-        ],
-    })
+    let mut fields = common_source_fields();
+    fields.extend([
+        optional("rs", "string"),
+        json!({"name": "collection", "type": "string"}),
+        json!({"name": "ord", "type": "int"}),
+        optional("lsid", "string"),
+        optional("txnNumber", "long"),
+        optional("wallTime", "long"),
+        optional("resumeToken", "string"),
+    ]);
+    json!({"type": "record", "name": MONGODB_SOURCE_RECORD, "fields": fields})
 }
 
 pub fn encode_document_key(change: &DocumentChange, out: &mut Vec<u8>) {

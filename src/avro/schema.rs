@@ -167,26 +167,30 @@ fn transaction_block() -> Json {
     })
 }
 
+/// The fields every Debezium connector's `source` block starts with, in this order.
+pub(super) fn common_source_fields() -> Vec<Json> {
+    vec![
+        json!({"name": "version", "type": "string"}),
+        json!({"name": "connector", "type": "string"}),
+        json!({"name": "name", "type": "string"}),
+        json!({"name": "ts_ms", "type": "long"}),
+        json!({"name": "snapshot", "type": "string", "default": "false"}),
+        json!({"name": "db", "type": "string"}),
+    ]
+}
+
 /// Debezium's `source` block for PostgreSQL, minus the fields this version has no value for.
 fn source_record() -> Json {
-    json!({
-        "type": "record",
-        "name": SOURCE_RECORD,
-        "fields": [
-            {"name": "version", "type": "string"},
-            {"name": "connector", "type": "string"},
-            {"name": "name", "type": "string"},
-            {"name": "ts_ms", "type": "long"},
-            {"name": "snapshot", "type": "string", "default": "false"},
-            {"name": "db", "type": "string"},
-            {"name": "sequence", "type": ["null", "string"], "default": null},
-            {"name": "schema", "type": "string"},
-            {"name": "table", "type": "string"},
-            {"name": "txId", "type": ["null", "long"], "default": null},
-            {"name": "lsn", "type": ["null", "long"], "default": null},
-            {"name": "xmin", "type": ["null", "long"], "default": null},
-        ],
-    })
+    let mut fields = common_source_fields();
+    fields.extend([
+        json!({"name": "sequence", "type": ["null", "string"], "default": null}),
+        json!({"name": "schema", "type": "string"}),
+        json!({"name": "table", "type": "string"}),
+        json!({"name": "txId", "type": ["null", "long"], "default": null}),
+        json!({"name": "lsn", "type": ["null", "long"], "default": null}),
+        json!({"name": "xmin", "type": ["null", "long"], "default": null}),
+    ]);
+    json!({"type": "record", "name": SOURCE_RECORD, "fields": fields})
 }
 
 /// Column types for one schema; remembers which named types it has defined.
