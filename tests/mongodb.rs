@@ -41,32 +41,13 @@ impl Setup {
     }
 
     fn config(&self) -> PathBuf {
-        let text = format!(
-            r#"[source]
-kind = "mongodb"
-url = "{url}"
-collections = ["shop.*"]
-exclude_collections = ["shop.audit"]
-
-[sink]
-kind = "kafka"
-brokers = "{brokers}"
-topic_prefix = "{PREFIX}"
-dead_letter_topic = "{PREFIX}.dlq"
-topic_partitions = 1
-topic_replication_factor = 1
-shutdown_timeout_secs = 10
-
-[avro]
-registry_url = "{registry}"
-
-[positions]
-dir = "{positions}"
-"#,
-            url = self.double.url(),
-            brokers = self.broker.bootstrap(),
-            registry = self.registry.url(),
-            positions = self.dir.path().join("positions").display(),
+        let text = sluice_testkit::config::mongodb(
+            &self.double.url(),
+            "collections = [\"shop.*\"]\nexclude_collections = [\"shop.audit\"]",
+            &self.broker.bootstrap(),
+            &self.registry.url(),
+            PREFIX,
+            &self.dir.path().join("positions"),
         );
         let path = self.dir.path().join("sluice.toml");
         std::fs::write(&path, text).expect("write config");

@@ -50,34 +50,15 @@ async fn a_real_replica_set_streams_resumes_and_keeps_transactions() {
     let registry = RegistryDouble::start().expect("start the registry double");
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[source]
-kind = "mongodb"
-url = "{uri}"
-collections = ["{db_name}.*"]
-
-[sink]
-kind = "kafka"
-brokers = "{brokers}"
-topic_prefix = "{PREFIX}"
-dead_letter_topic = "{PREFIX}.dlq"
-topic_partitions = 1
-topic_replication_factor = 1
-
-[avro]
-registry_url = "{registry}"
-
-[positions]
-dir = "{positions}"
-"#,
-            brokers = broker.bootstrap(),
-            registry = registry.url(),
-            positions = dir.path().join("positions").display(),
-        ),
-    )
-    .expect("write config");
+    let text = sluice_testkit::config::mongodb(
+        &uri,
+        &format!("collections = [\"{db_name}.*\"]"),
+        &broker.bootstrap(),
+        &registry.url(),
+        PREFIX,
+        &dir.path().join("positions"),
+    );
+    std::fs::write(&config, text).expect("write config");
     let position = dir
         .path()
         .join(format!("positions/{PREFIX}.mongodb.position.json"));

@@ -115,7 +115,6 @@ impl MongodbSource {
             {
                 Ok(Ended::Stopped) => return Ok(()),
                 Ok(Ended::Invalidated) => {
-                    failures = 0;
                     tracing::info!("the change stream was invalidated: opening a new one after it");
                 }
                 Err(err) if is_transient(&err) => {

@@ -144,3 +144,39 @@ dir = "{positions}"
         Ok(path.to_owned())
     }
 }
+
+/// A config for a MongoDB source at `url`: `selection` holds the `collections` (and any other `[source]`)
+/// lines; the sink is the broker at `brokers`, schemas go to the registry at `registry_url`, one
+/// partition per topic.
+pub fn mongodb(
+    url: &str,
+    selection: &str,
+    brokers: &str,
+    registry_url: &str,
+    prefix: &str,
+    positions_dir: &Path,
+) -> String {
+    format!(
+        r#"[source]
+kind = "mongodb"
+url = "{url}"
+{selection}
+
+[sink]
+kind = "kafka"
+brokers = "{brokers}"
+topic_prefix = "{prefix}"
+dead_letter_topic = "{prefix}.dlq"
+topic_partitions = 1
+topic_replication_factor = 1
+shutdown_timeout_secs = 10
+
+[avro]
+registry_url = "{registry_url}"
+
+[positions]
+dir = "{positions}"
+"#,
+        positions = positions_dir.display(),
+    )
+}
