@@ -4,8 +4,8 @@
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    acknowledge, finish_run, start, Fixed, FixedTopic, PipelineError, Publisher, Started,
-    EVENT_BUFFER,
+    acknowledge, finish_run, header_refs, send_tombstone, start, Fixed, FixedTopic, PipelineError,
+    Publisher, Started, EVENT_BUFFER,
 };
 use crate::avro;
 use crate::config::{Config, MongodbSourceConfig};
@@ -15,7 +15,6 @@ use crate::connectors::mongodb::reader::{
 use crate::deadletter::{DeadLetter, Stage};
 use crate::event::{DocumentChange, Position, UndecodableChange};
 use crate::positions::{now_ms, PositionStore};
-use crate::sink::{MessageKind, Outgoing};
 
 /// The position file's name: one MongoDB instance per topic prefix.
 fn position_name(config: &Config) -> String {
@@ -167,20 +166,14 @@ impl Publisher {
         self.key_buf.clear();
         key_schema.write_header(&mut self.key_buf);
         self.key_buf.extend_from_slice(key);
-        let header_refs: Vec<(&str, &[u8])> = headers
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_slice()))
-            .collect();
-        let tombstone = Outgoing {
-            topic: &topic,
-            key: Some(&self.key_buf),
-            payload: None,
-            headers: &header_refs,
-        };
-        let ordinal = self.tracker.register();
-        self.sink
-            .send(&tombstone, ordinal, MessageKind::Event)
-            .await?;
+        send_tombstone(
+            &mut self.sink,
+            &self.tracker,
+            &topic,
+            &self.key_buf,
+            &header_refs(headers),
+        )
+        .await?;
         Ok(())
     }
 

@@ -789,16 +789,14 @@ impl Publisher {
         }
         // A delete is followed by a tombstone so that compaction can drop the key.
         if event.op == Op::Delete && has_key {
-            let tombstone = Outgoing {
-                topic: &topic,
-                key: Some(&self.key_buf),
-                payload: None,
-                headers: &headers,
-            };
-            let ordinal = self.tracker.register();
-            self.sink
-                .send(&tombstone, ordinal, MessageKind::Event)
-                .await?;
+            send_tombstone(
+                &mut self.sink,
+                &self.tracker,
+                &topic,
+                &self.key_buf,
+                &headers,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -939,10 +937,7 @@ impl Publisher {
         self.value_buf.clear();
         value_schema.write_header(&mut self.value_buf);
         self.value_buf.extend_from_slice(value);
-        let header_refs: Vec<(&str, &[u8])> = headers
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_slice()))
-            .collect();
+        let header_refs = header_refs(headers);
         let outgoing = Outgoing {
             topic: &topic,
             key: Some(&self.key_buf),
@@ -1100,10 +1095,7 @@ impl Publisher {
             let mut value = Vec::with_capacity(datum.len() + 10);
             schema.write_header(&mut value);
             value.extend_from_slice(&datum);
-            let header_refs: Vec<(&str, &[u8])> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_slice()))
-                .collect();
+            let header_refs = header_refs(headers);
             let message = Outgoing {
                 topic: &self.dead_letter_topic,
                 key,
@@ -1186,6 +1178,32 @@ impl Publisher {
         self.send_dead_letter(&letter, failure.key.as_deref(), failure.ordinal)
             .await
     }
+}
+
+/// Owned header pairs as the sink takes them.
+fn header_refs(headers: &[(String, Vec<u8>)]) -> Vec<(&str, &[u8])> {
+    headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_slice()))
+        .collect()
+}
+
+/// A tombstone (null value) for `key`, which follows a delete so that compaction can drop the key.
+async fn send_tombstone(
+    sink: &mut Sink,
+    tracker: &AckTracker,
+    topic: &str,
+    key: &[u8],
+    headers: &[(&str, &[u8])],
+) -> Result<(), SinkError> {
+    let tombstone = Outgoing {
+        topic,
+        key: Some(key),
+        payload: None,
+        headers,
+    };
+    let ordinal = tracker.register();
+    sink.send(&tombstone, ordinal, MessageKind::Event).await
 }
 
 /// Which stage an encoding failure belongs to: a value the source could not represent failed at decoding
