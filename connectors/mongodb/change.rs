@@ -47,7 +47,7 @@ pub struct ConversionError {
 }
 
 impl ConversionError {
-    fn new(field: &str, problem: impl Into<String>) -> ConversionError {
+    pub(super) fn new(field: &str, problem: impl Into<String>) -> ConversionError {
         ConversionError {
             field: field.to_owned(),
             problem: problem.into(),
@@ -250,7 +250,7 @@ fn update_description(description: &Document) -> Result<UpdateDescription, Conve
 }
 
 /// A session id as text: the UUID of `lsid.id` when it is one, else the whole `lsid` as Extended JSON.
-fn session_id(lsid: &Document) -> String {
+pub(super) fn session_id(lsid: &Document) -> String {
     match lsid.get("id") {
         Some(Bson::Binary(binary))
             if binary.subtype == BinarySubtype::Uuid && binary.bytes.len() == 16 =>
@@ -273,7 +273,7 @@ fn namespace_of(ns: &Document) -> Result<[String; 2], ConversionError> {
     Ok([string(ns, "db")?.to_owned(), string(ns, "coll")?.to_owned()])
 }
 
-fn string<'a>(doc: &'a Document, field: &str) -> Result<&'a str, ConversionError> {
+pub(super) fn string<'a>(doc: &'a Document, field: &str) -> Result<&'a str, ConversionError> {
     match doc.get(field) {
         Some(Bson::String(text)) => Ok(text),
         Some(other) => Err(wrong_type(field, "a string", other)),
@@ -281,7 +281,10 @@ fn string<'a>(doc: &'a Document, field: &str) -> Result<&'a str, ConversionError
     }
 }
 
-fn document<'a>(doc: &'a Document, field: &str) -> Result<&'a Document, ConversionError> {
+pub(super) fn document<'a>(
+    doc: &'a Document,
+    field: &str,
+) -> Result<&'a Document, ConversionError> {
     optional_document(doc, field)?.ok_or_else(|| ConversionError::new(field, "missing"))
 }
 
@@ -297,7 +300,7 @@ fn optional_document<'a>(
     }
 }
 
-fn wrong_type(field: &str, expected: &str, found: &Bson) -> ConversionError {
+pub(super) fn wrong_type(field: &str, expected: &str, found: &Bson) -> ConversionError {
     ConversionError::new(
         field,
         format!("expected {expected}, found {:?}", found.element_type()),
@@ -305,7 +308,7 @@ fn wrong_type(field: &str, expected: &str, found: &Bson) -> ConversionError {
 }
 
 /// Prefixes the field path of an error found inside `parent`.
-fn within(parent: &str, err: ConversionError) -> ConversionError {
+pub(super) fn within(parent: &str, err: ConversionError) -> ConversionError {
     ConversionError {
         field: format!("{parent}.{}", err.field),
         problem: err.problem,

@@ -1,6 +1,8 @@
 //! MongoDB: change streams read through the official driver, each event converted into the change-event
-//! model (`change`), resumed from the resume token of the last event the broker acknowledged (`reader`).
+//! model (`change`), resumed from the resume token of the last event the broker acknowledged (`reader`);
+//! the documents already there are read first (`snapshot`).
 
 pub mod change;
+pub mod oplog;
 pub mod preflight;
 pub mod reader;
