@@ -679,22 +679,37 @@ fn postgres_problems(source: &SourceConfig, report: &mut impl FnMut(&str, Range<
             );
         }
 
-        let connections = *source.snapshot_connections.get_ref();
-        if connections == 0 || connections > MAX_SNAPSHOT_CONNECTIONS {
-            report(
-                "source.snapshot_connections",
-                source.snapshot_connections.span(),
-                format!("is {connections}; must be between 1 and {MAX_SNAPSHOT_CONNECTIONS}"),
-            );
-        }
-        let chunk_rows = *source.snapshot_chunk_rows.get_ref();
-        if chunk_rows < MIN_SNAPSHOT_CHUNK_ROWS {
-            report(
-                "source.snapshot_chunk_rows",
-                source.snapshot_chunk_rows.span(),
-                format!("is {chunk_rows}; must be at least {MIN_SNAPSHOT_CHUNK_ROWS}"),
-            );
-        }
+        check_snapshot_bounds(
+            &source.snapshot_connections,
+            &source.snapshot_chunk_rows,
+            "source.snapshot_chunk_rows",
+            report,
+        );
+    }
+}
+
+/// The snapshot's parallelism and chunk size, the same bounds for every source kind.
+fn check_snapshot_bounds(
+    connections: &Spanned<u8>,
+    chunk_size: &Spanned<u64>,
+    chunk_key: &str,
+    report: &mut impl FnMut(&str, Range<usize>, String),
+) {
+    let count = *connections.get_ref();
+    if count == 0 || count > MAX_SNAPSHOT_CONNECTIONS {
+        report(
+            "source.snapshot_connections",
+            connections.span(),
+            format!("is {count}; must be between 1 and {MAX_SNAPSHOT_CONNECTIONS}"),
+        );
+    }
+    let size = *chunk_size.get_ref();
+    if size < MIN_SNAPSHOT_CHUNK_ROWS {
+        report(
+            chunk_key,
+            chunk_size.span(),
+            format!("is {size}; must be at least {MIN_SNAPSHOT_CHUNK_ROWS}"),
+        );
     }
 }
 

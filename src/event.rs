@@ -58,6 +58,27 @@ pub enum Position {
     /// MongoDB change streams: the resume token of the last delivered event (or a post-batch token
     /// after it), as canonical Extended JSON, which is how the server hands it back on resume.
     Mongodb { resume_token: String },
+    /// MongoDB during a snapshot: the token streaming starts from once it is done (taken before the first
+    /// read, so no change made while reading is missed), and how far each part of the snapshot got.
+    MongodbSnapshot {
+        resume_token: String,
+        chunks: Vec<SnapshotChunk>,
+    },
+}
+
+/// One part of a MongoDB snapshot: a collection, or an `_id` range of a large one. Bounds and `last` are
+/// canonical Extended JSON, so that every `_id` type compares on resume as the server compares it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    /// `db.collection`.
+    pub namespace: String,
+    /// The first `_id` of the range (inclusive); None from the collection's start.
+    pub from: Option<String>,
+    /// The `_id` the range ends before; None to the collection's end.
+    pub to: Option<String>,
+    /// The `_id` of the last document read and on the broker: a resumed snapshot reads after it.
+    pub last: Option<String>,
+    pub done: bool,
 }
 
 impl fmt::Display for Position {
@@ -65,6 +86,12 @@ impl fmt::Display for Position {
         match self {
             Position::Postgres { lsn } => write!(f, "{lsn}"),
             Position::Mongodb { resume_token } => write!(f, "resume token {resume_token}"),
+            Position::MongodbSnapshot { chunks, .. } => write!(
+                f,
+                "snapshot in progress ({} of {} parts done)",
+                chunks.iter().filter(|c| c.done).count(),
+                chunks.len()
+            ),
         }
     }
 }

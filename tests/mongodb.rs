@@ -14,7 +14,7 @@ use serde_json::Value as Json;
 use sluice::avro::SchemaRef;
 use sluice_testkit::broker::{read_topic, Record, Tansu};
 use sluice_testkit::bson::{doc, Bson, Document};
-use sluice_testkit::mongo_double::{change_event, MongoDouble, REPLICA_SET};
+use sluice_testkit::mongo_double::{change_event, token_of, MongoDouble, REPLICA_SET};
 use sluice_testkit::registry::RegistryDouble;
 
 use common::Daemon;
@@ -41,9 +41,14 @@ impl Setup {
     }
 
     fn config(&self) -> PathBuf {
+        self.config_with("")
+    }
+
+    /// The config, with `source_lines` added to `[source]`.
+    fn config_with(&self, source_lines: &str) -> PathBuf {
         let text = sluice_testkit::config::mongodb(
             &self.double.url(),
-            "collections = [\"shop.*\"]\nexclude_collections = [\"shop.audit\"]",
+            &format!("collections = [\"shop.*\"]\nexclude_collections = [\"shop.audit\"]\n{source_lines}"),
             &self.broker.bootstrap(),
             &self.registry.url(),
             PREFIX,
@@ -135,19 +140,36 @@ async fn change_streams_publish_resume_and_dead_letter_through_the_driver() {
     let setup = Setup::start().await;
     let config = setup.config();
     let mut daemon = Daemon::start(&config);
+    // The shop has no documents yet: the snapshot takes its starting point, reads nothing, and the
+    // stream opens after that point.
     wait_until(
         "the change stream and the first stored position",
         &daemon,
-        || !setup.double.change_stream_stages().is_empty() && setup.stored_token().is_some(),
+        || setup.double.change_stream_stages().len() >= 2 && setup.stored_token().is_some(),
     )
     .await;
-    let first = &setup.double.change_stream_stages()[0];
-    assert_eq!(first.get_bool("allChangesForCluster"), Ok(true), "{first}");
-    assert_eq!(first.get_str("fullDocument"), Ok("updateLookup"), "{first}");
+    let stages = setup.double.change_stream_stages();
+    let (taken, streaming) = (&stages[0], &stages[1]);
     assert!(
-        first.get("startAfter").is_none(),
-        "a first run starts from now: {first}"
+        taken.get("startAfter").is_none(),
+        "a first run takes its starting point from now: {taken}"
     );
+    assert_eq!(
+        streaming.get_bool("allChangesForCluster"),
+        Ok(true),
+        "{streaming}"
+    );
+    assert_eq!(
+        streaming.get_str("fullDocument"),
+        Ok("updateLookup"),
+        "{streaming}"
+    );
+    assert_eq!(
+        streaming.get_document("startAfter"),
+        Ok(&token_of(0)),
+        "the stream starts at the point taken before the snapshot: {streaming}"
+    );
+    assert!(daemon.log().contains("snapshot read"), "{}", daemon.log());
 
     let double = &setup.double;
     double.append(insert(
@@ -349,9 +371,240 @@ async fn change_streams_publish_resume_and_dead_letter_through_the_driver() {
     );
 }
 
+/// Each record's operation and `source.snapshot`, by document id (the key's Extended JSON, decoded).
+fn by_id(records: &[(Json, Json)]) -> Vec<(Json, String, String)> {
+    records
+        .iter()
+        .map(|(key, value)| {
+            let id: Json = serde_json::from_str(key["id"].as_str().unwrap()).unwrap();
+            let op = value["op"].as_str().unwrap_or("tombstone").to_owned();
+            let snapshot = value["source"]["snapshot"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            (id, op, snapshot)
+        })
+        .collect()
+}
+
+fn int_id(n: i32) -> Json {
+    serde_json::json!({ "$numberInt": n.to_string() })
+}
+
+/// What a consumer that applies every record in order ends up holding: the ids still present.
+fn replayed(records: &[(Json, String, String)]) -> std::collections::BTreeSet<String> {
+    let mut present = std::collections::BTreeSet::new();
+    for (id, op, _) in records {
+        match op.as_str() {
+            "d" | "tombstone" => present.remove(&id.to_string()),
+            _ => present.insert(id.to_string()),
+        };
+    }
+    present
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_reads_in_ranges_carries_on_after_a_stop_and_hands_over_to_the_stream() {
+    let setup = Setup::start().await;
+    let double = &setup.double;
+    double.store(
+        "shop",
+        "orders",
+        (0..3000).map(|id| doc! { "_id": id, "n": id }),
+    );
+    double.store(
+        "shop",
+        "customers",
+        (0..100).map(|i| doc! { "_id": format!("c{i:03}") }),
+    );
+    double.store("shop", "audit", [doc! { "_id": 1 }]);
+    double.store("other", "things", [doc! { "_id": 1 }]);
+    let config = setup.config_with("snapshot_connections = 2\nsnapshot_chunk_documents = 1000");
+
+    // The readers get their first batches, then their getMores wait: the snapshot is caught halfway.
+    double.hold_reads(true);
+    let mut daemon = Daemon::start(&config);
+    let progress = |file: &Json| -> usize {
+        file["position"]["chunks"].as_array().map_or(0, |chunks| {
+            chunks.iter().filter(|c| !c["last"].is_null()).count()
+        })
+    };
+    wait_until("two parts of the snapshot stored", &daemon, || {
+        setup.position_file().is_some_and(|f| progress(&f) >= 2)
+    })
+    .await;
+    let planned = setup.position_file().unwrap();
+    assert_eq!(planned["position"]["kind"], "mongodb_snapshot", "{planned}");
+    let chunks = planned["position"]["chunks"].as_array().unwrap().clone();
+    let orders_chunks: Vec<(&Json, &Json)> = chunks
+        .iter()
+        .filter(|c| c["namespace"] == "shop.orders")
+        .map(|c| (&c["from"], &c["to"]))
+        .collect();
+    assert_eq!(
+        orders_chunks,
+        [
+            (&Json::Null, &Json::from("{\"$numberInt\":\"1000\"}")),
+            (
+                &Json::from("{\"$numberInt\":\"1000\"}"),
+                &Json::from("{\"$numberInt\":\"2000\"}")
+            ),
+            (&Json::from("{\"$numberInt\":\"2000\"}"), &Json::Null),
+        ],
+        "3,000 orders in ranges of 1,000: {planned}"
+    );
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["namespace"] != "shop.audit" && c["namespace"] != "other.things"),
+        "only selected collections: {planned}"
+    );
+    // Written while the snapshot runs: streamed afterwards (and maybe read too), never missed.
+    double.append(insert("orders", 5000, doc! { "n": 5000 }));
+    double.append(change_event("delete", "shop", "orders", 2999));
+    daemon.stop_cleanly();
+    let stopped = setup.position_file().unwrap();
+    assert_eq!(stopped["position"]["kind"], "mongodb_snapshot", "{stopped}");
+    assert!(
+        daemon.log().contains("stopped during the snapshot"),
+        "{}",
+        daemon.log()
+    );
+
+    double.hold_reads(false);
+    let mut daemon = Daemon::start(&config);
+    wait_until("the snapshot complete", &daemon, || {
+        setup
+            .position_file()
+            .is_some_and(|f| f["position"]["kind"] == "mongodb")
+    })
+    .await;
+    assert!(
+        daemon
+            .log()
+            .contains("carrying on with the interrupted snapshot"),
+        "{}",
+        daemon.log()
+    );
+    let after = double.append(insert("orders", 6000, doc! {}));
+    let after = sluice::connectors::mongodb::change::canonical_json(&Bson::Document(after));
+    wait_until(
+        "the position of the write after the snapshot",
+        &daemon,
+        || setup.stored_token().as_deref() == Some(after.as_str()),
+    )
+    .await;
+
+    // Read 0..2998 once each, the writes streamed: 3,003 records at least (5000 may be read too).
+    let orders =
+        by_id(&setup.decode_all(&setup.read(&format!("{PREFIX}.shop.orders"), 3003).await));
+    let reads: Vec<&Json> = orders
+        .iter()
+        .filter(|(_, op, _)| op == "r")
+        .map(|(id, _, _)| id)
+        .collect();
+    for n in 0..2999 {
+        let times = reads.iter().filter(|id| ***id == int_id(n)).count();
+        assert_eq!(
+            times, 1,
+            "order {n} read {times} times: the second run carried on, it did not start over"
+        );
+    }
+    let streamed: Vec<(&Json, &str)> = orders
+        .iter()
+        .filter(|(_, op, _)| op != "r")
+        .map(|(id, op, _)| (id, op.as_str()))
+        .collect();
+    assert_eq!(
+        streamed,
+        [
+            (&int_id(5000), "c"),
+            (&int_id(2999), "d"),
+            (&int_id(2999), "tombstone"),
+            (&int_id(6000), "c"),
+        ],
+        "the writes made during the snapshot, then after it, streamed from the point taken before it"
+    );
+    let expected: std::collections::BTreeSet<String> = (0..2999)
+        .chain([5000, 6000])
+        .map(|n| int_id(n).to_string())
+        .collect();
+    assert_eq!(
+        replayed(&orders),
+        expected,
+        "replaying the topic gives the collection"
+    );
+
+    let customers =
+        by_id(&setup.decode_all(&setup.read(&format!("{PREFIX}.shop.customers"), 100).await));
+    assert_eq!(customers.len(), 100);
+    assert!(customers
+        .iter()
+        .all(|(id, op, _)| op == "r" && id.as_str().is_some_and(|s| s.starts_with('c'))));
+    let markers: Vec<&str> = orders
+        .iter()
+        .chain(&customers)
+        .filter(|(_, op, _)| op == "r")
+        .map(|(_, _, snapshot)| snapshot.as_str())
+        .collect();
+    assert_eq!(
+        markers.iter().filter(|m| **m == "last").count(),
+        1,
+        "one last snapshot record"
+    );
+    assert!(markers.iter().all(|m| *m == "true" || *m == "last"));
+    for topic in ["shop.audit", "other.things"] {
+        let records = read_topic(
+            &setup.broker.bootstrap(),
+            &format!("{PREFIX}.{topic}"),
+            0,
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("read topic");
+        assert!(records.is_empty(), "{topic} is not selected");
+    }
+    daemon.stop_cleanly();
+
+    // The stored token fell off the oplog, and the config says when_needed: a new snapshot, then the stream.
+    double.forget_history();
+    double.append(insert("orders", 7000, doc! {}));
+    let config = setup.config_with("snapshot = \"when_needed\"");
+    let mut daemon = Daemon::start(&config);
+    let before = orders.len();
+    let orders = by_id(
+        &setup.decode_all(
+            &setup
+                .read(&format!("{PREFIX}.shop.orders"), before + 3002)
+                .await,
+        ),
+    );
+    let again: Vec<&Json> = orders[before..]
+        .iter()
+        .filter(|(_, op, _)| op == "r")
+        .map(|(id, _, _)| id)
+        .collect();
+    assert_eq!(
+        again.len(),
+        3002,
+        "every order present now (0..2998, 5000, 6000, 7000), read again"
+    );
+    assert!(again.contains(&&int_id(7000)));
+    assert!(
+        daemon
+            .log()
+            .contains("snapshot = when_needed takes a new snapshot"),
+        "{}",
+        daemon.log()
+    );
+    daemon.stop_cleanly();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_check_reports_the_double_as_a_replica_set_and_what_it_cannot_read() {
     let setup = Setup::start().await;
+    setup.double.store("shop", "orders", [doc! { "_id": 1 }]);
+    setup.double.store("shop", "audit", [doc! { "_id": 1 }]);
     let config = setup.config();
     let (status, stdout, stderr) = common::sluice(&["check", "-c", config.to_str().unwrap()]);
     assert!(
@@ -370,6 +623,10 @@ async fn sluice_check_reports_the_double_as_a_replica_set_and_what_it_cannot_rea
     assert!(
         stdout.contains("[warn] cannot read the oplog window"),
         "{stdout}"
+    );
+    assert!(
+        stdout.contains("[ ok ] the snapshot may read the 1 selected collections"),
+        "shop.audit is excluded: {stdout}"
     );
     assert!(status.success(), "{stdout}\n{stderr}");
 }

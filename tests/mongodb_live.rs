@@ -3,9 +3,11 @@
 //! No MongoDB server can be installed on the build machines, so CI runs the wire-protocol double
 //! (`tests/mongodb.rs`) instead, and this suite says plainly that it was skipped.
 //!
-//! It writes to a database of its own (`sluice_live_<random>`, dropped at the end): insert, update,
-//! replace, delete, a transaction over two collections, then a restart that must resume after the
-//! stored token with nothing lost or repeated.
+//! Each test writes to a database of its own (`sluice_live_<random>`, dropped at the end): insert,
+//! update, replace, delete, a transaction over two collections, then a restart that must resume after
+//! the stored token with nothing lost or repeated; and a snapshot of 20,000 documents raced by writes,
+//! the topic replayed equal to the collection, then a lost token (exit 1) and `when_needed` taking a
+//! new snapshot.
 
 mod common;
 
@@ -22,17 +24,23 @@ use common::Daemon;
 
 const PREFIX: &str = "live";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_replica_set_streams_resumes_and_keeps_transactions() {
-    let Ok(uri) = std::env::var("MONGODB_URI") else {
+/// `MONGODB_URI`, or None after saying plainly that the suite is skipped.
+fn live_uri() -> Option<String> {
+    let uri = std::env::var("MONGODB_URI").ok();
+    if uri.is_none() {
         // Written to the process's stderr itself, past the test harness's capture, so that it shows.
         use std::io::Write;
         let _ = writeln!(
             std::io::stderr(),
             "SKIPPED mongodb_live: MONGODB_URI is not set; this suite needs a MongoDB 6.0+ replica set (see README.md)"
         );
-        return;
-    };
+    }
+    uri
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_replica_set_streams_resumes_and_keeps_transactions() {
+    let Some(uri) = live_uri() else { return };
     let client = Client::with_uri_str(&uri)
         .await
         .expect("connect to MONGODB_URI");
@@ -157,6 +165,165 @@ async fn a_real_replica_set_streams_resumes_and_keeps_transactions() {
     assert_eq!(records.len(), 7, "{}", daemon.log());
     let key = decode(records[6].key.as_deref().unwrap());
     assert_eq!(key["id"], "{\"$numberInt\":\"3\"}");
+    daemon.stop_cleanly();
+    db.drop().await.unwrap();
+}
+
+/// The decoded records of `topic`: (document id as Extended JSON text, op), a tombstone's op "tombstone".
+async fn ops_by_id(
+    broker: &Tansu,
+    registry: &RegistryDouble,
+    topic: &str,
+    min: usize,
+) -> Vec<(String, String)> {
+    let records = read_topic(&broker.bootstrap(), topic, min, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let decode = |body: &[u8]| -> Json {
+        let Some((SchemaRef::RegistryId(id), datum)) = SchemaRef::split(body) else {
+            panic!("not Confluent-framed")
+        };
+        let (_, schema) = registry
+            .schemas()
+            .into_iter()
+            .find(|(i, _)| *i == id)
+            .unwrap();
+        sluice::tail::decode_datum(&schema, datum).unwrap()
+    };
+    records
+        .iter()
+        .map(|r| {
+            let key = decode(r.key.as_deref().unwrap());
+            let op = r.value.as_deref().map_or("tombstone".into(), |v| {
+                decode(v)["op"].as_str().unwrap().to_owned()
+            });
+            (key["id"].as_str().unwrap().to_owned(), op)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_replica_set_snapshot_while_writing_then_a_lost_token() {
+    let Some(uri) = live_uri() else { return };
+    let client = Client::with_uri_str(&uri)
+        .await
+        .expect("connect to MONGODB_URI");
+    let db_name = format!("sluice_live_{}", sluice_testkit::random_hex());
+    let db = client.database(&db_name);
+    let orders = db.collection::<Document>("orders");
+    let documents: Vec<Document> = (0..20_000).map(|id| doc! { "_id": id, "n": id }).collect();
+    orders
+        .insert_many(documents)
+        .await
+        .expect("load 20,000 orders");
+
+    let broker = Tansu::start().expect("start tansu");
+    let registry = RegistryDouble::start().expect("start the registry double");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("sluice.toml");
+    let write_config = |snapshot: &str| {
+        let text = sluice_testkit::config::mongodb(
+            &uri,
+            &format!(
+                "collections = [\"{db_name}.*\"]\nsnapshot = \"{snapshot}\"\nsnapshot_connections = 2\nsnapshot_chunk_documents = 5000"
+            ),
+            &broker.bootstrap(),
+            &registry.url(),
+            PREFIX,
+            &dir.path().join("positions"),
+        );
+        std::fs::write(&config, text).expect("write config");
+    };
+    write_config("initial");
+    let position = dir
+        .path()
+        .join(format!("positions/{PREFIX}.mongodb.position.json"));
+    let stored =
+        || -> Option<Json> { serde_json::from_str(&std::fs::read_to_string(&position).ok()?).ok() };
+
+    // Writes race the snapshot: inserts, updates and deletes until it is complete.
+    let mut daemon = Daemon::start(&config);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut next = 100_000;
+    while stored().is_none_or(|f| f["position"]["kind"] != "mongodb") {
+        assert!(
+            Instant::now() < deadline,
+            "the snapshot did not finish:\n{}",
+            daemon.log()
+        );
+        orders.insert_one(doc! { "_id": next }).await.unwrap();
+        orders
+            .update_one(
+                doc! { "_id": next - 100_000 },
+                doc! { "$set": { "touched": true } },
+            )
+            .await
+            .unwrap();
+        orders
+            .delete_one(doc! { "_id": next - 99_000 })
+            .await
+            .unwrap();
+        next += 1;
+    }
+    let topic = format!("{PREFIX}.{db_name}.orders");
+    let present: std::collections::BTreeSet<String> = {
+        use futures::TryStreamExt;
+        let ids: Vec<Document> = orders
+            .find(doc! {})
+            .projection(doc! { "_id": 1 })
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        ids.iter()
+            .map(|d| sluice::connectors::mongodb::change::canonical_json(d.get("_id").unwrap()))
+            .collect()
+    };
+    // Every write is on the broker once the stream has caught up: replaying the topic gives the collection.
+    let mut replayed = std::collections::BTreeSet::new();
+    let wait = Instant::now() + Duration::from_secs(120);
+    while replayed != present {
+        assert!(
+            Instant::now() < wait,
+            "replaying the topic does not give the collection:\n{}",
+            daemon.log()
+        );
+        replayed.clear();
+        for (id, op) in ops_by_id(&broker, &registry, &topic, present.len()).await {
+            match op.as_str() {
+                "d" | "tombstone" => replayed.remove(&id),
+                _ => replayed.insert(id),
+            };
+        }
+    }
+    daemon.stop_cleanly();
+
+    // A token from before the oplog's start (its timestamp set to 1970): the server no longer has it.
+    let mut file = stored().unwrap();
+    let token: Json =
+        serde_json::from_str(file["position"]["resume_token"].as_str().unwrap()).unwrap();
+    let data = token["_data"].as_str().unwrap();
+    // `_data` starts with 82 and the cluster time: 4 bytes of seconds, 4 of increment.
+    let aged = format!("82{:08X}{:08X}{}", 1, 1, &data[18..]);
+    file["position"]["resume_token"] = Json::from(serde_json::json!({ "_data": aged }).to_string());
+    std::fs::write(&position, file.to_string()).unwrap();
+    let mut daemon = Daemon::start(&config);
+    let status = daemon.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("no longer in the oplog"),
+        "{}",
+        daemon.log()
+    );
+
+    // when_needed takes a new snapshot instead.
+    write_config("when_needed");
+    let before = ops_by_id(&broker, &registry, &topic, 1).await.len();
+    let mut daemon = Daemon::start(&config);
+    let after = ops_by_id(&broker, &registry, &topic, before + present.len()).await;
+    let read_again = after[before..].iter().filter(|(_, op)| op == "r").count();
+    assert_eq!(read_again, present.len(), "{}", daemon.log());
     daemon.stop_cleanly();
     db.drop().await.unwrap();
 }

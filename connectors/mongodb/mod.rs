@@ -6,3 +6,4 @@ pub mod change;
 pub mod oplog;
 pub mod preflight;
 pub mod reader;
+pub mod snapshot;

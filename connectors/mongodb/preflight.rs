@@ -1,11 +1,15 @@
 //! `sluice check` for a MongoDB source: the server's topology and version, whether the user may open the
-//! change stream, the oplog window, and the pre- and post-image settings the config relies on.
+//! change stream, the oplog window, the pre- and post-image settings the config relies on, and whether
+//! the snapshot may read the selected collections.
 
 use mongodb::bson::{doc, Bson, Document, Timestamp};
 use mongodb::Client;
 
+use mongodb::options::Hint;
+
 use super::reader::{client, selection_filter, topology};
-use crate::config::{redact_secrets, BeforeImage, FullDocument, MongodbSourceConfig};
+use super::snapshot::selected_collections;
+use crate::config::{redact_secrets, BeforeImage, FullDocument, MongodbSourceConfig, SnapshotMode};
 use crate::preflight::Report;
 
 /// Below this the oplog cannot cover a day's outage, the usual time to notice and fix one.
@@ -94,6 +98,53 @@ pub async fn check(source: &MongodbSourceConfig, report: &mut Report) {
 
     if images_wanted {
         check_images(&client, source, report).await;
+    }
+    if *source.snapshot.get_ref() != SnapshotMode::Never {
+        check_snapshot_reads(&client, source, report).await;
+    }
+}
+
+/// The snapshot lists the selected collections and reads each through its `_id` index.
+async fn check_snapshot_reads(client: &Client, source: &MongodbSourceConfig, report: &mut Report) {
+    let collections = match selected_collections(client, &source.selection()).await {
+        Ok(found) => found,
+        Err(err) => {
+            return report.fail(
+                format!(
+                    "the snapshot cannot list the selected collections: {}",
+                    redact_secrets(&err.to_string())
+                ),
+                "grant the user `read` on the selected databases (and listDatabases for a `*` database pattern)",
+            )
+        }
+    };
+    let mut unreadable = Vec::new();
+    for (database, collection) in &collections {
+        let read = client
+            .database(database)
+            .collection::<Document>(collection)
+            .find_one(doc! {})
+            .hint(Hint::Keys(doc! { "_id": 1 }))
+            .await;
+        if let Err(err) = read {
+            unreadable.push(format!(
+                "{database}.{collection} ({})",
+                redact_secrets(&err.to_string())
+            ));
+        }
+    }
+    match (collections.len(), unreadable.is_empty()) {
+        (0, _) => report.warn(
+            "the snapshot finds no selected collection: it reads the ones there at the first start",
+            "check `source.collections` if documents are expected",
+        ),
+        (n, true) => report.pass(format!(
+            "the snapshot may read the {n} selected collections"
+        )),
+        (_, false) => report.fail(
+            format!("the snapshot cannot read {}", unreadable.join(", ")),
+            "grant the user `read` on those databases, or set `snapshot = \"never\"`",
+        ),
     }
 }
 

@@ -20,8 +20,9 @@ use mongodb::Client;
 use tokio::sync::{mpsc, watch};
 
 use super::change::{self, EventKind};
-use crate::config::{redact_secrets, BeforeImage, CollectionSelection, FullDocument};
-use crate::event::{Position, SourceEvent};
+use super::snapshot::{self, SnapshotEnd, SnapshotRun, SnapshotShape};
+use crate::config::{redact_secrets, BeforeImage, CollectionSelection, FullDocument, SnapshotMode};
+use crate::event::{Position, SnapshotChunk, SourceEvent};
 use crate::metrics::Metrics;
 
 /// How long the server holds a getMore open when nothing happens: how quickly a stop is noticed.
@@ -53,6 +54,8 @@ pub enum MongodbError {
     BadToken(String),
     #[error("the change stream failed: {0}")]
     Stream(String),
+    #[error("the snapshot failed: {0}")]
+    Snapshot(String),
 }
 
 /// What the reader needs from the config.
@@ -62,6 +65,24 @@ pub struct MongodbSettings {
     pub selection: CollectionSelection,
     pub full_document: FullDocument,
     pub before: BeforeImage,
+    pub snapshot: SnapshotMode,
+    pub snapshot_shape: SnapshotShape,
+}
+
+/// Where a run starts.
+#[derive(Debug)]
+pub enum Start {
+    /// After a stored resume token.
+    After(String),
+    /// From now: what was written before is not published.
+    Now,
+    /// A new snapshot, then the stream from the point taken before it.
+    Snapshot,
+    /// An interrupted snapshot, carried on from its stored progress.
+    CarryOnSnapshot {
+        resume_token: String,
+        chunks: Vec<SnapshotChunk>,
+    },
 }
 
 /// How the reader talks to the pipeline.
@@ -96,14 +117,50 @@ impl MongodbSource {
         })
     }
 
-    /// Streams changes after `resume` (a stored resume token), or from now, until a stop request or
-    /// the pipeline going away. Transient failures reconnect with backoff from the last token read.
+    /// Publishes what `start` says (a snapshot first, or not), then streams changes until a stop request
+    /// or the pipeline going away. Transient failures reconnect with backoff from the last token read.
     pub async fn stream(
         self,
-        resume: Option<String>,
+        start: Start,
+        control: DocumentStreamControl,
+    ) -> Result<(), MongodbError> {
+        match start {
+            Start::After(text) => {
+                let token = parse_token(&text)?;
+                self.stream_from(Some(token), control).await
+            }
+            Start::Now => self.stream_from(None, control).await,
+            Start::Snapshot => self.snapshot_then_stream(None, control).await,
+            Start::CarryOnSnapshot {
+                resume_token,
+                chunks,
+            } => {
+                self.snapshot_then_stream(Some((resume_token, chunks)), control)
+                    .await
+            }
+        }
+    }
+
+    async fn snapshot_then_stream(
+        self,
+        carried_on: Option<(String, Vec<SnapshotChunk>)>,
         mut control: DocumentStreamControl,
     ) -> Result<(), MongodbError> {
-        let mut token = resume.as_deref().map(parse_token).transpose()?;
+        let Some(token) = self.snapshot(carried_on, &mut control).await? else {
+            return Ok(());
+        };
+        if self.settings.snapshot == SnapshotMode::InitialOnly {
+            tracing::info!("snapshot = initial_only: done, not streaming");
+            return Ok(());
+        }
+        self.stream_from(Some(token), control).await
+    }
+
+    async fn stream_from(
+        self,
+        mut token: Option<ResumeToken>,
+        mut control: DocumentStreamControl,
+    ) -> Result<(), MongodbError> {
         let mut failures = 0usize;
         loop {
             if *control.stop.borrow() {
@@ -119,13 +176,17 @@ impl MongodbSource {
                 }
                 Err(err) if is_transient(&err) => {
                     control.metrics.set_streaming(false);
-                    let wait = RECONNECT_BACKOFF[failures.min(RECONNECT_BACKOFF.len() - 1)];
-                    failures += 1;
-                    control.metrics.reconnected();
-                    tracing::warn!(error = %redact_secrets(&err.to_string()), retry_in = ?wait, "MongoDB connection lost: reconnecting from the last change read");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = control.stop.changed() => {}
+                    back_off(&mut failures, &err, &mut control).await;
+                }
+                Err(err)
+                    if is_history_lost(&err)
+                        && self.settings.snapshot == SnapshotMode::WhenNeeded =>
+                {
+                    control.metrics.set_streaming(false);
+                    tracing::warn!(error = %redact_secrets(&err.to_string()), "the stored resume token is no longer in the oplog: snapshot = when_needed takes a new snapshot");
+                    match self.snapshot(None, &mut control).await? {
+                        Some(start) => token = Some(start),
+                        None => return Ok(()),
                     }
                 }
                 Err(err) => {
@@ -134,6 +195,80 @@ impl MongodbSource {
                 }
             }
         }
+    }
+
+    /// Takes a new snapshot, or carries on with an interrupted one, retrying transient failures from
+    /// where it got to. Returns the token streaming starts from, or None when stopped.
+    async fn snapshot(
+        &self,
+        carried_on: Option<(String, Vec<SnapshotChunk>)>,
+        control: &mut DocumentStreamControl,
+    ) -> Result<Option<ResumeToken>, MongodbError> {
+        let failed = |err: DriverError| MongodbError::Snapshot(redact_secrets(&err.to_string()));
+        let (resume_token, mut chunks) = match carried_on {
+            Some(stored) => stored,
+            None => {
+                // The starting point comes first: every change from here on is streamed afterwards.
+                let start = self.starting_point().await.map_err(failed)?;
+                let chunks = snapshot::plan(
+                    &self.client,
+                    &self.settings.selection,
+                    self.settings.snapshot_shape,
+                )
+                .await
+                .map_err(failed)?;
+                (token_text(&start).map_err(failed)?, chunks)
+            }
+        };
+        let token = parse_token(&resume_token)?;
+        tracing::info!(parts = chunks.len(), resume_token = %resume_token, "snapshot started");
+        control.metrics.set_snapshot_running(true);
+        let mut failures = 0usize;
+        let ended = loop {
+            let run = SnapshotRun {
+                client: &self.client,
+                replica_set: self.replica_set.clone(),
+                readers: self.settings.snapshot_shape.readers,
+                resume_token: resume_token.clone(),
+                events: &control.events,
+                stop: control.stop.clone(),
+                metrics: control.metrics.clone(),
+            };
+            match snapshot::read(run, &mut chunks).await {
+                Ok(ended) => break ended,
+                Err(err) if is_transient(&err) => back_off(&mut failures, &err, control).await,
+                Err(err) => {
+                    control.metrics.set_snapshot_running(false);
+                    return Err(failed(err));
+                }
+            }
+        };
+        control.metrics.set_snapshot_running(false);
+        Ok(match ended {
+            SnapshotEnd::Complete => {
+                tracing::info!("snapshot read: streaming starts from the point taken before it");
+                Some(token)
+            }
+            SnapshotEnd::Stopped => {
+                tracing::info!("stopped during the snapshot: the next run carries on from the last stored part");
+                None
+            }
+        })
+    }
+
+    /// The change stream's resume token as of now, taken by opening a stream and closing it again.
+    async fn starting_point(&self) -> Result<ResumeToken, DriverError> {
+        let stream = self
+            .client
+            .watch()
+            .pipeline([selection_filter(&self.settings.selection)])
+            .await?;
+        stream.resume_token().ok_or_else(|| {
+            DriverError::custom(
+                "the server gave the new change stream no resume token to start from after the \
+                 snapshot (MongoDB 4.0.7 or later is needed)",
+            )
+        })
     }
 
     /// One change stream, from `token` on; `token` follows every event read.
@@ -265,14 +400,13 @@ impl MongodbSource {
 
     fn describe(&self, err: DriverError, control: &DocumentStreamControl) -> MongodbError {
         let reason = redact_secrets(&err.to_string());
-        match err.kind.as_ref() {
-            ErrorKind::Command(command) if command.code == CHANGE_STREAM_HISTORY_LOST => {
-                MongodbError::HistoryLost {
-                    reason,
-                    file: control.position_file.clone(),
-                }
+        if is_history_lost(&err) {
+            MongodbError::HistoryLost {
+                reason,
+                file: control.position_file.clone(),
             }
-            _ => MongodbError::Stream(reason),
+        } else {
+            MongodbError::Stream(reason)
         }
     }
 }
@@ -313,6 +447,22 @@ enum Ended {
 /// Sends to the pipeline; false when it has gone away (it stopped or failed).
 async fn send(control: &DocumentStreamControl, event: SourceEvent) -> bool {
     control.events.send(event).await.is_ok()
+}
+
+/// Waits out the backoff after the `failures`-th transient failure in a row (or a stop request).
+async fn back_off(failures: &mut usize, err: &DriverError, control: &mut DocumentStreamControl) {
+    let wait = RECONNECT_BACKOFF[(*failures).min(RECONNECT_BACKOFF.len() - 1)];
+    *failures += 1;
+    control.metrics.reconnected();
+    tracing::warn!(error = %redact_secrets(&err.to_string()), retry_in = ?wait, "MongoDB connection lost: reconnecting from the last document read");
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => {}
+        _ = control.stop.changed() => {}
+    }
+}
+
+fn is_history_lost(err: &DriverError) -> bool {
+    matches!(err.kind.as_ref(), ErrorKind::Command(command) if command.code == CHANGE_STREAM_HISTORY_LOST)
 }
 
 /// Failures a reconnect can cure: the network, an election, a server restarting.

@@ -5,7 +5,9 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{no_patterns, wildcard_match, EnvString, SnapshotMode, SourceKind};
+use super::{
+    check_snapshot_bounds, no_patterns, wildcard_match, EnvString, SnapshotMode, SourceKind,
+};
 
 /// `[source]` with `kind = "mongodb"`: a replica set or sharded cluster, read through change streams.
 #[derive(Debug, Deserialize)]
@@ -30,9 +32,17 @@ pub struct MongodbSourceConfig {
     /// needs MongoDB 6.0+ and `changeStreamPreAndPostImages` on the collection).
     #[serde(default)]
     pub before: BeforeImage,
-    /// `never` is what this version has: changes after the first start are published.
+    /// Whether the documents already in the collections are published first (`initial`, the default),
+    /// never, only (`initial_only`), or again when the stored token is gone from the oplog (`when_needed`).
     #[serde(default = "default_snapshot")]
     pub snapshot: Spanned<SnapshotMode>,
+    /// How many collections (or `_id` ranges of large ones) the snapshot reads at once.
+    #[serde(default = "default_snapshot_connections")]
+    pub snapshot_connections: Spanned<u8>,
+    /// A collection estimated larger than this is read in `_id` ranges of about this many documents,
+    /// which the snapshot's readers share, and which an interrupted snapshot resumes one by one.
+    #[serde(default = "default_snapshot_chunk_documents")]
+    pub snapshot_chunk_documents: Spanned<u64>,
 }
 
 /// `source.capture`.
@@ -101,7 +111,15 @@ fn default_capture() -> Spanned<Capture> {
 }
 
 fn default_snapshot() -> Spanned<SnapshotMode> {
-    Spanned::new(0..0, SnapshotMode::Never)
+    Spanned::new(0..0, SnapshotMode::Initial)
+}
+
+fn default_snapshot_connections() -> Spanned<u8> {
+    Spanned::new(0..0, 2)
+}
+
+fn default_snapshot_chunk_documents() -> Spanned<u64> {
+    Spanned::new(0..0, 100_000)
 }
 
 /// A `db.collection` selector; either part may contain `*`. Database names cannot contain dots and
@@ -193,15 +211,12 @@ impl MongodbSourceConfig {
                 }
             }
         }
-        if *self.snapshot.get_ref() != SnapshotMode::Never {
-            report(
-                "source.snapshot",
-                self.snapshot.span(),
-                "this version has no MongoDB snapshot: set `snapshot = \"never\"` (changes from \
-                 the first start on are published)"
-                    .into(),
-            );
-        }
+        check_snapshot_bounds(
+            &self.snapshot_connections,
+            &self.snapshot_chunk_documents,
+            "source.snapshot_chunk_documents",
+            report,
+        );
     }
 }
 
@@ -265,7 +280,9 @@ dir = "/tmp/sluice"
         assert_eq!(*source.capture.get_ref(), Capture::ChangeStreams);
         assert_eq!(source.full_document, FullDocument::UpdateLookup);
         assert_eq!(source.before, BeforeImage::WhenAvailable);
-        assert_eq!(*source.snapshot.get_ref(), SnapshotMode::Never);
+        assert_eq!(*source.snapshot.get_ref(), SnapshotMode::Initial);
+        assert_eq!(*source.snapshot_connections.get_ref(), 2);
+        assert_eq!(*source.snapshot_chunk_documents.get_ref(), 100_000);
         assert!(config.postgres().is_none());
         let selection = source.selection();
         assert!(selection.includes("shop", "orders"));
@@ -299,7 +316,7 @@ dir = "/tmp/sluice"
             .replace("\"shop.*\", ", "\"shop\", ")
             .replace(
                 "before = \"when_available\"",
-                "capture = \"oplog\"\nsnapshot = \"initial\"",
+                "capture = \"oplog\"\nsnapshot_chunk_documents = 10",
             );
         let found = problems(&text);
         assert_eq!(found.len(), 4, "{found:?}");
@@ -316,7 +333,9 @@ dir = "/tmp/sluice"
             "{found:?}"
         );
         assert!(
-            found[3].starts_with("line 8") && found[3].contains("no MongoDB snapshot"),
+            found[3].starts_with("line 8")
+                && found[3].contains("source.snapshot_chunk_documents")
+                && found[3].contains("is 10; must be at least 1000"),
             "{found:?}"
         );
 

@@ -8,10 +8,11 @@ use super::{
     Publisher, Started, EVENT_BUFFER,
 };
 use crate::avro;
-use crate::config::{Config, MongodbSourceConfig};
+use crate::config::{Config, MongodbSourceConfig, SnapshotMode};
 use crate::connectors::mongodb::reader::{
-    DocumentStreamControl, MongodbError, MongodbSettings, MongodbSource,
+    DocumentStreamControl, MongodbError, MongodbSettings, MongodbSource, Start,
 };
+use crate::connectors::mongodb::snapshot::SnapshotShape;
 use crate::deadletter::{DeadLetter, Stage};
 use crate::event::{DocumentChange, Position, UndecodableChange};
 use crate::positions::{now_ms, PositionStore};
@@ -30,9 +31,42 @@ pub(super) async fn run(
         std::path::Path::new(config.positions.dir.get_ref().as_str()),
         &position_name(config),
     )?;
-    let resume = match store.load()?.map(|stored| stored.position) {
-        None => None,
-        Some(Position::Mongodb { resume_token }) => Some(resume_token),
+    let mode = *source.snapshot.get_ref();
+    let stored = store.load()?.map(|stored| stored.position);
+    let first = match stored.clone() {
+        None if mode == SnapshotMode::Never => {
+            tracing::info!("no stored position: publishing changes from now on");
+            Start::Now
+        }
+        None => {
+            tracing::info!(
+                "no stored position: taking a snapshot of the selected collections first"
+            );
+            Start::Snapshot
+        }
+        Some(Position::Mongodb { .. }) if mode == SnapshotMode::InitialOnly => {
+            tracing::info!(file = %store.path().display(), "snapshot = initial_only and the snapshot is complete: nothing to do");
+            return Ok(());
+        }
+        Some(Position::Mongodb { resume_token }) => {
+            tracing::info!(resume_token = %resume_token, file = %store.path().display(), "resuming after stored position");
+            Start::After(resume_token)
+        }
+        // Switched to `never` halfway through: what is not read yet stays unread.
+        Some(Position::MongodbSnapshot { resume_token, .. }) if mode == SnapshotMode::Never => {
+            tracing::warn!(file = %store.path().display(), "a snapshot was interrupted, and snapshot = never: streaming from where it started, the rest unread");
+            Start::After(resume_token)
+        }
+        Some(Position::MongodbSnapshot {
+            resume_token,
+            chunks,
+        }) => {
+            tracing::info!(file = %store.path().display(), done = chunks.iter().filter(|c| c.done).count(), parts = chunks.len(), "carrying on with the interrupted snapshot");
+            Start::CarryOnSnapshot {
+                resume_token,
+                chunks,
+            }
+        }
         Some(other) => {
             return Err(PipelineError::ForeignPosition {
                 file: store.path().to_owned(),
@@ -52,19 +86,18 @@ pub(super) async fn run(
         selection: source.selection(),
         full_document: source.full_document,
         before: source.before,
+        snapshot: mode,
+        snapshot_shape: SnapshotShape {
+            readers: usize::from(*source.snapshot_connections.get_ref()),
+            chunk_documents: *source.snapshot_chunk_documents.get_ref(),
+        },
     };
     let reader = MongodbSource::connect(settings).await?;
-    match &resume {
-        Some(token) => {
-            tracing::info!(resume_token = %token, file = %store.path().display(), "resuming after stored position")
-        }
-        None => tracing::info!("no stored position: publishing changes from now on"),
-    }
 
     let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
     let position_file = store.path().display().to_string();
     let reading = tokio::spawn(reader.stream(
-        resume.clone(),
+        first,
         DocumentStreamControl {
             events: events_tx,
             stop: stop.clone(),
@@ -79,7 +112,7 @@ pub(super) async fn run(
         store,
         // Change streams keep nothing on the server for their readers: the file is the only record.
         |_| {},
-        resume.map(|resume_token| Position::Mongodb { resume_token }),
+        stored,
         finish_rx,
     ));
 

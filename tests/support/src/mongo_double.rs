@@ -1,15 +1,19 @@
 //! A TEST DOUBLE of a MongoDB replica-set primary, not a database: it speaks the wire protocol (OP_MSG,
-//! plus OP_QUERY/OP_REPLY for the legacy handshake) for just the commands a change-stream reader sends —
-//! `hello`/`isMaster`, `buildInfo`, `ping`, `aggregate` with `$changeStream`, `getMore`, `killCursors`,
-//! `endSessions` — and serves change events that the test appends to its log.
+//! plus OP_QUERY/OP_REPLY for the legacy handshake) for just the commands a change-stream reader and a
+//! snapshot send — `hello`/`isMaster`, `buildInfo`, `ping`, `aggregate` with `$changeStream`, `getMore`,
+//! `killCursors`, `endSessions`, `listDatabases`, `listCollections`, `count`, and `find` in `_id` order
+//! with `min`/`max`/`skip`/`limit` — and serves change events that the test appends to its log.
 //!
 //! No MongoDB server can be installed on the build machines; this lets the real driver path (handshake,
-//! cursor, resume after a dropped connection, resume tokens across restarts) run in CI. It does not
-//! evaluate `$match` stages or store documents: the test writes the change events themselves, in the
-//! format MongoDB documents. The integration suite in `tests/mongodb_live.rs` runs against a real
-//! replica set when `MONGODB_URI` is set.
+//! cursor, resume after a dropped connection, resume tokens across restarts, snapshot reads) run in CI.
+//! It does not evaluate `$match` stages or `find` filters: the test writes the change events themselves,
+//! in the format MongoDB documents, and an event with a `fullDocument` (or a delete) also changes the
+//! stored documents that `find` reads. `_id`s compare as MongoDB orders numbers, strings and ObjectIds.
+//! The integration suite in `tests/mongodb_live.rs` runs against a real replica set when `MONGODB_URI`
+//! is set.
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,8 +42,12 @@ struct State {
     events: Vec<Document>,
     /// Sequence number of `events[0]`: raising it forgets history, as a rolled-over oplog does.
     first_seq: u64,
-    /// Open cursors: id → sequence number of the next event to return.
+    /// Open change-stream cursors: id → sequence number of the next event to return.
     cursors: HashMap<i64, u64>,
+    /// Open `find` cursors: id → the documents not returned yet.
+    finds: HashMap<i64, VecDeque<Document>>,
+    /// The stored documents: `db.coll` → documents in `_id` order.
+    collections: BTreeMap<String, Vec<Document>>,
     next_cursor: i64,
     /// Every command received, in order: (command name, body).
     commands: Vec<(String, Document)>,
@@ -52,6 +60,8 @@ pub struct MongoDouble {
     appended: Arc<Notify>,
     /// Bumped to make every open connection close (a network failure, as the driver sees it).
     generation: watch::Sender<u64>,
+    /// While true, a `getMore` on a `find` cursor waits: a snapshot caught halfway.
+    reads_held: watch::Sender<bool>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -68,9 +78,14 @@ impl MongoDouble {
         }));
         let appended = Arc::new(Notify::new());
         let (generation, _) = watch::channel(0u64);
+        let (reads_held, _) = watch::channel(false);
         let accept = {
-            let (state, appended, generation) =
-                (state.clone(), appended.clone(), generation.clone());
+            let (state, appended, generation, reads_held) = (
+                state.clone(),
+                appended.clone(),
+                generation.clone(),
+                reads_held.clone(),
+            );
             tokio::spawn(async move {
                 while let Ok((socket, _)) = listener.accept().await {
                     let connection = Connection {
@@ -78,6 +93,7 @@ impl MongoDouble {
                         state: state.clone(),
                         appended: appended.clone(),
                         closed: generation.subscribe(),
+                        reads_held: reads_held.subscribe(),
                     };
                     tokio::spawn(connection.serve(socket));
                 }
@@ -88,6 +104,7 @@ impl MongoDouble {
             state,
             appended,
             generation,
+            reads_held,
             accept,
         })
     }
@@ -109,10 +126,24 @@ impl MongoDouble {
                 time: 1_700_000_000 + seq as u32,
                 increment: 1,
             }));
+        state.apply(&event);
         state.events.push(event);
         drop(state);
         self.appended.notify_waiters();
         token
+    }
+
+    /// Stores documents in `db.coll` without a change event: what was there before the reader started.
+    pub fn store(&self, db: &str, coll: &str, documents: impl IntoIterator<Item = Document>) {
+        let mut state = lock(&self.state);
+        for document in documents {
+            state.upsert(&format!("{db}.{coll}"), document);
+        }
+    }
+
+    /// Holds (or releases) every `getMore` on a `find` cursor: a first batch is served, the rest waits.
+    pub fn hold_reads(&self, held: bool) {
+        self.reads_held.send_replace(held);
     }
 
     /// Closes every open connection, as a network failure or a failover would.
@@ -180,6 +211,75 @@ fn seq_of(token: &Document) -> Option<u64> {
     u64::from_str_radix(data, 16).ok()
 }
 
+impl State {
+    /// What an event with a `fullDocument`, or a delete, does to the stored documents.
+    fn apply(&mut self, event: &Document) {
+        let Ok(ns) = event.get_document("ns") else {
+            return;
+        };
+        let (Ok(db), Ok(coll)) = (ns.get_str("db"), ns.get_str("coll")) else {
+            return;
+        };
+        let namespace = format!("{db}.{coll}");
+        match (
+            event.get_str("operationType"),
+            event.get_document("fullDocument"),
+        ) {
+            (Ok("delete"), _) => {
+                if let Some(id) = event
+                    .get_document("documentKey")
+                    .ok()
+                    .and_then(|k| k.get("_id"))
+                {
+                    if let Some(documents) = self.collections.get_mut(&namespace) {
+                        documents.retain(|d| d.get("_id") != Some(id));
+                    }
+                }
+            }
+            (_, Ok(document)) => self.upsert(&namespace, document.clone()),
+            _ => {}
+        }
+    }
+
+    fn upsert(&mut self, namespace: &str, document: Document) {
+        let id = document.get("_id").cloned().unwrap_or(Bson::Null);
+        let documents = self.collections.entry(namespace.to_owned()).or_default();
+        match documents.binary_search_by(|d| compare_ids(d.get("_id").unwrap_or(&Bson::Null), &id))
+        {
+            Ok(at) => documents[at] = document,
+            Err(at) => documents.insert(at, document),
+        }
+    }
+}
+
+/// MongoDB's order of `_id` values, for the types the double is used with: numbers by value, then
+/// strings, then ObjectIds; anything else after them, by its Extended JSON text.
+fn compare_ids(a: &Bson, b: &Bson) -> Ordering {
+    fn rank(value: &Bson) -> u8 {
+        match value {
+            Bson::Null => 0,
+            Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) => 1,
+            Bson::String(_) => 2,
+            Bson::ObjectId(_) => 3,
+            _ => 4,
+        }
+    }
+    fn number(value: &Bson) -> f64 {
+        match value {
+            Bson::Int32(n) => f64::from(*n),
+            Bson::Int64(n) => *n as f64,
+            Bson::Double(n) => *n,
+            _ => 0.0,
+        }
+    }
+    rank(a).cmp(&rank(b)).then_with(|| match (a, b) {
+        (Bson::String(a), Bson::String(b)) => a.cmp(b),
+        (Bson::ObjectId(a), Bson::ObjectId(b)) => a.bytes().cmp(&b.bytes()),
+        _ if rank(a) == 1 => number(a).total_cmp(&number(b)),
+        _ => a.to_string().cmp(&b.to_string()),
+    })
+}
+
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -189,6 +289,7 @@ struct Connection {
     state: Arc<Mutex<State>>,
     appended: Arc<Notify>,
     closed: watch::Receiver<u64>,
+    reads_held: watch::Receiver<bool>,
 }
 
 /// One request: its id, its opcode and the command document.
@@ -237,6 +338,9 @@ impl Connection {
             }
             "ping" | "endSessions" => doc! { "ok": 1.0 },
             "aggregate" => self.aggregate(body),
+            "getMore" if lock(&self.state).finds.contains_key(&cursor_id(body)) => {
+                self.more_documents(body).await
+            }
             "getMore" => self.get_more(body).await,
             "killCursors" => {
                 let ids = body.get_array("cursors").cloned().unwrap_or_default();
@@ -244,10 +348,45 @@ impl Connection {
                 for id in &ids {
                     if let Bson::Int64(id) = id {
                         state.cursors.remove(id);
+                        state.finds.remove(id);
                     }
                 }
                 doc! { "cursorsKilled": ids, "ok": 1.0 }
             }
+            "listDatabases" => {
+                let state = lock(&self.state);
+                let mut names: Vec<&str> = state
+                    .collections
+                    .keys()
+                    .filter_map(|ns| ns.split_once('.').map(|(db, _)| db))
+                    .collect();
+                names.dedup();
+                let databases: Vec<Document> = names
+                    .into_iter()
+                    .map(|name| doc! { "name": name, "sizeOnDisk": 0_i64, "empty": false })
+                    .collect();
+                doc! { "databases": databases, "totalSize": 0_i64, "ok": 1.0 }
+            }
+            "listCollections" => {
+                let db = body.get_str("$db").unwrap_or_default();
+                let state = lock(&self.state);
+                let collections: Vec<Bson> = state
+                    .collections
+                    .keys()
+                    .filter_map(|ns| ns.strip_prefix(db)?.strip_prefix('.'))
+                    .map(|name| Bson::Document(doc! { "name": name, "type": "collection" }))
+                    .collect();
+                doc! { "cursor": { "firstBatch": collections, "id": 0_i64, "ns": format!("{db}.$cmd.listCollections") }, "ok": 1.0 }
+            }
+            "count" => {
+                let state = lock(&self.state);
+                let n = state
+                    .collections
+                    .get(&namespace(body, "count"))
+                    .map_or(0, Vec::len);
+                doc! { "n": n as i64, "ok": 1.0 }
+            }
+            "find" => self.find(body),
             other => error(
                 COMMAND_NOT_FOUND,
                 &format!("the MongoDB test double does not implement `{other}`"),
@@ -342,6 +481,126 @@ impl Connection {
             }
             let _ = tokio::time::timeout_at(deadline, appended).await;
         }
+    }
+}
+
+impl Connection {
+    /// `find` over a stored collection in `_id` order: `min` (inclusive) and `max` (exclusive) bound the
+    /// `_id`s, then `skip`, `limit` and an `_id`-only projection; a filter is refused, not evaluated.
+    fn find(&self, body: &Document) -> Document {
+        if body.get_document("filter").is_ok_and(|f| !f.is_empty()) {
+            return error(
+                COMMAND_NOT_FOUND,
+                "the MongoDB test double does not evaluate find filters",
+            );
+        }
+        let namespace = namespace(body, "find");
+        let bound = |key: &str| {
+            body.get_document(key)
+                .ok()
+                .and_then(|b| b.get("_id"))
+                .cloned()
+        };
+        let (min, max) = (bound("min"), bound("max"));
+        let skip = integer(body, "skip").unwrap_or(0) as usize;
+        let limit = integer(body, "limit")
+            .filter(|&n| n > 0)
+            .map(|n| n as usize);
+        let ids_only = body
+            .get_document("projection")
+            .is_ok_and(|p| p.keys().eq(["_id"]));
+        let mut state = lock(&self.state);
+        let documents: VecDeque<Document> = state
+            .collections
+            .get(&namespace)
+            .into_iter()
+            .flatten()
+            .filter(|d| {
+                let id = d.get("_id").unwrap_or(&Bson::Null);
+                min.as_ref()
+                    .is_none_or(|m| compare_ids(id, m) != Ordering::Less)
+                    && max
+                        .as_ref()
+                        .is_none_or(|m| compare_ids(id, m) == Ordering::Less)
+            })
+            .skip(skip)
+            .take(limit.unwrap_or(usize::MAX))
+            .map(|d| match ids_only {
+                true => doc! { "_id": d.get("_id").cloned().unwrap_or(Bson::Null) },
+                false => d.clone(),
+            })
+            .collect();
+        let id = state.next_cursor;
+        state.next_cursor += 1;
+        state.finds.insert(id, documents);
+        let batch_size = integer(body, "batchSize").unwrap_or(101) as usize;
+        documents_reply(&mut state, id, &namespace, "firstBatch", batch_size)
+    }
+
+    async fn more_documents(&self, body: &Document) -> Document {
+        let mut held = self.reads_held.clone();
+        let _ = held.wait_for(|held| !held).await;
+        let mut state = lock(&self.state);
+        let namespace = format!(
+            "{}.{}",
+            body.get_str("$db").unwrap_or_default(),
+            body.get_str("collection").unwrap_or_default()
+        );
+        let batch_size = integer(body, "batchSize").unwrap_or(101) as usize;
+        documents_reply(
+            &mut state,
+            cursor_id(body),
+            &namespace,
+            "nextBatch",
+            batch_size,
+        )
+    }
+}
+
+/// The next `batch_size` documents of a `find` cursor; the cursor is closed (id 0) once they are all out.
+fn documents_reply(
+    state: &mut State,
+    id: i64,
+    namespace: &str,
+    field: &str,
+    batch_size: usize,
+) -> Document {
+    let Some(remaining) = state.finds.get_mut(&id) else {
+        return error(CURSOR_NOT_FOUND, &format!("cursor id {id} not found"));
+    };
+    let take = batch_size.max(1).min(remaining.len());
+    let batch: Vec<Document> = remaining.drain(..take).collect();
+    let id = if remaining.is_empty() {
+        state.finds.remove(&id);
+        0
+    } else {
+        id
+    };
+    doc! { "cursor": { field: batch, "id": id, "ns": namespace }, "ok": 1.0 }
+}
+
+/// `db.coll` of a command whose collection is the value of `command`.
+fn namespace(body: &Document, command: &str) -> String {
+    format!(
+        "{}.{}",
+        body.get_str("$db").unwrap_or_default(),
+        body.get_str(command).unwrap_or_default()
+    )
+}
+
+fn cursor_id(body: &Document) -> i64 {
+    match body.get("getMore") {
+        Some(Bson::Int64(id)) => *id,
+        _ => -1,
+    }
+}
+
+fn integer(body: &Document, key: &str) -> Option<i64> {
+    match body.get(key)? {
+        Bson::Int32(n) => Some(i64::from(*n)),
+        Bson::Int64(n) => Some(*n),
+        Bson::Double(n) => Some(*n as i64),
+        _ => None,
     }
 }
 
