@@ -19,7 +19,7 @@ use toml::Spanned;
 mod mongodb;
 
 pub use mongodb::{
-    BeforeImage, CollectionPattern, CollectionSelection, FullDocument, MongodbSourceConfig,
+    BeforeImage, Capture, CollectionPattern, CollectionSelection, FullDocument, MongodbSourceConfig,
 };
 
 /// The whole configuration file.

@@ -58,10 +58,13 @@ pub enum Position {
     /// MongoDB change streams: the resume token of the last delivered event (or a post-batch token
     /// after it), as canonical Extended JSON, which is how the server hands it back on resume.
     Mongodb { resume_token: String },
-    /// MongoDB during a snapshot: the token streaming starts from once it is done (taken before the first
-    /// read, so no change made while reading is missed), and how far each part of the snapshot got.
+    /// MongoDB oplog tailing: the `ts` of the last delivered oplog entry (or of a later one that
+    /// concerned no captured collection).
+    MongodbOplog { seconds: u32, increment: u32 },
+    /// MongoDB during a snapshot: where streaming starts once it is done (taken before the first read,
+    /// so no change made while reading is missed), and how far each part of the snapshot got.
     MongodbSnapshot {
-        resume_token: String,
+        start: Box<Position>,
         chunks: Vec<SnapshotChunk>,
     },
 }
@@ -86,6 +89,9 @@ impl fmt::Display for Position {
         match self {
             Position::Postgres { lsn } => write!(f, "{lsn}"),
             Position::Mongodb { resume_token } => write!(f, "resume token {resume_token}"),
+            Position::MongodbOplog { seconds, increment } => {
+                write!(f, "oplog timestamp ({seconds}, {increment})")
+            }
             Position::MongodbSnapshot { chunks, .. } => write!(
                 f,
                 "snapshot in progress ({} of {} parts done)",

@@ -600,6 +600,179 @@ async fn a_snapshot_reads_in_ranges_carries_on_after_a_stop_and_hands_over_to_th
     daemon.stop_cleanly();
 }
 
+/// An oplog entry of `op` on `shop.<coll>` with `o` (MongoDB's oplog format; the double adds `ts`).
+fn entry(op: &str, coll: &str, o: Document) -> Document {
+    doc! { "op": op, "ns": format!("shop.{coll}"), "o": o, "v": 2_i64, "wall": sluice_testkit::bson::DateTime::now() }
+}
+
+/// A transaction's command entry: `o` under the session's id and `txnNumber`.
+fn in_session(o: Document, txn_number: i64) -> Document {
+    let lsid = Bson::Binary(sluice_testkit::bson::Binary {
+        subtype: sluice_testkit::bson::spec::BinarySubtype::Uuid,
+        bytes: vec![2; 16],
+    });
+    doc! { "op": "c", "ns": "admin.$cmd", "o": o, "lsid": { "id": lsid }, "txnNumber": txn_number, "v": 2_i64 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oplog_tailing_publishes_diffs_and_transactions_and_resumes_after_its_timestamp() {
+    let setup = Setup::start().await;
+    let double = &setup.double;
+    let start = double.append_oplog(doc! { "op": "n", "ns": "", "o": { "msg": "periodic noop" } });
+    let config = setup.config_with("capture = \"oplog\"\nsnapshot = \"never\"");
+    let mut daemon = Daemon::start(&config);
+    let stored_ts = || -> Option<(u64, u64)> {
+        let file = setup.position_file()?;
+        let position = &file["position"];
+        (position["kind"] == "mongodb_oplog").then(|| {
+            (
+                position["seconds"].as_u64().unwrap(),
+                position["increment"].as_u64().unwrap(),
+            )
+        })
+    };
+    wait_until(
+        "the newest entry stored as the starting point",
+        &daemon,
+        || stored_ts() == Some((u64::from(start.time), u64::from(start.increment))),
+    )
+    .await;
+
+    double.append_oplog(entry("i", "orders", doc! { "_id": 1, "qty": 5 }));
+    // The update's entry holds only the diff; update_lookup reads the document as it is now.
+    double.store(
+        "shop",
+        "orders",
+        [doc! { "_id": 1, "qty": 6, "tags": ["a"] }],
+    );
+    let mut update = entry(
+        "u",
+        "orders",
+        doc! { "$v": 2, "diff": { "u": { "qty": 6 }, "i": { "tags": ["a"] }, "d": { "old": false } } },
+    );
+    update.insert("o2", doc! { "_id": 1 });
+    double.append_oplog(update);
+    double.append_oplog(entry("i", "audit", doc! { "_id": 9 }));
+    double.append_oplog(entry("i", "orders", doc! { "qty": 1 }));
+    double.append_oplog(in_session(
+        doc! { "applyOps": [
+            { "op": "i", "ns": "shop.orders", "o": { "_id": 2 } },
+            { "op": "i", "ns": "shop.customers", "o": { "_id": 7 } },
+        ] },
+        3,
+    ));
+    double.append_oplog(entry("d", "orders", doc! { "_id": 1 }));
+    // A prepared transaction waits for its commit; an aborted one publishes nothing.
+    double.append_oplog(in_session(
+        doc! { "applyOps": [{ "op": "i", "ns": "shop.orders", "o": { "_id": 3 } }], "prepare": true },
+        4,
+    ));
+    double.append_oplog(in_session(
+        doc! { "applyOps": [{ "op": "i", "ns": "shop.orders", "o": { "_id": 4 } }], "prepare": true },
+        5,
+    ));
+    double.append_oplog(in_session(doc! { "abortTransaction": 1 }, 5));
+    let committed = double.append_oplog(in_session(doc! { "commitTransaction": 1 }, 4));
+
+    let orders = setup.decode_all(&setup.read(&format!("{PREFIX}.shop.orders"), 6).await);
+    let seen: Vec<(Json, &str)> = orders
+        .iter()
+        .map(|(k, v)| {
+            (
+                serde_json::from_str(k["id"].as_str().unwrap()).unwrap(),
+                v["op"].as_str().unwrap_or("tombstone"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (int_id(1), "c"),
+            (int_id(1), "u"),
+            (int_id(2), "c"),
+            (int_id(1), "d"),
+            (int_id(1), "tombstone"),
+            (int_id(3), "c")
+        ],
+        "{orders:#?}"
+    );
+    let updated = &orders[1].1;
+    assert_eq!(
+        text_of(&updated["updateDescription"]["updatedFields"]),
+        serde_json::json!({ "qty": { "$numberInt": "6" }, "tags": ["a"] })
+    );
+    assert_eq!(
+        updated["updateDescription"]["removedFields"],
+        serde_json::json!(["old"])
+    );
+    assert_eq!(
+        text_of(&updated["after"])["qty"],
+        serde_json::json!({ "$numberInt": "6" }),
+        "looked up"
+    );
+    assert_eq!(orders[2].1["source"]["txnNumber"], 3);
+    assert_eq!(
+        orders[2].1["source"]["lsid"],
+        "02020202-0202-0202-0202-020202020202"
+    );
+    assert_eq!(
+        orders[5].1["source"]["txnNumber"], 4,
+        "published at its commit"
+    );
+    let customers = setup.decode_all(&setup.read(&format!("{PREFIX}.shop.customers"), 1).await);
+    assert_eq!(customers.len(), 1);
+    assert_eq!(customers[0].1["source"]["txnNumber"], 3);
+    let letters = setup.read(&format!("{PREFIX}.dlq"), 1).await;
+    assert_eq!(letters.len(), 1, "the insert without an _id");
+    let letter = setup.decode(letters[0].value.as_deref().unwrap());
+    assert!(
+        letter["error"].as_str().unwrap().contains("`o._id`"),
+        "{letter}"
+    );
+    assert_eq!(letter["collection"], "shop.orders");
+
+    // Positions are stored once the commit is on the broker; a restart reads what came after.
+    wait_until("the commit's timestamp stored", &daemon, || {
+        stored_ts() == Some((u64::from(committed.time), u64::from(committed.increment)))
+    })
+    .await;
+    daemon.stop_cleanly();
+    double.append_oplog(entry("i", "orders", doc! { "_id": 5 }));
+    let mut daemon = Daemon::start(&config);
+    let orders = setup.decode_all(&setup.read(&format!("{PREFIX}.shop.orders"), 7).await);
+    assert_eq!(orders.len(), 7, "one more, once: {orders:#?}");
+    assert_eq!(orders[6].0["id"], "{\"$numberInt\":\"5\"}");
+    let tails: Vec<Document> = double
+        .commands("find")
+        .into_iter()
+        .filter(|f| f.get_bool("tailable") == Ok(true))
+        .collect();
+    assert_eq!(
+        tails
+            .last()
+            .unwrap()
+            .get_document("filter")
+            .unwrap()
+            .get_document("ts")
+            .unwrap()
+            .get_timestamp("$gt"),
+        Ok(committed),
+        "the restart tails after the stored timestamp"
+    );
+    daemon.stop_cleanly();
+
+    // The stored timestamp was overwritten: sluice stops and says so.
+    double.forget_oplog();
+    let mut daemon = Daemon::start(&config);
+    let status = daemon.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("no longer in the oplog"),
+        "{}",
+        daemon.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_check_reports_the_double_as_a_replica_set_and_what_it_cannot_read() {
     let setup = Setup::start().await;

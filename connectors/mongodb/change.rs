@@ -80,6 +80,13 @@ pub fn canonical_json(value: &Bson) -> String {
     value.clone().into_canonical_extjson().to_string()
 }
 
+/// Canonical Extended JSON text (as [`canonical_json`] writes it) back into the BSON value.
+pub fn bson_from_canonical(text: &str) -> Result<Bson, String> {
+    let json: serde_json::Value =
+        serde_json::from_str(text).map_err(|err| format!("`{text}` is not JSON: {err}"))?;
+    Bson::try_from(json).map_err(|err| format!("`{text}` is not Extended JSON: {err}"))
+}
+
 /// Converts one change-stream event. `replica_set` is the set the reader is connected to, for `source.rs`.
 pub fn convert(
     event: &Document,

@@ -1,9 +1,11 @@
 //! MongoDB: change streams read through the official driver, each event converted into the change-event
 //! model (`change`), resumed from the resume token of the last event the broker acknowledged (`reader`);
-//! the documents already there are read first (`snapshot`).
+//! the documents already there are read first (`snapshot`). Where change streams are not available the
+//! oplog is tailed instead (`oplog_tail`), its entries converted by `oplog`.
 
 pub mod change;
 pub mod oplog;
+pub mod oplog_tail;
 pub mod preflight;
 pub mod reader;
 pub mod snapshot;

@@ -9,7 +9,9 @@ use mongodb::options::Hint;
 
 use super::reader::{client, selection_filter, topology};
 use super::snapshot::selected_collections;
-use crate::config::{redact_secrets, BeforeImage, FullDocument, MongodbSourceConfig, SnapshotMode};
+use crate::config::{
+    redact_secrets, BeforeImage, Capture, FullDocument, MongodbSourceConfig, SnapshotMode,
+};
 use crate::preflight::Report;
 
 /// Below this the oplog cannot cover a day's outage, the usual time to notice and fix one.
@@ -64,21 +66,26 @@ pub async fn check(source: &MongodbSourceConfig, report: &mut Report) {
         None => report.warn("cannot read the server version (buildInfo)", "grant the user clusterMonitor"),
     }
 
-    let opened = client
-        .watch()
-        .pipeline([selection_filter(&source.selection())])
-        .await;
-    match opened {
-        Ok(_) => report.pass("the user may open the change stream over the selected collections"),
-        Err(err) => {
-            let reason = redact_secrets(&err.to_string());
-            let fix = match err.kind.as_ref() {
-                mongodb::error::ErrorKind::Command(command) if command.code == UNAUTHORIZED => {
-                    "sluice opens one deployment-wide stream: grant the user `find` and `changeStream` on every database (the built-in `readAnyDatabase` role has both)"
-                }
-                _ => "see the server's message above",
-            };
-            report.fail(format!("cannot open the change stream: {reason}"), fix);
+    let tailing = *source.capture.get_ref() == Capture::Oplog;
+    if !tailing {
+        let opened = client
+            .watch()
+            .pipeline([selection_filter(&source.selection())])
+            .await;
+        match opened {
+            Ok(_) => {
+                report.pass("the user may open the change stream over the selected collections")
+            }
+            Err(err) => {
+                let reason = redact_secrets(&err.to_string());
+                let fix = match err.kind.as_ref() {
+                    mongodb::error::ErrorKind::Command(command) if command.code == UNAUTHORIZED => {
+                        "sluice opens one deployment-wide stream: grant the user `find` and `changeStream` on every database (the built-in `readAnyDatabase` role has both)"
+                    }
+                    _ => "see the server's message above",
+                };
+                report.fail(format!("cannot open the change stream: {reason}"), fix);
+            }
         }
     }
 
@@ -89,6 +96,10 @@ pub async fn check(source: &MongodbSourceConfig, report: &mut Report) {
                 "enlarge the oplog (replSetResizeOplog) or set a minimum retention (oplogMinRetentionHours)",
             ),
             Ok(hours) => report.pass(format!("oplog window: {hours:.1} h")),
+            Err(reason) if tailing => report.fail(
+                format!("cannot read the oplog, which capture = \"oplog\" tails: {reason}"),
+                "grant the user `read` on the `local` database",
+            ),
             Err(reason) => report.warn(
                 format!("cannot read the oplog window: {reason}"),
                 "grant the user `read` on the `local` database to have it checked",

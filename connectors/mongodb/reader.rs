@@ -20,8 +20,11 @@ use mongodb::Client;
 use tokio::sync::{mpsc, watch};
 
 use super::change::{self, EventKind};
+use super::oplog_tail::PreparedTransactions;
 use super::snapshot::{self, SnapshotEnd, SnapshotRun, SnapshotShape};
-use crate::config::{redact_secrets, BeforeImage, CollectionSelection, FullDocument, SnapshotMode};
+use crate::config::{
+    redact_secrets, BeforeImage, Capture, CollectionSelection, FullDocument, SnapshotMode,
+};
 use crate::event::{Position, SnapshotChunk, SourceEvent};
 use crate::metrics::Metrics;
 
@@ -48,7 +51,7 @@ pub enum MongodbError {
     Unreachable { url: String, reason: String },
     #[error("MongoDB at {url} is a standalone server; change streams need a replica set or a sharded cluster (a one-member replica set will do: start mongod with --replSet and run rs.initiate())")]
     Standalone { url: String },
-    #[error("the stored resume token is no longer in the oplog ({reason}): the changes since it are gone from the server. Move the position file {file} away to start from now (those changes are not published), and size the oplog for the longest outage to expect")]
+    #[error("the stored position is no longer in the oplog ({reason}): the changes since it are gone from the server. Move the position file {file} away to start from now (those changes are not published), and size the oplog for the longest outage to expect")]
     HistoryLost { reason: String, file: String },
     #[error("the position file holds a resume token that is not valid: {0}")]
     BadToken(String),
@@ -65,6 +68,7 @@ pub struct MongodbSettings {
     pub selection: CollectionSelection,
     pub full_document: FullDocument,
     pub before: BeforeImage,
+    pub capture: Capture,
     pub snapshot: SnapshotMode,
     pub snapshot_shape: SnapshotShape,
 }
@@ -72,15 +76,15 @@ pub struct MongodbSettings {
 /// Where a run starts.
 #[derive(Debug)]
 pub enum Start {
-    /// After a stored resume token.
-    After(String),
+    /// After a stored position: a resume token, or an oplog timestamp.
+    After(Position),
     /// From now: what was written before is not published.
     Now,
     /// A new snapshot, then the stream from the point taken before it.
     Snapshot,
     /// An interrupted snapshot, carried on from its stored progress.
     CarryOnSnapshot {
-        resume_token: String,
+        start: Position,
         chunks: Vec<SnapshotChunk>,
     },
 }
@@ -95,9 +99,9 @@ pub struct DocumentStreamControl {
 }
 
 pub struct MongodbSource {
-    client: Client,
-    settings: MongodbSettings,
-    replica_set: Option<Arc<str>>,
+    pub(super) client: Client,
+    pub(super) settings: MongodbSettings,
+    pub(super) replica_set: Option<Arc<str>>,
 }
 
 impl MongodbSource {
@@ -125,17 +129,11 @@ impl MongodbSource {
         control: DocumentStreamControl,
     ) -> Result<(), MongodbError> {
         match start {
-            Start::After(text) => {
-                let token = parse_token(&text)?;
-                self.stream_from(Some(token), control).await
-            }
+            Start::After(position) => self.stream_from(Some(position), control).await,
             Start::Now => self.stream_from(None, control).await,
             Start::Snapshot => self.snapshot_then_stream(None, control).await,
-            Start::CarryOnSnapshot {
-                resume_token,
-                chunks,
-            } => {
-                self.snapshot_then_stream(Some((resume_token, chunks)), control)
+            Start::CarryOnSnapshot { start, chunks } => {
+                self.snapshot_then_stream(Some((start, chunks)), control)
                     .await
             }
         }
@@ -143,33 +141,70 @@ impl MongodbSource {
 
     async fn snapshot_then_stream(
         self,
-        carried_on: Option<(String, Vec<SnapshotChunk>)>,
+        carried_on: Option<(Position, Vec<SnapshotChunk>)>,
         mut control: DocumentStreamControl,
     ) -> Result<(), MongodbError> {
-        let Some(token) = self.snapshot(carried_on, &mut control).await? else {
+        let Some(start) = self.snapshot(carried_on, &mut control).await? else {
             return Ok(());
         };
         if self.settings.snapshot == SnapshotMode::InitialOnly {
             tracing::info!("snapshot = initial_only: done, not streaming");
             return Ok(());
         }
-        self.stream_from(Some(token), control).await
+        self.stream_from(Some(start), control).await
     }
 
+    /// Streams from `from` (None: from now) through the configured capture, reconnecting after
+    /// transient failures from the last change read.
     async fn stream_from(
         self,
-        mut token: Option<ResumeToken>,
+        mut from: Option<Position>,
         mut control: DocumentStreamControl,
     ) -> Result<(), MongodbError> {
         let mut failures = 0usize;
+        // Prepared transactions seen in the oplog and not yet committed or aborted.
+        let mut prepared = PreparedTransactions::default();
         loop {
             if *control.stop.borrow() {
                 return Ok(());
             }
-            match self
-                .stream_once(&mut token, &mut control, &mut failures)
-                .await
-            {
+            let ended = match self.settings.capture {
+                Capture::ChangeStreams => {
+                    let mut token = match &from {
+                        None => None,
+                        Some(Position::Mongodb { resume_token }) => {
+                            Some(parse_token(resume_token)?)
+                        }
+                        Some(other) => {
+                            return Err(MongodbError::BadToken(format!(
+                                "a change stream cannot start from {other}"
+                            )))
+                        }
+                    };
+                    let ended = self
+                        .stream_once(&mut token, &mut control, &mut failures)
+                        .await;
+                    if let Some(token) = &token {
+                        from = Some(Position::Mongodb {
+                            resume_token: token_text(token)
+                                .map_err(|err| MongodbError::BadToken(err.to_string()))?,
+                        });
+                    }
+                    ended
+                }
+                Capture::Oplog => {
+                    self.tail_once(&mut from, &mut prepared, &mut control, &mut failures)
+                        .await
+                }
+            };
+            // A change stream says so with an error, the oplog reader with an ending: one way on.
+            let ended = match ended {
+                Err(err) if is_history_lost(&err) => {
+                    Ok(Ended::HistoryLost(redact_secrets(&err.to_string())))
+                }
+                other => other,
+            };
+            match ended {
                 Ok(Ended::Stopped) => return Ok(()),
                 Ok(Ended::Invalidated) => {
                     tracing::info!("the change stream was invalidated: opening a new one after it");
@@ -178,20 +213,24 @@ impl MongodbSource {
                     control.metrics.set_streaming(false);
                     back_off(&mut failures, &err, &mut control).await;
                 }
-                Err(err)
-                    if is_history_lost(&err)
-                        && self.settings.snapshot == SnapshotMode::WhenNeeded =>
-                {
+                Ok(Ended::HistoryLost(reason)) => {
                     control.metrics.set_streaming(false);
-                    tracing::warn!(error = %redact_secrets(&err.to_string()), "the stored resume token is no longer in the oplog: snapshot = when_needed takes a new snapshot");
+                    if self.settings.snapshot != SnapshotMode::WhenNeeded {
+                        return Err(MongodbError::HistoryLost {
+                            reason,
+                            file: control.position_file.clone(),
+                        });
+                    }
+                    tracing::warn!(%reason, "the stored position is no longer in the oplog: snapshot = when_needed takes a new snapshot");
+                    prepared = PreparedTransactions::default();
                     match self.snapshot(None, &mut control).await? {
-                        Some(start) => token = Some(start),
+                        Some(start) => from = Some(start),
                         None => return Ok(()),
                     }
                 }
                 Err(err) => {
                     control.metrics.set_streaming(false);
-                    return Err(self.describe(err, &control));
+                    return Err(MongodbError::Stream(redact_secrets(&err.to_string())));
                 }
             }
         }
@@ -201,15 +240,19 @@ impl MongodbSource {
     /// where it got to. Returns the token streaming starts from, or None when stopped.
     async fn snapshot(
         &self,
-        carried_on: Option<(String, Vec<SnapshotChunk>)>,
+        carried_on: Option<(Position, Vec<SnapshotChunk>)>,
         control: &mut DocumentStreamControl,
-    ) -> Result<Option<ResumeToken>, MongodbError> {
+    ) -> Result<Option<Position>, MongodbError> {
         let failed = |err: DriverError| MongodbError::Snapshot(redact_secrets(&err.to_string()));
-        let (resume_token, mut chunks) = match carried_on {
+        let (start, mut chunks) = match carried_on {
             Some(stored) => stored,
             None => {
                 // The starting point comes first: every change from here on is streamed afterwards.
-                let start = self.starting_point().await.map_err(failed)?;
+                let start = match self.settings.capture {
+                    Capture::ChangeStreams => self.starting_point().await,
+                    Capture::Oplog => self.newest_oplog_entry().await,
+                }
+                .map_err(failed)?;
                 let chunks = snapshot::plan(
                     &self.client,
                     &self.settings.selection,
@@ -217,11 +260,10 @@ impl MongodbSource {
                 )
                 .await
                 .map_err(failed)?;
-                (token_text(&start).map_err(failed)?, chunks)
+                (start, chunks)
             }
         };
-        let token = parse_token(&resume_token)?;
-        tracing::info!(parts = chunks.len(), resume_token = %resume_token, "snapshot started");
+        tracing::info!(parts = chunks.len(), start = %start, "snapshot started");
         control.metrics.set_snapshot_running(true);
         let mut failures = 0usize;
         let ended = loop {
@@ -229,7 +271,7 @@ impl MongodbSource {
                 client: &self.client,
                 replica_set: self.replica_set.clone(),
                 readers: self.settings.snapshot_shape.readers,
-                resume_token: resume_token.clone(),
+                start: start.clone(),
                 events: &control.events,
                 stop: control.stop.clone(),
                 metrics: control.metrics.clone(),
@@ -247,7 +289,7 @@ impl MongodbSource {
         Ok(match ended {
             SnapshotEnd::Complete => {
                 tracing::info!("snapshot read: streaming starts from the point taken before it");
-                Some(token)
+                Some(start)
             }
             SnapshotEnd::Stopped => {
                 tracing::info!("stopped during the snapshot: the next run carries on from the last stored part");
@@ -257,17 +299,20 @@ impl MongodbSource {
     }
 
     /// The change stream's resume token as of now, taken by opening a stream and closing it again.
-    async fn starting_point(&self) -> Result<ResumeToken, DriverError> {
+    async fn starting_point(&self) -> Result<Position, DriverError> {
         let stream = self
             .client
             .watch()
             .pipeline([selection_filter(&self.settings.selection)])
             .await?;
-        stream.resume_token().ok_or_else(|| {
+        let token = stream.resume_token().ok_or_else(|| {
             DriverError::custom(
                 "the server gave the new change stream no resume token to start from after the \
                  snapshot (MongoDB 4.0.7 or later is needed)",
             )
+        })?;
+        Ok(Position::Mongodb {
+            resume_token: token_text(&token)?,
         })
     }
 
@@ -397,18 +442,6 @@ impl MongodbSource {
             }
         }
     }
-
-    fn describe(&self, err: DriverError, control: &DocumentStreamControl) -> MongodbError {
-        let reason = redact_secrets(&err.to_string());
-        if is_history_lost(&err) {
-            MongodbError::HistoryLost {
-                reason,
-                file: control.position_file.clone(),
-            }
-        } else {
-            MongodbError::Stream(reason)
-        }
-    }
 }
 
 /// A client for `url`, named `sluice` in the server's logs unless the URL names it.
@@ -438,19 +471,26 @@ pub async fn topology(
     Ok((replica_set, mongos))
 }
 
-enum Ended {
+pub(super) enum Ended {
     Stopped,
     /// The stream ended with an `invalidate`: a new one starts after it.
     Invalidated,
+    /// The position to resume from is no longer in the oplog (the reason, as the server or the reader
+    /// found it).
+    HistoryLost(String),
 }
 
 /// Sends to the pipeline; false when it has gone away (it stopped or failed).
-async fn send(control: &DocumentStreamControl, event: SourceEvent) -> bool {
+pub(super) async fn send(control: &DocumentStreamControl, event: SourceEvent) -> bool {
     control.events.send(event).await.is_ok()
 }
 
 /// Waits out the backoff after the `failures`-th transient failure in a row (or a stop request).
-async fn back_off(failures: &mut usize, err: &DriverError, control: &mut DocumentStreamControl) {
+pub(super) async fn back_off(
+    failures: &mut usize,
+    err: &DriverError,
+    control: &mut DocumentStreamControl,
+) {
     let wait = RECONNECT_BACKOFF[(*failures).min(RECONNECT_BACKOFF.len() - 1)];
     *failures += 1;
     control.metrics.reconnected();

@@ -1,9 +1,9 @@
 //! The snapshot: the documents already in the selected collections, published as `op = "r"` events before
 //! streaming starts.
 //!
-//! MongoDB has no snapshot to share between readers, so consistency comes from the change stream: its
-//! starting point is taken before the first read, and streaming starts there once every document is on the
-//! broker. A document written while the snapshot runs may arrive both as a read and as a change, never
+//! MongoDB has no snapshot to share between readers, so consistency comes from the stream: its starting
+//! point (a change stream's resume token, or the newest oplog entry) is taken before the first read, and
+//! streaming starts there once every document is on the broker. A document written while the snapshot runs may arrive both as a read and as a change, never
 //! not at all (Debezium's MongoDB connector gives the same promise).
 //!
 //! Collections are read in `_id` order through the `_id` index, with index bounds (`min`/`max`) rather than
@@ -23,7 +23,7 @@ use mongodb::options::Hint;
 use mongodb::Client;
 use tokio::sync::{mpsc, watch};
 
-use super::change::canonical_json;
+use super::change::{bson_from_canonical, canonical_json};
 use crate::config::CollectionSelection;
 use crate::event::{
     DocumentChange, DocumentSource, Op, Position, SnapshotChunk, SnapshotMarker, SourceEvent,
@@ -144,8 +144,8 @@ pub struct SnapshotRun<'a> {
     pub client: &'a Client,
     pub replica_set: Option<Arc<str>>,
     pub readers: usize,
-    /// The change stream's starting point: the position once the snapshot is complete.
-    pub resume_token: String,
+    /// Where streaming starts, taken before the snapshot: the position once it is complete.
+    pub start: Position,
     pub events: &'a mpsc::Sender<SourceEvent>,
     pub stop: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
@@ -328,16 +328,8 @@ async fn read_chunk(
 
 /// An `_id` stored as canonical Extended JSON, back as the BSON value the server compares.
 fn bound(text: &str) -> Result<Bson, DriverError> {
-    let json: serde_json::Value = serde_json::from_str(text).map_err(|err| {
-        DriverError::custom(format!(
-            "snapshot bound `{text}` in the position file: {err}"
-        ))
-    })?;
-    Bson::try_from(json).map_err(|err| {
-        DriverError::custom(format!(
-            "snapshot bound `{text}` in the position file: {err}"
-        ))
-    })
+    bson_from_canonical(text)
+        .map_err(|err| DriverError::custom(format!("snapshot bound in the position file: {err}")))
 }
 
 /// The publishing side: turns batches into events in the order they arrive and follows each chunk's
@@ -473,9 +465,7 @@ impl<'a> Publishing<'a> {
 
     /// Every chunk is done: the held document goes out as the last one, then the stream's starting point.
     async fn complete(&mut self) -> Result<SnapshotEnd, DriverError> {
-        let position = Position::Mongodb {
-            resume_token: self.run.resume_token.clone(),
-        };
+        let position = self.run.start.clone();
         let handed_on = self.send_held(SnapshotMarker::Last).await
             && self
                 .send(SourceEvent::Commit {
@@ -512,7 +502,7 @@ impl<'a> Publishing<'a> {
     async fn commit_progress(&self) -> bool {
         self.send(SourceEvent::Commit {
             position: Position::MongodbSnapshot {
-                resume_token: self.run.resume_token.clone(),
+                start: Box::new(self.run.start.clone()),
                 chunks: self.chunks.to_vec(),
             },
             commit_time_us: None,

@@ -17,7 +17,8 @@ pub struct MongodbSourceConfig {
     /// A MongoDB connection string (`mongodb://` or `mongodb+srv://`); `${MONGODB_PASSWORD}` keeps the
     /// password out of the file.
     pub url: Spanned<EnvString>,
-    /// How changes are read. `change_streams` is the one this version has.
+    /// How changes are read: `change_streams` (the default), or `oplog` (tailing `local.oplog.rs`, for
+    /// servers where change streams are not available).
     #[serde(default = "default_capture")]
     pub capture: Spanned<Capture>,
     /// `db.collection` names; `*` matches any run of characters (`shop.*`, `*.orders`).
@@ -162,6 +163,13 @@ impl CollectionSelection {
         self.include.iter().any(|p| p.matches(database, collection))
             && !self.exclude.iter().any(|p| p.matches(database, collection))
     }
+
+    /// Whether `db.collection` is selected (the first dot separates them).
+    pub fn includes_namespace(&self, namespace: &str) -> bool {
+        namespace
+            .split_once('.')
+            .is_some_and(|(database, collection)| self.includes(database, collection))
+    }
 }
 
 impl MongodbSourceConfig {
@@ -186,13 +194,26 @@ impl MongodbSourceConfig {
             report("source.url", self.url.span(), message);
         }
         if *self.capture.get_ref() == Capture::Oplog {
-            report(
-                "source.capture",
-                self.capture.span(),
-                "`oplog` is not available in this version: use `change_streams` (MongoDB 4.0+ \
-                 replica sets and sharded clusters)"
-                    .into(),
-            );
+            // The oplog records neither pre-images nor post-images: only a lookup can give `after`.
+            if self.before != BeforeImage::Off {
+                report(
+                    "source.before",
+                    self.capture.span(),
+                    "capture = \"oplog\" has no pre-images: set `before = \"off\"`, or use \
+                     `change_streams` (MongoDB 6.0+)"
+                        .into(),
+                );
+            }
+            if matches!(
+                self.full_document,
+                FullDocument::WhenAvailable | FullDocument::Required
+            ) {
+                report(
+                    "source.full_document",
+                    self.capture.span(),
+                    "capture = \"oplog\" has no post-images: use `update_lookup` or `delta`".into(),
+                );
+            }
         }
         if self.collections.get_ref().is_empty() {
             report(
@@ -316,7 +337,7 @@ dir = "/tmp/sluice"
             .replace("\"shop.*\", ", "\"shop\", ")
             .replace(
                 "before = \"when_available\"",
-                "capture = \"oplog\"\nsnapshot_chunk_documents = 10",
+                "capture = \"oplog\"\nbefore = \"required\"\nsnapshot_chunk_documents = 10",
             );
         let found = problems(&text);
         assert_eq!(found.len(), 4, "{found:?}");
@@ -329,11 +350,11 @@ dir = "/tmp/sluice"
             "{found:?}"
         );
         assert!(
-            found[2].starts_with("line 7") && found[2].contains("`oplog` is not available"),
+            found[2].starts_with("line 7") && found[2].contains("\"oplog\" has no pre-images"),
             "{found:?}"
         );
         assert!(
-            found[3].starts_with("line 8")
+            found[3].starts_with("line 9")
                 && found[3].contains("source.snapshot_chunk_documents")
                 && found[3].contains("is 10; must be at least 1000"),
             "{found:?}"

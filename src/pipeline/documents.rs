@@ -8,7 +8,7 @@ use super::{
     Publisher, Started, EVENT_BUFFER,
 };
 use crate::avro;
-use crate::config::{Config, MongodbSourceConfig, SnapshotMode};
+use crate::config::{Capture, Config, MongodbSourceConfig, SnapshotMode};
 use crate::connectors::mongodb::reader::{
     DocumentStreamControl, MongodbError, MongodbSettings, MongodbSource, Start,
 };
@@ -32,6 +32,7 @@ pub(super) async fn run(
         &position_name(config),
     )?;
     let mode = *source.snapshot.get_ref();
+    let capture = *source.capture.get_ref();
     let stored = store.load()?.map(|stored| stored.position);
     let first = match stored.clone() {
         None if mode == SnapshotMode::Never => {
@@ -44,26 +45,28 @@ pub(super) async fn run(
             );
             Start::Snapshot
         }
-        Some(Position::Mongodb { .. }) if mode == SnapshotMode::InitialOnly => {
+        Some(Position::Mongodb { .. } | Position::MongodbOplog { .. })
+            if mode == SnapshotMode::InitialOnly =>
+        {
             tracing::info!(file = %store.path().display(), "snapshot = initial_only and the snapshot is complete: nothing to do");
             return Ok(());
         }
-        Some(Position::Mongodb { resume_token }) => {
-            tracing::info!(resume_token = %resume_token, file = %store.path().display(), "resuming after stored position");
-            Start::After(resume_token)
+        Some(position @ (Position::Mongodb { .. } | Position::MongodbOplog { .. })) => {
+            check_capture(&position, capture, &store)?;
+            tracing::info!(%position, file = %store.path().display(), "resuming after stored position");
+            Start::After(position)
         }
         // Switched to `never` halfway through: what is not read yet stays unread.
-        Some(Position::MongodbSnapshot { resume_token, .. }) if mode == SnapshotMode::Never => {
+        Some(Position::MongodbSnapshot { start, .. }) if mode == SnapshotMode::Never => {
+            check_capture(&start, capture, &store)?;
             tracing::warn!(file = %store.path().display(), "a snapshot was interrupted, and snapshot = never: streaming from where it started, the rest unread");
-            Start::After(resume_token)
+            Start::After(*start)
         }
-        Some(Position::MongodbSnapshot {
-            resume_token,
-            chunks,
-        }) => {
+        Some(Position::MongodbSnapshot { start, chunks }) => {
+            check_capture(&start, capture, &store)?;
             tracing::info!(file = %store.path().display(), done = chunks.iter().filter(|c| c.done).count(), parts = chunks.len(), "carrying on with the interrupted snapshot");
             Start::CarryOnSnapshot {
-                resume_token,
+                start: *start,
                 chunks,
             }
         }
@@ -86,6 +89,7 @@ pub(super) async fn run(
         selection: source.selection(),
         full_document: source.full_document,
         before: source.before,
+        capture,
         snapshot: mode,
         snapshot_shape: SnapshotShape {
             readers: usize::from(*source.snapshot_connections.get_ref()),
@@ -125,6 +129,31 @@ pub(super) async fn run(
         finish_tx,
     )
     .await
+}
+
+/// A change stream cannot resume from an oplog timestamp, nor the oplog reader from a resume token.
+fn check_capture(
+    position: &Position,
+    capture: Capture,
+    store: &PositionStore,
+) -> Result<(), PipelineError> {
+    let fits = matches!(
+        (position, capture),
+        (Position::Mongodb { .. }, Capture::ChangeStreams)
+            | (Position::MongodbOplog { .. }, Capture::Oplog)
+    );
+    if fits {
+        Ok(())
+    } else {
+        Err(PipelineError::CaptureMismatch {
+            file: store.path().to_owned(),
+            position: position.to_string(),
+            capture: match capture {
+                Capture::ChangeStreams => "change_streams",
+                Capture::Oplog => "oplog",
+            },
+        })
+    }
 }
 
 impl From<MongodbError> for PipelineError {

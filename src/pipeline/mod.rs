@@ -62,6 +62,12 @@ pub enum PipelineError {
         file: std::path::PathBuf,
         position: String,
     },
+    #[error("the position file {file} holds {position}, which capture = \"{capture}\" cannot resume from (a change stream resumes from a token, the oplog reader from a timestamp); set the capture it was written with, or move the file away to start again")]
+    CaptureMismatch {
+        file: std::path::PathBuf,
+        position: String,
+        capture: &'static str,
+    },
     #[error("the dead-letter topic `{topic}` refused a message ({reason}); stopping without acknowledging it")]
     DeadLetterRefused { topic: String, reason: String },
     #[error(transparent)]

@@ -1,8 +1,9 @@
 //! A TEST DOUBLE of a MongoDB replica-set primary, not a database: it speaks the wire protocol (OP_MSG,
 //! plus OP_QUERY/OP_REPLY for the legacy handshake) for just the commands a change-stream reader and a
 //! snapshot send — `hello`/`isMaster`, `buildInfo`, `ping`, `aggregate` with `$changeStream`, `getMore`,
-//! `killCursors`, `endSessions`, `listDatabases`, `listCollections`, `count`, and `find` in `_id` order
-//! with `min`/`max`/`skip`/`limit` — and serves change events that the test appends to its log.
+//! `killCursors`, `endSessions`, `listDatabases`, `listCollections`, `count`, `find` in `_id` order
+//! with `min`/`max`/`skip`/`limit` or by `_id`, and a tailable `find` on `local.oplog.rs` — and serves
+//! the change events and oplog entries that the test appends.
 //!
 //! No MongoDB server can be installed on the build machines; this lets the real driver path (handshake,
 //! cursor, resume after a dropped connection, resume tokens across restarts, snapshot reads) run in CI.
@@ -32,6 +33,7 @@ const MAX_WIRE_VERSION: i32 = 17;
 const COMMAND_NOT_FOUND: i32 = 59;
 const CURSOR_NOT_FOUND: i32 = 43;
 const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
+const CAPPED_POSITION_LOST: i32 = 136;
 /// The replica set the double claims to be.
 pub const REPLICA_SET: &str = "rs-double";
 
@@ -48,6 +50,12 @@ struct State {
     finds: HashMap<i64, VecDeque<Document>>,
     /// The stored documents: `db.coll` → documents in `_id` order.
     collections: BTreeMap<String, Vec<Document>>,
+    /// `local.oplog.rs`: the entry at index i has absolute index `oplog_first + i`.
+    oplog: Vec<Document>,
+    /// How many entries have been overwritten, as a capped oplog's oldest ones are.
+    oplog_first: usize,
+    /// Open tailable cursors on the oplog: id → absolute index of the next entry to return.
+    tails: HashMap<i64, usize>,
     next_cursor: i64,
     /// Every command received, in order: (command name, body).
     commands: Vec<(String, Document)>,
@@ -131,6 +139,35 @@ impl MongoDouble {
         drop(state);
         self.appended.notify_waiters();
         token
+    }
+
+    /// Appends an oplog entry (MongoDB's oplog format), giving it a `ts` after every earlier one unless it
+    /// has one, and returns that `ts`.
+    pub fn append_oplog(&self, mut entry: Document) -> Timestamp {
+        let mut state = lock(&self.state);
+        let index = state.oplog_first + state.oplog.len();
+        let ts = match entry.get("ts") {
+            Some(Bson::Timestamp(ts)) => *ts,
+            _ => Timestamp {
+                time: 1_700_000_000 + index as u32,
+                increment: 1,
+            },
+        };
+        entry.insert("ts", ts);
+        state.oplog.push(entry);
+        drop(state);
+        self.appended.notify_waiters();
+        ts
+    }
+
+    /// Overwrites every oplog entry so far with one newer no-op, as a capped oplog that rolled over while
+    /// a reader was away does.
+    pub fn forget_oplog(&self) {
+        let mut state = lock(&self.state);
+        state.oplog_first += state.oplog.len();
+        state.oplog.clear();
+        drop(state);
+        self.append_oplog(doc! { "op": "n", "ns": "", "o": { "msg": "periodic noop" } });
     }
 
     /// Stores documents in `db.coll` without a change event: what was there before the reader started.
@@ -341,6 +378,9 @@ impl Connection {
             "getMore" if lock(&self.state).finds.contains_key(&cursor_id(body)) => {
                 self.more_documents(body).await
             }
+            "getMore" if lock(&self.state).tails.contains_key(&cursor_id(body)) => {
+                self.more_oplog(body).await
+            }
             "getMore" => self.get_more(body).await,
             "killCursors" => {
                 let ids = body.get_array("cursors").cloned().unwrap_or_default();
@@ -349,6 +389,7 @@ impl Connection {
                     if let Bson::Int64(id) = id {
                         state.cursors.remove(id);
                         state.finds.remove(id);
+                        state.tails.remove(id);
                     }
                 }
                 doc! { "cursorsKilled": ids, "ok": 1.0 }
@@ -386,6 +427,7 @@ impl Connection {
                     .map_or(0, Vec::len);
                 doc! { "n": n as i64, "ok": 1.0 }
             }
+            "find" if namespace(body, "find") == "local.oplog.rs" => self.find_oplog(body),
             "find" => self.find(body),
             other => error(
                 COMMAND_NOT_FOUND,
@@ -488,12 +530,20 @@ impl Connection {
     /// `find` over a stored collection in `_id` order: `min` (inclusive) and `max` (exclusive) bound the
     /// `_id`s, then `skip`, `limit` and an `_id`-only projection; a filter is refused, not evaluated.
     fn find(&self, body: &Document) -> Document {
-        if body.get_document("filter").is_ok_and(|f| !f.is_empty()) {
-            return error(
-                COMMAND_NOT_FOUND,
-                "the MongoDB test double does not evaluate find filters",
-            );
-        }
+        // The one filter evaluated: `{_id: value}`, a lookup.
+        let by_id = match body.get_document("filter") {
+            Ok(filter) if filter.is_empty() => None,
+            Ok(filter) if filter.len() == 1 && filter.contains_key("_id") => {
+                filter.get("_id").cloned()
+            }
+            Ok(_) => {
+                return error(
+                    COMMAND_NOT_FOUND,
+                    "the MongoDB test double evaluates no find filter but {_id: value}",
+                )
+            }
+            Err(_) => None,
+        };
         let namespace = namespace(body, "find");
         let bound = |key: &str| {
             body.get_document(key)
@@ -517,8 +567,12 @@ impl Connection {
             .flatten()
             .filter(|d| {
                 let id = d.get("_id").unwrap_or(&Bson::Null);
-                min.as_ref()
-                    .is_none_or(|m| compare_ids(id, m) != Ordering::Less)
+                by_id
+                    .as_ref()
+                    .is_none_or(|wanted| compare_ids(id, wanted) == Ordering::Equal)
+                    && min
+                        .as_ref()
+                        .is_none_or(|m| compare_ids(id, m) != Ordering::Less)
                     && max
                         .as_ref()
                         .is_none_or(|m| compare_ids(id, m) == Ordering::Less)
@@ -535,6 +589,77 @@ impl Connection {
         state.finds.insert(id, documents);
         let batch_size = integer(body, "batchSize").unwrap_or(101) as usize;
         documents_reply(&mut state, id, &namespace, "firstBatch", batch_size)
+    }
+
+    /// `find` on `local.oplog.rs`: a tailable cursor after `filter.ts.$gt`, or the oldest / newest entry
+    /// (`sort: {$natural: 1 | -1}`).
+    fn find_oplog(&self, body: &Document) -> Document {
+        let mut state = lock(&self.state);
+        if body.get_bool("tailable") == Ok(true) {
+            let after = body
+                .get_document("filter")
+                .and_then(|f| f.get_document("ts"))
+                .and_then(|ts| ts.get_timestamp("$gt"))
+                .map(|ts| (ts.time, ts.increment))
+                .unwrap_or((0, 0));
+            let skipped = state
+                .oplog
+                .iter()
+                .take_while(|e| {
+                    e.get_timestamp("ts")
+                        .is_ok_and(|ts| (ts.time, ts.increment) <= after)
+                })
+                .count();
+            let id = state.next_cursor;
+            state.next_cursor += 1;
+            let next = state.oplog_first + skipped;
+            let (batch, next) = oplog_from(&state, next);
+            state.tails.insert(id, next);
+            return doc! { "cursor": { "firstBatch": batch, "id": id, "ns": "local.oplog.rs" }, "ok": 1.0 };
+        }
+        let newest_first = body.get_document("sort").is_ok_and(|sort| {
+            matches!(
+                sort.get("$natural"),
+                Some(Bson::Int32(-1) | Bson::Int64(-1))
+            )
+        });
+        let edge = if newest_first {
+            state.oplog.last()
+        } else {
+            state.oplog.first()
+        };
+        let batch: Vec<Document> = edge.cloned().into_iter().collect();
+        doc! { "cursor": { "firstBatch": batch, "id": 0_i64, "ns": "local.oplog.rs" }, "ok": 1.0 }
+    }
+
+    /// A getMore on a tailable oplog cursor: what was appended since, waiting up to `maxTimeMS` for it.
+    async fn more_oplog(&self, body: &Document) -> Document {
+        let id = cursor_id(body);
+        let wait =
+            Duration::from_millis(integer(body, "maxTimeMS").unwrap_or(1000).clamp(0, 5000) as u64);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let appended = self.appended.notified();
+            {
+                let mut state = lock(&self.state);
+                let Some(&next) = state.tails.get(&id) else {
+                    return error(CURSOR_NOT_FOUND, &format!("cursor id {id} not found"));
+                };
+                if next < state.oplog_first {
+                    state.tails.remove(&id);
+                    return error(
+                        CAPPED_POSITION_LOST,
+                        "CollectionScan died due to position in capped collection being deleted",
+                    );
+                }
+                let (batch, next) = oplog_from(&state, next);
+                if !batch.is_empty() || tokio::time::Instant::now() >= deadline {
+                    state.tails.insert(id, next);
+                    return doc! { "cursor": { "nextBatch": batch, "id": id, "ns": "local.oplog.rs" }, "ok": 1.0 };
+                }
+            }
+            let _ = tokio::time::timeout_at(deadline, appended).await;
+        }
     }
 
     async fn more_documents(&self, body: &Document) -> Document {
@@ -555,6 +680,19 @@ impl Connection {
             batch_size,
         )
     }
+}
+
+/// The oplog entries from absolute index `next` on (at most 100), and the index after them.
+fn oplog_from(state: &State, next: usize) -> (Vec<Document>, usize) {
+    let batch: Vec<Document> = state
+        .oplog
+        .iter()
+        .skip(next.saturating_sub(state.oplog_first))
+        .take(100)
+        .cloned()
+        .collect();
+    let next = next + batch.len();
+    (batch, next)
 }
 
 /// The next `batch_size` documents of a `find` cursor; the cursor is closed (id 0) once they are all out.

@@ -1,0 +1,256 @@
+//! `capture = "oplog"`: a tailable, await-data cursor on `local.oplog.rs`, for servers where change
+//! streams are not available. Each entry is converted by [`super::oplog`]; the position is the `ts` of
+//! the last entry handled, and a restart reads the entries after it.
+//!
+//! Two things the change stream does for its readers are done here. An update's entry holds only what
+//! changed, so with `full_document = "update_lookup"` the document is looked up by `_id` (as it is by
+//! then, or gone). And a prepared transaction's changes (sharded clusters) are held until its
+//! `commitTransaction` entry; meanwhile no position is passed on, so a restart reads the prepare again.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document, Timestamp};
+use mongodb::error::Error as DriverError;
+use mongodb::options::CursorType;
+
+use super::change::bson_from_canonical;
+use super::oplog::{self, OplogKind};
+use super::reader::{send, DocumentStreamControl, Ended, MongodbSource};
+use crate::config::FullDocument;
+use crate::event::{DocumentChange, Op, Position, SourceEvent};
+
+/// How long the server holds a getMore open when nothing is written: how quickly a stop is noticed.
+const MAX_AWAIT: Duration = Duration::from_secs(1);
+/// How often the position of entries that concern no captured collection is passed on to be stored.
+const IDLE_POSITION_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Prepared transactions read and not yet committed or aborted: (session, txnNumber) → their changes.
+#[derive(Default)]
+pub struct PreparedTransactions(HashMap<(String, i64), Vec<DocumentChange>>);
+
+impl MongodbSource {
+    /// Tails the oplog after `from` (None: from its newest entry); `from` follows every entry handled.
+    pub(super) async fn tail_once(
+        &self,
+        from: &mut Option<Position>,
+        prepared: &mut PreparedTransactions,
+        control: &mut DocumentStreamControl,
+        failures: &mut usize,
+    ) -> Result<Ended, DriverError> {
+        let oplog = self
+            .client
+            .database("local")
+            .collection::<Document>("oplog.rs");
+        let (after, first_run) = match from {
+            Some(Position::MongodbOplog { seconds, increment }) => (
+                Timestamp {
+                    time: *seconds,
+                    increment: *increment,
+                },
+                false,
+            ),
+            Some(other) => {
+                return Err(DriverError::custom(format!(
+                    "the oplog reader cannot start from {other}"
+                )))
+            }
+            None => (oplog_ts(&self.newest_oplog_entry().await?)?, true),
+        };
+        // A position older than the oldest entry is gone: the entries between were overwritten.
+        if let Some(oldest) = edge_entry(&oplog, 1).await? {
+            let oldest = entry_ts(&oldest)?;
+            if (oldest.time, oldest.increment) > (after.time, after.increment) {
+                return Ok(Ended::HistoryLost(format!(
+                    "the oldest oplog entry is at ({}, {}), after the stored ({}, {})",
+                    oldest.time, oldest.increment, after.time, after.increment
+                )));
+            }
+        }
+        let mut cursor = oplog
+            .find(doc! { "ts": { "$gt": after } })
+            .cursor_type(CursorType::TailableAwait)
+            .max_await_time(MAX_AWAIT)
+            .await?;
+        *failures = 0;
+        control.metrics.set_streaming(true);
+        *from = Some(position_of(after));
+        // A first run stores where it started at once, so that a stop before any change resumes there.
+        if first_run
+            && !send(
+                control,
+                SourceEvent::Idle {
+                    position: position_of(after),
+                },
+            )
+            .await
+        {
+            return Ok(Ended::Stopped);
+        }
+        let mut last_idle = tokio::time::Instant::now();
+        let mut stop = control.stop.clone();
+        loop {
+            if *stop.borrow() {
+                return Ok(Ended::Stopped);
+            }
+            let next = tokio::select! {
+                next = cursor.try_next() => next?,
+                _ = stop.changed() => return Ok(Ended::Stopped),
+            };
+            let Some(entry) = next else {
+                return Err(DriverError::custom(
+                    "the server closed the tailable oplog cursor",
+                ));
+            };
+            let ts = entry_ts(&entry)?;
+            let position = position_of(ts);
+            *from = Some(position.clone());
+            // While a prepared transaction waits for its commit, no later position may be stored.
+            let may_store = |prepared: &PreparedTransactions| prepared.0.is_empty();
+            let changes = match oplog::convert_entry(&entry, self.replica_set.as_ref()) {
+                Ok(converted) => match converted.kind {
+                    OplogKind::Changes(changes) => changes,
+                    OplogKind::Prepared {
+                        lsid,
+                        txn_number,
+                        changes,
+                    } => {
+                        prepared.0.insert((lsid, txn_number), changes);
+                        continue;
+                    }
+                    OplogKind::CommitPrepared { lsid, txn_number } => {
+                        prepared.0.remove(&(lsid, txn_number)).unwrap_or_default()
+                    }
+                    OplogKind::AbortPrepared { lsid, txn_number } => {
+                        prepared.0.remove(&(lsid, txn_number));
+                        Vec::new()
+                    }
+                    OplogKind::Ddl {
+                        operation,
+                        namespace,
+                        to,
+                    } => {
+                        if self.settings.selection.includes_namespace(&namespace) {
+                            tracing::info!(%operation, %namespace, to = to.as_deref().unwrap_or(""), "collection-level change: no document events to publish");
+                        }
+                        Vec::new()
+                    }
+                    OplogKind::Noop => Vec::new(),
+                },
+                Err(err) => {
+                    let in_selection = entry
+                        .get_str("ns")
+                        .is_ok_and(|ns| self.settings.selection.includes_namespace(ns));
+                    if in_selection || entry.get_str("op") == Ok("c") {
+                        tracing::warn!(error = %err, "oplog entry without an event form: sent to the dead-letter topic");
+                        let letter = oplog::undecodable(&err, &entry);
+                        if !send(control, SourceEvent::Undecodable(letter)).await {
+                            return Ok(Ended::Stopped);
+                        }
+                    }
+                    Vec::new()
+                }
+            };
+            let mut published = false;
+            for mut change in changes {
+                if !self
+                    .settings
+                    .selection
+                    .includes(&change.database, &change.collection)
+                {
+                    continue;
+                }
+                if change.op == Op::Update
+                    && change.after.is_none()
+                    && self.settings.full_document == FullDocument::UpdateLookup
+                {
+                    change.after = self.look_up(&change).await?;
+                }
+                published = true;
+                if !send(control, SourceEvent::Document(change)).await {
+                    return Ok(Ended::Stopped);
+                }
+            }
+            if !may_store(prepared) {
+                continue;
+            }
+            let commit_time_us = i64::from(ts.time) * 1_000_000;
+            let event = if published {
+                SourceEvent::Commit {
+                    position,
+                    commit_time_us: Some(commit_time_us),
+                }
+            } else if last_idle.elapsed() >= IDLE_POSITION_INTERVAL {
+                last_idle = tokio::time::Instant::now();
+                SourceEvent::Idle { position }
+            } else {
+                continue;
+            };
+            if !send(control, event).await {
+                return Ok(Ended::Stopped);
+            }
+        }
+    }
+
+    /// The newest oplog entry's position: where a run without a stored position starts.
+    pub(super) async fn newest_oplog_entry(&self) -> Result<Position, DriverError> {
+        let oplog = self
+            .client
+            .database("local")
+            .collection::<Document>("oplog.rs");
+        let newest = edge_entry(&oplog, -1).await?.ok_or_else(|| {
+            DriverError::custom("local.oplog.rs is empty: is this a replica set member?")
+        })?;
+        Ok(position_of(entry_ts(&newest)?))
+    }
+
+    /// The document an update left, as it is now (None when it has been deleted since).
+    async fn look_up(&self, change: &DocumentChange) -> Result<Option<String>, DriverError> {
+        let id = bson_from_canonical(&change.key).map_err(DriverError::custom)?;
+        let found = self
+            .client
+            .database(&change.database)
+            .collection::<Document>(&change.collection)
+            .find_one(doc! { "_id": id })
+            .await?;
+        Ok(found.map(|document| super::change::canonical_json(&Bson::Document(document))))
+    }
+}
+
+/// The oldest (`direction` 1) or newest (-1) oplog entry, by natural order.
+async fn edge_entry(
+    oplog: &mongodb::Collection<Document>,
+    direction: i32,
+) -> Result<Option<Document>, DriverError> {
+    oplog
+        .find_one(doc! {})
+        .sort(doc! { "$natural": direction })
+        .projection(doc! { "ts": 1 })
+        .await
+}
+
+fn entry_ts(entry: &Document) -> Result<Timestamp, DriverError> {
+    entry
+        .get_timestamp("ts")
+        .map_err(|_| DriverError::custom("an oplog entry without a `ts` timestamp"))
+}
+
+fn oplog_ts(position: &Position) -> Result<Timestamp, DriverError> {
+    match position {
+        Position::MongodbOplog { seconds, increment } => Ok(Timestamp {
+            time: *seconds,
+            increment: *increment,
+        }),
+        other => Err(DriverError::custom(format!(
+            "not an oplog position: {other}"
+        ))),
+    }
+}
+
+fn position_of(ts: Timestamp) -> Position {
+    Position::MongodbOplog {
+        seconds: ts.time,
+        increment: ts.increment,
+    }
+}
