@@ -24,6 +24,19 @@ use common::Daemon;
 
 const PREFIX: &str = "live";
 
+/// A Confluent-framed Avro body, decoded with its schema from the registry double.
+fn decode(registry: &RegistryDouble, body: &[u8]) -> Json {
+    let Some((SchemaRef::RegistryId(id), datum)) = SchemaRef::split(body) else {
+        panic!("not Confluent-framed")
+    };
+    let (_, schema) = registry
+        .schemas()
+        .into_iter()
+        .find(|(i, _)| *i == id)
+        .unwrap();
+    sluice::tail::decode_datum(&schema, datum).unwrap()
+}
+
 /// `MONGODB_URI`, or None after saying plainly that the suite is skipped.
 fn live_uri() -> Option<String> {
     let uri = std::env::var("MONGODB_URI").ok();
@@ -109,17 +122,7 @@ async fn a_real_replica_set_streams_resumes_and_keeps_transactions() {
         .unwrap();
     session.commit_transaction().await.unwrap();
 
-    let decode = |body: &[u8]| -> Json {
-        let Some((SchemaRef::RegistryId(id), datum)) = SchemaRef::split(body) else {
-            panic!("not Confluent-framed")
-        };
-        let (_, schema) = registry
-            .schemas()
-            .into_iter()
-            .find(|(i, _)| *i == id)
-            .unwrap();
-        sluice::tail::decode_datum(&schema, datum).unwrap()
-    };
+    let decode = |body: &[u8]| decode(&registry, body);
     let orders_topic = format!("{PREFIX}.{db_name}.orders");
     let read = |topic: String, min: usize| {
         let bootstrap = broker.bootstrap();
@@ -179,17 +182,7 @@ async fn ops_by_id(
     let records = read_topic(&broker.bootstrap(), topic, min, Duration::from_secs(120))
         .await
         .unwrap();
-    let decode = |body: &[u8]| -> Json {
-        let Some((SchemaRef::RegistryId(id), datum)) = SchemaRef::split(body) else {
-            panic!("not Confluent-framed")
-        };
-        let (_, schema) = registry
-            .schemas()
-            .into_iter()
-            .find(|(i, _)| *i == id)
-            .unwrap();
-        sluice::tail::decode_datum(&schema, datum).unwrap()
-    };
+    let decode = |body: &[u8]| decode(registry, body);
     records
         .iter()
         .map(|r| {

@@ -169,17 +169,8 @@ fn document_change(
         Some(other) => return Err(wrong_type("clusterTime", "a timestamp", other)),
         None => return Err(ConversionError::new("clusterTime", "missing")),
     };
-    let wall_time_ms = match event.get("wallTime") {
-        None | Some(Bson::Null) => None,
-        Some(Bson::DateTime(at)) => Some(at.timestamp_millis()),
-        Some(other) => return Err(wrong_type("wallTime", "a date", other)),
-    };
-    let txn_number = match event.get("txnNumber") {
-        None | Some(Bson::Null) => None,
-        Some(Bson::Int64(n)) => Some(*n),
-        Some(Bson::Int32(n)) => Some(i64::from(*n)),
-        Some(other) => return Err(wrong_type("txnNumber", "an integer", other)),
-    };
+    let wall_time_ms = optional_date_ms(event, "wallTime")?;
+    let txn_number = optional_integer(event, "txnNumber")?;
     let lsid = match event.get("lsid") {
         None | Some(Bson::Null) => None,
         Some(Bson::Document(lsid)) => Some(session_id(lsid)),
@@ -269,6 +260,31 @@ pub(super) fn session_id(lsid: &Document) -> String {
             )
         }
         _ => canonical_json(&Bson::Document(lsid.clone())),
+    }
+}
+
+/// A date field that may be absent or null, as milliseconds since the epoch.
+pub(super) fn optional_date_ms(
+    doc: &Document,
+    field: &str,
+) -> Result<Option<i64>, ConversionError> {
+    match doc.get(field) {
+        None | Some(Bson::Null) => Ok(None),
+        Some(Bson::DateTime(at)) => Ok(Some(at.timestamp_millis())),
+        Some(other) => Err(wrong_type(field, "a date", other)),
+    }
+}
+
+/// An integer field (int or long) that may be absent or null.
+pub(super) fn optional_integer(
+    doc: &Document,
+    field: &str,
+) -> Result<Option<i64>, ConversionError> {
+    match doc.get(field) {
+        None | Some(Bson::Null) => Ok(None),
+        Some(Bson::Int64(n)) => Ok(Some(*n)),
+        Some(Bson::Int32(n)) => Ok(Some(i64::from(*n))),
+        Some(other) => Err(wrong_type(field, "an integer", other)),
     }
 }
 

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use mongodb::bson::{spec::BinarySubtype, Bson, Document};
 
 use super::change::{
-    canonical_json, document, session_id, string, within, wrong_type, ConversionError,
+    canonical_json, document, optional_date_ms, optional_integer, session_id, string, within,
+    wrong_type, ConversionError,
 };
 use crate::event::{
     DocumentChange, DocumentSource, Op, SnapshotMarker, UndecodableChange, UpdateDescription,
@@ -177,17 +178,8 @@ impl<'a> Context<'a> {
         ts: (u32, u32),
         replica_set: Option<&'a Arc<str>>,
     ) -> Result<Context<'a>, ConversionError> {
-        let wall_time_ms = match entry.get("wall") {
-            None | Some(Bson::Null) => None,
-            Some(Bson::DateTime(at)) => Some(at.timestamp_millis()),
-            Some(other) => return Err(wrong_type("wall", "a date", other)),
-        };
-        let txn_number = match entry.get("txnNumber") {
-            None | Some(Bson::Null) => None,
-            Some(Bson::Int64(n)) => Some(*n),
-            Some(Bson::Int32(n)) => Some(i64::from(*n)),
-            Some(other) => return Err(wrong_type("txnNumber", "an integer", other)),
-        };
+        let wall_time_ms = optional_date_ms(entry, "wall")?;
+        let txn_number = optional_integer(entry, "txnNumber")?;
         let lsid = match entry.get("lsid") {
             None | Some(Bson::Null) => None,
             Some(Bson::Document(lsid)) => Some(lsid),
