@@ -44,23 +44,11 @@ impl MongodbSource {
             .database("local")
             .collection::<Document>("oplog.rs");
         let (after, first_run) = match from {
-            Some(Position::MongodbOplog { seconds, increment }) => (
-                Timestamp {
-                    time: *seconds,
-                    increment: *increment,
-                },
-                false,
-            ),
-            Some(other) => {
-                return Err(DriverError::custom(format!(
-                    "the oplog reader cannot start from {other}"
-                )))
-            }
+            Some(position) => (oplog_ts(position)?, false),
             None => (oplog_ts(&self.newest_oplog_entry().await?)?, true),
         };
         // A position older than the oldest entry is gone: the entries between were overwritten.
-        if let Some(oldest) = edge_entry(&oplog, 1).await? {
-            let oldest = entry_ts(&oldest)?;
+        if let Some(oldest) = oplog_edge_ts(&self.client, 1).await? {
             if (oldest.time, oldest.increment) > (after.time, after.increment) {
                 return Ok(Ended::HistoryLost(format!(
                     "the oldest oplog entry is at ({}, {}), after the stored ({}, {})",
@@ -106,8 +94,6 @@ impl MongodbSource {
             let ts = entry_ts(&entry)?;
             let position = position_of(ts);
             *from = Some(position.clone());
-            // While a prepared transaction waits for its commit, no later position may be stored.
-            let may_store = |prepared: &PreparedTransactions| prepared.0.is_empty();
             let changes = match oplog::convert_entry(&entry, self.replica_set.as_ref()) {
                 Ok(converted) => match converted.kind {
                     OplogKind::Changes(changes) => changes,
@@ -172,7 +158,8 @@ impl MongodbSource {
                     return Ok(Ended::Stopped);
                 }
             }
-            if !may_store(prepared) {
+            // While a prepared transaction waits for its commit, no later position may be stored.
+            if !prepared.0.is_empty() {
                 continue;
             }
             let commit_time_us = i64::from(ts.time) * 1_000_000;
@@ -195,14 +182,10 @@ impl MongodbSource {
 
     /// The newest oplog entry's position: where a run without a stored position starts.
     pub(super) async fn newest_oplog_entry(&self) -> Result<Position, DriverError> {
-        let oplog = self
-            .client
-            .database("local")
-            .collection::<Document>("oplog.rs");
-        let newest = edge_entry(&oplog, -1).await?.ok_or_else(|| {
+        let newest = oplog_edge_ts(&self.client, -1).await?.ok_or_else(|| {
             DriverError::custom("local.oplog.rs is empty: is this a replica set member?")
         })?;
-        Ok(position_of(entry_ts(&newest)?))
+        Ok(position_of(newest))
     }
 
     /// The document an update left, as it is now (None when it has been deleted since).
@@ -218,16 +201,20 @@ impl MongodbSource {
     }
 }
 
-/// The oldest (`direction` 1) or newest (-1) oplog entry, by natural order.
-async fn edge_entry(
-    oplog: &mongodb::Collection<Document>,
+/// The `ts` of the oldest (`direction` 1) or newest (-1) oplog entry, by natural order; None when the
+/// oplog is empty.
+pub(super) async fn oplog_edge_ts(
+    client: &mongodb::Client,
     direction: i32,
-) -> Result<Option<Document>, DriverError> {
-    oplog
+) -> Result<Option<Timestamp>, DriverError> {
+    let entry = client
+        .database("local")
+        .collection::<Document>("oplog.rs")
         .find_one(doc! {})
         .sort(doc! { "$natural": direction })
         .projection(doc! { "ts": 1 })
-        .await
+        .await?;
+    entry.as_ref().map(entry_ts).transpose()
 }
 
 fn entry_ts(entry: &Document) -> Result<Timestamp, DriverError> {

@@ -2,11 +2,12 @@
 //! change stream, the oplog window, the pre- and post-image settings the config relies on, and whether
 //! the snapshot may read the selected collections.
 
-use mongodb::bson::{doc, Bson, Document, Timestamp};
+use mongodb::bson::{doc, Document};
 use mongodb::Client;
 
 use mongodb::options::Hint;
 
+use super::oplog_tail::oplog_edge_ts;
 use super::reader::{client, selection_filter, topology};
 use super::snapshot::selected_collections;
 use crate::config::{
@@ -173,18 +174,12 @@ async fn server_version(client: &Client) -> Option<(u32, u32, String)> {
 
 /// Hours between the oldest and the newest oplog entry.
 async fn oplog_window_hours(client: &Client) -> Result<f64, String> {
-    let oplog = client.database("local").collection::<Document>("oplog.rs");
     let mut ends = Vec::new();
     for direction in [1, -1] {
-        let entry = oplog
-            .find_one(doc! {})
-            .sort(doc! { "$natural": direction })
-            .projection(doc! { "ts": 1 })
-            .await
-            .map_err(|err| redact_secrets(&err.to_string()))?;
-        match entry.as_ref().and_then(|e| e.get("ts")) {
-            Some(Bson::Timestamp(Timestamp { time, .. })) => ends.push(*time),
-            _ => return Err("the oplog is empty".into()),
+        match oplog_edge_ts(client, direction).await {
+            Ok(Some(ts)) => ends.push(ts.time),
+            Ok(None) => return Err("the oplog is empty".into()),
+            Err(err) => return Err(redact_secrets(&err.to_string())),
         }
     }
     Ok(f64::from(ends[1].saturating_sub(ends[0])) / 3600.0)

@@ -599,17 +599,14 @@ fn position_of(token: Option<&ResumeToken>) -> Result<Position, DriverError> {
 
 /// The stored text back into a token the driver sends as it is.
 pub fn parse_token(text: &str) -> Result<ResumeToken, MongodbError> {
-    let json: serde_json::Value =
-        serde_json::from_str(text).map_err(|err| MongodbError::BadToken(err.to_string()))?;
-    let value = match Bson::try_from(json) {
-        Ok(value @ Bson::Document(_)) => value,
-        Ok(other) => {
+    let value = match change::bson_from_canonical(text).map_err(MongodbError::BadToken)? {
+        value @ Bson::Document(_) => value,
+        other => {
             return Err(MongodbError::BadToken(format!(
                 "expected a document, found {:?}",
                 other.element_type()
             )))
         }
-        Err(err) => return Err(MongodbError::BadToken(err.to_string())),
     };
     // The token type reads only from raw BSON: wrap it in a document and read that back.
     #[derive(serde::Deserialize)]

@@ -340,6 +340,17 @@ impl Daemon {
         self.wait(within)
     }
 
+    /// Waits (up to 60 s) for sluice to stop by itself with exit 1, its log saying each of `said`; returns the log.
+    pub fn fails_saying(&mut self, said: &[&str]) -> String {
+        let status = self.wait(Duration::from_secs(60));
+        let log = self.log();
+        assert_eq!(status.code(), Some(1), "{log}");
+        for text in said {
+            assert!(log.contains(text), "expected `{text}` in the log:\n{log}");
+        }
+        log
+    }
+
     /// Waits for sluice to exit by itself (bounded).
     pub fn wait(&mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;
