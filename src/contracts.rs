@@ -49,6 +49,8 @@ pub struct Contract {
     names: HashMap<Name, Schema>,
     /// Whether the contract describes the envelope (true) or the row in `after`.
     envelope: bool,
+    /// The schema as written, for a MongoDB collection's `after` record.
+    json: Json,
 }
 
 /// The contracts of every topic that has one.
@@ -119,13 +121,28 @@ impl Contract {
         };
         let envelope = record.fields.iter().any(|f| f.name == "after");
         let names = names_of(&schema)?;
+        let json = serde_json::from_str(text).map_err(|err| format!("not JSON: {err}"))?;
         Ok(Contract {
             topic: topic.to_owned(),
             path: path.to_owned(),
             schema,
             names,
             envelope,
+            json,
         })
+    }
+
+    /// The record a MongoDB collection's documents are published as, when the contract declares the
+    /// document (a contract of the whole envelope cannot: the MongoDB envelope is fixed).
+    pub fn document_schema(&self) -> Result<&Json, String> {
+        if self.envelope {
+            return Err(
+                "declares an envelope (it has an `after` field); a MongoDB contract declares \
+                 the document, the record `after` holds"
+                    .into(),
+            );
+        }
+        Ok(&self.json)
     }
 
     /// Whether events written with `writer` (a value schema of this topic) can be read with the contract.

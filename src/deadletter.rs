@@ -10,7 +10,7 @@ use apache_avro::types::Value as Avro;
 use apache_avro::Schema;
 use serde_json::{json, Map, Value as Json};
 
-use crate::event::{ChangeEvent, Numeric, Row, Table, UndecodableChange, Value};
+use crate::event::{ChangeEvent, DocumentChange, Numeric, Row, Table, UndecodableChange, Value};
 
 /// The record format, as documented in `schemas/dead_letter.avsc`.
 pub const SCHEMA_TEXT: &str = include_str!("../schemas/dead_letter.avsc");
@@ -144,6 +144,30 @@ impl DeadLetter {
                 "op": event.op.code(),
                 "before": event.before.as_ref().map(|row| row_json(&event.table, row)),
                 "after": event.after.as_ref().map(|row| row_json(&event.table, row)),
+            })),
+            ..DeadLetter::new(failure, position)
+        }
+    }
+
+    /// The dead letter of a MongoDB document change, its documents as Extended JSON.
+    pub fn for_document(change: &DocumentChange, failure: Failure<'_>) -> DeadLetter {
+        let position = SourcePosition {
+            connector: "mongodb",
+            db: Some(change.database.clone()),
+            resume_token: change.source.resume_token.clone(),
+            ..SourcePosition::default()
+        };
+        let parse = |text: &str| {
+            serde_json::from_str(text).unwrap_or_else(|_| Json::String(text.to_owned()))
+        };
+        DeadLetter {
+            collection: Some(change.namespace()),
+            op: Some(change.op.code().to_owned()),
+            key: Some(parse(&change.key)),
+            change: Some(json!({
+                "op": change.op.code(),
+                "before": change.before.as_deref().map(parse),
+                "after": change.after.as_deref().map(parse),
             })),
             ..DeadLetter::new(failure, position)
         }

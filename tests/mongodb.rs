@@ -59,6 +59,21 @@ impl Setup {
         path
     }
 
+    /// The config, with contracts read from `<dir>/contracts`.
+    fn config_with_contracts(&self) -> (PathBuf, PathBuf) {
+        let config = self.config();
+        let contracts = self.dir.path().join("contracts");
+        std::fs::create_dir_all(&contracts).expect("contracts dir");
+        let text = std::fs::read_to_string(&config)
+            .expect("read config")
+            .replace(
+                "[avro]\n",
+                &format!("[avro]\ncontracts_dir = \"{}\"\n", contracts.display()),
+            );
+        std::fs::write(&config, text).expect("write config");
+        (config, contracts)
+    }
+
     fn position_file(&self) -> Option<Json> {
         let path = self
             .dir
@@ -759,6 +774,167 @@ async fn oplog_tailing_publishes_diffs_and_transactions_and_resumes_after_its_ti
     // The stored timestamp was overwritten: sluice stops and says so.
     double.forget_oplog();
     Daemon::start(&config).fails_saying(&["no longer in the oplog"]);
+}
+
+const PAYMENT_CONTRACT: &str = r#"{
+  "type": "record", "name": "Payment", "namespace": "shop",
+  "fields": [
+    {"name": "_id", "type": "int"},
+    {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 9, "scale": 2}},
+    {"name": "paid", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+    {"name": "method", "type": {"type": "enum", "name": "Method", "symbols": ["CARD", "TRANSFER"]}},
+    {"name": "note", "type": ["null", "string"], "default": null}
+  ]
+}"#;
+
+fn payment(id: i32, amount: &str, method: &str) -> Document {
+    doc! {
+        "_id": id,
+        "amount": Bson::Decimal128(amount.parse().unwrap()),
+        "paid": sluice_testkit::bson::DateTime::from_millis(1_700_000_000_000 + i64::from(id)),
+        "method": method,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contract_types_after_and_documents_that_do_not_fit_go_to_the_dead_letter_topic() {
+    let setup = Setup::start().await;
+    let (config, contracts) = setup.config_with_contracts();
+    std::fs::write(
+        contracts.join(format!("{PREFIX}.shop.payments.avsc")),
+        PAYMENT_CONTRACT,
+    )
+    .unwrap();
+    let (status, stdout, stderr) = common::sluice(&["validate", "-c", config.to_str().unwrap()]);
+    assert!(
+        stdout.contains(&format!(
+            "ok   {}",
+            contracts.join("app.shop.payments.avsc").display()
+        )) && stdout.contains("types `after` of the documents on topic `app.shop.payments`"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(status.success(), "{stdout}\n{stderr}");
+
+    // The snapshot writes typed records too: one payment fits, the other's amount is text.
+    let mut unpriced = payment(2, "0", "CARD");
+    unpriced.insert("amount", "free");
+    setup
+        .double
+        .store("shop", "payments", [payment(1, "9.99", "CARD"), unpriced]);
+    setup
+        .double
+        .store("shop", "orders", [doc! { "_id": 1, "untyped": true }]);
+    let mut daemon = Daemon::start(&config);
+    wait_until("the stream after the snapshot", &daemon, || {
+        setup.double.change_stream_stages().len() >= 2
+    })
+    .await;
+    let double = &setup.double;
+    let mut extra = payment(3, "1200", "TRANSFER");
+    extra.insert("reference", "left out: the contract does not declare it");
+    double.append(insert("payments", 3, extra));
+    let mut update = change_event("update", "shop", "payments", 3);
+    update.insert(
+        "updateDescription",
+        doc! { "updatedFields": { "note": "refunded" }, "removedFields": [] },
+    );
+    let mut noted = payment(3, "1200", "TRANSFER");
+    noted.insert("note", "refunded");
+    update.insert("fullDocument", noted);
+    double.append(update);
+    double.append(change_event("delete", "shop", "payments", 3));
+    let mut cash = change_event("insert", "shop", "payments", 4);
+    cash.insert("fullDocument", payment(4, "5.00", "CASH"));
+    let last = double.append(cash);
+
+    let payments = setup.decode_all(&setup.read(&format!("{PREFIX}.shop.payments"), 5).await);
+    let ops: Vec<&str> = payments
+        .iter()
+        .map(|(_, v)| v["op"].as_str().unwrap_or("tombstone"))
+        .collect();
+    assert_eq!(ops, ["r", "c", "u", "d", "tombstone"], "{payments:#?}");
+    assert_eq!(
+        payments[0].1["after"],
+        serde_json::json!({"_id": 1, "amount": "9.99", "paid": 1_700_000_000_001_i64, "method": "CARD", "note": null})
+    );
+    assert_eq!(
+        payments[1].1["after"],
+        serde_json::json!({"_id": 3, "amount": "1200.00", "paid": 1_700_000_000_003_i64, "method": "TRANSFER", "note": null}),
+        "undeclared fields are left out"
+    );
+    assert_eq!(payments[2].1["after"]["note"], "refunded");
+    assert_eq!(
+        text_of(&payments[2].1["updateDescription"]["updatedFields"]),
+        serde_json::json!({"note": "refunded"})
+    );
+    assert!(payments[3].1["after"].is_null());
+    let orders = setup.decode_all(&setup.read(&format!("{PREFIX}.shop.orders"), 1).await);
+    assert_eq!(
+        text_of(&orders[0].1["after"])["untyped"],
+        true,
+        "a collection without a contract keeps Extended JSON"
+    );
+
+    let letters = setup.read(&format!("{PREFIX}.dlq"), 2).await;
+    let letters: Vec<Json> = letters
+        .iter()
+        .map(|r| setup.decode(r.value.as_deref().unwrap()))
+        .collect();
+    assert_eq!(letters.len(), 2, "{letters:#?}");
+    let contract_file = contracts.join("app.shop.payments.avsc");
+    for (letter, id, field) in [
+        (
+            &letters[0],
+            2,
+            "`after.amount`: expected a number (decimal(9, 2)), found a string (\"free\")",
+        ),
+        (
+            &letters[1],
+            4,
+            "`after.method`: `CASH` is not one of the contract's symbols [\"CARD\", \"TRANSFER\"]",
+        ),
+    ] {
+        assert_eq!(letter["stage"], "validate");
+        assert_eq!(
+            letter["error"],
+            format!(
+                "the document does not fit the contract {}: {field}",
+                contract_file.display()
+            )
+        );
+        assert_eq!(letter["collection"], "shop.payments");
+        assert_eq!(letter["topic"], "app.shop.payments");
+        let change: Json = serde_json::from_str(letter["change"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            change["after"]["_id"],
+            serde_json::json!({"$numberInt": id.to_string()})
+        );
+    }
+    // The refused document does not hold the position back.
+    let last_token = sluice::connectors::mongodb::change::canonical_json(&Bson::Document(last));
+    wait_until("the position of the refused last event", &daemon, || {
+        setup.stored_token().as_deref() == Some(last_token.as_str())
+    })
+    .await;
+    daemon.stop_cleanly();
+
+    // A contract that cannot type documents stops sluice before it reads anything, naming the file.
+    let envelope = contracts.join(format!("{PREFIX}.shop.refunds.avsc"));
+    std::fs::write(
+        &envelope,
+        r#"{"type": "record", "name": "Refund", "fields": [{"name": "after", "type": ["null", "string"]}]}"#,
+    )
+    .unwrap();
+    let (status, stdout, _) = common::sluice(&["validate", "-c", config.to_str().unwrap()]);
+    assert!(!status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "FAIL contract {}: declares an envelope",
+            envelope.display()
+        )),
+        "{stdout}"
+    );
+    Daemon::start(&config).fails_saying(&["app.shop.refunds.avsc", "declares an envelope"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,17 +1,20 @@
 //! MongoDB document changes as Avro, in the shape of Debezium's MongoDB connector: documents travel as
 //! canonical Extended JSON strings (every BSON value fits, whatever the collection holds), so one schema
-//! serves every collection; only the names differ.
+//! serves every collection; only the names differ. A collection with a contract gets `after` as the
+//! contract's record instead ([`TypedDocument`]).
 //!
 //! - **Key**: `<namespace>.Key { id: string }`, the `_id` as canonical Extended JSON.
 //! - **Value**: `<namespace>.Envelope { before, after, updateDescription, source, op, ts_ms }` where
 //!   `source` is the shared record `sluice.mongodb.Source`.
 
-use serde_json::json;
+use serde_json::{json, Value as Json};
 
 use super::binary::{write_blocks, write_int, write_long, write_string, write_union_branch};
-use super::message::{fixed, write_optional_long};
+use super::message::write_optional_long;
 use super::naming::{collection_namespace, collection_topic};
-use super::schema::{common_source_fields, TableSchemas};
+use super::schema::{common_source_fields, AvroSchema, TableSchemas};
+use super::typed_document::TypedDocument;
+use crate::contracts::Mismatch;
 use crate::event::DocumentChange;
 
 /// Full name of the envelope's source block.
@@ -22,8 +25,37 @@ pub fn document_topic(topic_prefix: &str, database: &str, collection: &str) -> S
     collection_topic(topic_prefix, database, collection)
 }
 
-/// The key and value schemas of a collection's topic.
+/// The key and value schemas of a collection's topic, with documents as Extended JSON text.
 pub fn document_schemas(topic_prefix: &str, database: &str, collection: &str) -> TableSchemas {
+    schemas_with_after(topic_prefix, database, collection, json!("string"))
+        .expect("sluice's fixed schemas are valid Avro")
+}
+
+/// The key and value schemas of a collection whose contract declares its documents: `after` is the
+/// contract's record (`contract`, its schema as JSON). Fails when the record cannot be part of the
+/// envelope (a name that clashes with the envelope's, a type no BSON value can fill).
+pub fn typed_document_schemas(
+    topic_prefix: &str,
+    database: &str,
+    collection: &str,
+    contract: &Json,
+) -> Result<(TableSchemas, TypedDocument), String> {
+    if let Some(path) = fixed_uuid(contract, "after") {
+        return Err(format!(
+            "`{path}`: a uuid on `fixed` cannot be written from a document (declare it on `string`)"
+        ));
+    }
+    let schemas = schemas_with_after(topic_prefix, database, collection, contract.clone())?;
+    let typed = TypedDocument::within(&schemas.value.schema)?;
+    Ok((schemas, typed))
+}
+
+fn schemas_with_after(
+    topic_prefix: &str,
+    database: &str,
+    collection: &str,
+    after: Json,
+) -> Result<TableSchemas, String> {
     let namespace = collection_namespace(topic_prefix, database, collection);
     let key = json!({
         "type": "record", "name": "Key", "namespace": namespace,
@@ -36,7 +68,7 @@ pub fn document_schemas(topic_prefix: &str, database: &str, collection: &str) ->
         "namespace": namespace,
         "fields": [
             {"name": "before", "type": optional_string, "default": null},
-            {"name": "after", "type": optional_string, "default": null},
+            {"name": "after", "type": ["null", after], "default": null},
             {"name": "updateDescription", "type": ["null", {
                 "type": "record",
                 "name": "sluice.mongodb.UpdateDescription",
@@ -58,10 +90,43 @@ pub fn document_schemas(topic_prefix: &str, database: &str, collection: &str) ->
             {"name": "ts_ms", "type": ["null", "long"], "default": null},
         ],
     });
-    TableSchemas {
+    Ok(TableSchemas {
         topic: document_topic(topic_prefix, database, collection),
-        key: Some(fixed(key)),
-        value: fixed(envelope),
+        key: Some(parse(key)?),
+        value: parse(envelope)?,
+    })
+}
+
+fn parse(schema: Json) -> Result<AvroSchema, String> {
+    let json = schema.to_string();
+    let schema = apache_avro::Schema::parse_str(&json).map_err(|err| err.to_string())?;
+    Ok(AvroSchema { json, schema })
+}
+
+/// The path of a `uuid` declared on `fixed`, which apache-avro reads as a string-backed uuid, so that
+/// what sluice writes and what a consumer of the registered schema reads would differ.
+fn fixed_uuid(schema: &Json, path: &str) -> Option<String> {
+    match schema {
+        Json::Object(object) => {
+            if object.get("logicalType") == Some(&json!("uuid"))
+                && object.get("type") == Some(&json!("fixed"))
+            {
+                return Some(path.to_owned());
+            }
+            let inner = |key: &str| object.get(key).and_then(|t| fixed_uuid(t, path));
+            let fields = object.get("fields").and_then(Json::as_array);
+            inner("type")
+                .or_else(|| inner("items"))
+                .or_else(|| inner("values"))
+                .or_else(|| {
+                    fields?.iter().find_map(|field| {
+                        let name = field.get("name").and_then(Json::as_str).unwrap_or("?");
+                        fixed_uuid(field.get("type")?, &format!("{path}.{name}"))
+                    })
+                })
+        }
+        Json::Array(branches) => branches.iter().find_map(|b| fixed_uuid(b, path)),
+        _ => None,
     }
 }
 
@@ -86,15 +151,29 @@ pub fn encode_document_key(change: &DocumentChange, out: &mut Vec<u8>) {
 }
 
 /// The envelope of `change`. `server_name` is the instance's logical name (`sink.topic_prefix`);
-/// `processed_at_ms` the envelope's `ts_ms`.
+/// `processed_at_ms` the envelope's `ts_ms`; `typed` the record of the collection's contract, if it has
+/// one. Fails only when the document does not fit that record; `out` then holds part of the envelope.
 pub fn encode_document_envelope(
     change: &DocumentChange,
     server_name: &str,
     processed_at_ms: i64,
+    typed: Option<&TypedDocument>,
     out: &mut Vec<u8>,
-) {
+) -> Result<(), Mismatch> {
     write_optional_string(change.before.as_deref(), out);
-    write_optional_string(change.after.as_deref(), out);
+    match (typed, change.after.as_deref()) {
+        (Some(typed), Some(after)) => {
+            let document = serde_json::from_str(after).map_err(|err| Mismatch {
+                field: "after".into(),
+                problem: format!("is not Extended JSON: {err}"),
+                fatal: true,
+            })?;
+            write_union_branch(1, out);
+            typed.write(&document, out)?;
+        }
+        (None, after) => write_optional_string(after, out),
+        (Some(_), None) => write_union_branch(0, out),
+    }
     match &change.update {
         None => write_union_branch(0, out),
         Some(update) => {
@@ -132,6 +211,7 @@ pub fn encode_document_envelope(
     write_optional_string(source.resume_token.as_deref(), out);
     write_string(change.op.code(), out);
     write_optional_long(Some(processed_at_ms), out);
+    Ok(())
 }
 
 fn write_optional_string(value: Option<&str>, out: &mut Vec<u8>) {
@@ -194,7 +274,7 @@ mod tests {
         let schemas = document_schemas("app", "shop", "order items");
         assert_eq!(schemas.topic, "app.shop.order_items");
         let mut value = Vec::new();
-        encode_document_envelope(&change(), "app", 42, &mut value);
+        encode_document_envelope(&change(), "app", 42, None, &mut value).unwrap();
         let decoded =
             apache_avro::from_avro_datum(&schemas.value.schema, &mut &value[..], None).unwrap();
         assert_eq!(
@@ -269,7 +349,7 @@ mod tests {
         insert.source.wall_time_ms = None;
         let schemas = document_schemas("app", "shop", "orders");
         let mut value = Vec::new();
-        encode_document_envelope(&insert, "app", 1, &mut value);
+        encode_document_envelope(&insert, "app", 1, None, &mut value).unwrap();
         let mut rest = &value[..];
         let decoded = apache_avro::from_avro_datum(&schemas.value.schema, &mut rest, None).unwrap();
         assert!(rest.is_empty(), "every byte belongs to the datum");

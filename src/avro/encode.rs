@@ -370,7 +370,7 @@ fn finite(numeric: &Numeric) -> Result<(&str, u32), EncodeReason> {
 }
 
 /// `8-4-4-4-12` hex digits: what the `uuid` logical type requires of a string.
-fn is_hyphenated_uuid(text: &str) -> bool {
+pub(super) fn is_hyphenated_uuid(text: &str) -> bool {
     text.len() == 36
         && text.bytes().enumerate().all(|(i, b)| match i {
             8 | 13 | 18 | 23 => b == b'-',

@@ -17,6 +17,7 @@ mod message;
 pub mod naming;
 mod schema;
 mod transaction;
+mod typed_document;
 
 #[cfg(test)]
 mod roundtrip_tests;
@@ -24,7 +25,7 @@ mod roundtrip_tests;
 pub use decimal::DecimalError;
 pub use document::{
     document_schemas, document_topic, encode_document_envelope, encode_document_key,
-    MONGODB_SOURCE_RECORD,
+    typed_document_schemas, MONGODB_SOURCE_RECORD,
 };
 pub use encode::{
     encode_envelope, encode_key, transaction_id, EncodeError, EncodeReason, EnvelopeContext,
@@ -38,3 +39,4 @@ pub use schema::{
 pub use transaction::{
     encode_transaction, encode_transaction_key, transaction_schemas, TransactionBoundary,
 };
+pub use typed_document::TypedDocument;

@@ -13,6 +13,7 @@ use crate::connectors::mongodb::reader::{
     DocumentStreamControl, MongodbError, MongodbSettings, MongodbSource, Start,
 };
 use crate::connectors::mongodb::snapshot::SnapshotShape;
+use crate::contracts::{Contract, ContractError};
 use crate::deadletter::{DeadLetter, Stage};
 use crate::event::{DocumentChange, Position, UndecodableChange};
 use crate::positions::{now_ms, PositionStore};
@@ -84,6 +85,9 @@ pub(super) async fn run(
         metrics,
         _broker_watch,
     } = start(config, &stop, "mongodb").await?;
+    for contract in publisher.contracts.iter() {
+        check_document_contract(contract, &publisher.topic_prefix)?;
+    }
     let settings = MongodbSettings {
         url: source.url.get_ref().as_str().to_owned(),
         selection: source.selection(),
@@ -156,6 +160,37 @@ fn check_capture(
     }
 }
 
+/// A contract as the `after` record of the collection its topic names. Checked for every contract before
+/// anything is read, so that one that cannot be stops sluice at once, not at its collection's first change.
+pub(crate) fn check_document_contract(
+    contract: &Contract,
+    topic_prefix: &str,
+) -> Result<(), ContractError> {
+    let (database, collection) = contract
+        .topic
+        .strip_prefix(topic_prefix)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|rest| rest.split_once('.'))
+        .unwrap_or(("db", "collection"));
+    typed_schemas(contract, topic_prefix, database, collection).map(drop)
+}
+
+/// The schemas of a collection whose documents `contract` declares.
+fn typed_schemas(
+    contract: &Contract,
+    topic_prefix: &str,
+    database: &str,
+    collection: &str,
+) -> Result<(avro::TableSchemas, avro::TypedDocument), ContractError> {
+    contract
+        .document_schema()
+        .and_then(|json| avro::typed_document_schemas(topic_prefix, database, collection, json))
+        .map_err(|reason| ContractError::Invalid {
+            path: contract.path.clone(),
+            reason,
+        })
+}
+
 impl From<MongodbError> for PipelineError {
     fn from(err: MongodbError) -> PipelineError {
         PipelineError::Mongodb(err)
@@ -171,10 +206,7 @@ impl Publisher {
         self.events += 1;
         let namespace = change.namespace();
         if !self.collections.contains_key(&namespace) {
-            let schemas =
-                avro::document_schemas(&self.topic_prefix, &change.database, &change.collection);
-            self.collections
-                .insert(namespace.clone(), FixedTopic::with_schemas(schemas));
+            self.add_collection(&change, &namespace)?;
         }
         let mut key = Vec::with_capacity(change.key.len() + 8);
         avro::encode_document_key(&change, &mut key);
@@ -183,7 +215,30 @@ impl Publisher {
                 + change.before.as_ref().map_or(0, String::len)
                 + 256,
         );
-        avro::encode_document_envelope(&change, &self.topic_prefix, now_ms(), &mut value);
+        let typed = self.typed_documents.get(&namespace);
+        let encoded = avro::encode_document_envelope(
+            &change,
+            &self.topic_prefix,
+            now_ms(),
+            typed,
+            &mut value,
+        );
+        if let Err(mismatch) = encoded {
+            let topic =
+                avro::document_topic(&self.topic_prefix, &change.database, &change.collection);
+            let file = self
+                .contracts
+                .get(&topic)
+                .map(|c| c.path.display().to_string());
+            let reason = format!(
+                "the document does not fit the contract {}: {mismatch}",
+                file.unwrap_or_default()
+            );
+            let letter =
+                DeadLetter::for_document(&change, self.failure(Stage::Validate, &topic, &reason));
+            let ordinal = self.tracker.register();
+            return self.send_dead_letter(&letter, None, ordinal).await;
+        }
         let mut headers = Vec::with_capacity(1);
         if let Some(token) = &change.source.resume_token {
             headers.push(("sluice.resume_token".to_owned(), token.clone().into_bytes()));
@@ -208,6 +263,28 @@ impl Publisher {
             self.publish_tombstone(&Fixed::Collection(&namespace), &key, &headers)
                 .await?;
         }
+        Ok(())
+    }
+
+    /// The topic of a collection seen for the first time, with `after` typed when it has a contract.
+    fn add_collection(
+        &mut self,
+        change: &DocumentChange,
+        namespace: &str,
+    ) -> Result<(), PipelineError> {
+        let (database, collection) = (&change.database, &change.collection);
+        let topic = avro::document_topic(&self.topic_prefix, database, collection);
+        let schemas = match self.contracts.get(&topic) {
+            None => avro::document_schemas(&self.topic_prefix, database, collection),
+            Some(contract) => {
+                let (schemas, typed) =
+                    typed_schemas(contract, &self.topic_prefix, database, collection)?;
+                self.typed_documents.insert(namespace.to_owned(), typed);
+                schemas
+            }
+        };
+        self.collections
+            .insert(namespace.to_owned(), FixedTopic::with_schemas(schemas));
         Ok(())
     }
 

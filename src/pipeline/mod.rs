@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod documents;
+pub(crate) use documents::check_document_contract;
 mod schemas;
 
 use crate::avro::{self, EncodeError, EncodeReason, EnvelopeContext, SchemaRef, TableSchemas};
@@ -173,6 +174,7 @@ async fn start(
         contracts,
         encodings: HashMap::new(),
         collections: HashMap::new(),
+        typed_documents: HashMap::new(),
         messages: FixedTopic::new(format!("{topic_prefix}.message"), avro::message_schemas),
         transactions: transaction_metadata.then(|| {
             FixedTopic::new(
@@ -613,6 +615,8 @@ struct Publisher {
     encodings: HashMap<u32, TableEncoding>,
     /// MongoDB collections' topics, by `db.collection`.
     collections: HashMap<String, FixedTopic>,
+    /// The `after` records of MongoDB collections that have a contract, by `db.collection`.
+    typed_documents: HashMap<String, avro::TypedDocument>,
     /// `<topic_prefix>.message`, where logical decoding messages go.
     messages: FixedTopic,
     /// `<topic_prefix>.transaction`, with `source.transaction_metadata`.
