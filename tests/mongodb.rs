@@ -482,6 +482,8 @@ async fn a_snapshot_reads_in_ranges_carries_on_after_a_stop_and_hands_over_to_th
     );
 
     double.hold_reads(false);
+    // An election interrupts the carried-on read: it is retried from the last document handed on.
+    double.fail_next_read(11602);
     let mut daemon = Daemon::start(&config);
     wait_until("the snapshot complete", &daemon, || {
         setup
@@ -494,6 +496,11 @@ async fn a_snapshot_reads_in_ranges_carries_on_after_a_stop_and_hands_over_to_th
             .log()
             .contains("carrying on with the interrupted snapshot"),
         "{}",
+        daemon.log()
+    );
+    assert!(
+        daemon.log().contains("MongoDB read interrupted"),
+        "the injected failure was met and retried: {}",
         daemon.log()
     );
     let after = double.append(insert("orders", 6000, doc! {}));
@@ -611,6 +618,58 @@ async fn a_snapshot_reads_in_ranges_carries_on_after_a_stop_and_hands_over_to_th
 }
 
 /// An oplog entry of `op` on `shop.<coll>` with `o` (MongoDB's oplog format; the double adds `ts`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_whose_starting_point_left_the_oplog_is_not_carried_on_or_repeated_for_ever() {
+    let setup = Setup::start().await;
+    let double = &setup.double;
+    double.store("shop", "orders", (0..2000).map(|id| doc! { "_id": id }));
+    let config = setup.config_with("snapshot_chunk_documents = 1000");
+    double.hold_reads(true);
+    let mut daemon = Daemon::start(&config);
+    wait_until("part of the snapshot stored", &daemon, || {
+        setup
+            .position_file()
+            .is_some_and(|f| f["position"]["kind"] == "mongodb_snapshot")
+    })
+    .await;
+    daemon.stop_cleanly();
+    let interrupted = setup.position_file().unwrap();
+
+    // The point streaming would start from is gone: carrying on would read for nothing.
+    double.forget_history();
+    let finds = double.commands("find").len();
+    Daemon::start(&config).fails_saying(&["no longer in the oplog", "Move the position file"]);
+    assert_eq!(double.commands("find").len(), finds, "nothing was read");
+    assert_eq!(
+        setup.position_file().unwrap(),
+        interrupted,
+        "the position is kept"
+    );
+
+    // when_needed takes a new snapshot instead; when that one outlasts the oplog too, it stops
+    // rather than snapshotting again and again.
+    let config = setup.config_with("snapshot_chunk_documents = 1000\nsnapshot = \"when_needed\"");
+    let mut daemon = Daemon::start(&config);
+    wait_until("a new snapshot", &daemon, || {
+        daemon.log().contains(
+            "starting point is no longer in the oplog: snapshot = when_needed takes a new snapshot",
+        ) && daemon.log().contains("snapshot started")
+    })
+    .await;
+    double.forget_history();
+    double.hold_reads(false);
+    daemon.fails_saying(&[
+        "the snapshot took longer than the oplog window",
+        "replSetResizeOplog",
+    ]);
+    assert_eq!(
+        daemon.log().matches("snapshot started").count(),
+        1,
+        "one new snapshot, not another: {}",
+        daemon.log()
+    );
+}
+
 fn entry(op: &str, coll: &str, o: Document) -> Document {
     doc! { "op": op, "ns": format!("shop.{coll}"), "o": o, "v": 2_i64, "wall": sluice_testkit::bson::DateTime::now() }
 }

@@ -47,14 +47,8 @@ impl MongodbSource {
             Some(position) => (oplog_ts(position)?, false),
             None => (oplog_ts(&self.newest_oplog_entry().await?)?, true),
         };
-        // A position older than the oldest entry is gone: the entries between were overwritten.
-        if let Some(oldest) = oplog_edge_ts(&self.client, 1).await? {
-            if (oldest.time, oldest.increment) > (after.time, after.increment) {
-                return Ok(Ended::HistoryLost(format!(
-                    "the oldest oplog entry is at ({}, {}), after the stored ({}, {})",
-                    oldest.time, oldest.increment, after.time, after.increment
-                )));
-            }
+        if let Some(reason) = oplog_lost_since(&self.client, (after.time, after.increment)).await? {
+            return Ok(Ended::HistoryLost(reason));
         }
         let mut cursor = oplog
             .find(doc! { "ts": { "$gt": after } })
@@ -199,6 +193,23 @@ impl MongodbSource {
             .await?;
         Ok(found.map(|document| super::change::canonical_json(&Bson::Document(document))))
     }
+}
+
+/// Why the oplog no longer holds the entries after `ts` (seconds, increment): None while it does. A
+/// position older than the oldest entry is gone, the entries between it and that one overwritten.
+pub(super) async fn oplog_lost_since(
+    client: &mongodb::Client,
+    ts: (u32, u32),
+) -> Result<Option<String>, DriverError> {
+    let Some(oldest) = oplog_edge_ts(client, 1).await? else {
+        return Ok(None);
+    };
+    Ok(((oldest.time, oldest.increment) > ts).then(|| {
+        format!(
+            "the oldest oplog entry is at ({}, {}), after the stored ({}, {})",
+            oldest.time, oldest.increment, ts.0, ts.1
+        )
+    }))
 }
 
 /// The `ts` of the oldest (`direction` 1) or newest (-1) oplog entry, by natural order; None when the

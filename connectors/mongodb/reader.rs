@@ -42,6 +42,15 @@ const RECONNECT_BACKOFF: [Duration; 5] = [
 ];
 /// MongoDB's error code for a resume point that is no longer in the oplog.
 const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
+/// Server errors that a new attempt from the last position read can cure: the server shutting down or
+/// stepping down in an election (ShutdownInProgress, PrimarySteppedDown, NotWritablePrimary,
+/// InterruptedAtShutdown, InterruptedDueToReplStateChange, NotPrimaryNoSecondaryOk,
+/// NotPrimaryOrSecondary), network trouble reported by a mongos (HostUnreachable, HostNotFound,
+/// NetworkTimeout, SocketException), and a cursor the server let go of (CursorNotFound after ten idle
+/// minutes, QueryPlanKilled when a collection is dropped or an index rebuilt, CursorKilled).
+const RETRYABLE_CODES: [i32; 15] = [
+    91, 189, 10107, 11600, 11602, 13435, 13436, 6, 7, 89, 9001, 43, 175, 237, 134,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MongodbError {
@@ -53,6 +62,8 @@ pub enum MongodbError {
     Standalone { url: String },
     #[error("the stored position is no longer in the oplog ({reason}): the changes since it are gone from the server. Move the position file {file} away to start from now (those changes are not published), and size the oplog for the longest outage to expect")]
     HistoryLost { reason: String, file: String },
+    #[error("the snapshot took longer than the oplog window: the point it started from is no longer in the oplog ({reason}), so the changes made while it ran are gone. Enlarge the oplog (replSetResizeOplog) or select fewer collections, then move the position file {file} away to take a new snapshot")]
+    SnapshotOutlastedOplog { reason: String, file: String },
     #[error("the position file holds a resume token that is not valid: {0}")]
     BadToken(String),
     #[error("the change stream failed: {0}")]
@@ -129,8 +140,8 @@ impl MongodbSource {
         control: DocumentStreamControl,
     ) -> Result<(), MongodbError> {
         match start {
-            Start::After(position) => self.stream_from(Some(position), control).await,
-            Start::Now => self.stream_from(None, control).await,
+            Start::After(position) => self.stream_from(Some(position), false, control).await,
+            Start::Now => self.stream_from(None, false, control).await,
             Start::Snapshot => self.snapshot_then_stream(None, control).await,
             Start::CarryOnSnapshot { start, chunks } => {
                 self.snapshot_then_stream(Some((start, chunks)), control)
@@ -151,17 +162,22 @@ impl MongodbSource {
             tracing::info!("snapshot = initial_only: done, not streaming");
             return Ok(());
         }
-        self.stream_from(Some(start), control).await
+        self.stream_from(Some(start), true, control).await
     }
 
     /// Streams from `from` (None: from now) through the configured capture, reconnecting after
-    /// transient failures from the last change read.
+    /// transient failures from the last change read. `after_snapshot`: `from` is where the snapshot just
+    /// read started.
     async fn stream_from(
         self,
         mut from: Option<Position>,
+        after_snapshot: bool,
         mut control: DocumentStreamControl,
     ) -> Result<(), MongodbError> {
         let mut failures = 0usize;
+        // A snapshot that outlasts the oplog window loses its own starting point: taking another one
+        // would only do the same again.
+        let mut snapshot_start = if after_snapshot { from.clone() } else { None };
         // Prepared transactions seen in the oplog and not yet committed or aborted.
         let mut prepared = PreparedTransactions::default();
         loop {
@@ -215,6 +231,12 @@ impl MongodbSource {
                 }
                 Ok(Ended::HistoryLost(reason)) => {
                     control.metrics.set_streaming(false);
+                    if snapshot_start.is_some() && from == snapshot_start {
+                        return Err(MongodbError::SnapshotOutlastedOplog {
+                            reason,
+                            file: control.position_file.clone(),
+                        });
+                    }
                     if self.settings.snapshot != SnapshotMode::WhenNeeded {
                         return Err(MongodbError::HistoryLost {
                             reason,
@@ -224,7 +246,10 @@ impl MongodbSource {
                     tracing::warn!(%reason, "the stored position is no longer in the oplog: snapshot = when_needed takes a new snapshot");
                     prepared = PreparedTransactions::default();
                     match self.snapshot(None, &mut control).await? {
-                        Some(start) => from = Some(start),
+                        Some(start) => {
+                            from = Some(start);
+                            snapshot_start = from.clone();
+                        }
                         None => return Ok(()),
                     }
                 }
@@ -244,23 +269,54 @@ impl MongodbSource {
         control: &mut DocumentStreamControl,
     ) -> Result<Option<Position>, MongodbError> {
         let failed = |err: DriverError| MongodbError::Snapshot(redact_secrets(&err.to_string()));
+        // Streaming starts from the stored point after a carried-on snapshot: reading on is worth it
+        // only while the oplog still holds that point.
+        let carried_on = match carried_on {
+            Some((start, chunks)) => {
+                let probe = self
+                    .retrying(control, || self.history_lost_since(&start))
+                    .await;
+                match probe.map_err(failed)? {
+                    None => return Ok(None),
+                    Some(None) => Some((start, chunks)),
+                    Some(Some(reason)) if self.settings.snapshot == SnapshotMode::WhenNeeded => {
+                        tracing::warn!(%reason, "the interrupted snapshot's starting point is no longer in the oplog: snapshot = when_needed takes a new snapshot");
+                        None
+                    }
+                    Some(Some(reason)) => {
+                        return Err(MongodbError::HistoryLost {
+                            reason,
+                            file: control.position_file.clone(),
+                        })
+                    }
+                }
+            }
+            None => None,
+        };
         let (start, mut chunks) = match carried_on {
             Some(stored) => stored,
             None => {
                 // The starting point comes first: every change from here on is streamed afterwards.
-                let start = match self.settings.capture {
-                    Capture::ChangeStreams => self.starting_point().await,
-                    Capture::Oplog => self.newest_oplog_entry().await,
+                let planned = self
+                    .retrying(control, || async {
+                        let start = match self.settings.capture {
+                            Capture::ChangeStreams => self.starting_point().await,
+                            Capture::Oplog => self.newest_oplog_entry().await,
+                        }?;
+                        let chunks = snapshot::plan(
+                            &self.client,
+                            &self.settings.selection,
+                            self.settings.snapshot_shape,
+                        )
+                        .await?;
+                        Ok((start, chunks))
+                    })
+                    .await
+                    .map_err(failed)?;
+                match planned {
+                    Some(planned) => planned,
+                    None => return Ok(None),
                 }
-                .map_err(failed)?;
-                let chunks = snapshot::plan(
-                    &self.client,
-                    &self.settings.selection,
-                    self.settings.snapshot_shape,
-                )
-                .await
-                .map_err(failed)?;
-                (start, chunks)
             }
         };
         tracing::info!(parts = chunks.len(), start = %start, "snapshot started");
@@ -298,6 +354,63 @@ impl MongodbSource {
         })
     }
 
+    /// Runs `attempt` until it succeeds or fails for good, backing off after transient failures; None
+    /// when a stop is requested or the pipeline has gone meanwhile.
+    async fn retrying<T, F, Fut>(
+        &self,
+        control: &mut DocumentStreamControl,
+        mut attempt: F,
+    ) -> Result<Option<T>, DriverError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, DriverError>>,
+    {
+        let mut failures = 0usize;
+        loop {
+            if *control.stop.borrow() {
+                return Ok(None);
+            }
+            let mut stop = control.stop.clone();
+            let outcome = tokio::select! {
+                outcome = attempt() => outcome,
+                _ = stop.changed() => return Ok(None),
+                _ = control.events.closed() => return Ok(None),
+            };
+            match outcome {
+                Ok(value) => return Ok(Some(value)),
+                Err(err) if is_transient(&err) => back_off(&mut failures, &err, control).await,
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Why `start` can no longer be streamed from (None while the oplog still holds it).
+    async fn history_lost_since(&self, start: &Position) -> Result<Option<String>, DriverError> {
+        match start {
+            Position::Mongodb { resume_token } => {
+                let token = parse_token(resume_token)
+                    .map_err(|err| DriverError::custom(err.to_string()))?;
+                let opened = self
+                    .client
+                    .watch()
+                    .pipeline([selection_filter(&self.settings.selection)])
+                    .start_after(token)
+                    .await;
+                match opened {
+                    Ok(_) => Ok(None),
+                    Err(err) if is_history_lost(&err) => Ok(Some(redact_secrets(&err.to_string()))),
+                    Err(err) => Err(err),
+                }
+            }
+            Position::MongodbOplog { seconds, increment } => {
+                super::oplog_tail::oplog_lost_since(&self.client, (*seconds, *increment)).await
+            }
+            other => Err(DriverError::custom(format!(
+                "a MongoDB snapshot cannot start from {other}"
+            ))),
+        }
+    }
+
     /// The change stream's resume token as of now, taken by opening a stream and closing it again.
     async fn starting_point(&self) -> Result<Position, DriverError> {
         let stream = self
@@ -308,7 +421,7 @@ impl MongodbSource {
         let token = stream.resume_token().ok_or_else(|| {
             DriverError::custom(
                 "the server gave the new change stream no resume token to start from after the \
-                 snapshot (MongoDB 4.0.7 or later is needed)",
+                 snapshot (MongoDB 4.2 or later is needed, for `startAfter`)",
             )
         })?;
         Ok(Position::Mongodb {
@@ -494,7 +607,7 @@ pub(super) async fn back_off(
     let wait = RECONNECT_BACKOFF[(*failures).min(RECONNECT_BACKOFF.len() - 1)];
     *failures += 1;
     control.metrics.reconnected();
-    tracing::warn!(error = %redact_secrets(&err.to_string()), retry_in = ?wait, "MongoDB connection lost: reconnecting from the last document read");
+    tracing::warn!(error = %redact_secrets(&err.to_string()), retry_in = ?wait, "MongoDB read interrupted: reconnecting from the last document read");
     tokio::select! {
         _ = tokio::time::sleep(wait) => {}
         _ = control.stop.changed() => {}
@@ -505,12 +618,14 @@ fn is_history_lost(err: &DriverError) -> bool {
     matches!(err.kind.as_ref(), ErrorKind::Command(command) if command.code == CHANGE_STREAM_HISTORY_LOST)
 }
 
-/// Failures a reconnect can cure: the network, an election, a server restarting.
-fn is_transient(err: &DriverError) -> bool {
+/// Failures a reconnect can cure: the network, an election, a server restarting, a lost cursor. Every
+/// reader starts again after what it handed on, so a retry repeats nothing.
+pub(super) fn is_transient(err: &DriverError) -> bool {
     match err.kind.as_ref() {
         ErrorKind::Io(_)
         | ErrorKind::ConnectionPoolCleared { .. }
         | ErrorKind::ServerSelection { .. } => true,
+        ErrorKind::Command(command) if RETRYABLE_CODES.contains(&command.code) => true,
         _ => {
             err.contains_label("ResumableChangeStreamError")
                 || err.contains_label("RetryableWriteError")

@@ -186,7 +186,12 @@ pub async fn read(
     }
     drop(reads_tx);
     let outcome = loop {
-        match reads.recv().await {
+        let read = tokio::select! {
+            read = reads.recv() => read,
+            // The pipeline has gone (a publishing failure): no reader needs to finish its read.
+            _ = run.events.closed() => break Ok(SnapshotEnd::Stopped),
+        };
+        match read {
             Some(Read::Batch { chunk, documents }) => {
                 if !publishing.batch(chunk, documents).await {
                     break Ok(SnapshotEnd::Stopped);
@@ -208,13 +213,8 @@ pub async fn read(
         }
     };
     readers.abort_all();
-    // A document held back for the `last` marker was read: it goes out on every way out.
-    if matches!(outcome, Ok(SnapshotEnd::Complete)) {
-        return outcome;
-    }
-    if !(publishing.send_held(SnapshotMarker::True).await && publishing.commit_progress().await) {
-        return Ok(SnapshotEnd::Stopped);
-    }
+    // A document still held back is not handed on: the stored progress stops before it, so the run
+    // that carries on reads it again, and the snapshot's final document always carries `last`.
     outcome
 }
 
@@ -280,7 +280,10 @@ async fn read_chunk(
     if let Some(upper) = &chunk.to {
         find = find.max(doc! { "_id": bound(upper)? });
     }
-    let mut cursor = find.await?;
+    let mut cursor = tokio::select! {
+        cursor = find => cursor?,
+        _ = stop.changed() => return Ok(false),
+    };
     let mut skip = chunk.last.clone();
     let mut documents = Vec::with_capacity(BATCH_DOCUMENTS);
     loop {

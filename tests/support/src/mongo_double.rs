@@ -57,6 +57,8 @@ struct State {
     /// Open tailable cursors on the oplog: id → absolute index of the next entry to return.
     tails: HashMap<i64, usize>,
     next_cursor: i64,
+    /// The error code the next `getMore` on a `find` cursor answers with, its cursor then gone.
+    read_failure: Option<i32>,
     /// Every command received, in order: (command name, body).
     commands: Vec<(String, Document)>,
 }
@@ -181,6 +183,12 @@ impl MongoDouble {
     /// Holds (or releases) every `getMore` on a `find` cursor: a first batch is served, the rest waits.
     pub fn hold_reads(&self, held: bool) {
         self.reads_held.send_replace(held);
+    }
+
+    /// Makes the next `getMore` on a `find` cursor fail with `code` and close its cursor, as an
+    /// election (11602, InterruptedDueToReplStateChange) or a lost cursor (43) does on a real server.
+    pub fn fail_next_read(&self, code: i32) {
+        lock(&self.state).read_failure = Some(code);
     }
 
     /// Closes every open connection, as a network failure or a failover would.
@@ -663,6 +671,14 @@ impl Connection {
     }
 
     async fn more_documents(&self, body: &Document) -> Document {
+        // Checked on arrival: getMores already waiting (a stopped run's) are not the next read.
+        {
+            let mut state = lock(&self.state);
+            if let Some(code) = state.read_failure.take() {
+                state.finds.remove(&cursor_id(body));
+                return error(code, "failed by the test");
+            }
+        }
         let mut held = self.reads_held.clone();
         let _ = held.wait_for(|held| !held).await;
         let mut state = lock(&self.state);
