@@ -46,9 +46,16 @@ impl Setup {
 
     /// The config, with `source_lines` added to `[source]`.
     fn config_with(&self, source_lines: &str) -> PathBuf {
+        self.config_selecting(&format!(
+            "collections = [\"shop.*\"]\nexclude_collections = [\"shop.audit\"]\n{source_lines}"
+        ))
+    }
+
+    /// The config, with `source_lines` (the selection among them) as `[source]`'s own.
+    fn config_selecting(&self, source_lines: &str) -> PathBuf {
         let text = sluice_testkit::config::mongodb(
             &self.double.url(),
-            &format!("collections = [\"shop.*\"]\nexclude_collections = [\"shop.audit\"]\n{source_lines}"),
+            source_lines,
             &self.broker.bootstrap(),
             &self.registry.url(),
             PREFIX,
@@ -667,6 +674,82 @@ async fn a_snapshot_whose_starting_point_left_the_oplog_is_not_carried_on_or_rep
         1,
         "one new snapshot, not another: {}",
         daemon.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carried_on_snapshot_follows_the_selection_the_config_makes_now() {
+    let setup = Setup::start().await;
+    let double = &setup.double;
+    double.store("shop", "orders", (0..2000).map(|id| doc! { "_id": id }));
+    double.store("shop", "customers", (0..2000).map(|id| doc! { "_id": id }));
+    double.store("shop", "audit", (0..5).map(|id| doc! { "_id": id }));
+    let chunking = "snapshot_chunk_documents = 1000\nsnapshot_connections = 2";
+    let config = setup.config_selecting(&format!(
+        "collections = [\"shop.orders\", \"shop.customers\"]\n{chunking}"
+    ));
+    double.hold_reads(true);
+    let mut daemon = Daemon::start(&config);
+    wait_until("part of the snapshot stored", &daemon, || {
+        setup.position_file().is_some_and(|f| {
+            f["position"]["chunks"]
+                .as_array()
+                .is_some_and(|chunks| chunks.iter().filter(|c| !c["last"].is_null()).count() >= 2)
+        })
+    })
+    .await;
+    daemon.stop_cleanly();
+    let customers_before = setup
+        .read(&format!("{PREFIX}.shop.customers"), 0)
+        .await
+        .len();
+    assert!(
+        customers_before < 2000,
+        "the customers were not all read: {customers_before}"
+    );
+
+    // Customers are no longer selected, the audit collection now is.
+    double.hold_reads(false);
+    let config = setup.config_selecting(&format!(
+        "collections = [\"shop.orders\", \"shop.audit\"]\n{chunking}"
+    ));
+    let mut daemon = Daemon::start(&config);
+    wait_until("the snapshot complete", &daemon, || {
+        setup
+            .position_file()
+            .is_some_and(|f| f["position"]["kind"] == "mongodb")
+    })
+    .await;
+    let log = daemon.log();
+    assert!(
+        log.contains("no longer selected: left out of the interrupted snapshot"),
+        "{log}"
+    );
+    assert!(
+        log.contains("newly selected: added to the interrupted snapshot"),
+        "{log}"
+    );
+    daemon.stop_cleanly();
+    let audit = setup.decode_all(&setup.read(&format!("{PREFIX}.shop.audit"), 5).await);
+    assert_eq!(audit.len(), 5, "the newly selected collection is read");
+    let orders =
+        by_id(&setup.decode_all(&setup.read(&format!("{PREFIX}.shop.orders"), 2000).await));
+    for n in 0..2000 {
+        let times = orders.iter().filter(|(id, _, _)| *id == int_id(n)).count();
+        assert_eq!(times, 1, "order {n} read {times} times");
+    }
+    let customers_after = read_topic(
+        &setup.broker.bootstrap(),
+        &format!("{PREFIX}.shop.customers"),
+        customers_before + 1,
+        Duration::from_secs(3),
+    )
+    .await
+    .expect("read topic")
+    .len();
+    assert_eq!(
+        customers_after, customers_before,
+        "no customer read after the selection left them out"
     );
 }
 

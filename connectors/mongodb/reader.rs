@@ -278,7 +278,23 @@ impl MongodbSource {
                     .await;
                 match probe.map_err(failed)? {
                     None => return Ok(None),
-                    Some(None) => Some((start, chunks)),
+                    Some(None) => {
+                        let replanned = self
+                            .retrying(control, || {
+                                snapshot::replan(
+                                    &self.client,
+                                    &self.settings.selection,
+                                    self.settings.snapshot_shape,
+                                    chunks.clone(),
+                                )
+                            })
+                            .await
+                            .map_err(failed)?;
+                        match replanned {
+                            Some(chunks) => Some((start, chunks)),
+                            None => return Ok(None),
+                        }
+                    }
                     Some(Some(reason)) if self.settings.snapshot == SnapshotMode::WhenNeeded => {
                         tracing::warn!(%reason, "the interrupted snapshot's starting point is no longer in the oplog: snapshot = when_needed takes a new snapshot");
                         None

@@ -54,8 +54,54 @@ pub async fn plan(
     selection: &CollectionSelection,
     shape: SnapshotShape,
 ) -> Result<Vec<SnapshotChunk>, DriverError> {
+    let collections = selected_collections(client, selection).await?;
+    plan_collections(client, collections, shape).await
+}
+
+/// An interrupted snapshot's chunks brought in line with the selection the config makes now: the
+/// chunks of collections no longer selected are dropped, newly selected collections are planned.
+pub async fn replan(
+    client: &Client,
+    selection: &CollectionSelection,
+    shape: SnapshotShape,
+    chunks: Vec<SnapshotChunk>,
+) -> Result<Vec<SnapshotChunk>, DriverError> {
+    let (kept, dropped): (Vec<SnapshotChunk>, Vec<SnapshotChunk>) = chunks
+        .into_iter()
+        .partition(|chunk| selection.includes_namespace(&chunk.namespace));
+    let mut unselected: Vec<&str> = dropped.iter().map(|c| c.namespace.as_str()).collect();
+    unselected.dedup();
+    if !unselected.is_empty() {
+        tracing::info!(collections = ?unselected, "no longer selected: left out of the interrupted snapshot");
+    }
+    let new: Vec<(String, String)> = selected_collections(client, selection)
+        .await?
+        .into_iter()
+        .filter(|(db, coll)| {
+            let namespace = format!("{db}.{coll}");
+            !kept.iter().any(|chunk| chunk.namespace == namespace)
+        })
+        .collect();
+    if !new.is_empty() {
+        let names: Vec<String> = new
+            .iter()
+            .map(|(db, coll)| format!("{db}.{coll}"))
+            .collect();
+        tracing::info!(collections = ?names, "newly selected: added to the interrupted snapshot");
+    }
+    let mut chunks = kept;
+    chunks.extend(plan_collections(client, new, shape).await?);
+    Ok(chunks)
+}
+
+/// Each collection cut into chunks of about `shape.chunk_documents` by `_id`.
+async fn plan_collections(
+    client: &Client,
+    collections: Vec<(String, String)>,
+    shape: SnapshotShape,
+) -> Result<Vec<SnapshotChunk>, DriverError> {
     let mut chunks = Vec::new();
-    for (database, collection) in selected_collections(client, selection).await? {
+    for (database, collection) in collections {
         let handle = client
             .database(&database)
             .collection::<Document>(&collection);
@@ -506,7 +552,7 @@ impl<'a> Publishing<'a> {
         self.send(SourceEvent::Commit {
             position: Position::MongodbSnapshot {
                 start: Box::new(self.run.start.clone()),
-                chunks: self.chunks.to_vec(),
+                chunks: merge_done(self.chunks),
             },
             commit_time_us: None,
         })
@@ -515,5 +561,64 @@ impl<'a> Publishing<'a> {
 
     async fn send(&self, event: SourceEvent) -> bool {
         self.run.events.send(event).await.is_ok()
+    }
+}
+
+/// The chunks with each run of adjacent done ranges of a collection stored as one, so that the position
+/// written after every batch shrinks as the snapshot goes on instead of listing every finished range.
+fn merge_done(chunks: &[SnapshotChunk]) -> Vec<SnapshotChunk> {
+    let mut merged: Vec<SnapshotChunk> = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        match merged.last_mut() {
+            Some(previous)
+                if previous.done
+                    && chunk.done
+                    && previous.namespace == chunk.namespace
+                    && previous.to == chunk.from =>
+            {
+                previous.to = chunk.to.clone();
+                previous.last = chunk.last.clone();
+            }
+            _ => merged.push(chunk.clone()),
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(namespace: &str, from: Option<&str>, to: Option<&str>, done: bool) -> SnapshotChunk {
+        SnapshotChunk {
+            namespace: namespace.into(),
+            from: from.map(str::to_owned),
+            to: to.map(str::to_owned),
+            last: done.then(|| "x".to_owned()),
+            done,
+        }
+    }
+
+    #[test]
+    fn adjacent_done_ranges_of_a_collection_are_stored_as_one() {
+        let chunks = [
+            chunk("a.x", None, Some("1"), true),
+            chunk("a.x", Some("1"), Some("2"), true),
+            chunk("a.x", Some("2"), Some("3"), false),
+            chunk("a.x", Some("3"), Some("4"), true),
+            chunk("a.x", Some("4"), None, true),
+            chunk("a.y", None, None, true),
+            chunk("b.z", None, Some("9"), true),
+        ];
+        assert_eq!(
+            merge_done(&chunks),
+            [
+                chunk("a.x", None, Some("2"), true),
+                chunk("a.x", Some("2"), Some("3"), false),
+                chunk("a.x", Some("3"), None, true),
+                chunk("a.y", None, None, true),
+                chunk("b.z", None, Some("9"), true),
+            ]
+        );
     }
 }
