@@ -825,6 +825,11 @@ async fn oplog_tailing_publishes_diffs_and_transactions_and_resumes_after_its_ti
     ));
     double.append_oplog(in_session(doc! { "abortTransaction": 1 }, 5));
     let committed = double.append_oplog(in_session(doc! { "commitTransaction": 1 }, 4));
+    // A collection renamed into the selection brings documents no event announces: said, not hidden.
+    double.append_oplog(doc! {
+        "op": "c", "ns": "admin.$cmd",
+        "o": { "renameCollection": "staging.orders", "to": "shop.imported", "stayTemp": false },
+    });
 
     let orders = setup.decode_all(&setup.read(&format!("{PREFIX}.shop.orders"), 6).await);
     let seen: Vec<(Json, &str)> = orders
@@ -886,6 +891,13 @@ async fn oplog_tailing_publishes_diffs_and_transactions_and_resumes_after_its_ti
     // Positions are stored once the commit is on the broker; a restart reads what came after.
     wait_until("the commit's timestamp stored", &daemon, || {
         stored_ts() == Some((u64::from(committed.time), u64::from(committed.increment)))
+    })
+    .await;
+    wait_until("the rename reported", &daemon, || {
+        daemon
+            .log()
+            .contains("a collection was renamed into the selection")
+            && daemon.log().contains("to=shop.imported")
     })
     .await;
     daemon.stop_cleanly();

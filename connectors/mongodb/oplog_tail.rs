@@ -111,9 +111,12 @@ impl MongodbSource {
                         namespace,
                         to,
                     } => {
-                        if self.settings.selection.includes_namespace(&namespace) {
-                            tracing::info!(%operation, %namespace, to = to.as_deref().unwrap_or(""), "collection-level change: no document events to publish");
-                        }
+                        super::reader::report_ddl(
+                            &self.settings.selection,
+                            &operation,
+                            &namespace,
+                            to.as_deref(),
+                        );
                         Vec::new()
                     }
                     OplogKind::Noop => Vec::new(),

@@ -545,7 +545,12 @@ impl MongodbSource {
                             namespace,
                             to,
                         } => {
-                            tracing::info!(%operation, %namespace, to = to.as_deref().unwrap_or(""), "collection-level change: no document events to publish");
+                            report_ddl(
+                                &self.settings.selection,
+                                &operation,
+                                &namespace,
+                                to.as_deref(),
+                            );
                             if !send(control, SourceEvent::Idle { position }).await {
                                 return Ok(Ended::Stopped);
                             }
@@ -650,31 +655,52 @@ pub(super) fn is_transient(err: &DriverError) -> bool {
     }
 }
 
-/// A `$match` stage keeping the selected collections' events, and the events that concern a whole
-/// database or the stream itself (`dropDatabase`, `invalidate`), which name no collection.
-pub fn selection_filter(selection: &CollectionSelection) -> Document {
-    let namespace = |pattern: &crate::config::CollectionPattern| {
-        doc! {
-            "ns.db": { "$regex": anchored(&pattern.database) },
-            "ns.coll": { "$regex": anchored(&pattern.collection) },
+/// Logs a collection-level change. A rename into the selection brings documents that no event
+/// announces: they are published only by a new snapshot, which the warning says.
+pub(super) fn report_ddl(
+    selection: &CollectionSelection,
+    operation: &str,
+    namespace: &str,
+    to: Option<&str>,
+) {
+    let arrived = to
+        .filter(|to| selection.includes_namespace(to) && !selection.includes_namespace(namespace));
+    match arrived {
+        Some(to) => {
+            tracing::warn!(%operation, from = %namespace, %to, "a collection was renamed into the selection: the documents it brought are not published until a new snapshot (move the position file away to take one)")
         }
-    };
-    let include: Vec<Bson> = selection
-        .include
-        .iter()
-        .map(|p| Bson::Document(namespace(p)))
-        .collect();
-    let exclude: Vec<Bson> = selection
-        .exclude
-        .iter()
-        .map(|p| Bson::Document(namespace(p)))
-        .collect();
-    let mut selected = doc! { "$or": include };
-    if !exclude.is_empty() {
-        selected = doc! { "$and": [selected, { "$nor": exclude }] };
+        None if selection.includes_namespace(namespace) => {
+            tracing::info!(%operation, %namespace, to = to.unwrap_or(""), "collection-level change: no document events to publish")
+        }
+        None => {}
     }
+}
+
+/// A `$match` stage keeping the selected collections' events, renames into the selection (so that they
+/// can be reported), and the events that concern a whole database or the stream itself
+/// (`dropDatabase`, `invalidate`), which name no collection.
+pub fn selection_filter(selection: &CollectionSelection) -> Document {
+    let selected = |field: &str| {
+        let namespace = |pattern: &crate::config::CollectionPattern| {
+            Bson::Document(doc! {
+                format!("{field}.db"): { "$regex": anchored(&pattern.database) },
+                format!("{field}.coll"): { "$regex": anchored(&pattern.collection) },
+            })
+        };
+        let include: Vec<Bson> = selection.include.iter().map(namespace).collect();
+        let exclude: Vec<Bson> = selection.exclude.iter().map(namespace).collect();
+        let mut selected = doc! { "$or": include };
+        if !exclude.is_empty() {
+            selected = doc! { "$and": [selected, { "$nor": exclude }] };
+        }
+        selected
+    };
+    let selected_namespace = selected("ns");
+    let mut renamed_into = selected("to");
+    renamed_into.insert("operationType", "rename");
     doc! { "$match": { "$or": [
-        selected,
+        selected_namespace,
+        renamed_into,
         { "operationType": { "$in": ["dropDatabase", "invalidate"] } },
     ] } }
 }
@@ -789,6 +815,11 @@ mod tests {
         assert!(
             text.contains(r#""$in": ["dropDatabase", "invalidate"]"#),
             "{text}"
+        );
+        assert!(
+            text.contains(r#""to.db": { "$regex": "^shop$" }, "to.coll": { "$regex": "^.*$" } }]"#)
+                && text.contains(r#""operationType": "rename""#),
+            "renames into the selection are kept: {text}"
         );
     }
 }
