@@ -7,7 +7,7 @@
 //! update, replace, delete, a transaction over two collections, then a restart that must resume after
 //! the stored token with nothing lost or repeated; and a snapshot of 20,000 documents raced by writes,
 //! the topic replayed equal to the collection, then a lost token (exit 1) and `when_needed` taking a
-//! new snapshot.
+//! new snapshot; and a contract typing `after`, a document that does not fit it dead-lettered.
 
 mod common;
 
@@ -310,6 +310,122 @@ async fn a_real_replica_set_snapshot_while_writing_then_a_lost_token() {
     let after = ops_by_id(&broker, &registry, &topic, before + present.len()).await;
     let read_again = after[before..].iter().filter(|(_, op)| op == "r").count();
     assert_eq!(read_again, present.len(), "{}", daemon.log());
+    daemon.stop_cleanly();
+    db.drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_replica_set_types_documents_by_contract() {
+    let Some(uri) = live_uri() else { return };
+    let client = Client::with_uri_str(&uri)
+        .await
+        .expect("connect to MONGODB_URI");
+    let db_name = format!("sluice_live_{}", sluice_testkit::random_hex());
+    let db = client.database(&db_name);
+    let payments = db.collection::<Document>("payments");
+    db.create_collection("payments")
+        .await
+        .expect("create payments");
+
+    let broker = Tansu::start().expect("start tansu");
+    let registry = RegistryDouble::start().expect("start the registry double");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let contracts = dir.path().join("contracts");
+    std::fs::create_dir_all(&contracts).unwrap();
+    let topic = format!("{PREFIX}.{db_name}.payments");
+    std::fs::write(
+        contracts.join(format!("{topic}.avsc")),
+        r#"{"type": "record", "name": "Payment", "fields": [
+            {"name": "_id", "type": "int"},
+            {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 9, "scale": 2}},
+            {"name": "paid", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+            {"name": "method", "type": {"type": "enum", "name": "Method", "symbols": ["CARD", "TRANSFER"]}}
+        ]}"#,
+    )
+    .unwrap();
+    let text = sluice_testkit::config::mongodb(
+        &uri,
+        &format!("collections = [\"{db_name}.*\"]"),
+        &broker.bootstrap(),
+        &registry.url(),
+        PREFIX,
+        &dir.path().join("positions"),
+    )
+    .replace(
+        "[avro]\n",
+        &format!("[avro]\ncontracts_dir = \"{}\"\n", contracts.display()),
+    );
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, text).expect("write config");
+
+    // One payment before the start (the snapshot reads it), the rest streamed; the second does not fit.
+    let paid = mongodb::bson::DateTime::from_millis(1_700_000_000_000);
+    let amount = |text: &str| mongodb::bson::Bson::Decimal128(text.parse().unwrap());
+    payments
+        .insert_one(
+            doc! { "_id": 1, "amount": amount("9.99"), "paid": paid, "method": "CARD", "extra": 1 },
+        )
+        .await
+        .unwrap();
+    let mut daemon = Daemon::start(&config);
+    let position = dir
+        .path()
+        .join(format!("positions/{PREFIX}.mongodb.position.json"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let snapshot_done = || {
+        let text = std::fs::read_to_string(&position).unwrap_or_default();
+        serde_json::from_str::<Json>(&text).is_ok_and(|file| file["position"]["kind"] == "mongodb")
+    };
+    while !snapshot_done() {
+        assert!(
+            Instant::now() < deadline,
+            "snapshot not done:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    payments
+        .insert_one(doc! { "_id": 2, "amount": "free", "paid": paid, "method": "CARD" })
+        .await
+        .unwrap();
+    payments
+        .insert_one(doc! { "_id": 3, "amount": 1200_i64, "paid": paid, "method": "TRANSFER" })
+        .await
+        .unwrap();
+
+    let records = read_topic(&broker.bootstrap(), &topic, 2, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let afters: Vec<Json> = records
+        .iter()
+        .map(|r| decode(&registry, r.value.as_deref().unwrap())["after"].clone())
+        .collect();
+    assert_eq!(
+        afters,
+        [
+            serde_json::json!({"_id": 1, "amount": "9.99", "paid": 1_700_000_000_000_i64, "method": "CARD"}),
+            serde_json::json!({"_id": 3, "amount": "1200.00", "paid": 1_700_000_000_000_i64, "method": "TRANSFER"}),
+        ],
+        "{}",
+        daemon.log()
+    );
+    let letters = read_topic(
+        &broker.bootstrap(),
+        &format!("{PREFIX}.dlq"),
+        1,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(letters.len(), 1);
+    let letter = decode(&registry, letters[0].value.as_deref().unwrap());
+    assert_eq!(letter["stage"], "validate");
+    assert!(
+        letter["error"].as_str().unwrap().contains(
+            "`after.amount`: expected a number (decimal(9, 2)), found a string (\"free\")"
+        ),
+        "{letter}"
+    );
     daemon.stop_cleanly();
     db.drop().await.unwrap();
 }
