@@ -502,7 +502,18 @@ impl Config {
             Err(err) if toml::from_str::<KindProbe<String>>(text).is_ok() => {
                 return Err(syntax(err))
             }
-            // No kind at all: the PostgreSQL form is parsed, and its error names what is missing.
+            // A `[source]` without a kind: which keys it may hold depends on the kind, so say that first.
+            Err(_) if has_kindless_source(text) => {
+                let at = text.find("[source]").unwrap_or(0);
+                let (line, column) = line_column(text, at);
+                return Err(ParseError::Invalid(vec![Problem {
+                    key: "source.kind".into(),
+                    line,
+                    column,
+                    message: "is missing: say `kind = \"postgres\"` or `kind = \"mongodb\"`".into(),
+                }]));
+            }
+            // No `[source]` at all: the PostgreSQL form is parsed, and its error names what is missing.
             Err(_) => SourceKind::Postgres,
         };
         let config = match kind {
@@ -863,6 +874,14 @@ fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
 }
 
 /// 1-based line and column of a byte offset.
+/// Whether the text has a `[source]` table with no `kind` in it.
+fn has_kindless_source(text: &str) -> bool {
+    let Ok(file) = text.parse::<toml::Table>() else {
+        return false;
+    };
+    matches!(file.get("source"), Some(toml::Value::Table(source)) if !source.contains_key("kind"))
+}
+
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..offset];
@@ -1491,5 +1510,23 @@ dir = "/var/lib/sluice"
         assert!(wildcard_match("a*b*c", "aXXbYYc"));
         assert!(!wildcard_match("a*b*c", "aXXc"));
         assert!(!wildcard_match("ab*ba", "aba"));
+    }
+
+    #[test]
+    fn a_source_without_a_kind_is_asked_for_one() {
+        let text = "[source]\nurl = \"mongodb://h/\"\ncollections = [\"a.*\"]\n\n[sink]\nkind = \"blackhole\"\n\
+                    topic_prefix = \"app\"\ndead_letter_topic = \"app.dlq\"\n\n[positions]\ndir = \"/tmp/p\"\n";
+        match Config::parse(text) {
+            Err(ParseError::Invalid(found)) => {
+                assert_eq!(found.len(), 1, "{found:?}");
+                assert_eq!((found[0].key.as_str(), found[0].line), ("source.kind", 1));
+                assert!(
+                    found[0].message.contains("`kind = \"mongodb\"`"),
+                    "{}",
+                    found[0].message
+                );
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
     }
 }

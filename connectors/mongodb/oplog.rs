@@ -157,7 +157,8 @@ pub fn undecodable(err: &ConversionError, entry: &Document) -> UndecodableChange
         raw: Bson::Document(entry.clone())
             .into_relaxed_extjson()
             .to_string(),
-        reason: err.to_string(),
+        // The shared error names a change event's field; here the field is the oplog entry's.
+        reason: format!("oplog entry field `{}`: {}", err.field, err.problem),
         resume_token: entry.get("ts").map(canonical_json),
     }
 }

@@ -1044,7 +1044,7 @@ fn an_entry_that_does_not_convert_becomes_a_dead_letter_with_its_raw_form() {
     let letter = undecodable(&err, &entry);
     assert_eq!(letter.connector, "mongodb");
     assert_eq!(letter.namespace.as_deref(), Some("shop.orders"));
-    assert_eq!(letter.reason, "change event field `o._id`: missing");
+    assert_eq!(letter.reason, "oplog entry field `o._id`: missing");
     assert_eq!(
         letter.resume_token.as_deref(),
         Some(r#"{"$timestamp":{"t":1700000000,"i":3}}"#)
