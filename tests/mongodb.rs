@@ -90,6 +90,15 @@ impl Setup {
         Some(serde_json::from_str(&text).expect("position file is JSON"))
     }
 
+    /// Waits until the position file holds a position of `kind` (`mongodb`: the snapshot is complete).
+    async fn wait_for_position(&self, kind: &str, daemon: &Daemon) {
+        wait_until(&format!("a `{kind}` position stored"), daemon, || {
+            self.position_file()
+                .is_some_and(|f| f["position"]["kind"] == kind)
+        })
+        .await;
+    }
+
     fn stored_token(&self) -> Option<String> {
         let file = self.position_file()?;
         file["position"]["resume_token"].as_str().map(str::to_owned)
@@ -492,12 +501,7 @@ async fn a_snapshot_reads_in_ranges_carries_on_after_a_stop_and_hands_over_to_th
     // An election interrupts the carried-on read: it is retried from the last document handed on.
     double.fail_next_read(11602);
     let mut daemon = Daemon::start(&config);
-    wait_until("the snapshot complete", &daemon, || {
-        setup
-            .position_file()
-            .is_some_and(|f| f["position"]["kind"] == "mongodb")
-    })
-    .await;
+    setup.wait_for_position("mongodb", &daemon).await;
     assert!(
         daemon
             .log()
@@ -633,12 +637,7 @@ async fn a_snapshot_whose_starting_point_left_the_oplog_is_not_carried_on_or_rep
     let config = setup.config_with("snapshot_chunk_documents = 1000");
     double.hold_reads(true);
     let mut daemon = Daemon::start(&config);
-    wait_until("part of the snapshot stored", &daemon, || {
-        setup
-            .position_file()
-            .is_some_and(|f| f["position"]["kind"] == "mongodb_snapshot")
-    })
-    .await;
+    setup.wait_for_position("mongodb_snapshot", &daemon).await;
     daemon.stop_cleanly();
     let interrupted = setup.position_file().unwrap();
 
@@ -714,12 +713,7 @@ async fn a_carried_on_snapshot_follows_the_selection_the_config_makes_now() {
         "collections = [\"shop.orders\", \"shop.audit\"]\n{chunking}"
     ));
     let mut daemon = Daemon::start(&config);
-    wait_until("the snapshot complete", &daemon, || {
-        setup
-            .position_file()
-            .is_some_and(|f| f["position"]["kind"] == "mongodb")
-    })
-    .await;
+    setup.wait_for_position("mongodb", &daemon).await;
     let log = daemon.log();
     assert!(
         log.contains("no longer selected: left out of the interrupted snapshot"),

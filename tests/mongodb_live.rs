@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Document};
@@ -51,14 +52,106 @@ fn live_uri() -> Option<String> {
     uri
 }
 
+/// One test's world: a database of its own on the replica set (dropped by the test at its end), a
+/// broker, the registry double and a directory for the config, positions and contracts.
+struct Live {
+    uri: String,
+    client: Client,
+    db_name: String,
+    db: mongodb::Database,
+    broker: Tansu,
+    registry: RegistryDouble,
+    dir: tempfile::TempDir,
+}
+
+impl Live {
+    /// None when `MONGODB_URI` is not set (the suite is skipped).
+    async fn start() -> Option<Live> {
+        let uri = live_uri()?;
+        let client = Client::with_uri_str(&uri)
+            .await
+            .expect("connect to MONGODB_URI");
+        let db_name = format!("sluice_live_{}", sluice_testkit::random_hex());
+        let db = client.database(&db_name);
+        Some(Live {
+            uri,
+            client,
+            db_name,
+            db,
+            broker: Tansu::start().expect("start tansu"),
+            registry: RegistryDouble::start().expect("start the registry double"),
+            dir: tempfile::tempdir().expect("temp dir"),
+        })
+    }
+
+    /// Writes the config (the test's database selected, `source_lines` added, contracts read from
+    /// `contracts_dir()`) and returns its path.
+    fn config(&self, source_lines: &str) -> PathBuf {
+        let text = sluice_testkit::config::mongodb(
+            &self.uri,
+            &format!("collections = [\"{}.*\"]\n{source_lines}", self.db_name),
+            &self.broker.bootstrap(),
+            &self.registry.url(),
+            PREFIX,
+            &self.dir.path().join("positions"),
+        )
+        .replace(
+            "[avro]\n",
+            &format!(
+                "[avro]\ncontracts_dir = \"{}\"\n",
+                self.contracts_dir().display()
+            ),
+        );
+        let path = self.dir.path().join("sluice.toml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    fn contracts_dir(&self) -> PathBuf {
+        self.dir.path().join("contracts")
+    }
+
+    fn position_path(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("positions/{PREFIX}.mongodb.position.json"))
+    }
+
+    /// The position file, parsed, once there is one.
+    fn position(&self) -> Option<Json> {
+        serde_json::from_str(&std::fs::read_to_string(self.position_path()).ok()?).ok()
+    }
+
+    /// Waits until the stored position is a stream position (any snapshot complete).
+    async fn wait_for_stream_position(&self, daemon: &Daemon, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self
+            .position()
+            .is_none_or(|f| f["position"]["kind"] != "mongodb")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no stream position stored:\n{}",
+                daemon.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_replica_set_streams_resumes_and_keeps_transactions() {
-    let Some(uri) = live_uri() else { return };
-    let client = Client::with_uri_str(&uri)
-        .await
-        .expect("connect to MONGODB_URI");
-    let db_name = format!("sluice_live_{}", sluice_testkit::random_hex());
-    let db = client.database(&db_name);
+    let Some(live) = Live::start().await else {
+        return;
+    };
+    let Live {
+        client,
+        db,
+        db_name,
+        broker,
+        registry,
+        ..
+    } = &live;
     let orders = db.collection::<Document>("orders");
     let customers = db.collection::<Document>("customers");
     // Collections exist before the stream opens: a transaction cannot create them.
@@ -66,34 +159,10 @@ async fn a_real_replica_set_streams_resumes_and_keeps_transactions() {
     db.create_collection("customers")
         .await
         .expect("create customers");
-
-    let broker = Tansu::start().expect("start tansu");
-    let registry = RegistryDouble::start().expect("start the registry double");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("sluice.toml");
-    let text = sluice_testkit::config::mongodb(
-        &uri,
-        &format!("collections = [\"{db_name}.*\"]"),
-        &broker.bootstrap(),
-        &registry.url(),
-        PREFIX,
-        &dir.path().join("positions"),
-    );
-    std::fs::write(&config, text).expect("write config");
-    let position = dir
-        .path()
-        .join(format!("positions/{PREFIX}.mongodb.position.json"));
-
+    let config = live.config("");
     let mut daemon = Daemon::start(&config);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !position.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "no position stored:\n{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    live.wait_for_stream_position(&daemon, Duration::from_secs(60))
+        .await;
 
     orders
         .insert_one(doc! { "_id": 1, "qty": 5 })
@@ -122,7 +191,7 @@ async fn a_real_replica_set_streams_resumes_and_keeps_transactions() {
         .unwrap();
     session.commit_transaction().await.unwrap();
 
-    let decode = |body: &[u8]| decode(&registry, body);
+    let decode = |body: &[u8]| decode(registry, body);
     let orders_topic = format!("{PREFIX}.{db_name}.orders");
     let read = |topic: String, min: usize| {
         let bootstrap = broker.bootstrap();
@@ -197,42 +266,29 @@ async fn ops_by_id(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_replica_set_snapshot_while_writing_then_a_lost_token() {
-    let Some(uri) = live_uri() else { return };
-    let client = Client::with_uri_str(&uri)
-        .await
-        .expect("connect to MONGODB_URI");
-    let db_name = format!("sluice_live_{}", sluice_testkit::random_hex());
-    let db = client.database(&db_name);
+    let Some(live) = Live::start().await else {
+        return;
+    };
+    let Live {
+        db,
+        db_name,
+        broker,
+        registry,
+        ..
+    } = &live;
     let orders = db.collection::<Document>("orders");
     let documents: Vec<Document> = (0..20_000).map(|id| doc! { "_id": id, "n": id }).collect();
     orders
         .insert_many(documents)
         .await
         .expect("load 20,000 orders");
-
-    let broker = Tansu::start().expect("start tansu");
-    let registry = RegistryDouble::start().expect("start the registry double");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("sluice.toml");
     let write_config = |snapshot: &str| {
-        let text = sluice_testkit::config::mongodb(
-            &uri,
-            &format!(
-                "collections = [\"{db_name}.*\"]\nsnapshot = \"{snapshot}\"\nsnapshot_connections = 2\nsnapshot_chunk_documents = 5000"
-            ),
-            &broker.bootstrap(),
-            &registry.url(),
-            PREFIX,
-            &dir.path().join("positions"),
-        );
-        std::fs::write(&config, text).expect("write config");
+        live.config(&format!(
+            "snapshot = \"{snapshot}\"\nsnapshot_connections = 2\nsnapshot_chunk_documents = 5000"
+        ))
     };
-    write_config("initial");
-    let position = dir
-        .path()
-        .join(format!("positions/{PREFIX}.mongodb.position.json"));
-    let stored =
-        || -> Option<Json> { serde_json::from_str(&std::fs::read_to_string(&position).ok()?).ok() };
+    let config = write_config("initial");
+    let stored = || live.position();
 
     // Writes race the snapshot: inserts, updates and deletes until it is complete.
     let mut daemon = Daemon::start(&config);
@@ -283,7 +339,7 @@ async fn a_real_replica_set_snapshot_while_writing_then_a_lost_token() {
             daemon.log()
         );
         replayed.clear();
-        for (id, op) in ops_by_id(&broker, &registry, &topic, present.len()).await {
+        for (id, op) in ops_by_id(broker, registry, &topic, present.len()).await {
             match op.as_str() {
                 "d" | "tombstone" => replayed.remove(&id),
                 _ => replayed.insert(id),
@@ -300,14 +356,14 @@ async fn a_real_replica_set_snapshot_while_writing_then_a_lost_token() {
     // `_data` starts with 82 and the cluster time: 4 bytes of seconds, 4 of increment.
     let aged = format!("82{:08X}{:08X}{}", 1, 1, &data[18..]);
     file["position"]["resume_token"] = Json::from(serde_json::json!({ "_data": aged }).to_string());
-    std::fs::write(&position, file.to_string()).unwrap();
+    std::fs::write(live.position_path(), file.to_string()).unwrap();
     Daemon::start(&config).fails_saying(&["no longer in the oplog"]);
 
     // when_needed takes a new snapshot instead.
     write_config("when_needed");
-    let before = ops_by_id(&broker, &registry, &topic, 1).await.len();
+    let before = ops_by_id(broker, registry, &topic, 1).await.len();
     let mut daemon = Daemon::start(&config);
-    let after = ops_by_id(&broker, &registry, &topic, before + present.len()).await;
+    let after = ops_by_id(broker, registry, &topic, before + present.len()).await;
     let read_again = after[before..].iter().filter(|(_, op)| op == "r").count();
     assert_eq!(read_again, present.len(), "{}", daemon.log());
     daemon.stop_cleanly();
@@ -316,25 +372,24 @@ async fn a_real_replica_set_snapshot_while_writing_then_a_lost_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_replica_set_types_documents_by_contract() {
-    let Some(uri) = live_uri() else { return };
-    let client = Client::with_uri_str(&uri)
-        .await
-        .expect("connect to MONGODB_URI");
-    let db_name = format!("sluice_live_{}", sluice_testkit::random_hex());
-    let db = client.database(&db_name);
+    let Some(live) = Live::start().await else {
+        return;
+    };
+    let Live {
+        db,
+        db_name,
+        broker,
+        registry,
+        ..
+    } = &live;
     let payments = db.collection::<Document>("payments");
     db.create_collection("payments")
         .await
         .expect("create payments");
-
-    let broker = Tansu::start().expect("start tansu");
-    let registry = RegistryDouble::start().expect("start the registry double");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let contracts = dir.path().join("contracts");
-    std::fs::create_dir_all(&contracts).unwrap();
+    std::fs::create_dir_all(live.contracts_dir()).unwrap();
     let topic = format!("{PREFIX}.{db_name}.payments");
     std::fs::write(
-        contracts.join(format!("{topic}.avsc")),
+        live.contracts_dir().join(format!("{topic}.avsc")),
         r#"{"type": "record", "name": "Payment", "fields": [
             {"name": "_id", "type": "int"},
             {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 9, "scale": 2}},
@@ -343,20 +398,7 @@ async fn a_real_replica_set_types_documents_by_contract() {
         ]}"#,
     )
     .unwrap();
-    let text = sluice_testkit::config::mongodb(
-        &uri,
-        &format!("collections = [\"{db_name}.*\"]"),
-        &broker.bootstrap(),
-        &registry.url(),
-        PREFIX,
-        &dir.path().join("positions"),
-    )
-    .replace(
-        "[avro]\n",
-        &format!("[avro]\ncontracts_dir = \"{}\"\n", contracts.display()),
-    );
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(&config, text).expect("write config");
+    let config = live.config("");
 
     // One payment before the start (the snapshot reads it), the rest streamed; the second does not fit.
     let paid = mongodb::bson::DateTime::from_millis(1_700_000_000_000);
@@ -368,22 +410,8 @@ async fn a_real_replica_set_types_documents_by_contract() {
         .await
         .unwrap();
     let mut daemon = Daemon::start(&config);
-    let position = dir
-        .path()
-        .join(format!("positions/{PREFIX}.mongodb.position.json"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let snapshot_done = || {
-        let text = std::fs::read_to_string(&position).unwrap_or_default();
-        serde_json::from_str::<Json>(&text).is_ok_and(|file| file["position"]["kind"] == "mongodb")
-    };
-    while !snapshot_done() {
-        assert!(
-            Instant::now() < deadline,
-            "snapshot not done:\n{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    live.wait_for_stream_position(&daemon, Duration::from_secs(60))
+        .await;
     payments
         .insert_one(doc! { "_id": 2, "amount": "free", "paid": paid, "method": "CARD" })
         .await
@@ -398,7 +426,7 @@ async fn a_real_replica_set_types_documents_by_contract() {
         .unwrap();
     let afters: Vec<Json> = records
         .iter()
-        .map(|r| decode(&registry, r.value.as_deref().unwrap())["after"].clone())
+        .map(|r| decode(registry, r.value.as_deref().unwrap())["after"].clone())
         .collect();
     assert_eq!(
         afters,
@@ -418,7 +446,7 @@ async fn a_real_replica_set_types_documents_by_contract() {
     .await
     .unwrap();
     assert_eq!(letters.len(), 1);
-    let letter = decode(&registry, letters[0].value.as_deref().unwrap());
+    let letter = decode(registry, letters[0].value.as_deref().unwrap());
     assert_eq!(letter["stage"], "validate");
     assert!(
         letter["error"].as_str().unwrap().contains(
