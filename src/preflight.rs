@@ -631,16 +631,23 @@ pub async fn compare_contracts(
 fn document_contract_lines(contracts: &Contracts, prefix: &str) -> Vec<String> {
     contracts
         .iter()
-        .map(
-            |contract| match crate::pipeline::check_document_contract(contract, prefix) {
-                Ok(()) => format!(
+        .map(|contract| {
+            let checked = crate::pipeline::check_document_contract(contract, prefix);
+            let named = crate::pipeline::collection_of_topic(&contract.topic, prefix).is_some();
+            match (checked, named) {
+                (Err(err), _) => format!("FAIL {err}"),
+                (Ok(()), true) => format!(
                     "ok   {}: types `after` of the documents on topic `{}`",
                     contract.path.display(),
                     contract.topic
                 ),
-                Err(err) => format!("FAIL {err}"),
-            },
-        )
+                (Ok(()), false) => format!(
+                    "note {}: topic `{}` is not `{prefix}.<db>.<collection>`: it types no collection",
+                    contract.path.display(),
+                    contract.topic
+                ),
+            }
+        })
         .collect()
 }
 

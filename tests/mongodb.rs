@@ -953,6 +953,8 @@ async fn a_contract_types_after_and_documents_that_do_not_fit_go_to_the_dead_let
         PAYMENT_CONTRACT,
     )
     .unwrap();
+    // A contract for another instance's topic types nothing here: noted, not failed.
+    std::fs::write(contracts.join("elsewhere.avsc"), PAYMENT_CONTRACT).unwrap();
     let (status, stdout, stderr) = common::sluice(&["validate", "-c", config.to_str().unwrap()]);
     assert!(
         stdout.contains(&format!(
@@ -960,6 +962,10 @@ async fn a_contract_types_after_and_documents_that_do_not_fit_go_to_the_dead_let
             contracts.join("app.shop.payments.avsc").display()
         )) && stdout.contains("types `after` of the documents on topic `app.shop.payments`"),
         "{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("topic `elsewhere` is not `app.<db>.<collection>`: it types no collection"),
+        "{stdout}"
     );
     assert!(status.success(), "{stdout}\n{stderr}");
 

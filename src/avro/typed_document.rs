@@ -18,7 +18,7 @@ use super::binary::{
     write_blocks, write_boolean, write_bytes, write_double, write_float, write_long, write_string,
     write_union_branch,
 };
-use super::decimal::write_fixed_scale;
+use super::decimal::{write_fixed_scale, DecimalError};
 use super::encode::is_hyphenated_uuid;
 use crate::contracts::Mismatch;
 
@@ -53,7 +53,63 @@ impl TypedDocument {
             .ok_or("`after` has no record branch")?
             .clone();
         unsupported(&record, "after").map_or(Ok(()), Err)?;
-        Ok(TypedDocument { record, names })
+        let typed = TypedDocument { record, names };
+        typed.check_defaults(&typed.record, "after")?;
+        Ok(typed)
+    }
+
+    /// Every field default in `schema` must be writable as its field's type, a union's as the union's
+    /// first type (as the Avro specification says, and as Java readers check): a default that is not
+    /// would only surface when a document lacks the field, blamed on the document.
+    fn check_defaults(&self, schema: &Schema, path: &str) -> Result<(), String> {
+        match schema {
+            Schema::Record(record) => record.fields.iter().try_for_each(|field| {
+                let field_path = join(path, &field.name);
+                if let Some(default) = &field.default {
+                    self.default(default, &field.schema, &field_path, &mut Vec::new())
+                        .map_err(|m| {
+                            format!(
+                                "`{field_path}`: the default {default} does not fit the field's type \
+                                 (a union's default must fit its first type): {}",
+                                m.problem
+                            )
+                        })?;
+                }
+                self.check_defaults(&field.schema, &field_path)
+            }),
+            Schema::Union(union) => union
+                .variants()
+                .iter()
+                .try_for_each(|variant| self.check_defaults(variant, path)),
+            Schema::Array(array) => self.check_defaults(&array.items, &format!("{path}[]")),
+            Schema::Map(map) => self.check_defaults(&map.types, &format!("{path}.*")),
+            _ => Ok(()),
+        }
+    }
+
+    /// A field's default: a union's is its first type's value.
+    fn default(
+        &self,
+        default: &Json,
+        schema: &Schema,
+        path: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Mismatch> {
+        match self.resolve(schema) {
+            Schema::Union(union) => {
+                let first = union.variants().first().unwrap_or(&Schema::Null);
+                write_union_branch(0, out);
+                self.value(default, first, path, Origin::Default, out)
+            }
+            other => self.value(default, other, path, Origin::Default, out),
+        }
+    }
+
+    fn resolve<'s>(&'s self, schema: &'s Schema) -> &'s Schema {
+        match schema {
+            Schema::Ref { name } => self.names.get(name).unwrap_or(schema),
+            other => other,
+        }
     }
 
     /// Writes `document` (canonical Extended JSON) as the record; on a mismatch `out` may hold part of it.
@@ -69,11 +125,13 @@ impl TypedDocument {
         origin: Origin,
         out: &mut Vec<u8>,
     ) -> Result<(), Mismatch> {
-        let schema = match schema {
-            Schema::Ref { name } => self.names.get(name).unwrap_or(schema),
-            other => other,
-        };
+        let schema = self.resolve(schema);
         let kind = Kind::of(value);
+        if origin == Origin::Default {
+            if let Some(written) = default_scalar(schema, &kind, out) {
+                return Ok(written);
+            }
+        }
         let refuse = |problem: String| Err(mismatch(path, problem));
         let wrong = || {
             refuse(format!(
@@ -149,6 +207,9 @@ impl TypedDocument {
                     write_double(x, out);
                     Ok(())
                 }
+                None if matches!(kind, Kind::Int64(_)) => {
+                    refuse(format!("{} does not fit a double exactly", kind.describe()))
+                }
                 None => wrong(),
             },
             (Schema::String, Kind::String(s) | Kind::Symbol(s) | Kind::ObjectId(s)) => {
@@ -162,7 +223,8 @@ impl TypedDocument {
             (
                 Schema::Uuid,
                 Kind::Binary {
-                    subtype: 3 | 4,
+                    // Subtype 3 is the drivers' legacy UUID, its byte order their own: not read as one.
+                    subtype: 4,
                     base64,
                 },
             ) => match apache_avro::Uuid::from_slice(&decode_base64(base64, path)?) {
@@ -211,7 +273,7 @@ impl TypedDocument {
                     decimal.scale as u32,
                     out,
                 )
-                .map_err(|err| mismatch(path, err.to_string()))
+                .map_err(|err| mismatch(path, decimal_problem(err)))
             }
             (Schema::Date, Kind::Date(ms)) => {
                 if ms.rem_euclid(MS_PER_DAY) != 0 {
@@ -239,11 +301,9 @@ impl TypedDocument {
                 scaled_time(*ms, 1_000_000, &kind, path, out)
             }
             (Schema::Enum(e), Kind::String(symbol)) => {
-                let index = e.symbols.iter().position(|s| s == symbol).or_else(|| {
-                    let fallback = e.default.as_ref()?;
-                    e.symbols.iter().position(|s| s == fallback)
-                });
-                match index {
+                // The enum's own default is for readers meeting a symbol they do not know; writing it
+                // in place of an unknown one would lose the value.
+                match e.symbols.iter().position(|s| s == symbol) {
                     Some(index) => {
                         write_long(index as i64, out);
                         Ok(())
@@ -282,7 +342,7 @@ impl TypedDocument {
                             self.value(given, &field.schema, &field_path, origin, out)?
                         }
                         (None, Some(default)) => {
-                            self.value(default, &field.schema, &field_path, Origin::Default, out)?
+                            self.default(default, &field.schema, &field_path, out)?
                         }
                         (None, None) => {
                             return Err(mismatch(
@@ -340,7 +400,14 @@ impl<'a> Kind<'a> {
             Json::Number(n) => return Kind::Number(n),
             Json::Object(object) => object,
         };
-        let Some((key, inner)) = object.iter().next().filter(|(k, _)| k.starts_with('$')) else {
+        // A wrapper is one `$` key (two for code with scope); anything else is a document, whose field
+        // names may start with `$` since MongoDB 5.0.
+        let wrapper = match object.len() {
+            1 => object.iter().next(),
+            2 if object.contains_key("$scope") => object.get_key_value("$code"),
+            _ => None,
+        };
+        let Some((key, inner)) = wrapper.filter(|(k, _)| k.starts_with('$')) else {
             return Kind::Document(object);
         };
         let text = inner.as_str();
@@ -384,8 +451,13 @@ impl<'a> Kind<'a> {
         match self {
             Kind::Int32(n) => Some(i64::from(*n)),
             Kind::Int64(n) => Some(*n),
-            // 2^63 is the first double past i64::MAX; every whole double below it converts exactly.
-            Kind::Double(x) if x.fract() == 0.0 && x.abs() < 9.223_372_036_854_776e18 => {
+            // i64::MAX as f64 is 2^63, the first double past i64::MAX; -0.0 would lose its sign.
+            Kind::Double(x)
+                if x.fract() == 0.0
+                    && *x >= i64::MIN as f64
+                    && *x < i64::MAX as f64
+                    && !(*x == 0.0 && x.is_sign_negative()) =>
+            {
                 Some(*x as i64)
             }
             Kind::Number(n) => n.as_i64(),
@@ -440,9 +512,10 @@ impl<'a> Kind<'a> {
 fn decimal_parts(text: &str) -> (String, Result<u32, String>) {
     let refused = |why: &str| (String::new(), Err(format!("decimal128 {text} {why}")));
     let (mantissa, exponent) = match text.split_once(['E', 'e']) {
+        // Decimal128 exponents lie within ±6176 (and its digits within 34).
         Some((mantissa, exponent)) => match exponent.parse::<i64>() {
-            Ok(exponent) => (mantissa, exponent),
-            Err(_) => return refused("is not a number"),
+            Ok(exponent) if exponent.abs() <= 6_200 => (mantissa, exponent),
+            _ => return refused("is not a decimal128 number"),
         },
         None => (text, 0),
     };
@@ -462,13 +535,62 @@ fn decimal_parts(text: &str) -> (String, Result<u32, String>) {
         (format!("{sign}{digits}"), Ok(scale as u32))
     } else if digits.bytes().all(|b| b == b'0') {
         ("0".into(), Ok(0))
-    } else if -scale > 6_200 {
+    } else if -scale > 6_300 || digits.len() > 6_300 {
         refused("is out of range")
     } else {
         (
             format!("{sign}{digits}{}", "0".repeat((-scale) as usize)),
             Ok(0),
         )
+    }
+}
+
+/// A default written in plain Avro JSON for a type whose document values are BSON-typed: a number for a
+/// date, time or timestamp, any number for a float, and the special floats as strings. None when the
+/// default is not one of those (it is then read like a document value).
+fn default_scalar(schema: &Schema, kind: &Kind<'_>, out: &mut Vec<u8>) -> Option<()> {
+    let special = |text: &str| match text {
+        "NaN" => Some(f64::NAN),
+        "Infinity" => Some(f64::INFINITY),
+        "-Infinity" => Some(f64::NEG_INFINITY),
+        _ => None,
+    };
+    match (schema, kind) {
+        (Schema::Date | Schema::TimeMillis, Kind::Number(n)) => {
+            write_long(i64::from(i32::try_from(n.as_i64()?).ok()?), out)
+        }
+        (
+            Schema::TimeMicros
+            | Schema::TimestampMillis
+            | Schema::TimestampMicros
+            | Schema::TimestampNanos
+            | Schema::LocalTimestampMillis
+            | Schema::LocalTimestampMicros
+            | Schema::LocalTimestampNanos,
+            Kind::Number(n),
+        ) => write_long(n.as_i64()?, out),
+        (Schema::Float, Kind::Number(n)) => write_float(n.as_f64()? as f32, out),
+        (Schema::Float, Kind::String(s)) => write_float(special(s)? as f32, out),
+        (Schema::Double, Kind::String(s)) => write_double(special(s)?, out),
+        _ => return None,
+    }
+    Some(())
+}
+
+/// A decimal's refusal in the contract's terms (the shared error speaks of a column's).
+fn decimal_problem(err: DecimalError) -> String {
+    match err {
+        DecimalError::ScaleTooLarge {
+            value,
+            scale,
+            column_scale,
+        } => format!("{value} has scale {scale}, more than the contract's scale {column_scale}"),
+        DecimalError::PrecisionExceeded {
+            value,
+            digits,
+            precision,
+        } => format!("{value} has {digits} digits, more than the contract's precision {precision}"),
+        DecimalError::Malformed(_) => err.to_string(),
     }
 }
 
@@ -530,6 +652,7 @@ fn expected(schema: &Schema) -> String {
         Schema::Long | Schema::TimeMicros => "a long".into(),
         Schema::Float => "a float".into(),
         Schema::Double => "a double".into(),
+        Schema::Null => "null".into(),
         other => format!("{other:?}"),
     }
 }

@@ -180,7 +180,7 @@ fn numbers_convert_only_when_exact() {
             "items",
             price(json!({"$numberLong": "9007199254740993"}))
         )),
-        "`after.items[0].price`: expected a double, found an int64 (9007199254740993)"
+        "`after.items[0].price`: an int64 (9007199254740993) does not fit a double exactly"
     );
     assert_eq!(
         written_after(with("items", price(json!({"$numberDouble": "Infinity"}))))["items"][0]
@@ -210,11 +210,11 @@ fn decimals_keep_their_scale_and_precision() {
     }
     assert_eq!(
         refusal(with("total", json!({"$numberDecimal": "12.505"}))),
-        "`after.total`: value 12.505 has scale 3, more than the column's scale 2"
+        "`after.total`: 12.505 has scale 3, more than the contract's scale 2"
     );
     assert_eq!(
         refusal(with("total", json!({"$numberDecimal": "1234567.5"}))),
-        "`after.total`: value 1234567.5 has 9 digits, more than the column's precision 8"
+        "`after.total`: 1234567.5 has 9 digits, more than the contract's precision 8"
     );
     assert_eq!(
         refusal(with("total", json!({"$numberDecimal": "NaN"}))),
@@ -295,4 +295,85 @@ fn contracts_that_cannot_type_a_document_are_refused() {
     let clash =
         json!({"type": "record", "name": "Envelope", "fields": [{"name": "f", "type": "string"}]});
     assert!(refused(clash).contains("Envelope"), "a name clash is named");
+}
+
+#[test]
+fn defaults_are_written_as_avro_json_says_and_checked_up_front() {
+    let contract = json!({
+        "type": "record", "name": "Defaults",
+        "fields": [
+            {"name": "_id", "type": "int"},
+            {"name": "created", "type": {"type": "long", "logicalType": "timestamp-millis"}, "default": 0},
+            {"name": "day", "type": {"type": "int", "logicalType": "date"}, "default": 3},
+            {"name": "ratio", "type": "float", "default": 0.1},
+            {"name": "score", "type": "double", "default": "NaN"},
+            {"name": "label", "type": ["string", "null"], "default": "none"},
+        ],
+    });
+    let (schemas, typed) = typed_document_schemas("app", "shop", "orders", &contract).unwrap();
+    let mut value = Vec::new();
+    encode_document_envelope(
+        &change(json!({"_id": {"$numberInt": "1"}})),
+        "app",
+        7,
+        Some(&typed),
+        &mut value,
+    )
+    .expect("every missing field has a default");
+    let after = crate::tail::decode_datum(&schemas.value.json, &value).unwrap()["after"].clone();
+    assert_eq!(
+        after,
+        json!({"_id": 1, "created": 0, "day": 3, "ratio": 0.1_f32 as f64, "score": "NaN", "label": "none"})
+    );
+
+    let refused = |field: Json| {
+        let contract = json!({"type": "record", "name": "D", "fields": [field]});
+        typed_document_schemas("app", "shop", "orders", &contract)
+            .map(drop)
+            .expect_err("refused")
+    };
+    assert_eq!(
+        refused(json!({"name": "note", "type": ["null", "string"], "default": "none"})),
+        "`after.note`: the default \"none\" does not fit the field's type (a union's default must fit its \
+         first type): expected null, found a string (\"none\")"
+    );
+}
+
+#[test]
+fn nothing_is_lost_on_the_way() {
+    // An unknown symbol is refused even when the enum has a default (that is for readers).
+    let contract = json!({"type": "record", "name": "E", "fields": [
+        {"name": "s", "type": {"type": "enum", "name": "S", "symbols": ["A", "B"], "default": "A"}},
+        {"name": "n", "type": ["null", "long"], "default": null},
+        {"name": "u", "type": ["null", {"type": "string", "logicalType": "uuid"}], "default": null},
+        {"name": "d", "type": ["null", {"type": "map", "values": ["int", "string"]}], "default": null},
+    ]});
+    let (_, typed) = typed_document_schemas("app", "shop", "orders", &contract).unwrap();
+    let write = |document: Json| {
+        let mut value = Vec::new();
+        encode_document_envelope(&change(document), "app", 7, Some(&typed), &mut value)
+            .map_err(|m| m.to_string())
+    };
+    assert_eq!(
+        write(json!({"s": "C"})).unwrap_err(),
+        "`after.s`: `C` is not one of the contract's symbols [\"A\", \"B\"]"
+    );
+    assert_eq!(
+        write(json!({"s": "A", "n": {"$numberDouble": "-0.0"}})).unwrap_err(),
+        "`after.n`: expected a long, found a double (-0)"
+    );
+    assert!(
+        write(json!({"s": "A", "n": {"$numberDouble": "-9223372036854775808"}})).is_ok(),
+        "-2^63 fits a long"
+    );
+    assert_eq!(
+        write(json!({"s": "A", "u": {"$binary": {"base64": "AQEBAQEBAQEBAQEBAQEBAQ==", "subType": "03"}}})).unwrap_err(),
+        "`after.u`: expected a UUID (binary subtype 4, or its hyphenated text), found binary data (subtype 0x03)"
+    );
+    // A document whose field names start with `$` is a document, not a wrapper.
+    assert!(write(json!({"s": "A", "d": {"$oid": "x", "x": {"$numberInt": "1"}}})).is_ok());
+    assert_eq!(
+        write(json!({"s": "A", "n": {"$numberDecimal": "1E-9223372036854775808"}})).unwrap_err(),
+        "`after.n`: expected a long, found a decimal128 (1E-9223372036854775808)"
+    );
 }

@@ -87,6 +87,9 @@ pub(super) async fn run(
     } = start(config, &stop, "mongodb").await?;
     for contract in publisher.contracts.iter() {
         check_document_contract(contract, &publisher.topic_prefix)?;
+        if collection_of_topic(&contract.topic, &publisher.topic_prefix).is_none() {
+            tracing::warn!(file = %contract.path.display(), topic = %contract.topic, "the contract's topic is not <topic_prefix>.<db>.<collection>: it types no collection");
+        }
     }
     let settings = MongodbSettings {
         url: source.url.get_ref().as_str().to_owned(),
@@ -166,13 +169,21 @@ pub(crate) fn check_document_contract(
     contract: &Contract,
     topic_prefix: &str,
 ) -> Result<(), ContractError> {
-    let (database, collection) = contract
-        .topic
-        .strip_prefix(topic_prefix)
-        .and_then(|rest| rest.strip_prefix('.'))
-        .and_then(|rest| rest.split_once('.'))
-        .unwrap_or(("db", "collection"));
+    let (database, collection) =
+        collection_of_topic(&contract.topic, topic_prefix).unwrap_or(("db", "collection"));
     typed_schemas(contract, topic_prefix, database, collection).map(drop)
+}
+
+/// The `(database, collection)` a topic is named after, when it has the form `<topic_prefix>.<db>.<coll>`
+/// (as named: the mapping to topic names is not undone).
+pub(crate) fn collection_of_topic<'t>(
+    topic: &'t str,
+    topic_prefix: &str,
+) -> Option<(&'t str, &'t str)> {
+    topic
+        .strip_prefix(topic_prefix)?
+        .strip_prefix('.')?
+        .split_once('.')
 }
 
 /// The schemas of a collection whose documents `contract` declares.

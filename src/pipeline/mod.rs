@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod documents;
-pub(crate) use documents::check_document_contract;
+pub(crate) use documents::{check_document_contract, collection_of_topic};
 mod schemas;
 
 use crate::avro::{self, EncodeError, EncodeReason, EnvelopeContext, SchemaRef, TableSchemas};
