@@ -171,19 +171,24 @@ async fn change_streams_publish_resume_and_dead_letter_through_the_driver() {
     let setup = Setup::start().await;
     let config = setup.config();
     let mut daemon = Daemon::start(&config);
-    // The shop has no documents yet: the snapshot takes its starting point, reads nothing, and the
-    // stream opens after that point.
+    // The shop has no documents yet: the snapshot takes its starting point, reads nothing, checks that
+    // the point is still in the oplog, and the stream opens after it.
     wait_until(
         "the change stream and the first stored position",
         &daemon,
-        || setup.double.change_stream_stages().len() >= 2 && setup.stored_token().is_some(),
+        || setup.double.change_stream_stages().len() >= 3 && setup.stored_token().is_some(),
     )
     .await;
     let stages = setup.double.change_stream_stages();
-    let (taken, streaming) = (&stages[0], &stages[1]);
+    let (taken, probe, streaming) = (&stages[0], &stages[1], &stages[2]);
     assert!(
         taken.get("startAfter").is_none(),
         "a first run takes its starting point from now: {taken}"
+    );
+    assert_eq!(
+        probe.get_document("startAfter"),
+        Ok(&token_of(0)),
+        "{probe}"
     );
     assert_eq!(
         streaming.get_bool("allChangesForCluster"),
@@ -674,6 +679,55 @@ async fn a_snapshot_whose_starting_point_left_the_oplog_is_not_carried_on_or_rep
         "one new snapshot, not another: {}",
         daemon.log()
     );
+    // The finished snapshot's position is kept, so a restart says the same instead of reading again.
+    let kept = setup.position_file().unwrap();
+    assert_eq!(kept["position"]["kind"], "mongodb_snapshot", "{kept}");
+    let log =
+        Daemon::start(&config).fails_saying(&["the snapshot took longer than the oplog window"]);
+    assert!(!log.contains("snapshot started"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carried_on_snapshot_with_nothing_left_to_read_still_ends_with_last() {
+    let setup = Setup::start().await;
+    let double = &setup.double;
+    double.store("shop", "orders", (0..2000).map(|id| doc! { "_id": id }));
+    let config = setup.config_with("snapshot_chunk_documents = 1000");
+    double.hold_reads(true);
+    let mut daemon = Daemon::start(&config);
+    // Both readers get a first batch of 500 (0..499 and 1000..1499), then wait.
+    wait_until("both first batches stored", &daemon, || {
+        setup.position_file().is_some_and(|f| {
+            f["position"]["chunks"]
+                .as_array()
+                .is_some_and(|chunks| chunks.iter().all(|c| !c["last"].is_null()))
+        })
+    })
+    .await;
+    daemon.stop_cleanly();
+    // Everything not handed on is deleted, the document held back for `last` included.
+    for id in (499..1000).chain(1499..2000) {
+        double.append(change_event("delete", "shop", "orders", id));
+    }
+    double.hold_reads(false);
+    let mut daemon = Daemon::start(&config);
+    setup.wait_for_position("mongodb", &daemon).await;
+    daemon.stop_cleanly();
+    let records =
+        by_id(&setup.decode_all(&setup.read(&format!("{PREFIX}.shop.orders"), 998).await));
+    let reads: Vec<&(Json, String, String)> =
+        records.iter().filter(|(_, op, _)| op == "r").collect();
+    let last: Vec<&Json> = reads
+        .iter()
+        .filter(|(_, _, marker)| marker == "last")
+        .map(|(id, _, _)| id)
+        .collect();
+    assert_eq!(last.len(), 1, "one last record: {reads:?}");
+    assert_eq!(
+        reads.iter().filter(|(id, _, _)| id == last[0]).count(),
+        2,
+        "the last record is a document read again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -980,7 +1034,7 @@ async fn a_contract_types_after_and_documents_that_do_not_fit_go_to_the_dead_let
         .store("shop", "orders", [doc! { "_id": 1, "untyped": true }]);
     let mut daemon = Daemon::start(&config);
     wait_until("the stream after the snapshot", &daemon, || {
-        setup.double.change_stream_stages().len() >= 2
+        setup.double.change_stream_stages().len() >= 3
     })
     .await;
     let double = &setup.double;

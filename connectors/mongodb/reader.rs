@@ -62,7 +62,7 @@ pub enum MongodbError {
     Standalone { url: String },
     #[error("the stored position is no longer in the oplog ({reason}): the changes since it are gone from the server. Move the position file {file} away to start from now (those changes are not published), and size the oplog for the longest outage to expect")]
     HistoryLost { reason: String, file: String },
-    #[error("the snapshot took longer than the oplog window: the point it started from is no longer in the oplog ({reason}), so the changes made while it ran are gone. Enlarge the oplog (replSetResizeOplog) or select fewer collections, then move the position file {file} away to take a new snapshot")]
+    #[error("the snapshot took longer than the oplog window: the point it started from is no longer in the oplog ({reason}), so the changes made while it ran are gone, and another snapshot would take as long. Enlarge the oplog (replSetResizeOplog) or select fewer collections, then move the position file {file} away to take a new snapshot")]
     SnapshotOutlastedOplog { reason: String, file: String },
     #[error("the position file holds a resume token that is not valid: {0}")]
     BadToken(String),
@@ -140,8 +140,8 @@ impl MongodbSource {
         control: DocumentStreamControl,
     ) -> Result<(), MongodbError> {
         match start {
-            Start::After(position) => self.stream_from(Some(position), false, control).await,
-            Start::Now => self.stream_from(None, false, control).await,
+            Start::After(position) => self.stream_from(Some(position), control).await,
+            Start::Now => self.stream_from(None, control).await,
             Start::Snapshot => self.snapshot_then_stream(None, control).await,
             Start::CarryOnSnapshot { start, chunks } => {
                 self.snapshot_then_stream(Some((start, chunks)), control)
@@ -162,22 +162,17 @@ impl MongodbSource {
             tracing::info!("snapshot = initial_only: done, not streaming");
             return Ok(());
         }
-        self.stream_from(Some(start), true, control).await
+        self.stream_from(Some(start), control).await
     }
 
     /// Streams from `from` (None: from now) through the configured capture, reconnecting after
-    /// transient failures from the last change read. `after_snapshot`: `from` is where the snapshot just
-    /// read started.
+    /// transient failures from the last change read.
     async fn stream_from(
         self,
         mut from: Option<Position>,
-        after_snapshot: bool,
         mut control: DocumentStreamControl,
     ) -> Result<(), MongodbError> {
         let mut failures = 0usize;
-        // A snapshot that outlasts the oplog window loses its own starting point: taking another one
-        // would only do the same again.
-        let mut snapshot_start = if after_snapshot { from.clone() } else { None };
         // Prepared transactions seen in the oplog and not yet committed or aborted.
         let mut prepared = PreparedTransactions::default();
         loop {
@@ -231,12 +226,6 @@ impl MongodbSource {
                 }
                 Ok(Ended::HistoryLost(reason)) => {
                     control.metrics.set_streaming(false);
-                    if snapshot_start.is_some() && from == snapshot_start {
-                        return Err(MongodbError::SnapshotOutlastedOplog {
-                            reason,
-                            file: control.position_file.clone(),
-                        });
-                    }
                     if self.settings.snapshot != SnapshotMode::WhenNeeded {
                         return Err(MongodbError::HistoryLost {
                             reason,
@@ -246,10 +235,7 @@ impl MongodbSource {
                     tracing::warn!(%reason, "the stored position is no longer in the oplog: snapshot = when_needed takes a new snapshot");
                     prepared = PreparedTransactions::default();
                     match self.snapshot(None, &mut control).await? {
-                        Some(start) => {
-                            from = Some(start);
-                            snapshot_start = from.clone();
-                        }
+                        Some(start) => from = Some(start),
                         None => return Ok(()),
                     }
                 }
@@ -295,6 +281,13 @@ impl MongodbSource {
                             None => return Ok(None),
                         }
                     }
+                    // Everything was read, but too late: another snapshot would take as long again.
+                    Some(Some(reason)) if chunks.iter().all(|chunk| chunk.done) => {
+                        return Err(MongodbError::SnapshotOutlastedOplog {
+                            reason,
+                            file: control.position_file.clone(),
+                        })
+                    }
                     Some(Some(reason)) if self.settings.snapshot == SnapshotMode::WhenNeeded => {
                         tracing::warn!(%reason, "the interrupted snapshot's starting point is no longer in the oplog: snapshot = when_needed takes a new snapshot");
                         None
@@ -339,6 +332,10 @@ impl MongodbSource {
         control.metrics.set_snapshot_running(true);
         let mut failures = 0usize;
         let ended = loop {
+            // A stop that came during a back-off has been seen by `back_off`'s receiver only.
+            if *control.stop.borrow() {
+                break SnapshotEnd::Stopped;
+            }
             let run = SnapshotRun {
                 client: &self.client,
                 replica_set: self.replica_set.clone(),
@@ -358,16 +355,37 @@ impl MongodbSource {
             }
         };
         control.metrics.set_snapshot_running(false);
-        Ok(match ended {
-            SnapshotEnd::Complete => {
-                tracing::info!("snapshot read: streaming starts from the point taken before it");
-                Some(start)
+        if ended == SnapshotEnd::Stopped {
+            tracing::info!(
+                "stopped during the snapshot: the next run carries on from the last stored part"
+            );
+            return Ok(None);
+        }
+        // Streaming must start where the snapshot did. Until that point is known to be still in the
+        // oplog, the stored position stays the finished snapshot's, so that a restart does not snapshot
+        // again (with `when_needed`) only to outlast the oplog again.
+        let probe = self
+            .retrying(control, || self.history_lost_since(&start))
+            .await;
+        match probe.map_err(failed)? {
+            None => return Ok(None),
+            Some(Some(reason)) => {
+                return Err(MongodbError::SnapshotOutlastedOplog {
+                    reason,
+                    file: control.position_file.clone(),
+                })
             }
-            SnapshotEnd::Stopped => {
-                tracing::info!("stopped during the snapshot: the next run carries on from the last stored part");
-                None
-            }
-        })
+            Some(None) => {}
+        }
+        let committed = SourceEvent::Commit {
+            position: start.clone(),
+            commit_time_us: None,
+        };
+        if control.events.send(committed).await.is_err() {
+            return Ok(None);
+        }
+        tracing::info!("snapshot read: streaming starts from the point taken before it");
+        Ok(Some(start))
     }
 
     /// Runs `attempt` until it succeeds or fails for good, backing off after transient failures; None
@@ -406,13 +424,18 @@ impl MongodbSource {
             Position::Mongodb { resume_token } => {
                 let token = parse_token(resume_token)
                     .map_err(|err| DriverError::custom(err.to_string()))?;
-                let opened = self
-                    .client
-                    .watch()
-                    .pipeline([selection_filter(&self.settings.selection)])
-                    .start_after(token)
-                    .await;
-                match opened {
+                // Through a mongos the loss may show only at the first getMore: one is made.
+                let read_once = async {
+                    let mut stream = self
+                        .client
+                        .watch()
+                        .pipeline([selection_filter(&self.settings.selection)])
+                        .start_after(token)
+                        .max_await_time(Duration::from_millis(100))
+                        .await?;
+                    stream.next_if_any().await
+                };
+                match read_once.await {
                     Ok(_) => Ok(None),
                     Err(err) if is_history_lost(&err) => Ok(Some(redact_secrets(&err.to_string()))),
                     Err(err) => Err(err),

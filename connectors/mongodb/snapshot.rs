@@ -200,7 +200,7 @@ pub struct SnapshotRun<'a> {
 /// How a snapshot run ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SnapshotEnd {
-    /// Every chunk is read and handed on, the last position being the stream's starting point.
+    /// Every chunk is read and handed on, the last position the finished snapshot's.
     Complete,
     /// A stop request, or the pipeline going away, ended it early.
     Stopped,
@@ -326,6 +326,10 @@ async fn read_chunk(
     if let Some(upper) = &chunk.to {
         find = find.max(doc! { "_id": bound(upper)? });
     }
+    // A stop seen by another receiver (during a back-off) shows only in the value.
+    if *stop.borrow() {
+        return Ok(false);
+    }
     let mut cursor = tokio::select! {
         cursor = find => cursor?,
         _ = stop.changed() => return Ok(false),
@@ -433,28 +437,8 @@ impl<'a> Publishing<'a> {
         let (database, collection) = namespace.split_once('.').unwrap_or((&namespace, ""));
         let read_at_ms = now_ms();
         for document in documents {
-            // Every stored document has an `_id`: the server adds one when the writer does not.
-            let Some(id) = document.get("_id").map(canonical_json) else {
+            let Some(change) = self.read_event(database, collection, document, read_at_ms) else {
                 continue;
-            };
-            let change = DocumentChange {
-                database: database.to_owned(),
-                collection: collection.to_owned(),
-                op: Op::Read,
-                key: id,
-                before: None,
-                after: Some(canonical_json(&Bson::Document(document))),
-                update: None,
-                source: DocumentSource {
-                    replica_set: self.run.replica_set.clone(),
-                    // A read has no place in the oplog: the time it was read stands in.
-                    cluster_time: ((read_at_ms / 1000) as u32, 0),
-                    wall_time_ms: Some(read_at_ms),
-                    txn_number: None,
-                    lsid: None,
-                    resume_token: None,
-                    snapshot: SnapshotMarker::True,
-                },
             };
             if !self.send_held(SnapshotMarker::True).await {
                 return false;
@@ -473,6 +457,36 @@ impl<'a> Publishing<'a> {
             }
         }
         self.commit_progress().await
+    }
+
+    /// A document as a snapshot read; None without an `_id` (the server adds one to every document).
+    fn read_event(
+        &self,
+        database: &str,
+        collection: &str,
+        document: Document,
+        read_at_ms: i64,
+    ) -> Option<DocumentChange> {
+        let id = document.get("_id").map(canonical_json)?;
+        Some(DocumentChange {
+            database: database.to_owned(),
+            collection: collection.to_owned(),
+            op: Op::Read,
+            key: id,
+            before: None,
+            after: Some(canonical_json(&Bson::Document(document))),
+            update: None,
+            source: DocumentSource {
+                replica_set: self.run.replica_set.clone(),
+                // A read has no place in the oplog: the time it was read stands in.
+                cluster_time: ((read_at_ms / 1000) as u32, 0),
+                wall_time_ms: Some(read_at_ms),
+                txn_number: None,
+                lsid: None,
+                resume_token: None,
+                snapshot: SnapshotMarker::True,
+            },
+        })
     }
 
     /// Chunk `chunk` is read to its end: done once its last document is handed on.
@@ -512,21 +526,48 @@ impl<'a> Publishing<'a> {
         }
     }
 
-    /// Every chunk is done: the held document goes out as the last one, then the stream's starting point.
+    /// Every chunk is done: the held document goes out as the last one, then the finished snapshot's
+    /// position (the reader moves on to the stream's starting point once it has checked it).
     async fn complete(&mut self) -> Result<SnapshotEnd, DriverError> {
-        let position = self.run.start.clone();
-        let handed_on = self.send_held(SnapshotMarker::Last).await
-            && self
-                .send(SourceEvent::Commit {
-                    position,
-                    commit_time_us: None,
-                })
-                .await;
+        if self.held.is_none() {
+            self.hold_a_read_document().await?;
+        }
+        let handed_on = self.send_held(SnapshotMarker::Last).await && self.commit_progress().await;
         Ok(if handed_on {
             SnapshotEnd::Complete
         } else {
             SnapshotEnd::Stopped
         })
+    }
+
+    /// A run that carries on may find nothing left to read: the document the stopped run held back was
+    /// not handed on, and has been deleted since. One document already read is read again, so that the
+    /// snapshot still ends with a `last` record (a repeated read, which the snapshot's promise allows).
+    async fn hold_a_read_document(&mut self) -> Result<(), DriverError> {
+        for (index, chunk) in self.chunks.iter().enumerate().rev() {
+            let (Some(last), Some((database, collection))) =
+                (&chunk.last, chunk.namespace.split_once('.'))
+            else {
+                continue;
+            };
+            let found = self
+                .run
+                .client
+                .database(database)
+                .collection::<Document>(collection)
+                .find_one(doc! { "_id": bound(last)? })
+                .await?;
+            if let Some(document) = found {
+                let change = self.read_event(database, collection, document, now_ms());
+                self.held = change.map(|change| Held {
+                    change,
+                    chunk: index,
+                    finishes_chunk: false,
+                });
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     /// Hands on the held document, marked `marker`, and moves its chunk's progress past it.
