@@ -633,17 +633,32 @@ async fn a_snapshot_reads_in_ranges_carries_on_after_a_stop_and_hands_over_to_th
     daemon.stop_cleanly();
 }
 
-/// An oplog entry of `op` on `shop.<coll>` with `o` (MongoDB's oplog format; the double adds `ts`).
+/// 2,000 orders in two ranges of 1,000; the snapshot stopped once both readers' first batches of 500
+/// (0..499 and 1000..1499) are handed on, its reads still held. Returns the config.
+async fn snapshot_stopped_after_first_batches(setup: &Setup) -> PathBuf {
+    setup
+        .double
+        .store("shop", "orders", (0..2000).map(|id| doc! { "_id": id }));
+    let config = setup.config_with("snapshot_chunk_documents = 1000");
+    setup.double.hold_reads(true);
+    let mut daemon = Daemon::start(&config);
+    wait_until("both first batches stored", &daemon, || {
+        setup.position_file().is_some_and(|f| {
+            f["position"]["chunks"]
+                .as_array()
+                .is_some_and(|chunks| chunks.iter().all(|c| !c["last"].is_null()))
+        })
+    })
+    .await;
+    daemon.stop_cleanly();
+    config
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_whose_starting_point_left_the_oplog_is_not_carried_on_or_repeated_for_ever() {
     let setup = Setup::start().await;
     let double = &setup.double;
-    double.store("shop", "orders", (0..2000).map(|id| doc! { "_id": id }));
-    let config = setup.config_with("snapshot_chunk_documents = 1000");
-    double.hold_reads(true);
-    let mut daemon = Daemon::start(&config);
-    setup.wait_for_position("mongodb_snapshot", &daemon).await;
-    daemon.stop_cleanly();
+    let config = snapshot_stopped_after_first_batches(&setup).await;
     let interrupted = setup.position_file().unwrap();
 
     // The point streaming would start from is gone: carrying on would read for nothing.
@@ -691,20 +706,7 @@ async fn a_snapshot_whose_starting_point_left_the_oplog_is_not_carried_on_or_rep
 async fn a_carried_on_snapshot_with_nothing_left_to_read_still_ends_with_last() {
     let setup = Setup::start().await;
     let double = &setup.double;
-    double.store("shop", "orders", (0..2000).map(|id| doc! { "_id": id }));
-    let config = setup.config_with("snapshot_chunk_documents = 1000");
-    double.hold_reads(true);
-    let mut daemon = Daemon::start(&config);
-    // Both readers get a first batch of 500 (0..499 and 1000..1499), then wait.
-    wait_until("both first batches stored", &daemon, || {
-        setup.position_file().is_some_and(|f| {
-            f["position"]["chunks"]
-                .as_array()
-                .is_some_and(|chunks| chunks.iter().all(|c| !c["last"].is_null()))
-        })
-    })
-    .await;
-    daemon.stop_cleanly();
+    let config = snapshot_stopped_after_first_batches(&setup).await;
     // Everything not handed on is deleted, the document held back for `last` included.
     for id in (499..1000).chain(1499..2000) {
         double.append(change_event("delete", "shop", "orders", id));
@@ -801,6 +803,7 @@ async fn a_carried_on_snapshot_follows_the_selection_the_config_makes_now() {
     );
 }
 
+/// An oplog entry of `op` on `shop.<coll>` with `o` (MongoDB's oplog format; the double adds `ts`).
 fn entry(op: &str, coll: &str, o: Document) -> Document {
     doc! { "op": op, "ns": format!("shop.{coll}"), "o": o, "v": 2_i64, "wall": sluice_testkit::bson::DateTime::now() }
 }
