@@ -692,7 +692,8 @@ pub(super) fn report_ddl(
         Some(to) => {
             tracing::warn!(%operation, from = %namespace, %to, "a collection was renamed into the selection: the documents it brought are not published until a new snapshot (move the position file away to take one)")
         }
-        None if selection.includes_namespace(namespace) => {
+        // A database-level change (dropDatabase) names no collection.
+        None if !namespace.contains('.') || selection.includes_namespace(namespace) => {
             tracing::info!(%operation, %namespace, to = to.unwrap_or(""), "collection-level change: no document events to publish")
         }
         None => {}
