@@ -8,6 +8,7 @@ use mongodb::bson::{
 };
 
 use super::*;
+use crate::connectors::mongodb::malformed_fixtures::{assert_errors, set, Damage};
 
 fn token(n: u8) -> Document {
     doc! { "_data": format!("8264F0A1B2000000{n:02X}2B022C0100296E5A1004") }
@@ -257,141 +258,72 @@ fn an_invalidate_keeps_its_token_for_start_after() {
 }
 
 /// A change made to a well-formed event.
-type Damage = Box<dyn Fn(&mut Document)>;
-
 #[test]
 fn malformed_events_name_the_field_and_what_was_there() {
     let cases: Vec<(Damage, &str, &str)> = vec![
+        (Damage::Remove("_id"), "_id", "missing (the resume token)"),
         (
-            Box::new(|e| {
-                e.remove("_id");
-            }),
-            "_id",
-            "missing (the resume token)",
-        ),
-        (
-            Box::new(|e| {
-                e.insert("_id", "x");
-            }),
+            set("_id", "x"),
             "_id",
             "expected a resume token document, found String",
         ),
+        (Damage::Remove("operationType"), "operationType", "missing"),
         (
-            Box::new(|e| {
-                e.remove("operationType");
-            }),
-            "operationType",
-            "missing",
-        ),
-        (
-            Box::new(|e| {
-                e.insert("operationType", 1_i32);
-            }),
+            set("operationType", 1_i32),
             "operationType",
             "expected a string, found Int32",
         ),
+        (Damage::Remove("ns"), "ns", "missing"),
+        (set("ns", doc! { "db": "shop" }), "ns.coll", "missing"),
         (
-            Box::new(|e| {
-                e.remove("ns");
-            }),
-            "ns",
-            "missing",
-        ),
-        (
-            Box::new(|e| {
-                e.insert("ns", doc! { "db": "shop" });
-            }),
-            "ns.coll",
-            "missing",
-        ),
-        (
-            Box::new(|e| {
-                e.insert("ns", doc! { "db": 1_i32, "coll": "c" });
-            }),
+            set("ns", doc! { "db": 1_i32, "coll": "c" }),
             "ns.db",
             "expected a string, found Int32",
         ),
+        (Damage::Remove("documentKey"), "documentKey", "missing"),
         (
-            Box::new(|e| {
-                e.remove("documentKey");
-            }),
-            "documentKey",
-            "missing",
-        ),
-        (
-            Box::new(|e| {
-                e.insert("documentKey", doc! { "region": "eu" });
-            }),
+            set("documentKey", doc! { "region": "eu" }),
             "documentKey._id",
             "missing",
         ),
         (
-            Box::new(|e| {
-                e.remove("fullDocument");
-            }),
+            Damage::Remove("fullDocument"),
             "fullDocument",
             "missing from a `insert` event",
         ),
         (
-            Box::new(|e| {
-                e.insert("fullDocument", "text");
-            }),
+            set("fullDocument", "text"),
             "fullDocument",
             "expected a document, found String",
         ),
         (
-            Box::new(|e| {
-                e.insert("fullDocumentBeforeChange", 5_i32);
-            }),
+            set("fullDocumentBeforeChange", 5_i32),
             "fullDocumentBeforeChange",
             "expected a document, found Int32",
         ),
+        (Damage::Remove("clusterTime"), "clusterTime", "missing"),
         (
-            Box::new(|e| {
-                e.remove("clusterTime");
-            }),
-            "clusterTime",
-            "missing",
-        ),
-        (
-            Box::new(|e| {
-                e.insert("clusterTime", 5_i64);
-            }),
+            set("clusterTime", 5_i64),
             "clusterTime",
             "expected a timestamp, found Int64",
         ),
         (
-            Box::new(|e| {
-                e.insert("wallTime", "yesterday");
-            }),
+            set("wallTime", "yesterday"),
             "wallTime",
             "expected a date, found String",
         ),
         (
-            Box::new(|e| {
-                e.insert("txnNumber", 1.5);
-            }),
+            set("txnNumber", 1.5),
             "txnNumber",
             "expected an integer, found Double",
         ),
         (
-            Box::new(|e| {
-                e.insert("lsid", 1_i32);
-            }),
+            set("lsid", 1_i32),
             "lsid",
             "expected a session document, found Int32",
         ),
     ];
-    for (damage, field, problem) in cases {
-        let mut event = insert();
-        damage(&mut event);
-        let err = error(&event);
-        assert_eq!(
-            (err.field.as_str(), err.problem.as_str()),
-            (field, problem),
-            "{event}"
-        );
-    }
+    assert_errors(insert, error, cases);
 }
 
 #[test]

@@ -4,6 +4,8 @@
 //! oplog is tailed instead (`oplog_tail`), its entries converted by `oplog`.
 
 pub mod change;
+#[cfg(test)]
+mod malformed_fixtures;
 pub mod oplog;
 pub mod oplog_tail;
 pub mod preflight;

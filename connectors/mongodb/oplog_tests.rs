@@ -10,6 +10,7 @@ use mongodb::bson::{
 };
 
 use super::*;
+use crate::connectors::mongodb::malformed_fixtures::{assert_errors, set, Damage};
 
 const OID: &str = r#"{"$oid":"64f0a1b2c3d4e5f601020304"}"#;
 const SESSION: &str = "00010203-0405-0607-0809-0a0b0c0d0e0f";
@@ -620,157 +621,65 @@ fn a_retryable_write_carries_its_session_and_number() {
     assert_eq!(source.lsid.as_deref(), Some(SESSION));
 }
 
-/// A change made to a well-formed entry.
-type Damage = Box<dyn Fn(&mut Document)>;
-
-fn assert_errors(base: fn() -> Document, cases: Vec<(Damage, &str, &str)>) {
-    for (damage, field, problem) in cases {
-        let mut entry = base();
-        damage(&mut entry);
-        let err = error(&entry);
-        assert_eq!(
-            (err.field.as_str(), err.problem.as_str()),
-            (field, problem),
-            "{entry}"
-        );
-    }
-}
-
 #[test]
 fn malformed_entries_name_the_field_and_what_was_there() {
     let cases: Vec<(Damage, &str, &str)> = vec![
+        (Damage::Remove("ts"), "ts", "missing (the entry's position)"),
+        (set("ts", 5_i64), "ts", "expected a timestamp, found Int64"),
+        (Damage::Remove("op"), "op", "missing"),
+        (set("op", 1_i32), "op", "expected a string, found Int32"),
         (
-            Box::new(|e| {
-                e.remove("ts");
-            }),
-            "ts",
-            "missing (the entry's position)",
-        ),
-        (
-            Box::new(|e| {
-                e.insert("ts", 5_i64);
-            }),
-            "ts",
-            "expected a timestamp, found Int64",
-        ),
-        (
-            Box::new(|e| {
-                e.remove("op");
-            }),
-            "op",
-            "missing",
-        ),
-        (
-            Box::new(|e| {
-                e.insert("op", 1_i32);
-            }),
-            "op",
-            "expected a string, found Int32",
-        ),
-        (
-            Box::new(|e| {
-                e.insert("op", "x");
-            }),
+            set("op", "x"),
             "op",
             "unknown operation `x` (expected i, u, d, c or n)",
         ),
+        (Damage::Remove("ns"), "ns", "missing"),
         (
-            Box::new(|e| {
-                e.remove("ns");
-            }),
-            "ns",
-            "missing",
-        ),
-        (
-            Box::new(|e| {
-                e.insert("ns", "orders");
-            }),
+            set("ns", "orders"),
             "ns",
             "`orders` is not a `database.collection` namespace",
         ),
         (
-            Box::new(|e| {
-                e.insert("ns", "shop.");
-            }),
+            set("ns", "shop."),
             "ns",
             "`shop.` is not a `database.collection` namespace",
         ),
+        (Damage::Remove("o"), "o", "missing"),
+        (set("o", "text"), "o", "expected a document, found String"),
+        (set("o", doc! { "qty": 1_i32 }), "o._id", "missing"),
         (
-            Box::new(|e| {
-                e.remove("o");
-            }),
-            "o",
-            "missing",
-        ),
-        (
-            Box::new(|e| {
-                e.insert("o", "text");
-            }),
-            "o",
-            "expected a document, found String",
-        ),
-        (
-            Box::new(|e| {
-                e.insert("o", doc! { "qty": 1_i32 });
-            }),
-            "o._id",
-            "missing",
-        ),
-        (
-            Box::new(|e| {
-                e.insert("wall", "yesterday");
-            }),
+            set("wall", "yesterday"),
             "wall",
             "expected a date, found String",
         ),
         (
-            Box::new(|e| {
-                e.insert("txnNumber", 1.5);
-            }),
+            set("txnNumber", 1.5),
             "txnNumber",
             "expected an integer, found Double",
         ),
         (
-            Box::new(|e| {
-                e.insert("lsid", 1_i32);
-            }),
+            set("lsid", 1_i32),
             "lsid",
             "expected a session document, found Int32",
         ),
         (
-            Box::new(|e| {
-                e.insert("fromMigrate", "yes");
-            }),
+            set("fromMigrate", "yes"),
             "fromMigrate",
             "expected a boolean, found String",
         ),
     ];
-    assert_errors(insert, cases);
+    assert_errors(insert, error, cases);
 
     let update_cases: Vec<(Damage, &str, &str)> = vec![
-        (
-            Box::new(|e| {
-                e.remove("o2");
-            }),
-            "o2",
-            "missing",
-        ),
-        (
-            Box::new(|e| {
-                e.insert("o2", doc! { "region": "eu" });
-            }),
-            "o2._id",
-            "missing",
-        ),
-        (
-            Box::new(|e| {
-                e.insert("o2", 7_i32);
-            }),
-            "o2",
-            "expected a document, found Int32",
-        ),
+        (Damage::Remove("o2"), "o2", "missing"),
+        (set("o2", doc! { "region": "eu" }), "o2._id", "missing"),
+        (set("o2", 7_i32), "o2", "expected a document, found Int32"),
     ];
-    assert_errors(|| update(doc! { "$set": { "a": 1_i32 } }), update_cases);
+    assert_errors(
+        || update(doc! { "$set": { "a": 1_i32 } }),
+        error,
+        update_cases,
+    );
 }
 
 #[test]
