@@ -17,7 +17,7 @@ use mongodb::options::CursorType;
 
 use super::change::bson_from_canonical;
 use super::oplog::{self, OplogKind};
-use super::reader::{send, DocumentStreamControl, Ended, MongodbSource};
+use super::reader::{send, unless_stopped, DocumentStreamControl, Ended, MongodbSource};
 use crate::config::FullDocument;
 use crate::event::{DocumentChange, Op, Position, SourceEvent};
 
@@ -73,14 +73,10 @@ impl MongodbSource {
         let mut last_idle = tokio::time::Instant::now();
         let mut stop = control.stop.clone();
         loop {
-            if *stop.borrow() {
+            let Some(next) = unless_stopped(&mut stop, cursor.try_next()).await else {
                 return Ok(Ended::Stopped);
-            }
-            let next = tokio::select! {
-                next = cursor.try_next() => next?,
-                _ = stop.changed() => return Ok(Ended::Stopped),
             };
-            let Some(entry) = next else {
+            let Some(entry) = next? else {
                 return Err(DriverError::custom(
                     "the server closed the tailable oplog cursor",
                 ));

@@ -401,14 +401,13 @@ impl MongodbSource {
     {
         let mut failures = 0usize;
         loop {
-            if *control.stop.borrow() {
-                return Ok(None);
-            }
             let mut stop = control.stop.clone();
             let outcome = tokio::select! {
-                outcome = attempt() => outcome,
-                _ = stop.changed() => return Ok(None),
-                _ = control.events.closed() => return Ok(None),
+                outcome = unless_stopped(&mut stop, attempt()) => outcome,
+                _ = control.events.closed() => None,
+            };
+            let Some(outcome) = outcome else {
+                return Ok(None);
             };
             match outcome {
                 Ok(value) => return Ok(Some(value)),
@@ -500,15 +499,11 @@ impl MongodbSource {
         let mut pass_idle = token.is_none();
         let mut stop = control.stop.clone();
         loop {
-            if *stop.borrow() {
-                return Ok(Ended::Stopped);
-            }
             // A stop must not wait for a getMore or server selection during an outage.
-            let next = tokio::select! {
-                next = stream.next_if_any() => next?,
-                _ = stop.changed() => return Ok(Ended::Stopped),
+            let Some(next) = unless_stopped(&mut stop, stream.next_if_any()).await else {
+                return Ok(Ended::Stopped);
             };
-            let Some(event) = next else {
+            let Some(event) = next? else {
                 if !stream.is_alive() {
                     return Err(DriverError::custom(
                         "the server closed the change stream's cursor without an invalidate",
@@ -643,6 +638,21 @@ pub(super) async fn send(control: &DocumentStreamControl, event: SourceEvent) ->
 }
 
 /// Waits out the backoff after the `failures`-th transient failure in a row (or a stop request).
+/// `work`'s outcome, or None when a stop is requested before it ends. A stop requested earlier counts
+/// too, even one another receiver has seen (during a back-off): the value is checked first.
+pub(super) async fn unless_stopped<T>(
+    stop: &mut watch::Receiver<bool>,
+    work: impl std::future::IntoFuture<Output = T>,
+) -> Option<T> {
+    if *stop.borrow() {
+        return None;
+    }
+    tokio::select! {
+        outcome = work.into_future() => Some(outcome),
+        _ = stop.changed() => None,
+    }
+}
+
 pub(super) async fn back_off(
     failures: &mut usize,
     err: &DriverError,

@@ -24,6 +24,7 @@ use mongodb::Client;
 use tokio::sync::{mpsc, watch};
 
 use super::change::{bson_from_canonical, canonical_json};
+use super::reader::unless_stopped;
 use crate::config::CollectionSelection;
 use crate::event::{
     DocumentChange, DocumentSource, Op, Position, SnapshotChunk, SnapshotMarker, SourceEvent,
@@ -326,25 +327,17 @@ async fn read_chunk(
     if let Some(upper) = &chunk.to {
         find = find.max(doc! { "_id": bound(upper)? });
     }
-    // A stop seen by another receiver (during a back-off) shows only in the value.
-    if *stop.borrow() {
+    let Some(cursor) = unless_stopped(&mut stop, find).await else {
         return Ok(false);
-    }
-    let mut cursor = tokio::select! {
-        cursor = find => cursor?,
-        _ = stop.changed() => return Ok(false),
     };
+    let mut cursor = cursor?;
     let mut skip = chunk.last.clone();
     let mut documents = Vec::with_capacity(BATCH_DOCUMENTS);
     loop {
-        if *stop.borrow() {
+        let Some(next) = unless_stopped(&mut stop, cursor.try_next()).await else {
             return Ok(false);
-        }
-        let next = tokio::select! {
-            next = cursor.try_next() => next?,
-            _ = stop.changed() => return Ok(false),
         };
-        let Some(document) = next else { break };
+        let Some(document) = next? else { break };
         if let Some(last) = skip.take() {
             if document.get("_id").map(canonical_json).as_deref() == Some(last.as_str()) {
                 continue;
