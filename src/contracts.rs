@@ -248,13 +248,7 @@ impl Contract {
                     if path == "after" && unchanged.contains(&field.name) {
                         continue;
                     }
-                    let written = object.get(&field.name).or_else(|| {
-                        field
-                            .aliases
-                            .iter()
-                            .flatten()
-                            .find_map(|alias| object.get(alias))
-                    });
+                    let written = field_value(object, field);
                     match written {
                         Some(value) => {
                             self.check_value(value, &field.schema, &field_path, unchanged)?
@@ -359,6 +353,21 @@ impl BoundContract {
 }
 
 /// Digits and scale of a decimal's text against a declared precision and scale.
+/// The value `object` holds for a record field: under the field's name, or else under one of its aliases
+/// (as Avro schema resolution matches fields).
+pub(crate) fn field_value<'a>(
+    object: &'a serde_json::Map<String, Json>,
+    field: &apache_avro::schema::RecordField,
+) -> Option<&'a Json> {
+    object.get(&field.name).or_else(|| {
+        field
+            .aliases
+            .iter()
+            .flatten()
+            .find_map(|alias| object.get(alias))
+    })
+}
+
 fn check_decimal(text: &str, precision: usize, scale: usize) -> Result<(), String> {
     let digits = text.trim_start_matches('-');
     let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));

@@ -20,7 +20,7 @@ use super::binary::{
 };
 use super::decimal::{write_fixed_scale, DecimalError};
 use super::encode::is_hyphenated_uuid;
-use crate::contracts::Mismatch;
+use crate::contracts::{field_value, Mismatch};
 
 const MS_PER_DAY: i64 = 86_400_000;
 
@@ -330,13 +330,7 @@ impl TypedDocument {
             (Schema::Record(record), Kind::Document(document)) => {
                 for field in &record.fields {
                     let field_path = join(path, &field.name);
-                    let given = document.get(&field.name).or_else(|| {
-                        field
-                            .aliases
-                            .iter()
-                            .flatten()
-                            .find_map(|alias| document.get(alias))
-                    });
+                    let given = field_value(document, field);
                     match (given, &field.default) {
                         (Some(given), _) => {
                             self.value(given, &field.schema, &field_path, origin, out)?
