@@ -105,14 +105,15 @@ impl Setup {
     }
 
     async fn read(&self, topic: &str, min: usize) -> Vec<Record> {
-        read_topic(
-            &self.broker.bootstrap(),
-            topic,
-            min,
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("read topic")
+        self.read_within(topic, min, Duration::from_secs(60)).await
+    }
+
+    /// The records of `topic` once it has `min`, or whatever it has after `within` (to show that
+    /// nothing more arrives).
+    async fn read_within(&self, topic: &str, min: usize, within: Duration) -> Vec<Record> {
+        read_topic(&self.broker.bootstrap(), topic, min, within)
+            .await
+            .expect("read topic")
     }
 
     fn decode(&self, body: &[u8]) -> Json {
@@ -291,14 +292,9 @@ async fn change_streams_publish_resume_and_dead_letter_through_the_driver() {
     assert_eq!(customers.len(), 1);
     assert_eq!(customers[0].1["source"]["txnNumber"], 3);
     // Every later event is on the broker, so a topic for the audit collection would be there by now.
-    let audit = read_topic(
-        &setup.broker.bootstrap(),
-        &format!("{PREFIX}.shop.audit"),
-        0,
-        Duration::from_secs(3),
-    )
-    .await
-    .expect("read topic");
+    let audit = setup
+        .read_within(&format!("{PREFIX}.shop.audit"), 0, Duration::from_secs(3))
+        .await;
     assert!(audit.is_empty(), "an excluded collection publishes nothing");
 
     let letters = setup.read(&format!("{PREFIX}.dlq"), 1).await;
@@ -587,14 +583,9 @@ async fn a_snapshot_reads_in_ranges_carries_on_after_a_stop_and_hands_over_to_th
     );
     assert!(markers.iter().all(|m| *m == "true" || *m == "last"));
     for topic in ["shop.audit", "other.things"] {
-        let records = read_topic(
-            &setup.broker.bootstrap(),
-            &format!("{PREFIX}.{topic}"),
-            0,
-            Duration::from_secs(2),
-        )
-        .await
-        .expect("read topic");
+        let records = setup
+            .read_within(&format!("{PREFIX}.{topic}"), 0, Duration::from_secs(2))
+            .await;
         assert!(records.is_empty(), "{topic} is not selected");
     }
     daemon.stop_cleanly();
@@ -788,15 +779,14 @@ async fn a_carried_on_snapshot_follows_the_selection_the_config_makes_now() {
         let times = orders.iter().filter(|(id, _, _)| *id == int_id(n)).count();
         assert_eq!(times, 1, "order {n} read {times} times");
     }
-    let customers_after = read_topic(
-        &setup.broker.bootstrap(),
-        &format!("{PREFIX}.shop.customers"),
-        customers_before + 1,
-        Duration::from_secs(3),
-    )
-    .await
-    .expect("read topic")
-    .len();
+    let customers_after = setup
+        .read_within(
+            &format!("{PREFIX}.shop.customers"),
+            customers_before + 1,
+            Duration::from_secs(3),
+        )
+        .await
+        .len();
     assert_eq!(
         customers_after, customers_before,
         "no customer read after the selection left them out"
