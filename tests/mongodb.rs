@@ -1167,6 +1167,14 @@ async fn sluice_check_reports_the_double_as_a_replica_set_and_what_it_cannot_rea
         "shop.audit is excluded: {stdout}"
     );
     assert!(status.success(), "{stdout}\n{stderr}");
+
+    // Pre-images asked for: the selected collection that does not record them is named, alone.
+    let config = setup.config_with("before = \"when_available\"");
+    let (_, stdout, stderr) = common::sluice(&["check", "-c", config.to_str().unwrap()]);
+    assert!(
+        stdout.contains("[warn] pre- and post-images are not recorded by shop.orders\n"),
+        "{stdout}\n{stderr}"
+    );
 }
 
 #[test]

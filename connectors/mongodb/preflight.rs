@@ -9,7 +9,7 @@ use mongodb::options::Hint;
 
 use super::oplog_tail::oplog_edge_ts;
 use super::reader::{client, selection_filter, topology};
-use super::snapshot::selected_collections;
+use super::snapshot::{selected_collections, selected_databases};
 use crate::config::{
     redact_secrets, BeforeImage, Capture, FullDocument, MongodbSourceConfig, SnapshotMode,
 };
@@ -188,7 +188,8 @@ async fn oplog_window_hours(client: &Client) -> Result<f64, String> {
 /// Each selected collection records pre- and post-images when the config asks for them.
 async fn check_images(client: &Client, source: &MongodbSourceConfig, report: &mut Report) {
     let selection = source.selection();
-    let databases = match client.list_database_names().await {
+    // The databases the snapshot and the stream would read, found the same way.
+    let databases = match selected_databases(client, &selection).await {
         Ok(names) => names,
         Err(err) => {
             return report.warn(
@@ -203,11 +204,22 @@ async fn check_images(client: &Client, source: &MongodbSourceConfig, report: &mu
     let mut without = Vec::new();
     let mut with = 0;
     for database in databases {
-        let Ok(specs) = client.database(&database).list_collections().await else {
-            continue;
-        };
         use futures::TryStreamExt;
-        let specs: Vec<_> = specs.try_collect().await.unwrap_or_default();
+        let listed = async {
+            let specs = client.database(&database).list_collections().await?;
+            specs.try_collect::<Vec<_>>().await
+        };
+        // A database that cannot be read is said, not counted as a pass.
+        let specs = match listed.await {
+            Ok(specs) => specs,
+            Err(err) => return report.warn(
+                format!(
+                    "cannot list the collections of `{database}` to check pre- and post-images: {}",
+                    redact_secrets(&err.to_string())
+                ),
+                "grant the user `read` on the selected databases",
+            ),
+        };
         for spec in specs {
             if !selection.includes(&database, &spec.name) {
                 continue;

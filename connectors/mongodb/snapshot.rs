@@ -149,12 +149,35 @@ async fn plan_collections(
     Ok(chunks)
 }
 
-/// The selected collections: databases are listed only when a pattern's database part is a wildcard,
-/// so a user limited to the named databases can take a snapshot. Views and `system.*` are left out.
+/// The selected collections, in the databases [`selected_databases`] names. Views and `system.*` are
+/// left out.
 pub async fn selected_collections(
     client: &Client,
     selection: &CollectionSelection,
 ) -> Result<Vec<(String, String)>, DriverError> {
+    let mut collections = Vec::new();
+    for database in selected_databases(client, selection).await? {
+        let mut names = client
+            .database(&database)
+            .list_collection_names()
+            .filter(doc! { "type": "collection" })
+            .await?;
+        names.sort();
+        for name in names {
+            if !name.starts_with("system.") && selection.includes(&database, &name) {
+                collections.push((database.clone(), name));
+            }
+        }
+    }
+    Ok(collections)
+}
+
+/// The databases the selection can take collections from, sorted. They are listed only when a pattern's
+/// database part is a wildcard, so that a user limited to the named databases needs no listDatabases.
+pub async fn selected_databases(
+    client: &Client,
+    selection: &CollectionSelection,
+) -> Result<Vec<String>, DriverError> {
     let mut databases: Vec<String> = Vec::new();
     if selection.include.iter().any(|p| p.database.contains('*')) {
         for name in client.list_database_names().await? {
@@ -169,21 +192,7 @@ pub async fn selected_collections(
         }
     }
     databases.sort();
-    let mut collections = Vec::new();
-    for database in databases {
-        let mut names = client
-            .database(&database)
-            .list_collection_names()
-            .filter(doc! { "type": "collection" })
-            .await?;
-        names.sort();
-        for name in names {
-            if !name.starts_with("system.") && selection.includes(&database, &name) {
-                collections.push((database.clone(), name));
-            }
-        }
-    }
-    Ok(collections)
+    Ok(databases)
 }
 
 /// What a snapshot run needs besides its chunks.

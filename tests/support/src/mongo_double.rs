@@ -423,7 +423,13 @@ impl Connection {
                     .collections
                     .keys()
                     .filter_map(|ns| ns.strip_prefix(db)?.strip_prefix('.'))
-                    .map(|name| Bson::Document(doc! { "name": name, "type": "collection" }))
+                    // The documented shape; `options` is where a real server says whether the
+                    // collection records pre- and post-images (never, here).
+                    .map(|name| {
+                        Bson::Document(doc! {
+                            "name": name, "type": "collection", "options": {}, "info": { "readOnly": false },
+                        })
+                    })
                     .collect();
                 doc! { "cursor": { "firstBatch": collections, "id": 0_i64, "ns": format!("{db}.$cmd.listCollections") }, "ok": 1.0 }
             }
