@@ -124,8 +124,9 @@ pub struct SourceConfig {
     /// Connections a snapshot reads tables over at the same time, all in the same snapshot.
     #[serde(default = "default_snapshot_connections")]
     pub snapshot_connections: Spanned<u8>,
-    /// With several snapshot connections, a table estimated larger than this with a one-column integer
-    /// primary key is read in key ranges of about this many rows, so that the connections share it.
+    /// A table estimated larger than this with a one-column integer primary key is read in key ranges of
+    /// about this many rows: the connections share them, and each finished one is recorded for carrying
+    /// an interrupted snapshot on.
     #[serde(default = "default_snapshot_chunk_rows")]
     pub snapshot_chunk_rows: Spanned<u64>,
     /// Publish logical decoding messages (`pg_logical_emit_message`, the outbox pattern) to

@@ -55,6 +55,9 @@ impl std::str::FromStr for Lsn {
 pub enum Position {
     /// PostgreSQL: the end LSN of the last delivered transaction (or of an idle point after it).
     Postgres { lsn: Lsn },
+    /// PostgreSQL while a snapshot is read, and afterwards while the stream passes changes that a
+    /// later snapshot (one a run took to carry an interrupted snapshot on) already holds.
+    PostgresSnapshot(PgSnapshotPosition),
     /// MongoDB change streams: the resume token of the last delivered event (or a post-batch token
     /// after it), as canonical Extended JSON, which is how the server hands it back on resume.
     Mongodb { resume_token: String },
@@ -84,10 +87,101 @@ pub struct SnapshotChunk {
     pub done: bool,
 }
 
+/// How far a PostgreSQL snapshot got, and what the stream must skip because of it.
+///
+/// Rows are read in the slot's exported snapshot (as of `lsn`, the consistent point) or, when a run
+/// carries an interrupted snapshot on, in a later snapshot. A row read in a later snapshot already holds
+/// the changes of the transactions that snapshot saw; the stream, which starts at `lsn`, skips those
+/// changes for that row, so that nothing reaches the topic twice or out of order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgSnapshotPosition {
+    /// Where the stream goes on from: the consistent point while the rows are read, then the end of the
+    /// last delivered transaction.
+    pub lsn: Lsn,
+    /// Every row is on the broker.
+    #[serde(default)]
+    pub complete: bool,
+    /// The tables whose rows are (in part) on the broker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<PgTableRead>,
+    /// The later snapshots rows were read in, referred to by index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub later: Vec<LaterSnapshot>,
+}
+
+/// What of one table is on the broker.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgTableRead {
+    pub schema: String,
+    pub name: String,
+    /// Every row of the table is on the broker.
+    #[serde(default)]
+    pub done: bool,
+    /// A table read whole: the later snapshot it was read in (None: the exported one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_in: Option<usize>,
+    /// A table read in ranges of its integer primary key: the key column, and the ranges on the broker.
+    /// Keys outside every range had no row in the snapshot that planned them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranges: Vec<PgRangeRead>,
+}
+
+/// Rows whose key lies in `low..=high`, on the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgRangeRead {
+    pub low: i64,
+    pub high: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_in: Option<usize>,
+}
+
+/// A snapshot taken after the consistent point: which transactions it saw (`pg_current_snapshot()`:
+/// full transaction ids, epoch included), and the WAL insert position just after it was taken, before
+/// which every transaction it saw committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaterSnapshot {
+    pub xmin: u64,
+    pub xmax: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xip: Vec<u64>,
+    pub until: Lsn,
+}
+
+impl Position {
+    /// A PostgreSQL snapshot not all of whose rows are on the broker yet.
+    pub fn snapshot_in_progress(&self) -> bool {
+        matches!(self, Position::PostgresSnapshot(snapshot) if !snapshot.complete)
+    }
+
+    /// The WAL position a PostgreSQL position stands for: where the slot may be confirmed.
+    pub fn postgres_lsn(&self) -> Option<Lsn> {
+        match self {
+            Position::Postgres { lsn } => Some(*lsn),
+            Position::PostgresSnapshot(snapshot) => Some(snapshot.lsn),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Position::Postgres { lsn } => write!(f, "{lsn}"),
+            Position::PostgresSnapshot(snapshot) if snapshot.complete => write!(
+                f,
+                "{} (skipping changes that {} later snapshot(s) hold)",
+                snapshot.lsn,
+                snapshot.later.len()
+            ),
+            Position::PostgresSnapshot(snapshot) => write!(
+                f,
+                "snapshot in progress at {} ({} tables done, {} begun)",
+                snapshot.lsn,
+                snapshot.tables.iter().filter(|t| t.done).count(),
+                snapshot.tables.iter().filter(|t| !t.done).count()
+            ),
             Position::Mongodb { resume_token } => write!(f, "resume token {resume_token}"),
             Position::MongodbOplog { seconds, increment } => {
                 write!(f, "oplog timestamp ({seconds}, {increment})")

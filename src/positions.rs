@@ -11,10 +11,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::event::Position;
+use crate::event::{PgSnapshotPosition, Position};
 use crate::metrics::Histogram;
 
 /// Groups messages by the source position that acknowledges them (a transaction, or an idle point).
@@ -181,6 +181,8 @@ pub enum PositionError {
     },
     #[error("the position file {path} is damaged ({reason}); move it away to resume from the slot's position")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("the journal {path} is damaged ({reason}); remove it: the snapshot is then carried on as if every part had begun, leaving no change out")]
+    JournalCorrupt { path: PathBuf, reason: String },
 }
 
 /// The server and database a position was read from. A position means nothing on another server (a
@@ -211,11 +213,30 @@ pub struct StoredPosition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<SourceIdentity>,
     pub position: Position,
-    /// A snapshot started at `position` and not all of its rows are on the broker yet: the next run takes
-    /// it again. Absent once the snapshot is complete.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub snapshot_pending: bool,
+    /// Written by earlier versions for a PostgreSQL snapshot under way; read as a
+    /// [`Position::PostgresSnapshot`] with nothing done.
+    #[serde(default, skip_serializing)]
+    snapshot_pending: bool,
     pub updated_at_ms: i64,
+}
+
+impl StoredPosition {
+    /// A snapshot was being read and not all of its rows are on the broker.
+    pub fn snapshot_pending(&self) -> bool {
+        self.position.snapshot_in_progress()
+    }
+
+    /// The one form of an interrupted snapshot, whichever version wrote the file.
+    fn upgraded(mut self) -> StoredPosition {
+        if let (true, Position::Postgres { lsn }) = (self.snapshot_pending, &self.position) {
+            self.position = Position::PostgresSnapshot(PgSnapshotPosition {
+                lsn: *lsn,
+                ..PgSnapshotPosition::default()
+            });
+        }
+        self.snapshot_pending = false;
+        self
+    }
 }
 
 /// One position file in `[positions].dir`, named after the source so that several instances can share a dir.
@@ -252,6 +273,11 @@ impl PositionStore {
         &self.path
     }
 
+    /// The source the file belongs to.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// The stored position, or None when sluice never delivered anything for this source.
     pub fn load(&self) -> Result<Option<StoredPosition>, PositionError> {
         PositionStore::peek(&self.path, &self.source)
@@ -281,7 +307,7 @@ impl PositionStore {
                 reason,
             });
         }
-        Ok(Some(stored))
+        Ok(Some(stored.upgraded()))
     }
 
     /// Deletes the position file at `path` (a missing one is fine).
@@ -298,20 +324,11 @@ impl PositionStore {
     /// Writes the position atomically: a temporary file, fsync, rename over the old one, fsync the directory.
     /// A crash leaves either the old or the new position, never a torn file.
     pub fn save(&self, position: Position) -> Result<(), PositionError> {
-        self.write(position, false)
-    }
-
-    /// Records that a snapshot starting at `position` is under way, before its first row is published.
-    pub fn save_snapshot_pending(&self, position: Position) -> Result<(), PositionError> {
-        self.write(position, true)
-    }
-
-    fn write(&self, position: Position, snapshot_pending: bool) -> Result<(), PositionError> {
         let stored = StoredPosition {
             source: self.source.clone(),
             identity: self.identity.clone(),
             position,
-            snapshot_pending,
+            snapshot_pending: false,
             updated_at_ms: now_ms(),
         };
         let mut text = serde_json::to_vec_pretty(&stored).expect("position serialises");
@@ -320,6 +337,110 @@ impl PositionStore {
             path: self.path.clone(),
             source,
         })
+    }
+}
+
+/// An append-only record beside a position file, of things that must be on disk before they happen (which
+/// parts of a snapshot may have rows on the broker). A header line says what the entries belong to.
+#[derive(Clone, Debug)]
+pub struct Journal {
+    path: PathBuf,
+}
+
+impl Journal {
+    /// `<name>.journal` in `dir`.
+    pub fn open(dir: &Path, name: &str) -> Journal {
+        Journal {
+            path: dir.join(format!("{name}.journal")),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Starts the journal afresh, holding only `header`.
+    pub fn start<H: Serialize>(&self, header: &H) -> Result<(), PositionError> {
+        self.rewrite::<H, ()>(header, &[])
+    }
+
+    /// Replaces the journal with `header` and `entries` at once (dropping a torn last line, so that the
+    /// next entry does not land behind it).
+    pub fn rewrite<H: Serialize, E: Serialize>(
+        &self,
+        header: &H,
+        entries: &[E],
+    ) -> Result<(), PositionError> {
+        let mut text = Vec::new();
+        let header = serde_json::to_vec(header).expect("journal header serialises");
+        for line in std::iter::once(header).chain(
+            entries
+                .iter()
+                .map(|entry| serde_json::to_vec(entry).expect("journal entry serialises")),
+        ) {
+            text.extend_from_slice(&line);
+            text.push(b'\n');
+        }
+        write_atomically(&self.path, &text).map_err(|source| self.write_error(source))
+    }
+
+    /// Appends `entry` and waits until it is on disk.
+    pub fn append(&self, entry: &impl Serialize) -> Result<(), PositionError> {
+        let mut line = serde_json::to_vec(entry).expect("journal entry serialises");
+        line.push(b'\n');
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(|source| self.write_error(source))?;
+        file.write_all(&line)
+            .and_then(|()| file.sync_data())
+            .map_err(|source| self.write_error(source))
+    }
+
+    /// The header and the entries; None when there is no journal. A last line cut short by a crash is
+    /// dropped: what it was to record had not happened yet.
+    pub fn load<H: DeserializeOwned, E: DeserializeOwned>(
+        &self,
+    ) -> Result<Option<(H, Vec<E>)>, PositionError> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(PositionError::Read {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        };
+        let corrupt = |reason: String| PositionError::JournalCorrupt {
+            path: self.path.clone(),
+            reason,
+        };
+        let mut lines = text.split_inclusive('\n');
+        let header = lines
+            .next()
+            .ok_or_else(|| corrupt("it is empty".into()))
+            .and_then(|line| serde_json::from_str(line).map_err(|e| corrupt(e.to_string())))?;
+        let mut entries = Vec::new();
+        for line in lines {
+            match serde_json::from_str(line) {
+                Ok(entry) => entries.push(entry),
+                Err(_) if !line.ends_with('\n') => break,
+                Err(err) => return Err(corrupt(err.to_string())),
+            }
+        }
+        Ok(Some((header, entries)))
+    }
+
+    pub fn remove(&self) -> Result<(), PositionError> {
+        PositionStore::remove(&self.path)
+    }
+
+    fn write_error(&self, source: std::io::Error) -> PositionError {
+        PositionError::Write {
+            path: self.path.clone(),
+            source,
+        }
     }
 }
 
@@ -423,6 +544,44 @@ mod tests {
     }
 
     #[test]
+    fn a_journal_keeps_what_was_appended_and_drops_a_torn_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), "slot.snapshot");
+        assert_eq!(journal.load::<u32, String>().unwrap(), None);
+        journal.start(&7u32).unwrap();
+        journal.append(&"a").unwrap();
+        journal.append(&"b").unwrap();
+        assert_eq!(
+            journal.load::<u32, String>().unwrap(),
+            Some((7, vec!["a".to_owned(), "b".to_owned()]))
+        );
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(journal.path())
+            .unwrap();
+        file.write_all(b"\"c").unwrap();
+        let (header, entries) = journal.load::<u32, String>().unwrap().unwrap();
+        assert_eq!(entries.len(), 2);
+        // Carried on: rewritten without the torn line before anything is appended behind it.
+        journal.rewrite(&header, &entries).unwrap();
+        journal.append(&"d").unwrap();
+        assert_eq!(
+            journal.load::<u32, String>().unwrap().unwrap().1,
+            ["a", "b", "d"]
+        );
+        journal.start(&8u32).unwrap();
+        assert_eq!(
+            journal.load::<u32, String>().unwrap(),
+            Some((8, Vec::new()))
+        );
+        fs::write(journal.path(), "7\nnot json\n\"c\"\n").unwrap();
+        let err = journal.load::<u32, String>().unwrap_err().to_string();
+        assert!(err.contains("damaged"), "{err}");
+        journal.remove().unwrap();
+        assert_eq!(journal.load::<u32, String>().unwrap(), None);
+    }
+
+    #[test]
     fn store_round_trips_and_rejects_damage() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = PositionStore::open(&dir.path().join("nested"), "sluice").unwrap();
@@ -438,11 +597,21 @@ mod tests {
         let loaded = store.load().unwrap().unwrap();
         assert_eq!(loaded.position, at(0x16_B374_D900));
         assert_eq!(loaded.identity, Some(identity));
-        assert!(!loaded.snapshot_pending);
-        store.save_snapshot_pending(at(0x17_0000_0000)).unwrap();
-        assert!(store.load().unwrap().unwrap().snapshot_pending);
+        assert!(!loaded.snapshot_pending());
+        let pending = Position::PostgresSnapshot(PgSnapshotPosition {
+            lsn: Lsn(0x17_0000_0000),
+            ..PgSnapshotPosition::default()
+        });
+        store.save(pending.clone()).unwrap();
+        assert!(store.load().unwrap().unwrap().snapshot_pending());
+        // Earlier versions marked an interrupted snapshot with a flag beside a plain position.
+        let legacy = r#"{"source": "sluice", "position": {"kind": "postgres", "lsn": "17/0"},
+                         "snapshot_pending": true, "updated_at_ms": 1}"#;
+        fs::write(store.path(), legacy).unwrap();
+        let upgraded = store.load().unwrap().unwrap();
+        assert_eq!(upgraded.position, pending);
         store.save(at(0x17_0000_0000)).unwrap();
-        assert!(!store.load().unwrap().unwrap().snapshot_pending);
+        assert!(!store.load().unwrap().unwrap().snapshot_pending());
 
         fs::write(store.path(), b"{ torn").unwrap();
         let err = store.load().unwrap_err().to_string();

@@ -380,12 +380,12 @@ async fn check_slot(config: &Config, client: &Client, report: &mut Report) {
             };
             let mode = source.snapshot;
             match stored {
-                Some(stored) if !stored.snapshot_pending && mode == SnapshotMode::InitialOnly => {
+                Some(stored) if !stored.snapshot_pending() && mode == SnapshotMode::InitialOnly => {
                     return report.pass(format!(
                         "slot `{slot}` does not exist: the initial_only snapshot is complete, nothing to stream"
                     ));
                 }
-                Some(stored) if !stored.snapshot_pending && mode != SnapshotMode::WhenNeeded => {
+                Some(stored) if !stored.snapshot_pending() && mode != SnapshotMode::WhenNeeded => {
                     return report.fail(
                         format!(
                             "slot `{slot}` does not exist, but {} says sluice read from it before: changes since then are lost to it",

@@ -1,6 +1,7 @@
 //! The initial snapshot against a real PostgreSQL and a real broker: rows already in the tables arrive as
 //! `op = "r"` events, the stream continues exactly where the snapshot's exported snapshot ends, an
-//! interrupted snapshot is taken again, and the `never` and `initial_only` modes do what they say.
+//! interrupted snapshot is carried on where it stopped, and the `never` and `initial_only` modes do what
+//! they say.
 
 mod common;
 
@@ -40,10 +41,12 @@ fn id_of(event: &Event) -> i64 {
     key["id"].as_i64().expect("the key has an id")
 }
 
+/// `source.snapshot`; empty for a tombstone.
 fn snapshot_marker(event: &Event) -> &str {
-    event.value.as_ref().unwrap()["source"]["snapshot"]
-        .as_str()
-        .unwrap()
+    event
+        .value
+        .as_ref()
+        .map_or("", |value| value["source"]["snapshot"].as_str().unwrap())
 }
 
 /// The items table as PostgreSQL has it now: id → (label, amount, note) the way events decode them.
@@ -82,6 +85,9 @@ async fn read_until_state(
         );
         let mut state = BTreeMap::new();
         for event in &events {
+            if event.op() == Some("d") {
+                state.remove(&id_of(event));
+            }
             if let Some(after) = event.after() {
                 let row = serde_json::json!({
                     "label": after["label"], "amount": after["amount"], "note": after["note"],
@@ -93,10 +99,11 @@ async fn read_until_state(
             return events;
         }
         let mismatch = expected.iter().find(|(k, v)| state.get(k) != Some(v));
+        let extra: Vec<&i64> = state.keys().filter(|k| !expected.contains_key(k)).collect();
         assert!(
             Instant::now() < deadline,
             "{topic}: {} of {} keys match the database after three minutes; first mismatch {mismatch:?}, \
-             on the topic {:?}\n{}",
+             on the topic {:?}; keys the database does not have: {extra:?}\n{}",
             expected.iter().filter(|(k, v)| state.get(k) == Some(v)).count(),
             expected.len(),
             mismatch.and_then(|(k, _)| state.get(k)),
@@ -245,7 +252,7 @@ async fn snapshot_then_stream_publishes_every_row_once() {
         }
     }
     let position = services.position_file().expect("a position is stored");
-    assert!(position.get("snapshot_pending").is_none(), "{position}");
+    assert_eq!(position["position"]["kind"], "postgres", "{position}");
     assert!(daemon.log().contains("connections=2"), "{}", daemon.log());
 
     // A restart resumes the stream: the snapshot is not taken again.
@@ -333,33 +340,63 @@ async fn a_large_snapshot_while_writes_continue() {
     daemon.stop_cleanly();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_cut_off_by_a_crash_is_taken_again() {
-    let services = Services::start().await;
-    services.sql(&schema(2_000)).await;
-    let config = services.write_config(&["public.items", "public.tags"]);
-    // With the registry down no snapshot row can be encoded: the rows wait, the snapshot stays
-    // unacknowledged, and the crash comes in the middle of it.
+/// The stored position's `kind`, once the stream is past every later snapshot (or panics after 30 s).
+async fn wait_for_plain_position(services: &Services, daemon: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let position = services.position_file().expect("a position is stored");
+        if position["position"]["kind"] == "postgres" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{position}\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Starts sluice with the registry down and returns once the first snapshot row waits for it: the
+/// snapshot has begun, and none of its rows can reach the broker until the registry is back.
+async fn start_with_the_registry_down(services: &Services, config: &std::path::Path) -> Daemon {
     services.registry.set_unavailable(true);
-    let mut daemon = Daemon::start(&config);
+    let daemon = Daemon::start(config);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !daemon.log().contains("schema registry unavailable") {
         assert!(Instant::now() < deadline, "{}", daemon.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    daemon
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_cut_off_before_any_row_reached_the_broker_is_carried_on() {
+    let services = Services::start().await;
+    services.sql(&schema(2_000)).await;
+    let config = services.write_config(&["public.items", "public.tags"]);
+    // With the registry down no snapshot row can be encoded: the rows wait, the snapshot stays
+    // unacknowledged, and the crash comes in the middle of it.
+    let mut daemon = start_with_the_registry_down(&services, &config).await;
     daemon.kill();
     services.registry.set_unavailable(false);
     let position = services.position_file().expect("a position is stored");
-    assert_eq!(position["snapshot_pending"], true, "{position}");
+    assert_eq!(
+        position["position"]["kind"], "postgres_snapshot",
+        "{position}"
+    );
+    assert_eq!(position["position"]["complete"], false, "{position}");
 
-    // Changes between the two runs are in the snapshot that is taken again.
+    // Changes between the two runs. The tables had begun (their rows were on their way to the broker),
+    // so their changes are all streamed after the rows the second run reads.
     services
-        .sql("INSERT INTO items VALUES (2000000, 'between runs', 1.00, NULL); DELETE FROM items WHERE id = 5")
+        .sql(
+            "INSERT INTO items VALUES (2000000, 'between runs', 1.00, NULL); DELETE FROM items WHERE id = 5;
+             UPDATE tags SET name = 'changed' WHERE id = 1",
+        )
         .await;
     let mut daemon = Daemon::start(&config);
     services.wait_streaming(&mut daemon).await;
     assert!(
-        daemon.log().contains("recreating the slot"),
+        daemon
+            .log()
+            .contains("carrying on the interrupted snapshot"),
         "{}",
         daemon.log()
     );
@@ -368,15 +405,15 @@ async fn a_snapshot_cut_off_by_a_crash_is_taken_again() {
         .await;
     let expected = items_in_database(&services).await;
     let items = read_until_state(&services, ITEMS, &expected, &daemon).await;
-    let streamed: Vec<i64> = items
+    // Tombstones have no op.
+    let streamed: Vec<(&str, i64)> = items
         .iter()
-        .filter(|e| e.op() != Some("r"))
-        .map(id_of)
+        .filter_map(|e| e.op().filter(|op| *op != "r").map(|op| (op, id_of(e))))
         .collect();
     assert_eq!(
         streamed,
-        [2_000_001],
-        "only the row written after the second snapshot is streamed"
+        [("c", 2_000_000), ("d", 5), ("c", 2_000_001)],
+        "what changed since the consistent point is streamed for a table the first run began"
     );
     let read: Vec<i64> = items
         .iter()
@@ -389,19 +426,249 @@ async fn a_snapshot_cut_off_by_a_crash_is_taken_again() {
         "nothing reached the broker in the first run; the second reads every row"
     );
     assert!(read.contains(&2_000_000) && !read.contains(&5));
+    // Tags was read too, its rows waiting behind the items' ones: the second run reads it again and
+    // streams its change.
     let tags = decode_all(
         &services,
-        &services.read(TAGS, 5, Duration::from_secs(30)).await,
+        &services.read(TAGS, 6, Duration::from_secs(30)).await,
     );
-    assert_eq!(tags.len(), 5);
+    let mut ops: Vec<&str> = tags.iter().filter_map(Event::op).collect();
+    ops.sort_unstable();
+    assert_eq!(ops, ["r", "r", "r", "r", "r", "u"]);
     let last = items
         .iter()
         .chain(&tags)
         .filter(|e| snapshot_marker(e) == "last")
         .count();
     assert_eq!(last, 1, "only the complete snapshot marks a last row");
+    // Every part had begun: nothing is left out of the stream, so nothing needs storing with its position.
     let position = services.position_file().unwrap();
-    assert!(position.get("snapshot_pending").is_none(), "{position}");
+    assert_eq!(position["position"]["kind"], "postgres", "{position}");
+    assert!(
+        !services
+            .dir
+            .path()
+            .join("positions/sluice_test.snapshot.journal")
+            .exists(),
+        "the journal goes once the snapshot is complete"
+    );
+    daemon.stop_cleanly();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_past_an_interrupted_snapshot_is_not_carried_on() {
+    let services = Services::start().await;
+    services.sql(&schema(100)).await;
+    let config = services.write_config(&["public.items"]);
+    let mut daemon = start_with_the_registry_down(&services, &config).await;
+    daemon.kill();
+    services.registry.set_unavailable(false);
+    // Something else moves the slot on: the changes between are gone from it.
+    services
+        .sql("UPDATE items SET note = 'moved' WHERE id = 1")
+        .await;
+    services
+        .sql("SELECT pg_replication_slot_advance('sluice_test', pg_current_wal_lsn())")
+        .await;
+    let mut daemon = Daemon::start(&config);
+    let status = daemon.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("past the consistent point"),
+        "{}",
+        daemon.log()
+    );
+
+    // when_needed takes the snapshot again, with a new slot.
+    let config = services.write_config_source(&["public.items"], "snapshot = \"when_needed\"", &[]);
+    let mut daemon = Daemon::start(&config);
+    services.wait_streaming(&mut daemon).await;
+    assert!(daemon.log().contains("created again"), "{}", daemon.log());
+    let expected = items_in_database(&services).await;
+    read_until_state(&services, ITEMS, &expected, &daemon).await;
+    daemon.stop_cleanly();
+}
+
+/// The label's place in the writes of this file: the racing writer's `updated in N`, the first rows'
+/// `item N` before any of them.
+fn version(event: &Event) -> i64 {
+    let label = event
+        .after()
+        .and_then(|a| a["label"].as_str())
+        .unwrap_or("");
+    label
+        .strip_prefix("updated in ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(i64::MIN)
+}
+
+/// Keys whose recorded range covers them in the stored position's `items` entry.
+fn recorded_ranges(position: &Json) -> Vec<(i64, i64)> {
+    let tables = position["position"]["tables"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let items = tables
+        .iter()
+        .find(|t| t["name"] == "items")
+        .unwrap_or_else(|| panic!("items has recorded ranges: {position}"));
+    items["ranges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["low"].as_i64().unwrap(), r["high"].as_i64().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_snapshot_is_carried_on_where_it_stopped() {
+    let services = Services::start().await;
+    services.sql(&schema(10_000)).await;
+    services.sql("ANALYZE items").await;
+    // One connection reads items in five key ranges, then tags, which a transaction of the test keeps
+    // locked: the first run is killed waiting for it, with items' ranges recorded but the last one (its
+    // record waits for the next row to be handed on).
+    let config = services.write_config_source(
+        &["public.items", "public.tags"],
+        "snapshot_chunk_rows = 2000",
+        &[],
+    );
+    // The lock is taken once the slot exists (creating it would wait for the locking transaction) and
+    // before the reader can reach tags: the registry holds the first rows back meanwhile, and items has
+    // more rows than the way to the broker holds.
+    let mut daemon = start_with_the_registry_down(&services, &config).await;
+    let locker = services.pg.client(common::DATABASE).await.unwrap();
+    locker
+        .batch_execute("BEGIN; LOCK TABLE tags IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    services.registry.set_unavailable(false);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let recorded = loop {
+        let position = services.position_file();
+        let covered = position.as_ref().map_or(0, |p| {
+            if p["position"]["tables"].is_array() {
+                recorded_ranges(p).iter().map(|(l, h)| h - l + 1).sum()
+            } else {
+                0
+            }
+        });
+        if covered >= 6_000 && daemon.log().contains("table=public.tags") {
+            break recorded_ranges(&position.unwrap());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{:?}\n{}",
+            position,
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    daemon.kill();
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let done = |id: i64| {
+        recorded
+            .iter()
+            .any(|(low, high)| (*low..=*high).contains(&id))
+    };
+    let begun: Vec<i64> = (1..=10_000).filter(|id| !done(*id)).collect();
+    assert!(!begun.is_empty() && begun.len() < 4_000, "{recorded:?}");
+    let (in_begun, in_done) = (begun[10], (1..=10_000).rev().find(|id| done(*id)).unwrap());
+
+    // Between the runs: an update and a delete in a recorded range and in the range begun but not
+    // recorded, a new row beyond every range, a change to tags.
+    services
+        .sql(&format!(
+            "UPDATE items SET label = 'updated in -1' WHERE id IN ({in_begun}, {in_done});
+             DELETE FROM items WHERE id IN ({gone_begun}, {gone_done});
+             INSERT INTO items VALUES (2000000, 'updated in -1', 1.00, NULL);
+             UPDATE tags SET name = 'changed' WHERE id = 1;",
+            gone_begun = begun[20],
+            gone_done = in_done - 1,
+        ))
+        .await;
+    // And writes racing the second run's snapshot.
+    let writer = spawn_racing_writer(&services, 10_000, 40);
+    let mut daemon = Daemon::start(&config);
+    services.wait_streaming(&mut daemon).await;
+    writer.await.unwrap();
+    let log = daemon.log();
+    assert!(
+        log.contains("carrying on the interrupted snapshot"),
+        "{log}"
+    );
+    assert!(
+        log.contains("reading the key ranges not on the broker yet"),
+        "{log}"
+    );
+
+    let expected = items_in_database(&services).await;
+    let items = read_until_state(&services, ITEMS, &expected, &daemon).await;
+    let mut per_key: BTreeMap<i64, Vec<&Event>> = BTreeMap::new();
+    for event in &items {
+        per_key.entry(id_of(event)).or_default().push(event);
+    }
+    let reads = |id: i64| {
+        per_key.get(&id).map_or(0, |events| {
+            events.iter().filter(|e| e.op() == Some("r")).count()
+        })
+    };
+    // Recorded ranges are not read again.
+    for id in (1..=10_000).filter(|id| done(*id)) {
+        assert!(reads(id) <= 1, "key {id}: {:?}", per_key[&id]);
+    }
+    // The range begun and not recorded is read again, and its changes all streamed: a row the first run
+    // published and that was deleted since is deleted on the topic too (the state check above).
+    assert_eq!(reads(in_begun), 2, "{:?}", per_key[&in_begun]);
+    assert!(!expected.contains_key(&begun[20]));
+    // Keys the first run did not begin (beyond every range, and the late rows) arrive once, and never go
+    // back to an older state: what the second run's snapshot held is left out of the stream.
+    for (id, events) in per_key.iter().filter(|(id, _)| !begun.contains(id)) {
+        let arrivals = events
+            .iter()
+            .filter(|e| matches!(e.op(), Some("r" | "c")))
+            .count();
+        assert!(arrivals <= 1, "key {id}: {events:#?}");
+        let versions: Vec<i64> = events.iter().map(|e| version(e)).collect();
+        assert!(
+            versions
+                .windows(2)
+                .all(|pair| pair[0] < pair[1] || pair[1] == i64::MIN),
+            "key {id} goes back: {versions:?}"
+        );
+    }
+    let late = &per_key[&2_000_000];
+    assert_eq!(
+        late.iter().filter_map(|e| e.op()).collect::<Vec<_>>(),
+        ["r"],
+        "written between the runs beyond every range: read, not streamed too"
+    );
+    let updated = &per_key[&in_done];
+    assert_eq!(
+        updated.iter().filter_map(|e| e.op()).collect::<Vec<_>>()[..2],
+        ["r", "u"],
+        "a recorded range's change is streamed"
+    );
+    // The stream is past the change to tags by now: a sixth event would be there.
+    let tags = decode_all(
+        &services,
+        &services.read(TAGS, 6, Duration::from_secs(5)).await,
+    );
+    assert_eq!(tags.len(), 5, "tags: read once, its change left out");
+    assert!(tags
+        .iter()
+        .any(|e| e.after().is_some_and(|a| a["name"] == "changed")));
+    let last = items
+        .iter()
+        .chain(&tags)
+        .filter(|e| snapshot_marker(e) == "last")
+        .count();
+    assert_eq!(last, 1);
+    services
+        .sql("INSERT INTO items VALUES (2000001, 'streamed', 2.00, NULL)")
+        .await;
+    wait_for_plain_position(&services, &daemon).await;
+    services.assert_no_dead_letters().await;
     daemon.stop_cleanly();
 }
 

@@ -212,13 +212,15 @@ async fn check_images(client: &Client, source: &MongodbSourceConfig, report: &mu
         // A database that cannot be read is said, not counted as a pass.
         let specs = match listed.await {
             Ok(specs) => specs,
-            Err(err) => return report.warn(
-                format!(
+            Err(err) => {
+                return report.warn(
+                    format!(
                     "cannot list the collections of `{database}` to check pre- and post-images: {}",
                     redact_secrets(&err.to_string())
                 ),
-                "grant the user `read` on the selected databases",
-            ),
+                    "grant the user `read` on the selected databases",
+                )
+            }
         };
         for spec in specs {
             if !selection.includes(&database, &spec.name) {

@@ -4,14 +4,17 @@
 //! the event model, with `type_catalog` looking up the types a message names only by OID and `structured`
 //! splitting array, composite and hstore text; `replication` speaks the streaming-replication protocol; `connection` parses the URL and its TLS settings; `catalog` manages the slot, the
 //! publication and table metadata over an ordinary connection; `snapshot` reads the rows already in the
-//! tables; `reader` prepares the slot and turns the stream into events.
+//! tables, `snapshot_progress` records how far it got and `overlap` has the stream leave out what a
+//! carried-on snapshot's rows already hold; `reader` prepares the slot and turns the stream into events.
 
 pub mod catalog;
 pub mod connection;
+pub mod overlap;
 pub mod pgoutput;
 pub mod reader;
 pub mod replication;
 pub mod snapshot;
+mod snapshot_progress;
 pub mod structured;
 pub mod type_catalog;
 pub mod types;

@@ -11,6 +11,7 @@ use tokio_postgres::Client;
 
 use super::catalog::{self, CatalogError, TableName};
 use super::connection::PgConnection;
+use super::overlap::Overlap;
 use super::pgoutput::{self, Message, OldTuple, Relation, TupleData, TupleValue};
 use super::replication::{Frame, ReplicationConnection, ReplicationError};
 use super::snapshot::Snapshot;
@@ -18,8 +19,8 @@ use super::type_catalog;
 use super::types::{self, ResolvedColumn};
 use crate::config::{DecimalHandling, Selection, SnapshotMode};
 use crate::event::{
-    ChangeEvent, Column, DecodingMessage, Lsn, Op, Position, Row, SnapshotMarker, SourceEvent,
-    SourceInfo, Table, TransactionOrder, Value,
+    ChangeEvent, Column, DecodingMessage, Lsn, Op, PgSnapshotPosition, Position, Row,
+    SnapshotMarker, SourceEvent, SourceInfo, Table, TransactionOrder, Value,
 };
 use crate::positions::SourceIdentity;
 
@@ -39,6 +40,18 @@ pub enum SourceError {
     SlotLost {
         slot: String,
         position: Lsn,
+        position_file: String,
+    },
+    #[error(
+        "replication slot `{slot}` is at {confirmed}, past the consistent point {consistent_point} of the snapshot \
+         {position_file} says is under way: the changes in between are gone from the slot, so the snapshot cannot be \
+         carried on. Drop the slot and remove the position file to take it again from the start, or set \
+         `source.snapshot = \"when_needed\"` to do that automatically"
+    )]
+    SnapshotSlotMoved {
+        slot: String,
+        consistent_point: Lsn,
+        confirmed: Lsn,
         position_file: String,
     },
     #[error("replication slot `{slot}` uses the `{plugin}` plugin; sluice needs a `pgoutput` slot: drop it or name another")]
@@ -63,6 +76,8 @@ pub enum SourceError {
     },
     #[error("replication stream out of order: {0}")]
     Protocol(String),
+    #[error(transparent)]
+    Position(#[from] crate::positions::PositionError),
 }
 
 impl SourceError {
@@ -156,12 +171,25 @@ pub struct StreamControl {
 /// Where an earlier run got to, from the position file.
 #[derive(Clone, Copy, Debug)]
 pub struct Resume<'a> {
-    pub lsn: Lsn,
+    /// A PostgreSQL position, or a snapshot in progress.
+    pub position: &'a Position,
     /// None in files written before sluice recorded it.
     pub identity: Option<&'a SourceIdentity>,
     pub file: &'a Path,
-    /// The run that wrote the file was taking a snapshot and did not finish it.
-    pub snapshot_pending: bool,
+}
+
+impl Resume<'_> {
+    fn lsn(&self) -> Lsn {
+        self.position.postgres_lsn().unwrap_or_default()
+    }
+
+    /// The snapshot the run that wrote the file was reading and did not finish.
+    fn interrupted(&self) -> Option<&PgSnapshotPosition> {
+        match self.position {
+            Position::PostgresSnapshot(progress) if !progress.complete => Some(progress),
+            _ => None,
+        }
+    }
 }
 
 impl PostgresSource {
@@ -218,67 +246,92 @@ impl PostgresSource {
         if let Some(slot) = &slot {
             check_slot(&settings, slot)?;
         }
-        // How the run begins: Some(consistent point, exported snapshot) when the tables are read first.
+        // How the run begins: Some(what is read already, exported snapshot) when the tables are read first.
         let begin = match (slot, resume) {
-            (Some(slot), Some(resume)) if !(resume.snapshot_pending && wants_snapshot) => {
-                if resume.snapshot_pending {
-                    tracing::warn!(slot = %settings.slot, file = %resume.file.display(), "the previous run's snapshot did not finish and snapshot = never: it is abandoned, rows it did not publish are not published");
+            (Some(slot), Some(resume)) => match resume.interrupted() {
+                Some(progress) if wants_snapshot => {
+                    // Nothing is acknowledged before the snapshot is on the broker, so the slot should
+                    // still be where the first rows were read; one that moved has lost the changes since.
+                    let confirmed = slot.confirmed_lsn().unwrap_or_default();
+                    if confirmed > progress.lsn {
+                        if settings.snapshot != SnapshotMode::WhenNeeded {
+                            return Err(SourceError::SnapshotSlotMoved {
+                                slot: settings.slot.clone(),
+                                consistent_point: progress.lsn,
+                                confirmed,
+                                position_file: resume.file.display().to_string(),
+                            });
+                        }
+                        tracing::warn!(slot = %settings.slot, consistent_point = %progress.lsn, %confirmed, "the slot moved past the interrupted snapshot's consistent point: snapshot = when_needed, so it is created again and the snapshot taken from the start");
+                        conn.drop_slot(&settings.slot).await?;
+                        Some(create_slot(&mut conn, &settings.slot, true).await?)
+                    } else {
+                        tracing::info!(slot = %settings.slot, at = %progress.lsn, file = %resume.file.display(), "carrying on the interrupted snapshot");
+                        Some((progress.clone(), None))
+                    }
                 }
-                warn_if_slot_is_ahead(&settings.slot, &slot, resume);
-                None
-            }
-            (Some(_), Some(_)) => {
-                // The slot was created for a snapshot that did not finish and has not moved since (nothing
-                // is acknowledged before the snapshot is on the broker): a new slot gives a new exported
-                // snapshot, so the retaken snapshot still meets the stream exactly.
-                tracing::info!(slot = %settings.slot, "the previous snapshot did not finish: recreating the slot to take it again");
-                conn.drop_slot(&settings.slot).await?;
-                Some(create_slot(&mut conn, &settings.slot, true).await?)
-            }
+                interrupted => {
+                    if interrupted.is_some() {
+                        tracing::warn!(slot = %settings.slot, file = %resume.file.display(), "the previous run's snapshot did not finish and snapshot = never: it is abandoned, rows it did not publish are not published");
+                    }
+                    warn_if_slot_is_ahead(&settings.slot, &slot, resume);
+                    None
+                }
+            },
             (Some(slot), None) if wants_snapshot => {
                 // A slot sluice has no position for (created by hand, or sluice stopped right after creating
-                // it): its exported snapshot is gone, so the rows are read as they are now.
+                // it): its exported snapshot is gone, so the rows are read in a snapshot of sluice's own.
                 let confirmed = slot.confirmed_lsn().unwrap_or_default();
-                tracing::warn!(slot = %settings.slot, %confirmed, "snapshot of an existing slot: changes committed between the slot's position and the snapshot may be published again after the snapshot rows");
-                Some((confirmed, None))
+                tracing::info!(slot = %settings.slot, %confirmed, "snapshot of an existing slot: the stream from the slot's position leaves out the changes the snapshot holds");
+                Some((starting_at(confirmed), None))
             }
             (Some(_), None) => None,
-            (None, Some(resume)) if !resume.snapshot_pending => {
+            (None, Some(resume)) if resume.interrupted().is_none() => {
                 if settings.snapshot != SnapshotMode::WhenNeeded {
                     return Err(SourceError::SlotLost {
                         slot: settings.slot.clone(),
-                        position: resume.lsn,
+                        position: resume.lsn(),
                         position_file: resume.file.display().to_string(),
                     });
                 }
-                tracing::warn!(slot = %settings.slot, stored = %resume.lsn, "the slot is gone: snapshot = when_needed, so a new slot is created and the tables are read again");
+                tracing::warn!(slot = %settings.slot, stored = %resume.lsn(), "the slot is gone: snapshot = when_needed, so a new slot is created and the tables are read again");
                 Some(create_slot(&mut conn, &settings.slot, true).await?)
             }
-            (None, _) => {
-                let (consistent_point, exported) =
-                    create_slot(&mut conn, &settings.slot, wants_snapshot).await?;
-                wants_snapshot.then_some((consistent_point, exported))
+            (None, resume) => {
+                if resume.is_some() && wants_snapshot {
+                    tracing::warn!(slot = %settings.slot, "the slot of the interrupted snapshot is gone: a new slot is created and the snapshot taken again from the start");
+                }
+                let created = create_slot(&mut conn, &settings.slot, wants_snapshot).await?;
+                wants_snapshot.then_some(created)
             }
         };
         // An exported snapshot lives as long as the connection that exported it stays idle: it goes with
         // the snapshot until adopted. Otherwise the connection's work is done.
-        let (consistent_point, exported) = match begin {
-            Some((consistent_point, Some(name))) => (Some(consistent_point), Some((conn, name))),
+        let (progress, exported) = match begin {
+            Some((progress, Some(name))) => (Some(progress), Some((conn, name))),
             other => {
                 conn.close().await?;
-                (other.map(|(consistent_point, _)| consistent_point), None)
+                (other.map(|(progress, _)| progress), None)
             }
         };
-        let snapshot = consistent_point.map(|consistent_point| Snapshot {
-            connection: settings.connection.clone(),
-            database: settings.database.clone(),
-            tables: tables.clone(),
-            selection: settings.selection.clone(),
-            decimal_handling: settings.decimal_handling,
-            connections: settings.snapshot_connections,
-            chunk_rows: settings.snapshot_chunk_rows,
-            consistent_point,
-            exported,
+        let snapshot = progress.map(|mut progress| {
+            // What was read of tables no longer selected is forgotten; they are read whole if they return.
+            progress.tables.retain(|read| {
+                tables
+                    .iter()
+                    .any(|table| super::snapshot_progress::is(read, table))
+            });
+            Snapshot {
+                connection: settings.connection.clone(),
+                database: settings.database.clone(),
+                tables: tables.clone(),
+                selection: settings.selection.clone(),
+                decimal_handling: settings.decimal_handling,
+                connections: settings.snapshot_connections,
+                chunk_rows: settings.snapshot_chunk_rows,
+                progress,
+                exported,
+            }
         });
         Ok(PostgresSource {
             settings,
@@ -307,7 +360,18 @@ impl PostgresSource {
     /// position) until told to stop, then reports the final acknowledged position to the server. A lost
     /// connection (server restart, network cut) is reopened with backoff from the acknowledged position;
     /// what was already handed on is skipped on the way, so the pipeline sees every change once.
-    pub async fn stream(mut self, resume: Lsn, control: StreamControl) -> Result<(), SourceError> {
+    ///
+    /// `from` is a stored position: after a carried-on snapshot it says which changes the stream leaves out.
+    pub async fn stream(
+        mut self,
+        from: Position,
+        control: StreamControl,
+    ) -> Result<(), SourceError> {
+        let resume = from.postgres_lsn().unwrap_or_default();
+        let overlap = match from {
+            Position::PostgresSnapshot(progress) => Overlap::new(progress),
+            _ => None,
+        };
         let stopping_until =
             (*control.stop.borrow()).then(|| tokio::time::Instant::now() + control.stop_grace);
         let mut link = Link {
@@ -315,7 +379,7 @@ impl PostgresSource {
             acked: resume,
             stopping_until,
         };
-        let mut decoder = StreamDecoder::new(&self.settings.database, resume);
+        let mut decoder = StreamDecoder::new(&self.settings.database, resume, overlap);
         let mut delay = RECONNECT_FIRST_DELAY;
         let mut reconnecting = false;
         loop {
@@ -571,25 +635,34 @@ pub async fn drop_slot(settings: &PostgresSettings) -> Result<(), SourceError> {
     Ok(())
 }
 
-/// Creates the slot; returns its consistent point and, when asked for, the name of its exported snapshot.
+/// Creates the slot; returns a snapshot with nothing read yet at its consistent point and, when asked for,
+/// the name of its exported snapshot.
 async fn create_slot(
     conn: &mut ReplicationConnection,
     slot: &str,
     export_snapshot: bool,
-) -> Result<(Lsn, Option<String>), SourceError> {
+) -> Result<(PgSnapshotPosition, Option<String>), SourceError> {
     let created = conn.create_slot(slot, export_snapshot).await?;
     tracing::info!(slot, consistent_point = %created.consistent_point, "created replication slot");
-    Ok((created.consistent_point, created.snapshot_name))
+    Ok((starting_at(created.consistent_point), created.snapshot_name))
+}
+
+/// A snapshot with nothing read yet, whose stream continues at `lsn`.
+fn starting_at(lsn: Lsn) -> PgSnapshotPosition {
+    PgSnapshotPosition {
+        lsn,
+        ..PgSnapshotPosition::default()
+    }
 }
 
 /// The slot only moves when sluice has stored a position first; a slot ahead of the file means someone else
 /// advanced it (or the file is an old copy), and the changes in between are no longer in the slot.
 fn warn_if_slot_is_ahead(slot_name: &str, slot: &catalog::SlotInfo, resume: Resume<'_>) {
     if let Some(confirmed) = slot.confirmed_lsn() {
-        if confirmed > resume.lsn {
+        if confirmed > resume.lsn() {
             tracing::warn!(
                 slot = slot_name,
-                stored = %resume.lsn,
+                stored = %resume.lsn(),
                 confirmed = %confirmed,
                 file = %resume.file.display(),
                 "the slot was advanced past the stored position by something other than sluice: changes \
@@ -702,16 +775,22 @@ struct StreamDecoder {
     /// The last position handed on (a commit's end, or an idle point).
     last_position: Lsn,
     cut_off: Option<CutOff>,
+    /// After a carried-on snapshot: the changes its later snapshots hold, left out until passed.
+    overlap: Option<Overlap>,
+    /// Changes the overlap left out, for the log line that ends it.
+    left_out: u64,
 }
 
 impl StreamDecoder {
-    fn new(database: &str, resume: Lsn) -> StreamDecoder {
+    fn new(database: &str, resume: Lsn, overlap: Option<Overlap>) -> StreamDecoder {
         StreamDecoder {
             database: database.into(),
             relations: HashMap::new(),
             transaction: None,
             last_position: resume,
             cut_off: None,
+            overlap,
+            left_out: 0,
         }
     }
 
@@ -723,7 +802,25 @@ impl StreamDecoder {
                 commit_lsn: tx.commit_lsn,
                 handed_on: tx.handed_on,
             });
+            if let Some(overlap) = &mut self.overlap {
+                overlap.cut_off();
+            }
         }
+    }
+
+    /// The position that acknowledges everything up to `lsn`, where a transaction committed at
+    /// `commit_lsn` ended (or an idle point, both the same). The overlap is stored with it until passed.
+    fn position(&mut self, commit_lsn: Lsn, lsn: Lsn) -> Position {
+        let Some(overlap) = &mut self.overlap else {
+            return Position::Postgres { lsn };
+        };
+        overlap.committed();
+        if !overlap.ends_at(commit_lsn) {
+            return overlap.position_at(lsn);
+        }
+        tracing::info!(left_out = self.left_out, at = %commit_lsn, "the stream has passed the carried-on snapshot: the changes it held were left out, nothing more is");
+        self.overlap = None;
+        Position::Postgres { lsn }
     }
 
     /// Drops the change events in `out[from..]` that an earlier connection already handed on.
@@ -746,7 +843,7 @@ impl StreamDecoder {
         if self.transaction.is_none() && wal_end > self.last_position {
             self.last_position = wal_end;
             out.push(SourceEvent::Idle {
-                position: Position::Postgres { lsn: wal_end },
+                position: self.position(wal_end, wal_end),
             });
         }
     }
@@ -798,9 +895,7 @@ impl StreamDecoder {
                 }
                 self.last_position = self.last_position.max(commit.end_lsn);
                 out.push(SourceEvent::Commit {
-                    position: Position::Postgres {
-                        lsn: commit.end_lsn,
-                    },
+                    position: self.position(commit.commit_lsn, commit.end_lsn),
                     commit_time_us: Some(tx.commit_time_us),
                 });
             }
@@ -838,7 +933,7 @@ impl StreamDecoder {
             Message::Insert(insert) => {
                 if let Some(captured) = self.table(insert.relation_id)? {
                     let after = captured.decode(&insert.new)?;
-                    out.push(self.change(captured.table, Op::Create, None, Some(after), lsn)?);
+                    out.extend(self.change(captured.table, Op::Create, None, Some(after), lsn)?);
                 }
             }
             Message::Update(update) => {
@@ -851,13 +946,13 @@ impl StreamDecoder {
                     let before = match &delete.old {
                         OldTuple::Key(tuple) | OldTuple::Full(tuple) => captured.decode(tuple)?,
                     };
-                    out.push(self.change(captured.table, Op::Delete, Some(before), None, lsn)?);
+                    out.extend(self.change(captured.table, Op::Delete, Some(before), None, lsn)?);
                 }
             }
             Message::Truncate(truncate) => {
                 for relation_id in &truncate.relation_ids {
                     if let Some(captured) = self.table(*relation_id)? {
-                        out.push(self.change(captured.table, Op::Truncate, None, None, lsn)?);
+                        out.extend(self.change(captured.table, Op::Truncate, None, None, lsn)?);
                     }
                 }
             }
@@ -905,10 +1000,10 @@ impl StreamDecoder {
             keys.peek().is_some() && keys.any(|i| b[i] != after[i])
         });
         if key_changed {
-            out.push(self.change(table.clone(), Op::Delete, before, None, lsn)?);
-            out.push(self.change(table, Op::Create, None, Some(after), lsn)?);
+            out.extend(self.change(table.clone(), Op::Delete, before, None, lsn)?);
+            out.extend(self.change(table, Op::Create, None, Some(after), lsn)?);
         } else {
-            out.push(self.change(table, Op::Update, before, Some(after), lsn)?);
+            out.extend(self.change(table, Op::Update, before, Some(after), lsn)?);
         }
         Ok(())
     }
@@ -922,6 +1017,8 @@ impl StreamDecoder {
         }
     }
 
+    /// The change event, numbered within its transaction; None when the overlap leaves it out (it takes
+    /// no number then, so that the transaction's orders stay without gaps).
     fn change(
         &mut self,
         table: Arc<Table>,
@@ -929,33 +1026,40 @@ impl StreamDecoder {
         before: Option<Row>,
         after: Option<Row>,
         lsn: Lsn,
-    ) -> Result<SourceEvent, SourceError> {
+    ) -> Result<Option<SourceEvent>, SourceError> {
         let tx = self
             .transaction
             .as_mut()
             .ok_or_else(|| SourceError::Protocol("row change outside a transaction".into()))?;
-        tx.changes += 1;
-        let in_table = tx.changes_by_table.entry(table.id).or_default();
-        *in_table += 1;
-        let source = SourceInfo {
-            database: self.database.clone(),
-            txid: Some(u64::from(tx.xid)),
-            lsn,
-            commit_lsn: tx.commit_lsn,
-            commit_time_us: tx.commit_time_us,
-            snapshot: SnapshotMarker::False,
-            order: Some(TransactionOrder {
-                total: tx.changes,
-                in_table: *in_table,
-            }),
-        };
-        Ok(SourceEvent::Change(ChangeEvent {
+        let mut event = ChangeEvent {
             table,
             op,
             before,
             after,
-            source,
-        }))
+            source: SourceInfo {
+                database: self.database.clone(),
+                txid: Some(u64::from(tx.xid)),
+                lsn,
+                commit_lsn: tx.commit_lsn,
+                commit_time_us: tx.commit_time_us,
+                snapshot: SnapshotMarker::False,
+                order: None,
+            },
+        };
+        if let Some(overlap) = &mut self.overlap {
+            if overlap.leaves_out(tx.xid, tx.commit_lsn, &event) {
+                self.left_out += 1;
+                return Ok(None);
+            }
+        }
+        tx.changes += 1;
+        let in_table = tx.changes_by_table.entry(event.table.id).or_default();
+        *in_table += 1;
+        event.source.order = Some(TransactionOrder {
+            total: tx.changes,
+            in_table: *in_table,
+        });
+        Ok(Some(SourceEvent::Change(event)))
     }
 }
 

@@ -6,8 +6,13 @@
 //! publishes every row once: what committed before the point is in the snapshot, what committed after it
 //! is in the stream. Rows are read with `COPY … TO STDOUT` in text format — the same text output functions
 //! pgoutput uses — so snapshot rows and streamed rows go through one value decoder.
+//!
+//! Each finished table and key range is recorded in the position file once its rows are on the broker.
+//! A run that stops or dies is carried on by the next one: it reads only what is not recorded, in a
+//! snapshot of its own, and the stream then leaves out the changes that snapshot already holds (see
+//! `overlap`).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{
     AtomicU64, AtomicUsize,
     Ordering::{AcqRel, Relaxed},
@@ -23,14 +28,18 @@ use tokio_postgres::Client;
 
 use super::catalog::{self, CatalogError, TableName};
 use super::connection::PgConnection;
+use super::overlap::{self, Overlap};
 use super::pgoutput::{TupleData, TupleValue};
 use super::reader::{decode_row, Captured, SourceError};
 use super::replication::{quote_ident, quote_literal, ReplicationConnection, OUTPUT_SETTINGS};
+use super::snapshot_progress::{self, Begun, BegunBefore, Finished};
 use crate::config::{DecimalHandling, Selection};
 use crate::event::{
-    ChangeEvent, Lsn, Op, Position, Row, SnapshotMarker, SourceEvent, SourceInfo, Table,
+    ChangeEvent, Lsn, Op, PgSnapshotPosition, PgTableRead, Position, Row, SnapshotMarker,
+    SourceEvent, SourceInfo, Table,
 };
 use crate::metrics::{Metrics, SnapshotProgress};
+use crate::positions::Journal;
 
 /// Rows on their way from the readers to the one place that marks the last.
 const ROWS_IN_FLIGHT: usize = 1024;
@@ -49,16 +58,18 @@ pub struct Snapshot {
     pub(super) decimal_handling: DecimalHandling,
     /// Connections reading tables at the same time (`source.snapshot_connections`).
     pub(super) connections: usize,
-    /// With more than one connection, a table the planner estimates larger than this, with a one-column
-    /// integer primary key, is read in primary-key ranges of about this many rows, so that several
-    /// connections share it (`source.snapshot_chunk_rows`).
+    /// A table the planner estimates larger than this, with a one-column integer primary key, is read in
+    /// primary-key ranges of about this many rows: the connections share them, and each finished range is
+    /// recorded, so that an interrupted snapshot is carried on from there (`source.snapshot_chunk_rows`).
     pub(super) chunk_rows: u64,
-    /// Where the stream continues once every snapshot row is on the broker.
-    pub consistent_point: Lsn,
+    /// What earlier runs put on the broker, and the snapshots they read it in; `lsn` is the slot's
+    /// consistent point, where the stream continues once every row is on the broker.
+    pub(super) progress: PgSnapshotPosition,
     /// The replication connection that created the slot and the name of the snapshot it exported; the
     /// snapshot lives only until that connection runs another command, so it is closed once adopted.
-    /// None when the slot already existed: the rows are then read in a fresh snapshot, later than the
-    /// slot's position, and changes in between may reach the topic again after the rows they produced.
+    /// None when the slot existed already (an interrupted snapshot carried on, or a slot sluice has no
+    /// position for): the rows are then read in a snapshot of sluice's own, later than the consistent
+    /// point, which the stream makes up for.
     pub(super) exported: Option<(ReplicationConnection, String)>,
 }
 
@@ -70,53 +81,101 @@ pub struct SnapshotOutcome {
     pub rows: u64,
 }
 
+/// What reaches the one place that hands rows on: a row, or news that a part of the snapshot begins
+/// (before its first row) or is read.
+enum Read {
+    Row(ChangeEvent),
+    Begun(Begun),
+    Finished(Finished),
+}
+
 impl Snapshot {
-    /// Reads every table and hands the rows on, the last one marked `last`, then a Commit at the consistent
-    /// point. Tables (and the key ranges of large ones) are shared out among `connections` connections
-    /// that all adopt the same snapshot. A stop request (or a closed channel) ends it early, incomplete.
+    /// Where the stream continues once the snapshot is on the broker.
+    pub fn consistent_point(&self) -> Lsn {
+        self.progress.lsn
+    }
+
+    /// The position to store before the first row: what earlier runs finished, for the tables still
+    /// selected.
+    pub fn position(&self) -> Position {
+        Position::PostgresSnapshot(self.progress.clone())
+    }
+
+    /// Reads every table not already on the broker and hands the rows on, the last one marked `last`,
+    /// then a Commit with the position to stream from. Tables (and the key ranges of large ones) are shared
+    /// out among `connections` connections that all adopt the same snapshot. Each finished part is
+    /// followed by a Commit that records it. A stop request (or a closed channel) ends it early,
+    /// incomplete.
+    ///
+    /// `journal` records each part before its first row is handed on, for the runs that may carry this one
+    /// on: only changes to parts no earlier run began can be left out of the stream.
     pub async fn read(
         mut self,
         events: mpsc::Sender<SourceEvent>,
         stop: watch::Receiver<bool>,
         metrics: Arc<Metrics>,
+        journal: Journal,
     ) -> Result<SnapshotOutcome, SourceError> {
         let exported = self.exported.is_some();
-        // Splitting needs several connections, and one snapshot shared by them: in snapshots of their
-        // own, a row whose key moved between ranges could be read twice or not at all.
-        let split_tables = self.connections > 1 && exported;
-        let chunk_rows = if split_tables { self.chunk_rows } else { 0 };
-        // A split table can keep every connection busy; otherwise a connection per table is the most
-        // that can be used.
-        let workers = if split_tables {
-            self.connections
+        let begun_before = if exported {
+            BegunBefore::nothing(journal, self.progress.lsn)?
         } else {
-            self.connections.clamp(1, self.tables.len().max(1))
+            BegunBefore::carried_on(journal, self.progress.lsn)?
         };
-        let mut clients = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            clients.push(self.open_reading_transaction().await?);
+        let (clients, later) = self.open_readers(self.connections.max(1)).await?;
+        // The later snapshot a finished part counts as read in: none (leave nothing out) where an earlier
+        // run began it.
+        let read_in = |part: &Finished| -> Option<usize> {
+            let (table, key, low, high) = match part {
+                Finished::Range {
+                    table,
+                    key,
+                    low,
+                    high,
+                } => (table, Some(key.as_str()), *low, *high),
+                Finished::Table(table) | Finished::Forget(table) => {
+                    (table, None, i64::MIN, i64::MAX)
+                }
+            };
+            later.filter(|_| !begun_before.overlaps(table, key, low, high))
+        };
+        let carried: BTreeMap<TableName, PgTableRead> = self
+            .progress
+            .tables
+            .iter()
+            .filter(|read| read.key.is_some() && !read.done)
+            .map(|read| (table_name(read), read.clone()))
+            .collect();
+        let (done, to_read): (Vec<TableName>, Vec<TableName>) =
+            self.tables.iter().cloned().partition(|name| {
+                self.progress
+                    .tables
+                    .iter()
+                    .any(|read| read.done && snapshot_progress::is(read, name))
+            });
+        if !done.is_empty() {
+            tracing::info!(tables = ?done.iter().map(ToString::to_string).collect::<Vec<_>>(), "carrying on the snapshot: these tables are on the broker already");
         }
-        // Every reader holds the snapshot now; the exporting connection may go.
-        if let Some((exporter, _)) = self.exported.take() {
-            exporter.close().await?;
-        }
-        tracing::info!(tables = self.tables.len(), connections = workers, at = %self.consistent_point, exported, "snapshot started");
+        tracing::info!(tables = to_read.len(), connections = clients.len(), at = %self.progress.lsn, exported, later_snapshot = later.is_some(), "snapshot started");
 
         let source = SourceInfo {
             database: self.database.as_str().into(),
             txid: None,
-            lsn: self.consistent_point,
-            commit_lsn: self.consistent_point,
+            lsn: self.progress.lsn,
+            commit_lsn: self.progress.lsn,
             commit_time_us: crate::positions::now_ms() * 1000,
             snapshot: SnapshotMarker::True,
             order: None,
         };
         // The readers' rows meet in one channel, so that one place can hold back the final row.
         let (rows_tx, mut rows_rx) = mpsc::channel(ROWS_IN_FLIGHT);
-        let queue = Arc::new(WorkQueue::new(self.tables.iter().cloned()));
+        let queue = Arc::new(WorkQueue::new(to_read.into_iter()));
+        let carried = Arc::new(carried);
+        let chunk_rows = self.chunk_rows;
         let mut readers = JoinSet::new();
         for (reader, client) in clients.into_iter().enumerate() {
             let queue = queue.clone();
+            let carried = carried.clone();
             let selection = self.selection.clone();
             let decimal = self.decimal_handling;
             let metrics = metrics.clone();
@@ -133,16 +192,32 @@ impl Snapshot {
                             let found =
                                 Captured::describe(&client, &name, &selection, decimal).await?;
                             let table = TableRead::start(&name, found, &metrics);
-                            let mut ranges = match table.split_key() {
-                                Some(key) => split(&client, &table, &key, chunk_rows).await?,
-                                None => Vec::new(),
-                            };
-                            // This reader takes one range; the others go to the front of the queue, for
-                            // whichever reader is free first.
-                            let first = ranges.pop();
-                            table.pieces.store(ranges.len() + 1, Relaxed);
-                            splitting.done(&table, ranges);
-                            read_piece(&client, reader, &table, first.as_ref(), &rows).await?
+                            let plan = plan(&client, &table, carried.get(&name), chunk_rows, &rows)
+                                .await?;
+                            match plan {
+                                Plan::Whole => {
+                                    splitting.done(&table, Vec::new());
+                                    read_piece(&client, reader, &table, None, &rows).await?
+                                }
+                                Plan::Ranges(mut ranges) => {
+                                    // This reader takes one range; the others go to the front of the
+                                    // queue, for whichever reader is free first.
+                                    let first = ranges.pop();
+                                    table.pieces.store(
+                                        ranges.len() + usize::from(first.is_some()),
+                                        Relaxed,
+                                    );
+                                    splitting.done(&table, ranges);
+                                    match first {
+                                        Some(range) => {
+                                            read_piece(&client, reader, &table, Some(&range), &rows)
+                                                .await?
+                                        }
+                                        // Nothing left where no range was read yet.
+                                        None => table.finished(&rows).await,
+                                    }
+                                }
+                            }
                         }
                         Some(Next::Range(table, range)) => {
                             read_piece(&client, reader, &table, Some(&range), &rows).await?
@@ -158,13 +233,51 @@ impl Snapshot {
         }
         drop(rows_tx);
 
+        let mut progress = self.progress;
+        // The row held back in case it is the last, and the parts finished since it arrived: a part is
+        // recorded only once its rows, that row included, are handed on.
         let mut pending: Option<ChangeEvent> = None;
+        let mut finished: Vec<Finished> = Vec::new();
         let mut handed_on: u64 = 0;
         let mut forwarding = true;
-        while let Some(event) = rows_rx.recv().await {
-            handed_on += 1;
-            if let Some(previous) = pending.replace(event) {
-                if events.send(SourceEvent::Change(previous)).await.is_err() {
+        while let Some(read) = rows_rx.recv().await {
+            match read {
+                Read::Row(event) => {
+                    handed_on += 1;
+                    let Some(previous) = pending.replace(event) else {
+                        continue;
+                    };
+                    if events.send(SourceEvent::Change(previous)).await.is_err() {
+                        forwarding = false;
+                        break;
+                    }
+                }
+                Read::Begun(part) => {
+                    // On disk before the part's first row goes on, which follows this in the channel.
+                    let journal = begun_before.journal().clone();
+                    tokio::task::spawn_blocking(move || journal.append(&part))
+                        .await
+                        .map_err(|err| {
+                            SourceError::Protocol(format!("the snapshot journal failed: {err}"))
+                        })??;
+                    continue;
+                }
+                Read::Finished(part) => {
+                    finished.push(part);
+                    if pending.is_some() {
+                        continue;
+                    }
+                }
+            }
+            if !finished.is_empty() {
+                for part in finished.drain(..) {
+                    snapshot_progress::record(&mut progress, &part, read_in(&part));
+                }
+                let commit = SourceEvent::Commit {
+                    position: Position::PostgresSnapshot(progress.clone()),
+                    commit_time_us: None,
+                };
+                if events.send(commit).await.is_err() {
                     forwarding = false;
                     break;
                 }
@@ -179,11 +292,19 @@ impl Snapshot {
             })??;
             all_read &= read;
         }
-        let complete = forwarding && all_read;
+        if !(forwarding && all_read) {
+            // The held-back row's part is not recorded: the next run reads it again.
+            tracing::info!(
+                rows = handed_on,
+                "snapshot interrupted; the next run carries it on from the parts recorded as on the broker"
+            );
+            return Ok(SnapshotOutcome {
+                complete: false,
+                rows: handed_on,
+            });
+        }
         if let Some(mut last) = pending.take() {
-            if complete {
-                last.source.snapshot = SnapshotMarker::Last;
-            }
+            last.source.snapshot = SnapshotMarker::Last;
             if events.send(SourceEvent::Change(last)).await.is_err() {
                 return Ok(SnapshotOutcome {
                     complete: false,
@@ -191,20 +312,18 @@ impl Snapshot {
                 });
             }
         }
-        if !complete {
-            tracing::info!(
-                rows = handed_on,
-                "snapshot interrupted; the next run takes it again from the start"
-            );
-            return Ok(SnapshotOutcome {
-                complete: false,
-                rows: handed_on,
-            });
+        for part in finished.drain(..) {
+            snapshot_progress::record(&mut progress, &part, read_in(&part));
         }
+        progress.complete = true;
+        let at = progress.lsn;
+        // Rows read later than the consistent point: the stream leaves out what they hold.
+        let position = match Overlap::new(progress) {
+            Some(overlap) => overlap.position_at(at),
+            None => Position::Postgres { lsn: at },
+        };
         let commit = SourceEvent::Commit {
-            position: Position::Postgres {
-                lsn: self.consistent_point,
-            },
+            position,
             commit_time_us: None,
         };
         let complete = events.send(commit).await.is_ok();
@@ -215,9 +334,54 @@ impl Snapshot {
         })
     }
 
-    /// A connection in a read-only REPEATABLE READ transaction on the snapshot, with the output settings
-    /// the value decoders expect.
-    async fn open_reading_transaction(&self) -> Result<Client, SourceError> {
+    /// `count` connections in one snapshot: the slot's exported one, or else one of sluice's own, whose
+    /// visibility is added to `progress.later`; returns its index there.
+    async fn open_readers(
+        &mut self,
+        count: usize,
+    ) -> Result<(Vec<Client>, Option<usize>), SourceError> {
+        let exported = self.exported.as_ref().map(|(_, name)| name.clone());
+        let first = self.open_reading_transaction(exported.as_deref()).await?;
+        let (shared, read_in) = match exported {
+            Some(name) => (name, None),
+            None => {
+                // Taken in this one statement: the snapshot, the transactions it saw, and a WAL position
+                // every one of them committed before.
+                let row = first
+                    .query_one(
+                        "SELECT pg_export_snapshot(), pg_current_snapshot()::text, \
+                                pg_current_wal_insert_lsn()::text",
+                        &[],
+                    )
+                    .await
+                    .map_err(catalog::query_error(
+                        "snapshot: cannot take a snapshot to carry on in".to_owned(),
+                    ))?;
+                let until: Lsn = row
+                    .get::<_, String>(2)
+                    .parse()
+                    .map_err(SourceError::Protocol)?;
+                let later = overlap::parse_snapshot(&row.get::<_, String>(1), until)
+                    .map_err(SourceError::Protocol)?;
+                tracing::info!(xmin = later.xmin, xmax = later.xmax, running = later.xip.len(), %until, "reading in a snapshot later than the consistent point: the stream leaves out the changes it holds");
+                self.progress.later.push(later);
+                (row.get(0), Some(self.progress.later.len() - 1))
+            }
+        };
+        let mut clients = vec![first];
+        for _ in 1..count {
+            clients.push(self.open_reading_transaction(Some(&shared)).await?);
+        }
+        // Every reader holds the snapshot now; the exporting connection may go.
+        if let Some((exporter, _)) = self.exported.take() {
+            exporter.close().await?;
+        }
+        Ok((clients, read_in))
+    }
+
+    /// A connection in a read-only REPEATABLE READ transaction, on the snapshot named `adopt` if any, with
+    /// the output settings the value decoders expect.
+    async fn open_reading_transaction(&self, adopt: Option<&str>) -> Result<Client, SourceError> {
         let client = catalog::connect(&self.connection).await?;
         let settings: Vec<String> = OUTPUT_SETTINGS
             .iter()
@@ -225,7 +389,7 @@ impl Snapshot {
             .collect();
         execute(&client, &settings.join("; ")).await?;
         execute(&client, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
-        if let Some((_, name)) = &self.exported {
+        if let Some(name) = adopt {
             let adopt = format!("SET TRANSACTION SNAPSHOT {}", quote_literal(name));
             execute(&client, &adopt).await?;
         }
@@ -233,9 +397,59 @@ impl Snapshot {
     }
 }
 
+fn table_name(read: &PgTableRead) -> TableName {
+    TableName {
+        schema: read.schema.clone(),
+        name: read.name.clone(),
+    }
+}
+
+/// How a table is read.
+enum Plan {
+    Whole,
+    /// In these key ranges (none: nothing is left to read).
+    Ranges(Vec<KeyRange>),
+}
+
+/// Whole, or in key ranges: those an earlier run did not finish, else about `chunk_rows` rows each when
+/// the table is large enough and has a key to split on.
+async fn plan(
+    client: &Client,
+    table: &TableRead,
+    carried: Option<&PgTableRead>,
+    chunk_rows: u64,
+    rows: &RowSender,
+) -> Result<Plan, SourceError> {
+    let key = table.split_key();
+    if let Some(carried) = carried {
+        if let (Some(key), true) = (&key, carried.key == key) {
+            let mut ranges = Vec::new();
+            for within in snapshot_progress::gaps(&carried.ranges) {
+                ranges.extend(split(client, table, key, chunk_rows, within).await?);
+            }
+            tracing::info!(table = %table.name, key, ranges = ranges.len(), "carrying on the snapshot of a table: reading the key ranges not on the broker yet");
+            return Ok(Plan::Ranges(ranges));
+        }
+        tracing::warn!(table = %table.name, was = ?carried.key, now = ?key, "the table's key changed since part of it was read: reading it again whole");
+        rows.finished(Finished::Forget(table.name.clone())).await;
+    }
+    let estimate = table.description.estimated_rows.unwrap_or(0);
+    let Some(key) = key.filter(|_| chunk_rows > 0 && estimate > chunk_rows) else {
+        return Ok(Plan::Whole);
+    };
+    let ranges = split(client, table, &key, chunk_rows, (i64::MIN, i64::MAX)).await?;
+    tracing::info!(table = %table.name, key, ranges = ranges.len(), "snapshot of table split into key ranges");
+    // An empty table despite the estimate: reading it whole costs one query.
+    Ok(if ranges.is_empty() {
+        Plan::Whole
+    } else {
+        Plan::Ranges(ranges)
+    })
+}
+
 /// What a snapshot reader sends its rows through.
 struct RowSender {
-    tx: mpsc::Sender<ChangeEvent>,
+    tx: mpsc::Sender<Read>,
     stop: watch::Receiver<bool>,
     /// Every snapshot row's source fields.
     source: SourceInfo,
@@ -254,7 +468,25 @@ impl RowSender {
             after: Some(after),
             source: self.source.clone(),
         };
-        self.tx.send(event).await.is_ok()
+        self.tx.send(Read::Row(event)).await.is_ok()
+    }
+
+    /// Reports that a part is about to hand on its first row; false when nobody listens.
+    async fn begun(&self, table: &TableName, range: Option<&KeyRange>) -> bool {
+        let (low, high) = range.map_or((i64::MIN, i64::MAX), |r| (r.low, r.high));
+        let part = Begun {
+            schema: table.schema.clone(),
+            name: table.name.clone(),
+            key: range.map(|r| r.column.clone()),
+            low,
+            high,
+        };
+        self.tx.send(Read::Begun(part)).await.is_ok()
+    }
+
+    /// Reports a finished part, to be recorded once its rows are handed on; false when nobody listens.
+    async fn finished(&self, part: Finished) -> bool {
+        self.tx.send(Read::Finished(part)).await.is_ok()
     }
 }
 
@@ -421,36 +653,42 @@ impl TableRead {
         }
     }
 
-    fn piece_finished(&self) {
+    /// One piece is read: the last one to finish reports the table.
+    async fn piece_finished(&self, rows: &RowSender) -> bool {
         if self.pieces.fetch_sub(1, AcqRel) == 1 {
-            self.progress.finished();
-            let rows = self.progress.rows.load(Relaxed);
-            let seconds = self.started.elapsed().as_secs_f64();
-            tracing::info!(table = %self.name, rows, seconds, "snapshot of table finished");
+            return self.finished(rows).await;
         }
+        true
+    }
+
+    /// Every piece is read.
+    async fn finished(&self, rows: &RowSender) -> bool {
+        self.progress.finished();
+        let read = self.progress.rows.load(Relaxed);
+        let seconds = self.started.elapsed().as_secs_f64();
+        tracing::info!(table = %self.name, rows = read, seconds, "snapshot of table finished");
+        rows.finished(Finished::Table(self.name.clone())).await
     }
 }
 
-/// Key ranges of about `chunk_rows` rows each, by the planner's estimate and the key's extent in the
-/// snapshot; none when the table is small enough to read in one piece. The cuts come from the key's
-/// histogram in `pg_stats` where ANALYZE made one (keys are rarely spread evenly), else from an even
-/// split of the extent; either way every key between the smallest and the largest falls in exactly one
+/// The rows of the table whose key lies in `within`, cut into key ranges of about `chunk_rows` rows each
+/// by the planner's estimate; none when no row lies there. The cuts come from the key's histogram in
+/// `pg_stats` where ANALYZE made one (keys are rarely spread evenly), else from an even split of the
+/// extent; either way every key between the smallest and the largest in `within` falls in exactly one
 /// range.
 async fn split(
     client: &Client,
     table: &TableRead,
     key: &str,
     chunk_rows: u64,
+    (from, to): (i64, i64),
 ) -> Result<Vec<KeyRange>, SourceError> {
-    let estimate = table.description.estimated_rows.unwrap_or(0);
-    if chunk_rows == 0 || estimate <= chunk_rows {
-        return Ok(Vec::new());
-    }
+    // Typed bounds: a bare -9223372036854775808 would be a numeric, and miss the index.
     let sql = format!(
         "SELECT min({key})::int8, max({key})::int8, \
            (SELECT histogram_bounds::text::int8[] FROM pg_stats \
              WHERE schemaname = $1 AND tablename = $2 AND attname = $3 ORDER BY inherited DESC LIMIT 1) \
-         FROM {}",
+         FROM {} WHERE {key} BETWEEN '{from}'::int8 AND '{to}'::int8",
         table.from(),
         key = quote_ident(key)
     );
@@ -466,8 +704,23 @@ async fn split(
         return Ok(Vec::new());
     };
     let histogram: Vec<i64> = row.get::<_, Option<Vec<i64>>>(2).unwrap_or_default();
-    let ranges = key_ranges(key, low, high, estimate.div_ceil(chunk_rows), &histogram);
-    tracing::info!(table = %table.name, key, ranges = ranges.len(), low, high, "snapshot of table split into key ranges");
+    // The share of the table's rows in `within`, by the histogram (each bound stands for as many rows).
+    let inside: Vec<i64> = histogram
+        .iter()
+        .copied()
+        .filter(|bound| (low..=high).contains(bound))
+        .collect();
+    let estimate = table.description.estimated_rows.unwrap_or(0) as f64;
+    let share = if histogram.len() > 2 {
+        inside.len() as f64 / histogram.len() as f64
+    } else {
+        1.0
+    };
+    let pieces = ((estimate * share) / chunk_rows.max(1) as f64)
+        .ceil()
+        .max(1.0) as u64;
+    let ranges = key_ranges(key, low, high, pieces, &inside);
+    tracing::debug!(table = %table.name, key, ranges = ranges.len(), low, high, "key ranges planned");
     Ok(ranges)
 }
 
@@ -552,6 +805,9 @@ async fn read_piece(
                 SourceError::Protocol(format!("{name}: COPY row {}: {reason}", rows + 1))
             })?;
             let after = decode_row(table, &tuple, None)?;
+            if rows == 0 && !rows_out.begun(name, range).await {
+                return Ok(false);
+            }
             if !rows_out.row(table, after).await {
                 return Ok(false);
             }
@@ -566,9 +822,17 @@ async fn read_piece(
     }
     if let Some(range) = range {
         tracing::info!(table = %name, low = range.low, high = range.high, rows, reader, "snapshot of key range finished");
+        let part = Finished::Range {
+            table: name.clone(),
+            key: range.column.clone(),
+            low: range.low,
+            high: range.high,
+        };
+        if !rows_out.finished(part).await {
+            return Ok(false);
+        }
     }
-    read.piece_finished();
-    Ok(true)
+    Ok(read.piece_finished(rows_out).await)
 }
 
 async fn execute(client: &Client, sql: &str) -> Result<(), SourceError> {

@@ -120,7 +120,8 @@ pub(super) async fn run(
     let acknowledger = tokio::spawn(acknowledge(
         tracker.clone(),
         metrics.clone(),
-        store,
+        std::sync::Arc::new(store),
+        |_| true,
         // Change streams keep nothing on the server for their readers: the file is the only record.
         |_| {},
         stored,

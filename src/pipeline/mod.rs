@@ -31,7 +31,7 @@ use crate::event::{
     ChangeEvent, DecodingMessage, Lsn, Op, Position, SnapshotMarker, SourceEvent, Table, Value,
 };
 use crate::metrics::Metrics;
-use crate::positions::{now_ms, AckTracker, PositionError, PositionStore};
+use crate::positions::{now_ms, AckTracker, Journal, PositionError, PositionStore};
 use crate::registry::{RegistryClient, RegistryError, RegistrySettings, SchemaPart};
 use crate::shutdown::StopDeadline;
 use crate::sink::{
@@ -213,10 +213,18 @@ async fn run_postgres(
         &settings.slot,
     )?;
     let stored_position = store.load()?;
+    if let Some(stored) = &stored_position {
+        if stored.position.postgres_lsn().is_none() {
+            return Err(PipelineError::ForeignPosition {
+                file: store.path().to_owned(),
+                position: stored.position.to_string(),
+            });
+        }
+    }
     if settings.snapshot == SnapshotMode::InitialOnly
         && stored_position
             .as_ref()
-            .is_some_and(|s| !s.snapshot_pending)
+            .is_some_and(|s| !s.snapshot_pending())
     {
         tracing::info!(file = %store.path().display(), "snapshot = initial_only and the snapshot is complete: nothing to do");
         return Ok(());
@@ -230,60 +238,65 @@ async fn run_postgres(
         _broker_watch,
     } = start(config, &stop, "postgresql").await?;
 
-    let stored = match stored_position.as_ref().map(|s| &s.position) {
-        None => None,
-        Some(Position::Postgres { lsn }) => Some(*lsn),
-        Some(other) => {
-            return Err(PipelineError::ForeignPosition {
-                file: store.path().to_owned(),
-                position: other.to_string(),
-            })
-        }
-    };
     let previous_run = stored_position.as_ref().map(|s| Resume {
-        lsn: stored.unwrap_or_default(),
+        position: &s.position,
         identity: s.identity.as_ref(),
         file: store.path(),
-        snapshot_pending: s.snapshot_pending,
     });
     let slot_settings = settings.clone();
     let mut source = PostgresSource::prepare(settings, previous_run).await?;
     store.set_identity(source.identity().clone());
+    let store = Arc::new(store);
 
     let resume = match source.take_snapshot() {
         Some(snapshot) => {
-            let at = snapshot.consistent_point;
-            if !publish_snapshot(snapshot, &mut publisher, &mut failures, &store).await? {
+            let journal = Journal::open(
+                std::path::Path::new(config.positions.dir.get_ref().as_str()),
+                &format!("{}.snapshot", slot_settings.slot),
+            );
+            let Some(read) = publish_snapshot(
+                snapshot,
+                &mut publisher,
+                &mut failures,
+                &store,
+                journal.clone(),
+            )
+            .await?
+            else {
                 return Ok(());
-            }
+            };
             // initial_only drops the slot before the file says "complete": a crash in between takes the
             // snapshot again rather than leaving a slot that holds WAL with nobody to read it.
             if mode == SnapshotMode::InitialOnly {
                 reader::drop_slot(&slot_settings).await?;
             }
-            store.save(Position::Postgres { lsn: at })?;
-            tracing::info!(position = %at, "snapshot complete: every row is on the broker");
+            store.save(read.clone())?;
+            // The file says the snapshot is complete: what began of it no longer matters.
+            journal.remove()?;
+            tracing::info!(position = %read, "snapshot complete: every row is on the broker");
             if mode == SnapshotMode::InitialOnly {
                 tracing::info!("snapshot = initial_only: done, not streaming");
                 return Ok(());
             }
-            at
+            read
         }
-        None => {
-            match stored {
-                Some(lsn) => {
-                    tracing::info!(position = %lsn, file = %store.path().display(), "resuming after stored position")
-                }
-                None => tracing::info!("no stored position: starting from the slot's position"),
+        None => match stored_position {
+            Some(stored) => {
+                tracing::info!(position = %stored.position, file = %store.path().display(), "resuming after stored position");
+                stored.position
             }
-            stored.unwrap_or_default()
-        }
+            None => {
+                tracing::info!("no stored position: starting from the slot's position");
+                Position::Postgres { lsn: Lsn(0) }
+            }
+        },
     };
+    let resume_lsn = resume.postgres_lsn().unwrap_or_default();
 
     let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
-    let (ack_tx, ack_rx) = watch::channel(resume);
+    let (ack_tx, ack_rx) = watch::channel(resume_lsn);
     let reader = tokio::spawn(source.stream(
-        resume,
+        resume.clone(),
         StreamControl {
             events: events_tx,
             acknowledged: ack_rx,
@@ -294,17 +307,18 @@ async fn run_postgres(
     ));
     let (finish_tx, finish_rx) = oneshot::channel();
     let position_file = store.path().to_owned();
-    metrics.position_stored(resume);
+    metrics.position_stored(resume_lsn);
     let acknowledger = tokio::spawn(acknowledge(
         tracker.clone(),
         metrics.clone(),
         store,
+        |_| true,
         move |position| {
-            if let Position::Postgres { lsn } = position {
-                let _ = ack_tx.send(*lsn);
+            if let Some(lsn) = position.postgres_lsn() {
+                let _ = ack_tx.send(lsn);
             }
         },
-        Some(Position::Postgres { lsn: resume }),
+        Some(resume),
         finish_rx,
     ));
 
@@ -349,39 +363,67 @@ pub fn postgres_settings(source: &SourceConfig) -> Result<PostgresSettings, Pipe
     })
 }
 
-/// Publishes the snapshot's rows and waits until the broker has every one. The file says "snapshot pending"
-/// from before the first row until the caller stores the snapshot as complete, so a run that stops or dies
-/// in between takes the snapshot again. Returns false when a stop request interrupted it.
+/// Publishes the snapshot's rows and waits until the broker has every one. The file records each part of
+/// the snapshot once its rows are on the broker; the position to stream from, acknowledged once every row
+/// is, is returned for the caller to store. None when a stop request interrupted it: the next run
+/// carries it on.
 async fn publish_snapshot(
     snapshot: Snapshot,
     publisher: &mut Publisher,
     failures: &mut mpsc::UnboundedReceiver<FailedDelivery>,
-    store: &PositionStore,
-) -> Result<bool, PipelineError> {
-    store.save_snapshot_pending(Position::Postgres {
-        lsn: snapshot.consistent_point,
-    })?;
+    store: &Arc<PositionStore>,
+    journal: Journal,
+) -> Result<Option<Position>, PipelineError> {
+    let begun = snapshot.position();
+    store.save(begun.clone())?;
     let (rows_tx, rows_rx) = mpsc::channel(EVENT_BUFFER);
     publisher.metrics.set_snapshot_running(true);
-    let reading =
-        tokio::spawn(snapshot.read(rows_tx, publisher.stop.clone(), publisher.metrics.clone()));
+    let reading = tokio::spawn(snapshot.read(
+        rows_tx,
+        publisher.stop.clone(),
+        publisher.metrics.clone(),
+        journal,
+    ));
+    let (finish_tx, finish_rx) = oneshot::channel();
+    let acknowledger = tokio::spawn(acknowledge(
+        publisher.tracker.clone(),
+        publisher.metrics.clone(),
+        store.clone(),
+        // Progress only: the caller stores the snapshot as complete, once it is done with the slot.
+        Position::snapshot_in_progress,
+        // The slot stays at the consistent point until the stream starts.
+        |_| {},
+        Some(begun),
+        finish_rx,
+    ));
     let published = publisher.publish_all(rows_rx, failures).await;
+    let _ = finish_tx.send(());
+    let stored = acknowledger.await.map_err(|_| PipelineError::ReaderGone)?;
     let read = reading.await.map_err(|_| PipelineError::ReaderGone)?;
     publisher.metrics.set_snapshot_running(false);
     published?;
     let outcome = read?;
-    if !outcome.complete {
-        tracing::info!(
-            rows = outcome.rows,
-            "stopped during the snapshot: the next run takes it again"
-        );
-        return Ok(false);
+    stored?;
+    // The final position is the last thing the snapshot sends: acknowledged, it says every row is on
+    // the broker (publishing may have stopped at the shutdown bound with rows still unread).
+    let acknowledged = publisher.tracker.acknowledged();
+    match acknowledged {
+        Some(position) if outcome.complete && !position.snapshot_in_progress() => {
+            tracing::info!(rows = outcome.rows, "snapshot rows on the broker");
+            Ok(Some(position))
+        }
+        _ => {
+            tracing::info!(
+                rows = outcome.rows,
+                "stopped during the snapshot: the next run carries it on"
+            );
+            Ok(None)
+        }
     }
-    tracing::info!(rows = outcome.rows, "snapshot rows on the broker");
-    Ok(true)
 }
 
-/// Writes each newly acknowledged position to the file, then passes it to the reader (`tell_reader`). Writes
+/// Writes each newly acknowledged position that `store_if` accepts to the file, then passes it to the
+/// reader (`tell_reader`). Writes
 /// coalesce: while one is in progress, later acknowledgements wait and the next write covers them all. When
 /// `finish` fires it writes what is acknowledged by then and returns; dropping `tell_reader` lets the
 /// reader close the stream. A failed final write is an error: the broker has events the file does not
@@ -389,19 +431,22 @@ async fn publish_snapshot(
 async fn acknowledge(
     tracker: Arc<AckTracker>,
     metrics: Arc<Metrics>,
-    store: PositionStore,
+    store: Arc<PositionStore>,
+    store_if: impl Fn(&Position) -> bool,
     tell_reader: impl Fn(&Position),
     start: Option<Position>,
     mut finish: oneshot::Receiver<()>,
 ) -> Result<Option<Position>, PositionError> {
-    let store = Arc::new(store);
     let mut saved = start;
     let mut finishing = false;
     loop {
         let mut changed = pin!(tracker.changed());
         changed.as_mut().enable();
         // The tracker only moves forward: a position it reports that differs from the saved one is newer.
-        if let Some(position) = tracker.acknowledged().filter(|p| Some(p) != saved.as_ref()) {
+        if let Some(position) = tracker
+            .acknowledged()
+            .filter(|p| Some(p) != saved.as_ref() && store_if(p))
+        {
             let writer = store.clone();
             let to_write = position.clone();
             let written = tokio::task::spawn_blocking(move || writer.save(to_write))
@@ -414,7 +459,7 @@ async fn acknowledge(
                 });
             match written {
                 Ok(()) => {
-                    if let Position::Postgres { lsn } = position {
+                    if let Some(lsn) = position.postgres_lsn() {
                         metrics.position_stored(lsn);
                     }
                     tell_reader(&position);
