@@ -112,7 +112,7 @@ pub struct PostgresSettings {
     pub capture_messages: bool,
     /// Connections a snapshot reads tables over at the same time.
     pub snapshot_connections: usize,
-    /// Rows per key range of a large table read over several connections.
+    /// Rows per key range of a large table (the ranges are shared out and recorded one by one).
     pub snapshot_chunk_rows: u64,
     pub decimal_handling: DecimalHandling,
     /// How often to write a heartbeat message into the WAL of the captured database (None: never).
@@ -282,7 +282,7 @@ impl PostgresSource {
                 // A slot sluice has no position for (created by hand, or sluice stopped right after creating
                 // it): its exported snapshot is gone, so the rows are read in a snapshot of sluice's own.
                 let confirmed = slot.confirmed_lsn().unwrap_or_default();
-                tracing::info!(slot = %settings.slot, %confirmed, "snapshot of an existing slot: the stream from the slot's position leaves out the changes the snapshot holds");
+                tracing::warn!(slot = %settings.slot, %confirmed, "snapshot of an existing slot: its rows are read as they are now, and the changes since the slot's position are streamed after them, so some may arrive twice");
                 Some((starting_at(confirmed), None))
             }
             (Some(_), None) => None,
