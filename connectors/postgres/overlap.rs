@@ -8,15 +8,12 @@
 //! nothing it did not see is left out. Past the WAL position at which the last later snapshot was taken,
 //! no transaction can have been seen by one, and the overlap ends.
 
-use std::collections::HashMap;
-
 use crate::event::{ChangeEvent, LaterSnapshot, Lsn, Op, PgSnapshotPosition, Position, Row, Value};
 
 /// What the stream leaves out until it passes `until`.
 pub struct Overlap {
+    /// Only the tables some of whose rows a later snapshot read: few, so they are searched, not indexed.
     position: PgSnapshotPosition,
-    /// `position.tables` by schema and name.
-    index: HashMap<(String, String), usize>,
     until: Lsn,
     /// Tables that stopped being filtered inside the open transaction: put back if it is cut off and
     /// replayed, so that the replay leaves out the same events.
@@ -49,16 +46,9 @@ impl Overlap {
             .filter_map(|i| position.later.get(i))
             .map(|later| later.until)
             .max()?;
-        let index = position
-            .tables
-            .iter()
-            .enumerate()
-            .map(|(i, table)| ((table.schema.clone(), table.name.clone()), i))
-            .collect();
         let released = vec![false; position.tables.len()];
         Some(Overlap {
             position,
-            index,
             until,
             released_in_transaction: Vec::new(),
             released,
@@ -89,7 +79,12 @@ impl Overlap {
             return false;
         }
         let table = &event.table;
-        let Some(&i) = self.index.get(&(table.schema.clone(), table.name.clone())) else {
+        let Some(i) = self
+            .position
+            .tables
+            .iter()
+            .position(|read| read.schema == table.schema && read.name == table.name)
+        else {
             return false;
         };
         if self.released[i] {
@@ -207,7 +202,11 @@ mod tests {
 
     /// The table's record while the overlap still filters it.
     fn filtered<'o>(overlap: &'o Overlap, schema: &str, name: &str) -> Option<&'o PgTableRead> {
-        let i = *overlap.index.get(&(schema.to_owned(), name.to_owned()))?;
+        let i = overlap
+            .position
+            .tables
+            .iter()
+            .position(|read| read.schema == schema && read.name == name)?;
         (!overlap.released[i]).then(|| &overlap.position.tables[i])
     }
 

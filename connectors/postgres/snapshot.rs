@@ -90,11 +90,6 @@ enum Read {
 }
 
 impl Snapshot {
-    /// Where the stream continues once the snapshot is on the broker.
-    pub fn consistent_point(&self) -> Lsn {
-        self.progress.lsn
-    }
-
     /// The position to store before the first row: what earlier runs finished, for the tables still
     /// selected.
     pub fn position(&self) -> Position {
