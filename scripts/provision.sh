@@ -3,7 +3,8 @@
 # each step checks first and does nothing when its piece is already there.
 #
 #   - Debian packages: PostgreSQL 15 server (private test clusters), cmake + libcurl (rdkafka's cmake-build),
-#     openssl (tests/tls.rs makes its certificates with it)
+#     openssl (tests/tls.rs makes its certificates with it), sqlite3 (the test harness adds an index tansu's
+#     storage lacks)
 #   - tansu 0.6.0, a Kafka-protocol broker, built once into a cache outside the repository
 #
 # Environment: SLUICE_CACHE_DIR (default ~/.cache/sluice) is where tansu is installed.
@@ -25,6 +26,7 @@ dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need_debs+=(libcurl4-openssl-dev
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need_debs+=(postgresql-15 postgresql-client-15)
 command -v pg_recvlogical >/dev/null 2>&1 || need_debs+=(postgresql-client-15)
 command -v openssl >/dev/null 2>&1 || need_debs+=(openssl)
+command -v sqlite3 >/dev/null 2>&1 || need_debs+=(sqlite3)
 # librdkafka's cmake build wants a C++ compiler and these headers for zstd/lz4 compression and TLS.
 command -v g++ >/dev/null 2>&1 || need_debs+=(g++)
 dpkg -s libssl-dev >/dev/null 2>&1 || need_debs+=(libssl-dev)

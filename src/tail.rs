@@ -111,9 +111,47 @@ pub struct MessageDecoder {
     texts: HashMap<Fingerprint, String>,
 }
 
-struct ParsedSchema {
+/// A writer schema parsed once, for decoding many datums written with it.
+pub struct ParsedSchema {
+    /// What errors call it: "id 7", "fingerprint …".
+    label: String,
     schema: Schema,
     names: HashMap<Name, Schema>,
+}
+
+impl ParsedSchema {
+    pub fn parse(label: &str, text: &str) -> Result<ParsedSchema, TailError> {
+        let bad = |err: apache_avro::Error| TailError::BadSchema {
+            schema: label.to_owned(),
+            reason: err.to_string(),
+        };
+        let schema = Schema::parse_str(text).map_err(bad)?;
+        let names = named_types(&schema).map_err(bad)?;
+        Ok(ParsedSchema {
+            label: label.to_owned(),
+            schema,
+            names,
+        })
+    }
+
+    /// One Avro datum (the body after the framing header) as JSON; bytes left over mean it was not
+    /// written with this schema.
+    pub fn decode(&self, datum: &[u8]) -> Result<Json, TailError> {
+        let undecodable = |reason: String| TailError::Undecodable {
+            schema: self.label.clone(),
+            reason,
+        };
+        let mut reader = datum;
+        let value = apache_avro::from_avro_datum(&self.schema, &mut reader, None)
+            .map_err(|err| undecodable(err.to_string()))?;
+        if !reader.is_empty() {
+            return Err(undecodable(format!(
+                "{} bytes left over after the datum",
+                reader.len()
+            )));
+        }
+        Ok(avro_json(&value, &self.schema, &self.names))
+    }
 }
 
 impl MessageDecoder {
@@ -132,22 +170,15 @@ impl MessageDecoder {
     pub async fn decode(&mut self, body: &[u8]) -> Result<Json, TailError> {
         let framed = match SchemaRef::split(body) {
             Some((SchemaRef::RegistryId(id), datum)) if self.registry.is_some() => {
-                Some((self.by_registry_id(id).await?, format!("id {id}"), datum))
+                Some((self.by_registry_id(id).await?, datum))
             }
-            Some((SchemaRef::Fingerprint(fingerprint), datum)) => Some((
-                self.by_fingerprint(fingerprint)?,
-                format!("fingerprint {}", fingerprint.hex()),
-                datum,
-            )),
+            Some((SchemaRef::Fingerprint(fingerprint), datum)) => {
+                Some((self.by_fingerprint(fingerprint)?, datum))
+            }
             _ => None,
         };
-        if let Some((parsed, name, datum)) = framed {
-            let value = apache_avro::from_avro_datum(&parsed.schema, &mut &datum[..], None)
-                .map_err(|err| TailError::Undecodable {
-                    schema: name,
-                    reason: err.to_string(),
-                })?;
-            return Ok(avro_json(&value, &parsed.schema, &parsed.names));
+        if let Some((parsed, datum)) = framed {
+            return parsed.decode(datum);
         }
         if let Ok(json) = serde_json::from_slice::<Json>(body) {
             return Ok(json);
@@ -167,7 +198,7 @@ impl MessageDecoder {
         }
         let registry = self.registry.as_ref().ok_or(TailError::NoRegistry(id))?;
         let text = registry.schema_by_id(id).await?;
-        let parsed = Arc::new(parse_schema(&format!("id {id}"), &text)?);
+        let parsed = Arc::new(ParsedSchema::parse(&format!("id {id}"), &text)?);
         self.by_id.insert(id, parsed.clone());
         Ok(parsed)
     }
@@ -184,7 +215,7 @@ impl MessageDecoder {
             .texts
             .get(&fingerprint)
             .ok_or_else(|| TailError::UnknownFingerprint(fingerprint.hex()))?;
-        let parsed = Arc::new(parse_schema(
+        let parsed = Arc::new(ParsedSchema::parse(
             &format!("fingerprint {}", fingerprint.hex()),
             text,
         )?);
@@ -195,32 +226,7 @@ impl MessageDecoder {
 
 /// Decodes one Avro datum (the body after the framing header) written with `schema_text`, as JSON.
 pub fn decode_datum(schema_text: &str, datum: &[u8]) -> Result<Json, TailError> {
-    let parsed = parse_schema("given", schema_text)?;
-    let mut reader = datum;
-    let value = apache_avro::from_avro_datum(&parsed.schema, &mut reader, None).map_err(|err| {
-        TailError::Undecodable {
-            schema: "given".into(),
-            reason: err.to_string(),
-        }
-    })?;
-    if !reader.is_empty() {
-        let reason = format!("{} bytes left over after the datum", reader.len());
-        return Err(TailError::Undecodable {
-            schema: "given".into(),
-            reason,
-        });
-    }
-    Ok(avro_json(&value, &parsed.schema, &parsed.names))
-}
-
-fn parse_schema(name: &str, text: &str) -> Result<ParsedSchema, TailError> {
-    let bad = |err: apache_avro::Error| TailError::BadSchema {
-        schema: name.to_owned(),
-        reason: err.to_string(),
-    };
-    let schema = Schema::parse_str(text).map_err(bad)?;
-    let names = named_types(&schema).map_err(bad)?;
-    Ok(ParsedSchema { schema, names })
+    ParsedSchema::parse("given", schema_text)?.decode(datum)
 }
 
 /// Every named type a schema defines, by name: what [`avro_json`] looks references up in.

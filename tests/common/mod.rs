@@ -5,10 +5,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 use sluice::avro::SchemaRef;
+use sluice::tail::ParsedSchema;
 use sluice_testkit::broker::{read_topic, Record, Tansu};
 use sluice_testkit::config::ConfigFile;
 use sluice_testkit::postgres::PgCluster;
@@ -120,8 +122,8 @@ impl Services {
         let Some((SchemaRef::RegistryId(id), datum)) = SchemaRef::split(body) else {
             panic!("not Confluent-framed: {body:?}");
         };
-        let schema = self.schema(id);
-        sluice::tail::decode_datum(&schema, datum)
+        self.schema(id)
+            .decode(datum)
             .unwrap_or_else(|err| panic!("decode with schema {id}: {err}"))
     }
 
@@ -144,23 +146,29 @@ impl Services {
         letter
     }
 
-    fn schema(&self, id: u32) -> String {
+    /// The registry double's schema `id`, parsed once per thread: a million-row topic decodes with a
+    /// handful of schemas.
+    fn schema(&self, id: u32) -> Arc<ParsedSchema> {
         thread_local! {
-            static CACHE: std::cell::RefCell<HashMap<(String, u32), String>> = Default::default();
+            static CACHE: std::cell::RefCell<HashMap<(String, u32), Arc<ParsedSchema>>> = Default::default();
         }
         let key = (self.registry.url(), id);
         if let Some(found) = CACHE.with(|c| c.borrow().get(&key).cloned()) {
             return found;
         }
-        let schema = self
+        let text = self
             .registry
             .schemas()
             .into_iter()
             .find(|(i, _)| *i == id)
             .map(|(_, s)| s)
             .unwrap_or_else(|| panic!("schema id {id} is not in the registry"));
-        CACHE.with(|c| c.borrow_mut().insert(key, schema.clone()));
-        schema
+        let parsed = Arc::new(
+            ParsedSchema::parse(&format!("id {id}"), &text)
+                .unwrap_or_else(|err| panic!("schema {id}: {err}")),
+        );
+        CACHE.with(|c| c.borrow_mut().insert(key, parsed.clone()));
+        parsed
     }
 
     /// Waits until sluice's slot is being streamed from.
