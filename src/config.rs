@@ -121,6 +121,12 @@ pub struct SourceConfig {
     /// slot.drop.on.stop).
     #[serde(default)]
     pub drop_slot_on_stop: bool,
+    /// Create the slot TEMPORARY: it lives as long as the replication connection that created it, so the
+    /// server keeps no WAL for a sluice that stopped, crashed or lost its connection. Nothing is resumed:
+    /// every start is a first start (a new slot and, unless `snapshot = "never"`, a new snapshot), and a
+    /// lost connection stops sluice.
+    #[serde(default = "off")]
+    pub temporary_slot: Spanned<bool>,
     /// Connections a snapshot reads tables over at the same time, all in the same snapshot.
     #[serde(default = "default_snapshot_connections")]
     pub snapshot_connections: Spanned<u8>,
@@ -328,6 +334,10 @@ fn default_shutdown_timeout_secs() -> Spanned<u64> {
 
 /// Below this a stop under load would rarely finish its transaction and its acknowledgements in time.
 const MIN_SHUTDOWN_TIMEOUT_SECS: u64 = 2;
+
+fn off() -> Spanned<bool> {
+    Spanned::new(0..0, false)
+}
 
 fn default_status_interval_secs() -> Spanned<u64> {
     Spanned::new(0..0, 10)
@@ -677,6 +687,15 @@ fn postgres_problems(source: &SourceConfig, report: &mut impl FnMut(&str, Range<
             if let Err(message) = ColumnPattern::parse(column.get_ref().as_str()) {
                 report("source.exclude_columns", column.span(), message);
             }
+        }
+        if *source.temporary_slot.get_ref() && source.drop_slot_on_stop {
+            report(
+                "source.temporary_slot",
+                source.temporary_slot.span(),
+                "and drop_slot_on_stop are both set: a temporary slot is dropped with its connection \
+                 already, drop_slot_on_stop is for a permanent slot. Keep one"
+                    .into(),
+            );
         }
         let interval = *source.status_interval_secs.get_ref();
         if interval == 0 || interval > MAX_STATUS_INTERVAL_SECS {
@@ -1184,6 +1203,23 @@ dir = "/var/lib/sluice"
             Err(ParseError::Invalid(problems)) => problems,
             other => panic!("expected value problems, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_temporary_slot_is_not_also_dropped_on_stop() {
+        let temporary = GOOD.replace(
+            "tables = [",
+            "temporary_slot = true\ndrop_slot_on_stop = true\ntables = [",
+        );
+        let found = problems(&temporary);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key, "source.temporary_slot");
+        assert!(found[0].message.contains("Keep one"), "{found:?}");
+        assert_eq!(found[0].line, 7, "reported at `temporary_slot`");
+
+        let config = Config::parse(&temporary.replace("drop_slot_on_stop = true\n", ""))
+            .expect("a temporary slot alone is fine");
+        assert!(*config.postgres().unwrap().temporary_slot.get_ref());
     }
 
     #[test]

@@ -343,7 +343,22 @@ async fn check_slot(config: &Config, client: &Client, report: &mut Report) {
         Ok(Some(info)) => {
             let plugin = info.plugin.clone().unwrap_or_default();
             let slot_database = info.database.clone().unwrap_or_default();
-            if info.slot_type != "logical" || plugin != "pgoutput" {
+            let in_use = |report: &mut Report| {
+                report.fail(
+                    format!("slot `{slot}` is in use by another connection right now"),
+                    "stop the other consumer (or sluice instance) first: a slot serves one reader at a time",
+                )
+            };
+            if *source.temporary_slot.get_ref() {
+                if info.active {
+                    in_use(report);
+                } else {
+                    report.fail(
+                        format!("slot `{slot}` exists, but source.temporary_slot = true creates the slot at every start"),
+                        "drop it (SELECT pg_drop_replication_slot('…');) or name another slot in `source.slot`",
+                    );
+                }
+            } else if info.slot_type != "logical" || plugin != "pgoutput" {
                 report.fail(
                     format!("slot `{slot}` exists but is a {} slot with plugin `{plugin}`", info.slot_type),
                     "name another slot in `source.slot`, or drop this one: SELECT pg_drop_replication_slot('…');",
@@ -356,10 +371,7 @@ async fn check_slot(config: &Config, client: &Client, report: &mut Report) {
                     "name another slot in `source.slot` (a slot streams one database)",
                 );
             } else if info.active {
-                report.fail(
-                    format!("slot `{slot}` is in use by another connection right now"),
-                    "stop the other consumer (or sluice instance) first: a slot serves one reader at a time",
-                );
+                in_use(report);
             } else {
                 let at = info.confirmed_flush_lsn.unwrap_or_else(|| "?".into());
                 report.pass(format!(
@@ -368,8 +380,10 @@ async fn check_slot(config: &Config, client: &Client, report: &mut Report) {
             }
         }
         Ok(None) => {
-            // What `sluice run` does about the missing slot depends on what the position file says.
+            // What `sluice run` does about the missing slot depends on what the position file says; with a
+            // temporary slot it resumes nothing and ignores the file.
             let stored = match PositionStore::peek(&position_file, slot) {
+                _ if *source.temporary_slot.get_ref() => None,
                 Ok(stored) => stored,
                 Err(err) => {
                     return report.fail(
@@ -413,8 +427,13 @@ async fn check_slot(config: &Config, client: &Client, report: &mut Report) {
                 } else {
                     " and takes a snapshot"
                 };
+                let kind = if *source.temporary_slot.get_ref() {
+                    " as a temporary slot at every start"
+                } else {
+                    ""
+                };
                 report.pass(format!(
-                    "slot `{slot}` does not exist yet: `sluice run` creates it{snapshot} ({free} slots free)"
+                    "slot `{slot}` does not exist yet: `sluice run` creates it{kind}{snapshot} ({free} slots free)"
                 ));
             }
         }

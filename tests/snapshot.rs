@@ -770,3 +770,166 @@ async fn drop_slot_on_stop_leaves_no_slot_and_the_next_run_starts_afresh() {
     daemon.stop_cleanly();
 }
 
+/// `(temporary, active)` of sluice's slot; None once it is gone.
+async fn slot_state(services: &Services) -> Option<(bool, bool)> {
+    let client = services.pg.client(common::DATABASE).await.unwrap();
+    client
+        .query_opt(
+            "SELECT temporary, active FROM pg_replication_slots WHERE slot_name = 'sluice_test'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .map(|row| (row.get(0), row.get(1)))
+}
+
+/// Waits (up to 30 s) for the server to drop sluice's temporary slot.
+async fn wait_slot_gone(services: &Services, after: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Some(state) = slot_state(services).await {
+        assert!(
+            Instant::now() < deadline,
+            "the slot outlived {after}: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads the items topic until it holds `count` events; returns how many are snapshot reads.
+async fn snapshot_reads_once(services: &Services, count: usize) -> usize {
+    let items = decode_all(
+        services,
+        &services.read(ITEMS, count, Duration::from_secs(60)).await,
+    );
+    assert_eq!(
+        items.len(),
+        count,
+        "{:?}",
+        items.iter().map(Event::op).collect::<Vec<_>>()
+    );
+    items.iter().filter(|e| e.op() == Some("r")).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporary_slot_lives_as_long_as_the_run() {
+    let services = Services::start().await;
+    services.sql(&schema(10)).await;
+    let config = services.write_config_source(&["public.items"], "temporary_slot = true", &[]);
+
+    // The slot is created temporary; its exported snapshot's rows come first, then the stream.
+    let mut daemon = Daemon::start(&config);
+    assert_eq!(snapshot_reads_once(&services, 10).await, 10);
+    assert_eq!(slot_state(&services).await, Some((true, true)));
+    services
+        .sql("INSERT INTO items VALUES (11, 'streamed', 1.00, NULL)")
+        .await;
+    assert_eq!(snapshot_reads_once(&services, 11).await, 10);
+
+    // A clean stop: the slot goes with the connection, and so does the position.
+    daemon.stop_cleanly();
+    wait_slot_gone(&services, "a clean stop").await;
+    assert!(services.position_file().is_none(), "nothing to resume");
+
+    // The next start begins afresh: a new slot and a new snapshot, which holds what changed meanwhile.
+    services
+        .sql("INSERT INTO items VALUES (12, 'while stopped', 2.00, NULL)")
+        .await;
+    let mut daemon = Daemon::start(&config);
+    assert_eq!(snapshot_reads_once(&services, 23).await, 10 + 12);
+    services
+        .sql("INSERT INTO items VALUES (13, 'streamed again', 3.00, NULL)")
+        .await;
+    assert_eq!(snapshot_reads_once(&services, 24).await, 22);
+
+    // A crash: the server drops the slot when the connection closes.
+    daemon.kill();
+    wait_slot_gone(&services, "SIGKILL").await;
+
+    // A lost connection cannot be resumed: sluice stops and says why, and the slot is gone.
+    let mut daemon = Daemon::start(&config);
+    assert_eq!(snapshot_reads_once(&services, 24 + 13).await, 22 + 13);
+    assert_eq!(slot_state(&services).await, Some((true, true)));
+    services
+        .sql("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'sluice_test'")
+        .await;
+    daemon.fails_saying(&[
+        "the connection that held the temporary replication slot `sluice_test` was lost",
+    ]);
+    wait_slot_gone(&services, "its connection").await;
+
+    // A permanent slot of the same name is not taken over.
+    services
+        .sql("SELECT pg_create_logical_replication_slot('sluice_test', 'pgoutput')")
+        .await;
+    let (_, out, _) = common::sluice(&["check", "-c", config.to_str().unwrap()]);
+    assert!(
+        out.contains("slot `sluice_test` exists, but source.temporary_slot = true"),
+        "{out}"
+    );
+    let mut daemon = Daemon::start(&config);
+    daemon.fails_saying(&["replication slot `sluice_test` exists already"]);
+    assert_eq!(slot_state(&services).await, Some((false, false)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporary_slot_outlasts_the_servers_idle_timeouts() {
+    let services = Services::start().await;
+    services.sql(&schema(10)).await;
+    // Managed servers often end idle sessions: the connection that holds the slot idles in a transaction
+    // through the snapshot, and the catalog connection idles outside one.
+    for setting in [
+        "ALTER SYSTEM SET idle_in_transaction_session_timeout = '1s'",
+        "ALTER SYSTEM SET idle_session_timeout = '1s'",
+        "SELECT pg_reload_conf()",
+    ] {
+        services.sql(setting).await;
+    }
+    let config = services.write_config_source(&["public.items"], "temporary_slot = true", &[]);
+    let mut daemon = start_with_the_registry_down(&services, &config).await;
+    // The snapshot waits for the registry well past both timeouts.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    services.registry.set_unavailable(false);
+    assert_eq!(snapshot_reads_once(&services, 10).await, 10);
+    services
+        .sql("INSERT INTO items VALUES (11, 'streamed', 1.00, NULL)")
+        .await;
+    assert_eq!(snapshot_reads_once(&services, 11).await, 10);
+    assert!(
+        daemon
+            .log()
+            .contains("the catalog connection was closed by the server; reopening it"),
+        "{}",
+        daemon.log()
+    );
+    daemon.stop_cleanly();
+    wait_slot_gone(&services, "a clean stop").await;
+
+    // Without a snapshot the slot's connection streams at once.
+    let config = services.write_config_source(
+        &["public.items"],
+        "temporary_slot = true\nsnapshot = \"never\"",
+        &[],
+    );
+    let mut daemon = Daemon::start(&config);
+    services.wait_streaming(&mut daemon).await;
+    assert_eq!(slot_state(&services).await, Some((true, true)));
+    services
+        .sql("INSERT INTO items VALUES (12, 'streamed', 1.00, NULL)")
+        .await;
+    let items = decode_all(
+        &services,
+        &services.read(ITEMS, 12, Duration::from_secs(60)).await,
+    );
+    let ops: Vec<&str> = items.iter().filter_map(Event::op).collect();
+    assert_eq!(ops.len(), 12, "{ops:?}");
+    assert_eq!(
+        items
+            .iter()
+            .filter(|e| e.op() == Some("c"))
+            .map(id_of)
+            .collect::<Vec<_>>(),
+        [11, 12]
+    );
+    daemon.stop_cleanly();
+    wait_slot_gone(&services, "a clean stop").await;
+}

@@ -6,15 +6,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::Client;
 
 use super::catalog::{self, CatalogError, TableName};
 use super::connection::PgConnection;
 use super::overlap::Overlap;
 use super::pgoutput::{self, Message, OldTuple, Relation, TupleData, TupleValue};
-use super::replication::{Frame, ReplicationConnection, ReplicationError};
-use super::snapshot::Snapshot;
+use super::replication::{Frame, ReplicationConnection, ReplicationError, SlotLifetime};
+use super::snapshot::{Exported, Snapshot};
 use super::type_catalog;
 use super::types::{self, ResolvedColumn};
 use crate::config::{DecimalHandling, Selection, SnapshotMode};
@@ -74,6 +74,24 @@ pub enum SourceError {
         stored: SourceIdentity,
         actual: SourceIdentity,
     },
+    #[error(
+        "replication slot `{slot}` exists already, and `source.temporary_slot = true` creates the slot itself at \
+         every start: drop it (SELECT pg_drop_replication_slot('{slot}');) or name another slot"
+    )]
+    TemporarySlotExists { slot: String },
+    #[error(
+        "replication slot `{slot}` is in use by another connection: another sluice with this slot, or the \
+         connection of an earlier run that the server has not yet noticed is gone (it ends such a connection \
+         after wal_sender_timeout, and its temporary slot with it). Stop the other reader, or start again \
+         once the slot is gone"
+    )]
+    TemporarySlotInUse { slot: String },
+    #[error(
+        "the connection that held the temporary replication slot `{slot}` was lost ({cause}), and the slot with \
+         it: changes from here on are not captured. The next start creates a new slot and, unless \
+         `source.snapshot = \"never\"`, reads the tables again; use a permanent slot to resume instead"
+    )]
+    TemporarySlotLost { slot: String, cause: String },
     #[error("replication stream out of order: {0}")]
     Protocol(String),
     #[error(transparent)]
@@ -104,6 +122,9 @@ pub struct PostgresSettings {
     pub connection: PgConnection,
     pub database: String,
     pub slot: String,
+    /// A temporary slot lives only as long as the connection that created it: it is kept from the slot's
+    /// creation through the snapshot to the end of streaming, and a lost one ends the run.
+    pub slot_lifetime: SlotLifetime,
     pub publication: String,
     pub selection: Selection,
     pub status_interval: Duration,
@@ -129,6 +150,29 @@ pub struct PostgresSource {
     selected: BTreeSet<TableName>,
     identity: SourceIdentity,
     snapshot: Option<Snapshot>,
+    /// The connection a temporary slot lives on, until streaming takes it.
+    temporary_slot: Option<SlotConnection>,
+}
+
+/// Where the connection that holds a temporary slot is before streaming begins.
+enum SlotConnection {
+    Held(ReplicationConnection),
+    /// Lent to the snapshot, whose exported snapshot lives on it until every reader adopted it.
+    LentToSnapshot(oneshot::Receiver<ReplicationConnection>),
+}
+
+impl SlotConnection {
+    async fn take(self, slot: &str) -> Result<ReplicationConnection, SourceError> {
+        match self {
+            SlotConnection::Held(conn) => Ok(conn),
+            SlotConnection::LentToSnapshot(lent) => {
+                lent.await.map_err(|_| SourceError::TemporarySlotLost {
+                    slot: slot.to_owned(),
+                    cause: "the snapshot ended before handing the connection back".into(),
+                })
+            }
+        }
+    }
 }
 
 /// The first wait before reopening a lost replication connection; it doubles up to the maximum.
@@ -244,6 +288,14 @@ impl PostgresSource {
         let wants_snapshot = settings.snapshot != SnapshotMode::Never;
         let slot = catalog::slot_info(&catalog, &settings.slot).await?;
         if let Some(slot) = &slot {
+            if settings.slot_lifetime == SlotLifetime::Temporary {
+                let slot_name = settings.slot.clone();
+                return Err(if slot.active {
+                    SourceError::TemporarySlotInUse { slot: slot_name }
+                } else {
+                    SourceError::TemporarySlotExists { slot: slot_name }
+                });
+            }
             check_slot(&settings, slot)?;
         }
         // How the run begins: Some(what is read already, exported snapshot) when the tables are read first.
@@ -264,7 +316,7 @@ impl PostgresSource {
                         }
                         tracing::warn!(slot = %settings.slot, consistent_point = %progress.lsn, %confirmed, "the slot moved past the interrupted snapshot's consistent point: snapshot = when_needed, so it is created again and the snapshot taken from the start");
                         conn.drop_slot(&settings.slot).await?;
-                        Some(create_slot(&mut conn, &settings.slot, true).await?)
+                        Some(create_slot(&mut conn, &settings, true).await?)
                     } else {
                         tracing::info!(slot = %settings.slot, at = %progress.lsn, file = %resume.file.display(), "carrying on the interrupted snapshot");
                         Some((progress.clone(), None))
@@ -295,23 +347,43 @@ impl PostgresSource {
                     });
                 }
                 tracing::warn!(slot = %settings.slot, stored = %resume.lsn(), "the slot is gone: snapshot = when_needed, so a new slot is created and the tables are read again");
-                Some(create_slot(&mut conn, &settings.slot, true).await?)
+                Some(create_slot(&mut conn, &settings, true).await?)
             }
             (None, resume) => {
                 if resume.is_some() && wants_snapshot {
                     tracing::warn!(slot = %settings.slot, "the slot of the interrupted snapshot is gone: a new slot is created and the snapshot taken again from the start");
                 }
-                let created = create_slot(&mut conn, &settings.slot, wants_snapshot).await?;
+                let created = create_slot(&mut conn, &settings, wants_snapshot).await?;
                 wants_snapshot.then_some(created)
             }
         };
         // An exported snapshot lives as long as the connection that exported it stays idle: it goes with
-        // the snapshot until adopted. Otherwise the connection's work is done.
-        let (progress, exported) = match begin {
-            Some((progress, Some(name))) => (Some(progress), Some((conn, name))),
+        // the snapshot until adopted. A temporary slot lives as long as that connection: it comes back for
+        // streaming. Otherwise the connection's work is done.
+        let temporary = settings.slot_lifetime == SlotLifetime::Temporary;
+        let (progress, exported, temporary_slot) = match begin {
+            Some((progress, Some(name))) => {
+                let (hand_back, lent) = if temporary {
+                    let (hand_back, lent) = oneshot::channel();
+                    (Some(hand_back), Some(SlotConnection::LentToSnapshot(lent)))
+                } else {
+                    (None, None)
+                };
+                let exported = Exported {
+                    connection: conn,
+                    name,
+                    hand_back,
+                };
+                (Some(progress), Some(exported), lent)
+            }
             other => {
-                conn.close().await?;
-                (other.map(|(progress, _)| progress), None)
+                let held = if temporary {
+                    Some(SlotConnection::Held(conn))
+                } else {
+                    conn.close().await?;
+                    None
+                };
+                (other.map(|(progress, _)| progress), None, held)
             }
         };
         let snapshot = progress.map(|mut progress| {
@@ -339,7 +411,17 @@ impl PostgresSource {
             selected: selected.into_iter().collect(),
             identity,
             snapshot,
+            temporary_slot,
         })
+    }
+
+    /// Closes the connection of a temporary slot, which drops the slot (after an `initial_only` snapshot).
+    pub async fn end_temporary_slot(&mut self) -> Result<(), SourceError> {
+        if let Some(held) = self.temporary_slot.take() {
+            held.take(&self.settings.slot).await?.close().await?;
+            tracing::info!(slot = %self.settings.slot, "closed the connection of the temporary slot: the server drops the slot");
+        }
+        Ok(())
     }
 
     /// The snapshot to read before streaming, when this run takes one.
@@ -398,6 +480,12 @@ impl PostgresSource {
                 tracing::warn!(error = %err, "replication connection lost while stopping; the server learns the stored position on the next run");
                 return Ok(());
             }
+            if self.settings.slot_lifetime == SlotLifetime::Temporary {
+                return Err(SourceError::TemporarySlotLost {
+                    slot: self.settings.slot.clone(),
+                    cause: err.to_string(),
+                });
+            }
             link.refresh_acked();
             if started.elapsed() > RECONNECT_MAX_DELAY * 2 {
                 delay = RECONNECT_FIRST_DELAY;
@@ -425,8 +513,13 @@ impl PostgresSource {
         if reconnecting {
             // The catalog connection most likely went down with the server too.
             self.catalog = catalog::connect(&self.settings.connection).await?;
+        } else {
+            self.reopen_catalog_if_closed().await?;
         }
-        let mut conn = ReplicationConnection::connect(&self.settings.connection).await?;
+        let mut conn = match self.temporary_slot.take() {
+            Some(held) => held.take(&self.settings.slot).await?,
+            None => ReplicationConnection::connect(&self.settings.connection).await?,
+        };
         link.refresh_acked();
         conn.start_replication(
             &self.settings.slot,
@@ -571,7 +664,10 @@ impl PostgresSource {
     /// Reads the server's current WAL position for `sluice_source_lag_bytes`. Neither the stream's frames
     /// nor its keepalives carry it (both tell how far the walsender has sent). A failure only costs this
     /// reading.
-    async fn report_wal_end(&self, metrics: &crate::metrics::Metrics) {
+    async fn report_wal_end(&mut self, metrics: &crate::metrics::Metrics) {
+        if let Err(err) = self.reopen_catalog_if_closed().await {
+            return tracing::debug!(error = %err, "cannot read the server's WAL position");
+        }
         let current = self
             .catalog
             .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[])
@@ -586,7 +682,10 @@ impl PostgresSource {
 
     /// Writes a heartbeat into the captured database's WAL: the walsender reads past it and reports a
     /// newer position, which the idle acknowledgement then confirms. A failure only costs this heartbeat.
-    async fn emit_heartbeat(&self) {
+    async fn emit_heartbeat(&mut self) {
+        if let Err(err) = self.reopen_catalog_if_closed().await {
+            return tracing::warn!(error = %err, "cannot write a heartbeat");
+        }
         let written = self
             .catalog
             .execute(
@@ -599,8 +698,19 @@ impl PostgresSource {
         }
     }
 
+    /// The catalog connection idles through a snapshot and between schema changes, where a server's
+    /// idle_session_timeout may end it; reopening it alone keeps the replication connection (and a
+    /// temporary slot) going.
+    async fn reopen_catalog_if_closed(&mut self) -> Result<(), SourceError> {
+        if self.catalog.is_closed() {
+            tracing::info!("the catalog connection was closed by the server; reopening it");
+            self.catalog = catalog::connect(&self.settings.connection).await?;
+        }
+        Ok(())
+    }
+
     /// The table model for a Relation message; None when the table is not selected.
-    async fn table_for(&self, relation: &Relation) -> Result<Option<Captured>, SourceError> {
+    async fn table_for(&mut self, relation: &Relation) -> Result<Option<Captured>, SourceError> {
         let name = TableName {
             schema: relation.namespace.clone(),
             name: relation.name.clone(),
@@ -612,6 +722,7 @@ impl PostgresSource {
             tracing::info!(table = %name, publication = %self.settings.publication, "skipping changes of a published table that the selection leaves out");
             return Ok(None);
         }
+        self.reopen_catalog_if_closed().await?;
         let primary_key = catalog::primary_key(&self.catalog, relation.id).await?;
         let captured = Captured::load(
             &self.catalog,
@@ -639,11 +750,15 @@ pub async fn drop_slot(settings: &PostgresSettings) -> Result<(), SourceError> {
 /// the name of its exported snapshot.
 async fn create_slot(
     conn: &mut ReplicationConnection,
-    slot: &str,
+    settings: &PostgresSettings,
     export_snapshot: bool,
 ) -> Result<(PgSnapshotPosition, Option<String>), SourceError> {
-    let created = conn.create_slot(slot, export_snapshot).await?;
-    tracing::info!(slot, consistent_point = %created.consistent_point, "created replication slot");
+    let slot = &settings.slot;
+    let created = conn
+        .create_slot(slot, settings.slot_lifetime, export_snapshot)
+        .await?;
+    let temporary = settings.slot_lifetime == SlotLifetime::Temporary;
+    tracing::info!(slot, temporary, consistent_point = %created.consistent_point, "created replication slot");
     Ok((starting_at(created.consistent_point), created.snapshot_name))
 }
 
@@ -852,7 +967,7 @@ impl StreamDecoder {
         &mut self,
         message: Message,
         lsn: Lsn,
-        source: &PostgresSource,
+        source: &mut PostgresSource,
         out: &mut Vec<SourceEvent>,
     ) -> Result<(), SourceError> {
         match message {

@@ -116,6 +116,15 @@ pub enum Frame {
     CopyDone,
 }
 
+/// How long a created slot lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotLifetime {
+    /// Until dropped: it keeps the WAL a stopped reader has not read.
+    Permanent,
+    /// As long as the connection that created it.
+    Temporary,
+}
+
 /// `CREATE_REPLICATION_SLOT`'s answer.
 #[derive(Debug, Clone)]
 pub struct CreatedSlot {
@@ -180,6 +189,10 @@ impl ReplicationConnection {
             ("replication", "database"),
             ("application_name", application),
             ("client_encoding", "UTF8"),
+            // The connection that created a slot idles inside the transaction of the snapshot it exported
+            // until streaming starts (the whole snapshot, for a temporary slot): a server-wide timeout
+            // must not end it.
+            ("idle_in_transaction_session_timeout", "0"),
         ];
         frontend::startup_message(
             params.iter().chain(OUTPUT_SETTINGS).copied(),
@@ -317,9 +330,11 @@ impl ReplicationConnection {
     /// Creates a logical slot for pgoutput. Changes committed after its consistent point are streamed; with
     /// `export_snapshot`, the answer also names a snapshot of the database at exactly that point, which
     /// other connections can adopt (`SET TRANSACTION SNAPSHOT`) until this connection runs its next command.
+    /// A temporary slot belongs to this connection: the server drops it when the connection ends.
     pub async fn create_slot(
         &mut self,
         slot: &str,
+        lifetime: SlotLifetime,
         export_snapshot: bool,
     ) -> Result<CreatedSlot, ReplicationError> {
         let snapshot = if export_snapshot {
@@ -327,8 +342,12 @@ impl ReplicationConnection {
         } else {
             "NOEXPORT_SNAPSHOT"
         };
+        let temporary = match lifetime {
+            SlotLifetime::Permanent => "",
+            SlotLifetime::Temporary => " TEMPORARY",
+        };
         let sql = format!(
-            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {snapshot}",
+            "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput {snapshot}",
             quote_ident(slot)
         );
         let rows = self.simple_query(&sql).await?;
@@ -494,6 +513,27 @@ impl ReplicationConnection {
 
 const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// TCP keepalives as the URL asks (`keepalives`, `keepalives_idle`, `keepalives_interval`,
+/// `keepalives_retries`; on by default, as in libpq), so that a connection a network device dropped
+/// silently is noticed.
+fn set_keepalive(
+    stream: &tokio::net::TcpStream,
+    config: &tokio_postgres::Config,
+) -> io::Result<()> {
+    let socket = socket2::SockRef::from(stream);
+    if !config.get_keepalives() {
+        return socket.set_keepalive(false);
+    }
+    let mut keepalive = socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
+    if let Some(interval) = config.get_keepalives_interval() {
+        keepalive = keepalive.with_interval(interval);
+    }
+    if let Some(retries) = config.get_keepalives_retries() {
+        keepalive = keepalive.with_retries(retries);
+    }
+    socket.set_tcp_keepalive(&keepalive)
+}
+
 async fn open_stream(connection: &PgConnection) -> Result<Box<dyn Stream>, ReplicationError> {
     let config = &connection.config;
     let hosts = config.get_hosts();
@@ -522,6 +562,7 @@ async fn open_stream(connection: &PgConnection) -> Result<Box<dyn Stream>, Repli
                 match connected {
                     Ok(stream) => {
                         stream.set_nodelay(true)?;
+                        set_keepalive(&stream, config)?;
                         return start_tls(stream, name, &address, connection).await;
                     }
                     Err(source) => last_error = Some(ReplicationError::Connect { address, source }),

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_postgres::Client;
 
@@ -65,12 +65,21 @@ pub struct Snapshot {
     /// What earlier runs put on the broker, and the snapshots they read it in; `lsn` is the slot's
     /// consistent point, where the stream continues once every row is on the broker.
     pub(super) progress: PgSnapshotPosition,
-    /// The replication connection that created the slot and the name of the snapshot it exported; the
-    /// snapshot lives only until that connection runs another command, so it is closed once adopted.
-    /// None when the slot existed already (an interrupted snapshot carried on, or a slot sluice has no
+    /// The snapshot the slot exported, on the connection that created the slot. None when the slot
+    /// existed already (an interrupted snapshot carried on, or a slot sluice has no
     /// position for): the rows are then read in a snapshot of sluice's own, later than the consistent
     /// point, which the stream makes up for.
-    pub(super) exported: Option<(ReplicationConnection, String)>,
+    pub(super) exported: Option<Exported>,
+}
+
+/// A snapshot exported by `CREATE_REPLICATION_SLOT`: it lives only until its connection runs another
+/// command, so the connection waits idle until every reader adopted it.
+pub(super) struct Exported {
+    pub(super) connection: ReplicationConnection,
+    pub(super) name: String,
+    /// Where the connection goes once the snapshot is adopted, when it holds a temporary slot (which
+    /// dies with it); without one it is closed.
+    pub(super) hand_back: Option<oneshot::Sender<ReplicationConnection>>,
 }
 
 /// How a snapshot ended.
@@ -335,7 +344,7 @@ impl Snapshot {
         &mut self,
         count: usize,
     ) -> Result<(Vec<Client>, Option<usize>), SourceError> {
-        let exported = self.exported.as_ref().map(|(_, name)| name.clone());
+        let exported = self.exported.as_ref().map(|exported| exported.name.clone());
         let first = self.open_reading_transaction(exported.as_deref()).await?;
         let (shared, read_in) = match exported {
             Some(name) => (name, None),
@@ -367,9 +376,13 @@ impl Snapshot {
         for _ in 1..count {
             clients.push(self.open_reading_transaction(Some(&shared)).await?);
         }
-        // Every reader holds the snapshot now; the exporting connection may go.
-        if let Some((exporter, _)) = self.exported.take() {
-            exporter.close().await?;
+        // Every reader holds the snapshot now; the exporting connection may go, or stream.
+        if let Some(exported) = self.exported.take() {
+            match exported.hand_back {
+                // A failed hand-back means the source is gone; the connection (and slot) go with it.
+                Some(hand_back) => drop(hand_back.send(exported.connection)),
+                None => exported.connection.close().await?,
+            }
         }
         Ok((clients, read_in))
     }
@@ -383,6 +396,9 @@ impl Snapshot {
             .map(|(name, value)| format!("SET {name} = {}", quote_literal(value)))
             .collect();
         execute(&client, &settings.join("; ")).await?;
+        // A reader waits in its transaction while the broker catches up: a server-wide timeout must not
+        // end it.
+        execute(&client, "SET idle_in_transaction_session_timeout = 0").await?;
         execute(&client, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
         if let Some(name) = adopt {
             let adopt = format!("SET TRANSACTION SNAPSHOT {}", quote_literal(name));

@@ -24,6 +24,7 @@ use crate::connectors::postgres::connection::PgConnection;
 use crate::connectors::postgres::reader::{
     self, PostgresSettings, PostgresSource, Resume, SourceError, StreamControl,
 };
+use crate::connectors::postgres::replication::SlotLifetime;
 use crate::connectors::postgres::snapshot::Snapshot;
 use crate::contracts::{BoundContract, ContractError, Contracts};
 use crate::deadletter::{self, DeadLetter, Failure, Stage};
@@ -212,7 +213,15 @@ async fn run_postgres(
         std::path::Path::new(config.positions.dir.get_ref().as_str()),
         &settings.slot,
     )?;
-    let stored_position = store.load()?;
+    let stored_position = if settings.slot_lifetime == SlotLifetime::Temporary {
+        // The slot a stored position points into died with the run that wrote it.
+        if store.path().exists() {
+            tracing::info!(file = %store.path().display(), "temporary_slot: the position file of an earlier run is not resumed; this run starts afresh");
+        }
+        None
+    } else {
+        store.load()?
+    };
     if let Some(stored) = &stored_position {
         if stored.position.postgres_lsn().is_none() {
             return Err(PipelineError::ForeignPosition {
@@ -268,7 +277,10 @@ async fn run_postgres(
             // initial_only drops the slot before the file says "complete": a crash in between takes the
             // snapshot again rather than leaving a slot that holds WAL with nobody to read it.
             if mode == SnapshotMode::InitialOnly {
-                reader::drop_slot(&slot_settings).await?;
+                match slot_settings.slot_lifetime {
+                    SlotLifetime::Permanent => reader::drop_slot(&slot_settings).await?,
+                    SlotLifetime::Temporary => source.end_temporary_slot().await?,
+                }
             }
             store.save(read.clone())?;
             // The file says the snapshot is complete: what began of it no longer matters.
@@ -331,7 +343,11 @@ async fn run_postgres(
         finish_tx,
     )
     .await?;
-    if source_config.drop_slot_on_stop {
+    if *source_config.temporary_slot.get_ref() {
+        // The slot went with the replication connection: the stored position means nothing any more.
+        PositionStore::remove(&position_file)?;
+        tracing::info!(file = %position_file.display(), "temporary slot gone with its connection; position file removed");
+    } else if source_config.drop_slot_on_stop {
         // Without its slot the stored position means nothing: the next run starts afresh.
         reader::drop_slot(&slot_settings).await?;
         PositionStore::remove(&position_file)?;
@@ -348,6 +364,11 @@ pub fn postgres_settings(source: &SourceConfig) -> Result<PostgresSettings, Pipe
         connection,
         database,
         slot: source.slot.get_ref().as_str().to_owned(),
+        slot_lifetime: if *source.temporary_slot.get_ref() {
+            SlotLifetime::Temporary
+        } else {
+            SlotLifetime::Permanent
+        },
         publication: source.publication.get_ref().as_str().to_owned(),
         selection: source.selection(),
         status_interval: Duration::from_secs(*source.status_interval_secs.get_ref()),
