@@ -1,6 +1,7 @@
 //! Schema changes in the middle of the stream, against a real PostgreSQL, broker and registry double: each
-//! change's next event carries a new registered schema version, and adding a nullable column is a change
-//! a consumer with the new schema can read old events with (BACKWARD).
+//! change's next event carries a new registered schema version, adding a nullable column is a change a
+//! consumer with the new schema can read old events with (BACKWARD), and a table added to the publication
+//! is captured from its first change.
 
 mod common;
 
@@ -86,5 +87,50 @@ async fn each_schema_change_gives_the_next_event_a_new_schema_version() {
         format!("{read:?}").contains("price"),
         "the new field is filled with its default: {read:?}"
     );
+    daemon.stop_cleanly();
+}
+
+/// A table created mid-stream and added to the publication (by its owner; a `FOR ALL TABLES` publication
+/// covers it at once) is captured from its first published change when the selection's patterns match
+/// it, on a topic and under a schema of its own, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_added_to_the_publication_mid_stream_is_captured() {
+    let (services, _, mut daemon) = common::streaming(
+        "CREATE TABLE items (id int PRIMARY KEY, name text)",
+        &["public.*"],
+        "",
+        &[],
+    )
+    .await;
+    services.sql("INSERT INTO items VALUES (1, 'one')").await;
+    services
+        .sql(
+            "CREATE TABLE extras (id int PRIMARY KEY, note text);
+             ALTER PUBLICATION sluice_test ADD TABLE extras",
+        )
+        .await;
+    services
+        .sql("INSERT INTO extras VALUES (7, 'seven'); INSERT INTO items VALUES (2, 'two')")
+        .await;
+
+    let extras = decode_all(
+        &services,
+        &services
+            .read("shop.public.extras", 1, Duration::from_secs(60))
+            .await,
+    );
+    assert_eq!(extras.len(), 1, "{extras:?}");
+    assert_eq!(extras[0].op(), Some("c"));
+    assert_eq!(extras[0].after().unwrap()["note"], "seven");
+    let items = services.read(ITEMS, 2, Duration::from_secs(60)).await;
+    assert_eq!(items.len(), 2);
+    let subjects = services.registry.subjects();
+    for subject in ["shop.public.extras-key", "shop.public.extras-value"] {
+        assert!(
+            subjects.iter().any(|s| s == subject),
+            "{subject} in {subjects:?}"
+        );
+    }
+    services.assert_no_dead_letters().await;
     daemon.stop_cleanly();
 }
