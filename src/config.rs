@@ -122,7 +122,8 @@ pub struct SourceConfig {
     #[serde(default)]
     pub drop_slot_on_stop: bool,
     /// Create the slot TEMPORARY: it lives as long as the replication connection that created it, so the
-    /// server keeps no WAL for a sluice that stopped, crashed or lost its connection. Nothing is resumed:
+    /// server keeps no WAL for a sluice that stopped, crashed or lost its connection (once the server
+    /// notices). Nothing is resumed:
     /// every start is a first start (a new slot and, unless `snapshot = "never"`, a new snapshot), and a
     /// lost connection stops sluice.
     #[serde(default = "off")]

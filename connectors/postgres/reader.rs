@@ -81,9 +81,9 @@ pub enum SourceError {
     TemporarySlotExists { slot: String },
     #[error(
         "replication slot `{slot}` is in use by another connection: another sluice with this slot, or the \
-         connection of an earlier run that the server has not yet noticed is gone (it ends such a connection \
-         after wal_sender_timeout, and its temporary slot with it). Stop the other reader, or start again \
-         once the slot is gone"
+         connection of an earlier run that the server has not yet noticed is gone (wal_sender_timeout ends a \
+         streaming one, TCP keepalives any other, and its temporary slot with it). Stop the other reader, or \
+         start again once the slot is gone"
     )]
     TemporarySlotInUse { slot: String },
     #[error(
@@ -481,9 +481,13 @@ impl PostgresSource {
                 return Ok(());
             }
             if self.settings.slot_lifetime == SlotLifetime::Temporary {
-                return Err(SourceError::TemporarySlotLost {
-                    slot: self.settings.slot.clone(),
-                    cause: err.to_string(),
+                // Reconnecting would find the slot gone; a catalog failure is reported as itself.
+                return Err(match err {
+                    SourceError::Replication(cause) => SourceError::TemporarySlotLost {
+                        slot: self.settings.slot.clone(),
+                        cause: cause.to_string(),
+                    },
+                    other => other,
                 });
             }
             link.refresh_acked();
@@ -510,14 +514,18 @@ impl PostgresSource {
         link: &mut Link,
         reconnecting: bool,
     ) -> Result<ReplicationConnection, SourceError> {
+        let held = match self.temporary_slot.take() {
+            Some(held) => Some(held.take(&self.settings.slot).await?),
+            None => None,
+        };
         if reconnecting {
             // The catalog connection most likely went down with the server too.
             self.catalog = catalog::connect(&self.settings.connection).await?;
         } else {
             self.reopen_catalog_if_closed().await?;
         }
-        let mut conn = match self.temporary_slot.take() {
-            Some(held) => held.take(&self.settings.slot).await?,
+        let mut conn = match held {
+            Some(conn) => conn,
             None => ReplicationConnection::connect(&self.settings.connection).await?,
         };
         link.refresh_acked();
@@ -698,7 +706,7 @@ impl PostgresSource {
         }
     }
 
-    /// The catalog connection idles through a snapshot and between schema changes, where a server's
+    /// The catalog connection idles through a snapshot (and under back-pressure), where a server's
     /// idle_session_timeout may end it; reopening it alone keeps the replication connection (and a
     /// temporary slot) going.
     async fn reopen_catalog_if_closed(&mut self) -> Result<(), SourceError> {

@@ -200,15 +200,26 @@ impl ReplicationConnection {
         )?;
         self.flush().await?;
         self.authenticate(user, config.get_password()).await?;
+        let mut server_version = 0;
         loop {
             match self.next_message().await? {
-                backend::Message::ReadyForQuery(_) => return Ok(()),
+                backend::Message::ReadyForQuery(_) => break,
                 backend::Message::ErrorResponse(body) => {
                     return Err(ServerError::from_body(&body).into())
+                }
+                backend::Message::ParameterStatus(status) if status.name()? == "server_version" => {
+                    server_version = major_version(status.value()?);
                 }
                 _ => {}
             }
         }
+        // Between commands (while the catalog work before a slot is created runs, or while a temporary
+        // slot's connection waits for streaming) the connection is idle. The setting exists from
+        // PostgreSQL 14 on; the startup packet cannot carry it to older servers.
+        if server_version >= 14 {
+            self.simple_query("SET idle_session_timeout = 0").await?;
+        }
+        Ok(())
     }
 
     async fn authenticate(
@@ -511,6 +522,15 @@ impl ReplicationConnection {
     }
 }
 
+/// The major version in `server_version` ("15.4 (Debian 15.4-1)" → 15); 0 when it cannot be read.
+fn major_version(server_version: &str) -> u32 {
+    server_version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|major| major.parse().ok())
+        .unwrap_or(0)
+}
+
 const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// TCP keepalives as the URL asks (`keepalives`, `keepalives_idle`, `keepalives_interval`,
@@ -695,6 +715,14 @@ pub fn quote_literal(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn major_version_reads_what_servers_report() {
+        assert_eq!(major_version("15.4 (Debian 15.4-1.pgdg120+1)"), 15);
+        assert_eq!(major_version("14beta2"), 14);
+        assert_eq!(major_version("9.6.24"), 9);
+        assert_eq!(major_version(""), 0);
+    }
 
     #[test]
     fn keepalive_and_xlogdata_parse() {
