@@ -149,6 +149,16 @@ pub struct LaterSnapshot {
     pub until: Lsn,
 }
 
+impl PgSnapshotPosition {
+    /// A snapshot with nothing read yet, whose stream continues at `lsn`.
+    pub fn starting_at(lsn: Lsn) -> PgSnapshotPosition {
+        PgSnapshotPosition {
+            lsn,
+            ..PgSnapshotPosition::default()
+        }
+    }
+}
+
 impl Position {
     /// A PostgreSQL snapshot not all of whose rows are on the broker yet.
     pub fn snapshot_in_progress(&self) -> bool {

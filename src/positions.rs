@@ -229,10 +229,7 @@ impl StoredPosition {
     /// The one form of an interrupted snapshot, whichever version wrote the file.
     fn upgraded(mut self) -> StoredPosition {
         if let (true, Position::Postgres { lsn }) = (self.snapshot_pending, &self.position) {
-            self.position = Position::PostgresSnapshot(PgSnapshotPosition {
-                lsn: *lsn,
-                ..PgSnapshotPosition::default()
-            });
+            self.position = Position::PostgresSnapshot(PgSnapshotPosition::starting_at(*lsn));
         }
         self.snapshot_pending = false;
         self
@@ -271,11 +268,6 @@ impl PositionStore {
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The source the file belongs to.
-    pub fn source(&self) -> &str {
-        &self.source
     }
 
     /// The stored position, or None when sluice never delivered anything for this source.
@@ -598,10 +590,8 @@ mod tests {
         assert_eq!(loaded.position, at(0x16_B374_D900));
         assert_eq!(loaded.identity, Some(identity));
         assert!(!loaded.snapshot_pending());
-        let pending = Position::PostgresSnapshot(PgSnapshotPosition {
-            lsn: Lsn(0x17_0000_0000),
-            ..PgSnapshotPosition::default()
-        });
+        let pending =
+            Position::PostgresSnapshot(PgSnapshotPosition::starting_at(Lsn(0x17_0000_0000)));
         store.save(pending.clone()).unwrap();
         assert!(store.load().unwrap().unwrap().snapshot_pending());
         // Earlier versions marked an interrupted snapshot with a flag beside a plain position.

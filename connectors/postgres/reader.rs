@@ -335,7 +335,7 @@ impl PostgresSource {
                 // it): its exported snapshot is gone, so the rows are read in a snapshot of sluice's own.
                 let confirmed = slot.confirmed_lsn().unwrap_or_default();
                 tracing::warn!(slot = %settings.slot, %confirmed, "snapshot of an existing slot: its rows are read as they are now, and the changes since the slot's position are streamed after them, so some may arrive twice");
-                Some((starting_at(confirmed), None))
+                Some((PgSnapshotPosition::starting_at(confirmed), None))
             }
             (Some(_), None) => None,
             (None, Some(resume)) if resume.interrupted().is_none() => {
@@ -767,15 +767,10 @@ async fn create_slot(
         .await?;
     let temporary = settings.slot_lifetime == SlotLifetime::Temporary;
     tracing::info!(slot, temporary, consistent_point = %created.consistent_point, "created replication slot");
-    Ok((starting_at(created.consistent_point), created.snapshot_name))
-}
-
-/// A snapshot with nothing read yet, whose stream continues at `lsn`.
-fn starting_at(lsn: Lsn) -> PgSnapshotPosition {
-    PgSnapshotPosition {
-        lsn,
-        ..PgSnapshotPosition::default()
-    }
+    Ok((
+        PgSnapshotPosition::starting_at(created.consistent_point),
+        created.snapshot_name,
+    ))
 }
 
 /// The slot only moves when sluice has stored a position first; a slot ahead of the file means someone else

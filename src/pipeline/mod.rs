@@ -444,11 +444,10 @@ async fn publish_snapshot(
 }
 
 /// Writes each newly acknowledged position that `store_if` accepts to the file, then passes it to the
-/// reader (`tell_reader`). Writes
-/// coalesce: while one is in progress, later acknowledgements wait and the next write covers them all. When
-/// `finish` fires it writes what is acknowledged by then and returns; dropping `tell_reader` lets the
-/// reader close the stream. A failed final write is an error: the broker has events the file does not
-/// know of.
+/// reader (`tell_reader`). Writes coalesce: while one is in progress, later acknowledgements wait and the
+/// next write covers them all. When `finish` fires it writes what is acknowledged by then and returns;
+/// dropping `tell_reader` lets the reader close the stream. A failed final write is an error: the broker
+/// has events the file does not know of.
 async fn acknowledge(
     tracker: Arc<AckTracker>,
     metrics: Arc<Metrics>,
