@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
-use sluice::avro::SchemaRef;
 use sluice_testkit::broker::{read_topic, Record, Tansu};
 use sluice_testkit::bson::{doc, Bson, Document};
 use sluice_testkit::mongo_double::{change_event, token_of, MongoDouble, REPLICA_SET};
@@ -117,16 +116,7 @@ impl Setup {
     }
 
     fn decode(&self, body: &[u8]) -> Json {
-        let Some((SchemaRef::RegistryId(id), datum)) = SchemaRef::split(body) else {
-            panic!("not Confluent-framed: {body:?}");
-        };
-        let (_, schema) = self
-            .registry
-            .schemas()
-            .into_iter()
-            .find(|(i, _)| *i == id)
-            .unwrap_or_else(|| panic!("schema {id} is not in the registry"));
-        sluice::tail::decode_datum(&schema, datum).expect("decode")
+        common::decode_registered(&self.registry, body)
     }
 
     /// (key, value) of each record, decoded; a tombstone's value is null.

@@ -17,26 +17,12 @@ use std::time::{Duration, Instant};
 use mongodb::bson::{doc, Document};
 use mongodb::Client;
 use serde_json::Value as Json;
-use sluice::avro::SchemaRef;
 use sluice_testkit::broker::{read_topic, Tansu};
 use sluice_testkit::registry::RegistryDouble;
 
 use common::Daemon;
 
 const PREFIX: &str = "live";
-
-/// A Confluent-framed Avro body, decoded with its schema from the registry double.
-fn decode(registry: &RegistryDouble, body: &[u8]) -> Json {
-    let Some((SchemaRef::RegistryId(id), datum)) = SchemaRef::split(body) else {
-        panic!("not Confluent-framed")
-    };
-    let (_, schema) = registry
-        .schemas()
-        .into_iter()
-        .find(|(i, _)| *i == id)
-        .unwrap();
-    sluice::tail::decode_datum(&schema, datum).unwrap()
-}
 
 /// `MONGODB_URI`, or None after saying plainly that the suite is skipped.
 fn live_uri() -> Option<String> {
@@ -191,7 +177,7 @@ async fn a_real_replica_set_streams_resumes_and_keeps_transactions() {
         .unwrap();
     session.commit_transaction().await.unwrap();
 
-    let decode = |body: &[u8]| decode(registry, body);
+    let decode = |body: &[u8]| common::decode_registered(registry, body);
     let orders_topic = format!("{PREFIX}.{db_name}.orders");
     let read = |topic: String, min: usize| {
         let bootstrap = broker.bootstrap();
@@ -251,7 +237,7 @@ async fn ops_by_id(
     let records = read_topic(&broker.bootstrap(), topic, min, Duration::from_secs(120))
         .await
         .unwrap();
-    let decode = |body: &[u8]| decode(registry, body);
+    let decode = |body: &[u8]| common::decode_registered(registry, body);
     records
         .iter()
         .map(|r| {
@@ -426,7 +412,7 @@ async fn a_real_replica_set_types_documents_by_contract() {
         .unwrap();
     let afters: Vec<Json> = records
         .iter()
-        .map(|r| decode(registry, r.value.as_deref().unwrap())["after"].clone())
+        .map(|r| common::decode_registered(registry, r.value.as_deref().unwrap())["after"].clone())
         .collect();
     assert_eq!(
         afters,
@@ -446,7 +432,7 @@ async fn a_real_replica_set_types_documents_by_contract() {
     .await
     .unwrap();
     assert_eq!(letters.len(), 1);
-    let letter = decode(registry, letters[0].value.as_deref().unwrap());
+    let letter = common::decode_registered(registry, letters[0].value.as_deref().unwrap());
     assert_eq!(letter["stage"], "validate");
     assert!(
         letter["error"].as_str().unwrap().contains(

@@ -119,12 +119,7 @@ impl Services {
 
     /// Decodes a Confluent-framed Avro body with the schema the registry double holds for its id.
     pub fn decode(&self, body: &[u8]) -> Json {
-        let Some((SchemaRef::RegistryId(id), datum)) = SchemaRef::split(body) else {
-            panic!("not Confluent-framed: {body:?}");
-        };
-        self.schema(id)
-            .decode(datum)
-            .unwrap_or_else(|err| panic!("decode with schema {id}: {err}"))
+        decode_registered(&self.registry, body)
     }
 
     /// Waits up to `timeout` for the dead-letter topic, asserts that it holds exactly `count` letters, and
@@ -144,31 +139,6 @@ impl Services {
             }
         }
         letter
-    }
-
-    /// The registry double's schema `id`, parsed once per thread: a million-row topic decodes with a
-    /// handful of schemas.
-    fn schema(&self, id: u32) -> Arc<ParsedSchema> {
-        thread_local! {
-            static CACHE: std::cell::RefCell<HashMap<(String, u32), Arc<ParsedSchema>>> = Default::default();
-        }
-        let key = (self.registry.url(), id);
-        if let Some(found) = CACHE.with(|c| c.borrow().get(&key).cloned()) {
-            return found;
-        }
-        let text = self
-            .registry
-            .schemas()
-            .into_iter()
-            .find(|(i, _)| *i == id)
-            .map(|(_, s)| s)
-            .unwrap_or_else(|| panic!("schema id {id} is not in the registry"));
-        let parsed = Arc::new(
-            ParsedSchema::parse(&format!("id {id}"), &text)
-                .unwrap_or_else(|err| panic!("schema {id}: {err}")),
-        );
-        CACHE.with(|c| c.borrow_mut().insert(key, parsed.clone()));
-        parsed
     }
 
     /// Waits until sluice's slot is being streamed from.
@@ -388,6 +358,40 @@ fn now_nanos() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos()
+}
+
+/// Decodes a Confluent-framed Avro body with the schema `registry` holds for its id.
+pub fn decode_registered(registry: &RegistryDouble, body: &[u8]) -> Json {
+    let Some((SchemaRef::RegistryId(id), datum)) = SchemaRef::split(body) else {
+        panic!("not Confluent-framed: {body:?}");
+    };
+    registered_schema(registry, id)
+        .decode(datum)
+        .unwrap_or_else(|err| panic!("decode with schema {id}: {err}"))
+}
+
+/// The registry double's schema `id`, parsed once per thread: a million-row topic decodes with a handful
+/// of schemas.
+fn registered_schema(registry: &RegistryDouble, id: u32) -> Arc<ParsedSchema> {
+    thread_local! {
+        static CACHE: std::cell::RefCell<HashMap<(String, u32), Arc<ParsedSchema>>> = Default::default();
+    }
+    let key = (registry.url(), id);
+    if let Some(found) = CACHE.with(|c| c.borrow().get(&key).cloned()) {
+        return found;
+    }
+    let text = registry
+        .schemas()
+        .into_iter()
+        .find(|(i, _)| *i == id)
+        .map(|(_, s)| s)
+        .unwrap_or_else(|| panic!("schema id {id} is not in the registry"));
+    let parsed = Arc::new(
+        ParsedSchema::parse(&format!("id {id}"), &text)
+            .unwrap_or_else(|err| panic!("schema {id}: {err}")),
+    );
+    CACHE.with(|c| c.borrow_mut().insert(key, parsed.clone()));
+    parsed
 }
 
 /// A decoded change event, reduced to what the tests compare.
