@@ -621,7 +621,7 @@ mod tests {
         }
     }
     use crate::avro::table_schemas;
-    use crate::event::{Column, ColumnType, Table};
+    use sluice_core::event::{Column, ColumnType, Table};
 
     fn orders() -> Schema {
         let column = |name: &str, column_type, key| Column {

@@ -10,7 +10,9 @@ use apache_avro::types::Value as Avro;
 use apache_avro::Schema;
 use serde_json::{json, Map, Value as Json};
 
-use crate::event::{ChangeEvent, DocumentChange, Numeric, Row, Table, UndecodableChange, Value};
+use sluice_core::event::{
+    ChangeEvent, DocumentChange, Numeric, Row, Table, UndecodableChange, Value,
+};
 
 /// The record format, as documented in `schemas/dead_letter.avsc`.
 pub const SCHEMA_TEXT: &str = include_str!("../schemas/dead_letter.avsc");

@@ -9,17 +9,10 @@ pub mod avro;
 pub mod config;
 pub mod contracts;
 pub mod deadletter;
-pub mod event;
 pub mod metrics;
 pub mod pipeline;
-pub mod positions;
 pub mod preflight;
 pub mod registry;
 pub mod shutdown;
 pub mod sink;
 pub mod tail;
-
-// The product layout keeps connectors in a top-level folder of their own; they are compiled as part of this
-// crate so that they share the event model without a crate cycle.
-#[path = "../connectors/mod.rs"]
-pub mod connectors;

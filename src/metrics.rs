@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::deadletter::Stage;
-use crate::event::Lsn;
-use crate::positions::{now_ms, AckTracker};
+use crate::pipeline::ack::AckTracker;
+use sluice_core::event::Lsn;
+use sluice_core::metrics::SourceMetrics;
+use sluice_core::positions::now_ms;
 
 /// Upper bounds (microseconds) of the latency histograms' buckets: fine up to 100 ms, where a healthy
 /// pipeline's latencies fall (50 ms, the benchmark's target, is a bound of its own), coarse beyond.
@@ -55,19 +57,7 @@ struct Counters {
     snapshot: BTreeMap<String, Arc<SnapshotProgress>>,
 }
 
-/// One table's snapshot: rows read so far, and the planner's estimate of the total.
-#[derive(Default)]
-pub struct SnapshotProgress {
-    pub rows: AtomicU64,
-    estimated: AtomicU64,
-    finished: AtomicBool,
-}
-
-impl SnapshotProgress {
-    pub fn finished(&self) {
-        self.finished.store(true, Relaxed);
-    }
-}
+pub use sluice_core::metrics::SnapshotProgress;
 
 /// A latency histogram, updated lock-free from any thread.
 #[derive(Default)]
@@ -546,5 +536,24 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
+    }
+}
+
+/// What a source reports lands in the same counters.
+impl SourceMetrics for Metrics {
+    fn set_streaming(&self, streaming: bool) {
+        Metrics::set_streaming(self, streaming)
+    }
+    fn reconnected(&self) {
+        Metrics::reconnected(self)
+    }
+    fn server_wal_end(&self, lsn: Lsn) {
+        Metrics::server_wal_end(self, lsn)
+    }
+    fn set_snapshot_running(&self, running: bool) {
+        Metrics::set_snapshot_running(self, running)
+    }
+    fn snapshot_table(&self, table: &str, estimated_rows: Option<u64>) -> Arc<SnapshotProgress> {
+        Metrics::snapshot_table(self, table, estimated_rows)
     }
 }

@@ -1,103 +1,25 @@
 //! `sluice check`: connects to everything the config names and reports, line by line, what is ready and
 //! what is not — with the fix for each problem. Changes nothing.
 
-use std::fmt;
 use std::time::Duration;
 
 use tokio_postgres::Client;
 
 use crate::config::{redact_secrets, Config, Selection, SinkKind, SnapshotMode, Source};
-use crate::connectors::postgres::catalog::{self, describe_pg_error, TableName};
-use crate::connectors::postgres::connection::PgConnection;
-use crate::connectors::postgres::replication::{ReplicationConnection, ReplicationError};
 use crate::contracts::Contracts;
-use crate::positions::PositionStore;
 use crate::registry::{RegistryClient, RegistryError, RegistrySettings};
 use crate::sink::{Sink, SinkSettings};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    Pass,
-    Warn,
-    Fail,
-    /// Not checked because an earlier check failed.
-    Skip,
-}
-
-#[derive(Debug, Clone)]
-pub struct CheckLine {
-    pub status: Status,
-    pub what: String,
-    /// How to fix it, for failures and warnings.
-    pub fix: Option<String>,
-}
-
-impl fmt::Display for CheckLine {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mark = match self.status {
-            Status::Pass => "[ ok ]",
-            Status::Warn => "[warn]",
-            Status::Fail => "[FAIL]",
-            Status::Skip => "[skip]",
-        };
-        write!(f, "{mark} {}", self.what)?;
-        if let Some(fix) = &self.fix {
-            write!(f, "\n       fix: {fix}")?;
-        }
-        Ok(())
-    }
-}
-
-#[derive(Default)]
-pub struct Report {
-    pub lines: Vec<CheckLine>,
-}
-
-impl Report {
-    pub(crate) fn pass(&mut self, what: impl Into<String>) {
-        self.lines.push(CheckLine {
-            status: Status::Pass,
-            what: what.into(),
-            fix: None,
-        });
-    }
-    pub(crate) fn warn(&mut self, what: impl Into<String>, fix: impl Into<String>) {
-        self.lines.push(CheckLine {
-            status: Status::Warn,
-            what: what.into(),
-            fix: Some(fix.into()),
-        });
-    }
-    pub(crate) fn fail(&mut self, what: impl Into<String>, fix: impl Into<String>) {
-        self.lines.push(CheckLine {
-            status: Status::Fail,
-            what: what.into(),
-            fix: Some(fix.into()),
-        });
-    }
-    pub(crate) fn skip(&mut self, what: impl Into<String>) {
-        self.lines.push(CheckLine {
-            status: Status::Skip,
-            what: what.into(),
-            fix: None,
-        });
-    }
-
-    pub fn passed(&self) -> bool {
-        !self
-            .lines
-            .iter()
-            .any(|l| matches!(l.status, Status::Fail | Status::Skip))
-    }
-}
+use sluice_core::check::Report;
+use sluice_core::positions::PositionStore;
+use sluice_postgres::catalog::{self, describe_pg_error, TableName};
+use sluice_postgres::connection::PgConnection;
+use sluice_postgres::replication::{ReplicationConnection, ReplicationError};
 
 pub async fn run(config: &Config) -> Report {
     let mut report = Report::default();
     match &config.source {
         Source::Postgres(_) => check_postgres(config, &mut report).await,
-        Source::Mongodb(source) => {
-            crate::connectors::mongodb::preflight::check(source, &mut report).await
-        }
+        Source::Mongodb(source) => sluice_mongodb::preflight::check(source, &mut report).await,
     }
     check_broker(config, &mut report);
     check_registry(config, &mut report).await;
@@ -552,7 +474,7 @@ async fn owns_all(client: &Client, tables: &[TableName]) -> bool {
 fn check_broker(config: &Config, report: &mut Report) {
     let settings = SinkSettings::from_config(config);
     let brokers = settings.brokers.clone();
-    let tracker = std::sync::Arc::new(crate::positions::AckTracker::new());
+    let tracker = std::sync::Arc::new(crate::pipeline::ack::AckTracker::new());
     if settings.kind == SinkKind::Blackhole {
         report
             .pass("sink.kind = \"blackhole\": no broker; events are acknowledged and thrown away");
@@ -609,8 +531,8 @@ pub async fn compare_contracts(
     let Some(source) = config.postgres() else {
         return Ok(document_contract_lines(contracts, prefix));
     };
-    let settings = crate::pipeline::postgres_settings(source)?;
-    let tables = crate::connectors::postgres::reader::current_tables(&settings).await?;
+    let settings = sluice_postgres::source::settings(source)?;
+    let tables = sluice_postgres::reader::current_tables(&settings).await?;
     let mut lines = Vec::new();
     for contract in contracts.iter() {
         let table = tables

@@ -18,8 +18,9 @@ use tokio::time::Instant;
 
 use crate::config::{Config, SinkKind};
 use crate::metrics::Metrics;
-use crate::positions::{now_ms, AckTracker};
+use crate::pipeline::ack::AckTracker;
 use crate::shutdown::StopDeadline;
+use sluice_core::positions::now_ms;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -563,9 +564,9 @@ pub fn is_connection_property(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Lsn, Position};
     use rdkafka::mocking::MockCluster;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    use sluice_core::event::{Lsn, Position};
 
     fn mock_settings(brokers: String) -> SinkSettings {
         SinkSettings {

@@ -301,9 +301,8 @@ async fn change_streams_publish_resume_and_dead_letter_through_the_driver() {
     );
 
     // Everything up to the drop is on the broker: its token is the stored position.
-    let cut_token = sluice::connectors::mongodb::change::canonical_json(&Bson::Document(
-        last_before_cut.clone(),
-    ));
+    let cut_token =
+        sluice_mongodb::change::canonical_json(&Bson::Document(last_before_cut.clone()));
     wait_until("the position after the drop event", &daemon, || {
         setup.stored_token().as_deref() == Some(cut_token.as_str())
     })
@@ -332,8 +331,7 @@ async fn change_streams_publish_resume_and_dead_letter_through_the_driver() {
 
     // A restart resumes after the stored token: what was written while sluice was down arrives once.
     let last = double.append(insert("orders", 5, doc! {}));
-    let last_token =
-        sluice::connectors::mongodb::change::canonical_json(&Bson::Document(last.clone()));
+    let last_token = sluice_mongodb::change::canonical_json(&Bson::Document(last.clone()));
     wait_until("the position of the last event", &daemon, || {
         setup.stored_token().as_deref() == Some(last_token.as_str())
     })
@@ -346,8 +344,7 @@ async fn change_streams_publish_resume_and_dead_letter_through_the_driver() {
     );
     double.append(insert("orders", 6, doc! {}));
     let final_token = double.append(insert("customers", 8, doc! {}));
-    let final_token =
-        sluice::connectors::mongodb::change::canonical_json(&Bson::Document(final_token));
+    let final_token = sluice_mongodb::change::canonical_json(&Bson::Document(final_token));
     let mut daemon = Daemon::start(&config);
     let orders = setup.decode_all(&setup.read(&format!("{PREFIX}.shop.orders"), 9).await);
     let customers = setup.read(&format!("{PREFIX}.shop.customers"), 2).await;
@@ -506,7 +503,7 @@ async fn a_snapshot_reads_in_ranges_carries_on_after_a_stop_and_hands_over_to_th
         daemon.log()
     );
     let after = double.append(insert("orders", 6000, doc! {}));
-    let after = sluice::connectors::mongodb::change::canonical_json(&Bson::Document(after));
+    let after = sluice_mongodb::change::canonical_json(&Bson::Document(after));
     wait_until(
         "the position of the write after the snapshot",
         &daemon,
@@ -1102,7 +1099,7 @@ async fn a_contract_types_after_and_documents_that_do_not_fit_go_to_the_dead_let
         );
     }
     // The refused document does not hold the position back.
-    let last_token = sluice::connectors::mongodb::change::canonical_json(&Bson::Document(last));
+    let last_token = sluice_mongodb::change::canonical_json(&Bson::Document(last));
     wait_until("the position of the refused last event", &daemon, || {
         setup.stored_token().as_deref() == Some(last_token.as_str())
     })

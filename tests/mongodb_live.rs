@@ -312,7 +312,7 @@ async fn a_real_replica_set_snapshot_while_writing_then_a_lost_token() {
             .await
             .unwrap();
         ids.iter()
-            .map(|d| sluice::connectors::mongodb::change::canonical_json(d.get("_id").unwrap()))
+            .map(|d| sluice_mongodb::change::canonical_json(d.get("_id").unwrap()))
             .collect()
     };
     // Every write is on the broker once the stream has caught up: replaying the topic gives the collection.

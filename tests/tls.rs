@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{decode_all, sluice, Daemon, Services, DATABASE};
-use sluice::connectors::postgres::connection::PgConnection;
-use sluice::connectors::postgres::replication::ReplicationConnection;
+use sluice_postgres::connection::PgConnection;
+use sluice_postgres::replication::ReplicationConnection;
 
 /// A certificate authority, a server certificate for `localhost` only (not 127.0.0.1), a client
 /// certificate for the role `certuser`, and an unrelated authority.

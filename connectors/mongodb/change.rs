@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use mongodb::bson::{spec::BinarySubtype, Bson, Document};
 
-use crate::event::{
+use sluice_core::event::{
     DocumentChange, DocumentSource, Op, SnapshotMarker, UndecodableChange, UpdateDescription,
 };
 

@@ -8,7 +8,7 @@ use mongodb::bson::{
 };
 
 use super::*;
-use crate::connectors::mongodb::malformed_fixtures::{assert_errors, set, Damage};
+use crate::malformed_fixtures::{assert_errors, set, Damage};
 
 fn token(n: u8) -> Document {
     doc! { "_data": format!("8264F0A1B2000000{n:02X}2B022C0100296E5A1004") }

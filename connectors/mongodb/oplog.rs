@@ -18,7 +18,7 @@ use super::change::{
     canonical_json, document, optional_date_ms, optional_integer, session_id, string, within,
     wrong_type, ConversionError,
 };
-use crate::event::{
+use sluice_core::event::{
     DocumentChange, DocumentSource, Op, SnapshotMarker, UndecodableChange, UpdateDescription,
 };
 

@@ -10,7 +10,7 @@ use mongodb::bson::{
 };
 
 use super::*;
-use crate::connectors::mongodb::malformed_fixtures::{assert_errors, set, Damage};
+use crate::malformed_fixtures::{assert_errors, set, Damage};
 
 const OID: &str = r#"{"$oid":"64f0a1b2c3d4e5f601020304"}"#;
 const SESSION: &str = "00010203-0405-0607-0809-0a0b0c0d0e0f";

@@ -10,10 +10,9 @@ use mongodb::options::Hint;
 use super::oplog_tail::oplog_edge_ts;
 use super::reader::{client, selection_filter, topology};
 use super::snapshot::{selected_collections, selected_databases};
-use crate::config::{
-    redact_secrets, BeforeImage, Capture, FullDocument, MongodbSourceConfig, SnapshotMode,
-};
-use crate::preflight::Report;
+use crate::config::{BeforeImage, Capture, FullDocument, MongodbSourceConfig};
+use sluice_core::check::Report;
+use sluice_core::config::{redact_secrets, SnapshotMode};
 
 /// Below this the oplog cannot cover a day's outage, the usual time to notice and fix one.
 const MIN_OPLOG_WINDOW_HOURS: f64 = 24.0;

@@ -22,11 +22,10 @@ use tokio::sync::{mpsc, watch};
 use super::change::{self, EventKind};
 use super::oplog_tail::PreparedTransactions;
 use super::snapshot::{self, SnapshotEnd, SnapshotRun, SnapshotShape};
-use crate::config::{
-    redact_secrets, BeforeImage, Capture, CollectionSelection, FullDocument, SnapshotMode,
-};
-use crate::event::{Position, SnapshotChunk, SourceEvent};
-use crate::metrics::Metrics;
+use crate::config::{BeforeImage, Capture, CollectionSelection, FullDocument};
+use sluice_core::config::{redact_secrets, SnapshotMode};
+use sluice_core::event::{Position, SnapshotChunk, SourceEvent};
+use sluice_core::metrics::SourceMetrics;
 
 /// How long the server holds a getMore open when nothing happens: how quickly a stop is noticed.
 const MAX_AWAIT: Duration = Duration::from_secs(1);
@@ -70,6 +69,14 @@ pub enum MongodbError {
     Stream(String),
     #[error("the snapshot failed: {0}")]
     Snapshot(String),
+    #[error("the position file {file} holds a position of another kind of source ({position}); point positions.dir elsewhere or move the file away")]
+    ForeignPosition { file: String, position: String },
+    #[error("the position file {file} holds {position}, which capture = \"{capture}\" cannot resume from (a change stream resumes from a token, the oplog reader from a timestamp); set the capture it was written with, or move the file away to start again")]
+    CaptureMismatch {
+        file: String,
+        position: String,
+        capture: &'static str,
+    },
 }
 
 /// What the reader needs from the config.
@@ -104,7 +111,7 @@ pub enum Start {
 pub struct DocumentStreamControl {
     pub events: mpsc::Sender<SourceEvent>,
     pub stop: watch::Receiver<bool>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<dyn SourceMetrics>,
     /// The position file, named in errors that tell the operator to move it.
     pub position_file: String,
 }

@@ -26,11 +26,11 @@ use tokio::sync::{mpsc, watch};
 use super::change::{bson_from_canonical, canonical_json};
 use super::reader::unless_stopped;
 use crate::config::CollectionSelection;
-use crate::event::{
+use sluice_core::event::{
     DocumentChange, DocumentSource, Op, Position, SnapshotChunk, SnapshotMarker, SourceEvent,
 };
-use crate::metrics::{Metrics, SnapshotProgress};
-use crate::positions::now_ms;
+use sluice_core::metrics::{SnapshotProgress, SourceMetrics};
+use sluice_core::positions::now_ms;
 
 /// Documents per batch handed from a reader to the publishing side; each batch ends with a position.
 const BATCH_DOCUMENTS: usize = 500;
@@ -204,7 +204,7 @@ pub struct SnapshotRun<'a> {
     pub start: Position,
     pub events: &'a mpsc::Sender<SourceEvent>,
     pub stop: watch::Receiver<bool>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<dyn SourceMetrics>,
 }
 
 /// How a snapshot run ended.

@@ -10,7 +10,7 @@ use super::connection::{PgConnection, SslMode};
 use super::pgoutput::{Relation, RelationColumn};
 use super::replication::quote_ident;
 use crate::config::Selection;
-use crate::event::Lsn;
+use sluice_core::event::Lsn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {

@@ -104,7 +104,7 @@ impl PgConnection {
         let (rest, tls) = split_tls_parameters(url)?;
         let mut config: tokio_postgres::Config =
             rest.parse().map_err(|err: tokio_postgres::Error| {
-                crate::config::redact_secrets(&err.to_string())
+                sluice_core::config::redact_secrets(&err.to_string())
             })?;
         let get = |key: &str| {
             tls.iter()

@@ -8,7 +8,9 @@
 //! nothing it did not see is left out. Past the WAL position at which the last later snapshot was taken,
 //! no transaction can have been seen by one, and the overlap ends.
 
-use crate::event::{ChangeEvent, LaterSnapshot, Lsn, Op, PgSnapshotPosition, Position, Row, Value};
+use sluice_core::event::{
+    ChangeEvent, LaterSnapshot, Lsn, Op, PgSnapshotPosition, Position, Row, Value,
+};
 
 /// What the stream leaves out until it passes `until`.
 pub struct Overlap {
@@ -118,7 +120,7 @@ impl Overlap {
         };
         read_in
             .and_then(|i| self.position.later.get(i))
-            .is_some_and(|later| later.saw(xid))
+            .is_some_and(|later| saw(later, xid))
     }
 
     /// The open transaction committed: what it released stays released.
@@ -145,13 +147,11 @@ fn integer_key(event: &ChangeEvent, row: &Row, column: &str) -> Option<i64> {
     }
 }
 
-impl LaterSnapshot {
-    /// Whether this snapshot saw the transaction `xid` committed: its id is below every id running then,
-    /// or below the next id to be assigned and not among those running (PostgreSQL's own rule).
-    pub fn saw(&self, xid: u32) -> bool {
-        let full = widen(xid, self.xmax);
-        full < self.xmin || (full < self.xmax && !self.xip.contains(&full))
-    }
+/// Whether `snapshot` saw the transaction `xid` committed: its id is below every id running then, or below
+/// the next id to be assigned and not among those running (PostgreSQL's own rule).
+pub fn saw(snapshot: &LaterSnapshot, xid: u32) -> bool {
+    let full = widen(xid, snapshot.xmax);
+    full < snapshot.xmin || (full < snapshot.xmax && !snapshot.xip.contains(&full))
 }
 
 /// The full (epoch-qualified) transaction id nearest `reference` whose low 32 bits are `xid`. pgoutput
@@ -195,7 +195,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::event::{
+    use sluice_core::event::{
         Column, ColumnType, PgRangeRead, PgTableRead, SnapshotMarker, SourceInfo, Table,
         TransactionOrder,
     };
@@ -217,9 +217,9 @@ mod tests {
     #[test]
     fn a_snapshot_saw_what_committed_before_it() {
         let snapshot = later("100:105:100,103", 0);
-        let saw: Vec<u32> = (98..107).filter(|&xid| snapshot.saw(xid)).collect();
-        assert_eq!(saw, [98, 99, 101, 102, 104]);
-        assert!(later("7:7:", 0).saw(6));
+        let seen: Vec<u32> = (98..107).filter(|&xid| saw(&snapshot, xid)).collect();
+        assert_eq!(seen, [98, 99, 101, 102, 104]);
+        assert!(saw(&later("7:7:", 0), 6));
         assert!(parse_snapshot("7:x:", Lsn(0)).is_err());
         assert!(parse_snapshot("7", Lsn(0)).is_err());
     }
@@ -234,9 +234,9 @@ mod tests {
             xip: vec![],
             until: Lsn(0),
         };
-        assert!(snapshot.saw(u32::MAX), "the previous epoch's last id");
-        assert!(snapshot.saw(7));
-        assert!(!snapshot.saw(10));
+        assert!(saw(&snapshot, u32::MAX), "the previous epoch's last id");
+        assert!(saw(&snapshot, 7));
+        assert!(!saw(&snapshot, 10));
         assert_eq!(widen(u32::MAX, epoch + 10), epoch - 1);
         assert_eq!(widen(3, epoch - 2), epoch + 3);
         assert_eq!(widen(u32::MAX, 10), u64::from(u32::MAX), "no epoch below 0");

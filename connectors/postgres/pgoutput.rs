@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 
-use crate::event::Lsn;
+use sluice_core::event::Lsn;
 
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01 00:00 UTC).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;

@@ -17,12 +17,13 @@ use super::replication::{Frame, ReplicationConnection, ReplicationError, SlotLif
 use super::snapshot::{Exported, Snapshot};
 use super::type_catalog;
 use super::types::{self, ResolvedColumn};
-use crate::config::{DecimalHandling, Selection, SnapshotMode};
-use crate::event::{
+use crate::config::{DecimalHandling, Selection};
+use sluice_core::config::SnapshotMode;
+use sluice_core::event::{
     ChangeEvent, Column, DecodingMessage, Lsn, Op, PgSnapshotPosition, Position, Row,
     SnapshotMarker, SourceEvent, SourceInfo, Table, TransactionOrder, Value,
 };
-use crate::positions::SourceIdentity;
+use sluice_core::positions::SourceIdentity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -95,7 +96,11 @@ pub enum SourceError {
     #[error("replication stream out of order: {0}")]
     Protocol(String),
     #[error(transparent)]
-    Position(#[from] crate::positions::PositionError),
+    Position(#[from] sluice_core::positions::PositionError),
+    #[error("source.url: {0}")]
+    Url(String),
+    #[error("the position file {file} holds a position of another kind of source ({position}); point positions.dir elsewhere or move the file away")]
+    ForeignPosition { file: String, position: String },
 }
 
 impl SourceError {
@@ -209,7 +214,7 @@ pub struct StreamControl {
     /// run (its commit was never acknowledged).
     pub stop_grace: Duration,
     /// Where the server's WAL end, the connection state and reconnects are reported.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<dyn sluice_core::metrics::SourceMetrics>,
 }
 
 /// Where an earlier run got to, from the position file.
@@ -579,7 +584,7 @@ impl PostgresSource {
                     continue;
                 }
                 _ = wal_probe.tick() => {
-                    self.report_wal_end(&control.metrics).await;
+                    self.report_wal_end(control.metrics.as_ref()).await;
                     continue;
                 }
             };
@@ -622,7 +627,7 @@ impl PostgresSource {
                             break 'reading;
                         }
                         // While reading waits is when the lag grows: keep measuring it.
-                        _ = wal_probe.tick() => self.report_wal_end(&control.metrics).await,
+                        _ = wal_probe.tick() => self.report_wal_end(control.metrics.as_ref()).await,
                     }
                 };
                 match permit {
@@ -672,7 +677,7 @@ impl PostgresSource {
     /// Reads the server's current WAL position for `sluice_source_lag_bytes`. Neither the stream's frames
     /// nor its keepalives carry it (both tell how far the walsender has sent). A failure only costs this
     /// reading.
-    async fn report_wal_end(&mut self, metrics: &crate::metrics::Metrics) {
+    async fn report_wal_end(&mut self, metrics: &dyn sluice_core::metrics::SourceMetrics) {
         if let Err(err) = self.reopen_catalog_if_closed().await {
             return tracing::debug!(error = %err, "cannot read the server's WAL position");
         }

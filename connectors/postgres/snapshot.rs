@@ -34,12 +34,12 @@ use super::reader::{decode_row, Captured, SourceError};
 use super::replication::{quote_ident, quote_literal, ReplicationConnection, OUTPUT_SETTINGS};
 use super::snapshot_progress::{self, Begun, BegunBefore, Finished};
 use crate::config::{DecimalHandling, Selection};
-use crate::event::{
+use sluice_core::event::{
     ChangeEvent, Lsn, Op, PgSnapshotPosition, PgTableRead, Position, Row, SnapshotMarker,
     SourceEvent, SourceInfo, Table,
 };
-use crate::metrics::{Metrics, SnapshotProgress};
-use crate::positions::Journal;
+use sluice_core::metrics::{SnapshotProgress, SourceMetrics};
+use sluice_core::positions::Journal;
 
 /// Rows on their way from the readers to the one place that marks the last.
 const ROWS_IN_FLIGHT: usize = 1024;
@@ -117,7 +117,7 @@ impl Snapshot {
         mut self,
         events: mpsc::Sender<SourceEvent>,
         stop: watch::Receiver<bool>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<dyn SourceMetrics>,
         journal: Journal,
     ) -> Result<SnapshotOutcome, SourceError> {
         let exported = self.exported.is_some();
@@ -167,7 +167,7 @@ impl Snapshot {
             txid: None,
             lsn: self.progress.lsn,
             commit_lsn: self.progress.lsn,
-            commit_time_us: crate::positions::now_ms() * 1000,
+            commit_time_us: sluice_core::positions::now_ms() * 1000,
             snapshot: SnapshotMarker::True,
             order: None,
         };
@@ -195,7 +195,7 @@ impl Snapshot {
                         Some(Next::Table(name, splitting)) => {
                             let found =
                                 Captured::describe(&client, &name, &selection, decimal).await?;
-                            let table = TableRead::start(&name, found, &metrics);
+                            let table = TableRead::start(&name, found, metrics.as_ref());
                             let plan = plan(&client, &table, carried.get(&name), chunk_rows, &rows)
                                 .await?;
                             match plan {
@@ -611,7 +611,7 @@ impl TableRead {
     fn start(
         name: &TableName,
         (description, captured): (catalog::TableDescription, Captured),
-        metrics: &Metrics,
+        metrics: &dyn SourceMetrics,
     ) -> Arc<TableRead> {
         let estimate = description.estimated_rows;
         tracing::info!(table = %name, estimated_rows = ?estimate, "snapshot of table started");

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::catalog::TableName;
-use crate::event::{Lsn, PgRangeRead, PgSnapshotPosition, PgTableRead};
-use crate::positions::{Journal, PositionError};
+use sluice_core::event::{Lsn, PgRangeRead, PgSnapshotPosition, PgTableRead};
+use sluice_core::positions::{Journal, PositionError};
 
 /// A part of a snapshot whose rows may be on the broker: journaled before its first row is handed on.
 /// A whole table has no key and the range of every key.

@@ -11,7 +11,7 @@
 use super::structured::{self, ArrayText, StructureError};
 use super::type_catalog::{PgType, PgTypeKind, TypeMap};
 use crate::config::DecimalHandling;
-use crate::event::{ColumnType, Numeric, RecordField, Value};
+use sluice_core::event::{ColumnType, Numeric, RecordField, Value};
 
 /// Inputs longer than this are shortened in error messages.
 const MAX_SHOWN_CHARS: usize = 64;
@@ -843,7 +843,7 @@ impl<'a> Cursor<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connectors::postgres::type_catalog::FieldType;
+    use crate::type_catalog::FieldType;
 
     /// [`resolve`] for a built-in type, without a catalog.
     fn column_type(type_oid: u32, type_modifier: i32) -> ColumnType {

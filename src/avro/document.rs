@@ -15,7 +15,7 @@ use super::naming::{collection_namespace, collection_topic};
 use super::schema::{common_source_fields, AvroSchema, TableSchemas};
 use super::typed_document::TypedDocument;
 use crate::contracts::Mismatch;
-use crate::event::DocumentChange;
+use sluice_core::event::DocumentChange;
 
 /// Full name of the envelope's source block.
 pub const MONGODB_SOURCE_RECORD: &str = "sluice.mongodb.Source";
@@ -229,7 +229,7 @@ mod tests {
     use apache_avro::types::Value as Avro;
 
     use super::*;
-    use crate::event::{DocumentSource, Op, SnapshotMarker, UpdateDescription};
+    use sluice_core::event::{DocumentSource, Op, SnapshotMarker, UpdateDescription};
 
     fn change() -> DocumentChange {
         DocumentChange {

@@ -13,7 +13,7 @@ use super::binary::{
     write_string, write_union_branch,
 };
 use super::decimal::{self, DecimalError};
-use crate::event::{ChangeEvent, Column, ColumnType, Lsn, Numeric, Op, Row, Table, Value};
+use sluice_core::event::{ChangeEvent, Column, ColumnType, Lsn, Numeric, Op, Row, Table, Value};
 
 /// What an envelope needs beyond the event.
 #[derive(Clone, Copy, Debug)]
@@ -456,7 +456,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::event::{Lsn, SnapshotMarker, SourceInfo};
+    use sluice_core::event::{Lsn, SnapshotMarker, SourceInfo};
 
     const CTX: EnvelopeContext<'static> = EnvelopeContext {
         server_name: "shop",

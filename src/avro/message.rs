@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::binary::{write_boolean, write_bytes, write_long, write_string, write_union_branch};
 use super::schema::{AvroSchema, TableSchemas};
-use crate::event::DecodingMessage;
+use sluice_core::event::DecodingMessage;
 
 /// The schemas of the messages topic.
 pub fn message_schemas(topic: &str) -> TableSchemas {
@@ -71,7 +71,7 @@ mod tests {
     use apache_avro::types::Value as Avro;
 
     use super::*;
-    use crate::event::Lsn;
+    use sluice_core::event::Lsn;
 
     #[test]
     fn a_message_decodes_with_its_schema() {

@@ -1,4 +1,4 @@
-//! Avro for change events: schemas generated from a [`Table`](crate::event::Table), and a binary encoder
+//! Avro for change events: schemas generated from a [`Table`](sluice_core::event::Table), and a binary encoder
 //! that writes keys and Debezium-style envelopes straight from the event model.
 //!
 //! The encoder does not build `apache_avro::types::Value` trees: that would allocate per field on the hot

@@ -24,7 +24,7 @@
 
 use std::collections::HashSet;
 
-use crate::event::Table;
+use sluice_core::event::Table;
 
 /// The topic a table's events go to.
 pub fn topic_name(topic_prefix: &str, table: &Table) -> String {
@@ -109,7 +109,7 @@ pub fn composite_record_name(type_name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Column, ColumnType};
+    use sluice_core::event::{Column, ColumnType};
 
     fn table(schema: &str, name: &str, columns: &[&str]) -> Table {
         Table {

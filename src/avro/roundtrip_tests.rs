@@ -8,7 +8,7 @@ use apache_avro::{Decimal, Uuid};
 
 use super::decimal::tests_support::signed_be_to_decimal;
 use super::*;
-use crate::event::{
+use sluice_core::event::{
     ChangeEvent, Column, ColumnType, Lsn, Numeric, Op, Row, SnapshotMarker, SourceInfo, Table,
     TransactionOrder, Value,
 };
@@ -671,11 +671,11 @@ fn composite_records_are_defined_once_per_schema() {
     let address = ColumnType::Record {
         name: "public.address".into(),
         fields: vec![
-            crate::event::RecordField {
+            sluice_core::event::RecordField {
                 name: "street name".into(),
                 column_type: ColumnType::String,
             },
-            crate::event::RecordField {
+            sluice_core::event::RecordField {
                 name: "number".into(),
                 column_type: ColumnType::Int32,
             },
@@ -706,7 +706,7 @@ fn composite_records_are_defined_once_per_schema() {
 fn composite_types_whose_names_sanitise_alike_get_their_own_records() {
     let composite = |name: &str, field: &str, column_type: ColumnType| ColumnType::Record {
         name: name.into(),
-        fields: vec![crate::event::RecordField {
+        fields: vec![sluice_core::event::RecordField {
             name: field.into(),
             column_type,
         }],

@@ -40,7 +40,7 @@ use serde_json::{json, Value as Json};
 use super::naming::{
     composite_record_name, field_names, namespace, topic_name, unique_field_names,
 };
-use crate::event::{Column, ColumnType, Table};
+use sluice_core::event::{Column, ColumnType, Table};
 
 /// Full name of the record describing where an event came from.
 pub const SOURCE_RECORD: &str = "sluice.postgres.Source";
@@ -321,7 +321,7 @@ fn parse(table: &Table, part: &'static str, schema: &Json) -> Result<AvroSchema,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Column;
+    use sluice_core::event::Column;
 
     fn column(name: &str, column_type: ColumnType, key: bool, source_type: &str) -> Column {
         Column {

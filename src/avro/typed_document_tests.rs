@@ -4,7 +4,7 @@
 use serde_json::{json, Value as Json};
 
 use crate::avro::{encode_document_envelope, typed_document_schemas, TableSchemas, TypedDocument};
-use crate::event::{DocumentChange, DocumentSource, Op, SnapshotMarker};
+use sluice_core::event::{DocumentChange, DocumentSource, Op, SnapshotMarker};
 
 fn contract() -> Json {
     json!({

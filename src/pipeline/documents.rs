@@ -1,167 +1,26 @@
-//! `sluice run` for a MongoDB source: the change-stream reader, the same publishing loop, and the resume
-//! token stored once the broker has every event before it.
+//! Publishing document changes (MongoDB): each collection's topic, typed by its contract when it has one.
 
-use tokio::sync::{mpsc, oneshot, watch};
+use sluice_core::event::{DocumentChange, UndecodableChange};
+use sluice_core::positions::now_ms;
 
-use super::{
-    acknowledge, finish_run, header_refs, send_tombstone, start, Fixed, FixedTopic, PipelineError,
-    Publisher, Started, EVENT_BUFFER,
-};
+use super::{header_refs, send_tombstone, Fixed, FixedTopic, PipelineError, Publisher};
 use crate::avro;
-use crate::config::{Capture, Config, MongodbSourceConfig, SnapshotMode};
-use crate::connectors::mongodb::reader::{
-    DocumentStreamControl, MongodbError, MongodbSettings, MongodbSource, Start,
-};
-use crate::connectors::mongodb::snapshot::SnapshotShape;
-use crate::contracts::{Contract, ContractError};
+use crate::contracts::{Contract, ContractError, Contracts};
 use crate::deadletter::{DeadLetter, Stage};
-use crate::event::{DocumentChange, Position, UndecodableChange};
-use crate::positions::{now_ms, PositionStore};
 
-/// The position file's name: one MongoDB instance per topic prefix.
-fn position_name(config: &Config) -> String {
-    format!("{}.mongodb", config.sink.topic_prefix.get_ref().as_str())
-}
-
-pub(super) async fn run(
-    config: &Config,
-    source: &MongodbSourceConfig,
-    stop: watch::Receiver<bool>,
-) -> Result<(), PipelineError> {
-    let store = PositionStore::open(
-        std::path::Path::new(config.positions.dir.get_ref().as_str()),
-        &position_name(config),
-    )?;
-    let mode = *source.snapshot.get_ref();
-    let capture = *source.capture.get_ref();
-    let stored = store.load()?.map(|stored| stored.position);
-    let first = match stored.clone() {
-        None if mode == SnapshotMode::Never => {
-            tracing::info!("no stored position: publishing changes from now on");
-            Start::Now
-        }
-        None => {
-            tracing::info!(
-                "no stored position: taking a snapshot of the selected collections first"
-            );
-            Start::Snapshot
-        }
-        Some(Position::Mongodb { .. } | Position::MongodbOplog { .. })
-            if mode == SnapshotMode::InitialOnly =>
-        {
-            tracing::info!(file = %store.path().display(), "snapshot = initial_only and the snapshot is complete: nothing to do");
-            return Ok(());
-        }
-        Some(position @ (Position::Mongodb { .. } | Position::MongodbOplog { .. })) => {
-            check_capture(&position, capture, &store)?;
-            tracing::info!(%position, file = %store.path().display(), "resuming after stored position");
-            Start::After(position)
-        }
-        // Switched to `never` halfway through: what is not read yet stays unread.
-        Some(Position::MongodbSnapshot { start, .. }) if mode == SnapshotMode::Never => {
-            check_capture(&start, capture, &store)?;
-            tracing::warn!(file = %store.path().display(), "a snapshot was interrupted, and snapshot = never: streaming from where it started, the rest unread");
-            Start::After(*start)
-        }
-        Some(Position::MongodbSnapshot { start, chunks }) => {
-            check_capture(&start, capture, &store)?;
-            tracing::info!(file = %store.path().display(), done = chunks.iter().filter(|c| c.done).count(), parts = chunks.len(), "carrying on with the interrupted snapshot");
-            Start::CarryOnSnapshot {
-                start: *start,
-                chunks,
-            }
-        }
-        Some(other) => {
-            return Err(PipelineError::ForeignPosition {
-                file: store.path().to_owned(),
-                position: other.to_string(),
-            })
-        }
-    };
-    let Started {
-        mut publisher,
-        mut failures,
-        tracker,
-        metrics,
-        _broker_watch,
-    } = start(config, &stop, "mongodb").await?;
-    for contract in publisher.contracts.iter() {
-        check_document_contract(contract, &publisher.topic_prefix)?;
-        if collection_of_topic(&contract.topic, &publisher.topic_prefix).is_none() {
+/// Every contract, as the `after` record of the collection its topic names: one that cannot be stops
+/// sluice at once, not at its collection's first change.
+pub(super) fn check_contracts(
+    contracts: &Contracts,
+    topic_prefix: &str,
+) -> Result<(), ContractError> {
+    for contract in contracts.iter() {
+        check_document_contract(contract, topic_prefix)?;
+        if collection_of_topic(&contract.topic, topic_prefix).is_none() {
             tracing::warn!(file = %contract.path.display(), topic = %contract.topic, "the contract's topic is not <topic_prefix>.<db>.<collection>: it types no collection");
         }
     }
-    let settings = MongodbSettings {
-        url: source.url.get_ref().as_str().to_owned(),
-        selection: source.selection(),
-        full_document: source.full_document,
-        before: source.before,
-        capture,
-        snapshot: mode,
-        snapshot_shape: SnapshotShape {
-            readers: usize::from(*source.snapshot_connections.get_ref()),
-            chunk_documents: *source.snapshot_chunk_documents.get_ref(),
-        },
-    };
-    let reader = MongodbSource::connect(settings).await?;
-
-    let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
-    let position_file = store.path().display().to_string();
-    let reading = tokio::spawn(reader.stream(
-        first,
-        DocumentStreamControl {
-            events: events_tx,
-            stop: stop.clone(),
-            metrics: metrics.clone(),
-            position_file,
-        },
-    ));
-    let (finish_tx, finish_rx) = oneshot::channel();
-    let acknowledger = tokio::spawn(acknowledge(
-        tracker.clone(),
-        metrics.clone(),
-        std::sync::Arc::new(store),
-        |_| true,
-        // Change streams keep nothing on the server for their readers: the file is the only record.
-        |_| {},
-        stored,
-        finish_rx,
-    ));
-
-    finish_run(
-        &mut publisher,
-        &mut failures,
-        events_rx,
-        reading,
-        acknowledger,
-        finish_tx,
-    )
-    .await
-}
-
-/// A change stream cannot resume from an oplog timestamp, nor the oplog reader from a resume token.
-fn check_capture(
-    position: &Position,
-    capture: Capture,
-    store: &PositionStore,
-) -> Result<(), PipelineError> {
-    let fits = matches!(
-        (position, capture),
-        (Position::Mongodb { .. }, Capture::ChangeStreams)
-            | (Position::MongodbOplog { .. }, Capture::Oplog)
-    );
-    if fits {
-        Ok(())
-    } else {
-        Err(PipelineError::CaptureMismatch {
-            file: store.path().to_owned(),
-            position: position.to_string(),
-            capture: match capture {
-                Capture::ChangeStreams => "change_streams",
-                Capture::Oplog => "oplog",
-            },
-        })
-    }
+    Ok(())
 }
 
 /// A contract as the `after` record of the collection its topic names. Checked for every contract before
@@ -201,12 +60,6 @@ fn typed_schemas(
             path: contract.path.clone(),
             reason,
         })
-}
-
-impl From<MongodbError> for PipelineError {
-    fn from(err: MongodbError) -> PipelineError {
-        PipelineError::Mongodb(err)
-    }
 }
 
 impl Publisher {
@@ -260,7 +113,7 @@ impl Publisher {
             .await?;
         self.metrics
             .event_published(&namespace, change.op.code(), bytes);
-        if change.source.snapshot == crate::event::SnapshotMarker::False {
+        if change.source.snapshot == sluice_core::event::SnapshotMarker::False {
             // Before 6.0 events have no wall time: the cluster time's seconds stand in.
             let committed_us = change
                 .source
@@ -271,7 +124,7 @@ impl Publisher {
             self.metrics.published_commit(committed_us);
         }
         // A delete is followed by a tombstone so that compaction can drop the key.
-        if change.op == crate::event::Op::Delete {
+        if change.op == sluice_core::event::Op::Delete {
             self.publish_tombstone(&Fixed::Collection(&namespace), &key, &headers)
                 .await?;
         }

@@ -12,33 +12,33 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_core::positions::{now_ms, PositionError, PositionStore};
+use sluice_core::source::{Committer, SourceContext};
+use sluice_core::Source;
+use sluice_mongodb::source::MongodbConnector;
+use sluice_postgres::source::PostgresConnector;
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub mod ack;
 mod documents;
 pub(crate) use documents::{check_document_contract, collection_of_topic};
 mod schemas;
 
 use crate::avro::{self, EncodeError, EncodeReason, EnvelopeContext, SchemaRef, TableSchemas};
-use crate::config::{Config, SinkKind, SnapshotMode, Source, SourceConfig};
-use crate::connectors::postgres::connection::PgConnection;
-use crate::connectors::postgres::reader::{
-    self, PostgresSettings, PostgresSource, Resume, SourceError, StreamControl,
-};
-use crate::connectors::postgres::replication::SlotLifetime;
-use crate::connectors::postgres::snapshot::Snapshot;
+use crate::config::{self, Config, SinkKind};
 use crate::contracts::{BoundContract, ContractError, Contracts};
 use crate::deadletter::{self, DeadLetter, Failure, Stage};
-use crate::event::{
-    ChangeEvent, DecodingMessage, Lsn, Op, Position, SnapshotMarker, SourceEvent, Table, Value,
-};
 use crate::metrics::Metrics;
-use crate::positions::{now_ms, AckTracker, Journal, PositionError, PositionStore};
 use crate::registry::{RegistryClient, RegistryError, RegistrySettings, SchemaPart};
 use crate::shutdown::StopDeadline;
 use crate::sink::{
     is_too_large, FailedDelivery, MessageKind, Outgoing, Sink, SinkError, SinkSettings,
 };
+use ack::AckTracker;
 use schemas::SchemaDirectory;
+use sluice_core::event::{
+    ChangeEvent, DecodingMessage, Lsn, Op, Position, SnapshotMarker, SourceEvent, Table, Value,
+};
 
 /// Events buffered between the reader and the publishing loop.
 const EVENT_BUFFER: usize = 4096;
@@ -47,29 +47,15 @@ const BROKER_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("source.url: {0}")]
-    SourceUrl(String),
     #[error(transparent)]
     Position(#[from] PositionError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// The source failed; its message says what to do.
     #[error(transparent)]
-    Source(#[from] SourceError),
-    #[error(transparent)]
-    Mongodb(crate::connectors::mongodb::reader::MongodbError),
+    Source(Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    #[error("the position file {file} holds a position of another kind of source ({position}); point positions.dir elsewhere or move the file away")]
-    ForeignPosition {
-        file: std::path::PathBuf,
-        position: String,
-    },
-    #[error("the position file {file} holds {position}, which capture = \"{capture}\" cannot resume from (a change stream resumes from a token, the oplog reader from a timestamp); set the capture it was written with, or move the file away to start again")]
-    CaptureMismatch {
-        file: std::path::PathBuf,
-        position: String,
-        capture: &'static str,
-    },
     #[error("the dead-letter topic `{topic}` refused a message ({reason}); stopping without acknowledging it")]
     DeadLetterRefused { topic: String, reason: String },
     #[error(transparent)]
@@ -93,12 +79,81 @@ pub enum PipelineError {
     ReaderGone,
 }
 
-/// Runs until `stop` becomes true (then drains and returns Ok) or something fails.
+impl PipelineError {
+    fn source(err: impl std::error::Error + Send + Sync + 'static) -> PipelineError {
+        PipelineError::Source(Box::new(err))
+    }
+}
+
+/// Runs until `stop` becomes true (then drains and returns Ok) or something fails. The config's one
+/// match on the source kind: everything after it is the same for every source.
 pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), PipelineError> {
     match &config.source {
-        Source::Postgres(source) => run_postgres(config, source, stop).await,
-        Source::Mongodb(source) => documents::run(config, source, stop).await,
+        config::Source::Postgres(source) => {
+            let connector = PostgresConnector::new(source).map_err(PipelineError::source)?;
+            run_source(config, connector, stop).await
+        }
+        config::Source::Mongodb(source) => {
+            let prefix = config.sink.topic_prefix.get_ref().as_str();
+            run_source(config, MongodbConnector::new(source, prefix), stop).await
+        }
     }
+}
+
+/// The pipeline for any source: plan from the stored position, connect the sink, read, publish, and store
+/// each position once the broker has every event up to it.
+pub async fn run_source<S: Source>(
+    config: &Config,
+    source: S,
+    stop: watch::Receiver<bool>,
+) -> Result<(), PipelineError> {
+    let dir = std::path::Path::new(config.positions.dir.get_ref().as_str());
+    let store = Arc::new(PositionStore::open(dir, &source.position_key())?);
+    let stored = store.load()?;
+    let stored_position = stored.as_ref().map(|s| s.position.clone());
+    let Some(plan) = source.plan(stored, &store).map_err(PipelineError::source)? else {
+        return Ok(());
+    };
+    let Started {
+        mut publisher,
+        mut failures,
+        tracker,
+        metrics,
+        _broker_watch,
+    } = start(config, &stop, S::CONNECTOR).await?;
+
+    let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
+    let context = SourceContext {
+        events: events_tx,
+        stop: stop.clone(),
+        stop_grace: config.shutdown_timeout() / 2,
+        metrics: metrics.clone(),
+        store: store.clone(),
+    };
+    let (committer, reading) = source.start(plan, context);
+    let reader = tokio::spawn(async move { reading.await.map_err(PipelineError::source) });
+    if let Some(lsn) = stored_position.as_ref().and_then(Position::postgres_lsn) {
+        metrics.position_stored(lsn);
+    }
+    let (finish_tx, finish_rx) = oneshot::channel();
+    let acknowledger = tokio::spawn(acknowledge(
+        tracker.clone(),
+        metrics.clone(),
+        store.clone(),
+        committer,
+        stored_position,
+        finish_rx,
+    ));
+    finish_run(
+        &mut publisher,
+        &mut failures,
+        events_rx,
+        reader,
+        acknowledger,
+        finish_tx,
+    )
+    .await?;
+    source.stopped(&store).await.map_err(PipelineError::source)
 }
 
 /// What every source's run shares: the sink with its failure channel, the schema directory and the
@@ -124,6 +179,9 @@ async fn start(
     }
     for contract in contracts.iter() {
         tracing::info!(topic = %contract.topic, file = %contract.path.display(), "contract in force");
+    }
+    if matches!(config.source, config::Source::Mongodb(_)) {
+        documents::check_contracts(&contracts, config.sink.topic_prefix.get_ref().as_str())?;
     }
     let tracker = Arc::new(AckTracker::new());
     let metrics = Arc::new(Metrics::default());
@@ -203,257 +261,16 @@ async fn start(
     })
 }
 
-async fn run_postgres(
-    config: &Config,
-    source_config: &SourceConfig,
-    stop: watch::Receiver<bool>,
-) -> Result<(), PipelineError> {
-    let settings = postgres_settings(source_config)?;
-    let mut store = PositionStore::open(
-        std::path::Path::new(config.positions.dir.get_ref().as_str()),
-        &settings.slot,
-    )?;
-    let stored_position = if settings.slot_lifetime == SlotLifetime::Temporary {
-        // The slot a stored position points into died with the run that wrote it.
-        if store.path().exists() {
-            tracing::info!(file = %store.path().display(), "temporary_slot: the position file of an earlier run is not resumed; this run starts afresh");
-        }
-        None
-    } else {
-        store.load()?
-    };
-    if let Some(stored) = &stored_position {
-        if stored.position.postgres_lsn().is_none() {
-            return Err(PipelineError::ForeignPosition {
-                file: store.path().to_owned(),
-                position: stored.position.to_string(),
-            });
-        }
-    }
-    if settings.snapshot == SnapshotMode::InitialOnly
-        && stored_position
-            .as_ref()
-            .is_some_and(|s| !s.snapshot_pending())
-    {
-        tracing::info!(file = %store.path().display(), "snapshot = initial_only and the snapshot is complete: nothing to do");
-        return Ok(());
-    }
-    let mode = settings.snapshot;
-    let Started {
-        mut publisher,
-        mut failures,
-        tracker,
-        metrics,
-        _broker_watch,
-    } = start(config, &stop, "postgresql").await?;
-
-    let previous_run = stored_position.as_ref().map(|s| Resume {
-        position: &s.position,
-        identity: s.identity.as_ref(),
-        file: store.path(),
-    });
-    let slot_settings = settings.clone();
-    let mut source = PostgresSource::prepare(settings, previous_run).await?;
-    store.set_identity(source.identity().clone());
-    let store = Arc::new(store);
-
-    let resume = match source.take_snapshot() {
-        Some(snapshot) => {
-            let journal = Journal::open(
-                std::path::Path::new(config.positions.dir.get_ref().as_str()),
-                &format!("{}.snapshot", slot_settings.slot),
-            );
-            let Some(read) = publish_snapshot(
-                snapshot,
-                &mut publisher,
-                &mut failures,
-                &store,
-                journal.clone(),
-            )
-            .await?
-            else {
-                return Ok(());
-            };
-            // initial_only drops the slot before the file says "complete": a crash in between takes the
-            // snapshot again rather than leaving a slot that holds WAL with nobody to read it.
-            if mode == SnapshotMode::InitialOnly {
-                match slot_settings.slot_lifetime {
-                    SlotLifetime::Permanent => reader::drop_slot(&slot_settings).await?,
-                    SlotLifetime::Temporary => source.end_temporary_slot().await?,
-                }
-            }
-            store.save(read.clone())?;
-            // The file says the snapshot is complete: what began of it no longer matters.
-            journal.remove()?;
-            tracing::info!(position = %read, "snapshot complete: every row is on the broker");
-            if mode == SnapshotMode::InitialOnly {
-                tracing::info!("snapshot = initial_only: done, not streaming");
-                return Ok(());
-            }
-            read
-        }
-        None => match stored_position {
-            Some(stored) => {
-                tracing::info!(position = %stored.position, file = %store.path().display(), "resuming after stored position");
-                stored.position
-            }
-            None => {
-                tracing::info!("no stored position: starting from the slot's position");
-                Position::Postgres { lsn: Lsn(0) }
-            }
-        },
-    };
-    let resume_lsn = resume.postgres_lsn().unwrap_or_default();
-
-    let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
-    let (ack_tx, ack_rx) = watch::channel(resume_lsn);
-    let reader = tokio::spawn(source.stream(
-        resume.clone(),
-        StreamControl {
-            events: events_tx,
-            acknowledged: ack_rx,
-            stop: stop.clone(),
-            stop_grace: config.shutdown_timeout() / 2,
-            metrics: metrics.clone(),
-        },
-    ));
-    let (finish_tx, finish_rx) = oneshot::channel();
-    let position_file = store.path().to_owned();
-    metrics.position_stored(resume_lsn);
-    let acknowledger = tokio::spawn(acknowledge(
-        tracker.clone(),
-        metrics.clone(),
-        store,
-        |_| true,
-        move |position| {
-            if let Some(lsn) = position.postgres_lsn() {
-                let _ = ack_tx.send(lsn);
-            }
-        },
-        Some(resume),
-        finish_rx,
-    ));
-
-    finish_run(
-        &mut publisher,
-        &mut failures,
-        events_rx,
-        reader,
-        acknowledger,
-        finish_tx,
-    )
-    .await?;
-    if *source_config.temporary_slot.get_ref() {
-        // The slot went with the replication connection: the stored position means nothing any more.
-        PositionStore::remove(&position_file)?;
-        tracing::info!(file = %position_file.display(), "temporary slot gone with its connection; position file removed");
-    } else if source_config.drop_slot_on_stop {
-        // Without its slot the stored position means nothing: the next run starts afresh.
-        reader::drop_slot(&slot_settings).await?;
-        PositionStore::remove(&position_file)?;
-        tracing::info!(file = %position_file.display(), "drop_slot_on_stop: slot dropped and position file removed");
-    }
-    Ok(())
-}
-
-pub fn postgres_settings(source: &SourceConfig) -> Result<PostgresSettings, PipelineError> {
-    let url = source.url.get_ref().as_str();
-    let connection = PgConnection::parse(url).map_err(PipelineError::SourceUrl)?;
-    let database = connection.database();
-    Ok(PostgresSettings {
-        connection,
-        database,
-        slot: source.slot.get_ref().as_str().to_owned(),
-        slot_lifetime: if *source.temporary_slot.get_ref() {
-            SlotLifetime::Temporary
-        } else {
-            SlotLifetime::Permanent
-        },
-        publication: source.publication.get_ref().as_str().to_owned(),
-        selection: source.selection(),
-        status_interval: Duration::from_secs(*source.status_interval_secs.get_ref()),
-        snapshot: source.snapshot,
-        capture_messages: source.capture_messages,
-        snapshot_connections: usize::from(*source.snapshot_connections.get_ref()),
-        snapshot_chunk_rows: *source.snapshot_chunk_rows.get_ref(),
-        decimal_handling: source.decimal_handling,
-        heartbeat_interval: match source.heartbeat_interval_secs {
-            0 => None,
-            secs => Some(Duration::from_secs(secs)),
-        },
-    })
-}
-
-/// Publishes the snapshot's rows and waits until the broker has every one. The file records each part of
-/// the snapshot once its rows are on the broker; the position to stream from, acknowledged once every row
-/// is, is returned for the caller to store. None when a stop request interrupted it: the next run
-/// carries it on.
-async fn publish_snapshot(
-    snapshot: Snapshot,
-    publisher: &mut Publisher,
-    failures: &mut mpsc::UnboundedReceiver<FailedDelivery>,
-    store: &Arc<PositionStore>,
-    journal: Journal,
-) -> Result<Option<Position>, PipelineError> {
-    let begun = snapshot.position();
-    store.save(begun.clone())?;
-    let (rows_tx, rows_rx) = mpsc::channel(EVENT_BUFFER);
-    publisher.metrics.set_snapshot_running(true);
-    let reading = tokio::spawn(snapshot.read(
-        rows_tx,
-        publisher.stop.clone(),
-        publisher.metrics.clone(),
-        journal,
-    ));
-    let (finish_tx, finish_rx) = oneshot::channel();
-    let acknowledger = tokio::spawn(acknowledge(
-        publisher.tracker.clone(),
-        publisher.metrics.clone(),
-        store.clone(),
-        // Progress only: the caller stores the snapshot as complete, once it is done with the slot.
-        Position::snapshot_in_progress,
-        // The slot stays at the consistent point until the stream starts.
-        |_| {},
-        Some(begun),
-        finish_rx,
-    ));
-    let published = publisher.publish_all(rows_rx, failures).await;
-    let _ = finish_tx.send(());
-    let stored = acknowledger.await.map_err(|_| PipelineError::ReaderGone)?;
-    let read = reading.await.map_err(|_| PipelineError::ReaderGone)?;
-    publisher.metrics.set_snapshot_running(false);
-    published?;
-    let outcome = read?;
-    stored?;
-    // The final position is the last thing the snapshot sends: acknowledged, it says every row is on
-    // the broker (publishing may have stopped at the shutdown bound with rows still unread).
-    let acknowledged = publisher.tracker.acknowledged();
-    match acknowledged {
-        Some(position) if outcome.complete && !position.snapshot_in_progress() => {
-            tracing::info!(rows = outcome.rows, "snapshot rows on the broker");
-            Ok(Some(position))
-        }
-        _ => {
-            tracing::info!(
-                rows = outcome.rows,
-                "stopped during the snapshot: the next run carries it on"
-            );
-            Ok(None)
-        }
-    }
-}
-
-/// Writes each newly acknowledged position that `store_if` accepts to the file, then passes it to the
-/// reader (`tell_reader`). Writes coalesce: while one is in progress, later acknowledgements wait and the
+/// Writes each newly acknowledged position to the store (unless the committer stores it itself), then
+/// commits it to the source. Writes coalesce: while one is in progress, later acknowledgements wait and the
 /// next write covers them all. When `finish` fires it writes what is acknowledged by then and returns;
-/// dropping `tell_reader` lets the reader close the stream. A failed final write is an error: the broker
+/// dropping the committer lets the reader close the stream. A failed final write is an error: the broker
 /// has events the file does not know of.
 async fn acknowledge(
     tracker: Arc<AckTracker>,
     metrics: Arc<Metrics>,
     store: Arc<PositionStore>,
-    store_if: impl Fn(&Position) -> bool,
-    tell_reader: impl Fn(&Position),
+    committer: Arc<dyn Committer>,
     start: Option<Position>,
     mut finish: oneshot::Receiver<()>,
 ) -> Result<Option<Position>, PositionError> {
@@ -463,10 +280,12 @@ async fn acknowledge(
         let mut changed = pin!(tracker.changed());
         changed.as_mut().enable();
         // The tracker only moves forward: a position it reports that differs from the saved one is newer.
-        if let Some(position) = tracker
-            .acknowledged()
-            .filter(|p| Some(p) != saved.as_ref() && store_if(p))
-        {
+        if let Some(position) = tracker.acknowledged().filter(|p| Some(p) != saved.as_ref()) {
+            if !committer.stores(&position) {
+                committer.commit(&position);
+                saved = Some(position);
+                continue;
+            }
             let writer = store.clone();
             let to_write = position.clone();
             let written = tokio::task::spawn_blocking(move || writer.save(to_write))
@@ -482,7 +301,7 @@ async fn acknowledge(
                     if let Some(lsn) = position.postgres_lsn() {
                         metrics.position_stored(lsn);
                     }
-                    tell_reader(&position);
+                    committer.commit(&position);
                     saved = Some(position);
                     continue;
                 }
@@ -511,17 +330,14 @@ async fn acknowledge(
 /// Publishes what the reader sends until it ends or publishing fails, then has the acknowledger store the
 /// final position, waits for both tasks and logs the run's totals. The first error wins, in that order:
 /// publishing, reading, storing.
-async fn finish_run<E>(
+async fn finish_run(
     publisher: &mut Publisher,
     failures: &mut mpsc::UnboundedReceiver<FailedDelivery>,
     events: mpsc::Receiver<SourceEvent>,
-    reader: tokio::task::JoinHandle<Result<(), E>>,
+    reader: tokio::task::JoinHandle<Result<(), PipelineError>>,
     acknowledger: tokio::task::JoinHandle<Result<Option<Position>, PositionError>>,
     finish: oneshot::Sender<()>,
-) -> Result<(), PipelineError>
-where
-    PipelineError: From<E>,
-{
+) -> Result<(), PipelineError> {
     let published = publisher.publish_all(events, failures).await;
     if let Err(err) = &published {
         tracing::error!(error = %err, "publishing failed: stopping the reader");

@@ -11,9 +11,9 @@ use std::time::Duration;
 use super::{PipelineError, Publisher};
 use crate::avro::{AvroSchema, Fingerprint, SchemaRef, TableSchemas};
 use crate::config::SubjectNameStrategy;
-use crate::positions::write_atomically;
 use crate::registry::{self, RegistryClient, SchemaPart};
 use crate::sink::{MessageKind, Outgoing};
+use sluice_core::positions::write_atomically;
 
 /// The registry, or the schemas topic and directory.
 pub enum SchemaDirectory {

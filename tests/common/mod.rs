@@ -222,7 +222,7 @@ pub async fn wait_slot_active(pg: &PgCluster, daemon: &mut Daemon, slot: &str) {
 
 /// An LSN as PostgreSQL and sluice print it (`16/B374D848`), as a number.
 pub fn lsn(text: &str) -> u64 {
-    text.parse::<sluice::event::Lsn>()
+    text.parse::<sluice_core::event::Lsn>()
         .unwrap_or_else(|err| panic!("`{text}` is not an LSN: {err}"))
         .0
 }

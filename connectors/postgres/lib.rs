@@ -8,6 +8,7 @@
 //! carried-on snapshot's rows already hold; `reader` prepares the slot and turns the stream into events.
 
 pub mod catalog;
+pub mod config;
 pub mod connection;
 pub mod overlap;
 pub mod pgoutput;
@@ -15,6 +16,7 @@ pub mod reader;
 pub mod replication;
 pub mod snapshot;
 mod snapshot_progress;
+pub mod source;
 pub mod structured;
 pub mod type_catalog;
 pub mod types;

@@ -4,6 +4,7 @@
 //! oplog is tailed instead (`oplog_tail`), its entries converted by `oplog`.
 
 pub mod change;
+pub mod config;
 #[cfg(test)]
 mod malformed_fixtures;
 pub mod oplog;
@@ -11,3 +12,4 @@ pub mod oplog_tail;
 pub mod preflight;
 pub mod reader;
 pub mod snapshot;
+pub mod source;

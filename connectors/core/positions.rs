@@ -1,166 +1,14 @@
-//! Remembering how far sluice got.
-//!
-//! [`AckTracker`] follows every produced message until the broker acknowledges it and works out the newest
-//! source position whose events — and all events before them — are on the broker. [`PositionStore`] keeps
-//! that position in a file, written atomically before the source is told, so that a restart resumes after
-//! the last delivered transaction even when the crash came before the server heard of it.
+//! Where a source's position is kept between runs: the position file (written atomically before the
+//! source is told, so that a restart resumes after the last delivered transaction even when the crash came
+//! before the server heard of it) and the journal of things that must be on disk before they happen.
 
-use std::collections::VecDeque;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use tokio::sync::Notify;
 
 use crate::event::{PgSnapshotPosition, Position};
-use crate::metrics::Histogram;
-
-/// Groups messages by the source position that acknowledges them (a transaction, or an idle point).
-///
-/// Messages are registered under the currently open group; [`AckTracker::close_group`] seals it with its
-/// position. Deliveries may come back in any order (partitions are independent); a position becomes
-/// acknowledged only when its group and every earlier group have no message outstanding.
-#[derive(Default)]
-pub struct AckTracker {
-    state: Mutex<TrackerState>,
-    changed: Notify,
-    commit_to_ack: Histogram,
-}
-
-#[derive(Default)]
-struct TrackerState {
-    /// Ordinal of `groups[0]`.
-    first: u64,
-    groups: VecDeque<Group>,
-    acknowledged: Option<Position>,
-    outstanding: u64,
-}
-
-#[derive(Default)]
-struct Group {
-    outstanding: u64,
-    /// Whether any message was registered: an empty group's acknowledgement says nothing about latency.
-    carries_messages: bool,
-    /// Set when the group is sealed.
-    position: Option<Position>,
-    /// The source's commit time of a streamed transaction (microseconds since the epoch).
-    commit_time_us: Option<i64>,
-}
-
-impl AckTracker {
-    pub fn new() -> AckTracker {
-        AckTracker::default()
-    }
-
-    /// Registers one message under the open group and returns the group's ordinal, which the delivery report
-    /// hands back to [`AckTracker::delivered`].
-    pub fn register(&self) -> u64 {
-        let mut state = self.lock();
-        if state.groups.back().is_none_or(|g| g.position.is_some()) {
-            state.groups.push_back(Group::default());
-        }
-        let ordinal = state.first + state.groups.len() as u64 - 1;
-        if let Some(group) = state.groups.back_mut() {
-            group.outstanding += 1;
-            group.carries_messages = true;
-        }
-        state.outstanding += 1;
-        ordinal
-    }
-
-    /// Seals the open group (creating an empty one if nothing is open) with the position that acknowledges
-    /// it and, for a streamed transaction, its commit time.
-    pub fn close_group(&self, position: Position, commit_time_us: Option<i64>) {
-        let mut state = self.lock();
-        match state.groups.back_mut() {
-            Some(group) if group.position.is_none() => {
-                group.position = Some(position);
-                group.commit_time_us = commit_time_us;
-            }
-            _ => state.groups.push_back(Group {
-                position: Some(position),
-                commit_time_us,
-                ..Group::default()
-            }),
-        }
-        if state.advance(&self.commit_to_ack) {
-            self.changed.notify_waiters();
-        }
-    }
-
-    /// One message of group `ordinal` is on the broker.
-    pub fn delivered(&self, ordinal: u64) {
-        let mut state = self.lock();
-        let index = ordinal.checked_sub(state.first).map(|i| i as usize);
-        let Some(group) = index.and_then(|i| state.groups.get_mut(i)) else {
-            tracing::error!(ordinal, "delivery report for an unknown message group");
-            return;
-        };
-        group.outstanding = group.outstanding.saturating_sub(1);
-        state.outstanding = state.outstanding.saturating_sub(1);
-        if state.advance(&self.commit_to_ack) || state.outstanding == 0 {
-            self.changed.notify_waiters();
-        }
-    }
-
-    /// The newest position all of whose events are on the broker.
-    pub fn acknowledged(&self) -> Option<Position> {
-        self.lock().acknowledged.clone()
-    }
-
-    /// Messages produced and not yet acknowledged.
-    pub fn outstanding(&self) -> u64 {
-        self.lock().outstanding
-    }
-
-    /// A future that completes when the acknowledged position or the outstanding count may have changed.
-    /// Create it before reading the state, so that a change in between is not missed.
-    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
-        self.changed.notified()
-    }
-
-    /// Commit-to-acknowledgement latency of every streamed transaction that carried events.
-    pub fn commit_to_ack(&self) -> &Histogram {
-        &self.commit_to_ack
-    }
-
-    /// Wakes every waiter (used at shutdown).
-    pub fn wake(&self) {
-        self.changed.notify_waiters();
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, TrackerState> {
-        // A panic elsewhere while holding the lock leaves counters that are still consistent enough to read.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl TrackerState {
-    /// Pops every complete group at the front, timing the transactions among them; true when the
-    /// acknowledged position moved.
-    fn advance(&mut self, commit_to_ack: &Histogram) -> bool {
-        let mut moved = false;
-        while let Some(front) = self.groups.front() {
-            match front.position {
-                Some(_) if front.outstanding == 0 => {
-                    if let (true, Some(committed)) = (front.carries_messages, front.commit_time_us)
-                    {
-                        commit_to_ack.observe_us(now_us().saturating_sub(committed).max(0) as u64);
-                    }
-                    self.acknowledged = self.groups.pop_front().and_then(|group| group.position);
-                    self.first += 1;
-                    moved = true;
-                }
-                _ => break,
-            }
-        }
-        moved
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PositionError {
@@ -240,7 +88,9 @@ impl StoredPosition {
 pub struct PositionStore {
     path: PathBuf,
     source: String,
-    identity: Option<SourceIdentity>,
+    /// Learnt when the source connects; set through a shared reference, since the reader and the
+    /// acknowledger share the store.
+    identity: std::sync::Mutex<Option<SourceIdentity>>,
 }
 
 impl PositionStore {
@@ -252,7 +102,7 @@ impl PositionStore {
         Ok(PositionStore {
             path: PositionStore::file_path(dir, source),
             source: source.to_owned(),
-            identity: None,
+            identity: std::sync::Mutex::new(None),
         })
     }
 
@@ -262,8 +112,14 @@ impl PositionStore {
     }
 
     /// The identity written with every later position.
-    pub fn set_identity(&mut self, identity: SourceIdentity) {
-        self.identity = Some(identity);
+    pub fn set_identity(&self, identity: SourceIdentity) {
+        *self.identity.lock().unwrap_or_else(|p| p.into_inner()) = Some(identity);
+    }
+
+    /// The journal named `name` beside the position file (`<source>.<name>.journal`).
+    pub fn journal(&self, name: &str) -> Journal {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        Journal::open(dir, &format!("{}.{name}", self.source))
     }
 
     pub fn path(&self) -> &Path {
@@ -318,7 +174,11 @@ impl PositionStore {
     pub fn save(&self, position: Position) -> Result<(), PositionError> {
         let stored = StoredPosition {
             source: self.source.clone(),
-            identity: self.identity.clone(),
+            identity: self
+                .identity
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             position,
             snapshot_pending: false,
             updated_at_ms: now_ms(),
@@ -473,69 +333,6 @@ mod tests {
     }
 
     #[test]
-    fn a_position_waits_for_every_earlier_delivery() {
-        let tracker = AckTracker::new();
-        let first = tracker.register();
-        let _ = tracker.register();
-        tracker.close_group(at(10), None);
-        let second = tracker.register();
-        tracker.close_group(at(20), None);
-        assert_ne!(first, second);
-
-        // The second transaction is delivered first: nothing is acknowledged yet.
-        tracker.delivered(second);
-        assert_eq!(tracker.acknowledged(), None);
-        tracker.delivered(first);
-        assert_eq!(
-            tracker.acknowledged(),
-            None,
-            "one message of the first transaction is still out"
-        );
-        tracker.delivered(first);
-        assert_eq!(tracker.acknowledged(), Some(at(20)));
-        assert_eq!(tracker.outstanding(), 0);
-    }
-
-    #[test]
-    fn an_open_transaction_holds_back_later_idle_points() {
-        let tracker = AckTracker::new();
-        tracker.close_group(at(5), None);
-        assert_eq!(
-            tracker.acknowledged(),
-            Some(at(5)),
-            "an empty group is acknowledged at once"
-        );
-        let open = tracker.register();
-        tracker.delivered(open);
-        assert_eq!(tracker.acknowledged(), Some(at(5)), "not sealed yet");
-        tracker.close_group(at(9), None);
-        assert_eq!(tracker.acknowledged(), Some(at(9)));
-    }
-
-    #[test]
-    fn each_transaction_with_events_is_timed_from_its_commit_to_its_last_acknowledgement() {
-        let tracker = AckTracker::new();
-        let committed = now_us() - 2_000_000;
-        let message = tracker.register();
-        tracker.close_group(at(10), Some(committed));
-        // Transactions without events (filtered out) and idle points are not timed.
-        tracker.close_group(at(11), Some(committed));
-        tracker.close_group(at(12), None);
-        assert_eq!(tracker.commit_to_ack().count(), 0, "not acknowledged yet");
-        tracker.delivered(message);
-        assert_eq!(tracker.acknowledged(), Some(at(12)));
-        assert_eq!(tracker.commit_to_ack().count(), 1);
-        assert!(tracker.commit_to_ack().sum_us() >= 2_000_000);
-    }
-
-    #[test]
-    fn unknown_ordinals_are_ignored() {
-        let tracker = AckTracker::new();
-        tracker.delivered(42);
-        assert_eq!(tracker.acknowledged(), None);
-    }
-
-    #[test]
     fn a_journal_keeps_what_was_appended_and_drops_a_torn_last_line() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(dir.path(), "slot.snapshot");
@@ -576,7 +373,7 @@ mod tests {
     #[test]
     fn store_round_trips_and_rejects_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = PositionStore::open(&dir.path().join("nested"), "sluice").unwrap();
+        let store = PositionStore::open(&dir.path().join("nested"), "sluice").unwrap();
         assert_eq!(store.load().unwrap(), None);
         store.save(at(0x16_B374_D848)).unwrap();
         assert_eq!(store.load().unwrap().unwrap().identity, None);

@@ -1,0 +1,163 @@
+//! The MongoDB connector on the source seam: from the stored position (a resume token, an oplog
+//! timestamp or an interrupted snapshot) to where the reader starts, then the snapshot and the stream.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use sluice_core::config::SnapshotMode;
+use sluice_core::event::Position;
+use sluice_core::positions::{PositionStore, StoredPosition};
+use sluice_core::source::{Committer, Source, SourceContext, StoreOnly};
+
+use crate::config::{Capture, MongodbSourceConfig};
+use crate::reader::{DocumentStreamControl, MongodbError, MongodbSettings, MongodbSource, Start};
+use crate::snapshot::SnapshotShape;
+
+/// A MongoDB deployment read through one change stream (or the oplog).
+pub struct MongodbConnector {
+    settings: MongodbSettings,
+    /// One MongoDB instance per topic prefix.
+    position_key: String,
+}
+
+impl MongodbConnector {
+    pub fn new(config: &MongodbSourceConfig, topic_prefix: &str) -> MongodbConnector {
+        MongodbConnector {
+            settings: MongodbSettings {
+                url: config.url.get_ref().as_str().to_owned(),
+                selection: config.selection(),
+                full_document: config.full_document,
+                before: config.before,
+                capture: *config.capture.get_ref(),
+                snapshot: *config.snapshot.get_ref(),
+                snapshot_shape: SnapshotShape {
+                    readers: usize::from(*config.snapshot_connections.get_ref()),
+                    chunk_documents: *config.snapshot_chunk_documents.get_ref(),
+                },
+            },
+            position_key: format!("{topic_prefix}.mongodb"),
+        }
+    }
+}
+
+impl Source for MongodbConnector {
+    type Error = MongodbError;
+    type Plan = Start;
+    const CONNECTOR: &'static str = "mongodb";
+
+    fn position_key(&self) -> String {
+        self.position_key.clone()
+    }
+
+    fn plan(
+        &self,
+        stored: Option<StoredPosition>,
+        store: &PositionStore,
+    ) -> Result<Option<Start>, MongodbError> {
+        plan(
+            stored.map(|stored| stored.position),
+            self.settings.snapshot,
+            self.settings.capture,
+            store.path(),
+        )
+    }
+
+    fn start(
+        &self,
+        start: Start,
+        context: SourceContext,
+    ) -> (
+        Arc<dyn Committer>,
+        impl Future<Output = Result<(), MongodbError>> + Send + 'static,
+    ) {
+        let settings = self.settings.clone();
+        let run = async move {
+            let control = DocumentStreamControl {
+                events: context.events,
+                stop: context.stop,
+                metrics: context.metrics,
+                position_file: context.store.path().display().to_string(),
+            };
+            MongodbSource::connect(settings)
+                .await?
+                .stream(start, control)
+                .await
+        };
+        // Change streams keep nothing on the server for their readers: the store is the only record.
+        (Arc::new(StoreOnly), run)
+    }
+}
+
+/// Where a run starts, from the stored position; None when there is nothing to do. No I/O.
+pub fn plan(
+    stored: Option<Position>,
+    mode: SnapshotMode,
+    capture: Capture,
+    file: &Path,
+) -> Result<Option<Start>, MongodbError> {
+    let start = match stored {
+        None if mode == SnapshotMode::Never => {
+            tracing::info!("no stored position: publishing changes from now on");
+            Start::Now
+        }
+        None => {
+            tracing::info!(
+                "no stored position: taking a snapshot of the selected collections first"
+            );
+            Start::Snapshot
+        }
+        Some(Position::Mongodb { .. } | Position::MongodbOplog { .. })
+            if mode == SnapshotMode::InitialOnly =>
+        {
+            tracing::info!(file = %file.display(), "snapshot = initial_only and the snapshot is complete: nothing to do");
+            return Ok(None);
+        }
+        Some(position @ (Position::Mongodb { .. } | Position::MongodbOplog { .. })) => {
+            check_capture(&position, capture, file)?;
+            tracing::info!(%position, file = %file.display(), "resuming after stored position");
+            Start::After(position)
+        }
+        // Switched to `never` halfway through: what is not read yet stays unread.
+        Some(Position::MongodbSnapshot { start, .. }) if mode == SnapshotMode::Never => {
+            check_capture(&start, capture, file)?;
+            tracing::warn!(file = %file.display(), "a snapshot was interrupted, and snapshot = never: streaming from where it started, the rest unread");
+            Start::After(*start)
+        }
+        Some(Position::MongodbSnapshot { start, chunks }) => {
+            check_capture(&start, capture, file)?;
+            tracing::info!(file = %file.display(), done = chunks.iter().filter(|c| c.done).count(), parts = chunks.len(), "carrying on with the interrupted snapshot");
+            Start::CarryOnSnapshot {
+                start: *start,
+                chunks,
+            }
+        }
+        Some(other) => {
+            return Err(MongodbError::ForeignPosition {
+                file: file.display().to_string(),
+                position: other.to_string(),
+            })
+        }
+    };
+    Ok(Some(start))
+}
+
+/// A change stream cannot resume from an oplog timestamp, nor the oplog reader from a resume token.
+fn check_capture(position: &Position, capture: Capture, file: &Path) -> Result<(), MongodbError> {
+    let fits = matches!(
+        (position, capture),
+        (Position::Mongodb { .. }, Capture::ChangeStreams)
+            | (Position::MongodbOplog { .. }, Capture::Oplog)
+    );
+    if fits {
+        return Ok(());
+    }
+    Err(MongodbError::CaptureMismatch {
+        file: file.display().to_string(),
+        position: position.to_string(),
+        capture: match capture {
+            Capture::ChangeStreams => "change_streams",
+            Capture::Oplog => "oplog",
+        },
+    })
+}

@@ -1,0 +1,320 @@
+//! The PostgreSQL connector on the source seam: from the stored position to a plan, then the slot, the
+//! snapshot the plan calls for and the stream, with acknowledged positions going back to the server.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::config::SnapshotMode;
+use sluice_core::event::{Lsn, Position};
+use sluice_core::positions::{PositionStore, StoredPosition};
+use sluice_core::source::{Committer, Source, SourceContext};
+use tokio::sync::watch;
+
+use crate::config::PostgresConfig;
+use crate::connection::PgConnection;
+use crate::reader::{self, PostgresSettings, PostgresSource, Resume, SourceError, StreamControl};
+use crate::replication::SlotLifetime;
+use crate::snapshot::Snapshot;
+
+/// The PostgreSQL source: one slot, one publication, the selected tables.
+pub struct PostgresConnector {
+    settings: PostgresSettings,
+    drop_slot_on_stop: bool,
+}
+
+impl PostgresConnector {
+    pub fn new(config: &PostgresConfig) -> Result<PostgresConnector, SourceError> {
+        Ok(PostgresConnector {
+            settings: settings(config)?,
+            drop_slot_on_stop: config.drop_slot_on_stop,
+        })
+    }
+
+    pub fn settings(&self) -> &PostgresSettings {
+        &self.settings
+    }
+}
+
+/// The reader's settings from `[source]`.
+pub fn settings(config: &PostgresConfig) -> Result<PostgresSettings, SourceError> {
+    let url = config.url.get_ref().as_str();
+    let connection = PgConnection::parse(url).map_err(SourceError::Url)?;
+    let database = connection.database();
+    Ok(PostgresSettings {
+        connection,
+        database,
+        slot: config.slot.get_ref().as_str().to_owned(),
+        slot_lifetime: if *config.temporary_slot.get_ref() {
+            SlotLifetime::Temporary
+        } else {
+            SlotLifetime::Permanent
+        },
+        publication: config.publication.get_ref().as_str().to_owned(),
+        selection: config.selection(),
+        status_interval: Duration::from_secs(*config.status_interval_secs.get_ref()),
+        snapshot: config.snapshot,
+        capture_messages: config.capture_messages,
+        snapshot_connections: usize::from(*config.snapshot_connections.get_ref()),
+        snapshot_chunk_rows: *config.snapshot_chunk_rows.get_ref(),
+        decimal_handling: config.decimal_handling,
+        heartbeat_interval: match config.heartbeat_interval_secs {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        },
+    })
+}
+
+/// How a run starts: from the stored position, if there is one to resume.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Nothing stored (or a temporary slot, whose position died with it): a new slot.
+    Fresh,
+    Resume(StoredPosition),
+}
+
+/// The decision [`Source::plan`] makes, without I/O.
+pub fn plan(
+    stored: Option<StoredPosition>,
+    mode: SnapshotMode,
+    lifetime: SlotLifetime,
+    file: &std::path::Path,
+) -> Result<Option<Plan>, SourceError> {
+    if lifetime == SlotLifetime::Temporary {
+        // The slot a stored position points into died with the run that wrote it.
+        if stored.is_some() {
+            tracing::info!(file = %file.display(), "temporary_slot: the position file of an earlier run is not resumed; this run starts afresh");
+        }
+        return Ok(Some(Plan::Fresh));
+    }
+    let Some(stored) = stored else {
+        return Ok(Some(Plan::Fresh));
+    };
+    if stored.position.postgres_lsn().is_none() {
+        return Err(SourceError::ForeignPosition {
+            file: file.display().to_string(),
+            position: stored.position.to_string(),
+        });
+    }
+    if mode == SnapshotMode::InitialOnly && !stored.snapshot_pending() {
+        tracing::info!(file = %file.display(), "snapshot = initial_only and the snapshot is complete: nothing to do");
+        return Ok(None);
+    }
+    Ok(Some(Plan::Resume(stored)))
+}
+
+impl Source for PostgresConnector {
+    type Error = SourceError;
+    type Plan = Plan;
+    const CONNECTOR: &'static str = "postgresql";
+
+    fn position_key(&self) -> String {
+        self.settings.slot.clone()
+    }
+
+    fn plan(
+        &self,
+        stored: Option<StoredPosition>,
+        store: &PositionStore,
+    ) -> Result<Option<Plan>, SourceError> {
+        plan(
+            stored,
+            self.settings.snapshot,
+            self.settings.slot_lifetime,
+            store.path(),
+        )
+    }
+
+    fn start(
+        &self,
+        plan: Plan,
+        context: SourceContext,
+    ) -> (
+        Arc<dyn Committer>,
+        impl Future<Output = Result<(), SourceError>> + Send + 'static,
+    ) {
+        let (lsn_tx, lsn_rx) = watch::channel(Lsn(0));
+        let (position_tx, position_rx) = watch::channel(None);
+        let committer = Arc::new(PgCommitter {
+            lsn: lsn_tx,
+            position: position_tx,
+            initial_only: self.settings.snapshot == SnapshotMode::InitialOnly,
+        });
+        let run = run(
+            self.settings.clone(),
+            plan,
+            context,
+            Acknowledged {
+                lsn: lsn_rx,
+                position: position_rx,
+            },
+        );
+        (committer, run)
+    }
+
+    async fn stopped(&self, store: &PositionStore) -> Result<(), SourceError> {
+        if self.settings.slot_lifetime == SlotLifetime::Temporary {
+            // The slot went with the replication connection: the stored position means nothing any more.
+            PositionStore::remove(store.path())?;
+            tracing::info!(file = %store.path().display(), "temporary slot gone with its connection; position file removed");
+        } else if self.drop_slot_on_stop {
+            // Without its slot the stored position means nothing: the next run starts afresh.
+            reader::drop_slot(&self.settings).await?;
+            PositionStore::remove(store.path())?;
+            tracing::info!(file = %store.path().display(), "drop_slot_on_stop: slot dropped and position file removed");
+        }
+        Ok(())
+    }
+}
+
+/// Takes acknowledged positions to the stream, which reports them to the server, and to the snapshot,
+/// which waits for its last one.
+struct PgCommitter {
+    lsn: watch::Sender<Lsn>,
+    position: watch::Sender<Option<Position>>,
+    initial_only: bool,
+}
+
+impl Committer for PgCommitter {
+    /// `initial_only` drops the slot before the store says the snapshot is complete: a crash in between
+    /// takes the snapshot again rather than leaving a slot that holds WAL with nobody to read it.
+    fn stores(&self, position: &Position) -> bool {
+        !(self.initial_only && is_complete_snapshot(position))
+    }
+
+    fn commit(&self, position: &Position) {
+        if let Some(lsn) = position.postgres_lsn() {
+            let _ = self.lsn.send(lsn);
+        }
+        let _ = self.position.send(Some(position.clone()));
+    }
+}
+
+fn is_complete_snapshot(position: &Position) -> bool {
+    matches!(position, Position::PostgresSnapshot(progress) if progress.complete)
+}
+
+/// What the committer passes on, as the stream and the snapshot read it.
+struct Acknowledged {
+    lsn: watch::Receiver<Lsn>,
+    position: watch::Receiver<Option<Position>>,
+}
+
+/// Prepares the slot, reads the snapshot the plan calls for, then streams until told to stop.
+async fn run(
+    settings: PostgresSettings,
+    plan: Plan,
+    context: SourceContext,
+    mut acknowledged: Acknowledged,
+) -> Result<(), SourceError> {
+    let stored = match plan {
+        Plan::Fresh => None,
+        Plan::Resume(stored) => Some(stored),
+    };
+    let store = context.store.clone();
+    let previous_run = stored.as_ref().map(|s| Resume {
+        position: &s.position,
+        identity: s.identity.as_ref(),
+        file: store.path(),
+    });
+    let mut source = PostgresSource::prepare(settings.clone(), previous_run).await?;
+    store.set_identity(source.identity().clone());
+    let journal = store.journal("snapshot");
+    let from = match source.take_snapshot() {
+        Some(snapshot) => {
+            let Some(read) = read_snapshot(snapshot, &context, &mut acknowledged.position).await?
+            else {
+                return Ok(());
+            };
+            if settings.snapshot == SnapshotMode::InitialOnly {
+                match settings.slot_lifetime {
+                    SlotLifetime::Permanent => reader::drop_slot(&settings).await?,
+                    SlotLifetime::Temporary => source.end_temporary_slot().await?,
+                }
+                store.save(read)?;
+                journal.remove()?;
+                tracing::info!("snapshot = initial_only: done, not streaming");
+                return Ok(());
+            }
+            read
+        }
+        None => match stored {
+            Some(stored) => {
+                tracing::info!(position = %stored.position, file = %store.path().display(), "resuming after stored position");
+                stored.position
+            }
+            None => {
+                tracing::info!("no stored position: starting from the slot's position");
+                Position::Postgres { lsn: Lsn(0) }
+            }
+        },
+    };
+    // The store says the snapshot is complete: what began of it no longer matters.
+    journal.remove()?;
+    source
+        .stream(
+            from,
+            StreamControl {
+                events: context.events,
+                acknowledged: acknowledged.lsn,
+                stop: context.stop,
+                stop_grace: context.stop_grace,
+                metrics: context.metrics,
+            },
+        )
+        .await
+}
+
+/// Hands the snapshot's rows on and waits until the broker has every one; returns the position to stream
+/// from. The store records each part of the snapshot once its rows are on the broker. None when a stop
+/// request interrupted it: the next run carries it on.
+async fn read_snapshot(
+    snapshot: Snapshot,
+    context: &SourceContext,
+    acknowledged: &mut watch::Receiver<Option<Position>>,
+) -> Result<Option<Position>, SourceError> {
+    context.store.save(snapshot.position())?;
+    context.metrics.set_snapshot_running(true);
+    let outcome = snapshot
+        .read(
+            context.events.clone(),
+            context.stop.clone(),
+            context.metrics.clone(),
+            context.store.journal("snapshot"),
+        )
+        .await;
+    let outcome = match outcome {
+        Ok(outcome) if outcome.complete => outcome,
+        other => {
+            context.metrics.set_snapshot_running(false);
+            if let Ok(outcome) = other {
+                tracing::info!(
+                    rows = outcome.rows,
+                    "stopped during the snapshot: the next run carries it on"
+                );
+            }
+            return other.map(|_| None);
+        }
+    };
+    // The final position is the last thing the snapshot sends: acknowledged, it says every row is on the
+    // broker. The pipeline may stop before that (at the shutdown bound), and then the next run carries on.
+    let done = acknowledged
+        .wait_for(|position| position.as_ref().is_some_and(is_complete_snapshot))
+        .await
+        .ok()
+        .and_then(|position| position.clone());
+    context.metrics.set_snapshot_running(false);
+    match done {
+        Some(position) => {
+            tracing::info!(rows = outcome.rows, position = %position, "snapshot complete: every row is on the broker");
+            Ok(Some(position))
+        }
+        None => {
+            tracing::info!(
+                rows = outcome.rows,
+                "stopped during the snapshot: the next run carries it on"
+            );
+            Ok(None)
+        }
+    }
+}
