@@ -150,7 +150,7 @@ async fn validate(path: &std::path::Path, offline: bool) -> ExitCode {
         Err(err) => {
             eprintln!(
                 "error: cannot compare the contracts with the tables: {}",
-                error_chain(&*err)
+                sluice_core::errors::error_chain(&*err)
             );
             ExitCode::FAILURE
         }
@@ -212,7 +212,7 @@ async fn tail(path: &std::path::Path, topic: Option<String>, from: &str, follow:
     match sluice::tail::run(&options, &mut out).await {
         Ok(_) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {}", error_chain(&err));
+            eprintln!("error: {}", sluice_core::errors::error_chain(&err));
             ExitCode::FAILURE
         }
     }
@@ -252,23 +252,10 @@ async fn run(path: &std::path::Path) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "sluice stopped");
-            eprintln!("error: {}", error_chain(&err));
+            eprintln!("error: {}", sluice_core::errors::error_chain(&err));
             ExitCode::FAILURE
         }
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(&format!(": {cause_text}"));
-        }
-        source = cause.source();
-    }
-    sluice::config::redact_secrets(&text)
 }
 
 fn init_logging(format: LogFormat) {

@@ -48,7 +48,7 @@ async fn check_postgres(config: &Config, report: &mut Report) {
         Ok(client) => client,
         Err(err) => {
             report.fail(
-                format!("PostgreSQL at {shown} is not reachable: {}", source_text(&err)),
+                format!("PostgreSQL at {shown} is not reachable: {}", sluice_core::errors::error_chain(&err)),
                 "check host, port, user and password in `source.url`, that the server runs, and that pg_hba.conf \
                  admits this host for the user",
             );
@@ -598,19 +598,4 @@ async fn scalar(client: &Client, sql: &str) -> Result<String, String> {
         .await
         .map_err(|e| describe_pg_error(&e))?;
     row.try_get::<_, String>(0).map_err(|e| e.to_string())
-}
-
-/// The innermost cause, which says what actually went wrong ("connection refused", "password authentication
-/// failed"), without repeating the wrappers.
-fn source_text(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(&format!(": {cause_text}"));
-        }
-        source = cause.source();
-    }
-    redact_secrets(&text)
 }

@@ -26,15 +26,21 @@ impl Backoff {
         }
     }
 
-    /// The wait before the next attempt. A connection that lasted more than twice the bound was a
-    /// success: the waits start over.
+    /// The wait before the next attempt. A connection that lasted more than twice the bound since it was
+    /// opened (or since the last failure) was a success: the waits start over.
     pub fn next_delay(&mut self) -> Duration {
         if self.since.elapsed() > self.max * 2 {
             self.next = FIRST_DELAY;
         }
         let delay = self.next;
         self.next = (self.next * 2).min(self.max);
+        self.since = Instant::now();
         delay
+    }
+
+    /// The last attempt succeeded: the next failure waits the shortest time again.
+    pub fn reset(&mut self) {
+        self.next = FIRST_DELAY;
     }
 
     /// A connection (or attempt) begins now.

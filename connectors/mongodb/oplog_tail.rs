@@ -19,6 +19,7 @@ use super::change::bson_from_canonical;
 use super::oplog::{self, OplogKind};
 use super::reader::{send, unless_stopped, DocumentStreamControl, Ended, MongodbSource};
 use crate::config::FullDocument;
+use sluice_core::backoff::Backoff;
 use sluice_core::event::{DocumentChange, Op, Position, SourceEvent};
 
 /// How long the server holds a getMore open when nothing is written: how quickly a stop is noticed.
@@ -37,7 +38,7 @@ impl MongodbSource {
         from: &mut Option<Position>,
         prepared: &mut PreparedTransactions,
         control: &mut DocumentStreamControl,
-        failures: &mut usize,
+        failures: &mut Backoff,
     ) -> Result<Ended, DriverError> {
         let oplog = self
             .client
@@ -55,7 +56,7 @@ impl MongodbSource {
             .cursor_type(CursorType::TailableAwait)
             .max_await_time(MAX_AWAIT)
             .await?;
-        *failures = 0;
+        failures.reset();
         control.metrics.set_streaming(true);
         *from = Some(position_of(after));
         // A first run stores where it started at once, so that a stop before any change resumes there.

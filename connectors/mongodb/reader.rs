@@ -23,6 +23,7 @@ use super::change::{self, EventKind};
 use super::oplog_tail::PreparedTransactions;
 use super::snapshot::{self, SnapshotEnd, SnapshotRun, SnapshotShape};
 use crate::config::{BeforeImage, Capture, CollectionSelection, FullDocument};
+use sluice_core::backoff::Backoff;
 use sluice_core::config::{redact_secrets, SnapshotMode};
 use sluice_core::event::{Position, SnapshotChunk, SourceEvent};
 use sluice_core::metrics::SourceMetrics;
@@ -31,14 +32,8 @@ use sluice_core::metrics::SourceMetrics;
 const MAX_AWAIT: Duration = Duration::from_secs(1);
 /// How often an idle stream's position (its post-batch resume token) is passed on to be stored.
 const IDLE_POSITION_INTERVAL: Duration = Duration::from_secs(10);
-/// Backoff between reconnection attempts after a transient failure.
-const RECONNECT_BACKOFF: [Duration; 5] = [
-    Duration::from_millis(500),
-    Duration::from_secs(1),
-    Duration::from_secs(2),
-    Duration::from_secs(5),
-    Duration::from_secs(10),
-];
+/// The longest wait between reconnection attempts after transient failures.
+pub(super) const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(10);
 /// MongoDB's error code for a resume point that is no longer in the oplog.
 const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
 /// Server errors that a new attempt from the last position read can cure: the server shutting down or
@@ -179,7 +174,7 @@ impl MongodbSource {
         mut from: Option<Position>,
         mut control: DocumentStreamControl,
     ) -> Result<(), MongodbError> {
-        let mut failures = 0usize;
+        let mut failures = Backoff::new(RECONNECT_MAX_DELAY);
         // Prepared transactions seen in the oplog and not yet committed or aborted.
         let mut prepared = PreparedTransactions::default();
         loop {
@@ -337,7 +332,7 @@ impl MongodbSource {
         };
         tracing::info!(parts = chunks.len(), start = %start, "snapshot started");
         control.metrics.set_snapshot_running(true);
-        let mut failures = 0usize;
+        let mut failures = Backoff::new(RECONNECT_MAX_DELAY);
         let ended = loop {
             // A stop that came during a back-off has been seen by `back_off`'s receiver only.
             if *control.stop.borrow() {
@@ -406,7 +401,7 @@ impl MongodbSource {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, DriverError>>,
     {
-        let mut failures = 0usize;
+        let mut failures = Backoff::new(RECONNECT_MAX_DELAY);
         loop {
             let mut stop = control.stop.clone();
             let outcome = tokio::select! {
@@ -479,7 +474,7 @@ impl MongodbSource {
         &self,
         token: &mut Option<ResumeToken>,
         control: &mut DocumentStreamControl,
-        failures: &mut usize,
+        failures: &mut Backoff,
     ) -> Result<Ended, DriverError> {
         let options = ChangeStreamOptions::builder()
             .full_document(self.settings.full_document.option().map(full_document_type))
@@ -495,7 +490,7 @@ impl MongodbSource {
             .await?
             .with_type::<Document>();
         // Opened: the next failure starts the backoff from its shortest wait again.
-        *failures = 0;
+        failures.reset();
         control.metrics.set_streaming(true);
         let mut last_idle = tokio::time::Instant::now();
         // The token last handed on, from an event or an idle point: an idle token is passed on only
@@ -661,12 +656,11 @@ pub(super) async fn unless_stopped<T>(
 }
 
 pub(super) async fn back_off(
-    failures: &mut usize,
+    failures: &mut Backoff,
     err: &DriverError,
     control: &mut DocumentStreamControl,
 ) {
-    let wait = RECONNECT_BACKOFF[(*failures).min(RECONNECT_BACKOFF.len() - 1)];
-    *failures += 1;
+    let wait = failures.next_delay();
     control.metrics.reconnected();
     tracing::warn!(error = %redact_secrets(&err.to_string()), retry_in = ?wait, "MongoDB read interrupted: reconnecting from the last document read");
     tokio::select! {

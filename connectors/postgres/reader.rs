@@ -18,6 +18,7 @@ use super::snapshot::{Exported, Snapshot};
 use super::type_catalog;
 use super::types::{self, ResolvedColumn};
 use crate::config::{DecimalHandling, Selection};
+use sluice_core::backoff::Backoff;
 use sluice_core::config::SnapshotMode;
 use sluice_core::event::{
     ChangeEvent, Column, DecodingMessage, Lsn, Op, PgSnapshotPosition, Position, Row,
@@ -180,8 +181,7 @@ impl SlotConnection {
     }
 }
 
-/// The first wait before reopening a lost replication connection; it doubles up to the maximum.
-const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(500);
+/// The longest wait before reopening a lost replication connection.
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
 /// How often the server's WAL position is read, for the lag metric.
 const WAL_END_PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -467,10 +467,10 @@ impl PostgresSource {
             stopping_until,
         };
         let mut decoder = StreamDecoder::new(&self.settings.database, resume, overlap);
-        let mut delay = RECONNECT_FIRST_DELAY;
+        let mut backoff = Backoff::new(RECONNECT_MAX_DELAY);
         let mut reconnecting = false;
         loop {
-            let started = tokio::time::Instant::now();
+            backoff.connecting();
             let err = match self
                 .stream_connection(&mut decoder, &mut link, reconnecting)
                 .await
@@ -496,16 +496,13 @@ impl PostgresSource {
                 });
             }
             link.refresh_acked();
-            if started.elapsed() > RECONNECT_MAX_DELAY * 2 {
-                delay = RECONNECT_FIRST_DELAY;
-            }
+            let delay = backoff.next_delay();
             tracing::warn!(error = %err, retry_in = ?delay, resume = %link.acked, "replication connection lost; reconnecting");
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = link.control.stop.changed() => return Ok(()),
                 _ = link.control.events.closed() => return Ok(()),
             }
-            delay = (delay * 2).min(RECONNECT_MAX_DELAY);
             reconnecting = true;
             link.control.metrics.reconnected();
         }

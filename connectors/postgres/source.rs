@@ -179,7 +179,8 @@ impl Committer for PgCommitter {
     /// `initial_only` drops the slot before the store says the snapshot is complete: a crash in between
     /// takes the snapshot again rather than leaving a slot that holds WAL with nobody to read it.
     fn stores(&self, position: &Position) -> bool {
-        !(self.initial_only && is_complete_snapshot(position))
+        // Under initial_only every position past the snapshot's parts is its final one.
+        !(self.initial_only && !position.snapshot_in_progress())
     }
 
     fn commit(&self, position: &Position) {
@@ -188,10 +189,6 @@ impl Committer for PgCommitter {
         }
         let _ = self.position.send(Some(position.clone()));
     }
-}
-
-fn is_complete_snapshot(position: &Position) -> bool {
-    matches!(position, Position::PostgresSnapshot(progress) if progress.complete)
 }
 
 /// What the committer passes on, as the stream and the snapshot read it.
@@ -299,7 +296,7 @@ async fn read_snapshot(
     // The final position is the last thing the snapshot sends: acknowledged, it says every row is on the
     // broker. The pipeline may stop before that (at the shutdown bound), and then the next run carries on.
     let done = acknowledged
-        .wait_for(|position| position.as_ref().is_some_and(is_complete_snapshot))
+        .wait_for(|position| position.as_ref().is_some_and(|p| !p.snapshot_in_progress()))
         .await
         .ok()
         .and_then(|position| position.clone());
