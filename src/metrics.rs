@@ -442,6 +442,126 @@ fn escape(value: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Every family with sample data: table names that need escaping, several stages and ops, snapshot
+    /// progress in each state, and both histograms with observations in the first, a middle and the +Inf
+    /// bucket.
+    fn populated() -> Metrics {
+        let metrics = Metrics::default();
+        metrics.event_published("public.orders", "c", 100);
+        metrics.event_published("public.orders", "c", 20);
+        metrics.event_published("public.orders", "u", 7);
+        metrics.event_published("public.orders", "d", 1);
+        metrics.event_published("public.\"odd\"", "u", 3);
+        metrics.event_published("public.back\\slash\nline", "r", 5);
+        metrics.event_published("inventory.items", "r", 64);
+        metrics.dead_letter(Stage::Validate, "public.orders");
+        metrics.dead_letter(Stage::Validate, "public.orders");
+        metrics.dead_letter(Stage::Produce, "orders-topic");
+        metrics.dead_letter(Stage::Decode, "public.\"odd\"");
+        metrics.unchanged_toast("public.orders");
+        metrics.unchanged_toast("public.orders");
+        metrics.unchanged_toast("public.docs");
+        let orders = metrics.snapshot_table("public.orders", Some(1000));
+        orders.rows.fetch_add(250, Relaxed);
+        metrics.snapshot_table("public.empty", None).finished();
+        let docs = metrics.snapshot_table("public.docs", Some(42));
+        docs.rows.fetch_add(42, Relaxed);
+        docs.finished();
+        let tracker = Arc::new(AckTracker::new());
+        for _ in 0..7 {
+            tracker.register();
+        }
+        for us in [500, 7_500, 12_345, 61_000_000] {
+            tracker.commit_to_ack().observe_us(us);
+        }
+        metrics.follow(tracker);
+        for ms in [0, 1, 3, 40, 40, 250, 60_000, 120_000] {
+            metrics.acknowledged_after(ms);
+        }
+        metrics.server_wal_end(Lsn(0x1_0000_5000));
+        metrics.position_stored(Lsn(0x1_0000_3500));
+        metrics.behind_ms.store(2_345, Relaxed);
+        metrics.reconnected();
+        metrics.reconnected();
+        metrics.set_streaming(true);
+        metrics.set_broker_reachable(false);
+        metrics.set_snapshot_running(true);
+        metrics
+    }
+
+    /// `/metrics` of [`populated`] as rendered before the exposition moved to prometheus-client.
+    const POPULATED: &str = include_str!("metrics/populated.prom");
+
+    /// What a Prometheus scraper keeps of an exposition: each family's HELP and TYPE, and each series
+    /// (sample name and labels) with its value; line order and number spelling do not matter to it.
+    fn scraped(text: &str) -> BTreeMap<String, String> {
+        let mut kept = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            if let Some(comment) = line.strip_prefix("# ") {
+                let (key, rest) = comment.split_at(4);
+                let (name, meta) = rest.trim_start().split_once(' ').unwrap();
+                assert!(matches!(key, "HELP" | "TYPE"), "{line}");
+                kept.insert(format!("{name} {key}"), meta.to_owned());
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            let mut pairs = Vec::new();
+            let mut rest = labels.strip_suffix('}').unwrap_or(labels);
+            while let Some((key, quoted)) = rest.split_once("=\"") {
+                let mut unescaped = String::new();
+                let mut chars = quoted.char_indices();
+                let end = loop {
+                    match chars.next().unwrap() {
+                        (_, '\\') => unescaped.push(match chars.next().unwrap().1 {
+                            'n' => '\n',
+                            other => other,
+                        }),
+                        (i, '"') => break i,
+                        (_, c) => unescaped.push(c),
+                    }
+                };
+                pairs.push(format!("{}={unescaped:?}", key.trim_start_matches(',')));
+                rest = &quoted[end + 1..];
+            }
+            pairs.sort();
+            let previous = kept.insert(format!("{name}{{{}}}", pairs.join(",")), value.to_string());
+            assert!(previous.is_none(), "duplicate series {line}");
+        }
+        kept
+    }
+
+    #[test]
+    fn the_exposition_keeps_every_series_name_label_type_and_value() {
+        let text = populated().render();
+        let (before, after) = (scraped(POPULATED), scraped(&text));
+        // The parser itself: escapes undone, labels sorted, histograms' series each on their own.
+        assert_eq!(
+            before.len(),
+            16 * 2 + 6 + 3 + 2 + 3 * 3 + 8 + 2 * 25,
+            "{before:#?}"
+        );
+        assert_eq!(
+            before[r#"sluice_events_total{op="r",table="public.back\\slash\nline"}"#],
+            "1"
+        );
+        let gone: Vec<_> = before
+            .iter()
+            .filter(|(k, v)| after.get(*k) != Some(v))
+            .collect();
+        let new: Vec<_> = after
+            .iter()
+            .filter(|(k, v)| before.get(*k) != Some(v))
+            .collect();
+        assert!(
+            gone.is_empty() && new.is_empty(),
+            "was {gone:#?}\nnow {new:#?}"
+        );
+        // Nothing a parser could read differently either: the same bytes.
+        assert_eq!(text, POPULATED);
+    }
+
     #[test]
     fn counters_render_in_the_text_format() {
         let metrics = Metrics::default();
