@@ -1,15 +1,31 @@
 //! The HTTP endpoint in `[api]`: `/metrics` (Prometheus text format), `/health/live` and `/health/ready`.
-//! Deliberately small: one GET per connection, answered and closed, which is all a scraper or a probe
-//! sends.
+//! Routed by axum; each connection is served by hyper directly, because axum's own server sets no bound
+//! on how long a client may take to send its request. One GET per connection, answered and closed, which
+//! is all a scraper or a probe sends.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use axum::extract::State;
+use axum::handler::Handler;
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, MethodRouter};
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
+
+/// How long a client may take to send its request head, and how large the head may be (hyper's smallest
+/// buffer): a scrape or a probe sends a few hundred bytes at once.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+const HEAD_MAX_BYTES: usize = 8 * 1024;
+
+const TEXT: &str = "text/plain; charset=utf-8";
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on api.address {address}: {source}")]
@@ -30,11 +46,19 @@ pub async fn serve(address: &str, metrics: Arc<Metrics>) -> Result<SocketAddr, A
         address: address.to_owned(),
         source,
     })?;
+    let service = TowerToHyperService::new(router(metrics));
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(answer(stream, metrics.clone()));
+                    let connection = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEAD_TIMEOUT)
+                        .max_buf_size(HEAD_MAX_BYTES)
+                        .keep_alive(false)
+                        .serve_connection(TokioIo::new(stream), service.clone());
+                    // A client that hung up or sent garbage concerns nobody.
+                    tokio::spawn(connection);
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "api: accept failed");
@@ -46,55 +70,174 @@ pub async fn serve(address: &str, metrics: Arc<Metrics>) -> Result<SocketAddr, A
     Ok(bound)
 }
 
-async fn answer(mut stream: TcpStream, metrics: Arc<Metrics>) {
-    let mut request = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    // The request line is all that matters; stop at the end of the head, or after 5 s or 16 KiB.
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => request.extend_from_slice(&chunk[..n]),
+fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get_only(scrape))
+        .route("/health/live", get_only(live))
+        .route("/health/ready", get_only(ready))
+        .fallback(unknown)
+        .with_state(metrics)
+}
+
+/// A GET route that refuses every other method; axum would answer HEAD with the GET handler, and an
+/// unlisted method with an empty 405.
+fn get_only<H, T>(handler: H) -> MethodRouter<Arc<Metrics>>
+where
+    H: Handler<T, Arc<Metrics>>,
+    T: 'static,
+{
+    get(handler).head(refuse).fallback(refuse)
+}
+
+async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
+    let content_type = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, content_type)],
+        metrics.render(),
+    )
+        .into_response()
+}
+
+async fn live() -> Response {
+    text(StatusCode::OK, "live\n".to_owned())
+}
+
+async fn ready(State(metrics): State<Arc<Metrics>>) -> Response {
+    match metrics.readiness() {
+        Ok(()) => text(StatusCode::OK, "ready\n".to_owned()),
+        Err(why) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", why.as_str()),
+        ),
+    }
+}
+
+async fn unknown(method: Method) -> Response {
+    if method == Method::GET {
+        text(StatusCode::NOT_FOUND, "not found\n".to_owned())
+    } else {
+        refuse().await
+    }
+}
+
+async fn refuse() -> Response {
+    text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".to_owned())
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, TEXT)], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Sends `request` as is and reads the answer until the server closes the connection.
+    async fn exchange(address: SocketAddr, request: &str) -> String {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+            .await
+            .expect("the server closes the connection")
+            .unwrap();
+        answer
+    }
+
+    async fn fetch(address: SocketAddr, path: &str) -> (String, String) {
+        answer(exchange(address, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")).await)
+    }
+
+    /// The status line and the body.
+    fn answer(text: String) -> (String, String) {
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        (head.lines().next().unwrap().to_owned(), body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn answers_each_path_as_before() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.event_published("public.orders", "c", 10);
+        let address = serve("127.0.0.1:0", metrics.clone()).await.unwrap();
+
+        let scraped = exchange(address, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(scraped.starts_with("HTTP/1.1 200 OK\r\n"), "{scraped}");
+        assert!(
+            scraped.contains("content-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+            "{scraped}"
+        );
+        assert!(
+            scraped.ends_with(&metrics.render()),
+            "the body is the exposition: {scraped}"
+        );
+        assert_eq!(
+            fetch(address, "/health/live").await,
+            ("HTTP/1.1 200 OK".to_owned(), "live\n".to_owned())
+        );
+        assert_eq!(
+            fetch(address, "/health/ready").await,
+            (
+                "HTTP/1.1 503 Service Unavailable".to_owned(),
+                "not ready: not streaming from the source\n".to_owned()
+            )
+        );
+        metrics.set_streaming(true);
+        assert_eq!(
+            fetch(address, "/health/ready").await,
+            ("HTTP/1.1 200 OK".to_owned(), "ready\n".to_owned())
+        );
+        assert_eq!(
+            fetch(address, "/nothing").await,
+            (
+                "HTTP/1.1 404 Not Found".to_owned(),
+                "not found\n".to_owned()
+            )
+        );
+        for request in [
+            "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+            "HEAD /health/live HTTP/1.1\r\nHost: x\r\n\r\n",
+            "DELETE /nothing HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            let (status, body) = answer(exchange(address, request).await);
+            assert_eq!(status, "HTTP/1.1 405 Method Not Allowed", "{request}");
+            if !request.starts_with("HEAD") {
+                assert_eq!(body, "GET only\n", "{request}");
             }
         }
-    })
-    .await;
-    if read.is_err() {
-        return;
     }
-    let line = String::from_utf8_lossy(&request);
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(),
-        ),
-        ("GET", "/health/live") => ("200 OK", "text/plain; charset=utf-8", "live\n".to_owned()),
-        ("GET", "/health/ready") => match metrics.readiness() {
-            Ok(()) => ("200 OK", "text/plain; charset=utf-8", "ready\n".to_owned()),
-            Err(why) => (
-                "503 Service Unavailable",
-                "text/plain; charset=utf-8",
-                format!("not ready: {}\n", why.as_str()),
-            ),
-        },
-        ("GET", _) => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "not found\n".to_owned(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain; charset=utf-8",
-            "GET only\n".to_owned(),
-        ),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
+
+    #[tokio::test]
+    async fn a_client_that_never_finishes_its_request_is_dropped() {
+        let address = serve("127.0.0.1:0", Arc::new(Metrics::default()))
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let answer = exchange(address, "GET /metrics HTTP/1.1\r\nHost: x\r\n").await;
+        assert!(started.elapsed() >= HEAD_TIMEOUT, "{answer}");
+        assert!(!answer.contains("200 OK"), "{answer}");
+        let oversized = format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(HEAD_MAX_BYTES)
+        );
+        let answer = exchange(address, &oversized).await;
+        assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn an_address_in_use_is_an_error_naming_it() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = taken.local_addr().unwrap().to_string();
+        let err = serve(&address, Arc::new(Metrics::default()))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot listen on api.address {address}: ")),
+            "{err}"
+        );
+    }
 }

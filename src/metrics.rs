@@ -1,17 +1,21 @@
-//! What the daemon knows about itself, rendered in Prometheus' text exposition format for `/metrics` and
-//! summed up for `/health/ready`. Counters by label sit behind one short lock per event; everything
-//! updated from other threads (delivery reports, the source reader) is an atomic.
+//! What the daemon knows about itself, exposed in Prometheus' text format for `/metrics` and summed up for
+//! `/health/ready`. Counters by label sit behind one short lock per event; everything updated from other
+//! threads (delivery reports, the source reader) is an atomic. The exposition reads them on each scrape
+//! (see `exposition.rs`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
+
+use prometheus_client::registry::Registry;
 
 use crate::deadletter::Stage;
 use crate::pipeline::ack::AckTracker;
 use sluice_core::event::Lsn;
 use sluice_core::metrics::SourceMetrics;
 use sluice_core::positions::now_ms;
+
+mod exposition;
 
 /// Upper bounds (microseconds) of the latency histograms' buckets: fine up to 100 ms, where a healthy
 /// pipeline's latencies fall (50 ms, the benchmark's target, is a bound of its own), coarse beyond.
@@ -21,9 +25,24 @@ const LATENCY_BUCKETS_US: [u64; 22] = [
     60_000_000,
 ];
 
-#[derive(Default)]
 pub struct Metrics {
-    inner: Mutex<Counters>,
+    state: Arc<State>,
+    /// Holds the collector that encodes `state` on each scrape.
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let state = Arc::new(State::default());
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(exposition::Exposition(state.clone())));
+        Metrics { state, registry }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    counters: Mutex<Counters>,
     /// Where the in-flight count is read from, once the pipeline has one.
     tracker: OnceLock<Arc<AckTracker>>,
     /// Key and value bytes of the change events handed to the producer.
@@ -42,6 +61,12 @@ pub struct Metrics {
     broker_unreachable: AtomicBool,
     snapshot_running: AtomicBool,
     latency: Histogram,
+}
+
+impl State {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counters> {
+        self.counters.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 #[derive(Default)]
@@ -86,21 +111,6 @@ impl Histogram {
     pub fn sum_us(&self) -> u64 {
         self.sum_us.load(Relaxed)
     }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        header(out, name, "histogram", help);
-        let mut cumulative = 0;
-        for (i, count) in self.buckets.iter().enumerate() {
-            cumulative += count.load(Relaxed);
-            let bound = LATENCY_BUCKETS_US
-                .get(i)
-                .map_or_else(|| "+Inf".to_owned(), |us| format_seconds_us(*us));
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let sum = format_seconds_us(self.sum_us.load(Relaxed));
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {}", self.count.load(Relaxed));
-    }
 }
 
 /// Why `/health/ready` says no, if it does.
@@ -123,8 +133,8 @@ impl NotReady {
 
 impl Metrics {
     pub fn event_published(&self, table: &str, op: &'static str, bytes: usize) {
-        self.bytes.fetch_add(bytes as u64, Relaxed);
-        let mut counters = self.lock();
+        self.state.bytes.fetch_add(bytes as u64, Relaxed);
+        let mut counters = self.state.lock();
         match counters.events.get_mut(table) {
             Some(ops) => *ops.entry(op).or_default() += 1,
             None => {
@@ -137,6 +147,7 @@ impl Metrics {
 
     pub fn dead_letter(&self, stage: Stage, table: &str) {
         *self
+            .state
             .lock()
             .dead_letters
             .entry((stage.as_str(), table.to_owned()))
@@ -147,6 +158,7 @@ impl Metrics {
     /// event, see schemas/README.md).
     pub fn unchanged_toast(&self, table: &str) {
         *self
+            .state
             .lock()
             .unchanged_toast
             .entry(table.to_owned())
@@ -155,18 +167,18 @@ impl Metrics {
 
     /// Reads the in-flight count from `tracker` from now on.
     pub fn follow(&self, tracker: Arc<AckTracker>) {
-        let _ = self.tracker.set(tracker);
+        let _ = self.state.tracker.set(tracker);
     }
 
     /// A message's delivery report arrived `ms` after it was produced.
     pub fn acknowledged_after(&self, ms: u64) {
-        self.latency.observe_us(ms * 1000);
-        self.last_delivery_ms.store(now_ms(), Relaxed);
+        self.state.latency.observe_us(ms * 1000);
+        self.state.last_delivery_ms.store(now_ms(), Relaxed);
     }
 
     /// Milliseconds since the broker last answered a produce request (None: it has not yet).
     pub fn since_last_delivery_ms(&self) -> Option<i64> {
-        match self.last_delivery_ms.load(Relaxed) {
+        match self.state.last_delivery_ms.load(Relaxed) {
             0 => None,
             at => Some(now_ms() - at),
         }
@@ -175,31 +187,31 @@ impl Metrics {
     /// The newest streamed change committed at `commit_time_us` was published now.
     pub fn published_commit(&self, commit_time_us: i64) {
         let behind = (now_ms() - commit_time_us / 1000).max(0);
-        self.behind_ms.store(behind, Relaxed);
+        self.state.behind_ms.store(behind, Relaxed);
     }
 
     pub fn server_wal_end(&self, lsn: Lsn) {
-        self.server_wal_end.fetch_max(lsn.0, Relaxed);
+        self.state.server_wal_end.fetch_max(lsn.0, Relaxed);
     }
 
     pub fn position_stored(&self, lsn: Lsn) {
-        self.acknowledged.fetch_max(lsn.0, Relaxed);
+        self.state.acknowledged.fetch_max(lsn.0, Relaxed);
     }
 
     pub fn reconnected(&self) {
-        self.reconnects.fetch_add(1, Relaxed);
+        self.state.reconnects.fetch_add(1, Relaxed);
     }
 
     pub fn set_streaming(&self, streaming: bool) {
-        self.streaming.store(streaming, Relaxed);
+        self.state.streaming.store(streaming, Relaxed);
     }
 
     pub fn set_broker_reachable(&self, reachable: bool) {
-        self.broker_unreachable.store(!reachable, Relaxed);
+        self.state.broker_unreachable.store(!reachable, Relaxed);
     }
 
     pub fn set_snapshot_running(&self, running: bool) {
-        self.snapshot_running.store(running, Relaxed);
+        self.state.snapshot_running.store(running, Relaxed);
     }
 
     /// Starts following one table's snapshot.
@@ -212,7 +224,8 @@ impl Metrics {
         progress
             .estimated
             .store(estimated_rows.unwrap_or(0), Relaxed);
-        self.lock()
+        self.state
+            .lock()
             .snapshot
             .insert(table.to_owned(), progress.clone());
         progress
@@ -220,11 +233,12 @@ impl Metrics {
 
     /// Ready means streaming with the broker reachable: what a probe or a load balancer wants to know.
     pub fn readiness(&self) -> Result<(), NotReady> {
-        if self.snapshot_running.load(Relaxed) {
+        let state = &self.state;
+        if state.snapshot_running.load(Relaxed) {
             Err(NotReady::Snapshotting)
-        } else if !self.streaming.load(Relaxed) {
+        } else if !state.streaming.load(Relaxed) {
             Err(NotReady::NotStreaming)
-        } else if self.broker_unreachable.load(Relaxed) {
+        } else if state.broker_unreachable.load(Relaxed) {
             Err(NotReady::BrokerUnreachable)
         } else {
             Ok(())
@@ -233,12 +247,12 @@ impl Metrics {
 
     /// Dead letters so far, in total.
     pub fn dead_letter_total(&self) -> u64 {
-        self.lock().dead_letters.values().sum()
+        self.state.lock().dead_letters.values().sum()
     }
 
     /// `stage table=count, …`, for the final log line.
     pub fn dead_letter_breakdown(&self) -> String {
-        let counters = self.lock();
+        let counters = self.state.lock();
         let parts: Vec<String> = counters
             .dead_letters
             .iter()
@@ -250,187 +264,136 @@ impl Metrics {
     /// The Prometheus text format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::new();
-        {
-            let counters = self.lock();
-            header(
-                &mut out,
-                "sluice_events_total",
-                "counter",
-                "Change events published, by table and op.",
-            );
-            let mut tables: Vec<&String> = counters.events.keys().collect();
-            tables.sort();
-            for (table, op, count) in tables
-                .into_iter()
-                .flat_map(|t| counters.events[t].iter().map(move |(op, n)| (t, op, n)))
-            {
-                let _ = writeln!(
-                    out,
-                    "sluice_events_total{{table=\"{}\",op=\"{op}\"}} {count}",
-                    escape(table)
-                );
-            }
-            header(
-                &mut out,
-                "sluice_dead_letters_total",
-                "counter",
-                "Changes sent to the dead-letter topic, by stage and table.",
-            );
-            for ((stage, table), count) in &counters.dead_letters {
-                let _ = writeln!(
-                    out,
-                    "sluice_dead_letters_total{{stage=\"{stage}\",table=\"{}\"}} {count}",
-                    escape(table)
-                );
-            }
-            header(
-                &mut out,
-                "sluice_unchanged_toast_total",
-                "counter",
-                "Events published without a TOASTed value the update left unchanged and sluice could not restore (REPLICA IDENTITY FULL restores them), by table.",
-            );
-            for (table, count) in &counters.unchanged_toast {
-                let _ = writeln!(
-                    out,
-                    "sluice_unchanged_toast_total{{table=\"{}\"}} {count}",
-                    escape(table)
-                );
-            }
-            let families: [(&str, &str, SnapshotValue); 3] = [
-                (
-                    "sluice_snapshot_rows",
-                    "Rows of each table read by the snapshot so far.",
-                    |p| p.rows.load(Relaxed),
-                ),
-                (
-                    "sluice_snapshot_rows_estimated",
-                    "The planner's estimate of each snapshot table's rows (0: unknown).",
-                    |p| p.estimated.load(Relaxed),
-                ),
-                (
-                    "sluice_snapshot_table_finished",
-                    "1 once a table's snapshot has been read to the end.",
-                    |p| u64::from(p.finished.load(Relaxed)),
-                ),
-            ];
-            for (name, help, value) in families {
-                header(&mut out, name, "gauge", help);
-                for (table, progress) in &counters.snapshot {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{table=\"{}\"}} {}",
-                        escape(table),
-                        value(progress)
-                    );
-                }
-            }
-        }
-        let in_flight = self.tracker.get().map_or(0, |t| t.outstanding());
-        let wal_end = self.server_wal_end.load(Relaxed);
-        let lag_bytes = wal_end.saturating_sub(self.acknowledged.load(Relaxed));
-        let gauges: [(&str, &str, &str, String); 8] = [
-            (
-                "sluice_bytes_total",
-                "counter",
-                "Key and value bytes of the change events handed to the producer.",
-                self.bytes.load(Relaxed).to_string(),
-            ),
-            (
-                "sluice_in_flight_messages",
-                "gauge",
-                "Messages produced and not yet acknowledged by the broker.",
-                in_flight.to_string(),
-            ),
-            (
-                "sluice_source_lag_bytes",
-                "gauge",
-                "Bytes of WAL between the server's end and the position sluice has stored and acknowledged.",
-                lag_bytes.to_string(),
-            ),
-            (
-                "sluice_source_lag_seconds",
-                "gauge",
-                "Seconds between the newest published change's commit and its publication.",
-                format_seconds_us(self.behind_ms.load(Relaxed).max(0) as u64 * 1000),
-            ),
-            (
-                "sluice_source_reconnects_total",
-                "counter",
-                "Attempts to open the replication connection again after losing it.",
-                self.reconnects.load(Relaxed).to_string(),
-            ),
-            (
-                "sluice_streaming",
-                "gauge",
-                "1 while changes are streamed from the replication slot.",
-                u8::from(self.streaming.load(Relaxed)).to_string(),
-            ),
-            (
-                "sluice_broker_reachable",
-                "gauge",
-                "1 while the broker answers.",
-                u8::from(!self.broker_unreachable.load(Relaxed)).to_string(),
-            ),
-            (
-                "sluice_snapshot_running",
-                "gauge",
-                "1 while the initial snapshot is being taken.",
-                u8::from(self.snapshot_running.load(Relaxed)).to_string(),
-            ),
-        ];
-        for (name, kind, help, value) in gauges {
-            header(&mut out, name, kind, help);
-            let _ = writeln!(out, "{name} {value}");
-        }
-        self.render_latency(&mut out);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        exposition::histograms(&self.state, &mut out);
         out
     }
-
-    fn render_latency(&self, out: &mut String) {
-        self.latency.render(
-            out,
-            "sluice_broker_ack_latency_seconds",
-            "Time from handing a message to the producer to the broker's acknowledgement.",
-        );
-        if let Some(tracker) = self.tracker.get() {
-            tracker.commit_to_ack().render(
-                out,
-                "sluice_commit_to_ack_seconds",
-                "Time from a transaction's commit in the source (its clock) to the broker's acknowledgement of its last event.",
-            );
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Counters> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// How one snapshot metric reads a table's progress.
-type SnapshotValue = fn(&SnapshotProgress) -> u64;
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// Seconds with at least three decimals, more only where the value has them (`0.001`, `0.0075`).
-fn format_seconds_us(us: u64) -> String {
-    let text = format!("{}.{:06}", us / 1_000_000, us % 1_000_000);
-    let keep = text.trim_end_matches('0').len().max(text.len() - 3);
-    text[..keep].to_owned()
-}
-
-/// Label values escape backslash, double quote and newline.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every family with sample data: table names that need escaping, several stages and ops, snapshot
+    /// progress in each state, and both histograms with observations in the first, a middle and the +Inf
+    /// bucket.
+    fn populated() -> Metrics {
+        let metrics = Metrics::default();
+        metrics.event_published("public.orders", "c", 100);
+        metrics.event_published("public.orders", "c", 20);
+        metrics.event_published("public.orders", "u", 7);
+        metrics.event_published("public.orders", "d", 1);
+        metrics.event_published("public.\"odd\"", "u", 3);
+        metrics.event_published("public.back\\slash\nline", "r", 5);
+        metrics.event_published("inventory.items", "r", 64);
+        metrics.dead_letter(Stage::Validate, "public.orders");
+        metrics.dead_letter(Stage::Validate, "public.orders");
+        metrics.dead_letter(Stage::Produce, "orders-topic");
+        metrics.dead_letter(Stage::Decode, "public.\"odd\"");
+        metrics.unchanged_toast("public.orders");
+        metrics.unchanged_toast("public.orders");
+        metrics.unchanged_toast("public.docs");
+        let orders = metrics.snapshot_table("public.orders", Some(1000));
+        orders.rows.fetch_add(250, Relaxed);
+        metrics.snapshot_table("public.empty", None).finished();
+        let docs = metrics.snapshot_table("public.docs", Some(42));
+        docs.rows.fetch_add(42, Relaxed);
+        docs.finished();
+        let tracker = Arc::new(AckTracker::new());
+        for _ in 0..7 {
+            tracker.register();
+        }
+        for us in [500, 7_500, 12_345, 61_000_000] {
+            tracker.commit_to_ack().observe_us(us);
+        }
+        metrics.follow(tracker);
+        for ms in [0, 1, 3, 40, 40, 250, 60_000, 120_000] {
+            metrics.acknowledged_after(ms);
+        }
+        metrics.server_wal_end(Lsn(0x1_0000_5000));
+        metrics.position_stored(Lsn(0x1_0000_3500));
+        metrics.state.behind_ms.store(2_345, Relaxed);
+        metrics.reconnected();
+        metrics.reconnected();
+        metrics.set_streaming(true);
+        metrics.set_broker_reachable(false);
+        metrics.set_snapshot_running(true);
+        metrics
+    }
+
+    /// `/metrics` of [`populated`] as rendered before the exposition moved to prometheus-client.
+    const POPULATED: &str = include_str!("metrics/populated.prom");
+
+    /// What a Prometheus scraper keeps of an exposition: each family's HELP and TYPE, and each series
+    /// (sample name and labels) with its value; line order and number spelling do not matter to it.
+    fn scraped(text: &str) -> BTreeMap<String, String> {
+        let mut kept = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            if let Some(comment) = line.strip_prefix("# ") {
+                let (key, rest) = comment.split_at(4);
+                let (name, meta) = rest.trim_start().split_once(' ').unwrap();
+                assert!(matches!(key, "HELP" | "TYPE"), "{line}");
+                kept.insert(format!("{name} {key}"), meta.to_owned());
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            let mut pairs = Vec::new();
+            let mut rest = labels.strip_suffix('}').unwrap_or(labels);
+            while let Some((key, quoted)) = rest.split_once("=\"") {
+                let mut unescaped = String::new();
+                let mut chars = quoted.char_indices();
+                let end = loop {
+                    match chars.next().unwrap() {
+                        (_, '\\') => unescaped.push(match chars.next().unwrap().1 {
+                            'n' => '\n',
+                            other => other,
+                        }),
+                        (i, '"') => break i,
+                        (_, c) => unescaped.push(c),
+                    }
+                };
+                pairs.push(format!("{}={unescaped:?}", key.trim_start_matches(',')));
+                rest = &quoted[end + 1..];
+            }
+            pairs.sort();
+            let previous = kept.insert(format!("{name}{{{}}}", pairs.join(",")), value.to_string());
+            assert!(previous.is_none(), "duplicate series {line}");
+        }
+        kept
+    }
+
+    #[test]
+    fn the_exposition_keeps_every_series_name_label_type_and_value() {
+        let text = populated().render();
+        let (before, after) = (scraped(POPULATED), scraped(&text));
+        // The parser itself: escapes undone, labels sorted, histograms' series each on their own.
+        assert_eq!(
+            before.len(),
+            16 * 2 + 6 + 3 + 2 + 3 * 3 + 8 + 2 * 25,
+            "{before:#?}"
+        );
+        assert_eq!(
+            before[r#"sluice_events_total{op="r",table="public.back\\slash\nline"}"#],
+            "1"
+        );
+        let gone: Vec<_> = before
+            .iter()
+            .filter(|(k, v)| after.get(*k) != Some(v))
+            .collect();
+        let new: Vec<_> = after
+            .iter()
+            .filter(|(k, v)| before.get(*k) != Some(v))
+            .collect();
+        assert!(
+            gone.is_empty() && new.is_empty(),
+            "was {gone:#?}\nnow {new:#?}"
+        );
+        // Nothing a parser could read differently either: the same bytes.
+        assert_eq!(text, POPULATED);
+    }
 
     #[test]
     fn counters_render_in_the_text_format() {

@@ -1,0 +1,219 @@
+//! `/metrics`: the counters and gauges through prometheus-client (names, label escaping, number
+//! formatting), read from [`State`] on each scrape; the two latency histograms by hand (see [`histograms`]).
+
+use std::fmt::{self, Write as _};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::TypedMetric;
+
+use super::{Histogram, SnapshotProgress, State, LATENCY_BUCKETS_US};
+
+/// Reads the metrics' state on each scrape. Names are given without the `_total` that the encoder appends
+/// to a counter's.
+pub(super) struct Exposition(pub(super) Arc<State>);
+
+impl fmt::Debug for Exposition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Exposition")
+    }
+}
+
+/// How one snapshot metric reads a table's progress.
+type SnapshotValue = fn(&SnapshotProgress) -> u64;
+
+impl Collector for Exposition {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let state = &*self.0;
+        {
+            let counters = state.lock();
+            let mut tables: Vec<&String> = counters.events.keys().collect();
+            tables.sort();
+            family(
+                &mut encoder,
+                "sluice_events",
+                "Change events published, by table and op.",
+                tables.into_iter().flat_map(|table| {
+                    counters.events[table].iter().map(move |(op, count)| {
+                        (
+                            [("table", table.as_str()), ("op", op)],
+                            ConstCounter::new(*count),
+                        )
+                    })
+                }),
+            )?;
+            family(
+                &mut encoder,
+                "sluice_dead_letters",
+                "Changes sent to the dead-letter topic, by stage and table.",
+                counters.dead_letters.iter().map(|((stage, table), count)| {
+                    (
+                        [("stage", *stage), ("table", table.as_str())],
+                        ConstCounter::new(*count),
+                    )
+                }),
+            )?;
+            family(
+                &mut encoder,
+                "sluice_unchanged_toast",
+                "Events published without a TOASTed value the update left unchanged and sluice could not restore (REPLICA IDENTITY FULL restores them), by table.",
+                counters.unchanged_toast.iter().map(|(table, count)| {
+                    ([("table", table.as_str())], ConstCounter::new(*count))
+                }),
+            )?;
+            let snapshot: [(&str, &str, SnapshotValue); 3] = [
+                (
+                    "sluice_snapshot_rows",
+                    "Rows of each table read by the snapshot so far.",
+                    |p| p.rows.load(Relaxed),
+                ),
+                (
+                    "sluice_snapshot_rows_estimated",
+                    "The planner's estimate of each snapshot table's rows (0: unknown).",
+                    |p| p.estimated.load(Relaxed),
+                ),
+                (
+                    "sluice_snapshot_table_finished",
+                    "1 once a table's snapshot has been read to the end.",
+                    |p| u64::from(p.finished.load(Relaxed)),
+                ),
+            ];
+            for (name, help, value) in snapshot {
+                family(
+                    &mut encoder,
+                    name,
+                    help,
+                    counters.snapshot.iter().map(|(table, progress)| {
+                        (
+                            [("table", table.as_str())],
+                            ConstGauge::new(value(progress)),
+                        )
+                    }),
+                )?;
+            }
+        }
+        let in_flight = state.tracker.get().map_or(0, |t| t.outstanding());
+        let wal_end = state.server_wal_end.load(Relaxed);
+        let lag_bytes = wal_end.saturating_sub(state.acknowledged.load(Relaxed));
+        let flag = |flag: bool| ConstGauge::new(u64::from(flag));
+        single(
+            &mut encoder,
+            "sluice_bytes",
+            "Key and value bytes of the change events handed to the producer.",
+            ConstCounter::new(state.bytes.load(Relaxed)),
+        )?;
+        single(
+            &mut encoder,
+            "sluice_in_flight_messages",
+            "Messages produced and not yet acknowledged by the broker.",
+            ConstGauge::new(in_flight),
+        )?;
+        single(
+            &mut encoder,
+            "sluice_source_lag_bytes",
+            "Bytes of WAL between the server's end and the position sluice has stored and acknowledged.",
+            ConstGauge::new(lag_bytes),
+        )?;
+        single(
+            &mut encoder,
+            "sluice_source_lag_seconds",
+            "Seconds between the newest published change's commit and its publication.",
+            ConstGauge::new(state.behind_ms.load(Relaxed).max(0) as f64 / 1000.0),
+        )?;
+        single(
+            &mut encoder,
+            "sluice_source_reconnects",
+            "Attempts to open the replication connection again after losing it.",
+            ConstCounter::new(state.reconnects.load(Relaxed)),
+        )?;
+        single(
+            &mut encoder,
+            "sluice_streaming",
+            "1 while changes are streamed from the replication slot.",
+            flag(state.streaming.load(Relaxed)),
+        )?;
+        single(
+            &mut encoder,
+            "sluice_broker_reachable",
+            "1 while the broker answers.",
+            flag(!state.broker_unreachable.load(Relaxed)),
+        )?;
+        single(
+            &mut encoder,
+            "sluice_snapshot_running",
+            "1 while the initial snapshot is being taken.",
+            flag(state.snapshot_running.load(Relaxed)),
+        )
+    }
+}
+
+/// A family of labelled series; its HELP and TYPE lines are written even when it has none yet.
+fn family<L: EncodeLabelSet, M: EncodeMetric + TypedMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, M)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, M::TYPE)?;
+    for (labels, metric) in series {
+        metric.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A metric without labels.
+fn single(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric: impl EncodeMetric,
+) -> fmt::Result {
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// The latency histograms, after the collector's families. Written by hand because prometheus-client
+/// spells bucket bounds the Go client's way (`le="0.05"`, `le="1"`) and these series have always been
+/// `le="0.050"`, `le="1.000"`: a changed `le` is a new series to Prometheus 2 and to every query that
+/// names a bucket.
+pub(super) fn histograms(state: &State, out: &mut String) {
+    render(
+        &state.latency,
+        out,
+        "sluice_broker_ack_latency_seconds",
+        "Time from handing a message to the producer to the broker's acknowledgement.",
+    );
+    if let Some(tracker) = state.tracker.get() {
+        render(
+            tracker.commit_to_ack(),
+            out,
+            "sluice_commit_to_ack_seconds",
+            "Time from a transaction's commit in the source (its clock) to the broker's acknowledgement of its last event.",
+        );
+    }
+}
+
+fn render(histogram: &Histogram, out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (i, count) in histogram.buckets.iter().enumerate() {
+        cumulative += count.load(Relaxed);
+        let bound = LATENCY_BUCKETS_US
+            .get(i)
+            .map_or_else(|| "+Inf".to_owned(), |us| format_seconds_us(*us));
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    let sum = format_seconds_us(histogram.sum_us.load(Relaxed));
+    let _ = writeln!(out, "{name}_sum {sum}");
+    let _ = writeln!(out, "{name}_count {}", histogram.count.load(Relaxed));
+}
+
+/// Seconds with at least three decimals, more only where the value has them (`0.001`, `0.0075`).
+fn format_seconds_us(us: u64) -> String {
+    let text = format!("{}.{:06}", us / 1_000_000, us % 1_000_000);
+    let keep = text.trim_end_matches('0').len().max(text.len() - 3);
+    text[..keep].to_owned()
+}
