@@ -1,3 +1,8 @@
+use bytes::Bytes;
+
+use super::super::pgoutput::{TupleData, TupleValue};
+use super::super::snapshot_copy::Lines;
+use super::super::snapshot_plan::key_ranges;
 use super::*;
 
 fn text(value: &TupleValue) -> Option<&[u8]> {
