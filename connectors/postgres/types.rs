@@ -7,17 +7,18 @@
 //! PostgreSQL stores them. Values PostgreSQL has but Avro cannot carry (timestamps beyond `i64` microseconds
 //! from 1970, arrays of another depth than declared) become [`Value::OutOfRange`] with the reason, for the
 //! encoder to reject.
+//!
+//! Numbers are parsed in `types_numeric`, dates, times and timestamps in `types_temporal`.
 
 use super::structured::{self, ArrayText, StructureError};
 use super::type_catalog::{PgType, PgTypeKind, TypeMap};
+use super::types_numeric::{parse_float, parse_int, parse_money, parse_numeric};
+use super::types_temporal::{parse_date, parse_time, parse_timestamp};
 use crate::config::DecimalHandling;
-use crate::event::{ColumnType, Numeric, RecordField, Value};
+use crate::event::{ColumnType, RecordField, Value};
 
 /// Inputs longer than this are shortened in error messages.
 const MAX_SHOWN_CHARS: usize = 64;
-
-const MICROS_PER_SECOND: i64 = 1_000_000;
-const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SECOND;
 
 /// A text value that does not parse as its column's type.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -46,7 +47,7 @@ pub enum ValueError {
 }
 
 impl ValueError {
-    fn invalid(text: &str, type_name: &'static str) -> ValueError {
+    pub(super) fn invalid(text: &str, type_name: &'static str) -> ValueError {
         ValueError::Invalid {
             text: shown(text),
             type_name,
@@ -61,7 +62,7 @@ impl ValueError {
         }
     }
 
-    fn overflow(text: &str, type_name: &'static str) -> ValueError {
+    pub(super) fn overflow(text: &str, type_name: &'static str) -> ValueError {
         ValueError::Overflow {
             text: shown(text),
             type_name,
@@ -70,7 +71,7 @@ impl ValueError {
 }
 
 /// The input as shown in an error: at most [`MAX_SHOWN_CHARS`] characters.
-fn shown(text: &str) -> String {
+pub(super) fn shown(text: &str) -> String {
     match text.char_indices().nth(MAX_SHOWN_CHARS) {
         Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
         None => text.to_owned(),
@@ -360,42 +361,6 @@ fn text_type_name(column_type: &ColumnType) -> &'static str {
     }
 }
 
-/// `HH:MM:SS[.ffffff]`; `24:00:00` is the end of the day.
-fn parse_time(text: &str) -> Result<i64, ValueError> {
-    if text == "24:00:00" {
-        return Ok(MICROS_PER_DAY);
-    }
-    let mut cursor = Cursor::new(text);
-    let micros = cursor
-        .time()
-        .ok_or_else(|| ValueError::invalid(text, "time"))?;
-    cursor
-        .end()
-        .ok_or_else(|| ValueError::invalid(text, "time"))?;
-    Ok(micros)
-}
-
-/// money under `lc_monetary = C`: `$1,234.50`, `-$0.07`. Always two decimals.
-fn parse_money(text: &str) -> Result<Numeric, ValueError> {
-    let invalid = || ValueError::invalid(text, "money");
-    let (negative, unsigned) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let amount = unsigned.strip_prefix('$').ok_or_else(invalid)?;
-    let (whole, cents) = amount.split_once('.').ok_or_else(invalid)?;
-    let grouped_ok = whole.split(',').enumerate().all(|(i, group)| {
-        !group.is_empty()
-            && group.bytes().all(|b| b.is_ascii_digit())
-            && (i == 0 && group.len() <= 3 || group.len() == 3)
-    });
-    if !grouped_ok || cents.len() != 2 || !cents.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(invalid());
-    }
-    let sign = if negative { "-" } else { "" };
-    parse_numeric(&format!("{sign}{}.{cents}", whole.replace(',', "")))
-}
-
 /// An array value: its elements parsed as the element type, nested as deep as the column declares. A value
 /// of another depth cannot take the column's Avro type and is carried as out of range.
 fn parse_array(text: &str, element: &ColumnType, dimensions: u32) -> Result<Value, ValueError> {
@@ -474,113 +439,6 @@ fn parse_bool(text: &str) -> Result<bool, ValueError> {
     }
 }
 
-/// An optional `-` and decimal digits: PostgreSQL's integer output (no `+`, no spaces).
-fn parse_int<T: std::str::FromStr>(text: &str, type_name: &'static str) -> Result<T, ValueError> {
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ValueError::invalid(text, type_name));
-    }
-    // Well-formed digits that do not parse can only be out of range.
-    text.parse()
-        .map_err(|_| ValueError::overflow(text, type_name))
-}
-
-/// Floats: PostgreSQL spells the specials `NaN`, `Infinity` and `-Infinity`; everything else is decimal
-/// or exponent notation. Rust's parser would also take `inf`, `nan` or `+1`, which PostgreSQL never
-/// prints, so only the exact spellings and plain numbers get through.
-fn parse_float<T: std::str::FromStr + Float>(
-    text: &str,
-    type_name: &'static str,
-) -> Result<T, ValueError> {
-    match text {
-        "NaN" => return Ok(T::NAN),
-        "Infinity" => return Ok(T::INFINITY),
-        "-Infinity" => return Ok(T::NEG_INFINITY),
-        _ => {}
-    }
-    let unsigned = text.strip_prefix('-').unwrap_or(text);
-    let plain = unsigned.starts_with(|c: char| c.is_ascii_digit() || c == '.')
-        && unsigned
-            .bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
-    if !plain {
-        return Err(ValueError::invalid(text, type_name));
-    }
-    let value: T = text
-        .parse()
-        .map_err(|_| ValueError::invalid(text, type_name))?;
-    // A finite spelling that rounds to infinity is beyond the type.
-    if value.is_infinite() {
-        return Err(ValueError::overflow(text, type_name));
-    }
-    Ok(value)
-}
-
-/// What `parse_float` needs of `f32` and `f64`.
-trait Float: Copy {
-    const NAN: Self;
-    const INFINITY: Self;
-    const NEG_INFINITY: Self;
-    fn is_infinite(self) -> bool;
-}
-
-impl Float for f32 {
-    const NAN: f32 = f32::NAN;
-    const INFINITY: f32 = f32::INFINITY;
-    const NEG_INFINITY: f32 = f32::NEG_INFINITY;
-    fn is_infinite(self) -> bool {
-        f32::is_infinite(self)
-    }
-}
-
-impl Float for f64 {
-    const NAN: f64 = f64::NAN;
-    const INFINITY: f64 = f64::INFINITY;
-    const NEG_INFINITY: f64 = f64::NEG_INFINITY;
-    fn is_infinite(self) -> bool {
-        f64::is_infinite(self)
-    }
-}
-
-/// `-123.4500` becomes unscaled `-1234500` at scale 4: every digit kept (the scale is part of the value),
-/// leading zeros dropped so that the unscaled text is a canonical integer.
-fn parse_numeric(text: &str) -> Result<Numeric, ValueError> {
-    match text {
-        "NaN" => return Ok(Numeric::NaN),
-        "Infinity" => return Ok(Numeric::PositiveInfinity),
-        "-Infinity" => return Ok(Numeric::NegativeInfinity),
-        _ => {}
-    }
-    let invalid = || ValueError::invalid(text, "numeric");
-    let (negative, unsigned) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (integer, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
-    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if integer.len() + fraction.len() == 0 || !all_digits(integer) || !all_digits(fraction) {
-        return Err(invalid());
-    }
-    let scale = u32::try_from(fraction.len()).map_err(|_| ValueError::overflow(text, "numeric"))?;
-    // The digits without the point or leading zeros, built in one allocation: every numeric of every
-    // row passes here.
-    let mut unscaled = String::with_capacity(text.len());
-    if negative {
-        unscaled.push('-');
-    }
-    unscaled.extend(
-        integer
-            .chars()
-            .chain(fraction.chars())
-            .skip_while(|&c| c == '0'),
-    );
-    if unscaled.len() == usize::from(negative) {
-        // Zero, whatever its sign.
-        unscaled = "0".to_owned();
-    }
-    Ok(Numeric::Finite { unscaled, scale })
-}
-
 /// bytea in hex output format: `\x` and two hex digits per byte.
 fn parse_bytea(text: &str) -> Result<Vec<u8>, ValueError> {
     let invalid = || ValueError::invalid(text, "bytea (expected \\x and hex digit pairs)");
@@ -611,233 +469,6 @@ fn parse_uuid(text: &str) -> Result<String, ValueError> {
         return Err(ValueError::invalid(text, "uuid"));
     }
     Ok(text.to_ascii_lowercase())
-}
-
-/// `YYYY-MM-DD` (the year may be longer than four digits), optionally followed by ` BC`.
-fn parse_date(text: &str) -> Result<Value, ValueError> {
-    // PostgreSQL stores its infinities as the extreme values too.
-    match text {
-        "infinity" => return Ok(Value::Date(i32::MAX)),
-        "-infinity" => return Ok(Value::Date(i32::MIN)),
-        _ => {}
-    }
-    let invalid = || ValueError::invalid(text, "date");
-    let (body, bc) = strip_bc(text);
-    let mut cursor = Cursor::new(body);
-    let days = cursor.date().ok_or_else(invalid)?;
-    cursor.end().ok_or_else(invalid)?;
-    let days = civil_days(days, bc).ok_or_else(invalid)?;
-    Ok(match i32::try_from(days) {
-        Ok(days) => Value::Date(days),
-        Err(_) => Value::OutOfRange(format!(
-            "date `{}` is outside the Avro date range",
-            shown(text)
-        )),
-    })
-}
-
-/// `YYYY-MM-DD HH:MM:SS[.ffffff]`, then for timestamptz a zone offset `±HH[:MM[:SS]]`, then optionally ` BC`.
-fn parse_timestamp(text: &str, with_zone: bool) -> Result<Value, ValueError> {
-    let type_name = if with_zone {
-        "timestamptz"
-    } else {
-        "timestamp"
-    };
-    let infinite = match text {
-        "infinity" => Some(i64::MAX),
-        "-infinity" => Some(i64::MIN),
-        _ => None,
-    };
-    if let Some(micros) = infinite {
-        return Ok(if with_zone {
-            Value::TimestampTz(micros)
-        } else {
-            Value::Timestamp(micros)
-        });
-    }
-    let invalid = || ValueError::invalid(text, type_name);
-    let (body, bc) = strip_bc(text);
-    let mut cursor = Cursor::new(body);
-    let date = cursor.date().ok_or_else(invalid)?;
-    cursor.expect(b' ').ok_or_else(invalid)?;
-    let time_of_day = cursor.time().ok_or_else(invalid)?;
-    let offset = if with_zone {
-        cursor.zone_offset().ok_or_else(invalid)?
-    } else {
-        0
-    };
-    cursor.end().ok_or_else(invalid)?;
-    let days = civil_days(date, bc).ok_or_else(invalid)?;
-    // Days from the far future or past do not fit i64 microseconds (PostgreSQL counts from 2000, not 1970).
-    let micros = days
-        .checked_mul(MICROS_PER_DAY)
-        .and_then(|day_start| day_start.checked_add(time_of_day))
-        .and_then(|local| local.checked_sub(offset.checked_mul(MICROS_PER_SECOND)?));
-    Ok(match micros {
-        Some(micros) if with_zone => Value::TimestampTz(micros),
-        Some(micros) => Value::Timestamp(micros),
-        None => Value::OutOfRange(format!(
-            "{type_name} `{}` is outside the Avro timestamp range",
-            shown(text)
-        )),
-    })
-}
-
-/// Splits off PostgreSQL's ` BC` era suffix.
-fn strip_bc(text: &str) -> (&str, bool) {
-    match text.strip_suffix(" BC") {
-        Some(body) => (body, true),
-        None => (text, false),
-    }
-}
-
-/// A calendar date as written: year (without era), month, day.
-#[derive(Clone, Copy, Debug)]
-struct CivilDate {
-    year: i64,
-    month: u32,
-    day: u32,
-}
-
-/// Days since 1970-01-01 for a validated date; `bc` maps year Y BC to astronomical year 1 - Y.
-fn civil_days(date: CivilDate, bc: bool) -> Option<i64> {
-    if bc && date.year == 0 {
-        return None;
-    }
-    let year = if bc { 1 - date.year } else { date.year };
-    (date.month >= 1
-        && date.month <= 12
-        && date.day >= 1
-        && date.day <= days_in_month(year, date.month))
-    .then(|| days_from_civil(year, date.month, date.day))
-}
-
-fn is_leap(year: i64) -> bool {
-    year.rem_euclid(4) == 0 && (year.rem_euclid(100) != 0 || year.rem_euclid(400) == 0)
-}
-
-fn days_in_month(year: i64, month: u32) -> u32 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Howard Hinnant's days-from-civil for the proleptic Gregorian calendar (astronomical years: 0 = 1 BC).
-/// Callers bound the year to nine digits, so nothing here overflows.
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    // Count years from March, so the leap day ends the year.
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year.rem_euclid(400);
-    let shifted_month = i64::from(if month > 2 { month - 3 } else { month + 9 });
-    let day_of_year = (153 * shifted_month + 2) / 5 + i64::from(day) - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-/// A forward-only reader over ASCII date and time text; `None` means the text does not have the form.
-struct Cursor<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Cursor<'a> {
-    fn new(text: &'a str) -> Cursor<'a> {
-        Cursor {
-            rest: text.as_bytes(),
-        }
-    }
-
-    /// Between `min` and `max` decimal digits (as many as there are), with their count.
-    fn digits(&mut self, min: usize, max: usize) -> Option<(i64, usize)> {
-        let count = self
-            .rest
-            .iter()
-            .take(max + 1)
-            .take_while(|b| b.is_ascii_digit())
-            .count();
-        if count < min || count > max {
-            return None;
-        }
-        let (digits, rest) = self.rest.split_at(count);
-        self.rest = rest;
-        let value = digits
-            .iter()
-            .fold(0_i64, |acc, d| acc * 10 + i64::from(d - b'0'));
-        Some((value, count))
-    }
-
-    /// Exactly `n` digits.
-    fn fixed(&mut self, n: usize) -> Option<i64> {
-        self.digits(n, n).map(|(value, _)| value)
-    }
-
-    fn expect(&mut self, byte: u8) -> Option<()> {
-        let (&first, rest) = self.rest.split_first()?;
-        (first == byte).then(|| self.rest = rest)
-    }
-
-    fn eat(&mut self, byte: u8) -> bool {
-        self.expect(byte).is_some()
-    }
-
-    fn end(&self) -> Option<()> {
-        self.rest.is_empty().then_some(())
-    }
-
-    /// `YYYY-MM-DD`; years of 4 to 9 digits (PostgreSQL pads to four; nine keeps the arithmetic in range).
-    fn date(&mut self) -> Option<CivilDate> {
-        let (year, _) = self.digits(4, 9)?;
-        self.expect(b'-')?;
-        let month = u32::try_from(self.fixed(2)?).ok()?;
-        self.expect(b'-')?;
-        let day = u32::try_from(self.fixed(2)?).ok()?;
-        Some(CivilDate { year, month, day })
-    }
-
-    /// `HH:MM:SS[.f{1,6}]` as microseconds since midnight.
-    fn time(&mut self) -> Option<i64> {
-        let hour = self.fixed(2).filter(|h| *h < 24)?;
-        self.expect(b':')?;
-        let minute = self.fixed(2).filter(|m| *m < 60)?;
-        self.expect(b':')?;
-        let second = self.fixed(2).filter(|s| *s < 60)?;
-        let fraction = if self.eat(b'.') { self.fraction()? } else { 0 };
-        Some((hour * 3600 + minute * 60 + second) * MICROS_PER_SECOND + fraction)
-    }
-
-    /// 1 to 6 fraction digits as microseconds.
-    fn fraction(&mut self) -> Option<i64> {
-        let (value, count) = self.digits(1, 6)?;
-        let scale = 10_i64.pow(u32::try_from(6 - count).ok()?);
-        Some(value * scale)
-    }
-
-    /// `±HH`, `±HH:MM` or `±HH:MM:SS` as seconds east of UTC.
-    fn zone_offset(&mut self) -> Option<i64> {
-        let sign = if self.eat(b'+') {
-            1
-        } else {
-            self.expect(b'-')?;
-            -1
-        };
-        let hours = self.fixed(2)?;
-        let (minutes, seconds) = if self.eat(b':') {
-            let minutes = self.fixed(2).filter(|m| *m < 60)?;
-            // Seconds only ever follow minutes.
-            let seconds = if self.eat(b':') {
-                self.fixed(2).filter(|s| *s < 60)?
-            } else {
-                0
-            };
-            (minutes, seconds)
-        } else {
-            (0, 0)
-        };
-        Some(sign * (hours * 3600 + minutes * 60 + seconds))
-    }
 }
 
 #[cfg(test)]

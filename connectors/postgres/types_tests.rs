@@ -1,5 +1,7 @@
+use super::super::types_temporal::{MICROS_PER_DAY, MICROS_PER_SECOND};
 use super::*;
 use crate::connectors::postgres::type_catalog::FieldType;
+use crate::event::Numeric;
 
 /// [`resolve`] for a built-in type, without a catalog.
 fn column_type(type_oid: u32, type_modifier: i32) -> ColumnType {
