@@ -2,6 +2,7 @@
 //! `lc_monetary = C`).
 
 use super::types::ValueError;
+use crate::avro::decimal;
 use crate::event::Numeric;
 
 /// An optional `-` and decimal digits: PostgreSQL's integer output (no `+`, no spaces).
@@ -84,33 +85,9 @@ pub(super) fn parse_numeric(text: &str) -> Result<Numeric, ValueError> {
         "-Infinity" => return Ok(Numeric::NegativeInfinity),
         _ => {}
     }
-    let invalid = || ValueError::invalid(text, "numeric");
-    let (negative, unsigned) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (integer, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
-    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if integer.len() + fraction.len() == 0 || !all_digits(integer) || !all_digits(fraction) {
-        return Err(invalid());
-    }
-    let scale = u32::try_from(fraction.len()).map_err(|_| ValueError::overflow(text, "numeric"))?;
-    // The digits without the point or leading zeros, built in one allocation: every numeric of every
-    // row passes here.
-    let mut unscaled = String::with_capacity(text.len());
-    if negative {
-        unscaled.push('-');
-    }
-    unscaled.extend(
-        integer
-            .chars()
-            .chain(fraction.chars())
-            .skip_while(|&c| c == '0'),
-    );
-    if unscaled.len() == usize::from(negative) {
-        // Zero, whatever its sign.
-        unscaled = "0".to_owned();
-    }
+    let (unscaled, scale) =
+        decimal::unscale(text).ok_or_else(|| ValueError::invalid(text, "numeric"))?;
+    let scale = u32::try_from(scale).map_err(|_| ValueError::overflow(text, "numeric"))?;
     Ok(Numeric::Finite { unscaled, scale })
 }
 

@@ -18,7 +18,7 @@ use super::binary::{
     write_blocks, write_boolean, write_bytes, write_double, write_float, write_long, write_string,
     write_union_branch,
 };
-use super::decimal::{write_fixed_scale, DecimalError};
+use super::decimal::{self, write_fixed_scale, DecimalError};
 use super::encode::is_hyphenated_uuid;
 use crate::contracts::{field_value, Mismatch};
 
@@ -513,29 +513,19 @@ fn decimal_parts(text: &str) -> (String, Result<u32, String>) {
         },
         None => (text, 0),
     };
-    let (negative, mantissa) = match mantissa.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, mantissa),
-    };
-    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    let digits = format!("{whole}{fraction}");
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    let Some((digits, fraction)) = decimal::unscale(mantissa) else {
         return refused("is not finite; a decimal holds only numbers");
-    }
+    };
     // Decimal128 exponents stay within ±6176, so this cannot overflow.
-    let scale = fraction.len() as i64 - exponent;
-    let sign = if negative { "-" } else { "" };
+    let scale = fraction as i64 - exponent;
     if scale >= 0 {
-        (format!("{sign}{digits}"), Ok(scale as u32))
-    } else if digits.bytes().all(|b| b == b'0') {
+        (digits, Ok(scale as u32))
+    } else if digits == "0" {
         ("0".into(), Ok(0))
     } else if -scale > 6_300 || digits.len() > 6_300 {
         refused("is out of range")
     } else {
-        (
-            format!("{sign}{digits}{}", "0".repeat((-scale) as usize)),
-            Ok(0),
-        )
+        (format!("{digits}{}", "0".repeat((-scale) as usize)), Ok(0))
     }
 }
 
