@@ -19,7 +19,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Map, Value as Json};
 
-use crate::avro::{Fingerprint, SchemaRef, VARIABLE_SCALE_DECIMAL};
+use crate::avro::{decimal, Fingerprint, SchemaRef, VARIABLE_SCALE_DECIMAL};
 use crate::registry::{RegistryClient, RegistryError, RegistrySettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -340,47 +340,7 @@ pub fn finite_or_text(v: f64) -> Json {
 
 /// A two's-complement big-endian unscaled integer and a scale, as decimal text (`-12.34`).
 pub fn decimal_text(bytes: &[u8], scale: usize) -> String {
-    let negative = bytes.first().is_some_and(|b| b & 0x80 != 0);
-    let mut magnitude: Vec<u8> = bytes.to_vec();
-    if negative {
-        // Two's complement negation: invert, add one.
-        for byte in magnitude.iter_mut() {
-            *byte = !*byte;
-        }
-        for byte in magnitude.iter_mut().rev() {
-            let (sum, carry) = byte.overflowing_add(1);
-            *byte = sum;
-            if !carry {
-                break;
-            }
-        }
-    }
-    // Repeated division by 10 over the big-endian bytes.
-    let mut digits = Vec::new();
-    while magnitude.iter().any(|b| *b != 0) {
-        let mut remainder = 0u32;
-        for byte in magnitude.iter_mut() {
-            let current = (remainder << 8) | u32::from(*byte);
-            *byte = (current / 10) as u8;
-            remainder = current % 10;
-        }
-        digits.push(b'0' + remainder as u8);
-    }
-    if digits.is_empty() {
-        digits.push(b'0');
-    }
-    while digits.len() <= scale {
-        digits.push(b'0');
-    }
-    digits.reverse();
-    let text = String::from_utf8(digits).unwrap_or_default();
-    let (whole, fraction) = text.split_at(text.len() - scale);
-    let sign = if negative { "-" } else { "" };
-    if scale == 0 {
-        format!("{sign}{whole}")
-    } else {
-        format!("{sign}{whole}.{fraction}")
-    }
+    decimal::display(&decimal::unscaled_text(bytes), scale)
 }
 
 fn hex(bytes: &[u8]) -> String {

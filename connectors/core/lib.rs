@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod check;
 pub mod config;
+pub mod decimal;
 pub mod errors;
 pub mod event;
 pub mod metrics;

@@ -85,73 +85,12 @@ impl MongodbSource {
             let ts = entry_ts(&entry)?;
             let position = position_of(ts);
             *from = Some(position.clone());
-            let changes = match oplog::convert_entry(&entry, self.replica_set.as_ref()) {
-                Ok(converted) => match converted.kind {
-                    OplogKind::Changes(changes) => changes,
-                    OplogKind::Prepared {
-                        lsid,
-                        txn_number,
-                        changes,
-                    } => {
-                        prepared.0.insert((lsid, txn_number), changes);
-                        continue;
-                    }
-                    OplogKind::CommitPrepared { lsid, txn_number } => {
-                        prepared.0.remove(&(lsid, txn_number)).unwrap_or_default()
-                    }
-                    OplogKind::AbortPrepared { lsid, txn_number } => {
-                        prepared.0.remove(&(lsid, txn_number));
-                        Vec::new()
-                    }
-                    OplogKind::Ddl {
-                        operation,
-                        namespace,
-                        to,
-                    } => {
-                        super::reader::report_ddl(
-                            &self.settings.selection,
-                            &operation,
-                            &namespace,
-                            to.as_deref(),
-                        );
-                        Vec::new()
-                    }
-                    OplogKind::Noop => Vec::new(),
-                },
-                Err(err) => {
-                    let in_selection = entry
-                        .get_str("ns")
-                        .is_ok_and(|ns| self.settings.selection.includes_namespace(ns));
-                    if in_selection || entry.get_str("op") == Ok("c") {
-                        tracing::warn!(error = %err, "oplog entry without an event form: sent to the dead-letter topic");
-                        let letter = oplog::undecodable(&err, &entry);
-                        if !send(control, SourceEvent::Undecodable(letter)).await {
-                            return Ok(Ended::Stopped);
-                        }
-                    }
-                    Vec::new()
-                }
+            let Some(changes) = self.entry_changes(&entry, prepared, control).await else {
+                return Ok(Ended::Stopped);
             };
-            let mut published = false;
-            for mut change in changes {
-                if !self
-                    .settings
-                    .selection
-                    .includes(&change.database, &change.collection)
-                {
-                    continue;
-                }
-                if change.op == Op::Update
-                    && change.after.is_none()
-                    && self.settings.full_document == FullDocument::UpdateLookup
-                {
-                    change.after = self.look_up(&change).await?;
-                }
-                published = true;
-                if !send(control, SourceEvent::Document(change)).await {
-                    return Ok(Ended::Stopped);
-                }
-            }
+            let Some(published) = self.publish(changes, control).await? else {
+                return Ok(Ended::Stopped);
+            };
             // While a prepared transaction waits for its commit, no later position may be stored.
             if !prepared.0.is_empty() {
                 continue;
@@ -172,6 +111,95 @@ impl MongodbSource {
                 return Ok(Ended::Stopped);
             }
         }
+    }
+
+    /// The changes an entry brings: its own, or a prepared transaction's at its commit (a prepared one's are
+    /// held until then). An entry that has no event form and may concern a captured collection goes to the
+    /// dead-letter topic. None when sluice is stopping.
+    async fn entry_changes(
+        &self,
+        entry: &Document,
+        prepared: &mut PreparedTransactions,
+        control: &mut DocumentStreamControl,
+    ) -> Option<Vec<DocumentChange>> {
+        let converted = match oplog::convert_entry(entry, self.replica_set.as_ref()) {
+            Ok(converted) => converted,
+            Err(err) => {
+                let in_selection = entry
+                    .get_str("ns")
+                    .is_ok_and(|ns| self.settings.selection.includes_namespace(ns));
+                if in_selection || entry.get_str("op") == Ok("c") {
+                    tracing::warn!(error = %err, "oplog entry without an event form: sent to the dead-letter topic");
+                    let letter = oplog::undecodable(&err, entry);
+                    if !send(control, SourceEvent::Undecodable(letter)).await {
+                        return None;
+                    }
+                }
+                return Some(Vec::new());
+            }
+        };
+        Some(match converted.kind {
+            OplogKind::Changes(changes) => changes,
+            OplogKind::Prepared {
+                lsid,
+                txn_number,
+                changes,
+            } => {
+                prepared.0.insert((lsid, txn_number), changes);
+                Vec::new()
+            }
+            OplogKind::CommitPrepared { lsid, txn_number } => {
+                prepared.0.remove(&(lsid, txn_number)).unwrap_or_default()
+            }
+            OplogKind::AbortPrepared { lsid, txn_number } => {
+                prepared.0.remove(&(lsid, txn_number));
+                Vec::new()
+            }
+            OplogKind::Ddl {
+                operation,
+                namespace,
+                to,
+            } => {
+                super::reader::report_ddl(
+                    &self.settings.selection,
+                    &operation,
+                    &namespace,
+                    to.as_deref(),
+                );
+                Vec::new()
+            }
+            OplogKind::Noop => Vec::new(),
+        })
+    }
+
+    /// Hands on the changes to captured collections, an update's document looked up when asked for;
+    /// whether any was handed on, or None when sluice is stopping.
+    async fn publish(
+        &self,
+        changes: Vec<DocumentChange>,
+        control: &mut DocumentStreamControl,
+    ) -> Result<Option<bool>, DriverError> {
+        let mut published = false;
+        for mut change in changes {
+            if !self
+                .settings
+                .selection
+                .includes(&change.database, &change.collection)
+            {
+                continue;
+            }
+            if change.op == Op::Update
+                && change.after.is_none()
+                && self.settings.full_document == FullDocument::UpdateLookup
+            {
+                change.after = self.look_up(&change).await?;
+            }
+            published = true;
+            if !send(control, SourceEvent::Document(change)).await {
+                return Ok(None);
+            }
+        }
+        Ok(Some(published))
     }
 
     /// The newest oplog entry's position: where a run without a stored position starts.

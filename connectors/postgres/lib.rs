@@ -1,10 +1,11 @@
 //! PostgreSQL logical decoding with the built-in `pgoutput` plugin.
 //!
 //! `pgoutput` decodes the plugin's messages (pure, no I/O); `types` maps column types and text values onto
-//! the event model, with `type_catalog` looking up the types a message names only by OID and `structured`
-//! splitting array, composite and hstore text; `replication` speaks the streaming-replication protocol; `connection` parses the URL and its TLS settings; `catalog` manages the slot, the
+//! the event model (numbers in `types_numeric`, dates and times in `types_temporal`), with `type_catalog`
+//! looking up the types a message names only by OID and `structured` splitting array, composite and hstore text; `replication` speaks the streaming-replication protocol; `connection` parses the URL and its TLS settings; `catalog` manages the slot, the
 //! publication and table metadata over an ordinary connection; `snapshot` reads the rows already in the
-//! tables, `snapshot_progress` records how far it got and `overlap` has the stream leave out what a
+//! tables (`snapshot_plan` shares the tables and key ranges out, `snapshot_copy` reads them with COPY),
+//! `snapshot_progress` records how far it got and `overlap` has the stream leave out what a
 //! carried-on snapshot's rows already hold; `reader` prepares the slot and turns the stream into events.
 
 pub mod catalog;
@@ -15,8 +16,12 @@ pub mod pgoutput;
 pub mod reader;
 pub mod replication;
 pub mod snapshot;
+mod snapshot_copy;
+mod snapshot_plan;
 mod snapshot_progress;
 pub mod source;
 pub mod structured;
 pub mod type_catalog;
 pub mod types;
+mod types_numeric;
+mod types_temporal;

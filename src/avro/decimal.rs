@@ -66,7 +66,7 @@ pub fn write_fixed_scale(
         let (kept, dropped) = value.digits.split_at(keep);
         if dropped.bytes().any(|b| b != b'0') {
             return Err(DecimalError::ScaleTooLarge {
-                value: display(unscaled, scale),
+                value: display(unscaled, scale as usize),
                 scale,
                 column_scale,
             });
@@ -82,7 +82,7 @@ pub fn write_fixed_scale(
     };
     if count > u64::from(precision) {
         return Err(DecimalError::PrecisionExceeded {
-            value: display(unscaled, scale),
+            value: display(unscaled, scale as usize),
             digits: count,
             precision,
         });
@@ -98,13 +98,14 @@ pub fn write_unscaled(unscaled: &str, out: &mut Vec<u8>) -> Result<(), DecimalEr
     Ok(())
 }
 
-/// `unscaled × 10^-scale` as text, for messages: `-12345`, 2 → `-123.45`; `5`, 3 → `0.005`.
-pub fn display(unscaled: &str, scale: u32) -> String {
+pub use sluice_core::decimal::unscale;
+
+/// `unscaled × 10^-scale` as text: `-12345`, 2 → `-123.45`; `5`, 3 → `0.005`.
+pub fn display(unscaled: &str, scale: usize) -> String {
     let (sign, digits) = match unscaled.strip_prefix('-') {
         Some(rest) => ("-", rest),
         None => ("", unscaled),
     };
-    let scale = scale as usize;
     if scale == 0 {
         return unscaled.to_owned();
     }
@@ -229,50 +230,47 @@ fn negate(magnitude: &[u8]) -> Vec<u8> {
     bytes
 }
 
-/// Readers for tests that check decimal encodings.
-#[cfg(test)]
-pub mod tests_support {
-    /// Independent check: two's complement big-endian back to decimal text (repeated division by 10).
-    pub fn signed_be_to_decimal(bytes: &[u8]) -> String {
-        let negative = bytes.first().is_some_and(|b| b & 0x80 != 0);
-        let mut magnitude: Vec<u8> = if negative {
-            // Two's complement again gives the magnitude.
-            let mut m: Vec<u8> = bytes.iter().map(|b| !b).collect();
-            for byte in m.iter_mut().rev() {
-                let (sum, overflow) = byte.overflowing_add(1);
-                *byte = sum;
-                if !overflow {
-                    break;
-                }
+/// The unscaled integer that two's-complement big-endian bytes hold, as decimal text: what the writers
+/// above encode, read back (repeated division by 10, whatever the size).
+pub fn unscaled_text(bytes: &[u8]) -> String {
+    let negative = bytes.first().is_some_and(|b| b & 0x80 != 0);
+    let mut magnitude: Vec<u8> = if negative {
+        // Two's complement again gives the magnitude.
+        let mut m: Vec<u8> = bytes.iter().map(|b| !b).collect();
+        for byte in m.iter_mut().rev() {
+            let (sum, overflow) = byte.overflowing_add(1);
+            *byte = sum;
+            if !overflow {
+                break;
             }
-            m
-        } else {
-            bytes.to_vec()
-        };
-        let mut digits = Vec::new();
-        while magnitude.iter().any(|b| *b != 0) {
-            let mut remainder = 0u32;
-            for byte in magnitude.iter_mut() {
-                let current = (remainder << 8) | u32::from(*byte);
-                *byte = (current / 10) as u8;
-                remainder = current % 10;
-            }
-            digits.push(b'0' + remainder as u8);
         }
-        if digits.is_empty() {
-            digits.push(b'0');
+        m
+    } else {
+        bytes.to_vec()
+    };
+    let mut digits = Vec::new();
+    while magnitude.iter().any(|b| *b != 0) {
+        let mut remainder = 0u32;
+        for byte in magnitude.iter_mut() {
+            let current = (remainder << 8) | u32::from(*byte);
+            *byte = (current / 10) as u8;
+            remainder = current % 10;
         }
-        if negative {
-            digits.push(b'-');
-        }
-        digits.reverse();
-        String::from_utf8(digits).unwrap()
+        digits.push(b'0' + remainder as u8);
     }
+    if digits.is_empty() {
+        digits.push(b'0');
+    }
+    if negative {
+        digits.push(b'-');
+    }
+    digits.reverse();
+    String::from_utf8(digits).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::tests_support::signed_be_to_decimal;
+    use super::unscaled_text as signed_be_to_decimal;
     use super::*;
 
     /// Reads a length-prefixed value back (lengths here are below 64, one varint byte).

@@ -9,7 +9,7 @@
 //! that tells a consumer which schema wrote a message.
 
 mod binary;
-mod decimal;
+pub mod decimal;
 mod document;
 mod encode;
 pub mod framing;

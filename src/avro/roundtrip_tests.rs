@@ -6,7 +6,7 @@ use std::sync::Arc;
 use apache_avro::types::Value as Avro;
 use apache_avro::{Decimal, Uuid};
 
-use super::decimal::tests_support::signed_be_to_decimal;
+use super::decimal::unscaled_text as signed_be_to_decimal;
 use super::*;
 use sluice_core::event::{
     ChangeEvent, Column, ColumnType, Lsn, Numeric, Op, Row, SnapshotMarker, SourceInfo, Table,

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use apache_avro::schema::{Name, Schema};
+use apache_avro::schema::{Name, RecordField, Schema};
 use base64::Engine;
 use serde_json::{Map, Number, Value as Json};
 
@@ -18,7 +18,7 @@ use super::binary::{
     write_blocks, write_boolean, write_bytes, write_double, write_float, write_long, write_string,
     write_union_branch,
 };
-use super::decimal::{write_fixed_scale, DecimalError};
+use super::decimal::{self, write_fixed_scale, DecimalError};
 use super::encode::is_hyphenated_uuid;
 use crate::contracts::{field_value, Mismatch};
 
@@ -132,187 +132,15 @@ impl TypedDocument {
                 return Ok(written);
             }
         }
-        let refuse = |problem: String| Err(mismatch(path, problem));
-        let wrong = || {
-            refuse(format!(
-                "expected {}, found {}",
-                expected(schema),
-                kind.describe()
-            ))
-        };
         if matches!(kind, Kind::Null) && !matches!(schema, Schema::Null | Schema::Union(_)) {
-            return refuse("is null; the contract requires a value".into());
+            return Err(mismatch(
+                path,
+                "is null; the contract requires a value".into(),
+            ));
         }
         match (schema, &kind) {
             (Schema::Union(union), _) => {
-                let variants = union.variants();
-                if matches!(kind, Kind::Null) {
-                    return match variants.iter().position(|v| *v == Schema::Null) {
-                        Some(index) => {
-                            write_union_branch(index as u32, out);
-                            Ok(())
-                        }
-                        None => refuse("is null; the contract requires a value".into()),
-                    };
-                }
-                let mut first_error = None;
-                for (index, variant) in variants.iter().enumerate() {
-                    if *variant == Schema::Null {
-                        continue;
-                    }
-                    let mark = out.len();
-                    write_union_branch(index as u32, out);
-                    match self.value(value, variant, path, origin, out) {
-                        Ok(()) => return Ok(()),
-                        Err(err) => {
-                            out.truncate(mark);
-                            first_error.get_or_insert(err);
-                        }
-                    }
-                }
-                Err(first_error.unwrap_or_else(|| mismatch(path, "fits no branch".into())))
-            }
-            (Schema::Null, Kind::Null) => Ok(()),
-            (Schema::Boolean, Kind::Bool(b)) => {
-                write_boolean(*b, out);
-                Ok(())
-            }
-            (Schema::Int | Schema::TimeMillis, _) => match kind.integer() {
-                Some(n) => match i32::try_from(n) {
-                    Ok(n) => {
-                        write_long(i64::from(n), out);
-                        Ok(())
-                    }
-                    Err(_) => refuse(format!("{} does not fit an int", kind.describe())),
-                },
-                None => wrong(),
-            },
-            (Schema::Long | Schema::TimeMicros, _) => match kind.integer() {
-                Some(n) => {
-                    write_long(n, out);
-                    Ok(())
-                }
-                None => wrong(),
-            },
-            (Schema::Float, _) => match kind.float() {
-                Some(x) if (x as f32) as f64 == x || !x.is_finite() => {
-                    write_float(x as f32, out);
-                    Ok(())
-                }
-                Some(_) => refuse(format!("{} does not fit a float exactly", kind.describe())),
-                None => wrong(),
-            },
-            (Schema::Double, _) => match kind.float() {
-                Some(x) => {
-                    write_double(x, out);
-                    Ok(())
-                }
-                None if matches!(kind, Kind::Int64(_)) => {
-                    refuse(format!("{} does not fit a double exactly", kind.describe()))
-                }
-                None => wrong(),
-            },
-            (Schema::String, Kind::String(s) | Kind::Symbol(s) | Kind::ObjectId(s)) => {
-                write_string(s, out);
-                Ok(())
-            }
-            (Schema::Uuid, Kind::String(s)) if is_hyphenated_uuid(s) => {
-                write_string(&s.to_ascii_lowercase(), out);
-                Ok(())
-            }
-            (
-                Schema::Uuid,
-                Kind::Binary {
-                    // Subtype 3 is the drivers' legacy UUID, its byte order their own: not read as one.
-                    subtype: 4,
-                    base64,
-                },
-            ) => match apache_avro::Uuid::from_slice(&decode_base64(base64, path)?) {
-                Ok(uuid) => {
-                    write_string(&uuid.hyphenated().to_string(), out);
-                    Ok(())
-                }
-                Err(_) => refuse(format!("{} is not 16 bytes long", kind.describe())),
-            },
-            (Schema::Bytes, Kind::Binary { base64, .. }) => {
-                write_bytes(&decode_base64(base64, path)?, out);
-                Ok(())
-            }
-            // A `bytes` or `fixed` default is a string of code points 0-255 (Avro specification).
-            (Schema::Bytes, Kind::String(s)) if origin == Origin::Default => {
-                write_bytes(&latin1(s, path)?, out);
-                Ok(())
-            }
-            (Schema::Fixed(fixed), Kind::Binary { .. } | Kind::String(_)) => {
-                let bytes = match kind {
-                    Kind::Binary { base64, .. } => decode_base64(base64, path)?,
-                    Kind::String(s) if origin == Origin::Default => latin1(s, path)?,
-                    _ => return wrong(),
-                };
-                if bytes.len() != fixed.size {
-                    return refuse(format!(
-                        "{} is {} bytes long; the contract's fixed `{}` holds {}",
-                        kind.describe(),
-                        bytes.len(),
-                        fixed.name.fullname(None),
-                        fixed.size
-                    ));
-                }
-                out.extend_from_slice(&bytes);
-                Ok(())
-            }
-            (Schema::Decimal(decimal), _) => {
-                let Some((unscaled, scale)) = kind.decimal() else {
-                    return wrong();
-                };
-                let scale = scale.map_err(|problem| mismatch(path, problem))?;
-                write_fixed_scale(
-                    &unscaled,
-                    scale,
-                    decimal.precision as u32,
-                    decimal.scale as u32,
-                    out,
-                )
-                .map_err(|err| mismatch(path, decimal_problem(err)))
-            }
-            (Schema::Date, Kind::Date(ms)) => {
-                if ms.rem_euclid(MS_PER_DAY) != 0 {
-                    return refuse(format!(
-                        "{} has a time of day; the contract's `date` holds whole days",
-                        kind.describe()
-                    ));
-                }
-                match i32::try_from(ms.div_euclid(MS_PER_DAY)) {
-                    Ok(days) => {
-                        write_long(i64::from(days), out);
-                        Ok(())
-                    }
-                    Err(_) => refuse(format!("{} is out of a date's range", kind.describe())),
-                }
-            }
-            (Schema::TimestampMillis | Schema::LocalTimestampMillis, Kind::Date(ms)) => {
-                write_long(*ms, out);
-                Ok(())
-            }
-            (Schema::TimestampMicros | Schema::LocalTimestampMicros, Kind::Date(ms)) => {
-                scaled_time(*ms, 1_000, &kind, path, out)
-            }
-            (Schema::TimestampNanos | Schema::LocalTimestampNanos, Kind::Date(ms)) => {
-                scaled_time(*ms, 1_000_000, &kind, path, out)
-            }
-            (Schema::Enum(e), Kind::String(symbol)) => {
-                // The enum's own default is for readers meeting a symbol they do not know; writing it
-                // in place of an unknown one would lose the value.
-                match e.symbols.iter().position(|s| s == symbol) {
-                    Some(index) => {
-                        write_long(index as i64, out);
-                        Ok(())
-                    }
-                    None => refuse(format!(
-                        "`{symbol}` is not one of the contract's symbols {:?}",
-                        e.symbols
-                    )),
-                }
+                self.union(value, union.variants(), &kind, path, origin, out)
             }
             (Schema::Array(array), Kind::Array(items)) => {
                 let items: Vec<(usize, &Json)> = items.iter().enumerate().collect();
@@ -328,28 +156,310 @@ impl TypedDocument {
                 })
             }
             (Schema::Record(record), Kind::Document(document)) => {
-                for field in &record.fields {
-                    let field_path = join(path, &field.name);
-                    let given = field_value(document, field);
-                    match (given, &field.default) {
-                        (Some(given), _) => {
-                            self.value(given, &field.schema, &field_path, origin, out)?
-                        }
-                        (None, Some(default)) => {
-                            self.default(default, &field.schema, &field_path, out)?
-                        }
-                        (None, None) => {
-                            return Err(mismatch(
-                                &field_path,
-                                "is missing; the contract requires it (a field with a default may be left out)".into(),
-                            ))
-                        }
-                    }
+                self.record(&record.fields, document, path, origin, out)
+            }
+            _ => scalar(schema, &kind, path, origin, out),
+        }
+    }
+
+    /// A union: null to its null branch, anything else to the first other branch it fits.
+    fn union(
+        &self,
+        value: &Json,
+        variants: &[Schema],
+        kind: &Kind<'_>,
+        path: &str,
+        origin: Origin,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Mismatch> {
+        if matches!(kind, Kind::Null) {
+            return match variants.iter().position(|v| *v == Schema::Null) {
+                Some(index) => {
+                    write_union_branch(index as u32, out);
+                    Ok(())
                 }
+                None => Err(mismatch(
+                    path,
+                    "is null; the contract requires a value".into(),
+                )),
+            };
+        }
+        let mut first_error = None;
+        for (index, variant) in variants.iter().enumerate() {
+            if *variant == Schema::Null {
+                continue;
+            }
+            let mark = out.len();
+            write_union_branch(index as u32, out);
+            match self.value(value, variant, path, origin, out) {
+                Ok(()) => return Ok(()),
+                Err(err) => {
+                    out.truncate(mark);
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| mismatch(path, "fits no branch".into())))
+    }
+
+    /// A record's fields in the contract's order: the document's value, else the field's default.
+    fn record(
+        &self,
+        fields: &[RecordField],
+        document: &Map<String, Json>,
+        path: &str,
+        origin: Origin,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Mismatch> {
+        for field in fields {
+            let field_path = join(path, &field.name);
+            let given = field_value(document, field);
+            match (given, &field.default) {
+                (Some(given), _) => self.value(given, &field.schema, &field_path, origin, out)?,
+                (None, Some(default)) => self.default(default, &field.schema, &field_path, out)?,
+                (None, None) => return Err(mismatch(
+                    &field_path,
+                    "is missing; the contract requires it (a field with a default may be left out)"
+                        .into(),
+                )),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The value's type is not the schema's.
+fn wrong_type(schema: &Schema, kind: &Kind<'_>, path: &str) -> Mismatch {
+    mismatch(
+        path,
+        format!("expected {}, found {}", expected(schema), kind.describe()),
+    )
+}
+
+/// A value of a schema that is neither a union nor a container.
+fn scalar(
+    schema: &Schema,
+    kind: &Kind<'_>,
+    path: &str,
+    origin: Origin,
+    out: &mut Vec<u8>,
+) -> Result<(), Mismatch> {
+    match (schema, kind) {
+        (Schema::Null, Kind::Null) => Ok(()),
+        (Schema::Boolean, Kind::Bool(b)) => {
+            write_boolean(*b, out);
+            Ok(())
+        }
+        (
+            Schema::Int
+            | Schema::TimeMillis
+            | Schema::Long
+            | Schema::TimeMicros
+            | Schema::Float
+            | Schema::Double
+            | Schema::Decimal(_),
+            _,
+        ) => number(schema, kind, path, out),
+        (Schema::String, Kind::String(s) | Kind::Symbol(s) | Kind::ObjectId(s)) => {
+            write_string(s, out);
+            Ok(())
+        }
+        (Schema::Uuid | Schema::Bytes | Schema::Fixed(_), _) => {
+            binary(schema, kind, path, origin, out)
+        }
+        (
+            Schema::Date
+            | Schema::TimestampMillis
+            | Schema::LocalTimestampMillis
+            | Schema::TimestampMicros
+            | Schema::LocalTimestampMicros
+            | Schema::TimestampNanos
+            | Schema::LocalTimestampNanos,
+            Kind::Date(ms),
+        ) => date_time(schema, *ms, kind, path, out),
+        (Schema::Enum(e), Kind::String(symbol)) => {
+            // The enum's own default is for readers meeting a symbol they do not know; writing it in
+            // place of an unknown one would lose the value.
+            match e.symbols.iter().position(|s| s == symbol) {
+                Some(index) => {
+                    write_long(index as i64, out);
+                    Ok(())
+                }
+                None => Err(mismatch(
+                    path,
+                    format!(
+                        "`{symbol}` is not one of the contract's symbols {:?}",
+                        e.symbols
+                    ),
+                )),
+            }
+        }
+        _ => Err(wrong_type(schema, kind, path)),
+    }
+}
+
+/// An int, long, float, double or decimal: only a number that fits exactly.
+fn number(schema: &Schema, kind: &Kind<'_>, path: &str, out: &mut Vec<u8>) -> Result<(), Mismatch> {
+    let refuse = |problem: String| Err(mismatch(path, problem));
+    match schema {
+        Schema::Int | Schema::TimeMillis => match kind.integer() {
+            Some(n) => match i32::try_from(n) {
+                Ok(n) => {
+                    write_long(i64::from(n), out);
+                    Ok(())
+                }
+                Err(_) => refuse(format!("{} does not fit an int", kind.describe())),
+            },
+            None => Err(wrong_type(schema, kind, path)),
+        },
+        Schema::Long | Schema::TimeMicros => match kind.integer() {
+            Some(n) => {
+                write_long(n, out);
                 Ok(())
             }
-            _ => wrong(),
+            None => Err(wrong_type(schema, kind, path)),
+        },
+        Schema::Float => match kind.float() {
+            Some(x) if (x as f32) as f64 == x || !x.is_finite() => {
+                write_float(x as f32, out);
+                Ok(())
+            }
+            Some(_) => refuse(format!("{} does not fit a float exactly", kind.describe())),
+            None => Err(wrong_type(schema, kind, path)),
+        },
+        Schema::Double => match kind.float() {
+            Some(x) => {
+                write_double(x, out);
+                Ok(())
+            }
+            None if matches!(kind, Kind::Int64(_)) => {
+                refuse(format!("{} does not fit a double exactly", kind.describe()))
+            }
+            None => Err(wrong_type(schema, kind, path)),
+        },
+        Schema::Decimal(decimal) => {
+            let Some((unscaled, scale)) = kind.decimal() else {
+                return Err(wrong_type(schema, kind, path));
+            };
+            let scale = scale.map_err(|problem| mismatch(path, problem))?;
+            write_fixed_scale(
+                &unscaled,
+                scale,
+                decimal.precision as u32,
+                decimal.scale as u32,
+                out,
+            )
+            .map_err(|err| mismatch(path, decimal_problem(err)))
         }
+        _ => Err(wrong_type(schema, kind, path)),
+    }
+}
+
+/// A uuid, bytes or fixed: from BSON binary data, a uuid also from its text and, in a default, bytes from
+/// a string of code points 0-255 (the Avro specification's form).
+fn binary(
+    schema: &Schema,
+    kind: &Kind<'_>,
+    path: &str,
+    origin: Origin,
+    out: &mut Vec<u8>,
+) -> Result<(), Mismatch> {
+    match (schema, kind) {
+        (Schema::Uuid, Kind::String(s)) if is_hyphenated_uuid(s) => {
+            write_string(&s.to_ascii_lowercase(), out);
+            Ok(())
+        }
+        (
+            Schema::Uuid,
+            Kind::Binary {
+                // Subtype 3 is the drivers' legacy UUID, its byte order their own: not read as one.
+                subtype: 4,
+                base64,
+            },
+        ) => match apache_avro::Uuid::from_slice(&decode_base64(base64, path)?) {
+            Ok(uuid) => {
+                write_string(&uuid.hyphenated().to_string(), out);
+                Ok(())
+            }
+            Err(_) => Err(mismatch(
+                path,
+                format!("{} is not 16 bytes long", kind.describe()),
+            )),
+        },
+        (Schema::Bytes, Kind::Binary { base64, .. }) => {
+            write_bytes(&decode_base64(base64, path)?, out);
+            Ok(())
+        }
+        (Schema::Bytes, Kind::String(s)) if origin == Origin::Default => {
+            write_bytes(&latin1(s, path)?, out);
+            Ok(())
+        }
+        (Schema::Fixed(fixed), Kind::Binary { .. } | Kind::String(_)) => {
+            let bytes = match kind {
+                Kind::Binary { base64, .. } => decode_base64(base64, path)?,
+                Kind::String(s) if origin == Origin::Default => latin1(s, path)?,
+                _ => return Err(wrong_type(schema, kind, path)),
+            };
+            if bytes.len() != fixed.size {
+                return Err(mismatch(
+                    path,
+                    format!(
+                        "{} is {} bytes long; the contract's fixed `{}` holds {}",
+                        kind.describe(),
+                        bytes.len(),
+                        fixed.name.fullname(None),
+                        fixed.size
+                    ),
+                ));
+            }
+            out.extend_from_slice(&bytes);
+            Ok(())
+        }
+        _ => Err(wrong_type(schema, kind, path)),
+    }
+}
+
+/// A date or timestamp from a BSON date (`ms` since the epoch); a date only at midnight.
+fn date_time(
+    schema: &Schema,
+    ms: i64,
+    kind: &Kind<'_>,
+    path: &str,
+    out: &mut Vec<u8>,
+) -> Result<(), Mismatch> {
+    match schema {
+        Schema::Date => {
+            if ms.rem_euclid(MS_PER_DAY) != 0 {
+                return Err(mismatch(
+                    path,
+                    format!(
+                        "{} has a time of day; the contract's `date` holds whole days",
+                        kind.describe()
+                    ),
+                ));
+            }
+            match i32::try_from(ms.div_euclid(MS_PER_DAY)) {
+                Ok(days) => {
+                    write_long(i64::from(days), out);
+                    Ok(())
+                }
+                Err(_) => Err(mismatch(
+                    path,
+                    format!("{} is out of a date's range", kind.describe()),
+                )),
+            }
+        }
+        Schema::TimestampMillis | Schema::LocalTimestampMillis => {
+            write_long(ms, out);
+            Ok(())
+        }
+        Schema::TimestampMicros | Schema::LocalTimestampMicros => {
+            scaled_time(ms, 1_000, kind, path, out)
+        }
+        Schema::TimestampNanos | Schema::LocalTimestampNanos => {
+            scaled_time(ms, 1_000_000, kind, path, out)
+        }
+        _ => Err(wrong_type(schema, kind, path)),
     }
 }
 
@@ -513,29 +623,19 @@ fn decimal_parts(text: &str) -> (String, Result<u32, String>) {
         },
         None => (text, 0),
     };
-    let (negative, mantissa) = match mantissa.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, mantissa),
-    };
-    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    let digits = format!("{whole}{fraction}");
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    let Some((digits, fraction)) = decimal::unscale(mantissa) else {
         return refused("is not finite; a decimal holds only numbers");
-    }
+    };
     // Decimal128 exponents stay within ±6176, so this cannot overflow.
-    let scale = fraction.len() as i64 - exponent;
-    let sign = if negative { "-" } else { "" };
+    let scale = fraction as i64 - exponent;
     if scale >= 0 {
-        (format!("{sign}{digits}"), Ok(scale as u32))
-    } else if digits.bytes().all(|b| b == b'0') {
+        (digits, Ok(scale as u32))
+    } else if digits == "0" {
         ("0".into(), Ok(0))
     } else if -scale > 6_300 || digits.len() > 6_300 {
         refused("is out of range")
     } else {
-        (
-            format!("{sign}{digits}{}", "0".repeat((-scale) as usize)),
-            Ok(0),
-        )
+        (format!("{digits}{}", "0".repeat((-scale) as usize)), Ok(0))
     }
 }
 
