@@ -5,16 +5,19 @@
 //! splitting array, composite and hstore text; `replication` speaks the streaming-replication protocol; `connection` parses the URL and its TLS settings; `catalog` manages the slot, the
 //! publication and table metadata over an ordinary connection; `snapshot` reads the rows already in the
 //! tables, `snapshot_progress` records how far it got and `overlap` has the stream leave out what a
-//! carried-on snapshot's rows already hold; `reader` prepares the slot and turns the stream into events.
+//! carried-on snapshot's rows already hold; `reader` prepares the slot (as `start` decides) and streams,
+//! `decoder` turning the stream's messages into events (both pure, no I/O).
 
 pub mod catalog;
 pub mod connection;
+pub mod decoder;
 pub mod overlap;
 pub mod pgoutput;
 pub mod reader;
 pub mod replication;
 pub mod snapshot;
 mod snapshot_progress;
+mod start;
 pub mod structured;
 pub mod type_catalog;
 pub mod types;

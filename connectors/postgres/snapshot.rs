@@ -28,9 +28,10 @@ use tokio_postgres::Client;
 
 use super::catalog::{self, CatalogError, TableName};
 use super::connection::PgConnection;
+use super::decoder::{decode_row, Captured};
 use super::overlap::{self, Overlap};
 use super::pgoutput::{TupleData, TupleValue};
-use super::reader::{decode_row, Captured, SourceError};
+use super::reader::SourceError;
 use super::replication::{quote_ident, quote_literal, ReplicationConnection, OUTPUT_SETTINGS};
 use super::snapshot_progress::{self, Begun, BegunBefore, Finished};
 use crate::config::{DecimalHandling, Selection};
