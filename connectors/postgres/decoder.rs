@@ -154,7 +154,10 @@ impl StreamDecoder {
             let new = (out.len() - from) as u64;
             let replayed = tx.skip.min(new);
             out.drain(from..from + replayed as usize);
-            tx.skip -= replayed;
+            // u64::MAX stays: the Commit of a transaction handed on whole is skipped too.
+            if tx.skip != u64::MAX {
+                tx.skip -= replayed;
+            }
             tx.handed_on += new - replayed;
         }
     }

@@ -428,6 +428,50 @@ fn another_transaction_after_a_lost_connection_is_not_skipped() {
 }
 
 #[test]
+fn transactions_committed_before_the_resume_position_are_skipped_whole() {
+    // Resuming at the end of the transaction committed at 0x200: the server may send it again.
+    let mut stream = Stream::new(0x228);
+    let events = stream
+        .feed(
+            0x180,
+            [
+                relation(ITEMS, "items", &[]),
+                begin(7, 0x200),
+                insert(ITEMS, 1),
+                logical("audit", true),
+                commit(0x200),
+                begin(8, 0x228),
+                insert(ITEMS, 2),
+                commit(0x228),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        lines(&events),
+        ["create items 2 #1/1", "commit 0/250"],
+        "a commit record at the resume position itself comes after it"
+    );
+}
+
+#[test]
+fn a_transaction_handed_on_whole_before_a_lost_connection_is_skipped_on_replay() {
+    let mut stream = Stream::new(0x100);
+    let tx = |id| [begin(7, 0x200), insert(ITEMS, id), commit(0x200)];
+    stream.feed(0x180, [relation(ITEMS, "items", &[])]).unwrap();
+    assert_eq!(
+        lines(&stream.feed(0x180, tx(1)).unwrap()),
+        ["create items 1 #1/1", "commit 0/228"]
+    );
+    // Lost before the pipeline acknowledged it: the server sends it again from the older position.
+    stream.decoder.connection_lost();
+    assert!(stream.feed(0x180, tx(1)).unwrap().is_empty());
+    let next = stream
+        .feed(0x240, [begin(8, 0x300), insert(ITEMS, 2), commit(0x300)])
+        .unwrap();
+    assert_eq!(lines(&next), ["create items 2 #1/1", "commit 0/328"]);
+}
+
+#[test]
 fn a_relation_message_mid_stream_changes_the_table_model() {
     let mut stream = Stream::new(0);
     let before = stream
