@@ -6,11 +6,14 @@
 //! publication and table metadata over an ordinary connection; `snapshot` reads the rows already in the
 //! tables (`snapshot_plan` shares the tables and key ranges out, `snapshot_copy` reads them with COPY),
 //! `snapshot_progress` records how far it got and `overlap` has the stream leave out what a
-//! carried-on snapshot's rows already hold; `reader` prepares the slot and turns the stream into events.
+//! carried-on snapshot's rows already hold; `reader` prepares the slot (as `start` decides) and streams,
+//! `decoder` turning the stream's messages into events (both pure, no I/O); `source` puts it all on the
+//! source seam.
 
 pub mod catalog;
 pub mod config;
 pub mod connection;
+pub mod decoder;
 pub mod overlap;
 pub mod pgoutput;
 pub mod reader;
@@ -20,6 +23,7 @@ mod snapshot_copy;
 mod snapshot_plan;
 mod snapshot_progress;
 pub mod source;
+mod start;
 pub mod structured;
 pub mod type_catalog;
 pub mod types;

@@ -1,7 +1,7 @@
 //! The PostgreSQL source: prepares the publication and the slot, then turns the slot's pgoutput stream into
 //! [`SourceEvent`]s, answering the server with the position the pipeline has acknowledged.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,19 +11,17 @@ use tokio_postgres::Client;
 
 use super::catalog::{self, CatalogError, TableName};
 use super::connection::PgConnection;
+use super::decoder::{Captured, StreamDecoder, StreamError};
 use super::overlap::Overlap;
-use super::pgoutput::{self, Message, OldTuple, Relation, TupleData, TupleValue};
+use super::pgoutput::{self, Relation};
 use super::replication::{Frame, ReplicationConnection, ReplicationError, SlotLifetime};
 use super::snapshot::{Exported, Snapshot};
+use super::start::{self, Start};
 use super::type_catalog;
-use super::types::{self, ResolvedColumn};
 use crate::config::{DecimalHandling, Selection};
 use sluice_core::backoff::Backoff;
 use sluice_core::config::SnapshotMode;
-use sluice_core::event::{
-    ChangeEvent, Column, DecodingMessage, Lsn, Op, PgSnapshotPosition, Position, Row,
-    SnapshotMarker, SourceEvent, SourceInfo, Table, TransactionOrder, Value,
-};
+use sluice_core::event::{Lsn, PgSnapshotPosition, Position, SourceEvent, Table};
 use sluice_core::positions::SourceIdentity;
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +94,8 @@ pub enum SourceError {
     TemporarySlotLost { slot: String, cause: String },
     #[error("replication stream out of order: {0}")]
     Protocol(String),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
     #[error(transparent)]
     Position(#[from] sluice_core::positions::PositionError),
     #[error("source.url: {0}")]
@@ -228,12 +228,12 @@ pub struct Resume<'a> {
 }
 
 impl Resume<'_> {
-    fn lsn(&self) -> Lsn {
+    pub(super) fn lsn(&self) -> Lsn {
         self.position.postgres_lsn().unwrap_or_default()
     }
 
     /// The snapshot the run that wrote the file was reading and did not finish.
-    fn interrupted(&self) -> Option<&PgSnapshotPosition> {
+    pub(super) fn interrupted(&self) -> Option<&PgSnapshotPosition> {
         match self.position {
             Position::PostgresSnapshot(progress) if !progress.complete => Some(progress),
             _ => None,
@@ -290,76 +290,18 @@ impl PostgresSource {
         if let Some((kept, reason)) = &change.not_removed {
             tracing::warn!(publication = %settings.publication, tables = ?names(kept), reason = %reason, "tables that left the selection stay in the publication: their changes are decoded and skipped");
         }
-        let wants_snapshot = settings.snapshot != SnapshotMode::Never;
         let slot = catalog::slot_info(&catalog, &settings.slot).await?;
-        if let Some(slot) = &slot {
-            if settings.slot_lifetime == SlotLifetime::Temporary {
-                let slot_name = settings.slot.clone();
-                return Err(if slot.active {
-                    SourceError::TemporarySlotInUse { slot: slot_name }
-                } else {
-                    SourceError::TemporarySlotExists { slot: slot_name }
-                });
-            }
-            check_slot(&settings, slot)?;
-        }
         // How the run begins: Some(what is read already, exported snapshot) when the tables are read first.
-        let begin = match (slot, resume) {
-            (Some(slot), Some(resume)) => match resume.interrupted() {
-                Some(progress) if wants_snapshot => {
-                    // Nothing is acknowledged before the snapshot is on the broker, so the slot should
-                    // still be where the first rows were read; one that moved has lost the changes since.
-                    let confirmed = slot.confirmed_lsn().unwrap_or_default();
-                    if confirmed > progress.lsn {
-                        if settings.snapshot != SnapshotMode::WhenNeeded {
-                            return Err(SourceError::SnapshotSlotMoved {
-                                slot: settings.slot.clone(),
-                                consistent_point: progress.lsn,
-                                confirmed,
-                                position_file: resume.file.display().to_string(),
-                            });
-                        }
-                        tracing::warn!(slot = %settings.slot, consistent_point = %progress.lsn, %confirmed, "the slot moved past the interrupted snapshot's consistent point: snapshot = when_needed, so it is created again and the snapshot taken from the start");
-                        conn.drop_slot(&settings.slot).await?;
-                        Some(create_slot(&mut conn, &settings, true).await?)
-                    } else {
-                        tracing::info!(slot = %settings.slot, at = %progress.lsn, file = %resume.file.display(), "carrying on the interrupted snapshot");
-                        Some((progress.clone(), None))
-                    }
-                }
-                interrupted => {
-                    if interrupted.is_some() {
-                        tracing::warn!(slot = %settings.slot, file = %resume.file.display(), "the previous run's snapshot did not finish and snapshot = never: it is abandoned, rows it did not publish are not published");
-                    }
-                    warn_if_slot_is_ahead(&settings.slot, &slot, resume);
-                    None
-                }
-            },
-            (Some(slot), None) if wants_snapshot => {
-                // A slot sluice has no position for (created by hand, or sluice stopped right after creating
-                // it): its exported snapshot is gone, so the rows are read in a snapshot of sluice's own.
-                let confirmed = slot.confirmed_lsn().unwrap_or_default();
-                tracing::warn!(slot = %settings.slot, %confirmed, "snapshot of an existing slot: its rows are read as they are now, and the changes since the slot's position are streamed after them, so some may arrive twice");
-                Some((PgSnapshotPosition::starting_at(confirmed), None))
+        let begin = match start::decide(&settings, slot.as_ref(), resume)? {
+            Start::Stream => None,
+            Start::Snapshot(progress) => Some((progress, None)),
+            Start::CreateSlot { snapshot } => {
+                let created = create_slot(&mut conn, &settings, snapshot).await?;
+                snapshot.then_some(created)
             }
-            (Some(_), None) => None,
-            (None, Some(resume)) if resume.interrupted().is_none() => {
-                if settings.snapshot != SnapshotMode::WhenNeeded {
-                    return Err(SourceError::SlotLost {
-                        slot: settings.slot.clone(),
-                        position: resume.lsn(),
-                        position_file: resume.file.display().to_string(),
-                    });
-                }
-                tracing::warn!(slot = %settings.slot, stored = %resume.lsn(), "the slot is gone: snapshot = when_needed, so a new slot is created and the tables are read again");
+            Start::RecreateSlot => {
+                conn.drop_slot(&settings.slot).await?;
                 Some(create_slot(&mut conn, &settings, true).await?)
-            }
-            (None, resume) => {
-                if resume.is_some() && wants_snapshot {
-                    tracing::warn!(slot = %settings.slot, "the slot of the interrupted snapshot is gone: a new slot is created and the snapshot taken again from the start");
-                }
-                let created = create_slot(&mut conn, &settings, wants_snapshot).await?;
-                wants_snapshot.then_some(created)
             }
         };
         // An exported snapshot lives as long as the connection that exported it stays idle: it goes with
@@ -590,9 +532,10 @@ impl PostgresSource {
                     wal_start, data, ..
                 } => {
                     let message = pgoutput::decode(&data)?;
-                    decoder
-                        .apply(message, wal_start, self, &mut produced)
-                        .await?;
+                    if let Some(relation) = decoder.apply(message, wal_start, &mut produced)? {
+                        let captured = self.table_for(&relation).await?;
+                        decoder.described(relation.id, captured);
+                    }
                 }
                 Frame::Keepalive {
                     wal_end,
@@ -775,47 +718,6 @@ async fn create_slot(
     ))
 }
 
-/// The slot only moves when sluice has stored a position first; a slot ahead of the file means someone else
-/// advanced it (or the file is an old copy), and the changes in between are no longer in the slot.
-fn warn_if_slot_is_ahead(slot_name: &str, slot: &catalog::SlotInfo, resume: Resume<'_>) {
-    if let Some(confirmed) = slot.confirmed_lsn() {
-        if confirmed > resume.lsn() {
-            tracing::warn!(
-                slot = slot_name,
-                stored = %resume.lsn(),
-                confirmed = %confirmed,
-                file = %resume.file.display(),
-                "the slot was advanced past the stored position by something other than sluice: changes \
-                 between the two positions cannot be read again and will not be published"
-            );
-        }
-    }
-}
-
-fn check_slot(settings: &PostgresSettings, slot: &catalog::SlotInfo) -> Result<(), SourceError> {
-    if slot.slot_type != "logical" {
-        return Err(SourceError::PhysicalSlot {
-            slot: settings.slot.clone(),
-        });
-    }
-    let plugin = slot.plugin.clone().unwrap_or_default();
-    if plugin != "pgoutput" {
-        return Err(SourceError::WrongPlugin {
-            slot: settings.slot.clone(),
-            plugin,
-        });
-    }
-    let database = slot.database.clone().unwrap_or_default();
-    if database != settings.database {
-        return Err(SourceError::OtherDatabase {
-            slot: settings.slot.clone(),
-            other: database,
-            database: settings.database.clone(),
-        });
-    }
-    Ok(())
-}
-
 /// The current model of every selected table, as the next event of each would carry it (for comparing
 /// contracts with the tables without starting a stream).
 pub async fn current_tables(settings: &PostgresSettings) -> Result<Vec<Arc<Table>>, SourceError> {
@@ -834,363 +736,7 @@ pub async fn current_tables(settings: &PostgresSettings) -> Result<Vec<Arc<Table
     Ok(tables)
 }
 
-/// The table model of a relation whose column types were resolved (`resolved`, in column order). The message
-/// key: the primary key; without one, a replica identity index; otherwise no key.
-pub fn table_from_relation(
-    relation: &Relation,
-    primary_key: &[String],
-    resolved: Vec<ResolvedColumn>,
-) -> Table {
-    let index_identity = relation.replica_identity == b'i';
-    let columns = relation
-        .columns
-        .iter()
-        .zip(resolved)
-        .map(|(c, resolved)| Column {
-            name: c.name.clone(),
-            column_type: resolved.column_type,
-            key: if primary_key.is_empty() {
-                index_identity && c.key
-            } else {
-                primary_key.contains(&c.name)
-            },
-            source_type: resolved.source_type,
-        })
-        .collect();
-    Table {
-        id: relation.id,
-        schema: relation.namespace.clone(),
-        name: relation.name.clone(),
-        columns,
-    }
-}
-
-struct OpenTransaction {
-    xid: u32,
-    commit_lsn: Lsn,
-    commit_time_us: i64,
-    /// Change events of this transaction handed on so far, over every connection.
-    handed_on: u64,
-    /// Change events still to drop because an earlier connection handed them on (u64::MAX: all of them,
-    /// the whole transaction was handed on).
-    skip: u64,
-    /// Row change events so far, in total and per table id: the transaction block's orders. Counted again
-    /// from Begin when a transaction is replayed, so replayed events get the numbers they had.
-    changes: u64,
-    changes_by_table: HashMap<u32, u64>,
-}
-
-/// A transaction cut off by a lost connection: the next connection replays it from the start.
-#[derive(Clone, Copy, Debug)]
-struct CutOff {
-    commit_lsn: Lsn,
-    handed_on: u64,
-}
-
-/// Protocol state between messages: known relations and the open transaction.
-struct StreamDecoder {
-    database: Arc<str>,
-    relations: HashMap<u32, Option<Captured>>,
-    transaction: Option<OpenTransaction>,
-    /// The last position handed on (a commit's end, or an idle point).
-    last_position: Lsn,
-    cut_off: Option<CutOff>,
-    /// After a carried-on snapshot: the changes its later snapshots hold, left out until passed.
-    overlap: Option<Overlap>,
-    /// Changes the overlap left out, for the log line that ends it.
-    left_out: u64,
-}
-
-impl StreamDecoder {
-    fn new(database: &str, resume: Lsn, overlap: Option<Overlap>) -> StreamDecoder {
-        StreamDecoder {
-            database: database.into(),
-            relations: HashMap::new(),
-            transaction: None,
-            last_position: resume,
-            cut_off: None,
-            overlap,
-            left_out: 0,
-        }
-    }
-
-    /// The connection is gone: the next one starts again at the acknowledged position, before the open
-    /// transaction, which will be replayed from its Begin.
-    fn connection_lost(&mut self) {
-        if let Some(tx) = self.transaction.take() {
-            self.cut_off = Some(CutOff {
-                commit_lsn: tx.commit_lsn,
-                handed_on: tx.handed_on,
-            });
-            if let Some(overlap) = &mut self.overlap {
-                overlap.cut_off();
-            }
-        }
-    }
-
-    /// The position that acknowledges everything up to `lsn`, where a transaction committed at
-    /// `commit_lsn` ended (or an idle point, both the same). The overlap is stored with it until passed.
-    fn position(&mut self, commit_lsn: Lsn, lsn: Lsn) -> Position {
-        let Some(overlap) = &mut self.overlap else {
-            return Position::Postgres { lsn };
-        };
-        overlap.committed();
-        if !overlap.ends_at(commit_lsn) {
-            return overlap.position_at(lsn);
-        }
-        tracing::info!(left_out = self.left_out, at = %commit_lsn, "the stream has passed the carried-on snapshot: the changes it held were left out, nothing more is");
-        self.overlap = None;
-        Position::Postgres { lsn }
-    }
-
-    /// Drops the change events in `out[from..]` that an earlier connection already handed on.
-    fn drop_replayed(&mut self, out: &mut Vec<SourceEvent>, from: usize) {
-        if let Some(tx) = &mut self.transaction {
-            let new = (out.len() - from) as u64;
-            let replayed = tx.skip.min(new);
-            out.drain(from..from + replayed as usize);
-            tx.skip -= replayed;
-            tx.handed_on += new - replayed;
-        }
-    }
-
-    fn in_transaction(&self) -> bool {
-        self.transaction.is_some()
-    }
-
-    /// A keepalive outside a transaction: everything the server had to send up to `wal_end` was sent.
-    fn idle(&mut self, wal_end: Lsn, out: &mut Vec<SourceEvent>) {
-        if self.transaction.is_none() && wal_end > self.last_position {
-            self.last_position = wal_end;
-            out.push(SourceEvent::Idle {
-                position: self.position(wal_end, wal_end),
-            });
-        }
-    }
-
-    async fn apply(
-        &mut self,
-        message: Message,
-        lsn: Lsn,
-        source: &mut PostgresSource,
-        out: &mut Vec<SourceEvent>,
-    ) -> Result<(), SourceError> {
-        match message {
-            Message::Begin(begin) => {
-                if self.transaction.is_some() {
-                    return Err(SourceError::Protocol(
-                        "Begin inside an open transaction".into(),
-                    ));
-                }
-                // After a reconnect the server replays from the acknowledged position: transactions that
-                // committed before the last position handed on were handed on whole; the one cut off
-                // mid-way was handed on in part.
-                let (handed_on, skip) = if begin.final_lsn < self.last_position {
-                    (0, u64::MAX)
-                } else {
-                    match self.cut_off.take() {
-                        Some(cut) if cut.commit_lsn == begin.final_lsn => {
-                            tracing::info!(txid = begin.xid, handed_on = cut.handed_on, "replaying the transaction the lost connection cut off: skipping the changes already handed on");
-                            (cut.handed_on, cut.handed_on)
-                        }
-                        _ => (0, 0),
-                    }
-                };
-                self.transaction = Some(OpenTransaction {
-                    xid: begin.xid,
-                    commit_lsn: begin.final_lsn,
-                    commit_time_us: begin.commit_time_us,
-                    handed_on,
-                    skip,
-                    changes: 0,
-                    changes_by_table: HashMap::new(),
-                });
-            }
-            Message::Commit(commit) => {
-                let Some(tx) = self.transaction.take() else {
-                    return Err(SourceError::Protocol("Commit without Begin".into()));
-                };
-                if tx.skip == u64::MAX {
-                    return Ok(());
-                }
-                self.last_position = self.last_position.max(commit.end_lsn);
-                out.push(SourceEvent::Commit {
-                    position: self.position(commit.commit_lsn, commit.end_lsn),
-                    commit_time_us: Some(tx.commit_time_us),
-                });
-            }
-            Message::Relation(relation) => {
-                let captured = source.table_for(&relation).await?;
-                if let Some(Captured { table, .. }) = &captured {
-                    tracing::debug!(table = %table.qualified_name(), columns = table.columns.len(), "relation");
-                }
-                self.relations.insert(relation.id, captured);
-            }
-            // Logical decoding messages count among a transaction's events, so that a replay after a
-            // reconnect skips them like the changes.
-            Message::Insert(_)
-            | Message::Update(_)
-            | Message::Delete(_)
-            | Message::Truncate(_)
-            | Message::LogicalMessage(_) => {
-                let from = out.len();
-                self.apply_change(message, lsn, out)?;
-                self.drop_replayed(out, from);
-            }
-            Message::Origin(_) | Message::Type(_) => {}
-        }
-        Ok(())
-    }
-
-    /// A row change (or truncate) into its change events.
-    fn apply_change(
-        &mut self,
-        message: Message,
-        lsn: Lsn,
-        out: &mut Vec<SourceEvent>,
-    ) -> Result<(), SourceError> {
-        match message {
-            Message::Insert(insert) => {
-                if let Some(captured) = self.table(insert.relation_id)? {
-                    let after = captured.decode(&insert.new)?;
-                    out.extend(self.change(captured.table, Op::Create, None, Some(after), lsn)?);
-                }
-            }
-            Message::Update(update) => {
-                if let Some(captured) = self.table(update.relation_id)? {
-                    self.update(captured, update.old.as_ref(), &update.new, lsn, out)?;
-                }
-            }
-            Message::Delete(delete) => {
-                if let Some(captured) = self.table(delete.relation_id)? {
-                    let before = match &delete.old {
-                        OldTuple::Key(tuple) | OldTuple::Full(tuple) => captured.decode(tuple)?,
-                    };
-                    out.extend(self.change(captured.table, Op::Delete, Some(before), None, lsn)?);
-                }
-            }
-            Message::Truncate(truncate) => {
-                for relation_id in &truncate.relation_ids {
-                    if let Some(captured) = self.table(*relation_id)? {
-                        out.extend(self.change(captured.table, Op::Truncate, None, None, lsn)?);
-                    }
-                }
-            }
-            // The server sends these only when asked (source.capture_messages); heartbeats are sluice's own.
-            Message::LogicalMessage(message) if message.prefix != HEARTBEAT_PREFIX => {
-                let transaction = self.transaction.as_ref().filter(|_| message.transactional);
-                out.push(SourceEvent::Message(DecodingMessage {
-                    database: self.database.to_string(),
-                    prefix: message.prefix,
-                    content: message.content.to_vec(),
-                    transactional: message.transactional,
-                    txid: transaction.map(|tx| u64::from(tx.xid)),
-                    lsn: message.lsn,
-                    commit_time_us: transaction.map(|tx| tx.commit_time_us),
-                }));
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    /// An update; one that changes the key becomes a delete of the old key and a create of the new one, so
-    /// that the old key's last event (and its tombstone) says it is gone — what Debezium does.
-    fn update(
-        &mut self,
-        captured: Captured,
-        old: Option<&OldTuple>,
-        new: &TupleData,
-        lsn: Lsn,
-        out: &mut Vec<SourceEvent>,
-    ) -> Result<(), SourceError> {
-        let mut after = captured.decode(new)?;
-        let before = match old {
-            Some(OldTuple::Full(tuple)) => {
-                let before = captured.decode(tuple)?;
-                restore_unchanged_toast(&mut after, &before);
-                Some(before)
-            }
-            Some(OldTuple::Key(tuple)) => Some(captured.decode(tuple)?),
-            None => None,
-        };
-        let table = captured.table;
-        let key_changed = before.as_ref().is_some_and(|b| {
-            let mut keys = table.key_columns().map(|(i, _)| i).peekable();
-            keys.peek().is_some() && keys.any(|i| b[i] != after[i])
-        });
-        if key_changed {
-            out.extend(self.change(table.clone(), Op::Delete, before, None, lsn)?);
-            out.extend(self.change(table, Op::Create, None, Some(after), lsn)?);
-        } else {
-            out.extend(self.change(table, Op::Update, before, Some(after), lsn)?);
-        }
-        Ok(())
-    }
-
-    fn table(&self, relation_id: u32) -> Result<Option<Captured>, SourceError> {
-        match self.relations.get(&relation_id) {
-            Some(table) => Ok(table.clone()),
-            None => Err(SourceError::Protocol(format!(
-                "change for relation {relation_id} before its Relation message"
-            ))),
-        }
-    }
-
-    /// The change event, numbered within its transaction; None when the overlap leaves it out (it takes
-    /// no number then, so that the transaction's orders stay without gaps).
-    fn change(
-        &mut self,
-        table: Arc<Table>,
-        op: Op,
-        before: Option<Row>,
-        after: Option<Row>,
-        lsn: Lsn,
-    ) -> Result<Option<SourceEvent>, SourceError> {
-        let tx = self
-            .transaction
-            .as_mut()
-            .ok_or_else(|| SourceError::Protocol("row change outside a transaction".into()))?;
-        let mut event = ChangeEvent {
-            table,
-            op,
-            before,
-            after,
-            source: SourceInfo {
-                database: self.database.clone(),
-                txid: Some(u64::from(tx.xid)),
-                lsn,
-                commit_lsn: tx.commit_lsn,
-                commit_time_us: tx.commit_time_us,
-                snapshot: SnapshotMarker::False,
-                order: None,
-            },
-        };
-        if let Some(overlap) = &mut self.overlap {
-            if overlap.leaves_out(tx.xid, tx.commit_lsn, &event) {
-                self.left_out += 1;
-                return Ok(None);
-            }
-        }
-        tx.changes += 1;
-        let in_table = tx.changes_by_table.entry(event.table.id).or_default();
-        *in_table += 1;
-        event.source.order = Some(TransactionOrder {
-            total: tx.changes,
-            in_table: *in_table,
-        });
-        Ok(Some(SourceEvent::Change(event)))
-    }
-}
-
-/// A table as its events carry it: the relation's columns less the excluded ones.
-#[derive(Clone, Debug)]
-pub(super) struct Captured {
-    pub table: Arc<Table>,
-    /// Which of the relation's columns stay, in the server's column order; None when all of them do.
-    keep: Option<Arc<[bool]>>,
-}
-
+/// Describing a table takes the catalog, so it is done here; [`Captured::new`] builds the model.
 impl Captured {
     /// Describes a table from the catalog and loads its model: what a snapshot reads and what comparing
     /// a contract needs, before any Relation message arrives.
@@ -1222,92 +768,5 @@ impl Captured {
     ) -> Result<Captured, SourceError> {
         let resolved = type_catalog::resolve_columns(client, relation, decimal).await?;
         Ok(Captured::new(relation, primary_key, resolved, selection))
-    }
-
-    /// The relation's table model with `source.exclude_columns` applied. Key columns stay whatever the
-    /// patterns say: the message key needs them.
-    pub(super) fn new(
-        relation: &Relation,
-        primary_key: &[String],
-        resolved: Vec<ResolvedColumn>,
-        selection: &Selection,
-    ) -> Self {
-        let mut table = table_from_relation(relation, primary_key, resolved);
-        let keep: Vec<bool> = table
-            .columns
-            .iter()
-            .map(|column| {
-                let excluded = selection.excludes_column(&table.schema, &table.name, &column.name);
-                if excluded && column.key {
-                    tracing::warn!(table = %table.qualified_name(), column = %column.name, "source.exclude_columns matches a key column: it stays in the events, the message key needs it");
-                }
-                column.key || !excluded
-            })
-            .collect();
-        if keep.iter().all(|kept| *kept) {
-            return Captured {
-                table: Arc::new(table),
-                keep: None,
-            };
-        }
-        let mut kept = keep.iter();
-        table
-            .columns
-            .retain(|_| kept.next().copied().unwrap_or(true));
-        Captured {
-            table: Arc::new(table),
-            keep: Some(keep.into()),
-        }
-    }
-
-    /// A row the server sent (every published column) as the event's row.
-    fn decode(&self, tuple: &TupleData) -> Result<Row, SourceError> {
-        decode_row(&self.table, tuple, self.keep.as_deref())
-    }
-}
-
-/// Text values to typed values, for the columns `keep` marks (all when None). A value that does not parse
-/// is kept as `OutOfRange` with the reason, so the event reaches the dead-letter topic instead of stopping
-/// the stream.
-pub(super) fn decode_row(
-    table: &Table,
-    tuple: &TupleData,
-    keep: Option<&[bool]>,
-) -> Result<Row, SourceError> {
-    let width = keep.map_or(table.columns.len(), <[bool]>::len);
-    if tuple.0.len() != width {
-        return Err(SourceError::Protocol(format!(
-            "{} has {width} columns but a row arrived with {}",
-            table.qualified_name(),
-            tuple.0.len()
-        )));
-    }
-    let kept = tuple
-        .0
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| keep.is_none_or(|keep| keep[*i]))
-        .map(|(_, value)| value);
-    let row = table
-        .columns
-        .iter()
-        .zip(kept)
-        .map(|(column, value)| match value {
-            TupleValue::Null => Value::Null,
-            TupleValue::UnchangedToast => Value::UnchangedToast,
-            TupleValue::Text(text) => types::parse_text(&column.column_type, text)
-                .unwrap_or_else(|err| Value::OutOfRange(err.to_string())),
-            TupleValue::Binary(_) => Value::OutOfRange("unexpected binary-format value".into()),
-        })
-        .collect();
-    Ok(row)
-}
-
-/// With REPLICA IDENTITY FULL the old row carries the values an update left untouched in TOAST storage.
-fn restore_unchanged_toast(after: &mut Row, before: &Row) {
-    for (value, old) in after.iter_mut().zip(before) {
-        if *value == Value::UnchangedToast && *old != Value::UnchangedToast {
-            *value = old.clone();
-        }
     }
 }

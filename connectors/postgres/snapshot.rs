@@ -26,8 +26,9 @@ use tokio_postgres::Client;
 
 use super::catalog::{self, TableName};
 use super::connection::PgConnection;
+use super::decoder::Captured;
 use super::overlap::{self, Overlap};
-use super::reader::{Captured, SourceError};
+use super::reader::SourceError;
 use super::replication::{quote_literal, ReplicationConnection, OUTPUT_SETTINGS};
 use super::snapshot_copy::read_piece;
 // Public before COPY reading had a module of its own.

@@ -6,8 +6,9 @@ use futures::StreamExt;
 use tokio_postgres::Client;
 
 use super::catalog::CatalogError;
+use super::decoder::decode_row;
 use super::pgoutput::{TupleData, TupleValue};
-use super::reader::{decode_row, SourceError};
+use super::reader::SourceError;
 use super::replication::quote_ident;
 use super::snapshot::{RowSender, TableRead};
 use super::snapshot_plan::KeyRange;
