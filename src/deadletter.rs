@@ -38,15 +38,18 @@ pub enum Stage {
     Register,
     /// The broker refused the message.
     Produce,
+    /// A transform failed on the event.
+    Transform,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 5] = [
+    pub const ALL: [Stage; 6] = [
         Stage::Decode,
         Stage::Encode,
         Stage::Validate,
         Stage::Register,
         Stage::Produce,
+        Stage::Transform,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +59,7 @@ impl Stage {
             Stage::Validate => "validate",
             Stage::Register => "register",
             Stage::Produce => "produce",
+            Stage::Transform => "transform",
         }
     }
 

@@ -8,7 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{PipelineError, Publisher};
+use super::publish::Core;
+use super::PipelineError;
 use crate::avro::{AvroSchema, Fingerprint, SchemaRef, TableSchemas};
 use crate::config::SubjectNameStrategy;
 use crate::registry::{self, RegistryClient, SchemaPart};
@@ -66,7 +67,7 @@ impl SchemaDirectory {
 /// A registry that stays down longer than this between attempts is asked again no later than this.
 const MAX_REGISTRY_BACKOFF: Duration = Duration::from_secs(10);
 
-impl Publisher {
+impl Core {
     /// The key and value schema references of a topic's schemas. `Ok(Err(reason))` is a refusal of the
     /// schema itself (the events go to the dead-letter topic); `Err` stops the pipeline.
     pub(super) async fn schema_refs(

@@ -1,16 +1,20 @@
 //! Publishing document changes (MongoDB): each collection's topic, typed by its contract when it has one.
 
-use sluice_core::event::{DocumentChange, UndecodableChange};
+use std::collections::HashMap;
+
+use sluice_core::event::{DocumentChange, Op, SnapshotMarker, UndecodableChange};
 use sluice_core::positions::now_ms;
 
-use super::{header_refs, send_tombstone, Fixed, FixedTopic, PipelineError, Publisher};
+use super::super::PipelineError;
+use super::core::{header_refs, Core, FixedTopic, Rejection, Subject};
+use super::rows::Encoded;
 use crate::avro;
 use crate::contracts::{Contract, ContractError, Contracts};
-use crate::deadletter::{DeadLetter, Stage};
+use crate::deadletter::Stage;
 
 /// Every contract, as the `after` record of the collection its topic names: one that cannot be stops
 /// sluice at once, not at its collection's first change.
-pub(super) fn check_contracts(
+pub(crate) fn check_contracts(
     contracts: &Contracts,
     topic_prefix: &str,
 ) -> Result<(), ContractError> {
@@ -62,36 +66,42 @@ fn typed_schemas(
         })
 }
 
-impl Publisher {
-    /// A document change, to its collection's topic (created, and its schemas registered, the first time).
-    pub(super) async fn publish_document(
+/// The encoder of document changes: each collection's topic, and the typed `after` record of those
+/// that have a contract.
+#[derive(Default)]
+pub(super) struct DocumentEncoder {
+    /// Collections' topics, by `db.collection`.
+    collections: HashMap<String, FixedTopic>,
+    /// The `after` records of collections that have a contract, by `db.collection`.
+    typed_documents: HashMap<String, avro::TypedDocument>,
+}
+
+impl DocumentEncoder {
+    /// A document change, to its collection's topic (created, and its schemas registered, the first time),
+    /// followed by a tombstone when it is a delete.
+    pub async fn publish<'e>(
         &mut self,
-        change: DocumentChange,
-    ) -> Result<(), PipelineError> {
-        self.events += 1;
+        change: &'e DocumentChange,
+        core: &mut Core,
+    ) -> Result<Encoded<'e>, PipelineError> {
         let namespace = change.namespace();
         if !self.collections.contains_key(&namespace) {
-            self.add_collection(&change, &namespace)?;
+            self.add_collection(change, &namespace, core)?;
         }
         let mut key = Vec::with_capacity(change.key.len() + 8);
-        avro::encode_document_key(&change, &mut key);
+        avro::encode_document_key(change, &mut key);
         let mut value = Vec::with_capacity(
             change.after.as_ref().map_or(0, String::len)
                 + change.before.as_ref().map_or(0, String::len)
                 + 256,
         );
         let typed = self.typed_documents.get(&namespace);
-        let encoded = avro::encode_document_envelope(
-            &change,
-            &self.topic_prefix,
-            now_ms(),
-            typed,
-            &mut value,
-        );
+        let encoded =
+            avro::encode_document_envelope(change, &core.topic_prefix, now_ms(), typed, &mut value);
         if let Err(mismatch) = encoded {
             let topic =
-                avro::document_topic(&self.topic_prefix, &change.database, &change.collection);
-            let file = self
+                avro::document_topic(&core.topic_prefix, &change.database, &change.collection);
+            let file = core
                 .contracts
                 .get(&topic)
                 .map(|c| c.path.display().to_string());
@@ -99,21 +109,27 @@ impl Publisher {
                 "the document does not fit the contract {}: {mismatch}",
                 file.unwrap_or_default()
             );
-            let letter =
-                DeadLetter::for_document(&change, self.failure(Stage::Validate, &topic, &reason));
-            let ordinal = self.tracker.register();
-            return self.send_dead_letter(&letter, None, ordinal).await;
+            return Ok(Err(Rejection::new(
+                Stage::Validate,
+                &topic,
+                reason,
+                Subject::Document(change),
+            )));
         }
         let mut headers = Vec::with_capacity(1);
         if let Some(token) = &change.source.resume_token {
             headers.push(("sluice.resume_token".to_owned(), token.clone().into_bytes()));
         }
         let bytes = key.len() + value.len();
-        self.publish_fixed(Fixed::Collection(&namespace), &key, &value, &headers)
-            .await?;
-        self.metrics
+        let Some(fixed) = self.collections.get_mut(&namespace) else {
+            return Ok(Ok(()));
+        };
+        if let Err(rejection) = core.publish_fixed(fixed, &key, &value, &headers).await? {
+            return Ok(Err(rejection));
+        }
+        core.metrics
             .event_published(&namespace, change.op.code(), bytes);
-        if change.source.snapshot == sluice_core::event::SnapshotMarker::False {
+        if change.source.snapshot == SnapshotMarker::False {
             // Before 6.0 events have no wall time: the cluster time's seconds stand in.
             let committed_us = change
                 .source
@@ -121,14 +137,19 @@ impl Publisher {
                 .map_or(i64::from(change.source.cluster_time.0) * 1_000_000, |ms| {
                     ms * 1000
                 });
-            self.metrics.published_commit(committed_us);
+            core.metrics.published_commit(committed_us);
         }
         // A delete is followed by a tombstone so that compaction can drop the key.
-        if change.op == sluice_core::event::Op::Delete {
-            self.publish_tombstone(&Fixed::Collection(&namespace), &key, &headers)
-                .await?;
+        if change.op == Op::Delete {
+            if let Some((key_schema, _)) = fixed.refs {
+                let mut framed = Vec::with_capacity(key.len() + 10);
+                key_schema.write_header(&mut framed);
+                framed.extend_from_slice(&key);
+                core.send_tombstone(&fixed.topic, &framed, &header_refs(&headers))
+                    .await?;
+            }
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// The topic of a collection seen for the first time, with `after` typed when it has a contract.
@@ -136,14 +157,15 @@ impl Publisher {
         &mut self,
         change: &DocumentChange,
         namespace: &str,
+        core: &Core,
     ) -> Result<(), PipelineError> {
         let (database, collection) = (&change.database, &change.collection);
-        let topic = avro::document_topic(&self.topic_prefix, database, collection);
-        let schemas = match self.contracts.get(&topic) {
-            None => avro::document_schemas(&self.topic_prefix, database, collection),
+        let topic = avro::document_topic(&core.topic_prefix, database, collection);
+        let schemas = match core.contracts.get(&topic) {
+            None => avro::document_schemas(&core.topic_prefix, database, collection),
             Some(contract) => {
                 let (schemas, typed) =
-                    typed_schemas(contract, &self.topic_prefix, database, collection)?;
+                    typed_schemas(contract, &core.topic_prefix, database, collection)?;
                 self.typed_documents.insert(namespace.to_owned(), typed);
                 schemas
             }
@@ -152,53 +174,17 @@ impl Publisher {
             .insert(namespace.to_owned(), FixedTopic::with_schemas(schemas));
         Ok(())
     }
+}
 
-    /// A tombstone (null value) with the key of the record just published to `which`'s topic.
-    async fn publish_tombstone(
-        &mut self,
-        which: &Fixed<'_>,
-        key: &[u8],
-        headers: &[(String, Vec<u8>)],
-    ) -> Result<(), PipelineError> {
-        // No schemas means the record itself went to the dead-letter topic: nothing to tombstone.
-        let Some((topic, (key_schema, _))) = self
-            .fixed_topic(which)
-            .and_then(|fixed| Some((fixed.topic.clone(), fixed.refs?)))
-        else {
-            return Ok(());
-        };
-        self.key_buf.clear();
-        key_schema.write_header(&mut self.key_buf);
-        self.key_buf.extend_from_slice(key);
-        send_tombstone(
-            &mut self.sink,
-            &self.tracker,
-            &topic,
-            &self.key_buf,
-            &header_refs(headers),
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// A change that has no event form, to the dead-letter topic as the source printed it.
-    pub(super) async fn dead_letter_undecodable(
-        &mut self,
-        change: UndecodableChange,
-    ) -> Result<(), PipelineError> {
-        let topic = match change
-            .namespace
-            .as_deref()
-            .and_then(|ns| ns.split_once('.'))
-        {
-            Some((db, coll)) => avro::document_topic(&self.topic_prefix, db, coll),
-            None => self.dead_letter_topic.clone(),
-        };
-        let letter = DeadLetter::for_undecodable(
-            &change,
-            self.failure(Stage::Decode, &topic, &change.reason),
-        );
-        let ordinal = self.tracker.register();
-        self.send_dead_letter(&letter, None, ordinal).await
+/// The topic a change that has no event form was meant for: its collection's, when the source could
+/// name it; otherwise the dead-letter topic itself.
+pub(super) fn undecodable_topic(change: &UndecodableChange, core: &Core) -> String {
+    match change
+        .namespace
+        .as_deref()
+        .and_then(|ns| ns.split_once('.'))
+    {
+        Some((db, coll)) => avro::document_topic(&core.topic_prefix, db, coll),
+        None => core.dead_letter_topic.clone(),
     }
 }
