@@ -190,45 +190,12 @@ impl Metrics {
         self.state.behind_ms.store(behind, Relaxed);
     }
 
-    pub fn server_wal_end(&self, lsn: Lsn) {
-        self.state.server_wal_end.fetch_max(lsn.0, Relaxed);
-    }
-
     pub fn position_stored(&self, lsn: Lsn) {
         self.state.acknowledged.fetch_max(lsn.0, Relaxed);
     }
 
-    pub fn reconnected(&self) {
-        self.state.reconnects.fetch_add(1, Relaxed);
-    }
-
-    pub fn set_streaming(&self, streaming: bool) {
-        self.state.streaming.store(streaming, Relaxed);
-    }
-
     pub fn set_broker_reachable(&self, reachable: bool) {
         self.state.broker_unreachable.store(!reachable, Relaxed);
-    }
-
-    pub fn set_snapshot_running(&self, running: bool) {
-        self.state.snapshot_running.store(running, Relaxed);
-    }
-
-    /// Starts following one table's snapshot.
-    pub fn snapshot_table(
-        &self,
-        table: &str,
-        estimated_rows: Option<u64>,
-    ) -> Arc<SnapshotProgress> {
-        let progress = Arc::new(SnapshotProgress::default());
-        progress
-            .estimated
-            .store(estimated_rows.unwrap_or(0), Relaxed);
-        self.state
-            .lock()
-            .snapshot
-            .insert(table.to_owned(), progress.clone());
-        progress
     }
 
     /// Ready means streaming with the broker reachable: what a probe or a load balancer wants to know.
@@ -268,6 +235,38 @@ impl Metrics {
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
         exposition::histograms(&self.state, &mut out);
         out
+    }
+}
+
+/// What a source reports lands in the same counters.
+impl SourceMetrics for Metrics {
+    fn server_wal_end(&self, lsn: Lsn) {
+        self.state.server_wal_end.fetch_max(lsn.0, Relaxed);
+    }
+
+    fn reconnected(&self) {
+        self.state.reconnects.fetch_add(1, Relaxed);
+    }
+
+    fn set_streaming(&self, streaming: bool) {
+        self.state.streaming.store(streaming, Relaxed);
+    }
+
+    fn set_snapshot_running(&self, running: bool) {
+        self.state.snapshot_running.store(running, Relaxed);
+    }
+
+    /// Starts following one table's snapshot.
+    fn snapshot_table(&self, table: &str, estimated_rows: Option<u64>) -> Arc<SnapshotProgress> {
+        let progress = Arc::new(SnapshotProgress::default());
+        progress
+            .estimated
+            .store(estimated_rows.unwrap_or(0), Relaxed);
+        self.state
+            .lock()
+            .snapshot
+            .insert(table.to_owned(), progress.clone());
+        progress
     }
 }
 
@@ -499,24 +498,5 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
-    }
-}
-
-/// What a source reports lands in the same counters.
-impl SourceMetrics for Metrics {
-    fn set_streaming(&self, streaming: bool) {
-        Metrics::set_streaming(self, streaming)
-    }
-    fn reconnected(&self) {
-        Metrics::reconnected(self)
-    }
-    fn server_wal_end(&self, lsn: Lsn) {
-        Metrics::server_wal_end(self, lsn)
-    }
-    fn set_snapshot_running(&self, running: bool) {
-        Metrics::set_snapshot_running(self, running)
-    }
-    fn snapshot_table(&self, table: &str, estimated_rows: Option<u64>) -> Arc<SnapshotProgress> {
-        Metrics::snapshot_table(self, table, estimated_rows)
     }
 }
