@@ -374,6 +374,21 @@ async fn a_snapshot_cut_off_before_any_row_reached_the_broker_is_carried_on() {
     // With the registry down no snapshot row can be encoded: the rows wait, the snapshot stays
     // unacknowledged, and the crash comes in the middle of it.
     let mut daemon = start_with_the_registry_down(&services, &config).await;
+    // Both tables begin (the journal records each before its first row is handed on) while the rows
+    // wait for the registry; the crash comes after that.
+    let journal = services
+        .dir
+        .path()
+        .join("positions/sluice_test.snapshot.journal");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&journal).is_ok_and(|text| text.contains("\"tags\"")) {
+        assert!(
+            Instant::now() < deadline,
+            "tags never began: {}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     daemon.kill();
     services.registry.set_unavailable(false);
     let position = services.position_file().expect("a position is stored");
