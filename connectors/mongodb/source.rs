@@ -161,3 +161,115 @@ fn check_capture(position: &Position, capture: Capture, file: &Path) -> Result<(
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use sluice_core::event::{Lsn, SnapshotChunk};
+
+    use super::*;
+
+    const FILE: &str = "/positions/app.mongodb.position.json";
+
+    fn token() -> Position {
+        Position::Mongodb {
+            resume_token: r#"{"_data":"82"}"#.into(),
+        }
+    }
+
+    fn oplog() -> Position {
+        Position::MongodbOplog {
+            seconds: 7,
+            increment: 1,
+        }
+    }
+
+    fn interrupted(start: Position) -> Position {
+        Position::MongodbSnapshot {
+            start: Box::new(start),
+            chunks: vec![SnapshotChunk {
+                namespace: "shop.orders".into(),
+                from: None,
+                to: None,
+                last: Some(r#"{"$oid":"65f0c0ffee0000000000cafe"}"#.into()),
+                done: false,
+            }],
+        }
+    }
+
+    fn decide(
+        stored: Option<Position>,
+        mode: SnapshotMode,
+        capture: Capture,
+    ) -> Result<Option<Start>, MongodbError> {
+        plan(stored, mode, capture, Path::new(FILE))
+    }
+
+    #[test]
+    fn nothing_stored_takes_a_snapshot_unless_never() {
+        let first = decide(None, SnapshotMode::Initial, Capture::ChangeStreams).unwrap();
+        assert!(matches!(first, Some(Start::Snapshot)), "{first:?}");
+        let never = decide(None, SnapshotMode::Never, Capture::ChangeStreams).unwrap();
+        assert!(matches!(never, Some(Start::Now)), "{never:?}");
+    }
+
+    #[test]
+    fn a_stored_position_is_resumed_by_the_capture_that_wrote_it() {
+        let streams = decide(Some(token()), SnapshotMode::Initial, Capture::ChangeStreams);
+        assert!(matches!(streams.unwrap(), Some(Start::After(p)) if p == token()));
+        let tail = decide(Some(oplog()), SnapshotMode::Initial, Capture::Oplog);
+        assert!(matches!(tail.unwrap(), Some(Start::After(p)) if p == oplog()));
+    }
+
+    #[test]
+    fn a_position_of_the_other_capture_is_refused() {
+        for (stored, capture) in [
+            (token(), Capture::Oplog),
+            (oplog(), Capture::ChangeStreams),
+            (interrupted(token()), Capture::Oplog),
+        ] {
+            let err = decide(Some(stored), SnapshotMode::Initial, capture).unwrap_err();
+            assert!(matches!(err, MongodbError::CaptureMismatch { .. }), "{err}");
+            assert!(err.to_string().contains(FILE), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_finished_initial_only_snapshot_leaves_nothing_to_do() {
+        let done = decide(
+            Some(token()),
+            SnapshotMode::InitialOnly,
+            Capture::ChangeStreams,
+        );
+        assert!(done.unwrap().is_none());
+    }
+
+    #[test]
+    fn an_interrupted_snapshot_is_carried_on_or_abandoned_under_never() {
+        let carried = decide(
+            Some(interrupted(token())),
+            SnapshotMode::Initial,
+            Capture::ChangeStreams,
+        );
+        assert!(matches!(
+            carried.unwrap(),
+            Some(Start::CarryOnSnapshot { start, chunks }) if start == token() && chunks.len() == 1
+        ));
+        let never = decide(
+            Some(interrupted(token())),
+            SnapshotMode::Never,
+            Capture::ChangeStreams,
+        );
+        assert!(matches!(never.unwrap(), Some(Start::After(p)) if p == token()));
+    }
+
+    #[test]
+    fn a_postgresql_position_is_refused() {
+        let err = decide(
+            Some(Position::Postgres { lsn: Lsn(1) }),
+            SnapshotMode::Initial,
+            Capture::ChangeStreams,
+        )
+        .unwrap_err();
+        assert!(matches!(err, MongodbError::ForeignPosition { .. }), "{err}");
+    }
+}

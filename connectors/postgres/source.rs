@@ -2,6 +2,7 @@
 //! snapshot the plan calls for and the stream, with acknowledged positions going back to the server.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,9 @@ use crate::snapshot::Snapshot;
 pub struct PostgresConnector {
     settings: PostgresSettings,
     drop_slot_on_stop: bool,
+    /// Set once this run streams: a run that ended in or right after its snapshot (stopped during it, or
+    /// `initial_only`) leaves the slot and the position file as they are, for the next run.
+    streamed: Arc<AtomicBool>,
 }
 
 impl PostgresConnector {
@@ -28,6 +32,7 @@ impl PostgresConnector {
         Ok(PostgresConnector {
             settings: settings(config)?,
             drop_slot_on_stop: config.drop_slot_on_stop,
+            streamed: Arc::default(),
         })
     }
 
@@ -148,11 +153,15 @@ impl Source for PostgresConnector {
                 lsn: lsn_rx,
                 position: position_rx,
             },
+            self.streamed.clone(),
         );
         (committer, run)
     }
 
     async fn stopped(&self, store: &PositionStore) -> Result<(), SourceError> {
+        if !self.streamed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         if self.settings.slot_lifetime == SlotLifetime::Temporary {
             // The slot went with the replication connection: the stored position means nothing any more.
             PositionStore::remove(store.path())?;
@@ -203,6 +212,7 @@ async fn run(
     plan: Plan,
     context: SourceContext,
     mut acknowledged: Acknowledged,
+    streamed: Arc<AtomicBool>,
 ) -> Result<(), SourceError> {
     let stored = match plan {
         Plan::Fresh => None,
@@ -248,6 +258,7 @@ async fn run(
     };
     // The store says the snapshot is complete: what began of it no longer matters.
     journal.remove()?;
+    streamed.store(true, Ordering::Relaxed);
     source
         .stream(
             from,
@@ -313,5 +324,118 @@ async fn read_snapshot(
             );
             Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use sluice_core::event::PgSnapshotPosition;
+
+    use super::*;
+
+    fn stored(position: Position) -> Option<StoredPosition> {
+        let text = serde_json::json!({
+            "source": "slot",
+            "position": position,
+            "updated_at_ms": 0,
+        });
+        Some(serde_json::from_value(text).unwrap())
+    }
+
+    fn at(lsn: u64) -> Position {
+        Position::Postgres { lsn: Lsn(lsn) }
+    }
+
+    fn pending() -> Position {
+        Position::PostgresSnapshot(PgSnapshotPosition::starting_at(Lsn(5)))
+    }
+
+    const FILE: &str = "/positions/slot.position.json";
+
+    fn decide(
+        stored: Option<StoredPosition>,
+        mode: SnapshotMode,
+        lifetime: SlotLifetime,
+    ) -> Result<Option<Plan>, SourceError> {
+        plan(stored, mode, lifetime, Path::new(FILE))
+    }
+
+    #[test]
+    fn nothing_stored_starts_afresh_in_every_mode() {
+        for mode in [
+            SnapshotMode::Initial,
+            SnapshotMode::Never,
+            SnapshotMode::InitialOnly,
+            SnapshotMode::WhenNeeded,
+        ] {
+            let plan = decide(None, mode, SlotLifetime::Permanent).unwrap();
+            assert_eq!(plan, Some(Plan::Fresh), "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn a_stored_position_is_resumed() {
+        let plan = decide(
+            stored(at(42)),
+            SnapshotMode::Initial,
+            SlotLifetime::Permanent,
+        );
+        assert_eq!(plan.unwrap(), Some(Plan::Resume(stored(at(42)).unwrap())));
+        let plan = decide(
+            stored(pending()),
+            SnapshotMode::Never,
+            SlotLifetime::Permanent,
+        );
+        assert_eq!(
+            plan.unwrap(),
+            Some(Plan::Resume(stored(pending()).unwrap()))
+        );
+    }
+
+    #[test]
+    fn a_temporary_slot_never_resumes() {
+        let plan = decide(
+            stored(at(42)),
+            SnapshotMode::Initial,
+            SlotLifetime::Temporary,
+        );
+        assert_eq!(plan.unwrap(), Some(Plan::Fresh));
+    }
+
+    #[test]
+    fn a_finished_initial_only_snapshot_leaves_nothing_to_do() {
+        let done = decide(
+            stored(at(42)),
+            SnapshotMode::InitialOnly,
+            SlotLifetime::Permanent,
+        );
+        assert_eq!(done.unwrap(), None);
+        // An interrupted one is carried on.
+        let carried = decide(
+            stored(pending()),
+            SnapshotMode::InitialOnly,
+            SlotLifetime::Permanent,
+        );
+        assert_eq!(
+            carried.unwrap(),
+            Some(Plan::Resume(stored(pending()).unwrap()))
+        );
+    }
+
+    #[test]
+    fn another_sources_position_is_refused_with_the_file_named() {
+        let token = Position::Mongodb {
+            resume_token: "{}".into(),
+        };
+        let err = decide(
+            stored(token),
+            SnapshotMode::Initial,
+            SlotLifetime::Permanent,
+        )
+        .unwrap_err();
+        assert!(matches!(err, SourceError::ForeignPosition { .. }), "{err}");
+        assert!(err.to_string().contains(FILE), "{err}");
     }
 }
