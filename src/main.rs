@@ -84,7 +84,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         match cli.command {
             Command::Validate { config, offline } => validate(&config, offline).await,
             Command::Check { config } => check(&config).await,
@@ -96,8 +96,15 @@ fn main() -> ExitCode {
                 follow,
             } => tail(&config, topic, &from, follow).await,
         }
-    })
+    });
+    // Everything that matters is done (the position is stored): a blocking call still under way — a
+    // probe of a frozen broker waits up to its timeout — must not hold the exit past the stop's bound.
+    runtime.shutdown_timeout(EXIT_GRACE);
+    code
 }
+
+/// How long the exit waits for blocking calls still under way.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
 fn load(path: &std::path::Path) -> Option<Config> {
     match Config::load(path) {
