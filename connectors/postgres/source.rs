@@ -5,14 +5,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::config::SnapshotMode;
+use sluice_core::check::Report;
+use sluice_core::config::{redact_secrets, SnapshotMode};
 use sluice_core::event::{Lsn, Position};
-use sluice_core::positions::{PositionStore, StoredPosition};
+use sluice_core::positions::{PositionPeek, PositionStore, StoredPosition};
 use sluice_core::source::{Committer, Source, SourceContext};
 use tokio::sync::watch;
 
 use crate::config::PostgresConfig;
 use crate::connection::PgConnection;
+use crate::preflight;
 use crate::reader::{self, PostgresSettings, PostgresSource, Resume, SourceError, StreamControl};
 use crate::replication::SlotLifetime;
 use crate::snapshot::Snapshot;
@@ -21,6 +23,8 @@ use crate::snapshot::Snapshot;
 pub struct PostgresConnector {
     settings: PostgresSettings,
     drop_slot_on_stop: bool,
+    /// `source.url` with its secrets hidden, as `check` names the server.
+    shown_url: String,
 }
 
 impl PostgresConnector {
@@ -28,6 +32,7 @@ impl PostgresConnector {
         Ok(PostgresConnector {
             settings: settings(config)?,
             drop_slot_on_stop: config.drop_slot_on_stop,
+            shown_url: redact_secrets(config.url.get_ref().as_str()),
         })
     }
 
@@ -152,6 +157,10 @@ impl Source for PostgresConnector {
         (committer, run)
     }
 
+    async fn check(&self, position: &PositionPeek, report: &mut Report) {
+        preflight::check(&self.settings, &self.shown_url, position, report).await
+    }
+
     async fn stopped(&self, store: &PositionStore) -> Result<(), SourceError> {
         if self.settings.slot_lifetime == SlotLifetime::Temporary {
             // The slot went with the replication connection: the stored position means nothing any more.
@@ -180,7 +189,7 @@ impl Committer for PgCommitter {
     /// takes the snapshot again rather than leaving a slot that holds WAL with nobody to read it.
     fn stores(&self, position: &Position) -> bool {
         // Under initial_only every position past the snapshot's parts is its final one.
-        !(self.initial_only && !position.snapshot_in_progress())
+        !self.initial_only || position.snapshot_in_progress()
     }
 
     fn commit(&self, position: &Position) {
