@@ -17,11 +17,12 @@ use rdkafka::ClientConfig;
 use serde_json::{json, Value as Json};
 use sluice::config::Config;
 use sluice::pipeline::run_source;
+use sluice_core::check::Report;
 use sluice_core::event::{
     DocumentChange, DocumentSource, Op, Position, SnapshotMarker, SourceEvent, UndecodableChange,
     UpdateDescription,
 };
-use sluice_core::positions::{PositionStore, StoredPosition};
+use sluice_core::positions::{PositionPeek, PositionStore, StoredPosition};
 use sluice_core::source::{Committer, Source, SourceContext};
 use sluice_testkit::broker::{read_topic, Record, Tansu};
 use sluice_testkit::registry::RegistryDouble;
@@ -131,6 +132,14 @@ impl Source for TestSource {
     ) -> Result<Option<()>, TestSourceError> {
         self.observed.planned.lock().unwrap().push(stored);
         Ok(Some(()))
+    }
+
+    async fn check(&self, position: &PositionPeek, report: &mut Report) {
+        match &position.stored {
+            Ok(Some(stored)) => report.pass(format!("resumes after {}", stored.position)),
+            Ok(None) => report.pass("starts afresh"),
+            Err(err) => report.fail(err.to_string(), "move the position file away"),
+        }
     }
 
     fn start(
@@ -446,6 +455,12 @@ async fn a_source_on_the_seam_is_published_committed_stored_and_resumed() {
         observed: observed.clone(),
         bootstrap: broker.bootstrap(),
     };
+    // `sluice check`'s view through the seam: the source is handed the stored position too.
+    let mut report = Report::default();
+    let peek = PositionPeek::read(&dir.path().join("positions"), KEY);
+    source.check(&peek, &mut report).await;
+    let lines: Vec<String> = report.lines.iter().map(ToString::to_string).collect();
+    assert_eq!(lines, [format!("[ ok ] resumes after {}", position(3))]);
     run_until_committed(&config, source, &position(5)).await;
 
     // 4. Planned from the stored position.

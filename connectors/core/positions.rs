@@ -84,6 +84,23 @@ impl StoredPosition {
     }
 }
 
+/// The position file as `sluice check` sees it: read, never created or changed.
+pub struct PositionPeek {
+    /// Where the file is, or would be.
+    pub file: PathBuf,
+    /// What it holds (None: nothing yet), or why `sluice run` would refuse it.
+    pub stored: Result<Option<StoredPosition>, PositionError>,
+}
+
+impl PositionPeek {
+    /// The position of `source` in `dir`, as [`PositionStore::open`] would find it.
+    pub fn read(dir: &Path, source: &str) -> PositionPeek {
+        let file = PositionStore::file_path(dir, source);
+        let stored = PositionStore::peek(&file, source);
+        PositionPeek { file, stored }
+    }
+}
+
 /// One position file in `[positions].dir`, named after the source so that several instances can share a dir.
 pub struct PositionStore {
     path: PathBuf,

@@ -3,8 +3,9 @@
 //! A connector implements [`Source`]: it says under which key its position is kept, decides from that
 //! position how a run starts (without I/O, so each case is unit-tested), reads — snapshot first, then
 //! changes — into one channel of [`SourceEvent`]s, and takes acknowledged positions back to its database
-//! through a [`Committer`]. The pipeline does everything else the same way for every source: encoding,
-//! publishing, dead letters, and storing a position only once the broker has every event before it.
+//! through a [`Committer`]. It also checks what a run needs, for `sluice check` ([`Source::check`]). The
+//! pipeline does everything else the same way for every source: encoding, publishing, dead letters, and
+//! storing a position only once the broker has every event before it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,9 +13,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::check::Report;
 use crate::event::{Position, SourceEvent};
 use crate::metrics::SourceMetrics;
-use crate::positions::{PositionStore, StoredPosition};
+use crate::positions::{PositionPeek, PositionStore, StoredPosition};
 
 /// A database sluice reads changes from.
 pub trait Source: Send + Sync + 'static {
@@ -49,6 +51,15 @@ pub trait Source: Send + Sync + 'static {
         Arc<dyn Committer>,
         impl Future<Output = Result<(), Self::Error>> + Send + 'static,
     );
+
+    /// `sluice check`: connects and adds a line to `report` per requirement of a run, each failure or
+    /// warning with its fix. Changes nothing. `position` is what the store holds under
+    /// [`Source::position_key`]: whether a missing slot is fine can depend on it.
+    fn check(
+        &self,
+        position: &PositionPeek,
+        report: &mut Report,
+    ) -> impl Future<Output = ()> + Send;
 
     /// After a clean stop, once the final position is stored: what the source does then (drop a slot).
     fn stopped(

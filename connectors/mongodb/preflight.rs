@@ -8,9 +8,9 @@ use mongodb::Client;
 use mongodb::options::Hint;
 
 use super::oplog_tail::oplog_edge_ts;
-use super::reader::{client, selection_filter, topology};
+use super::reader::{client, selection_filter, topology, MongodbSettings};
 use super::snapshot::{selected_collections, selected_databases};
-use crate::config::{BeforeImage, Capture, FullDocument, MongodbSourceConfig};
+use crate::config::{BeforeImage, Capture, FullDocument};
 use sluice_core::check::Report;
 use sluice_core::config::{redact_secrets, SnapshotMode};
 
@@ -19,10 +19,10 @@ const MIN_OPLOG_WINDOW_HOURS: f64 = 24.0;
 /// MongoDB's error code for a missing privilege.
 const UNAUTHORIZED: i32 = 13;
 
-pub async fn check(source: &MongodbSourceConfig, report: &mut Report) {
-    let url = source.url.get_ref().as_str();
-    let shown = redact_secrets(url);
-    let client = match client(url).await {
+/// Every line of a MongoDB source, read from the connector's settings.
+pub async fn check(settings: &MongodbSettings, report: &mut Report) {
+    let shown = redact_secrets(&settings.url);
+    let client = match client(&settings.url).await {
         Ok(client) => client,
         Err(err) => return report.fail(err.to_string(), "fix `source.url`"),
     };
@@ -47,13 +47,29 @@ pub async fn check(source: &MongodbSourceConfig, report: &mut Report) {
             return report.skip("change stream, oplog window and pre-images: not checked");
         }
     }
-    let version = server_version(&client).await;
-    let images_wanted = source.before != BeforeImage::Off
+    let images_wanted = settings.before != BeforeImage::Off
         || matches!(
-            source.full_document,
+            settings.full_document,
             FullDocument::WhenAvailable | FullDocument::Required
         );
-    match version {
+    check_version(&client, images_wanted, report).await;
+    if settings.capture != Capture::Oplog {
+        check_change_stream(&client, settings, report).await;
+    }
+    if replica_set.is_some() {
+        check_oplog_window(&client, settings.capture, report).await;
+    }
+    if images_wanted {
+        check_images(&client, settings, report).await;
+    }
+    if settings.snapshot != SnapshotMode::Never {
+        check_snapshot_reads(&client, settings, report).await;
+    }
+}
+
+/// startAfter needs 4.2; pre- and post-images need 6.0.
+async fn check_version(client: &Client, images_wanted: bool, report: &mut Report) {
+    match server_version(client).await {
         Some((major, minor, text)) if (major, minor) < (4, 2) => report.fail(
             format!("MongoDB {text}: sluice resumes change streams with startAfter, which needs 4.2 or later"),
             "upgrade MongoDB",
@@ -65,59 +81,52 @@ pub async fn check(source: &MongodbSourceConfig, report: &mut Report) {
         Some((_, _, text)) => report.pass(format!("MongoDB {text}")),
         None => report.warn("cannot read the server version (buildInfo)", "grant the user clusterMonitor"),
     }
+}
 
-    let tailing = *source.capture.get_ref() == Capture::Oplog;
-    if !tailing {
-        let opened = client
-            .watch()
-            .pipeline([selection_filter(&source.selection())])
-            .await;
-        match opened {
-            Ok(_) => {
-                report.pass("the user may open the change stream over the selected collections")
-            }
-            Err(err) => {
-                let reason = redact_secrets(&err.to_string());
-                let fix = match err.kind.as_ref() {
-                    mongodb::error::ErrorKind::Command(command) if command.code == UNAUTHORIZED => {
-                        "sluice opens one deployment-wide stream: grant the user `find` and `changeStream` on every database (the built-in `readAnyDatabase` role has both)"
-                    }
-                    _ => "see the server's message above",
-                };
-                report.fail(format!("cannot open the change stream: {reason}"), fix);
-            }
+/// Opens the deployment-wide change stream `sluice run` reads.
+async fn check_change_stream(client: &Client, settings: &MongodbSettings, report: &mut Report) {
+    let opened = client
+        .watch()
+        .pipeline([selection_filter(&settings.selection)])
+        .await;
+    match opened {
+        Ok(_) => report.pass("the user may open the change stream over the selected collections"),
+        Err(err) => {
+            let reason = redact_secrets(&err.to_string());
+            let fix = match err.kind.as_ref() {
+                mongodb::error::ErrorKind::Command(command) if command.code == UNAUTHORIZED => {
+                    "sluice opens one deployment-wide stream: grant the user `find` and `changeStream` on every database (the built-in `readAnyDatabase` role has both)"
+                }
+                _ => "see the server's message above",
+            };
+            report.fail(format!("cannot open the change stream: {reason}"), fix);
         }
     }
+}
 
-    if replica_set.is_some() {
-        match oplog_window_hours(&client).await {
-            Ok(hours) if hours < MIN_OPLOG_WINDOW_HOURS => report.warn(
-                format!("oplog window: {hours:.1} h; a stop longer than that loses the position"),
-                "enlarge the oplog (replSetResizeOplog) or set a minimum retention (oplogMinRetentionHours)",
-            ),
-            Ok(hours) => report.pass(format!("oplog window: {hours:.1} h")),
-            Err(reason) if tailing => report.fail(
-                format!("cannot read the oplog, which capture = \"oplog\" tails: {reason}"),
-                "grant the user `read` on the `local` database",
-            ),
-            Err(reason) => report.warn(
-                format!("cannot read the oplog window: {reason}"),
-                "grant the user `read` on the `local` database to have it checked",
-            ),
-        }
-    }
-
-    if images_wanted {
-        check_images(&client, source, report).await;
-    }
-    if *source.snapshot.get_ref() != SnapshotMode::Never {
-        check_snapshot_reads(&client, source, report).await;
+/// How long a stop may last before the position is lost; fatal only when the oplog is what is read.
+async fn check_oplog_window(client: &Client, capture: Capture, report: &mut Report) {
+    let tailing = capture == Capture::Oplog;
+    match oplog_window_hours(client).await {
+        Ok(hours) if hours < MIN_OPLOG_WINDOW_HOURS => report.warn(
+            format!("oplog window: {hours:.1} h; a stop longer than that loses the position"),
+            "enlarge the oplog (replSetResizeOplog) or set a minimum retention (oplogMinRetentionHours)",
+        ),
+        Ok(hours) => report.pass(format!("oplog window: {hours:.1} h")),
+        Err(reason) if tailing => report.fail(
+            format!("cannot read the oplog, which capture = \"oplog\" tails: {reason}"),
+            "grant the user `read` on the `local` database",
+        ),
+        Err(reason) => report.warn(
+            format!("cannot read the oplog window: {reason}"),
+            "grant the user `read` on the `local` database to have it checked",
+        ),
     }
 }
 
 /// The snapshot lists the selected collections and reads each through its `_id` index.
-async fn check_snapshot_reads(client: &Client, source: &MongodbSourceConfig, report: &mut Report) {
-    let collections = match selected_collections(client, &source.selection()).await {
+async fn check_snapshot_reads(client: &Client, settings: &MongodbSettings, report: &mut Report) {
+    let collections = match selected_collections(client, &settings.selection).await {
         Ok(found) => found,
         Err(err) => {
             return report.fail(
@@ -185,10 +194,10 @@ async fn oplog_window_hours(client: &Client) -> Result<f64, String> {
 }
 
 /// Each selected collection records pre- and post-images when the config asks for them.
-async fn check_images(client: &Client, source: &MongodbSourceConfig, report: &mut Report) {
-    let selection = source.selection();
+async fn check_images(client: &Client, settings: &MongodbSettings, report: &mut Report) {
+    let selection = &settings.selection;
     // The databases the snapshot and the stream would read, found the same way.
-    let databases = match selected_databases(client, &selection).await {
+    let databases = match selected_databases(client, selection).await {
         Ok(names) => names,
         Err(err) => {
             return report.warn(
@@ -241,8 +250,8 @@ async fn check_images(client: &Client, source: &MongodbSourceConfig, report: &mu
             "pre- and post-images recorded by all {with} selected collections"
         ));
     } else {
-        let strict = source.before == BeforeImage::Required
-            || source.full_document == FullDocument::Required;
+        let strict = settings.before == BeforeImage::Required
+            || settings.full_document == FullDocument::Required;
         let what = format!(
             "pre- and post-images are not recorded by {}",
             without.join(", ")

@@ -5,12 +5,14 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
+use sluice_core::check::Report;
 use sluice_core::config::SnapshotMode;
 use sluice_core::event::Position;
-use sluice_core::positions::{PositionStore, StoredPosition};
+use sluice_core::positions::{PositionPeek, PositionStore, StoredPosition};
 use sluice_core::source::{Committer, Source, SourceContext, StoreOnly};
 
 use crate::config::{Capture, MongodbSourceConfig};
+use crate::preflight;
 use crate::reader::{DocumentStreamControl, MongodbError, MongodbSettings, MongodbSource, Start};
 use crate::snapshot::SnapshotShape;
 
@@ -86,6 +88,12 @@ impl Source for MongodbConnector {
         };
         // Change streams keep nothing on the server for their readers: the store is the only record.
         (Arc::new(StoreOnly), run)
+    }
+
+    /// A change stream (or the oplog) starts wherever the stored position says, or from now: no check
+    /// depends on the position.
+    async fn check(&self, _position: &PositionPeek, report: &mut Report) {
+        preflight::check(&self.settings, report).await
     }
 }
 

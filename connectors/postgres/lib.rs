@@ -8,7 +8,7 @@
 //! `snapshot_progress` records how far it got and `overlap` has the stream leave out what a
 //! carried-on snapshot's rows already hold; `reader` prepares the slot (as `start` decides) and streams,
 //! `decoder` turning the stream's messages into events (both pure, no I/O); `source` puts it all on the
-//! source seam.
+//! source seam, and `preflight` checks for `sluice check` what a run needs.
 
 pub mod catalog;
 pub mod config;
@@ -16,6 +16,7 @@ pub mod connection;
 pub mod decoder;
 pub mod overlap;
 pub mod pgoutput;
+pub mod preflight;
 pub mod reader;
 pub mod replication;
 pub mod snapshot;

@@ -6,14 +6,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::config::SnapshotMode;
+use sluice_core::check::Report;
+use sluice_core::config::{redact_secrets, SnapshotMode};
 use sluice_core::event::{Lsn, Position};
-use sluice_core::positions::{PositionStore, StoredPosition};
+use sluice_core::positions::{PositionPeek, PositionStore, StoredPosition};
 use sluice_core::source::{Committer, Source, SourceContext};
 use tokio::sync::watch;
 
 use crate::config::PostgresConfig;
 use crate::connection::PgConnection;
+use crate::preflight;
 use crate::reader::{self, PostgresSettings, PostgresSource, Resume, SourceError, StreamControl};
 use crate::replication::SlotLifetime;
 use crate::snapshot::Snapshot;
@@ -25,6 +27,8 @@ pub struct PostgresConnector {
     /// Set once this run streams: a run that ended in or right after its snapshot (stopped during it, or
     /// `initial_only`) leaves the slot and the position file as they are, for the next run.
     streamed: Arc<AtomicBool>,
+    /// `source.url` with its secrets hidden, as `check` names the server.
+    shown_url: String,
 }
 
 impl PostgresConnector {
@@ -33,6 +37,7 @@ impl PostgresConnector {
             settings: settings(config)?,
             drop_slot_on_stop: config.drop_slot_on_stop,
             streamed: Arc::default(),
+            shown_url: redact_secrets(config.url.get_ref().as_str()),
         })
     }
 
@@ -156,6 +161,10 @@ impl Source for PostgresConnector {
             self.streamed.clone(),
         );
         (committer, run)
+    }
+
+    async fn check(&self, position: &PositionPeek, report: &mut Report) {
+        preflight::check(&self.settings, &self.shown_url, position, report).await
     }
 
     async fn stopped(&self, store: &PositionStore) -> Result<(), SourceError> {
