@@ -191,8 +191,18 @@ pub async fn streaming(
 
 /// Waits until `slot` in the `shop` database of `pg` is being streamed from by `daemon`.
 pub async fn wait_slot_active(pg: &PgCluster, daemon: &mut Daemon, slot: &str) {
+    wait_slot_active_within(pg, daemon, slot, Duration::from_secs(60)).await
+}
+
+/// As [`wait_slot_active`], for a start that takes longer (a large snapshot comes first).
+pub async fn wait_slot_active_within(
+    pg: &PgCluster,
+    daemon: &mut Daemon,
+    slot: &str,
+    within: Duration,
+) {
     let client = pg.client(DATABASE).await.expect("connect");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + within;
     loop {
         let active = client
             .query_opt(
