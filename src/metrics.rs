@@ -271,6 +271,25 @@ impl Metrics {
     }
 }
 
+/// What a source reports lands in the same counters.
+impl SourceMetrics for Metrics {
+    fn set_streaming(&self, streaming: bool) {
+        Metrics::set_streaming(self, streaming)
+    }
+    fn reconnected(&self) {
+        Metrics::reconnected(self)
+    }
+    fn server_wal_end(&self, lsn: Lsn) {
+        Metrics::server_wal_end(self, lsn)
+    }
+    fn set_snapshot_running(&self, running: bool) {
+        Metrics::set_snapshot_running(self, running)
+    }
+    fn snapshot_table(&self, table: &str, estimated_rows: Option<u64>) -> Arc<SnapshotProgress> {
+        Metrics::snapshot_table(self, table, estimated_rows)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,24 +518,5 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
-    }
-}
-
-/// What a source reports lands in the same counters.
-impl SourceMetrics for Metrics {
-    fn set_streaming(&self, streaming: bool) {
-        Metrics::set_streaming(self, streaming)
-    }
-    fn reconnected(&self) {
-        Metrics::reconnected(self)
-    }
-    fn server_wal_end(&self, lsn: Lsn) {
-        Metrics::server_wal_end(self, lsn)
-    }
-    fn set_snapshot_running(&self, running: bool) {
-        Metrics::set_snapshot_running(self, running)
-    }
-    fn snapshot_table(&self, table: &str, estimated_rows: Option<u64>) -> Arc<SnapshotProgress> {
-        Metrics::snapshot_table(self, table, estimated_rows)
     }
 }

@@ -180,7 +180,7 @@ impl Committer for PgCommitter {
     /// takes the snapshot again rather than leaving a slot that holds WAL with nobody to read it.
     fn stores(&self, position: &Position) -> bool {
         // Under initial_only every position past the snapshot's parts is its final one.
-        !(self.initial_only && !position.snapshot_in_progress())
+        !self.initial_only || position.snapshot_in_progress()
     }
 
     fn commit(&self, position: &Position) {
