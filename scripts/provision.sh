@@ -5,6 +5,7 @@
 #   - Debian packages: PostgreSQL 15 server (private test clusters), cmake + libcurl (rdkafka's cmake-build),
 #     openssl (tests/tls.rs makes its certificates with it), sqlite3 (the test harness adds an index tansu's
 #     storage lacks)
+#   - the rustfmt and clippy components of the Rust toolchain (scripts/test.sh checks formatting and lints)
 #   - tansu 0.6.0, a Kafka-protocol broker, built once into a cache outside the repository
 #
 # Environment: SLUICE_CACHE_DIR (default ~/.cache/sluice) is where tansu is installed.
@@ -42,6 +43,22 @@ if [ ${#need_debs[@]} -gt 0 ]; then
   as_root apt-get install -y -qq --no-install-recommends "${need_debs[@]}" >/dev/null
 else
   log "Debian packages present"
+fi
+
+# rustfmt and clippy, which scripts/test.sh runs before the tests; a minimal rustup profile lacks them.
+# (Without rustup, the toolchain's packager decides; cargo fmt / cargo clippy then say what is missing.)
+need_components=()
+if command -v rustup >/dev/null 2>&1; then
+  installed_components="$(rustup component list --installed 2>/dev/null || true)"
+  for component in rustfmt clippy; do
+    grep -q "^$component-" <<<"$installed_components" || need_components+=("$component")
+  done
+fi
+if [ ${#need_components[@]} -gt 0 ]; then
+  log "adding Rust components: ${need_components[*]}"
+  rustup component add "${need_components[@]}" >&2
+else
+  log "Rust components present"
 fi
 
 if [ -x "$tansu_root/bin/tansu" ]; then

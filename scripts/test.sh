@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 SLUICE_TANSU="$(bash scripts/provision.sh | tail -n 1)"
 export SLUICE_TANSU
 
+# Formatting and lints first: a rustfmt difference or any clippy warning fails the run before the long tests.
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 # Two cores: two test threads keep the end-to-end tests (each with its own PostgreSQL and broker) from
 # starving one another.
 cargo test --workspace --locked -- --test-threads="${SLUICE_TEST_THREADS:-2}" "$@"

@@ -111,3 +111,19 @@ pub struct SourceContext {
     /// Where positions are kept: the source records its identity there, and may keep a journal beside it.
     pub store: Arc<PositionStore>,
 }
+
+/// `work`'s outcome, or None when a stop is requested (see [`SourceContext::stop`]) before it ends. A stop
+/// requested earlier counts too, even one another receiver has seen (during a back-off): the value is
+/// checked first.
+pub async fn unless_stopped<T>(
+    stop: &mut watch::Receiver<bool>,
+    work: impl std::future::IntoFuture<Output = T>,
+) -> Option<T> {
+    if *stop.borrow() {
+        return None;
+    }
+    tokio::select! {
+        outcome = work.into_future() => Some(outcome),
+        _ = stop.changed() => None,
+    }
+}

@@ -17,10 +17,11 @@ use mongodb::options::CursorType;
 
 use super::change::bson_from_canonical;
 use super::oplog::{self, OplogKind};
-use super::reader::{send, unless_stopped, DocumentStreamControl, Ended, MongodbSource};
+use super::reader::{send, DocumentStreamControl, Ended, MongodbSource};
 use crate::config::FullDocument;
 use sluice_core::backoff::Backoff;
 use sluice_core::event::{DocumentChange, Op, Position, SourceEvent};
+use sluice_core::source::unless_stopped;
 
 /// How long the server holds a getMore open when nothing is written: how quickly a stop is noticed.
 const MAX_AWAIT: Duration = Duration::from_secs(1);

@@ -27,6 +27,7 @@ use sluice_core::backoff::Backoff;
 use sluice_core::config::{redact_secrets, SnapshotMode};
 use sluice_core::event::{Position, SnapshotChunk, SourceEvent};
 use sluice_core::metrics::SourceMetrics;
+use sluice_core::source::unless_stopped;
 
 /// How long the server holds a getMore open when nothing happens: how quickly a stop is noticed.
 const MAX_AWAIT: Duration = Duration::from_secs(1);
@@ -640,21 +641,6 @@ pub(super) async fn send(control: &DocumentStreamControl, event: SourceEvent) ->
 }
 
 /// Waits out the backoff after the `failures`-th transient failure in a row (or a stop request).
-/// `work`'s outcome, or None when a stop is requested before it ends. A stop requested earlier counts
-/// too, even one another receiver has seen (during a back-off): the value is checked first.
-pub(super) async fn unless_stopped<T>(
-    stop: &mut watch::Receiver<bool>,
-    work: impl std::future::IntoFuture<Output = T>,
-) -> Option<T> {
-    if *stop.borrow() {
-        return None;
-    }
-    tokio::select! {
-        outcome = work.into_future() => Some(outcome),
-        _ = stop.changed() => None,
-    }
-}
-
 pub(super) async fn back_off(
     failures: &mut Backoff,
     err: &DriverError,

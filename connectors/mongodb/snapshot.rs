@@ -24,13 +24,13 @@ use mongodb::Client;
 use tokio::sync::{mpsc, watch};
 
 use super::change::{bson_from_canonical, canonical_json};
-use super::reader::unless_stopped;
 use crate::config::CollectionSelection;
 use sluice_core::event::{
     DocumentChange, DocumentSource, Op, Position, SnapshotChunk, SnapshotMarker, SourceEvent,
 };
 use sluice_core::metrics::{SnapshotProgress, SourceMetrics};
 use sluice_core::positions::now_ms;
+use sluice_core::source::unless_stopped;
 
 /// Documents per batch handed from a reader to the publishing side; each batch ends with a position.
 const BATCH_DOCUMENTS: usize = 500;

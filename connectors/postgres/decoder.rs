@@ -11,13 +11,16 @@ use std::sync::Arc;
 
 use super::overlap::Overlap;
 use super::pgoutput::{Message, OldTuple, Relation, TupleData, TupleValue};
-use super::reader::HEARTBEAT_PREFIX;
 use super::types::{self, ResolvedColumn};
 use crate::config::Selection;
 use sluice_core::event::{
     ChangeEvent, Column, DecodingMessage, Lsn, Op, Position, Row, SnapshotMarker, SourceEvent,
     SourceInfo, Table, TransactionOrder, Value,
 };
+
+/// The prefix of heartbeat messages (the reader writes them into the WAL); they are never published,
+/// even with `capture_messages`.
+pub const HEARTBEAT_PREFIX: &str = "sluice.heartbeat";
 
 /// A message the protocol does not allow where it arrived. The server sends none of these; one means a
 /// bug in PostgreSQL or sluice, and the position is not advanced past it.

@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 
 use super::catalog::{self, CatalogError, TableName};
 use super::connection::PgConnection;
-use super::decoder::{Captured, StreamDecoder, StreamError};
+use super::decoder::{Captured, StreamDecoder, StreamError, HEARTBEAT_PREFIX};
 use super::overlap::Overlap;
 use super::pgoutput::{self, Relation};
 use super::replication::{Frame, ReplicationConnection, ReplicationError, SlotLifetime};
@@ -145,9 +145,6 @@ pub struct PostgresSettings {
     /// How often to write a heartbeat message into the WAL of the captured database (None: never).
     pub heartbeat_interval: Option<Duration>,
 }
-
-/// The prefix of heartbeat messages; they are never published, even with `capture_messages`.
-pub const HEARTBEAT_PREFIX: &str = "sluice.heartbeat";
 
 /// A prepared source: publication and slot in place.
 pub struct PostgresSource {
