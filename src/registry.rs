@@ -390,15 +390,9 @@ impl RegistryClient {
 
     fn unavailable(&self, err: reqwest::Error) -> RegistryError {
         // reqwest's Display hides the cause ("error sending request"); the chain says what actually failed.
-        let mut reason = err.to_string();
-        let mut source = std::error::Error::source(&err);
-        while let Some(cause) = source {
-            reason.push_str(&format!(": {cause}"));
-            source = cause.source();
-        }
         RegistryError::Unavailable {
             url: self.shown.clone(),
-            reason,
+            reason: sluice_core::errors::error_chain(&err),
         }
     }
 }
