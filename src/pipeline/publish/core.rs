@@ -31,6 +31,9 @@ pub(in crate::pipeline) struct Rejection<'e> {
     pub ordinal: Option<u64>,
 }
 
+/// An event published, or the reason it goes to the dead-letter topic instead.
+pub(in crate::pipeline) type Encoded<'e> = Result<(), Rejection<'e>>;
+
 impl<'e> Rejection<'e> {
     /// A rejection of `subject` for `topic`, not yet registered with the tracker.
     pub fn new(stage: Stage, topic: &str, reason: String, subject: Subject<'e>) -> Rejection<'e> {
@@ -192,7 +195,7 @@ impl Core {
         key: &[u8],
         value: &[u8],
         headers: &[(String, Vec<u8>)],
-    ) -> Result<Result<(), Rejection<'e>>, PipelineError> {
+    ) -> Result<Encoded<'e>, PipelineError> {
         let record = || Subject::Record {
             key: Some(key.to_vec()),
             value: Some(value.to_vec()),

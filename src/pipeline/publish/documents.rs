@@ -6,8 +6,7 @@ use sluice_core::event::{DocumentChange, Op, SnapshotMarker, UndecodableChange};
 use sluice_core::positions::now_ms;
 
 use super::super::PipelineError;
-use super::core::{header_refs, Core, FixedTopic, Rejection, Subject};
-use super::rows::Encoded;
+use super::core::{header_refs, Core, Encoded, FixedTopic, Rejection, Subject};
 use crate::avro;
 use crate::contracts::{Contract, ContractError, Contracts};
 use crate::deadletter::Stage;

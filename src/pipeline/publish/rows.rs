@@ -10,14 +10,11 @@ use sluice_core::event::{ChangeEvent, DecodingMessage, Lsn, Op, SnapshotMarker, 
 use sluice_core::positions::now_ms;
 
 use super::super::PipelineError;
-use super::core::{Core, Delivery, FixedTopic, Rejection, Subject};
+use super::core::{Core, Delivery, Encoded, FixedTopic, Rejection, Subject};
 use crate::avro::{self, EncodeError, EncodeReason, EnvelopeContext, SchemaRef};
 use crate::contracts::BoundContract;
 use crate::deadletter::Stage;
 use crate::sink::{MessageKind, Outgoing};
-
-/// An event published, or the reason it goes to the dead-letter topic instead.
-pub(super) type Encoded<'e> = Result<(), Rejection<'e>>;
 
 /// A table's topic and schemas, valid for one schema version.
 struct TableEncoding {
@@ -316,7 +313,7 @@ impl RowEncoder {
             return Ok(Ok(()));
         }
         let topic = avro::topic_name(&core.topic_prefix, table);
-        let reject = |_: &Core, stage, reason: String| {
+        let reject = |stage, reason: String| {
             Ok(Err(Rejection::new(
                 stage,
                 &topic,
@@ -326,18 +323,16 @@ impl RowEncoder {
         };
         let schemas = match avro::table_schemas(&core.topic_prefix, table) {
             Ok(schemas) => schemas,
-            Err(err) => return reject(core, Stage::Encode, err.to_string()),
+            Err(err) => return reject(Stage::Encode, err.to_string()),
         };
         match core.sink.ensure_topic(&schemas.topic, &core.stop).await {
             Ok(()) => {}
-            Err(err) if err.is_message_fault() => {
-                return reject(core, Stage::Produce, err.to_string())
-            }
+            Err(err) if err.is_message_fault() => return reject(Stage::Produce, err.to_string()),
             Err(err) => return Err(err.into()),
         }
         let (key_schema, value_schema) = match core.schema_refs(&schemas).await? {
             Ok(refs) => refs,
-            Err(err) => return reject(core, Stage::Register, err.to_string()),
+            Err(err) => return reject(Stage::Register, err.to_string()),
         };
         let key = key_schema.map_or_else(|| "none".to_owned(), |k| k.to_string());
         tracing::info!(table = %table.qualified_name(), topic = %schemas.topic, key_schema = %key, value_schema = %value_schema, "table schema ready");
