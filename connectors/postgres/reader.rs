@@ -2,149 +2,25 @@
 //! [`SourceEvent`]s, answering the server with the position the pipeline has acknowledged.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::Client;
 
-use super::catalog::{self, CatalogError, TableName};
-use super::connection::PgConnection;
-use super::decoder::{Captured, StreamDecoder, StreamError, HEARTBEAT_PREFIX};
+use super::catalog::{self, TableName};
+use super::decoder::{Captured, StreamDecoder, HEARTBEAT_PREFIX};
 use super::overlap::Overlap;
 use super::pgoutput::{self, Relation};
-use super::replication::{Frame, ReplicationConnection, ReplicationError, SlotLifetime};
+use super::replication::{Frame, ReplicationConnection, SlotLifetime};
 use super::snapshot::{Exported, Snapshot};
 use super::start::{self, Start};
-use super::type_catalog;
-use crate::config::{DecimalHandling, Selection};
+// Public here before they had modules of their own.
+pub use super::error::SourceError;
+pub use super::settings::{PostgresSettings, Resume};
 use sluice_core::backoff::Backoff;
-use sluice_core::config::SnapshotMode;
 use sluice_core::event::{Lsn, PgSnapshotPosition, Position, SourceEvent, Table};
 use sluice_core::positions::SourceIdentity;
-
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error(transparent)]
-    Catalog(#[from] CatalogError),
-    #[error(transparent)]
-    Replication(#[from] ReplicationError),
-    #[error("cannot decode the replication stream: {0}")]
-    Decode(#[from] pgoutput::DecodeError),
-    #[error(
-        "replication slot `{slot}` is gone but sluice had delivered up to {position}: changes since then may be lost. \
-         Recreate the pipeline deliberately: remove the position file {position_file} (sluice then creates a new slot \
-         and takes a new snapshot), or set `source.snapshot = \"when_needed\"` to do that automatically"
-    )]
-    SlotLost {
-        slot: String,
-        position: Lsn,
-        position_file: String,
-    },
-    #[error(
-        "replication slot `{slot}` is at {confirmed}, past the consistent point {consistent_point} of the snapshot \
-         {position_file} says is under way: the changes in between are gone from the slot, so the snapshot cannot be \
-         carried on. Drop the slot and remove the position file to take it again from the start, or set \
-         `source.snapshot = \"when_needed\"` to do that automatically"
-    )]
-    SnapshotSlotMoved {
-        slot: String,
-        consistent_point: Lsn,
-        confirmed: Lsn,
-        position_file: String,
-    },
-    #[error("replication slot `{slot}` uses the `{plugin}` plugin; sluice needs a `pgoutput` slot: drop it or name another")]
-    WrongPlugin { slot: String, plugin: String },
-    #[error("replication slot `{slot}` belongs to database `{other}`, not `{database}`")]
-    OtherDatabase {
-        slot: String,
-        other: String,
-        database: String,
-    },
-    #[error("replication slot `{slot}` is physical; sluice needs a logical slot")]
-    PhysicalSlot { slot: String },
-    #[error(
-        "the position file {file} was written for {stored}, but source.url reaches {actual}: a position means \
-         nothing on another server. If the database was replaced on purpose, remove the file (sluice then \
-         starts from the slot's position)"
-    )]
-    OtherServer {
-        file: String,
-        stored: SourceIdentity,
-        actual: SourceIdentity,
-    },
-    #[error(
-        "replication slot `{slot}` exists already, and `source.temporary_slot = true` creates the slot itself at \
-         every start: drop it (SELECT pg_drop_replication_slot('{slot}');) or name another slot"
-    )]
-    TemporarySlotExists { slot: String },
-    #[error(
-        "replication slot `{slot}` is in use by another connection: another sluice with this slot, or the \
-         connection of an earlier run that the server has not yet noticed is gone (wal_sender_timeout ends a \
-         streaming one, TCP keepalives any other, and its temporary slot with it). Stop the other reader, or \
-         start again once the slot is gone"
-    )]
-    TemporarySlotInUse { slot: String },
-    #[error(
-        "the connection that held the temporary replication slot `{slot}` was lost ({cause}), and the slot with \
-         it: changes from here on are not captured. The next start creates a new slot and, unless \
-         `source.snapshot = \"never\"`, reads the tables again; use a permanent slot to resume instead"
-    )]
-    TemporarySlotLost { slot: String, cause: String },
-    #[error("replication stream out of order: {0}")]
-    Protocol(String),
-    #[error(transparent)]
-    Stream(#[from] StreamError),
-    #[error(transparent)]
-    Position(#[from] sluice_core::positions::PositionError),
-    #[error("source.url: {0}")]
-    Url(String),
-    #[error("the position file {file} holds a position of another kind of source ({position}); point positions.dir elsewhere or move the file away")]
-    ForeignPosition { file: String, position: String },
-}
-
-impl SourceError {
-    /// A lost or refused connection that reconnecting may cure (server restart, network cut, slot still
-    /// held by the previous connection's server process).
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            SourceError::Replication(err) => err.is_retryable(),
-            SourceError::Catalog(CatalogError::Connect(_)) => true,
-            SourceError::Catalog(CatalogError::Query { source, .. }) => {
-                source.is_closed()
-                    || source
-                        .code()
-                        .is_some_and(|code| super::replication::is_retryable_sqlstate(code.code()))
-            }
-            _ => false,
-        }
-    }
-}
-
-/// What the reader needs to know.
-#[derive(Clone, Debug)]
-pub struct PostgresSettings {
-    pub connection: PgConnection,
-    pub database: String,
-    pub slot: String,
-    /// A temporary slot lives only as long as the connection that created it: it is kept from the slot's
-    /// creation through the snapshot to the end of streaming, and a lost one ends the run.
-    pub slot_lifetime: SlotLifetime,
-    pub publication: String,
-    pub selection: Selection,
-    pub status_interval: Duration,
-    pub snapshot: SnapshotMode,
-    /// Ask for logical decoding messages (`pg_logical_emit_message`) too.
-    pub capture_messages: bool,
-    /// Connections a snapshot reads tables over at the same time.
-    pub snapshot_connections: usize,
-    /// Rows per key range of a large table (the ranges are shared out and recorded one by one).
-    pub snapshot_chunk_rows: u64,
-    pub decimal_handling: DecimalHandling,
-    /// How often to write a heartbeat message into the WAL of the captured database (None: never).
-    pub heartbeat_interval: Option<Duration>,
-}
 
 /// A prepared source: publication and slot in place.
 pub struct PostgresSource {
@@ -212,30 +88,6 @@ pub struct StreamControl {
     pub stop_grace: Duration,
     /// Where the server's WAL end, the connection state and reconnects are reported.
     pub metrics: Arc<dyn sluice_core::metrics::SourceMetrics>,
-}
-
-/// Where an earlier run got to, from the position file.
-#[derive(Clone, Copy, Debug)]
-pub struct Resume<'a> {
-    /// A PostgreSQL position, or a snapshot in progress.
-    pub position: &'a Position,
-    /// None in files written before sluice recorded it.
-    pub identity: Option<&'a SourceIdentity>,
-    pub file: &'a Path,
-}
-
-impl Resume<'_> {
-    pub(super) fn lsn(&self) -> Lsn {
-        self.position.postgres_lsn().unwrap_or_default()
-    }
-
-    /// The snapshot the run that wrote the file was reading and did not finish.
-    pub(super) fn interrupted(&self) -> Option<&PgSnapshotPosition> {
-        match self.position {
-            Position::PostgresSnapshot(progress) if !progress.complete => Some(progress),
-            _ => None,
-        }
-    }
 }
 
 impl PostgresSource {
@@ -731,39 +583,4 @@ pub async fn current_tables(settings: &PostgresSettings) -> Result<Vec<Arc<Table
         tables.push(captured.table);
     }
     Ok(tables)
-}
-
-/// Describing a table takes the catalog, so it is done here; [`Captured::new`] builds the model.
-impl Captured {
-    /// Describes a table from the catalog and loads its model: what a snapshot reads and what comparing
-    /// a contract needs, before any Relation message arrives.
-    pub(super) async fn describe(
-        client: &Client,
-        name: &TableName,
-        selection: &Selection,
-        decimal: DecimalHandling,
-    ) -> Result<(catalog::TableDescription, Captured), SourceError> {
-        let description = catalog::describe_table(client, name).await?;
-        let captured = Captured::load(
-            client,
-            &description.relation,
-            &description.primary_key,
-            selection,
-            decimal,
-        )
-        .await?;
-        Ok((description, captured))
-    }
-
-    /// Looks up the relation's column types in the catalog, then [`Captured::new`].
-    pub(super) async fn load(
-        client: &Client,
-        relation: &Relation,
-        primary_key: &[String],
-        selection: &Selection,
-        decimal: DecimalHandling,
-    ) -> Result<Captured, SourceError> {
-        let resolved = type_catalog::resolve_columns(client, relation, decimal).await?;
-        Ok(Captured::new(relation, primary_key, resolved, selection))
-    }
 }

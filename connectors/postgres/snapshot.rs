@@ -13,12 +13,7 @@
 //! `overlap`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{
-    AtomicU64, AtomicUsize,
-    Ordering::{AcqRel, Relaxed},
-};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -27,29 +22,25 @@ use tokio_postgres::Client;
 use super::catalog::{self, TableName};
 use super::connection::PgConnection;
 use super::decoder::Captured;
+use super::error::SourceError;
 use super::overlap::{self, Overlap};
-use super::reader::SourceError;
 use super::replication::{quote_literal, ReplicationConnection, OUTPUT_SETTINGS};
 use super::snapshot_copy::read_piece;
 // Public before COPY reading had a module of its own.
 pub use super::snapshot_copy::parse_copy_line;
-use super::snapshot_plan::{plan, KeyRange, Next, Plan, Splitting, WorkQueue};
-use super::snapshot_progress::{self, Begun, BegunBefore, Finished};
+use super::snapshot_piece::{KeyRange, Read, RowSender, TableRead};
+use super::snapshot_plan::{plan, Next, Plan, Splitting, WorkQueue};
+use super::snapshot_progress::{self, BegunBefore, Finished};
 use crate::config::{DecimalHandling, Selection};
 use sluice_core::event::{
-    ChangeEvent, Lsn, Op, PgSnapshotPosition, PgTableRead, Position, Row, SnapshotMarker,
-    SourceEvent, SourceInfo, Table,
+    ChangeEvent, Lsn, PgSnapshotPosition, PgTableRead, Position, SnapshotMarker, SourceEvent,
+    SourceInfo,
 };
-use sluice_core::metrics::{SnapshotProgress, SourceMetrics};
+use sluice_core::metrics::SourceMetrics;
 use sluice_core::positions::Journal;
 
 /// Rows on their way from the readers to the one place that marks the last.
 const ROWS_IN_FLIGHT: usize = 1024;
-/// Primary-key types a large table can be split on: ranges of them are plain integer arithmetic.
-const SPLITTABLE_KEY_TYPES: [&str; 3] = ["int2", "int4", "int8"];
-/// How often a table's progress is logged while it is read.
-const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
-
 /// A snapshot ready to be read.
 pub struct Snapshot {
     pub(super) connection: PgConnection,
@@ -90,14 +81,6 @@ pub struct SnapshotOutcome {
     /// Every row of every table was handed on, followed by the Commit that seals the snapshot.
     pub complete: bool,
     pub rows: u64,
-}
-
-/// What reaches the one place that hands rows on: a row, or news that a part of the snapshot begins
-/// (before its first row) or is read.
-enum Read {
-    Row(ChangeEvent),
-    Begun(Begun),
-    Finished(Finished),
 }
 
 impl Snapshot {
@@ -221,11 +204,7 @@ impl Snapshot {
                 decimal: self.decimal_handling,
                 chunk_rows: self.chunk_rows,
                 metrics: metrics.clone(),
-                rows: RowSender {
-                    tx: rows.clone(),
-                    stop: stop.clone(),
-                    source: source.clone(),
-                },
+                rows: RowSender::new(rows.clone(), stop.clone(), source.clone()),
             };
             readers.spawn(reader.run());
         }
@@ -354,9 +333,7 @@ impl Reader {
                 // This reader takes one range; the others go to the front of the queue, for whichever
                 // reader is free first.
                 let first = ranges.pop();
-                table
-                    .pieces
-                    .store(ranges.len() + usize::from(first.is_some()), Relaxed);
+                table.expect_pieces(ranges.len() + usize::from(first.is_some()));
                 splitting.done(&table, ranges);
                 match first {
                     Some(range) => self.piece(&table, Some(&range)).await,
@@ -493,137 +470,6 @@ impl HandOn {
                 .filter(|_| !self.begun_before.overlaps(table, key, low, high));
             snapshot_progress::record(&mut self.progress, &part, read_in);
         }
-    }
-}
-
-/// What a snapshot reader sends its rows through.
-pub(super) struct RowSender {
-    tx: mpsc::Sender<Read>,
-    stop: watch::Receiver<bool>,
-    /// Every snapshot row's source fields.
-    source: SourceInfo,
-}
-
-impl RowSender {
-    /// Hands on a row; false when sluice is stopping or the rows are no longer wanted.
-    pub(super) async fn row(&self, table: &Arc<Table>, after: Row) -> bool {
-        if *self.stop.borrow() {
-            return false;
-        }
-        let event = ChangeEvent {
-            table: table.clone(),
-            op: Op::Read,
-            before: None,
-            after: Some(after),
-            source: self.source.clone(),
-        };
-        self.tx.send(Read::Row(event)).await.is_ok()
-    }
-
-    /// Reports that a part is about to hand on its first row; false when nobody listens.
-    pub(super) async fn begun(&self, table: &TableName, range: Option<&KeyRange>) -> bool {
-        let (low, high) = range.map_or((i64::MIN, i64::MAX), |r| (r.low, r.high));
-        let part = Begun {
-            schema: table.schema.clone(),
-            name: table.name.clone(),
-            key: range.map(|r| r.column.clone()),
-            low,
-            high,
-        };
-        self.tx.send(Read::Begun(part)).await.is_ok()
-    }
-
-    /// Reports a finished part, to be recorded once its rows are handed on; false when nobody listens.
-    pub(super) async fn finished(&self, part: Finished) -> bool {
-        self.tx.send(Read::Finished(part)).await.is_ok()
-    }
-}
-
-/// One table being read, shared by the readers of its pieces.
-pub(super) struct TableRead {
-    pub(super) name: TableName,
-    pub(super) table: Arc<Table>,
-    pub(super) description: catalog::TableDescription,
-    progress: Arc<SnapshotProgress>,
-    /// Pieces not yet finished: the last one to finish reports the table done.
-    pieces: AtomicUsize,
-    started: Instant,
-    /// When progress was last logged (ms after `started`).
-    reported_ms: AtomicU64,
-}
-
-impl TableRead {
-    fn start(
-        name: &TableName,
-        (description, captured): (catalog::TableDescription, Captured),
-        metrics: &dyn SourceMetrics,
-    ) -> Arc<TableRead> {
-        let estimate = description.estimated_rows;
-        tracing::info!(table = %name, estimated_rows = ?estimate, "snapshot of table started");
-        Arc::new(TableRead {
-            name: name.clone(),
-            table: captured.table,
-            progress: metrics.snapshot_table(&name.to_string(), estimate),
-            description,
-            pieces: AtomicUsize::new(1),
-            started: Instant::now(),
-            reported_ms: AtomicU64::new(0),
-        })
-    }
-
-    /// The column a large table can be split on: its primary key, when that is one captured integer column.
-    pub(super) fn split_key(&self) -> Option<String> {
-        let [key] = self.description.primary_key.as_slice() else {
-            return None;
-        };
-        self.table
-            .columns
-            .iter()
-            .any(|c| &c.name == key && SPLITTABLE_KEY_TYPES.contains(&c.source_type.as_str()))
-            .then(|| key.clone())
-    }
-
-    /// `FROM` clause of the queries that read it: `ONLY`, so that a plain table's inheritance children are
-    /// left to their own snapshots, as `COPY table` does; a partitioned table is read through its root.
-    pub(super) fn from(&self) -> String {
-        let only = if self.description.partitioned {
-            ""
-        } else {
-            "ONLY "
-        };
-        format!("{only}{}", self.name.quoted())
-    }
-
-    pub(super) fn counted(&self, rows: u64) {
-        // The progress gauge is the table's count: every piece's reader adds to it.
-        let total = self.progress.rows.fetch_add(rows, Relaxed) + rows;
-        let now_ms = self.started.elapsed().as_millis() as u64;
-        let last = self.reported_ms.load(Relaxed);
-        if now_ms.saturating_sub(last) >= PROGRESS_INTERVAL.as_millis() as u64
-            && self
-                .reported_ms
-                .compare_exchange(last, now_ms, Relaxed, Relaxed)
-                .is_ok()
-        {
-            tracing::info!(table = %self.name, rows = total, estimated_rows = ?self.description.estimated_rows, "snapshot progress");
-        }
-    }
-
-    /// One piece is read: the last one to finish reports the table.
-    pub(super) async fn piece_finished(&self, rows: &RowSender) -> bool {
-        if self.pieces.fetch_sub(1, AcqRel) == 1 {
-            return self.finished(rows).await;
-        }
-        true
-    }
-
-    /// Every piece is read.
-    pub(super) async fn finished(&self, rows: &RowSender) -> bool {
-        self.progress.finished();
-        let read = self.progress.rows.load(Relaxed);
-        let seconds = self.started.elapsed().as_secs_f64();
-        tracing::info!(table = %self.name, rows = read, seconds, "snapshot of table finished");
-        rows.finished(Finished::Table(self.name.clone())).await
     }
 }
 

@@ -7,11 +7,10 @@ use tokio_postgres::Client;
 
 use super::catalog::CatalogError;
 use super::decoder::decode_row;
+use super::error::SourceError;
 use super::pgoutput::{TupleData, TupleValue};
-use super::reader::SourceError;
 use super::replication::quote_ident;
-use super::snapshot::{RowSender, TableRead};
-use super::snapshot_plan::KeyRange;
+use super::snapshot_piece::{KeyRange, RowSender, TableRead};
 use super::snapshot_progress::Finished;
 
 /// Reads one piece of a table with COPY: the whole table, or one key range. False when a row was

@@ -9,9 +9,9 @@ use tokio::sync::Notify;
 use tokio_postgres::Client;
 
 use super::catalog::{self, TableName};
-use super::reader::SourceError;
+use super::error::SourceError;
 use super::replication::quote_ident;
-use super::snapshot::{RowSender, TableRead};
+use super::snapshot_piece::{KeyRange, RowSender, TableRead};
 use super::snapshot_progress::{self, Finished};
 use sluice_core::event::PgTableRead;
 
@@ -141,14 +141,6 @@ impl Drop for Splitting {
         self.0.lock().splitting -= 1;
         self.0.added.notify_waiters();
     }
-}
-
-/// Rows whose one-column integer key lies in `low..=high`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct KeyRange {
-    pub(super) column: String,
-    pub(super) low: i64,
-    pub(super) high: i64,
 }
 
 /// The rows of the table whose key lies in `within`, cut into key ranges of about `chunk_rows` rows each

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use bytes::Bytes;
 
 use super::super::pgoutput::{TupleData, TupleValue};

@@ -15,9 +15,11 @@ use tokio::sync::watch;
 
 use crate::config::PostgresConfig;
 use crate::connection::PgConnection;
-use crate::preflight;
-use crate::reader::{self, PostgresSettings, PostgresSource, Resume, SourceError, StreamControl};
+use crate::error::SourceError;
+use crate::preflight_checks;
+use crate::reader::{self, PostgresSource, StreamControl};
 use crate::replication::SlotLifetime;
+use crate::settings::{PostgresSettings, Resume};
 use crate::snapshot::Snapshot;
 
 /// The PostgreSQL source: one slot, one publication, the selected tables.
@@ -164,7 +166,7 @@ impl Source for PostgresConnector {
     }
 
     async fn check(&self, position: &PositionPeek, report: &mut Report) {
-        preflight::check(&self.settings, &self.shown_url, position, report).await
+        preflight_checks::check(&self.settings, &self.shown_url, position, report).await
     }
 
     async fn stopped(&self, store: &PositionStore) -> Result<(), SourceError> {

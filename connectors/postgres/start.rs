@@ -3,8 +3,9 @@
 //! created (or created again) and whether the tables are read first; `prepare` does what it says.
 
 use super::catalog::SlotInfo;
-use super::reader::{PostgresSettings, Resume, SourceError};
+use super::error::SourceError;
 use super::replication::SlotLifetime;
+use super::settings::{PostgresSettings, Resume};
 use sluice_core::config::SnapshotMode;
 use sluice_core::event::PgSnapshotPosition;
 

@@ -8,75 +8,18 @@
 //! from 1970, arrays of another depth than declared) become [`Value::OutOfRange`] with the reason, for the
 //! encoder to reject.
 //!
-//! Numbers are parsed in `types_numeric`, dates, times and timestamps in `types_temporal`.
+//! Numbers are parsed in `types_numeric`, dates, times and timestamps in `types_temporal`; the error they
+//! share is in `value_error`, and what the catalog says about a type in `type_model`.
 
 use super::structured::{self, ArrayText, StructureError};
-use super::type_catalog::{PgType, PgTypeKind, TypeMap};
+use super::type_model::{PgType, PgTypeKind, TypeMap};
 use super::types_numeric::{parse_float, parse_int, parse_money, parse_numeric};
 use super::types_temporal::{parse_date, parse_time, parse_timestamp};
+use super::value_error::shown;
+// Public here before it had a module of its own.
+pub use super::value_error::ValueError;
 use crate::config::DecimalHandling;
 use sluice_core::event::{ColumnType, RecordField, Value};
-
-/// Inputs longer than this are shortened in error messages.
-const MAX_SHOWN_CHARS: usize = 64;
-
-/// A text value that does not parse as its column's type.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ValueError {
-    #[error("`{text}` is not a valid {type_name}")]
-    Invalid {
-        text: String,
-        type_name: &'static str,
-    },
-    #[error("`{text}` is out of range for {type_name}")]
-    Overflow {
-        text: String,
-        type_name: &'static str,
-    },
-    #[error("`{text}` is not a valid {type_name}: {reason}")]
-    Malformed {
-        text: String,
-        type_name: &'static str,
-        reason: StructureError,
-    },
-    #[error("{type_name} value `{text}` is not valid UTF-8")]
-    InvalidUtf8 {
-        text: String,
-        type_name: &'static str,
-    },
-}
-
-impl ValueError {
-    pub(super) fn invalid(text: &str, type_name: &'static str) -> ValueError {
-        ValueError::Invalid {
-            text: shown(text),
-            type_name,
-        }
-    }
-
-    fn malformed(text: &str, type_name: &'static str, reason: StructureError) -> ValueError {
-        ValueError::Malformed {
-            text: shown(text),
-            type_name,
-            reason,
-        }
-    }
-
-    pub(super) fn overflow(text: &str, type_name: &'static str) -> ValueError {
-        ValueError::Overflow {
-            text: shown(text),
-            type_name,
-        }
-    }
-}
-
-/// The input as shown in an error: at most [`MAX_SHOWN_CHARS`] characters.
-pub(super) fn shown(text: &str) -> String {
-    match text.char_indices().nth(MAX_SHOWN_CHARS) {
-        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
-        None => text.to_owned(),
-    }
-}
 
 // Built-in type OIDs (`pg_type.oid`), fixed across PostgreSQL versions.
 const BOOL: u32 = 16;

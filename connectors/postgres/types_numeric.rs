@@ -1,7 +1,7 @@
 //! Integers, floats, numerics and money in PostgreSQL's text output (`extra_float_digits=3`,
 //! `lc_monetary = C`).
 
-use super::types::ValueError;
+use super::value_error::ValueError;
 use sluice_core::decimal;
 use sluice_core::event::Numeric;
 

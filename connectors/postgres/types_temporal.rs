@@ -1,7 +1,7 @@
 //! Dates, times and timestamps in PostgreSQL's ISO text output (`DateStyle=ISO`, `TimeZone=UTC`), as the
 //! days and microseconds since 1970 that Avro's logical types count.
 
-use super::types::{shown, ValueError};
+use super::value_error::{shown, ValueError};
 use sluice_core::event::Value;
 
 pub(super) const MICROS_PER_SECOND: i64 = 1_000_000;

@@ -1,6 +1,6 @@
 use super::super::types_temporal::{MICROS_PER_DAY, MICROS_PER_SECOND};
 use super::*;
-use crate::type_catalog::FieldType;
+use crate::type_model::FieldType;
 use sluice_core::event::Numeric;
 
 /// [`resolve`] for a built-in type, without a catalog.
