@@ -159,8 +159,9 @@ pub struct PublicationChange {
     pub not_removed: Option<(Vec<TableName>, String)>,
 }
 
-/// Makes the publication exist and cover `tables`. Tables it covers beyond those are left alone (their
-/// events are skipped by the reader), so a publication shared with other consumers is not narrowed.
+/// Makes the publication exist and cover `tables`, and drops from it the tables that left the selection
+/// (when the user may: otherwise they stay, and the reader skips their events). A publication for all
+/// tables is left as it is.
 pub async fn ensure_publication(
     client: &Client,
     publication: &str,
@@ -175,91 +176,121 @@ pub async fn ensure_publication(
         .map_err(query_error(format!(
             "cannot read publication `{publication}`"
         )))?;
-    let list = |tables: &[TableName]| {
-        tables
-            .iter()
-            .map(TableName::quoted)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     match existing {
-        None => {
-            // Changes of a partition are published as changes of its partitioned table, the one the user
-            // named: one topic per table, whatever its partitions.
-            let sql = if tables.is_empty() {
-                format!(
-                    "CREATE PUBLICATION {} WITH (publish_via_partition_root = true)",
-                    quote_ident(publication)
-                )
-            } else {
-                format!(
-                    "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
-                    quote_ident(publication),
-                    list(tables)
-                )
-            };
-            client.batch_execute(&sql).await.map_err(query_error(format!(
-                "cannot create publication `{publication}` (the user must own the tables, or create the publication \
-                 beforehand as a user who does)"
-            )))?;
-            Ok(PublicationChange {
-                created: true,
-                added: tables.to_vec(),
-                ..PublicationChange::default()
-            })
-        }
+        None => create_publication(client, publication, tables).await,
         Some(row) => {
-            if !row.get::<_, bool>(1) {
-                if let Some(table) = partitioned_tables(client, tables).await?.into_iter().next() {
-                    return Err(CatalogError::PartitionsPublishedSeparately {
-                        publication: publication.to_owned(),
-                        table: table.to_string(),
-                    });
-                }
+            let (all_tables, via_root) = (row.get::<_, bool>(0), row.get::<_, bool>(1));
+            if !via_root {
+                refuse_partitions_published_separately(client, publication, tables).await?;
             }
-            if row.get::<_, bool>(0) {
+            if all_tables {
                 return Ok(PublicationChange::default());
             }
-            let covered = published_tables(client, publication).await?;
-            let missing: Vec<TableName> = tables
-                .iter()
-                .filter(|t| !covered.contains(t))
-                .cloned()
-                .collect();
-            if !missing.is_empty() {
-                let sql = format!(
-                    "ALTER PUBLICATION {} ADD TABLE {}",
-                    quote_ident(publication),
-                    list(&missing)
-                );
-                client.batch_execute(&sql).await.map_err(query_error(format!(
-                    "cannot add {} to publication `{publication}` (the user must own the publication and the tables)",
-                    list(&missing)
-                )))?;
-            }
-            // Kept in step with the selection: a table it no longer names is not decoded for nothing.
-            let extra: Vec<TableName> = covered
-                .into_iter()
-                .filter(|t| !tables.contains(t))
-                .collect();
-            let mut change = PublicationChange {
-                added: missing,
-                ..PublicationChange::default()
-            };
-            if !extra.is_empty() {
-                let sql = format!(
-                    "ALTER PUBLICATION {} DROP TABLE {}",
-                    quote_ident(publication),
-                    list(&extra)
-                );
-                match client.batch_execute(&sql).await {
-                    Ok(()) => change.removed = extra,
-                    Err(err) => change.not_removed = Some((extra, describe_pg_error(&err))),
-                }
-            }
-            Ok(change)
+            align_publication(client, publication, tables).await
         }
     }
+}
+
+async fn create_publication(
+    client: &Client,
+    publication: &str,
+    tables: &[TableName],
+) -> Result<PublicationChange, CatalogError> {
+    // Changes of a partition are published as changes of its partitioned table, the one the user
+    // named: one topic per table, whatever its partitions.
+    let sql = if tables.is_empty() {
+        format!(
+            "CREATE PUBLICATION {} WITH (publish_via_partition_root = true)",
+            quote_ident(publication)
+        )
+    } else {
+        format!(
+            "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
+            quote_ident(publication),
+            quoted_list(tables)
+        )
+    };
+    client.batch_execute(&sql).await.map_err(query_error(format!(
+        "cannot create publication `{publication}` (the user must own the tables, or create the publication \
+         beforehand as a user who does)"
+    )))?;
+    Ok(PublicationChange {
+        created: true,
+        added: tables.to_vec(),
+        ..PublicationChange::default()
+    })
+}
+
+/// A publication without `publish_via_partition_root` would publish a selected partitioned table's
+/// changes under its partitions' names.
+async fn refuse_partitions_published_separately(
+    client: &Client,
+    publication: &str,
+    tables: &[TableName],
+) -> Result<(), CatalogError> {
+    match partitioned_tables(client, tables).await?.into_iter().next() {
+        Some(table) => Err(CatalogError::PartitionsPublishedSeparately {
+            publication: publication.to_owned(),
+            table: table.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Adds the selected tables an existing publication misses, and drops those it names beyond them.
+async fn align_publication(
+    client: &Client,
+    publication: &str,
+    tables: &[TableName],
+) -> Result<PublicationChange, CatalogError> {
+    let covered = published_tables(client, publication).await?;
+    let missing: Vec<TableName> = tables
+        .iter()
+        .filter(|t| !covered.contains(t))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        let sql = format!(
+            "ALTER PUBLICATION {} ADD TABLE {}",
+            quote_ident(publication),
+            quoted_list(&missing)
+        );
+        client.batch_execute(&sql).await.map_err(query_error(format!(
+            "cannot add {} to publication `{publication}` (the user must own the publication and the tables)",
+            quoted_list(&missing)
+        )))?;
+    }
+    // Kept in step with the selection: a table it no longer names is not decoded for nothing.
+    let extra: Vec<TableName> = covered
+        .into_iter()
+        .filter(|t| !tables.contains(t))
+        .collect();
+    let mut change = PublicationChange {
+        added: missing,
+        ..PublicationChange::default()
+    };
+    if !extra.is_empty() {
+        let sql = format!(
+            "ALTER PUBLICATION {} DROP TABLE {}",
+            quote_ident(publication),
+            quoted_list(&extra)
+        );
+        // Not fatal: the reader skips the changes of tables it was not asked for.
+        match client.batch_execute(&sql).await {
+            Ok(()) => change.removed = extra,
+            Err(err) => change.not_removed = Some((extra, describe_pg_error(&err))),
+        }
+    }
+    Ok(change)
+}
+
+/// `"a"."b", "c"."d"`: tables as a publication statement lists them.
+fn quoted_list(tables: &[TableName]) -> String {
+    tables
+        .iter()
+        .map(TableName::quoted)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The partitioned tables among `tables`.

@@ -76,6 +76,45 @@ impl Link {
     }
 }
 
+/// The stream's periodic work, kept across the frames of one connection.
+struct Ticks {
+    /// Status updates to the server with the acknowledged position.
+    status: tokio::time::Interval,
+    heartbeat: tokio::time::Interval,
+    /// Whether heartbeats are written at all (`heartbeat` never ticks otherwise).
+    heartbeats: bool,
+    /// Reads of the server's WAL position, for the lag metric.
+    wal_probe: tokio::time::Interval,
+}
+
+impl Ticks {
+    fn new(settings: &PostgresSettings) -> Ticks {
+        let mut status = tokio::time::interval(settings.status_interval);
+        status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let heartbeats = settings.heartbeat_interval;
+        // Never ticked when heartbeats are off; any period will do.
+        let mut heartbeat = tokio::time::interval(heartbeats.unwrap_or(Duration::from_secs(3600)));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut wal_probe = tokio::time::interval(WAL_END_PROBE_INTERVAL);
+        wal_probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticks {
+            status,
+            heartbeat,
+            heartbeats: heartbeats.is_some(),
+            wal_probe,
+        }
+    }
+}
+
+/// What ended a wait for the next frame.
+enum Wake {
+    Frame(Frame),
+    /// Something else was seen to (a status update, a stop request, a heartbeat, …): wait again.
+    Handled,
+    /// Stop reading: the pipeline is gone, or a stop's grace ran out.
+    Stop,
+}
+
 /// How the pipeline and the reader talk besides the event channel.
 pub struct StreamControl {
     pub events: mpsc::Sender<SourceEvent>,
@@ -99,108 +138,21 @@ impl PostgresSource {
     ) -> Result<PostgresSource, SourceError> {
         // The replication connection first: it proves the REPLICATION privilege before anything is changed.
         let mut conn = ReplicationConnection::connect(&settings.connection).await?;
-        let system = conn.identify_system().await?;
-        let identity = SourceIdentity {
-            system_id: system.system_id,
-            database: settings.database.clone(),
-        };
-        tracing::info!(system_id = %identity.system_id, database = %identity.database, timeline = system.timeline, "connected to PostgreSQL");
-        if let Some(Resume {
-            identity: Some(stored),
-            file,
-            ..
-        }) = resume
-        {
-            if *stored != identity {
-                return Err(SourceError::OtherServer {
-                    file: file.display().to_string(),
-                    stored: stored.clone(),
-                    actual: identity,
-                });
-            }
-        }
-
+        let identity = identify(&mut conn, &settings, resume).await?;
         let catalog = catalog::connect(&settings.connection).await?;
         let selected = catalog::resolve_tables(&catalog, &settings.selection).await?;
         let tables: Vec<TableName> = selected.to_vec();
         // The publication must exist before the slot: pgoutput reads it through the slot's historic snapshot.
-        let change = catalog::ensure_publication(&catalog, &settings.publication, &tables).await?;
-        if change.created {
-            tracing::info!(publication = %settings.publication, tables = tables.len(), "created publication");
-        }
-        let names =
-            |tables: &[TableName]| tables.iter().map(ToString::to_string).collect::<Vec<_>>();
-        if !change.created && !change.added.is_empty() {
-            tracing::info!(publication = %settings.publication, added = ?names(&change.added), "added tables to publication");
-        }
-        if !change.removed.is_empty() {
-            tracing::info!(publication = %settings.publication, removed = ?names(&change.removed), "dropped tables that left the selection from the publication");
-        }
-        if let Some((kept, reason)) = &change.not_removed {
-            tracing::warn!(publication = %settings.publication, tables = ?names(kept), reason = %reason, "tables that left the selection stay in the publication: their changes are decoded and skipped");
-        }
+        publish(&catalog, &settings, &tables).await?;
         let slot = catalog::slot_info(&catalog, &settings.slot).await?;
-        // How the run begins: Some(what is read already, exported snapshot) when the tables are read first.
-        let begin = match start::decide(&settings, slot.as_ref(), resume)? {
-            Start::Stream => None,
-            Start::Snapshot(progress) => Some((progress, None)),
-            Start::CreateSlot { snapshot } => {
-                let created = create_slot(&mut conn, &settings, snapshot).await?;
-                snapshot.then_some(created)
-            }
-            Start::RecreateSlot => {
-                conn.drop_slot(&settings.slot).await?;
-                Some(create_slot(&mut conn, &settings, true).await?)
-            }
-        };
-        // An exported snapshot lives as long as the connection that exported it stays idle: it goes with
-        // the snapshot until adopted. A temporary slot lives as long as that connection: it comes back for
-        // streaming. Otherwise the connection's work is done.
-        let temporary = settings.slot_lifetime == SlotLifetime::Temporary;
-        let (progress, exported, temporary_slot) = match begin {
-            Some((progress, Some(name))) => {
-                let (hand_back, lent) = if temporary {
-                    let (hand_back, lent) = oneshot::channel();
-                    (Some(hand_back), Some(SlotConnection::LentToSnapshot(lent)))
-                } else {
-                    (None, None)
-                };
-                let exported = Exported {
-                    connection: conn,
-                    name,
-                    hand_back,
-                };
-                (Some(progress), Some(exported), lent)
-            }
-            other => {
-                let held = if temporary {
-                    Some(SlotConnection::Held(conn))
-                } else {
-                    conn.close().await?;
-                    None
-                };
-                (other.map(|(progress, _)| progress), None, held)
-            }
-        };
-        let snapshot = progress.map(|mut progress| {
-            // What was read of tables no longer selected is forgotten; they are read whole if they return.
-            progress.tables.retain(|read| {
-                tables
-                    .iter()
-                    .any(|table| super::snapshot_progress::is(read, table))
-            });
-            Snapshot {
-                connection: settings.connection.clone(),
-                database: settings.database.clone(),
-                tables: tables.clone(),
-                selection: settings.selection.clone(),
-                decimal_handling: settings.decimal_handling,
-                connections: settings.snapshot_connections,
-                chunk_rows: settings.snapshot_chunk_rows,
-                progress,
-                exported,
-            }
-        });
+        let begin = prepare_slot(&mut conn, &settings, slot.as_ref(), resume).await?;
+        let Placed {
+            progress,
+            exported,
+            temporary_slot,
+        } = place_connection(conn, begin, settings.slot_lifetime).await?;
+        let snapshot =
+            progress.map(|progress| snapshot_to_read(&settings, &tables, progress, exported));
         Ok(PostgresSource {
             settings,
             catalog,
@@ -307,6 +259,39 @@ impl PostgresSource {
         link: &mut Link,
         reconnecting: bool,
     ) -> Result<ReplicationConnection, SourceError> {
+        let mut conn = self.start_streaming(link, reconnecting).await?;
+        let mut ticks = Ticks::new(&self.settings);
+        let mut produced = Vec::new();
+        // On a stop request, read on to the end of the open transaction: a half-published one would repeat.
+        while link.stopping_until.is_none() || decoder.in_transaction() {
+            // A time that never comes until a stop sets one.
+            let give_up_at = link
+                .stopping_until
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
+            let frame = match self.wake(&mut conn, link, &mut ticks, give_up_at).await? {
+                Wake::Frame(frame) => frame,
+                Wake::Handled => continue,
+                Wake::Stop => break,
+            };
+            self.apply_frame(frame, decoder, &mut conn, link, &mut produced)
+                .await?;
+            let handed_on = self
+                .hand_on(&mut produced, &mut conn, link, &mut ticks, give_up_at)
+                .await?;
+            if !handed_on {
+                break;
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Opens the replication connection (or takes the one that holds the temporary slot) and starts
+    /// streaming from the acknowledged position.
+    async fn start_streaming(
+        &mut self,
+        link: &mut Link,
+        reconnecting: bool,
+    ) -> Result<ReplicationConnection, SourceError> {
         let held = match self.temporary_slot.take() {
             Some(held) => Some(held.take(&self.settings.slot).await?),
             None => None,
@@ -331,102 +316,121 @@ impl PostgresSource {
         .await?;
         tracing::info!(slot = %self.settings.slot, from = %link.acked, "streaming");
         link.control.metrics.set_streaming(true);
+        Ok(conn)
+    }
 
-        let mut status = tokio::time::interval(self.settings.status_interval);
-        status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let heartbeats = self.settings.heartbeat_interval;
-        // Never ticked when heartbeats are off; any period will do.
-        let mut heartbeat = tokio::time::interval(heartbeats.unwrap_or(Duration::from_secs(3600)));
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut wal_probe = tokio::time::interval(WAL_END_PROBE_INTERVAL);
-        wal_probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut produced = Vec::new();
+    /// Waits for the next frame, seeing to what comes first meanwhile: status updates, a stop request,
+    /// heartbeats and the WAL probe.
+    async fn wake(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        link: &mut Link,
+        ticks: &mut Ticks,
+        give_up_at: tokio::time::Instant,
+    ) -> Result<Wake, SourceError> {
         let control = &mut link.control;
+        let wake = tokio::select! {
+            frame = conn.next_frame() => Wake::Frame(frame?),
+            // The pipeline failed (and says why): stop reading, report what it acknowledged.
+            _ = control.events.closed() => Wake::Stop,
+            _ = ticks.status.tick() => {
+                link.acked = link.acked.max(*control.acknowledged.borrow_and_update());
+                conn.send_status(link.acked, false).await?;
+                Wake::Handled
+            }
+            _ = control.stop.changed(), if link.stopping_until.is_none() => {
+                link.stopping_until = Some(tokio::time::Instant::now() + control.stop_grace);
+                tracing::info!(within = ?control.stop_grace, "stopping: finishing the open transaction");
+                Wake::Handled
+            }
+            _ = tokio::time::sleep_until(give_up_at), if link.stopping_until.is_some() => {
+                tracing::warn!(waited = ?control.stop_grace, "stopping: the open transaction did not end in time; the part read is sent again on the next run");
+                Wake::Stop
+            }
+            _ = ticks.heartbeat.tick(), if ticks.heartbeats => {
+                self.emit_heartbeat().await;
+                Wake::Handled
+            }
+            _ = ticks.wal_probe.tick() => {
+                self.report_wal_end(control.metrics.as_ref()).await;
+                Wake::Handled
+            }
+        };
+        Ok(wake)
+    }
 
-        // On a stop request, read on to the end of the open transaction: a half-published one would repeat.
-        'reading: while link.stopping_until.is_none() || decoder.in_transaction() {
-            // A time that never comes until a stop sets one.
-            let give_up_at = link
-                .stopping_until
-                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
-            let frame = tokio::select! {
-                frame = conn.next_frame() => frame?,
-                // The pipeline failed (and says why): stop reading, report what it acknowledged.
-                _ = control.events.closed() => break 'reading,
-                _ = status.tick() => {
-                    link.acked = link.acked.max(*control.acknowledged.borrow_and_update());
+    /// Feeds a frame to the decoder, which puts the events it completes in `produced`.
+    async fn apply_frame(
+        &mut self,
+        frame: Frame,
+        decoder: &mut StreamDecoder,
+        conn: &mut ReplicationConnection,
+        link: &mut Link,
+        produced: &mut Vec<SourceEvent>,
+    ) -> Result<(), SourceError> {
+        match frame {
+            Frame::XLogData {
+                wal_start, data, ..
+            } => {
+                let message = pgoutput::decode(&data)?;
+                if let Some(relation) = decoder.apply(message, wal_start, produced)? {
+                    let captured = self.table_for(&relation).await?;
+                    decoder.described(relation.id, captured);
+                }
+            }
+            Frame::Keepalive {
+                wal_end,
+                reply_requested,
+            } => {
+                decoder.idle(wal_end, produced);
+                if reply_requested {
+                    link.refresh_acked();
                     conn.send_status(link.acked, false).await?;
-                    continue;
                 }
-                _ = control.stop.changed(), if link.stopping_until.is_none() => {
-                    link.stopping_until = Some(tokio::time::Instant::now() + control.stop_grace);
-                    tracing::info!(within = ?control.stop_grace, "stopping: finishing the open transaction");
-                    continue;
-                }
-                _ = tokio::time::sleep_until(give_up_at), if link.stopping_until.is_some() => {
-                    tracing::warn!(waited = ?control.stop_grace, "stopping: the open transaction did not end in time; the part read is sent again on the next run");
-                    break 'reading;
-                }
-                _ = heartbeat.tick(), if heartbeats.is_some() => {
-                    self.emit_heartbeat().await;
-                    continue;
-                }
-                _ = wal_probe.tick() => {
-                    self.report_wal_end(control.metrics.as_ref()).await;
-                    continue;
-                }
-            };
-            match frame {
-                Frame::XLogData {
-                    wal_start, data, ..
-                } => {
-                    let message = pgoutput::decode(&data)?;
-                    if let Some(relation) = decoder.apply(message, wal_start, &mut produced)? {
-                        let captured = self.table_for(&relation).await?;
-                        decoder.described(relation.id, captured);
-                    }
-                }
-                Frame::Keepalive {
-                    wal_end,
-                    reply_requested,
-                } => {
-                    decoder.idle(wal_end, &mut produced);
-                    if reply_requested {
+            }
+            Frame::CopyDone => {
+                return Err(SourceError::Protocol(
+                    "the server ended the replication stream".into(),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the produced events to the pipeline; false when reading should stop (the pipeline is gone,
+    /// or a stop's grace ran out while it was full).
+    async fn hand_on(
+        &mut self,
+        produced: &mut Vec<SourceEvent>,
+        conn: &mut ReplicationConnection,
+        link: &mut Link,
+        ticks: &mut Ticks,
+        give_up_at: tokio::time::Instant,
+    ) -> Result<bool, SourceError> {
+        let control = &mut link.control;
+        for event in produced.drain(..) {
+            // Keep answering the server while the pipeline is full, so it does not time the connection out.
+            let permit = loop {
+                tokio::select! {
+                    permit = control.events.reserve() => break permit,
+                    _ = ticks.status.tick() => {
                         link.acked = link.acked.max(*control.acknowledged.borrow_and_update());
                         conn.send_status(link.acked, false).await?;
                     }
-                }
-                Frame::CopyDone => {
-                    return Err(SourceError::Protocol(
-                        "the server ended the replication stream".into(),
-                    ))
-                }
-            }
-            for event in produced.drain(..) {
-                // Keep answering the server while the pipeline is full, so it does not time the connection out.
-                let permit = loop {
-                    tokio::select! {
-                        permit = control.events.reserve() => break permit,
-                        _ = status.tick() => {
-                            link.acked = link.acked.max(*control.acknowledged.borrow_and_update());
-                            conn.send_status(link.acked, false).await?;
-                        }
-                        _ = tokio::time::sleep_until(give_up_at), if link.stopping_until.is_some() => {
-                            tracing::warn!(waited = ?control.stop_grace, "stopping: the pipeline is still full; the open transaction's part read is sent again on the next run");
-                            break 'reading;
-                        }
-                        // While reading waits is when the lag grows: keep measuring it.
-                        _ = wal_probe.tick() => self.report_wal_end(control.metrics.as_ref()).await,
+                    _ = tokio::time::sleep_until(give_up_at), if link.stopping_until.is_some() => {
+                        tracing::warn!(waited = ?control.stop_grace, "stopping: the pipeline is still full; the open transaction's part read is sent again on the next run");
+                        return Ok(false);
                     }
-                };
-                match permit {
-                    Ok(permit) => permit.send(event),
-                    Err(_) => break 'reading,
+                    // While reading waits is when the lag grows: keep measuring it.
+                    _ = ticks.wal_probe.tick() => self.report_wal_end(control.metrics.as_ref()).await,
                 }
+            };
+            match permit {
+                Ok(permit) => permit.send(event),
+                Err(_) => return Ok(false),
             }
         }
-
-        Ok(conn)
+        Ok(true)
     }
 
     /// Lets the pipeline drain (dropping the event sender tells it), then tells the server the final
@@ -546,6 +550,164 @@ pub async fn drop_slot(settings: &PostgresSettings) -> Result<(), SourceError> {
     conn.close().await?;
     tracing::info!(slot = %settings.slot, "dropped replication slot");
     Ok(())
+}
+
+/// The server and database `conn` reaches; an error when `resume` was written for others.
+async fn identify(
+    conn: &mut ReplicationConnection,
+    settings: &PostgresSettings,
+    resume: Option<Resume<'_>>,
+) -> Result<SourceIdentity, SourceError> {
+    let system = conn.identify_system().await?;
+    let identity = SourceIdentity {
+        system_id: system.system_id,
+        database: settings.database.clone(),
+    };
+    tracing::info!(system_id = %identity.system_id, database = %identity.database, timeline = system.timeline, "connected to PostgreSQL");
+    if let Some(Resume {
+        identity: Some(stored),
+        file,
+        ..
+    }) = resume
+    {
+        if *stored != identity {
+            return Err(SourceError::OtherServer {
+                file: file.display().to_string(),
+                stored: stored.clone(),
+                actual: identity,
+            });
+        }
+    }
+    Ok(identity)
+}
+
+/// Makes the publication cover `tables`, and logs what that changed.
+async fn publish(
+    catalog: &Client,
+    settings: &PostgresSettings,
+    tables: &[TableName],
+) -> Result<(), SourceError> {
+    let change = catalog::ensure_publication(catalog, &settings.publication, tables).await?;
+    if change.created {
+        tracing::info!(publication = %settings.publication, tables = tables.len(), "created publication");
+    }
+    let names = |tables: &[TableName]| tables.iter().map(ToString::to_string).collect::<Vec<_>>();
+    if !change.created && !change.added.is_empty() {
+        tracing::info!(publication = %settings.publication, added = ?names(&change.added), "added tables to publication");
+    }
+    if !change.removed.is_empty() {
+        tracing::info!(publication = %settings.publication, removed = ?names(&change.removed), "dropped tables that left the selection from the publication");
+    }
+    if let Some((kept, reason)) = &change.not_removed {
+        tracing::warn!(publication = %settings.publication, tables = ?names(kept), reason = %reason, "tables that left the selection stay in the publication: their changes are decoded and skipped");
+    }
+    Ok(())
+}
+
+/// What is read already and the name of the slot's exported snapshot (if it has one), when the tables are
+/// read before streaming.
+type Begin = Option<(PgSnapshotPosition, Option<String>)>;
+
+/// Does what the start decision says to the slot (create it, or drop and create it again); returns how
+/// the run begins.
+async fn prepare_slot(
+    conn: &mut ReplicationConnection,
+    settings: &PostgresSettings,
+    slot: Option<&catalog::SlotInfo>,
+    resume: Option<Resume<'_>>,
+) -> Result<Begin, SourceError> {
+    Ok(match start::decide(settings, slot, resume)? {
+        Start::Stream => None,
+        Start::Snapshot(progress) => Some((progress, None)),
+        Start::CreateSlot { snapshot } => {
+            let created = create_slot(conn, settings, snapshot).await?;
+            snapshot.then_some(created)
+        }
+        Start::RecreateSlot => {
+            conn.drop_slot(&settings.slot).await?;
+            Some(create_slot(conn, settings, true).await?)
+        }
+    })
+}
+
+/// Where the replication connection went once the slot was prepared, and what the snapshot (if any)
+/// starts from.
+struct Placed {
+    progress: Option<PgSnapshotPosition>,
+    /// With the snapshot, when the slot exported one.
+    exported: Option<Exported>,
+    /// Kept for streaming, when the slot is temporary.
+    temporary_slot: Option<SlotConnection>,
+}
+
+/// Where the replication connection goes once the slot is prepared. An exported snapshot lives as long as
+/// the connection that exported it stays idle: it goes with the snapshot until adopted. A temporary slot
+/// lives as long as that connection: it comes back for streaming. Otherwise the connection's work is done.
+async fn place_connection(
+    conn: ReplicationConnection,
+    begin: Begin,
+    lifetime: SlotLifetime,
+) -> Result<Placed, SourceError> {
+    let temporary = lifetime == SlotLifetime::Temporary;
+    Ok(match begin {
+        Some((progress, Some(name))) => {
+            let (hand_back, lent) = if temporary {
+                let (hand_back, lent) = oneshot::channel();
+                (Some(hand_back), Some(SlotConnection::LentToSnapshot(lent)))
+            } else {
+                (None, None)
+            };
+            let exported = Exported {
+                connection: conn,
+                name,
+                hand_back,
+            };
+            Placed {
+                progress: Some(progress),
+                exported: Some(exported),
+                temporary_slot: lent,
+            }
+        }
+        other => {
+            let held = if temporary {
+                Some(SlotConnection::Held(conn))
+            } else {
+                conn.close().await?;
+                None
+            };
+            Placed {
+                progress: other.map(|(progress, _)| progress),
+                exported: None,
+                temporary_slot: held,
+            }
+        }
+    })
+}
+
+/// The snapshot this run reads, from `progress` on, of the selected `tables`.
+fn snapshot_to_read(
+    settings: &PostgresSettings,
+    tables: &[TableName],
+    mut progress: PgSnapshotPosition,
+    exported: Option<Exported>,
+) -> Snapshot {
+    // What was read of tables no longer selected is forgotten; they are read whole if they return.
+    progress.tables.retain(|read| {
+        tables
+            .iter()
+            .any(|table| super::snapshot_progress::is(read, table))
+    });
+    Snapshot {
+        connection: settings.connection.clone(),
+        database: settings.database.clone(),
+        tables: tables.to_vec(),
+        selection: settings.selection.clone(),
+        decimal_handling: settings.decimal_handling,
+        connections: settings.snapshot_connections,
+        chunk_rows: settings.snapshot_chunk_rows,
+        progress,
+        exported,
+    }
 }
 
 /// Creates the slot; returns a snapshot with nothing read yet at its consistent point and, when asked for,
