@@ -14,8 +14,6 @@ use sluice_core::event::{Position, SourceEvent};
 use sluice_core::positions::{PositionError, PositionStore};
 use sluice_core::source::{Committer, SourceContext};
 use sluice_core::Source;
-use sluice_mongodb::source::MongodbConnector;
-use sluice_postgres::source::PostgresConnector;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub mod ack;
@@ -33,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::registry::{RegistryClient, RegistrySettings};
 use crate::shutdown::StopDeadline;
 use crate::sink::{FailedDelivery, Sink, SinkSettings};
+use crate::sources::{with_source, SourceVisitor, Unbuildable};
 use ack::AckTracker;
 use publish::{Core, Publisher};
 use schemas::SchemaDirectory;
@@ -43,18 +42,27 @@ const EVENT_BUFFER: usize = 4096;
 /// How often the broker is asked whether it answers, and how long it has to answer.
 const BROKER_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Runs until `stop` becomes true (then drains and returns Ok) or something fails. The config's one
-/// match on the source kind: everything after it is the same for every source.
+/// Runs until `stop` becomes true (then drains and returns Ok) or something fails: [`run_source`] with the
+/// connector of the config's source ([`with_source`]); everything after that is the same for every source.
 pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), PipelineError> {
-    match &config.source {
-        config::Source::Postgres(source) => {
-            let connector = PostgresConnector::new(source).map_err(PipelineError::source)?;
-            run_source(config, connector, stop).await
-        }
-        config::Source::Mongodb(source) => {
-            let prefix = config.sink.topic_prefix.get_ref().as_str();
-            run_source(config, MongodbConnector::new(source, prefix), stop).await
-        }
+    with_source(config, Run { config, stop }).await
+}
+
+/// `run` for the configured source.
+struct Run<'c> {
+    config: &'c Config,
+    stop: watch::Receiver<bool>,
+}
+
+impl SourceVisitor for Run<'_> {
+    type Output = Result<(), PipelineError>;
+
+    async fn visit<S: Source>(self, source: S) -> Result<(), PipelineError> {
+        run_source(self.config, source, self.stop).await
+    }
+
+    fn unbuildable(self, failure: Unbuildable<'_>) -> Result<(), PipelineError> {
+        Err(PipelineError::Source(failure.error))
     }
 }
 
