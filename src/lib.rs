@@ -2,7 +2,8 @@
 //!
 //! The modules follow the data: `connectors` read a source's log into the change-event model (`event`);
 //! `avro` encodes events (schemas through `registry`); `sink` publishes them; `positions` remembers what the
-//! broker acknowledged; `pipeline` wires those together; `config` and `preflight` face the operator.
+//! broker acknowledged; `pipeline` wires those together; `config` and `preflight` face the operator, and
+//! `sources` is where `[source]` becomes its connector, for `pipeline` and `preflight` alike.
 
 pub mod api;
 pub mod avro;
@@ -15,4 +16,5 @@ pub mod preflight;
 pub mod registry;
 pub mod shutdown;
 pub mod sink;
+pub mod sources;
 pub mod tail;

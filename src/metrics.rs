@@ -16,14 +16,9 @@ use sluice_core::metrics::SourceMetrics;
 use sluice_core::positions::now_ms;
 
 mod exposition;
+pub mod histogram;
 
-/// Upper bounds (microseconds) of the latency histograms' buckets: fine up to 100 ms, where a healthy
-/// pipeline's latencies fall (50 ms, the benchmark's target, is a bound of its own), coarse beyond.
-const LATENCY_BUCKETS_US: [u64; 22] = [
-    1_000, 2_000, 3_000, 5_000, 7_500, 10_000, 15_000, 20_000, 25_000, 30_000, 40_000, 50_000,
-    75_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000,
-    60_000_000,
-];
+use histogram::Histogram;
 
 pub struct Metrics {
     state: Arc<State>,
@@ -83,35 +78,6 @@ struct Counters {
 }
 
 pub use sluice_core::metrics::SnapshotProgress;
-
-/// A latency histogram, updated lock-free from any thread.
-#[derive(Default)]
-pub struct Histogram {
-    /// Cumulative counts are computed at render time; these are per bucket, the last one is +Inf.
-    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
-    sum_us: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    pub fn observe_us(&self, us: u64) {
-        let bucket = LATENCY_BUCKETS_US
-            .iter()
-            .position(|bound| us <= *bound)
-            .unwrap_or(LATENCY_BUCKETS_US.len());
-        self.buckets[bucket].fetch_add(1, Relaxed);
-        self.sum_us.fetch_add(us, Relaxed);
-        self.count.fetch_add(1, Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Relaxed)
-    }
-
-    pub fn sum_us(&self) -> u64 {
-        self.sum_us.load(Relaxed)
-    }
-}
 
 /// Why `/health/ready` says no, if it does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

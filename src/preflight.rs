@@ -5,39 +5,47 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config::{redact_secrets, Config, SinkKind, Source};
+use crate::config::{redact_secrets, Config, SinkKind};
 use crate::contracts::Contracts;
 use crate::registry::{RegistryClient, RegistryError, RegistrySettings};
 use crate::sink::{Sink, SinkSettings};
+use crate::sources::{with_source, SourceVisitor, Unbuildable};
 use sluice_core::check::Report;
 use sluice_core::positions::PositionPeek;
-use sluice_mongodb::source::MongodbConnector;
+use sluice_core::Source;
 
 /// The source's lines first, then the broker's and the registry's.
 pub async fn run(config: &Config) -> Report {
     let mut report = Report::default();
-    match &config.source {
-        Source::Postgres(source) => {
-            if let Some(connector) = sluice_postgres::preflight::connector(source, &mut report) {
-                check_source(config, &connector, &mut report).await;
-            }
-        }
-        Source::Mongodb(source) => {
-            let prefix = config.sink.topic_prefix.get_ref().as_str();
-            let connector = MongodbConnector::new(source, prefix);
-            check_source(config, &connector, &mut report).await;
-        }
-    }
+    let checking = CheckSource {
+        config,
+        report: &mut report,
+    };
+    with_source(config, checking).await;
     check_broker(config, &mut report);
     check_registry(config, &mut report).await;
     report
 }
 
-/// Any source's checks, told what its position file holds (read, not created).
-async fn check_source<S: sluice_core::Source>(config: &Config, source: &S, report: &mut Report) {
-    let dir = Path::new(config.positions.dir.get_ref().as_str());
-    let position = PositionPeek::read(dir, &source.position_key());
-    source.check(&position, report).await;
+/// The configured source's lines.
+struct CheckSource<'a> {
+    config: &'a Config,
+    report: &'a mut Report,
+}
+
+impl SourceVisitor for CheckSource<'_> {
+    type Output = ();
+
+    /// Any source's checks, told what its position file holds (read, not created).
+    async fn visit<S: Source>(self, source: S) {
+        let dir = Path::new(self.config.positions.dir.get_ref().as_str());
+        let position = PositionPeek::read(dir, &source.position_key());
+        source.check(&position, self.report).await;
+    }
+
+    fn unbuildable(self, failure: Unbuildable<'_>) {
+        failure.report(self.report);
+    }
 }
 
 fn check_broker(config: &Config, report: &mut Report) {

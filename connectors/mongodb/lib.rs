@@ -1,15 +1,23 @@
-//! MongoDB: change streams read through the official driver, each event converted into the change-event
-//! model (`change`), resumed from the resume token of the last event the broker acknowledged (`reader`);
-//! the documents already there are read first (`snapshot`). Where change streams are not available the
-//! oplog is tailed instead (`oplog_tail`), its entries converted by `oplog`.
+//! MongoDB: change streams read through the official driver (`change_stream`), each event converted into
+//! the change-event model (`change`), resumed from the resume token of the last event the broker
+//! acknowledged; the documents already there are read first (`snapshot`). Where change streams are not
+//! available the oplog is tailed instead (`oplog_tail`), its entries converted by `oplog`. `reader` runs
+//! the snapshot and the capture in turn; what they share is below them: the connected source
+//! (`connection`), the channel to the pipeline and the retry policy (`control`), the collection filter
+//! (`selection`) and the errors (`error`).
 
 pub mod change;
+pub mod change_stream;
 pub mod config;
+pub mod connection;
+pub mod control;
+pub mod error;
 #[cfg(test)]
 mod malformed_fixtures;
 pub mod oplog;
 pub mod oplog_tail;
 pub mod preflight;
 pub mod reader;
+pub mod selection;
 pub mod snapshot;
 pub mod source;

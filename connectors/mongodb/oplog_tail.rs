@@ -15,9 +15,11 @@ use mongodb::bson::{doc, Bson, Document, Timestamp};
 use mongodb::error::Error as DriverError;
 use mongodb::options::CursorType;
 
-use super::change::bson_from_canonical;
+use super::change::{bson_from_canonical, canonical_json};
+use super::connection::MongodbSource;
+use super::control::{send, DocumentStreamControl, Ended};
 use super::oplog::{self, OplogKind};
-use super::reader::{send, DocumentStreamControl, Ended, MongodbSource};
+use super::selection::report_ddl;
 use crate::config::FullDocument;
 use sluice_core::backoff::Backoff;
 use sluice_core::event::{DocumentChange, Op, Position, SourceEvent};
@@ -161,7 +163,7 @@ impl MongodbSource {
                 namespace,
                 to,
             } => {
-                super::reader::report_ddl(
+                report_ddl(
                     &self.settings.selection,
                     &operation,
                     &namespace,
@@ -220,7 +222,7 @@ impl MongodbSource {
             .collection::<Document>(&change.collection)
             .find_one(doc! { "_id": id })
             .await?;
-        Ok(found.map(|document| super::change::canonical_json(&Bson::Document(document))))
+        Ok(found.map(|document| canonical_json(&Bson::Document(document))))
     }
 }
 

@@ -7,8 +7,9 @@ use mongodb::Client;
 
 use mongodb::options::Hint;
 
+use super::connection::{client, topology, MongodbSettings};
 use super::oplog_tail::oplog_edge_ts;
-use super::reader::{client, selection_filter, topology, MongodbSettings};
+use super::selection::selection_filter;
 use super::snapshot::{selected_collections, selected_databases};
 use crate::config::{BeforeImage, Capture, FullDocument};
 use sluice_core::check::Report;

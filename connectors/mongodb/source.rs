@@ -12,8 +12,11 @@ use sluice_core::positions::{PositionPeek, PositionStore, StoredPosition};
 use sluice_core::source::{Committer, Source, SourceContext, StoreOnly};
 
 use crate::config::{Capture, MongodbSourceConfig};
+use crate::connection::{MongodbSettings, MongodbSource};
+use crate::control::DocumentStreamControl;
+use crate::error::MongodbError;
 use crate::preflight;
-use crate::reader::{DocumentStreamControl, MongodbError, MongodbSettings, MongodbSource, Start};
+use crate::reader::Start;
 use crate::snapshot::SnapshotShape;
 
 /// A MongoDB deployment read through one change stream (or the oplog).

@@ -1,7 +1,7 @@
 //! `/metrics`: the counters and gauges through prometheus-client (names, label escaping, number
 //! formatting), read from [`State`] on each scrape; the two latency histograms by hand (see [`histograms`]).
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::TypedMetric;
 
-use super::{Histogram, SnapshotProgress, State, LATENCY_BUCKETS_US};
+use super::{SnapshotProgress, State};
 
 /// Reads the metrics' state on each scrape. Names are given without the `_total` that the encoder appends
 /// to a counter's.
@@ -180,40 +180,16 @@ fn single(
 /// `le="0.050"`, `le="1.000"`: a changed `le` is a new series to Prometheus 2 and to every query that
 /// names a bucket.
 pub(super) fn histograms(state: &State, out: &mut String) {
-    render(
-        &state.latency,
+    state.latency.render(
         out,
         "sluice_broker_ack_latency_seconds",
         "Time from handing a message to the producer to the broker's acknowledgement.",
     );
     if let Some(tracker) = state.tracker.get() {
-        render(
-            tracker.commit_to_ack(),
+        tracker.commit_to_ack().render(
             out,
             "sluice_commit_to_ack_seconds",
             "Time from a transaction's commit in the source (its clock) to the broker's acknowledgement of its last event.",
         );
     }
-}
-
-fn render(histogram: &Histogram, out: &mut String, name: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-    let mut cumulative = 0;
-    for (i, count) in histogram.buckets.iter().enumerate() {
-        cumulative += count.load(Relaxed);
-        let bound = LATENCY_BUCKETS_US
-            .get(i)
-            .map_or_else(|| "+Inf".to_owned(), |us| format_seconds_us(*us));
-        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-    }
-    let sum = format_seconds_us(histogram.sum_us.load(Relaxed));
-    let _ = writeln!(out, "{name}_sum {sum}");
-    let _ = writeln!(out, "{name}_count {}", histogram.count.load(Relaxed));
-}
-
-/// Seconds with at least three decimals, more only where the value has them (`0.001`, `0.0075`).
-fn format_seconds_us(us: u64) -> String {
-    let text = format!("{}.{:06}", us / 1_000_000, us % 1_000_000);
-    let keep = text.trim_end_matches('0').len().max(text.len() - 3);
-    text[..keep].to_owned()
 }

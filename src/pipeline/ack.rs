@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
-use crate::metrics::Histogram;
+use crate::metrics::histogram::Histogram;
 use sluice_core::event::Position;
 use sluice_core::positions::now_us;
 

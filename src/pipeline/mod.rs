@@ -14,23 +14,24 @@ use sluice_core::event::{Position, SourceEvent};
 use sluice_core::positions::{PositionError, PositionStore};
 use sluice_core::source::{Committer, SourceContext};
 use sluice_core::Source;
-use sluice_mongodb::source::MongodbConnector;
-use sluice_postgres::source::PostgresConnector;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub mod ack;
+mod error;
 mod publish;
 mod schemas;
 pub mod transform;
 
+pub use error::PipelineError;
 pub(crate) use publish::{check_document_contract, collection_of_topic};
 
 use crate::config::{self, Config, SinkKind};
-use crate::contracts::{ContractError, Contracts};
+use crate::contracts::Contracts;
 use crate::metrics::Metrics;
-use crate::registry::{RegistryClient, RegistryError, RegistrySettings};
+use crate::registry::{RegistryClient, RegistrySettings};
 use crate::shutdown::StopDeadline;
-use crate::sink::{FailedDelivery, Sink, SinkError, SinkSettings};
+use crate::sink::{FailedDelivery, Sink, SinkSettings};
+use crate::sources::{with_source, SourceVisitor, Unbuildable};
 use ack::AckTracker;
 use publish::{Core, Publisher};
 use schemas::SchemaDirectory;
@@ -41,58 +42,27 @@ const EVENT_BUFFER: usize = 4096;
 /// How often the broker is asked whether it answers, and how long it has to answer.
 const BROKER_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
-#[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
-    #[error(transparent)]
-    Position(#[from] PositionError),
-    #[error(transparent)]
-    Sink(#[from] SinkError),
-    /// The source failed; its message says what to do.
-    #[error(transparent)]
-    Source(Box<dyn std::error::Error + Send + Sync>),
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-    #[error("the dead-letter topic `{topic}` refused a message ({reason}); stopping without acknowledging it")]
-    DeadLetterRefused { topic: String, reason: String },
-    #[error(transparent)]
-    Contract(#[from] ContractError),
-    #[error(transparent)]
-    Api(#[from] crate::api::ApiError),
-    #[error("cannot write the schema file {path}: {source}")]
-    SchemaFile {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the schemas topic `{topic}` refused a schema ({reason}); consumers could not read the messages that use it, so sluice stops")]
-    SchemaTopicRefused { topic: String, reason: String },
-    #[error("the schema registry refused the dead-letter schema: {0}")]
-    DeadLetterSchema(String),
-    #[error("stopped while the schema registry was unreachable: {0}")]
-    StoppedWaitingForRegistry(RegistryError),
-    #[error("the broker did not acknowledge {outstanding} messages within the shutdown bound ({timeout:?}); they will be sent again on restart")]
-    DrainTimeout { outstanding: u64, timeout: Duration },
-    #[error("the source reader stopped unexpectedly")]
-    ReaderGone,
-}
-
-impl PipelineError {
-    fn source(err: impl std::error::Error + Send + Sync + 'static) -> PipelineError {
-        PipelineError::Source(Box::new(err))
-    }
-}
-
-/// Runs until `stop` becomes true (then drains and returns Ok) or something fails. The config's one
-/// match on the source kind: everything after it is the same for every source.
+/// Runs until `stop` becomes true (then drains and returns Ok) or something fails: [`run_source`] with the
+/// connector of the config's source ([`with_source`]); everything after that is the same for every source.
 pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), PipelineError> {
-    match &config.source {
-        config::Source::Postgres(source) => {
-            let connector = PostgresConnector::new(source).map_err(PipelineError::source)?;
-            run_source(config, connector, stop).await
-        }
-        config::Source::Mongodb(source) => {
-            let prefix = config.sink.topic_prefix.get_ref().as_str();
-            run_source(config, MongodbConnector::new(source, prefix), stop).await
-        }
+    with_source(config, Run { config, stop }).await
+}
+
+/// `run` for the configured source.
+struct Run<'c> {
+    config: &'c Config,
+    stop: watch::Receiver<bool>,
+}
+
+impl SourceVisitor for Run<'_> {
+    type Output = Result<(), PipelineError>;
+
+    async fn visit<S: Source>(self, source: S) -> Result<(), PipelineError> {
+        run_source(self.config, source, self.stop).await
+    }
+
+    fn unbuildable(self, failure: Unbuildable<'_>) -> Result<(), PipelineError> {
+        Err(PipelineError::Source(failure.error))
     }
 }
 

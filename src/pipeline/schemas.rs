@@ -8,12 +8,14 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::publish::Core;
-use super::PipelineError;
+use tokio::sync::watch;
+
+use super::ack::AckTracker;
+use super::error::PipelineError;
 use crate::avro::{AvroSchema, Fingerprint, SchemaRef, TableSchemas};
 use crate::config::SubjectNameStrategy;
 use crate::registry::{self, RegistryClient, SchemaPart};
-use crate::sink::{MessageKind, Outgoing};
+use crate::sink::{MessageKind, Outgoing, Sink, SinkError};
 use sluice_core::positions::write_atomically;
 
 /// The registry, or the schemas topic and directory.
@@ -67,16 +69,26 @@ impl SchemaDirectory {
 /// A registry that stays down longer than this between attempts is asked again no later than this.
 const MAX_REGISTRY_BACKOFF: Duration = Duration::from_secs(10);
 
-impl Core {
+/// What putting a schema on its way takes from the publishing loop: the sink (for the schemas topic),
+/// the tracker (the position waits for a published schema as for an event) and the stop request (which
+/// ends a wait for the registry).
+pub struct Outlet<'a> {
+    pub sink: &'a mut Sink,
+    pub tracker: &'a AckTracker,
+    pub stop: &'a mut watch::Receiver<bool>,
+}
+
+impl SchemaDirectory {
     /// The key and value schema references of a topic's schemas. `Ok(Err(reason))` is a refusal of the
     /// schema itself (the events go to the dead-letter topic); `Err` stops the pipeline.
-    pub(super) async fn schema_refs(
+    pub async fn schema_refs(
         &mut self,
+        outlet: &mut Outlet<'_>,
         schemas: &TableSchemas,
     ) -> Result<Result<(Option<SchemaRef>, SchemaRef), String>, PipelineError> {
         let key = match &schemas.key {
             Some(key) => match self
-                .schema_ref(&schemas.topic, SchemaPart::Key, key)
+                .schema_ref(outlet, &schemas.topic, SchemaPart::Key, key)
                 .await?
             {
                 Ok(found) => Some(found),
@@ -85,31 +97,36 @@ impl Core {
             None => None,
         };
         let value = self
-            .schema_ref(&schemas.topic, SchemaPart::Value, &schemas.value)
+            .schema_ref(outlet, &schemas.topic, SchemaPart::Value, &schemas.value)
             .await?;
         Ok(value.map(|value| (key, value)))
     }
 
-    pub(super) async fn schema_ref(
+    /// One schema's reference: registered, or published to the schemas topic.
+    pub async fn schema_ref(
         &mut self,
+        outlet: &mut Outlet<'_>,
         topic: &str,
         part: SchemaPart,
         schema: &AvroSchema,
     ) -> Result<Result<SchemaRef, String>, PipelineError> {
-        match &self.schemas {
-            SchemaDirectory::Registry { .. } => self.register(topic, part, schema).await,
-            SchemaDirectory::Topic { .. } => self.publish_schema(topic, part, schema).await,
+        match self {
+            SchemaDirectory::Registry { .. } => {
+                self.register(outlet.stop, topic, part, schema).await
+            }
+            SchemaDirectory::Topic { .. } => self.publish_schema(outlet, topic, part, schema).await,
         }
     }
 
     /// Registers a schema, retrying with backoff while the registry is unreachable; events wait meanwhile.
     async fn register(
-        &mut self,
+        &self,
+        stop: &mut watch::Receiver<bool>,
         topic: &str,
         part: SchemaPart,
         schema: &AvroSchema,
     ) -> Result<Result<SchemaRef, String>, PipelineError> {
-        let SchemaDirectory::Registry { client, strategy } = &self.schemas else {
+        let SchemaDirectory::Registry { client, strategy } = self else {
             unreachable!("register is only called with a registry");
         };
         let subject = registry::subject(
@@ -123,13 +140,13 @@ impl Core {
             match client.register(&subject, &schema.json).await {
                 Ok(id) => return Ok(Ok(SchemaRef::RegistryId(id))),
                 Err(err) if err.is_retryable() => {
-                    if *self.stop.borrow() {
+                    if *stop.borrow() {
                         return Err(PipelineError::StoppedWaitingForRegistry(err));
                     }
                     tracing::warn!(error = %err, subject, retry_in = ?delay, "schema registry unavailable; events wait");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        Ok(()) = self.stop.changed() => {}
+                        Ok(()) = stop.changed() => {}
                     }
                     delay = (delay * 2).min(MAX_REGISTRY_BACKOFF);
                 }
@@ -146,6 +163,7 @@ impl Core {
     /// messages decode wrongly.
     async fn publish_schema(
         &mut self,
+        outlet: &mut Outlet<'_>,
         topic: &str,
         part: SchemaPart,
         schema: &AvroSchema,
@@ -155,7 +173,7 @@ impl Core {
             dir,
             known,
             published,
-        } = &self.schemas
+        } = &*self
         else {
             unreachable!("publish_schema is only called without a registry");
         };
@@ -183,8 +201,13 @@ impl Core {
         if let Err(source) = written {
             return Err(PipelineError::SchemaFile { path, source });
         }
-        self.sink
-            .ensure_topic_with(&schemas_topic, &[("cleanup.policy", "compact")], &self.stop)
+        outlet
+            .sink
+            .ensure_topic_with(
+                &schemas_topic,
+                &[("cleanup.policy", "compact")],
+                outlet.stop,
+            )
             .await?;
         let headers: [(&str, &[u8]); 3] = [
             ("sluice.schema.fingerprint", hex.as_bytes()),
@@ -198,23 +221,25 @@ impl Core {
             headers: &headers,
         };
         // Tracked like an event as well: the position waits for the schema.
-        let ordinal = self.tracker.register();
-        let refused = |err: crate::sink::SinkError| PipelineError::SchemaTopicRefused {
+        let ordinal = outlet.tracker.register();
+        let refused = |err: SinkError| PipelineError::SchemaTopicRefused {
             topic: schemas_topic.clone(),
             reason: err.to_string(),
         };
-        self.sink
+        outlet
+            .sink
             .send(&record, ordinal, MessageKind::Schema)
             .await
             .map_err(refused)?;
-        self.sink
-            .schema_delivered(&self.stop)
+        outlet
+            .sink
+            .schema_delivered(outlet.stop)
             .await
             .map_err(refused)?;
         tracing::info!(fingerprint = %hex, topic, part = part.as_str(), file = %path.display(), "schema published");
         if let SchemaDirectory::Topic {
             known, published, ..
-        } = &mut self.schemas
+        } = self
         {
             known.insert(fingerprint, schema.json.clone());
             published.insert(fingerprint);

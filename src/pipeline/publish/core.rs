@@ -9,17 +9,18 @@ use sluice_core::positions::now_ms;
 use tokio::sync::{mpsc, watch};
 
 use super::super::ack::AckTracker;
-use super::super::schemas::SchemaDirectory;
-use super::super::PipelineError;
-use crate::avro::{self, SchemaRef, TableSchemas};
+use super::super::error::PipelineError;
+use super::super::schemas::{Outlet, SchemaDirectory};
+use crate::avro::{AvroSchema, SchemaRef, TableSchemas};
 use crate::contracts::Contracts;
 use crate::deadletter::{self, DeadLetter, Failure, Stage};
 use crate::metrics::Metrics;
+use crate::registry::SchemaPart;
 use crate::shutdown::StopDeadline;
 use crate::sink::{is_too_large, FailedDelivery, MessageKind, Outgoing, Sink};
 
 /// Why an event is not published as it is, and what its dead letter carries.
-pub(in crate::pipeline) struct Rejection<'e> {
+pub(super) struct Rejection<'e> {
     pub stage: Stage,
     /// The topic the event was meant for.
     pub topic: String,
@@ -32,7 +33,7 @@ pub(in crate::pipeline) struct Rejection<'e> {
 }
 
 /// An event published, or the reason it goes to the dead-letter topic instead.
-pub(in crate::pipeline) type Encoded<'e> = Result<(), Rejection<'e>>;
+pub(super) type Encoded<'e> = Result<(), Rejection<'e>>;
 
 impl<'e> Rejection<'e> {
     /// A rejection of `subject` for `topic`, not yet registered with the tracker.
@@ -49,7 +50,7 @@ impl<'e> Rejection<'e> {
 }
 
 /// What a dead letter carries of the rejected event, in the source's own terms where there are some.
-pub(in crate::pipeline) enum Subject<'e> {
+pub(super) enum Subject<'e> {
     Change(&'e ChangeEvent),
     Document(&'e DocumentChange),
     Undecodable(&'e UndecodableChange),
@@ -62,7 +63,7 @@ pub(in crate::pipeline) enum Subject<'e> {
 }
 
 /// What became of a message handed to the broker.
-pub(in crate::pipeline) enum Delivery {
+pub(super) enum Delivery {
     Sent,
     /// The broker refused this message for good (too large, invalid): it belongs on the dead-letter topic
     /// under the same ordinal.
@@ -74,7 +75,7 @@ pub(in crate::pipeline) enum Delivery {
 
 /// A topic whose records all have the same key and value schemas (messages, transaction metadata, a
 /// MongoDB collection).
-pub(in crate::pipeline) struct FixedTopic {
+pub(super) struct FixedTopic {
     pub topic: String,
     schemas: TableSchemas,
     /// Key and value schemas, once registered or published.
@@ -95,7 +96,9 @@ impl FixedTopic {
     }
 }
 
-pub(in crate::pipeline) struct Core {
+/// The publishing loop's state that every encoder publishes through. `pipeline::start` builds it; its
+/// methods serve this module.
+pub struct Core {
     pub sink: Sink,
     pub schemas: SchemaDirectory,
     pub tracker: Arc<AckTracker>,
@@ -149,8 +152,40 @@ impl Core {
         }
     }
 
+    /// The key and value schema references of a topic's schemas, from the schema directory.
+    /// `Ok(Err(reason))` is a refusal of the schema itself (the events go to the dead-letter topic); `Err`
+    /// stops the pipeline.
+    pub(super) async fn schema_refs(
+        &mut self,
+        schemas: &TableSchemas,
+    ) -> Result<Result<(Option<SchemaRef>, SchemaRef), String>, PipelineError> {
+        let mut outlet = Outlet {
+            sink: &mut self.sink,
+            tracker: &self.tracker,
+            stop: &mut self.stop,
+        };
+        self.schemas.schema_refs(&mut outlet, schemas).await
+    }
+
+    /// One schema's reference, from the schema directory.
+    async fn schema_ref(
+        &mut self,
+        topic: &str,
+        part: SchemaPart,
+        schema: &AvroSchema,
+    ) -> Result<Result<SchemaRef, String>, PipelineError> {
+        let mut outlet = Outlet {
+            sink: &mut self.sink,
+            tracker: &self.tracker,
+            stop: &mut self.stop,
+        };
+        self.schemas
+            .schema_ref(&mut outlet, topic, part, schema)
+            .await
+    }
+
     /// Hands a message to the broker under a new ordinal.
-    pub async fn send(
+    pub(super) async fn send(
         &mut self,
         message: &Outgoing<'_>,
         kind: MessageKind,
@@ -167,7 +202,7 @@ impl Core {
     }
 
     /// A tombstone (null value) for `key`, which follows a delete so that compaction can drop the key.
-    pub async fn send_tombstone(
+    pub(super) async fn send_tombstone(
         &mut self,
         topic: &str,
         key: &[u8],
@@ -189,7 +224,7 @@ impl Core {
     /// A record for a fixed topic: key and value are Avro bodies, framed here once the schemas are
     /// registered (the first time, with the topic created). A record whose schema the registry refuses, or
     /// that the broker refuses, is rejected with its bodies.
-    pub async fn publish_fixed<'e>(
+    pub(super) async fn publish_fixed<'e>(
         &mut self,
         fixed: &mut FixedTopic,
         key: &[u8],
@@ -264,7 +299,10 @@ impl Core {
 
     /// The one way out for an event that cannot be published as it is: the dead-letter topic, under the
     /// ordinal it had (or a new one), so that the position waits for it like for any event.
-    pub async fn dead_letter(&mut self, rejection: Rejection<'_>) -> Result<(), PipelineError> {
+    pub(super) async fn dead_letter(
+        &mut self,
+        rejection: Rejection<'_>,
+    ) -> Result<(), PipelineError> {
         let Rejection {
             stage,
             topic,
@@ -317,13 +355,13 @@ impl Core {
         if let Some(found) = self.dead_letter_schema {
             return Ok(found);
         }
-        let schema = avro::AvroSchema {
+        let schema = AvroSchema {
             json: deadletter::SCHEMA_TEXT.to_owned(),
             schema: deadletter::schema().clone(),
         };
         let topic = self.dead_letter_topic.clone();
         let found = self
-            .schema_ref(&topic, crate::registry::SchemaPart::Value, &schema)
+            .schema_ref(&topic, SchemaPart::Value, &schema)
             .await?
             .map_err(PipelineError::DeadLetterSchema)?;
         self.dead_letter_schema = Some(found);
@@ -382,7 +420,10 @@ impl Core {
     /// The broker refused a message for good: it goes to the dead-letter topic under the same ordinal, so the
     /// position still waits for it. A refused dead letter is sent once more without the change if it was too
     /// large, and otherwise stops the pipeline, as does a refused schema.
-    pub async fn handle_failure(&mut self, failure: FailedDelivery) -> Result<(), PipelineError> {
+    pub(super) async fn handle_failure(
+        &mut self,
+        failure: FailedDelivery,
+    ) -> Result<(), PipelineError> {
         if failure.dead_letter {
             let smaller = is_too_large(&failure.error)
                 .then(|| {
@@ -434,7 +475,7 @@ impl Core {
 
     /// Waits until the broker has acknowledged everything, still routing refused messages; once a stop
     /// is requested, no longer than its deadline.
-    pub async fn drain(
+    pub(super) async fn drain(
         &mut self,
         failures: &mut mpsc::UnboundedReceiver<FailedDelivery>,
     ) -> Result<(), PipelineError> {
@@ -455,7 +496,7 @@ impl Core {
 }
 
 /// Owned header pairs as the sink takes them.
-pub(in crate::pipeline) fn header_refs(headers: &[(String, Vec<u8>)]) -> Vec<(&str, &[u8])> {
+pub(super) fn header_refs(headers: &[(String, Vec<u8>)]) -> Vec<(&str, &[u8])> {
     headers
         .iter()
         .map(|(name, value)| (name.as_str(), value.as_slice()))

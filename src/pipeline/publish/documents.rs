@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use sluice_core::event::{DocumentChange, Op, SnapshotMarker, UndecodableChange};
 use sluice_core::positions::now_ms;
 
-use super::super::PipelineError;
+use super::super::error::PipelineError;
 use super::core::{header_refs, Core, Encoded, FixedTopic, Rejection, Subject};
 use crate::avro;
 use crate::contracts::{Contract, ContractError, Contracts};

@@ -9,8 +9,8 @@ mod rows;
 use sluice_core::event::SourceEvent;
 use tokio::sync::mpsc;
 
+use super::error::PipelineError;
 use super::transform::{Chain, Outcome};
-use super::PipelineError;
 use crate::deadletter::Stage;
 use crate::sink::FailedDelivery;
 pub(super) use core::Core;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use sluice_core::event::{ChangeEvent, DecodingMessage, Lsn, Op, SnapshotMarker, Table, Value};
 use sluice_core::positions::now_ms;
 
-use super::super::PipelineError;
+use super::super::error::PipelineError;
 use super::core::{Core, Delivery, Encoded, FixedTopic, Rejection, Subject};
 use crate::avro::{self, EncodeError, EncodeReason, EnvelopeContext, SchemaRef};
 use crate::contracts::BoundContract;
