@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use apache_avro::schema::{Name, RecordSchema, Schema};
+use apache_avro::schema::{Name, RecordSchema, Schema, UnionSchema};
 use serde_json::Value as Json;
 
 #[derive(Debug, thiserror::Error)]
@@ -221,49 +221,12 @@ impl Contract {
         };
         let schema = resolve(schema, &self.names);
         match (schema, value) {
-            (Schema::Union(union), _) => {
-                if value.is_null() {
-                    return match union.variants().contains(&Schema::Null) {
-                        true => Ok(()),
-                        false => Err(violation("is null; the contract requires a value".into())),
-                    };
-                }
-                let mut first_error = None;
-                for variant in union.variants().iter().filter(|v| **v != Schema::Null) {
-                    match self.check_value(value, variant, path, unchanged) {
-                        Ok(()) => return Ok(()),
-                        Err(err) => {
-                            first_error.get_or_insert(err);
-                        }
-                    }
-                }
-                Err(first_error.unwrap_or_else(|| violation("fits no branch of the union".into())))
-            }
+            (Schema::Union(union), _) => self.check_union(value, union, path, unchanged),
             (_, Json::Null) if *schema != Schema::Null => {
                 Err(violation("is null; the contract requires a value".into()))
             }
             (Schema::Record(record), Json::Object(object)) => {
-                for field in &record.fields {
-                    let field_path = join(path, &field.name);
-                    if path == "after" && unchanged.contains(&field.name) {
-                        continue;
-                    }
-                    let written = field_value(object, field);
-                    match written {
-                        Some(value) => {
-                            self.check_value(value, &field.schema, &field_path, unchanged)?
-                        }
-                        None if field.default.is_some() => {}
-                        None => {
-                            return Err(Mismatch {
-                                field: field_path,
-                                problem: "is missing; the contract requires it".into(),
-                                fatal: true,
-                            })
-                        }
-                    }
-                }
-                Ok(())
+                self.check_record(object, record, path, unchanged)
             }
             (Schema::Enum(e), Json::String(symbol)) => {
                 if e.symbols.contains(symbol) || e.default.is_some() {
@@ -295,6 +258,68 @@ impl Contract {
             // Types were compared once per table version (`compare`); scalars need no more.
             _ => Ok(()),
         }
+    }
+
+    /// [`Self::check_value`] against a union: null where the union allows it, otherwise the first branch
+    /// that fits (the first branch's mismatch when none does).
+    fn check_union(
+        &self,
+        value: &Json,
+        union: &UnionSchema,
+        path: &str,
+        unchanged: &[String],
+    ) -> Result<(), Mismatch> {
+        let violation = |problem: &str| Mismatch {
+            field: path.to_owned(),
+            problem: problem.to_owned(),
+            fatal: true,
+        };
+        if value.is_null() {
+            return match union.variants().contains(&Schema::Null) {
+                true => Ok(()),
+                false => Err(violation("is null; the contract requires a value")),
+            };
+        }
+        let mut first_error = None;
+        for variant in union.variants().iter().filter(|v| **v != Schema::Null) {
+            match self.check_value(value, variant, path, unchanged) {
+                Ok(()) => return Ok(()),
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| violation("fits no branch of the union")))
+    }
+
+    /// [`Self::check_value`] against a record: each field written, or left out with a default. At the top
+    /// (`after`), the `unchanged` fields (unchanged TOAST values) are not checked.
+    fn check_record(
+        &self,
+        object: &serde_json::Map<String, Json>,
+        record: &RecordSchema,
+        path: &str,
+        unchanged: &[String],
+    ) -> Result<(), Mismatch> {
+        for field in &record.fields {
+            let field_path = join(path, &field.name);
+            if path == "after" && unchanged.contains(&field.name) {
+                continue;
+            }
+            let written = field_value(object, field);
+            match written {
+                Some(value) => self.check_value(value, &field.schema, &field_path, unchanged)?,
+                None if field.default.is_some() => {}
+                None => {
+                    return Err(Mismatch {
+                        field: field_path,
+                        problem: "is missing; the contract requires it".into(),
+                        fatal: true,
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 }
 

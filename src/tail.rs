@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apache_avro::schema::{Name, Schema};
+use apache_avro::schema::{Name, RecordSchema, Schema};
 use apache_avro::types::Value as Avro;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -257,32 +257,9 @@ pub fn avro_json(value: &Avro, schema: &Schema, names: &HashMap<Name, Schema>) -
         (Avro::Record(fields), Schema::Record(record))
             if record.name.fullname(None) == VARIABLE_SCALE_DECIMAL =>
         {
-            match fields.as_slice() {
-                // PostgreSQL's largest numeric scale bounds what a real message holds.
-                [(_, Avro::Int(scale)), (_, Avro::Bytes(unscaled))]
-                    if (0..=16383).contains(scale) =>
-                {
-                    json!(decimal_text(unscaled, *scale as usize))
-                }
-                _ => Json::Null,
-            }
+            variable_scale_decimal_json(fields)
         }
-        (Avro::Record(fields), Schema::Record(record)) => {
-            let mut object = Map::with_capacity(fields.len());
-            for (name, field_value) in fields {
-                let field_schema = record
-                    .fields
-                    .iter()
-                    .find(|f| &f.name == name)
-                    .map(|f| &f.schema);
-                let json = match field_schema {
-                    Some(s) => avro_json(field_value, s, names),
-                    None => avro_json(field_value, &Schema::Null, names),
-                };
-                object.insert(name.clone(), json);
-            }
-            Json::Object(object)
-        }
+        (Avro::Record(fields), Schema::Record(record)) => record_json(fields, record, names),
         (Avro::Decimal(decimal), Schema::Decimal(decimal_schema)) => {
             let bytes: Vec<u8> = decimal.try_into().unwrap_or_default();
             json!(decimal_text(&bytes, decimal_schema.scale))
@@ -323,6 +300,39 @@ pub fn avro_json(value: &Avro, schema: &Schema, names: &HashMap<Name, Schema>) -
         ),
         (other, _) => Json::try_from(other.clone()).unwrap_or(Json::Null),
     }
+}
+
+/// Debezium's variable-scale decimal record (scale, unscaled bytes) as the exact decimal text.
+fn variable_scale_decimal_json(fields: &[(String, Avro)]) -> Json {
+    match fields {
+        // PostgreSQL's largest numeric scale bounds what a real message holds.
+        [(_, Avro::Int(scale)), (_, Avro::Bytes(unscaled))] if (0..=16383).contains(scale) => {
+            json!(decimal_text(unscaled, *scale as usize))
+        }
+        _ => Json::Null,
+    }
+}
+
+/// A record as a JSON object, each field guided by its schema in `record`.
+fn record_json(
+    fields: &[(String, Avro)],
+    record: &RecordSchema,
+    names: &HashMap<Name, Schema>,
+) -> Json {
+    let mut object = Map::with_capacity(fields.len());
+    for (name, field_value) in fields {
+        let field_schema = record
+            .fields
+            .iter()
+            .find(|f| &f.name == name)
+            .map(|f| &f.schema);
+        let json = match field_schema {
+            Some(s) => avro_json(field_value, s, names),
+            None => avro_json(field_value, &Schema::Null, names),
+        };
+        object.insert(name.clone(), json);
+    }
+    Json::Object(object)
 }
 
 /// JSON has no NaN or infinities: they are printed as PostgreSQL spells them.

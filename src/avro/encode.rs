@@ -13,7 +13,9 @@ use super::binary::{
     write_string, write_union_branch,
 };
 use super::decimal::{self, DecimalError};
-use sluice_core::event::{ChangeEvent, Column, ColumnType, Lsn, Numeric, Op, Row, Table, Value};
+use sluice_core::event::{
+    ChangeEvent, Column, ColumnType, Lsn, Numeric, Op, RecordField, Row, Table, Value,
+};
 
 /// What an envelope needs beyond the event.
 #[derive(Clone, Copy, Debug)]
@@ -256,12 +258,7 @@ fn write_value(
             decimal::write_fixed_scale(unscaled, scale, *precision, *column_scale, out)?;
         }
         (ColumnType::VariableDecimal, Value::Numeric(numeric)) => {
-            let (unscaled, scale) = finite(numeric)?;
-            write_int(
-                i32::try_from(scale).map_err(|_| EncodeReason::ScaleOutOfRange(scale))?,
-                out,
-            );
-            decimal::write_unscaled(unscaled, out)?;
+            write_variable_decimal(numeric, out)?
         }
         (
             ColumnType::String | ColumnType::Json | ColumnType::Text { .. },
@@ -290,29 +287,9 @@ fn write_value(
             Value::Array(items),
         ) => write_array(element, *dimensions, items, out)?,
         (ColumnType::Record { fields, .. }, Value::Record(values)) => {
-            if values.len() != fields.len() {
-                return Err(EncodeReason::RecordShape {
-                    expected: fields.len(),
-                    got: values.len(),
-                });
-            }
-            for (field, value) in fields.iter().zip(values) {
-                write_nullable(&field.column_type, value, out)?;
-            }
+            write_record(fields, values, out)?
         }
-        (ColumnType::TextMap, Value::TextMap(pairs)) => {
-            write_blocks(pairs, out, |(key, value), out| {
-                write_string(key, out);
-                match value {
-                    Some(text) => {
-                        write_union_branch(1, out);
-                        write_string(text, out);
-                    }
-                    None => write_union_branch(0, out),
-                }
-                Ok::<(), EncodeReason>(())
-            })?;
-        }
+        (ColumnType::TextMap, Value::TextMap(pairs)) => write_text_map(pairs, out)?,
         (expected, found) => {
             return Err(EncodeReason::TypeMismatch {
                 expected: type_kind(expected),
@@ -321,6 +298,53 @@ fn write_value(
         }
     }
     Ok(())
+}
+
+/// A numeric without a fixed scale: its scale, then its unscaled digits.
+fn write_variable_decimal(numeric: &Numeric, out: &mut Vec<u8>) -> Result<(), EncodeReason> {
+    let (unscaled, scale) = finite(numeric)?;
+    write_int(
+        i32::try_from(scale).map_err(|_| EncodeReason::ScaleOutOfRange(scale))?,
+        out,
+    );
+    decimal::write_unscaled(unscaled, out)?;
+    Ok(())
+}
+
+/// A composite value: each field in turn, nullable, as many as the type has.
+fn write_record(
+    fields: &[RecordField],
+    values: &[Value],
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeReason> {
+    if values.len() != fields.len() {
+        return Err(EncodeReason::RecordShape {
+            expected: fields.len(),
+            got: values.len(),
+        });
+    }
+    for (field, value) in fields.iter().zip(values) {
+        write_nullable(&field.column_type, value, out)?;
+    }
+    Ok(())
+}
+
+/// An hstore: a map of strings to nullable strings.
+fn write_text_map(
+    pairs: &[(String, Option<String>)],
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeReason> {
+    write_blocks(pairs, out, |(key, value), out| {
+        write_string(key, out);
+        match value {
+            Some(text) => {
+                write_union_branch(1, out);
+                write_string(text, out);
+            }
+            None => write_union_branch(0, out),
+        }
+        Ok::<(), EncodeReason>(())
+    })
 }
 
 /// PostgreSQL money: a 64-bit count of cents (under the C monetary locale sluice reads it with).

@@ -54,7 +54,6 @@ fn canonical_form(
     defined: &mut Vec<String>,
     out: &mut String,
 ) -> Option<()> {
-    let quoted = |text: &str| serde_json::to_string(text).ok();
     match schema {
         Json::String(name) if PRIMITIVES.contains(&name.as_str()) => out.push_str(&quoted(name)?),
         Json::String(name) => out.push_str(&quoted(&full_name(name, None, namespace))?),
@@ -68,82 +67,106 @@ fn canonical_form(
             }
             out.push(']');
         }
-        Json::Object(object) => {
-            let kind = object.get("type")?;
-            let Some(kind) = kind.as_str() else {
-                // `{"type": {...}}`: the inner schema is the schema.
-                return canonical_form(kind, namespace, defined, out);
-            };
-            match kind {
-                // Logical types and other attributes of a primitive do not change its encoding.
-                _ if PRIMITIVES.contains(&kind) => out.push_str(&quoted(kind)?),
-                "array" => {
-                    out.push_str(r#"{"type":"array","items":"#);
-                    canonical_form(object.get("items")?, namespace, defined, out)?;
-                    out.push('}');
-                }
-                "map" => {
-                    out.push_str(r#"{"type":"map","values":"#);
-                    canonical_form(object.get("values")?, namespace, defined, out)?;
-                    out.push('}');
-                }
-                "record" | "error" | "enum" | "fixed" => {
-                    let name = object.get("name")?.as_str()?;
-                    let full = full_name(
-                        name,
-                        object.get("namespace").and_then(Json::as_str),
-                        namespace,
-                    );
-                    if defined.contains(&full) {
-                        out.push_str(&quoted(&full)?);
-                        return Some(());
-                    }
-                    defined.push(full.clone());
-                    out.push_str(&format!(
-                        r#"{{"name":{},"type":{}"#,
-                        quoted(&full)?,
-                        quoted(kind)?
-                    ));
-                    let inner_namespace = full.rsplit_once('.').map_or("", |(ns, _)| ns);
-                    match kind {
-                        "enum" => {
-                            out.push_str(r#","symbols":"#);
-                            out.push_str(&serde_json::to_string(object.get("symbols")?).ok()?);
-                        }
-                        "fixed" => {
-                            let size = match object.get("size")? {
-                                Json::Number(n) => n.as_u64()?,
-                                Json::String(text) => text.parse().ok()?,
-                                _ => return None,
-                            };
-                            out.push_str(&format!(r#","size":{size}"#));
-                        }
-                        _ => {
-                            out.push_str(r#","fields":["#);
-                            for (i, field) in object.get("fields")?.as_array()?.iter().enumerate() {
-                                if i > 0 {
-                                    out.push(',');
-                                }
-                                let field_name = field.get("name")?.as_str()?;
-                                out.push_str(&format!(
-                                    r#"{{"name":{},"type":"#,
-                                    quoted(field_name)?
-                                ));
-                                canonical_form(field.get("type")?, inner_namespace, defined, out)?;
-                                out.push('}');
-                            }
-                            out.push(']');
-                        }
-                    }
-                    out.push('}');
-                }
-                // A reference to a named type, written as an object.
-                other => out.push_str(&quoted(&full_name(other, None, namespace))?),
-            }
-        }
+        Json::Object(object) => canonical_object(object, namespace, defined, out)?,
         _ => return None,
     }
     Some(())
+}
+
+/// [`canonical_form`] of a schema written as an object: by its `type`.
+fn canonical_object(
+    object: &serde_json::Map<String, Json>,
+    namespace: &str,
+    defined: &mut Vec<String>,
+    out: &mut String,
+) -> Option<()> {
+    let kind = object.get("type")?;
+    let Some(kind) = kind.as_str() else {
+        // `{"type": {...}}`: the inner schema is the schema.
+        return canonical_form(kind, namespace, defined, out);
+    };
+    match kind {
+        // Logical types and other attributes of a primitive do not change its encoding.
+        _ if PRIMITIVES.contains(&kind) => out.push_str(&quoted(kind)?),
+        "array" => {
+            out.push_str(r#"{"type":"array","items":"#);
+            canonical_form(object.get("items")?, namespace, defined, out)?;
+            out.push('}');
+        }
+        "map" => {
+            out.push_str(r#"{"type":"map","values":"#);
+            canonical_form(object.get("values")?, namespace, defined, out)?;
+            out.push('}');
+        }
+        "record" | "error" | "enum" | "fixed" => {
+            canonical_named(object, kind, namespace, defined, out)?
+        }
+        // A reference to a named type, written as an object.
+        other => out.push_str(&quoted(&full_name(other, None, namespace))?),
+    }
+    Some(())
+}
+
+/// [`canonical_form`] of a named type (`kind`: record, error, enum or fixed): in full where it is defined,
+/// by its full name after that.
+fn canonical_named(
+    object: &serde_json::Map<String, Json>,
+    kind: &str,
+    namespace: &str,
+    defined: &mut Vec<String>,
+    out: &mut String,
+) -> Option<()> {
+    let name = object.get("name")?.as_str()?;
+    let full = full_name(
+        name,
+        object.get("namespace").and_then(Json::as_str),
+        namespace,
+    );
+    if defined.contains(&full) {
+        out.push_str(&quoted(&full)?);
+        return Some(());
+    }
+    defined.push(full.clone());
+    out.push_str(&format!(
+        r#"{{"name":{},"type":{}"#,
+        quoted(&full)?,
+        quoted(kind)?
+    ));
+    let inner_namespace = full.rsplit_once('.').map_or("", |(ns, _)| ns);
+    match kind {
+        "enum" => {
+            out.push_str(r#","symbols":"#);
+            out.push_str(&serde_json::to_string(object.get("symbols")?).ok()?);
+        }
+        "fixed" => {
+            let size = match object.get("size")? {
+                Json::Number(n) => n.as_u64()?,
+                Json::String(text) => text.parse().ok()?,
+                _ => return None,
+            };
+            out.push_str(&format!(r#","size":{size}"#));
+        }
+        _ => {
+            out.push_str(r#","fields":["#);
+            for (i, field) in object.get("fields")?.as_array()?.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let field_name = field.get("name")?.as_str()?;
+                out.push_str(&format!(r#"{{"name":{},"type":"#, quoted(field_name)?));
+                canonical_form(field.get("type")?, inner_namespace, defined, out)?;
+                out.push('}');
+            }
+            out.push(']');
+        }
+    }
+    out.push('}');
+    Some(())
+}
+
+/// `text` as a JSON string.
+fn quoted(text: &str) -> Option<String> {
+    serde_json::to_string(text).ok()
 }
 
 /// A name with a dot is already full; otherwise it takes its own namespace, or the enclosing one.

@@ -40,7 +40,7 @@ use serde_json::{json, Value as Json};
 use super::naming::{
     composite_record_name, field_names, namespace, topic_name, unique_field_names,
 };
-use sluice_core::event::{Column, ColumnType, Table};
+use sluice_core::event::{Column, ColumnType, RecordField, Table};
 
 /// Full name of the record describing where an event came from.
 pub const SOURCE_RECORD: &str = "sluice.postgres.Source";
@@ -262,37 +262,48 @@ impl TypeBuilder {
                 }
                 avro
             }
-            ColumnType::Record { name, fields } => {
-                if let Some(full_name) = self.composites.get(name) {
-                    return Ok(json!(full_name));
-                }
-                // Two types may sanitise to one name (`order-line`, `order_line`): later ones get a suffix.
-                let base = composite_record_name(name);
-                let mut full_name = base.clone();
-                let mut suffix = 2u32;
-                while self.defined.contains(&full_name) {
-                    full_name = format!("{base}_{suffix}");
-                    suffix += 1;
-                }
-                self.defined.insert(full_name.clone());
-                self.composites.insert(name.clone(), full_name.clone());
-                let names = unique_field_names(fields.iter().map(|f| f.name.as_str()));
-                let mut avro_fields = Vec::with_capacity(fields.len());
-                for (field, avro_name) in fields.iter().zip(names) {
-                    let mut f = json!({
-                        "name": avro_name,
-                        "type": ["null", self.avro_type(table, column, &field.column_type)?],
-                        "default": null,
-                    });
-                    if field.name != avro_name {
-                        f["sluice.column"] = json!(field.name);
-                    }
-                    avro_fields.push(f);
-                }
-                json!({"type": "record", "name": full_name, "sluice.source_type": name, "fields": avro_fields})
-            }
+            ColumnType::Record { name, fields } => self.composite(table, column, name, fields)?,
             ColumnType::TextMap => json!({"type": "map", "values": ["null", "string"]}),
         })
+    }
+
+    /// A composite type's record: defined at first use under a name no other type has, named afterwards.
+    fn composite(
+        &mut self,
+        table: &Table,
+        column: &Column,
+        name: &str,
+        fields: &[RecordField],
+    ) -> Result<Json, SchemaError> {
+        if let Some(full_name) = self.composites.get(name) {
+            return Ok(json!(full_name));
+        }
+        // Two types may sanitise to one name (`order-line`, `order_line`): later ones get a suffix.
+        let base = composite_record_name(name);
+        let mut full_name = base.clone();
+        let mut suffix = 2u32;
+        while self.defined.contains(&full_name) {
+            full_name = format!("{base}_{suffix}");
+            suffix += 1;
+        }
+        self.defined.insert(full_name.clone());
+        self.composites.insert(name.to_owned(), full_name.clone());
+        let names = unique_field_names(fields.iter().map(|f| f.name.as_str()));
+        let mut avro_fields = Vec::with_capacity(fields.len());
+        for (field, avro_name) in fields.iter().zip(names) {
+            let mut f = json!({
+                "name": avro_name,
+                "type": ["null", self.avro_type(table, column, &field.column_type)?],
+                "default": null,
+            });
+            if field.name != avro_name {
+                f["sluice.column"] = json!(field.name);
+            }
+            avro_fields.push(f);
+        }
+        Ok(
+            json!({"type": "record", "name": full_name, "sluice.source_type": name, "fields": avro_fields}),
+        )
     }
 
     /// The definition at first use, the full name afterwards.

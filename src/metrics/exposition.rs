@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::TypedMetric;
 
-use super::{SnapshotProgress, State};
+use super::{Counters, SnapshotProgress, State};
 
 /// Reads the metrics' state on each scrape. Names are given without the `_total` that the encoder appends
 /// to a counter's.
@@ -31,124 +31,140 @@ impl Collector for Exposition {
         let state = &*self.0;
         {
             let counters = state.lock();
-            let mut tables: Vec<&String> = counters.events.keys().collect();
-            tables.sort();
-            family(
-                &mut encoder,
-                "sluice_events",
-                "Change events published, by table and op.",
-                tables.into_iter().flat_map(|table| {
-                    counters.events[table].iter().map(move |(op, count)| {
-                        (
-                            [("table", table.as_str()), ("op", op)],
-                            ConstCounter::new(*count),
-                        )
-                    })
-                }),
-            )?;
-            family(
-                &mut encoder,
-                "sluice_dead_letters",
-                "Changes sent to the dead-letter topic, by stage and table.",
-                counters.dead_letters.iter().map(|((stage, table), count)| {
-                    (
-                        [("stage", *stage), ("table", table.as_str())],
-                        ConstCounter::new(*count),
-                    )
-                }),
-            )?;
-            family(
-                &mut encoder,
-                "sluice_unchanged_toast",
-                "Events published without a TOASTed value the update left unchanged and sluice could not restore (REPLICA IDENTITY FULL restores them), by table.",
-                counters.unchanged_toast.iter().map(|(table, count)| {
-                    ([("table", table.as_str())], ConstCounter::new(*count))
-                }),
-            )?;
-            let snapshot: [(&str, &str, SnapshotValue); 3] = [
-                (
-                    "sluice_snapshot_rows",
-                    "Rows of each table read by the snapshot so far.",
-                    |p| p.rows.load(Relaxed),
-                ),
-                (
-                    "sluice_snapshot_rows_estimated",
-                    "The planner's estimate of each snapshot table's rows (0: unknown).",
-                    |p| p.estimated.load(Relaxed),
-                ),
-                (
-                    "sluice_snapshot_table_finished",
-                    "1 once a table's snapshot has been read to the end.",
-                    |p| u64::from(p.finished.load(Relaxed)),
-                ),
-            ];
-            for (name, help, value) in snapshot {
-                family(
-                    &mut encoder,
-                    name,
-                    help,
-                    counters.snapshot.iter().map(|(table, progress)| {
-                        (
-                            [("table", table.as_str())],
-                            ConstGauge::new(value(progress)),
-                        )
-                    }),
-                )?;
-            }
+            counter_families(&counters, &mut encoder)?;
+            snapshot_families(&counters, &mut encoder)?;
         }
-        let in_flight = state.tracker.get().map_or(0, |t| t.outstanding());
-        let wal_end = state.server_wal_end.load(Relaxed);
-        let lag_bytes = wal_end.saturating_sub(state.acknowledged.load(Relaxed));
-        let flag = |flag: bool| ConstGauge::new(u64::from(flag));
-        single(
-            &mut encoder,
-            "sluice_bytes",
-            "Key and value bytes of the change events handed to the producer.",
-            ConstCounter::new(state.bytes.load(Relaxed)),
-        )?;
-        single(
-            &mut encoder,
-            "sluice_in_flight_messages",
-            "Messages produced and not yet acknowledged by the broker.",
-            ConstGauge::new(in_flight),
-        )?;
-        single(
-            &mut encoder,
-            "sluice_source_lag_bytes",
-            "Bytes of WAL between the server's end and the position sluice has stored and acknowledged.",
-            ConstGauge::new(lag_bytes),
-        )?;
-        single(
-            &mut encoder,
-            "sluice_source_lag_seconds",
-            "Seconds between the newest published change's commit and its publication.",
-            ConstGauge::new(state.behind_ms.load(Relaxed).max(0) as f64 / 1000.0),
-        )?;
-        single(
-            &mut encoder,
-            "sluice_source_reconnects",
-            "Attempts to open the replication connection again after losing it.",
-            ConstCounter::new(state.reconnects.load(Relaxed)),
-        )?;
-        single(
-            &mut encoder,
-            "sluice_streaming",
-            "1 while changes are streamed from the replication slot.",
-            flag(state.streaming.load(Relaxed)),
-        )?;
-        single(
-            &mut encoder,
-            "sluice_broker_reachable",
-            "1 while the broker answers.",
-            flag(!state.broker_unreachable.load(Relaxed)),
-        )?;
-        single(
-            &mut encoder,
-            "sluice_snapshot_running",
-            "1 while the initial snapshot is being taken.",
-            flag(state.snapshot_running.load(Relaxed)),
-        )
+        singles(state, &mut encoder)
     }
+}
+
+/// The counters by label: events by table and op, dead letters, unchanged TOAST values.
+fn counter_families(counters: &Counters, encoder: &mut DescriptorEncoder) -> fmt::Result {
+    let mut tables: Vec<&String> = counters.events.keys().collect();
+    tables.sort();
+    family(
+        encoder,
+        "sluice_events",
+        "Change events published, by table and op.",
+        tables.into_iter().flat_map(|table| {
+            counters.events[table].iter().map(move |(op, count)| {
+                (
+                    [("table", table.as_str()), ("op", op)],
+                    ConstCounter::new(*count),
+                )
+            })
+        }),
+    )?;
+    family(
+        encoder,
+        "sluice_dead_letters",
+        "Changes sent to the dead-letter topic, by stage and table.",
+        counters.dead_letters.iter().map(|((stage, table), count)| {
+            (
+                [("stage", *stage), ("table", table.as_str())],
+                ConstCounter::new(*count),
+            )
+        }),
+    )?;
+    family(
+        encoder,
+        "sluice_unchanged_toast",
+        "Events published without a TOASTed value the update left unchanged and sluice could not restore (REPLICA IDENTITY FULL restores them), by table.",
+        counters.unchanged_toast.iter().map(|(table, count)| {
+            ([("table", table.as_str())], ConstCounter::new(*count))
+        }),
+    )
+}
+
+/// Each snapshot table's progress.
+fn snapshot_families(counters: &Counters, encoder: &mut DescriptorEncoder) -> fmt::Result {
+    let snapshot: [(&str, &str, SnapshotValue); 3] = [
+        (
+            "sluice_snapshot_rows",
+            "Rows of each table read by the snapshot so far.",
+            |p| p.rows.load(Relaxed),
+        ),
+        (
+            "sluice_snapshot_rows_estimated",
+            "The planner's estimate of each snapshot table's rows (0: unknown).",
+            |p| p.estimated.load(Relaxed),
+        ),
+        (
+            "sluice_snapshot_table_finished",
+            "1 once a table's snapshot has been read to the end.",
+            |p| u64::from(p.finished.load(Relaxed)),
+        ),
+    ];
+    for (name, help, value) in snapshot {
+        family(
+            encoder,
+            name,
+            help,
+            counters.snapshot.iter().map(|(table, progress)| {
+                (
+                    [("table", table.as_str())],
+                    ConstGauge::new(value(progress)),
+                )
+            }),
+        )?;
+    }
+    Ok(())
+}
+
+/// The metrics without labels: bytes, in-flight messages, lag, reconnects and the readiness flags.
+fn singles(state: &State, encoder: &mut DescriptorEncoder) -> fmt::Result {
+    let in_flight = state.tracker.get().map_or(0, |t| t.outstanding());
+    let wal_end = state.server_wal_end.load(Relaxed);
+    let lag_bytes = wal_end.saturating_sub(state.acknowledged.load(Relaxed));
+    let flag = |flag: bool| ConstGauge::new(u64::from(flag));
+    single(
+        encoder,
+        "sluice_bytes",
+        "Key and value bytes of the change events handed to the producer.",
+        ConstCounter::new(state.bytes.load(Relaxed)),
+    )?;
+    single(
+        encoder,
+        "sluice_in_flight_messages",
+        "Messages produced and not yet acknowledged by the broker.",
+        ConstGauge::new(in_flight),
+    )?;
+    single(
+        encoder,
+        "sluice_source_lag_bytes",
+        "Bytes of WAL between the server's end and the position sluice has stored and acknowledged.",
+        ConstGauge::new(lag_bytes),
+    )?;
+    single(
+        encoder,
+        "sluice_source_lag_seconds",
+        "Seconds between the newest published change's commit and its publication.",
+        ConstGauge::new(state.behind_ms.load(Relaxed).max(0) as f64 / 1000.0),
+    )?;
+    single(
+        encoder,
+        "sluice_source_reconnects",
+        "Attempts to open the replication connection again after losing it.",
+        ConstCounter::new(state.reconnects.load(Relaxed)),
+    )?;
+    single(
+        encoder,
+        "sluice_streaming",
+        "1 while changes are streamed from the replication slot.",
+        flag(state.streaming.load(Relaxed)),
+    )?;
+    single(
+        encoder,
+        "sluice_broker_reachable",
+        "1 while the broker answers.",
+        flag(!state.broker_unreachable.load(Relaxed)),
+    )?;
+    single(
+        encoder,
+        "sluice_snapshot_running",
+        "1 while the initial snapshot is being taken.",
+        flag(state.snapshot_running.load(Relaxed)),
+    )
 }
 
 /// A family of labelled series; its HELP and TYPE lines are written even when it has none yet.

@@ -202,40 +202,8 @@ impl SchemaDirectory {
             return Err(PipelineError::SchemaFile { path, source });
         }
         outlet
-            .sink
-            .ensure_topic_with(
-                &schemas_topic,
-                &[("cleanup.policy", "compact")],
-                outlet.stop,
-            )
+            .send_schema(&schemas_topic, &hex, topic, part, &schema.json)
             .await?;
-        let headers: [(&str, &[u8]); 3] = [
-            ("sluice.schema.fingerprint", hex.as_bytes()),
-            ("sluice.schema.topic", topic.as_bytes()),
-            ("sluice.schema.part", part.as_str().as_bytes()),
-        ];
-        let record = Outgoing {
-            topic: &schemas_topic,
-            key: Some(hex.as_bytes()),
-            payload: Some(schema.json.as_bytes()),
-            headers: &headers,
-        };
-        // Tracked like an event as well: the position waits for the schema.
-        let ordinal = outlet.tracker.register();
-        let refused = |err: SinkError| PipelineError::SchemaTopicRefused {
-            topic: schemas_topic.clone(),
-            reason: err.to_string(),
-        };
-        outlet
-            .sink
-            .send(&record, ordinal, MessageKind::Schema)
-            .await
-            .map_err(refused)?;
-        outlet
-            .sink
-            .schema_delivered(outlet.stop)
-            .await
-            .map_err(refused)?;
         tracing::info!(fingerprint = %hex, topic, part = part.as_str(), file = %path.display(), "schema published");
         if let SchemaDirectory::Topic {
             known, published, ..
@@ -245,5 +213,48 @@ impl SchemaDirectory {
             published.insert(fingerprint);
         }
         Ok(Ok(SchemaRef::Fingerprint(fingerprint)))
+    }
+}
+
+impl Outlet<'_> {
+    /// Puts a schema's JSON text on the schemas topic (created compacted), keyed by its fingerprint in
+    /// `hex`, and waits until the broker has it.
+    async fn send_schema(
+        &mut self,
+        schemas_topic: &str,
+        hex: &str,
+        topic: &str,
+        part: SchemaPart,
+        json: &str,
+    ) -> Result<(), PipelineError> {
+        self.sink
+            .ensure_topic_with(schemas_topic, &[("cleanup.policy", "compact")], self.stop)
+            .await?;
+        let headers: [(&str, &[u8]); 3] = [
+            ("sluice.schema.fingerprint", hex.as_bytes()),
+            ("sluice.schema.topic", topic.as_bytes()),
+            ("sluice.schema.part", part.as_str().as_bytes()),
+        ];
+        let record = Outgoing {
+            topic: schemas_topic,
+            key: Some(hex.as_bytes()),
+            payload: Some(json.as_bytes()),
+            headers: &headers,
+        };
+        // Tracked like an event as well: the position waits for the schema.
+        let ordinal = self.tracker.register();
+        let refused = |err: SinkError| PipelineError::SchemaTopicRefused {
+            topic: schemas_topic.to_owned(),
+            reason: err.to_string(),
+        };
+        self.sink
+            .send(&record, ordinal, MessageKind::Schema)
+            .await
+            .map_err(refused)?;
+        self.sink
+            .schema_delivered(self.stop)
+            .await
+            .map_err(refused)?;
+        Ok(())
     }
 }
