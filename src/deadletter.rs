@@ -40,16 +40,19 @@ pub enum Stage {
     Produce,
     /// A transform failed on the event.
     Transform,
+    /// A signal could not be acted on.
+    Signal,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 6] = [
+    pub const ALL: [Stage; 7] = [
         Stage::Decode,
         Stage::Encode,
         Stage::Validate,
         Stage::Register,
         Stage::Produce,
         Stage::Transform,
+        Stage::Signal,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +63,7 @@ impl Stage {
             Stage::Register => "register",
             Stage::Produce => "produce",
             Stage::Transform => "transform",
+            Stage::Signal => "signal",
         }
     }
 

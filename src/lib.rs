@@ -2,7 +2,7 @@
 //!
 //! The modules follow the data: `connectors` read a source's log into the change-event model (`event`);
 //! `avro` encodes events (schemas through `registry`); `sink` publishes them; `positions` remembers what the
-//! broker acknowledged; `pipeline` wires those together; `config` and `preflight` face the operator, and
+//! broker acknowledged; `pipeline` wires those together; `config`, `preflight` and `operate` (`sluice snapshot`, `sluice status`) face the operator, and
 //! `sources` is where `[source]` becomes its connector, for `pipeline` and `preflight` alike.
 
 pub mod api;
@@ -11,6 +11,7 @@ pub mod config;
 pub mod contracts;
 pub mod deadletter;
 pub mod metrics;
+pub mod operate;
 pub mod pipeline;
 pub mod preflight;
 pub mod registry;

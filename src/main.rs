@@ -1,4 +1,4 @@
-//! The `sluice` command line: `run`, `validate`, `check`.
+//! The `sluice` command line: `run`, `validate`, `check`, `snapshot`, `status`, `tail`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -56,6 +56,32 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Ask a running sluice for an incremental snapshot of tables (collections), or stop, pause or resume
+    /// one: writes the signal into the source's signal table (collection).
+    Snapshot {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// `schema.table` (`db.collection`) names; with --stop, none means every table.
+        tables: Vec<String>,
+        /// Only the rows that meet this condition (SQL for PostgreSQL, a JSON filter for MongoDB), for
+        /// every named table.
+        #[arg(long, conflicts_with_all = ["stop", "pause", "resume"])]
+        filter: Option<String>,
+        /// Stop the incremental snapshot of the named tables (all when none is named).
+        #[arg(long, conflicts_with_all = ["pause", "resume"])]
+        stop: bool,
+        /// Pause the incremental snapshot under way.
+        #[arg(long, conflicts_with = "resume")]
+        pause: bool,
+        /// Resume a paused incremental snapshot.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Show the stored position and how far an incremental snapshot got.
+    Status {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Print a topic's messages decoded, one JSON object per line (brokers and registry from the config).
     Tail {
         #[arg(short, long, value_name = "FILE")]
@@ -89,6 +115,15 @@ fn main() -> ExitCode {
             Command::Validate { config, offline } => validate(&config, offline).await,
             Command::Check { config } => check(&config).await,
             Command::Run { config } => run(&config).await,
+            Command::Snapshot {
+                config,
+                tables,
+                filter,
+                stop,
+                pause,
+                resume,
+            } => snapshot(&config, tables, filter, [stop, pause, resume]).await,
+            Command::Status { config } => status(&config).await,
             Command::Tail {
                 config,
                 topic,
@@ -112,6 +147,73 @@ fn load(path: &std::path::Path) -> Option<Config> {
         Err(err) => {
             eprintln!("error: invalid configuration\n  {err}");
             None
+        }
+    }
+}
+
+async fn snapshot(
+    path: &std::path::Path,
+    tables: Vec<String>,
+    filter: Option<String>,
+    [stop, pause, resume]: [bool; 3],
+) -> ExitCode {
+    use sluice_core::signal::{Condition, Signal};
+    let Some(config) = load(path) else {
+        return ExitCode::FAILURE;
+    };
+    let signal = if pause {
+        Signal::PauseSnapshot
+    } else if resume {
+        Signal::ResumeSnapshot
+    } else if stop {
+        Signal::StopSnapshot {
+            collections: tables,
+        }
+    } else if tables.is_empty() {
+        eprintln!("error: name the tables to snapshot, e.g. `sluice snapshot -c sluice.toml public.orders`");
+        return ExitCode::FAILURE;
+    } else {
+        let conditions = filter
+            .map(|filter| {
+                tables
+                    .iter()
+                    .map(|table| Condition {
+                        collection: table.clone(),
+                        filter: filter.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Signal::ExecuteSnapshot {
+            collections: tables,
+            conditions,
+        }
+    };
+    match sluice::operate::send_signal(&config, &signal).await {
+        Ok(id) => {
+            let (kind, data) = signal.to_columns();
+            println!("signal {id} written: {kind} {}", data.unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn status(path: &std::path::Path) -> ExitCode {
+    let Some(config) = load(path) else {
+        return ExitCode::FAILURE;
+    };
+    match sluice::operate::status(&config).await {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
         }
     }
 }

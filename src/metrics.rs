@@ -75,6 +75,16 @@ struct Counters {
     unchanged_toast: BTreeMap<String, u64>,
     /// table → its snapshot's progress.
     snapshot: BTreeMap<String, Arc<SnapshotProgress>>,
+    /// table → its incremental snapshot's progress.
+    incremental: BTreeMap<String, IncrementalProgress>,
+}
+
+/// How far one table's incremental snapshot got, as the source last reported.
+#[derive(Clone, Copy, Default)]
+struct IncrementalProgress {
+    rows: u64,
+    estimated: u64,
+    chunks: u64,
 }
 
 pub use sluice_core::metrics::SnapshotProgress;
@@ -222,6 +232,23 @@ impl SourceMetrics for Metrics {
         self.state.snapshot_running.store(running, Relaxed);
     }
 
+    fn incremental_snapshot_table(
+        &self,
+        table: &str,
+        rows: u64,
+        estimated: Option<u64>,
+        chunks: u64,
+    ) {
+        self.state.lock().incremental.insert(
+            table.to_owned(),
+            IncrementalProgress {
+                rows,
+                estimated: estimated.unwrap_or(0),
+                chunks,
+            },
+        );
+    }
+
     /// Starts following one table's snapshot.
     fn snapshot_table(&self, table: &str, estimated_rows: Option<u64>) -> Arc<SnapshotProgress> {
         let progress = Arc::new(SnapshotProgress::default());
@@ -265,6 +292,8 @@ mod tests {
         let docs = metrics.snapshot_table("public.docs", Some(42));
         docs.rows.fetch_add(42, Relaxed);
         docs.finished();
+        metrics.incremental_snapshot_table("public.orders", 2048, Some(100_000), 2);
+        metrics.incremental_snapshot_table("public.empty", 0, None, 1);
         let tracker = Arc::new(AckTracker::new());
         for _ in 0..7 {
             tracker.register();
@@ -337,7 +366,7 @@ mod tests {
         // The parser itself: escapes undone, labels sorted, histograms' series each on their own.
         assert_eq!(
             before.len(),
-            16 * 2 + 6 + 3 + 2 + 3 * 3 + 8 + 2 * 25,
+            19 * 2 + 6 + 3 + 2 + 3 * 3 + 3 * 2 + 8 + 2 * 25,
             "{before:#?}"
         );
         assert_eq!(

@@ -189,6 +189,10 @@ impl Source for TestSource {
         };
         (committer, reading)
     }
+
+    async fn signal(&self, _: &sluice_core::signal::Signal) -> Result<String, TestSourceError> {
+        Err(TestSourceError("it reads no signals".into()))
+    }
 }
 
 /// Records each committed position with what the broker and the position file held at that moment.

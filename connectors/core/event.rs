@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::incremental::Progress;
+
 /// A PostgreSQL WAL position. Displayed the way PostgreSQL prints it (`16/B374D848`).
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
@@ -69,6 +71,12 @@ pub enum Position {
     MongodbSnapshot {
         start: Box<Position>,
         chunks: Vec<SnapshotChunk>,
+    },
+    /// Any of the others while an incremental snapshot is under way: where the stream is, and how far the
+    /// re-reading of tables got (written only while there is one, so older files read unchanged).
+    Incremental {
+        stream: Box<Position>,
+        snapshot: Progress,
     },
 }
 
@@ -162,15 +170,51 @@ impl PgSnapshotPosition {
 impl Position {
     /// A PostgreSQL snapshot not all of whose rows are on the broker yet.
     pub fn snapshot_in_progress(&self) -> bool {
-        matches!(self, Position::PostgresSnapshot(snapshot) if !snapshot.complete)
+        matches!(self.stream(), Position::PostgresSnapshot(snapshot) if !snapshot.complete)
     }
 
     /// The WAL position a PostgreSQL position stands for: where the slot may be confirmed.
     pub fn postgres_lsn(&self) -> Option<Lsn> {
-        match self {
+        match self.stream() {
             Position::Postgres { lsn } => Some(*lsn),
             Position::PostgresSnapshot(snapshot) => Some(snapshot.lsn),
             _ => None,
+        }
+    }
+
+    /// Where the stream is, without the incremental snapshot's progress.
+    pub fn stream(&self) -> &Position {
+        match self {
+            Position::Incremental { stream, .. } => stream.stream(),
+            other => other,
+        }
+    }
+
+    /// The incremental snapshot under way, if any.
+    pub fn incremental(&self) -> Option<&Progress> {
+        match self {
+            Position::Incremental { snapshot, .. } => Some(snapshot),
+            _ => None,
+        }
+    }
+
+    /// Splits a position into where the stream is and the incremental snapshot under way.
+    pub fn into_parts(self) -> (Position, Option<Progress>) {
+        match self {
+            Position::Incremental { stream, snapshot } => (stream.into_parts().0, Some(snapshot)),
+            other => (other, None),
+        }
+    }
+
+    /// `stream` carrying `progress` (none, or a finished one, leaves it as it is).
+    pub fn with_incremental(stream: Position, progress: Option<&Progress>) -> Position {
+        let stream = stream.into_parts().0;
+        match progress {
+            Some(progress) if !progress.finished() => Position::Incremental {
+                stream: Box::new(stream),
+                snapshot: progress.clone(),
+            },
+            _ => stream,
         }
     }
 }
@@ -201,6 +245,13 @@ impl fmt::Display for Position {
                 "snapshot in progress ({} of {} parts done)",
                 chunks.iter().filter(|c| c.done).count(),
                 chunks.len()
+            ),
+            Position::Incremental { stream, snapshot } => write!(
+                f,
+                "{stream}, incremental snapshot {} of {} tables done{}",
+                snapshot.tables.iter().filter(|t| t.done).count(),
+                snapshot.tables.len(),
+                if snapshot.paused { " (paused)" } else { "" }
             ),
         }
     }
@@ -410,6 +461,8 @@ pub enum SnapshotMarker {
     True,
     /// The last row of the snapshot: what follows is streamed.
     Last,
+    /// Read by an incremental snapshot, while the stream went on.
+    Incremental,
 }
 
 impl SnapshotMarker {
@@ -418,6 +471,7 @@ impl SnapshotMarker {
             SnapshotMarker::False => "false",
             SnapshotMarker::True => "true",
             SnapshotMarker::Last => "last",
+            SnapshotMarker::Incremental => "incremental",
         }
     }
 }
@@ -528,6 +582,9 @@ pub enum SourceEvent {
     Document(DocumentChange),
     /// A change that has no event form: it goes to the dead-letter topic.
     Undecodable(UndecodableChange),
+    /// A signal that cannot be acted on (an unknown type, malformed data, a table that is not captured):
+    /// it goes to the dead-letter topic with stage `signal`, and the stream goes on.
+    BadSignal(UndecodableChange),
     /// A logical decoding message, when the source was asked for them.
     Message(DecodingMessage),
     /// The transaction whose changes were just emitted is complete; once they are all on the broker,

@@ -10,8 +10,10 @@ pub mod config;
 pub mod decimal;
 pub mod errors;
 pub mod event;
+pub mod incremental;
 pub mod metrics;
 pub mod positions;
+pub mod signal;
 pub mod source;
 
 pub use source::{Committer, Source, SourceContext};

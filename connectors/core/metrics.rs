@@ -18,6 +18,15 @@ pub trait SourceMetrics: Send + Sync {
     fn set_snapshot_running(&self, running: bool);
     /// The progress record of one table's (or collection's) snapshot, `estimated_rows` in all when known.
     fn snapshot_table(&self, table: &str, estimated_rows: Option<u64>) -> Arc<SnapshotProgress>;
+    /// How far the incremental snapshot of `table` got: rows read, the estimate when it began, chunks.
+    fn incremental_snapshot_table(
+        &self,
+        _table: &str,
+        _rows: u64,
+        _estimated: Option<u64>,
+        _chunks: u64,
+    ) {
+    }
 }
 
 /// One table's snapshot: rows read so far, and the estimate of the total.

@@ -69,6 +69,17 @@ pub struct StoredPosition {
 }
 
 impl StoredPosition {
+    /// `position` of `source`, stored now, of no recorded identity.
+    pub fn new(source: String, position: Position) -> StoredPosition {
+        StoredPosition {
+            source,
+            identity: None,
+            position,
+            snapshot_pending: false,
+            updated_at_ms: now_ms(),
+        }
+    }
+
     /// A snapshot was being read and not all of its rows are on the broker.
     pub fn snapshot_pending(&self) -> bool {
         self.position.snapshot_in_progress()
@@ -190,15 +201,12 @@ impl PositionStore {
     /// A crash leaves either the old or the new position, never a torn file.
     pub fn save(&self, position: Position) -> Result<(), PositionError> {
         let stored = StoredPosition {
-            source: self.source.clone(),
             identity: self
                 .identity
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
-            position,
-            snapshot_pending: false,
-            updated_at_ms: now_ms(),
+            ..StoredPosition::new(self.source.clone(), position)
         };
         let mut text = serde_json::to_vec_pretty(&stored).expect("position serialises");
         text.push(b'\n');

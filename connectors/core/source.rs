@@ -61,6 +61,13 @@ pub trait Source: Send + Sync + 'static {
         report: &mut Report,
     ) -> impl Future<Output = ()> + Send;
 
+    /// `sluice snapshot`: writes `signal` where this source reads its signals (the signal table or
+    /// collection), for a running sluice to act on. Returns the signal's id.
+    fn signal(
+        &self,
+        signal: &crate::signal::Signal,
+    ) -> impl Future<Output = Result<String, Self::Error>> + Send;
+
     /// After a clean stop, once the final position is stored: what the source does then (drop a slot).
     fn stopped(
         &self,

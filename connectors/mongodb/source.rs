@@ -98,6 +98,12 @@ impl Source for MongodbConnector {
     async fn check(&self, _position: &PositionPeek, report: &mut Report) {
         preflight::check(&self.settings, report).await
     }
+
+    async fn signal(&self, _signal: &sluice_core::signal::Signal) -> Result<String, MongodbError> {
+        Err(MongodbError::Signal(
+            "the MongoDB connector reads no signal collection yet".into(),
+        ))
+    }
 }
 
 /// Where a run starts, from the stored position; None when there is nothing to do. No I/O.

@@ -71,6 +71,13 @@ pub struct PostgresConfig {
     /// How `numeric` columns are published (Debezium's decimal.handling.mode).
     #[serde(default)]
     pub decimal_handling: DecimalHandling,
+    /// `schema.table` of the signal table (`id text PRIMARY KEY, type text NOT NULL, data text`): rows
+    /// inserted there are instructions (`execute-snapshot`, …), never published. Unset: no signals.
+    #[serde(default)]
+    pub signal_table: Option<Spanned<EnvString>>,
+    /// Rows per chunk of an incremental snapshot (Debezium's incremental.snapshot.chunk.size).
+    #[serde(default = "default_incremental_chunk_rows")]
+    pub incremental_chunk_rows: Spanned<u64>,
 }
 
 impl PostgresConfig {
@@ -102,6 +109,13 @@ fn default_snapshot_connections() -> Spanned<u8> {
 fn default_snapshot_chunk_rows() -> Spanned<u64> {
     Spanned::new(0..0, 250_000)
 }
+
+fn default_incremental_chunk_rows() -> Spanned<u64> {
+    Spanned::new(0..0, 1024)
+}
+
+/// A chunk's rows wait in memory for the stream to reach its high watermark.
+const MAX_INCREMENTAL_CHUNK_ROWS: u64 = 100_000;
 
 fn default_status_interval_secs() -> Spanned<u64> {
     Spanned::new(0..0, 10)
@@ -168,6 +182,27 @@ impl PostgresConfig {
                     "source.status_interval_secs",
                     source.status_interval_secs.span(),
                     message,
+                );
+            }
+
+            if let Some(signal_table) = &source.signal_table {
+                let text = signal_table.get_ref().as_str();
+                match TablePattern::parse(text) {
+                    Ok(pattern) if pattern.is_exact() => {}
+                    Ok(_) => report(
+                        "source.signal_table",
+                        signal_table.span(),
+                        format!("`{text}` has a wildcard: name one table, for example `public.sluice_signals`"),
+                    ),
+                    Err(message) => report("source.signal_table", signal_table.span(), message),
+                }
+            }
+            let chunk_rows = *source.incremental_chunk_rows.get_ref();
+            if chunk_rows == 0 || chunk_rows > MAX_INCREMENTAL_CHUNK_ROWS {
+                report(
+                    "source.incremental_chunk_rows",
+                    source.incremental_chunk_rows.span(),
+                    format!("must be between 1 and {MAX_INCREMENTAL_CHUNK_ROWS}: each chunk's rows wait in memory for the stream"),
                 );
             }
 

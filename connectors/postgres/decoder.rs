@@ -17,6 +17,7 @@ use sluice_core::event::{
     ChangeEvent, Column, DecodingMessage, Lsn, Op, Position, Row, SnapshotMarker, SourceEvent,
     SourceInfo, Table, TransactionOrder, Value,
 };
+use sluice_core::incremental::Watermark;
 
 /// The prefix of heartbeat messages (the reader writes them into the WAL); they are never published,
 /// even with `capture_messages`.
@@ -107,6 +108,9 @@ pub(super) struct StreamDecoder {
     overlap: Option<Overlap>,
     /// Changes the overlap left out, for the log line that ends it.
     left_out: u64,
+    /// Pass on the user's logical decoding messages (`capture_messages`); sluice's own watermarks are
+    /// passed on either way, for the incremental snapshot to take out.
+    user_messages: bool,
 }
 
 impl StreamDecoder {
@@ -119,7 +123,14 @@ impl StreamDecoder {
             cut_off: None,
             overlap,
             left_out: 0,
+            user_messages: true,
         }
+    }
+
+    /// Whether the user's logical decoding messages are passed on (they are by default).
+    pub(super) fn with_user_messages(mut self, pass_on: bool) -> StreamDecoder {
+        self.user_messages = pass_on;
+        self
     }
 
     /// The connection is gone: the next one starts again at the acknowledged position, before the open
@@ -291,8 +302,12 @@ impl StreamDecoder {
                     }
                 }
             }
-            // The server sends these only when asked (source.capture_messages); heartbeats are sluice's own.
-            Message::LogicalMessage(message) if message.prefix != HEARTBEAT_PREFIX => {
+            // The server sends these only when asked (capture_messages, or a signal table for the
+            // watermarks); heartbeats are sluice's own.
+            Message::LogicalMessage(message)
+                if message.prefix != HEARTBEAT_PREFIX
+                    && (self.user_messages || message.prefix == Watermark::PREFIX) =>
+            {
                 let transaction = self.transaction.as_ref().filter(|_| message.transactional);
                 out.push(SourceEvent::Message(DecodingMessage {
                     database: self.database.to_string(),

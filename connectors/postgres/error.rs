@@ -10,6 +10,11 @@ use sluice_core::positions::SourceIdentity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    #[error(
+        "signal table {table}: {problem}. Create it as the table's owner: CREATE TABLE {table} (id text PRIMARY KEY, \
+         type text NOT NULL, data text); and let sluice's user read it (and insert into it, for `sluice snapshot`)"
+    )]
+    SignalTable { table: String, problem: String },
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error(transparent)]

@@ -48,6 +48,58 @@ pub async fn check(
     let tables = check_tables(&settings.selection, &client, report).await;
     check_slot(settings, &client, position, report).await;
     check_publication(&settings.publication, &client, &tables, report).await;
+    if let Some(table) = &settings.signal_table {
+        check_signal_table(&client, table, report).await;
+    }
+}
+
+/// The signal table: there with its columns, or creatable by `sluice run`.
+async fn check_signal_table(client: &Client, table: &str, report: &mut Report) {
+    let name = crate::incremental::table_name(table);
+    let columns = match crate::signal_table::columns(client, &name).await {
+        Ok(columns) => columns,
+        Err(err) => return report.fail(error_chain(&err), "grant the user access to pg_catalog"),
+    };
+    if !columns.is_empty() {
+        let missing: Vec<&str> = ["id", "type", "data"]
+            .into_iter()
+            .filter(|c| !columns.iter().any(|have| have == c))
+            .collect();
+        return if missing.is_empty() {
+            report.pass(format!("signal table {name}: present"))
+        } else {
+            report.fail(
+                format!("signal table {name} lacks the column(s) {missing:?}"),
+                format!(
+                    "drop it and create it as {}",
+                    crate::signal_table::definition(table)
+                ),
+            )
+        };
+    }
+    let may_create = scalar(
+        client,
+        &format!(
+            "SELECT has_schema_privilege(current_user, {}, 'CREATE')::text",
+            crate::replication::quote_literal(&name.schema)
+        ),
+    )
+    .await;
+    if may_create.as_deref() == Ok("true") {
+        report.pass(format!(
+            "signal table {name}: missing; `sluice run` creates it"
+        ));
+    } else {
+        report.fail(
+            format!("signal table {name} does not exist, and the user may not create it"),
+            format!(
+                "as an owner of schema {}: {}; GRANT SELECT, INSERT ON {} TO the user",
+                name.schema,
+                crate::signal_table::definition(table),
+                name.quoted()
+            ),
+        );
+    }
 }
 
 /// The server's version, and the wal_level logical decoding needs.

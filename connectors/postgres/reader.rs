@@ -13,6 +13,7 @@ use super::decoder::{Captured, StreamDecoder, HEARTBEAT_PREFIX};
 use super::overlap::Overlap;
 use super::pgoutput::{self, Relation};
 use super::replication::{Frame, ReplicationConnection, SlotLifetime};
+use super::signals::Incremental;
 use super::snapshot::{Exported, Snapshot};
 use super::start::{self, Start};
 // Public here before they had modules of their own.
@@ -85,6 +86,8 @@ struct Ticks {
     heartbeats: bool,
     /// Reads of the server's WAL position, for the lag metric.
     wal_probe: tokio::time::Interval,
+    /// The incremental snapshot's periodic work (refusals, retries, the progress log).
+    incremental: tokio::time::Interval,
 }
 
 impl Ticks {
@@ -97,11 +100,14 @@ impl Ticks {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut wal_probe = tokio::time::interval(WAL_END_PROBE_INTERVAL);
         wal_probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut incremental = tokio::time::interval(Duration::from_secs(1));
+        incremental.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ticks {
             status,
             heartbeat,
             heartbeats: heartbeats.is_some(),
             wal_probe,
+            incremental,
         }
     }
 }
@@ -109,6 +115,8 @@ impl Ticks {
 /// What ended a wait for the next frame.
 enum Wake {
     Frame(Frame),
+    /// Time for the incremental snapshot's periodic work.
+    Incremental,
     /// Something else was seen to (a status update, a stop request, a heartbeat, …): wait again.
     Handled,
     /// Stop reading: the pipeline is gone, or a stop's grace ran out.
@@ -143,7 +151,12 @@ impl PostgresSource {
         let selected = catalog::resolve_tables(&catalog, &settings.selection).await?;
         let tables: Vec<TableName> = selected.to_vec();
         // The publication must exist before the slot: pgoutput reads it through the slot's historic snapshot.
-        publish(&catalog, &settings, &tables).await?;
+        // It carries the signal table too, which is captured but never snapshotted or published.
+        let mut published = tables.clone();
+        if let Some(signal_table) = &settings.signal_table {
+            published.push(super::signal_table::ensure(&catalog, signal_table).await?);
+        }
+        publish(&catalog, &settings, &published).await?;
         let slot = catalog::slot_info(&catalog, &settings.slot).await?;
         let begin = prepare_slot(&mut conn, &settings, slot.as_ref(), resume).await?;
         let Placed {
@@ -198,10 +211,12 @@ impl PostgresSource {
         control: StreamControl,
     ) -> Result<(), SourceError> {
         let resume = from.postgres_lsn().unwrap_or_default();
+        let (from, progress) = from.into_parts();
         let overlap = match from {
             Position::PostgresSnapshot(progress) => Overlap::new(progress),
             _ => None,
         };
+        let mut incremental = Incremental::new(&self.settings, progress, control.metrics.clone());
         let stopping_until =
             (*control.stop.borrow()).then(|| tokio::time::Instant::now() + control.stop_grace);
         let mut link = Link {
@@ -209,13 +224,14 @@ impl PostgresSource {
             acked: resume,
             stopping_until,
         };
-        let mut decoder = StreamDecoder::new(&self.settings.database, resume, overlap);
+        let mut decoder = StreamDecoder::new(&self.settings.database, resume, overlap)
+            .with_user_messages(self.settings.capture_messages);
         let mut backoff = Backoff::new(RECONNECT_MAX_DELAY);
         let mut reconnecting = false;
         loop {
             backoff.connecting();
             let err = match self
-                .stream_connection(&mut decoder, &mut link, reconnecting)
+                .stream_connection(&mut decoder, &mut incremental, &mut link, reconnecting)
                 .await
             {
                 Ok(conn) => return self.finish(conn, link).await,
@@ -256,6 +272,7 @@ impl PostgresSource {
     async fn stream_connection(
         &mut self,
         decoder: &mut StreamDecoder,
+        incremental: &mut Incremental,
         link: &mut Link,
         reconnecting: bool,
     ) -> Result<ReplicationConnection, SourceError> {
@@ -268,13 +285,16 @@ impl PostgresSource {
             let give_up_at = link
                 .stopping_until
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
-            let frame = match self.wake(&mut conn, link, &mut ticks, give_up_at).await? {
-                Wake::Frame(frame) => frame,
+            match self.wake(&mut conn, link, &mut ticks, give_up_at).await? {
+                Wake::Frame(frame) => {
+                    self.apply_frame(frame, decoder, &mut conn, link, &mut produced)
+                        .await?;
+                    incremental.process(&mut produced, decoder);
+                }
+                Wake::Incremental => incremental.poll(&mut produced),
                 Wake::Handled => continue,
                 Wake::Stop => break,
             };
-            self.apply_frame(frame, decoder, &mut conn, link, &mut produced)
-                .await?;
             let handed_on = self
                 .hand_on(&mut produced, &mut conn, link, &mut ticks, give_up_at)
                 .await?;
@@ -311,7 +331,8 @@ impl PostgresSource {
             &self.settings.slot,
             link.acked,
             &self.settings.publication,
-            self.settings.capture_messages,
+            // Watermarks travel as messages.
+            self.settings.capture_messages || self.settings.signal_table.is_some(),
         )
         .await?;
         tracing::info!(slot = %self.settings.slot, from = %link.acked, "streaming");
@@ -355,6 +376,7 @@ impl PostgresSource {
                 self.report_wal_end(control.metrics.as_ref()).await;
                 Wake::Handled
             }
+            _ = ticks.incremental.tick() => Wake::Incremental,
         };
         Ok(wake)
     }
@@ -522,7 +544,8 @@ impl PostgresSource {
             name: relation.name.clone(),
         };
         let selected = self.selected.contains(&name)
-            || self.settings.selection.includes(&name.schema, &name.name);
+            || self.settings.selection.includes(&name.schema, &name.name)
+            || self.settings.signal_table.as_deref() == Some(name.to_string().as_str());
         if !selected {
             // A publication shared with other consumers may cover more tables than sluice was asked for.
             tracing::info!(table = %name, publication = %self.settings.publication, "skipping changes of a published table that the selection leaves out");

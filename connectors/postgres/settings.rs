@@ -33,6 +33,10 @@ pub struct PostgresSettings {
     pub decimal_handling: DecimalHandling,
     /// How often to write a heartbeat message into the WAL of the captured database (None: never).
     pub heartbeat_interval: Option<Duration>,
+    /// `schema.table` of the signal table; None: signals are off.
+    pub signal_table: Option<String>,
+    /// Rows per chunk of an incremental snapshot.
+    pub incremental_chunk_rows: usize,
 }
 
 /// Where an earlier run got to, from the position file.
@@ -52,7 +56,7 @@ impl Resume<'_> {
 
     /// The snapshot the run that wrote the file was reading and did not finish.
     pub(super) fn interrupted(&self) -> Option<&PgSnapshotPosition> {
-        match self.position {
+        match self.position.stream() {
             Position::PostgresSnapshot(progress) if !progress.complete => Some(progress),
             _ => None,
         }

@@ -74,6 +74,11 @@ pub fn settings(config: &PostgresConfig) -> Result<PostgresSettings, SourceError
             0 => None,
             secs => Some(Duration::from_secs(secs)),
         },
+        signal_table: config
+            .signal_table
+            .as_ref()
+            .map(|table| table.get_ref().as_str().to_owned()),
+        incremental_chunk_rows: *config.incremental_chunk_rows.get_ref() as usize,
     })
 }
 
@@ -167,6 +172,18 @@ impl Source for PostgresConnector {
 
     async fn check(&self, position: &PositionPeek, report: &mut Report) {
         preflight_checks::check(&self.settings, &self.shown_url, position, report).await
+    }
+
+    async fn signal(&self, signal: &sluice_core::signal::Signal) -> Result<String, SourceError> {
+        let Some(table) = &self.settings.signal_table else {
+            return Err(SourceError::SignalTable {
+                table: "(none)".into(),
+                problem: "`[source] signal_table` is not set, so sluice reads no signals: set it (for example \
+                          `signal_table = \"public.sluice_signals\"`) and restart sluice"
+                    .into(),
+            });
+        };
+        crate::signal_table::write(&self.settings.connection, table, signal).await
     }
 
     async fn stopped(&self, store: &PositionStore) -> Result<(), SourceError> {

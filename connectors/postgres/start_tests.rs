@@ -26,6 +26,8 @@ fn settings(snapshot: SnapshotMode) -> PostgresSettings {
         snapshot_chunk_rows: 1000,
         decimal_handling: DecimalHandling::Precise,
         heartbeat_interval: None,
+        signal_table: None,
+        incremental_chunk_rows: 1024,
     }
 }
 

@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::TypedMetric;
 
-use super::{Counters, SnapshotProgress, State};
+use super::{Counters, IncrementalProgress, SnapshotProgress, State};
 
 /// Reads the metrics' state on each scrape. Names are given without the `_total` that the encoder appends
 /// to a counter's.
@@ -23,8 +23,8 @@ impl fmt::Debug for Exposition {
     }
 }
 
-/// How one snapshot metric reads a table's progress.
-type SnapshotValue = fn(&SnapshotProgress) -> u64;
+/// A metric family of per-table progress: its name, its help, and how it reads a table's progress.
+type PerTable<P> = (&'static str, &'static str, fn(&P) -> u64);
 
 impl Collector for Exposition {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
@@ -33,6 +33,7 @@ impl Collector for Exposition {
             let counters = state.lock();
             counter_families(&counters, &mut encoder)?;
             snapshot_families(&counters, &mut encoder)?;
+            incremental_families(&counters, &mut encoder)?;
         }
         singles(state, &mut encoder)
     }
@@ -78,7 +79,7 @@ fn counter_families(counters: &Counters, encoder: &mut DescriptorEncoder) -> fmt
 
 /// Each snapshot table's progress.
 fn snapshot_families(counters: &Counters, encoder: &mut DescriptorEncoder) -> fmt::Result {
-    let snapshot: [(&str, &str, SnapshotValue); 3] = [
+    let families: [PerTable<SnapshotProgress>; 3] = [
         (
             "sluice_snapshot_rows",
             "Rows of each table read by the snapshot so far.",
@@ -95,12 +96,47 @@ fn snapshot_families(counters: &Counters, encoder: &mut DescriptorEncoder) -> fm
             |p| u64::from(p.finished.load(Relaxed)),
         ),
     ];
-    for (name, help, value) in snapshot {
+    gauges_per_table(
+        encoder,
+        families,
+        counters.snapshot.iter().map(|(t, p)| (t, &**p)),
+    )
+}
+
+/// The incremental snapshot's progress per table: rows read, the estimate when it began, chunks read.
+fn incremental_families(counters: &Counters, encoder: &mut DescriptorEncoder) -> fmt::Result {
+    let families: [PerTable<IncrementalProgress>; 3] = [
+        (
+            "sluice_incremental_snapshot_rows",
+            "Rows of each table read by the incremental snapshot under way (or the last one).",
+            |p| p.rows,
+        ),
+        (
+            "sluice_incremental_snapshot_rows_estimated",
+            "The planner's estimate of each incrementally snapshotted table's rows when its reading began (0: unknown).",
+            |p| p.estimated,
+        ),
+        (
+            "sluice_incremental_snapshot_chunks",
+            "Chunks of each table the incremental snapshot has read.",
+            |p| p.chunks,
+        ),
+    ];
+    gauges_per_table(encoder, families, counters.incremental.iter())
+}
+
+/// A gauge family per `(name, help, value)`, one series per table.
+fn gauges_per_table<'a, P: 'a, const N: usize>(
+    encoder: &mut DescriptorEncoder,
+    families: [PerTable<P>; N],
+    tables: impl Iterator<Item = (&'a String, &'a P)> + Clone,
+) -> fmt::Result {
+    for (name, help, value) in families {
         family(
             encoder,
             name,
             help,
-            counters.snapshot.iter().map(|(table, progress)| {
+            tables.clone().map(|(table, progress)| {
                 (
                     [("table", table.as_str())],
                     ConstGauge::new(value(progress)),

@@ -99,6 +99,13 @@ impl Publisher {
                     Subject::Undecodable(change),
                 ))
             }
+            // A signal names no topic of its own: its dead letter says which table it came from.
+            SourceEvent::BadSignal(signal) => Err(Rejection::new(
+                Stage::Signal,
+                &core.dead_letter_topic,
+                signal.reason.clone(),
+                Subject::Undecodable(signal),
+            )),
             SourceEvent::Commit {
                 position,
                 commit_time_us,
