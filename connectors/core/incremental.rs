@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::signal::Condition;
+use crate::signal::{Condition, Signal};
 
 /// The incremental snapshot under way, stored inside the position (see
 /// [`crate::event::Position::Incremental`]).
@@ -101,6 +101,61 @@ impl Progress {
 
     pub fn table_mut(&mut self, name: &str) -> Option<&mut TableProgress> {
         self.tables.iter_mut().find(|t| t.name == name)
+    }
+}
+
+/// What acting on a signal asks of the connector.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Acted {
+    /// The plan changed: forget the chunks in flight and start a new reading from the progress.
+    pub restart: bool,
+    /// Why (part of) the signal was refused: it goes to the dead-letter topic.
+    pub refused: Option<String>,
+}
+
+impl Progress {
+    /// Acts on `signal`; `captures` says whether a table (collection) is one the stream captures, the only
+    /// kind an incremental snapshot can read correctly.
+    pub fn act(&mut self, signal: Signal, captures: impl Fn(&str) -> bool) -> Acted {
+        let mut acted = Acted::default();
+        match signal {
+            Signal::ExecuteSnapshot {
+                collections,
+                conditions,
+            } => {
+                let (captured, foreign): (Vec<String>, Vec<String>) =
+                    collections.into_iter().partition(|name| captures(name));
+                if !captured.is_empty() {
+                    self.request(&captured, &conditions);
+                    tracing::info!(tables = ?captured, "incremental snapshot requested");
+                    acted.restart = true;
+                }
+                if !foreign.is_empty() {
+                    acted.refused = Some(format!(
+                        "{foreign:?} not captured: an incremental snapshot reads what the stream captures; add them to the source's selection"
+                    ));
+                }
+            }
+            Signal::StopSnapshot { collections } => {
+                let stopped = self.stop(&collections);
+                tracing::info!(tables = ?collections, stopped, "incremental snapshot stopped");
+                acted.restart = true;
+            }
+            Signal::PauseSnapshot => {
+                self.paused = true;
+                tracing::info!("incremental snapshot paused");
+                acted.restart = true;
+            }
+            Signal::ResumeSnapshot => {
+                if self.paused {
+                    self.paused = false;
+                    tracing::info!("incremental snapshot resumed");
+                    acted.restart = true;
+                }
+            }
+            Signal::Log { message } => tracing::info!(message = %message, "signal: log"),
+        }
+        acted
     }
 }
 

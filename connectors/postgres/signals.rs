@@ -374,7 +374,14 @@ impl Incremental {
         match Signal::parse(&kind, data.as_deref()) {
             Ok(signal) => {
                 tracing::info!(id = ?id, signal = %kind, "signal received");
-                if let Err(reason) = self.act(signal) {
+                let (selection, signal_table) = (&self.selection, self.signal_table.as_deref());
+                let acted = self
+                    .progress
+                    .act(signal, |name| captures(selection, signal_table, name));
+                if acted.restart {
+                    self.restart_reader();
+                }
+                if let Some(reason) = acted.refused {
                     out.push(self.bad_signal(raw, reason));
                 }
             }
@@ -383,55 +390,6 @@ impl Incremental {
                 out.push(self.bad_signal(raw, err.to_string()));
             }
         }
-    }
-
-    fn act(&mut self, signal: Signal) -> Result<(), String> {
-        match signal {
-            Signal::ExecuteSnapshot {
-                collections,
-                conditions,
-            } => {
-                let (captured, foreign): (Vec<String>, Vec<String>) = collections
-                    .into_iter()
-                    .partition(|name| self.captures(name));
-                if !captured.is_empty() {
-                    self.progress.request(&captured, &conditions);
-                    tracing::info!(tables = ?captured, "incremental snapshot requested");
-                    self.restart_reader();
-                }
-                if !foreign.is_empty() {
-                    return Err(format!(
-                        "{foreign:?} not captured: an incremental snapshot reads tables the stream captures; add them to [source] tables (names are `schema.table`)"
-                    ));
-                }
-            }
-            Signal::StopSnapshot { collections } => {
-                let stopped = self.progress.stop(&collections);
-                tracing::info!(tables = ?collections, stopped, "incremental snapshot stopped");
-                self.restart_reader();
-            }
-            Signal::PauseSnapshot => {
-                self.progress.paused = true;
-                tracing::info!("incremental snapshot paused");
-                self.restart_reader();
-            }
-            Signal::ResumeSnapshot => {
-                if self.progress.paused {
-                    self.progress.paused = false;
-                    tracing::info!("incremental snapshot resumed");
-                    self.restart_reader();
-                }
-            }
-            Signal::Log { message } => tracing::info!(message = %message, "signal: log"),
-        }
-        Ok(())
-    }
-
-    fn captures(&self, name: &str) -> bool {
-        let Some((schema, table)) = name.split_once('.') else {
-            return false;
-        };
-        self.selection.includes(schema, table) && self.signal_table.as_deref() != Some(name)
     }
 
     fn bad_signal(&self, raw: String, reason: String) -> SourceEvent {
@@ -451,4 +409,13 @@ impl Drop for Incremental {
             task.abort();
         }
     }
+}
+
+/// Whether the stream captures `name` (`schema.table`): an incremental snapshot of anything else would
+/// have no stream to reconcile with.
+fn captures(selection: &Selection, signal_table: Option<&str>, name: &str) -> bool {
+    let Some((schema, table)) = name.split_once('.') else {
+        return false;
+    };
+    selection.includes(schema, table) && signal_table != Some(name)
 }
