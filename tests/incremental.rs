@@ -437,3 +437,81 @@ async fn pause_resume_and_stop() {
     services.assert_no_dead_letters().await;
     daemon.stop_cleanly();
 }
+
+/// Keys (`id`) on `topic` once at least `count` records are there.
+async fn ids_on(services: &Services, topic: &str, count: usize) -> BTreeSet<i64> {
+    let events = decode_all(
+        services,
+        &services.read(topic, count, Duration::from_secs(60)).await,
+    );
+    events
+        .iter()
+        .filter(|e| e.after().is_some())
+        .map(id_of)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_that_join_the_selection_are_snapshotted_by_themselves() {
+    let services = Services::start().await;
+    services
+        .sql(
+            "CREATE TABLE items (id bigint PRIMARY KEY, label text);
+             INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 100) AS i;
+             CREATE TABLE extra_a (id bigint PRIMARY KEY, label text);
+             INSERT INTO extra_a SELECT i, 'a ' || i FROM generate_series(1, 300) AS i;",
+        )
+        .await;
+    // The first run knows its tables: with `snapshot = "never"` nothing of them is read.
+    let first = config(&services, &["public.items"], "");
+    let mut daemon = Daemon::start(&first);
+    services.wait_streaming(&mut daemon).await;
+    daemon.stop_cleanly();
+
+    // A config change adds a table: its rows are read; the known table's are not.
+    let second = config(&services, &["public.items", "public.extra_*"], "");
+    let mut daemon = Daemon::start(&second);
+    services.wait_streaming(&mut daemon).await;
+    wait_finished(&services, &mut daemon, Duration::from_secs(120)).await;
+    assert_eq!(
+        ids_on(&services, "shop.public.extra_a", 300).await.len(),
+        300
+    );
+    let items = services.read(ITEMS, 0, Duration::from_secs(2)).await;
+    assert!(items.is_empty(), "the known table was read again");
+
+    // A table added to the publication while sluice streams: its rows from before are read too.
+    services
+        .sql(
+            "CREATE TABLE extra_b (id bigint PRIMARY KEY, label text);
+             INSERT INTO extra_b SELECT i, 'b ' || i FROM generate_series(1, 200) AS i;
+             ALTER PUBLICATION sluice_test ADD TABLE extra_b;
+             INSERT INTO extra_b VALUES (201, 'b 201');",
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ids = ids_on(&services, "shop.public.extra_b", 201).await;
+        if ids.len() == 201 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of 201 rows of the joined table:\n{}",
+            ids.len(),
+            daemon.log()
+        );
+    }
+    daemon.stop_cleanly();
+    // Known from now on: a restart reads neither again.
+    let mut daemon = Daemon::start(&second);
+    services.wait_streaming(&mut daemon).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(progress(&services).is_none());
+    assert!(
+        !daemon.log().contains("tables joined the selection"),
+        "{}",
+        daemon.log()
+    );
+    daemon.stop_cleanly();
+}

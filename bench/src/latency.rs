@@ -195,6 +195,8 @@ impl Writer<'_> {
 /// One read of sluice's `/metrics`.
 pub struct Scrape {
     events: u64,
+    incremental_rows: u64,
+    streaming: bool,
     /// The commit-to-ack histogram: (upper bound in seconds, cumulative count), +Inf last.
     buckets: Vec<(f64, u64)>,
 }
@@ -209,6 +211,8 @@ impl Scrape {
     fn parse(text: &str) -> Scrape {
         let mut scrape = Scrape {
             events: 0,
+            incremental_rows: 0,
+            streaming: false,
             buckets: Vec::new(),
         };
         let bucket_prefix = format!("{HISTOGRAM}_bucket{{le=\"");
@@ -221,6 +225,10 @@ impl Scrape {
             };
             if series.starts_with("sluice_events_total{") {
                 scrape.events += value;
+            } else if series.starts_with("sluice_incremental_snapshot_rows{") {
+                scrape.incremental_rows += value;
+            } else if series == "sluice_streaming" {
+                scrape.streaming = value == 1;
             } else if let Some(bound) = series.strip_prefix(&bucket_prefix) {
                 let bound = bound.trim_end_matches("\"}");
                 let bound = if bound == "+Inf" {
@@ -236,6 +244,16 @@ impl Scrape {
 
     pub fn events(&self) -> u64 {
         self.events
+    }
+
+    /// Rows the incremental snapshot has read, over every table.
+    pub fn incremental_rows(&self) -> u64 {
+        self.incremental_rows
+    }
+
+    /// Whether sluice is streaming from its slot.
+    pub fn streaming(&self) -> bool {
+        self.streaming
     }
 
     /// Transactions the commit-to-ack histogram has timed.

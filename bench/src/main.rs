@@ -10,6 +10,7 @@
 //! sampled while each process runs. Last, commit-to-acknowledgement latency is read from sluice's own
 //! histogram while a paced writer commits a steady rate ([`latency`]).
 
+mod incremental;
 mod latency;
 
 use std::os::unix::process::ExitStatusExt;
@@ -72,13 +73,14 @@ struct Args {
 }
 
 /// The measurements, by the names `--only` takes; `latency` covers both latency rows.
-const MEASUREMENTS: [&str; 7] = [
+const MEASUREMENTS: [&str; 8] = [
     "recvlogical",
     "stream",
     "null",
     "copy",
     "snap",
     "snapnull",
+    "incr",
     "latency",
 ];
 
@@ -183,6 +185,7 @@ async fn main() -> Result<()> {
             slot: "bench_snapshot",
             snapshot: "initial_only",
             sink: Sink::Broker,
+            source_extra: "",
         },
     )?;
     // "initial" rather than "initial_only": the blackhole's count is read from the running process.
@@ -193,8 +196,17 @@ async fn main() -> Result<()> {
             slot: "bench_snapnull",
             snapshot: "initial",
             sink: Sink::Blackhole,
+            source_extra: "",
         },
     )?;
+
+    let incremental = if args.wants("incr") {
+        let measured = bench.measure_incremental(&client).await?;
+        report_one(&measured);
+        Some(measured)
+    } else {
+        None
+    };
 
     let pace = latency::Pace {
         rows_per_second: args.latency_rate,
@@ -240,6 +252,7 @@ async fn main() -> Result<()> {
         (&copy, None),
         (&snapshot, Some(&copy)),
         (&snapshot_blackhole, Some(&copy)),
+        (&incremental, Some(&snapshot_blackhole)),
     ] {
         let Some(measure) = measure else { continue };
         let ratio = match baseline {
@@ -351,6 +364,8 @@ struct Run<'a> {
     slot: &'a str,
     snapshot: &'a str,
     sink: Sink,
+    /// More `[source]` lines.
+    source_extra: &'a str,
 }
 
 impl<'a> Run<'a> {
@@ -360,6 +375,7 @@ impl<'a> Run<'a> {
             slot,
             snapshot: "never",
             sink,
+            source_extra: "",
         }
     }
 }
@@ -450,7 +466,7 @@ impl Bench<'_> {
         config.slot = run.slot.into();
         config.publication = "bench".into();
         config.tables = vec!["public.bench".into()];
-        config.source_extra = format!("snapshot = \"{}\"", run.snapshot);
+        config.source_extra = format!("snapshot = \"{}\"\n{}", run.snapshot, run.source_extra);
         config.topic_prefix = run.prefix.into();
         config.sink_kind = run.sink.kind().into();
         let api = format!("127.0.0.1:{}", sluice_testkit::free_port());

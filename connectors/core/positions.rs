@@ -29,6 +29,8 @@ pub enum PositionError {
     },
     #[error("the position file {path} is damaged ({reason}); move it away to resume from the slot's position")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("the record of known tables {path} is damaged ({reason}); remove it: every selected table then counts as known (none is snapshotted for having joined)")]
+    TablesCorrupt { path: PathBuf, reason: String },
     #[error("the journal {path} is damaged ({reason}); remove it: the snapshot is then carried on as if every part had begun, leaving no change out")]
     JournalCorrupt { path: PathBuf, reason: String },
 }

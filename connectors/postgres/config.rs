@@ -78,6 +78,11 @@ pub struct PostgresConfig {
     /// Rows per chunk of an incremental snapshot (Debezium's incremental.snapshot.chunk.size).
     #[serde(default = "default_incremental_chunk_rows")]
     pub incremental_chunk_rows: Spanned<u64>,
+    /// A table that joins the selection later (a config change, a table added to the publication while
+    /// sluice runs) is snapshotted incrementally by itself. Needs `signal_table` (the watermarks travel
+    /// with the stream the same way).
+    #[serde(default = "default_snapshot_new_tables")]
+    pub snapshot_new_tables: bool,
 }
 
 impl PostgresConfig {
@@ -108,6 +113,10 @@ fn default_snapshot_connections() -> Spanned<u8> {
 
 fn default_snapshot_chunk_rows() -> Spanned<u64> {
     Spanned::new(0..0, 250_000)
+}
+
+fn default_snapshot_new_tables() -> bool {
+    true
 }
 
 fn default_incremental_chunk_rows() -> Spanned<u64> {

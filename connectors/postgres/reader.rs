@@ -32,6 +32,9 @@ pub struct PostgresSource {
     snapshot: Option<Snapshot>,
     /// The connection a temporary slot lives on, until streaming takes it.
     temporary_slot: Option<SlotConnection>,
+    /// Selected tables first seen while streaming (added to the publication meanwhile), not yet handed
+    /// to the incremental snapshot.
+    joined: Vec<String>,
 }
 
 /// Where the connection that holds a temporary slot is before streaming begins.
@@ -173,6 +176,7 @@ impl PostgresSource {
             identity,
             snapshot,
             temporary_slot,
+            joined: Vec::new(),
         })
     }
 
@@ -289,6 +293,9 @@ impl PostgresSource {
                 Wake::Frame(frame) => {
                     self.apply_frame(frame, decoder, &mut conn, link, &mut produced)
                         .await?;
+                    for table in self.joined.drain(..) {
+                        incremental.joined(table);
+                    }
                     incremental.process(&mut produced, decoder);
                 }
                 Wake::Incremental => incremental.poll(&mut produced),
@@ -543,9 +550,16 @@ impl PostgresSource {
             schema: relation.namespace.clone(),
             name: relation.name.clone(),
         };
-        let selected = self.selected.contains(&name)
-            || self.settings.selection.includes(&name.schema, &name.name)
-            || self.settings.signal_table.as_deref() == Some(name.to_string().as_str());
+        let known = self.selected.contains(&name);
+        let is_signal_table =
+            self.settings.signal_table.as_deref() == Some(name.to_string().as_str());
+        let selected =
+            known || is_signal_table || self.settings.selection.includes(&name.schema, &name.name);
+        if !known && selected && !is_signal_table {
+            tracing::info!(table = %name, "a selected table joined the publication while streaming");
+            self.joined.push(name.to_string());
+            self.selected.insert(name.clone());
+        }
         if !selected {
             // A publication shared with other consumers may cover more tables than sluice was asked for.
             tracing::info!(table = %name, publication = %self.settings.publication, "skipping changes of a published table that the selection leaves out");

@@ -37,6 +37,8 @@ pub struct PostgresSettings {
     pub signal_table: Option<String>,
     /// Rows per chunk of an incremental snapshot.
     pub incremental_chunk_rows: usize,
+    /// Tables that join the selection later are snapshotted incrementally.
+    pub snapshot_new_tables: bool,
 }
 
 /// Where an earlier run got to, from the position file.

@@ -33,6 +33,7 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 pub(super) struct Incremental {
     /// `schema.table`; None: signals are off (a snapshot carried over from a run that had them still ends).
     signal_table: Option<String>,
+    snapshot_new_tables: bool,
     selection: Selection,
     reader: ReaderSettings,
     database: Arc<str>,
@@ -58,6 +59,7 @@ impl Incremental {
         let run = format!("{}-{}-{}", settings.slot, std::process::id(), now_us());
         let mut incremental = Incremental {
             signal_table: settings.signal_table.clone(),
+            snapshot_new_tables: settings.snapshot_new_tables,
             selection: settings.selection.clone(),
             reader: ReaderSettings {
                 connection: settings.connection.clone(),
@@ -80,6 +82,17 @@ impl Incremental {
             incremental.restart_reader();
         }
         incremental
+    }
+
+    /// A selected table the stream met for the first time (added to the publication while streaming): its
+    /// rows from before are read incrementally, when `snapshot_new_tables` says so.
+    pub(super) fn joined(&mut self, table: String) {
+        if !self.snapshot_new_tables || self.progress.tables.iter().any(|t| t.name == table) {
+            return;
+        }
+        tracing::info!(table = %table, "snapshotting the table that joined incrementally");
+        self.progress.request(&[table], &[]);
+        self.restart_reader();
     }
 
     fn pending_names(&self) -> Vec<String> {

@@ -9,7 +9,8 @@ use std::time::Duration;
 use sluice_core::check::Report;
 use sluice_core::config::{redact_secrets, SnapshotMode};
 use sluice_core::event::{Lsn, Position};
-use sluice_core::positions::{PositionPeek, PositionStore, StoredPosition};
+use sluice_core::known::KnownTables;
+use sluice_core::positions::{PositionError, PositionPeek, PositionStore, StoredPosition};
 use sluice_core::source::{Committer, Source, SourceContext};
 use tokio::sync::watch;
 
@@ -79,6 +80,8 @@ pub fn settings(config: &PostgresConfig) -> Result<PostgresSettings, SourceError
             .as_ref()
             .map(|table| table.get_ref().as_str().to_owned()),
         incremental_chunk_rows: *config.incremental_chunk_rows.get_ref() as usize,
+        // Reading a joined table's rows needs watermarks, which need the signal table's messages on.
+        snapshot_new_tables: config.snapshot_new_tables && config.signal_table.is_some(),
     })
 }
 
@@ -152,14 +155,17 @@ impl Source for PostgresConnector {
     ) {
         let (lsn_tx, lsn_rx) = watch::channel(Lsn(0));
         let (position_tx, position_rx) = watch::channel(None);
+        let known = KnownTables::open(&context.store).map(Arc::new);
         let committer = Arc::new(PgCommitter {
             lsn: lsn_tx,
             position: position_tx,
             initial_only: self.settings.snapshot == SnapshotMode::InitialOnly,
+            known: known.as_ref().ok().cloned(),
         });
         let run = run(
             self.settings.clone(),
             plan,
+            known,
             context,
             Acknowledged {
                 lsn: lsn_rx,
@@ -210,6 +216,8 @@ struct PgCommitter {
     lsn: watch::Sender<Lsn>,
     position: watch::Sender<Option<Position>>,
     initial_only: bool,
+    /// Told of each stored incremental snapshot, whose tables are then known.
+    known: Option<Arc<KnownTables>>,
 }
 
 impl Committer for PgCommitter {
@@ -221,6 +229,12 @@ impl Committer for PgCommitter {
     }
 
     fn commit(&self, position: &Position) {
+        if let (Some(known), Some(progress)) = (&self.known, position.incremental()) {
+            if let Err(err) = known.stored(progress) {
+                // Costs a repeated snapshot of the table after a restart, not an event.
+                tracing::warn!(error = %err, "cannot record the tables the incremental snapshot reads");
+            }
+        }
         if let Some(lsn) = position.postgres_lsn() {
             let _ = self.lsn.send(lsn);
         }
@@ -238,10 +252,12 @@ struct Acknowledged {
 async fn run(
     settings: PostgresSettings,
     plan: Plan,
+    known: Result<Arc<KnownTables>, PositionError>,
     context: SourceContext,
     mut acknowledged: Acknowledged,
     streamed: Arc<AtomicBool>,
 ) -> Result<(), SourceError> {
+    let known = known?;
     let stored = match plan {
         Plan::Fresh => None,
         Plan::Resume(stored) => Some(stored),
@@ -286,6 +302,7 @@ async fn run(
     };
     // The store says the snapshot is complete: what began of it no longer matters.
     journal.remove()?;
+    let from = with_new_tables(from, &source, &known, settings.snapshot_new_tables)?;
     streamed.store(true, Ordering::Relaxed);
     source
         .stream(
@@ -299,6 +316,26 @@ async fn run(
             },
         )
         .await
+}
+
+/// `from` with an incremental snapshot of the selected tables no run has read yet (they joined the
+/// selection since), when `snapshot_new_tables` says so.
+fn with_new_tables(
+    from: Position,
+    source: &PostgresSource,
+    known: &KnownTables,
+    snapshot_new: bool,
+) -> Result<Position, SourceError> {
+    let selected: Vec<String> = source.tables().map(ToString::to_string).collect();
+    let (stream, progress) = from.into_parts();
+    let new = known.start(&selected, progress.as_ref(), snapshot_new)?;
+    if new.is_empty() {
+        return Ok(Position::with_incremental(stream, progress.as_ref()));
+    }
+    tracing::info!(tables = ?new, "tables joined the selection: snapshotting them incrementally");
+    let mut progress = progress.unwrap_or_default();
+    progress.request(&new, &[]);
+    Ok(Position::with_incremental(stream, Some(&progress)))
 }
 
 /// Hands the snapshot's rows on and waits until the broker has every one; returns the position to stream

@@ -28,6 +28,7 @@ fn settings(snapshot: SnapshotMode) -> PostgresSettings {
         heartbeat_interval: None,
         signal_table: None,
         incremental_chunk_rows: 1024,
+        snapshot_new_tables: true,
     }
 }
 
