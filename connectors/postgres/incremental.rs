@@ -20,7 +20,7 @@ use super::catalog::{self, TableName};
 use super::config::{DecimalHandling, Selection};
 use super::decoder::{decode_row, Captured};
 use super::pgoutput::TupleValue;
-use super::reader::SourceError;
+use super::error::SourceError;
 use super::replication::{quote_ident, quote_literal};
 use super::snapshot_copy::{parse_copy_line, Lines};
 
