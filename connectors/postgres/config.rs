@@ -194,27 +194,7 @@ impl PostgresConfig {
                 );
             }
 
-            if let Some(signal_table) = &source.signal_table {
-                let text = signal_table.get_ref().as_str();
-                match TablePattern::parse(text) {
-                    Ok(pattern) if pattern.is_exact() => {}
-                    Ok(_) => report(
-                        "source.signal_table",
-                        signal_table.span(),
-                        format!("`{text}` has a wildcard: name one table, for example `public.sluice_signals`"),
-                    ),
-                    Err(message) => report("source.signal_table", signal_table.span(), message),
-                }
-            }
-            let chunk_rows = *source.incremental_chunk_rows.get_ref();
-            if chunk_rows == 0 || chunk_rows > MAX_INCREMENTAL_CHUNK_ROWS {
-                report(
-                    "source.incremental_chunk_rows",
-                    source.incremental_chunk_rows.span(),
-                    format!("must be between 1 and {MAX_INCREMENTAL_CHUNK_ROWS}: each chunk's rows wait in memory for the stream"),
-                );
-            }
-
+            check_incremental(source, report);
             check_snapshot_bounds(
                 &source.snapshot_connections,
                 &source.snapshot_chunk_rows,
@@ -222,6 +202,32 @@ impl PostgresConfig {
                 report,
             );
         }
+    }
+}
+
+/// The signal table names one table; a chunk's rows fit in memory.
+fn check_incremental(source: &PostgresConfig, report: &mut ProblemSink<'_>) {
+    if let Some(signal_table) = &source.signal_table {
+        let text = signal_table.get_ref().as_str();
+        match TablePattern::parse(text) {
+            Ok(pattern) if pattern.is_exact() => {}
+            Ok(_) => report(
+                "source.signal_table",
+                signal_table.span(),
+                format!(
+                    "`{text}` has a wildcard: name one table, for example `public.sluice_signals`"
+                ),
+            ),
+            Err(message) => report("source.signal_table", signal_table.span(), message),
+        }
+    }
+    let chunk_rows = *source.incremental_chunk_rows.get_ref();
+    if chunk_rows == 0 || chunk_rows > MAX_INCREMENTAL_CHUNK_ROWS {
+        report(
+            "source.incremental_chunk_rows",
+            source.incremental_chunk_rows.span(),
+            format!("must be between 1 and {MAX_INCREMENTAL_CHUNK_ROWS}: each chunk's rows wait in memory for the stream"),
+        );
     }
 }
 

@@ -703,6 +703,23 @@ fn logical_decoding_messages_become_events_and_heartbeats_do_not() {
 }
 
 #[test]
+fn without_capture_messages_only_watermarks_pass() {
+    let mut stream = Stream::new(0);
+    stream.decoder = StreamDecoder::new("shop", Lsn(0), None).with_user_messages(false);
+    let events = stream
+        .feed(
+            0x100,
+            [
+                logical("audit", false),
+                logical(sluice_core::incremental::Watermark::PREFIX, false),
+                logical(HEARTBEAT_PREFIX, false),
+            ],
+        )
+        .unwrap();
+    assert_eq!(lines(&events), ["message sluice.watermark"]);
+}
+
+#[test]
 fn origin_and_type_messages_give_nothing() {
     let mut stream = Stream::new(0);
     let events = stream

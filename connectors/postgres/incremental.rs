@@ -19,8 +19,8 @@ use tokio_postgres::Client;
 use super::catalog::{self, TableName};
 use super::config::{DecimalHandling, Selection};
 use super::decoder::{decode_row, Captured};
-use super::pgoutput::TupleValue;
 use super::error::SourceError;
+use super::pgoutput::TupleValue;
 use super::replication::{quote_ident, quote_literal};
 use super::snapshot_copy::{parse_copy_line, Lines};
 
@@ -276,12 +276,7 @@ impl ChunkReader {
             where_clause(&[plan.filter.as_deref().map(|f| format!("({f})"))]),
             descending.join(", ")
         );
-        let transaction = self
-            .client
-            .build_transaction()
-            .read_only(true)
-            .start()
-            .await?;
+        let transaction = self.read_only().await?;
         let row = transaction.query_opt(&sql, &[]).await?;
         transaction.commit().await?;
         Ok(row.map(|row| {
@@ -291,7 +286,8 @@ impl ChunkReader {
         }))
     }
 
-    /// Reads the next chunk between its watermarks' low one and the caller's high one.
+    /// Reads the next chunk after its low watermark (the caller writes the high one once the stream has
+    /// the rows).
     async fn chunk(
         &mut self,
         plan: &Plan,
@@ -301,54 +297,25 @@ impl ChunkReader {
         self.number += 1;
         let number = self.number;
         let limit = self.settings.chunk_rows;
-        let empty = until.is_none();
-        let mut rows = Vec::new();
-        let mut last_key = None;
         self.watermark(number, false).await?;
-        if !empty {
-            let sql = format!(
-                "COPY ({}{} ORDER BY {} LIMIT {limit}) TO STDOUT",
-                plan.select,
-                where_clause(&[
-                    after.map(|key| format!("{} > {}", plan.key_list, literal_row(key))),
-                    until.map(|key| format!("{} <= {}", plan.key_list, literal_row(key))),
-                    plan.filter.as_deref().map(|f| format!("({f})")),
-                ]),
-                plan.key_list.trim_start_matches('(').trim_end_matches(')'),
-            );
-            let transaction = self
-                .client
-                .build_transaction()
-                .read_only(true)
-                .start()
-                .await?;
-            let stream = transaction.copy_out(&sql).await?;
-            let mut stream = std::pin::pin!(stream);
-            let mut lines = Lines::default();
-            let mut batch: Vec<Bytes> = Vec::new();
-            while let Some(data) = stream.next().await {
-                lines.split(data?, &mut batch);
-                for line in batch.drain(..) {
-                    let tuple =
-                        parse_copy_line(&line, plan.model.columns.len()).map_err(|reason| {
-                            Failure::Table(format!("{}: COPY row: {reason}", plan.name))
-                        })?;
-                    let key = key_text(&tuple.0, &plan.key_at).ok_or_else(|| {
-                        Failure::Table(format!("{}: a row has a NULL key", plan.name))
-                    })?;
-                    let row = decode_row(&plan.model, &tuple, None)
-                        .map_err(|err| Failure::Table(format!("{}: {err}", plan.name)))?;
-                    // In column order, as the stream's side renders a change's key.
-                    let fingerprint = sluice_core::incremental::key_of(
-                        plan.model.key_columns().map(|(at, _)| &row[at]),
-                    );
-                    rows.push((fingerprint, row));
-                    last_key = Some(key);
-                }
+        // No largest key: the table was empty when its reading began.
+        let (rows, last_key) = match until {
+            None => (Vec::new(), None),
+            Some(until) => {
+                let sql = format!(
+                    "COPY ({}{} ORDER BY {} LIMIT {limit}) TO STDOUT",
+                    plan.select,
+                    where_clause(&[
+                        after.map(|key| format!("{} > {}", plan.key_list, literal_row(key))),
+                        Some(format!("{} <= {}", plan.key_list, literal_row(until))),
+                        plan.filter.as_deref().map(|f| format!("({f})")),
+                    ]),
+                    plan.key_list.trim_start_matches('(').trim_end_matches(')'),
+                );
+                self.read_rows(plan, &sql).await?
             }
-            transaction.commit().await?;
-        }
-        let table_done = empty || rows.len() < limit || last_key.as_deref() == until;
+        };
+        let table_done = until.is_none() || rows.len() < limit || last_key.as_deref() == until;
         Ok(Chunk {
             reading: self.reading,
             number,
@@ -359,6 +326,52 @@ impl ChunkReader {
             estimated: plan.estimated,
             table_done,
         })
+    }
+
+    /// The rows `sql` (a COPY) returns, each with its key as the windows compare it, and the last row's
+    /// key as the server prints it.
+    async fn read_rows(
+        &mut self,
+        plan: &Plan,
+        sql: &str,
+    ) -> Result<(Vec<(String, Row)>, Option<Vec<String>>), Failure> {
+        let mut rows = Vec::new();
+        let mut last_key = None;
+        let transaction = self.read_only().await?;
+        let stream = transaction.copy_out(sql).await?;
+        let mut stream = std::pin::pin!(stream);
+        let mut lines = Lines::default();
+        let mut batch: Vec<Bytes> = Vec::new();
+        let failed = |what: String| Failure::Table(format!("{}: {what}", plan.name));
+        while let Some(data) = stream.next().await {
+            lines.split(data?, &mut batch);
+            for line in batch.drain(..) {
+                let tuple = parse_copy_line(&line, plan.model.columns.len())
+                    .map_err(|reason| failed(format!("COPY row: {reason}")))?;
+                let key = key_text(&tuple.0, &plan.key_at)
+                    .ok_or_else(|| failed("a row has a NULL key".into()))?;
+                let row =
+                    decode_row(&plan.model, &tuple, None).map_err(|err| failed(err.to_string()))?;
+                // In column order, as the stream's side renders a change's key.
+                let fingerprint = sluice_core::incremental::key_of(
+                    plan.model.key_columns().map(|(at, _)| &row[at]),
+                );
+                rows.push((fingerprint, row));
+                last_key = Some(key);
+            }
+        }
+        transaction.commit().await?;
+        Ok((rows, last_key))
+    }
+
+    /// A read-only transaction: a filter is the user's SQL, and may not write.
+    async fn read_only(&mut self) -> Result<tokio_postgres::Transaction<'_>, Failure> {
+        Ok(self
+            .client
+            .build_transaction()
+            .read_only(true)
+            .start()
+            .await?)
     }
 
     async fn watermark(&mut self, number: u64, high: bool) -> Result<(), Failure> {

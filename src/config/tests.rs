@@ -391,3 +391,44 @@ fn a_source_without_a_kind_is_asked_for_one() {
         other => panic!("{:?}", other.map(|_| ())),
     }
 }
+
+#[test]
+fn incremental_snapshot_settings_are_checked() {
+    let source = |extra: &str| {
+        GOOD.replace(
+            "tables = [\"public.orders\", \"public.*\"]",
+            &format!("tables = [\"public.orders\", \"public.*\"]\n{extra}"),
+        )
+    };
+    let config = Config::parse(&source("")).unwrap();
+    let Source::Postgres(pg) = &config.source else {
+        panic!("a PostgreSQL source")
+    };
+    assert!(pg.signal_table.is_none());
+    assert_eq!(*pg.incremental_chunk_rows.get_ref(), 1024);
+    assert!(pg.snapshot_new_tables);
+
+    let found = problems(&source(
+        "signal_table = \"public.sig*\"\nincremental_chunk_rows = 0",
+    ));
+    let located: Vec<(&str, usize)> = found.iter().map(|p| (p.key.as_str(), p.line)).collect();
+    assert_eq!(
+        located,
+        [
+            ("source.signal_table", 8),
+            ("source.incremental_chunk_rows", 9)
+        ]
+    );
+    assert!(
+        found[0].message.contains("wildcard"),
+        "{}",
+        found[0].message
+    );
+    let found = problems(&source("signal_table = \"sluice_signals\""));
+    assert!(
+        found[0].message.contains("schema.table"),
+        "{}",
+        found[0].message
+    );
+    assert!(Config::parse(&source("signal_table = \"public.sluice_signals\"")).is_ok());
+}
