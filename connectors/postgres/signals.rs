@@ -432,3 +432,7 @@ fn captures(selection: &Selection, signal_table: Option<&str>, name: &str) -> bo
     };
     selection.includes(schema, table) && signal_table != Some(name)
 }
+
+#[cfg(test)]
+#[path = "signals_tests.rs"]
+mod tests;
