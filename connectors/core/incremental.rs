@@ -285,6 +285,11 @@ impl Windows {
         self.reading
     }
 
+    /// Whether any window is open (a change may have to be marked).
+    pub fn any_open(&self) -> bool {
+        !self.open.is_empty()
+    }
+
     /// Whether a change of `table` must be marked.
     pub fn tracking(&self, table: &str) -> bool {
         self.changed.contains_key(table)

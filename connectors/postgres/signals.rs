@@ -126,7 +126,8 @@ impl Incremental {
     /// Acts on the events the decoder produced: takes out signal rows and watermarks, marks the keys the
     /// stream changes, publishes closed chunks, and gives every position the progress.
     pub(super) fn process(&mut self, produced: &mut Vec<SourceEvent>, decoder: &mut StreamDecoder) {
-        if self.signal_table.is_none() && self.progress.tables.is_empty() {
+        // The common case, streaming with nothing to reconcile: leave the events as they are.
+        if !produced.iter().any(|event| self.concerns(event)) {
             return;
         }
         let mut out = Vec::with_capacity(produced.len());
@@ -163,6 +164,21 @@ impl Incremental {
         *produced = out;
     }
 
+    /// Whether `event` is anything to this side: a signal row, a watermark, a change while a window is
+    /// open, a position while a snapshot is under way.
+    fn concerns(&self, event: &SourceEvent) -> bool {
+        match event {
+            SourceEvent::Change(change) => {
+                self.windows.any_open() || self.is_signal_table(&change.table)
+            }
+            SourceEvent::Message(message) => message.prefix == Watermark::PREFIX,
+            SourceEvent::Commit { .. } | SourceEvent::Idle { .. } => {
+                !self.progress.tables.is_empty()
+            }
+            _ => false,
+        }
+    }
+
     fn with_progress(&self, position: Position) -> Position {
         Position::with_incremental(position, Some(&self.progress))
     }
@@ -175,6 +191,9 @@ impl Incremental {
 
     /// A change the stream delivers: its keys (old and new) win over a chunk's rows.
     fn mark(&mut self, change: &ChangeEvent) {
+        if !self.windows.any_open() {
+            return;
+        }
         let table = change.table.qualified_name();
         if !self.windows.tracking(&table) {
             return;
