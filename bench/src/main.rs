@@ -123,33 +123,7 @@ async fn main() -> Result<()> {
     let broker = Tansu::start()?;
     let registry = RegistryDouble::start()?;
     let client = pg.client(DATABASE).await?;
-    // One statement at a time: a slot cannot be created in a transaction that has written.
-    for statement in [
-        "CREATE TABLE bench (id bigint PRIMARY KEY, n int NOT NULL, amount numeric(12,2), label text, \
-           at timestamptz NOT NULL, doc jsonb)",
-        "CREATE PUBLICATION bench FOR TABLE bench WITH (publish_via_partition_root = true)",
-        "SELECT pg_create_logical_replication_slot('bench_recvlogical', 'pgoutput')",
-        "SELECT pg_create_logical_replication_slot('bench_sluice', 'pgoutput')",
-        "SELECT pg_create_logical_replication_slot('bench_blackhole', 'pgoutput')",
-    ] {
-        client.batch_execute(statement).await?;
-    }
-
-    let started = Instant::now();
-    let mut first = 1;
-    while first <= args.rows {
-        let last = (first + args.batch - 1).min(args.rows);
-        client
-            .batch_execute(&insert_rows(first, last, "now() - i * interval '1 second'"))
-            .await?;
-        first = last + 1;
-    }
-    let end = sluice_testkit::postgres::current_wal_lsn(&client).await?;
-    eprintln!(
-        "wrote {} rows in {:.1} s (WAL end {end})",
-        args.rows,
-        started.elapsed().as_secs_f64()
-    );
+    let end = write_rows(&client, &args).await?;
     let timeout = Duration::from_secs(args.timeout_secs);
     let recvlogical = args
         .wants("recvlogical")
@@ -171,41 +145,23 @@ async fn main() -> Result<()> {
         "sluice → blackhole sink (Avro, registry)",
         &Run::streaming("null", "bench_blackhole", Sink::Blackhole),
     )?;
-    let copy = if args.wants("copy") {
-        let measured = measure_copy(&client, args.rows).await?;
-        report_one(&measured);
-        Some(measured)
-    } else {
-        None
+    let copy = match args.wants("copy") {
+        true => Some(reported(measure_copy(&client, args.rows).await?)),
+        false => None,
     };
     let snapshot = bench.measure_sluice(
         "sluice snapshot → broker",
-        &Run {
-            prefix: "snap",
-            slot: "bench_snapshot",
-            snapshot: "initial_only",
-            sink: Sink::Broker,
-            source_extra: "",
-        },
+        &Run::snapshot("snap", "bench_snapshot", "initial_only", Sink::Broker),
     )?;
     // "initial" rather than "initial_only": the blackhole's count is read from the running process.
     let snapshot_blackhole = bench.measure_sluice(
         "sluice snapshot → blackhole sink",
-        &Run {
-            prefix: "snapnull",
-            slot: "bench_snapnull",
-            snapshot: "initial",
-            sink: Sink::Blackhole,
-            source_extra: "",
-        },
+        &Run::snapshot("snapnull", "bench_snapnull", "initial", Sink::Blackhole),
     )?;
 
-    let incremental = if args.wants("incr") {
-        let measured = bench.measure_incremental(&client).await?;
-        report_one(&measured);
-        Some(measured)
-    } else {
-        None
+    let incremental = match args.wants("incr") {
+        true => Some(reported(bench.measure_incremental(&client).await?)),
+        false => None,
     };
 
     let pace = latency::Pace {
@@ -213,47 +169,104 @@ async fn main() -> Result<()> {
         batch: args.latency_batch,
         seconds: args.latency_secs,
     };
-    let mut latencies = Vec::new();
-    let mut next_id = args.rows + 1;
-    let latency_runs = if args.wants("latency") {
-        &[(Sink::Broker, "lat"), (Sink::Blackhole, "latnull")][..]
-    } else {
-        &[]
-    };
-    for &(sink, prefix) in latency_runs {
-        let slot = format!("bench_{prefix}");
-        client
-            .batch_execute(&format!(
-                "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
-            ))
-            .await?;
-        let run = Run::streaming(prefix, &slot, sink);
-        let measured = bench.measure_latency(&run, &client, &pace, next_id).await?;
-        eprintln!("{}", measured.describe(sink.name()));
-        next_id += measured.rows;
-        latencies.push((sink, measured));
-        client
-            .batch_execute(&format!("SELECT pg_drop_replication_slot('{slot}')"))
-            .await?;
+    let latencies = bench.measure_latencies(&client, &pace).await?;
+
+    print_throughput(
+        &args,
+        [
+            (&recvlogical, None),
+            (&streaming, Some(&recvlogical)),
+            (&blackhole, Some(&recvlogical)),
+            (&copy, None),
+            (&snapshot, Some(&copy)),
+            (&snapshot_blackhole, Some(&copy)),
+            (&incremental, Some(&snapshot_blackhole)),
+        ],
+    );
+    print_latencies(&pace, &latencies);
+    Ok(())
+}
+
+/// Creates the table, its publication and the slots, then writes the rows every reader drains, in
+/// transactions of `--batch`; returns the WAL end after them.
+async fn write_rows(client: &tokio_postgres::Client, args: &Args) -> Result<String> {
+    // One statement at a time: a slot cannot be created in a transaction that has written.
+    for statement in [
+        "CREATE TABLE bench (id bigint PRIMARY KEY, n int NOT NULL, amount numeric(12,2), label text, \
+           at timestamptz NOT NULL, doc jsonb)",
+        "CREATE PUBLICATION bench FOR TABLE bench WITH (publish_via_partition_root = true)",
+        "SELECT pg_create_logical_replication_slot('bench_recvlogical', 'pgoutput')",
+        "SELECT pg_create_logical_replication_slot('bench_sluice', 'pgoutput')",
+        "SELECT pg_create_logical_replication_slot('bench_blackhole', 'pgoutput')",
+    ] {
+        client.batch_execute(statement).await?;
     }
 
+    let started = Instant::now();
+    let mut first = 1;
+    while first <= args.rows {
+        let last = (first + args.batch - 1).min(args.rows);
+        client
+            .batch_execute(&insert_rows(first, last, "now() - i * interval '1 second'"))
+            .await?;
+        first = last + 1;
+    }
+    let end = sluice_testkit::postgres::current_wal_lsn(client).await?;
+    eprintln!(
+        "wrote {} rows in {:.1} s (WAL end {end})",
+        args.rows,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(end)
+}
+
+impl Bench<'_> {
+    /// Commit-to-acknowledgement latency to the broker and to the blackhole, each from a slot of its own
+    /// (none when `--only` leaves `latency` out).
+    async fn measure_latencies(
+        &self,
+        client: &tokio_postgres::Client,
+        pace: &latency::Pace,
+    ) -> Result<Vec<(Sink, latency::Latency)>> {
+        let mut latencies = Vec::new();
+        let mut next_id = self.args.rows + 1;
+        let latency_runs = if self.args.wants("latency") {
+            &[(Sink::Broker, "lat"), (Sink::Blackhole, "latnull")][..]
+        } else {
+            &[]
+        };
+        for &(sink, prefix) in latency_runs {
+            let slot = format!("bench_{prefix}");
+            client
+                .batch_execute(&format!(
+                    "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+                ))
+                .await?;
+            let run = Run::streaming(prefix, &slot, sink);
+            let measured = self.measure_latency(&run, client, pace, next_id).await?;
+            eprintln!("{}", measured.describe(sink.name()));
+            next_id += measured.rows;
+            latencies.push((sink, measured));
+            client
+                .batch_execute(&format!("SELECT pg_drop_replication_slot('{slot}')"))
+                .await?;
+        }
+
+        Ok(latencies)
+    }
+}
+
+/// The throughput table: each row with its baseline (None for the baselines themselves: PostgreSQL's
+/// own readers; the initial snapshot is the incremental one's).
+fn print_throughput(args: &Args, rows: [(&Option<Measure>, Option<&Option<Measure>>); 7]) {
     println!();
     println!(
         "{} rows (bigint pk, int, numeric(12,2), text, timestamptz, jsonb), {} per transaction",
         args.rows, args.batch
     );
-    println!("| reader | events/s | vs PostgreSQL | CPU s per M events | peak RSS MB |");
+    println!("| reader | events/s | vs baseline | CPU s per M events | peak RSS MB |");
     println!("|---|---:|---:|---:|---:|");
-    // Each row with its baseline: None for the baselines themselves.
-    for (measure, baseline) in [
-        (&recvlogical, None),
-        (&streaming, Some(&recvlogical)),
-        (&blackhole, Some(&recvlogical)),
-        (&copy, None),
-        (&snapshot, Some(&copy)),
-        (&snapshot_blackhole, Some(&copy)),
-        (&incremental, Some(&snapshot_blackhole)),
-    ] {
+    for (measure, baseline) in rows {
         let Some(measure) = measure else { continue };
         let ratio = match baseline {
             None => "—".to_owned(),
@@ -268,8 +281,11 @@ async fn main() -> Result<()> {
             measure.rate()
         );
     }
+}
+
+fn print_latencies(pace: &latency::Pace, latencies: &[(Sink, latency::Latency)]) {
     if latencies.is_empty() {
-        return Ok(());
+        return;
     }
     println!();
     println!(
@@ -279,10 +295,9 @@ async fn main() -> Result<()> {
     );
     println!("| sink | transactions | rows/s reached | p50 ms | p99 ms | within 50 ms |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for (sink, measured) in &latencies {
+    for (sink, measured) in latencies {
         println!("{}", measured.table_row(sink.name()));
     }
-    Ok(())
 }
 
 /// One transaction's INSERT of rows `first..=last` (ids), stamped with the SQL expression `at`.
@@ -292,6 +307,12 @@ fn insert_rows(first: u64, last: u64, at: &str) -> String {
            jsonb_build_object('i', i, 'tags', jsonb_build_array('a', 'b')) \
          FROM generate_series({first}, {last}) AS i"
     )
+}
+
+/// `measure`, once printed.
+fn reported(measure: Measure) -> Measure {
+    report_one(&measure);
+    measure
 }
 
 fn report_one(measure: &Measure) {
@@ -370,10 +391,14 @@ struct Run<'a> {
 
 impl<'a> Run<'a> {
     fn streaming(prefix: &'a str, slot: &'a str, sink: Sink) -> Self {
+        Run::snapshot(prefix, slot, "never", sink)
+    }
+
+    fn snapshot(prefix: &'a str, slot: &'a str, snapshot: &'a str, sink: Sink) -> Self {
         Run {
             prefix,
             slot,
-            snapshot: "never",
+            snapshot,
             sink,
             source_extra: "",
         }
