@@ -161,6 +161,12 @@ async fn snapshot(
     let Some(config) = load(path) else {
         return ExitCode::FAILURE;
     };
+    if (pause || resume) && !tables.is_empty() {
+        eprintln!(
+            "error: --pause and --resume apply to the whole incremental snapshot: name no tables"
+        );
+        return ExitCode::FAILURE;
+    }
     let signal = if pause {
         Signal::PauseSnapshot
     } else if resume {

@@ -74,7 +74,7 @@ fn describe_progress(out: &mut String, progress: &Progress) {
     let state = if progress.paused { "paused" } else { "running" };
     let _ = writeln!(
         out,
-        "incremental snapshot: {state}, {} of {} tables done (counts are of rows on the broker)",
+        "incremental snapshot: {state}, {} of {} tables done (rows read, as far as the broker has them)",
         progress.tables.iter().filter(|t| t.done).count(),
         progress.tables.len()
     );

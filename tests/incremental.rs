@@ -52,11 +52,16 @@ fn signal(config: &Path, args: &[&str]) -> String {
     stdout
 }
 
-/// The incremental snapshot's progress in the position file (None when there is none).
+/// The incremental snapshot's progress in the position file (None when there is none, or when every
+/// table of it is done: the position after a snapshot's last rows carries it finished, once).
 fn progress(services: &Services) -> Option<Json> {
     let position = services.position_file()?;
     let position = &position["position"];
-    (position["kind"] == "incremental").then(|| position["snapshot"].clone())
+    let progress = (position["kind"] == "incremental").then(|| position["snapshot"].clone())?;
+    let done = progress["tables"]
+        .as_array()
+        .is_some_and(|tables| tables.iter().all(|t| t["done"] == true));
+    (!done).then_some(progress)
 }
 
 /// Rows the stored progress says were read of `table`.

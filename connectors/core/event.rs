@@ -206,11 +206,12 @@ impl Position {
         }
     }
 
-    /// `stream` carrying `progress` (none, or a finished one, leaves it as it is).
+    /// `stream` carrying `progress` (none, or one with no table, leaves it as it is). A finished one is
+    /// carried once, on the position after its last rows, so that what it read is on record.
     pub fn with_incremental(stream: Position, progress: Option<&Progress>) -> Position {
         let stream = stream.into_parts().0;
         match progress {
-            Some(progress) if !progress.finished() => Position::Incremental {
+            Some(progress) if !progress.tables.is_empty() => Position::Incremental {
                 stream: Box::new(stream),
                 snapshot: progress.clone(),
             },

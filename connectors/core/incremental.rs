@@ -96,6 +96,10 @@ impl Progress {
         } else {
             self.tables.retain(|t| !tables.contains(&t.name));
         }
+        if self.tables.is_empty() {
+            // A pause belongs to the snapshot it paused: the next one starts unpaused.
+            self.paused = false;
+        }
         before - self.pending().count()
     }
 
@@ -140,6 +144,11 @@ impl Progress {
                 let stopped = self.stop(&collections);
                 tracing::info!(tables = ?collections, stopped, "incremental snapshot stopped");
                 acted.restart = true;
+            }
+            Signal::PauseSnapshot if self.pending().next().is_none() => {
+                tracing::info!(
+                    "pause-snapshot: no incremental snapshot is under way; nothing to pause"
+                );
             }
             Signal::PauseSnapshot => {
                 self.paused = true;
@@ -312,6 +321,13 @@ impl Windows {
         if let Some(Some(keys)) = self.changed.get_mut(table) {
             keys.insert(key);
         }
+    }
+
+    /// The reader gave up on `table` (refused it after its low watermark): its open windows close with
+    /// nothing to publish, so that the next table's chunks are not taken for lost.
+    pub fn abandon(&mut self, table: &str) {
+        self.open.retain(|(_, t)| t != table);
+        self.changed.remove(table);
     }
 
     /// The stream delivered a truncation of `table`: no row read before it may be published.
@@ -570,6 +586,15 @@ mod tests {
             windows.high::<i64>(&mark(reading, 1, true), None).0,
             Closed::Foreign
         );
+        // A table the reader gave up on after its low watermark leaves no window behind.
+        windows.low(&mark(reading, 2, false), "gone");
+        windows.abandon("gone");
+        windows.low(&mark(reading, 3, false), "t");
+        let (closed, _) = windows.high(
+            &mark(reading, 3, true),
+            Some(chunk(reading, 3, "t", &[5], false)),
+        );
+        assert!(matches!(closed, Closed::Publish { .. }), "{closed:?}");
         // After a restart the old reading's watermarks are foreign.
         let next = windows.restart();
         assert_ne!(next, reading);
@@ -606,8 +631,19 @@ mod tests {
         progress.request(&["a.t".into()], &[]);
         assert_eq!(progress.tables.last().unwrap().rows, 0);
         assert_eq!(progress.stop(&["a.u".into()]), 1);
+        progress.paused = true;
         assert_eq!(progress.stop(&[]), 1);
         assert!(progress.finished());
+        assert!(
+            !progress.paused,
+            "a stop of everything ends the pause with it"
+        );
+        // A pause with nothing under way changes nothing.
+        assert_eq!(
+            progress.act(Signal::PauseSnapshot, |_| true),
+            Acted::default()
+        );
+        assert!(!progress.paused);
         // Serialized compactly, and read back.
         progress.request(&["a.t".into()], &[]);
         let json = serde_json::to_string(&progress).unwrap();

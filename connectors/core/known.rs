@@ -87,12 +87,6 @@ impl KnownTables {
         Ok(())
     }
 
-    /// A table that joined while running; `stored` records it once a position names it.
-    pub fn is_known(&self, name: &str) -> bool {
-        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        known.as_ref().is_some_and(|k| k.contains(name))
-    }
-
     fn write(&self, tables: &BTreeSet<String>) -> Result<(), PositionError> {
         let mut text = serde_json::to_vec_pretty(tables).expect("names serialise");
         text.push(b'\n');
@@ -154,7 +148,6 @@ mod tests {
             .unwrap()
             .is_empty());
         known.stored(&progress).unwrap();
-        assert!(known.is_known("a.u"));
         let known = KnownTables::open(&store).unwrap();
         assert!(known
             .start(&names(&["a.t", "a.u"]), None, true)

@@ -11,10 +11,18 @@ use sluice_core::positions::SourceIdentity;
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error(
-        "signal table {table}: {problem}. Create it as the table's owner: CREATE TABLE {table} (id text PRIMARY KEY, \
-         type text NOT NULL, data text); and let sluice's user read it (and insert into it, for `sluice snapshot`)"
+        "signal table {table}: {problem}. As an owner of its schema: {definition}; then let sluice's user read it \
+         (and insert into it, for `sluice snapshot`)"
     )]
-    SignalTable { table: String, problem: String },
+    SignalTable {
+        table: String,
+        problem: String,
+        definition: String,
+    },
+    #[error("cannot write the signal into {table}: {reason}. Let the user insert into it: GRANT INSERT ON {table} TO <the user of source.url>")]
+    SignalWrite { table: String, reason: String },
+    #[error("`[source] signal_table` is not set, so sluice reads no signals: set it (for example `signal_table = \"public.sluice_signals\"`) and restart sluice")]
+    NoSignalTable,
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error(transparent)]

@@ -21,7 +21,7 @@ use super::config::{DecimalHandling, Selection};
 use super::decoder::{decode_row, Captured};
 use super::error::SourceError;
 use super::pgoutput::TupleValue;
-use super::replication::{quote_ident, quote_literal};
+use super::replication::{is_retryable_sqlstate, quote_ident, quote_literal};
 use super::snapshot_copy::{parse_copy_line, Lines};
 
 /// How many chunks may be read ahead of the stream: each waits, rows in memory, for the stream to reach
@@ -54,6 +54,8 @@ pub struct ReaderSettings {
     pub selection: Selection,
     pub decimal: DecimalHandling,
     pub chunk_rows: usize,
+    /// The stream's publication: only a table in it can be reconciled with the stream.
+    pub publication: String,
 }
 
 /// Reads `tables` (the pending ones, with how far each got) one after the other, as reading `reading` of
@@ -118,11 +120,13 @@ enum Failure {
 
 impl From<tokio_postgres::Error> for Failure {
     fn from(err: tokio_postgres::Error) -> Failure {
-        // An error the server reported is the query's (a bad filter, a dropped table); any other is the
-        // connection's.
+        // A server error that passes (a shutdown, a failover, a cancel, a conflict, too many connections)
+        // is retried like a lost connection; any other is the table's (a bad filter, a dropped table).
         match err.as_db_error() {
-            Some(_) => Failure::Table(catalog::describe_pg_error(&err)),
-            None => Failure::Connection(catalog::describe_pg_error(&err)),
+            Some(db) if !is_transient(db.code().code()) => {
+                Failure::Table(catalog::describe_pg_error(&err))
+            }
+            _ => Failure::Connection(catalog::describe_pg_error(&err)),
         }
     }
 }
@@ -152,8 +156,10 @@ struct Plan {
     model: Arc<Table>,
     /// Positions of the key columns among the model's columns, in key order.
     key_at: Vec<usize>,
-    /// `(k1, k2)` quoted.
+    /// `(k1, k2)` quoted, for comparing keys.
     key_list: String,
+    /// `k1, k2` quoted, for ordering by the key.
+    key_columns: String,
     select: String,
     filter: Option<String>,
     estimated: Option<u64>,
@@ -202,6 +208,12 @@ impl ChunkReader {
 
     async fn plan(&mut self, progress: &TableProgress) -> Result<Plan, Failure> {
         let name = table_name(&progress.name);
+        if let Some(filter) = &progress.filter {
+            check_filter(filter).map_err(|reason| {
+                Failure::Table(format!("{name}: the condition `{filter}` {reason}"))
+            })?;
+        }
+        self.check_published(&name).await?;
         let (description, captured): (catalog::TableDescription, Captured) = Captured::describe(
             &self.client,
             &name,
@@ -229,25 +241,46 @@ impl ChunkReader {
                 })?;
             key_at.push(at);
         }
-        let key_list = format!(
-            "({})",
-            description
-                .primary_key
-                .iter()
-                .map(|k| quote_ident(k))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        let key_columns = description
+            .primary_key
+            .iter()
+            .map(|k| quote_ident(k))
+            .collect::<Vec<_>>()
+            .join(", ");
         let columns: Vec<String> = model.columns.iter().map(|c| quote_ident(&c.name)).collect();
         Ok(Plan {
             name: progress.name.clone(),
             select: format!("SELECT {} FROM {}", columns.join(", "), name.quoted()),
-            key_list,
+            key_list: format!("({key_columns})"),
+            key_columns,
             key_at,
             model,
             filter: progress.filter.clone(),
             estimated: description.estimated_rows,
         })
+    }
+
+    /// Refuses a table the stream does not capture as itself: not in the publication, or a partition
+    /// (whose changes the stream reports under its partitioned table).
+    async fn check_published(&mut self, name: &TableName) -> Result<(), Failure> {
+        let published = self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_publication_tables \
+                 WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)",
+                &[&self.settings.publication, &name.schema, &name.name],
+            )
+            .await?
+            .get::<_, bool>(0);
+        if published {
+            return Ok(());
+        }
+        Err(Failure::Table(format!(
+            "{name} is not in publication `{}` as a table of its own (a partition is read through its \
+             partitioned table): the stream does not capture it; sluice adds a selected table at its \
+             next start",
+            self.settings.publication
+        )))
     }
 
     /// The largest key now: where this reading of the table ends (later rows come through the stream).
@@ -310,11 +343,19 @@ impl ChunkReader {
                         Some(format!("{} <= {}", plan.key_list, literal_row(until))),
                         plan.filter.as_deref().map(|f| format!("({f})")),
                     ]),
-                    plan.key_list.trim_start_matches('(').trim_end_matches(')'),
+                    plan.key_columns,
                 );
                 self.read_rows(plan, &sql).await?
             }
         };
+        if last_key.is_some() && last_key.as_deref() == after {
+            // Only a condition that undoes the key range can give the same rows again.
+            return Err(Failure::Table(format!(
+                "{}: a chunk read the rows of the one before it again; the condition must be about the \
+                 table's rows alone",
+                plan.name
+            )));
+        }
         let table_done = until.is_none() || rows.len() < limit || last_key.as_deref() == until;
         Ok(Chunk {
             reading: self.reading,
@@ -399,6 +440,16 @@ impl ChunkReader {
     }
 }
 
+/// SQLSTATEs of failures that pass: connection and operator interventions, serialization failures and
+/// deadlocks (class 40), insufficient resources (53), a lock not available, a cancelled statement.
+fn is_transient(code: &str) -> bool {
+    is_retryable_sqlstate(code)
+        || code.starts_with("40")
+        || code.starts_with("53")
+        || code == "55P03"
+        || code == "57014"
+}
+
 /// `schema.table` as the progress names it (a name without a schema is in `public`).
 pub fn table_name(qualified: &str) -> TableName {
     match qualified.split_once('.') {
@@ -419,6 +470,34 @@ fn where_clause(conditions: &[Option<String>]) -> String {
         String::new()
     } else {
         format!(" WHERE {}", present.join(" AND "))
+    }
+}
+
+/// A condition fit to be ANDed with the key range: balanced parentheses, one statement, no comments, all
+/// outside string literals (`additional-conditions` is SQL from whoever may write signals).
+fn check_filter(filter: &str) -> Result<(), String> {
+    let mut depth: i32 = 0;
+    let mut chars = filter.chars().peekable();
+    let mut quoted: Option<char> = None;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (Some(q), c) if c == q => quoted = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quoted = Some(c),
+            (None, '(') => depth += 1,
+            (None, ')') if depth == 0 => return Err("closes a parenthesis it did not open".into()),
+            (None, ')') => depth -= 1,
+            (None, ';') => return Err("holds a `;`: write one condition".into()),
+            (None, '-') if chars.peek() == Some(&'-') => return Err("holds a comment".into()),
+            (None, '/') if chars.peek() == Some(&'*') => return Err("holds a comment".into()),
+            (None, '$') => return Err("holds a dollar-quoted string: use '…'".into()),
+            _ => {}
+        }
+    }
+    match (quoted, depth) {
+        (Some(_), _) => Err("leaves a quoted string open".into()),
+        (None, 0) => Ok(()),
+        _ => Err("leaves a parenthesis open".into()),
     }
 }
 
@@ -462,6 +541,30 @@ mod tests {
             "\"public\".\"orders\""
         );
         assert_eq!(table_name("orders").schema, "public");
+    }
+
+    #[test]
+    fn a_condition_cannot_reach_outside_its_parentheses() {
+        for good in [
+            "status = 'new'",
+            "(a > 1 OR b < 2) AND c = 'x)'",
+            "name = 'it''s'",
+            "\"odd)\" = 1",
+        ] {
+            assert_eq!(check_filter(good), Ok(()), "{good}");
+        }
+        for (bad, said) in [
+            ("x) OR (true", "did not open"),
+            ("true; DROP TABLE t", "`;`"),
+            ("a = 1 -- rest", "comment"),
+            ("a = 1 /* x */", "comment"),
+            ("(a = 1", "open"),
+            ("a = 'x", "quoted string open"),
+            ("a = $$x$$", "dollar"),
+        ] {
+            let err = check_filter(bad).unwrap_err();
+            assert!(err.contains(said), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -61,10 +61,7 @@ async fn check_signal_table(client: &Client, table: &str, report: &mut Report) {
         Err(err) => return report.fail(error_chain(&err), "grant the user access to pg_catalog"),
     };
     if !columns.is_empty() {
-        let missing: Vec<&str> = ["id", "type", "data"]
-            .into_iter()
-            .filter(|c| !columns.iter().any(|have| have == c))
-            .collect();
+        let missing = crate::signal_table::missing(&columns);
         return if missing.is_empty() {
             report.pass(format!("signal table {name}: present"))
         } else {

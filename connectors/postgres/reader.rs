@@ -35,6 +35,10 @@ pub struct PostgresSource {
     /// Selected tables first seen while streaming (added to the publication meanwhile), not yet handed
     /// to the incremental snapshot.
     joined: Vec<String>,
+    /// Selected tables the stream met a Relation message for, not yet told to the incremental snapshot.
+    described: Vec<String>,
+    /// Whether the stream asks for logical decoding messages (the user's, or the watermarks).
+    messages: bool,
 }
 
 /// Where the connection that holds a temporary slot is before streaming begins.
@@ -151,8 +155,17 @@ impl PostgresSource {
         let mut conn = ReplicationConnection::connect(&settings.connection).await?;
         let identity = identify(&mut conn, &settings, resume).await?;
         let catalog = catalog::connect(&settings.connection).await?;
-        let selected = catalog::resolve_tables(&catalog, &settings.selection).await?;
+        let mut selected = catalog::resolve_tables(&catalog, &settings.selection).await?;
+        // The signal table is captured for its signals, never snapshotted or published, even when the
+        // selection's patterns match it.
+        let signal_table = settings
+            .signal_table
+            .as_deref()
+            .map(super::incremental::table_name);
+        selected.retain(|table| Some(table) != signal_table.as_ref());
         let tables: Vec<TableName> = selected.to_vec();
+        // Watermarks travel as messages.
+        let messages = settings.capture_messages || settings.signal_table.is_some();
         // The publication must exist before the slot: pgoutput reads it through the slot's historic snapshot.
         // It carries the signal table too, which is captured but never snapshotted or published.
         let mut published = tables.clone();
@@ -177,6 +190,8 @@ impl PostgresSource {
             snapshot,
             temporary_slot,
             joined: Vec::new(),
+            described: Vec::new(),
+            messages,
         })
     }
 
@@ -296,6 +311,9 @@ impl PostgresSource {
                     for table in self.joined.drain(..) {
                         incremental.joined(table);
                     }
+                    for table in self.described.drain(..) {
+                        incremental.described(&table);
+                    }
                     incremental.process(&mut produced, decoder);
                 }
                 Wake::Incremental => incremental.poll(&mut produced),
@@ -338,8 +356,7 @@ impl PostgresSource {
             &self.settings.slot,
             link.acked,
             &self.settings.publication,
-            // Watermarks travel as messages.
-            self.settings.capture_messages || self.settings.signal_table.is_some(),
+            self.messages,
         )
         .await?;
         tracing::info!(slot = %self.settings.slot, from = %link.acked, "streaming");
@@ -559,6 +576,9 @@ impl PostgresSource {
             tracing::info!(table = %name, "a selected table joined the publication while streaming");
             self.joined.push(name.to_string());
             self.selected.insert(name.clone());
+        }
+        if selected && !is_signal_table {
+            self.described.push(name.to_string());
         }
         if !selected {
             // A publication shared with other consumers may cover more tables than sluice was asked for.

@@ -11,7 +11,7 @@ use super::replication::quote_ident;
 use sluice_core::signal::Signal;
 
 /// The columns a signal table must have, as Debezium's.
-const COLUMNS: [&str; 3] = ["id", "type", "data"];
+pub const COLUMNS: [&str; 3] = ["id", "type", "data"];
 
 /// The definition `sluice run` creates and `sluice check` suggests.
 pub fn definition(table: &str) -> String {
@@ -27,13 +27,15 @@ pub async fn ensure(client: &Client, table: &str) -> Result<TableName, SourceErr
     let problem = |problem: String| SourceError::SignalTable {
         table: name.quoted(),
         problem,
+        definition: definition(table),
     };
     let columns = columns(client, &name).await?;
     if columns.is_empty() {
         client
-            .batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS {} (id text PRIMARY KEY, type text NOT NULL, data text)",
-                name.quoted()
+            .batch_execute(&definition(table).replacen(
+                "CREATE TABLE",
+                "CREATE TABLE IF NOT EXISTS",
+                1,
             ))
             .await
             .map_err(|err| {
@@ -45,14 +47,19 @@ pub async fn ensure(client: &Client, table: &str) -> Result<TableName, SourceErr
         tracing::info!(table = %name, "created the signal table");
         return Ok(name);
     }
-    let missing: Vec<&str> = COLUMNS
-        .into_iter()
-        .filter(|c| !columns.iter().any(|have| have == c))
-        .collect();
+    let missing = missing(&columns);
     if !missing.is_empty() {
         return Err(problem(format!("it lacks the column(s) {missing:?}")));
     }
     Ok(name)
+}
+
+/// The columns of [`COLUMNS`] that `columns` lacks.
+pub fn missing(columns: &[String]) -> Vec<&'static str> {
+    COLUMNS
+        .into_iter()
+        .filter(|c| !columns.iter().any(|have| have == c))
+        .collect()
 }
 
 /// The table's column names; empty when it does not exist.
@@ -93,12 +100,9 @@ pub async fn write(
             &[&id, &kind, &data],
         )
         .await
-        .map_err(|err| SourceError::SignalTable {
+        .map_err(|err| SourceError::SignalWrite {
             table: name.quoted(),
-            problem: format!(
-                "cannot insert the signal: {}",
-                catalog::describe_pg_error(&err)
-            ),
+            reason: catalog::describe_pg_error(&err),
         })?;
     Ok(id)
 }

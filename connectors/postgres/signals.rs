@@ -66,10 +66,11 @@ impl Incremental {
                 selection: settings.selection.clone(),
                 decimal: settings.decimal_handling,
                 chunk_rows: settings.incremental_chunk_rows,
+                publication: settings.publication.clone(),
             },
             database: settings.database.as_str().into(),
             windows: Windows::new(run),
-            progress: progress.unwrap_or_default(),
+            progress: Progress::default(),
             deliveries: None,
             held: VecDeque::new(),
             task: None,
@@ -77,6 +78,21 @@ impl Incremental {
             logged_at: Instant::now(),
             metrics,
         };
+        if let Some(mut progress) = progress.filter(|p| !p.finished()) {
+            // A table that left the selection since is not read on: the stream no longer captures it.
+            let (selection, signal_table) =
+                (&incremental.selection, incremental.signal_table.as_deref());
+            let left: Vec<String> = progress
+                .pending()
+                .filter(|t| !captures(selection, signal_table, &t.name))
+                .map(|t| t.name.clone())
+                .collect();
+            if !left.is_empty() {
+                tracing::warn!(tables = ?left, "the stored incremental snapshot names tables no longer captured: they are not read on");
+                progress.stop(&left);
+            }
+            incremental.progress = progress;
+        }
         if incremental.progress.pending().next().is_some() {
             tracing::info!(tables = ?incremental.pending_names(), paused = incremental.progress.paused, "carrying on the incremental snapshot of the stored position");
             incremental.restart_reader();
@@ -93,6 +109,23 @@ impl Incremental {
         tracing::info!(table = %table, "snapshotting the table that joined incrementally");
         self.progress.request(&[table], &[]);
         self.restart_reader();
+    }
+
+    /// The stream met a Relation message for `table`: its model may have changed. If it is the table
+    /// being read, the reading starts again from the progress, so that its next chunks carry the new model.
+    pub(super) fn described(&mut self, table: &str) {
+        let reading = self
+            .progress
+            .pending()
+            .next()
+            .is_some_and(|t| t.name == table);
+        if reading && self.task.is_some() && !self.progress.paused {
+            tracing::debug!(
+                table,
+                "the table being read was described again; reading on with its new model"
+            );
+            self.restart_reader();
+        }
     }
 
     fn pending_names(&self) -> Vec<String> {
@@ -269,8 +302,8 @@ impl Incremental {
                 if done.table_done {
                     tracing::info!(table = %done.table, "incremental snapshot of table finished");
                 }
-                self.finish_if_done();
-                // The rows are in; the position after them carries the progress.
+                // The rows are in; the position after them carries the progress (a finished one too,
+                // once, so that what it read is on record), then a finished snapshot is forgotten.
                 let from = out.len();
                 decoder.idle(lsn, out);
                 for event in &mut out[from..] {
@@ -279,6 +312,7 @@ impl Incremental {
                             .with_progress(std::mem::replace(position, Position::Postgres { lsn }));
                     }
                 }
+                self.finish_if_done();
             }
         }
     }
@@ -317,6 +351,7 @@ impl Incremental {
                 reason,
             } if reading == self.windows.reading() => {
                 tracing::warn!(table = %table, reason = %reason, "incremental snapshot of table refused");
+                self.windows.abandon(&table);
                 self.progress.stop(std::slice::from_ref(&table));
                 out.push(self.bad_signal(
                     serde_json::json!({"data-collection": table}).to_string(),

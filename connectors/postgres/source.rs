@@ -182,12 +182,7 @@ impl Source for PostgresConnector {
 
     async fn signal(&self, signal: &sluice_core::signal::Signal) -> Result<String, SourceError> {
         let Some(table) = &self.settings.signal_table else {
-            return Err(SourceError::SignalTable {
-                table: "(none)".into(),
-                problem: "`[source] signal_table` is not set, so sluice reads no signals: set it (for example \
-                          `signal_table = \"public.sluice_signals\"`) and restart sluice"
-                    .into(),
-            });
+            return Err(SourceError::NoSignalTable);
         };
         crate::signal_table::write(&self.settings.connection, table, signal).await
     }
