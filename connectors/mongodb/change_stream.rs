@@ -41,7 +41,7 @@ impl MongodbSource {
             let mut stream = self
                 .client
                 .watch()
-                .pipeline([selection_filter(&self.settings.selection)])
+                .pipeline([self.stream_filter()])
                 .start_after(token)
                 .max_await_time(Duration::from_millis(100))
                 .await?;
@@ -56,11 +56,7 @@ impl MongodbSource {
 
     /// The change stream's resume token as of now, taken by opening a stream and closing it again.
     pub(super) async fn starting_point(&self) -> Result<Position, DriverError> {
-        let stream = self
-            .client
-            .watch()
-            .pipeline([selection_filter(&self.settings.selection)])
-            .await?;
+        let stream = self.client.watch().pipeline([self.stream_filter()]).await?;
         let token = stream.resume_token().ok_or_else(|| {
             DriverError::custom(
                 "the server gave the new change stream no resume token to start from after the \
@@ -139,7 +135,7 @@ impl MongodbSource {
         Ok(self
             .client
             .watch()
-            .pipeline([selection_filter(&self.settings.selection)])
+            .pipeline([self.stream_filter()])
             .with_options(options)
             .await?
             .with_type::<Document>())
@@ -173,11 +169,7 @@ impl MongodbSource {
         };
         match converted.kind {
             EventKind::Change(change) => {
-                if !self
-                    .settings
-                    .selection
-                    .includes(&change.database, &change.collection)
-                {
+                if !self.settings.streams(&change.database, &change.collection) {
                     return Ok(None);
                 }
                 let commit_time_us = change
@@ -221,6 +213,16 @@ impl MongodbSource {
             }
         }
         Ok(None)
+    }
+}
+
+impl MongodbSource {
+    /// The `$match` stage: the selected collections, and the signal collection.
+    fn stream_filter(&self) -> Document {
+        selection_filter(
+            &self.settings.selection,
+            self.settings.signal_collection.as_deref(),
+        )
     }
 }
 

@@ -43,7 +43,17 @@ pub struct MongodbSourceConfig {
     /// which the snapshot's readers share, and which an interrupted snapshot resumes one by one.
     #[serde(default = "default_snapshot_chunk_documents")]
     pub snapshot_chunk_documents: Spanned<u64>,
+    /// `db.collection` of the signal collection (documents `{_id, type, data}`, as Debezium's): documents
+    /// inserted there are instructions (`execute-snapshot`, …), never published. Unset: no signals.
+    #[serde(default)]
+    pub signal_collection: Option<Spanned<EnvString>>,
+    /// Documents per chunk of an incremental snapshot (Debezium's incremental.snapshot.chunk.size).
+    #[serde(default = "default_incremental_chunk_rows")]
+    pub incremental_chunk_rows: Spanned<u64>,
 }
+
+/// A chunk's documents wait in memory for the stream to reach its high watermark.
+const MAX_INCREMENTAL_CHUNK_ROWS: u64 = 100_000;
 
 /// `source.capture`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -122,6 +132,10 @@ fn default_snapshot_chunk_documents() -> Spanned<u64> {
     Spanned::new(0..0, 100_000)
 }
 
+fn default_incremental_chunk_rows() -> Spanned<u64> {
+    Spanned::new(0..0, 1024)
+}
+
 /// A `db.collection` selector; either part may contain `*`. Database names cannot contain dots and
 /// collection names can, so the first dot separates them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +186,13 @@ impl CollectionSelection {
 }
 
 impl MongodbSourceConfig {
+    /// The signal collection's `db.collection`, when set (checked in `problems`).
+    pub fn signal_collection(&self) -> Option<String> {
+        self.signal_collection
+            .as_ref()
+            .map(|name| name.get_ref().as_str().trim().to_owned())
+    }
+
     pub fn selection(&self) -> CollectionSelection {
         // Checked in `problems`: every entry parses.
         let parse_all = |patterns: &Spanned<Vec<Spanned<EnvString>>>| {
@@ -238,7 +259,36 @@ impl MongodbSourceConfig {
             "source.snapshot_chunk_documents",
             report,
         );
+        if let Some(name) = &self.signal_collection {
+            if let Err(message) = check_signal_collection(name.get_ref().as_str().trim()) {
+                report("source.signal_collection", name.span(), message);
+            }
+        }
+        let chunk_rows = *self.incremental_chunk_rows.get_ref();
+        if chunk_rows == 0 || chunk_rows > MAX_INCREMENTAL_CHUNK_ROWS {
+            report(
+                "source.incremental_chunk_rows",
+                self.incremental_chunk_rows.span(),
+                format!("must be between 1 and {MAX_INCREMENTAL_CHUNK_ROWS}: each chunk's documents wait in memory for the stream"),
+            );
+        }
     }
+}
+
+/// One collection, named exactly: signals are read from it and watermarks written to it.
+fn check_signal_collection(text: &str) -> Result<(), String> {
+    let pattern = CollectionPattern::parse(text)?;
+    if text.contains('*') {
+        return Err(format!(
+            "`{text}` has a wildcard: name one collection, for example `shop.sluice_signals`"
+        ));
+    }
+    if pattern.collection.starts_with("system.") || pattern.collection.contains('$') {
+        return Err(format!(
+            "`{text}` is not a collection sluice can write to: name an ordinary one, for example `shop.sluice_signals`"
+        ));
+    }
+    Ok(())
 }
 
 /// A connection string the driver will accept the shape of; the driver checks the options.

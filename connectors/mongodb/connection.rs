@@ -22,6 +22,26 @@ pub struct MongodbSettings {
     pub capture: Capture,
     pub snapshot: SnapshotMode,
     pub snapshot_shape: SnapshotShape,
+    /// `db.collection` of the signal collection; None: signals are off. Never in `selection`.
+    pub signal_collection: Option<String>,
+    /// Documents per chunk of an incremental snapshot.
+    pub incremental_chunk_rows: usize,
+}
+
+impl MongodbSettings {
+    /// Whether the stream hands on changes of `db.collection`: the selected collections', and the
+    /// signal collection's (which are instructions, never published).
+    pub fn streams(&self, database: &str, collection: &str) -> bool {
+        self.selection.includes(database, collection)
+            || self.is_signal_collection(database, collection)
+    }
+
+    pub fn is_signal_collection(&self, database: &str, collection: &str) -> bool {
+        self.signal_collection
+            .as_deref()
+            .and_then(|name| name.split_once('.'))
+            .is_some_and(|(db, coll)| db == database && coll == collection)
+    }
 }
 
 /// A connected deployment: what the change-stream reader, the oplog reader and the snapshot read from.

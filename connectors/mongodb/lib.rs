@@ -4,7 +4,9 @@
 //! available the oplog is tailed instead (`oplog_tail`), its entries converted by `oplog`. `reader` runs
 //! the snapshot and the capture in turn; what they share is below them: the connected source
 //! (`connection`), the channel to the pipeline and the retry policy (`control`), the collection filter
-//! (`selection`) and the errors (`error`).
+//! (`selection`) and the errors (`error`). Signals and incremental snapshots: `signals` (the relay between
+//! the reader and the pipeline, the stream's side), `incremental` (the chunk reader) and
+//! `signal_collection` (the documents of the signal collection).
 
 pub mod change;
 pub mod change_stream;
@@ -12,6 +14,7 @@ pub mod config;
 pub mod connection;
 pub mod control;
 pub mod error;
+pub mod incremental;
 #[cfg(test)]
 mod malformed_fixtures;
 pub mod oplog;
@@ -19,5 +22,7 @@ pub mod oplog_tail;
 pub mod preflight;
 pub mod reader;
 pub mod selection;
+pub mod signal_collection;
+pub mod signals;
 pub mod snapshot;
 pub mod source;

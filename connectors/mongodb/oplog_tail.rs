@@ -128,9 +128,10 @@ impl MongodbSource {
         let converted = match oplog::convert_entry(entry, self.replica_set.as_ref()) {
             Ok(converted) => converted,
             Err(err) => {
-                let in_selection = entry
-                    .get_str("ns")
-                    .is_ok_and(|ns| self.settings.selection.includes_namespace(ns));
+                let in_selection = entry.get_str("ns").is_ok_and(|ns| {
+                    ns.split_once('.')
+                        .is_some_and(|(db, coll)| self.settings.streams(db, coll))
+                });
                 if in_selection || entry.get_str("op") == Ok("c") {
                     tracing::warn!(error = %err, "oplog entry without an event form: sent to the dead-letter topic");
                     let letter = oplog::undecodable(&err, entry);
@@ -184,11 +185,7 @@ impl MongodbSource {
     ) -> Result<Option<bool>, DriverError> {
         let mut published = false;
         for mut change in changes {
-            if !self
-                .settings
-                .selection
-                .includes(&change.database, &change.collection)
-            {
+            if !self.settings.streams(&change.database, &change.collection) {
                 continue;
             }
             if change.op == Op::Update

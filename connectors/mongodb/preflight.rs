@@ -88,7 +88,10 @@ async fn check_version(client: &Client, images_wanted: bool, report: &mut Report
 async fn check_change_stream(client: &Client, settings: &MongodbSettings, report: &mut Report) {
     let opened = client
         .watch()
-        .pipeline([selection_filter(&settings.selection)])
+        .pipeline([selection_filter(
+            &settings.selection,
+            settings.signal_collection.as_deref(),
+        )])
         .await;
     match opened {
         Ok(_) => report.pass("the user may open the change stream over the selected collections"),

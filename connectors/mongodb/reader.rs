@@ -15,11 +15,20 @@ use crate::connection::MongodbSource;
 use crate::control::{back_off, is_transient, DocumentStreamControl, Ended, RECONNECT_MAX_DELAY};
 use crate::error::MongodbError;
 use crate::oplog_tail::{oplog_lost_since, PreparedTransactions};
+use crate::signals;
 use crate::snapshot::{self, SnapshotEnd, SnapshotRun};
 use sluice_core::backoff::Backoff;
 use sluice_core::config::{redact_secrets, SnapshotMode};
 use sluice_core::event::{Position, SnapshotChunk, SourceEvent};
+use sluice_core::incremental::Progress;
 use sluice_core::source::unless_stopped;
+
+/// How a run starts: where the stream starts, and the incremental snapshot the stored position carries.
+#[derive(Debug)]
+pub struct Plan {
+    pub start: Start,
+    pub incremental: Option<Progress>,
+}
 
 /// Where a run starts.
 #[derive(Debug)]
@@ -38,9 +47,24 @@ pub enum Start {
 }
 
 impl MongodbSource {
-    /// Publishes what `start` says (a snapshot first, or not), then streams changes until a stop request
+    /// Publishes what the plan says (a snapshot first, or not), then streams changes until a stop request
     /// or the pipeline going away. Transient failures reconnect with backoff from the last token read.
+    /// With signals on, every event passes the incremental snapshot's relay on its way to the pipeline.
     pub async fn stream(
+        self,
+        plan: Plan,
+        control: DocumentStreamControl,
+    ) -> Result<(), MongodbError> {
+        match signals::interpose(&self, plan.incremental, control) {
+            (control, None) => self.stream_start(plan.start, control).await,
+            (control, Some(relay)) => {
+                let (read, ()) = tokio::join!(self.stream_start(plan.start, control), relay);
+                read
+            }
+        }
+    }
+
+    async fn stream_start(
         self,
         start: Start,
         control: DocumentStreamControl,

@@ -27,10 +27,10 @@ pub(super) fn report_ddl(
     }
 }
 
-/// A `$match` stage keeping the selected collections' events, renames into the selection (so that they
-/// can be reported), and the events that concern a whole database or the stream itself
-/// (`dropDatabase`, `invalidate`), which name no collection.
-pub fn selection_filter(selection: &CollectionSelection) -> Document {
+/// A `$match` stage keeping the selected collections' events, the signal collection's (`db.collection`,
+/// when signals are on), renames into the selection (so that they can be reported), and the events that
+/// concern a whole database or the stream itself (`dropDatabase`, `invalidate`), which name no collection.
+pub fn selection_filter(selection: &CollectionSelection, signals: Option<&str>) -> Document {
     let selected = |field: &str| {
         let namespace = |pattern: &CollectionPattern| {
             Bson::Document(doc! {
@@ -49,11 +49,15 @@ pub fn selection_filter(selection: &CollectionSelection) -> Document {
     let selected_namespace = selected("ns");
     let mut renamed_into = selected("to");
     renamed_into.insert("operationType", "rename");
-    doc! { "$match": { "$or": [
-        selected_namespace,
-        renamed_into,
-        { "operationType": { "$in": ["dropDatabase", "invalidate"] } },
-    ] } }
+    let mut kept = vec![
+        Bson::Document(selected_namespace),
+        Bson::Document(renamed_into),
+        Bson::Document(doc! { "operationType": { "$in": ["dropDatabase", "invalidate"] } }),
+    ];
+    if let Some((db, coll)) = signals.and_then(|name| name.split_once('.')) {
+        kept.push(Bson::Document(doc! { "ns.db": db, "ns.coll": coll }));
+    }
+    doc! { "$match": { "$or": kept } }
 }
 
 /// A wildcard pattern (`*` for any run) as an anchored regular expression.
@@ -92,7 +96,7 @@ mod tests {
             include: vec![CollectionPattern::parse("shop.*").unwrap()],
             exclude: vec![CollectionPattern::parse("shop.audit").unwrap()],
         };
-        let stage = selection_filter(&selection);
+        let stage = selection_filter(&selection, None);
         let text = stage.to_string();
         assert!(
             text.contains(r#""ns.db": { "$regex": "^shop$" }"#),
@@ -107,6 +111,24 @@ mod tests {
             text.contains(r#""to.db": { "$regex": "^shop$" }, "to.coll": { "$regex": "^.*$" } }]"#)
                 && text.contains(r#""operationType": "rename""#),
             "renames into the selection are kept: {text}"
+        );
+    }
+
+    #[test]
+    fn the_filter_keeps_the_signal_collection_even_when_the_selection_excludes_it() {
+        let selection = CollectionSelection {
+            include: vec![CollectionPattern::parse("shop.*").unwrap()],
+            exclude: vec![CollectionPattern::parse("shop.sluice_signals").unwrap()],
+        };
+        let without = selection_filter(&selection, None).to_string();
+        assert!(
+            !without.contains(r#""ns.coll": "sluice_signals""#),
+            "{without}"
+        );
+        let with = selection_filter(&selection, Some("shop.sluice_signals")).to_string();
+        assert!(
+            with.contains(r#"{ "ns.db": "shop", "ns.coll": "sluice_signals" }"#),
+            "{with}"
         );
     }
 }

@@ -11,12 +11,13 @@ use sluice_core::event::Position;
 use sluice_core::positions::{PositionPeek, PositionStore, StoredPosition};
 use sluice_core::source::{Committer, Source, SourceContext, StoreOnly};
 
-use crate::config::{Capture, MongodbSourceConfig};
+use crate::config::{Capture, CollectionPattern, MongodbSourceConfig};
 use crate::connection::{MongodbSettings, MongodbSource};
 use crate::control::DocumentStreamControl;
 use crate::error::MongodbError;
 use crate::preflight;
-use crate::reader::Start;
+use crate::reader::{Plan, Start};
+use crate::signal_collection;
 use crate::snapshot::SnapshotShape;
 
 /// A MongoDB deployment read through one change stream (or the oplog).
@@ -28,10 +29,20 @@ pub struct MongodbConnector {
 
 impl MongodbConnector {
     pub fn new(config: &MongodbSourceConfig, topic_prefix: &str) -> MongodbConnector {
+        let signal_collection = config.signal_collection();
+        let mut selection = config.selection();
+        // Its documents are instructions: never snapshotted, published or re-read, whatever the
+        // selection's wildcards say.
+        if let Some(pattern) = signal_collection
+            .as_deref()
+            .and_then(|name| CollectionPattern::parse(name).ok())
+        {
+            selection.exclude.push(pattern);
+        }
         MongodbConnector {
             settings: MongodbSettings {
                 url: config.url.get_ref().as_str().to_owned(),
-                selection: config.selection(),
+                selection,
                 full_document: config.full_document,
                 before: config.before,
                 capture: *config.capture.get_ref(),
@@ -40,6 +51,8 @@ impl MongodbConnector {
                     readers: usize::from(*config.snapshot_connections.get_ref()),
                     chunk_documents: *config.snapshot_chunk_documents.get_ref(),
                 },
+                signal_collection,
+                incremental_chunk_rows: *config.incremental_chunk_rows.get_ref() as usize,
             },
             position_key: format!("{topic_prefix}.mongodb"),
         }
@@ -48,7 +61,7 @@ impl MongodbConnector {
 
 impl Source for MongodbConnector {
     type Error = MongodbError;
-    type Plan = Start;
+    type Plan = Plan;
     const CONNECTOR: &'static str = "mongodb";
 
     fn position_key(&self) -> String {
@@ -59,7 +72,7 @@ impl Source for MongodbConnector {
         &self,
         stored: Option<StoredPosition>,
         store: &PositionStore,
-    ) -> Result<Option<Start>, MongodbError> {
+    ) -> Result<Option<Plan>, MongodbError> {
         plan(
             stored.map(|stored| stored.position),
             self.settings.snapshot,
@@ -70,7 +83,7 @@ impl Source for MongodbConnector {
 
     fn start(
         &self,
-        start: Start,
+        start: Plan,
         context: SourceContext,
     ) -> (
         Arc<dyn Committer>,
@@ -99,15 +112,39 @@ impl Source for MongodbConnector {
         preflight::check(&self.settings, report).await
     }
 
-    async fn signal(&self, _signal: &sluice_core::signal::Signal) -> Result<String, MongodbError> {
-        Err(MongodbError::Signal(
-            "the MongoDB connector reads no signal collection yet".into(),
-        ))
+    async fn signal(&self, signal: &sluice_core::signal::Signal) -> Result<String, MongodbError> {
+        let Some(collection) = &self.settings.signal_collection else {
+            return Err(MongodbError::Signal(
+                "`[source] signal_collection` is not set, so sluice reads no signals: set it (for example \
+                 `signal_collection = \"shop.sluice_signals\"`) and restart sluice"
+                    .into(),
+            ));
+        };
+        signal_collection::write(&self.settings.url, collection, signal).await
     }
 }
 
-/// Where a run starts, from the stored position; None when there is nothing to do. No I/O.
+/// Where a run starts, from the stored position, and the incremental snapshot it carries on; None when
+/// there is nothing to do. No I/O.
 pub fn plan(
+    stored: Option<Position>,
+    mode: SnapshotMode,
+    capture: Capture,
+    file: &Path,
+) -> Result<Option<Plan>, MongodbError> {
+    let (stream, incremental) = match stored {
+        Some(position) => {
+            let (stream, progress) = position.into_parts();
+            (Some(stream), progress)
+        }
+        None => (None, None),
+    };
+    let start = start(stream, mode, capture, file)?;
+    Ok(start.map(|start| Plan { start, incremental }))
+}
+
+/// Where the stream starts, from the stored position without its incremental snapshot.
+fn start(
     stored: Option<Position>,
     mode: SnapshotMode,
     capture: Capture,
@@ -182,6 +219,7 @@ fn check_capture(position: &Position, capture: Capture, file: &Path) -> Result<(
 #[cfg(test)]
 mod tests {
     use sluice_core::event::{Lsn, SnapshotChunk};
+    use sluice_core::incremental::Progress;
 
     use super::*;
 
@@ -218,7 +256,7 @@ mod tests {
         mode: SnapshotMode,
         capture: Capture,
     ) -> Result<Option<Start>, MongodbError> {
-        plan(stored, mode, capture, Path::new(FILE))
+        plan(stored, mode, capture, Path::new(FILE)).map(|plan| plan.map(|plan| plan.start))
     }
 
     #[test]
@@ -288,5 +326,57 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, MongodbError::ForeignPosition { .. }), "{err}");
+    }
+
+    fn progress() -> Progress {
+        let mut progress = Progress::default();
+        progress.request(&["shop.orders".into()], &[]);
+        progress.tables[0].last_key = Some(vec!["{\"$numberInt\":\"7\"}".into()]);
+        progress
+    }
+
+    #[test]
+    fn an_incremental_snapshot_in_the_position_is_carried_on_from_the_stream_inside_it() {
+        for (stream, capture) in [
+            (token(), Capture::ChangeStreams),
+            (oplog(), Capture::Oplog),
+            (interrupted(token()), Capture::ChangeStreams),
+        ] {
+            let stored = Position::with_incremental(stream.clone(), Some(&progress()));
+            assert!(matches!(stored, Position::Incremental { .. }));
+            let plan = plan(
+                Some(stored),
+                SnapshotMode::Initial,
+                capture,
+                Path::new(FILE),
+            )
+            .unwrap()
+            .expect("a plan");
+            assert_eq!(plan.incremental, Some(progress()));
+            match (plan.start, stream) {
+                (
+                    Start::After(p),
+                    expected @ (Position::Mongodb { .. } | Position::MongodbOplog { .. }),
+                ) => {
+                    assert_eq!(p, expected)
+                }
+                (Start::CarryOnSnapshot { start, .. }, Position::MongodbSnapshot { .. }) => {
+                    assert_eq!(start, token())
+                }
+                (start, stream) => panic!("{stream} planned as {start:?}"),
+            }
+        }
+        // The wrapper does not hide a position of the other capture.
+        let stored = Position::with_incremental(token(), Some(&progress()));
+        let err = decide(Some(stored), SnapshotMode::Initial, Capture::Oplog).unwrap_err();
+        assert!(matches!(err, MongodbError::CaptureMismatch { .. }), "{err}");
+        // Nothing stored: nothing to carry on.
+        let first = plan(
+            None,
+            SnapshotMode::Initial,
+            Capture::ChangeStreams,
+            Path::new(FILE),
+        );
+        assert_eq!(first.unwrap().unwrap().incremental, None);
     }
 }

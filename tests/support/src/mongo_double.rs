@@ -1,32 +1,39 @@
 //! A TEST DOUBLE of a MongoDB replica-set primary, not a database: it speaks the wire protocol (OP_MSG,
-//! plus OP_QUERY/OP_REPLY for the legacy handshake) for just the commands a change-stream reader and a
-//! snapshot send — `hello`/`isMaster`, `buildInfo`, `ping`, `aggregate` with `$changeStream`, `getMore`,
-//! `killCursors`, `endSessions`, `listDatabases`, `listCollections`, `count`, `find` in `_id` order
-//! with `min`/`max`/`skip`/`limit` or by `_id`, and a tailable `find` on `local.oplog.rs` — and serves
-//! the change events and oplog entries that the test appends.
+//! plus OP_QUERY/OP_REPLY for the legacy handshake; framing in `wire.rs`) for just the commands a
+//! change-stream reader, a snapshot and an incremental snapshot send — `hello`/`isMaster`, `buildInfo`,
+//! `ping`, `aggregate` with `$changeStream`, `getMore`, `killCursors`, `endSessions`, `listDatabases`,
+//! `listCollections`, `count`, `find` in `_id` order (or reversed) with `min`/`max`/`skip`/`limit` and a
+//! filter, a tailable `find` on `local.oplog.rs`, and `insert` — and serves the change events and oplog
+//! entries that the test appends.
 //!
 //! No MongoDB server can be installed on the build machines; this lets the real driver path (handshake,
-//! cursor, resume after a dropped connection, resume tokens across restarts, snapshot reads) run in CI.
-//! It does not evaluate `$match` stages or `find` filters: the test writes the change events themselves,
-//! in the format MongoDB documents, and an event with a `fullDocument` (or a delete) also changes the
-//! stored documents that `find` reads. `_id`s compare as MongoDB orders numbers, strings and ObjectIds.
-//! The integration suite in `tests/mongodb_live.rs` runs against a real replica set when `MONGODB_URI`
-//! is set.
+//! cursor, resume after a dropped connection, resume tokens across restarts, snapshot reads, signal and
+//! watermark inserts) run in CI. It does not evaluate `$match` stages: the test writes the change events
+//! themselves, in the format MongoDB documents, and an event with a `fullDocument` (or a delete) also
+//! changes the stored documents that `find` reads. `find` filters are evaluated as `query.rs` says
+//! (equality, comparison operators, `$in`, `$exists`, `$and`, `$or`; BadValue for anything else). An
+//! `insert` stores its documents and appends the insert event and the oplog entry the server would have
+//! logged. Values compare in MongoDB's order of types. The integration suite in `tests/mongodb_live.rs`
+//! runs against a real replica set when `MONGODB_URI` is set.
+
+mod oplog;
+mod query;
+mod wire;
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use bson::{doc, Bson, DateTime, Document, Timestamp};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
-const OP_REPLY: i32 = 1;
-const OP_QUERY: i32 = 2004;
-const OP_MSG: i32 = 2013;
+use query::{compare_values, matches, BAD_VALUE};
+use wire::{op_msg, op_reply, read_request, OP_QUERY};
+
 /// MongoDB 6.0's wire version.
 const MAX_WIRE_VERSION: i32 = 17;
 /// MongoDB's error codes the double answers with.
@@ -34,6 +41,7 @@ const COMMAND_NOT_FOUND: i32 = 59;
 const CURSOR_NOT_FOUND: i32 = 43;
 const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
 const CAPPED_POSITION_LOST: i32 = 136;
+const DUPLICATE_KEY: i32 = 11000;
 /// The replica set the double claims to be.
 pub const REPLICA_SET: &str = "rs-double";
 
@@ -125,39 +133,16 @@ impl MongoDouble {
     }
 
     /// Appends a change event (as `insert`, `update`, … below build them) and returns its resume token.
-    pub fn append(&self, mut event: Document) -> Document {
-        let mut state = lock(&self.state);
-        let seq = state.first_seq + state.events.len() as u64;
-        let token = token_of(seq);
-        event.insert("_id", token.clone());
-        event
-            .entry("clusterTime".to_owned())
-            .or_insert(Bson::Timestamp(Timestamp {
-                time: 1_700_000_000 + seq as u32,
-                increment: 1,
-            }));
-        state.apply(&event);
-        state.events.push(event);
-        drop(state);
+    pub fn append(&self, event: Document) -> Document {
+        let token = lock(&self.state).append(event);
         self.appended.notify_waiters();
         token
     }
 
     /// Appends an oplog entry (MongoDB's oplog format), giving it a `ts` after every earlier one unless it
     /// has one, and returns that `ts`.
-    pub fn append_oplog(&self, mut entry: Document) -> Timestamp {
-        let mut state = lock(&self.state);
-        let index = state.oplog_first + state.oplog.len();
-        let ts = match entry.get("ts") {
-            Some(Bson::Timestamp(ts)) => *ts,
-            _ => Timestamp {
-                time: 1_700_000_000 + index as u32,
-                increment: 1,
-            },
-        };
-        entry.insert("ts", ts);
-        state.oplog.push(entry);
-        drop(state);
+    pub fn append_oplog(&self, entry: Document) -> Timestamp {
+        let ts = lock(&self.state).append_oplog(entry);
         self.appended.notify_waiters();
         ts
     }
@@ -178,6 +163,15 @@ impl MongoDouble {
         for document in documents {
             state.upsert(&format!("{db}.{coll}"), document);
         }
+    }
+
+    /// The documents of `db.coll` as the double holds them now, in `_id` order.
+    pub fn documents(&self, db: &str, coll: &str) -> Vec<Document> {
+        lock(&self.state)
+            .collections
+            .get(&format!("{db}.{coll}"))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Holds (or releases) every `getMore` on a `find` cursor: a first batch is served, the rest waits.
@@ -257,6 +251,37 @@ fn seq_of(token: &Document) -> Option<u64> {
 }
 
 impl State {
+    /// Appends a change event, applies it to the stored documents, and returns its resume token.
+    fn append(&mut self, mut event: Document) -> Document {
+        let seq = self.first_seq + self.events.len() as u64;
+        let token = token_of(seq);
+        event.insert("_id", token.clone());
+        event
+            .entry("clusterTime".to_owned())
+            .or_insert(Bson::Timestamp(Timestamp {
+                time: 1_700_000_000 + seq as u32,
+                increment: 1,
+            }));
+        self.apply(&event);
+        self.events.push(event);
+        token
+    }
+
+    /// Appends an oplog entry, with a `ts` after every earlier one unless it has one; returns the `ts`.
+    fn append_oplog(&mut self, mut entry: Document) -> Timestamp {
+        let index = self.oplog_first + self.oplog.len();
+        let ts = match entry.get("ts") {
+            Some(Bson::Timestamp(ts)) => *ts,
+            _ => Timestamp {
+                time: 1_700_000_000 + index as u32,
+                increment: 1,
+            },
+        };
+        entry.insert("ts", ts);
+        self.oplog.push(entry);
+        ts
+    }
+
     /// What an event with a `fullDocument`, or a delete, does to the stored documents.
     fn apply(&mut self, event: &Document) {
         let Ok(ns) = event.get_document("ns") else {
@@ -289,40 +314,13 @@ impl State {
     fn upsert(&mut self, namespace: &str, document: Document) {
         let id = document.get("_id").cloned().unwrap_or(Bson::Null);
         let documents = self.collections.entry(namespace.to_owned()).or_default();
-        match documents.binary_search_by(|d| compare_ids(d.get("_id").unwrap_or(&Bson::Null), &id))
+        match documents
+            .binary_search_by(|d| compare_values(d.get("_id").unwrap_or(&Bson::Null), &id))
         {
             Ok(at) => documents[at] = document,
             Err(at) => documents.insert(at, document),
         }
     }
-}
-
-/// MongoDB's order of `_id` values, for the types the double is used with: numbers by value, then
-/// strings, then ObjectIds; anything else after them, by its Extended JSON text.
-fn compare_ids(a: &Bson, b: &Bson) -> Ordering {
-    fn rank(value: &Bson) -> u8 {
-        match value {
-            Bson::Null => 0,
-            Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) => 1,
-            Bson::String(_) => 2,
-            Bson::ObjectId(_) => 3,
-            _ => 4,
-        }
-    }
-    fn number(value: &Bson) -> f64 {
-        match value {
-            Bson::Int32(n) => f64::from(*n),
-            Bson::Int64(n) => *n as f64,
-            Bson::Double(n) => *n,
-            _ => 0.0,
-        }
-    }
-    rank(a).cmp(&rank(b)).then_with(|| match (a, b) {
-        (Bson::String(a), Bson::String(b)) => a.cmp(b),
-        (Bson::ObjectId(a), Bson::ObjectId(b)) => a.bytes().cmp(&b.bytes()),
-        _ if rank(a) == 1 => number(a).total_cmp(&number(b)),
-        _ => a.to_string().cmp(&b.to_string()),
-    })
 }
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -335,13 +333,6 @@ struct Connection {
     appended: Arc<Notify>,
     closed: watch::Receiver<u64>,
     reads_held: watch::Receiver<bool>,
-}
-
-/// One request: its id, its opcode and the command document.
-struct Request {
-    id: i32,
-    op_code: i32,
-    body: Document,
 }
 
 impl Connection {
@@ -443,6 +434,7 @@ impl Connection {
             }
             "find" if namespace(body, "find") == "local.oplog.rs" => self.find_oplog(body),
             "find" => self.find(body),
+            "insert" => self.insert(body),
             other => error(
                 COMMAND_NOT_FOUND,
                 &format!("the MongoDB test double does not implement `{other}`"),
@@ -541,23 +533,11 @@ impl Connection {
 }
 
 impl Connection {
-    /// `find` over a stored collection in `_id` order: `min` (inclusive) and `max` (exclusive) bound the
-    /// `_id`s, then `skip`, `limit` and an `_id`-only projection; a filter is refused, not evaluated.
+    /// `find` over a stored collection in `_id` order (reversed by `sort: {_id: -1}`): `min` (inclusive)
+    /// and `max` (exclusive) bound the `_id`s, the filter is evaluated as [`query`] documents, then
+    /// `skip`, `limit` and an `_id`-only projection.
     fn find(&self, body: &Document) -> Document {
-        // The one filter evaluated: `{_id: value}`, a lookup.
-        let by_id = match body.get_document("filter") {
-            Ok(filter) if filter.is_empty() => None,
-            Ok(filter) if filter.len() == 1 && filter.contains_key("_id") => {
-                filter.get("_id").cloned()
-            }
-            Ok(_) => {
-                return error(
-                    COMMAND_NOT_FOUND,
-                    "the MongoDB test double evaluates no find filter but {_id: value}",
-                )
-            }
-            Err(_) => None,
-        };
+        let filter = body.get_document("filter").cloned().unwrap_or_default();
         let namespace = namespace(body, "find");
         let bound = |key: &str| {
             body.get_document(key)
@@ -568,29 +548,35 @@ impl Connection {
         let (min, max) = (bound("min"), bound("max"));
         let skip = integer(body, "skip").unwrap_or(0) as usize;
         let limit = integer(body, "limit")
-            .filter(|&n| n > 0)
-            .map(|n| n as usize);
+            .filter(|&n| n != 0)
+            .map(|n| n.unsigned_abs() as usize);
         let ids_only = body
             .get_document("projection")
             .is_ok_and(|p| p.keys().eq(["_id"]));
+        let descending = body
+            .get_document("sort")
+            .is_ok_and(|sort| matches!(sort.get("_id"), Some(Bson::Int32(-1) | Bson::Int64(-1))));
         let mut state = lock(&self.state);
-        let documents: VecDeque<Document> = state
-            .collections
-            .get(&namespace)
-            .into_iter()
-            .flatten()
-            .filter(|d| {
-                let id = d.get("_id").unwrap_or(&Bson::Null);
-                by_id
+        let mut found = Vec::new();
+        for d in state.collections.get(&namespace).into_iter().flatten() {
+            let id = d.get("_id").unwrap_or(&Bson::Null);
+            let in_bounds = min
+                .as_ref()
+                .is_none_or(|m| compare_values(id, m) != Ordering::Less)
+                && max
                     .as_ref()
-                    .is_none_or(|wanted| compare_ids(id, wanted) == Ordering::Equal)
-                    && min
-                        .as_ref()
-                        .is_none_or(|m| compare_ids(id, m) != Ordering::Less)
-                    && max
-                        .as_ref()
-                        .is_none_or(|m| compare_ids(id, m) == Ordering::Less)
-            })
+                    .is_none_or(|m| compare_values(id, m) == Ordering::Less);
+            match matches(d, &filter) {
+                Ok(true) if in_bounds => found.push(d),
+                Ok(_) => {}
+                Err(reason) => return error(BAD_VALUE, &reason),
+            }
+        }
+        if descending {
+            found.reverse();
+        }
+        let documents: VecDeque<Document> = found
+            .into_iter()
             .skip(skip)
             .take(limit.unwrap_or(usize::MAX))
             .map(|d| match ids_only {
@@ -605,75 +591,61 @@ impl Connection {
         documents_reply(&mut state, id, &namespace, "firstBatch", batch_size)
     }
 
-    /// `find` on `local.oplog.rs`: a tailable cursor after `filter.ts.$gt`, or the oldest / newest entry
-    /// (`sort: {$natural: 1 | -1}`).
-    fn find_oplog(&self, body: &Document) -> Document {
-        let mut state = lock(&self.state);
-        if body.get_bool("tailable") == Ok(true) {
-            let after = body
-                .get_document("filter")
-                .and_then(|f| f.get_document("ts"))
-                .and_then(|ts| ts.get_timestamp("$gt"))
-                .map(|ts| (ts.time, ts.increment))
-                .unwrap_or((0, 0));
-            let skipped = state
-                .oplog
-                .iter()
-                .take_while(|e| {
-                    e.get_timestamp("ts")
-                        .is_ok_and(|ts| (ts.time, ts.increment) <= after)
-                })
-                .count();
-            let id = state.next_cursor;
-            state.next_cursor += 1;
-            let next = state.oplog_first + skipped;
-            let (batch, next) = oplog_from(&state, next);
-            state.tails.insert(id, next);
-            return doc! { "cursor": { "firstBatch": batch, "id": id, "ns": "local.oplog.rs" }, "ok": 1.0 };
-        }
-        let newest_first = body.get_document("sort").is_ok_and(|sort| {
-            matches!(
-                sort.get("$natural"),
-                Some(Bson::Int32(-1) | Bson::Int64(-1))
-            )
-        });
-        let edge = if newest_first {
-            state.oplog.last()
-        } else {
-            state.oplog.first()
+    /// `insert`: stores each document (with a new ObjectId when it has no `_id`) and logs it as the
+    /// server would, an insert event in the change stream and an `i` entry in the oplog. A taken `_id` is
+    /// a write error (E11000), which ends an ordered batch.
+    fn insert(&self, body: &Document) -> Document {
+        let namespace = namespace(body, "insert");
+        let Some((db, coll)) = namespace.split_once('.') else {
+            return error(BAD_VALUE, "insert without a namespace");
         };
-        let batch: Vec<Document> = edge.cloned().into_iter().collect();
-        doc! { "cursor": { "firstBatch": batch, "id": 0_i64, "ns": "local.oplog.rs" }, "ok": 1.0 }
-    }
-
-    /// A getMore on a tailable oplog cursor: what was appended since, waiting up to `maxTimeMS` for it.
-    async fn more_oplog(&self, body: &Document) -> Document {
-        let id = cursor_id(body);
-        let wait =
-            Duration::from_millis(integer(body, "maxTimeMS").unwrap_or(1000).clamp(0, 5000) as u64);
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let appended = self.appended.notified();
-            {
-                let mut state = lock(&self.state);
-                let Some(&next) = state.tails.get(&id) else {
-                    return error(CURSOR_NOT_FOUND, &format!("cursor id {id} not found"));
-                };
-                if next < state.oplog_first {
-                    state.tails.remove(&id);
-                    return error(
-                        CAPPED_POSITION_LOST,
-                        "CollectionScan died due to position in capped collection being deleted",
-                    );
+        let ordered = body.get_bool("ordered").unwrap_or(true);
+        let documents = body.get_array("documents").cloned().unwrap_or_default();
+        let mut state = lock(&self.state);
+        let (mut inserted, mut errors) = (0, Vec::new());
+        for (index, document) in documents.into_iter().enumerate() {
+            let Bson::Document(document) = document else {
+                return error(BAD_VALUE, "insert documents must be objects");
+            };
+            let document = match document.contains_key("_id") {
+                true => document,
+                false => {
+                    let mut with_id = doc! { "_id": bson::oid::ObjectId::new() };
+                    with_id.extend(document);
+                    with_id
                 }
-                let (batch, next) = oplog_from(&state, next);
-                if !batch.is_empty() || tokio::time::Instant::now() >= deadline {
-                    state.tails.insert(id, next);
-                    return doc! { "cursor": { "nextBatch": batch, "id": id, "ns": "local.oplog.rs" }, "ok": 1.0 };
+            };
+            let id = document.get("_id").cloned().unwrap_or(Bson::Null);
+            let taken = state.collections.get(&namespace).is_some_and(|stored| {
+                stored.iter().any(|d| {
+                    d.get("_id")
+                        .is_some_and(|d| compare_values(d, &id) == Ordering::Equal)
+                })
+            });
+            if taken {
+                errors.push(doc! {
+                    "index": index as i32,
+                    "code": DUPLICATE_KEY,
+                    "errmsg": format!("E11000 duplicate key error collection: {namespace} index: _id_ dup key: {{ _id: {id} }}"),
+                });
+                if ordered {
+                    break;
                 }
+                continue;
             }
-            let _ = tokio::time::timeout_at(deadline, appended).await;
+            let mut event = change_event("insert", db, coll, id);
+            event.insert("fullDocument", document.clone());
+            state.append(event);
+            state.append_oplog(doc! { "op": "i", "ns": &namespace, "o": document, "v": 2_i64, "wall": DateTime::now() });
+            inserted += 1;
         }
+        drop(state);
+        self.appended.notify_waiters();
+        let mut reply = doc! { "n": inserted, "ok": 1.0 };
+        if !errors.is_empty() {
+            reply.insert("writeErrors", errors);
+        }
+        reply
     }
 
     async fn more_documents(&self, body: &Document) -> Document {
@@ -702,19 +674,6 @@ impl Connection {
             batch_size,
         )
     }
-}
-
-/// The oplog entries from absolute index `next` on (at most 100), and the index after them.
-fn oplog_from(state: &State, next: usize) -> (Vec<Document>, usize) {
-    let batch: Vec<Document> = state
-        .oplog
-        .iter()
-        .skip(next.saturating_sub(state.oplog_first))
-        .take(100)
-        .cloned()
-        .collect();
-    let next = next + batch.len();
-    (batch, next)
 }
 
 /// The next `batch_size` documents of a `find` cursor; the cursor is closed (id 0) once they are all out.
@@ -795,121 +754,4 @@ fn cursor_reply(id: i64, field: &str, batch: Vec<Bson>, next: u64) -> Document {
 
 fn error(code: i32, message: &str) -> Document {
     doc! { "ok": 0.0, "errmsg": message, "code": code, "codeName": "" }
-}
-
-async fn read_request(socket: &mut TcpStream) -> Result<Request> {
-    let length = socket.read_i32_le().await?;
-    if !(16..=48_000_000).contains(&length) {
-        bail!("message length {length}");
-    }
-    let mut message = vec![0u8; length as usize - 4];
-    socket.read_exact(&mut message).await?;
-    let id = i32::from_le_bytes(message[0..4].try_into()?);
-    let op_code = i32::from_le_bytes(message[8..12].try_into()?);
-    let rest = &message[12..];
-    let body = match op_code {
-        OP_MSG => msg_body(rest)?,
-        OP_QUERY => query_body(rest)?,
-        other => bail!("opcode {other} is not served by the test double"),
-    };
-    Ok(Request { id, op_code, body })
-}
-
-/// OP_MSG: flag bits, then sections; the body is the kind-0 section, with each kind-1 document sequence
-/// added to it as an array (which is what the server does).
-fn msg_body(bytes: &[u8]) -> Result<Document> {
-    let flags = u32::from_le_bytes(bytes[0..4].try_into()?);
-    let end = if flags & 1 != 0 {
-        bytes.len() - 4
-    } else {
-        bytes.len()
-    };
-    let mut at = 4;
-    let mut body = None;
-    let mut sequences = Vec::new();
-    while at < end {
-        let kind = bytes[at];
-        at += 1;
-        match kind {
-            0 => {
-                let size = i32::from_le_bytes(bytes[at..at + 4].try_into()?) as usize;
-                body = Some(Document::from_reader(&bytes[at..at + size])?);
-                at += size;
-            }
-            1 => {
-                let size = i32::from_le_bytes(bytes[at..at + 4].try_into()?) as usize;
-                let section = &bytes[at + 4..at + size];
-                let name_end = section
-                    .iter()
-                    .position(|b| *b == 0)
-                    .context("sequence name")?;
-                let name = String::from_utf8(section[..name_end].to_vec())?;
-                let mut docs = Vec::new();
-                let mut rest = &section[name_end + 1..];
-                while !rest.is_empty() {
-                    let doc_size = i32::from_le_bytes(rest[0..4].try_into()?) as usize;
-                    docs.push(Bson::Document(Document::from_reader(&rest[..doc_size])?));
-                    rest = &rest[doc_size..];
-                }
-                sequences.push((name, docs));
-                at += size;
-            }
-            other => bail!("OP_MSG section kind {other}"),
-        }
-    }
-    let mut body = body.context("OP_MSG without a body section")?;
-    for (name, docs) in sequences {
-        body.insert(name, docs);
-    }
-    Ok(body)
-}
-
-/// OP_QUERY (only the handshake uses it): flags, collection name, skip, limit, query.
-fn query_body(bytes: &[u8]) -> Result<Document> {
-    let name_end = 4 + bytes[4..]
-        .iter()
-        .position(|b| *b == 0)
-        .context("collection name")?;
-    let query = &bytes[name_end + 1 + 8..];
-    let mut body = Document::from_reader(query)?;
-    // A handshake may wrap the command in `$query`.
-    if let Ok(inner) = body.get_document("$query") {
-        body = inner.clone();
-    }
-    Ok(body)
-}
-
-fn header(length: usize, response_to: i32, op_code: i32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(length);
-    out.extend_from_slice(&(length as i32).to_le_bytes());
-    out.extend_from_slice(&0i32.to_le_bytes());
-    out.extend_from_slice(&response_to.to_le_bytes());
-    out.extend_from_slice(&op_code.to_le_bytes());
-    out
-}
-
-fn op_msg(response_to: i32, reply: &Document) -> Vec<u8> {
-    let mut body = Vec::new();
-    reply
-        .to_writer(&mut body)
-        .expect("a reply document serialises");
-    let mut out = header(16 + 4 + 1 + body.len(), response_to, OP_MSG);
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.push(0);
-    out.extend_from_slice(&body);
-    out
-}
-
-fn op_reply(response_to: i32, reply: &Document) -> Vec<u8> {
-    let mut body = Vec::new();
-    reply
-        .to_writer(&mut body)
-        .expect("a reply document serialises");
-    let mut out = header(16 + 20 + body.len(), response_to, OP_REPLY);
-    out.extend_from_slice(&0i32.to_le_bytes());
-    out.extend_from_slice(&0i64.to_le_bytes());
-    out.extend_from_slice(&0i32.to_le_bytes());
-    out.extend_from_slice(&1i32.to_le_bytes());
-    out.extend_from_slice(&body);
-    out
 }
