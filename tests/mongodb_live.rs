@@ -7,7 +7,9 @@
 //! update, replace, delete, a transaction over two collections, then a restart that must resume after
 //! the stored token with nothing lost or repeated; and a snapshot of 20,000 documents raced by writes,
 //! the topic replayed equal to the collection, then a lost token (exit 1) and `when_needed` taking a
-//! new snapshot; and a contract typing `after`, a document that does not fit it dead-lettered.
+//! new snapshot; a contract typing `after`, a document that does not fit it dead-lettered; and an
+//! incremental snapshot (`sluice snapshot`, chunks between watermark documents) of a collection with
+//! mixed `_id` types raced by writes, the topic replayed equal to the collection.
 
 mod common;
 
@@ -440,6 +442,118 @@ async fn a_real_replica_set_types_documents_by_contract() {
         ),
         "{letter}"
     );
+    daemon.stop_cleanly();
+    db.drop().await.unwrap();
+}
+
+/// The ids in `collection` now, as the topic's keys write them.
+async fn ids_in(collection: &mongodb::Collection<Document>) -> std::collections::BTreeSet<String> {
+    use futures::TryStreamExt;
+    let ids: Vec<Document> = collection
+        .find(doc! {})
+        .projection(doc! { "_id": 1 })
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    ids.iter()
+        .map(|d| sluice_mongodb::change::canonical_json(d.get("_id").unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_replica_set_incremental_snapshot_while_writing() {
+    let Some(live) = Live::start().await else {
+        return;
+    };
+    let Live {
+        db,
+        db_name,
+        broker,
+        registry,
+        ..
+    } = &live;
+    let items = db.collection::<Document>("items");
+    // Mixed `_id` types: the chunks' index bounds take every type in MongoDB's order.
+    let mut documents: Vec<Document> = (0..6000).map(|id| doc! { "_id": id, "n": id }).collect();
+    documents.extend((0..500).map(|i| doc! { "_id": format!("s{i:04}"), "n": i }));
+    documents.extend((0..500).map(|i| doc! { "n": i }));
+    items.insert_many(documents).await.expect("load items");
+    let config = live.config(&format!(
+        "snapshot = \"never\"\nsignal_collection = \"{db_name}.sluice_signals\"\nincremental_chunk_rows = 700"
+    ));
+    let mut daemon = Daemon::start(&config);
+    live.wait_for_stream_position(&daemon, Duration::from_secs(60))
+        .await;
+    let (status, stdout, stderr) = common::sluice(&[
+        "snapshot",
+        "-c",
+        config.to_str().unwrap(),
+        &format!("{db_name}.items"),
+    ]);
+    assert!(status.success(), "{stdout}{stderr}");
+
+    // Writes race the snapshot until it is done: inserts, updates and deletes.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut next = 100_000;
+    while !daemon.log().contains("incremental snapshot finished")
+        || live
+            .position()
+            .is_none_or(|f| f["position"]["kind"] == "incremental")
+    {
+        assert!(Instant::now() < deadline, "not finished:\n{}", daemon.log());
+        items
+            .insert_one(doc! { "_id": next, "n": 0 })
+            .await
+            .unwrap();
+        let id = (next * 7) % 6000;
+        items
+            .update_one(doc! { "_id": id }, doc! { "$inc": { "n": 1 } })
+            .await
+            .unwrap();
+        items
+            .delete_one(doc! { "_id": (next * 13) % 6000 })
+            .await
+            .unwrap();
+        next += 1;
+    }
+    let present = ids_in(&items).await;
+    let topic = format!("{PREFIX}.{db_name}.items");
+    let mut replayed = std::collections::BTreeSet::new();
+    let wait = Instant::now() + Duration::from_secs(120);
+    while replayed != present {
+        assert!(
+            Instant::now() < wait,
+            "replaying the topic does not give the collection ({} ids, {} replayed):\n{}",
+            present.len(),
+            replayed.len(),
+            daemon.log()
+        );
+        replayed.clear();
+        for (id, op) in ops_by_id(broker, registry, &topic, present.len()).await {
+            match op.as_str() {
+                "d" | "tombstone" => replayed.remove(&id),
+                _ => replayed.insert(id),
+            };
+        }
+    }
+    let reads = ops_by_id(broker, registry, &topic, 1)
+        .await
+        .iter()
+        .filter(|(_, op)| op == "r")
+        .count();
+    assert!(reads >= 6000, "{reads} documents read by the snapshot");
+    // The signal collection holds the signal and the watermarks; none of it was published.
+    let signals = read_topic(
+        &broker.bootstrap(),
+        &format!("{PREFIX}.{db_name}.sluice_signals"),
+        0,
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    assert!(signals.is_empty());
     daemon.stop_cleanly();
     db.drop().await.unwrap();
 }

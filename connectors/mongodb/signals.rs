@@ -52,27 +52,18 @@ pub(super) fn interpose(
     };
     let (events, incoming) = mpsc::channel(RELAY_BUFFER);
     let out = control.events.clone();
-    let run = format!("mongo-{}-{}", std::process::id(), now_us());
-    let incremental = Incremental {
-        selection: source.settings.selection.clone(),
-        reader: ReaderSettings {
-            client: source.client.clone(),
-            replica_set: source.replica_set.clone(),
-            signal_collection: signal_collection.clone(),
-            chunk_rows: source.settings.incremental_chunk_rows,
-        },
+    let reader = ReaderSettings {
+        client: source.client.clone(),
+        replica_set: source.replica_set.clone(),
         signal_collection,
-        windows: Windows::new(run),
-        progress: progress.unwrap_or_default(),
-        deliveries: None,
-        held: VecDeque::new(),
-        task: None,
-        retry_at: None,
-        logged_at: Instant::now(),
-        last_position: None,
-        open: false,
-        metrics: control.metrics.clone(),
+        chunk_rows: source.settings.incremental_chunk_rows,
     };
+    let incremental = Incremental::new(
+        source.settings.selection.clone(),
+        reader,
+        progress,
+        control.metrics.clone(),
+    );
     let control = DocumentStreamControl { events, ..control };
     (control, Some(incremental.relay(incoming, out)))
 }
@@ -98,6 +89,32 @@ pub(super) struct Incremental {
 }
 
 impl Incremental {
+    fn new(
+        selection: CollectionSelection,
+        reader: ReaderSettings,
+        progress: Option<Progress>,
+        metrics: std::sync::Arc<dyn sluice_core::metrics::SourceMetrics>,
+    ) -> Incremental {
+        // Tells this process's watermarks from an earlier run's still in the oplog, and from another
+        // sluice's on the same signal collection.
+        let run = format!("mongo-{}-{}", std::process::id(), now_us());
+        Incremental {
+            selection,
+            signal_collection: reader.signal_collection.clone(),
+            reader,
+            windows: Windows::new(run),
+            progress: progress.unwrap_or_default(),
+            deliveries: None,
+            held: VecDeque::new(),
+            task: None,
+            retry_at: None,
+            logged_at: Instant::now(),
+            last_position: None,
+            open: false,
+            metrics,
+        }
+    }
+
     /// Passes the reader's events on, acting on the signal collection's, until the reader ends or the
     /// pipeline goes away.
     async fn relay(
@@ -401,3 +418,7 @@ fn relaxed(document: &mongodb::bson::Document) -> String {
         .into_relaxed_extjson()
         .to_string()
 }
+
+#[cfg(test)]
+#[path = "signals_tests.rs"]
+mod tests;

@@ -179,7 +179,7 @@ mod tests {
 
     #[test]
     fn values_order_by_type_then_value() {
-        let mut values = vec![
+        let mut values = [
             Bson::ObjectId(bson::oid::ObjectId::from_bytes([1; 12])),
             Bson::String("b".into()),
             Bson::Int64(3),
