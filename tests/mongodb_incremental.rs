@@ -293,23 +293,13 @@ async fn read_until_equal(setup: &Setup, expected: &BTreeMap<String, Json>) -> V
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_signal_reads_the_collection_in_chunks_and_the_stream_wins_inside_a_window() {
-    let setup = Setup::start().await;
+/// Sends the signal with `sluice snapshot`, holds the first chunk's reads after their first batch (it
+/// has read ids 1..=101, and will return 102..=1000 as they were then), and meanwhile the stream
+/// changes 500 and deletes 700.
+async fn change_inside_the_first_window(setup: &Setup, config: &Path, daemon: &mut Daemon) {
     let double = &setup.double;
-    double.store(
-        "shop",
-        "orders",
-        (1..=3000).map(|id| order(id, &format!("doc {id}"))),
-    );
-    let config = setup.config("incremental_chunk_rows = 1000");
-    let mut daemon = Daemon::start(&config);
-    setup.wait_streaming(&mut daemon).await;
-
-    // The first chunk's reads are held after their first batch: it has read ids 1..=101 (and will
-    // return 102..=1000 as they were then) when the stream changes 500 and deletes 700.
     double.hold_reads(true);
-    let said = signal(&config, &["shop.orders"]);
+    let said = signal(config, &["shop.orders"]);
     assert!(said.contains("execute-snapshot"), "{said}");
     let written: Vec<Document> = double
         .documents("shop", "sluice_signals")
@@ -321,7 +311,7 @@ async fn a_snapshot_signal_reads_the_collection_in_chunks_and_the_stream_wins_in
         written[0].get_str("data").unwrap().contains("shop.orders"),
         "{written:?}"
     );
-    wait_until("the first chunk read halfway", &mut daemon, |_| {
+    wait_until("the first chunk read halfway", daemon, |_| {
         double
             .commands("getMore")
             .iter()
@@ -338,11 +328,14 @@ async fn a_snapshot_signal_reads_the_collection_in_chunks_and_the_stream_wins_in
     double.append(upsert_event("update", 500, "changed in the window"));
     double.append(change_event("delete", "shop", "orders", 700));
     double.hold_reads(false);
+}
 
-    // Meanwhile and afterwards, a writer: new documents, updates, deletes.
+/// A writer racing the snapshot until it is finished: new documents, updates, deletes.
+async fn write_until_finished(setup: &Setup, daemon: &mut Daemon) {
+    let double = &setup.double;
     let mut next = 3001;
     let mut writes = 0;
-    while !(daemon_said(&daemon, "incremental snapshot finished") && setup.progress().is_none()) {
+    while !(daemon_said(daemon, "incremental snapshot finished") && setup.progress().is_none()) {
         match writes % 3 {
             0 => double.append(upsert_event("insert", next, "inserted")),
             1 => double.append(upsert_event("update", 1 + (writes * 37) % 3000, "updated")),
@@ -363,6 +356,24 @@ async fn a_snapshot_signal_reads_the_collection_in_chunks_and_the_stream_wins_in
             daemon.log()
         );
     }
+    setup.wait_finished(daemon).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_signal_reads_the_collection_in_chunks_and_the_stream_wins_inside_a_window() {
+    let setup = Setup::start().await;
+    let double = &setup.double;
+    double.store(
+        "shop",
+        "orders",
+        (1..=3000).map(|id| order(id, &format!("doc {id}"))),
+    );
+    let config = setup.config("incremental_chunk_rows = 1000");
+    let mut daemon = Daemon::start(&config);
+    setup.wait_streaming(&mut daemon).await;
+
+    change_inside_the_first_window(&setup, &config, &mut daemon).await;
+    write_until_finished(&setup, &mut daemon).await;
     setup.wait_finished(&mut daemon).await;
 
     let records = read_until_equal(&setup, &collection(&setup)).await;
@@ -384,6 +395,10 @@ async fn a_snapshot_signal_reads_the_collection_in_chunks_and_the_stream_wins_in
     }
     let log = daemon.log();
     assert!(log.contains("signal received"), "{log}");
+    wait_until("the watermarks deleted again", &mut daemon, |_| {
+        setup.double.documents("shop", "sluice_signals").len() == 1
+    })
+    .await;
     // The signal collection's documents are instructions, never published.
     let signals = setup
         .read("app.shop.sluice_signals", 0, Duration::from_secs(2))
@@ -602,16 +617,20 @@ async fn oplog_capture_reads_signals_and_watermarks_from_the_oplog() {
     setup.wait_streaming(&mut daemon).await;
     signal(&config, &["shop.orders"]);
     setup.wait_finished(&mut daemon).await;
-    let ops: Vec<String> = double
-        .documents("shop", "sluice_signals")
+    let closed = double
+        .commands("insert")
         .iter()
-        .filter_map(|d| d.get_str("type").ok().map(str::to_owned))
-        .collect();
-    assert_eq!(
-        ops.iter().filter(|t| *t == "snapshot-window-close").count(),
-        5,
-        "five chunks, each closed by a watermark: {ops:?}"
-    );
+        .flat_map(|c| c.get_array("documents").cloned().unwrap_or_default())
+        .filter(|d| {
+            d.as_document()
+                .is_some_and(|d| d.get_str("type") == Ok("snapshot-window-close"))
+        })
+        .count();
+    assert_eq!(closed, 5, "five chunks, each closed by a watermark");
+    wait_until("the watermarks deleted again", &mut daemon, |_| {
+        double.documents("shop", "sluice_signals").len() == 1
+    })
+    .await;
     let records = read_until_equal(&setup, &collection(&setup)).await;
     assert!(records
         .iter()

@@ -462,6 +462,34 @@ async fn ids_in(collection: &mongodb::Collection<Document>) -> std::collections:
         .collect()
 }
 
+/// Reads `topic` until replaying it gives the ids `collection` holds now.
+async fn replay_until_equal(
+    live: &Live,
+    collection: &mongodb::Collection<Document>,
+    topic: &str,
+    daemon: &Daemon,
+) {
+    let present = ids_in(collection).await;
+    let mut replayed = std::collections::BTreeSet::new();
+    let wait = Instant::now() + Duration::from_secs(120);
+    while replayed != present {
+        assert!(
+            Instant::now() < wait,
+            "replaying the topic does not give the collection ({} ids, {} replayed):\n{}",
+            present.len(),
+            replayed.len(),
+            daemon.log()
+        );
+        replayed.clear();
+        for (id, op) in ops_by_id(&live.broker, &live.registry, topic, present.len()).await {
+            match op.as_str() {
+                "d" | "tombstone" => replayed.remove(&id),
+                _ => replayed.insert(id),
+            };
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_replica_set_incremental_snapshot_while_writing() {
     let Some(live) = Live::start().await else {
@@ -518,26 +546,8 @@ async fn a_real_replica_set_incremental_snapshot_while_writing() {
             .unwrap();
         next += 1;
     }
-    let present = ids_in(&items).await;
     let topic = format!("{PREFIX}.{db_name}.items");
-    let mut replayed = std::collections::BTreeSet::new();
-    let wait = Instant::now() + Duration::from_secs(120);
-    while replayed != present {
-        assert!(
-            Instant::now() < wait,
-            "replaying the topic does not give the collection ({} ids, {} replayed):\n{}",
-            present.len(),
-            replayed.len(),
-            daemon.log()
-        );
-        replayed.clear();
-        for (id, op) in ops_by_id(broker, registry, &topic, present.len()).await {
-            match op.as_str() {
-                "d" | "tombstone" => replayed.remove(&id),
-                _ => replayed.insert(id),
-            };
-        }
-    }
+    replay_until_equal(&live, &items, &topic, &daemon).await;
     let reads = ops_by_id(broker, registry, &topic, 1)
         .await
         .iter()

@@ -8,7 +8,8 @@
 //! `_id` bounds are index bounds (`min`, `max`) rather than `$gt`/`$lte` filters, because a comparison
 //! filter matches only `_id`s of its bound's type and a collection may mix them; `max` excludes its
 //! bound, so the last `_id` itself is looked up when the range is used up. Up to [`CHUNKS_IN_FLIGHT`]
-//! chunks wait for their high watermark.
+//! chunks wait for their high watermark. Once both are written a chunk's watermark documents are deleted
+//! again (the stream has their inserts in its log), so that the signal collection does not grow.
 
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
@@ -75,6 +76,7 @@ pub async fn read(
         reading,
         number: 0,
         out,
+        deleting: true,
     };
     for table in tables {
         let failure = match reader.read_table(&table).await {
@@ -123,6 +125,8 @@ struct ChunkReader {
     reading: u64,
     number: u64,
     out: mpsc::Sender<Delivery>,
+    /// Watermark documents are deleted once written, unless the server refused a delete.
+    deleting: bool,
 }
 
 /// A collection as the reader reads it.
@@ -171,6 +175,7 @@ impl ChunkReader {
                 return Ok(false);
             }
             self.watermark(number, true).await?;
+            self.forget_watermarks(number).await;
             if done {
                 return Ok(true);
             }
@@ -335,12 +340,7 @@ impl ChunkReader {
     }
 
     async fn watermark(&mut self, number: u64, high: bool) -> Result<(), Failure> {
-        let mark = Watermark {
-            run: self.run.clone(),
-            reading: self.reading,
-            number,
-            high,
-        };
+        let mark = self.mark(number, high);
         self.marks
             .insert_one(watermark_document(&mark))
             .await
@@ -352,6 +352,41 @@ impl ChunkReader {
                 connection => connection,
             })?;
         Ok(())
+    }
+}
+
+impl ChunkReader {
+    fn mark(&self, number: u64, high: bool) -> Watermark {
+        Watermark {
+            run: self.run.clone(),
+            reading: self.reading,
+            number,
+            high,
+        }
+    }
+
+    /// Deletes chunk `number`'s two watermark documents: the stream has them in its log once they are
+    /// written, and the signal collection would otherwise grow by two documents a chunk. A refusal (no
+    /// delete privilege) is said once; the documents then stay.
+    async fn forget_watermarks(&mut self, number: u64) {
+        if !self.deleting {
+            return;
+        }
+        let ids: Vec<Bson> = [false, true]
+            .into_iter()
+            .filter_map(|high| {
+                watermark_document(&self.mark(number, high))
+                    .get("_id")
+                    .cloned()
+            })
+            .collect();
+        if let Err(err) = self.marks.delete_many(doc! { "_id": { "$in": ids } }).await {
+            if is_transient(&err) {
+                return;
+            }
+            tracing::warn!(collection = %self.settings.signal_collection, error = %redact_secrets(&err.to_string()), "cannot delete watermark documents from the signal collection: they stay there (grant remove on it, or delete them now and then)");
+            self.deleting = false;
+        }
     }
 }
 

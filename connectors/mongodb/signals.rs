@@ -389,6 +389,8 @@ impl Incremental {
                 "incremental snapshot finished"
             );
             self.progress = Progress::default();
+            // The reader has nothing left but deleting its last watermarks: let it.
+            drop(self.task.take());
             self.restart_reader();
         }
     }

@@ -3,8 +3,8 @@
 //! change-stream reader, a snapshot and an incremental snapshot send — `hello`/`isMaster`, `buildInfo`,
 //! `ping`, `aggregate` with `$changeStream`, `getMore`, `killCursors`, `endSessions`, `listDatabases`,
 //! `listCollections`, `count`, `find` in `_id` order (or reversed) with `min`/`max`/`skip`/`limit` and a
-//! filter, a tailable `find` on `local.oplog.rs`, and `insert` — and serves the change events and oplog
-//! entries that the test appends.
+//! filter, a tailable `find` on `local.oplog.rs`, `insert` and `delete` — and serves the change events
+//! and oplog entries that the test appends.
 //!
 //! No MongoDB server can be installed on the build machines; this lets the real driver path (handshake,
 //! cursor, resume after a dropped connection, resume tokens across restarts, snapshot reads, signal and
@@ -12,9 +12,9 @@
 //! themselves, in the format MongoDB documents, and an event with a `fullDocument` (or a delete) also
 //! changes the stored documents that `find` reads. `find` filters are evaluated as `query.rs` says
 //! (equality, comparison operators, `$in`, `$exists`, `$and`, `$or`; BadValue for anything else). An
-//! `insert` stores its documents and appends the insert event and the oplog entry the server would have
-//! logged. Values compare in MongoDB's order of types. The integration suite in `tests/mongodb_live.rs`
-//! runs against a real replica set when `MONGODB_URI` is set.
+//! `insert` (a `delete`) stores (removes) its documents and appends the events and the oplog entries the
+//! server would have logged. Values compare in MongoDB's order of types. The integration suite in
+//! `tests/mongodb_live.rs` runs against a real replica set when `MONGODB_URI` is set.
 
 mod oplog;
 mod query;
@@ -435,6 +435,7 @@ impl Connection {
             "find" if namespace(body, "find") == "local.oplog.rs" => self.find_oplog(body),
             "find" => self.find(body),
             "insert" => self.insert(body),
+            "delete" => self.delete(body),
             other => error(
                 COMMAND_NOT_FOUND,
                 &format!("the MongoDB test double does not implement `{other}`"),
@@ -646,6 +647,45 @@ impl Connection {
             reply.insert("writeErrors", errors);
         }
         reply
+    }
+
+    /// `delete`: removes the documents each statement's `q` matches (the first only with `limit: 1`)
+    /// and logs each as the server would, a delete event and a `d` oplog entry.
+    fn delete(&self, body: &Document) -> Document {
+        let namespace = namespace(body, "delete");
+        let Some((db, coll)) = namespace.split_once('.') else {
+            return error(BAD_VALUE, "delete without a namespace");
+        };
+        let statements = body.get_array("deletes").cloned().unwrap_or_default();
+        let mut state = lock(&self.state);
+        let mut deleted = 0;
+        for statement in statements {
+            let Bson::Document(statement) = statement else {
+                return error(BAD_VALUE, "delete statements must be objects");
+            };
+            let filter = statement.get_document("q").cloned().unwrap_or_default();
+            let one = matches!(
+                statement.get("limit"),
+                Some(Bson::Int32(1) | Bson::Int64(1))
+            );
+            let mut ids = Vec::new();
+            for document in state.collections.get(&namespace).into_iter().flatten() {
+                match matches(document, &filter) {
+                    Ok(true) => ids.push(document.get("_id").cloned().unwrap_or(Bson::Null)),
+                    Ok(false) => {}
+                    Err(reason) => return error(BAD_VALUE, &reason),
+                }
+            }
+            ids.truncate(if one { 1 } else { ids.len() });
+            for id in ids {
+                state.append(change_event("delete", db, coll, id.clone()));
+                state.append_oplog(doc! { "op": "d", "ns": &namespace, "o": { "_id": id }, "v": 2_i64, "wall": DateTime::now() });
+                deleted += 1;
+            }
+        }
+        drop(state);
+        self.appended.notify_waiters();
+        doc! { "n": deleted, "ok": 1.0 }
     }
 
     async fn more_documents(&self, body: &Document) -> Document {
