@@ -415,25 +415,25 @@ async fn a_snapshot_signal_reads_the_collection_in_chunks_and_the_stream_wins_in
 async fn a_restart_carries_on_after_the_last_chunk_on_the_broker() {
     let setup = Setup::start().await;
     let double = &setup.double;
-    let total = 5000;
+    let total = 20_000;
     double.store("shop", "orders", (1..=total).map(|id| order(id, "before")));
     let config = setup.config("incremental_chunk_rows = 500");
     let mut daemon = Daemon::start(&config);
     setup.wait_streaming(&mut daemon).await;
+    // A chunk of 500 takes one to four getMores: after twelve, between 3 and 12 chunks are read and
+    // the next one waits halfway, far from the end.
+    double.hold_reads_after(12);
     signal(&config, &["shop.orders"]);
-    wait_until(
-        "a third of the collection on the broker",
-        &mut daemon,
-        |_| setup.rows_read("shop.orders") >= 1500,
-    )
+    wait_until("three chunks on the broker", &mut daemon, |_| {
+        setup.rows_read("shop.orders") >= 1500
+    })
     .await;
-    // The next chunk waits halfway; a SIGKILL leaves the progress where the broker has it.
-    double.hold_reads(true);
+    // The progress stored catches up with the broker; a SIGKILL leaves it there.
     tokio::time::sleep(Duration::from_millis(500)).await;
     daemon.kill();
-    let read_before = setup.rows_read("shop.orders");
-    assert!(read_before < total as u64, "finished before the kill");
-    let stored = setup.progress().unwrap();
+    let stored = setup.progress().expect("the progress is stored");
+    let read_before = stored["tables"][0]["rows"].as_u64().unwrap();
+    assert!((1500..=6000).contains(&read_before), "{stored}");
     assert!(
         stored["tables"][0]["last_key"][0].is_string(),
         "the last key is stored: {stored}"
@@ -458,6 +458,8 @@ async fn a_restart_carries_on_after_the_last_chunk_on_the_broker() {
     // At most the chunks in flight at the kill are read twice, never the part before them.
     let twice = reads.len() - distinct.len();
     assert!(twice <= 4 * 500, "{twice} documents read twice");
+    // Started over, it would read every document before the stored key again.
+    assert!(twice < read_before as usize, "{twice} read twice");
     daemon.stop_cleanly();
 }
 
@@ -465,11 +467,13 @@ async fn a_restart_carries_on_after_the_last_chunk_on_the_broker() {
 async fn pause_resume_and_stop() {
     let setup = Setup::start().await;
     let double = &setup.double;
-    let total = 30_000;
+    let total = 10_000;
     double.store("shop", "orders", (1..=total).map(|id| order(id, "x")));
     let config = setup.config("incremental_chunk_rows = 150");
     let mut daemon = Daemon::start(&config);
     setup.wait_streaming(&mut daemon).await;
+    // Each chunk of 150 takes a getMore: the reader is let on for a few chunks at a time, then waits.
+    double.hold_reads_after(6);
     signal(&config, &["shop.orders"]);
     wait_until("a chunk on the broker", &mut daemon, |_| {
         setup.rows_read("shop.orders") > 0
@@ -480,7 +484,8 @@ async fn pause_resume_and_stop() {
         setup.progress().is_some_and(|p| p["paused"] == true)
     })
     .await;
-    // Paused: the progress stands still (a chunk already in flight may still land).
+    // Paused: the waiting reader was let go; released now, nothing reads on.
+    double.hold_reads(false);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let paused_at = setup.rows_read("shop.orders");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -493,6 +498,7 @@ async fn pause_resume_and_stop() {
         "{stdout}"
     );
 
+    double.hold_reads_after(6);
     signal(&config, &["--resume"]);
     wait_until("reading again", &mut daemon, |_| {
         setup.rows_read("shop.orders") > paused_at

@@ -67,6 +67,8 @@ struct State {
     next_cursor: i64,
     /// The error code the next `getMore` on a `find` cursor answers with, its cursor then gone.
     read_failure: Option<i32>,
+    /// `getMore`s on `find` cursors still served before every later one is held (see `hold_reads_after`).
+    reads_left: Option<usize>,
     /// Every command received, in order: (command name, body).
     commands: Vec<(String, Document)>,
 }
@@ -79,7 +81,7 @@ pub struct MongoDouble {
     /// Bumped to make every open connection close (a network failure, as the driver sees it).
     generation: watch::Sender<u64>,
     /// While true, a `getMore` on a `find` cursor waits: a snapshot caught halfway.
-    reads_held: watch::Sender<bool>,
+    reads_held: Arc<watch::Sender<bool>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -96,7 +98,7 @@ impl MongoDouble {
         }));
         let appended = Arc::new(Notify::new());
         let (generation, _) = watch::channel(0u64);
-        let (reads_held, _) = watch::channel(false);
+        let reads_held = Arc::new(watch::channel(false).0);
         let accept = {
             let (state, appended, generation, reads_held) = (
                 state.clone(),
@@ -111,7 +113,7 @@ impl MongoDouble {
                         state: state.clone(),
                         appended: appended.clone(),
                         closed: generation.subscribe(),
-                        reads_held: reads_held.subscribe(),
+                        reads_held: reads_held.clone(),
                     };
                     tokio::spawn(connection.serve(socket));
                 }
@@ -176,7 +178,15 @@ impl MongoDouble {
 
     /// Holds (or releases) every `getMore` on a `find` cursor: a first batch is served, the rest waits.
     pub fn hold_reads(&self, held: bool) {
+        lock(&self.state).reads_left = None;
         self.reads_held.send_replace(held);
+    }
+
+    /// Serves `getmores` more `getMore`s on `find` cursors, then holds every later one (as
+    /// `hold_reads(true)` does) until `hold_reads(false)`: a reader let on for a while, then caught.
+    pub fn hold_reads_after(&self, getmores: usize) {
+        lock(&self.state).reads_left = Some(getmores);
+        self.reads_held.send_replace(false);
     }
 
     /// Makes the next `getMore` on a `find` cursor fail with `code` and close its cursor, as an
@@ -332,7 +342,7 @@ struct Connection {
     state: Arc<Mutex<State>>,
     appended: Arc<Notify>,
     closed: watch::Receiver<u64>,
-    reads_held: watch::Receiver<bool>,
+    reads_held: Arc<watch::Sender<bool>>,
 }
 
 impl Connection {
@@ -696,8 +706,16 @@ impl Connection {
                 state.finds.remove(&cursor_id(body));
                 return error(code, "failed by the test");
             }
+            match state.reads_left {
+                Some(0) => {
+                    state.reads_left = None;
+                    self.reads_held.send_replace(true);
+                }
+                Some(left) => state.reads_left = Some(left - 1),
+                None => {}
+            }
         }
-        let mut held = self.reads_held.clone();
+        let mut held = self.reads_held.subscribe();
         let _ = held.wait_for(|held| !held).await;
         let mut state = lock(&self.state);
         let namespace = format!(
