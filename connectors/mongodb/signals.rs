@@ -184,9 +184,12 @@ impl Incremental {
                 }
             }
             SourceEvent::Document(change) => {
-                let namespace = change.namespace();
-                if self.windows.tracking(&namespace) {
-                    self.windows.changed(&namespace, change.key.clone());
+                // Most of the time no window is open: then a change costs no namespace or key copy.
+                if self.windows.any_open() {
+                    let namespace = change.namespace();
+                    if self.windows.tracking(&namespace) {
+                        self.windows.changed(&namespace, change.key.clone());
+                    }
                 }
                 self.open = true;
                 out.push(SourceEvent::Document(change));
