@@ -4,7 +4,8 @@
 //! signal collection and reads chunks in `_id` order; a change the stream delivers inside a chunk's window
 //! wins over the chunk's copy; the topic compacted by key ends equal to the collection; a restart carries
 //! on after the last chunk on the broker; pause, resume and stop; malformed signals and bad filters go to
-//! the dead-letter topic; the oplog capture does the same. `tests/mongodb_live.rs` runs a snapshot against
+//! the dead-letter topic; the oplog capture does the same; an initial snapshot leaves the signal collection
+//! out. `tests/mongodb_live.rs` runs a snapshot against
 //! a real replica set when `MONGODB_URI` is set.
 
 mod common;
@@ -671,4 +672,47 @@ async fn sluice_snapshot_says_how_to_set_the_signal_collection_and_bad_keys_are_
         assert!(stderr.contains(key), "{lines}: {stderr}");
     }
     assert!(setup.double.commands("insert").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initial_snapshot_leaves_the_signal_collection_out_and_signals_follow_it() {
+    let setup = Setup::start().await;
+    let double = &setup.double;
+    double.store("shop", "orders", (1..=50).map(|id| order(id, "x")));
+    // An old signal and a watermark left by an earlier run: instructions, never documents to publish.
+    double.store(
+        "shop",
+        "sluice_signals",
+        [
+            doc! { "_id": "old", "type": "log", "data": "{\"message\": \"old\"}" },
+            doc! { "_id": "w", "type": "snapshot-window-open", "data": "low:gone-1:1:1" },
+        ],
+    );
+    let config = setup
+        .config_with("collections = [\"shop.*\"]\nsignal_collection = \"shop.sluice_signals\"");
+    let mut daemon = Daemon::start(&config);
+    setup.wait_streaming(&mut daemon).await;
+    let first = setup.decode(&setup.read(ORDERS, 50, Duration::from_secs(30)).await);
+    assert_eq!(first.len(), 50);
+    assert!(first
+        .iter()
+        .all(|r| r.op == "r" && r.snapshot != "incremental"));
+
+    signal(&config, &["shop.orders"]);
+    setup.wait_finished(&mut daemon).await;
+    let all = setup.decode(&setup.read(ORDERS, 100, Duration::from_secs(30)).await);
+    assert_eq!(all.len(), 100, "the collection once more, incrementally");
+    assert!(all[50..].iter().all(|r| r.snapshot == "incremental"));
+    let signals = setup
+        .read("app.shop.sluice_signals", 0, Duration::from_secs(2))
+        .await;
+    assert!(
+        signals.is_empty(),
+        "the signal collection was not snapshotted"
+    );
+    let letters = setup
+        .read(&format!("{PREFIX}.dlq"), 0, Duration::from_secs(1))
+        .await;
+    assert!(letters.is_empty(), "{} dead letters", letters.len());
+    daemon.stop_cleanly();
 }
