@@ -5,8 +5,8 @@
 //! wins over the chunk's copy; the topic compacted by key ends equal to the collection; a restart carries
 //! on after the last chunk on the broker; pause, resume and stop; malformed signals and bad filters go to
 //! the dead-letter topic; the oplog capture does the same; an initial snapshot leaves the signal collection
-//! out. `tests/mongodb_live.rs` runs a snapshot against
-//! a real replica set when `MONGODB_URI` is set.
+//! out. `tests/mongodb_live.rs` runs an incremental snapshot against a real replica set when `MONGODB_URI`
+//! is set.
 
 mod common;
 
