@@ -103,7 +103,7 @@ impl Incremental {
             signal_collection: reader.signal_collection.clone(),
             reader,
             windows: Windows::new(run),
-            progress: progress.unwrap_or_default(),
+            progress: progress.filter(|p| !p.finished()).unwrap_or_default(),
             deliveries: None,
             held: VecDeque::new(),
             task: None,
@@ -122,10 +122,7 @@ impl Incremental {
         mut incoming: mpsc::Receiver<SourceEvent>,
         out: mpsc::Sender<SourceEvent>,
     ) {
-        if self.progress.pending().next().is_some() {
-            tracing::info!(collections = ?self.pending_names(), paused = self.progress.paused, "carrying on the incremental snapshot of the stored position");
-            self.restart_reader();
-        }
+        self.carry_on_stored();
         let mut poll = tokio::time::interval(POLL_EVERY);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -143,6 +140,25 @@ impl Incremental {
                     return;
                 }
             }
+        }
+    }
+
+    /// Carries on the stored snapshot, less the collections the stream no longer captures.
+    fn carry_on_stored(&mut self) {
+        let left: Vec<String> = self
+            .progress
+            .pending()
+            .filter(|t| !self.selection.includes_namespace(&t.name))
+            .map(|t| t.name.clone())
+            .collect();
+        if !left.is_empty() {
+            // The stream no longer captures them: there would be nothing to reconcile their chunks with.
+            tracing::warn!(collections = ?left, "the stored incremental snapshot names collections no longer captured: they are not read on");
+            self.progress.stop(&left);
+        }
+        if self.progress.pending().next().is_some() {
+            tracing::info!(collections = ?self.pending_names(), paused = self.progress.paused, "carrying on the incremental snapshot of the stored position");
+            self.restart_reader();
         }
     }
 
@@ -213,7 +229,13 @@ impl Incremental {
         let position = position.into_parts().0;
         self.last_position = Some(position.clone());
         self.open = false;
-        Position::with_incremental(position, Some(&self.progress))
+        let wrapped = Position::with_incremental(position, Some(&self.progress));
+        // A finished snapshot is carried once, on the position after its last rows, so that what it
+        // read is on record; then it is forgotten.
+        if !self.progress.tables.is_empty() && self.progress.finished() {
+            self.finish_if_done();
+        }
+        wrapped
     }
 
     /// A document inserted into the signal collection.
@@ -285,7 +307,6 @@ impl Incremental {
                     tracing::info!(collection = %done.table, "incremental snapshot of collection finished");
                 }
                 // The reader's position after the watermark follows, carrying this progress.
-                self.finish_if_done();
             }
         }
     }
@@ -321,6 +342,7 @@ impl Incremental {
                 reason,
             } if reading == self.windows.reading() => {
                 tracing::warn!(collection = %table, reason = %reason, "incremental snapshot of collection refused");
+                self.windows.abandon(&table);
                 self.progress.stop(std::slice::from_ref(&table));
                 out.push(self.bad_signal(
                     serde_json::json!({"data-collection": table}).to_string(),

@@ -201,9 +201,19 @@ async fn a_chunk_is_published_at_its_high_watermark_without_what_the_stream_chan
         published,
         [r#"{"$numberInt":"1"}"#, r#"{"$numberInt":"3"}"#]
     );
-    // The only collection is done: the position after the chunk no longer carries a snapshot.
+    // The only collection is done: the position after the chunk carries the finished snapshot once, so
+    // that what it read is on record; the next one none.
+    let Some(SourceEvent::Commit { position, .. }) = out.last() else {
+        panic!("{out:?}")
+    };
+    let finished = position.incremental().expect("carried once");
     assert!(
-        matches!(out.last(), Some(SourceEvent::Commit { position, .. }) if *position == token(2)),
+        finished.finished() && finished.tables[0].rows == 3,
+        "{finished:?}"
+    );
+    let out = run(&mut relay, vec![commit(3)]);
+    assert!(
+        matches!(&out[..], [SourceEvent::Commit { position, .. }] if *position == token(3)),
         "{out:?}"
     );
 }
@@ -248,4 +258,15 @@ async fn a_refusal_is_stored_with_an_idle_point_at_the_last_position() {
     let mut out = Vec::new();
     relay.poll(&mut out);
     assert!(out.is_empty(), "{out:?}");
+}
+
+#[tokio::test]
+async fn a_stored_snapshot_of_collections_no_longer_captured_is_not_read_on() {
+    let mut stored = Progress::default();
+    stored.request(&["elsewhere.gone".into()], &[]);
+    let mut relay = relay().await;
+    relay.progress = stored;
+    relay.carry_on_stored();
+    assert!(relay.progress.tables.is_empty(), "{:?}", relay.progress);
+    assert!(relay.task.is_none(), "nothing to read");
 }
