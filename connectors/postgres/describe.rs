@@ -2,12 +2,16 @@
 //! and what comparing a contract needs. The decoder builds the model without I/O ([`Captured::new`]); the
 //! catalog lookups it needs first are here, below both the reader and the snapshot that use them.
 
+use std::sync::Arc;
+
+use sluice_core::event::Table;
 use tokio_postgres::Client;
 
 use super::catalog::{self, TableName};
 use super::decoder::Captured;
 use super::error::SourceError;
 use super::pgoutput::Relation;
+use super::settings::PostgresSettings;
 use super::type_catalog;
 use crate::config::{DecimalHandling, Selection};
 
@@ -44,4 +48,22 @@ impl Captured {
         let resolved = type_catalog::resolve_columns(client, relation, decimal).await?;
         Ok(Captured::new(relation, primary_key, resolved, selection))
     }
+}
+
+/// The current model of every selected table, as the next event of each would carry it (for comparing
+/// contracts with the tables without starting a stream).
+pub async fn current_tables(settings: &PostgresSettings) -> Result<Vec<Arc<Table>>, SourceError> {
+    let client = catalog::connect(&settings.connection).await?;
+    let mut tables = Vec::new();
+    for name in catalog::resolve_tables(&client, &settings.selection).await? {
+        let (_, captured) = Captured::describe(
+            &client,
+            &name,
+            &settings.selection,
+            settings.decimal_handling,
+        )
+        .await?;
+        tables.push(captured.table);
+    }
+    Ok(tables)
 }

@@ -17,10 +17,11 @@ use super::signals::Incremental;
 use super::snapshot::{Exported, Snapshot};
 use super::start::{self, Start};
 // Public here before they had modules of their own.
+pub use super::describe::current_tables;
 pub use super::error::SourceError;
 pub use super::settings::{PostgresSettings, Resume};
 use sluice_core::backoff::Backoff;
-use sluice_core::event::{Lsn, PgSnapshotPosition, Position, SourceEvent, Table};
+use sluice_core::event::{Lsn, PgSnapshotPosition, Position, SourceEvent};
 use sluice_core::positions::SourceIdentity;
 
 /// A prepared source: publication and slot in place.
@@ -784,22 +785,4 @@ async fn create_slot(
         PgSnapshotPosition::starting_at(created.consistent_point),
         created.snapshot_name,
     ))
-}
-
-/// The current model of every selected table, as the next event of each would carry it (for comparing
-/// contracts with the tables without starting a stream).
-pub async fn current_tables(settings: &PostgresSettings) -> Result<Vec<Arc<Table>>, SourceError> {
-    let client = catalog::connect(&settings.connection).await?;
-    let mut tables = Vec::new();
-    for name in catalog::resolve_tables(&client, &settings.selection).await? {
-        let (_, captured) = Captured::describe(
-            &client,
-            &name,
-            &settings.selection,
-            settings.decimal_handling,
-        )
-        .await?;
-        tables.push(captured.table);
-    }
-    Ok(tables)
 }
