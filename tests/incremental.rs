@@ -388,13 +388,25 @@ async fn pause_resume_and_stop() {
     let rows = 60_000;
     let services = Services::start().await;
     services.sql(&items(rows)).await;
-    let config = config(&services, &["public.items"], "incremental_chunk_rows = 500");
+    let mut file = services.config(&["public.items"]);
+    file.source_extra =
+        format!("snapshot = \"never\"\nsignal_table = \"{SIGNALS}\"\nincremental_chunk_rows = 500");
+    file.api_address = Some("127.0.0.1:0".into());
+    let config = services.write(&file);
     let mut daemon = Daemon::start(&config);
     services.wait_streaming(&mut daemon).await;
     signal(&config, &["public.items"]);
     while rows_read(&services, "public.items") == 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Streaming goes on during an incremental snapshot: ready, and the progress is exported.
+    let (status, body) = common::http_get(&daemon, "/health/ready");
+    assert!(status.contains("200"), "{status}: {body}");
+    let (_, metrics) = common::http_get(&daemon, "/metrics");
+    assert!(
+        metrics.contains("sluice_incremental_snapshot_rows{table=\"public.items\"}"),
+        "{metrics}"
+    );
     signal(&config, &["--pause"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while progress(&services).is_none_or(|p| p["paused"] != true) {
