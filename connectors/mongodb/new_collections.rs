@@ -80,6 +80,27 @@ mod tests {
         list.iter().map(|s| s.to_string()).collect()
     }
 
+    /// A fresh directory (the crate has no tempfile dependency), removed when dropped.
+    struct Dir(std::path::PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            let path = std::env::temp_dir().join(format!(
+                "sluice-mongodb-{name}-{}-{}",
+                std::process::id(),
+                sluice_core::positions::now_us()
+            ));
+            std::fs::create_dir_all(&path).unwrap();
+            Dir(path)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     fn after() -> Plan {
         Plan {
             start: Start::After(Position::Mongodb {
@@ -98,8 +119,8 @@ mod tests {
 
     #[test]
     fn a_collection_joining_while_a_position_is_stored_is_requested_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = PositionStore::open(dir.path(), "app.mongodb").unwrap();
+        let dir = Dir::new("joining");
+        let store = PositionStore::open(&dir.0, "app.mongodb").unwrap();
         let known = KnownTables::open(&store).unwrap();
         // The first run (a snapshot) knows what it selects.
         let first = Plan {
@@ -123,8 +144,8 @@ mod tests {
 
     #[test]
     fn off_or_a_snapshot_or_a_start_from_now_requests_nothing_and_knows_the_selection() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = PositionStore::open(dir.path(), "app.mongodb").unwrap();
+        let dir = Dir::new("off");
+        let store = PositionStore::open(&dir.0, "app.mongodb").unwrap();
         let known = KnownTables::open(&store).unwrap();
         request_new(after(), &names(&["shop.a"]), &known, true).unwrap();
         let off = request_new(after(), &names(&["shop.a", "shop.b"]), &known, false).unwrap();
