@@ -5,8 +5,9 @@
 //! wins over the chunk's copy; the topic compacted by key ends equal to the collection; a restart carries
 //! on after the last chunk on the broker; pause, resume and stop; malformed signals and bad filters go to
 //! the dead-letter topic; the oplog capture does the same; an initial snapshot leaves the signal collection
-//! out. `tests/mongodb_live.rs` runs an incremental snapshot against a real replica set when `MONGODB_URI`
-//! is set.
+//! out; a collection joining the selection is read incrementally by itself (`snapshot_new_tables`).
+//! `tests/mongodb_live.rs` runs an incremental snapshot against a real replica set when `MONGODB_URI` is
+//! set.
 
 mod common;
 
@@ -714,5 +715,71 @@ async fn an_initial_snapshot_leaves_the_signal_collection_out_and_signals_follow
         .read(&format!("{PREFIX}.dlq"), 0, Duration::from_secs(1))
         .await;
     assert!(letters.is_empty(), "{} dead letters", letters.len());
+    daemon.stop_cleanly();
+}
+
+/// `snapshot_new_tables` (on by default): a collection that joins the selection while a position is
+/// stored is read incrementally by itself at the next start; the others are not read again, and a
+/// further start reads neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_joining_the_selection_is_snapshotted_incrementally_by_itself() {
+    const ITEMS: &str = "app.shop.items";
+    let setup = Setup::start().await;
+    let double = &setup.double;
+    double.store("shop", "orders", (1..=20).map(|id| order(id, "o")));
+    double.store("shop", "items", (1..=15).map(|id| order(id, "i")));
+    let signals = "signal_collection = \"shop.sluice_signals\"";
+
+    // First run: only the orders, through the initial snapshot.
+    let config = setup.config_with(&format!("collections = [\"shop.orders\"]\n{signals}"));
+    let mut daemon = Daemon::start(&config);
+    setup.wait_streaming(&mut daemon).await;
+    let orders = setup.decode(&setup.read(ORDERS, 20, Duration::from_secs(30)).await);
+    assert_eq!(orders.len(), 20);
+    assert!(orders
+        .iter()
+        .all(|r| r.op == "r" && r.snapshot != "incremental"));
+    daemon.stop_cleanly();
+
+    // Second run: the items joined; they alone are read, incrementally.
+    let config = setup.config_with(&format!(
+        "collections = [\"shop.orders\", \"shop.items\"]\n{signals}"
+    ));
+    let mut daemon = Daemon::start(&config);
+    setup.wait_finished(&mut daemon).await;
+    assert!(
+        daemon_said(&daemon, "collections joined the selection"),
+        "{}",
+        daemon.log()
+    );
+    let items = setup.decode(&setup.read(ITEMS, 15, Duration::from_secs(30)).await);
+    assert_eq!(items.len(), 15);
+    assert!(items
+        .iter()
+        .all(|r| r.op == "r" && r.snapshot == "incremental"));
+    let orders = setup.read(ORDERS, 21, Duration::from_secs(2)).await;
+    assert_eq!(orders.len(), 20, "the orders were not read again");
+    daemon.stop_cleanly();
+
+    // Third run: nothing is new.
+    let mut daemon = Daemon::start(&config);
+    wait_until("the stream resumed", &mut daemon, |daemon| {
+        daemon_said(daemon, "resuming after stored position")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !daemon_said(&daemon, "collections joined the selection"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(
+        setup.read(ITEMS, 16, Duration::from_secs(2)).await.len(),
+        15
+    );
+    assert_eq!(
+        setup.read(ORDERS, 21, Duration::from_secs(2)).await.len(),
+        20
+    );
     daemon.stop_cleanly();
 }

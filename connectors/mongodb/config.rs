@@ -50,6 +50,11 @@ pub struct MongodbSourceConfig {
     /// Documents per chunk of an incremental snapshot (Debezium's incremental.snapshot.chunk.size).
     #[serde(default = "default_incremental_chunk_rows")]
     pub incremental_chunk_rows: Spanned<u64>,
+    /// Whether a collection that joins the selection while a position is stored (a config change) is
+    /// snapshotted incrementally by itself at the next start. Needs `signal_collection` (the watermarks
+    /// go there): without one it is off.
+    #[serde(default = "default_snapshot_new_tables")]
+    pub snapshot_new_tables: bool,
 }
 
 /// A chunk's documents wait in memory for the stream to reach its high watermark.
@@ -130,6 +135,10 @@ fn default_snapshot_connections() -> Spanned<u8> {
 
 fn default_snapshot_chunk_documents() -> Spanned<u64> {
     Spanned::new(0..0, 100_000)
+}
+
+fn default_snapshot_new_tables() -> bool {
+    true
 }
 
 fn default_incremental_chunk_rows() -> Spanned<u64> {

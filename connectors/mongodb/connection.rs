@@ -26,6 +26,9 @@ pub struct MongodbSettings {
     pub signal_collection: Option<String>,
     /// Documents per chunk of an incremental snapshot.
     pub incremental_chunk_rows: usize,
+    /// Collections that joined the selection since the last run are snapshotted incrementally (only
+    /// with a signal collection).
+    pub snapshot_new_tables: bool,
 }
 
 impl MongodbSettings {

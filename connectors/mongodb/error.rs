@@ -20,6 +20,8 @@ pub enum MongodbError {
     Snapshot(String),
     #[error("the position file {file} holds a position of another kind of source ({position}); point positions.dir elsewhere or move the file away")]
     ForeignPosition { file: String, position: String },
+    #[error(transparent)]
+    Position(#[from] sluice_core::positions::PositionError),
     #[error("signals: {0}")]
     Signal(String),
     #[error("the position file {file} holds {position}, which capture = \"{capture}\" cannot resume from (a change stream resumes from a token, the oplog reader from a timestamp); set the capture it was written with, or move the file away to start again")]

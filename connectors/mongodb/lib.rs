@@ -6,7 +6,8 @@
 //! (`connection`), the channel to the pipeline and the retry policy (`control`), the collection filter
 //! (`selection`) and the errors (`error`). Signals and incremental snapshots: `signals` (the relay between
 //! the reader and the pipeline, the stream's side), `incremental` (the chunk reader) and
-//! `signal_collection` (the documents of the signal collection).
+//! `signal_collection` (the documents of the signal collection); `new_collections` requests the collections
+//! that joined the selection since the last run into that snapshot (`snapshot_new_tables`).
 
 pub mod change;
 pub mod change_stream;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod incremental;
 #[cfg(test)]
 mod malformed_fixtures;
+pub mod new_collections;
 pub mod oplog;
 pub mod oplog_tail;
 pub mod preflight;

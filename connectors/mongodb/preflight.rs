@@ -66,6 +66,104 @@ pub async fn check(settings: &MongodbSettings, report: &mut Report) {
     if settings.snapshot != SnapshotMode::Never {
         check_snapshot_reads(&client, settings, report).await;
     }
+    if let Some(name) = &settings.signal_collection {
+        check_signal_collection(&client, name, report).await;
+    }
+}
+
+/// What sluice does to the signal collection: inserts watermarks (and `sluice snapshot` signals), removes
+/// its watermarks.
+const SIGNAL_ACTIONS: [&str; 2] = ["insert", "remove"];
+
+/// The signal collection exists (or is created by the first insert), and the user may insert into it and
+/// remove from it, when the server says what the user may do.
+async fn check_signal_collection(client: &Client, name: &str, report: &mut Report) {
+    let Some((database, collection)) = name.split_once('.') else {
+        return;
+    };
+    let fix = format!("grant the user `insert` and `remove` on `{name}` (the built-in `readWrite` role on `{database}` has both)");
+    let listed = client
+        .database(database)
+        .list_collection_names()
+        .filter(doc! { "name": collection })
+        .await;
+    match listed {
+        Ok(names) if names.iter().any(|n| n == collection) => {
+            report.pass(format!("signal collection `{name}` exists"))
+        }
+        Ok(_) => report.pass(format!(
+            "signal collection `{name}` does not exist yet: the first insert (a signal or a watermark) creates it"
+        )),
+        Err(err) => {
+            return report.fail(
+                format!(
+                    "cannot list the collections of `{database}` to find the signal collection: {}",
+                    redact_secrets(&err.to_string())
+                ),
+                fix,
+            )
+        }
+    }
+    let status = client
+        .database(database)
+        .run_command(doc! { "connectionStatus": 1, "showPrivileges": true })
+        .await;
+    let auth = status
+        .ok()
+        .and_then(|status| status.get_document("authInfo").ok().cloned());
+    let missing = auth.as_ref().and_then(|auth| {
+        let users = auth.get_array("authenticatedUsers").ok()?;
+        if users.is_empty() {
+            // No authentication: nothing is refused.
+            return Some(Vec::new());
+        }
+        let privileges: Vec<Document> = auth
+            .get_array("authenticatedUserPrivileges")
+            .ok()?
+            .iter()
+            .filter_map(|p| p.as_document().cloned())
+            .collect();
+        Some(missing_actions(&privileges, database, collection))
+    });
+    match missing {
+        Some(missing) if missing.is_empty() => report.pass(format!(
+            "the user may insert into and remove from the signal collection `{name}`"
+        )),
+        Some(missing) => report.fail(
+            format!(
+                "the user lacks {} on the signal collection `{name}`: watermarks cannot be written",
+                missing.join(" and ")
+            ),
+            fix,
+        ),
+        None => report.pass(format!(
+            "the signal collection `{name}` needs `insert` and `remove` for the user (privileges not checked)"
+        )),
+    }
+}
+
+/// The actions of [`SIGNAL_ACTIONS`] no privilege grants on `database.collection`.
+fn missing_actions(privileges: &[Document], database: &str, collection: &str) -> Vec<&'static str> {
+    let covers = |privilege: &Document| {
+        let Ok(resource) = privilege.get_document("resource") else {
+            return false;
+        };
+        if resource.get_bool("anyResource") == Ok(true) {
+            return true;
+        }
+        let db = resource.get_str("db").unwrap_or("-");
+        let coll = resource.get_str("collection").unwrap_or("-");
+        (db.is_empty() || db == database) && (coll.is_empty() || coll == collection)
+    };
+    SIGNAL_ACTIONS
+        .into_iter()
+        .filter(|action| {
+            !privileges.iter().filter(|p| covers(p)).any(|p| {
+                p.get_array("actions")
+                    .is_ok_and(|actions| actions.iter().any(|a| a.as_str() == Some(action)))
+            })
+        })
+        .collect()
 }
 
 /// startAfter needs 4.2; pre- and post-images need 6.0.
@@ -266,5 +364,41 @@ async fn check_images(client: &Client, settings: &MongodbSettings, report: &mut 
         } else {
             report.warn(what, fix);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_actions_reads_the_privileges_on_the_collection_its_database_or_any() {
+        let on = |db: &str, coll: &str, actions: &[&str]| {
+            doc! { "resource": { "db": db, "collection": coll }, "actions": actions.to_vec() }
+        };
+        assert_eq!(
+            missing_actions(&[], "shop", "signals"),
+            vec!["insert", "remove"]
+        );
+        let both = [
+            on("shop", "signals", &["insert"]),
+            on("shop", "", &["remove", "find"]),
+        ];
+        assert!(missing_actions(&both, "shop", "signals").is_empty());
+        let elsewhere = [
+            on("other", "", &["insert", "remove"]),
+            on("shop", "orders", &["remove"]),
+        ];
+        assert_eq!(
+            missing_actions(&elsewhere, "shop", "signals"),
+            vec!["insert", "remove"]
+        );
+        let any = [doc! { "resource": { "anyResource": true }, "actions": ["insert", "remove"] }];
+        assert!(missing_actions(&any, "shop", "signals").is_empty());
+        let every_db = [on("", "", &["insert"])];
+        assert_eq!(
+            missing_actions(&every_db, "shop", "signals"),
+            vec!["remove"]
+        );
     }
 }

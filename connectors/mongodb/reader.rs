@@ -351,7 +351,7 @@ impl MongodbSource {
 
     /// Runs `attempt` until it succeeds or fails for good, backing off after transient failures; None
     /// when a stop is requested or the pipeline has gone meanwhile.
-    async fn retrying<T, F, Fut>(
+    pub(crate) async fn retrying<T, F, Fut>(
         &self,
         control: &mut DocumentStreamControl,
         mut attempt: F,

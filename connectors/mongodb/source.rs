@@ -8,8 +8,9 @@ use std::sync::Arc;
 use sluice_core::check::Report;
 use sluice_core::config::SnapshotMode;
 use sluice_core::event::Position;
+use sluice_core::known::KnownTables;
 use sluice_core::positions::{PositionPeek, PositionStore, StoredPosition};
-use sluice_core::source::{Committer, Source, SourceContext, StoreOnly};
+use sluice_core::source::{Committer, Source, SourceContext};
 
 use crate::config::{Capture, CollectionPattern, MongodbSourceConfig};
 use crate::connection::{MongodbSettings, MongodbSource};
@@ -53,6 +54,10 @@ impl MongodbConnector {
                 },
                 signal_collection,
                 incremental_chunk_rows: *config.incremental_chunk_rows.get_ref() as usize,
+                // The watermarks go to the signal collection: without one there is no incremental
+                // snapshot to read a new collection with.
+                snapshot_new_tables: config.snapshot_new_tables
+                    && config.signal_collection.is_some(),
             },
             position_key: format!("{topic_prefix}.mongodb"),
         }
@@ -90,20 +95,29 @@ impl Source for MongodbConnector {
         impl Future<Output = Result<(), MongodbError>> + Send + 'static,
     ) {
         let settings = self.settings.clone();
+        let known = KnownTables::open(&context.store).map(Arc::new);
+        // Change streams keep nothing on the server for their readers: the store is the only record.
+        let committer = Arc::new(MongodbCommitter {
+            known: known.as_ref().ok().cloned(),
+        });
         let run = async move {
-            let control = DocumentStreamControl {
+            let known = known?;
+            let mut control = DocumentStreamControl {
                 events: context.events,
                 stop: context.stop,
                 metrics: context.metrics,
                 position_file: context.store.path().display().to_string(),
             };
-            MongodbSource::connect(settings)
+            let source = MongodbSource::connect(settings).await?;
+            let Some(plan) = source
+                .with_new_collections(start, &known, &mut control)
                 .await?
-                .stream(start, control)
-                .await
+            else {
+                return Ok(());
+            };
+            source.stream(plan, control).await
         };
-        // Change streams keep nothing on the server for their readers: the store is the only record.
-        (Arc::new(StoreOnly), run)
+        (committer, run)
     }
 
     /// A change stream (or the oplog) starts wherever the stored position says, or from now: no check
@@ -121,6 +135,23 @@ impl Source for MongodbConnector {
             ));
         };
         signal_collection::write(&self.settings.url, collection, signal).await
+    }
+}
+
+/// Positions stay in the store only; each stored incremental snapshot's collections become known
+/// (`snapshot_new_tables`).
+struct MongodbCommitter {
+    known: Option<Arc<KnownTables>>,
+}
+
+impl Committer for MongodbCommitter {
+    fn commit(&self, position: &Position) {
+        if let (Some(known), Some(progress)) = (&self.known, position.incremental()) {
+            if let Err(err) = known.stored(progress) {
+                // Costs a repeated snapshot of the collection after a restart, not an event.
+                tracing::warn!(error = %err, "cannot record the collections the incremental snapshot reads");
+            }
+        }
     }
 }
 
