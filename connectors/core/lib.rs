@@ -14,6 +14,7 @@ pub mod incremental;
 pub mod known;
 pub mod metrics;
 pub mod positions;
+pub mod reading;
 pub mod signal;
 pub mod source;
 

@@ -26,26 +26,10 @@ use sluice_core::config::redact_secrets;
 use sluice_core::event::{DocumentChange, DocumentSource, Op, SnapshotMarker};
 use sluice_core::incremental::{Chunk, TableProgress, Watermark};
 use sluice_core::positions::now_ms;
+use sluice_core::reading::ReadRequest;
 
-/// How many chunks may be read ahead of the stream: each waits, documents in memory, for the stream to
-/// reach its high watermark. More overlaps reading with streaming; each costs `incremental_chunk_rows`.
-pub const CHUNKS_IN_FLIGHT: usize = 4;
-
-/// What the reader hands the stream.
-#[derive(Debug)]
-pub enum Delivery {
-    /// A chunk, sent before its high watermark is written: the stream finds it when it meets the mark.
-    Chunk(Chunk<DocumentChange>),
-    /// A collection cannot be read (a bad filter, not a `db.collection` name, refused by the server):
-    /// the stream drops it from the progress and sends the reason to the dead-letter topic.
-    Refused {
-        reading: u64,
-        table: String,
-        reason: String,
-    },
-    /// The connection failed: the stream starts a new reading from the stored progress after a pause.
-    Broken { reading: u64, reason: String },
-}
+/// What the reader hands the stream: chunks of documents (they carry their collection themselves).
+pub type Delivery = sluice_core::reading::Delivery<DocumentChange, ()>;
 
 /// What the reader needs to know of the source.
 #[derive(Clone)]
@@ -57,15 +41,15 @@ pub struct ReaderSettings {
     pub chunk_rows: usize,
 }
 
-/// Reads `tables` (the pending collections, with how far each got) one after the other, as reading
-/// `reading` of run `run`, until done or until the stream drops the receiver.
-pub async fn read(
-    settings: ReaderSettings,
-    run: String,
-    reading: u64,
-    tables: Vec<TableProgress>,
-    out: mpsc::Sender<Delivery>,
-) {
+/// Reads the pending collections (with how far each got) one after the other, until done or until the
+/// stream drops the receiver.
+pub async fn read(settings: ReaderSettings, request: ReadRequest<DocumentChange, ()>) {
+    let ReadRequest {
+        run,
+        reading,
+        tables,
+        out,
+    } = request;
     let Some((db, coll)) = settings.signal_collection.split_once('.') else {
         return;
     };
@@ -171,7 +155,12 @@ impl ChunkReader {
                 after = Some(last.clone());
             }
             let number = chunk.number;
-            if self.out.send(Delivery::Chunk(chunk)).await.is_err() {
+            if self
+                .out
+                .send(Delivery::Chunk { chunk, model: () })
+                .await
+                .is_err()
+            {
                 return Ok(false);
             }
             self.watermark(number, true).await?;

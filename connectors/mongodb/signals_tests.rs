@@ -133,23 +133,23 @@ async fn malformed_and_refused_signals_are_dead_letters_of_the_signal_collection
     assert!(reasons[0].contains("no `type`"), "{reasons:?}");
     assert!(reasons[1].contains("data-collections"), "{reasons:?}");
     assert!(reasons[2].contains("not captured"), "{reasons:?}");
-    assert!(relay.progress.tables.is_empty());
+    assert!(relay.reading.progress.tables.is_empty());
 }
 
 /// A relay reading `tables`, its reader's deliveries sent by the test.
-async fn reading(tables: &[&str]) -> (Incremental, mpsc::Sender<Delivery>, u64) {
+async fn reading(
+    tables: &[&str],
+) -> (Incremental, mpsc::Sender<crate::incremental::Delivery>, u64) {
     let mut relay = relay().await;
     let names: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
-    relay.progress.request(&names, &[]);
-    let reading = relay.windows.restart();
-    let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
-    relay.deliveries = Some(rx);
+    relay.reading.progress.request(&names, &[]);
+    let (reading, tx) = relay.reading.feed();
     (relay, tx, reading)
 }
 
 fn mark(relay: &Incremental, reading: u64, number: u64, high: bool) -> SourceEvent {
     inserted(watermark_document(&Watermark {
-        run: relay.windows.run().to_string(),
+        run: relay.reading.windows.run().to_string(),
         reading,
         number,
         high,
@@ -176,16 +176,19 @@ async fn a_chunk_is_published_at_its_high_watermark_without_what_the_stream_chan
             (row.key.clone(), row)
         })
         .collect();
-    tx.send(Delivery::Chunk(Chunk {
-        reading,
-        number: 1,
-        table: "shop.orders".into(),
-        rows,
-        last_key: Some(vec![canonical_json(&Bson::Int32(3))]),
-        until_key: Some(vec![canonical_json(&Bson::Int32(3))]),
-        estimated: Some(3),
-        table_done: true,
-    }))
+    tx.send(crate::incremental::Delivery::Chunk {
+        model: (),
+        chunk: Chunk {
+            reading,
+            number: 1,
+            table: "shop.orders".into(),
+            rows,
+            last_key: Some(vec![canonical_json(&Bson::Int32(3))]),
+            until_key: Some(vec![canonical_json(&Bson::Int32(3))]),
+            estimated: Some(3),
+            table_done: true,
+        },
+    })
     .await
     .unwrap();
     let high = mark(&relay, reading, 1, true);
@@ -222,7 +225,7 @@ async fn a_chunk_is_published_at_its_high_watermark_without_what_the_stream_chan
 async fn a_refusal_is_stored_with_an_idle_point_at_the_last_position() {
     let (mut relay, tx, reading) = reading(&["shop.orders", "shop.items"]).await;
     run(&mut relay, vec![commit(7)]);
-    tx.send(Delivery::Refused {
+    tx.send(crate::incremental::Delivery::Refused {
         reading,
         table: "shop.orders".into(),
         reason: "the filter is not JSON".into(),
@@ -248,7 +251,7 @@ async fn a_refusal_is_stored_with_an_idle_point_at_the_last_position() {
         .collect();
     assert_eq!(names, ["shop.items"]);
     // A refusal of an earlier reading is forgotten.
-    tx.send(Delivery::Refused {
+    tx.send(crate::incremental::Delivery::Refused {
         reading: reading - 1,
         table: "shop.items".into(),
         reason: "old".into(),
@@ -265,8 +268,12 @@ async fn a_stored_snapshot_of_collections_no_longer_captured_is_not_read_on() {
     let mut stored = Progress::default();
     stored.request(&["elsewhere.gone".into()], &[]);
     let mut relay = relay().await;
-    relay.progress = stored;
+    relay.stored = Some(stored);
     relay.carry_on_stored();
-    assert!(relay.progress.tables.is_empty(), "{:?}", relay.progress);
-    assert!(relay.task.is_none(), "nothing to read");
+    assert!(
+        relay.reading.progress.tables.is_empty(),
+        "{:?}",
+        relay.reading.progress
+    );
+    assert!(!relay.reading.is_reading(), "nothing to read");
 }

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use sluice_core::event::{Row, Table};
 use sluice_core::incremental::{Chunk, TableProgress, Watermark};
+use sluice_core::reading::ReadRequest;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
@@ -24,28 +25,8 @@ use super::pgoutput::TupleValue;
 use super::replication::{is_retryable_sqlstate, quote_ident, quote_literal};
 use super::snapshot_copy::{parse_copy_line, Lines};
 
-/// How many chunks may be read ahead of the stream: each waits, rows in memory, for the stream to reach
-/// its high watermark. More overlaps reading with streaming; each costs `incremental_chunk_rows` rows.
-pub const CHUNKS_IN_FLIGHT: usize = 4;
-
-/// What the reader hands the stream.
-#[derive(Debug)]
-pub enum Delivery {
-    /// A chunk, sent before its high watermark is written: the stream finds it when it meets the mark.
-    Chunk {
-        chunk: Chunk<Row>,
-        table: Arc<Table>,
-    },
-    /// A table cannot be read (no primary key, a bad filter, gone): the stream drops it from the progress
-    /// and sends the reason to the dead-letter topic.
-    Refused {
-        reading: u64,
-        table: String,
-        reason: String,
-    },
-    /// The connection failed: the stream starts a new reading from the stored progress after a pause.
-    Broken { reading: u64, reason: String },
-}
+/// What the reader hands the stream: chunks of rows with the table model they were decoded with.
+pub type Delivery = sluice_core::reading::Delivery<Row, Arc<Table>>;
 
 /// What the reader needs to know of the source.
 #[derive(Clone)]
@@ -58,15 +39,15 @@ pub struct ReaderSettings {
     pub publication: String,
 }
 
-/// Reads `tables` (the pending ones, with how far each got) one after the other, as reading `reading` of
-/// run `run`, until done or until the stream drops the receiver.
-pub async fn read(
-    settings: ReaderSettings,
-    run: String,
-    reading: u64,
-    tables: Vec<TableProgress>,
-    out: mpsc::Sender<Delivery>,
-) {
+/// Reads the pending tables (with how far each got) one after the other, until done or until the
+/// stream drops the receiver.
+pub async fn read(settings: ReaderSettings, request: ReadRequest<Row, Arc<Table>>) {
+    let ReadRequest {
+        run,
+        reading,
+        tables,
+        out,
+    } = request;
     let mut reader = match catalog::connect(&settings.connection).await {
         Ok(client) => ChunkReader {
             client,
@@ -194,7 +175,7 @@ impl ChunkReader {
             let number = chunk.number;
             let delivery = Delivery::Chunk {
                 chunk,
-                table: plan.model.clone(),
+                model: plan.model.clone(),
             };
             if self.out.send(delivery).await.is_err() {
                 return Ok(false);
