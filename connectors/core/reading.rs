@@ -60,6 +60,17 @@ pub struct Refusal {
     pub reason: String,
 }
 
+impl Refusal {
+    /// The refusal as a signal dead letter's raw text (the table it names) and reason.
+    pub fn letter(self) -> (String, String) {
+        let Refusal { table, reason } = self;
+        (
+            serde_json::json!({"data-collection": table}).to_string(),
+            format!("incremental snapshot of {table}: {reason}"),
+        )
+    }
+}
+
 /// A chunk the stream publishes now, at its high watermark.
 pub struct Publish<R, M> {
     pub rows: Vec<R>,

@@ -246,11 +246,9 @@ impl Incremental {
     }
 
     fn refusals(&self, refused: Vec<Refusal>, out: &mut Vec<SourceEvent>) {
-        out.extend(refused.into_iter().map(|Refusal { table, reason }| {
-            self.bad_signal(
-                serde_json::json!({"data-collection": table}).to_string(),
-                format!("incremental snapshot of {table}: {reason}"),
-            )
+        out.extend(refused.into_iter().map(|refusal| {
+            let (raw, reason) = refusal.letter();
+            self.bad_signal(raw, reason)
         }));
     }
 
