@@ -20,6 +20,7 @@ pub use sluice_core::config::{
 pub use sluice_mongodb::config::{
     BeforeImage, Capture, CollectionPattern, CollectionSelection, FullDocument, MongodbSourceConfig,
 };
+pub use crate::transforms::TransformConfig;
 pub use sluice_postgres::config::{
     ColumnPattern, DecimalHandling, PostgresConfig, Selection, TablePattern,
 };
@@ -33,6 +34,8 @@ pub struct Config {
     pub positions: PositionsConfig,
     /// The HTTP endpoint; none without this section.
     pub api: Option<ApiConfig>,
+    /// `[[transforms]]`, in order.
+    pub transforms: Vec<TransformConfig>,
 }
 
 /// `[source]`: its keys depend on its `kind`.
@@ -52,6 +55,8 @@ struct ConfigFile<S> {
     avro: AvroConfig,
     positions: PositionsConfig,
     api: Option<ApiConfig>,
+    #[serde(default)]
+    transforms: Vec<TransformConfig>,
 }
 
 impl<S> ConfigFile<S> {
@@ -62,6 +67,7 @@ impl<S> ConfigFile<S> {
             avro: self.avro,
             positions: self.positions,
             api: self.api,
+            transforms: self.transforms,
         }
     }
 }
@@ -375,6 +381,10 @@ impl Config {
                     ),
                 );
             }
+        }
+        let topic_prefix = self.sink.topic_prefix.get_ref().as_str();
+        for (index, transform) in self.transforms.iter().enumerate() {
+            transform.problems(index, topic_prefix, &mut report);
         }
         if self.positions.dir.get_ref().as_str().trim().is_empty() {
             report(

@@ -19,3 +19,4 @@ pub mod shutdown;
 pub mod sink;
 pub mod sources;
 pub mod tail;
+pub mod transforms;

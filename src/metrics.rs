@@ -73,6 +73,8 @@ struct Counters {
     dead_letters: BTreeMap<(&'static str, String), u64>,
     /// table → events published with a TOASTed value PostgreSQL did not send and sluice could not restore.
     unchanged_toast: BTreeMap<String, u64>,
+    /// `transforms[i] (type)` → changes it dropped.
+    transform_dropped: BTreeMap<String, u64>,
     /// table → its snapshot's progress.
     snapshot: BTreeMap<String, Arc<SnapshotProgress>>,
     /// table → its incremental snapshot's progress.
@@ -128,6 +130,17 @@ impl Metrics {
             .dead_letters
             .entry((stage.as_str(), table.to_owned()))
             .or_default() += 1;
+    }
+
+    /// A transform (`transforms[1] (filter)`) dropped a change.
+    pub fn transform_dropped(&self, transform: &str) {
+        let mut counters = self.state.lock();
+        match counters.transform_dropped.get_mut(transform) {
+            Some(count) => *count += 1,
+            None => {
+                counters.transform_dropped.insert(transform.to_owned(), 1);
+            }
+        }
     }
 
     /// An event of `table` went out with an unchanged TOAST value it could not restore (marked in the

@@ -12,6 +12,7 @@ mod binary;
 pub mod decimal;
 mod document;
 mod encode;
+mod flat;
 pub mod framing;
 mod message;
 pub mod naming;
@@ -30,6 +31,7 @@ pub use document::{
 pub use encode::{
     encode_envelope, encode_key, transaction_id, EncodeError, EncodeReason, EnvelopeContext,
 };
+pub use flat::{AddField, Flat, DELETED_FIELD};
 pub use framing::{Fingerprint, SchemaRef};
 pub use message::{encode_message, encode_message_key, message_schemas};
 pub use naming::topic_name;

@@ -39,7 +39,7 @@ impl Collector for Exposition {
     }
 }
 
-/// The counters by label: events by table and op, dead letters, unchanged TOAST values.
+/// The counters by label: events by table and op, dead letters, unchanged TOAST values, transforms' drops.
 fn counter_families(counters: &Counters, encoder: &mut DescriptorEncoder) -> fmt::Result {
     let mut tables: Vec<&String> = counters.events.keys().collect();
     tables.sort();
@@ -73,6 +73,14 @@ fn counter_families(counters: &Counters, encoder: &mut DescriptorEncoder) -> fmt
         "Events published without a TOASTed value the update left unchanged and sluice could not restore (REPLICA IDENTITY FULL restores them), by table.",
         counters.unchanged_toast.iter().map(|(table, count)| {
             ([("table", table.as_str())], ConstCounter::new(*count))
+        }),
+    )?;
+    family(
+        encoder,
+        "sluice_transform_dropped",
+        "Changes a transform dropped (a filter's condition was false, an outbox row was not an insert), by transform.",
+        counters.transform_dropped.iter().map(|(transform, count)| {
+            ([("transform", transform.as_str())], ConstCounter::new(*count))
         }),
     )
 }

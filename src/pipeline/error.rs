@@ -40,6 +40,8 @@ pub enum PipelineError {
     StoppedWaitingForRegistry(RegistryError),
     #[error("the broker did not acknowledge {outstanding} messages within the shutdown bound ({timeout:?}); they will be sent again on restart")]
     DrainTimeout { outstanding: u64, timeout: Duration },
+    #[error("a transform cannot be built: {0}")]
+    Transform(#[from] crate::transforms::config::BuildError),
     #[error("the source reader stopped unexpectedly")]
     ReaderGone,
 }

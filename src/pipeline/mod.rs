@@ -20,7 +20,6 @@ pub mod ack;
 mod error;
 mod publish;
 mod schemas;
-pub mod transform;
 
 pub use error::PipelineError;
 pub(crate) use publish::{check_document_contract, collection_of_topic};
@@ -35,7 +34,7 @@ use crate::sources::{with_source, SourceVisitor, Unbuildable};
 use ack::AckTracker;
 use publish::{Core, Publisher};
 use schemas::SchemaDirectory;
-use transform::Chain;
+use crate::transforms::Chain;
 
 /// Events buffered between the reader and the publishing loop.
 const EVENT_BUFFER: usize = 4096;
@@ -188,6 +187,7 @@ async fn start(
     };
     let topic_prefix = config.sink.topic_prefix.get_ref().as_str().to_owned();
     let transaction_metadata = config.postgres().is_some_and(|pg| pg.transaction_metadata);
+    let chain = Chain::from_config(&config.transforms, &topic_prefix)?;
     let core = Core::new(
         sink,
         schemas,
@@ -201,7 +201,7 @@ async fn start(
         stop_deadline,
         config.shutdown_timeout(),
     );
-    let publisher = Publisher::new(core, Chain::default(), transaction_metadata);
+    let publisher = Publisher::new(core, chain, transaction_metadata);
     Ok(Started {
         publisher,
         failures,

@@ -10,6 +10,7 @@ use super::core::{header_refs, Core, Encoded, FixedTopic, Rejection, Subject};
 use crate::avro;
 use crate::contracts::{Contract, ContractError, Contracts};
 use crate::deadletter::Stage;
+use crate::transforms::Dress;
 
 /// Every contract, as the `after` record of the collection its topic names: one that cannot be stops
 /// sluice at once, not at its collection's first change.
@@ -81,8 +82,10 @@ impl DocumentEncoder {
     pub async fn publish<'e>(
         &mut self,
         change: &'e DocumentChange,
+        shape: Option<(&str, &Dress)>,
         core: &mut Core,
     ) -> Result<Encoded<'e>, PipelineError> {
+        let _ = shape;
         let namespace = change.namespace();
         if !self.collections.contains_key(&namespace) {
             self.add_collection(change, &namespace, core)?;

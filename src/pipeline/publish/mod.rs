@@ -10,7 +10,7 @@ use sluice_core::event::SourceEvent;
 use tokio::sync::mpsc;
 
 use super::error::PipelineError;
-use super::transform::{Chain, Outcome};
+use crate::transforms::{Chain, Dress, Outcome, Shaped};
 use crate::deadletter::Stage;
 use crate::sink::FailedDelivery;
 pub(super) use core::Core;
@@ -64,30 +64,48 @@ impl Publisher {
     }
 
     async fn publish(&mut self, event: SourceEvent) -> Result<(), PipelineError> {
-        let event = match self.transforms.apply(event) {
-            Outcome::Keep(event) => event,
-            Outcome::Drop => return Ok(()),
-            Outcome::Reject {
-                event,
+        if self.transforms.is_empty() {
+            return self.encode(event, None).await;
+        }
+        match self.transforms.apply(event) {
+            Err(event) => self.encode(event, None).await,
+            Ok(Outcome::Keep(shaped)) => {
+                let Shaped {
+                    event,
+                    topic,
+                    dress,
+                } = shaped;
+                self.encode(event, Some((&topic, &dress))).await
+            }
+            Ok(Outcome::Drop { transform }) => {
+                self.core.metrics.transform_dropped(transform);
+                Ok(())
+            }
+            Ok(Outcome::Reject {
+                shaped,
                 transform,
                 reason,
-            } => return self.reject_transformed(event, transform, reason).await,
-        };
-        self.encode(event).await
+            }) => self.reject_transformed(shaped, transform, reason).await,
+        }
     }
 
-    /// An event to its encoder; a position closes its acknowledgement group.
-    async fn encode(&mut self, event: SourceEvent) -> Result<(), PipelineError> {
+    /// An event to its encoder (bound for `shape`'s topic and dressed by the transforms, when there are
+    /// any); a position closes its acknowledgement group.
+    async fn encode(
+        &mut self,
+        event: SourceEvent,
+        shape: Option<(&str, &Dress)>,
+    ) -> Result<(), PipelineError> {
         let core = &mut self.core;
         let rejected = match &event {
             SourceEvent::Change(change) => {
                 self.events += 1;
-                self.rows.publish(change, core).await?
+                self.rows.publish(change, shape, core).await?
             }
             SourceEvent::Message(message) => self.rows.publish_message(message, core).await?,
             SourceEvent::Document(change) => {
                 self.events += 1;
-                self.documents.publish(change, core).await?
+                self.documents.publish(change, shape, core).await?
             }
             SourceEvent::Undecodable(change) => {
                 let topic = documents::undecodable_topic(change, core);
@@ -132,28 +150,18 @@ impl Publisher {
     /// An event a transform failed on: to the dead-letter topic, naming the transform.
     async fn reject_transformed(
         &mut self,
-        event: SourceEvent,
+        shaped: Shaped,
         transform: String,
         reason: String,
     ) -> Result<(), PipelineError> {
         let reason = format!("{transform}: {reason}");
-        let (topic, subject) = match &event {
-            SourceEvent::Change(change) => (
-                crate::avro::topic_name(&self.core.topic_prefix, &change.table),
-                Subject::Change(change),
-            ),
-            SourceEvent::Document(change) => (
-                crate::avro::document_topic(
-                    &self.core.topic_prefix,
-                    &change.database,
-                    &change.collection,
-                ),
-                Subject::Document(change),
-            ),
+        let subject = match &shaped.event {
+            SourceEvent::Change(change) => Subject::Change(change),
+            SourceEvent::Document(change) => Subject::Document(change),
             // Transforms see changes only: anything else passes by them.
-            _ => return self.encode(event).await,
+            _ => return self.encode(shaped.event, None).await,
         };
-        let rejection = Rejection::new(Stage::Transform, &topic, reason, subject);
+        let rejection = Rejection::new(Stage::Transform, &shaped.topic, reason, subject);
         self.core.dead_letter(rejection).await
     }
 }

@@ -15,6 +15,7 @@ use crate::avro::{self, EncodeError, EncodeReason, EnvelopeContext, SchemaRef};
 use crate::contracts::BoundContract;
 use crate::deadletter::Stage;
 use crate::sink::{MessageKind, Outgoing};
+use crate::transforms::Dress;
 
 /// A table's topic and schemas, valid for one schema version.
 struct TableEncoding {
@@ -96,8 +97,10 @@ impl RowEncoder {
     pub async fn publish<'e>(
         &mut self,
         event: &'e ChangeEvent,
+        shape: Option<(&str, &Dress)>,
         core: &mut Core,
     ) -> Result<Encoded<'e>, PipelineError> {
+        let _ = shape;
         if self.transactions.is_some() {
             if let Err(rejection) = self.count_in_transaction(event, core).await? {
                 core.dead_letter(rejection).await?;

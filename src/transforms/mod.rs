@@ -1,0 +1,344 @@
+//! The transform stage: between the source and the encoders, the `[[transforms]]` of the config file in
+//! order, each keeping an event (changed or not), dropping it, or rejecting it with a reason (the event then
+//! goes to the dead-letter topic with stage `transform`, naming the step: `transforms[2] (filter)`).
+//!
+//! A transform sees change events (rows and documents) in source order, with the topic they are bound for
+//! so far; transaction boundaries, positions and messages pass by it, so acknowledgement never depends on
+//! what a transform does. Each step applies only to events whose topic (before it) matches its `topics`.
+//! What a step changes beyond the event itself — the topic, the source table in the key, the flat form of
+//! unwrap, an outbox event — travels beside it in [`Dress`], for the encoders.
+
+pub mod config;
+mod filter;
+mod mask;
+mod outbox;
+mod route;
+mod unwrap;
+
+use std::sync::Arc;
+
+use sluice_core::event::SourceEvent;
+
+use crate::avro::{self, Flat};
+pub use config::{TransformConfig, TransformKind};
+
+/// A change on its way through the chain: the event, the topic it is bound for, and how it is published.
+#[derive(Debug)]
+pub struct Shaped {
+    pub event: SourceEvent,
+    /// The event's own topic, or where a route sent it.
+    pub topic: String,
+    pub dress: Dress,
+}
+
+/// How a transformed change is published, beyond its values.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Dress {
+    /// A route sent the event to a topic other tables share: its key gains this field naming the table.
+    pub key_table: Option<Arc<str>>,
+    /// Unwrapped: the value is the flat row (or document), not the envelope.
+    pub flat: Option<Arc<Flat>>,
+    /// An outbox row, published as the event it carries instead of as a row change.
+    pub outbox: Option<OutboxEvent>,
+}
+
+/// What the outbox router makes of a row inserted into the outbox table (or of a logical decoding message).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxEvent {
+    /// The aggregate id: the record key, as a string.
+    pub key: Option<String>,
+    /// The payload as text (JSON for json/jsonb), or None for a null payload.
+    pub payload: Option<String>,
+    /// The `id` and `type` headers (and the lsn, for tracing).
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Shaped {
+    /// A change with its own topic, nothing transformed yet; None for what is not a change.
+    pub fn new(event: SourceEvent, topic_prefix: &str) -> Result<Shaped, SourceEvent> {
+        let topic = match &event {
+            SourceEvent::Change(change) => avro::topic_name(topic_prefix, &change.table),
+            SourceEvent::Document(change) => {
+                avro::document_topic(topic_prefix, &change.database, &change.collection)
+            }
+            _ => return Err(event),
+        };
+        Ok(Shaped {
+            event,
+            topic,
+            dress: Dress::default(),
+        })
+    }
+}
+
+/// What the transforms make of an event.
+pub enum Outcome<'c> {
+    Keep(Shaped),
+    /// Not published (counted by the transform that dropped it: `transforms[1] (filter)`).
+    Drop { transform: &'c str },
+    /// The transform failed on this event: `transform` names it (`transforms[2] (filter)`).
+    Reject {
+        shaped: Shaped,
+        transform: String,
+        reason: String,
+    },
+}
+
+/// What one step makes of an event.
+pub enum Step {
+    Keep(Shaped),
+    Drop,
+    /// The step failed on the event, which it hands back unchanged.
+    Reject { shaped: Shaped, reason: String },
+}
+
+/// One step of the chain.
+pub trait Transform: Send {
+    /// The step, for one change event bound for a topic the step applies to.
+    fn apply(&mut self, shaped: Shaped) -> Step;
+    /// What goes to the dead-letter topic of an event an earlier step rejected: a mask masks it, so that
+    /// dead letters of masked topics never carry the originals; any other step leaves it as it is.
+    fn mask_rejected(&mut self, shaped: Shaped) -> Shaped {
+        shaped
+    }
+}
+
+/// A step with its place in the config and the topics it applies to.
+struct Entry {
+    /// `transforms[2] (filter)`.
+    name: String,
+    topics: Option<Vec<String>>,
+    step: Box<dyn Transform>,
+}
+
+impl Entry {
+    fn applies_to(&self, topic: &str) -> bool {
+        self.topics
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| wildcard_match(p, topic)))
+    }
+}
+
+/// The transforms, in config order.
+#[derive(Default)]
+pub struct Chain {
+    topic_prefix: String,
+    entries: Vec<Entry>,
+}
+
+impl Chain {
+    /// The chain the config declares (checked by `validate`: every step builds).
+    pub fn from_config(
+        transforms: &[TransformConfig],
+        topic_prefix: &str,
+    ) -> Result<Chain, config::BuildError> {
+        let mut entries = Vec::with_capacity(transforms.len());
+        for (index, transform) in transforms.iter().enumerate() {
+            let step = transform.build(topic_prefix).map_err(|problem| {
+                config::BuildError::new(index, transform.kind(), problem)
+            })?;
+            entries.push(Entry {
+                name: format!("transforms[{index}] ({})", transform.kind().as_str()),
+                topics: transform.topic_patterns(),
+                step,
+            });
+        }
+        Ok(Chain {
+            topic_prefix: topic_prefix.to_owned(),
+            entries,
+        })
+    }
+
+    /// A chain of the given steps, applying to every topic.
+    pub fn new(topic_prefix: &str, steps: Vec<Box<dyn Transform>>) -> Chain {
+        let entries = steps
+            .into_iter()
+            .enumerate()
+            .map(|(index, step)| Entry {
+                name: format!("transforms[{index}]"),
+                topics: None,
+                step,
+            })
+            .collect();
+        Chain {
+            topic_prefix: topic_prefix.to_owned(),
+            entries,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Runs a change through every step whose topics it matches, stopping at the first that drops or
+    /// rejects it; anything else is handed back as it is (`Err`).
+    pub fn apply(&mut self, event: SourceEvent) -> Result<Outcome<'_>, SourceEvent> {
+        let mut shaped = Shaped::new(event, &self.topic_prefix)?;
+        for at in 0..self.entries.len() {
+            let entry = &mut self.entries[at];
+            if !entry.applies_to(&shaped.topic) {
+                continue;
+            }
+            shaped = match entry.step.apply(shaped) {
+                Step::Keep(shaped) => shaped,
+                Step::Drop => {
+                    return Ok(Outcome::Drop {
+                        transform: &self.entries[at].name,
+                    })
+                }
+                Step::Reject { shaped, reason } => {
+                    let transform = entry.name.clone();
+                    let shaped = self.mask_after(at, shaped);
+                    return Ok(Outcome::Reject {
+                        shaped,
+                        transform,
+                        reason,
+                    });
+                }
+            };
+        }
+        Ok(Outcome::Keep(shaped))
+    }
+
+    /// The masks after step `at`, applied to an event it rejected.
+    fn mask_after(&mut self, at: usize, mut shaped: Shaped) -> Shaped {
+        for entry in &mut self.entries[at + 1..] {
+            if entry.applies_to(&shaped.topic) {
+                shaped = entry.step.mask_rejected(shaped);
+            }
+        }
+        shaped
+    }
+}
+
+/// `*` matches any run of characters (dots included); everything else matches itself.
+pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let Some((first, rest)) = pattern.split_once('*') else {
+        return pattern == text;
+    };
+    let Some(mut tail) = text.strip_prefix(first) else {
+        return false;
+    };
+    let mut parts: Vec<&str> = rest.split('*').collect();
+    let last = parts.pop().unwrap_or("");
+    for part in parts {
+        match tail.find(part) {
+            Some(at) => tail = &tail[at + part.len()..],
+            None => return false,
+        }
+    }
+    tail.len() >= last.len() && tail.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::event::{DocumentChange, DocumentSource, Lsn, Op, Position, SnapshotMarker};
+
+    /// Drops every change (`drop`), rejects every change (`bad`), or keeps it.
+    struct ByName(&'static str);
+
+    impl Transform for ByName {
+        fn apply(&mut self, shaped: Shaped) -> Step {
+            match self.0 {
+                "drop" => Step::Drop,
+                "bad" => Step::Reject {
+                    shaped,
+                    reason: "no good".into(),
+                },
+                _ => Step::Keep(shaped),
+            }
+        }
+    }
+
+    fn idle() -> SourceEvent {
+        SourceEvent::Idle {
+            position: Position::Postgres { lsn: Lsn(7) },
+        }
+    }
+
+    fn insert() -> SourceEvent {
+        SourceEvent::Document(DocumentChange {
+            database: "shop".into(),
+            collection: "orders".into(),
+            op: Op::Create,
+            key: r#"{"$oid":"65f0c0ffee0000000000cafe"}"#.into(),
+            before: None,
+            after: Some(r#"{"qty":{"$numberInt":"1"}}"#.into()),
+            update: None,
+            source: DocumentSource {
+                replica_set: None,
+                cluster_time: (1, 1),
+                wall_time_ms: None,
+                txn_number: None,
+                lsid: None,
+                resume_token: None,
+                snapshot: SnapshotMarker::False,
+            },
+        })
+    }
+
+    fn chain(steps: Vec<Box<dyn Transform>>) -> Chain {
+        Chain::new("app", steps)
+    }
+
+    #[test]
+    fn the_first_step_that_drops_or_rejects_a_change_ends_the_chain() {
+        let mut kept = chain(vec![Box::new(ByName("keep")), Box::new(ByName("keep"))]);
+        match kept.apply(insert()) {
+            Ok(Outcome::Keep(shaped)) => assert_eq!(shaped.topic, "app.shop.orders"),
+            _ => panic!("the change was not kept"),
+        }
+        let mut dropping = chain(vec![Box::new(ByName("drop")), Box::new(ByName("bad"))]);
+        assert!(matches!(
+            dropping.apply(insert()),
+            Ok(Outcome::Drop {
+                transform: "transforms[0]"
+            })
+        ));
+        let mut rejecting = chain(vec![Box::new(ByName("bad")), Box::new(ByName("drop"))]);
+        match rejecting.apply(insert()) {
+            Ok(Outcome::Reject {
+                shaped,
+                transform,
+                reason,
+            }) => {
+                let SourceEvent::Document(change) = shaped.event else {
+                    panic!("not the document");
+                };
+                assert_eq!(change.collection, "orders", "the event comes back unchanged");
+                assert_eq!(transform, "transforms[0]");
+                assert_eq!(reason, "no good");
+            }
+            _ => panic!("the change was not rejected"),
+        }
+    }
+
+    #[test]
+    fn positions_pass_by_every_transform() {
+        let mut chain = chain(vec![Box::new(ByName("drop"))]);
+        assert!(matches!(chain.apply(idle()), Err(SourceEvent::Idle { .. })));
+    }
+
+    #[test]
+    fn a_step_applies_only_to_the_topics_it_names() {
+        let mut chain = chain(vec![Box::new(ByName("drop"))]);
+        chain.entries[0].topics = Some(vec!["app.*.customers".into()]);
+        assert!(matches!(chain.apply(insert()), Ok(Outcome::Keep(_))));
+        chain.entries[0].topics = Some(vec!["app.shop.*".into()]);
+        assert!(matches!(chain.apply(insert()), Ok(Outcome::Drop { .. })));
+    }
+
+    #[test]
+    fn wildcards_match_any_run_of_characters() {
+        assert!(wildcard_match("app.*", "app.public.orders"));
+        assert!(wildcard_match("*.orders", "app.public.orders"));
+        assert!(wildcard_match("app.*.orders_*", "app.public.orders_2024"));
+        assert!(wildcard_match("*", ""));
+        assert!(wildcard_match("a*b*c", "abc"));
+        assert!(!wildcard_match("a*b*c", "acb"));
+        assert!(!wildcard_match("app.*.orders", "app.public.orders_2024"));
+        assert!(!wildcard_match("app.public.orders", "app.public.orders2"));
+        assert!(!wildcard_match("ab*ba", "aba"), "the two ends may not overlap");
+    }
+}
