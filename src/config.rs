@@ -12,6 +12,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::transforms::TransformConfig;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 pub use sluice_core::config::{
@@ -20,7 +21,6 @@ pub use sluice_core::config::{
 pub use sluice_mongodb::config::{
     BeforeImage, Capture, CollectionPattern, CollectionSelection, FullDocument, MongodbSourceConfig,
 };
-pub use crate::transforms::TransformConfig;
 pub use sluice_postgres::config::{
     ColumnPattern, DecimalHandling, PostgresConfig, Selection, TablePattern,
 };

@@ -177,7 +177,8 @@ impl Contract {
     /// `unchanged` names the row's fields whose values the source did not send (unchanged TOAST, published
     /// as null): they are not held to the contract, the consumer keeps the value it has.
     pub fn check(&self, envelope: &Json, unchanged: &[String]) -> Result<(), Mismatch> {
-        if self.envelope {
+        // An envelope contract, or a row contract of an unwrapped topic (whose value is the row).
+        if self.envelope || !is_envelope(envelope) {
             return self.check_value(envelope, &self.schema, "", unchanged);
         }
         match envelope.get("after") {
@@ -199,7 +200,10 @@ impl Contract {
         let Schema::Record(record) = writer else {
             return None;
         };
-        let after = record.fields.iter().find(|f| f.name == "after")?;
+        // Without an envelope (unwrapped), the value is the row.
+        let Some(after) = record.fields.iter().find(|f| f.name == "after") else {
+            return Some((writer, ""));
+        };
         let row = match &after.schema {
             Schema::Union(union) => union.variants().iter().find(|v| **v != Schema::Null)?,
             other => other,
@@ -321,6 +325,11 @@ impl Contract {
         }
         Ok(())
     }
+}
+
+/// Whether an event's JSON is an envelope (rather than the flat row of an unwrapped topic).
+fn is_envelope(value: &Json) -> bool {
+    value.get("after").is_some()
 }
 
 /// A contract bound to one writer schema (one table version): what `publish` checks each event with.

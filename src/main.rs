@@ -236,9 +236,6 @@ async fn validate(path: &std::path::Path, offline: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if contracts.is_empty() {
-        return ExitCode::SUCCESS;
-    }
     for contract in contracts.iter() {
         println!(
             "contract {} for topic `{}` parses",
@@ -246,30 +243,43 @@ async fn validate(path: &std::path::Path, offline: bool) -> ExitCode {
             contract.topic
         );
     }
-    if offline {
-        println!("--offline: contracts not compared with the tables");
+    if contracts.is_empty() && config.transforms.is_empty() {
         return ExitCode::SUCCESS;
     }
-    match sluice::preflight::compare_contracts(&config, &contracts).await {
-        Ok(lines) => {
-            let failed = lines.iter().any(|line| line.starts_with("FAIL"));
-            for line in lines {
-                println!("{line}");
-            }
-            if failed {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
-        Err(err) => {
-            eprintln!(
-                "error: cannot compare the contracts with the tables: {}",
-                sluice_core::errors::error_chain(&*err)
-            );
-            ExitCode::FAILURE
+    if offline {
+        println!("--offline: contracts and transforms not compared with the tables");
+        return ExitCode::SUCCESS;
+    }
+    let mut lines = Vec::new();
+    if !contracts.is_empty() {
+        match sluice::preflight::compare_contracts(&config, &contracts).await {
+            Ok(found) => lines.extend(found),
+            Err(err) => return cannot_compare("the contracts", &*err),
         }
     }
+    if !config.transforms.is_empty() {
+        match sluice::preflight::compare_transforms(&config).await {
+            Ok(found) => lines.extend(found),
+            Err(err) => return cannot_compare("the transforms", &*err),
+        }
+    }
+    let failed = lines.iter().any(|line| line.starts_with("FAIL"));
+    for line in lines {
+        println!("{line}");
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn cannot_compare(what: &str, err: &dyn std::error::Error) -> ExitCode {
+    eprintln!(
+        "error: cannot compare {what} with the tables: {}",
+        sluice_core::errors::error_chain(err)
+    );
+    ExitCode::FAILURE
 }
 
 async fn check(path: &std::path::Path) -> ExitCode {

@@ -299,6 +299,8 @@ mod tests {
         metrics.unchanged_toast("public.orders");
         metrics.unchanged_toast("public.orders");
         metrics.unchanged_toast("public.docs");
+        metrics.transform_dropped("transforms[1] (filter)");
+        metrics.transform_dropped("transforms[1] (filter)");
         let orders = metrics.snapshot_table("public.orders", Some(1000));
         orders.rows.fetch_add(250, Relaxed);
         metrics.snapshot_table("public.empty", None).finished();
@@ -379,7 +381,7 @@ mod tests {
         // The parser itself: escapes undone, labels sorted, histograms' series each on their own.
         assert_eq!(
             before.len(),
-            19 * 2 + 6 + 3 + 2 + 3 * 3 + 3 * 2 + 8 + 2 * 25,
+            20 * 2 + 6 + 3 + 2 + 3 * 3 + 3 * 2 + 8 + 2 * 25 + 1,
             "{before:#?}"
         );
         assert_eq!(

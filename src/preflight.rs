@@ -144,6 +144,19 @@ pub async fn compare_contracts(
     Ok(lines)
 }
 
+/// The columns transforms name, compared with the captured tables (PostgreSQL; MongoDB documents have no
+/// fixed fields to compare with).
+pub async fn compare_transforms(
+    config: &Config,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let Some(source) = config.postgres() else {
+        return Ok(Vec::new());
+    };
+    let settings = sluice_postgres::source::settings(source)?;
+    let tables = sluice_postgres::reader::current_tables(&settings).await?;
+    Ok(crate::transforms::column_lines(&config.transforms, &tables))
+}
+
 /// MongoDB collections have no fixed schema to compare with: each contract is checked to be a record
 /// that can type `after` in its collection's envelope.
 fn document_contract_lines(contracts: &Contracts, prefix: &str) -> Vec<String> {

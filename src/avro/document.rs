@@ -56,11 +56,28 @@ fn schemas_with_after(
     collection: &str,
     after: Json,
 ) -> Result<TableSchemas, String> {
+    let topic = document_topic(topic_prefix, database, collection);
     let namespace = collection_namespace(topic_prefix, database, collection);
-    let key = json!({
-        "type": "record", "name": "Key", "namespace": namespace,
-        "fields": [{"name": "id", "type": "string"}],
-    });
+    envelope_schemas(&topic, &namespace, None, after)
+}
+
+/// The key record: the `_id`, then the field naming the collection that a route adds.
+pub(super) fn document_key_schema(namespace: &str, key_table: Option<&str>) -> Json {
+    let mut fields = vec![json!({"name": "id", "type": "string"})];
+    if let Some(key_table) = key_table {
+        fields.push(json!({"name": key_table, "type": "string"}));
+    }
+    json!({"type": "record", "name": "Key", "namespace": namespace, "fields": fields})
+}
+
+/// The schemas of a collection's envelope on `topic`, its records in `namespace`.
+pub(super) fn envelope_schemas(
+    topic: &str,
+    namespace: &str,
+    key_table: Option<&str>,
+    after: Json,
+) -> Result<TableSchemas, String> {
+    let key = document_key_schema(namespace, key_table);
     let optional_string = json!(["null", "string"]);
     let envelope = json!({
         "type": "record",
@@ -91,13 +108,13 @@ fn schemas_with_after(
         ],
     });
     Ok(TableSchemas {
-        topic: document_topic(topic_prefix, database, collection),
+        topic: topic.to_owned(),
         key: Some(parse(key)?),
         value: parse(envelope)?,
     })
 }
 
-fn parse(schema: Json) -> Result<AvroSchema, String> {
+pub(super) fn parse(schema: Json) -> Result<AvroSchema, String> {
     let json = schema.to_string();
     let schema = apache_avro::Schema::parse_str(&json).map_err(|err| err.to_string())?;
     Ok(AvroSchema { json, schema })
@@ -105,7 +122,7 @@ fn parse(schema: Json) -> Result<AvroSchema, String> {
 
 /// The path of a `uuid` declared on `fixed`, which apache-avro reads as a string-backed uuid, so that
 /// what sluice writes and what a consumer of the registered schema reads would differ.
-fn fixed_uuid(schema: &Json, path: &str) -> Option<String> {
+pub(super) fn fixed_uuid(schema: &Json, path: &str) -> Option<String> {
     match schema {
         Json::Object(object) => {
             if object.get("logicalType") == Some(&json!("uuid"))
@@ -214,7 +231,7 @@ pub fn encode_document_envelope(
     Ok(())
 }
 
-fn write_optional_string(value: Option<&str>, out: &mut Vec<u8>) {
+pub(super) fn write_optional_string(value: Option<&str>, out: &mut Vec<u8>) {
     match value {
         Some(value) => {
             write_union_branch(1, out);

@@ -164,8 +164,17 @@ fn write_optional_row(
         write_union_branch(0, out);
         return Ok(());
     };
-    check_shape(table, row)?;
     write_union_branch(1, out);
+    write_row_fields(table, row, out)
+}
+
+/// The fields of the `Value` record: every column `["null", T]`.
+pub(super) fn write_row_fields(
+    table: &Table,
+    row: &Row,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    check_shape(table, row)?;
     for (column, value) in table.columns.iter().zip(row) {
         match value {
             // The caller reports unchanged TOAST columns alongside the message.
@@ -217,7 +226,7 @@ fn write_source(
     Ok(())
 }
 
-fn as_long(field: &'static str, value: u64) -> Result<i64, EncodeError> {
+pub(super) fn as_long(field: &'static str, value: u64) -> Result<i64, EncodeError> {
     i64::try_from(value).map_err(|_| EncodeError::SourceOutOfRange { field, value })
 }
 

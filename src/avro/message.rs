@@ -38,8 +38,40 @@ pub(super) fn fixed(schema: serde_json::Value) -> AvroSchema {
     AvroSchema { json, schema }
 }
 
+/// The schemas of an outbox router's topic: the aggregate id as a string key, the payload's text in a
+/// record (Debezium's outbox router with a string payload), named after the topic.
+pub fn outbox_schemas(topic: &str) -> TableSchemas {
+    let value = json!({
+        "type": "record",
+        "name": "Value",
+        "namespace": super::naming::topic_namespace(topic),
+        "fields": [{"name": "payload", "type": ["null", "string"], "default": null}],
+    });
+    TableSchemas {
+        topic: topic.to_owned(),
+        key: Some(fixed(json!("string"))),
+        value: fixed(value),
+    }
+}
+
+/// The outbox record: the payload's text, or null.
+pub fn encode_outbox(payload: Option<&str>, out: &mut Vec<u8>) {
+    match payload {
+        Some(text) => {
+            write_union_branch(1, out);
+            write_string(text, out);
+        }
+        None => write_union_branch(0, out),
+    }
+}
+
 pub fn encode_message_key(message: &DecodingMessage, out: &mut Vec<u8>) {
     write_string(&message.prefix, out);
+}
+
+/// A string key (an outbox event's aggregate id).
+pub fn encode_message_key_text(key: &str, out: &mut Vec<u8>) {
+    write_string(key, out);
 }
 
 /// The message in the value schema above. `ts_ms` is the commit time of a transactional message's

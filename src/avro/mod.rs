@@ -13,6 +13,7 @@ pub mod decimal;
 mod document;
 mod encode;
 mod flat;
+mod flat_document;
 pub mod framing;
 mod message;
 pub mod naming;
@@ -31,12 +32,19 @@ pub use document::{
 pub use encode::{
     encode_envelope, encode_key, transaction_id, EncodeError, EncodeReason, EnvelopeContext,
 };
-pub use flat::{AddField, Flat, DELETED_FIELD};
+pub use flat::{encode_flat, encode_key_with_table, AddField, Flat, DELETED_FIELD};
+pub use flat_document::{
+    encode_flat_document, encode_shaped_document_key, shaped_document_schemas, DocumentShape,
+};
 pub use framing::{Fingerprint, SchemaRef};
-pub use message::{encode_message, encode_message_key, message_schemas};
-pub use naming::topic_name;
+pub use message::{
+    encode_message, encode_message_key, encode_message_key_text, encode_outbox, message_schemas,
+    outbox_schemas,
+};
+pub use naming::{topic_name, topic_namespace};
 pub use schema::{
-    table_schemas, AvroSchema, SchemaError, TableSchemas, SOURCE_RECORD, VARIABLE_SCALE_DECIMAL,
+    shaped_table_schemas, table_schemas, AvroSchema, SchemaError, Shape, TableSchemas,
+    SOURCE_RECORD, VARIABLE_SCALE_DECIMAL,
 };
 pub use transaction::{
     encode_transaction, encode_transaction_key, transaction_schemas, TransactionBoundary,

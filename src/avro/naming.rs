@@ -60,6 +60,15 @@ pub fn collection_namespace(topic_prefix: &str, container: &str, collection: &st
         .join(".")
 }
 
+/// The Avro namespace of the records on a topic a route named: each dot-separated part made a legal name.
+pub fn topic_namespace(topic: &str) -> String {
+    topic
+        .split('.')
+        .map(avro_name)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 /// One legal Avro name (`[A-Za-z_][A-Za-z0-9_]*`) from any text.
 pub fn avro_name(text: &str) -> String {
     let mut name = String::with_capacity(text.len() + 1);

@@ -37,6 +37,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{json, Value as Json};
 
+use super::flat::{Flat, DELETED_FIELD};
 use super::naming::{
     composite_record_name, field_names, namespace, topic_name, unique_field_names,
 };
@@ -88,7 +89,29 @@ pub enum SchemaError {
 /// image carries only the key columns under `REPLICA IDENTITY DEFAULT`, and an unchanged TOASTed value is
 /// sent as null. The key record holds the key columns, in table order, with non-null types.
 pub fn table_schemas(topic_prefix: &str, table: &Table) -> Result<TableSchemas, SchemaError> {
-    let namespace = namespace(topic_prefix, table);
+    let topic = topic_name(topic_prefix, table);
+    let shape = Shape {
+        topic: &topic,
+        namespace: namespace(topic_prefix, table),
+        key_table: None,
+        flat: None,
+    };
+    shaped_table_schemas(table, &shape)
+}
+
+/// How the transforms shaped a table's records: the topic (and record namespace) a route sent them to,
+/// the field naming the table that a route adds to the key, and the flat value of unwrap.
+pub struct Shape<'a> {
+    pub topic: &'a str,
+    pub namespace: String,
+    pub key_table: Option<&'a str>,
+    pub flat: Option<&'a Flat>,
+}
+
+/// [`table_schemas`] as the transforms shaped them. The flat value is the envelope's `Value` record with
+/// the added fields after the columns.
+pub fn shaped_table_schemas(table: &Table, shape: &Shape) -> Result<TableSchemas, SchemaError> {
+    let namespace = &shape.namespace;
     let names = field_names(table);
 
     let key_fields: Vec<(&Column, &String)> = table
@@ -101,17 +124,20 @@ pub fn table_schemas(topic_prefix: &str, table: &Table) -> Result<TableSchemas, 
         None
     } else {
         let mut types = TypeBuilder::default();
-        let fields = key_fields
+        let mut fields = key_fields
             .iter()
             .map(|(column, name)| Ok(field(column, name, types.column(table, column)?)))
             .collect::<Result<Vec<_>, SchemaError>>()?;
+        if let Some(key_table) = shape.key_table {
+            fields.push(json!({"name": key_table, "type": "string"}));
+        }
         let record =
             json!({"type": "record", "name": "Key", "namespace": namespace, "fields": fields});
         Some(parse(table, "key", &record)?)
     };
 
     let mut types = TypeBuilder::default();
-    let value_fields = table
+    let mut value_fields = table
         .columns
         .iter()
         .zip(&names)
@@ -121,6 +147,15 @@ pub fn table_schemas(topic_prefix: &str, table: &Table) -> Result<TableSchemas, 
             Ok(f)
         })
         .collect::<Result<Vec<_>, SchemaError>>()?;
+    if let Some(flat) = shape.flat {
+        value_fields.extend(flat_fields(flat));
+        let record = json!({"type": "record", "name": "Value", "namespace": namespace, "fields": value_fields});
+        return Ok(TableSchemas {
+            topic: shape.topic.to_owned(),
+            key,
+            value: parse(table, "value", &record)?,
+        });
+    }
     let value_record =
         json!({"type": "record", "name": "Value", "namespace": namespace, "fields": value_fields});
     let envelope = json!({
@@ -139,10 +174,24 @@ pub fn table_schemas(topic_prefix: &str, table: &Table) -> Result<TableSchemas, 
     let value = parse(table, "value", &envelope)?;
 
     Ok(TableSchemas {
-        topic: topic_name(topic_prefix, table),
+        topic: shape.topic.to_owned(),
         key,
         value,
     })
+}
+
+/// The fields unwrap adds after the row's: each one asked for (optional: a snapshot row has no
+/// transaction, for one), then `__deleted` when deletes are rewritten.
+pub(super) fn flat_fields(flat: &Flat) -> Vec<Json> {
+    let mut fields: Vec<Json> = flat
+        .add_fields
+        .iter()
+        .map(|f| json!({"name": f.field_name(), "type": ["null", f.avro_type()], "default": null}))
+        .collect();
+    if flat.rewrite_deletes {
+        fields.push(json!({"name": DELETED_FIELD, "type": "boolean", "default": false}));
+    }
+    fields
 }
 
 fn field(column: &Column, name: &str, avro_type: Json) -> Json {

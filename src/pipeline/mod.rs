@@ -31,10 +31,10 @@ use crate::registry::{RegistryClient, RegistrySettings};
 use crate::shutdown::StopDeadline;
 use crate::sink::{FailedDelivery, Sink, SinkSettings};
 use crate::sources::{with_source, SourceVisitor, Unbuildable};
+use crate::transforms::Chain;
 use ack::AckTracker;
 use publish::{Core, Publisher};
 use schemas::SchemaDirectory;
-use crate::transforms::Chain;
 
 /// Events buffered between the reader and the publishing loop.
 const EVENT_BUFFER: usize = 4096;

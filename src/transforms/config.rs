@@ -119,7 +119,11 @@ pub struct BuildError {
 pub(super) type KeyProblem = (&'static str, String);
 
 impl BuildError {
-    pub(super) fn new(index: usize, _kind: TransformKind, (key, message): KeyProblem) -> BuildError {
+    pub(super) fn new(
+        index: usize,
+        _kind: TransformKind,
+        (key, message): KeyProblem,
+    ) -> BuildError {
         BuildError {
             key: format!("transforms[{index}].{key}"),
             message,
@@ -157,7 +161,6 @@ impl TransformConfig {
                 text(&self.pattern).ok_or_else(|| missing("match"))?,
                 text(&self.replace).ok_or_else(|| missing("replace"))?,
                 text(&self.key_field).unwrap_or(route::DEFAULT_KEY_FIELD),
-                topic_prefix,
             )?),
             TransformKind::Filter => Box::new(filter::Filter::new(
                 text(&self.condition).ok_or_else(|| missing("condition"))?,
@@ -173,7 +176,9 @@ impl TransformConfig {
                     .as_ref()
                     .map_or_else(DeleteHandling::default, |d| *d.get_ref()),
             )?),
-            TransformKind::Outbox => Box::new(outbox::Outbox::new(self.outbox_settings(topic_prefix)?)?),
+            TransformKind::Outbox => {
+                Box::new(outbox::Outbox::new(self.outbox_settings(topic_prefix)?)?)
+            }
         })
     }
 
@@ -233,7 +238,12 @@ impl TransformConfig {
                 );
             }
         }
-        for (pattern, span) in self.topics.iter().flat_map(|t| t.get_ref()).map(|p| (p.get_ref(), p.span())) {
+        for (pattern, span) in self
+            .topics
+            .iter()
+            .flat_map(|t| t.get_ref())
+            .map(|p| (p.get_ref(), p.span()))
+        {
             if pattern.as_str().trim().is_empty() {
                 report(&path("topics"), span, "has an empty pattern".into());
             }

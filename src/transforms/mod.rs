@@ -8,6 +8,7 @@
 //! What a step changes beyond the event itself — the topic, the source table in the key, the flat form of
 //! unwrap, an outbox event — travels beside it in [`Dress`], for the encoders.
 
+mod columns;
 pub mod config;
 mod filter;
 mod mask;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use sluice_core::event::SourceEvent;
 
 use crate::avro::{self, Flat};
+pub use columns::column_lines;
 pub use config::{TransformConfig, TransformKind};
 
 /// A change on its way through the chain: the event, the topic it is bound for, and how it is published.
@@ -42,11 +44,22 @@ pub struct Dress {
     pub outbox: Option<OutboxEvent>,
 }
 
+impl Dress {
+    /// Whether records dressed so have the same schemas as records dressed as `other`.
+    pub fn same_form(&self, other: &Dress) -> bool {
+        self.key_table == other.key_table
+            && match (&self.flat, &other.flat) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                (a, b) => a.is_none() && b.is_none(),
+            }
+    }
+}
+
 /// What the outbox router makes of a row inserted into the outbox table (or of a logical decoding message).
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutboxEvent {
-    /// The aggregate id: the record key, as a string.
-    pub key: Option<String>,
+    /// The aggregate id (a message's prefix): the record key, as a string.
+    pub key: String,
     /// The payload as text (JSON for json/jsonb), or None for a null payload.
     pub payload: Option<String>,
     /// The `id` and `type` headers (and the lsn, for tracing).
@@ -54,13 +67,15 @@ pub struct OutboxEvent {
 }
 
 impl Shaped {
-    /// A change with its own topic, nothing transformed yet; None for what is not a change.
+    /// A change (or a logical decoding message) with its own topic, nothing transformed yet; anything else
+    /// is handed back.
     pub fn new(event: SourceEvent, topic_prefix: &str) -> Result<Shaped, SourceEvent> {
         let topic = match &event {
             SourceEvent::Change(change) => avro::topic_name(topic_prefix, &change.table),
             SourceEvent::Document(change) => {
                 avro::document_topic(topic_prefix, &change.database, &change.collection)
             }
+            SourceEvent::Message(_) => format!("{topic_prefix}.message"),
             _ => return Err(event),
         };
         Ok(Shaped {
@@ -75,7 +90,9 @@ impl Shaped {
 pub enum Outcome<'c> {
     Keep(Shaped),
     /// Not published (counted by the transform that dropped it: `transforms[1] (filter)`).
-    Drop { transform: &'c str },
+    Drop {
+        transform: &'c str,
+    },
     /// The transform failed on this event: `transform` names it (`transforms[2] (filter)`).
     Reject {
         shaped: Shaped,
@@ -89,7 +106,10 @@ pub enum Step {
     Keep(Shaped),
     Drop,
     /// The step failed on the event, which it hands back unchanged.
-    Reject { shaped: Shaped, reason: String },
+    Reject {
+        shaped: Shaped,
+        reason: String,
+    },
 }
 
 /// One step of the chain.
@@ -100,6 +120,10 @@ pub trait Transform: Send {
     /// dead letters of masked topics never carry the originals; any other step leaves it as it is.
     fn mask_rejected(&mut self, shaped: Shaped) -> Shaped {
         shaped
+    }
+    /// Whether the step sees logical decoding messages (the outbox router does); changes only otherwise.
+    fn sees_messages(&self) -> bool {
+        false
     }
 }
 
@@ -112,7 +136,11 @@ struct Entry {
 }
 
 impl Entry {
-    fn applies_to(&self, topic: &str) -> bool {
+    fn applies_to(&self, shaped: &Shaped) -> bool {
+        if matches!(shaped.event, SourceEvent::Message(_)) && !self.step.sees_messages() {
+            return false;
+        }
+        let topic = &shaped.topic;
         self.topics
             .as_ref()
             .is_none_or(|patterns| patterns.iter().any(|p| wildcard_match(p, topic)))
@@ -134,9 +162,9 @@ impl Chain {
     ) -> Result<Chain, config::BuildError> {
         let mut entries = Vec::with_capacity(transforms.len());
         for (index, transform) in transforms.iter().enumerate() {
-            let step = transform.build(topic_prefix).map_err(|problem| {
-                config::BuildError::new(index, transform.kind(), problem)
-            })?;
+            let step = transform
+                .build(topic_prefix)
+                .map_err(|problem| config::BuildError::new(index, transform.kind(), problem))?;
             entries.push(Entry {
                 name: format!("transforms[{index}] ({})", transform.kind().as_str()),
                 topics: transform.topic_patterns(),
@@ -176,7 +204,7 @@ impl Chain {
         let mut shaped = Shaped::new(event, &self.topic_prefix)?;
         for at in 0..self.entries.len() {
             let entry = &mut self.entries[at];
-            if !entry.applies_to(&shaped.topic) {
+            if !entry.applies_to(&shaped) {
                 continue;
             }
             shaped = match entry.step.apply(shaped) {
@@ -203,7 +231,7 @@ impl Chain {
     /// The masks after step `at`, applied to an event it rejected.
     fn mask_after(&mut self, at: usize, mut shaped: Shaped) -> Shaped {
         for entry in &mut self.entries[at + 1..] {
-            if entry.applies_to(&shaped.topic) {
+            if entry.applies_to(&shaped) {
                 shaped = entry.step.mask_rejected(shaped);
             }
         }
@@ -306,7 +334,10 @@ mod tests {
                 let SourceEvent::Document(change) = shaped.event else {
                     panic!("not the document");
                 };
-                assert_eq!(change.collection, "orders", "the event comes back unchanged");
+                assert_eq!(
+                    change.collection, "orders",
+                    "the event comes back unchanged"
+                );
                 assert_eq!(transform, "transforms[0]");
                 assert_eq!(reason, "no good");
             }
@@ -339,6 +370,9 @@ mod tests {
         assert!(!wildcard_match("a*b*c", "acb"));
         assert!(!wildcard_match("app.*.orders", "app.public.orders_2024"));
         assert!(!wildcard_match("app.public.orders", "app.public.orders2"));
-        assert!(!wildcard_match("ab*ba", "aba"), "the two ends may not overlap");
+        assert!(
+            !wildcard_match("ab*ba", "aba"),
+            "the two ends may not overlap"
+        );
     }
 }

@@ -221,6 +221,30 @@ impl Core {
             .await?)
     }
 
+    /// A fixed topic's schemas, registered (and the topic created) the first time; why not, when the
+    /// registry refuses them.
+    pub(super) async fn register_fixed(
+        &mut self,
+        fixed: &mut FixedTopic,
+    ) -> Result<Result<(SchemaRef, SchemaRef), String>, PipelineError> {
+        if let Some(refs) = fixed.refs {
+            return Ok(Ok(refs));
+        }
+        self.sink.ensure_topic(&fixed.topic, &self.stop).await?;
+        Ok(match self.schema_refs(&fixed.schemas).await? {
+            // Fixed topics always have a key schema.
+            Ok((Some(key_schema), value_schema)) => {
+                fixed.refs = Some((key_schema, value_schema));
+                Ok((key_schema, value_schema))
+            }
+            Ok((None, _)) => Err(format!("{} has no key schema", fixed.topic)),
+            Err(err) => Err(format!(
+                "cannot register the schema of {}: {err}",
+                fixed.topic
+            )),
+        })
+    }
+
     /// A record for a fixed topic: key and value are Avro bodies, framed here once the schemas are
     /// registered (the first time, with the topic created). A record whose schema the registry refuses, or
     /// that the broker refuses, is rejected with its bodies.
@@ -238,28 +262,14 @@ impl Core {
         };
         let (key_schema, value_schema) = match fixed.refs {
             Some(refs) => refs,
-            None => {
-                self.sink.ensure_topic(&fixed.topic, &self.stop).await?;
-                match self.schema_refs(&fixed.schemas).await? {
-                    // Fixed topics always have a key schema.
-                    Ok((Some(key_schema), value_schema)) => {
-                        fixed.refs = Some((key_schema, value_schema));
-                        (key_schema, value_schema)
-                    }
-                    Ok((None, _)) => unreachable!("fixed topics have key schemas"),
-                    // This record goes to the dead-letter topic; the next one asks again.
-                    Err(err) => {
-                        let reason =
-                            format!("cannot register the schema of {}: {err}", fixed.topic);
-                        return Ok(Err(Rejection::new(
-                            Stage::Register,
-                            &fixed.topic,
-                            reason,
-                            record(),
-                        )));
-                    }
+            // This record goes to the dead-letter topic; the next one asks again.
+            None => match self.register_fixed(fixed).await? {
+                Ok(refs) => refs,
+                Err(reason) => {
+                    let rejection = Rejection::new(Stage::Register, &fixed.topic, reason, record());
+                    return Ok(Err(rejection));
                 }
-            }
+            },
         };
         self.key_buf.clear();
         key_schema.write_header(&mut self.key_buf);

@@ -71,63 +71,85 @@ fn typed_schemas(
 #[derive(Default)]
 pub(super) struct DocumentEncoder {
     /// Collections' topics, by `db.collection`.
-    collections: HashMap<String, FixedTopic>,
-    /// The `after` records of collections that have a contract, by `db.collection`.
-    typed_documents: HashMap<String, avro::TypedDocument>,
+    collections: HashMap<String, Collection>,
+}
+
+/// Where one collection's documents go, and how.
+struct Collection {
+    fixed: FixedTopic,
+    /// The record of the topic's contract, when it has one.
+    typed: Option<avro::TypedDocument>,
+    /// How the transforms shaped it (the default: not at all).
+    dress: Dress,
 }
 
 impl DocumentEncoder {
     /// A document change, to its collection's topic (created, and its schemas registered, the first time),
-    /// followed by a tombstone when it is a delete.
+    /// followed by a tombstone when it is a delete. `shape` is the topic and dress the transforms gave
+    /// it, if any.
     pub async fn publish<'e>(
         &mut self,
         change: &'e DocumentChange,
         shape: Option<(&str, &Dress)>,
         core: &mut Core,
     ) -> Result<Encoded<'e>, PipelineError> {
-        let _ = shape;
         let namespace = change.namespace();
-        if !self.collections.contains_key(&namespace) {
-            self.add_collection(change, &namespace, core)?;
+        let current = self.collections.get(&namespace).is_some_and(|c| {
+            shape.is_none_or(|(topic, dress)| c.fixed.topic == topic && c.dress.same_form(dress))
+        });
+        if !current {
+            let collection = Collection::new(change, shape, core)?;
+            self.collections.insert(namespace.clone(), collection);
         }
+        let Some(collection) = self.collections.get_mut(&namespace) else {
+            return Ok(Ok(()));
+        };
+        let routed = collection.dress.key_table.is_some();
         let mut key = Vec::with_capacity(change.key.len() + 8);
-        avro::encode_document_key(change, &mut key);
+        avro::encode_shaped_document_key(change, routed, &mut key);
         let mut value = Vec::with_capacity(
             change.after.as_ref().map_or(0, String::len)
                 + change.before.as_ref().map_or(0, String::len)
                 + 256,
         );
-        let typed = self.typed_documents.get(&namespace);
-        let encoded =
-            avro::encode_document_envelope(change, &core.topic_prefix, now_ms(), typed, &mut value);
-        if let Err(mismatch) = encoded {
-            let topic =
-                avro::document_topic(&core.topic_prefix, &change.database, &change.collection);
-            let file = core
-                .contracts
-                .get(&topic)
-                .map(|c| c.path.display().to_string());
-            let reason = format!(
-                "the document does not fit the contract {}: {mismatch}",
-                file.unwrap_or_default()
-            );
-            return Ok(Err(Rejection::new(
-                Stage::Validate,
-                &topic,
-                reason,
-                Subject::Document(change),
-            )));
-        }
+        let typed = collection.typed.as_ref();
+        let encoded = match &collection.dress.flat {
+            Some(flat) => avro::encode_flat_document(change, flat, typed, now_ms(), &mut value),
+            None => avro::encode_document_envelope(
+                change,
+                &core.topic_prefix,
+                now_ms(),
+                typed,
+                &mut value,
+            )
+            .map(|()| true),
+        };
+        let has_value = match encoded {
+            Ok(has_value) => has_value,
+            Err(mismatch) => {
+                let topic = &collection.fixed.topic;
+                let file = core
+                    .contracts
+                    .get(topic)
+                    .map(|c| c.path.display().to_string());
+                let reason = format!(
+                    "the document does not fit the contract {}: {mismatch}",
+                    file.unwrap_or_default()
+                );
+                let subject = Subject::Document(change);
+                return Ok(Err(Rejection::new(Stage::Validate, topic, reason, subject)));
+            }
+        };
         let mut headers = Vec::with_capacity(1);
         if let Some(token) = &change.source.resume_token {
             headers.push(("sluice.resume_token".to_owned(), token.clone().into_bytes()));
         }
         let bytes = key.len() + value.len();
-        let Some(fixed) = self.collections.get_mut(&namespace) else {
-            return Ok(Ok(()));
-        };
-        if let Err(rejection) = core.publish_fixed(fixed, &key, &value, &headers).await? {
-            return Ok(Err(rejection));
+        let fixed = &mut collection.fixed;
+        if has_value {
+            if let Err(rejection) = core.publish_fixed(fixed, &key, &value, &headers).await? {
+                return Ok(Err(rejection));
+            }
         }
         core.metrics
             .event_published(&namespace, change.op.code(), bytes);
@@ -143,38 +165,75 @@ impl DocumentEncoder {
         }
         // A delete is followed by a tombstone so that compaction can drop the key.
         if change.op == Op::Delete {
-            if let Some((key_schema, _)) = fixed.refs {
-                let mut framed = Vec::with_capacity(key.len() + 10);
-                key_schema.write_header(&mut framed);
-                framed.extend_from_slice(&key);
-                core.send_tombstone(&fixed.topic, &framed, &header_refs(&headers))
-                    .await?;
-            }
+            Self::tombstone(fixed, &key, &headers, core).await?;
         }
         Ok(Ok(()))
     }
 
-    /// The topic of a collection seen for the first time, with `after` typed when it has a contract.
-    fn add_collection(
-        &mut self,
-        change: &DocumentChange,
-        namespace: &str,
-        core: &Core,
+    /// The tombstone after a delete: framed with the key schema, which an unwrapped delete that published
+    /// no value registers here.
+    async fn tombstone(
+        fixed: &mut FixedTopic,
+        key: &[u8],
+        headers: &[(String, Vec<u8>)],
+        core: &mut Core,
     ) -> Result<(), PipelineError> {
-        let (database, collection) = (&change.database, &change.collection);
-        let topic = avro::document_topic(&core.topic_prefix, database, collection);
-        let schemas = match core.contracts.get(&topic) {
-            None => avro::document_schemas(&core.topic_prefix, database, collection),
-            Some(contract) => {
-                let (schemas, typed) =
-                    typed_schemas(contract, &core.topic_prefix, database, collection)?;
-                self.typed_documents.insert(namespace.to_owned(), typed);
-                schemas
+        let key_schema = match core.register_fixed(fixed).await? {
+            Ok((key_schema, _)) => key_schema,
+            Err(reason) => {
+                let subject = Subject::Record {
+                    key: Some(key.to_vec()),
+                    value: None,
+                    headers: headers.to_vec(),
+                };
+                let rejection = Rejection::new(Stage::Register, &fixed.topic, reason, subject);
+                return core.dead_letter(rejection).await;
             }
         };
-        self.collections
-            .insert(namespace.to_owned(), FixedTopic::with_schemas(schemas));
-        Ok(())
+        let mut framed = Vec::with_capacity(key.len() + 10);
+        key_schema.write_header(&mut framed);
+        framed.extend_from_slice(key);
+        core.send_tombstone(&fixed.topic, &framed, &header_refs(headers))
+            .await
+    }
+}
+
+impl Collection {
+    /// The topic of a collection seen for the first time (or shaped anew), with `after` typed when the
+    /// topic has a contract.
+    fn new(
+        change: &DocumentChange,
+        shape: Option<(&str, &Dress)>,
+        core: &Core,
+    ) -> Result<Collection, PipelineError> {
+        let (database, collection) = (&change.database, &change.collection);
+        let own_topic = avro::document_topic(&core.topic_prefix, database, collection);
+        let (topic, dress) = shape
+            .map_or((own_topic.as_str(), Dress::default()), |(topic, dress)| {
+                (topic, dress.clone())
+            });
+        let namespace = match &dress.key_table {
+            Some(_) => avro::topic_namespace(topic),
+            None => avro::naming::collection_namespace(&core.topic_prefix, database, collection),
+        };
+        let shaped = avro::DocumentShape {
+            topic,
+            namespace,
+            key_table: dress.key_table.as_deref(),
+            flat: dress.flat.as_deref(),
+        };
+        let contract = core.contracts.get(topic);
+        let document = contract.map(|c| c.document_schema()).transpose();
+        let built = document.and_then(|document| avro::shaped_document_schemas(&shaped, document));
+        let (schemas, typed) = built.map_err(|reason| ContractError::Invalid {
+            path: contract.map(|c| c.path.clone()).unwrap_or_default(),
+            reason,
+        })?;
+        Ok(Collection {
+            fixed: FixedTopic::with_schemas(schemas),
+            typed,
+            dress,
+        })
     }
 }
 

@@ -4,19 +4,22 @@
 
 mod core;
 mod documents;
+mod outbox;
 mod rows;
+mod shared;
 
 use sluice_core::event::SourceEvent;
 use tokio::sync::mpsc;
 
 use super::error::PipelineError;
-use crate::transforms::{Chain, Dress, Outcome, Shaped};
 use crate::deadletter::Stage;
 use crate::sink::FailedDelivery;
+use crate::transforms::{Chain, Dress, OutboxEvent, Outcome, Shaped};
 pub(super) use core::Core;
 use core::{Rejection, Subject};
 use documents::DocumentEncoder;
 pub(crate) use documents::{check_contracts, check_document_contract, collection_of_topic};
+use outbox::OutboxEncoder;
 use rows::RowEncoder;
 
 pub(super) struct Publisher {
@@ -24,6 +27,7 @@ pub(super) struct Publisher {
     transforms: Chain,
     rows: RowEncoder,
     documents: DocumentEncoder,
+    outbox: OutboxEncoder,
     /// Change events taken from the source, for the final log line.
     pub events: u64,
 }
@@ -36,6 +40,7 @@ impl Publisher {
             transforms,
             rows,
             documents: DocumentEncoder::default(),
+            outbox: OutboxEncoder::default(),
             events: 0,
         }
     }
@@ -96,6 +101,16 @@ impl Publisher {
         event: SourceEvent,
         shape: Option<(&str, &Dress)>,
     ) -> Result<(), PipelineError> {
+        if let Some((
+            topic,
+            Dress {
+                outbox: Some(outbox),
+                ..
+            },
+        )) = shape
+        {
+            return self.publish_outbox(&event, topic, outbox).await;
+        }
         let core = &mut self.core;
         let rejected = match &event {
             SourceEvent::Change(change) => {
@@ -147,6 +162,31 @@ impl Publisher {
         }
     }
 
+    /// The event the outbox router made of an outbox row or a message.
+    async fn publish_outbox(
+        &mut self,
+        event: &SourceEvent,
+        topic: &str,
+        outbox: &OutboxEvent,
+    ) -> Result<(), PipelineError> {
+        let (lsn, source) = match event {
+            SourceEvent::Change(change) => (change.source.lsn, change.table.qualified_name()),
+            SourceEvent::Message(message) => (message.lsn, message.prefix.clone()),
+            _ => return Ok(()),
+        };
+        self.events += 1;
+        let core = &mut self.core;
+        let lsn = lsn.to_string();
+        if let Err(rejection) = self
+            .outbox
+            .publish(topic, outbox, &lsn, &source, core)
+            .await?
+        {
+            core.dead_letter(rejection).await?;
+        }
+        Ok(())
+    }
+
     /// An event a transform failed on: to the dead-letter topic, naming the transform.
     async fn reject_transformed(
         &mut self,
@@ -158,7 +198,12 @@ impl Publisher {
         let subject = match &shaped.event {
             SourceEvent::Change(change) => Subject::Change(change),
             SourceEvent::Document(change) => Subject::Document(change),
-            // Transforms see changes only: anything else passes by them.
+            SourceEvent::Message(message) => Subject::Record {
+                key: Some(message.prefix.clone().into_bytes()),
+                value: Some(message.content.clone()),
+                headers: Vec::new(),
+            },
+            // Transforms see changes and messages only: anything else passes by them.
             _ => return self.encode(shaped.event, None).await,
         };
         let rejection = Rejection::new(Stage::Transform, &shaped.topic, reason, subject);

@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use sluice_core::event::{ChangeEvent, DecodingMessage, Lsn, Op, SnapshotMarker, Table, Value};
+
+use super::shared::SharedTopics;
 use sluice_core::positions::now_ms;
 
 use super::super::error::PipelineError;
@@ -27,6 +29,8 @@ struct TableEncoding {
     value_schema: SchemaRef,
     /// The topic's contract, bound to this version's value schema.
     contract: Option<Arc<BoundContract>>,
+    /// How the transforms shaped it (the default: not at all).
+    dress: Dress,
 }
 
 /// The open transaction's change events so far, per table in first-seen order.
@@ -60,6 +64,8 @@ impl LsnText {
 
 pub(super) struct RowEncoder {
     encodings: HashMap<u32, TableEncoding>,
+    /// The value schemas of topics routes send several tables to.
+    shared: SharedTopics,
     /// `<topic_prefix>.message`, where logical decoding messages go.
     messages: FixedTopic,
     /// `<topic_prefix>.transaction`, with `source.transaction_metadata`.
@@ -77,6 +83,7 @@ impl RowEncoder {
     pub fn new(topic_prefix: &str, transaction_metadata: bool) -> RowEncoder {
         RowEncoder {
             encodings: HashMap::new(),
+            shared: SharedTopics::default(),
             messages: FixedTopic::new(format!("{topic_prefix}.message"), avro::message_schemas),
             transactions: transaction_metadata.then(|| {
                 FixedTopic::new(
@@ -93,20 +100,20 @@ impl RowEncoder {
     }
 
     /// A row change, to its table's topic (created, and its schemas registered, for each new table
-    /// version), followed by a tombstone when it is a delete.
+    /// version), followed by a tombstone when it is a delete. `shape` is the topic and dress the
+    /// transforms gave it, if any.
     pub async fn publish<'e>(
         &mut self,
         event: &'e ChangeEvent,
         shape: Option<(&str, &Dress)>,
         core: &mut Core,
     ) -> Result<Encoded<'e>, PipelineError> {
-        let _ = shape;
         if self.transactions.is_some() {
             if let Err(rejection) = self.count_in_transaction(event, core).await? {
                 core.dead_letter(rejection).await?;
             }
         }
-        if let Err(rejection) = self.ensure_encoding(event, core).await? {
+        if let Err(rejection) = self.ensure_encoding(event, shape, core).await? {
             return Ok(Err(rejection));
         }
         let encoding = &self.encodings[&event.table.id];
@@ -115,17 +122,21 @@ impl RowEncoder {
             encoding.contract.clone(),
             encoding.name.clone(),
         );
+        let flat = encoding.dress.flat.clone();
         let reject = |stage: Stage, reason: String, key: Option<Vec<u8>>| {
             let mut rejection = Rejection::new(stage, &topic, reason, Subject::Change(event));
             rejection.key = key;
             rejection
         };
-        if let Err(err) = self.encode(event, core) {
-            let key = (!self.key_buf.is_empty()).then(|| self.key_buf.clone());
-            return Ok(Err(reject(encode_stage(&err), err.to_string(), key)));
-        }
+        let has_value = match self.encode(event, core) {
+            Ok(has_value) => has_value,
+            Err(err) => {
+                let key = (!self.key_buf.is_empty()).then(|| self.key_buf.clone());
+                return Ok(Err(reject(encode_stage(&err), err.to_string(), key)));
+            }
+        };
         let has_key = !self.key_buf.is_empty();
-        if let Some(contract) = &contract {
+        if let (Some(contract), true) = (&contract, has_value) {
             let datum = SchemaRef::split(&self.value_buf).map_or(&[][..], |(_, datum)| datum);
             if let Err(reason) = contract.check(datum, &unchanged_toast_fields(event)) {
                 let key = has_key.then(|| self.key_buf.clone());
@@ -149,18 +160,20 @@ impl RowEncoder {
             headers.push(("sluice.unchanged_toast", columns.as_bytes()));
         }
         let key = has_key.then_some(self.key_buf.as_slice());
-        let message = Outgoing {
-            topic: &topic,
-            key,
-            payload: Some(&self.value_buf),
-            headers: &headers,
-        };
-        if let Delivery::Refused { ordinal, reason } =
-            core.send(&message, MessageKind::Event).await?
-        {
-            let mut rejection = reject(Stage::Produce, reason, key.map(<[u8]>::to_vec));
-            rejection.ordinal = Some(ordinal);
-            return Ok(Err(rejection));
+        if has_value {
+            let message = Outgoing {
+                topic: &topic,
+                key,
+                payload: Some(&self.value_buf),
+                headers: &headers,
+            };
+            if let Delivery::Refused { ordinal, reason } =
+                core.send(&message, MessageKind::Event).await?
+            {
+                let mut rejection = reject(Stage::Produce, reason, key.map(<[u8]>::to_vec));
+                rejection.ordinal = Some(ordinal);
+                return Ok(Err(rejection));
+            }
         }
         let bytes = self.value_buf.len() + key.map_or(0, <[u8]>::len);
         core.metrics.event_published(&name, event.op.code(), bytes);
@@ -170,34 +183,57 @@ impl RowEncoder {
         if event.source.snapshot == SnapshotMarker::False {
             core.metrics.published_commit(event.source.commit_time_us);
         }
-        // A delete is followed by a tombstone so that compaction can drop the key.
+        // A delete is followed by a tombstone so that compaction can drop the key (unwrapped: the
+        // tombstone may be all there is of it).
         if event.op == Op::Delete && has_key {
             core.send_tombstone(&topic, &self.key_buf, &headers).await?;
+        } else if !has_value && flat.is_some() {
+            tracing::debug!(table = %name, "an unwrapped delete without a key has nothing to publish");
         }
         Ok(Ok(()))
     }
 
     /// The key (empty when the table version has no key schema or the event no key) and the value, framed,
-    /// into the encoder's buffers.
-    fn encode(&mut self, event: &ChangeEvent, core: &Core) -> Result<(), EncodeError> {
+    /// into the encoder's buffers. False when there is no value to publish: an unwrapped delete, whose
+    /// tombstone is all there is of it.
+    fn encode(&mut self, event: &ChangeEvent, core: &Core) -> Result<bool, EncodeError> {
         let encoding = &self.encodings[&event.table.id];
         self.key_buf.clear();
         if let (Some(schema), Some(row)) = (encoding.key_schema, event.key_row()) {
             schema.write_header(&mut self.key_buf);
-            if let Err(err) = avro::encode_key(&event.table, row, &mut self.key_buf) {
+            let written = match encoding.dress.key_table {
+                Some(_) => avro::encode_key_with_table(event, row, &mut self.key_buf),
+                None => avro::encode_key(&event.table, row, &mut self.key_buf),
+            };
+            if let Err(err) = written {
                 self.key_buf.clear();
                 return Err(err);
             }
         }
         self.value_buf.clear();
+        let processed_at_ms = now_ms();
+        if let Some(flat) = &encoding.dress.flat {
+            let row = match event.op {
+                Op::Delete if flat.rewrite_deletes => event.before.as_ref(),
+                Op::Delete | Op::Truncate => None,
+                _ => event.after.as_ref(),
+            };
+            let Some(row) = row else {
+                return Ok(false);
+            };
+            encoding.value_schema.write_header(&mut self.value_buf);
+            avro::encode_flat(event, row, flat, processed_at_ms, &mut self.value_buf)?;
+            return Ok(true);
+        }
         encoding.value_schema.write_header(&mut self.value_buf);
         let context = EnvelopeContext {
             server_name: &core.topic_prefix,
             connector: core.connector,
             version: env!("CARGO_PKG_VERSION"),
-            processed_at_ms: now_ms(),
+            processed_at_ms,
         };
-        avro::encode_envelope(event, &context, &mut self.value_buf)
+        avro::encode_envelope(event, &context, &mut self.value_buf)?;
+        Ok(true)
     }
 
     /// A logical decoding message, to `<topic_prefix>.message` (Debezium's topic for them) with its
@@ -300,43 +336,70 @@ impl RowEncoder {
             .await
     }
 
-    /// The table version's topic and schema ids, registering the schemas of a new version. A table
-    /// version that cannot have them rejects the event (and the next one asks again).
+    /// The table version's topic and schema ids, registering the schemas of a new version (or of a new
+    /// shape the transforms gave it). A table version that cannot have them rejects the event (and the
+    /// next one asks again).
     async fn ensure_encoding<'e>(
         &mut self,
         event: &'e ChangeEvent,
+        shape: Option<(&str, &Dress)>,
         core: &mut Core,
     ) -> Result<Encoded<'e>, PipelineError> {
         let table = &event.table;
-        let current = self
-            .encodings
-            .get(&table.id)
-            .is_some_and(|e| Arc::ptr_eq(&e.table, table) || *e.table == **table);
+        let current = self.encodings.get(&table.id).is_some_and(|e| {
+            (Arc::ptr_eq(&e.table, table) || *e.table == **table)
+                && shape.is_none_or(|(topic, dress)| e.topic == topic && e.dress.same_form(dress))
+        });
         if current {
             return Ok(Ok(()));
         }
-        let topic = avro::topic_name(&core.topic_prefix, table);
+        let dress = shape.map(|(_, dress)| dress.clone()).unwrap_or_default();
+        let own_topic;
+        let topic = match shape {
+            Some((topic, _)) => topic,
+            None => {
+                own_topic = avro::topic_name(&core.topic_prefix, table);
+                &own_topic
+            }
+        };
+        let routed = dress.key_table.is_some();
         let reject = |stage, reason: String| {
             Ok(Err(Rejection::new(
                 stage,
-                &topic,
+                topic,
                 reason,
                 Subject::Change(event),
             )))
         };
-        let schemas = match avro::table_schemas(&core.topic_prefix, table) {
+        let schemas = match self.schemas_of(table, topic, &dress, core) {
             Ok(schemas) => schemas,
             Err(err) => return reject(Stage::Encode, err.to_string()),
         };
+        if routed {
+            if let Err(reason) = self.shared.check(&schemas, table) {
+                return reject(Stage::Transform, reason);
+            }
+        }
         match core.sink.ensure_topic(&schemas.topic, &core.stop).await {
             Ok(()) => {}
             Err(err) if err.is_message_fault() => return reject(Stage::Produce, err.to_string()),
             Err(err) => return Err(err.into()),
         }
-        let (key_schema, value_schema) = match core.schema_refs(&schemas).await? {
-            Ok(refs) => refs,
-            Err(err) => return reject(Stage::Register, err.to_string()),
-        };
+        let (key_schema, value_schema) =
+            match core.schema_refs(&schemas).await? {
+                Ok(refs) => refs,
+                // Tables a route sends to one topic must have schemas the registry accepts side by side.
+                Err(err) if routed => return reject(
+                    Stage::Transform,
+                    format!(
+                        "the routed topic's registry subject refuses this table's schema: {err}"
+                    ),
+                ),
+                Err(err) => return reject(Stage::Register, err.to_string()),
+            };
+        if routed {
+            self.shared.accepted(&schemas, table);
+        }
         let key = key_schema.map_or_else(|| "none".to_owned(), |k| k.to_string());
         tracing::info!(table = %table.qualified_name(), topic = %schemas.topic, key_schema = %key, value_schema = %value_schema, "table schema ready");
         let contract = core
@@ -353,9 +416,35 @@ impl RowEncoder {
             key_schema,
             value_schema,
             contract,
+            dress,
         };
         self.encodings.insert(table.id, encoding);
         Ok(Ok(()))
+    }
+
+    /// The schemas of a table as the transforms shaped it: a routed topic names its records after itself,
+    /// so that every table on it has the same record names.
+    fn schemas_of(
+        &self,
+        table: &Table,
+        topic: &str,
+        dress: &Dress,
+        core: &Core,
+    ) -> Result<avro::TableSchemas, avro::SchemaError> {
+        if dress.key_table.is_none() && dress.flat.is_none() {
+            return avro::table_schemas(&core.topic_prefix, table);
+        }
+        let namespace = match dress.key_table {
+            Some(_) => avro::topic_namespace(topic),
+            None => avro::naming::namespace(&core.topic_prefix, table),
+        };
+        let shape = avro::Shape {
+            topic,
+            namespace,
+            key_table: dress.key_table.as_deref(),
+            flat: dress.flat.as_deref(),
+        };
+        avro::shaped_table_schemas(table, &shape)
     }
 }
 

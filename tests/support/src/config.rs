@@ -32,6 +32,8 @@ pub struct ConfigFile {
     pub positions_dir: PathBuf,
     /// `[api] address`, e.g. `127.0.0.1:0`; None leaves the endpoint off.
     pub api_address: Option<String>,
+    /// `[[transforms]]` tables, written last.
+    pub transforms: String,
 }
 
 impl ConfigFile {
@@ -60,6 +62,7 @@ impl ConfigFile {
             avro_extra: String::new(),
             positions_dir,
             api_address: None,
+            transforms: String::new(),
         }
     }
 
@@ -100,7 +103,8 @@ topic_replication_factor = 1
 
 [positions]
 dir = "{positions}"
-{api}"#,
+{api}
+{transforms}"#,
             url = self.url,
             slot = self.slot,
             publication = self.publication,
@@ -128,6 +132,7 @@ dir = "{positions}"
                 .as_ref()
                 .map(|address| format!("\n[api]\naddress = \"{address}\"\n"))
                 .unwrap_or_default(),
+            transforms = self.transforms,
         )
     }
 
