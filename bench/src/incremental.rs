@@ -28,6 +28,7 @@ impl Bench<'_> {
             snapshot: "never",
             sink: Sink::Blackhole,
             source_extra: "signal_table = \"public.bench_signals\"",
+            transforms: "",
         };
         let (mut child, sluice) = self.start_sluice(&run)?;
         let config = self.work.join("incr.toml");

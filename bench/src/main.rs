@@ -73,10 +73,11 @@ struct Args {
 }
 
 /// The measurements, by the names `--only` takes; `latency` covers both latency rows.
-const MEASUREMENTS: [&str; 8] = [
+const MEASUREMENTS: [&str; 9] = [
     "recvlogical",
     "stream",
     "null",
+    "xform",
     "copy",
     "snap",
     "snapnull",
@@ -145,6 +146,13 @@ async fn main() -> Result<()> {
         "sluice → blackhole sink (Avro, registry)",
         &Run::streaming("null", "bench_blackhole", Sink::Blackhole),
     )?;
+    let transformed = bench.measure_sluice(
+        "sluice → blackhole through route + mask + unwrap",
+        &Run {
+            transforms: TRANSFORMS,
+            ..Run::streaming("xform", "bench_xform", Sink::Blackhole)
+        },
+    )?;
     let copy = match args.wants("copy") {
         true => Some(reported(measure_copy(&client, args.rows).await?)),
         false => None,
@@ -177,6 +185,7 @@ async fn main() -> Result<()> {
             (&recvlogical, None),
             (&streaming, Some(&recvlogical)),
             (&blackhole, Some(&recvlogical)),
+            (&transformed, Some(&blackhole)),
             (&copy, None),
             (&snapshot, Some(&copy)),
             (&snapshot_blackhole, Some(&copy)),
@@ -198,6 +207,7 @@ async fn write_rows(client: &tokio_postgres::Client, args: &Args) -> Result<Stri
         "SELECT pg_create_logical_replication_slot('bench_recvlogical', 'pgoutput')",
         "SELECT pg_create_logical_replication_slot('bench_sluice', 'pgoutput')",
         "SELECT pg_create_logical_replication_slot('bench_blackhole', 'pgoutput')",
+        "SELECT pg_create_logical_replication_slot('bench_xform', 'pgoutput')",
     ] {
         client.batch_execute(statement).await?;
     }
@@ -257,8 +267,9 @@ impl Bench<'_> {
 }
 
 /// The throughput table: each row with its baseline (None for the baselines themselves: PostgreSQL's
-/// own readers; the initial snapshot is the incremental one's).
-fn print_throughput(args: &Args, rows: [(&Option<Measure>, Option<&Option<Measure>>); 7]) {
+/// own readers; the initial snapshot is the incremental one's, streaming without transforms the one
+/// through them).
+fn print_throughput(args: &Args, rows: [(&Option<Measure>, Option<&Option<Measure>>); 8]) {
     println!();
     println!(
         "{} rows (bigint pk, int, numeric(12,2), text, timestamptz, jsonb), {} per transaction",
@@ -387,7 +398,27 @@ struct Run<'a> {
     sink: Sink,
     /// More `[source]` lines.
     source_extra: &'a str,
+    /// `[[transforms]]` tables.
+    transforms: &'a str,
 }
+
+/// The transforms of the `xform` row: the table routed to another topic, its label hashed, the row
+/// unwrapped with two added fields.
+const TRANSFORMS: &str = r#"[[transforms]]
+type = "route"
+match = 'xform\.public\.(.*)'
+replace = "xform.routed.$1"
+
+[[transforms]]
+type = "mask"
+columns = ["public.bench.label"]
+with = "hash"
+salt = "bench-salt"
+
+[[transforms]]
+type = "unwrap"
+add_fields = ["op", "source.ts_ms"]
+"#;
 
 impl<'a> Run<'a> {
     fn streaming(prefix: &'a str, slot: &'a str, sink: Sink) -> Self {
@@ -401,6 +432,7 @@ impl<'a> Run<'a> {
             snapshot,
             sink,
             source_extra: "",
+            transforms: "",
         }
     }
 }
@@ -494,6 +526,7 @@ impl Bench<'_> {
         config.source_extra = format!("snapshot = \"{}\"\n{}", run.snapshot, run.source_extra);
         config.topic_prefix = run.prefix.into();
         config.sink_kind = run.sink.kind().into();
+        config.transforms = run.transforms.into();
         let api = format!("127.0.0.1:{}", sluice_testkit::free_port());
         config.api_address = Some(api.clone());
         config.set_kafka("linger.ms", &self.args.linger_ms.to_string());

@@ -385,18 +385,19 @@ impl RowEncoder {
             Err(err) if err.is_message_fault() => return reject(Stage::Produce, err.to_string()),
             Err(err) => return Err(err.into()),
         }
-        let (key_schema, value_schema) =
-            match core.schema_refs(&schemas).await? {
-                Ok(refs) => refs,
-                // Tables a route sends to one topic must have schemas the registry accepts side by side.
-                Err(err) if routed => return reject(
+        let (key_schema, value_schema) = match core.schema_refs(&schemas).await? {
+            Ok(refs) => refs,
+            // Tables a route sends to one topic must have schemas the registry accepts side by side.
+            Err(err) if routed => {
+                return reject(
                     Stage::Transform,
                     format!(
                         "the routed topic's registry subject refuses this table's schema: {err}"
                     ),
-                ),
-                Err(err) => return reject(Stage::Register, err.to_string()),
-            };
+                )
+            }
+            Err(err) => return reject(Stage::Register, err.to_string()),
+        };
         if routed {
             self.shared.accepted(&schemas, table);
         }
