@@ -11,6 +11,7 @@
 pub mod config;
 mod filter;
 mod mask;
+mod mask_document;
 mod outbox;
 mod route;
 mod unwrap;
