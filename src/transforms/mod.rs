@@ -12,6 +12,7 @@ mod columns;
 pub mod config;
 mod filter;
 mod mask;
+mod mask_document;
 mod outbox;
 mod route;
 mod unwrap;
