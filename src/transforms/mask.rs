@@ -602,7 +602,7 @@ mod tests {
         let mut chain = Chain::new("app", vec![Box::new(Refuse), Box::new(step)]);
         let Shaped { event, .. } =
             change(&customers(), None, row(1, "ann@example.com", Value::Null));
-        let Ok(Outcome::Reject { shaped, .. }) = chain.apply(event) else {
+        let Outcome::Reject { shaped, .. } = chain.apply(event) else {
             panic!("not rejected");
         };
         let SourceEvent::Change(change) = shaped.event else {

@@ -70,25 +70,34 @@ pub struct OutboxEvent {
 impl Shaped {
     /// A change (or a logical decoding message) with its own topic, nothing transformed yet; anything else
     /// is handed back.
-    pub fn new(event: SourceEvent, topic_prefix: &str) -> Result<Shaped, SourceEvent> {
-        let topic = match &event {
-            SourceEvent::Change(change) => avro::topic_name(topic_prefix, &change.table),
-            SourceEvent::Document(change) => {
-                avro::document_topic(topic_prefix, &change.database, &change.collection)
-            }
-            SourceEvent::Message(_) => format!("{topic_prefix}.message"),
-            _ => return Err(event),
-        };
-        Ok(Shaped {
-            event,
-            topic,
-            dress: Dress::default(),
-        })
+    pub fn new(event: SourceEvent, topic_prefix: &str) -> Result<Shaped, Box<SourceEvent>> {
+        match own_topic(&event, topic_prefix) {
+            Some(topic) => Ok(Shaped {
+                event,
+                topic,
+                dress: Dress::default(),
+            }),
+            None => Err(Box::new(event)),
+        }
     }
+}
+
+/// The topic a change (or a message) goes to untransformed; None for what transforms do not see.
+fn own_topic(event: &SourceEvent, topic_prefix: &str) -> Option<String> {
+    Some(match event {
+        SourceEvent::Change(change) => avro::topic_name(topic_prefix, &change.table),
+        SourceEvent::Document(change) => {
+            avro::document_topic(topic_prefix, &change.database, &change.collection)
+        }
+        SourceEvent::Message(_) => format!("{topic_prefix}.message"),
+        _ => return None,
+    })
 }
 
 /// What the transforms make of an event.
 pub enum Outcome<'c> {
+    /// Not a change: transaction boundaries and positions pass by every step.
+    Pass(SourceEvent),
     Keep(Shaped),
     /// Not published (counted by the transform that dropped it: `transforms[1] (filter)`).
     Drop {
@@ -200,9 +209,16 @@ impl Chain {
     }
 
     /// Runs a change through every step whose topics it matches, stopping at the first that drops or
-    /// rejects it; anything else is handed back as it is (`Err`).
-    pub fn apply(&mut self, event: SourceEvent) -> Result<Outcome<'_>, SourceEvent> {
-        let mut shaped = Shaped::new(event, &self.topic_prefix)?;
+    /// rejects it; anything else passes by.
+    pub fn apply(&mut self, event: SourceEvent) -> Outcome<'_> {
+        let Some(topic) = own_topic(&event, &self.topic_prefix) else {
+            return Outcome::Pass(event);
+        };
+        let mut shaped = Shaped {
+            event,
+            topic,
+            dress: Dress::default(),
+        };
         for at in 0..self.entries.len() {
             let entry = &mut self.entries[at];
             if !entry.applies_to(&shaped) {
@@ -211,22 +227,22 @@ impl Chain {
             shaped = match entry.step.apply(shaped) {
                 Step::Keep(shaped) => shaped,
                 Step::Drop => {
-                    return Ok(Outcome::Drop {
+                    return Outcome::Drop {
                         transform: &self.entries[at].name,
-                    })
+                    }
                 }
                 Step::Reject { shaped, reason } => {
                     let transform = entry.name.clone();
                     let shaped = self.mask_after(at, shaped);
-                    return Ok(Outcome::Reject {
+                    return Outcome::Reject {
                         shaped,
                         transform,
                         reason,
-                    });
+                    };
                 }
             };
         }
-        Ok(Outcome::Keep(shaped))
+        Outcome::Keep(shaped)
     }
 
     /// The masks after step `at`, applied to an event it rejected.
@@ -315,23 +331,23 @@ mod tests {
     fn the_first_step_that_drops_or_rejects_a_change_ends_the_chain() {
         let mut kept = chain(vec![Box::new(ByName("keep")), Box::new(ByName("keep"))]);
         match kept.apply(insert()) {
-            Ok(Outcome::Keep(shaped)) => assert_eq!(shaped.topic, "app.shop.orders"),
+            Outcome::Keep(shaped) => assert_eq!(shaped.topic, "app.shop.orders"),
             _ => panic!("the change was not kept"),
         }
         let mut dropping = chain(vec![Box::new(ByName("drop")), Box::new(ByName("bad"))]);
         assert!(matches!(
             dropping.apply(insert()),
-            Ok(Outcome::Drop {
+            Outcome::Drop {
                 transform: "transforms[0]"
-            })
+            }
         ));
         let mut rejecting = chain(vec![Box::new(ByName("bad")), Box::new(ByName("drop"))]);
         match rejecting.apply(insert()) {
-            Ok(Outcome::Reject {
+            Outcome::Reject {
                 shaped,
                 transform,
                 reason,
-            }) => {
+            } => {
                 let SourceEvent::Document(change) = shaped.event else {
                     panic!("not the document");
                 };
@@ -349,16 +365,19 @@ mod tests {
     #[test]
     fn positions_pass_by_every_transform() {
         let mut chain = chain(vec![Box::new(ByName("drop"))]);
-        assert!(matches!(chain.apply(idle()), Err(SourceEvent::Idle { .. })));
+        assert!(matches!(
+            chain.apply(idle()),
+            Outcome::Pass(SourceEvent::Idle { .. })
+        ));
     }
 
     #[test]
     fn a_step_applies_only_to_the_topics_it_names() {
         let mut chain = chain(vec![Box::new(ByName("drop"))]);
         chain.entries[0].topics = Some(vec!["app.*.customers".into()]);
-        assert!(matches!(chain.apply(insert()), Ok(Outcome::Keep(_))));
+        assert!(matches!(chain.apply(insert()), Outcome::Keep(_)));
         chain.entries[0].topics = Some(vec!["app.shop.*".into()]);
-        assert!(matches!(chain.apply(insert()), Ok(Outcome::Drop { .. })));
+        assert!(matches!(chain.apply(insert()), Outcome::Drop { .. }));
     }
 
     #[test]

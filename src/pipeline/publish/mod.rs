@@ -73,8 +73,8 @@ impl Publisher {
             return self.encode(event, None).await;
         }
         match self.transforms.apply(event) {
-            Err(event) => self.encode(event, None).await,
-            Ok(Outcome::Keep(shaped)) => {
+            Outcome::Pass(event) => self.encode(event, None).await,
+            Outcome::Keep(shaped) => {
                 let Shaped {
                     event,
                     topic,
@@ -82,15 +82,15 @@ impl Publisher {
                 } = shaped;
                 self.encode(event, Some((&topic, &dress))).await
             }
-            Ok(Outcome::Drop { transform }) => {
+            Outcome::Drop { transform } => {
                 self.core.metrics.transform_dropped(transform);
                 Ok(())
             }
-            Ok(Outcome::Reject {
+            Outcome::Reject {
                 shaped,
                 transform,
                 reason,
-            }) => self.reject_transformed(shaped, transform, reason).await,
+            } => self.reject_transformed(shaped, transform, reason).await,
         }
     }
 
