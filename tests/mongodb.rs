@@ -1197,3 +1197,93 @@ dir = "{}"
     );
     assert!(!said.contains("hunter2"), "{said}");
 }
+
+/// Route, filter, mask and unwrap on document changes: two collections routed to one topic with the
+/// collection in the key, a filter on the document, a nested field hashed, the documents unwrapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transforms_reshape_document_changes() {
+    use sha2::{Digest, Sha256};
+    let setup = Setup::start().await;
+    let config = setup.config();
+    let transforms = r#"
+[[transforms]]
+type = "filter"
+condition = 'after == null || after.qty > 1'
+
+[[transforms]]
+type = "route"
+match = 'app\.shop\.orders_(eu|us)'
+replace = "app.shop.orders"
+
+[[transforms]]
+type = "mask"
+columns = ["shop.orders_*.customer.email"]
+with = "hash"
+salt = "s"
+
+[[transforms]]
+type = "unwrap"
+add_fields = ["op", "table"]
+delete_handling = "rewrite"
+"#;
+    let text = std::fs::read_to_string(&config).expect("read config") + transforms;
+    std::fs::write(&config, text).expect("write config");
+    let mut daemon = Daemon::start(&config);
+    wait_until("the change stream", &daemon, || {
+        setup.double.change_stream_stages().len() >= 3
+    })
+    .await;
+    let customer = |email: &str| doc! { "email": email, "name": "A" };
+    let double = &setup.double;
+    double.append(insert(
+        "orders_eu",
+        1,
+        doc! { "qty": 5_i64, "customer": customer("a@x") },
+    ));
+    double.append(insert(
+        "orders_us",
+        1,
+        doc! { "qty": 1_i64, "customer": customer("b@x") },
+    ));
+    double.append(insert(
+        "orders_us",
+        2,
+        doc! { "qty": 3_i64, "customer": customer("c@x") },
+    ));
+    double.append(change_event("delete", "shop", "orders_eu", 1));
+
+    let records = setup.read("app.shop.orders", 4).await;
+    let events = setup.decode_all(&records);
+    assert_eq!(events.len(), 4, "{events:?}");
+    let hash = |text: &str| -> String {
+        Sha256::digest(format!("s{text}").as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let (key, value) = &events[0];
+    assert_eq!(key["__table"], "shop.orders_eu", "{key}");
+    assert_eq!(value["__op"], "c");
+    assert_eq!(value["__table"], "orders_eu");
+    assert_eq!(value["__deleted"], false);
+    let document = text_of(&value["document"]);
+    assert_eq!(
+        document["customer"]["email"],
+        hash("a@x").as_str(),
+        "{document}"
+    );
+    assert_eq!(document["customer"]["name"], "A");
+    // orders_us 1 (qty 1) was filtered out.
+    assert_eq!(events[1].0["__table"], "shop.orders_us");
+    assert_eq!(
+        text_of(&events[1].1["document"])["qty"],
+        serde_json::json!({"$numberLong": "3"})
+    );
+    // The delete without a pre-image: rewritten with no document, then its tombstone.
+    assert_eq!(events[2].1["__op"], "d");
+    assert_eq!(events[2].1["__deleted"], true);
+    assert!(events[2].1["document"].is_null());
+    assert_eq!(events[3].0, events[2].0);
+    assert!(events[3].1.is_null(), "the tombstone");
+    daemon.stop_cleanly();
+}
