@@ -14,6 +14,7 @@ mod mask;
 mod outbox;
 mod route;
 mod unwrap;
+mod view;
 
 use std::sync::Arc;
 
