@@ -16,6 +16,7 @@ mod mask_document;
 mod outbox;
 mod route;
 mod unwrap;
+mod view;
 
 use std::sync::Arc;
 
