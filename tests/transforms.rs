@@ -155,6 +155,7 @@ async fn masks_hash_null_and_redact_and_dead_letters_carry_masked_values() {
         "",
         r#"[[transforms]]
 type = "filter"
+topics = ["shop.public.customers"]
 condition = 'after.note != "boom" || after.no_such_column == 1'
 
 [[transforms]]
