@@ -18,6 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Map, Value as Json};
+pub use sluice_core::json::finite_or_text;
 
 use crate::avro::{decimal, Fingerprint, SchemaRef, VARIABLE_SCALE_DECIMAL};
 use crate::registry::{RegistryClient, RegistryError, RegistrySettings};
@@ -333,19 +334,6 @@ fn record_json(
         object.insert(name.clone(), json);
     }
     Json::Object(object)
-}
-
-/// JSON has no NaN or infinities: they are printed as PostgreSQL spells them.
-pub fn finite_or_text(v: f64) -> Json {
-    if v.is_finite() {
-        json!(v)
-    } else if v.is_nan() {
-        json!("NaN")
-    } else if v > 0.0 {
-        json!("Infinity")
-    } else {
-        json!("-Infinity")
-    }
 }
 
 /// A two's-complement big-endian unscaled integer and a scale, as decimal text (`-12.34`).

@@ -11,6 +11,7 @@ pub mod decimal;
 pub mod errors;
 pub mod event;
 pub mod incremental;
+pub mod json;
 pub mod known;
 pub mod metrics;
 pub mod positions;

@@ -7,7 +7,9 @@ use std::ops::Range;
 use serde::Deserialize;
 use sluice_core::config::{expand_env, EnvString, ProblemSink, Spanned};
 
-use super::{filter, mask, outbox, route, unwrap, Transform};
+pub use super::mask_rules::MaskWith;
+pub use super::unwrap::DeleteHandling;
+use super::{filter, mask, outbox, route, unwrap, KeyProblem, Transform};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,28 +54,6 @@ impl TransformKind {
     }
 }
 
-/// `with` of a mask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MaskWith {
-    /// Lowercase hex SHA-256 of the salt followed by the value's JSON text.
-    Hash,
-    Null,
-    /// `"****"`.
-    Redact,
-}
-
-/// `delete_handling` of unwrap.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeleteHandling {
-    /// Only the tombstone.
-    #[default]
-    Tombstone,
-    /// A record of the `before` values with `__deleted = true`, then the tombstone.
-    Rewrite,
-}
-
 type Text = Option<Spanned<EnvString>>;
 type TextList = Option<Spanned<Vec<Spanned<EnvString>>>>;
 
@@ -114,9 +94,6 @@ pub struct BuildError {
     pub key: String,
     pub message: String,
 }
-
-/// What a step's constructor reports: the key at fault (`condition`) and why.
-pub(super) type KeyProblem = (&'static str, String);
 
 impl BuildError {
     pub(super) fn new(

@@ -25,9 +25,8 @@ use cel::context::VariableResolver;
 use cel::{extensions, Context, Env, ParseErrors, Program, Value};
 use sluice_core::event::SourceEvent;
 
-use super::config::KeyProblem;
 use super::view::{self, Cel, Wanted};
-use super::{Shaped, Step, Transform};
+use super::{KeyProblem, Shaped, Step, Transform};
 
 /// The variables a condition may name.
 const VARIABLES: [&str; 5] = ["op", "before", "after", "source", "topic"];

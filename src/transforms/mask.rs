@@ -16,97 +16,10 @@
 use std::collections::hash_map::{Entry, HashMap};
 use std::sync::Arc;
 
-use serde_json::Value as Json;
-use sha2::{Digest, Sha256};
-use sluice_core::event::{ChangeEvent, ColumnType, SourceEvent, Table, Value};
+use sluice_core::event::{ChangeEvent, ColumnType, SourceEvent, Table};
 
-use super::config::{KeyProblem, MaskWith};
-use super::{mask_document, wildcard_match, Shaped, Step, Transform};
-use crate::deadletter::value_json;
-
-/// What `redact` puts in place of a value.
-pub(super) const REDACTED: &str = "****";
-
-const FORM: &str = "`schema.table.column` (PostgreSQL) or `db.collection.field.path` (MongoDB)";
-
-/// One `columns` entry: `*` matches within one segment.
-pub(super) struct Pattern {
-    /// Three or more, none empty.
-    segments: Vec<String>,
-    /// The segments after the table, dots included: a PostgreSQL column name.
-    column: String,
-}
-
-impl Pattern {
-    fn parse(text: &str) -> Result<Pattern, String> {
-        let segments: Vec<String> = text.split('.').map(str::to_owned).collect();
-        if segments.len() < 3 {
-            return Err(format!(
-                "`{text}` names no column: write {FORM}, with `*` for any schema or table"
-            ));
-        }
-        if segments.iter().any(|s| s.trim().is_empty()) {
-            return Err(format!("`{text}` has an empty segment: write {FORM}"));
-        }
-        let column = segments[2..].join(".");
-        Ok(Pattern { segments, column })
-    }
-
-    /// The pattern applies to this schema and table (or database and collection).
-    pub(super) fn names_collection(&self, schema: &str, table: &str) -> bool {
-        wildcard_match(&self.segments[0], schema) && wildcard_match(&self.segments[1], table)
-    }
-
-    fn names_column(&self, table: &Table, column: &str) -> bool {
-        self.names_collection(&table.schema, &table.name) && wildcard_match(&self.column, column)
-    }
-
-    /// The field path within a document, one segment a level.
-    pub(super) fn path(&self) -> &[String] {
-        &self.segments[2..]
-    }
-}
-
-/// What a masked value becomes.
-pub(super) struct Masking {
-    with: MaskWith,
-    /// SHA-256 with the salt already fed in, cloned for every value.
-    salted: Sha256,
-}
-
-impl Masking {
-    pub(super) fn with(&self) -> MaskWith {
-        self.with
-    }
-
-    /// Lowercase hex SHA-256 of the salt followed by `text`.
-    pub(super) fn digest(&self, text: &[u8]) -> String {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let hash = self.salted.clone().chain_update(text).finalize();
-        let mut hex = String::with_capacity(hash.len() * 2);
-        for byte in hash {
-            hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
-            hex.push(char::from(DIGITS[usize::from(byte & 15)]));
-        }
-        hex
-    }
-
-    /// Masks a row value in place. Nulls stay null; an unchanged TOAST value was not sent, so there is
-    /// nothing to mask and the encoders still need to know it is absent.
-    fn mask_value(&self, value: &mut Value) {
-        if matches!(value, Value::Null | Value::UnchangedToast) {
-            return;
-        }
-        *value = match self.with {
-            MaskWith::Null => Value::Null,
-            MaskWith::Redact => Value::String(REDACTED.to_owned()),
-            MaskWith::Hash => Value::String(match value_json(value) {
-                Json::String(text) => self.digest(text.as_bytes()),
-                other => self.digest(other.to_string().as_bytes()),
-            }),
-        };
-    }
-}
+use super::mask_rules::{MaskWith, Masking, Pattern, FORM};
+use super::{mask_document, KeyProblem, Shaped, Step, Transform};
 
 /// The step.
 pub struct Mask {
@@ -149,10 +62,7 @@ impl Mask {
         };
         Ok(Mask {
             patterns,
-            masking: Masking {
-                with,
-                salted: Sha256::new_with_prefix(salt.as_bytes()),
-            },
+            masking: Masking::new(with, salt),
             tables: Tables::default(),
         })
     }
@@ -171,7 +81,7 @@ impl Mask {
     fn mask_change(&mut self, change: &mut ChangeEvent) -> Option<String> {
         let masked = self
             .tables
-            .plan(&change.table, &self.patterns, self.masking.with)?;
+            .plan(&change.table, &self.patterns, self.masking.with())?;
         change.table = Arc::clone(&masked.table);
         for row in [change.before.as_mut(), change.after.as_mut()]
             .into_iter()
@@ -283,8 +193,10 @@ impl MaskedTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transforms::mask_rules::REDACTED;
     use crate::transforms::{Chain, Outcome};
-    use sluice_core::event::{Column, Lsn, Op, SnapshotMarker, SourceInfo};
+    use sha2::{Digest, Sha256};
+    use sluice_core::event::{Column, Lsn, Op, SnapshotMarker, SourceInfo, Value};
 
     fn table(
         id: u32,

@@ -16,8 +16,7 @@ use std::ops::Range;
 
 use sluice_core::event::DocumentChange;
 
-use super::config::MaskWith;
-use super::mask::{Masking, Pattern, REDACTED};
+use super::mask_rules::{MaskWith, Masking, Pattern, REDACTED};
 use super::wildcard_match;
 
 /// A scanning error: where the text stops being JSON.

@@ -13,6 +13,7 @@ pub mod config;
 mod filter;
 mod mask;
 mod mask_document;
+mod mask_rules;
 mod outbox;
 mod route;
 mod unwrap;
@@ -94,6 +95,9 @@ fn own_topic(event: &SourceEvent, topic_prefix: &str) -> Option<String> {
         _ => return None,
     })
 }
+
+/// What a step's constructor reports: the key at fault (`condition`) and why.
+pub type KeyProblem = (&'static str, String);
 
 /// What the transforms make of an event.
 pub enum Outcome<'c> {

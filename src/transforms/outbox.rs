@@ -6,9 +6,8 @@
 
 use sluice_core::event::{ChangeEvent, DecodingMessage, Op, SourceEvent, Value};
 
-use super::config::KeyProblem;
-use super::{OutboxEvent, Shaped, Step, Transform};
-use crate::deadletter::value_json;
+use super::{KeyProblem, OutboxEvent, Shaped, Step, Transform};
+use sluice_core::json::value_json;
 
 /// Stands for the route column's value in `route_topic` once the environment's references are expanded.
 pub const ROUTE_MARKER: &str = "\u{0}route\u{0}";

@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use regex::Regex;
 
-use super::config::KeyProblem;
-use super::{Shaped, Step, Transform};
+use super::{KeyProblem, Shaped, Step, Transform};
 
 pub const DEFAULT_KEY_FIELD: &str = "__table";
 

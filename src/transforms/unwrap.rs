@@ -7,9 +7,21 @@ use std::sync::Arc;
 
 use sluice_core::event::{Op, SourceEvent};
 
-use super::config::{DeleteHandling, KeyProblem};
-use super::{Shaped, Step, Transform};
+use serde::Deserialize;
+
+use super::{KeyProblem, Shaped, Step, Transform};
 use crate::avro::{AddField, Flat};
+
+/// `delete_handling` of unwrap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeleteHandling {
+    /// Only the tombstone.
+    #[default]
+    Tombstone,
+    /// A record of the `before` values with `__deleted = true`, then the tombstone.
+    Rewrite,
+}
 
 pub struct Unwrap {
     flat: Arc<Flat>,
