@@ -146,13 +146,7 @@ async fn main() -> Result<()> {
         "sluice → blackhole sink (Avro, registry)",
         &Run::streaming("null", "bench_blackhole", Sink::Blackhole),
     )?;
-    let transformed = bench.measure_sluice(
-        "sluice → blackhole through route + mask + unwrap",
-        &Run {
-            transforms: TRANSFORMS,
-            ..Run::streaming("xform", "bench_xform", Sink::Blackhole)
-        },
-    )?;
+    let transformed = bench.measure_transformed()?;
     let copy = match args.wants("copy") {
         true => Some(reported(measure_copy(&client, args.rows).await?)),
         false => None,
@@ -448,6 +442,15 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
+    /// Streaming to the blackhole as `null` does, through the transforms of [`TRANSFORMS`].
+    fn measure_transformed(&self) -> Result<Option<Measure>> {
+        let run = Run {
+            transforms: TRANSFORMS,
+            ..Run::streaming("xform", "bench_xform", Sink::Blackhole)
+        };
+        self.measure_sluice("sluice → blackhole through route + mask + unwrap", &run)
+    }
+
     /// Runs sluice from its own slot (and topic prefix) until every row is on the broker, or, for the
     /// blackhole, counted by its metrics; `None` when `--only` leaves it out.
     fn measure_sluice(&self, name: &'static str, run: &Run<'_>) -> Result<Option<Measure>> {

@@ -128,16 +128,7 @@ impl DocumentEncoder {
             Ok(has_value) => has_value,
             Err(mismatch) => {
                 let topic = &collection.fixed.topic;
-                let file = core
-                    .contracts
-                    .get(topic)
-                    .map(|c| c.path.display().to_string());
-                let reason = format!(
-                    "the document does not fit the contract {}: {mismatch}",
-                    file.unwrap_or_default()
-                );
-                let subject = Subject::Document(change);
-                return Ok(Err(Rejection::new(Stage::Validate, topic, reason, subject)));
+                return Ok(Err(misfit(change, topic, &mismatch, core)));
             }
         };
         let mut headers = Vec::with_capacity(1);
@@ -154,14 +145,7 @@ impl DocumentEncoder {
         core.metrics
             .event_published(&namespace, change.op.code(), bytes);
         if change.source.snapshot == SnapshotMarker::False {
-            // Before 6.0 events have no wall time: the cluster time's seconds stand in.
-            let committed_us = change
-                .source
-                .wall_time_ms
-                .map_or(i64::from(change.source.cluster_time.0) * 1_000_000, |ms| {
-                    ms * 1000
-                });
-            core.metrics.published_commit(committed_us);
+            core.metrics.published_commit(committed_us(change));
         }
         // A delete is followed by a tombstone so that compaction can drop the key.
         if change.op == Op::Delete {
@@ -235,6 +219,33 @@ impl Collection {
             dress,
         })
     }
+}
+
+/// When a change was committed: before 6.0 events have no wall time, and the cluster time's seconds stand
+/// in.
+fn committed_us(change: &DocumentChange) -> i64 {
+    let source = &change.source;
+    source
+        .wall_time_ms
+        .map_or(i64::from(source.cluster_time.0) * 1_000_000, |ms| ms * 1000)
+}
+
+/// The rejection of a document that does not fit its topic's contract.
+fn misfit<'e>(
+    change: &'e DocumentChange,
+    topic: &str,
+    mismatch: &crate::contracts::Mismatch,
+    core: &Core,
+) -> Rejection<'e> {
+    let file = core
+        .contracts
+        .get(topic)
+        .map(|c| c.path.display().to_string());
+    let reason = format!(
+        "the document does not fit the contract {}: {mismatch}",
+        file.unwrap_or_default()
+    );
+    Rejection::new(Stage::Validate, topic, reason, Subject::Document(change))
 }
 
 /// The topic a change that has no event form was meant for: its collection's, when the source could

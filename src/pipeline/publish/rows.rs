@@ -117,32 +117,20 @@ impl RowEncoder {
             return Ok(Err(rejection));
         }
         let encoding = &self.encodings[&event.table.id];
-        let (topic, contract, name) = (
-            encoding.topic.clone(),
-            encoding.contract.clone(),
-            encoding.name.clone(),
-        );
-        let flat = encoding.dress.flat.clone();
+        let (topic, name) = (encoding.topic.clone(), encoding.name.clone());
         let reject = |stage: Stage, reason: String, key: Option<Vec<u8>>| {
             let mut rejection = Rejection::new(stage, &topic, reason, Subject::Change(event));
             rejection.key = key;
             rejection
         };
-        let has_value = match self.encode(event, core) {
+        let has_value = match self.encode_checked(event, core) {
             Ok(has_value) => has_value,
-            Err(err) => {
+            Err((stage, reason)) => {
                 let key = (!self.key_buf.is_empty()).then(|| self.key_buf.clone());
-                return Ok(Err(reject(encode_stage(&err), err.to_string(), key)));
+                return Ok(Err(reject(stage, reason, key)));
             }
         };
         let has_key = !self.key_buf.is_empty();
-        if let (Some(contract), true) = (&contract, has_value) {
-            let datum = SchemaRef::split(&self.value_buf).map_or(&[][..], |(_, datum)| datum);
-            if let Err(reason) = contract.check(datum, &unchanged_toast_fields(event)) {
-                let key = has_key.then(|| self.key_buf.clone());
-                return Ok(Err(reject(Stage::Validate, reason, key)));
-            }
-        }
 
         let txid = event.source.txid.map(|txid| txid.to_string());
         let unchanged = unchanged_toast_columns(event);
@@ -187,10 +175,28 @@ impl RowEncoder {
         // tombstone may be all there is of it).
         if event.op == Op::Delete && has_key {
             core.send_tombstone(&topic, &self.key_buf, &headers).await?;
-        } else if !has_value && flat.is_some() {
-            tracing::debug!(table = %name, "an unwrapped delete without a key has nothing to publish");
         }
         Ok(Ok(()))
+    }
+
+    /// [`encode`](Self::encode), then the topic's contract: whether there is a value to publish, or the
+    /// stage and reason it cannot be (the key, when it was encoded, stays in the key buffer).
+    fn encode_checked(
+        &mut self,
+        event: &ChangeEvent,
+        core: &Core,
+    ) -> Result<bool, (Stage, String)> {
+        let has_value = self
+            .encode(event, core)
+            .map_err(|err| (encode_stage(&err), err.to_string()))?;
+        let contract = self.encodings[&event.table.id].contract.as_ref();
+        if let (Some(contract), true) = (contract, has_value) {
+            let datum = SchemaRef::split(&self.value_buf).map_or(&[][..], |(_, datum)| datum);
+            contract
+                .check(datum, &unchanged_toast_fields(event))
+                .map_err(|reason| (Stage::Validate, reason))?;
+        }
+        Ok(has_value)
     }
 
     /// The key (empty when the table version has no key schema or the event no key) and the value, framed,
@@ -353,25 +359,19 @@ impl RowEncoder {
         if current {
             return Ok(Ok(()));
         }
-        let dress = shape.map(|(_, dress)| dress.clone()).unwrap_or_default();
-        let own_topic;
-        let topic = match shape {
-            Some((topic, _)) => topic,
-            None => {
-                own_topic = avro::topic_name(&core.topic_prefix, table);
-                &own_topic
-            }
+        let (topic, dress) = match shape {
+            Some((topic, dress)) => (topic.to_owned(), dress.clone()),
+            None => (
+                avro::topic_name(&core.topic_prefix, table),
+                Dress::default(),
+            ),
         };
         let routed = dress.key_table.is_some();
         let reject = |stage, reason: String| {
-            Ok(Err(Rejection::new(
-                stage,
-                topic,
-                reason,
-                Subject::Change(event),
-            )))
+            let subject = Subject::Change(event);
+            Ok(Err(Rejection::new(stage, &topic, reason, subject)))
         };
-        let schemas = match self.schemas_of(table, topic, &dress, core) {
+        let schemas = match self.schemas_of(table, &topic, &dress, core) {
             Ok(schemas) => schemas,
             Err(err) => return reject(Stage::Encode, err.to_string()),
         };
