@@ -19,6 +19,17 @@ async fn streaming_through(
     source: &str,
     transforms: &str,
 ) -> (Services, Daemon) {
+    streaming_with_contracts(schema, tables, source, transforms, &[]).await
+}
+
+/// As [`streaming_through`], with contracts: (topic, reader schema).
+async fn streaming_with_contracts(
+    schema: &str,
+    tables: &[&str],
+    source: &str,
+    transforms: &str,
+    contracts: &[(&str, Json)],
+) -> (Services, Daemon) {
     let services = Services::start().await;
     services.sql(schema).await;
     let mut config = services.config(tables);
@@ -26,6 +37,11 @@ async fn streaming_through(
     config.topic_partitions = 1;
     config.source_extra = source.to_owned();
     config.transforms = transforms.to_owned();
+    std::fs::create_dir_all(config.contracts_dir()).unwrap();
+    for (topic, contract) in contracts {
+        let path = config.contracts_dir().join(format!("{topic}.avsc"));
+        std::fs::write(path, contract.to_string()).unwrap();
+    }
     let path = services.write(&config);
     let mut daemon = Daemon::start(&path);
     services.wait_streaming(&mut daemon).await;
@@ -388,7 +404,9 @@ table = "public.outbox"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_of_every_transform_on_one_config() {
-    let (services, mut daemon) = streaming_through(
+    let user_event =
+        json!({"type": "record", "name": "UserEvent", "fields": [{"name": "id", "type": "int"}]});
+    let (services, mut daemon) = streaming_with_contracts(
         &format!(
             "{OUTBOX};
              CREATE TABLE users_eu (id int PRIMARY KEY, email text, active boolean);
@@ -422,6 +440,8 @@ type = "unwrap"
 topics = ["shop.users"]
 add_fields = ["table"]
 "#,
+        // The user events' payloads typed by a contract.
+        &[("events.user", user_event)],
     )
     .await;
     services
@@ -458,8 +478,9 @@ add_fields = ["table"]
     let signed_up = events(&services, "events.user", 1).await;
     assert_eq!(signed_up[0].key, Some(json!("7")));
     assert_eq!(
-        signed_up[0].value.as_ref().unwrap()["payload"],
-        r#"{"id": 7}"#
+        signed_up[0].value,
+        Some(json!({"id": 7})),
+        "typed by its contract"
     );
     let audit = events(&services, "events.audit", 1).await;
     assert_eq!(audit[0].value.as_ref().unwrap()["payload"], "hello");

@@ -62,12 +62,8 @@ pub fn shaped_document_schemas(
                 .and_then(Json::as_array_mut)
                 .ok_or("the contract is not a record")?;
             fields.extend(flat_fields(flat));
-            // The typed writer resolves a record within an envelope's `after`.
-            let wrapper = json!({"type": "record", "name": "sluice.FlatDocument", "fields": [
-                {"name": "after", "type": ["null", record.clone()]},
-            ]});
-            let wrapper = Schema::parse(&wrapper).map_err(|err| err.to_string())?;
-            (record, Some(TypedDocument::within(&wrapper)?))
+            let typed = typed_record(&record)?;
+            (record, Some(typed))
         }
     };
     let schemas = TableSchemas {
@@ -76,6 +72,16 @@ pub fn shaped_document_schemas(
         value: parse(record)?,
     };
     Ok((schemas, typed))
+}
+
+/// What writes JSON documents as `record` (a record schema standing alone): the typed writer resolves a
+/// record within an envelope's `after`, so it is given one.
+pub(super) fn typed_record(record: &Json) -> Result<TypedDocument, String> {
+    let wrapper = json!({"type": "record", "name": "sluice.TypedRecord", "fields": [
+        {"name": "after", "type": ["null", record]},
+    ]});
+    let wrapper = Schema::parse(&wrapper).map_err(|err| err.to_string())?;
+    TypedDocument::within(&wrapper)
 }
 
 /// The key: the `_id`, then `db.collection` when a route added the field naming it.

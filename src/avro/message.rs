@@ -54,6 +54,27 @@ pub fn outbox_schemas(topic: &str) -> TableSchemas {
     }
 }
 
+/// The schemas of an outbox topic whose contract declares the payload: the contract's record is the value,
+/// written from the payload's JSON.
+pub fn typed_outbox_schemas(
+    topic: &str,
+    contract: &serde_json::Value,
+) -> Result<(TableSchemas, super::TypedDocument), String> {
+    if let Some(path) = super::document::fixed_uuid(contract, "payload") {
+        return Err(format!(
+            "`{path}`: a uuid on `fixed` cannot be written from JSON (declare it on `string`)"
+        ));
+    }
+    let typed = super::flat_document::typed_record(contract)?;
+    let value = super::document::parse(contract.clone())?;
+    let schemas = TableSchemas {
+        topic: topic.to_owned(),
+        key: Some(fixed(json!("string"))),
+        value,
+    };
+    Ok((schemas, typed))
+}
+
 /// The outbox record: the payload's text, or null.
 pub fn encode_outbox(payload: Option<&str>, out: &mut Vec<u8>) {
     match payload {

@@ -39,7 +39,7 @@ pub use flat_document::{
 pub use framing::{Fingerprint, SchemaRef};
 pub use message::{
     encode_message, encode_message_key, encode_message_key_text, encode_outbox, message_schemas,
-    outbox_schemas,
+    outbox_schemas, typed_outbox_schemas,
 };
 pub use naming::{topic_name, topic_namespace};
 pub use schema::{
