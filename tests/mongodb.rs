@@ -1265,7 +1265,7 @@ delete_handling = "rewrite"
     assert_eq!(key["__table"], "shop.orders_eu", "{key}");
     assert_eq!(value["__op"], "c");
     assert_eq!(value["__table"], "orders_eu");
-    assert_eq!(value["__deleted"], false);
+    assert_eq!(value["__deleted"], "false");
     let document = text_of(&value["document"]);
     assert_eq!(
         document["customer"]["email"],
@@ -1281,7 +1281,7 @@ delete_handling = "rewrite"
     );
     // The delete without a pre-image: rewritten with no document, then its tombstone.
     assert_eq!(events[2].1["__op"], "d");
-    assert_eq!(events[2].1["__deleted"], true);
+    assert_eq!(events[2].1["__deleted"], "true");
     assert!(events[2].1["document"].is_null());
     assert_eq!(events[3].0, events[2].0);
     assert!(events[3].1.is_null(), "the tombstone");

@@ -1,7 +1,7 @@
 //! The flat form of a change (unwrap, Debezium's ExtractNewRecordState): the row itself as the value, plus
 //! the envelope fields the config asks for, each named with a `__` prefix.
 
-use super::binary::{write_boolean, write_long, write_string, write_union_branch};
+use super::binary::{write_long, write_string, write_union_branch};
 use super::encode::{as_long, encode_key, write_row_fields, EncodeError};
 use sluice_core::event::{ChangeEvent, Op, Row};
 
@@ -9,8 +9,9 @@ use sluice_core::event::{ChangeEvent, Op, Row};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Flat {
     pub add_fields: Vec<AddField>,
-    /// Deletes become a record of the `before` values with `__deleted = true` (then the tombstone), and
-    /// every other record carries `__deleted = false`; otherwise a delete is only the tombstone.
+    /// Deletes become a record of the `before` values with `__deleted = "true"` (then the tombstone), and
+    /// every other record carries `__deleted = "false"` (strings, as Debezium writes them); otherwise a
+    /// delete is only the tombstone.
     pub rewrite_deletes: bool,
 }
 
@@ -137,7 +138,8 @@ pub(super) fn write_added<'a, E>(
         }
     }
     if flat.rewrite_deletes {
-        write_boolean(deleted, out);
+        write_union_branch(1, out);
+        write_string(if deleted { "true" } else { "false" }, out);
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! added fields after its own.
 
 use apache_avro::Schema;
-use serde_json::{json, Map, Value as Json};
+use serde_json::{json, Value as Json};
 use sluice_core::event::{DocumentChange, Op};
 
 use super::binary::write_string;
@@ -113,12 +113,14 @@ pub fn encode_flat_document(
         write_added(flat, deleted, out, value_of)?;
         return Ok(true);
     };
-    let mut object = match document {
-        Some(text) => match serde_json::from_str(text) {
-            Ok(Json::Object(object)) => object,
-            _ => return Err(not_a_document()),
-        },
-        None => Map::new(),
+    // Without the document (a delete without a pre-image, an update whose document is gone) there is no
+    // record of the contract's to publish: the tombstone of a delete is all there is of it.
+    let Some(text) = document else {
+        return Ok(false);
+    };
+    let mut object = match serde_json::from_str(text) {
+        Ok(Json::Object(object)) => object,
+        _ => return Err(not_a_document()),
     };
     for field in &flat.add_fields {
         let value = match added(change, *field, processed_at_ms) {
@@ -129,7 +131,7 @@ pub fn encode_flat_document(
         object.insert(field.field_name().to_owned(), value);
     }
     if flat.rewrite_deletes {
-        object.insert(DELETED_FIELD.to_owned(), Json::Bool(deleted));
+        object.insert(DELETED_FIELD.to_owned(), Json::String(deleted.to_string()));
     }
     typed.write(&Json::Object(object), out)?;
     Ok(true)

@@ -189,7 +189,8 @@ pub(super) fn flat_fields(flat: &Flat) -> Vec<Json> {
         .map(|f| json!({"name": f.field_name(), "type": ["null", f.avro_type()], "default": null}))
         .collect();
     if flat.rewrite_deletes {
-        fields.push(json!({"name": DELETED_FIELD, "type": "boolean", "default": false}));
+        // A string, as Debezium writes it: consumers written for it compare with "true".
+        fields.push(json!({"name": DELETED_FIELD, "type": ["null", "string"], "default": null}));
     }
     fields
 }

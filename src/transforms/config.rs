@@ -130,14 +130,24 @@ impl TransformConfig {
         self.topics.as_ref().map(|_| list(&self.topics))
     }
 
-    /// The step this table declares.
-    pub(super) fn build(&self, topic_prefix: &str) -> Result<Box<dyn Transform>, KeyProblem> {
+    /// How the step at `index` is named in dead letters and metrics: `transforms[2] (filter)`.
+    pub(super) fn name(&self, index: usize) -> String {
+        format!("transforms[{index}] ({})", self.kind().as_str())
+    }
+
+    /// The step this table declares, as the step at `index`.
+    pub(super) fn build(
+        &self,
+        index: usize,
+        topic_prefix: &str,
+    ) -> Result<Box<dyn Transform>, KeyProblem> {
         let missing = |key: &'static str| (key, "is required".to_owned());
         Ok(match self.kind() {
             TransformKind::Route => Box::new(route::Route::new(
                 text(&self.pattern).ok_or_else(|| missing("match"))?,
                 text(&self.replace).ok_or_else(|| missing("replace"))?,
                 text(&self.key_field).unwrap_or(route::DEFAULT_KEY_FIELD),
+                &self.name(index),
             )?),
             TransformKind::Filter => Box::new(filter::Filter::new(
                 text(&self.condition).ok_or_else(|| missing("condition"))?,
@@ -225,10 +235,15 @@ impl TransformConfig {
                 report(&path("topics"), span, "has an empty pattern".into());
             }
         }
+        if let Some(topics) = self.topics.as_ref().filter(|t| t.get_ref().is_empty()) {
+            let message =
+                "is empty, so the step applies to nothing: leave `topics` out for every topic";
+            report(&path("topics"), topics.span(), message.into());
+        }
         if !well_formed {
             return;
         }
-        if let Err((key, message)) = self.build(topic_prefix) {
+        if let Err((key, message)) = self.build(index, topic_prefix) {
             let span = self
                 .present()
                 .into_iter()

@@ -110,6 +110,12 @@ impl Transform for Mask {
         self.mask(&mut shaped.event);
         shaped
     }
+
+    fn hides(&self, (db, collection): (&str, &str)) -> bool {
+        self.patterns
+            .iter()
+            .any(|p| p.names_collection(db, collection))
+    }
 }
 
 /// What masking makes of each table, by relation id, for the version seen last.

@@ -39,8 +39,11 @@ pub struct Shaped {
 /// How a transformed change is published, beyond its values.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Dress {
-    /// A route sent the event to a topic other tables share: its key gains this field naming the table.
+    /// A route sent the event to a topic other tables may share: its key gains this field naming the
+    /// table.
     pub key_table: Option<Arc<str>>,
+    /// The route that did (`transforms[0] (route)`), named in the dead letters of a topic's schema clash.
+    pub route: Option<Arc<str>>,
     /// Unwrapped: the value is the flat row (or document), not the envelope.
     pub flat: Option<Arc<Flat>>,
     /// An outbox row, published as the event it carries instead of as a row change.
@@ -140,6 +143,11 @@ pub trait Transform: Send {
     fn sees_messages(&self) -> bool {
         false
     }
+    /// Whether the step hides values of `db.collection` (a mask naming it): a change there that could
+    /// not be decoded goes to the dead-letter topic without its raw text.
+    fn hides(&self, _namespace: (&str, &str)) -> bool {
+        false
+    }
 }
 
 /// A step with its place in the config and the topics it applies to.
@@ -155,7 +163,10 @@ impl Entry {
         if matches!(shaped.event, SourceEvent::Message(_)) && !self.step.sees_messages() {
             return false;
         }
-        let topic = &shaped.topic;
+        self.matches_topic(&shaped.topic)
+    }
+
+    fn matches_topic(&self, topic: &str) -> bool {
         self.topics
             .as_ref()
             .is_none_or(|patterns| patterns.iter().any(|p| wildcard_match(p, topic)))
@@ -178,10 +189,10 @@ impl Chain {
         let mut entries = Vec::with_capacity(transforms.len());
         for (index, transform) in transforms.iter().enumerate() {
             let step = transform
-                .build(topic_prefix)
+                .build(index, topic_prefix)
                 .map_err(|problem| config::BuildError::new(index, transform.kind(), problem))?;
             entries.push(Entry {
-                name: format!("transforms[{index}] ({})", transform.kind().as_str()),
+                name: transform.name(index),
                 topics: transform.topic_patterns(),
                 step,
             });
@@ -217,7 +228,7 @@ impl Chain {
     /// rejects it; anything else passes by.
     pub fn apply(&mut self, event: SourceEvent) -> Outcome<'_> {
         let Some(topic) = own_topic(&event, &self.topic_prefix) else {
-            return Outcome::Pass(event);
+            return Outcome::Pass(self.withhold_masked(event));
         };
         let mut shaped = Shaped {
             event,
@@ -248,6 +259,30 @@ impl Chain {
             };
         }
         Outcome::Keep(shaped)
+    }
+
+    /// An undecodable change of a collection a mask names, without its raw text: the masks cannot find
+    /// their fields in what did not decode, and the dead letter must not carry the originals.
+    fn withhold_masked(&self, event: SourceEvent) -> SourceEvent {
+        let SourceEvent::Undecodable(mut change) = event else {
+            return event;
+        };
+        let Some((db, collection)) = change.namespace.as_deref().and_then(|n| n.split_once('.'))
+        else {
+            return SourceEvent::Undecodable(change);
+        };
+        let topic = avro::document_topic(&self.topic_prefix, db, collection);
+        let masked = self
+            .entries
+            .iter()
+            .any(|entry| entry.matches_topic(&topic) && entry.step.hides((db, collection)));
+        if masked {
+            change.raw = "****".into();
+            change
+                .reason
+                .push_str(" (the raw change is withheld: a mask names its collection)");
+        }
+        SourceEvent::Undecodable(change)
     }
 
     /// The masks after step `at`, applied to an event it rejected.
@@ -383,6 +418,42 @@ mod tests {
         assert!(matches!(chain.apply(insert()), Outcome::Keep(_)));
         chain.entries[0].topics = Some(vec!["app.shop.*".into()]);
         assert!(matches!(chain.apply(insert()), Outcome::Drop { .. }));
+    }
+
+    #[test]
+    fn an_undecodable_change_of_a_masked_collection_is_withheld() {
+        let undecodable = |collection: &str| {
+            SourceEvent::Undecodable(sluice_core::event::UndecodableChange {
+                connector: "mongodb",
+                namespace: Some(format!("shop.{collection}")),
+                raw: r#"{"card":"4111"}"#.into(),
+                reason: "no documentKey".into(),
+                resume_token: None,
+            })
+        };
+        let mask = mask::Mask::new(
+            &["shop.orders.card".into()],
+            mask_rules::MaskWith::Redact,
+            None,
+        );
+        let mut chain = chain(vec![Box::new(mask.ok().unwrap())]);
+        let Outcome::Pass(SourceEvent::Undecodable(withheld)) = chain.apply(undecodable("orders"))
+        else {
+            panic!("an undecodable change passes by");
+        };
+        assert_eq!(withheld.raw, "****");
+        assert!(
+            withheld
+                .reason
+                .starts_with("no documentKey (the raw change is withheld"),
+            "{}",
+            withheld.reason
+        );
+        let Outcome::Pass(SourceEvent::Undecodable(kept)) = chain.apply(undecodable("audit"))
+        else {
+            panic!("an undecodable change passes by");
+        };
+        assert_eq!(kept.raw, r#"{"card":"4111"}"#, "no mask names shop.audit");
     }
 
     #[test]

@@ -142,6 +142,10 @@ impl Transform for Outbox {
             SourceEvent::Message(message) => self.message_event(message),
             _ => return Step::Keep(shaped),
         };
+        let routed = routed.and_then(|(topic, event)| match super::route::check_topic(&topic) {
+            Ok(()) => Ok((topic, event)),
+            Err(reason) => Err(format!("the route value makes topic `{topic}`, {reason}")),
+        });
         match routed {
             Ok((topic, event)) => {
                 shaped.topic = topic;

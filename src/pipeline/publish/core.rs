@@ -230,7 +230,12 @@ impl Core {
         if let Some(refs) = fixed.refs {
             return Ok(Ok(refs));
         }
-        self.sink.ensure_topic(&fixed.topic, &self.stop).await?;
+        match self.sink.ensure_topic(&fixed.topic, &self.stop).await {
+            Ok(()) => {}
+            // A topic the broker will not create (a name it refuses): this record's dead letter says so.
+            Err(err) if err.is_message_fault() => return Ok(Err(err.to_string())),
+            Err(err) => return Err(err.into()),
+        }
         Ok(match self.schema_refs(&fixed.schemas).await? {
             // Fixed topics always have a key schema.
             Ok((Some(key_schema), value_schema)) => {

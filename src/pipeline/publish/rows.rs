@@ -164,7 +164,10 @@ impl RowEncoder {
             }
         }
         let bytes = self.value_buf.len() + key.map_or(0, <[u8]>::len);
-        core.metrics.event_published(&name, event.op.code(), bytes);
+        // An unwrapped delete of a keyless table publishes nothing at all.
+        if has_value || has_key {
+            core.metrics.event_published(&name, event.op.code(), bytes);
+        }
         if unchanged.is_some() {
             core.metrics.unchanged_toast(&name);
         }
@@ -375,9 +378,11 @@ impl RowEncoder {
             Ok(schemas) => schemas,
             Err(err) => return reject(Stage::Encode, err.to_string()),
         };
+        // A clash on a shared topic is the route's: its dead letter names it.
+        let route = dress.route.as_deref().unwrap_or("a route");
         if routed {
             if let Err(reason) = self.shared.check(&schemas, table) {
-                return reject(Stage::Transform, reason);
+                return reject(Stage::Transform, format!("{route}: {reason}"));
             }
         }
         match core.sink.ensure_topic(&schemas.topic, &core.stop).await {
@@ -389,12 +394,10 @@ impl RowEncoder {
             Ok(refs) => refs,
             // Tables a route sends to one topic must have schemas the registry accepts side by side.
             Err(err) if routed => {
-                return reject(
-                    Stage::Transform,
-                    format!(
-                        "the routed topic's registry subject refuses this table's schema: {err}"
-                    ),
-                )
+                let reason = format!(
+                    "{route}: the registry refuses this table's schema on the shared topic: {err}"
+                );
+                return reject(Stage::Transform, reason);
             }
             Err(err) => return reject(Stage::Register, err.to_string()),
         };
