@@ -177,8 +177,18 @@ impl Contract {
     /// `unchanged` names the row's fields whose values the source did not send (unchanged TOAST, published
     /// as null): they are not held to the contract, the consumer keeps the value it has.
     pub fn check(&self, envelope: &Json, unchanged: &[String]) -> Result<(), Mismatch> {
-        // An envelope contract, or a row contract of an unwrapped topic (whose value is the row).
-        if self.envelope || !is_envelope(envelope) {
+        self.check_shaped(envelope, unchanged, false)
+    }
+
+    /// [`check`](Self::check) of an event whose value is the row itself (`flat`: unwrapped) or an
+    /// envelope.
+    fn check_shaped(
+        &self,
+        envelope: &Json,
+        unchanged: &[String],
+        flat: bool,
+    ) -> Result<(), Mismatch> {
+        if self.envelope || flat {
             return self.check_value(envelope, &self.schema, "", unchanged);
         }
         match envelope.get("after") {
@@ -327,11 +337,6 @@ impl Contract {
     }
 }
 
-/// Whether an event's JSON is an envelope (rather than the flat row of an unwrapped topic).
-fn is_envelope(value: &Json) -> bool {
-    value.get("after").is_some()
-}
-
 /// A contract bound to one writer schema (one table version): what `publish` checks each event with.
 pub struct BoundContract {
     contract: Arc<Contract>,
@@ -339,6 +344,8 @@ pub struct BoundContract {
     writer_names: HashMap<Name, Schema>,
     /// Why no event of this writer schema can satisfy the contract, if so.
     incompatible: Option<String>,
+    /// The writer's value is the row itself (unwrapped), not an envelope.
+    flat: bool,
 }
 
 impl BoundContract {
@@ -356,7 +363,12 @@ impl BoundContract {
                 fatal.join("; ")
             )
         });
+        let flat = match writer {
+            Schema::Record(record) => !record.fields.iter().any(|f| f.name == "after"),
+            _ => false,
+        };
         BoundContract {
+            flat,
             writer_names: names_of(writer).unwrap_or_default(),
             writer: writer.clone(),
             contract,
@@ -377,12 +389,14 @@ impl BoundContract {
         let value = apache_avro::from_avro_datum(&self.writer, &mut &datum[..], None)
             .map_err(|err| format!("the event does not decode with its own schema: {err}"))?;
         let json = crate::tail::avro_json(&value, &self.writer, &self.writer_names);
-        self.contract.check(&json, unchanged).map_err(|mismatch| {
-            format!(
-                "breaks contract {}: {mismatch}",
-                self.contract.path.display()
-            )
-        })
+        self.contract
+            .check_shaped(&json, unchanged, self.flat)
+            .map_err(|mismatch| {
+                format!(
+                    "breaks contract {}: {mismatch}",
+                    self.contract.path.display()
+                )
+            })
     }
 }
 
