@@ -41,7 +41,7 @@ pub use message::{
     encode_message, encode_message_key, encode_message_key_text, encode_outbox, message_schemas,
     outbox_schemas, typed_outbox_schemas,
 };
-pub use naming::{topic_name, topic_namespace};
+pub use naming::{legal_topic, topic_name, topic_namespace};
 pub use schema::{
     shaped_table_schemas, table_schemas, AvroSchema, SchemaError, Shape, TableSchemas,
     SOURCE_RECORD, VARIABLE_SCALE_DECIMAL,

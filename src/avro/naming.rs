@@ -33,8 +33,12 @@ pub fn topic_name(topic_prefix: &str, table: &Table) -> String {
 
 /// The topic of `<container>.<collection>` (PostgreSQL schema and table, MongoDB database and collection).
 pub fn collection_topic(topic_prefix: &str, container: &str, collection: &str) -> String {
-    format!("{topic_prefix}.{container}.{collection}")
-        .chars()
+    legal_topic(&format!("{topic_prefix}.{container}.{collection}"))
+}
+
+/// `text` with every character Kafka refuses in a topic name replaced by `_`.
+pub fn legal_topic(text: &str) -> String {
+    text.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
                 c

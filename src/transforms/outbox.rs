@@ -7,6 +7,7 @@
 use sluice_core::event::{ChangeEvent, DecodingMessage, Op, SourceEvent, Value};
 
 use super::{KeyProblem, OutboxEvent, Shaped, Step, Transform};
+use crate::avro::legal_topic;
 use sluice_core::json::value_json;
 
 /// Stands for the route column's value in `route_topic` once the environment's references are expanded.
@@ -107,17 +108,7 @@ impl Outbox {
 
     /// `route_topic` with the route value in place, made a legal topic name.
     fn topic(&self, route: &str) -> String {
-        let topic = self.settings.route_topic.replace(ROUTE_MARKER, route);
-        topic
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect()
+        legal_topic(&self.settings.route_topic.replace(ROUTE_MARKER, route))
     }
 }
 
