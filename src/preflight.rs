@@ -163,7 +163,12 @@ pub async fn compare_transforms(
     };
     let settings = sluice_postgres::source::settings(source)?;
     let tables = sluice_postgres::reader::current_tables(&settings).await?;
-    Ok(crate::transforms::column_lines(&config.transforms, &tables))
+    let prefix = config.sink.topic_prefix.get_ref().as_str();
+    Ok(crate::transforms::column_lines(
+        &config.transforms,
+        &tables,
+        prefix,
+    ))
 }
 
 /// MongoDB collections have no fixed schema to compare with: each contract is checked to be a record

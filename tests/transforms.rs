@@ -558,6 +558,11 @@ with = "redact"
 type = "outbox"
 table = "public.outbox"
 payload_column = "body"
+
+[[transforms]]
+type = "filter"
+topics = ["shop.public.customers"]
+condition = 'after.emial != ""'
 "#
     .into();
     let path = services.write(&config);
@@ -569,6 +574,12 @@ payload_column = "body"
     );
     assert!(
         stdout.contains("FAIL transforms[1].payload_column: public.outbox has no column `body`"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "FAIL transforms[2].condition: reads `emial`, a column of none of public.customers"
+        ),
         "{stdout}"
     );
 }

@@ -6,15 +6,21 @@ use std::sync::Arc;
 use sluice_core::event::Table;
 
 use super::config::{TransformConfig, TransformKind};
+use super::filter::Filter;
 use super::wildcard_match;
 
 /// One line per transform that names columns: `ok`, or `FAIL` with the key path and what is missing.
-pub fn column_lines(transforms: &[TransformConfig], tables: &[Arc<Table>]) -> Vec<String> {
+pub fn column_lines(
+    transforms: &[TransformConfig],
+    tables: &[Arc<Table>],
+    topic_prefix: &str,
+) -> Vec<String> {
     let mut lines = Vec::new();
     for (index, transform) in transforms.iter().enumerate() {
         let found = match transform.kind() {
             TransformKind::Mask => mask_problems(transform, tables),
             TransformKind::Outbox => outbox_problems(transform, tables),
+            TransformKind::Filter => filter_problems(transform, tables, topic_prefix),
             _ => continue,
         };
         let kind = transform.kind().as_str();
@@ -52,6 +58,47 @@ fn mask_problems(
                     format!("`{pattern}` names no column of a captured table"),
                 )
             })
+        })
+        .collect()
+}
+
+/// Each column a condition reads by name must be a column of a table the filter applies to (by the
+/// tables' own topics: a filter after a route is not looked up).
+fn filter_problems(
+    transform: &TransformConfig,
+    tables: &[Arc<Table>],
+    topic_prefix: &str,
+) -> Vec<(&'static str, String)> {
+    let Some(Ok(filter)) = transform
+        .condition
+        .as_ref()
+        .map(|c| Filter::new(c.get_ref().as_str()))
+    else {
+        return Vec::new();
+    };
+    let patterns = transform.topic_patterns();
+    let applies = |table: &&Arc<Table>| {
+        let topic = crate::avro::topic_name(topic_prefix, table);
+        patterns
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| wildcard_match(p, &topic)))
+    };
+    let filtered: Vec<&Arc<Table>> = tables.iter().filter(applies).collect();
+    if filtered.is_empty() {
+        return Vec::new();
+    }
+    filter
+        .named_columns()
+        .into_iter()
+        .filter(|name| {
+            !filtered
+                .iter()
+                .any(|t| t.columns.iter().any(|c| c.name == *name))
+        })
+        .map(|name| {
+            let tables: Vec<String> = filtered.iter().map(|t| t.qualified_name()).collect();
+            let message = format!("reads `{name}`, a column of none of {}", tables.join(", "));
+            ("condition", message)
         })
         .collect()
 }

@@ -110,6 +110,21 @@ impl Filter {
         })
     }
 
+    /// The columns the condition reads by name (`after.email`), for `validate` to look up.
+    pub(super) fn named_columns(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for columns in [&self.reads.before, &self.reads.after] {
+            if let Columns::Named(named) = columns {
+                for name in named {
+                    if !names.contains(&name.as_str()) {
+                        names.push(name);
+                    }
+                }
+            }
+        }
+        names
+    }
+
     /// Whether the condition holds for the event, or why it could not tell.
     fn holds(&self, shaped: &Shaped) -> Result<bool, String> {
         let bindings = self.bind(shaped)?;
