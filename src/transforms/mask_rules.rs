@@ -104,9 +104,15 @@ impl Masking {
         *value = match self.with {
             MaskWith::Null => Value::Null,
             MaskWith::Redact => Value::String(REDACTED.to_owned()),
-            MaskWith::Hash => Value::String(match value_json(value) {
-                Json::String(text) => self.digest(text.as_bytes()),
-                other => self.digest(other.to_string().as_bytes()),
+            // Text is hashed as it is, without a copy through JSON.
+            MaskWith::Hash => Value::String(match &*value {
+                Value::String(text) | Value::Json(text) | Value::Uuid(text) => {
+                    self.digest(text.as_bytes())
+                }
+                other => match value_json(other) {
+                    Json::String(text) => self.digest(text.as_bytes()),
+                    json => self.digest(json.to_string().as_bytes()),
+                },
             }),
         };
     }

@@ -3,6 +3,7 @@
 //! sharing a topic stay unique. Whether the tables' schemas can share it is the encoder's check: it knows
 //! every schema a topic has.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use regex::Regex;
@@ -22,6 +23,9 @@ pub struct Route {
     key_field: Arc<str>,
     /// `transforms[i] (route)`.
     name: Arc<str>,
+    /// Where each topic seen so far goes (None: not matched): a route runs its regex once per topic,
+    /// not once per event.
+    routes: HashMap<String, Option<String>>,
 }
 
 impl Route {
@@ -52,16 +56,22 @@ impl Route {
             replace: braced_groups(replace),
             key_field: key_field.into(),
             name: name.into(),
+            routes: HashMap::new(),
         })
     }
 
     /// The topic `topic` is routed to, if the route matches it.
-    fn route(&self, topic: &str) -> Option<String> {
-        self.pattern.is_match(topic).then(|| {
+    fn route(&mut self, topic: &str) -> Option<String> {
+        if let Some(routed) = self.routes.get(topic) {
+            return routed.clone();
+        }
+        let routed = self.pattern.is_match(topic).then(|| {
             self.pattern
                 .replace(topic, self.replace.as_str())
                 .into_owned()
-        })
+        });
+        self.routes.insert(topic.to_owned(), routed.clone());
+        routed
     }
 }
 
