@@ -96,11 +96,7 @@ pub struct BuildError {
 }
 
 impl BuildError {
-    pub(super) fn new(
-        index: usize,
-        _kind: TransformKind,
-        (key, message): KeyProblem,
-    ) -> BuildError {
+    pub(super) fn new(index: usize, (key, message): KeyProblem) -> BuildError {
         BuildError {
             key: format!("transforms[{index}].{key}"),
             message,

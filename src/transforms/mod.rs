@@ -3,8 +3,9 @@
 //! goes to the dead-letter topic with stage `transform`, naming the step: `transforms[2] (filter)`).
 //!
 //! A transform sees change events (rows and documents) in source order, with the topic they are bound for
-//! so far; transaction boundaries, positions and messages pass by it, so acknowledgement never depends on
-//! what a transform does. Each step applies only to events whose topic (before it) matches its `topics`.
+//! so far; transaction boundaries and positions pass by it, so acknowledgement never depends on what a
+//! transform does, and logical decoding messages reach only the steps that ask for them (the outbox
+//! router). Each step applies only to events whose topic (before it) matches its `topics`.
 //! What a step changes beyond the event itself — the topic, the source table in the key, the flat form of
 //! unwrap, an outbox event — travels beside it in [`Dress`], for the encoders.
 
@@ -68,7 +69,7 @@ pub struct OutboxEvent {
     pub key: String,
     /// The payload as text (JSON for json/jsonb), or None for a null payload.
     pub payload: Option<String>,
-    /// The `id` and `type` headers (and the lsn, for tracing).
+    /// The `id` and `type` headers.
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
@@ -190,7 +191,7 @@ impl Chain {
         for (index, transform) in transforms.iter().enumerate() {
             let step = transform
                 .build(index, topic_prefix)
-                .map_err(|problem| config::BuildError::new(index, transform.kind(), problem))?;
+                .map_err(|problem| config::BuildError::new(index, problem))?;
             entries.push(Entry {
                 name: transform.name(index),
                 topics: transform.topic_patterns(),
