@@ -22,7 +22,7 @@ pub use sluice_mongodb::config::{
     BeforeImage, Capture, CollectionPattern, CollectionSelection, FullDocument, MongodbSourceConfig,
 };
 pub use sluice_postgres::config::{
-    ColumnPattern, DecimalHandling, PostgresConfig, Selection, TablePattern,
+    ColumnPattern, DecimalHandling, PostgresConfig, Selection, TablePattern, UnencodableValues,
 };
 
 /// The whole configuration file.

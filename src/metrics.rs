@@ -73,6 +73,8 @@ struct Counters {
     dead_letters: BTreeMap<(&'static str, String), u64>,
     /// table → events published with a TOASTed value PostgreSQL did not send and sluice could not restore.
     unchanged_toast: BTreeMap<String, u64>,
+    /// (table, column) → rows published with that column's value null for want of an encoding.
+    unencodable: BTreeMap<(String, String), u64>,
     /// `transforms[i] (type)` → changes it dropped.
     transform_dropped: BTreeMap<String, u64>,
     /// table → its snapshot's progress.
@@ -129,6 +131,16 @@ impl Metrics {
             .lock()
             .dead_letters
             .entry((stage.as_str(), table.to_owned()))
+            .or_default() += 1;
+    }
+
+    /// A row of `table` was published with `column`'s value null: it has no encoding in the column's type.
+    pub fn unencodable(&self, table: &str, column: &str) {
+        *self
+            .state
+            .lock()
+            .unencodable
+            .entry((table.to_owned(), column.to_owned()))
             .or_default() += 1;
     }
 
@@ -301,6 +313,7 @@ mod tests {
         metrics.unchanged_toast("public.docs");
         metrics.transform_dropped("transforms[1] (filter)");
         metrics.transform_dropped("transforms[1] (filter)");
+        metrics.unencodable("public.orders", "amount");
         let orders = metrics.snapshot_table("public.orders", Some(1000));
         orders.rows.fetch_add(250, Relaxed);
         metrics.snapshot_table("public.empty", None).finished();
@@ -381,7 +394,7 @@ mod tests {
         // The parser itself: escapes undone, labels sorted, histograms' series each on their own.
         assert_eq!(
             before.len(),
-            20 * 2 + 6 + 3 + 2 + 3 * 3 + 3 * 2 + 8 + 2 * 25 + 1,
+            21 * 2 + 6 + 3 + 2 + 3 * 3 + 3 * 2 + 8 + 2 * 25 + 2,
             "{before:#?}"
         );
         assert_eq!(

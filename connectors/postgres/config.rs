@@ -71,6 +71,9 @@ pub struct PostgresConfig {
     /// How `numeric` columns are published (Debezium's decimal.handling.mode).
     #[serde(default)]
     pub decimal_handling: DecimalHandling,
+    /// What becomes of a row with a value that has no encoding in its column's Avro type.
+    #[serde(default)]
+    pub unencodable_values: UnencodableValues,
     /// `schema.table` of the signal table (`id text PRIMARY KEY, type text NOT NULL, data text`): rows
     /// inserted there are instructions (`execute-snapshot`, …), never published. Unset: no signals.
     #[serde(default)]
@@ -369,12 +372,36 @@ fn check_identifier(name: &str, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `source.unencodable_values`: a row with a value that has no encoding in its column's Avro type (a numeric
+/// NaN under `decimal_handling = "precise"`, a timestamp past Avro's range, an array deeper than its
+/// column): published with that value null, or only to the dead-letter topic. A key column cannot be null:
+/// its row always goes to the dead-letter topic whole.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnencodableValues {
+    /// The row published with those values null (header `sluice.unencodable` names their columns), and the
+    /// complete original change to the dead-letter topic (stage `encode`): nothing is lost anywhere.
+    #[default]
+    NullAndDeadLetter,
+    /// The whole row only to the dead-letter topic.
+    DeadLetter,
+    /// The row published with those values null, without the dead-letter copy.
+    Null,
+}
+
+impl UnencodableValues {
+    /// Whether such a row is published, with the values null.
+    pub fn publishes(self) -> bool {
+        self != UnencodableValues::DeadLetter
+    }
+}
+
 /// `source.decimal_handling`: the Avro form of `numeric` columns.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DecimalHandling {
-    /// Exact Avro decimals. `NaN` and `±Infinity` have no decimal form: their events go to the dead-letter
-    /// topic.
+    /// Exact Avro decimals. `NaN` and `±Infinity` have no decimal form: `unencodable_values` says what
+    /// becomes of their rows.
     #[default]
     Precise,
     /// The decimal text (`"12.50"`, `"NaN"`, `"Infinity"`): exact, and every value fits.

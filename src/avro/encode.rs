@@ -89,12 +89,14 @@ pub fn encode_key(table: &Table, row: &Row, out: &mut Vec<u8>) -> Result<(), Enc
     result
 }
 
-/// Appends the envelope of a change event (Debezium field order: before, after, source, op, ts_ms).
+/// Appends the envelope of a change event (Debezium field order: before, after, source, op, ts_ms). Returns
+/// where in `out` the text of `source.snapshot` starts, so that a copy can be marked `last` later (the
+/// markers `true` and `last` have the same length).
 pub fn encode_envelope(
     event: &ChangeEvent,
     ctx: &EnvelopeContext,
     out: &mut Vec<u8>,
-) -> Result<(), EncodeError> {
+) -> Result<usize, EncodeError> {
     let start = out.len();
     let result = write_envelope(event, ctx, out);
     if result.is_err() {
@@ -120,7 +122,7 @@ fn write_envelope(
     event: &ChangeEvent,
     ctx: &EnvelopeContext,
     out: &mut Vec<u8>,
-) -> Result<(), EncodeError> {
+) -> Result<usize, EncodeError> {
     let table = &*event.table;
     // A truncate has no rows, whatever the event carries.
     let (before, after) = match event.op {
@@ -129,7 +131,7 @@ fn write_envelope(
     };
     write_optional_row(table, before, out)?;
     write_optional_row(table, after, out)?;
-    write_source(event, ctx, out)?;
+    let marker = write_source(event, ctx, out)?;
     write_string(event.op.code(), out);
     write_union_branch(1, out);
     write_long(ctx.processed_at_ms, out);
@@ -145,7 +147,7 @@ fn write_envelope(
         }
         _ => write_union_branch(0, out),
     }
-    Ok(())
+    Ok(marker)
 }
 
 /// A transaction's id in transaction blocks and metadata records: `<txid>:<commit LSN as a decimal>`, as
@@ -189,17 +191,20 @@ pub(super) fn write_row_fields(
     Ok(())
 }
 
+/// The source block; returns where the text of its `snapshot` marker starts.
 fn write_source(
     event: &ChangeEvent,
     ctx: &EnvelopeContext,
     out: &mut Vec<u8>,
-) -> Result<(), EncodeError> {
+) -> Result<usize, EncodeError> {
     let source = &event.source;
     write_string(ctx.version, out);
     write_string(ctx.connector, out);
     write_string(ctx.server_name, out);
     write_long(source.commit_time_us.div_euclid(1000), out);
-    write_string(source.snapshot.as_str(), out);
+    let marker = source.snapshot.as_str();
+    write_string(marker, out);
+    let marker_at = out.len() - marker.len();
     write_string(&source.database, out);
     // Debezium's sequence: ["<last_commit_lsn>","<lsn>"], LSNs as decimal numbers. At most 47 bytes, so it
     // is formatted on the stack.
@@ -223,7 +228,7 @@ fn write_source(
     write_long(as_long("lsn", source.lsn.0)?, out);
     // xmin: not tracked.
     write_union_branch(0, out);
-    Ok(())
+    Ok(marker_at)
 }
 
 pub(super) fn as_long(field: &'static str, value: u64) -> Result<i64, EncodeError> {
@@ -243,7 +248,7 @@ fn check_shape(table: &Table, row: &Row) -> Result<(), EncodeError> {
 }
 
 /// One non-null value, in its column type's Avro encoding.
-fn write_value(
+pub(super) fn write_value(
     column_type: &ColumnType,
     value: &Value,
     out: &mut Vec<u8>,

@@ -20,6 +20,7 @@ pub mod naming;
 mod schema;
 mod transaction;
 mod typed_document;
+mod unencodable;
 
 #[cfg(test)]
 mod roundtrip_tests;
@@ -50,3 +51,4 @@ pub use transaction::{
     encode_transaction, encode_transaction_key, transaction_schemas, TransactionBoundary,
 };
 pub use typed_document::TypedDocument;
+pub use unencodable::{unencodable_values, with_nulls, Unencodable};

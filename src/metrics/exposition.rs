@@ -77,6 +77,17 @@ fn counter_families(counters: &Counters, encoder: &mut DescriptorEncoder) -> fmt
     )?;
     family(
         encoder,
+        "sluice_unencodable_values",
+        "Rows published with a value null because it has no encoding in its column's Avro type (source.unencodable_values), by table and column.",
+        counters.unencodable.iter().map(|((table, column), count)| {
+            (
+                [("table", table.as_str()), ("column", column.as_str())],
+                ConstCounter::new(*count),
+            )
+        }),
+    )?;
+    family(
+        encoder,
         "sluice_transform_dropped",
         "Changes a transform dropped (a filter's condition was false, an outbox row was not an insert), by transform.",
         counters.transform_dropped.iter().map(|(transform, count)| {

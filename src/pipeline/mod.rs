@@ -33,7 +33,7 @@ use crate::sink::{FailedDelivery, Sink, SinkSettings};
 use crate::sources::{with_source, SourceVisitor, Unbuildable};
 use crate::transforms::Chain;
 use ack::AckTracker;
-use publish::{Core, Publisher};
+use publish::{Core, Publisher, RowSettings};
 use schemas::SchemaDirectory;
 
 /// Events buffered between the reader and the publishing loop.
@@ -186,7 +186,12 @@ async fn start(
         ),
     };
     let topic_prefix = config.sink.topic_prefix.get_ref().as_str().to_owned();
-    let transaction_metadata = config.postgres().is_some_and(|pg| pg.transaction_metadata);
+    let rows = config
+        .postgres()
+        .map_or_else(RowSettings::default, |pg| RowSettings {
+            transaction_metadata: pg.transaction_metadata,
+            unencodable_values: pg.unencodable_values,
+        });
     let chain = Chain::from_config(&config.transforms, &topic_prefix)?;
     let core = Core::new(
         sink,
@@ -201,7 +206,7 @@ async fn start(
         stop_deadline,
         config.shutdown_timeout(),
     );
-    let publisher = Publisher::new(core, chain, transaction_metadata);
+    let publisher = Publisher::new(core, chain, rows);
     Ok(Started {
         publisher,
         failures,

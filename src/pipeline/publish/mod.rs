@@ -4,11 +4,12 @@
 
 mod core;
 mod documents;
+mod last_marker;
 mod outbox;
 mod rows;
 mod shared;
 
-use sluice_core::event::SourceEvent;
+use sluice_core::event::{SnapshotMarker, SourceEvent};
 use tokio::sync::mpsc;
 
 use super::error::PipelineError;
@@ -21,6 +22,7 @@ use documents::DocumentEncoder;
 pub(crate) use documents::{check_contracts, check_document_contract, collection_of_topic};
 use outbox::OutboxEncoder;
 use rows::RowEncoder;
+pub(super) use rows::RowSettings;
 
 pub(super) struct Publisher {
     pub core: Core,
@@ -33,8 +35,8 @@ pub(super) struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(core: Core, transforms: Chain, transaction_metadata: bool) -> Publisher {
-        let rows = RowEncoder::new(&core.topic_prefix, transaction_metadata);
+    pub fn new(core: Core, transforms: Chain, rows: RowSettings) -> Publisher {
+        let rows = RowEncoder::new(&core.topic_prefix, rows);
         Publisher {
             core,
             transforms,
@@ -69,6 +71,16 @@ impl Publisher {
     }
 
     async fn publish(&mut self, event: SourceEvent) -> Result<(), PipelineError> {
+        let last =
+            matches!(&event, SourceEvent::Change(c) if c.source.snapshot == SnapshotMarker::Last);
+        self.transform_and_encode(event).await?;
+        if last {
+            self.rows.last_marker.ensure(&mut self.core).await?;
+        }
+        Ok(())
+    }
+
+    async fn transform_and_encode(&mut self, event: SourceEvent) -> Result<(), PipelineError> {
         if self.transforms.is_empty() {
             return self.encode(event, None).await;
         }

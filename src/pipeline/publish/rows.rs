@@ -8,12 +8,14 @@ use std::sync::Arc;
 
 use sluice_core::event::{ChangeEvent, DecodingMessage, Lsn, Op, SnapshotMarker, Table, Value};
 
+use super::last_marker::LastMarker;
 use super::shared::SharedTopics;
 use sluice_core::positions::now_ms;
 
 use super::super::error::PipelineError;
 use super::core::{Core, Delivery, Encoded, FixedTopic, Rejection, Subject};
-use crate::avro::{self, EncodeError, EncodeReason, EnvelopeContext, SchemaRef};
+use crate::avro::{self, EncodeError, EncodeReason, EnvelopeContext, SchemaRef, Unencodable};
+use crate::config::UnencodableValues;
 use crate::contracts::BoundContract;
 use crate::deadletter::Stage;
 use crate::sink::{MessageKind, Outgoing};
@@ -62,12 +64,26 @@ impl LsnText {
     }
 }
 
+/// How rows are published, from `[source]`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RowSettings {
+    /// BEGIN and END records on `<topic_prefix>.transaction`.
+    pub transaction_metadata: bool,
+    pub unencodable_values: UnencodableValues,
+}
+
 pub(super) struct RowEncoder {
     encodings: HashMap<u32, TableEncoding>,
     /// The value schemas of topics routes send several tables to.
     shared: SharedTopics,
     /// `<topic_prefix>.message`, where logical decoding messages go.
     messages: FixedTopic,
+    /// Whether a row with a value that has no encoding is published with it null.
+    unencodable_values: UnencodableValues,
+    /// Where `source.snapshot` is in the value just encoded (None: unwrapped, it has none).
+    marker_at: Option<usize>,
+    /// The snapshot's `last` marker, on the broker even when the last row is not.
+    pub last_marker: LastMarker,
     /// `<topic_prefix>.transaction`, with `source.transaction_metadata`.
     transactions: Option<FixedTopic>,
     /// The transaction whose events are being published, for its END record.
@@ -80,12 +96,15 @@ pub(super) struct RowEncoder {
 }
 
 impl RowEncoder {
-    pub fn new(topic_prefix: &str, transaction_metadata: bool) -> RowEncoder {
+    pub fn new(topic_prefix: &str, settings: RowSettings) -> RowEncoder {
         RowEncoder {
             encodings: HashMap::new(),
             shared: SharedTopics::default(),
             messages: FixedTopic::new(format!("{topic_prefix}.message"), avro::message_schemas),
-            transactions: transaction_metadata.then(|| {
+            unencodable_values: settings.unencodable_values,
+            marker_at: None,
+            last_marker: LastMarker::default(),
+            transactions: settings.transaction_metadata.then(|| {
                 FixedTopic::new(
                     format!("{topic_prefix}.transaction"),
                     avro::transaction_schemas,
@@ -123,14 +142,18 @@ impl RowEncoder {
             rejection.key = key;
             rejection
         };
-        let has_value = match self.encode_checked(event, core) {
-            Ok(has_value) => has_value,
-            Err((stage, reason)) => {
-                let key = (!self.key_buf.is_empty()).then(|| self.key_buf.clone());
-                return Ok(Err(reject(stage, reason, key)));
-            }
+        let (has_value, nulled) = match self.encode_checked(event, core) {
+            Ok(has_value) => (has_value, Vec::new()),
+            Err((stage, reason)) => match self.encode_nulled(event, core) {
+                Some(encoded) => encoded,
+                None => {
+                    let key = (!self.key_buf.is_empty()).then(|| self.key_buf.clone());
+                    return Ok(Err(reject(stage, reason, key)));
+                }
+            },
         };
         let has_key = !self.key_buf.is_empty();
+        let unencodable = unencodable_columns(event, &nulled);
 
         let txid = event.source.txid.map(|txid| txid.to_string());
         let unchanged = unchanged_toast_columns(event);
@@ -146,6 +169,9 @@ impl RowEncoder {
         }
         if let Some(columns) = &unchanged {
             headers.push(("sluice.unchanged_toast", columns.as_bytes()));
+        }
+        if let Some(columns) = &unencodable {
+            headers.push(("sluice.unencodable", columns.as_bytes()));
         }
         let key = has_key.then_some(self.key_buf.as_slice());
         if has_value {
@@ -163,6 +189,11 @@ impl RowEncoder {
                 return Ok(Err(rejection));
             }
         }
+        if let (true, Some(marker_at)) = (has_value, self.marker_at) {
+            let key = has_key.then_some(self.key_buf.as_slice());
+            let value = &self.value_buf;
+            self.last_marker.note(event, &topic, key, value, marker_at);
+        }
         let bytes = self.value_buf.len() + key.map_or(0, <[u8]>::len);
         // An unwrapped delete of a keyless table publishes nothing at all.
         if has_value || has_key {
@@ -179,7 +210,40 @@ impl RowEncoder {
         if event.op == Op::Delete && has_key {
             core.send_tombstone(&topic, &self.key_buf, &headers).await?;
         }
+        if nulled.is_empty() {
+            return Ok(Ok(()));
+        }
+        for value in &nulled {
+            core.metrics
+                .unencodable(&name, &event.table.columns[value.column].name);
+        }
+        if self.unencodable_values == UnencodableValues::NullAndDeadLetter {
+            // The original, every value as the source sent it, so that nothing is lost anywhere.
+            let key = has_key.then(|| self.key_buf.clone());
+            return Ok(Err(reject(
+                Stage::Encode,
+                nulled_reason(event, &nulled),
+                key,
+            )));
+        }
         Ok(Ok(()))
+    }
+
+    /// After `encode_checked` failed: the event with each value that has no encoding null, encoded and
+    /// checked, with those values; None when the settings keep such rows whole, or it cannot be (a key
+    /// value, a failure that is not a value's).
+    fn encode_nulled(
+        &mut self,
+        event: &ChangeEvent,
+        core: &Core,
+    ) -> Option<(bool, Vec<Unencodable>)> {
+        if !self.unencodable_values.publishes() {
+            return None;
+        }
+        let values = avro::unencodable_values(event).filter(|values| !values.is_empty())?;
+        let nulled = avro::with_nulls(event, &values);
+        let has_value = self.encode_checked(&nulled, core).ok()?;
+        Some((has_value, values))
     }
 
     /// [`encode`](Self::encode), then the topic's contract: whether there is a value to publish, or the
@@ -220,6 +284,7 @@ impl RowEncoder {
             }
         }
         self.value_buf.clear();
+        self.marker_at = None;
         let processed_at_ms = now_ms();
         if let Some(flat) = &encoding.dress.flat {
             let row = match event.op {
@@ -241,7 +306,7 @@ impl RowEncoder {
             version: env!("CARGO_PKG_VERSION"),
             processed_at_ms,
         };
-        avro::encode_envelope(event, &context, &mut self.value_buf)?;
+        self.marker_at = Some(avro::encode_envelope(event, &context, &mut self.value_buf)?);
         Ok(true)
     }
 
@@ -482,6 +547,35 @@ fn unchanged_toast_fields(event: &ChangeEvent) -> Vec<String> {
     }
     let names = avro::naming::field_names(&event.table);
     positions.into_iter().map(|i| names[i].clone()).collect()
+}
+
+/// The columns published null for want of an encoding, as a comma-separated header value.
+fn unencodable_columns(event: &ChangeEvent, nulled: &[Unencodable]) -> Option<String> {
+    let mut names: Vec<&str> = Vec::new();
+    for value in nulled {
+        let name = event.table.columns[value.column].name.as_str();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    (!names.is_empty()).then(|| names.join(","))
+}
+
+/// Why the original of a row published with values null is on the dead-letter topic.
+fn nulled_reason(event: &ChangeEvent, nulled: &[Unencodable]) -> String {
+    let each: Vec<String> = nulled
+        .iter()
+        .map(|value| {
+            let row = if value.after { "after" } else { "before" };
+            let column = &event.table.columns[value.column].name;
+            format!("{row}.{column}: {}", value.reason)
+        })
+        .collect();
+    format!(
+        "published with these values null, as they have no Avro encoding (source.unencodable_values); \
+         this is the change as the source sent it: {}",
+        each.join("; ")
+    )
 }
 
 /// The unchanged-TOAST columns, as a comma-separated header value.

@@ -1,0 +1,185 @@
+//! `source.unencodable_values` against a real PostgreSQL and broker: a row with a value that has no Avro
+//! encoding (a numeric NaN under exact decimals, a timestamp past Avro's range) is published with that
+//! value null, only dead-lettered, or both, in streaming and in the snapshot; and the snapshot's `last`
+//! marker reaches the broker when its last row does not.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{decode_all, Daemon, Event, Services};
+use serde_json::{json, Value as Json};
+
+const WAIT: Duration = Duration::from_secs(60);
+const TOPIC: &str = "shop.public.t";
+const TABLE: &str =
+    "CREATE TABLE t (id int PRIMARY KEY, amount numeric(10,2), at timestamp, note text)";
+/// Row 1 has two values without an encoding; row 2 none.
+const ROWS: &str = "INSERT INTO t VALUES (1, 'NaN', '294276-12-31 23:59:59.999999', 'kept');
+                    INSERT INTO t VALUES (2, 1.50, '2024-05-01 12:00:00', 'fine');";
+
+/// The services with table `t`, `rows` written before sluice starts (the snapshot reads them), and sluice
+/// running with `source` lines; the metrics endpoint on.
+async fn started(rows: &str, source: &str, contract: Option<Json>) -> (Services, Daemon) {
+    let services = Services::start().await;
+    services.sql(TABLE).await;
+    services.sql(rows).await;
+    let mut config = services.config(&["public.t"]);
+    config.topic_partitions = 1;
+    config.source_extra = source.to_owned();
+    config.api_address = Some("127.0.0.1:0".into());
+    std::fs::create_dir_all(config.contracts_dir()).unwrap();
+    if let Some(contract) = contract {
+        let path = config.contracts_dir().join(format!("{TOPIC}.avsc"));
+        std::fs::write(path, contract.to_string()).unwrap();
+    }
+    let mut daemon = Daemon::start(&services.write(&config));
+    services.wait_streaming(&mut daemon).await;
+    (services, daemon)
+}
+
+async fn events(services: &Services, min: usize) -> Vec<Event> {
+    decode_all(services, &services.read(TOPIC, min, WAIT).await)
+}
+
+fn after(event: &Event) -> &Json {
+    event.after().expect("a row")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_and_dead_letter_publishes_the_row_and_keeps_the_original() {
+    // Snapshot rows first, then the same rows streamed (ids 11, 12).
+    let (services, mut daemon) = started(ROWS, "", None).await;
+    services
+        .sql(&ROWS.replace("(1,", "(11,").replace("(2,", "(12,"))
+        .await;
+    let published = events(&services, 4).await;
+    assert_eq!(published.len(), 4, "{published:?}");
+    for (event, id) in [(&published[0], 1), (&published[2], 11)] {
+        let row = after(event);
+        assert_eq!(row["id"], id);
+        assert!(row["amount"].is_null() && row["at"].is_null(), "{row}");
+        assert_eq!(row["note"], "kept", "the row's other values are published");
+        assert_eq!(event.headers["sluice.unencodable"], "amount,at");
+    }
+    assert_eq!(after(&published[1])["amount"], "1.50");
+    assert!(!published[1].headers.contains_key("sluice.unencodable"));
+    // The snapshot's last row is row 2; it carries the marker.
+    let markers: Vec<&Json> = published[..2]
+        .iter()
+        .map(|e| &e.value.as_ref().unwrap()["source"]["snapshot"])
+        .collect();
+    assert_eq!(markers, [&json!("true"), &json!("last")]);
+
+    let letters = services.dead_letters(2, WAIT).await;
+    for (letter, id) in letters.iter().zip([1, 11]) {
+        assert_eq!(letter["stage"], "encode", "{letter}");
+        let original = &letter["change"]["after"];
+        assert_eq!(original["id"], id);
+        assert_eq!(
+            original["amount"], "NaN",
+            "the value as PostgreSQL sent it: {letter}"
+        );
+        let at = original["at"].to_string();
+        assert!(at.contains("294276-12-31 23:59:59.999999"), "{at}");
+        let reason = letter["error"].as_str().unwrap();
+        assert!(
+            reason.contains("after.amount") && reason.contains("after.at"),
+            "{reason}"
+        );
+    }
+    let (_, metrics) = common::http_get(&daemon, "/metrics");
+    for column in ["amount", "at"] {
+        let series =
+            format!("sluice_unencodable_values_total{{table=\"public.t\",column=\"{column}\"}} 2");
+        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+    }
+    daemon.stop_cleanly();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_keeps_the_whole_row_off_the_topic() {
+    let (services, mut daemon) = started(ROWS, "unencodable_values = \"dead_letter\"", None).await;
+    services
+        .sql(&ROWS.replace("(1,", "(11,").replace("(2,", "(12,"))
+        .await;
+    let published = events(&services, 2).await;
+    let ids: Vec<&Json> = published.iter().map(|e| &after(e)["id"]).collect();
+    assert_eq!(ids, [&json!(2), &json!(12)]);
+    let letters = services.dead_letters(2, WAIT).await;
+    let ids: Vec<&Json> = letters
+        .iter()
+        .map(|l| &l["change"]["after"]["id"])
+        .collect();
+    assert_eq!(ids, [&json!(1), &json!(11)]);
+    daemon.stop_cleanly();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_publishes_the_row_without_a_dead_letter() {
+    let (services, mut daemon) = started(ROWS, "unencodable_values = \"null\"", None).await;
+    services
+        .sql(&ROWS.replace("(1,", "(11,").replace("(2,", "(12,"))
+        .await;
+    let published = events(&services, 4).await;
+    let ids: Vec<&Json> = published.iter().map(|e| &after(e)["id"]).collect();
+    assert_eq!(ids, [&json!(1), &json!(2), &json!(11), &json!(12)]);
+    assert!(after(&published[2])["amount"].is_null());
+    services.assert_no_dead_letters().await;
+    daemon.stop_cleanly();
+}
+
+/// The snapshot's last row goes to the dead-letter topic (its value has no encoding and the row is kept
+/// whole; or it breaks a contract): the row before it is published again, marked `last`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_marker_survives_a_dead_lettered_last_row() {
+    // Row 3, the snapshot's last (written last), has a value without an encoding.
+    let rows = "INSERT INTO t VALUES (2, 1.50, '2024-05-01 12:00:00', 'fine');
+                INSERT INTO t VALUES (3, 'NaN', NULL, 'kept');";
+    let (services, mut daemon) = started(rows, "unencodable_values = \"dead_letter\"", None).await;
+    let published = events(&services, 2).await;
+    let seen: Vec<(Json, Json)> = published
+        .iter()
+        .map(|e| {
+            (
+                after(e)["id"].clone(),
+                e.value.as_ref().unwrap()["source"]["snapshot"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, [(json!(2), json!("true")), (json!(2), json!("last"))]);
+    assert_eq!(
+        services.dead_letters(1, WAIT).await[0]["change"]["after"]["id"],
+        3
+    );
+    daemon.stop_cleanly();
+
+    // A contract that the last row breaks (its note is null), in the default mode.
+    let contract = json!({"type": "record", "name": "Value", "fields": [
+        {"name": "id", "type": "int"},
+        {"name": "note", "type": "string"},
+    ]});
+    let rows =
+        "INSERT INTO t VALUES (1, 1.00, NULL, 'a'), (2, 2.00, NULL, 'b'), (3, 3.00, NULL, NULL);";
+    let (services, mut daemon) = started(rows, "", Some(contract)).await;
+    let published = events(&services, 3).await;
+    let seen: Vec<(Json, Json)> = published
+        .iter()
+        .map(|e| {
+            (
+                after(e)["id"].clone(),
+                e.value.as_ref().unwrap()["source"]["snapshot"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (json!(1), json!("true")),
+            (json!(2), json!("true")),
+            (json!(2), json!("last"))
+        ]
+    );
+    assert_eq!(services.dead_letters(1, WAIT).await[0]["stage"], "validate");
+    daemon.stop_cleanly();
+}
