@@ -548,7 +548,12 @@ async fn sigterm_and_restart_repeat_nothing() {
 async fn values_that_do_not_fit_go_to_the_dead_letter_topic_and_the_stream_goes_on() {
     let services = Services::start().await;
     services.sql(SCHEMA).await;
-    let config = services.write_config(&["public.orders"]);
+    // The whole row to the dead-letter topic (tests/unencodable.rs has the default, a null and a copy).
+    let config = services.write_config_source(
+        &["public.orders"],
+        "unencodable_values = \"dead_letter\"",
+        &[],
+    );
     let mut daemon = Daemon::start(&config);
     services.wait_streaming(&mut daemon).await;
 

@@ -81,7 +81,9 @@ pub(super) fn parse_timestamp(text: &str, with_zone: bool) -> Result<Value, Valu
     let micros = days
         .checked_mul(MICROS_PER_DAY)
         .and_then(|day_start| day_start.checked_add(time_of_day))
-        .and_then(|local| local.checked_sub(offset.checked_mul(MICROS_PER_SECOND)?));
+        .and_then(|local| local.checked_sub(offset.checked_mul(MICROS_PER_SECOND)?))
+        // The two extremes stand for ±infinity: a finite timestamp there would be read as one.
+        .filter(|micros| *micros != i64::MAX && *micros != i64::MIN);
     Ok(match micros {
         Some(micros) if with_zone => Value::TimestampTz(micros),
         Some(micros) => Value::Timestamp(micros),

@@ -184,4 +184,13 @@ fn timestamps_beyond_avro() {
         parse(&ColumnType::Timestamp, "294247-01-01 00:00:00"),
         Value::Timestamp(_)
     ));
+    // The last finite microsecond, and the one after it, which would read as `infinity`.
+    assert_eq!(
+        parse(&ColumnType::Timestamp, "294247-01-10 04:00:54.775806"),
+        Value::Timestamp(i64::MAX - 1)
+    );
+    assert!(matches!(
+        parse(&ColumnType::Timestamp, "294247-01-10 04:00:54.775807"),
+        Value::OutOfRange(_)
+    ));
 }
