@@ -169,14 +169,15 @@ pub fn encode_document_key(change: &DocumentChange, out: &mut Vec<u8>) {
 
 /// The envelope of `change`. `server_name` is the instance's logical name (`sink.topic_prefix`);
 /// `processed_at_ms` the envelope's `ts_ms`; `typed` the record of the collection's contract, if it has
-/// one. Fails only when the document does not fit that record; `out` then holds part of the envelope.
+/// one. Returns where in `out` the text of `source.snapshot` starts. Fails only when the document does not
+/// fit that record; `out` then holds part of the envelope.
 pub fn encode_document_envelope(
     change: &DocumentChange,
     server_name: &str,
     processed_at_ms: i64,
     typed: Option<&TypedDocument>,
     out: &mut Vec<u8>,
-) -> Result<(), Mismatch> {
+) -> Result<usize, Mismatch> {
     write_optional_string(change.before.as_deref(), out);
     match (typed, change.after.as_deref()) {
         (Some(typed), Some(after)) => {
@@ -215,7 +216,9 @@ pub fn encode_document_envelope(
     write_string("mongodb", out);
     write_string(server_name, out);
     write_long(i64::from(source.cluster_time.0) * 1000, out);
-    write_string(source.snapshot.as_str(), out);
+    let marker = source.snapshot.as_str();
+    write_string(marker, out);
+    let marker_at = out.len() - marker.len();
     write_string(&change.database, out);
     write_optional_string(source.replica_set.as_deref(), out);
     write_string(&change.collection, out);
@@ -228,7 +231,7 @@ pub fn encode_document_envelope(
     write_optional_string(source.resume_token.as_deref(), out);
     write_string(change.op.code(), out);
     write_optional_long(Some(processed_at_ms), out);
-    Ok(())
+    Ok(marker_at)
 }
 
 pub(super) fn write_optional_string(value: Option<&str>, out: &mut Vec<u8>) {

@@ -7,6 +7,7 @@ use sluice_core::positions::now_ms;
 
 use super::super::error::PipelineError;
 use super::core::{header_refs, Core, Encoded, FixedTopic, Rejection, Subject};
+use super::last_marker::{LastMarker, Record};
 use crate::avro;
 use crate::contracts::{Contract, ContractError, Contracts};
 use crate::deadletter::Stage;
@@ -72,6 +73,8 @@ fn typed_schemas(
 pub(super) struct DocumentEncoder {
     /// Collections' topics, by `db.collection`.
     collections: HashMap<String, Collection>,
+    /// The snapshot's `last` marker, on the broker even when the last document is not.
+    pub last_marker: LastMarker,
 }
 
 /// Where one collection's documents go, and how.
@@ -114,18 +117,16 @@ impl DocumentEncoder {
         );
         let typed = collection.typed.as_ref();
         let encoded = match &collection.dress.flat {
-            Some(flat) => avro::encode_flat_document(change, flat, typed, now_ms(), &mut value),
-            None => avro::encode_document_envelope(
-                change,
-                &core.topic_prefix,
-                now_ms(),
-                typed,
-                &mut value,
-            )
-            .map(|()| true),
+            Some(flat) => avro::encode_flat_document(change, flat, typed, now_ms(), &mut value)
+                .map(|has_value| (has_value, None)),
+            None => {
+                let prefix = &core.topic_prefix;
+                avro::encode_document_envelope(change, prefix, now_ms(), typed, &mut value)
+                    .map(|marker_at| (true, Some(marker_at)))
+            }
         };
-        let has_value = match encoded {
-            Ok(has_value) => has_value,
+        let (has_value, marker_at) = match encoded {
+            Ok(encoded) => encoded,
             Err(mismatch) => {
                 let topic = &collection.fixed.topic;
                 return Ok(Err(misfit(change, topic, &mismatch, core)));
@@ -140,6 +141,16 @@ impl DocumentEncoder {
         if has_value {
             if let Err(rejection) = core.publish_fixed(fixed, &key, &value, &headers).await? {
                 return Ok(Err(rejection));
+            }
+            if let Some(marker_at) = marker_at {
+                note_snapshot_read(
+                    &mut self.last_marker,
+                    change,
+                    fixed,
+                    &key,
+                    &value,
+                    marker_at,
+                );
             }
         }
         core.metrics
@@ -219,6 +230,33 @@ impl Collection {
             dress,
         })
     }
+}
+
+/// A published snapshot read, for the snapshot's `last` marker: framed as `publish_fixed` framed it.
+fn note_snapshot_read(
+    last_marker: &mut LastMarker,
+    change: &DocumentChange,
+    fixed: &FixedTopic,
+    key: &[u8],
+    value: &[u8],
+    marker_at: usize,
+) {
+    let (SnapshotMarker::True | SnapshotMarker::Last, Some((key_schema, value_schema))) =
+        (change.source.snapshot, fixed.refs)
+    else {
+        return;
+    };
+    let (mut key_header, mut value_header) = (Vec::new(), Vec::new());
+    key_schema.write_header(&mut key_header);
+    value_schema.write_header(&mut value_header);
+    let record = Record {
+        topic: &fixed.topic,
+        key: Some([&key_header, key]),
+        marker_at: value_header.len() + marker_at,
+        value: [&value_header, value],
+        lsn: None,
+    };
+    last_marker.note(change.source.snapshot, record);
 }
 
 /// When a change was committed: before 6.0 events have no wall time, and the cluster time's seconds stand

@@ -4,7 +4,7 @@
 //! A copy of each published snapshot row's record is kept for that; the markers `true` and `last` have the
 //! same length, so the copy is marked in place.
 
-use sluice_core::event::{ChangeEvent, Lsn, SnapshotMarker};
+use sluice_core::event::{Lsn, SnapshotMarker};
 
 use super::super::error::PipelineError;
 use super::core::{Core, Delivery};
@@ -24,49 +24,56 @@ struct Held {
     value: Vec<u8>,
     /// Where in `value` the text of `source.snapshot` starts.
     marker_at: usize,
-    lsn: Lsn,
+    /// The row's `sluice.lsn` (PostgreSQL; a document snapshot read has no position of its own).
+    lsn: Option<Lsn>,
+}
+
+/// A published record: its topic, and its key and value each as framing header and body (a body alone
+/// when it is framed already), the value's `source.snapshot` text at `marker_at` within the whole value.
+pub(super) struct Record<'a> {
+    pub topic: &'a str,
+    pub key: Option<[&'a [u8]; 2]>,
+    pub value: [&'a [u8]; 2],
+    pub marker_at: usize,
+    pub lsn: Option<Lsn>,
 }
 
 impl LastMarker {
-    /// A change was published as this record (its `source.snapshot` at `marker_at`): a snapshot row is
-    /// held, the last one noted.
-    pub fn note(
-        &mut self,
-        event: &ChangeEvent,
-        topic: &str,
-        key: Option<&[u8]>,
-        value: &[u8],
-        marker_at: usize,
-    ) {
-        match event.source.snapshot {
-            SnapshotMarker::True => self.hold(topic, key, value, marker_at, event.source.lsn),
+    /// A change marked `marker` was published as `record`: a snapshot row is held, the last one noted.
+    pub fn note(&mut self, marker: SnapshotMarker, record: Record<'_>) {
+        match marker {
+            SnapshotMarker::True => self.hold(record),
             SnapshotMarker::Last => self.published = true,
             SnapshotMarker::False | SnapshotMarker::Incremental => {}
         }
     }
 
-    fn hold(&mut self, topic: &str, key: Option<&[u8]>, value: &[u8], marker_at: usize, lsn: Lsn) {
+    fn hold(&mut self, record: Record<'_>) {
         let held = self.held.get_or_insert_with(|| Held {
             topic: String::new(),
             key: None,
-            value: Vec::with_capacity(value.len()),
-            marker_at,
-            lsn,
+            value: Vec::new(),
+            marker_at: 0,
+            lsn: None,
         });
-        if held.topic != topic {
-            topic.clone_into(&mut held.topic);
+        if held.topic != record.topic {
+            record.topic.clone_into(&mut held.topic);
         }
-        match (&mut held.key, key) {
-            (Some(held_key), Some(key)) => {
-                held_key.clear();
-                held_key.extend_from_slice(key);
+        match record.key {
+            Some(parts) => {
+                let key = held.key.get_or_insert_with(Vec::new);
+                key.clear();
+                parts.iter().for_each(|part| key.extend_from_slice(part));
             }
-            (held_key, key) => *held_key = key.map(<[u8]>::to_vec),
+            None => held.key = None,
         }
         held.value.clear();
-        held.value.extend_from_slice(value);
-        held.marker_at = marker_at;
-        held.lsn = lsn;
+        record
+            .value
+            .iter()
+            .for_each(|part| held.value.extend_from_slice(part));
+        held.marker_at = record.marker_at;
+        held.lsn = record.lsn;
     }
 
     /// The snapshot's last row has been handled: unless it reached the broker marked `last`, the last row
@@ -85,11 +92,14 @@ impl LastMarker {
             Some(text) if text == b"true" => text.copy_from_slice(b"last"),
             _ => return Ok(()),
         }
-        let lsn = held.lsn.to_string();
-        let headers = [
-            ("sluice.lsn", lsn.as_bytes()),
-            ("sluice.commit_lsn", lsn.as_bytes()),
-        ];
+        let lsn = held.lsn.map(|lsn| lsn.to_string());
+        let headers: Vec<(&str, &[u8])> = match &lsn {
+            Some(lsn) => vec![
+                ("sluice.lsn", lsn.as_bytes()),
+                ("sluice.commit_lsn", lsn.as_bytes()),
+            ],
+            None => Vec::new(),
+        };
         let message = Outgoing {
             topic: &held.topic,
             key: held.key.as_deref(),

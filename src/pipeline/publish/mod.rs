@@ -71,13 +71,19 @@ impl Publisher {
     }
 
     async fn publish(&mut self, event: SourceEvent) -> Result<(), PipelineError> {
-        let last =
-            matches!(&event, SourceEvent::Change(c) if c.source.snapshot == SnapshotMarker::Last);
+        // The snapshot's last row or document: its `last` marker must reach the broker, whatever becomes
+        // of it.
+        let last = match &event {
+            SourceEvent::Change(c) if c.source.snapshot == SnapshotMarker::Last => Some(true),
+            SourceEvent::Document(d) if d.source.snapshot == SnapshotMarker::Last => Some(false),
+            _ => None,
+        };
         self.transform_and_encode(event).await?;
-        if last {
-            self.rows.last_marker.ensure(&mut self.core).await?;
+        match last {
+            Some(true) => self.rows.last_marker.ensure(&mut self.core).await,
+            Some(false) => self.documents.last_marker.ensure(&mut self.core).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn transform_and_encode(&mut self, event: SourceEvent) -> Result<(), PipelineError> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use sluice_core::event::{ChangeEvent, DecodingMessage, Lsn, Op, SnapshotMarker, Table, Value};
 
-use super::last_marker::LastMarker;
+use super::last_marker::{LastMarker, Record};
 use super::shared::SharedTopics;
 use sluice_core::positions::now_ms;
 
@@ -190,9 +190,14 @@ impl RowEncoder {
             }
         }
         if let (true, Some(marker_at)) = (has_value, self.marker_at) {
-            let key = has_key.then_some(self.key_buf.as_slice());
-            let value = &self.value_buf;
-            self.last_marker.note(event, &topic, key, value, marker_at);
+            let record = Record {
+                topic: &topic,
+                key: has_key.then_some([&[][..], &self.key_buf]),
+                value: [&[], &self.value_buf],
+                marker_at,
+                lsn: Some(event.source.lsn),
+            };
+            self.last_marker.note(event.source.snapshot, record);
         }
         let bytes = self.value_buf.len() + key.map_or(0, <[u8]>::len);
         // An unwrapped delete of a keyless table publishes nothing at all.
@@ -213,9 +218,8 @@ impl RowEncoder {
         if nulled.is_empty() {
             return Ok(Ok(()));
         }
-        for value in &nulled {
-            core.metrics
-                .unencodable(&name, &event.table.columns[value.column].name);
+        for column in nulled_columns(event, &nulled) {
+            core.metrics.unencodable(&name, column);
         }
         if self.unencodable_values == UnencodableValues::NullAndDeadLetter {
             // The original, every value as the source sent it, so that nothing is lost anywhere.
@@ -549,8 +553,8 @@ fn unchanged_toast_fields(event: &ChangeEvent) -> Vec<String> {
     positions.into_iter().map(|i| names[i].clone()).collect()
 }
 
-/// The columns published null for want of an encoding, as a comma-separated header value.
-fn unencodable_columns(event: &ChangeEvent, nulled: &[Unencodable]) -> Option<String> {
+/// The columns published null for want of an encoding, each once.
+fn nulled_columns<'t>(event: &'t ChangeEvent, nulled: &[Unencodable]) -> Vec<&'t str> {
     let mut names: Vec<&str> = Vec::new();
     for value in nulled {
         let name = event.table.columns[value.column].name.as_str();
@@ -558,6 +562,12 @@ fn unencodable_columns(event: &ChangeEvent, nulled: &[Unencodable]) -> Option<St
             names.push(name);
         }
     }
+    names
+}
+
+/// The columns published null for want of an encoding, as a comma-separated header value.
+fn unencodable_columns(event: &ChangeEvent, nulled: &[Unencodable]) -> Option<String> {
+    let names = nulled_columns(event, nulled);
     (!names.is_empty()).then(|| names.join(","))
 }
 
