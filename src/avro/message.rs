@@ -38,61 +38,8 @@ pub(super) fn fixed(schema: serde_json::Value) -> AvroSchema {
     AvroSchema { json, schema }
 }
 
-/// The schemas of an outbox router's topic: the aggregate id as a string key, the payload's text in a
-/// record (Debezium's outbox router with a string payload), named after the topic.
-pub fn outbox_schemas(topic: &str) -> TableSchemas {
-    let value = json!({
-        "type": "record",
-        "name": "Value",
-        "namespace": super::naming::topic_namespace(topic),
-        "fields": [{"name": "payload", "type": ["null", "string"], "default": null}],
-    });
-    TableSchemas {
-        topic: topic.to_owned(),
-        key: Some(fixed(json!("string"))),
-        value: fixed(value),
-    }
-}
-
-/// The schemas of an outbox topic whose contract declares the payload: the contract's record is the value,
-/// written from the payload's JSON.
-pub fn typed_outbox_schemas(
-    topic: &str,
-    contract: &serde_json::Value,
-) -> Result<(TableSchemas, super::TypedDocument), String> {
-    if let Some(path) = super::document::fixed_uuid(contract, "payload") {
-        return Err(format!(
-            "`{path}`: a uuid on `fixed` cannot be written from JSON (declare it on `string`)"
-        ));
-    }
-    let typed = super::flat_document::typed_record(contract)?;
-    let value = super::document::parse(contract.clone())?;
-    let schemas = TableSchemas {
-        topic: topic.to_owned(),
-        key: Some(fixed(json!("string"))),
-        value,
-    };
-    Ok((schemas, typed))
-}
-
-/// The outbox record: the payload's text, or null.
-pub fn encode_outbox(payload: Option<&str>, out: &mut Vec<u8>) {
-    match payload {
-        Some(text) => {
-            write_union_branch(1, out);
-            write_string(text, out);
-        }
-        None => write_union_branch(0, out),
-    }
-}
-
 pub fn encode_message_key(message: &DecodingMessage, out: &mut Vec<u8>) {
     write_string(&message.prefix, out);
-}
-
-/// A string key (an outbox event's aggregate id).
-pub fn encode_message_key_text(key: &str, out: &mut Vec<u8>) {
-    write_string(key, out);
 }
 
 /// The message in the value schema above. `ts_ms` is the commit time of a transactional message's

@@ -17,6 +17,7 @@ mod flat_document;
 pub mod framing;
 mod message;
 pub mod naming;
+mod outbox;
 mod schema;
 mod transaction;
 mod typed_document;
@@ -38,11 +39,9 @@ pub use flat_document::{
     encode_flat_document, encode_shaped_document_key, shaped_document_schemas, DocumentShape,
 };
 pub use framing::{Fingerprint, SchemaRef};
-pub use message::{
-    encode_message, encode_message_key, encode_message_key_text, encode_outbox, message_schemas,
-    outbox_schemas, typed_outbox_schemas,
-};
+pub use message::{encode_message, encode_message_key, message_schemas};
 pub use naming::{legal_topic, topic_name, topic_namespace};
+pub use outbox::{encode_outbox, encode_outbox_key, outbox_schemas, typed_outbox_schemas};
 pub use schema::{
     shaped_table_schemas, table_schemas, AvroSchema, SchemaError, Shape, TableSchemas,
     SOURCE_RECORD, VARIABLE_SCALE_DECIMAL,

@@ -186,12 +186,6 @@ async fn start(
         ),
     };
     let topic_prefix = config.sink.topic_prefix.get_ref().as_str().to_owned();
-    let rows = config
-        .postgres()
-        .map_or_else(RowSettings::default, |pg| RowSettings {
-            transaction_metadata: pg.transaction_metadata,
-            unencodable_values: pg.unencodable_values,
-        });
     let chain = Chain::from_config(&config.transforms, &topic_prefix)?;
     let core = Core::new(
         sink,
@@ -206,7 +200,7 @@ async fn start(
         stop_deadline,
         config.shutdown_timeout(),
     );
-    let publisher = Publisher::new(core, chain, rows);
+    let publisher = Publisher::new(core, chain, row_settings(config));
     Ok(Started {
         publisher,
         failures,
@@ -214,6 +208,16 @@ async fn start(
         metrics,
         _broker_watch: broker_watch,
     })
+}
+
+/// How rows are published: the PostgreSQL source's settings (MongoDB publishes documents).
+fn row_settings(config: &Config) -> RowSettings {
+    config
+        .postgres()
+        .map_or_else(RowSettings::default, |pg| RowSettings {
+            transaction_metadata: pg.transaction_metadata,
+            unencodable_values: pg.unencodable_values,
+        })
 }
 
 /// Writes each newly acknowledged position to the store (unless the committer stores it itself), then

@@ -42,7 +42,7 @@ impl OutboxEncoder {
             return Ok(Ok(()));
         };
         let mut key = Vec::with_capacity(event.key.len() + 2);
-        avro::encode_message_key_text(&event.key, &mut key);
+        avro::encode_outbox_key(&event.key, &mut key);
         let mut headers = event.headers.clone();
         headers.push(("sluice.lsn".to_owned(), lsn.as_bytes().to_vec()));
         let mut value = Vec::with_capacity(event.payload.as_ref().map_or(1, |p| p.len() + 5));

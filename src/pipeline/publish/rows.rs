@@ -152,8 +152,50 @@ impl RowEncoder {
                 }
             },
         };
-        let has_key = !self.key_buf.is_empty();
         let unencodable = unencodable_columns(event, &nulled);
+        let sent = self.deliver(
+            event,
+            (&topic, &name),
+            has_value,
+            unencodable.as_deref(),
+            core,
+        );
+        if let Err((reason, ordinal)) = sent.await? {
+            let key = (!self.key_buf.is_empty()).then(|| self.key_buf.clone());
+            let mut rejection = reject(Stage::Produce, reason, key);
+            rejection.ordinal = Some(ordinal);
+            return Ok(Err(rejection));
+        }
+        let has_key = !self.key_buf.is_empty();
+        if nulled.is_empty() {
+            return Ok(Ok(()));
+        }
+        for column in nulled_columns(event, &nulled) {
+            core.metrics.unencodable(&name, column);
+        }
+        if self.unencodable_values == UnencodableValues::NullAndDeadLetter {
+            // The original, every value as the source sent it, so that nothing is lost anywhere.
+            let key = has_key.then(|| self.key_buf.clone());
+            return Ok(Err(reject(
+                Stage::Encode,
+                nulled_reason(event, &nulled),
+                key,
+            )));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Sends the encoded row to `topic` (and its tombstone after a delete), keeps the snapshot marker's
+    /// copy and counts it for the table `name`; the broker's refusal, with the message's ordinal.
+    async fn deliver(
+        &mut self,
+        event: &ChangeEvent,
+        (topic, name): (&str, &str),
+        has_value: bool,
+        unencodable: Option<&str>,
+        core: &mut Core,
+    ) -> Result<Result<(), (String, u64)>, PipelineError> {
+        let has_key = !self.key_buf.is_empty();
 
         let txid = event.source.txid.map(|txid| txid.to_string());
         let unchanged = unchanged_toast_columns(event);
@@ -170,13 +212,13 @@ impl RowEncoder {
         if let Some(columns) = &unchanged {
             headers.push(("sluice.unchanged_toast", columns.as_bytes()));
         }
-        if let Some(columns) = &unencodable {
+        if let Some(columns) = unencodable {
             headers.push(("sluice.unencodable", columns.as_bytes()));
         }
         let key = has_key.then_some(self.key_buf.as_slice());
         if has_value {
             let message = Outgoing {
-                topic: &topic,
+                topic,
                 key,
                 payload: Some(&self.value_buf),
                 headers: &headers,
@@ -184,14 +226,12 @@ impl RowEncoder {
             if let Delivery::Refused { ordinal, reason } =
                 core.send(&message, MessageKind::Event).await?
             {
-                let mut rejection = reject(Stage::Produce, reason, key.map(<[u8]>::to_vec));
-                rejection.ordinal = Some(ordinal);
-                return Ok(Err(rejection));
+                return Ok(Err((reason, ordinal)));
             }
         }
         if let (true, Some(marker_at)) = (has_value, self.marker_at) {
             let record = Record {
-                topic: &topic,
+                topic,
                 key: has_key.then_some([&[][..], &self.key_buf]),
                 value: [&[], &self.value_buf],
                 marker_at,
@@ -202,10 +242,10 @@ impl RowEncoder {
         let bytes = self.value_buf.len() + key.map_or(0, <[u8]>::len);
         // An unwrapped delete of a keyless table publishes nothing at all.
         if has_value || has_key {
-            core.metrics.event_published(&name, event.op.code(), bytes);
+            core.metrics.event_published(name, event.op.code(), bytes);
         }
         if unchanged.is_some() {
-            core.metrics.unchanged_toast(&name);
+            core.metrics.unchanged_toast(name);
         }
         if event.source.snapshot == SnapshotMarker::False {
             core.metrics.published_commit(event.source.commit_time_us);
@@ -213,22 +253,7 @@ impl RowEncoder {
         // A delete is followed by a tombstone so that compaction can drop the key (unwrapped: the
         // tombstone may be all there is of it).
         if event.op == Op::Delete && has_key {
-            core.send_tombstone(&topic, &self.key_buf, &headers).await?;
-        }
-        if nulled.is_empty() {
-            return Ok(Ok(()));
-        }
-        for column in nulled_columns(event, &nulled) {
-            core.metrics.unencodable(&name, column);
-        }
-        if self.unencodable_values == UnencodableValues::NullAndDeadLetter {
-            // The original, every value as the source sent it, so that nothing is lost anywhere.
-            let key = has_key.then(|| self.key_buf.clone());
-            return Ok(Err(reject(
-                Stage::Encode,
-                nulled_reason(event, &nulled),
-                key,
-            )));
+            core.send_tombstone(topic, &self.key_buf, &headers).await?;
         }
         Ok(Ok(()))
     }
