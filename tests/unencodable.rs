@@ -38,6 +38,15 @@ async fn started(rows: &str, source: &str, contract: Option<Json>) -> (Services,
     (services, daemon)
 }
 
+/// [`ROWS`] read by the snapshot (ids 1, 2), then the same rows streamed (ids 11, 12).
+async fn snapshot_then_stream(source: &str) -> (Services, Daemon) {
+    let (services, daemon) = started(ROWS, source, None).await;
+    services
+        .sql(&ROWS.replace("(1,", "(11,").replace("(2,", "(12,"))
+        .await;
+    (services, daemon)
+}
+
 async fn events(services: &Services, min: usize) -> Vec<Event> {
     decode_all(services, &services.read(TOPIC, min, WAIT).await)
 }
@@ -48,11 +57,7 @@ fn after(event: &Event) -> &Json {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn null_and_dead_letter_publishes_the_row_and_keeps_the_original() {
-    // Snapshot rows first, then the same rows streamed (ids 11, 12).
-    let (services, mut daemon) = started(ROWS, "", None).await;
-    services
-        .sql(&ROWS.replace("(1,", "(11,").replace("(2,", "(12,"))
-        .await;
+    let (services, mut daemon) = snapshot_then_stream("").await;
     let published = events(&services, 4).await;
     assert_eq!(published.len(), 4, "{published:?}");
     for (event, id) in [(&published[0], 1), (&published[2], 11)] {
@@ -99,10 +104,7 @@ async fn null_and_dead_letter_publishes_the_row_and_keeps_the_original() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_keeps_the_whole_row_off_the_topic() {
-    let (services, mut daemon) = started(ROWS, "unencodable_values = \"dead_letter\"", None).await;
-    services
-        .sql(&ROWS.replace("(1,", "(11,").replace("(2,", "(12,"))
-        .await;
+    let (services, mut daemon) = snapshot_then_stream("unencodable_values = \"dead_letter\"").await;
     let published = events(&services, 2).await;
     let ids: Vec<&Json> = published.iter().map(|e| &after(e)["id"]).collect();
     assert_eq!(ids, [&json!(2), &json!(12)]);
@@ -117,10 +119,7 @@ async fn dead_letter_keeps_the_whole_row_off_the_topic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn null_publishes_the_row_without_a_dead_letter() {
-    let (services, mut daemon) = started(ROWS, "unencodable_values = \"null\"", None).await;
-    services
-        .sql(&ROWS.replace("(1,", "(11,").replace("(2,", "(12,"))
-        .await;
+    let (services, mut daemon) = snapshot_then_stream("unencodable_values = \"null\"").await;
     let published = events(&services, 4).await;
     let ids: Vec<&Json> = published.iter().map(|e| &after(e)["id"]).collect();
     assert_eq!(ids, [&json!(1), &json!(2), &json!(11), &json!(12)]);
