@@ -1035,26 +1035,46 @@ async fn a_contract_types_after_and_documents_that_do_not_fit_go_to_the_dead_let
     cash.insert("fullDocument", payment(4, "5.00", "CASH"));
     let last = double.append(cash);
 
-    let payments = setup.decode_all(&setup.read(&format!("{PREFIX}.shop.payments"), 6).await);
+    // Five records, and one more when payment 2 (refused) was the snapshot's last document: which
+    // collection the snapshot reads last is not fixed.
+    let orders = setup.decode_all(&setup.read(&format!("{PREFIX}.shop.orders"), 1).await);
+    let expected = if orders[0].1["source"]["snapshot"] == "last" {
+        5
+    } else {
+        6
+    };
+    let records = setup
+        .read(&format!("{PREFIX}.shop.payments"), expected)
+        .await;
+    let mut payments = setup.decode_all(&records);
+    let marked = |events: &[(Json, Json)]| {
+        events
+            .iter()
+            .filter(|(_, v)| v["source"]["snapshot"] == "last")
+            .count()
+    };
+    assert_eq!(
+        marked(&payments) + marked(&orders),
+        1,
+        "one document carries the snapshot's end: {payments:#?} {orders:#?}"
+    );
+    if marked(&payments) == 1 {
+        // Payment 2 went to the dead-letter topic: the one before it is published again, marked `last`.
+        assert_eq!(payments[1].1["source"]["snapshot"], "last", "{payments:#?}");
+        assert_eq!(payments[1].0, payments[0].0);
+        assert_eq!(payments[1].1["after"], payments[0].1["after"]);
+        payments.remove(1);
+    }
     let ops: Vec<&str> = payments
         .iter()
         .map(|(_, v)| v["op"].as_str().unwrap_or("tombstone"))
         .collect();
-    assert_eq!(ops, ["r", "r", "c", "u", "d", "tombstone"], "{payments:#?}");
+    assert_eq!(ops, ["r", "c", "u", "d", "tombstone"], "{payments:#?}");
+    assert_eq!(payments[0].1["source"]["snapshot"], "true");
     assert_eq!(
         payments[0].1["after"],
         serde_json::json!({"_id": 1, "amount": "9.99", "paid": 1_700_000_000_001_i64, "method": "CARD", "note": null})
     );
-    // The snapshot's last document (payment 2) went to the dead-letter topic: the one before it is
-    // published again, marked `last`, so that the end of the snapshot is on the broker.
-    let markers: Vec<&Json> = payments[..2]
-        .iter()
-        .map(|(_, v)| &v["source"]["snapshot"])
-        .collect();
-    assert_eq!(markers, ["true", "last"]);
-    assert_eq!(payments[1].0, payments[0].0);
-    assert_eq!(payments[1].1["after"], payments[0].1["after"]);
-    let payments = &payments[1..];
     assert_eq!(
         payments[1].1["after"],
         serde_json::json!({"_id": 3, "amount": "1200.00", "paid": 1_700_000_000_003_i64, "method": "TRANSFER", "note": null}),
@@ -1066,7 +1086,6 @@ async fn a_contract_types_after_and_documents_that_do_not_fit_go_to_the_dead_let
         serde_json::json!({"note": "refunded"})
     );
     assert!(payments[3].1["after"].is_null());
-    let orders = setup.decode_all(&setup.read(&format!("{PREFIX}.shop.orders"), 1).await);
     assert_eq!(
         text_of(&orders[0].1["after"])["untyped"],
         true,
