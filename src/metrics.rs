@@ -75,6 +75,8 @@ struct Counters {
     unchanged_toast: BTreeMap<String, u64>,
     /// (table, column) → rows published with that column's value null for want of an encoding.
     unencodable: BTreeMap<(String, String), u64>,
+    /// (table, outcome) → updates whose unchanged TOAST values were to be re-selected.
+    reselect: BTreeMap<(String, &'static str), u64>,
     /// `transforms[i] (type)` → changes it dropped.
     transform_dropped: BTreeMap<String, u64>,
     /// table → its snapshot's progress.
@@ -257,6 +259,15 @@ impl SourceMetrics for Metrics {
         self.state.snapshot_running.store(running, Relaxed);
     }
 
+    fn reselected(&self, table: &str, outcome: &'static str) {
+        *self
+            .state
+            .lock()
+            .reselect
+            .entry((table.to_owned(), outcome))
+            .or_default() += 1;
+    }
+
     fn incremental_snapshot_table(
         &self,
         table: &str,
@@ -314,6 +325,8 @@ mod tests {
         metrics.transform_dropped("transforms[1] (filter)");
         metrics.transform_dropped("transforms[1] (filter)");
         metrics.unencodable("public.orders", "amount");
+        metrics.reselected("public.docs", "reselected");
+        metrics.reselected("public.docs", "changed");
         let orders = metrics.snapshot_table("public.orders", Some(1000));
         orders.rows.fetch_add(250, Relaxed);
         metrics.snapshot_table("public.empty", None).finished();
@@ -394,7 +407,7 @@ mod tests {
         // The parser itself: escapes undone, labels sorted, histograms' series each on their own.
         assert_eq!(
             before.len(),
-            21 * 2 + 6 + 3 + 2 + 3 * 3 + 3 * 2 + 8 + 2 * 25 + 2,
+            22 * 2 + 6 + 3 + 2 + 3 * 3 + 3 * 2 + 8 + 2 * 25 + 2 + 2,
             "{before:#?}"
         );
         assert_eq!(

@@ -1,7 +1,8 @@
 //! `source.unencodable_values` against a real PostgreSQL and broker: a row with a value that has no Avro
 //! encoding (a numeric NaN under exact decimals, a timestamp past Avro's range) is published with that
-//! value null, only dead-lettered, or both, in streaming and in the snapshot; and the snapshot's `last`
-//! marker reaches the broker when its last row does not.
+//! value null, only dead-lettered, or both, in streaming and in the snapshot; the snapshot's `last`
+//! marker reaches the broker when its last row does not; and arrays PostgreSQL holds in another shape than
+//! declared are published, not dead-lettered.
 
 mod common;
 
@@ -180,5 +181,89 @@ async fn the_last_marker_survives_a_dead_lettered_last_row() {
         ]
     );
     assert_eq!(services.dead_letters(1, WAIT).await[0]["stage"], "validate");
+    daemon.stop_cleanly();
+}
+
+/// No snapshot row reaches the topic (the only row is dead-lettered): an end record does, an `op = "r"`
+/// envelope without a row, marked `last`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_record_marks_a_snapshot_none_of_whose_rows_was_published() {
+    let rows = "INSERT INTO t VALUES (3, 'NaN', NULL, 'kept');";
+    let (services, mut daemon) = started(rows, "unencodable_values = \"dead_letter\"", None).await;
+    services
+        .sql("INSERT INTO t VALUES (4, 4.00, NULL, 'streamed')")
+        .await;
+    let published = events(&services, 2).await;
+    assert_eq!(published.len(), 2, "{published:?}");
+    let end = published[0].value.as_ref().unwrap();
+    assert_eq!(end["op"], "r", "{end}");
+    assert!(end["after"].is_null() && end["before"].is_null(), "{end}");
+    assert_eq!(end["source"]["snapshot"], "last");
+    assert_eq!(end["source"]["table"], "t");
+    assert!(
+        published[0].key.is_none(),
+        "the end record has no row, so no key"
+    );
+    assert_eq!(after(&published[1])["id"], 4);
+    assert_eq!(
+        services.dead_letters(1, WAIT).await[0]["change"]["after"]["id"],
+        3
+    );
+    daemon.stop_cleanly();
+}
+
+/// PostgreSQL does not hold array values to the declared dimensions, and prints lower bounds other than
+/// 1: such values are published nested as the column declares, with their bounds in a header — in every
+/// mode, since nothing about them lacks an encoding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrays_of_other_dimensions_and_bounds_are_published_with_their_bounds() {
+    for mode in ["null_and_dead_letter", "dead_letter", "null"] {
+        arrays_are_published(mode).await;
+    }
+}
+
+async fn arrays_are_published(mode: &str) {
+    let services = Services::start().await;
+    services
+        .sql(
+            "CREATE TABLE m (id int PRIMARY KEY, a int[], b int[][]);
+             INSERT INTO m VALUES (1, '{{1,2},{3,4}}', '{5,6}'), (2, '[0:1]={7,8}', '{{9}}');",
+        )
+        .await;
+    let mut config = services.config(&["public.m"]);
+    config.topic_partitions = 1;
+    config.source_extra = format!("unencodable_values = \"{mode}\"");
+    let mut daemon = Daemon::start(&services.write(&config));
+    services.wait_streaming(&mut daemon).await;
+    services
+        .sql(
+            "INSERT INTO m VALUES (11, '{{1,2},{3,4}}', '{5,6}'), (12, '[0:1]={7,8}', '{{9}}');
+             UPDATE m SET a = '[2:3][1:1]={{1},{2}}' WHERE id = 12;",
+        )
+        .await;
+    let published = decode_all(&services, &services.read("shop.public.m", 5, WAIT).await);
+    assert_eq!(published.len(), 5, "{published:?}");
+    for (event, id) in [(&published[0], 1), (&published[2], 11)] {
+        let row = after(event);
+        assert_eq!(row["id"], id);
+        assert_eq!(row["a"], json!([1, 2, 3, 4]), "outer dimensions merged");
+        assert_eq!(row["b"], json!([[5, 6]]), "wrapped to the declared depth");
+        let bounds: Json = serde_json::from_str(&event.headers["sluice.array_bounds"]).unwrap();
+        assert_eq!(bounds, json!({"after": {"a": "[1:2][1:2]", "b": "[1:2]"}}));
+    }
+    for (event, id) in [(&published[1], 2), (&published[3], 12)] {
+        let row = after(event);
+        assert_eq!(row["id"], id);
+        assert_eq!((&row["a"], &row["b"]), (&json!([7, 8]), &json!([[9]])));
+        let bounds: Json = serde_json::from_str(&event.headers["sluice.array_bounds"]).unwrap();
+        assert_eq!(bounds, json!({"after": {"a": "[0:1]"}}), "b is as declared");
+    }
+    let update = &published[4];
+    assert_eq!(after(update)["a"], json!([1, 2]));
+    assert_eq!(
+        update.headers["sluice.array_bounds"],
+        r#"{"after":{"a":"[2:3][1:1]"}}"#
+    );
+    services.assert_no_dead_letters().await;
     daemon.stop_cleanly();
 }

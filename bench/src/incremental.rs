@@ -25,6 +25,7 @@ impl Bench<'_> {
         let run = Run {
             prefix: "incr",
             slot: "bench_incr",
+            table: "bench",
             snapshot: "never",
             sink: Sink::Blackhole,
             source_extra: "signal_table = \"public.bench_signals\"",

@@ -196,6 +196,7 @@ impl Writer<'_> {
 pub struct Scrape {
     events: u64,
     incremental_rows: u64,
+    reselected: u64,
     streaming: bool,
     /// The commit-to-ack histogram: (upper bound in seconds, cumulative count), +Inf last.
     buckets: Vec<(f64, u64)>,
@@ -212,6 +213,7 @@ impl Scrape {
         let mut scrape = Scrape {
             events: 0,
             incremental_rows: 0,
+            reselected: 0,
             streaming: false,
             buckets: Vec::new(),
         };
@@ -227,6 +229,10 @@ impl Scrape {
                 scrape.events += value;
             } else if series.starts_with("sluice_incremental_snapshot_rows{") {
                 scrape.incremental_rows += value;
+            } else if series.starts_with("sluice_reselect_total{")
+                && series.contains("outcome=\"reselected\"")
+            {
+                scrape.reselected += value;
             } else if series == "sluice_streaming" {
                 scrape.streaming = value == 1;
             } else if let Some(bound) = series.strip_prefix(&bucket_prefix) {
@@ -249,6 +255,11 @@ impl Scrape {
     /// Rows the incremental snapshot has read, over every table.
     pub fn incremental_rows(&self) -> u64 {
         self.incremental_rows
+    }
+
+    /// Updates whose unchanged TOAST values were re-selected.
+    pub fn reselected(&self) -> u64 {
+        self.reselected
     }
 
     /// Whether sluice is streaming from its slot.

@@ -12,6 +12,7 @@
 
 mod incremental;
 mod latency;
+mod toast;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -73,7 +74,7 @@ struct Args {
 }
 
 /// The measurements, by the names `--only` takes; `latency` covers both latency rows.
-const MEASUREMENTS: [&str; 9] = [
+const MEASUREMENTS: [&str; 10] = [
     "recvlogical",
     "stream",
     "null",
@@ -82,6 +83,7 @@ const MEASUREMENTS: [&str; 9] = [
     "snap",
     "snapnull",
     "incr",
+    "toast",
     "latency",
 ];
 
@@ -165,6 +167,13 @@ async fn main() -> Result<()> {
         true => Some(reported(bench.measure_incremental(&client).await?)),
         false => None,
     };
+    let (reselect, toast) = match args.wants("toast") {
+        true => {
+            let [on, off] = bench.measure_reselect(&client).await?;
+            (Some(on), Some(off))
+        }
+        false => (None, None),
+    };
 
     let pace = latency::Pace {
         rows_per_second: args.latency_rate,
@@ -184,6 +193,8 @@ async fn main() -> Result<()> {
             (&snapshot, Some(&copy)),
             (&snapshot_blackhole, Some(&copy)),
             (&incremental, Some(&snapshot_blackhole)),
+            (&toast, None),
+            (&reselect, Some(&toast)),
         ],
     );
     print_latencies(&pace, &latencies);
@@ -263,7 +274,7 @@ impl Bench<'_> {
 /// The throughput table: each row with its baseline (None for the baselines themselves: PostgreSQL's
 /// own readers; the initial snapshot is the incremental one's, streaming without transforms the one
 /// through them).
-fn print_throughput(args: &Args, rows: [(&Option<Measure>, Option<&Option<Measure>>); 8]) {
+fn print_throughput(args: &Args, rows: [(&Option<Measure>, Option<&Option<Measure>>); 10]) {
     println!();
     println!(
         "{} rows (bigint pk, int, numeric(12,2), text, timestamptz, jsonb), {} per transaction",
@@ -388,6 +399,8 @@ impl Sink {
 struct Run<'a> {
     prefix: &'a str,
     slot: &'a str,
+    /// The table (in `public`) and its publication, which has its name.
+    table: &'a str,
     snapshot: &'a str,
     sink: Sink,
     /// More `[source]` lines.
@@ -423,6 +436,7 @@ impl<'a> Run<'a> {
         Run {
             prefix,
             slot,
+            table: "bench",
             snapshot,
             sink,
             source_extra: "",
@@ -524,8 +538,8 @@ impl Bench<'_> {
             self.work.join(format!("{}-positions", run.prefix)),
         );
         config.slot = run.slot.into();
-        config.publication = "bench".into();
-        config.tables = vec!["public.bench".into()];
+        config.publication = run.table.into();
+        config.tables = vec![format!("public.{}", run.table)];
         config.source_extra = format!("snapshot = \"{}\"\n{}", run.snapshot, run.source_extra);
         config.topic_prefix = run.prefix.into();
         config.sink_kind = run.sink.kind().into();
@@ -552,7 +566,7 @@ impl Bench<'_> {
         Ok((
             child,
             Started {
-                topic: format!("{}.public.bench", run.prefix),
+                topic: format!("{}.public.{}", run.prefix, run.table),
                 sink: run.sink,
                 api,
                 log,

@@ -420,6 +420,54 @@ pub enum Value {
     /// A value that exists in the source but has no representation in its column's Avro type
     /// (`date 'infinity'`, text that does not parse as its type): the encoder rejects it, with this reason.
     OutOfRange(String),
+    /// A value with something its Avro form does not say; the encoders publish the value and tell the note
+    /// in a header.
+    Noted(Box<Noted>),
+}
+
+/// A value and what its Avro form leaves out.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Noted {
+    pub value: Value,
+    pub note: Note,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// PostgreSQL did not send it (unchanged TOAST): it was read from the table for this change.
+    Reselected,
+    /// An array whose nesting differs from the column's declared dimensions, or whose lower bounds are not
+    /// 1: PostgreSQL's bounds decoration (`[0:1]`, `[1:2][1:2]`). The value holds its elements nested as
+    /// the column declares, in PostgreSQL's order.
+    ArrayBounds(String),
+}
+
+impl Value {
+    /// The value with a note attached.
+    pub fn noted(value: Value, note: Note) -> Value {
+        Value::Noted(Box::new(Noted { value, note }))
+    }
+
+    /// The value without its notes.
+    pub fn plain(&self) -> &Value {
+        let mut value = self;
+        while let Value::Noted(noted) = value {
+            value = &noted.value;
+        }
+        value
+    }
+
+    /// The notes on the value, outermost first.
+    pub fn notes(&self) -> impl Iterator<Item = &Note> {
+        let mut value = self;
+        std::iter::from_fn(move || match value {
+            Value::Noted(noted) => {
+                value = &noted.value;
+                Some(&noted.note)
+            }
+            _ => None,
+        })
+    }
 }
 
 /// One row: values in the table's column order.

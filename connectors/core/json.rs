@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value as Json};
 
-use crate::event::{Numeric, Row, Table, Value};
+use crate::event::{Note, Numeric, Row, Table, Value};
 
 /// A row as a JSON object keyed by column name.
 pub fn row_json(table: &Table, row: &Row) -> Json {
@@ -45,6 +45,12 @@ pub fn value_json(value: &Value) -> Json {
                 .collect(),
         ),
         Value::OutOfRange(reason) => json!({ "invalid": reason }),
+        Value::Noted(noted) => match &noted.note {
+            Note::Reselected => value_json(&noted.value),
+            Note::ArrayBounds(bounds) => {
+                json!({ "bounds": bounds, "elements": value_json(&noted.value) })
+            }
+        },
     }
 }
 

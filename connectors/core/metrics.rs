@@ -27,6 +27,9 @@ pub trait SourceMetrics: Send + Sync {
         _chunks: u64,
     ) {
     }
+    /// What became of an update's unchanged TOAST values when re-selecting them (`reselected`,
+    /// `changed`, `gone`, `failed`, `transaction_too_long`).
+    fn reselected(&self, _table: &str, _outcome: &'static str) {}
 }
 
 /// One table's snapshot: rows read so far, and the estimate of the total.

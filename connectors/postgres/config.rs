@@ -74,6 +74,11 @@ pub struct PostgresConfig {
     /// What becomes of a row with a value that has no encoding in its column's Avro type.
     #[serde(default)]
     pub unencodable_values: UnencodableValues,
+    /// Read the TOASTed values an update left unchanged (and PostgreSQL did not send) from the table by
+    /// the row's key, when the row read is provably this change's version (Debezium's reselect
+    /// post-processor, without its race).
+    #[serde(default)]
+    pub reselect_unchanged_toast: bool,
     /// `schema.table` of the signal table (`id text PRIMARY KEY, type text NOT NULL, data text`): rows
     /// inserted there are instructions (`execute-snapshot`, …), never published. Unset: no signals.
     #[serde(default)]

@@ -31,6 +31,7 @@ pub mod preflight;
 mod preflight_checks;
 pub mod reader;
 pub mod replication;
+mod reselect;
 mod settings;
 mod signal_table;
 mod signals;

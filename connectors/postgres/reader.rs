@@ -13,6 +13,7 @@ use super::decoder::{Captured, StreamDecoder, HEARTBEAT_PREFIX};
 use super::overlap::Overlap;
 use super::pgoutput::{self, Relation};
 use super::replication::{Frame, ReplicationConnection, SlotLifetime};
+use super::reselect::Reselect;
 use super::signals::Incremental;
 use super::snapshot::{Exported, Snapshot};
 use super::start::{self, Start};
@@ -237,6 +238,10 @@ impl PostgresSource {
             _ => None,
         };
         let mut incremental = Incremental::new(&self.settings, progress, control.metrics.clone());
+        let mut reselect = self
+            .settings
+            .reselect_unchanged_toast
+            .then(Reselect::default);
         let stopping_until =
             (*control.stop.borrow()).then(|| tokio::time::Instant::now() + control.stop_grace);
         let mut link = Link {
@@ -251,7 +256,13 @@ impl PostgresSource {
         loop {
             backoff.connecting();
             let err = match self
-                .stream_connection(&mut decoder, &mut incremental, &mut link, reconnecting)
+                .stream_connection(
+                    &mut decoder,
+                    &mut incremental,
+                    &mut reselect,
+                    &mut link,
+                    reconnecting,
+                )
                 .await
             {
                 Ok(conn) => return self.finish(conn, link).await,
@@ -293,6 +304,7 @@ impl PostgresSource {
         &mut self,
         decoder: &mut StreamDecoder,
         incremental: &mut Incremental,
+        reselect: &mut Option<Reselect>,
         link: &mut Link,
         reconnecting: bool,
     ) -> Result<ReplicationConnection, SourceError> {
@@ -321,6 +333,13 @@ impl PostgresSource {
                 Wake::Handled => continue,
                 Wake::Stop => break,
             };
+            // Behind any update still waiting for its commit to have its values re-selected.
+            if let Some(reselect) = reselect {
+                let metrics = link.control.metrics.as_ref();
+                reselect
+                    .process(&mut produced, &self.catalog, metrics)
+                    .await;
+            }
             let handed_on = self
                 .hand_on(&mut produced, &mut conn, link, &mut ticks, give_up_at)
                 .await?;

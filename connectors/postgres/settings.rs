@@ -39,6 +39,8 @@ pub struct PostgresSettings {
     pub incremental_chunk_rows: usize,
     /// Tables that join the selection later are snapshotted incrementally.
     pub snapshot_new_tables: bool,
+    /// Read unchanged TOAST values from the table for the updates that lack them.
+    pub reselect_unchanged_toast: bool,
 }
 
 /// Where an earlier run got to, from the position file.

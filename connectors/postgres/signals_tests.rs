@@ -37,6 +37,7 @@ fn settings() -> PostgresSettings {
         signal_table: Some("public.sluice_signals".into()),
         incremental_chunk_rows: 100,
         snapshot_new_tables: true,
+        reselect_unchanged_toast: false,
     }
 }
 

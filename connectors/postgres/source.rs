@@ -82,6 +82,7 @@ pub fn settings(config: &PostgresConfig) -> Result<PostgresSettings, SourceError
         incremental_chunk_rows: *config.incremental_chunk_rows.get_ref() as usize,
         // Reading a joined table's rows needs watermarks, which need the signal table's messages on.
         snapshot_new_tables: config.snapshot_new_tables && config.signal_table.is_some(),
+        reselect_unchanged_toast: config.reselect_unchanged_toast,
     })
 }
 

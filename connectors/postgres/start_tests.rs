@@ -29,6 +29,7 @@ fn settings(snapshot: SnapshotMode) -> PostgresSettings {
         signal_table: None,
         incremental_chunk_rows: 1024,
         snapshot_new_tables: true,
+        reselect_unchanged_toast: false,
     }
 }
 

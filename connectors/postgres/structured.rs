@@ -15,23 +15,50 @@ pub enum ArrayText {
 #[error("{0}")]
 pub struct StructureError(pub(super) &'static str);
 
-/// Splits `{1,2,NULL}`, `{{1,2},{3,4}}` or `[0:1]={a,b}` (the lower bounds are dropped). Elements are
-/// separated by `delimiter` (`;` for box, `,` for everything else).
-pub fn split_array(text: &str, delimiter: u8) -> Result<ArrayText, StructureError> {
+/// An array's text split: its bounds decoration when PostgreSQL printed one (`[0:1]` of `[0:1]={a,b}`,
+/// printed when a lower bound is not 1) and its elements.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SplitArray<'a> {
+    pub bounds: Option<&'a str>,
+    pub list: ArrayText,
+}
+
+/// Splits `{1,2,NULL}`, `{{1,2},{3,4}}` or `[0:1]={a,b}`. Elements are separated by `delimiter` (`;` for
+/// box, `,` for everything else).
+pub fn split_array(text: &str, delimiter: u8) -> Result<SplitArray<'_>, StructureError> {
     let mut parser = Parser::new(text);
-    // Arrays whose lower bound is not 1 are prefixed with their dimensions.
+    let mut bounds = None;
     if parser.peek() == Some(b'[') {
         while parser.next() != Some(b'=') {
-            if parser.at_end() {
-                return Err(StructureError("unterminated dimension prefix"));
+            let b = parser
+                .peek()
+                .ok_or(StructureError("unterminated dimension prefix"))?;
+            if !(b.is_ascii_digit() || b"[]:-=".contains(&b)) {
+                return Err(StructureError("unexpected text in the dimension prefix"));
             }
         }
+        bounds = Some(&text[..parser.at - 1]);
     }
     let list = parser.array_list(delimiter, 0)?;
     if !parser.at_end() {
         return Err(StructureError("text after the closing brace"));
     }
-    Ok(list)
+    Ok(SplitArray { bounds, list })
+}
+
+impl ArrayText {
+    /// The lengths of the dimensions, read along the first element of each (PostgreSQL's arrays are
+    /// rectangular); empty for `{}`, which has no dimensions.
+    pub fn lengths(&self) -> Vec<usize> {
+        let mut lengths = Vec::new();
+        let mut at = self;
+        while let ArrayText::List(items) = at {
+            let Some(first) = items.first() else { break };
+            lengths.push(items.len());
+            at = first;
+        }
+        lengths
+    }
 }
 
 /// Splits `(1,"a b",,"")` into its fields; an empty unquoted field is NULL, `""` the empty string.
@@ -247,9 +274,10 @@ mod tests {
 
     #[test]
     fn arrays_split_into_elements() {
-        assert_eq!(split_array("{}", b',').unwrap(), ArrayText::List(vec![]));
+        let list = |text| split_array(text, b',').unwrap().list;
+        assert_eq!(list("{}"), ArrayText::List(vec![]));
         assert_eq!(
-            split_array(r#"{1,NULL,"NULL","",  x ,"a\"b\\c","{a,b}"}"#, b',').unwrap(),
+            list(r#"{1,NULL,"NULL","",  x ,"a\"b\\c","{a,b}"}"#),
             ArrayText::List(vec![
                 element("1"),
                 ArrayText::Element(None),
@@ -261,7 +289,7 @@ mod tests {
             ])
         );
         assert_eq!(
-            split_array("{{1,2},{3,NULL}}", b',').unwrap(),
+            list("{{1,2},{3,NULL}}"),
             ArrayText::List(vec![
                 ArrayText::List(vec![element("1"), element("2")]),
                 ArrayText::List(vec![element("3"), ArrayText::Element(None)]),
@@ -269,12 +297,18 @@ mod tests {
         );
         assert_eq!(
             split_array(r#"[0:1]={a,"b c"}"#, b',').unwrap(),
-            ArrayText::List(vec![element("a"), element("b c")])
+            SplitArray {
+                bounds: Some("[0:1]"),
+                list: ArrayText::List(vec![element("a"), element("b c")])
+            }
         );
+        assert_eq!(split_array("{1}", b',').unwrap().bounds, None);
         assert_eq!(
-            split_array("{(3,4),(1,2);(7,8),(5,6)}", b';').unwrap(),
+            split_array("{(3,4),(1,2);(7,8),(5,6)}", b';').unwrap().list,
             ArrayText::List(vec![element("(3,4),(1,2)"), element("(7,8),(5,6)")])
         );
+        assert_eq!(list("{{1,2,3},{4,5,6}}").lengths(), [2, 3]);
+        assert_eq!(list("{}").lengths(), Vec::<usize>::new());
     }
 
     #[test]
@@ -289,6 +323,7 @@ mod tests {
             "{1}x",
             "{\"a}",
             "[0:1",
+            "[0:1]x={1}",
             "{{{{{{{1}}}}}}}",
             "{a\"b}",
         ] {

@@ -19,7 +19,7 @@ use super::value_error::shown;
 // Public here before it had a module of its own.
 pub use super::value_error::ValueError;
 use crate::config::DecimalHandling;
-use sluice_core::event::{ColumnType, RecordField, Value};
+use sluice_core::event::{ColumnType, Note, RecordField, Value};
 
 // Built-in type OIDs (`pg_type.oid`), fixed across PostgreSQL versions.
 const BOOL: u32 = 16;
@@ -304,48 +304,71 @@ fn text_type_name(column_type: &ColumnType) -> &'static str {
     }
 }
 
-/// An array value: its elements parsed as the element type, nested as deep as the column declares. A value
-/// of another depth cannot take the column's Avro type and is carried as out of range.
+/// An array value: its elements parsed as the element type, nested as deep as the column declares.
+/// PostgreSQL does not hold values to the declared dimensions: a value of another depth, or whose lower
+/// bounds are not 1, is nested as declared (outer dimensions merged, or wrapped in one-element lists) and
+/// noted with its bounds, so that nothing of it is lost.
 fn parse_array(text: &str, element: &ColumnType, dimensions: u32) -> Result<Value, ValueError> {
     // box is the one built-in type whose array elements are separated by `;` (its own text has commas).
     let delimiter = match element {
         ColumnType::Text { type_name } if type_name == "box" => b';',
         _ => b',',
     };
-    let split = structured::split_array(text, delimiter)
-        .map_err(|err| ValueError::malformed(text, "array", err))?;
-    match array_value(&split, element, dimensions)? {
-        Some(value) => Ok(value),
-        None => Ok(Value::OutOfRange(format!(
-            "array `{}` does not have the {dimensions} dimension(s) the column declares \
-             (declare the column with as many [] as its values have dimensions)",
-            shown(text)
-        ))),
+    let malformed = |err| ValueError::malformed(text, "array", err);
+    let split = structured::split_array(text, delimiter).map_err(malformed)?;
+    let lengths = split.list.lengths();
+    let value = array_value(&split.list, element, &lengths)?
+        .ok_or_else(|| malformed(StructureError("sub-arrays of different sizes")))?;
+    let depth = lengths.len() as u32;
+    if depth == 0 || (depth == dimensions && split.bounds.is_none()) {
+        return Ok(value);
     }
+    let bounds = match split.bounds {
+        Some(bounds) => bounds.to_owned(),
+        None => lengths.iter().map(|n| format!("[1:{n}]")).collect(),
+    };
+    let nested = if depth >= dimensions {
+        Value::Array(merge_outer(value, depth + 1 - dimensions.max(1)))
+    } else {
+        (depth..dimensions).fold(value, |inner, _| Value::Array(vec![inner]))
+    };
+    Ok(Value::noted(nested, Note::ArrayBounds(bounds)))
 }
 
-/// None when the nesting does not match `dimensions`.
+/// The array's elements nested as the text nests them, each level `lengths` long; None when a level
+/// differs (PostgreSQL's arrays are rectangular).
 fn array_value(
     split: &ArrayText,
     element: &ColumnType,
-    dimensions: u32,
+    lengths: &[usize],
 ) -> Result<Option<Value>, ValueError> {
-    match split {
-        ArrayText::List(items) if dimensions >= 1 => {
+    match (split, lengths.split_first()) {
+        (ArrayText::List(items), Some((&length, inner))) if items.len() == length => {
             let mut values = Vec::with_capacity(items.len());
             for item in items {
-                match array_value(item, element, dimensions - 1)? {
+                match array_value(item, element, inner)? {
                     Some(value) => values.push(value),
                     None => return Ok(None),
                 }
             }
             Ok(Some(Value::Array(values)))
         }
-        ArrayText::Element(None) if dimensions == 0 => Ok(Some(Value::Null)),
-        ArrayText::Element(Some(text)) if dimensions == 0 => {
-            parse_text(element, text.as_bytes()).map(Some)
-        }
+        (ArrayText::List(items), None) if items.is_empty() => Ok(Some(Value::Array(Vec::new()))),
+        (ArrayText::Element(None), None) => Ok(Some(Value::Null)),
+        (ArrayText::Element(Some(text)), None) => parse_text(element, text.as_bytes()).map(Some),
         _ => Ok(None),
+    }
+}
+
+/// The items of the outer `levels` levels of a nested array, in order, as one list.
+fn merge_outer(value: Value, levels: u32) -> Vec<Value> {
+    match value {
+        Value::Array(items) if levels > 1 => items
+            .into_iter()
+            .flat_map(|item| merge_outer(item, levels - 1))
+            .collect(),
+        Value::Array(items) => items,
+        other => vec![other],
     }
 }
 

@@ -149,6 +149,61 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
+/// Days since 1970-01-01 as PostgreSQL reads a date (`2024-02-29`, `0044-03-15 BC`, `infinity`): the
+/// inverse of [`parse_date`], for putting a value back into a query.
+pub(super) fn date_text(days: i32) -> String {
+    match days {
+        i32::MAX => "infinity".into(),
+        i32::MIN => "-infinity".into(),
+        days => civil_text(i64::from(days), ""),
+    }
+}
+
+/// Microseconds since 1970 as PostgreSQL reads a timestamp (`zone` `+00` for timestamptz): the inverse
+/// of [`parse_timestamp`].
+pub(super) fn timestamp_text(micros: i64, zone: &str) -> String {
+    match micros {
+        i64::MAX => "infinity".into(),
+        i64::MIN => "-infinity".into(),
+        micros => {
+            let time = time_text(micros.rem_euclid(MICROS_PER_DAY));
+            civil_text(micros.div_euclid(MICROS_PER_DAY), &format!(" {time}{zone}"))
+        }
+    }
+}
+
+/// Microseconds since midnight as `HH:MM:SS.ffffff`.
+pub(super) fn time_text(micros: i64) -> String {
+    let seconds = micros / MICROS_PER_SECOND;
+    let (hours, minutes, seconds) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    let fraction = micros % MICROS_PER_SECOND;
+    format!("{hours:02}:{minutes:02}:{seconds:02}.{fraction:06}")
+}
+
+/// The date `days` after 1970-01-01, then `time`, then the era for years before 1 (Hinnant's
+/// civil-from-days).
+fn civil_text(days: i64, time: &str) -> String {
+    let z = days + 719_468;
+    let (era, day_of_era) = (z.div_euclid(146_097), z.rem_euclid(146_097));
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let (year, era) = if year <= 0 {
+        (1 - year, " BC")
+    } else {
+        (year, "")
+    };
+    format!("{year:04}-{month:02}-{day:02}{time}{era}")
+}
+
 /// A forward-only reader over ASCII date and time text; `None` means the text does not have the form.
 struct Cursor<'a> {
     rest: &'a [u8],

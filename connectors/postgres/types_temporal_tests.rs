@@ -194,3 +194,40 @@ fn timestamps_beyond_avro() {
         Value::OutOfRange(_)
     ));
 }
+
+#[test]
+fn values_print_back_as_the_text_they_were_read_from() {
+    use crate::types_temporal::{date_text, time_text, timestamp_text};
+    for text in [
+        "1970-01-01",
+        "2024-02-29",
+        "1900-03-01",
+        "0001-01-01",
+        "0001-12-31 BC",
+        "0044-03-15 BC",
+        "4713-01-01 BC",
+        "5874897-12-31",
+        "infinity",
+        "-infinity",
+    ] {
+        let Value::Date(days) = parse(&ColumnType::Date, text) else {
+            panic!("{text}")
+        };
+        assert_eq!(date_text(days), text);
+    }
+    for text in [
+        "1970-01-01 00:00:00.000000",
+        "2038-01-19 03:14:08.000001",
+        "1969-12-31 23:59:59.999999",
+        "0044-03-15 12:30:00.500000 BC",
+        "294247-01-10 04:00:54.775806",
+    ] {
+        let Value::Timestamp(micros) = parse(&ColumnType::Timestamp, text) else {
+            panic!("{text}")
+        };
+        assert_eq!(timestamp_text(micros, ""), text);
+    }
+    assert_eq!(timestamp_text(0, "+00"), "1970-01-01 00:00:00.000000+00");
+    assert_eq!(time_text(86_399_999_999), "23:59:59.999999");
+    assert_eq!(time_text(86_400_000_000), "24:00:00.000000");
+}

@@ -262,16 +262,36 @@ fn arrays_parse_element_by_element() {
             Value::Array(vec![Value::Int32(3), Value::Null]),
         ])
     );
-    // A value deeper or shallower than declared has no place in the Avro type.
-    for (dims, text) in [(1, "{{1,2},{3,4}}"), (2, "{1,2}")] {
-        let Value::OutOfRange(reason) = parse(&int_array(dims), text) else {
-            panic!("{text} in a {dims}-dimensional column parsed");
-        };
-        assert!(
-            reason.contains(&format!("the {dims} dimension(s)")),
-            "{reason}"
-        );
-    }
+    // PostgreSQL does not hold values to the declared dimensions: a value of another depth is nested as
+    // declared, its bounds noted.
+    let ints = |values: &[i32]| Value::Array(values.iter().map(|v| Value::Int32(*v)).collect());
+    let noted = |value, bounds: &str| Value::noted(value, Note::ArrayBounds(bounds.into()));
+    assert_eq!(
+        parse(&int_array(1), "{{1,2},{3,4}}"),
+        noted(ints(&[1, 2, 3, 4]), "[1:2][1:2]")
+    );
+    assert_eq!(
+        parse(&int_array(2), "{{{1,2}},{{3,4}}}"),
+        noted(
+            Value::Array(vec![ints(&[1, 2]), ints(&[3, 4])]),
+            "[1:2][1:1][1:2]"
+        )
+    );
+    assert_eq!(
+        parse(&int_array(2), "{1,2}"),
+        noted(Value::Array(vec![ints(&[1, 2])]), "[1:2]")
+    );
+    // Lower bounds other than 1, which PostgreSQL prints before the elements.
+    assert_eq!(
+        parse(&int_array(1), "[0:1]={7,8}"),
+        noted(ints(&[7, 8]), "[0:1]")
+    );
+    assert_eq!(
+        parse(&int_array(1), "[-2:-1][3:3]={{7},{8}}"),
+        noted(ints(&[7, 8]), "[-2:-1][3:3]")
+    );
+    assert!(error(&int_array(1), "{{1,2},{3}}").contains("sub-arrays of different sizes"));
+    assert!(error(&int_array(1), "{{1,2},3}").contains("sub-arrays of different sizes"));
     assert!(error(&int_array(1), "{1,x}").contains("`x` is not a valid int4"));
     assert!(error(&int_array(1), "{1,2").contains("is not a valid array"));
     let boxes = ColumnType::Array {

@@ -108,7 +108,7 @@ pub fn encode_envelope(
 fn write_key(table: &Table, row: &Row, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     check_shape(table, row)?;
     for (index, column) in table.key_columns() {
-        let written = match &row[index] {
+        let written = match row[index].plain() {
             Value::Null => Err(EncodeReason::NullInKey),
             Value::UnchangedToast => Err(EncodeReason::UnchangedToastInKey),
             value => write_value(&column.column_type, value, out),
@@ -178,7 +178,7 @@ pub(super) fn write_row_fields(
 ) -> Result<(), EncodeError> {
     check_shape(table, row)?;
     for (column, value) in table.columns.iter().zip(row) {
-        match value {
+        match value.plain() {
             // The caller reports unchanged TOAST columns alongside the message.
             Value::Null | Value::UnchangedToast => write_union_branch(0, out),
             value => {
@@ -255,6 +255,8 @@ pub(super) fn write_value(
 ) -> Result<(), EncodeReason> {
     match (column_type, value) {
         (_, Value::OutOfRange(reason)) => return Err(EncodeReason::OutOfRange(reason.clone())),
+        // The encoders tell notes in headers.
+        (_, Value::Noted(noted)) => return write_value(column_type, &noted.value, out),
         (ColumnType::Boolean, Value::Bool(v)) => write_boolean(*v, out),
         (ColumnType::Int16, Value::Int16(v)) => write_int(i32::from(*v), out),
         (ColumnType::Int32, Value::Int32(v)) => write_int(*v, out),
@@ -371,7 +373,7 @@ fn write_nullable(
     value: &Value,
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeReason> {
-    if *value == Value::Null {
+    if *value.plain() == Value::Null {
         write_union_branch(0, out);
         Ok(())
     } else {
@@ -486,6 +488,7 @@ fn value_kind(value: &Value) -> &'static str {
         Value::Record(_) => "composite",
         Value::TextMap(_) => "map",
         Value::OutOfRange(_) => "out-of-range value",
+        Value::Noted(noted) => value_kind(&noted.value),
     }
 }
 

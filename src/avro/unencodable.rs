@@ -23,7 +23,7 @@ pub fn unencodable_values(event: &ChangeEvent) -> Option<Vec<Unencodable>> {
     for (after, row) in [(false, &event.before), (true, &event.after)] {
         let Some(row) = row else { continue };
         for (column, (meta, value)) in event.table.columns.iter().zip(row).enumerate() {
-            if matches!(value, Value::Null | Value::UnchangedToast) {
+            if matches!(value.plain(), Value::Null | Value::UnchangedToast) {
                 continue;
             }
             scratch.clear();

@@ -88,6 +88,17 @@ fn counter_families(counters: &Counters, encoder: &mut DescriptorEncoder) -> fmt
     )?;
     family(
         encoder,
+        "sluice_reselect",
+        "Updates whose unchanged TOAST values sluice read from the table (source.reselect_unchanged_toast), by table and outcome: reselected; changed, gone or failed (the values stay absent); transaction_too_long.",
+        counters.reselect.iter().map(|((table, outcome), count)| {
+            (
+                [("table", table.as_str()), ("outcome", *outcome)],
+                ConstCounter::new(*count),
+            )
+        }),
+    )?;
+    family(
+        encoder,
         "sluice_transform_dropped",
         "Changes a transform dropped (a filter's condition was false, an outbox row was not an insert), by transform.",
         counters.transform_dropped.iter().map(|(transform, count)| {

@@ -98,7 +98,7 @@ impl Masking {
     /// Masks a row value in place. Nulls stay null; an unchanged TOAST value was not sent, so there is
     /// nothing to mask and the encoders still need to know it is absent.
     pub(super) fn mask_value(&self, value: &mut Value) {
-        if matches!(value, Value::Null | Value::UnchangedToast) {
+        if matches!(value.plain(), Value::Null | Value::UnchangedToast) {
             return;
         }
         *value = match self.with {

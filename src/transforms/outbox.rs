@@ -114,7 +114,7 @@ impl Outbox {
 
 /// A value's text: strings and JSON as they are, anything else as its JSON text; None for null.
 fn text(value: &Value) -> Option<String> {
-    match value {
+    match value.plain() {
         Value::Null | Value::UnchangedToast => None,
         Value::String(text) | Value::Json(text) | Value::Uuid(text) => Some(text.clone()),
         other => Some(value_json(other).to_string()),

@@ -156,6 +156,7 @@ fn unsigned<'a>(value: u64) -> Cel<'a> {
 fn cel_value<'a>(value: &'a Value, column_type: &'a ColumnType) -> Cel<'a> {
     match value {
         Value::Null | Value::UnchangedToast | Value::OutOfRange(_) => null(),
+        Value::Noted(noted) => cel_value(&noted.value, column_type),
         Value::Bool(b) => Box::new(CelBool::from(*b)),
         Value::Int16(i) => Box::new(CelInt::from(i64::from(*i))),
         Value::Int32(i) => Box::new(CelInt::from(i64::from(*i))),

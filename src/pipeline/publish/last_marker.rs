@@ -2,7 +2,8 @@
 //! encoding or a transform sends it to the dead-letter topic instead): the last snapshot row that was
 //! published goes out again, marked `last`, so that a consumer waiting for the end of the snapshot sees it.
 //! A copy of each published snapshot row's record is kept for that; the markers `true` and `last` have the
-//! same length, so the copy is marked in place.
+//! same length, so the copy is marked in place. When no snapshot row was published at all, the encoder
+//! publishes an end record instead.
 
 use sluice_core::event::{Lsn, SnapshotMarker};
 
@@ -77,20 +78,20 @@ impl LastMarker {
     }
 
     /// The snapshot's last row has been handled: unless it reached the broker marked `last`, the last row
-    /// published goes out again marked so.
-    pub async fn ensure(&mut self, core: &mut Core) -> Result<(), PipelineError> {
+    /// published goes out again marked so. False when no snapshot row was published at all: the caller
+    /// publishes an end record.
+    pub async fn ensure(&mut self, core: &mut Core) -> Result<bool, PipelineError> {
         if std::mem::take(&mut self.published) {
             self.held = None;
-            return Ok(());
+            return Ok(true);
         }
         let Some(mut held) = self.held.take() else {
-            tracing::warn!("the snapshot's last row did not reach its topic and no row before it did: no event carries source.snapshot = \"last\"");
-            return Ok(());
+            return Ok(false);
         };
         let marker = held.marker_at..held.marker_at + 4;
         match held.value.get_mut(marker) {
             Some(text) if text == b"true" => text.copy_from_slice(b"last"),
-            _ => return Ok(()),
+            _ => return Ok(true),
         }
         let lsn = held.lsn.map(|lsn| lsn.to_string());
         let headers: Vec<(&str, &[u8])> = match &lsn {
@@ -110,6 +111,12 @@ impl LastMarker {
         if let Delivery::Refused { reason, .. } = core.send(&message, MessageKind::Event).await? {
             tracing::warn!(reason, "the broker refused the snapshot's end marker");
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// The end record went out: it carried `last` itself.
+    pub fn ended(&mut self) {
+        self.published = false;
+        self.held = None;
     }
 }

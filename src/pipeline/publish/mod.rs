@@ -6,10 +6,11 @@ mod core;
 mod documents;
 mod last_marker;
 mod outbox;
+mod row_headers;
 mod rows;
 mod shared;
 
-use sluice_core::event::{SnapshotMarker, SourceEvent};
+use sluice_core::event::{ChangeEvent, Op, SnapshotMarker, SourceEvent};
 use tokio::sync::mpsc;
 
 use super::error::PipelineError;
@@ -74,16 +75,30 @@ impl Publisher {
         // The snapshot's last row or document: its `last` marker must reach the broker, whatever becomes
         // of it.
         let last = match &event {
-            SourceEvent::Change(c) if c.source.snapshot == SnapshotMarker::Last => Some(true),
-            SourceEvent::Document(d) if d.source.snapshot == SnapshotMarker::Last => Some(false),
+            SourceEvent::Change(c) if c.source.snapshot == SnapshotMarker::Last => {
+                Some(Some(ChangeEvent {
+                    op: Op::Read,
+                    before: None,
+                    after: None,
+                    table: c.table.clone(),
+                    source: c.source.clone(),
+                }))
+            }
+            SourceEvent::Document(d) if d.source.snapshot == SnapshotMarker::Last => Some(None),
             _ => None,
         };
         self.transform_and_encode(event).await?;
+        let marked = match &last {
+            Some(Some(_)) => self.rows.last_marker.ensure(&mut self.core).await?,
+            Some(None) => self.documents.last_marker.ensure(&mut self.core).await?,
+            None => true,
+        };
         match last {
-            Some(true) => self.rows.last_marker.ensure(&mut self.core).await,
-            Some(false) => self.documents.last_marker.ensure(&mut self.core).await,
-            None => Ok(()),
+            _ if marked => {}
+            Some(Some(end)) => self.rows.publish_end(&end, &mut self.core).await?,
+            _ => tracing::warn!("the snapshot's last document did not reach its topic and no document before it did: no event carries source.snapshot = \"last\""),
         }
+        Ok(())
     }
 
     async fn transform_and_encode(&mut self, event: SourceEvent) -> Result<(), PipelineError> {

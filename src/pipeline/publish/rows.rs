@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use sluice_core::event::{ChangeEvent, DecodingMessage, Lsn, Op, SnapshotMarker, Table, Value};
+use sluice_core::event::{ChangeEvent, DecodingMessage, Lsn, Op, SnapshotMarker, Table};
 
 use super::last_marker::{LastMarker, Record};
+use super::row_headers::{note_headers, unchanged_toast_columns, unchanged_toast_fields};
 use super::shared::SharedTopics;
 use sluice_core::positions::now_ms;
 
@@ -185,6 +186,45 @@ impl RowEncoder {
         Ok(Ok(()))
     }
 
+    /// The snapshot's end when none of its rows reached a topic: an `op = "r"` envelope without a row
+    /// (`end`: the last row's table and source, `last`), on the last row's topic, unkeyed, past contracts
+    /// (it has no row to check). The flat form (unwrap) has nothing to carry it.
+    pub async fn publish_end(
+        &mut self,
+        end: &ChangeEvent,
+        core: &mut Core,
+    ) -> Result<(), PipelineError> {
+        let unpublished = |reason: &str| {
+            tracing::warn!(reason, "no snapshot row reached its topic, and neither did an end record: no event carries source.snapshot = \"last\"");
+        };
+        // The last row's encoding (its topic and form) when it got that far.
+        if !self.encodings.contains_key(&end.table.id) {
+            if let Err(rejection) = self.ensure_encoding(end, None, core).await? {
+                unpublished(&rejection.reason);
+                return Ok(());
+            }
+        }
+        match self.encode(end, core) {
+            Ok(true) => {}
+            Ok(false) => {
+                unpublished("the tables are published unwrapped");
+                return Ok(());
+            }
+            Err(err) => {
+                unpublished(&err.to_string());
+                return Ok(());
+            }
+        }
+        let encoding = &self.encodings[&end.table.id];
+        let (topic, name) = (encoding.topic.clone(), encoding.name.clone());
+        tracing::info!(%topic, "no snapshot row reached its topic: an end record marked last is published instead");
+        if let Err((reason, _)) = self.deliver(end, (&topic, &name), true, None, core).await? {
+            unpublished(&reason);
+        }
+        self.last_marker.ended();
+        Ok(())
+    }
+
     /// Sends the encoded row to `topic` (and its tombstone after a delete), keeps the snapshot marker's
     /// copy and counts it for the table `name`; the broker's refusal, with the message's ordinal.
     async fn deliver(
@@ -214,6 +254,13 @@ impl RowEncoder {
         }
         if let Some(columns) = unencodable {
             headers.push(("sluice.unencodable", columns.as_bytes()));
+        }
+        let (reselected, bounds) = note_headers(event);
+        if let Some(columns) = &reselected {
+            headers.push(("sluice.reselected", columns.as_bytes()));
+        }
+        if let Some(bounds) = &bounds {
+            headers.push(("sluice.array_bounds", bounds.as_bytes()));
         }
         let key = has_key.then_some(self.key_buf.as_slice());
         if has_value {
@@ -558,26 +605,6 @@ fn encode_stage(err: &EncodeError) -> Stage {
     }
 }
 
-/// Positions of the columns whose values PostgreSQL did not send (unchanged TOAST).
-fn unchanged_toast(event: &ChangeEvent) -> impl Iterator<Item = usize> + '_ {
-    event
-        .after
-        .iter()
-        .flat_map(|after| after.iter().enumerate())
-        .filter(|(_, value)| **value == Value::UnchangedToast)
-        .map(|(i, _)| i)
-}
-
-/// The Avro field names of the unchanged-TOAST columns, for the contract check.
-fn unchanged_toast_fields(event: &ChangeEvent) -> Vec<String> {
-    let positions: Vec<usize> = unchanged_toast(event).collect();
-    if positions.is_empty() {
-        return Vec::new();
-    }
-    let names = avro::naming::field_names(&event.table);
-    positions.into_iter().map(|i| names[i].clone()).collect()
-}
-
 /// The columns published null for want of an encoding, each once.
 fn nulled_columns<'t>(event: &'t ChangeEvent, nulled: &[Unencodable]) -> Vec<&'t str> {
     let mut names: Vec<&str> = Vec::new();
@@ -611,12 +638,4 @@ fn nulled_reason(event: &ChangeEvent, nulled: &[Unencodable]) -> String {
          this is the change as the source sent it: {}",
         each.join("; ")
     )
-}
-
-/// The unchanged-TOAST columns, as a comma-separated header value.
-fn unchanged_toast_columns(event: &ChangeEvent) -> Option<String> {
-    let names: Vec<&str> = unchanged_toast(event)
-        .map(|i| event.table.columns[i].name.as_str())
-        .collect();
-    (!names.is_empty()).then(|| names.join(","))
 }
