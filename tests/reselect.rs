@@ -74,22 +74,30 @@ fn metric(metrics: &str, outcome: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_toast_values_are_reselected_only_when_they_are_the_updates() {
     let services = Services::start().await;
+    // `spans`, an interval array stored out of line uncompressed, is printed by the session's
+    // IntervalStyle: re-selecting must read it as the stream does, whatever the database's default.
     services
-        .sql("CREATE TABLE docs (id int PRIMARY KEY, body text, n int)")
+        .sql(&format!(
+            "CREATE TABLE docs (id int PRIMARY KEY, body text, n int, spans interval[]);
+             ALTER TABLE docs ALTER COLUMN spans SET STORAGE EXTERNAL;
+             ALTER DATABASE {} SET IntervalStyle = 'postgres_verbose';",
+            common::DATABASE
+        ))
         .await;
     let mut daemon = start(&services);
     services.wait_streaming(&mut daemon).await;
 
+    let spans = "(SELECT array_agg(make_interval(secs => i)) FROM generate_series(1, 300) AS i)";
     services
         .sql(&format!(
-            "INSERT INTO docs VALUES (1, {}, 0);
-             INSERT INTO docs VALUES (2, {}, 0);",
+            "INSERT INTO docs VALUES (1, {}, 0, {spans});
+             INSERT INTO docs VALUES (2, {}, 0, {spans});",
             body(1),
             body(5000)
         ))
         .await;
     let first = short(&stored_body(&services, 1).await);
-    // Stored out of line: otherwise PostgreSQL would send it with every update.
+    // Stored out of line: otherwise PostgreSQL would send them with every update.
     let external: bool = services
         .pg
         .client(common::DATABASE)
@@ -106,7 +114,8 @@ async fn unchanged_toast_values_are_reselected_only_when_they_are_the_updates() 
     // Each transaction its own statement: a multi-statement string would run as one.
     // Re-selected: nothing changed the row after the update.
     services.sql("UPDATE docs SET n = 1 WHERE id = 1").await;
-    // Not re-selected: the same transaction sets the body afterwards.
+    // The body is not re-selected for the first update: the same transaction sets it afterwards. The
+    // spans are, for both: neither update sets them.
     services
         .sql(&format!(
             "BEGIN;
@@ -116,7 +125,7 @@ async fn unchanged_toast_values_are_reselected_only_when_they_are_the_updates() 
             body(9000)
         ))
         .await;
-    // Both re-selected: the later update leaves the body unchanged too.
+    // Both re-selected: the later update leaves the values unchanged too.
     services
         .sql(
             "BEGIN;
@@ -126,9 +135,13 @@ async fn unchanged_toast_values_are_reselected_only_when_they_are_the_updates() 
         )
         .await;
     let second = short(&stored_body(&services, 1).await);
+    assert!(
+        first != second,
+        "the bodies differ, so a wrong one would show"
+    );
     let events = decode_all(&services, &services.read(TOPIC, 7, WAIT).await);
-    let reselected = (Some("body"), None);
-    let absent = (None, Some("body"));
+    let both = (Some("body,spans"), None);
+    let absent = (None, Some("body,spans"));
     let seen: Vec<_> = updates(&events)
         .into_iter()
         .map(|(id, n, body, r, u)| (id, n, body, (r, u)))
@@ -136,20 +149,28 @@ async fn unchanged_toast_values_are_reselected_only_when_they_are_the_updates() 
     assert_eq!(
         seen,
         [
-            (1, 1, Some(first.clone()), reselected),
-            (1, 2, None, absent),
-            (1, 2, Some(second.clone()), (None, None)),
-            (1, 3, Some(second.clone()), reselected),
-            (1, 4, Some(second.clone()), reselected),
+            (1, 1, Some(first.clone()), both),
+            (1, 2, None, (Some("spans"), Some("body"))),
+            (1, 2, Some(second.clone()), (Some("spans"), None)),
+            (1, 3, Some(second.clone()), both),
+            (1, 4, Some(second.clone()), both),
         ]
     );
+    // The spans as the insert published them: the stream's own form.
+    let inserted = &events[0].after().unwrap()["spans"];
+    assert_eq!(inserted.as_array().map(Vec::len), Some(300));
+    assert_eq!(inserted[0], "PT1S", "{inserted}");
+    for update in events.iter().filter(|e| e.op() == Some("u")) {
+        assert_eq!(&update.after().unwrap()["spans"], inserted);
+    }
     let (_, metrics) = common::http_get(&daemon, "/metrics");
-    assert_eq!(metric(&metrics, "reselected"), 3, "{metrics}");
-    assert_eq!(metric(&metrics, "changed"), 1, "{metrics}");
+    assert_eq!(metric(&metrics, "reselected"), 5, "{metrics}");
+    assert_eq!(metric(&metrics, "changed"), 0, "{metrics}");
     daemon.stop_cleanly();
 
     // Written while sluice is stopped: by the time it reads the first update of each row, a later
-    // transaction has changed the row (the body, or the row is gone).
+    // transaction has changed the row (the body, or the row is gone); and an update made in a
+    // subtransaction, whose row version carries the subtransaction's id.
     services.sql("UPDATE docs SET n = 5 WHERE id = 1").await;
     services
         .sql(&format!(
@@ -159,9 +180,12 @@ async fn unchanged_toast_values_are_reselected_only_when_they_are_the_updates() 
         .await;
     services.sql("UPDATE docs SET n = 1 WHERE id = 2").await;
     services.sql("DELETE FROM docs WHERE id = 2").await;
+    services
+        .sql("BEGIN; SAVEPOINT s; UPDATE docs SET n = 6 WHERE id = 1; RELEASE s; COMMIT;")
+        .await;
     let third = short(&stored_body(&services, 1).await);
     let mut daemon = start(&services);
-    let events = decode_all(&services, &services.read(TOPIC, 12, WAIT).await);
+    let events = decode_all(&services, &services.read(TOPIC, 13, WAIT).await);
     let seen: Vec<_> = updates(&events)[5..]
         .iter()
         .map(|(id, n, body, r, u)| (*id, *n, body.clone(), (*r, *u)))
@@ -170,18 +194,16 @@ async fn unchanged_toast_values_are_reselected_only_when_they_are_the_updates() 
         seen,
         [
             (1, 5, None, absent),
-            (1, 5, Some(third), (None, None)),
+            // The savepoint's update changed the row since.
+            (1, 5, Some(third), (None, Some("spans"))),
             (2, 1, None, absent),
+            (1, 6, None, absent),
         ]
     );
     let (_, metrics) = common::http_get(&daemon, "/metrics");
-    assert_eq!(metric(&metrics, "changed"), 1, "{metrics}");
+    assert_eq!(metric(&metrics, "changed"), 3, "{metrics}");
     assert_eq!(metric(&metrics, "gone"), 1, "{metrics}");
     assert_eq!(metric(&metrics, "reselected"), 0, "{metrics}");
-    assert!(
-        first != second,
-        "the bodies differ, so a wrong one would show"
-    );
     services.assert_no_dead_letters().await;
     daemon.stop_cleanly();
 }

@@ -224,10 +224,14 @@ async fn arrays_of_other_dimensions_and_bounds_are_published_with_their_bounds()
 
 async fn arrays_are_published(mode: &str) {
     let services = Services::start().await;
+    // A composite holding an array, and the old row sent whole (its arrays' bounds too).
     services
         .sql(
-            "CREATE TABLE m (id int PRIMARY KEY, a int[], b int[][]);
-             INSERT INTO m VALUES (1, '{{1,2},{3,4}}', '{5,6}'), (2, '[0:1]={7,8}', '{{9}}');",
+            "CREATE TYPE pair AS (xs int[]);
+             CREATE TABLE m (id int PRIMARY KEY, a int[], b int[][], c pair);
+             ALTER TABLE m REPLICA IDENTITY FULL;
+             INSERT INTO m VALUES (1, '{{1,2},{3,4}}', '{5,6}', NULL),
+                                  (2, '[0:1]={7,8}', '{{9}}', ROW('[0:1]={1,2}'));",
         )
         .await;
     let mut config = services.config(&["public.m"]);
@@ -237,32 +241,42 @@ async fn arrays_are_published(mode: &str) {
     services.wait_streaming(&mut daemon).await;
     services
         .sql(
-            "INSERT INTO m VALUES (11, '{{1,2},{3,4}}', '{5,6}'), (12, '[0:1]={7,8}', '{{9}}');
-             UPDATE m SET a = '[2:3][1:1]={{1},{2}}' WHERE id = 12;",
+            "INSERT INTO m VALUES (11, '{{1,2},{3,4}}', '{5,6}', NULL),
+                                  (12, '[0:1]={7,8}', '{{9}}', ROW('[0:1]={1,2}'));
+             UPDATE m SET a = '[2:3][1:1]={{1},{2}}', c = NULL WHERE id = 12;",
         )
         .await;
     let published = decode_all(&services, &services.read("shop.public.m", 5, WAIT).await);
     assert_eq!(published.len(), 5, "{published:?}");
+    let bounds = |event: &Event| -> Json {
+        serde_json::from_str(&event.headers["sluice.array_bounds"]).unwrap()
+    };
     for (event, id) in [(&published[0], 1), (&published[2], 11)] {
         let row = after(event);
         assert_eq!(row["id"], id);
         assert_eq!(row["a"], json!([1, 2, 3, 4]), "outer dimensions merged");
         assert_eq!(row["b"], json!([[5, 6]]), "wrapped to the declared depth");
-        let bounds: Json = serde_json::from_str(&event.headers["sluice.array_bounds"]).unwrap();
-        assert_eq!(bounds, json!({"after": {"a": "[1:2][1:2]", "b": "[1:2]"}}));
+        assert_eq!(
+            bounds(event),
+            json!({"after": {"a": "[1:2][1:2]", "b": "[1:2]"}})
+        );
     }
     for (event, id) in [(&published[1], 2), (&published[3], 12)] {
         let row = after(event);
         assert_eq!(row["id"], id);
         assert_eq!((&row["a"], &row["b"]), (&json!([7, 8]), &json!([[9]])));
-        let bounds: Json = serde_json::from_str(&event.headers["sluice.array_bounds"]).unwrap();
-        assert_eq!(bounds, json!({"after": {"a": "[0:1]"}}), "b is as declared");
+        assert_eq!(row["c"], json!({"xs": [1, 2]}));
+        assert_eq!(
+            bounds(event),
+            json!({"after": {"a": "[0:1]", "c.xs": "[0:1]"}}),
+            "b is as declared"
+        );
     }
     let update = &published[4];
     assert_eq!(after(update)["a"], json!([1, 2]));
     assert_eq!(
-        update.headers["sluice.array_bounds"],
-        r#"{"after":{"a":"[2:3][1:1]"}}"#
+        bounds(update),
+        json!({"before": {"a": "[0:1]", "c.xs": "[0:1]"}, "after": {"a": "[2:3][1:1]"}})
     );
     services.assert_no_dead_letters().await;
     daemon.stop_cleanly();

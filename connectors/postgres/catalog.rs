@@ -8,7 +8,7 @@ use tokio_postgres::{Client, NoTls};
 
 use super::connection::{PgConnection, SslMode};
 use super::pgoutput::{Relation, RelationColumn};
-use super::replication::quote_ident;
+use super::replication::{quote_ident, quote_literal, OUTPUT_SETTINGS};
 use crate::config::Selection;
 use sluice_core::event::Lsn;
 
@@ -55,8 +55,9 @@ pub(super) fn query_error(
     move |source| CatalogError::Query { context, source }
 }
 
-/// Opens an ordinary connection (over TLS as `sslmode` says; Unix sockets never use TLS, as with libpq);
-/// its driver task ends when the client is dropped.
+/// Opens an ordinary connection (over TLS as `sslmode` says; Unix sockets never use TLS, as with libpq),
+/// with the output settings the value decoders expect (values are read over it too: snapshots,
+/// incremental chunks, re-selected TOAST values); its driver task ends when the client is dropped.
 pub async fn connect(connection: &PgConnection) -> Result<Client, CatalogError> {
     let config = &connection.config;
     let unix_only = config
@@ -75,6 +76,14 @@ pub async fn connect(connection: &PgConnection) -> Result<Client, CatalogError> 
         tokio::spawn(drive(driver));
         client
     };
+    let settings: Vec<String> = OUTPUT_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("SET {name} = {}", quote_literal(value)))
+        .collect();
+    client
+        .batch_execute(&settings.join("; "))
+        .await
+        .map_err(query_error("cannot set the session's output formats"))?;
     Ok(client)
 }
 

@@ -32,6 +32,7 @@ mod preflight_checks;
 pub mod reader;
 pub mod replication;
 mod reselect;
+mod reselect_query;
 mod settings;
 mod signal_table;
 mod signals;

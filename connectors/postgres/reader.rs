@@ -13,7 +13,7 @@ use super::decoder::{Captured, StreamDecoder, HEARTBEAT_PREFIX};
 use super::overlap::Overlap;
 use super::pgoutput::{self, Relation};
 use super::replication::{Frame, ReplicationConnection, SlotLifetime};
-use super::reselect::Reselect;
+use super::reselect::{self, Reselect};
 use super::signals::Incremental;
 use super::snapshot::{Exported, Snapshot};
 use super::start::{self, Start};
@@ -238,10 +238,15 @@ impl PostgresSource {
             _ => None,
         };
         let mut incremental = Incremental::new(&self.settings, progress, control.metrics.clone());
-        let mut reselect = self
-            .settings
-            .reselect_unchanged_toast
-            .then(Reselect::default);
+        let mut reselect = match self.settings.reselect_unchanged_toast {
+            true => reselect::possible(&self.catalog, &self.settings.publication)
+                .await
+                .then(Reselect::default),
+            false => None,
+        };
+        // Events a lost connection left unsent, which go first on the next one: the decoder counts them
+        // handed on.
+        let mut produced = Vec::new();
         let stopping_until =
             (*control.stop.borrow()).then(|| tokio::time::Instant::now() + control.stop_grace);
         let mut link = Link {
@@ -260,6 +265,7 @@ impl PostgresSource {
                     &mut decoder,
                     &mut incremental,
                     &mut reselect,
+                    &mut produced,
                     &mut link,
                     reconnecting,
                 )
@@ -305,12 +311,22 @@ impl PostgresSource {
         decoder: &mut StreamDecoder,
         incremental: &mut Incremental,
         reselect: &mut Option<Reselect>,
+        produced: &mut Vec<SourceEvent>,
         link: &mut Link,
         reconnecting: bool,
     ) -> Result<ReplicationConnection, SourceError> {
         let mut conn = self.start_streaming(link, reconnecting).await?;
         let mut ticks = Ticks::new(&self.settings);
-        let mut produced = Vec::new();
+        if !produced.is_empty() {
+            let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+            let give_up_at = link.stopping_until.unwrap_or(far);
+            if !self
+                .hand_on(produced, &mut conn, link, &mut ticks, give_up_at)
+                .await?
+            {
+                return Ok(conn);
+            }
+        }
         // On a stop request, read on to the end of the open transaction: a half-published one would repeat.
         while link.stopping_until.is_none() || decoder.in_transaction() {
             // A time that never comes until a stop sets one.
@@ -319,7 +335,7 @@ impl PostgresSource {
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
             match self.wake(&mut conn, link, &mut ticks, give_up_at).await? {
                 Wake::Frame(frame) => {
-                    self.apply_frame(frame, decoder, &mut conn, link, &mut produced)
+                    self.apply_frame(frame, decoder, &mut conn, link, produced)
                         .await?;
                     for table in self.joined.drain(..) {
                         incremental.joined(table);
@@ -327,21 +343,20 @@ impl PostgresSource {
                     for table in self.described.drain(..) {
                         incremental.described(&table);
                     }
-                    incremental.process(&mut produced, decoder);
+                    incremental.process(produced, decoder);
                 }
-                Wake::Incremental => incremental.poll(&mut produced),
+                Wake::Incremental => incremental.poll(produced),
                 Wake::Handled => continue,
                 Wake::Stop => break,
             };
             // Behind any update still waiting for its commit to have its values re-selected.
             if let Some(reselect) = reselect {
+                self.reopen_catalog_if_closed().await?;
                 let metrics = link.control.metrics.as_ref();
-                reselect
-                    .process(&mut produced, &self.catalog, metrics)
-                    .await;
+                reselect.process(produced, &self.catalog, metrics).await;
             }
             let handed_on = self
-                .hand_on(&mut produced, &mut conn, link, &mut ticks, give_up_at)
+                .hand_on(produced, &mut conn, link, &mut ticks, give_up_at)
                 .await?;
             if !handed_on {
                 break;
@@ -464,7 +479,8 @@ impl PostgresSource {
     }
 
     /// Hands the produced events to the pipeline; false when reading should stop (the pipeline is gone,
-    /// or a stop's grace ran out while it was full).
+    /// or a stop's grace ran out while it was full). The decoder counts an event handed on when it
+    /// produces it, so what the connection's failure leaves unsent stays in `produced` for the next one.
     async fn hand_on(
         &mut self,
         produced: &mut Vec<SourceEvent>,
@@ -474,14 +490,19 @@ impl PostgresSource {
         give_up_at: tokio::time::Instant,
     ) -> Result<bool, SourceError> {
         let control = &mut link.control;
-        for event in produced.drain(..) {
+        let mut sending = std::mem::take(produced).into_iter();
+        while let Some(event) = sending.next() {
             // Keep answering the server while the pipeline is full, so it does not time the connection out.
             let permit = loop {
                 tokio::select! {
                     permit = control.events.reserve() => break permit,
                     _ = ticks.status.tick() => {
                         link.acked = link.acked.max(*control.acknowledged.borrow_and_update());
-                        conn.send_status(link.acked, false).await?;
+                        if let Err(err) = conn.send_status(link.acked, false).await {
+                            produced.push(event);
+                            produced.extend(sending);
+                            return Err(err.into());
+                        }
                     }
                     _ = tokio::time::sleep_until(give_up_at), if link.stopping_until.is_some() => {
                         tracing::warn!(waited = ?control.stop_grace, "stopping: the pipeline is still full; the open transaction's part read is sent again on the next run");

@@ -8,24 +8,25 @@
 //! transaction passes on without re-selecting). Whatever cannot be shown to be this change's value stays
 //! absent, as without the option: null with the `sluice.unchanged_toast` header.
 
-use sluice_core::event::{ChangeEvent, Note, Op, Row, SourceEvent, Table, Value};
-use sluice_core::json::numeric_text;
-use sluice_core::metrics::SourceMetrics;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-use tokio_postgres::{Client, Statement};
+use sluice_core::event::{ChangeEvent, Op, Row, SourceEvent, Table, Value};
+use sluice_core::json::value_json;
+use sluice_core::metrics::SourceMetrics;
+use tokio_postgres::Client;
 
 use super::catalog::describe_pg_error;
-use super::replication::quote_ident;
-use super::types::parse_text;
-use super::types_temporal::{date_text, time_text, timestamp_text};
+use super::reselect_query::Queries;
 
 /// Events of one transaction held for its commit, at most; a longer transaction is not re-selected.
 pub(super) const HOLD_LIMIT: usize = 10_000;
+/// Updates whose rows are read in one query.
+const BATCH: usize = 500;
 
 /// What became of an update's missing values, for `sluice_reselect_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
+pub(super) enum Outcome {
     /// Read from the table.
     Reselected,
     /// The row changed after the update (later in its transaction, or since): the values stay absent.
@@ -57,37 +58,6 @@ pub(super) struct Reselect {
     /// The open transaction passed the limit: the rest of it passes on as it is.
     too_long: bool,
     queries: Queries,
-}
-
-/// The re-select queries prepared so far, by their text: one per table version and set of columns.
-#[derive(Default)]
-struct Queries(HashMap<String, Statement>);
-
-/// Prepared queries kept at most; past it they are prepared afresh.
-const PREPARED_LIMIT: usize = 256;
-
-impl Queries {
-    /// Runs `query` with `key`, prepared once; a failure is retried once with the query prepared again
-    /// (the connection may have been reopened since it was prepared).
-    async fn row(
-        &mut self,
-        client: &Client,
-        query: String,
-        key: &str,
-    ) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
-        if let Some(statement) = self.0.get(&query) {
-            if let Ok(row) = client.query_opt(statement, &[&key]).await {
-                return Ok(row);
-            }
-        }
-        if self.0.len() >= PREPARED_LIMIT {
-            self.0.clear();
-        }
-        let statement = client.prepare(&query).await?;
-        let row = client.query_opt(&statement, &[&key]).await?;
-        self.0.insert(query, statement);
-        Ok(row)
-    }
 }
 
 impl Reselect {
@@ -136,6 +106,29 @@ impl Reselect {
     }
 }
 
+/// Whether the publication sends inserts and deletes: without them, a later change of a row in the
+/// same transaction (a delete and an insert of the same key) would go unseen, and a value it wrote
+/// could be taken for the update's.
+pub(super) async fn possible(client: &Client, publication: &str) -> bool {
+    let publishes = client
+        .query_opt(
+            "SELECT pubinsert AND pubdelete FROM pg_catalog.pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await;
+    match publishes {
+        Ok(Some(row)) if row.get::<_, bool>(0) => true,
+        Ok(_) => {
+            tracing::warn!(%publication, "source.reselect_unchanged_toast is off: the publication does not publish inserts and deletes, without which a re-selected value cannot be shown to be the update's (ALTER PUBLICATION … SET (publish = 'insert, update, delete'))");
+            false
+        }
+        Err(err) => {
+            tracing::warn!(error = %describe_pg_error(&err), "source.reselect_unchanged_toast is off: the publication's settings could not be read");
+            false
+        }
+    }
+}
+
 /// An update of a keyed table with values PostgreSQL did not send.
 fn wants(event: &SourceEvent) -> bool {
     let SourceEvent::Change(change) = event else {
@@ -164,168 +157,126 @@ fn count(event: &SourceEvent, outcome: Outcome, metrics: &dyn SourceMetrics) {
     }
 }
 
-/// Re-selects the missing values of every update among a transaction's events (`held`, complete).
+/// Re-selects the missing values of every update among a transaction's events (`held`, complete): the
+/// updates of one table version that want the same columns are read in batches of [`BATCH`] keys.
 async fn resolve(
     held: &mut [SourceEvent],
     queries: &mut Queries,
     client: &Client,
     metrics: &dyn SourceMetrics,
 ) {
-    for at in 0..held.len() {
-        if !wants(&held[at]) {
+    let mut groups: BTreeMap<(usize, Vec<usize>), Vec<usize>> = BTreeMap::new();
+    for (at, columns) in settled_columns(held) {
+        let SourceEvent::Change(change) = &held[at] else {
+            continue;
+        };
+        if columns.is_empty() {
+            metrics.reselected(&change.table.qualified_name(), Outcome::Changed.label());
             continue;
         }
-        let (head, later) = held.split_at_mut(at + 1);
-        let SourceEvent::Change(change) = &mut head[at] else {
-            continue;
-        };
-        let columns = settled_columns(change, later);
-        let outcome = if columns.is_empty() {
-            Outcome::Changed
-        } else {
-            reselect(change, &columns, queries, client).await
-        };
-        metrics.reselected(&change.table.qualified_name(), outcome.label());
+        let version = Arc::as_ptr(&change.table) as usize;
+        groups.entry((version, columns)).or_default().push(at);
+    }
+    for ((_, columns), updates) in groups {
+        for batch in updates.chunks(BATCH) {
+            let outcomes = queries.reselect(held, batch, &columns, client).await;
+            for (&at, outcome) in batch.iter().zip(outcomes) {
+                if let SourceEvent::Change(change) = &held[at] {
+                    metrics.reselected(&change.table.qualified_name(), outcome.label());
+                }
+            }
+        }
     }
 }
 
-/// The missing columns no later change of the transaction sets for the same row: a later update that
-/// leaves one unchanged too does not count.
-fn settled_columns(change: &ChangeEvent, later: &[SourceEvent]) -> Vec<usize> {
-    let Some(key) = change.after.as_ref().map(|row| key_of(&change.table, row)) else {
-        return Vec::new();
-    };
-    let mut columns: Vec<usize> = missing(change).collect();
-    for event in later {
-        let SourceEvent::Change(other) = event else {
+/// For each update that wants values (by position in `events`, a whole transaction), the missing columns
+/// no later change of the transaction sets for the same row; a later update that leaves one unchanged too
+/// does not set it. One pass from the end, remembering what later changes set by table and key.
+fn settled_columns(events: &[SourceEvent]) -> Vec<(usize, Vec<usize>)> {
+    let mut later: HashMap<(u32, String), Later> = HashMap::new();
+    let mut settled = Vec::new();
+    for (at, event) in events.iter().enumerate().rev() {
+        let SourceEvent::Change(change) = event else {
             continue;
         };
-        if other.table.id != change.table.id {
-            continue;
-        }
-        let same_row = [&other.before, &other.after]
+        let keys: Vec<String> = [&change.before, &change.after]
             .into_iter()
             .flatten()
-            .any(|row| key_of(&other.table, row) == key);
-        if !same_row {
-            continue;
+            .map(|row| key_text(&change.table, row))
+            .collect();
+        if wants(event) {
+            let after_key = change
+                .after
+                .as_ref()
+                .map(|row| key_text(&change.table, row));
+            let columns = missing(change)
+                .filter(|&i| {
+                    match after_key
+                        .as_ref()
+                        .and_then(|k| later.get(&(change.table.id, k.clone())))
+                    {
+                        None => true,
+                        Some(Later::All) => false,
+                        Some(Later::Columns(set)) => !set.contains(&i),
+                    }
+                })
+                .collect();
+            settled.push((at, columns));
         }
-        columns.retain(|&i| match (&other.op, &other.after) {
-            (Op::Update, Some(after)) => after.get(i) == Some(&Value::UnchangedToast),
-            _ => false,
-        });
+        let sets = match (&change.op, &change.after) {
+            (Op::Update, Some(after)) => Later::Columns(
+                (0..after.len())
+                    .filter(|&i| after[i] != Value::UnchangedToast)
+                    .collect(),
+            ),
+            _ => Later::All,
+        };
+        for key in keys {
+            let entry = later
+                .entry((change.table.id, key))
+                .or_insert(Later::Columns(Vec::new()));
+            entry.add(&sets);
+        }
     }
-    columns
+    settled.reverse();
+    settled
 }
 
-fn key_of<'r>(table: &Table, row: &'r Row) -> Vec<&'r Value> {
-    table
+/// What the later changes of a transaction set in one row.
+enum Later {
+    /// Every column (an insert, a delete, a truncate).
+    All,
+    Columns(Vec<usize>),
+}
+
+impl Later {
+    fn add(&mut self, other: &Later) {
+        match (&mut *self, other) {
+            (Later::All, _) => {}
+            (_, Later::All) => *self = Later::All,
+            (Later::Columns(mine), Later::Columns(theirs)) => {
+                for column in theirs {
+                    if !mine.contains(column) {
+                        mine.push(*column);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A row's key values as one text, for telling rows apart within a transaction.
+fn key_text(table: &Table, row: &Row) -> String {
+    let key: Vec<serde_json::Value> = table
         .key_columns()
         .filter_map(|(i, _)| row.get(i))
-        .collect()
-}
-
-/// Reads `columns` of the change's row by its key and puts them into the new row, noted re-selected, if
-/// the row is still the version the change's transaction wrote.
-async fn reselect(
-    change: &mut ChangeEvent,
-    columns: &[usize],
-    queries: &mut Queries,
-    client: &Client,
-) -> Outcome {
-    let (Some(after), Some(txid)) = (change.after.as_mut(), change.source.txid) else {
-        return Outcome::Failed;
-    };
-    let table = &change.table;
-    let mut key = serde_json::Map::new();
-    for (i, column) in table.key_columns() {
-        match after.get(i).and_then(input_text) {
-            Some(text) => key.insert(column.name.clone(), text.into()),
-            None => return Outcome::Failed,
-        };
-    }
-    let relation = format!(
-        "{}.{}",
-        quote_ident(&table.schema),
-        quote_ident(&table.name)
-    );
-    let selected: Vec<String> = columns
-        .iter()
-        .map(|&i| format!("t.{}::text", quote_ident(&table.columns[i].name)))
+        .map(value_json)
         .collect();
-    let matched: Vec<String> = table
-        .key_columns()
-        .map(|(_, c)| format!("t.{0} = r.{0}", quote_ident(&c.name)))
-        .collect();
-    // The key's text is read by the key columns' own types: the row is found through its index.
-    let query = format!(
-        "SELECT t.xmin::text, {} FROM {relation} t, json_populate_record(NULL::{relation}, $1::text::json) r WHERE {}",
-        selected.join(", "),
-        matched.join(" AND ")
-    );
-    let key = serde_json::Value::Object(key).to_string();
-    let row = match queries.row(client, query, &key).await {
-        Ok(Some(row)) => row,
-        Ok(None) => return Outcome::Gone,
-        Err(err) => {
-            tracing::warn!(table = %table.qualified_name(), error = %describe_pg_error(&err), "re-selecting unchanged TOAST values failed: they stay absent");
-            return Outcome::Failed;
-        }
-    };
-    let xmin: Option<String> = row.get(0);
-    if xmin.and_then(|x| x.parse::<u64>().ok()) != Some(txid) {
-        return Outcome::Changed;
-    }
-    for (n, &i) in columns.iter().enumerate() {
-        let text: Option<String> = row.get(n + 1);
-        let value = match text {
-            None => Value::Null,
-            Some(text) => parse_text(&table.columns[i].column_type, text.as_bytes())
-                .unwrap_or_else(|err| Value::OutOfRange(err.to_string())),
-        };
-        after[i] = Value::noted(value, Note::Reselected);
-    }
-    Outcome::Reselected
-}
-
-/// A key value as PostgreSQL reads its type's text; None for the types that are not put back (arrays,
-/// composites, hstore).
-fn input_text(value: &Value) -> Option<String> {
-    Some(match value {
-        Value::Bool(b) => b.to_string(),
-        Value::Int16(v) => v.to_string(),
-        Value::Int32(v) => v.to_string(),
-        Value::Int64(v) => v.to_string(),
-        Value::Float32(v) => float_text(f64::from(*v)),
-        Value::Float64(v) => float_text(*v),
-        Value::Numeric(n) => numeric_text(n),
-        Value::String(text) | Value::Uuid(text) | Value::Json(text) => text.clone(),
-        Value::Bytes(bytes) => {
-            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            format!("\\x{hex}")
-        }
-        Value::Date(days) => date_text(*days),
-        Value::Timestamp(us) => timestamp_text(*us, ""),
-        Value::TimestampTz(us) => timestamp_text(*us, "+00"),
-        Value::Time(us) => time_text(*us),
-        _ => return None,
-    })
-}
-
-fn float_text(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "Infinity" } else { "-Infinity" }.into()
-    } else {
-        v.to_string()
-    }
+    serde_json::Value::Array(key).to_string()
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use sluice_core::event::{Column, ColumnType, Lsn, SnapshotMarker, SourceInfo};
 
@@ -366,11 +317,11 @@ mod tests {
         Value::String(v.into())
     }
 
+    /// The settled columns of the first event, an update that wants values.
     fn settled(events: &[SourceEvent]) -> Vec<usize> {
-        let SourceEvent::Change(first) = &events[0] else {
-            unreachable!()
-        };
-        settled_columns(first, &events[1..])
+        let all = settled_columns(events);
+        assert_eq!(all[0].0, 0);
+        all[0].1.clone()
     }
 
     #[test]
@@ -392,6 +343,9 @@ mod tests {
             d.before = d.after.take();
         }
         assert!(settled(&[first(), delete]).is_empty());
+        // Two updates that both leave `b` unchanged: each keeps it; the first loses `a` to the second.
+        let both = settled_columns(&[first(), change(Op::Update, 1, "k", text("x"), toast())]);
+        assert_eq!(both, [(0, vec![2]), (1, vec![2])]);
     }
 
     #[test]
@@ -415,6 +369,7 @@ mod tests {
 
     #[test]
     fn key_values_print_as_postgres_reads_them() {
+        use crate::reselect_query::input_text;
         assert_eq!(input_text(&Value::Int64(-5)).unwrap(), "-5");
         assert_eq!(input_text(&Value::Bytes(vec![0, 255])).unwrap(), "\\x00ff");
         assert_eq!(

@@ -24,7 +24,7 @@ use super::connection::PgConnection;
 use super::decoder::Captured;
 use super::error::SourceError;
 use super::overlap::{self, Overlap};
-use super::replication::{quote_literal, ReplicationConnection, OUTPUT_SETTINGS};
+use super::replication::{quote_literal, ReplicationConnection};
 use super::snapshot_copy::read_piece;
 // Public before COPY reading had a module of its own.
 pub use super::snapshot_copy::parse_copy_line;
@@ -261,14 +261,9 @@ impl Snapshot {
     }
 
     /// A connection in a read-only REPEATABLE READ transaction, on the snapshot named `adopt` if any, with
-    /// the output settings the value decoders expect.
+    /// the output settings the value decoders expect (as every catalog connection has).
     async fn open_reading_transaction(&self, adopt: Option<&str>) -> Result<Client, SourceError> {
         let client = catalog::connect(&self.connection).await?;
-        let settings: Vec<String> = OUTPUT_SETTINGS
-            .iter()
-            .map(|(name, value)| format!("SET {name} = {}", quote_literal(value)))
-            .collect();
-        execute(&client, &settings.join("; ")).await?;
         // A reader waits in its transaction while the broker catches up: a server-wide timeout must not
         // end it.
         execute(&client, "SET idle_in_transaction_session_timeout = 0").await?;

@@ -319,6 +319,13 @@ fn parse_array(text: &str, element: &ColumnType, dimensions: u32) -> Result<Valu
     let lengths = split.list.lengths();
     let value = array_value(&split.list, element, &lengths)?
         .ok_or_else(|| malformed(StructureError("sub-arrays of different sizes")))?;
+    if let Some(bounds) = split.bounds {
+        if !bounds_match(bounds, &lengths) {
+            return Err(malformed(StructureError(
+                "the dimension prefix does not match the elements",
+            )));
+        }
+    }
     let depth = lengths.len() as u32;
     if depth == 0 || (depth == dimensions && split.bounds.is_none()) {
         return Ok(value);
@@ -333,6 +340,24 @@ fn parse_array(text: &str, element: &ColumnType, dimensions: u32) -> Result<Valu
         (depth..dimensions).fold(value, |inner, _| Value::Array(vec![inner]))
     };
     Ok(Value::noted(nested, Note::ArrayBounds(bounds)))
+}
+
+/// Whether `[lo:hi]…` has a group per dimension, each as long as the dimension.
+fn bounds_match(bounds: &str, lengths: &[usize]) -> bool {
+    let Some(groups) = bounds.strip_prefix('[').and_then(|b| b.strip_suffix(']')) else {
+        return false;
+    };
+    let groups: Vec<&str> = groups.split("][").collect();
+    groups.len() == lengths.len()
+        && groups.iter().zip(lengths).all(|(group, &length)| {
+            let Some((low, high)) = group.split_once(':') else {
+                return false;
+            };
+            match (low.parse::<i64>(), high.parse::<i64>()) {
+                (Ok(low), Ok(high)) => high.checked_sub(low) == Some(length as i64 - 1),
+                _ => false,
+            }
+        })
 }
 
 /// The array's elements nested as the text nests them, each level `lengths` long; None when a level

@@ -290,6 +290,12 @@ fn arrays_parse_element_by_element() {
         parse(&int_array(1), "[-2:-1][3:3]={{7},{8}}"),
         noted(ints(&[7, 8]), "[-2:-1][3:3]")
     );
+    for bad in ["[0:2]={7,8}", "[0:1][1:1]={7,8}", "[x:1]={7,8}", "[1]={7}"] {
+        assert!(
+            error(&int_array(1), bad).contains("dimension prefix"),
+            "{bad}"
+        );
+    }
     assert!(error(&int_array(1), "{{1,2},{3}}").contains("sub-arrays of different sizes"));
     assert!(error(&int_array(1), "{{1,2},3}").contains("sub-arrays of different sizes"));
     assert!(error(&int_array(1), "{1,x}").contains("`x` is not a valid int4"));

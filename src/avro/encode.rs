@@ -14,7 +14,7 @@ use super::binary::{
 };
 use super::decimal::{self, DecimalError};
 use sluice_core::event::{
-    ChangeEvent, Column, ColumnType, Lsn, Numeric, Op, RecordField, Row, Table, Value,
+    ChangeEvent, Column, ColumnType, Lsn, Note, Numeric, Op, RecordField, Row, Table, Value,
 };
 
 /// What an envelope needs beyond the event.
@@ -55,6 +55,11 @@ pub enum EncodeReason {
     NullInKey,
     #[error("unchanged TOAST value in a key column")]
     UnchangedToastInKey,
+    #[error(
+        "an array with bounds {0} in a key column: its Avro value does not show them, so rows that \
+         differ only in their bounds would share a message key"
+    )]
+    ShapedArrayInKey(String),
     #[error(
         "{0} has no Avro decimal representation (source.decimal_handling = \"string\" or \"double\" \
          publishes it)"
@@ -111,6 +116,9 @@ fn write_key(table: &Table, row: &Row, out: &mut Vec<u8>) -> Result<(), EncodeEr
         let written = match row[index].plain() {
             Value::Null => Err(EncodeReason::NullInKey),
             Value::UnchangedToast => Err(EncodeReason::UnchangedToastInKey),
+            value if array_bounds(value).is_some() => Err(EncodeReason::ShapedArrayInKey(
+                array_bounds(value).unwrap_or_default(),
+            )),
             value => write_value(&column.column_type, value, out),
         };
         written.map_err(|reason| column_error(column, reason))?;
@@ -244,6 +252,19 @@ fn check_shape(table: &Table, row: &Row) -> Result<(), EncodeError> {
             expected: table.columns.len(),
             got: row.len(),
         })
+    }
+}
+
+/// The bounds of the first array in `value` (nested ones included) whose shape its Avro value does not
+/// show.
+fn array_bounds(value: &Value) -> Option<String> {
+    match value {
+        Value::Noted(noted) => match &noted.note {
+            Note::ArrayBounds(bounds) => Some(bounds.clone()),
+            Note::Reselected => array_bounds(&noted.value),
+        },
+        Value::Array(items) | Value::Record(items) => items.iter().find_map(array_bounds),
+        _ => None,
     }
 }
 

@@ -187,8 +187,9 @@ impl RowEncoder {
     }
 
     /// The snapshot's end when none of its rows reached a topic: an `op = "r"` envelope without a row
-    /// (`end`: the last row's table and source, `last`), on the last row's topic, unkeyed, past contracts
-    /// (it has no row to check). The flat form (unwrap) has nothing to carry it.
+    /// (`end`: the last row's table and source, `last`), on the topic and with the schemas the last row
+    /// was encoded for, unkeyed, past contracts (it has no row to check). The flat form (unwrap) has
+    /// nothing to carry it.
     pub async fn publish_end(
         &mut self,
         end: &ChangeEvent,
@@ -197,12 +198,11 @@ impl RowEncoder {
         let unpublished = |reason: &str| {
             tracing::warn!(reason, "no snapshot row reached its topic, and neither did an end record: no event carries source.snapshot = \"last\"");
         };
-        // The last row's encoding (its topic and form) when it got that far.
+        // The last row's encoding (its topic, form and schemas): a row the transforms dropped, or that
+        // never reached an encoder, leaves no topic to mark.
         if !self.encodings.contains_key(&end.table.id) {
-            if let Err(rejection) = self.ensure_encoding(end, None, core).await? {
-                unpublished(&rejection.reason);
-                return Ok(());
-            }
+            unpublished("the last row did not reach an encoder");
+            return Ok(());
         }
         match self.encode(end, core) {
             Ok(true) => {}
