@@ -329,6 +329,11 @@ pub enum ColumnType {
     Text {
         type_name: String,
     },
+    /// A value of an enumerated type (as text), with the type's labels in their order.
+    Enum {
+        type_name: String,
+        labels: Vec<String>,
+    },
 }
 
 /// One field of a composite type.

@@ -53,7 +53,7 @@ fn referenced(found: &PgType) -> Vec<u32> {
         PgTypeKind::Domain { base, .. } => vec![*base],
         PgTypeKind::Array { element, .. } => vec![*element],
         PgTypeKind::Composite { fields } => fields.iter().map(|f| f.type_oid).collect(),
-        PgTypeKind::Enum | PgTypeKind::Other => Vec::new(),
+        PgTypeKind::Enum { .. } | PgTypeKind::Other => Vec::new(),
     }
 }
 
@@ -75,6 +75,17 @@ async fn declared_dimensions(
             "cannot read the columns of relation {relation_id}"
         )))?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// An enumerated type's labels in their sort order (Debezium's `allowed` parameter lists them so).
+async fn enum_labels(client: &Client, oid: u32) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT enumlabel::text FROM pg_catalog.pg_enum WHERE enumtypid = $1 ORDER BY enumsortorder",
+            &[&oid],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 async fn lookup(client: &Client, oid: u32) -> Result<PgType, CatalogError> {
@@ -111,7 +122,11 @@ async fn lookup(client: &Client, oid: u32) -> Result<PgType, CatalogError> {
             type_modifier: row.get(6),
             dimensions: row.get(7),
         },
-        b'e' => PgTypeKind::Enum,
+        b'e' => PgTypeKind::Enum {
+            labels: enum_labels(client, oid)
+                .await
+                .map_err(query_error(context()))?,
+        },
         b'c' => PgTypeKind::Composite {
             fields: composite_fields(client, row.get(8))
                 .await

@@ -19,15 +19,12 @@ pub enum PgTypeKind {
         type_modifier: i32,
         dimensions: i32,
     },
-    Enum,
+    /// An enumerated type's labels, in their sort order.
+    Enum { labels: Vec<String> },
     /// A composite type's attributes in order.
-    Composite {
-        fields: Vec<FieldType>,
-    },
+    Composite { fields: Vec<FieldType> },
     /// An array type.
-    Array {
-        element: u32,
-    },
+    Array { element: u32 },
     /// A base type (including extension types), range, multirange or pseudo-type.
     Other,
 }

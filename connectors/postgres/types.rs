@@ -127,7 +127,11 @@ fn mapped(
                 .collect(),
         },
         Some(PgTypeKind::Other) if is_hstore(found) => ColumnType::TextMap,
-        Some(PgTypeKind::Enum | PgTypeKind::Other) | None => as_text(),
+        Some(PgTypeKind::Enum { labels }) => ColumnType::Enum {
+            type_name: source_type_name(type_oid, catalog),
+            labels: labels.clone(),
+        },
+        Some(PgTypeKind::Other) | None => as_text(),
     }
 }
 
@@ -267,7 +271,9 @@ pub fn parse_text(column_type: &ColumnType, text: &[u8]) -> Result<Value, ValueE
         ColumnType::Time => parse_time(text).map(Value::Time),
         ColumnType::Money => parse_money(text).map(Value::Numeric),
         ColumnType::Json => Ok(Value::Json(text.to_owned())),
-        ColumnType::String | ColumnType::Text { .. } => Ok(Value::String(text.to_owned())),
+        ColumnType::String | ColumnType::Text { .. } | ColumnType::Enum { .. } => {
+            Ok(Value::String(text.to_owned()))
+        }
         ColumnType::Array {
             element,
             dimensions,
@@ -298,6 +304,7 @@ fn text_type_name(column_type: &ColumnType) -> &'static str {
         ColumnType::Money => "money",
         ColumnType::Json => "json",
         ColumnType::String | ColumnType::Text { .. } => "text",
+        ColumnType::Enum { .. } => "enum",
         ColumnType::Array { .. } => "array",
         ColumnType::Record { .. } => "composite value",
         ColumnType::TextMap => "hstore",

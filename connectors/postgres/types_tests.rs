@@ -124,7 +124,13 @@ fn catalog_types_resolve_to_their_structure() {
                 dimensions: 0,
             },
         ),
-        (16_401, "public.mood", PgTypeKind::Enum),
+        (
+            16_401,
+            "public.mood",
+            PgTypeKind::Enum {
+                labels: vec!["sad".into(), "happy".into()],
+            },
+        ),
         (
             16_402,
             "public.address",

@@ -26,8 +26,9 @@ pub struct EnvelopeContext<'a> {
     pub connector: &'a str,
     /// `source.version`: this program's version.
     pub version: &'a str,
-    /// The envelope's `ts_ms`: when the event was processed, milliseconds since the epoch.
-    pub processed_at_ms: i64,
+    /// When the event was processed, microseconds since the epoch: the envelope's `ts_ms`, `ts_us` and
+    /// `ts_ns`.
+    pub processed_at_us: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -142,7 +143,7 @@ fn write_envelope(
     let marker = write_source(event, ctx, out)?;
     write_string(event.op.code(), out);
     write_union_branch(1, out);
-    write_long(ctx.processed_at_ms, out);
+    write_long(ctx.processed_at_us.div_euclid(1000), out);
     match (event.source.txid, event.source.order) {
         (Some(txid), Some(order)) => {
             write_union_branch(1, out);
@@ -155,7 +156,22 @@ fn write_envelope(
         }
         _ => write_union_branch(0, out),
     }
+    write_finer_times(ctx.processed_at_us, out);
     Ok(marker)
+}
+
+/// `ts_us` and `ts_ns` (Debezium 2.6+) after `ts_ms`: the same instant in finer units, optional; the
+/// nanoseconds are null past the year 2262, where they leave a long.
+fn write_finer_times(micros: i64, out: &mut Vec<u8>) {
+    write_union_branch(1, out);
+    write_long(micros, out);
+    match micros.checked_mul(1000) {
+        Some(nanos) => {
+            write_union_branch(1, out);
+            write_long(nanos, out);
+        }
+        None => write_union_branch(0, out),
+    }
 }
 
 /// A transaction's id in transaction blocks and metadata records: `<txid>:<commit LSN as a decimal>`, as
@@ -223,6 +239,7 @@ fn write_source(
     let len = SEQUENCE_BUFFER - cursor.len();
     write_union_branch(1, out);
     write_bytes(&sequence[..len], out);
+    write_finer_times(source.commit_time_us, out);
     write_string(&event.table.schema, out);
     write_string(&event.table.name, out);
     match source.txid {
@@ -234,7 +251,9 @@ fn write_source(
     }
     write_union_branch(1, out);
     write_long(as_long("lsn", source.lsn.0)?, out);
-    // xmin: not tracked.
+    // xmin: not tracked; origin and origin_lsn: replication origins are not read.
+    write_union_branch(0, out);
+    write_union_branch(0, out);
     write_union_branch(0, out);
     Ok(marker_at)
 }
@@ -298,7 +317,10 @@ pub(super) fn write_value(
             write_variable_decimal(numeric, out)?
         }
         (
-            ColumnType::String | ColumnType::Json | ColumnType::Text { .. },
+            ColumnType::String
+            | ColumnType::Json
+            | ColumnType::Text { .. }
+            | ColumnType::Enum { .. },
             Value::String(v) | Value::Json(v),
         ) => write_string(v, out),
         (ColumnType::Bytes, Value::Bytes(v)) => write_bytes(v, out),
@@ -478,6 +500,7 @@ fn type_kind(column_type: &ColumnType) -> &'static str {
         ColumnType::TimestampTz => "timestamp with time zone",
         ColumnType::Json => "json",
         ColumnType::Text { .. } => "text",
+        ColumnType::Enum { .. } => "enum",
         ColumnType::Time => "time",
         ColumnType::Money => "money",
         ColumnType::Array { .. } => "array",
@@ -524,7 +547,7 @@ mod tests {
         server_name: "shop",
         connector: "postgresql",
         version: "0.1.0",
-        processed_at_ms: 0,
+        processed_at_us: 0,
     };
 
     fn column(name: &str, column_type: ColumnType, key: bool, source_type: &str) -> Column {

@@ -9,6 +9,7 @@
 //! that tells a consumer which schema wrote a message.
 
 mod binary;
+mod column_types;
 pub mod decimal;
 mod document;
 mod encode;

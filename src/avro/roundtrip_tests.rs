@@ -17,7 +17,7 @@ const CTX: EnvelopeContext<'static> = EnvelopeContext {
     server_name: "shop",
     connector: "postgresql",
     version: "0.1.0",
-    processed_at_ms: 1_700_000_000_999,
+    processed_at_us: 1_700_000_000_999_000,
 };
 
 fn column(name: &str, column_type: ColumnType, key: bool, source_type: &str) -> Column {
@@ -131,11 +131,15 @@ fn expected_source(table: &Table, snapshot: &str) -> Avro {
                 0x16_B374_D900u64, 0x16_B374_D848u64
             ))),
         ),
+        ("ts_us", some(Avro::Long(1_700_000_000_123_456))),
+        ("ts_ns", some(Avro::Long(1_700_000_000_123_456_000))),
         ("schema", Avro::String(table.schema.clone())),
         ("table", Avro::String(table.name.clone())),
         ("txId", some(Avro::Long(771))),
         ("lsn", some(Avro::Long(0x16_B374_D848))),
         ("xmin", null()),
+        ("origin", null()),
+        ("origin_lsn", null()),
     ])
 }
 
@@ -154,6 +158,8 @@ fn expected_envelope(table: &Table, op: &str, before: Option<Avro>, after: Optio
                 ("data_collection_order", Avro::Long(2)),
             ])),
         ),
+        ("ts_us", some(Avro::Long(1_700_000_000_999_000))),
+        ("ts_ns", some(Avro::Long(1_700_000_000_999_000_000))),
     ])
 }
 

@@ -1,47 +1,12 @@
-//! Avro schemas for a table: the message key and the Debezium-style envelope.
-//!
-//! Column types map as follows (`T` below):
-//!
-//! | column type       | Avro                                                                        |
-//! |-------------------|-----------------------------------------------------------------------------|
-//! | `Boolean`         | `"boolean"`                                                                 |
-//! | `Int16`           | `{"type":"int","connect.type":"int16"}` (Debezium's INT16 marker)           |
-//! | `Int32`           | `"int"`                                                                     |
-//! | `Int64`           | `"long"`                                                                    |
-//! | `Float32`         | `"float"`                                                                   |
-//! | `Float64`         | `"double"`                                                                  |
-//! | `Decimal{p,s}`    | `{"type":"bytes","logicalType":"decimal","precision":p,"scale":s}`          |
-//! | `VariableDecimal` | record `io.debezium.data.VariableScaleDecimal` `{scale: int, value: bytes}` |
-//! | `String`          | `"string"`                                                                  |
-//! | `Bytes`           | `"bytes"`                                                                   |
-//! | `Uuid`            | `{"type":"string","logicalType":"uuid"}`                                    |
-//! | `Date`            | `{"type":"int","logicalType":"date"}`                                       |
-//! | `Timestamp`       | `{"type":"long","logicalType":"local-timestamp-micros"}`                    |
-//! | `TimestampTz`     | `{"type":"long","logicalType":"timestamp-micros"}`                          |
-//! | `Json`            | `{"type":"string","connect.name":"io.debezium.data.Json"}`                  |
-//! | `Text{type_name}` | `{"type":"string","sluice.source_type":type_name}`                          |
-//! | `Time`            | `{"type":"long","logicalType":"time-micros"}`                               |
-//! | `Money`           | `{"type":"bytes","logicalType":"decimal","precision":19,"scale":2}`         |
-//! | `Array{T, n}`     | `n` nested `{"type":"array",…}`, the innermost with items `["null", T]`        |
-//! | `Record{name, …}` | record `sluice.postgres.types.<name>`, every field `["null", T]`            |
-//! | `TextMap`         | `{"type":"map","values":["null","string"]}`                                 |
-//!
-//! Only `Text` columns carry their source type (`sluice.source_type`): for every other type the Avro type
-//! already says what the value is, and repeating `int4` on every field would only bloat what every consumer
-//! fetches. PostgreSQL allows a scale above the precision (`numeric(2,5)`); Avro does not, so such a column
-//! is declared with precision = scale, which holds every value the column can.
-//!
-//! Named types (records) are defined at their first use in a schema and referenced by full name after that.
-
-use std::collections::{HashMap, HashSet};
+//! Avro schemas for a table: the message key and the Debezium-style envelope; the columns' types are
+//! [`super::column_types`]'s.
 
 use serde_json::{json, Value as Json};
 
+use super::column_types::{connect, TypeBuilder};
 use super::flat::{Flat, DELETED_FIELD};
-use super::naming::{
-    composite_record_name, field_names, namespace, topic_name, unique_field_names,
-};
-use sluice_core::event::{Column, ColumnType, RecordField, Table};
+use super::naming::{field_names, namespace, topic_name};
+use sluice_core::event::{Column, Table};
 
 /// Full name of the record describing where an event came from.
 pub const SOURCE_RECORD: &str = "sluice.postgres.Source";
@@ -131,8 +96,8 @@ pub fn shaped_table_schemas(table: &Table, shape: &Shape) -> Result<TableSchemas
         if let Some(key_table) = shape.key_table {
             fields.push(json!({"name": key_table, "type": "string"}));
         }
-        let record =
-            json!({"type": "record", "name": "Key", "namespace": namespace, "fields": fields});
+        let record = json!({"type": "record", "name": "Key", "namespace": namespace, "fields": fields,
+            "connect.name": format!("{namespace}.Key")});
         Some(parse(table, "key", &record)?)
     };
 
@@ -156,8 +121,8 @@ pub fn shaped_table_schemas(table: &Table, shape: &Shape) -> Result<TableSchemas
             value: parse(table, "value", &record)?,
         });
     }
-    let value_record =
-        json!({"type": "record", "name": "Value", "namespace": namespace, "fields": value_fields});
+    let value_record = json!({"type": "record", "name": "Value", "namespace": namespace,
+        "fields": value_fields, "connect.name": format!("{namespace}.Value")});
     let envelope = json!({
         "type": "record",
         "name": "Envelope",
@@ -169,7 +134,11 @@ pub fn shaped_table_schemas(table: &Table, shape: &Shape) -> Result<TableSchemas
             {"name": "op", "type": "string"},
             {"name": "ts_ms", "type": ["null", "long"], "default": null},
             {"name": "transaction", "type": ["null", transaction_block()], "default": null},
+            {"name": "ts_us", "type": ["null", "long"], "default": null},
+            {"name": "ts_ns", "type": ["null", "long"], "default": null},
         ],
+        "connect.version": 2,
+        "connect.name": format!("{namespace}.Envelope"),
     });
     let value = parse(table, "value", &envelope)?;
 
@@ -224,146 +193,43 @@ pub(super) fn common_source_fields() -> Vec<Json> {
         json!({"name": "connector", "type": "string"}),
         json!({"name": "name", "type": "string"}),
         json!({"name": "ts_ms", "type": "long"}),
-        json!({"name": "snapshot", "type": "string", "default": "false"}),
+        json!({"name": "snapshot", "type": snapshot_marker(), "default": "false"}),
         json!({"name": "db", "type": "string"}),
     ]
 }
+
+/// `source.snapshot`: a string, and to Kafka Connect Debezium's enum of the markers.
+fn snapshot_marker() -> Json {
+    let mut marker = connect(
+        json!({"type": "string"}),
+        "io.debezium.data.Enum",
+        Some(json!({"allowed": SNAPSHOT_MARKERS})),
+    );
+    marker["connect.default"] = json!("false");
+    marker
+}
+
+/// The markers Debezium 3 allows in `source.snapshot` (sluice writes `true`, `last`, `false` and
+/// `incremental`).
+const SNAPSHOT_MARKERS: &str =
+    "true,first,first_in_data_collection,last_in_data_collection,last,false,incremental";
 
 /// Debezium's `source` block for PostgreSQL, minus the fields this version has no value for.
 fn source_record() -> Json {
     let mut fields = common_source_fields();
     fields.extend([
         json!({"name": "sequence", "type": ["null", "string"], "default": null}),
+        json!({"name": "ts_us", "type": ["null", "long"], "default": null}),
+        json!({"name": "ts_ns", "type": ["null", "long"], "default": null}),
         json!({"name": "schema", "type": "string"}),
         json!({"name": "table", "type": "string"}),
         json!({"name": "txId", "type": ["null", "long"], "default": null}),
         json!({"name": "lsn", "type": ["null", "long"], "default": null}),
         json!({"name": "xmin", "type": ["null", "long"], "default": null}),
+        json!({"name": "origin", "type": ["null", "string"], "default": null}),
+        json!({"name": "origin_lsn", "type": ["null", "long"], "default": null}),
     ]);
     json!({"type": "record", "name": SOURCE_RECORD, "fields": fields})
-}
-
-/// Column types for one schema; remembers which named types it has defined.
-#[derive(Default)]
-struct TypeBuilder {
-    defined: HashSet<String>,
-    /// Composite types defined so far: source name → Avro full name.
-    composites: HashMap<String, String>,
-}
-
-/// The largest money amount, 92233720368547758.07, has 19 digits.
-const MONEY_PRECISION: u32 = 19;
-
-impl TypeBuilder {
-    fn column(&mut self, table: &Table, column: &Column) -> Result<Json, SchemaError> {
-        self.avro_type(table, column, &column.column_type)
-    }
-
-    /// The Avro type of `column_type`, which is `column`'s type or nested in it.
-    fn avro_type(
-        &mut self,
-        table: &Table,
-        column: &Column,
-        column_type: &ColumnType,
-    ) -> Result<Json, SchemaError> {
-        Ok(match column_type {
-            ColumnType::Boolean => json!("boolean"),
-            ColumnType::Int16 => json!({"type": "int", "connect.type": "int16"}),
-            ColumnType::Int32 => json!("int"),
-            ColumnType::Int64 => json!("long"),
-            ColumnType::Float32 => json!("float"),
-            ColumnType::Float64 => json!("double"),
-            ColumnType::Decimal { precision, scale } => {
-                if *precision == 0 {
-                    return Err(SchemaError::ZeroPrecision {
-                        table: table.qualified_name(),
-                        column: column.name.clone(),
-                    });
-                }
-                json!({"type": "bytes", "logicalType": "decimal", "precision": precision.max(scale), "scale": scale})
-            }
-            ColumnType::VariableDecimal => self.named(VARIABLE_SCALE_DECIMAL, || {
-                json!({
-                    "type": "record",
-                    "name": VARIABLE_SCALE_DECIMAL,
-                    "fields": [{"name": "scale", "type": "int"}, {"name": "value", "type": "bytes"}],
-                })
-            }),
-            ColumnType::String => json!("string"),
-            ColumnType::Bytes => json!("bytes"),
-            ColumnType::Uuid => json!({"type": "string", "logicalType": "uuid"}),
-            ColumnType::Date => json!({"type": "int", "logicalType": "date"}),
-            ColumnType::Timestamp => json!({"type": "long", "logicalType": "local-timestamp-micros"}),
-            ColumnType::TimestampTz => json!({"type": "long", "logicalType": "timestamp-micros"}),
-            ColumnType::Json => json!({"type": "string", "connect.name": "io.debezium.data.Json"}),
-            ColumnType::Text { type_name } => json!({"type": "string", "sluice.source_type": type_name}),
-            ColumnType::Time => json!({"type": "long", "logicalType": "time-micros"}),
-            ColumnType::Money => {
-                json!({"type": "bytes", "logicalType": "decimal", "precision": MONEY_PRECISION, "scale": 2})
-            }
-            ColumnType::Array {
-                element,
-                dimensions,
-            } => {
-                // Elements may be NULL; the sub-arrays of a multi-dimensional array never are.
-                let mut avro = json!({"type": "array", "items": ["null", self.avro_type(table, column, element)?]});
-                for _ in 1..*dimensions {
-                    avro = json!({"type": "array", "items": avro});
-                }
-                avro
-            }
-            ColumnType::Record { name, fields } => self.composite(table, column, name, fields)?,
-            ColumnType::TextMap => json!({"type": "map", "values": ["null", "string"]}),
-        })
-    }
-
-    /// A composite type's record: defined at first use under a name no other type has, named afterwards.
-    fn composite(
-        &mut self,
-        table: &Table,
-        column: &Column,
-        name: &str,
-        fields: &[RecordField],
-    ) -> Result<Json, SchemaError> {
-        if let Some(full_name) = self.composites.get(name) {
-            return Ok(json!(full_name));
-        }
-        // Two types may sanitise to one name (`order-line`, `order_line`): later ones get a suffix.
-        let base = composite_record_name(name);
-        let mut full_name = base.clone();
-        let mut suffix = 2u32;
-        while self.defined.contains(&full_name) {
-            full_name = format!("{base}_{suffix}");
-            suffix += 1;
-        }
-        self.defined.insert(full_name.clone());
-        self.composites.insert(name.to_owned(), full_name.clone());
-        let names = unique_field_names(fields.iter().map(|f| f.name.as_str()));
-        let mut avro_fields = Vec::with_capacity(fields.len());
-        for (field, avro_name) in fields.iter().zip(names) {
-            let mut f = json!({
-                "name": avro_name,
-                "type": ["null", self.avro_type(table, column, &field.column_type)?],
-                "default": null,
-            });
-            if field.name != avro_name {
-                f["sluice.column"] = json!(field.name);
-            }
-            avro_fields.push(f);
-        }
-        Ok(
-            json!({"type": "record", "name": full_name, "sluice.source_type": name, "fields": avro_fields}),
-        )
-    }
-
-    /// The definition at first use, the full name afterwards.
-    fn named(&mut self, full_name: &str, definition: impl FnOnce() -> Json) -> Json {
-        if self.defined.insert(full_name.to_owned()) {
-            definition()
-        } else {
-            json!(full_name)
-        }
-    }
 }
 
 fn parse(table: &Table, part: &'static str, schema: &Json) -> Result<AvroSchema, SchemaError> {
@@ -383,6 +249,7 @@ fn parse(table: &Table, part: &'static str, schema: &Json) -> Result<AvroSchema,
 mod tests {
     use super::*;
     use sluice_core::event::Column;
+    use sluice_core::event::ColumnType;
 
     fn column(name: &str, column_type: ColumnType, key: bool, source_type: &str) -> Column {
         Column {
@@ -439,6 +306,7 @@ mod tests {
             json!({
                 "type": "record", "name": "Key", "namespace": "shop.public.orders",
                 "fields": [{"name": "id", "type": "long"}],
+                "connect.name": "shop.public.orders.Key",
             })
         );
         assert_eq!(
@@ -451,10 +319,15 @@ mod tests {
                         "fields": [
                             {"name": "id", "type": ["null", "long"], "default": null},
                             {"name": "total", "default": null, "type": ["null",
-                                {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 2}]},
+                                {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 2,
+                                 "connect.version": 1,
+                                 "connect.parameters": {"scale": "2", "connect.decimal.precision": "12"},
+                                 "connect.name": "org.apache.kafka.connect.data.Decimal"}]},
                             {"name": "note_text", "sluice.column": "note text", "default": null,
-                                "type": ["null", {"type": "string", "sluice.source_type": "tsvector"}]},
+                                "type": ["null", {"type": "string", "sluice.source_type": "tsvector",
+                                    "connect.version": 1, "connect.name": "io.debezium.data.Tsvector"}]},
                         ],
+                        "connect.name": "shop.public.orders.Value",
                     }]},
                     {"name": "after", "type": ["null", "shop.public.orders.Value"], "default": null},
                     {"name": "source", "type": {
@@ -464,14 +337,21 @@ mod tests {
                             {"name": "connector", "type": "string"},
                             {"name": "name", "type": "string"},
                             {"name": "ts_ms", "type": "long"},
-                            {"name": "snapshot", "type": "string", "default": "false"},
+                            {"name": "snapshot", "default": "false", "type": {
+                                "type": "string", "connect.version": 1,
+                                "connect.parameters": {"allowed": SNAPSHOT_MARKERS},
+                                "connect.default": "false", "connect.name": "io.debezium.data.Enum"}},
                             {"name": "db", "type": "string"},
                             {"name": "sequence", "type": ["null", "string"], "default": null},
+                            {"name": "ts_us", "type": ["null", "long"], "default": null},
+                            {"name": "ts_ns", "type": ["null", "long"], "default": null},
                             {"name": "schema", "type": "string"},
                             {"name": "table", "type": "string"},
                             {"name": "txId", "type": ["null", "long"], "default": null},
                             {"name": "lsn", "type": ["null", "long"], "default": null},
                             {"name": "xmin", "type": ["null", "long"], "default": null},
+                            {"name": "origin", "type": ["null", "string"], "default": null},
+                            {"name": "origin_lsn", "type": ["null", "long"], "default": null},
                         ],
                     }},
                     {"name": "op", "type": "string"},
@@ -481,7 +361,11 @@ mod tests {
                         {"name": "total_order", "type": "long"},
                         {"name": "data_collection_order", "type": "long"},
                     ]}], "default": null},
+                    {"name": "ts_us", "type": ["null", "long"], "default": null},
+                    {"name": "ts_ns", "type": ["null", "long"], "default": null},
                 ],
+                "connect.version": 2,
+                "connect.name": "shop.public.orders.Envelope",
             })
         );
     }
@@ -535,10 +419,11 @@ mod tests {
         let schemas = table_schemas("p", &t).unwrap();
         let full = format!("\"{VARIABLE_SCALE_DECIMAL}\"");
         let definition = format!("\"name\":{full}");
-        // Two key columns, three value columns: one definition each, the other uses by name.
+        // Two key columns, three value columns: one definition each (which names itself again in its
+        // `connect.name`), the other uses by name.
         for (json, uses) in [
-            (&schemas.key.as_ref().unwrap().json, 2),
-            (&schemas.value.json, 3),
+            (&schemas.key.as_ref().unwrap().json, 3),
+            (&schemas.value.json, 4),
         ] {
             assert_eq!(json.matches(&definition).count(), 1, "{json}");
             assert_eq!(json.matches(&full).count(), uses, "{json}");

@@ -11,7 +11,7 @@ use sluice_core::event::{ChangeEvent, DecodingMessage, Lsn, Op, SnapshotMarker, 
 use super::last_marker::{LastMarker, Record};
 use super::row_headers::{note_headers, unchanged_toast_columns, unchanged_toast_fields};
 use super::shared::SharedTopics;
-use sluice_core::positions::now_ms;
+use sluice_core::positions::now_us;
 
 use super::super::error::PipelineError;
 use super::core::{Core, Delivery, Encoded, FixedTopic, Rejection, Subject};
@@ -361,7 +361,8 @@ impl RowEncoder {
         }
         self.value_buf.clear();
         self.marker_at = None;
-        let processed_at_ms = now_ms();
+        let processed_at_us = now_us();
+        let processed_at_ms = processed_at_us.div_euclid(1000);
         if let Some(flat) = &encoding.dress.flat {
             let row = match event.op {
                 Op::Delete if flat.rewrite_deletes => event.before.as_ref(),
@@ -380,7 +381,7 @@ impl RowEncoder {
             server_name: &core.topic_prefix,
             connector: core.connector,
             version: env!("CARGO_PKG_VERSION"),
-            processed_at_ms,
+            processed_at_us,
         };
         self.marker_at = Some(avro::encode_envelope(event, &context, &mut self.value_buf)?);
         Ok(true)
