@@ -7,8 +7,9 @@
 #     storage lacks)
 #   - the rustfmt and clippy components of the Rust toolchain (scripts/test.sh checks formatting and lints)
 #   - tansu 0.6.0, a Kafka-protocol broker, built once into a cache outside the repository
+#   - a Python venv with Confluent's client and Avro deserializer (tests/python/requirements.txt)
 #
-# Environment: SLUICE_CACHE_DIR (default ~/.cache/sluice) is where tansu is installed.
+# Environment: SLUICE_CACHE_DIR (default ~/.cache/sluice) is where tansu and the venv are installed.
 set -euo pipefail
 
 cache_dir="${SLUICE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice}"
@@ -71,6 +72,27 @@ else
     --no-default-features --features libsql --root "$tansu_root.partial"
   rm -rf "$tansu_root" && mv "$tansu_root.partial" "$tansu_root"
   rm -rf "$cache_dir/tansu-build"
+fi
+
+# Python with Confluent's client and Avro deserializer, for the tests that read sluice's topics the way a
+# Python consumer does (tests/python). A private venv, rebuilt when tests/python/requirements.txt changes.
+python_root="$cache_dir/python"
+requirements="$(dirname "$0")/../tests/python/requirements.txt"
+if cmp -s "$requirements" "$python_root/requirements.txt"; then
+  log "Python test packages present at $python_root"
+else
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    log "installing Debian packages: python3 python3-venv"
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+  fi
+  log "installing the Python test packages into $python_root"
+  rm -rf "$python_root.partial"
+  python3 -m venv "$python_root.partial"
+  "$python_root.partial/bin/pip" install -q --disable-pip-version-check -r "$requirements" >&2
+  cp "$requirements" "$python_root.partial/requirements.txt"
+  rm -rf "$python_root" && mv "$python_root.partial" "$python_root"
 fi
 
 echo "$tansu_root/bin/tansu"

@@ -91,8 +91,14 @@ async fn events_that_break_a_contract_become_dead_letters_and_the_rest_flow() {
         4,
         "three creates and the delete (a delete has no after to hold to the contract): {ops:?}"
     );
-    let tagged = events.iter().find(|e| e.after().unwrap()["id"] == 5).unwrap();
-    assert_eq!(tagged.after().unwrap()["tags"], serde_json::json!([1, 2, 3, 4]));
+    let tagged = events
+        .iter()
+        .find(|e| e.after().unwrap()["id"] == 5)
+        .unwrap();
+    assert_eq!(
+        tagged.after().unwrap()["tags"],
+        serde_json::json!([1, 2, 3, 4])
+    );
     assert_eq!(
         tagged.headers["sluice.array_bounds"],
         r#"{"after":{"tags":"[1:2][1:2]"}}"#

@@ -256,19 +256,7 @@ pub fn tansu_binary() -> Result<PathBuf> {
         }
         return Ok(path);
     }
-    let cache = match (
-        std::env::var_os("SLUICE_CACHE_DIR"),
-        std::env::var_os("XDG_CACHE_HOME"),
-    ) {
-        (Some(dir), _) => PathBuf::from(dir),
-        (None, Some(xdg)) => PathBuf::from(xdg).join("sluice"),
-        (None, None) => {
-            let home = std::env::var_os("HOME")
-                .context("HOME is not set, cannot locate the tansu binary")?;
-            PathBuf::from(home).join(".cache").join("sluice")
-        }
-    };
-    let path = cache
+    let path = crate::cache_dir()?
         .join(format!("tansu-{TANSU_VERSION}"))
         .join("bin")
         .join("tansu");

@@ -6,6 +6,7 @@ pub mod broker;
 pub mod config;
 pub mod mongo_double;
 pub mod postgres;
+pub mod python;
 pub mod registry;
 
 mod log_tail;
@@ -15,7 +16,30 @@ pub use bson;
 
 use std::collections::HashSet;
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
+
+use anyhow::{Context, Result};
+
+/// Where scripts/provision.sh installs what the tests need outside the repository (tansu, the Python
+/// venv): `$SLUICE_CACHE_DIR`, else `$XDG_CACHE_HOME/sluice`, else `~/.cache/sluice`.
+pub fn cache_dir() -> Result<PathBuf> {
+    Ok(
+        match (
+            std::env::var_os("SLUICE_CACHE_DIR"),
+            std::env::var_os("XDG_CACHE_HOME"),
+        ) {
+            (Some(dir), _) => PathBuf::from(dir),
+            (None, Some(xdg)) => PathBuf::from(xdg).join("sluice"),
+            (None, None) => {
+                let home = std::env::var_os("HOME").context(
+                    "HOME is not set, cannot locate what scripts/provision.sh installed",
+                )?;
+                PathBuf::from(home).join(".cache").join("sluice")
+            }
+        },
+    )
+}
 
 /// A loopback TCP port that was free a moment ago.
 ///

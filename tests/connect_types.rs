@@ -1,0 +1,265 @@
+//! sluice's topics as Debezium's consumers read them: Confluent's Python `AvroDeserializer` (the code a
+//! Python consumer runs) decodes every message against the registry, and each column type's schema
+//! carries the Kafka Connect properties that Confluent's `AvroConverter` turns into the Connect type
+//! Debezium's own schema has (the table in [`CONNECT`]).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Daemon, Services};
+use serde_json::{json, Value as Json};
+use sluice::avro::SchemaRef;
+
+const TOPIC: &str = "shop.public.t";
+
+const SCHEMA: &str = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+    CREATE TABLE t (id int PRIMARY KEY, small smallint, amount numeric(10,2), score numeric,
+      price money, day date, at timestamp, at_tz timestamptz, clock time, clock_tz timetz,
+      span interval, u uuid, m mood, doc jsonb, x xml, tags text[], bin bytea, flag boolean,
+      big bigint, ratio float8);";
+
+const ROW: &str = "(1, 7, 12.50, 3.25, 4.10, '2024-05-01', '2024-05-01 12:00:00.000001',
+    '2024-05-01 12:00:00+02', '12:34:56.789', '12:34:56+05:30', '1 day 2 hours',
+    'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'happy', '{\"a\": [1, 2]}', '<a x=\"1\">t</a>',
+    '{x,NULL}', '\\x00ff', true, 9007199254740993, 0.5)";
+
+/// Per column: the Avro type, its `logicalType`, and the Connect name, version and parameters — what
+/// Debezium's schema for the column has where the two agree on the value (`null`: no Connect name; the
+/// converter makes a plain Connect type of the Avro type).
+const CONNECT: &[(&str, &str, Option<&str>, Option<&str>, Option<&str>)] = &[
+    // column, Avro type, logicalType, connect.name, connect.parameters
+    ("small", "int", None, None, None),
+    (
+        "amount",
+        "bytes",
+        Some("decimal"),
+        Some("org.apache.kafka.connect.data.Decimal"),
+        Some(r#"{"scale":"2","connect.decimal.precision":"10"}"#),
+    ),
+    (
+        "score",
+        "record",
+        None,
+        Some("io.debezium.data.VariableScaleDecimal"),
+        None,
+    ),
+    (
+        "price",
+        "bytes",
+        Some("decimal"),
+        Some("org.apache.kafka.connect.data.Decimal"),
+        Some(r#"{"scale":"2","connect.decimal.precision":"19"}"#),
+    ),
+    (
+        "day",
+        "int",
+        Some("date"),
+        Some("org.apache.kafka.connect.data.Date"),
+        None,
+    ),
+    (
+        "at",
+        "long",
+        Some("local-timestamp-micros"),
+        Some("io.debezium.time.MicroTimestamp"),
+        None,
+    ),
+    (
+        "at_tz",
+        "long",
+        Some("timestamp-micros"),
+        Some("io.debezium.time.MicroTimestamp"),
+        None,
+    ),
+    (
+        "clock",
+        "long",
+        Some("time-micros"),
+        Some("io.debezium.time.MicroTime"),
+        None,
+    ),
+    ("clock_tz", "string", None, None, None),
+    (
+        "span",
+        "string",
+        None,
+        Some("io.debezium.time.Interval"),
+        None,
+    ),
+    (
+        "u",
+        "string",
+        Some("uuid"),
+        Some("io.debezium.data.Uuid"),
+        None,
+    ),
+    (
+        "m",
+        "string",
+        None,
+        Some("io.debezium.data.Enum"),
+        Some(r#"{"allowed":"sad,ok,happy"}"#),
+    ),
+    ("doc", "string", None, Some("io.debezium.data.Json"), None),
+    ("x", "string", None, Some("io.debezium.data.Xml"), None),
+    ("tags", "array", None, None, None),
+    ("bin", "bytes", None, None, None),
+    ("flag", "boolean", None, None, None),
+    ("big", "long", None, None, None),
+    ("ratio", "double", None, None, None),
+];
+
+/// The services with `t` holding one row (read by the snapshot) and sluice streaming a second.
+async fn published() -> (Services, Daemon) {
+    let services = Services::start().await;
+    services
+        .sql(&format!("{SCHEMA} INSERT INTO t VALUES {ROW};"))
+        .await;
+    let mut config = services.config(&["public.t"]);
+    config.topic_partitions = 1;
+    let mut daemon = Daemon::start(&services.write(&config));
+    services.wait_streaming(&mut daemon).await;
+    services
+        .sql(&format!(
+            "INSERT INTO t VALUES {};",
+            ROW.replacen("(1,", "(2,", 1)
+        ))
+        .await;
+    (services, daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confluents_python_deserializer_reads_every_message() {
+    let (services, mut daemon) = published().await;
+    let bootstrap = services.broker.bootstrap();
+    let registry = services.registry.url();
+    let out = sluice_testkit::python::run("read_avro.py", &[&bootstrap, &registry, TOPIC, "2"])
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    let messages: Vec<Json> = out
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(messages.len(), 2, "{out}");
+    for (message, (id, snapshot)) in messages.iter().zip([(1, "last"), (2, "false")]) {
+        assert!(message.get("error").is_none(), "{message}");
+        assert_eq!(message["key"], json!({"id": id}));
+        let value = &message["value"];
+        assert_eq!(value["op"], if id == 1 { "r" } else { "c" });
+        assert_eq!(value["source"]["snapshot"], snapshot);
+        assert!(value["ts_us"].as_i64().unwrap() > 1_700_000_000_000_000);
+        assert_eq!(
+            value["ts_ns"].as_i64().unwrap(),
+            value["ts_us"].as_i64().unwrap() * 1000
+        );
+        let row = &value["after"];
+        // Each value as the deserializer hands it to Python: Avro's logical types applied.
+        for (column, expected) in [
+            ("small", json!(7)),
+            ("amount", json!({"decimal": "12.50"})),
+            ("score", json!({"scale": 2, "value": {"bytes": "AUU="}})),
+            ("price", json!({"decimal": "4.10"})),
+            ("day", json!({"date": "2024-05-01"})),
+            ("at", json!({"datetime": "2024-05-01T12:00:00.000001"})),
+            ("at_tz", json!({"datetime": "2024-05-01T10:00:00+00:00"})),
+            ("clock", json!({"time": "12:34:56.789000"})),
+            ("clock_tz", json!("12:34:56+05:30")),
+            ("span", json!("P1DT2H")),
+            ("u", json!({"uuid": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"})),
+            ("m", json!("happy")),
+            ("doc", json!("{\"a\": [1, 2]}")),
+            ("x", json!("<a x=\"1\">t</a>")),
+            ("tags", json!(["x", null])),
+            ("bin", json!({"bytes": "AP8="})),
+            ("flag", json!(true)),
+            ("big", json!(9_007_199_254_740_993_i64)),
+            ("ratio", json!(0.5)),
+        ] {
+            assert_eq!(row[column], expected, "{column} in {row}");
+        }
+    }
+    daemon.stop_cleanly();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_column_type_carries_the_connect_properties_debeziums_has() {
+    let (services, mut daemon) = published().await;
+    let records = services.read(TOPIC, 2, Duration::from_secs(60)).await;
+    let body = records[0].value.as_deref().expect("a value");
+    let Some((SchemaRef::RegistryId(id), _)) = SchemaRef::split(body) else {
+        panic!("not Confluent-framed")
+    };
+    let text = services
+        .registry
+        .schemas()
+        .into_iter()
+        .find_map(|(i, text)| (i == id).then_some(text))
+        .expect("the value schema is registered");
+    let envelope: Json = serde_json::from_str(&text).unwrap();
+    assert_eq!(envelope["connect.name"], format!("{TOPIC}.Envelope"));
+    assert_eq!(envelope["connect.version"], 2);
+    let fields = envelope["fields"].as_array().unwrap();
+    let field = |fields: &[Json], name: &str| -> Json {
+        fields
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("no field {name}"))
+            .clone()
+    };
+    for name in ["ts_ms", "ts_us", "ts_ns"] {
+        assert_eq!(
+            field(fields, name)["type"],
+            json!(["null", "long"]),
+            "{name}"
+        );
+    }
+    let source = field(fields, "source")["type"].clone();
+    let source_fields = source["fields"].as_array().unwrap();
+    let snapshot = field(source_fields, "snapshot")["type"].clone();
+    assert_eq!(snapshot["connect.name"], "io.debezium.data.Enum");
+    assert_eq!(
+        snapshot["connect.parameters"]["allowed"],
+        "true,first,first_in_data_collection,last_in_data_collection,last,false,incremental"
+    );
+    for name in ["ts_us", "ts_ns", "origin_lsn"] {
+        assert_eq!(
+            field(source_fields, name)["type"],
+            json!(["null", "long"]),
+            "{name}"
+        );
+    }
+
+    let value = field(fields, "before")["type"][1].clone();
+    assert_eq!(value["connect.name"], format!("{TOPIC}.Value"));
+    let columns = value["fields"].as_array().unwrap();
+    let mut mismatches = Vec::new();
+    for &(column, avro, logical, name, parameters) in CONNECT {
+        let declared = field(columns, column)["type"][1].clone();
+        let (kind, declared) = match &declared {
+            Json::String(kind) => (kind.clone(), json!({})),
+            other => (other["type"].as_str().unwrap().to_owned(), other.clone()),
+        };
+        let seen = (
+            kind.as_str(),
+            declared["logicalType"].as_str(),
+            declared["connect.name"].as_str(),
+            declared.get("connect.parameters").map(|p| p.to_string()),
+        );
+        let wanted = (
+            avro,
+            logical,
+            name,
+            parameters.map(|p| serde_json::from_str::<Json>(p).unwrap().to_string()),
+        );
+        if seen.0 != wanted.0 || seen.1 != wanted.1 || seen.2 != wanted.2 || seen.3 != wanted.3 {
+            mismatches.push(format!("{column}: {seen:?}, wanted {wanted:?}"));
+        }
+        if name.is_some() {
+            assert_eq!(declared["connect.version"], 1, "{column}");
+        }
+    }
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
+    let small = field(columns, "small")["type"][1].clone();
+    assert_eq!(small["connect.type"], "int16");
+    daemon.stop_cleanly();
+}
