@@ -27,8 +27,7 @@ const ROW: &str = "(1, 7, 12.50, 3.25, 4.10, '2024-05-01', '2024-05-01 12:00:00.
 /// Per column: the Avro type, its `logicalType`, and the Connect name, version and parameters — what
 /// Debezium's schema for the column has where the two agree on the value (`null`: no Connect name; the
 /// converter makes a plain Connect type of the Avro type).
-const CONNECT: &[(&str, &str, Option<&str>, Option<&str>, Option<&str>)] = &[
-    // column, Avro type, logicalType, connect.name, connect.parameters
+const CONNECT: &[Expected] = &[
     ("small", "int", None, None, None),
     (
         "amount",
@@ -109,6 +108,15 @@ const CONNECT: &[(&str, &str, Option<&str>, Option<&str>, Option<&str>)] = &[
     ("big", "long", None, None, None),
     ("ratio", "double", None, None, None),
 ];
+
+/// Column, Avro type, `logicalType`, `connect.name`, `connect.parameters`.
+type Expected = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<&'static str>,
+);
 
 /// The services with `t` holding one row (read by the snapshot) and sluice streaming a second.
 async fn published() -> (Services, Daemon) {
