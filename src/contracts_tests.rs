@@ -16,6 +16,8 @@ fn orders() -> Schema {
         column_type,
         key,
         source_type: String::new(),
+        not_null: false,
+        precision: None,
     };
     let table = Table {
         id: 1,

@@ -353,6 +353,11 @@ pub struct Column {
     pub key: bool,
     /// The source's own type name (`int4`, `numeric`, ...), for documentation and errors.
     pub source_type: String,
+    /// The source declares the column NOT NULL.
+    pub not_null: bool,
+    /// Fractional-second digits a time or timestamp column (or its arrays' elements) declares:
+    /// `timestamp(3)` is 3; None when it declares none.
+    pub precision: Option<u8>,
 }
 
 /// A captured table at one schema version. A schema change produces a new `Table`; events hold an `Arc` to

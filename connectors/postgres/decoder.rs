@@ -64,6 +64,8 @@ pub fn table_from_relation(
                 primary_key.contains(&c.name)
             },
             source_type: resolved.source_type,
+            not_null: resolved.not_null,
+            precision: resolved.precision,
         })
         .collect();
     Table {

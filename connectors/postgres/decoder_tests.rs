@@ -65,10 +65,14 @@ impl Stream {
                 20 => ResolvedColumn {
                     column_type: ColumnType::Int64,
                     source_type: "int8".into(),
+                    precision: None,
+                    not_null: false,
                 },
                 _ => ResolvedColumn {
                     column_type: ColumnType::String,
                     source_type: "text".into(),
+                    precision: None,
+                    not_null: false,
                 },
             })
             .collect();

@@ -248,6 +248,8 @@ mod tests {
             column_type: ColumnType::Int64,
             key,
             source_type: "int8".into(),
+            not_null: false,
+            precision: None,
         };
         Arc::new(Table {
             id: 1,

@@ -286,6 +286,8 @@ mod tests {
             column_type: ColumnType::String,
             key,
             source_type: "text".into(),
+            not_null: false,
+            precision: None,
         };
         Arc::new(Table {
             id,

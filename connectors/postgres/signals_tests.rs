@@ -47,6 +47,8 @@ fn signal_row(kind: &str, data: &str) -> SourceEvent {
         column_type: ColumnType::String,
         key: name == "id",
         source_type: "text".into(),
+        not_null: false,
+        precision: None,
     };
     let table = Arc::new(Table {
         id: 1,

@@ -41,8 +41,11 @@ pub async fn resolve_columns(
         .columns
         .iter()
         .map(|c| {
-            let dims = dimensions.get(&c.name).copied().unwrap_or(0);
-            types::resolve(c.type_oid, c.type_modifier, dims, &catalog, decimal)
+            let (dims, not_null) = dimensions.get(&c.name).copied().unwrap_or((0, false));
+            ResolvedColumn {
+                not_null,
+                ..types::resolve(c.type_oid, c.type_modifier, dims, &catalog, decimal)
+            }
         })
         .collect())
 }
@@ -57,16 +60,16 @@ fn referenced(found: &PgType) -> Vec<u32> {
     }
 }
 
-/// `attndims` by column name: pgoutput does not send it, and it decides how deep an array column's Avro
-/// type nests.
+/// `attndims` and `attnotnull` by column name: pgoutput sends neither. The dimensions decide how deep an
+/// array column's Avro type nests.
 async fn declared_dimensions(
     client: &Client,
     relation_id: u32,
-) -> Result<HashMap<String, i32>, CatalogError> {
+) -> Result<HashMap<String, (i32, bool)>, CatalogError> {
     let rows = client
         .query(
             // attndims is int2 in newer servers; read it as int4 on every version.
-            "SELECT attname, attndims::int4 FROM pg_attribute \
+            "SELECT attname, attndims::int4, attnotnull FROM pg_attribute \
              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
             &[&relation_id],
         )
@@ -74,7 +77,10 @@ async fn declared_dimensions(
         .map_err(query_error(format!(
             "cannot read the columns of relation {relation_id}"
         )))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect())
 }
 
 /// An enumerated type's labels in their sort order (Debezium's `allowed` parameter lists them so).

@@ -51,6 +51,10 @@ pub struct ResolvedColumn {
     pub column_type: ColumnType,
     /// `int4`, `numeric`, `public.mood`, …: for documentation and errors.
     pub source_type: String,
+    /// Fractional-second digits a time or timestamp type (or array of one) declares.
+    pub precision: Option<u8>,
+    /// The column is NOT NULL (the catalog says; false until it is asked).
+    pub not_null: bool,
 }
 
 /// Whether a type maps without asking the catalog (built-in scalars; arrays and everything user-defined
@@ -69,9 +73,29 @@ pub fn resolve(
     catalog: &TypeMap,
     decimal: DecimalHandling,
 ) -> ResolvedColumn {
+    let column_type = mapped(type_oid, type_modifier, dimensions, catalog, decimal, 0);
     ResolvedColumn {
-        column_type: mapped(type_oid, type_modifier, dimensions, catalog, decimal, 0),
+        precision: temporal_precision(&column_type, type_modifier),
+        column_type,
         source_type: source_type_name(type_oid, catalog),
+        not_null: false,
+    }
+}
+
+/// A time or timestamp type's typmod is its declared precision (0–6).
+fn temporal_precision(column_type: &ColumnType, type_modifier: i32) -> Option<u8> {
+    let element = match column_type {
+        ColumnType::Array { element, .. } => element,
+        other => other,
+    };
+    let temporal = matches!(
+        element,
+        ColumnType::Time | ColumnType::Timestamp | ColumnType::TimestampTz
+    ) || matches!(element, ColumnType::Text { type_name } if type_name == "timetz");
+    if temporal {
+        u8::try_from(type_modifier).ok().filter(|p| *p <= 6)
+    } else {
+        None
     }
 }
 

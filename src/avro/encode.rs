@@ -556,6 +556,8 @@ mod tests {
             column_type,
             key,
             source_type: source_type.into(),
+            not_null: false,
+            precision: None,
         }
     }
 

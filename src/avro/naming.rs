@@ -136,6 +136,8 @@ mod tests {
                     column_type: ColumnType::Int32,
                     key: false,
                     source_type: "int4".into(),
+                    not_null: false,
+                    precision: None,
                 })
                 .collect(),
         }

@@ -26,6 +26,8 @@ fn column(name: &str, column_type: ColumnType, key: bool, source_type: &str) -> 
         column_type,
         key,
         source_type: source_type.into(),
+        not_null: false,
+        precision: None,
     }
 }
 

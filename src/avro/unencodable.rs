@@ -85,6 +85,8 @@ mod tests {
             column_type,
             key,
             source_type: String::new(),
+            not_null: false,
+            precision: None,
         };
         let decimal = ColumnType::Decimal {
             precision: 10,

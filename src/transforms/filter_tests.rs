@@ -12,6 +12,8 @@ fn column(name: &str, column_type: ColumnType) -> Column {
         name: name.into(),
         key: name == "id",
         source_type: String::new(),
+        not_null: false,
+        precision: None,
         column_type,
     }
 }

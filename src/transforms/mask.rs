@@ -221,6 +221,8 @@ mod tests {
                     column_type: column_type.clone(),
                     key: *key,
                     source_type: "text".into(),
+                    not_null: false,
+                    precision: None,
                 })
                 .collect(),
         })
@@ -433,6 +435,8 @@ mod tests {
             column_type: ColumnType::String,
             key: false,
             source_type: "text".into(),
+            not_null: false,
+            precision: None,
         });
         let altered = Arc::new(altered);
         let mut values = row(4, "d", Value::Null).unwrap();
