@@ -5,6 +5,7 @@
 //! connectors. See ARCHITECTURE.md.
 
 pub mod backoff;
+pub mod calendar;
 pub mod check;
 pub mod config;
 pub mod decimal;

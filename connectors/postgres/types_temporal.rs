@@ -180,22 +180,9 @@ pub(super) fn time_text(micros: i64) -> String {
     format!("{hours:02}:{minutes:02}:{seconds:02}.{fraction:06}")
 }
 
-/// The date `days` after 1970-01-01, then `time`, then the era for years before 1 (Hinnant's
-/// civil-from-days).
+/// The date `days` after 1970-01-01, then `time`, then the era for years before 1.
 fn civil_text(days: i64, time: &str) -> String {
-    let z = days + 719_468;
-    let (era, day_of_era) = (z.div_euclid(146_097), z.rem_euclid(146_097));
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = sluice_core::calendar::civil_from_days(days);
     let (year, era) = if year <= 0 {
         (1 - year, " BC")
     } else {

@@ -189,8 +189,9 @@ fn catalog_types_resolve_to_their_structure() {
     );
     assert_eq!(
         resolved(16_401, -1, 0, &types),
-        ColumnType::Text {
-            type_name: "public.mood".into()
+        ColumnType::Enum {
+            type_name: "public.mood".into(),
+            labels: vec!["sad".into(), "happy".into()],
         }
     );
     assert_eq!(
