@@ -25,6 +25,8 @@ pub use sluice_postgres::config::{
     ColumnPattern, DecimalHandling, PostgresConfig, Selection, TablePattern, UnencodableValues,
 };
 
+use crate::avro::LogicalTypes;
+
 /// The whole configuration file.
 #[derive(Debug)]
 pub struct Config {
@@ -169,6 +171,17 @@ pub struct AvroConfig {
     /// Directory of contracts: `<topic>.avsc` files, each the reader schema every event of its topic must
     /// satisfy. Relative paths are taken from the working directory; a missing directory means no contracts.
     pub contracts_dir: Option<Spanned<EnvString>>,
+    /// How values are represented: `"avro"` (Avro's own logical types, exact) or `"debezium"` (exactly as
+    /// Debezium's PostgreSQL connector represents them with its default settings).
+    pub logical_types: Option<Spanned<LogicalTypes>>,
+}
+
+impl AvroConfig {
+    pub fn logical_types(&self) -> LogicalTypes {
+        self.logical_types
+            .as_ref()
+            .map_or_else(LogicalTypes::default, |l| *l.get_ref())
+    }
 }
 
 /// `avro.subject_name_strategy`: the registry subject a schema is registered under.
@@ -463,6 +476,15 @@ impl Config {
 impl Config {
     fn avro_problems(&self, report: &mut ProblemSink<'_>) {
         let avro = &self.avro;
+        if let (Some(logical), Source::Mongodb(_)) = (&avro.logical_types, &self.source) {
+            if *logical.get_ref() == LogicalTypes::Debezium {
+                report(
+                    "avro.logical_types",
+                    logical.span(),
+                    "\"debezium\" is Debezium's PostgreSQL representation: MongoDB documents are published as they are; remove the key".into(),
+                );
+            }
+        }
         let registry_only = [
             ("avro.registry_username", &avro.registry_username),
             ("avro.registry_password", &avro.registry_password),

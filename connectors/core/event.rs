@@ -334,6 +334,27 @@ pub enum ColumnType {
         type_name: String,
         labels: Vec<String>,
     },
+    /// Debezium's representations of values whose own form above differs (`[avro] logical_types =
+    /// "debezium"`); no source produces them, the encoders' Debezium mode puts them in its table models.
+    Debezium(DebeziumType),
+}
+
+/// How Debezium's PostgreSQL connector represents a value, where that differs from the event model's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DebeziumType {
+    /// `io.debezium.time.Timestamp`: a `timestamp(0..3)` in milliseconds.
+    MilliTimestamp,
+    /// `io.debezium.time.Time`: a `time(0..3)` in milliseconds, an int.
+    MilliTime,
+    /// `io.debezium.time.ZonedTimestamp`: a `timestamptz` as UTC ISO 8601 text with `digits` fractional
+    /// digits.
+    ZonedTimestamp { digits: u8 },
+    /// `io.debezium.time.ZonedTime`: a `timetz` as UTC ISO 8601 text.
+    ZonedTime,
+    /// `io.debezium.time.MicroDuration`: an `interval` in microseconds, months as 30.4375 days.
+    MicroDuration,
+    /// `io.debezium.data.Json`: an hstore as a JSON object.
+    HstoreJson,
 }
 
 /// One field of a composite type.

@@ -306,6 +306,8 @@ pub fn parse_text(column_type: &ColumnType, text: &[u8]) -> Result<Value, ValueE
         ColumnType::TextMap => structured::split_hstore(text)
             .map(Value::TextMap)
             .map_err(|err| ValueError::malformed(text, "hstore", err)),
+        // The encoders' own; a source's text never has it.
+        ColumnType::Debezium(_) => Ok(Value::String(text.to_owned())),
     }
 }
 
@@ -332,6 +334,7 @@ fn text_type_name(column_type: &ColumnType) -> &'static str {
         ColumnType::Array { .. } => "array",
         ColumnType::Record { .. } => "composite value",
         ColumnType::TextMap => "hstore",
+        ColumnType::Debezium(_) => "text",
     }
 }
 

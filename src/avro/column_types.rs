@@ -35,9 +35,10 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{json, Value as Json};
 
+use super::debezium::LogicalTypes;
 use super::naming::{composite_record_name, unique_field_names};
 use super::schema::{SchemaError, VARIABLE_SCALE_DECIMAL};
-use sluice_core::event::{Column, ColumnType, RecordField, Table};
+use sluice_core::event::{Column, ColumnType, DebeziumType, RecordField, Table};
 
 /// The largest money amount, 92233720368547758.07, has 19 digits.
 const MONEY_PRECISION: u32 = 19;
@@ -62,9 +63,18 @@ pub(super) struct TypeBuilder {
     defined: HashSet<String>,
     /// Composite types defined so far: source name → Avro full name.
     composites: HashMap<String, String>,
+    /// Debezium's schemas exactly: no Avro logical types but Connect's decimal, no sluice properties.
+    debezium: bool,
 }
 
 impl TypeBuilder {
+    pub(super) fn new(logical_types: LogicalTypes) -> TypeBuilder {
+        TypeBuilder {
+            debezium: logical_types == LogicalTypes::Debezium,
+            ..TypeBuilder::default()
+        }
+    }
+
     pub(super) fn column(&mut self, table: &Table, column: &Column) -> Result<Json, SchemaError> {
         self.avro_type(table, column, &column.column_type)
     }
@@ -76,6 +86,11 @@ impl TypeBuilder {
         column: &Column,
         column_type: &ColumnType,
     ) -> Result<Json, SchemaError> {
+        if self.debezium {
+            if let Some(avro) = debezium_avro_type(column_type) {
+                return Ok(avro);
+            }
+        }
         Ok(match column_type {
             ColumnType::Boolean => json!("boolean"),
             ColumnType::Int16 => json!({"type": "int", "connect.type": "int16"}),
@@ -156,6 +171,7 @@ impl TypeBuilder {
             }
             ColumnType::Record { name, fields } => self.composite(table, column, name, fields)?,
             ColumnType::TextMap => json!({"type": "map", "values": ["null", "string"]}),
+            ColumnType::Debezium(debezium) => debezium_representation(*debezium),
         })
     }
 
@@ -204,6 +220,67 @@ impl TypeBuilder {
             definition()
         } else {
             json!(full_name)
+        }
+    }
+}
+
+/// The types whose schema Debezium's mode writes differently from the default one: without Avro's
+/// logical types (the converter adds them only for Connect's own Date, Time, Timestamp and Decimal), and
+/// without sluice's properties. None: as in the default mode.
+fn debezium_avro_type(column_type: &ColumnType) -> Option<Json> {
+    let string = || json!({"type": "string"});
+    Some(match column_type {
+        ColumnType::Date => connect(json!({"type": "int"}), "io.debezium.time.Date", None),
+        ColumnType::Timestamp => connect(
+            json!({"type": "long"}),
+            "io.debezium.time.MicroTimestamp",
+            None,
+        ),
+        ColumnType::Time => connect(json!({"type": "long"}), "io.debezium.time.MicroTime", None),
+        ColumnType::Uuid => connect(string(), "io.debezium.data.Uuid", None),
+        // Money's scale only: the converter declares such a decimal with precision 64.
+        ColumnType::Money => connect(
+            json!({"type": "bytes", "logicalType": "decimal", "precision": 64, "scale": 2}),
+            CONNECT_DECIMAL,
+            Some(json!({"scale": "2"})),
+        ),
+        ColumnType::Enum { labels, .. } => connect(
+            string(),
+            "io.debezium.data.Enum",
+            Some(json!({"allowed": labels.join(",")})),
+        ),
+        ColumnType::Text { type_name } => match text_connect_name(type_name) {
+            Some(name) => connect(string(), name, None),
+            None => string(),
+        },
+        _ => return None,
+    })
+}
+
+/// The schema of a value in one of Debezium's own representations.
+fn debezium_representation(debezium: DebeziumType) -> Json {
+    match debezium {
+        DebeziumType::MilliTimestamp => {
+            connect(json!({"type": "long"}), "io.debezium.time.Timestamp", None)
+        }
+        DebeziumType::MilliTime => connect(json!({"type": "int"}), "io.debezium.time.Time", None),
+        DebeziumType::ZonedTimestamp { .. } => connect(
+            json!({"type": "string"}),
+            "io.debezium.time.ZonedTimestamp",
+            None,
+        ),
+        DebeziumType::ZonedTime => connect(
+            json!({"type": "string"}),
+            "io.debezium.time.ZonedTime",
+            None,
+        ),
+        DebeziumType::MicroDuration => connect(
+            json!({"type": "long"}),
+            "io.debezium.time.MicroDuration",
+            None,
+        ),
+        DebeziumType::HstoreJson => {
+            connect(json!({"type": "string"}), "io.debezium.data.Json", None)
         }
     }
 }

@@ -12,9 +12,12 @@ use super::binary::{
     write_blocks, write_boolean, write_bytes, write_double, write_float, write_int, write_long,
     write_string, write_union_branch,
 };
+use super::debezium;
 use super::decimal::{self, DecimalError};
+use super::placeholder;
 use sluice_core::event::{
-    ChangeEvent, Column, ColumnType, Lsn, Note, Numeric, Op, RecordField, Row, Table, Value,
+    ChangeEvent, Column, ColumnType, DebeziumType, Lsn, Note, Numeric, Op, RecordField, Row, Table,
+    Value,
 };
 
 /// What an envelope needs beyond the event.
@@ -29,6 +32,9 @@ pub struct EnvelopeContext<'a> {
     /// When the event was processed, microseconds since the epoch: the envelope's `ts_ms`, `ts_us` and
     /// `ts_ns`.
     pub processed_at_us: i64,
+    /// Debezium's envelope exactly (`[avro] logical_types = "debezium"`): its field order, required NOT
+    /// NULL columns with its stand-ins for what a row lacks.
+    pub debezium: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -138,12 +144,25 @@ fn write_envelope(
         Op::Truncate => (None, None),
         _ => (event.before.as_ref(), event.after.as_ref()),
     };
-    write_optional_row(table, before, out)?;
-    write_optional_row(table, after, out)?;
+    write_optional_row(table, before, ctx.debezium, out)?;
+    write_optional_row(table, after, ctx.debezium, out)?;
     let marker = write_source(event, ctx, out)?;
+    // Debezium's order puts the transaction block before `op`.
+    if ctx.debezium {
+        write_transaction_block(event, out)?;
+    }
     write_string(event.op.code(), out);
     write_union_branch(1, out);
     write_long(ctx.processed_at_us.div_euclid(1000), out);
+    if !ctx.debezium {
+        write_transaction_block(event, out)?;
+    }
+    write_finer_times(ctx.processed_at_us, out);
+    Ok(marker)
+}
+
+/// Debezium's transaction block, null on snapshot rows.
+fn write_transaction_block(event: &ChangeEvent, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     match (event.source.txid, event.source.order) {
         (Some(txid), Some(order)) => {
             write_union_branch(1, out);
@@ -156,8 +175,7 @@ fn write_envelope(
         }
         _ => write_union_branch(0, out),
     }
-    write_finer_times(ctx.processed_at_us, out);
-    Ok(marker)
+    Ok(())
 }
 
 /// `ts_us` and `ts_ns` (Debezium 2.6+) after `ts_ms`: the same instant in finer units, optional; the
@@ -180,10 +198,11 @@ pub fn transaction_id(txid: u64, commit_lsn: Lsn) -> String {
     format!("{txid}:{}", commit_lsn.0)
 }
 
-/// `["null", Value]`, and inside `Value` every field `["null", T]`.
+/// `["null", Value]`.
 fn write_optional_row(
     table: &Table,
     row: Option<&Row>,
+    debezium: bool,
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
     let Some(row) = row else {
@@ -191,22 +210,37 @@ fn write_optional_row(
         return Ok(());
     };
     write_union_branch(1, out);
-    write_row_fields(table, row, out)
+    write_row_fields(table, row, debezium, out)
 }
 
-/// The fields of the `Value` record: every column `["null", T]`.
+/// The fields of the `Value` record: every column `["null", T]`; with `debezium`, NOT NULL columns `T`
+/// (what the row lacks — a delete's non-key columns under REPLICA IDENTITY DEFAULT — Debezium's
+/// fallback value) and an unchanged TOAST value Debezium's placeholder where the type has one.
 pub(super) fn write_row_fields(
     table: &Table,
     row: &Row,
+    debezium: bool,
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
     check_shape(table, row)?;
     for (column, value) in table.columns.iter().zip(row) {
+        let required = debezium && column.not_null;
         match value.plain() {
+            Value::UnchangedToast if debezium && placeholder::fits(&column.column_type) => {
+                if !required {
+                    write_union_branch(1, out);
+                }
+                placeholder::write_unavailable(&column.column_type, out);
+            }
+            Value::Null | Value::UnchangedToast if required => {
+                placeholder::write_fallback(&column.column_type, out)
+            }
             // The caller reports unchanged TOAST columns alongside the message.
             Value::Null | Value::UnchangedToast => write_union_branch(0, out),
             value => {
-                write_union_branch(1, out);
+                if !required {
+                    write_union_branch(1, out);
+                }
                 write_value(&column.column_type, value, out)
                     .map_err(|reason| column_error(column, reason))?;
             }
@@ -227,6 +261,10 @@ fn write_source(
     write_string(ctx.server_name, out);
     write_long(source.commit_time_us.div_euclid(1000), out);
     let marker = source.snapshot.as_str();
+    if ctx.debezium {
+        // `[Enum, "null"]`: the marker is always there.
+        write_union_branch(0, out);
+    }
     write_string(marker, out);
     let marker_at = out.len() - marker.len();
     write_string(&source.database, out);
@@ -285,6 +323,48 @@ fn array_bounds(value: &Value) -> Option<String> {
         Value::Array(items) | Value::Record(items) => items.iter().find_map(array_bounds),
         _ => None,
     }
+}
+
+/// A value in Debezium's representation of it.
+fn write_debezium(
+    debezium: DebeziumType,
+    value: &Value,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeReason> {
+    let unreadable = |what: &str, text: &str| {
+        EncodeReason::OutOfRange(format!("`{text}` does not read as {what}"))
+    };
+    match (debezium, value) {
+        (DebeziumType::MilliTimestamp, Value::Timestamp(micros)) => {
+            write_long(micros.div_euclid(1000), out)
+        }
+        (DebeziumType::MilliTime, Value::Time(micros)) => {
+            // At most 86,400,000 milliseconds: an int.
+            write_int((micros / 1000) as i32, out)
+        }
+        (DebeziumType::ZonedTimestamp { digits }, Value::TimestampTz(micros)) => {
+            write_string(&debezium::zoned_timestamp(*micros, digits), out)
+        }
+        (DebeziumType::ZonedTime, Value::String(text)) => {
+            let utc = debezium::zoned_time(text).ok_or_else(|| unreadable("a timetz", text))?;
+            write_string(&utc, out)
+        }
+        (DebeziumType::MicroDuration, Value::String(text)) => {
+            let micros = debezium::micro_duration(text)
+                .ok_or_else(|| unreadable("an ISO 8601 interval", text))?;
+            write_long(micros, out)
+        }
+        (DebeziumType::HstoreJson, Value::TextMap(pairs)) => {
+            write_string(&debezium::hstore_json(pairs), out)
+        }
+        (_, found) => {
+            return Err(EncodeReason::TypeMismatch {
+                expected: "Debezium representation",
+                found: value_kind(found),
+            })
+        }
+    }
+    Ok(())
 }
 
 /// One non-null value, in its column type's Avro encoding.
@@ -349,6 +429,7 @@ pub(super) fn write_value(
             write_record(fields, values, out)?
         }
         (ColumnType::TextMap, Value::TextMap(pairs)) => write_text_map(pairs, out)?,
+        (ColumnType::Debezium(debezium), value) => write_debezium(*debezium, value, out)?,
         (expected, found) => {
             return Err(EncodeReason::TypeMismatch {
                 expected: type_kind(expected),
@@ -501,6 +582,7 @@ fn type_kind(column_type: &ColumnType) -> &'static str {
         ColumnType::Json => "json",
         ColumnType::Text { .. } => "text",
         ColumnType::Enum { .. } => "enum",
+        ColumnType::Debezium(_) => "Debezium representation",
         ColumnType::Time => "time",
         ColumnType::Money => "money",
         ColumnType::Array { .. } => "array",
@@ -548,6 +630,7 @@ mod tests {
         connector: "postgresql",
         version: "0.1.0",
         processed_at_us: 0,
+        debezium: false,
     };
 
     fn column(name: &str, column_type: ColumnType, key: bool, source_type: &str) -> Column {

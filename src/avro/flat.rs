@@ -73,10 +73,11 @@ pub fn encode_flat(
     row: &Row,
     flat: &Flat,
     processed_at_ms: i64,
+    debezium: bool,
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
     let start = out.len();
-    let result = write_flat(event, row, flat, processed_at_ms, out);
+    let result = write_flat(event, row, flat, processed_at_ms, debezium, out);
     if result.is_err() {
         out.truncate(start);
     }
@@ -88,9 +89,10 @@ fn write_flat(
     row: &Row,
     flat: &Flat,
     processed_at_ms: i64,
+    debezium: bool,
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
-    write_row_fields(&event.table, row, out)?;
+    write_row_fields(&event.table, row, debezium, out)?;
     let source = &event.source;
     let deleted = event.op == Op::Delete;
     write_added(flat, deleted, out, |field| {

@@ -10,6 +10,7 @@
 
 mod binary;
 mod column_types;
+pub mod debezium;
 pub mod decimal;
 mod document;
 mod encode;
@@ -19,6 +20,7 @@ pub mod framing;
 mod message;
 pub mod naming;
 mod outbox;
+mod placeholder;
 mod schema;
 mod transaction;
 mod typed_document;
@@ -27,6 +29,7 @@ mod unencodable;
 #[cfg(test)]
 mod roundtrip_tests;
 
+pub use debezium::LogicalTypes;
 pub use decimal::DecimalError;
 pub use document::{
     document_schemas, document_topic, encode_document_envelope, encode_document_key,

@@ -18,6 +18,7 @@ const CTX: EnvelopeContext<'static> = EnvelopeContext {
     connector: "postgresql",
     version: "0.1.0",
     processed_at_us: 1_700_000_000_999_000,
+    debezium: false,
 };
 
 fn column(name: &str, column_type: ColumnType, key: bool, source_type: &str) -> Column {

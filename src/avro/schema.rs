@@ -4,6 +4,7 @@
 use serde_json::{json, Value as Json};
 
 use super::column_types::{connect, TypeBuilder};
+use super::debezium::LogicalTypes;
 use super::flat::{Flat, DELETED_FIELD};
 use super::naming::{field_names, namespace, topic_name};
 use sluice_core::event::{Column, Table};
@@ -60,6 +61,7 @@ pub fn table_schemas(topic_prefix: &str, table: &Table) -> Result<TableSchemas, 
         namespace: namespace(topic_prefix, table),
         key_table: None,
         flat: None,
+        logical_types: LogicalTypes::Avro,
     };
     shaped_table_schemas(table, &shape)
 }
@@ -71,6 +73,9 @@ pub struct Shape<'a> {
     pub namespace: String,
     pub key_table: Option<&'a str>,
     pub flat: Option<&'a Flat>,
+    /// Debezium's schemas exactly (`debezium`): its record names, field order and required NOT NULL
+    /// columns; `table` has Debezium's column types already.
+    pub logical_types: LogicalTypes,
 }
 
 /// [`table_schemas`] as the transforms shaped them. The flat value is the envelope's `Value` record with
@@ -88,7 +93,7 @@ pub fn shaped_table_schemas(table: &Table, shape: &Shape) -> Result<TableSchemas
     let key = if key_fields.is_empty() {
         None
     } else {
-        let mut types = TypeBuilder::default();
+        let mut types = TypeBuilder::new(shape.logical_types);
         let mut fields = key_fields
             .iter()
             .map(|(column, name)| Ok(field(column, name, types.column(table, column)?)))
@@ -101,13 +106,19 @@ pub fn shaped_table_schemas(table: &Table, shape: &Shape) -> Result<TableSchemas
         Some(parse(table, "key", &record)?)
     };
 
-    let mut types = TypeBuilder::default();
+    let debezium = shape.logical_types == LogicalTypes::Debezium;
+    let mut types = TypeBuilder::new(shape.logical_types);
     let mut value_fields = table
         .columns
         .iter()
         .zip(&names)
         .map(|(column, name)| {
-            let mut f = field(column, name, json!(["null", types.column(table, column)?]));
+            let avro = types.column(table, column)?;
+            // Debezium makes NOT NULL columns required, in `before` as in `after`.
+            if debezium && column.not_null {
+                return Ok(field(column, name, avro));
+            }
+            let mut f = field(column, name, json!(["null", avro]));
             f["default"] = Json::Null;
             Ok(f)
         })
@@ -123,6 +134,14 @@ pub fn shaped_table_schemas(table: &Table, shape: &Shape) -> Result<TableSchemas
     }
     let value_record = json!({"type": "record", "name": "Value", "namespace": namespace,
         "fields": value_fields, "connect.name": format!("{namespace}.Value")});
+    if debezium {
+        let envelope = debezium_envelope(namespace, value_record);
+        return Ok(TableSchemas {
+            topic: shape.topic.to_owned(),
+            key,
+            value: parse(table, "value", &envelope)?,
+        });
+    }
     let envelope = json!({
         "type": "record",
         "name": "Envelope",
@@ -198,6 +217,41 @@ pub(super) fn common_source_fields() -> Vec<Json> {
     ]
 }
 
+/// Debezium's envelope: its field order, its `source` and transaction block records.
+fn debezium_envelope(namespace: &str, value_record: Json) -> Json {
+    let mut source_fields = common_source_fields();
+    // Optional, defaulting to "false", the union the converter makes of a Connect default.
+    source_fields[4] =
+        json!({"name": "snapshot", "type": [snapshot_marker(), "null"], "default": "false"});
+    source_fields.extend(postgres_source_fields());
+    json!({
+        "type": "record",
+        "name": "Envelope",
+        "namespace": namespace,
+        "fields": [
+            {"name": "before", "type": ["null", value_record], "default": null},
+            {"name": "after", "type": ["null", format!("{namespace}.Value")], "default": null},
+            {"name": "source", "type": {
+                "type": "record", "name": DEBEZIUM_SOURCE_RECORD, "fields": source_fields,
+                "connect.version": 1, "connect.name": DEBEZIUM_SOURCE_RECORD,
+            }},
+            {"name": "transaction", "type": ["null", {
+                "type": "record", "name": "event.block", "fields": transaction_block()["fields"],
+                "connect.version": 1, "connect.name": "event.block",
+            }], "default": null},
+            {"name": "op", "type": "string"},
+            {"name": "ts_ms", "type": ["null", "long"], "default": null},
+            {"name": "ts_us", "type": ["null", "long"], "default": null},
+            {"name": "ts_ns", "type": ["null", "long"], "default": null},
+        ],
+        "connect.version": 2,
+        "connect.name": format!("{namespace}.Envelope"),
+    })
+}
+
+/// Full name of Debezium's `source` record for PostgreSQL.
+pub const DEBEZIUM_SOURCE_RECORD: &str = "io.debezium.connector.postgresql.Source";
+
 /// `source.snapshot`: a string, and to Kafka Connect Debezium's enum of the markers.
 fn snapshot_marker() -> Json {
     let mut marker = connect(
@@ -214,10 +268,16 @@ fn snapshot_marker() -> Json {
 const SNAPSHOT_MARKERS: &str =
     "true,first,first_in_data_collection,last_in_data_collection,last,false,incremental";
 
-/// Debezium's `source` block for PostgreSQL, minus the fields this version has no value for.
+/// Debezium's `source` block for PostgreSQL.
 fn source_record() -> Json {
     let mut fields = common_source_fields();
-    fields.extend([
+    fields.extend(postgres_source_fields());
+    json!({"type": "record", "name": SOURCE_RECORD, "fields": fields})
+}
+
+/// The PostgreSQL fields of the `source` block, after the common ones.
+fn postgres_source_fields() -> [Json; 10] {
+    [
         json!({"name": "sequence", "type": ["null", "string"], "default": null}),
         json!({"name": "ts_us", "type": ["null", "long"], "default": null}),
         json!({"name": "ts_ns", "type": ["null", "long"], "default": null}),
@@ -228,8 +288,7 @@ fn source_record() -> Json {
         json!({"name": "xmin", "type": ["null", "long"], "default": null}),
         json!({"name": "origin", "type": ["null", "string"], "default": null}),
         json!({"name": "origin_lsn", "type": ["null", "long"], "default": null}),
-    ]);
-    json!({"type": "record", "name": SOURCE_RECORD, "fields": fields})
+    ]
 }
 
 fn parse(table: &Table, part: &'static str, schema: &Json) -> Result<AvroSchema, SchemaError> {

@@ -217,6 +217,7 @@ fn row_settings(config: &Config) -> RowSettings {
         .map_or_else(RowSettings::default, |pg| RowSettings {
             transaction_metadata: pg.transaction_metadata,
             unencodable_values: pg.unencodable_values,
+            logical_types: config.avro.logical_types(),
         })
 }
 

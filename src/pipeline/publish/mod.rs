@@ -144,6 +144,10 @@ impl Publisher {
         {
             return self.publish_outbox(&event, topic, outbox).await;
         }
+        let event = match event {
+            SourceEvent::Change(change) => SourceEvent::Change(self.rows.in_representation(change)),
+            other => other,
+        };
         let core = &mut self.core;
         let rejected = match &event {
             SourceEvent::Change(change) => {

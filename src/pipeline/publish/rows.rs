@@ -15,7 +15,9 @@ use sluice_core::positions::now_us;
 
 use super::super::error::PipelineError;
 use super::core::{Core, Delivery, Encoded, FixedTopic, Rejection, Subject};
-use crate::avro::{self, EncodeError, EncodeReason, EnvelopeContext, SchemaRef, Unencodable};
+use crate::avro::{
+    self, EncodeError, EncodeReason, EnvelopeContext, LogicalTypes, SchemaRef, Unencodable,
+};
 use crate::config::UnencodableValues;
 use crate::contracts::BoundContract;
 use crate::deadletter::Stage;
@@ -71,6 +73,8 @@ pub struct RowSettings {
     /// BEGIN and END records on `<topic_prefix>.transaction`.
     pub transaction_metadata: bool,
     pub unencodable_values: UnencodableValues,
+    /// `[avro] logical_types`: each value as Avro's logical types have it, or as Debezium represents it.
+    pub logical_types: LogicalTypes,
 }
 
 pub(super) struct RowEncoder {
@@ -81,6 +85,8 @@ pub(super) struct RowEncoder {
     messages: FixedTopic,
     /// Whether a row with a value that has no encoding is published with it null.
     unencodable_values: UnencodableValues,
+    /// Debezium's representations: each table version's model rewritten once ([`avro::debezium`]).
+    debezium: Option<DebeziumTables>,
     /// Where `source.snapshot` is in the value just encoded (None: unwrapped, it has none).
     marker_at: Option<usize>,
     /// The snapshot's `last` marker, on the broker even when the last row is not.
@@ -103,6 +109,8 @@ impl RowEncoder {
             shared: SharedTopics::default(),
             messages: FixedTopic::new(format!("{topic_prefix}.message"), avro::message_schemas),
             unencodable_values: settings.unencodable_values,
+            debezium: (settings.logical_types == LogicalTypes::Debezium)
+                .then(DebeziumTables::default),
             marker_at: None,
             last_marker: LastMarker::default(),
             transactions: settings.transaction_metadata.then(|| {
@@ -117,6 +125,15 @@ impl RowEncoder {
             lsn_text: LsnText::default(),
             commit_lsn_text: LsnText::default(),
         }
+    }
+
+    /// The event as the encoders publish it: with Debezium's representations, its table model
+    /// rewritten (once per table version).
+    pub fn in_representation(&mut self, mut change: ChangeEvent) -> ChangeEvent {
+        if let Some(tables) = &mut self.debezium {
+            change.table = tables.of(&change.table);
+        }
+        change
     }
 
     /// A row change, to its table's topic (created, and its schemas registered, for each new table
@@ -317,6 +334,14 @@ impl RowEncoder {
             return None;
         }
         let values = avro::unencodable_values(event).filter(|values| !values.is_empty())?;
+        // Debezium's required NOT NULL columns cannot be null: such a row goes whole.
+        if self.debezium.is_some()
+            && values
+                .iter()
+                .any(|v| event.table.columns[v.column].not_null)
+        {
+            return None;
+        }
         let nulled = avro::with_nulls(event, &values);
         let has_value = self.encode_checked(&nulled, core).ok()?;
         Some((has_value, values))
@@ -373,7 +398,15 @@ impl RowEncoder {
                 return Ok(false);
             };
             encoding.value_schema.write_header(&mut self.value_buf);
-            avro::encode_flat(event, row, flat, processed_at_ms, &mut self.value_buf)?;
+            let debezium = self.debezium.is_some();
+            avro::encode_flat(
+                event,
+                row,
+                flat,
+                processed_at_ms,
+                debezium,
+                &mut self.value_buf,
+            )?;
             return Ok(true);
         }
         encoding.value_schema.write_header(&mut self.value_buf);
@@ -382,6 +415,7 @@ impl RowEncoder {
             connector: core.connector,
             version: env!("CARGO_PKG_VERSION"),
             processed_at_us,
+            debezium: self.debezium.is_some(),
         };
         self.marker_at = Some(avro::encode_envelope(event, &context, &mut self.value_buf)?);
         Ok(true)
@@ -577,7 +611,12 @@ impl RowEncoder {
         dress: &Dress,
         core: &Core,
     ) -> Result<avro::TableSchemas, avro::SchemaError> {
-        if dress.key_table.is_none() && dress.flat.is_none() {
+        let logical_types = match self.debezium {
+            Some(_) => LogicalTypes::Debezium,
+            None => LogicalTypes::Avro,
+        };
+        if dress.key_table.is_none() && dress.flat.is_none() && logical_types == LogicalTypes::Avro
+        {
             return avro::table_schemas(&core.topic_prefix, table);
         }
         let namespace = match dress.key_table {
@@ -589,6 +628,7 @@ impl RowEncoder {
             namespace,
             key_table: dress.key_table.as_deref(),
             flat: dress.flat.as_deref(),
+            logical_types,
         };
         avro::shaped_table_schemas(table, &shape)
     }
@@ -639,4 +679,21 @@ fn nulled_reason(event: &ChangeEvent, nulled: &[Unencodable]) -> String {
          this is the change as the source sent it: {}",
         each.join("; ")
     )
+}
+
+/// Each table version's model with Debezium's column types, by the table's id.
+#[derive(Default)]
+struct DebeziumTables(HashMap<u32, (Arc<Table>, Arc<Table>)>);
+
+impl DebeziumTables {
+    fn of(&mut self, table: &Arc<Table>) -> Arc<Table> {
+        if let Some((source, rewritten)) = self.0.get(&table.id) {
+            if Arc::ptr_eq(source, table) {
+                return rewritten.clone();
+            }
+        }
+        let rewritten = Arc::new(avro::debezium::debezium_table(table));
+        self.0.insert(table.id, (table.clone(), rewritten.clone()));
+        rewritten
+    }
 }
