@@ -132,7 +132,7 @@ pub async fn compare_contracts(
             ));
             continue;
         };
-        let schemas = crate::avro::table_schemas(prefix, table)?;
+        let schemas = crate::avro::table_schemas_as(prefix, table, config.avro.logical_types())?;
         let found = contract.compare(&schemas.value.schema);
         if found.is_empty() {
             lines.push(format!(

@@ -47,8 +47,8 @@ pub use message::{encode_message, encode_message_key, message_schemas};
 pub use naming::{legal_topic, topic_name, topic_namespace};
 pub use outbox::{encode_outbox, encode_outbox_key, outbox_schemas, typed_outbox_schemas};
 pub use schema::{
-    shaped_table_schemas, table_schemas, AvroSchema, SchemaError, Shape, TableSchemas,
-    SOURCE_RECORD, VARIABLE_SCALE_DECIMAL,
+    shaped_table_schemas, table_schemas, table_schemas_as, AvroSchema, SchemaError, Shape,
+    TableSchemas, SOURCE_RECORD, VARIABLE_SCALE_DECIMAL,
 };
 pub use transaction::{
     encode_transaction, encode_transaction_key, transaction_schemas, TransactionBoundary,

@@ -66,6 +66,28 @@ pub fn table_schemas(topic_prefix: &str, table: &Table) -> Result<TableSchemas, 
     shaped_table_schemas(table, &shape)
 }
 
+/// [`table_schemas`] in `logical_types`' representation (for Debezium's, `table` as the source has it is
+/// rewritten first).
+pub fn table_schemas_as(
+    topic_prefix: &str,
+    table: &Table,
+    logical_types: LogicalTypes,
+) -> Result<TableSchemas, SchemaError> {
+    if logical_types == LogicalTypes::Avro {
+        return table_schemas(topic_prefix, table);
+    }
+    let table = super::debezium::debezium_table(table);
+    let topic = topic_name(topic_prefix, &table);
+    let shape = Shape {
+        topic: &topic,
+        namespace: namespace(topic_prefix, &table),
+        key_table: None,
+        flat: None,
+        logical_types,
+    };
+    shaped_table_schemas(&table, &shape)
+}
+
 /// How the transforms shaped a table's records: the topic (and record namespace) a route sent them to,
 /// the field naming the table that a route adds to the key, and the flat value of unwrap.
 pub struct Shape<'a> {

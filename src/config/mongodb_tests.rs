@@ -122,3 +122,18 @@ fn the_password_never_appears_in_a_url_problem() {
     assert!(!found.is_empty());
     assert!(!found.join(" ").contains("hunter2"), "{found:?}");
 }
+
+#[test]
+fn debeziums_representation_is_refused_for_documents() {
+    let debezium = format!("{GOOD}\n[avro]\nlogical_types = \"debezium\"\n");
+    let found = problems(&debezium);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("avro.logical_types") && found[0].contains("MongoDB documents"),
+        "{found:?}"
+    );
+    let avro = format!("{GOOD}\n[avro]\nlogical_types = \"avro\"\n");
+    assert!(problems(&avro).is_empty());
+    let unknown = format!("{GOOD}\n[avro]\nlogical_types = \"connect\"\n");
+    assert!(problems(&unknown)[0].contains("unknown variant `connect`"));
+}
