@@ -474,9 +474,9 @@ impl Config {
 }
 
 impl Config {
-    fn avro_problems(&self, report: &mut ProblemSink<'_>) {
-        let avro = &self.avro;
-        if let (Some(logical), Source::Mongodb(_)) = (&avro.logical_types, &self.source) {
+    /// Debezium's representation is its PostgreSQL connector's.
+    fn logical_types_problem(&self, report: &mut ProblemSink<'_>) {
+        if let (Some(logical), Source::Mongodb(_)) = (&self.avro.logical_types, &self.source) {
             if *logical.get_ref() == LogicalTypes::Debezium {
                 report(
                     "avro.logical_types",
@@ -485,6 +485,11 @@ impl Config {
                 );
             }
         }
+    }
+
+    fn avro_problems(&self, report: &mut ProblemSink<'_>) {
+        let avro = &self.avro;
+        self.logical_types_problem(report);
         let registry_only = [
             ("avro.registry_username", &avro.registry_username),
             ("avro.registry_password", &avro.registry_password),

@@ -17,39 +17,12 @@ use sluice_core::metrics::SourceMetrics;
 use tokio_postgres::Client;
 
 use super::catalog::describe_pg_error;
-use super::reselect_query::Queries;
+use super::reselect_query::{Outcome, Queries};
 
 /// Events of one transaction held for its commit, at most; a longer transaction is not re-selected.
 pub(super) const HOLD_LIMIT: usize = 10_000;
 /// Updates whose rows are read in one query.
 const BATCH: usize = 500;
-
-/// What became of an update's missing values, for `sluice_reselect_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Outcome {
-    /// Read from the table.
-    Reselected,
-    /// The row changed after the update (later in its transaction, or since): the values stay absent.
-    Changed,
-    /// No row has the key any more.
-    Gone,
-    /// The key has a type sluice cannot put back into a query (an array, a composite), or the query failed.
-    Failed,
-    /// The transaction was longer than [`HOLD_LIMIT`] events.
-    TooLong,
-}
-
-impl Outcome {
-    fn label(self) -> &'static str {
-        match self {
-            Outcome::Reselected => "reselected",
-            Outcome::Changed => "changed",
-            Outcome::Gone => "gone",
-            Outcome::Failed => "failed",
-            Outcome::TooLong => "transaction_too_long",
-        }
-    }
-}
 
 /// The events held from an update with unchanged TOAST values to its transaction's commit.
 #[derive(Default)]

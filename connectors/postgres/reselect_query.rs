@@ -10,9 +10,35 @@ use tokio_postgres::{Client, Row, Statement};
 
 use super::catalog::describe_pg_error;
 use super::replication::quote_ident;
-use super::reselect::Outcome;
 use super::types::parse_text;
 use super::types_temporal::{date_text, time_text, timestamp_text};
+
+/// What became of an update's missing values, for `sluice_reselect_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// Read from the table.
+    Reselected,
+    /// The row changed after the update (later in its transaction, or since): the values stay absent.
+    Changed,
+    /// No row has the key any more.
+    Gone,
+    /// The key has a type sluice cannot put back into a query (an array, a composite), or the query failed.
+    Failed,
+    /// The transaction was longer than [`HOLD_LIMIT`] events.
+    TooLong,
+}
+
+impl Outcome {
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Outcome::Reselected => "reselected",
+            Outcome::Changed => "changed",
+            Outcome::Gone => "gone",
+            Outcome::Failed => "failed",
+            Outcome::TooLong => "transaction_too_long",
+        }
+    }
+}
 
 /// Prepared queries kept at most; past it they are prepared afresh.
 const PREPARED_LIMIT: usize = 256;

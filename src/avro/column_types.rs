@@ -37,8 +37,24 @@ use serde_json::{json, Value as Json};
 
 use super::debezium::LogicalTypes;
 use super::naming::{composite_record_name, unique_field_names};
-use super::schema::{SchemaError, VARIABLE_SCALE_DECIMAL};
 use sluice_core::event::{Column, ColumnType, DebeziumType, RecordField, Table};
+
+/// Full name of Debezium's record for numerics without a declared scale.
+pub const VARIABLE_SCALE_DECIMAL: &str = "io.debezium.data.VariableScaleDecimal";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("{table}: column `{column}` is a decimal with precision 0, which Avro cannot declare")]
+    ZeroPrecision { table: String, column: String },
+    /// A generated schema that apache-avro rejects: a bug in the generator.
+    #[error("{table}: the generated {part} schema is not valid Avro: {source}")]
+    Invalid {
+        table: String,
+        part: &'static str,
+        #[source]
+        source: apache_avro::Error,
+    },
+}
 
 /// The largest money amount, 92233720368547758.07, has 19 digits.
 const MONEY_PRECISION: u32 = 19;
@@ -107,16 +123,9 @@ impl TypeBuilder {
                 }
                 decimal((*precision).max(*scale), *scale)
             }
-            ColumnType::VariableDecimal => self.named(VARIABLE_SCALE_DECIMAL, || {
-                json!({
-                    "type": "record",
-                    "name": VARIABLE_SCALE_DECIMAL,
-                    "fields": [{"name": "scale", "type": "int"}, {"name": "value", "type": "bytes"}],
-                    "connect.doc": "Variable scaled decimal",
-                    "connect.version": 1,
-                    "connect.name": VARIABLE_SCALE_DECIMAL,
-                })
-            }),
+            ColumnType::VariableDecimal => {
+                self.named(VARIABLE_SCALE_DECIMAL, variable_scale_decimal)
+            }
             ColumnType::String => json!("string"),
             ColumnType::Bytes => json!("bytes"),
             ColumnType::Uuid => connect(
@@ -161,14 +170,7 @@ impl TypeBuilder {
             ColumnType::Array {
                 element,
                 dimensions,
-            } => {
-                // Elements may be NULL; the sub-arrays of a multi-dimensional array never are.
-                let mut avro = json!({"type": "array", "items": ["null", self.avro_type(table, column, element)?]});
-                for _ in 1..*dimensions {
-                    avro = json!({"type": "array", "items": avro});
-                }
-                avro
-            }
+            } => nested_arrays(self.avro_type(table, column, element)?, *dimensions),
             ColumnType::Record { name, fields } => self.composite(table, column, name, fields)?,
             ColumnType::TextMap => json!({"type": "map", "values": ["null", "string"]}),
             ColumnType::Debezium(debezium) => debezium_representation(*debezium),
@@ -222,6 +224,28 @@ impl TypeBuilder {
             json!(full_name)
         }
     }
+}
+
+/// Debezium's record for numerics without a declared scale, as the converter writes it.
+fn variable_scale_decimal() -> Json {
+    json!({
+        "type": "record",
+        "name": VARIABLE_SCALE_DECIMAL,
+        "fields": [{"name": "scale", "type": "int"}, {"name": "value", "type": "bytes"}],
+        "connect.doc": "Variable scaled decimal",
+        "connect.version": 1,
+        "connect.name": VARIABLE_SCALE_DECIMAL,
+    })
+}
+
+/// `dimensions` nested arrays of `element`: elements may be NULL, the sub-arrays of a multi-dimensional
+/// array never are.
+fn nested_arrays(element: Json, dimensions: u32) -> Json {
+    let mut avro = json!({"type": "array", "items": ["null", element]});
+    for _ in 1..dimensions {
+        avro = json!({"type": "array", "items": avro});
+    }
+    avro
 }
 
 /// The types whose schema Debezium's mode writes differently from the default one: without Avro's

@@ -4,6 +4,7 @@
 use serde_json::{json, Value as Json};
 
 use super::column_types::{connect, TypeBuilder};
+pub use super::column_types::{SchemaError, VARIABLE_SCALE_DECIMAL};
 use super::debezium::LogicalTypes;
 use super::flat::{Flat, DELETED_FIELD};
 use super::naming::{field_names, namespace, topic_name};
@@ -13,8 +14,6 @@ use sluice_core::event::{Column, Table};
 pub const SOURCE_RECORD: &str = "sluice.postgres.Source";
 /// Full name of the envelope's transaction block.
 pub const TRANSACTION_BLOCK: &str = "sluice.TransactionBlock";
-/// Full name of Debezium's record for numerics without a declared scale.
-pub const VARIABLE_SCALE_DECIMAL: &str = "io.debezium.data.VariableScaleDecimal";
 
 /// One generated schema: the text that gets registered and its parsed form.
 #[derive(Clone, Debug)]
@@ -32,20 +31,6 @@ pub struct TableSchemas {
     pub key: Option<AvroSchema>,
     /// The envelope.
     pub value: AvroSchema,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SchemaError {
-    #[error("{table}: column `{column}` is a decimal with precision 0, which Avro cannot declare")]
-    ZeroPrecision { table: String, column: String },
-    /// A generated schema that apache-avro rejects: a bug in the generator.
-    #[error("{table}: the generated {part} schema is not valid Avro: {source}")]
-    Invalid {
-        table: String,
-        part: &'static str,
-        #[source]
-        source: apache_avro::Error,
-    },
 }
 
 /// The topic and the key and value schemas of a table.
@@ -106,27 +91,7 @@ pub fn shaped_table_schemas(table: &Table, shape: &Shape) -> Result<TableSchemas
     let namespace = &shape.namespace;
     let names = field_names(table);
 
-    let key_fields: Vec<(&Column, &String)> = table
-        .columns
-        .iter()
-        .zip(&names)
-        .filter(|(c, _)| c.key)
-        .collect();
-    let key = if key_fields.is_empty() {
-        None
-    } else {
-        let mut types = TypeBuilder::new(shape.logical_types);
-        let mut fields = key_fields
-            .iter()
-            .map(|(column, name)| Ok(field(column, name, types.column(table, column)?)))
-            .collect::<Result<Vec<_>, SchemaError>>()?;
-        if let Some(key_table) = shape.key_table {
-            fields.push(json!({"name": key_table, "type": "string"}));
-        }
-        let record = json!({"type": "record", "name": "Key", "namespace": namespace, "fields": fields,
-            "connect.name": format!("{namespace}.Key")});
-        Some(parse(table, "key", &record)?)
-    };
+    let key = key_schema(table, &names, shape)?;
 
     let debezium = shape.logical_types == LogicalTypes::Debezium;
     let mut types = TypeBuilder::new(shape.logical_types);
@@ -188,6 +153,36 @@ pub fn shaped_table_schemas(table: &Table, shape: &Shape) -> Result<TableSchemas
         key,
         value,
     })
+}
+
+/// The `Key` record: the key columns in table order, then the table's name when a route asks for it; None
+/// for a table without key columns (its messages get a null key).
+fn key_schema(
+    table: &Table,
+    names: &[String],
+    shape: &Shape,
+) -> Result<Option<AvroSchema>, SchemaError> {
+    let namespace = &shape.namespace;
+    let key_fields: Vec<(&Column, &String)> = table
+        .columns
+        .iter()
+        .zip(names)
+        .filter(|(c, _)| c.key)
+        .collect();
+    if key_fields.is_empty() {
+        return Ok(None);
+    }
+    let mut types = TypeBuilder::new(shape.logical_types);
+    let mut fields = key_fields
+        .iter()
+        .map(|(column, name)| Ok(field(column, name, types.column(table, column)?)))
+        .collect::<Result<Vec<_>, SchemaError>>()?;
+    if let Some(key_table) = shape.key_table {
+        fields.push(json!({"name": key_table, "type": "string"}));
+    }
+    let record = json!({"type": "record", "name": "Key", "namespace": namespace, "fields": fields,
+            "connect.name": format!("{namespace}.Key")});
+    Ok(Some(parse(table, "key", &record)?))
 }
 
 /// The fields unwrap adds after the row's: each one asked for (optional: a snapshot row has no
