@@ -571,6 +571,15 @@ impl ChangeEvent {
     pub fn key_row(&self) -> Option<&Row> {
         self.after.as_ref().or(self.before.as_ref())
     }
+
+    /// Positions of the new row's columns whose values PostgreSQL did not send (unchanged TOAST).
+    pub fn unchanged_toast(&self) -> impl Iterator<Item = usize> + '_ {
+        self.after
+            .iter()
+            .flat_map(|row| row.iter().enumerate())
+            .filter(|(_, value)| **value == Value::UnchangedToast)
+            .map(|(i, _)| i)
+    }
 }
 
 /// A message written with `pg_logical_emit_message` (the outbox pattern), passed on as it is.

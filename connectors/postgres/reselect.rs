@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use sluice_core::event::{ChangeEvent, Op, Row, SourceEvent, Table, Value};
+use sluice_core::event::{Op, Row, SourceEvent, Table, Value};
 use sluice_core::json::value_json;
 use sluice_core::metrics::SourceMetrics;
 use tokio_postgres::Client;
@@ -109,17 +109,7 @@ fn wants(event: &SourceEvent) -> bool {
     };
     change.op == Op::Update
         && change.table.key_columns().next().is_some()
-        && missing(change).next().is_some()
-}
-
-/// The columns of the new row PostgreSQL did not send.
-fn missing(change: &ChangeEvent) -> impl Iterator<Item = usize> + '_ {
-    change
-        .after
-        .iter()
-        .flat_map(|row| row.iter().enumerate())
-        .filter(|(_, value)| **value == Value::UnchangedToast)
-        .map(|(i, _)| i)
+        && change.unchanged_toast().next().is_some()
 }
 
 fn count(event: &SourceEvent, outcome: Outcome, metrics: &dyn SourceMetrics) {
@@ -182,7 +172,8 @@ fn settled_columns(events: &[SourceEvent]) -> Vec<(usize, Vec<usize>)> {
                 .after
                 .as_ref()
                 .map(|row| key_text(&change.table, row));
-            let columns = missing(change)
+            let columns = change
+                .unchanged_toast()
                 .filter(|&i| {
                     match after_key
                         .as_ref()
@@ -251,6 +242,7 @@ fn key_text(table: &Table, row: &Row) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_core::event::ChangeEvent;
     use sluice_core::event::{Column, ColumnType, Lsn, SnapshotMarker, SourceInfo};
 
     fn table(id: u32) -> Arc<Table> {

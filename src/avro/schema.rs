@@ -129,13 +129,14 @@ pub fn shaped_table_schemas(table: &Table, shape: &Shape) -> Result<TableSchemas
             value: parse(table, "value", &envelope)?,
         });
     }
+    let [before, after] = row_fields(namespace, value_record);
     let envelope = json!({
         "type": "record",
         "name": "Envelope",
         "namespace": namespace,
         "fields": [
-            {"name": "before", "type": ["null", value_record], "default": null},
-            {"name": "after", "type": ["null", format!("{namespace}.Value")], "default": null},
+            before,
+            after,
             {"name": "source", "type": source_record()},
             {"name": "op", "type": "string"},
             {"name": "ts_ms", "type": ["null", "long"], "default": null},
@@ -241,13 +242,14 @@ fn debezium_envelope(namespace: &str, value_record: Json) -> Json {
     source_fields[4] =
         json!({"name": "snapshot", "type": [snapshot_marker(), "null"], "default": "false"});
     source_fields.extend(postgres_source_fields());
+    let [before, after] = row_fields(namespace, value_record);
     json!({
         "type": "record",
         "name": "Envelope",
         "namespace": namespace,
         "fields": [
-            {"name": "before", "type": ["null", value_record], "default": null},
-            {"name": "after", "type": ["null", format!("{namespace}.Value")], "default": null},
+            before,
+            after,
             {"name": "source", "type": {
                 "type": "record", "name": DEBEZIUM_SOURCE_RECORD, "fields": source_fields,
                 "connect.version": 1, "connect.name": DEBEZIUM_SOURCE_RECORD,
@@ -264,6 +266,14 @@ fn debezium_envelope(namespace: &str, value_record: Json) -> Json {
         "connect.version": 2,
         "connect.name": format!("{namespace}.Envelope"),
     })
+}
+
+/// `before` (which defines the `Value` record) and `after` (which names it).
+fn row_fields(namespace: &str, value_record: Json) -> [Json; 2] {
+    [
+        json!({"name": "before", "type": ["null", value_record], "default": null}),
+        json!({"name": "after", "type": ["null", format!("{namespace}.Value")], "default": null}),
+    ]
 }
 
 /// Full name of Debezium's `source` record for PostgreSQL.

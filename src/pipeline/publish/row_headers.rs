@@ -9,19 +9,9 @@ use sluice_core::event::{ChangeEvent, ColumnType, Note, Value};
 
 use crate::avro;
 
-/// Positions of the columns whose values PostgreSQL did not send (unchanged TOAST).
-fn unchanged_toast(event: &ChangeEvent) -> impl Iterator<Item = usize> + '_ {
-    event
-        .after
-        .iter()
-        .flat_map(|after| after.iter().enumerate())
-        .filter(|(_, value)| **value == Value::UnchangedToast)
-        .map(|(i, _)| i)
-}
-
 /// The Avro field names of the unchanged-TOAST columns, for the contract check.
 pub(super) fn unchanged_toast_fields(event: &ChangeEvent) -> Vec<String> {
-    let positions: Vec<usize> = unchanged_toast(event).collect();
+    let positions: Vec<usize> = event.unchanged_toast().collect();
     if positions.is_empty() {
         return Vec::new();
     }
@@ -31,7 +21,8 @@ pub(super) fn unchanged_toast_fields(event: &ChangeEvent) -> Vec<String> {
 
 /// The unchanged-TOAST columns, as a comma-separated header value.
 pub(super) fn unchanged_toast_columns(event: &ChangeEvent) -> Option<String> {
-    let names: Vec<&str> = unchanged_toast(event)
+    let names: Vec<&str> = event
+        .unchanged_toast()
         .map(|i| event.table.columns[i].name.as_str())
         .collect();
     (!names.is_empty()).then(|| names.join(","))
