@@ -344,6 +344,8 @@ pub enum ColumnType {
 pub enum DebeziumType {
     /// `io.debezium.time.Timestamp`: a `timestamp(0..3)` in milliseconds.
     MilliTimestamp,
+    /// `io.debezium.time.MicroTimestamp`: a `timestamp` in microseconds, its infinities Debezium's.
+    MicroTimestamp,
     /// `io.debezium.time.Time`: a `time(0..3)` in milliseconds, an int.
     MilliTime,
     /// `io.debezium.time.ZonedTimestamp`: a `timestamptz` as UTC ISO 8601 text with `digits` fractional
@@ -355,6 +357,9 @@ pub enum DebeziumType {
     MicroDuration,
     /// `io.debezium.data.Json`: an hstore as a JSON object.
     HstoreJson,
+    /// `io.debezium.data.VariableScaleDecimal` of a `numeric` without a scale, its trailing zeros
+    /// stripped (`1.10` is scale 1, 11).
+    StrippedDecimal,
 }
 
 /// One field of a composite type.

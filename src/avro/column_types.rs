@@ -173,6 +173,9 @@ impl TypeBuilder {
             } => nested_arrays(self.avro_type(table, column, element)?, *dimensions),
             ColumnType::Record { name, fields } => self.composite(table, column, name, fields)?,
             ColumnType::TextMap => json!({"type": "map", "values": ["null", "string"]}),
+            ColumnType::Debezium(DebeziumType::StrippedDecimal) => {
+                self.named(VARIABLE_SCALE_DECIMAL, variable_scale_decimal)
+            }
             ColumnType::Debezium(debezium) => debezium_representation(*debezium),
         })
     }
@@ -287,6 +290,12 @@ fn debezium_representation(debezium: DebeziumType) -> Json {
         DebeziumType::MilliTimestamp => {
             connect(json!({"type": "long"}), "io.debezium.time.Timestamp", None)
         }
+        DebeziumType::MicroTimestamp => connect(
+            json!({"type": "long"}),
+            "io.debezium.time.MicroTimestamp",
+            None,
+        ),
+        DebeziumType::StrippedDecimal => variable_scale_decimal(),
         DebeziumType::MilliTime => connect(json!({"type": "int"}), "io.debezium.time.Time", None),
         DebeziumType::ZonedTimestamp { .. } => connect(
             json!({"type": "string"}),

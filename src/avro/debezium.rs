@@ -43,6 +43,8 @@ fn debezium_type(column_type: &ColumnType, precision: Option<u8>) -> ColumnType 
     let digits = precision.unwrap_or(6);
     match column_type {
         ColumnType::Timestamp if digits <= 3 => ColumnType::Debezium(DebeziumType::MilliTimestamp),
+        ColumnType::Timestamp => ColumnType::Debezium(DebeziumType::MicroTimestamp),
+        ColumnType::VariableDecimal => ColumnType::Debezium(DebeziumType::StrippedDecimal),
         ColumnType::Time if digits <= 3 => ColumnType::Debezium(DebeziumType::MilliTime),
         ColumnType::TimestampTz => ColumnType::Debezium(DebeziumType::ZonedTimestamp { digits }),
         ColumnType::Text { type_name } if type_name == "timetz" => {
@@ -197,9 +199,42 @@ pub fn micro_duration(text: &str) -> Option<i64> {
             _ => return None,
         }
     }
+    // PostgreSQL's JDBC driver keeps whole seconds and microseconds apart and adds them as a double:
+    // so does this, or the last microsecond can differ from Debezium's.
+    if let Some(text) = time.strip_suffix('S') {
+        let text = text
+            .rsplit(|c: char| c.is_ascii_alphabetic())
+            .next()
+            .unwrap_or(text);
+        seconds = seconds_as_jdbc(text)?;
+    }
     let total_days = (years * 12.0 + months) * DAYS_PER_MONTH + days;
     let total_seconds = ((total_days * 24.0 + hours) * 60.0 + minutes) * 60.0 + seconds;
     Some((total_seconds * 1e6) as i64)
+}
+
+/// `-6.78` as whole seconds plus microseconds over a million.
+fn seconds_as_jdbc(text: &str) -> Option<f64> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(digits) => (true, digits),
+        None => (false, text),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    if fraction.len() > 6 {
+        return None;
+    }
+    let whole: i64 = whole.parse().ok()?;
+    let micros: i64 = if fraction.is_empty() {
+        0
+    } else {
+        format!("{fraction:0<6}").parse().ok()?
+    };
+    let (whole, micros) = if negative {
+        (-whole, -micros)
+    } else {
+        (whole, micros)
+    };
+    Some(whole as f64 + micros as f64 / 1e6)
 }
 
 /// `1Y-2M3.5D` into its numbers and unit letters.
@@ -215,7 +250,48 @@ fn parts(text: &str) -> Option<Vec<(f64, char)>> {
     (start == text.len()).then_some(found)
 }
 
-/// An hstore as Debezium's JSON text: `{"a":"1","b":null}`, in the order PostgreSQL printed the pairs.
+/// Debezium's `timestamp` infinities: PostgreSQL's JDBC driver's stand-in instant, in microseconds.
+pub const MICRO_INFINITY: (i64, i64) = (9_223_372_036_825_200_000, -9_223_372_036_832_400_000);
+
+/// A `timestamp` in Debezium's microseconds: the infinities (`i64::MAX`, `i64::MIN` in the event model)
+/// as Debezium has them.
+pub fn micro_timestamp(micros: i64) -> i64 {
+    match micros {
+        i64::MAX => MICRO_INFINITY.0,
+        i64::MIN => MICRO_INFINITY.1,
+        micros => micros,
+    }
+}
+
+/// A `timestamp(0..3)` in Debezium's milliseconds, the infinities as Debezium has them.
+pub fn milli_timestamp(micros: i64) -> i64 {
+    match micros {
+        i64::MAX | i64::MIN => micro_timestamp(micros) / 1000,
+        micros => micros.div_euclid(1000),
+    }
+}
+
+/// A decimal's digits without trailing zeros (`Numeric`'s unscaled text and scale), as Java's
+/// `BigDecimal.stripTrailingZeros` leaves them; zero is `0` at scale 0.
+pub fn stripped(unscaled: &str, scale: u32) -> (String, u32) {
+    let (sign, digits) = match unscaled.strip_prefix('-') {
+        Some(digits) => ("-", digits),
+        None => ("", unscaled),
+    };
+    if digits.bytes().all(|b| b == b'0') {
+        return ("0".into(), 0);
+    }
+    let mut digits = digits;
+    let mut scale = scale;
+    while scale > 0 && digits.len() > 1 && digits.ends_with('0') {
+        digits = &digits[..digits.len() - 1];
+        scale -= 1;
+    }
+    (format!("{sign}{digits}"), scale)
+}
+
+/// An hstore as Debezium's JSON text: `{"a":"1","b":null}` (keys sorted; Debezium's order is a hash
+/// map's).
 pub fn hstore_json(pairs: &[(String, Option<String>)]) -> String {
     let object: Map<String, Json> = pairs
         .iter()
@@ -227,6 +303,23 @@ pub fn hstore_json(pairs: &[(String, Option<String>)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_lose_their_trailing_zeros() {
+        assert_eq!(stripped("110", 2), ("11".into(), 1));
+        assert_eq!(stripped("100", 0), ("100".into(), 0));
+        assert_eq!(stripped("-1200", 3), ("-12".into(), 1));
+        assert_eq!(stripped("000", 2), ("0".into(), 0));
+        assert_eq!(stripped("5", 0), ("5".into(), 0));
+    }
+
+    #[test]
+    fn timestamp_infinities_are_debeziums() {
+        assert_eq!(micro_timestamp(i64::MAX), 9_223_372_036_825_200_000);
+        assert_eq!(milli_timestamp(i64::MIN), -9_223_372_036_832_400);
+        assert_eq!(milli_timestamp(-1), -1);
+        assert_eq!(micro_timestamp(5), 5);
+    }
 
     #[test]
     fn zoned_timestamps_print_as_debezium_prints_them() {
@@ -286,6 +379,10 @@ mod tests {
         assert_eq!(micro_duration("P1D"), Some(86_400_000_000));
         assert_eq!(micro_duration("PT0S"), Some(0));
         assert_eq!(micro_duration("P-1DT-2H"), Some(-93_600_000_000));
+        // Whole seconds and microseconds apart, as Debezium has them.
+        assert_eq!(micro_duration("PT1.003691S"), Some(1_003_690));
+        assert_eq!(micro_duration("PT1.003969S"), Some(1_003_969));
+        assert_eq!(micro_duration("PT-1.5S"), Some(-1_500_000));
         for bad in ["", "1D", "P1X", "P1", "PT1D"] {
             assert!(micro_duration(bad).is_none(), "{bad}");
         }
@@ -335,7 +432,7 @@ mod tests {
             types,
             [
                 ColumnType::Debezium(DebeziumType::MilliTimestamp),
-                ColumnType::Timestamp,
+                ColumnType::Debezium(DebeziumType::MicroTimestamp),
                 ColumnType::Debezium(DebeziumType::ZonedTimestamp { digits: 2 }),
                 ColumnType::Array {
                     element: Box::new(ColumnType::Debezium(DebeziumType::MilliTime)),

@@ -336,7 +336,15 @@ fn write_debezium(
     };
     match (debezium, value) {
         (DebeziumType::MilliTimestamp, Value::Timestamp(micros)) => {
-            write_long(micros.div_euclid(1000), out)
+            write_long(debezium::milli_timestamp(*micros), out)
+        }
+        (DebeziumType::MicroTimestamp, Value::Timestamp(micros)) => {
+            write_long(debezium::micro_timestamp(*micros), out)
+        }
+        (DebeziumType::StrippedDecimal, Value::Numeric(numeric)) => {
+            let (unscaled, scale) = finite(numeric)?;
+            let (unscaled, scale) = debezium::stripped(unscaled, scale);
+            write_variable_decimal(&Numeric::Finite { unscaled, scale }, out)?
         }
         (DebeziumType::MilliTime, Value::Time(micros)) => {
             // At most 86,400,000 milliseconds: an int.

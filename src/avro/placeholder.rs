@@ -3,6 +3,7 @@
 //! unchanged TOASTed value PostgreSQL did not send, its placeholder `__debezium_unavailable_value` where
 //! the type can hold text or bytes. The header `sluice.unchanged_toast` still names such columns.
 
+use serde_json::{json, Value as Json};
 use sluice_core::event::{ColumnType, DebeziumType, RecordField};
 
 use super::binary::{
@@ -45,6 +46,10 @@ pub(super) fn write_unavailable(column_type: &ColumnType, out: &mut Vec<u8>) {
             write_string(UNAVAILABLE, out);
             write_long(0, out);
         }
+        // Debezium's JSON form of an hstore holds the placeholder as key and value.
+        ColumnType::Debezium(DebeziumType::HstoreJson) => {
+            write_string(&format!("{{\"{UNAVAILABLE}\":\"{UNAVAILABLE}\"}}"), out)
+        }
         _ => write_string(UNAVAILABLE, out),
     }
 }
@@ -75,13 +80,65 @@ pub(super) fn write_fallback(column_type: &ColumnType, out: &mut Vec<u8>) {
         ColumnType::Array { .. } | ColumnType::TextMap => write_long(0, out),
         ColumnType::Record { fields, .. } => write_null_fields(fields, out),
         ColumnType::Debezium(debezium) => match debezium {
-            DebeziumType::MilliTimestamp | DebeziumType::MicroDuration => write_long(0, out),
+            DebeziumType::MilliTimestamp
+            | DebeziumType::MicroTimestamp
+            | DebeziumType::MicroDuration => write_long(0, out),
+            DebeziumType::StrippedDecimal => {
+                write_int(0, out);
+                write_bytes(&[0], out);
+            }
             DebeziumType::MilliTime => write_int(0, out),
             DebeziumType::ZonedTimestamp { .. } => write_string("1970-01-01T00:00:00Z", out),
             DebeziumType::ZonedTime => write_string("00:00:00Z", out),
             DebeziumType::HstoreJson => write_string("{}", out),
         },
     }
+}
+
+/// The fallback as an Avro field default, so that a NOT NULL column added to a table (`ADD COLUMN …
+/// NOT NULL DEFAULT …`) leaves the new schema readable with the old: the registry's BACKWARD check asks
+/// a new required field for a default. (Debezium writes the column's DEFAULT there; sluice does not read
+/// column defaults.) None for a decimal: apache-avro accepts no default for Avro's `decimal`.
+pub(super) fn fallback_default(column_type: &ColumnType) -> Option<Json> {
+    Some(match column_type {
+        ColumnType::Boolean => json!(false),
+        ColumnType::Int16
+        | ColumnType::Int32
+        | ColumnType::Date
+        | ColumnType::Int64
+        | ColumnType::Timestamp
+        | ColumnType::TimestampTz
+        | ColumnType::Time => json!(0),
+        ColumnType::Float32 | ColumnType::Float64 => json!(0.0),
+        ColumnType::Decimal { .. } | ColumnType::Money => return None,
+        ColumnType::VariableDecimal | ColumnType::Debezium(DebeziumType::StrippedDecimal) => {
+            json!({"scale": 0, "value": "\u{0}"})
+        }
+        ColumnType::String
+        | ColumnType::Text { .. }
+        | ColumnType::Json
+        | ColumnType::Enum { .. }
+        | ColumnType::Uuid
+        | ColumnType::Bytes => json!(""),
+        ColumnType::Array { .. } => json!([]),
+        ColumnType::TextMap => json!({}),
+        ColumnType::Record { fields, .. } => Json::Object(
+            fields
+                .iter()
+                .map(|f| (f.name.clone(), Json::Null))
+                .collect(),
+        ),
+        ColumnType::Debezium(debezium) => match debezium {
+            DebeziumType::MilliTimestamp
+            | DebeziumType::MicroTimestamp
+            | DebeziumType::MicroDuration
+            | DebeziumType::MilliTime => json!(0),
+            DebeziumType::ZonedTimestamp { .. } => json!("1970-01-01T00:00:00Z"),
+            DebeziumType::ZonedTime => json!("00:00:00Z"),
+            DebeziumType::HstoreJson => json!("{}"),
+            DebeziumType::StrippedDecimal => json!({"scale": 0, "value": "\u{0}"}),
+        },
+    })
 }
 
 /// A composite record with every field null.

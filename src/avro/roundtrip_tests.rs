@@ -1093,3 +1093,38 @@ fn debezium_mode_fills_what_a_row_lacks() {
         ]
     );
 }
+
+/// In Debezium's mode a NOT NULL column added to a table is a required field: with the fallback as its
+/// default, the new schema still reads what the old one wrote (the registry's BACKWARD check).
+#[test]
+fn debezium_mode_required_columns_added_later_keep_schemas_compatible() {
+    let required = |name: &str, column_type: ColumnType| Column {
+        not_null: true,
+        ..column(name, column_type, false, "")
+    };
+    let before = table(vec![required("id", ColumnType::Int32)]);
+    let mut columns = before.columns.clone();
+    for (name, column_type) in [
+        ("n", ColumnType::Int64),
+        ("s", ColumnType::String),
+        ("v", ColumnType::VariableDecimal),
+        ("at", ColumnType::TimestampTz),
+        (
+            "tags",
+            ColumnType::Array {
+                element: Box::new(ColumnType::String),
+                dimensions: 1,
+            },
+        ),
+    ] {
+        columns.push(required(name, column_type));
+    }
+    let after = table(columns);
+    let old = table_schemas_as("shop", &before, LogicalTypes::Debezium).unwrap();
+    let new = table_schemas_as("shop", &after, LogicalTypes::Debezium).unwrap();
+    apache_avro::schema_compatibility::SchemaCompatibility::can_read(
+        &old.value.schema,
+        &new.value.schema,
+    )
+    .expect("the new schema reads the old one's data");
+}

@@ -8,6 +8,7 @@ pub use super::column_types::{SchemaError, VARIABLE_SCALE_DECIMAL};
 use super::debezium::LogicalTypes;
 use super::flat::{Flat, DELETED_FIELD};
 use super::naming::{field_names, namespace, topic_name};
+use super::placeholder;
 use sluice_core::event::{Column, Table};
 
 /// Full name of the record describing where an event came from.
@@ -103,7 +104,11 @@ pub fn shaped_table_schemas(table: &Table, shape: &Shape) -> Result<TableSchemas
             let avro = types.column(table, column)?;
             // Debezium makes NOT NULL columns required, in `before` as in `after`.
             if debezium && column.not_null {
-                return Ok(field(column, name, avro));
+                let mut f = field(column, name, avro);
+                if let Some(default) = placeholder::fallback_default(&column.column_type) {
+                    f["default"] = default;
+                }
+                return Ok(f);
             }
             let mut f = field(column, name, json!(["null", avro]));
             f["default"] = Json::Null;
@@ -173,17 +178,48 @@ fn key_schema(
     if key_fields.is_empty() {
         return Ok(None);
     }
+    let debezium = shape.logical_types == LogicalTypes::Debezium;
     let mut types = TypeBuilder::new(shape.logical_types);
     let mut fields = key_fields
         .iter()
-        .map(|(column, name)| Ok(field(column, name, types.column(table, column)?)))
+        .map(|(column, name)| {
+            let mut avro = types.column(table, column)?;
+            if !debezium {
+                without_connect_properties(&mut avro);
+            }
+            Ok(field(column, name, avro))
+        })
         .collect::<Result<Vec<_>, SchemaError>>()?;
     if let Some(key_table) = shape.key_table {
         fields.push(json!({"name": key_table, "type": "string"}));
     }
-    let record = json!({"type": "record", "name": "Key", "namespace": namespace, "fields": fields,
-            "connect.name": format!("{namespace}.Key")});
+    let mut record =
+        json!({"type": "record", "name": "Key", "namespace": namespace, "fields": fields});
+    if debezium {
+        record["connect.name"] = json!(format!("{namespace}.Key"));
+    }
     Ok(Some(parse(table, "key", &record)?))
+}
+
+/// A key column's type as sluice wrote it before it carried Kafka Connect's properties. A key's bytes
+/// (and with a registry, its schema id) decide its partition and what compaction keeps: a key schema
+/// that changed would put a row's later events on another partition and leave its earlier ones
+/// uncompacted. So keys keep the schema they had; Debezium's mode, chosen for a new deployment, has
+/// Debezium's.
+fn without_connect_properties(avro: &mut Json) {
+    match avro {
+        Json::Object(object) => {
+            object.retain(|name, value| {
+                // `connect.type` (int16) and the JSON type's name were there from the start.
+                !name.starts_with("connect.")
+                    || name == "connect.type"
+                    || (name == "connect.name" && value == "io.debezium.data.Json")
+            });
+            object.values_mut().for_each(without_connect_properties);
+        }
+        Json::Array(items) => items.iter_mut().for_each(without_connect_properties),
+        _ => {}
+    }
 }
 
 /// The fields unwrap adds after the row's: each one asked for (optional: a snapshot row has no
@@ -394,7 +430,6 @@ mod tests {
             json!({
                 "type": "record", "name": "Key", "namespace": "shop.public.orders",
                 "fields": [{"name": "id", "type": "long"}],
-                "connect.name": "shop.public.orders.Key",
             })
         );
         assert_eq!(
@@ -507,10 +542,11 @@ mod tests {
         let schemas = table_schemas("p", &t).unwrap();
         let full = format!("\"{VARIABLE_SCALE_DECIMAL}\"");
         let definition = format!("\"name\":{full}");
-        // Two key columns, three value columns: one definition each (which names itself again in its
-        // `connect.name`), the other uses by name.
+        // Two key columns, three value columns: one definition each (the value's names itself again in
+        // its `connect.name`; keys keep the schema they had before Connect's properties), the other uses
+        // by name.
         for (json, uses) in [
-            (&schemas.key.as_ref().unwrap().json, 3),
+            (&schemas.key.as_ref().unwrap().json, 2),
             (&schemas.value.json, 4),
         ] {
             assert_eq!(json.matches(&definition).count(), 1, "{json}");
@@ -618,6 +654,40 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "s.t: column `n` is a decimal with precision 0, which Avro cannot declare"
+        );
+    }
+
+    #[test]
+    fn keys_keep_their_schema_without_connect_properties() {
+        let t = table(
+            "public",
+            "k",
+            vec![
+                column("u", ColumnType::Uuid, true, "uuid"),
+                column("d", ColumnType::Date, true, "date"),
+                column(
+                    "n",
+                    ColumnType::Decimal {
+                        precision: 10,
+                        scale: 2,
+                    },
+                    true,
+                    "numeric",
+                ),
+                column("s", ColumnType::Int16, true, "int2"),
+                column("j", ColumnType::Json, true, "jsonb"),
+            ],
+        );
+        let key = parsed(&table_schemas("p", &t).unwrap().key.unwrap().json);
+        assert_eq!(
+            key,
+            json!({"type": "record", "name": "Key", "namespace": "p.public.k", "fields": [
+                {"name": "u", "type": {"type": "string", "logicalType": "uuid"}},
+                {"name": "d", "type": {"type": "int", "logicalType": "date"}},
+                {"name": "n", "type": {"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2}},
+                {"name": "s", "type": {"type": "int", "connect.type": "int16"}},
+                {"name": "j", "type": {"type": "string", "connect.name": "io.debezium.data.Json"}},
+            ]})
         );
     }
 }
