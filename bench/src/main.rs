@@ -10,6 +10,7 @@
 //! sampled while each process runs. Last, commit-to-acknowledgement latency is read from sluice's own
 //! histogram while a paced writer commits a steady rate ([`latency`]).
 
+mod ceiling;
 mod incremental;
 mod latency;
 mod toast;
@@ -74,9 +75,10 @@ struct Args {
 }
 
 /// The measurements, by the names `--only` takes; `latency` covers both latency rows.
-const MEASUREMENTS: [&str; 10] = [
+const MEASUREMENTS: [&str; 11] = [
     "recvlogical",
     "stream",
+    "ceiling",
     "null",
     "xform",
     "copy",
@@ -144,6 +146,17 @@ async fn main() -> Result<()> {
         "sluice → broker (Avro, registry)",
         &Run::streaming("stream", "bench_sluice", Sink::Broker),
     )?;
+    // The broker's own rate for messages like the ones sluice just published (it reads their sizes).
+    let ceiling = match (args.wants("ceiling"), &streaming) {
+        (true, Some(_)) => Some(ceiling::measure(&args, &broker, "stream.public.bench").await?),
+        (true, None) => {
+            eprintln!(
+                "broker ceiling: not measured, it takes its message sizes from the `stream` row"
+            );
+            None
+        }
+        (false, _) => None,
+    };
     let blackhole = bench.measure_sluice(
         "sluice → blackhole sink (Avro, registry)",
         &Run::streaming("null", "bench_blackhole", Sink::Blackhole),
@@ -197,8 +210,29 @@ async fn main() -> Result<()> {
             (&reselect, Some(&toast)),
         ],
     );
+    print_against_ceiling(&ceiling, [&streaming, &snapshot]);
     print_latencies(&pace, &latencies);
     Ok(())
+}
+
+/// The end-to-end rows as a share of what the broker itself accepted in the same run.
+fn print_against_ceiling(ceiling: &Option<Measure>, rows: [&Option<Measure>; 2]) {
+    let Some(ceiling) = ceiling else { return };
+    println!();
+    println!(
+        "Against the broker's ceiling ({:.0} messages/s from a plain producer, sluice's sizes and settings)",
+        ceiling.rate()
+    );
+    println!("| reader | events/s | vs the broker's ceiling |");
+    println!("|---|---:|---:|");
+    for measure in rows.into_iter().flatten() {
+        println!(
+            "| {} | {:.0} | {:.0}% |",
+            measure.name,
+            measure.rate(),
+            100.0 * measure.rate() / ceiling.rate()
+        );
+    }
 }
 
 /// Creates the table, its publication and the slots, then writes the rows every reader drains, in
