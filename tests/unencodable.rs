@@ -56,6 +56,19 @@ fn after(event: &Event) -> &Json {
     event.after().expect("a row")
 }
 
+/// Each event's row id and `source.snapshot` marker.
+fn markers(events: &[Event]) -> Vec<(Json, Json)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                after(e)["id"].clone(),
+                e.value.as_ref().unwrap()["source"]["snapshot"].clone(),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn null_and_dead_letter_publishes_the_row_and_keeps_the_original() {
     let (services, mut daemon) = snapshot_then_stream("").await;
@@ -138,15 +151,7 @@ async fn the_last_marker_survives_a_dead_lettered_last_row() {
                 INSERT INTO t VALUES (3, 'NaN', NULL, 'kept');";
     let (services, mut daemon) = started(rows, "unencodable_values = \"dead_letter\"", None).await;
     let published = events(&services, 2).await;
-    let seen: Vec<(Json, Json)> = published
-        .iter()
-        .map(|e| {
-            (
-                after(e)["id"].clone(),
-                e.value.as_ref().unwrap()["source"]["snapshot"].clone(),
-            )
-        })
-        .collect();
+    let seen = markers(&published);
     assert_eq!(seen, [(json!(2), json!("true")), (json!(2), json!("last"))]);
     assert_eq!(
         services.dead_letters(1, WAIT).await[0]["change"]["after"]["id"],
@@ -163,15 +168,7 @@ async fn the_last_marker_survives_a_dead_lettered_last_row() {
         "INSERT INTO t VALUES (1, 1.00, NULL, 'a'), (2, 2.00, NULL, 'b'), (3, 3.00, NULL, NULL);";
     let (services, mut daemon) = started(rows, "", Some(contract)).await;
     let published = events(&services, 3).await;
-    let seen: Vec<(Json, Json)> = published
-        .iter()
-        .map(|e| {
-            (
-                after(e)["id"].clone(),
-                e.value.as_ref().unwrap()["source"]["snapshot"].clone(),
-            )
-        })
-        .collect();
+    let seen = markers(&published);
     assert_eq!(
         seen,
         [

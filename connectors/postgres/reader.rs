@@ -318,8 +318,7 @@ impl PostgresSource {
         let mut conn = self.start_streaming(link, reconnecting).await?;
         let mut ticks = Ticks::new(&self.settings);
         if !produced.is_empty() {
-            let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
-            let give_up_at = link.stopping_until.unwrap_or(far);
+            let give_up_at = give_up_at(link);
             if !self
                 .hand_on(produced, &mut conn, link, &mut ticks, give_up_at)
                 .await?
@@ -329,10 +328,7 @@ impl PostgresSource {
         }
         // On a stop request, read on to the end of the open transaction: a half-published one would repeat.
         while link.stopping_until.is_none() || decoder.in_transaction() {
-            // A time that never comes until a stop sets one.
-            let give_up_at = link
-                .stopping_until
-                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
+            let give_up_at = give_up_at(link);
             match self.wake(&mut conn, link, &mut ticks, give_up_at).await? {
                 Wake::Frame(frame) => {
                     self.apply_frame(frame, decoder, &mut conn, link, produced)
@@ -642,6 +638,12 @@ impl PostgresSource {
 
 /// Drops the slot, so that the server keeps no WAL for it (after `snapshot = "initial_only"`, or a clean
 /// stop with `drop_slot_on_stop`).
+/// When a stop's grace runs out; a time that never comes until a stop sets one.
+fn give_up_at(link: &Link) -> tokio::time::Instant {
+    link.stopping_until
+        .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365))
+}
+
 pub async fn drop_slot(settings: &PostgresSettings) -> Result<(), SourceError> {
     let mut conn = ReplicationConnection::connect(&settings.connection).await?;
     conn.drop_slot(&settings.slot).await?;

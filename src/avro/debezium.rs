@@ -180,33 +180,27 @@ pub fn micro_duration(text: &str) -> Option<i64> {
         Some((date, time)) => (date, time),
         None => (body, ""),
     };
+    let number = |text: &str| text.parse::<f64>().ok();
     let (mut years, mut months, mut days) = (0.0, 0.0, 0.0);
-    for (value, unit) in parts(date)? {
+    for (text, unit) in parts(date)? {
         match unit {
-            'Y' => years = value,
-            'M' => months = value,
-            'W' => days += value * 7.0,
-            'D' => days += value,
+            'Y' => years = number(text)?,
+            'M' => months = number(text)?,
+            'W' => days += number(text)? * 7.0,
+            'D' => days += number(text)?,
             _ => return None,
         }
     }
     let (mut hours, mut minutes, mut seconds) = (0.0, 0.0, 0.0);
-    for (value, unit) in parts(time)? {
+    for (text, unit) in parts(time)? {
         match unit {
-            'H' => hours = value,
-            'M' => minutes = value,
-            'S' => seconds = value,
+            'H' => hours = number(text)?,
+            'M' => minutes = number(text)?,
+            // PostgreSQL's JDBC driver keeps whole seconds and microseconds apart and adds them as a
+            // double: so does this, or the last microsecond can differ from Debezium's.
+            'S' => seconds = seconds_as_jdbc(text)?,
             _ => return None,
         }
-    }
-    // PostgreSQL's JDBC driver keeps whole seconds and microseconds apart and adds them as a double:
-    // so does this, or the last microsecond can differ from Debezium's.
-    if let Some(text) = time.strip_suffix('S') {
-        let text = text
-            .rsplit(|c: char| c.is_ascii_alphabetic())
-            .next()
-            .unwrap_or(text);
-        seconds = seconds_as_jdbc(text)?;
     }
     let total_days = (years * 12.0 + months) * DAYS_PER_MONTH + days;
     let total_seconds = ((total_days * 24.0 + hours) * 60.0 + minutes) * 60.0 + seconds;
@@ -237,13 +231,13 @@ fn seconds_as_jdbc(text: &str) -> Option<f64> {
     Some(whole as f64 + micros as f64 / 1e6)
 }
 
-/// `1Y-2M3.5D` into its numbers and unit letters.
-fn parts(text: &str) -> Option<Vec<(f64, char)>> {
+/// `1Y-2M3.5D` into its numbers' text and unit letters.
+fn parts(text: &str) -> Option<Vec<(&str, char)>> {
     let mut found = Vec::new();
     let mut start = 0;
     for (at, c) in text.char_indices() {
         if c.is_ascii_alphabetic() {
-            found.push((text[start..at].parse().ok()?, c));
+            found.push((&text[start..at], c));
             start = at + 1;
         }
     }

@@ -120,13 +120,12 @@ pub fn encode_envelope(
 fn write_key(table: &Table, row: &Row, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     check_shape(table, row)?;
     for (index, column) in table.key_columns() {
-        let written = match row[index].plain() {
-            Value::Null => Err(EncodeReason::NullInKey),
-            Value::UnchangedToast => Err(EncodeReason::UnchangedToastInKey),
-            value if array_bounds(value).is_some() => Err(EncodeReason::ShapedArrayInKey(
-                array_bounds(value).unwrap_or_default(),
-            )),
-            value => write_value(&column.column_type, value, out),
+        let value = row[index].plain();
+        let written = match (value, array_bounds(value)) {
+            (Value::Null, _) => Err(EncodeReason::NullInKey),
+            (Value::UnchangedToast, _) => Err(EncodeReason::UnchangedToastInKey),
+            (_, Some(bounds)) => Err(EncodeReason::ShapedArrayInKey(bounds)),
+            (value, None) => write_value(&column.column_type, value, out),
         };
         written.map_err(|reason| column_error(column, reason))?;
     }

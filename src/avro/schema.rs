@@ -41,15 +41,7 @@ pub struct TableSchemas {
 /// image carries only the key columns under `REPLICA IDENTITY DEFAULT`, and an unchanged TOASTed value is
 /// sent as null. The key record holds the key columns, in table order, with non-null types.
 pub fn table_schemas(topic_prefix: &str, table: &Table) -> Result<TableSchemas, SchemaError> {
-    let topic = topic_name(topic_prefix, table);
-    let shape = Shape {
-        topic: &topic,
-        namespace: namespace(topic_prefix, table),
-        key_table: None,
-        flat: None,
-        logical_types: LogicalTypes::Avro,
-    };
-    shaped_table_schemas(table, &shape)
+    table_schemas_as(topic_prefix, table, LogicalTypes::Avro)
 }
 
 /// [`table_schemas`] in `logical_types`' representation (for Debezium's, `table` as the source has it is
@@ -59,19 +51,23 @@ pub fn table_schemas_as(
     table: &Table,
     logical_types: LogicalTypes,
 ) -> Result<TableSchemas, SchemaError> {
-    if logical_types == LogicalTypes::Avro {
-        return table_schemas(topic_prefix, table);
-    }
-    let table = super::debezium::debezium_table(table);
-    let topic = topic_name(topic_prefix, &table);
+    let rewritten;
+    let table = match logical_types {
+        LogicalTypes::Avro => table,
+        LogicalTypes::Debezium => {
+            rewritten = super::debezium::debezium_table(table);
+            &rewritten
+        }
+    };
+    let topic = topic_name(topic_prefix, table);
     let shape = Shape {
         topic: &topic,
-        namespace: namespace(topic_prefix, &table),
+        namespace: namespace(topic_prefix, table),
         key_table: None,
         flat: None,
         logical_types,
     };
-    shaped_table_schemas(&table, &shape)
+    shaped_table_schemas(table, &shape)
 }
 
 /// How the transforms shaped a table's records: the topic (and record namespace) a route sent them to,
