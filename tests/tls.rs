@@ -5,115 +5,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::{decode_all, sluice, Daemon, Services, DATABASE};
 use sluice_postgres::connection::PgConnection;
 use sluice_postgres::replication::ReplicationConnection;
-
-/// A certificate authority, a server certificate for `localhost` only (not 127.0.0.1), a client
-/// certificate for the role `certuser`, and an unrelated authority.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let pki = Pki {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        pki.authority("ca");
-        pki.authority("other-ca");
-        pki.leaf(
-            "server",
-            "localhost",
-            "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
-        );
-        pki.leaf(
-            "client",
-            "certuser",
-            "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
-        );
-        pki
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn read(&self, name: &str) -> Vec<u8> {
-        std::fs::read(self.path(name)).unwrap()
-    }
-
-    fn authority(&self, name: &str) {
-        self.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=sluice test {name}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.crt"),
-        ]);
-    }
-
-    fn leaf(&self, name: &str, common_name: &str, extensions: &str) {
-        std::fs::write(self.path(&format!("{name}.ext")), extensions).unwrap();
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            &format!("/CN={common_name}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-        ]);
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-            "-out",
-            &format!("{name}.crt"),
-        ]);
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        let output = Command::new("openssl")
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .expect("run openssl");
-        assert!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-}
+use sluice_testkit::pki::Pki;
 
 /// The services with TLS on the PostgreSQL server, a table with a row, and the role `certuser`:
 /// REPLICATION, SELECT on the table, a publication created beforehand by the table's owner, and a login

@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod config;
 pub mod mongo_double;
+pub mod pki;
 pub mod postgres;
 pub mod python;
 pub mod registry;
