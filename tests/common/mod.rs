@@ -30,9 +30,13 @@ pub struct Services {
 
 impl Services {
     pub async fn start() -> Services {
+        Services::start_with_broker(Tansu::start().expect("start tansu")).await
+    }
+
+    /// The services around a broker the test started itself (secured, for instance).
+    pub async fn start_with_broker(broker: Tansu) -> Services {
         let pg = PgCluster::start().expect("start PostgreSQL");
         pg.create_database(DATABASE).await.expect("create database");
-        let broker = Tansu::start().expect("start tansu");
         let registry = RegistryDouble::start().expect("start the registry double");
         Services {
             pg,
@@ -106,7 +110,7 @@ impl Services {
 
     /// Every record of `topic` once at least `min` are there (or after `timeout`, whatever is there).
     pub async fn read(&self, topic: &str, min: usize, timeout: Duration) -> Vec<Record> {
-        read_topic(&self.broker.bootstrap(), topic, min, timeout)
+        read_topic(self.broker.access(), topic, min, timeout)
             .await
             .expect("read topic")
     }

@@ -6,10 +6,11 @@
 //! zstd), and DeleteTopics deletes every topic — never call it.
 
 mod read;
+mod tls_front;
 
 pub use read::{read_topic, Record};
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,6 +24,7 @@ use rdkafka::ClientConfig;
 use tempfile::TempDir;
 
 use crate::log_tail::log_tail;
+use tls_front::TlsFront;
 
 const TANSU_VERSION: &str = "0.6.0";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -37,18 +39,133 @@ const TOPIC_VISIBLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// deletes its storage.
 pub struct Tansu {
     child: Child,
+    /// tansu's own listener.
     port: u16,
+    /// How clients reach it: tansu's listener, or the TLS front it advertises.
+    access: Access,
     /// Working directory of the broker: its SQLite database and its log. Removed after the kill.
     dir: TempDir,
+    _front: Option<TlsFront>,
+}
+
+/// How a client reaches a broker: the address it advertises and, for a secured one, the librdkafka
+/// properties of TLS and SASL.
+#[derive(Clone, Debug)]
+pub struct Access {
+    pub bootstrap: String,
+    pub properties: Vec<(String, String)>,
+}
+
+impl Access {
+    /// A librdkafka configuration with the address and the security properties.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap);
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+impl From<&str> for Access {
+    fn from(bootstrap: &str) -> Access {
+        Access {
+            bootstrap: bootstrap.to_owned(),
+            properties: Vec::new(),
+        }
+    }
+}
+
+impl From<&String> for Access {
+    fn from(bootstrap: &String) -> Access {
+        Access::from(bootstrap.as_str())
+    }
+}
+
+/// How a broker started by [`Tansu::start_secured`] is protected.
+#[derive(Default)]
+pub struct Security {
+    /// Serve TLS with this certificate and key (PEM files) through a [`TlsFront`]; the harness's own
+    /// clients trust `ca`.
+    pub tls: Option<TlsFiles>,
+    /// SCRAM users, created before tansu starts requiring authentication; the harness logs in as the
+    /// first.
+    pub scram_users: Vec<ScramUser>,
+}
+
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+pub struct ScramUser {
+    pub name: String,
+    pub password: String,
+    pub mechanism: Scram,
+}
+
+/// The SASL mechanisms tansu 0.6 authenticates (it offers no PLAIN).
+#[derive(Clone, Copy, Debug)]
+pub enum Scram {
+    Sha256,
+    Sha512,
+}
+
+impl Scram {
+    /// The name librdkafka's `sasl.mechanisms` takes.
+    pub fn mechanism(self) -> &'static str {
+        match self {
+            Scram::Sha256 => "SCRAM-SHA-256",
+            Scram::Sha512 => "SCRAM-SHA-512",
+        }
+    }
+
+    fn tansu_name(self) -> &'static str {
+        match self {
+            Scram::Sha256 => "scram256",
+            Scram::Sha512 => "scram512",
+        }
+    }
+}
+
+impl Security {
+    /// The properties a client of a broker so protected needs, logging in as `user`.
+    pub fn client_properties(&self, user: Option<&ScramUser>) -> Vec<(String, String)> {
+        let protocol = match (&self.tls, user) {
+            (None, None) => return Vec::new(),
+            (Some(_), None) => "SSL",
+            (None, Some(_)) => "SASL_PLAINTEXT",
+            (Some(_), Some(_)) => "SASL_SSL",
+        };
+        let mut properties = vec![("security.protocol".to_owned(), protocol.to_owned())];
+        if let Some(tls) = &self.tls {
+            properties.push(("ssl.ca.location".into(), tls.ca.display().to_string()));
+        }
+        if let Some(user) = user {
+            properties.extend([
+                ("sasl.mechanisms".into(), user.mechanism.mechanism().into()),
+                ("sasl.username".into(), user.name.clone()),
+                ("sasl.password".into(), user.password.clone()),
+            ]);
+        }
+        properties
+    }
 }
 
 impl Tansu {
     /// Starts a broker and waits until it answers a metadata request.
     pub fn start() -> Result<Tansu> {
+        Tansu::start_secured(&Security::default())
+    }
+
+    /// Starts a broker behind TLS, requiring SCRAM authentication, or both, as `security` says.
+    pub fn start_secured(security: &Security) -> Result<Tansu> {
         let binary = tansu_binary()?;
         let mut attempt = 1;
         loop {
-            match Tansu::start_once(&binary, crate::free_port()) {
+            match Tansu::start_once(&binary, crate::free_port(), security) {
                 // Between free_port() and the bind, another process may take the port: try another.
                 Err(err)
                     if attempt < START_ATTEMPTS && format!("{err:#}").contains(ADDR_IN_USE) =>
@@ -60,48 +177,52 @@ impl Tansu {
         }
     }
 
-    fn start_once(binary: &Path, port: u16) -> Result<Tansu> {
+    fn start_once(binary: &Path, port: u16, security: &Security) -> Result<Tansu> {
         let dir = tempfile::Builder::new()
             .prefix("sluice-tansu-")
             .tempdir()
             .context("creating a temporary directory for tansu")?;
-        let log_path = dir.path().join("tansu.log");
-        let log =
-            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let listener = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(binary)
-            .arg("broker")
-            .args([
-                "--listener-url",
-                &listener,
-                "--advertised-listener-url",
-                &listener,
-            ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            // The storage URL is relative: the database lands in the broker's own directory.
-            .current_dir(dir.path())
-            // Ambient settings for these must not turn on schema validation or telemetry export.
-            .env_remove("SCHEMA_REGISTRY")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            // Plain log lines, no ANSI colours, in the log tails of error messages.
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(
-                log.try_clone()
-                    .context("duplicating the tansu log handle")?,
-            )
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("spawning {}", binary.display()))?;
-        let mut broker = Tansu { child, port, dir };
-        broker.wait_until_ready()?;
+        let front = match &security.tls {
+            Some(tls) => Some(TlsFront::start(&tls.cert, &tls.key, port)?),
+            None => None,
+        };
+        let advertised = front.as_ref().map_or(port, TlsFront::port);
+        if !security.scram_users.is_empty() {
+            // tansu stores users through the Kafka protocol, which it refuses to anyone unauthenticated
+            // once authentication is on: create them first, on a broker without it.
+            let mut child = spawn(binary, dir.path(), port, port, false)?;
+            let created = wait_until_ready(&mut child, dir.path(), &Access::from(&local(port)))
+                .and_then(|()| create_users(binary, port, &security.scram_users));
+            let _ = child.kill();
+            let _ = child.wait();
+            created?;
+        }
+        let access = Access {
+            bootstrap: local(advertised),
+            properties: security.client_properties(security.scram_users.first()),
+        };
+        let authentication = !security.scram_users.is_empty();
+        let child = spawn(binary, dir.path(), port, advertised, authentication)?;
+        let mut broker = Tansu {
+            child,
+            port,
+            access,
+            dir,
+            _front: front,
+        };
+        wait_until_ready(&mut broker.child, broker.dir.path(), &broker.access)?;
         broker.index_record_headers()?;
         Ok(broker)
     }
 
-    /// The `bootstrap.servers` value for clients: `127.0.0.1:PORT`.
+    /// The `bootstrap.servers` value for clients: `127.0.0.1:PORT` (the TLS front's port if it has one).
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.access.bootstrap.clone()
+    }
+
+    /// The address and security properties the harness's clients use.
+    pub fn access(&self) -> Access {
+        self.access.clone()
     }
 
     pub fn port(&self) -> u16 {
@@ -120,7 +241,7 @@ impl Tansu {
     /// Creates topics with `partitions` partitions each (replication factor 1) and waits until metadata
     /// shows them. Topics that already exist are fine.
     pub async fn create_topics(&self, names: &[&str], partitions: i32) -> Result<()> {
-        let admin = admin_client(&self.bootstrap())?;
+        let admin = admin_client(&self.access)?;
         let topics: Vec<NewTopic<'_>> = names
             .iter()
             .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
@@ -136,10 +257,10 @@ impl Tansu {
                 Err((topic, code)) => bail!("tansu refused to create topic `{topic}`: {code}"),
             }
         }
-        let bootstrap = self.bootstrap();
+        let access = self.access.clone();
         let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
         // Metadata calls block: keep them off the runtime's threads, which may be driving the code under test.
-        tokio::task::spawn_blocking(move || wait_for_topics(&bootstrap, &names, partitions))
+        tokio::task::spawn_blocking(move || wait_for_topics(&access, &names, partitions))
             .await
             .context("the topic-metadata check panicked")?
     }
@@ -156,43 +277,6 @@ impl Tansu {
 
     fn signal(&self, signal: &str) -> Result<()> {
         crate::signal(self.child.id(), signal).context("signalling tansu")
-    }
-
-    fn wait_until_ready(&mut self) -> Result<()> {
-        let started = Instant::now();
-        let mut last_problem = String::from("the port does not accept connections yet");
-        while started.elapsed() < START_TIMEOUT {
-            if let Some(status) = self
-                .child
-                .try_wait()
-                .context("checking the tansu process")?
-            {
-                // Checked in the whole log: a backtrace may follow the error line.
-                if std::fs::read_to_string(self.log_path())
-                    .unwrap_or_default()
-                    .contains(ADDR_IN_USE)
-                {
-                    bail!(
-                        "tansu could not listen on port {}: {ADDR_IN_USE}",
-                        self.port
-                    );
-                }
-                bail!(
-                    "tansu exited during startup ({status})\n{}",
-                    log_tail(&self.log_path(), 30)
-                );
-            }
-            match self.probe() {
-                Ok(()) => return Ok(()),
-                Err(problem) => last_problem = format!("{problem:#}"),
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!(
-            "tansu did not become ready on {} within {START_TIMEOUT:?}: {last_problem}\n{}",
-            self.bootstrap(),
-            log_tail(&self.log_path(), 30)
-        )
     }
 
     /// tansu 0.6 keeps record headers in a table without an index and looks them up once per fetched
@@ -216,21 +300,6 @@ impl Tansu {
         }
         Ok(())
     }
-
-    /// Ready means: the port accepts TCP and a metadata request lists this broker.
-    fn probe(&self) -> Result<()> {
-        TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_secs(1))
-            .context("connecting to the listener")?;
-        let admin = admin_client(&self.bootstrap())?;
-        let metadata = admin
-            .inner()
-            .fetch_metadata(None, Duration::from_secs(2))
-            .context("fetching cluster metadata")?;
-        if metadata.brokers().is_empty() {
-            bail!("metadata lists no brokers");
-        }
-        Ok(())
-    }
 }
 
 impl Drop for Tansu {
@@ -238,6 +307,130 @@ impl Drop for Tansu {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn local(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+/// Starts tansu in `dir` on `port`, advertising `advertised` (a TLS front's port, or its own).
+fn spawn(
+    binary: &Path,
+    dir: &Path,
+    port: u16,
+    advertised: u16,
+    authentication: bool,
+) -> Result<Child> {
+    let log_path = dir.join("tansu.log");
+    // Appended to: a broker that first ran to have its users created keeps that run's log.
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut command = Command::new(binary);
+    command
+        .arg("broker")
+        .args(["--listener-url", &format!("tcp://{}", local(port))])
+        .args([
+            "--advertised-listener-url",
+            &format!("tcp://{}", local(advertised)),
+        ])
+        .args(["--storage-engine", "sqlite://tansu.db"]);
+    if authentication {
+        command.arg("--authentication");
+    }
+    command
+        // The storage URL is relative: the database lands in the broker's own directory.
+        .current_dir(dir)
+        // Ambient settings for these must not turn on schema validation or telemetry export.
+        .env_remove("SCHEMA_REGISTRY")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        // Plain log lines, no ANSI colours, in the log tails of error messages.
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(
+            log.try_clone()
+                .context("duplicating the tansu log handle")?,
+        )
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("spawning {}", binary.display()))
+}
+
+/// Waits until the broker answers a metadata request through `access`.
+fn wait_until_ready(child: &mut Child, dir: &Path, access: &Access) -> Result<()> {
+    let log_path = dir.join("tansu.log");
+    let started = Instant::now();
+    let mut last_problem = String::from("the port does not accept connections yet");
+    while started.elapsed() < START_TIMEOUT {
+        if let Some(status) = child.try_wait().context("checking the tansu process")? {
+            // Checked in the whole log: a backtrace may follow the error line.
+            if std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .contains(ADDR_IN_USE)
+            {
+                bail!("tansu could not listen on its port: {ADDR_IN_USE}");
+            }
+            bail!(
+                "tansu exited during startup ({status})\n{}",
+                log_tail(&log_path, 30)
+            );
+        }
+        match probe(access) {
+            Ok(()) => return Ok(()),
+            Err(problem) => last_problem = format!("{problem:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "tansu did not become ready on {} within {START_TIMEOUT:?}: {last_problem}\n{}",
+        access.bootstrap,
+        log_tail(&log_path, 30)
+    )
+}
+
+/// Ready means: the address accepts TCP and a metadata request lists a broker.
+fn probe(access: &Access) -> Result<()> {
+    let address: std::net::SocketAddr =
+        access.bootstrap.parse().context("the bootstrap address")?;
+    TcpStream::connect_timeout(&address, Duration::from_secs(1))
+        .context("connecting to the listener")?;
+    let admin = admin_client(access)?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(2))
+        .context("fetching cluster metadata")?;
+    if metadata.brokers().is_empty() {
+        bail!("metadata lists no brokers");
+    }
+    Ok(())
+}
+
+/// Stores SCRAM credentials with `tansu user create`, through the broker on `port`.
+fn create_users(binary: &Path, port: u16, users: &[ScramUser]) -> Result<()> {
+    for user in users {
+        let output = Command::new(binary)
+            .args([
+                "user",
+                "create",
+                "--broker",
+                &format!("tcp://{}", local(port)),
+            ])
+            .args(["--mechanism", user.mechanism.tansu_name()])
+            .args([&user.name, &user.password])
+            .env("NO_COLOR", "1")
+            .output()
+            .context("running tansu user create")?;
+        if !output.status.success() {
+            bail!(
+                "tansu user create {} failed: {}",
+                user.name,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The index tansu's header lookup (`r.offset_id = $4` joined on topition and offset) needs.
@@ -269,16 +462,16 @@ pub fn tansu_binary() -> Result<PathBuf> {
     Ok(path)
 }
 
-fn admin_client(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+fn admin_client(access: &Access) -> Result<AdminClient<DefaultClientContext>> {
+    access
+        .client_config()
         .create()
-        .with_context(|| format!("creating a Kafka admin client for {bootstrap}"))
+        .with_context(|| format!("creating a Kafka admin client for {}", access.bootstrap))
 }
 
 /// Blocks until metadata shows every topic with `partitions` partitions.
-fn wait_for_topics(bootstrap: &str, names: &[String], partitions: i32) -> Result<()> {
-    let admin = admin_client(bootstrap)?;
+fn wait_for_topics(access: &Access, names: &[String], partitions: i32) -> Result<()> {
+    let admin = admin_client(access)?;
     let started = Instant::now();
     for name in names {
         loop {
@@ -392,7 +585,7 @@ mod tests {
         broker.freeze().unwrap();
         let bootstrap = broker.bootstrap();
         let frozen = tokio::task::spawn_blocking(move || {
-            admin_client(&bootstrap)
+            admin_client(&Access::from(&bootstrap))
                 .unwrap()
                 .inner()
                 .fetch_metadata(Some("t"), Duration::from_secs(2))
@@ -407,7 +600,7 @@ mod tests {
     fn a_taken_port_is_reported_as_such() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
-        let err = Tansu::start_once(&tansu_binary().unwrap(), port)
+        let err = Tansu::start_once(&tansu_binary().unwrap(), port, &Security::default())
             .err()
             .expect("the port is taken");
         assert!(format!("{err:#}").contains(ADDR_IN_USE), "{err:#}");

@@ -10,6 +10,12 @@ pub struct Pki {
     dir: tempfile::TempDir,
 }
 
+impl Default for Pki {
+    fn default() -> Pki {
+        Pki::new()
+    }
+}
+
 impl Pki {
     pub fn new() -> Pki {
         let pki = Pki {

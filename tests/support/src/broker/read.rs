@@ -8,6 +8,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use super::Access;
+
 /// After the wanted number of messages, keep reading until nothing new arrived for this long, so tests
 /// also see messages that should not be there (duplicates, extras).
 const QUIET_PERIOD: Duration = Duration::from_millis(1500);
@@ -31,16 +33,18 @@ pub struct Record {
 /// partition, then offset) in either case: the caller asserts on it. A topic that never appears gives an
 /// empty result.
 pub async fn read_topic(
-    bootstrap: &str,
+    broker: impl Into<Access>,
     topic: &str,
     min_messages: usize,
     timeout: Duration,
 ) -> Result<Vec<Record>> {
+    let access: Access = broker.into();
+    let bootstrap = access.bootstrap.clone();
     let deadline = Instant::now() + timeout;
     let partitions = {
-        let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+        let (access, topic) = (access.clone(), topic.to_owned());
         // Metadata calls block: keep them off the runtime's threads, which may be driving the code under test.
-        tokio::task::spawn_blocking(move || partitions_of(&bootstrap, &topic, deadline))
+        tokio::task::spawn_blocking(move || partitions_of(&access, &topic, deadline))
             .await
             .context("the topic-metadata lookup panicked")??
     };
@@ -49,7 +53,7 @@ pub async fn read_topic(
         return Ok(Vec::new());
     }
 
-    let consumer: StreamConsumer = reader_config(bootstrap)
+    let consumer: StreamConsumer = reader_config(&access)
         .create()
         .with_context(|| format!("creating a Kafka consumer for {bootstrap}"))?;
     let mut assignment = TopicPartitionList::new();
@@ -99,10 +103,9 @@ pub async fn read_topic(
 
 /// A consumer that never commits and, lacking committed offsets, starts at the beginning. librdkafka
 /// wants a group id even for manual assignment; a random one keeps readers apart.
-fn reader_config(bootstrap: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
+fn reader_config(access: &Access) -> ClientConfig {
+    let mut config = access.client_config();
     config
-        .set("bootstrap.servers", bootstrap)
         .set(
             "group.id",
             format!("sluice-testkit-reader-{}", crate::random_hex()),
@@ -115,8 +118,9 @@ fn reader_config(bootstrap: &str) -> ClientConfig {
 }
 
 /// The partition ids of `topic`, waiting for it to exist until `deadline` (empty if it never does).
-fn partitions_of(bootstrap: &str, topic: &str, deadline: Instant) -> Result<Vec<i32>> {
-    let consumer: BaseConsumer = reader_config(bootstrap)
+fn partitions_of(access: &Access, topic: &str, deadline: Instant) -> Result<Vec<i32>> {
+    let bootstrap = &access.bootstrap;
+    let consumer: BaseConsumer = reader_config(access)
         .create()
         .with_context(|| format!("creating a Kafka consumer for {bootstrap}"))?;
     loop {

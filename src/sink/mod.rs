@@ -2,12 +2,16 @@
 //! [`AckTracker`], and the admin calls that create missing topics — or, for measuring sluice on its own,
 //! a blackhole that acknowledges every message as it is handed over.
 
+mod refusal;
+
+pub use refusal::{is_secret_property, Refusal};
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, Headers, OwnedHeaders, Timestamp};
@@ -20,6 +24,7 @@ use crate::config::{Config, SinkKind};
 use crate::metrics::Metrics;
 use crate::pipeline::ack::AckTracker;
 use crate::shutdown::StopDeadline;
+use refusal::{ConnectionContext, Refusals};
 use sluice_core::positions::now_ms;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +37,8 @@ pub enum SinkError {
     Send { topic: String, source: KafkaError },
     #[error("brokers at {brokers} are unreachable: {source}")]
     Unreachable { brokers: String, source: KafkaError },
+    #[error("the broker at {brokers} refused the connection: {refusal}; {}", refusal.fix())]
+    Refused { brokers: String, refusal: Refusal },
     #[error("stopped while waiting for the broker: {0}")]
     Stalled(String),
 }
@@ -146,6 +153,7 @@ pub struct DeliveryReports {
     failures: mpsc::UnboundedSender<FailedDelivery>,
     /// The outcome of each message sent with [`MessageKind::Schema`], in order.
     schema_reports: mpsc::UnboundedSender<Result<(), KafkaError>>,
+    refusals: Arc<Refusals>,
 }
 
 /// What a message is, for its delivery report.
@@ -177,7 +185,15 @@ impl DeliveryReports {
     }
 }
 
-impl ClientContext for DeliveryReports {}
+impl ClientContext for DeliveryReports {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.refusals.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.refusals.error(error, reason);
+    }
+}
 
 impl ProducerContext for DeliveryReports {
     /// `ordinal << 2 | MessageKind::bits`.
@@ -237,6 +253,8 @@ pub struct Outgoing<'a> {
 pub struct Sink {
     transport: Transport,
     settings: SinkSettings,
+    /// The broker's last refusal of the connection (TLS, SASL), for a clear error instead of a timeout.
+    refusals: Arc<Refusals>,
     known_topics: HashSet<String>,
     schema_outcomes: mpsc::UnboundedReceiver<Result<(), KafkaError>>,
     /// Past it, a stopping daemon stops offering a message to a full producer queue.
@@ -247,7 +265,7 @@ enum Transport {
     Kafka {
         /// Shared with the [`BrokerProbe`].
         producer: Arc<ThreadedProducer<DeliveryReports>>,
-        admin: AdminClient<DefaultClientContext>,
+        admin: AdminClient<ConnectionContext>,
     },
     /// Sends nothing and acknowledges every message at once (Vector's `blackhole` sink): what is left of
     /// a run is sluice's own cost, which is what `bench/run.sh` measures with it.
@@ -263,11 +281,13 @@ impl Sink {
     ) -> Result<(Sink, mpsc::UnboundedReceiver<FailedDelivery>), SinkError> {
         let (failures, failed) = mpsc::unbounded_channel();
         let (schema_reports, schema_outcomes) = mpsc::unbounded_channel();
+        let refusals = Arc::new(Refusals::new(&settings.properties));
         let reports = DeliveryReports {
             tracker,
             metrics,
             failures,
             schema_reports,
+            refusals: refusals.clone(),
         };
         let transport = match settings.kind {
             SinkKind::Kafka => Transport::Kafka {
@@ -277,7 +297,7 @@ impl Sink {
                         .create_with_context(reports)
                         .map_err(SinkError::Producer)?,
                 ),
-                admin: admin_client(&settings)?,
+                admin: admin_client(&settings, refusals.clone())?,
             },
             SinkKind::Blackhole => Transport::Blackhole(reports),
         };
@@ -285,6 +305,7 @@ impl Sink {
             Sink {
                 transport,
                 settings,
+                refusals,
                 known_topics: HashSet::new(),
                 schema_outcomes,
                 stop_deadline: StopDeadline::default(),
@@ -309,19 +330,30 @@ impl Sink {
         }
     }
 
-    /// Fails unless a broker answers a metadata request within `timeout`.
+    /// Fails unless a broker answers a metadata request within `timeout`, and at once when the broker
+    /// refuses the connection (TLS, SASL): waiting would not change its answer.
     pub fn check_reachable(&self, timeout: Duration) -> Result<(), SinkError> {
         let Transport::Kafka { producer, .. } = &self.transport else {
             return Ok(());
         };
-        producer
-            .client()
-            .fetch_metadata(None, timeout)
-            .map(|_| ())
-            .map_err(|source| SinkError::Unreachable {
-                brokers: self.settings.brokers.clone(),
-                source,
-            })
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let source = match producer
+                .client()
+                .fetch_metadata(None, left.min(Duration::from_millis(250)))
+            {
+                Ok(_) => return Ok(()),
+                Err(source) => source,
+            };
+            let brokers = self.settings.brokers.clone();
+            if let Some(refusal) = self.refusals.last() {
+                return Err(SinkError::Refused { brokers, refusal });
+            }
+            if left.is_zero() {
+                return Err(SinkError::Unreachable { brokers, source });
+            }
+        }
     }
 
     /// Makes sure `topic` exists, creating it when allowed. Cached: the broker is asked once per topic.
@@ -462,7 +494,10 @@ impl Sink {
 }
 
 /// The admin client that creates topics, with the producer's security settings.
-fn admin_client(settings: &SinkSettings) -> Result<AdminClient<DefaultClientContext>, SinkError> {
+fn admin_client(
+    settings: &SinkSettings,
+    refusals: Arc<Refusals>,
+) -> Result<AdminClient<ConnectionContext>, SinkError> {
     let mut admin_config = ClientConfig::new();
     admin_config.set("bootstrap.servers", &settings.brokers);
     for (key, value) in settings
@@ -472,11 +507,13 @@ fn admin_client(settings: &SinkSettings) -> Result<AdminClient<DefaultClientCont
     {
         admin_config.set(key, value);
     }
-    admin_config.create().map_err(SinkError::Producer)
+    admin_config
+        .create_with_context(ConnectionContext { refusals })
+        .map_err(SinkError::Producer)
 }
 
 async fn create_topic(
-    admin: &AdminClient<DefaultClientContext>,
+    admin: &AdminClient<ConnectionContext>,
     settings: &SinkSettings,
     topic: &str,
     configs: &[(&str, &str)],
@@ -562,189 +599,4 @@ pub fn is_connection_property(key: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rdkafka::mocking::MockCluster;
-    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-    use sluice_core::event::{Lsn, Position};
-
-    fn mock_settings(brokers: String) -> SinkSettings {
-        SinkSettings {
-            kind: SinkKind::Kafka,
-            brokers,
-            properties: vec![("linger.ms".into(), "0".into())],
-            // The mock broker creates topics on first use and does not answer CreateTopics.
-            create_topics: false,
-            topic_partitions: 3,
-            topic_replication_factor: 1,
-        }
-    }
-
-    async fn acknowledged_within(tracker: &AckTracker, timeout: Duration) -> Option<Position> {
-        let deadline = Instant::now() + timeout;
-        while tracker.acknowledged().is_none() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tracker.acknowledged()
-    }
-
-    // librdkafka's in-process mock broker: quick checks of how the sink reads delivery reports and admin
-    // answers. The end-to-end tests run the same code against a real broker.
-    #[tokio::test]
-    async fn the_blackhole_acknowledges_every_message_at_once() {
-        let tracker = Arc::new(AckTracker::new());
-        let settings = SinkSettings {
-            kind: SinkKind::Blackhole,
-            ..mock_settings(String::new())
-        };
-        let (mut sink, _failures) = Sink::new(settings, tracker.clone(), Arc::default()).unwrap();
-        let (_stop_tx, stop) = watch::channel(false);
-        sink.check_reachable(Duration::from_secs(1)).unwrap();
-        sink.ensure_topic("shop.public.orders", &stop)
-            .await
-            .unwrap();
-        assert!(sink.probe("shop.dlq").answers(Duration::from_secs(1)));
-        let message = Outgoing {
-            topic: "shop.public.orders",
-            key: Some(b"k"),
-            payload: Some(b"v"),
-            headers: &[],
-        };
-        let ordinal = tracker.register();
-        sink.send(&message, ordinal, MessageKind::Event)
-            .await
-            .unwrap();
-        let ordinal = tracker.register();
-        sink.send(&message, ordinal, MessageKind::Schema)
-            .await
-            .unwrap();
-        sink.schema_delivered(&stop).await.unwrap();
-        tracker.close_group(Position::Postgres { lsn: Lsn(0x10) }, None);
-        assert_eq!(tracker.outstanding(), 0);
-        assert_eq!(
-            tracker.acknowledged(),
-            Some(Position::Postgres { lsn: Lsn(0x10) })
-        );
-    }
-
-    #[tokio::test]
-    async fn a_position_is_acknowledged_once_its_messages_are_delivered() {
-        let cluster = MockCluster::new(1).unwrap();
-        let tracker = Arc::new(AckTracker::new());
-        let (sink, _failures) = Sink::new(
-            mock_settings(cluster.bootstrap_servers()),
-            tracker.clone(),
-            Arc::default(),
-        )
-        .unwrap();
-        for i in 0..3u8 {
-            let ordinal = tracker.register();
-            let message = Outgoing {
-                topic: "orders",
-                key: Some(&[i]),
-                payload: Some(b"value"),
-                headers: &[("sluice.lsn", b"0/10")],
-            };
-            sink.send(&message, ordinal, MessageKind::Event)
-                .await
-                .unwrap();
-        }
-        let position = Position::Postgres { lsn: Lsn(0x10) };
-        tracker.close_group(position.clone(), None);
-        assert_eq!(
-            acknowledged_within(&tracker, Duration::from_secs(10)).await,
-            Some(position)
-        );
-        assert_eq!(tracker.outstanding(), 0);
-    }
-
-    #[tokio::test]
-    async fn a_refused_delivery_comes_back_whole_and_holds_the_position() {
-        let cluster = MockCluster::new(1).unwrap();
-        let tracker = Arc::new(AckTracker::new());
-        let (sink, mut failures) = Sink::new(
-            mock_settings(cluster.bootstrap_servers()),
-            tracker.clone(),
-            Arc::default(),
-        )
-        .unwrap();
-        cluster.request_errors(
-            RDKafkaApiKey::Produce,
-            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
-        );
-        let ordinal = tracker.register();
-        let message = Outgoing {
-            topic: "orders",
-            key: Some(b"k"),
-            payload: Some(b"big"),
-            headers: &[("sluice.txid", b"42")],
-        };
-        sink.send(&message, ordinal, MessageKind::Event)
-            .await
-            .unwrap();
-        tracker.close_group(Position::Postgres { lsn: Lsn(0x20) }, None);
-
-        let failure = tokio::time::timeout(Duration::from_secs(10), failures.recv())
-            .await
-            .expect("a delivery report")
-            .unwrap();
-        assert_eq!(failure.ordinal, ordinal);
-        assert!(!failure.dead_letter);
-        assert_eq!(failure.key.as_deref(), Some(&b"k"[..]));
-        assert_eq!(failure.payload.as_deref(), Some(&b"big"[..]));
-        assert_eq!(
-            failure.headers,
-            vec![("sluice.txid".to_owned(), b"42".to_vec())]
-        );
-        assert!(is_too_large(&failure.error), "{}", failure.error);
-        assert_eq!(
-            tracker.acknowledged(),
-            None,
-            "the refused message still holds the position"
-        );
-    }
-
-    #[test]
-    fn user_properties_cannot_drop_the_guarantees_but_can_tune() {
-        let settings = SinkSettings {
-            kind: SinkKind::Kafka,
-            brokers: "127.0.0.1:1".into(),
-            properties: vec![
-                ("compression.type".into(), "zstd".into()),
-                ("linger.ms".into(), "20".into()),
-                ("queue.buffering.max.messages".into(), "50000".into()),
-            ],
-            create_topics: true,
-            topic_partitions: 1,
-            topic_replication_factor: 1,
-        };
-        let config = settings.client_config();
-        assert_eq!(config.get("acks"), Some("all"));
-        assert_eq!(config.get("enable.idempotence"), Some("true"));
-        assert_eq!(config.get("partitioner"), Some("murmur2_random"));
-        assert_eq!(config.get("compression.type"), Some("zstd"));
-        assert_eq!(config.get("linger.ms"), Some("20"));
-        assert_eq!(config.get("queue.buffering.max.messages"), Some("50000"));
-        assert_eq!(config.get("queue.buffering.max.kbytes"), Some("32768"));
-
-        // The queue always holds the largest message the producer accepts.
-        let large = SinkSettings {
-            properties: vec![("message.max.bytes".into(), "100000000".into())],
-            ..settings
-        };
-        let kbytes: u64 = large
-            .client_config()
-            .get("queue.buffering.max.kbytes")
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!(kbytes * 1024 >= 2 * 100_000_000, "{kbytes}");
-    }
-
-    #[test]
-    fn connection_properties_are_recognised() {
-        assert!(is_connection_property("security.protocol"));
-        assert!(is_connection_property("sasl.username"));
-        assert!(!is_connection_property("compression.type"));
-    }
-}
+mod tests;
