@@ -16,7 +16,7 @@ pub use crate::transforms::TransformConfig;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 pub use sluice_core::config::{
-    expand_env, redact_secrets, EnvString, ProblemSink, SnapshotMode, Spanned,
+    expand_env, redact_line, redact_secrets, EnvString, ProblemSink, SnapshotMode, Spanned,
 };
 pub use sluice_mongodb::config::{
     BeforeImage, Capture, CollectionPattern, CollectionSelection, FullDocument, MongodbSourceConfig,
@@ -628,7 +628,7 @@ fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
             let shown = if snippet.is_empty() {
                 String::new()
             } else {
-                format!(" (at `{}`)", redact_secrets(snippet))
+                format!(" (at `{}`)", redact_line(snippet))
             };
             format!("line {line}, column {column}: {message}{shown}")
         }

@@ -151,6 +151,24 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
     true
 }
 
+/// Whether a config key or a librdkafka property holds a secret.
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token", "jaas", "oauthbearer.config"]
+        .iter()
+        .any(|word| key.contains(word))
+        || (key.contains("key") && key.ends_with(".pem"))
+}
+
+/// A line of a config file as an error message may quote it: a secret key's value, and any URL's
+/// password, as `***`.
+pub fn redact_line(line: &str) -> String {
+    match line.split_once('=') {
+        Some((key, _)) if is_secret_key(key) => format!("{} = ***", key.trim_end()),
+        _ => redact_secrets(line),
+    }
+}
+
 /// Replaces the password in any `scheme://user:password@host` URL inside `text` with `***`.
 pub fn redact_secrets(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -184,6 +202,23 @@ pub fn redact_secrets(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quoted_line_hides_secret_values_and_url_passwords() {
+        assert_eq!(
+            redact_line(r#"registry_bearer_token = "abc"#),
+            "registry_bearer_token = ***"
+        );
+        assert_eq!(
+            redact_line(r#""sasl.password" = "hunter2""#),
+            r#""sasl.password" = ***"#
+        );
+        assert_eq!(
+            redact_line(r#"url = "postgres://u:pw@h/db"#),
+            r#"url = "postgres://u:***@h/db"#
+        );
+        assert_eq!(redact_line("slot = \"s\""), "slot = \"s\"");
+    }
 
     #[test]
     fn wildcards_match_as_documented() {

@@ -4,7 +4,7 @@
 
 mod refusal;
 
-pub use refusal::{is_secret_property, Refusal};
+pub use refusal::Refusal;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use sluice_core::config::is_secret_key;
 
 /// What the broker refused, in words an operator can act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,7 +74,7 @@ impl Refusals {
             user: value(&["sasl.username"]).unwrap_or_default(),
             secrets: properties
                 .iter()
-                .filter(|(key, value)| is_secret_property(key) && !value.is_empty())
+                .filter(|(key, value)| is_secret_key(key) && !value.is_empty())
                 .map(|(_, value)| value.clone())
                 .collect(),
             last: Mutex::new(None),
@@ -137,14 +138,6 @@ impl Refusals {
 
 fn is_tls_refusal(text: &str) -> bool {
     text.contains("SSL handshake failed") || text.contains("certificate verify failed")
-}
-
-/// Properties whose values are secrets.
-pub fn is_secret_property(key: &str) -> bool {
-    key.contains("password")
-        || key.contains("secret")
-        || key == "sasl.oauthbearer.config"
-        || key.ends_with(".pem") && key.contains("key")
 }
 
 /// `sasl_ssl://host:9092/bootstrap: SASL authentication error: … (after 13ms in state AUTH_REQ)` → the middle.

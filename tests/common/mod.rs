@@ -279,15 +279,22 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &Path) -> Daemon {
+        Daemon::start_with(config, &[], &[])
+    }
+
+    /// `sluice ARGS run -c CONFIG` with more environment variables.
+    pub fn start_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = config.with_file_name(format!(
             "sluice-{}.log",
             std::process::id() as u128 + now_nanos()
         ));
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(sluice_bin())
+            .args(args)
             .args(["run", "-c"])
             .arg(config)
             .env("SLUICE_LOG", "info,sluice=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
