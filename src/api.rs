@@ -17,6 +17,8 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
@@ -24,6 +26,12 @@ use crate::metrics::Metrics;
 /// buffer): a scrape or a probe sends a few hundred bytes at once.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 const HEAD_MAX_BYTES: usize = 8 * 1024;
+/// How long a connection may last in all, for a client that sends its request but never reads the answer.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once. Past it new ones are closed at once rather than queued, so that a flood
+/// neither piles up behind the head timeout nor takes the file descriptors the pipeline's own
+/// connections need.
+const MAX_CONNECTIONS: usize = 256;
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
@@ -47,18 +55,32 @@ pub async fn serve(address: &str, metrics: Arc<Metrics>) -> Result<SocketAddr, A
         source,
     })?;
     let service = TowerToHyperService::new(router(metrics));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
+        let mut last_refusal_logged: Option<Instant> = None;
         loop {
             match listener.accept().await {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        if last_refusal_logged
+                            .is_none_or(|at| at.elapsed() > Duration::from_secs(60))
+                        {
+                            tracing::warn!(%peer, "api: {MAX_CONNECTIONS} connections open, closing new ones until some end");
+                            last_refusal_logged = Some(Instant::now());
+                        }
+                        continue;
+                    };
                     let connection = http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(HEAD_TIMEOUT)
                         .max_buf_size(HEAD_MAX_BYTES)
                         .keep_alive(false)
                         .serve_connection(TokioIo::new(stream), service.clone());
-                    // A client that hung up or sent garbage concerns nobody.
-                    tokio::spawn(connection);
+                    // A client that hung up, sent garbage or stalled concerns nobody.
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+                        drop(slot);
+                    });
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "api: accept failed");
