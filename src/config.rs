@@ -457,6 +457,9 @@ impl Config {
                 report(&format!("sink.kafka.\"{name}\""), value.span(), message);
             }
         }
+        if let Some((protocol, message)) = sasl_credentials_problem(&sink.kafka) {
+            report("sink.kafka.\"security.protocol\"", protocol.span(), message);
+        }
         for (key, setting) in [
             ("sink.topic_partitions", &sink.topic_partitions),
             (
@@ -704,6 +707,36 @@ fn check_producer_property(name: &str, value: &str) -> Result<(), String> {
         "transactional.id" => Err("sluice does not use Kafka transactions; remove it".into()),
         _ => Ok(()),
     }
+}
+
+/// A SASL login by password with the user or the password missing, which librdkafka would only refuse
+/// when connecting.
+fn sasl_credentials_problem(
+    kafka: &BTreeMap<String, Spanned<PropertyValue>>,
+) -> Option<(&Spanned<PropertyValue>, String)> {
+    let value = |key: &str| kafka.get(key).map(|v| v.get_ref().0.trim());
+    let protocol = kafka.get("security.protocol")?;
+    if !protocol
+        .get_ref()
+        .0
+        .to_ascii_uppercase()
+        .starts_with("SASL_")
+    {
+        return None;
+    }
+    let mechanism = value("sasl.mechanisms").or(value("sasl.mechanism"))?;
+    let by_password = mechanism == "PLAIN" || mechanism.starts_with("SCRAM-");
+    let missing: Vec<&str> = ["sasl.username", "sasl.password"]
+        .into_iter()
+        .filter(|key| value(key).is_none_or(str::is_empty))
+        .collect();
+    (by_password && !missing.is_empty()).then(|| {
+        let message = format!(
+            "SASL {mechanism} needs {} in [sink.kafka]",
+            missing.join(" and ")
+        );
+        (protocol, message)
+    })
 }
 
 fn check_http_url(url: &str) -> Result<(), String> {

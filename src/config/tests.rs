@@ -432,3 +432,24 @@ fn incremental_snapshot_settings_are_checked() {
     );
     assert!(Config::parse(&source("signal_table = \"public.sluice_signals\"")).is_ok());
 }
+
+#[test]
+fn a_sasl_login_by_password_needs_the_user_and_the_password() {
+    let sasl = GOOD.replace(
+        "\"linger.ms\" = 5\n",
+        "\"linger.ms\" = 5\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanisms\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"sluice\"\n",
+    );
+    let found = problems(&sasl);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].key, "sink.kafka.\"security.protocol\"");
+    assert_eq!(
+        found[0].message,
+        "SASL SCRAM-SHA-512 needs sasl.password in [sink.kafka]"
+    );
+    Config::parse(&sasl.replace(
+        "\"sasl.username\" = \"sluice\"\n",
+        "\"sasl.username\" = \"sluice\"\n\"sasl.password\" = \"pw\"\n",
+    ))
+    .expect("with both");
+    Config::parse(&sasl.replace("SCRAM-SHA-512", "GSSAPI")).expect("Kerberos needs no password");
+}
