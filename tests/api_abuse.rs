@@ -17,17 +17,6 @@ const PROBE_BOUND: Duration = Duration::from_secs(2);
 /// sluice's bound on a request head's arrival (api.rs), plus slack for a loaded machine.
 const HEAD_TIMEOUT_AND_SLACK: Duration = Duration::from_secs(8);
 
-/// The `[api]` address from the daemon's log.
-fn api_address(daemon: &Daemon) -> String {
-    let log = daemon.log();
-    log.lines()
-        .find(|l| l.contains("api listening"))
-        .and_then(|l| l.split("address=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no api address in:\n{log}"))
-        .to_owned()
-}
-
 /// GETs `path` `times` times; each must answer 200 within `bound`.
 async fn probes_answer(address: &str, path: &str, times: usize, bound: Duration) {
     for _ in 0..times {
@@ -97,7 +86,7 @@ async fn the_endpoint_answers_probes_and_the_pipeline_runs_under_abuse() {
     let path = services.write(&config);
     let mut daemon = Daemon::start(&path);
     services.wait_streaming(&mut daemon).await;
-    let address = api_address(&daemon);
+    let address = daemon.api_address();
 
     // Below the limit: 100 slow clients, 100 silent ones, 10 that never read their answer.
     let slow: Vec<JoinHandle<Duration>> = (0..100).map(|_| slow_client(address.clone())).collect();

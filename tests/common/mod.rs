@@ -260,15 +260,8 @@ pub fn sluice(args: &[&str]) -> (ExitStatus, String, String) {
 
 /// GET `path` from the `[api]` endpoint the daemon logged it listens on; (status line, body).
 pub fn http_get(daemon: &Daemon, path: &str) -> (String, String) {
-    let log = daemon.log();
-    let address = log
-        .lines()
-        .find(|l| l.contains("api listening"))
-        .and_then(|l| l.split("address=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("the daemon logged no api address:\n{log}"))
-        .to_owned();
-    sluice_testkit::http_get(&address, path).unwrap_or_else(|err| panic!("GET {path}: {err:#}"))
+    sluice_testkit::http_get(&daemon.api_address(), path)
+        .unwrap_or_else(|err| panic!("GET {path}: {err:#}"))
 }
 
 /// `sluice run` as a child process, its log in a file.
@@ -304,6 +297,17 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The `[api]` address the daemon logged it listens on.
+    pub fn api_address(&self) -> String {
+        let log = self.log();
+        log.lines()
+            .find(|l| l.contains("api listening"))
+            .and_then(|l| l.split("address=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("the daemon logged no api address:\n{log}"))
+            .to_owned()
     }
 
     pub fn exited(&mut self) -> Option<ExitStatus> {
