@@ -30,10 +30,15 @@ pub struct Services {
 
 impl Services {
     pub async fn start() -> Services {
+        Services::start_with_registry(RegistryDouble::start().expect("start the registry double"))
+            .await
+    }
+
+    /// The services with this registry double (e.g. one serving TLS) in place of the plain one.
+    pub async fn start_with_registry(registry: RegistryDouble) -> Services {
         let pg = PgCluster::start().expect("start PostgreSQL");
         pg.create_database(DATABASE).await.expect("create database");
         let broker = Tansu::start().expect("start tansu");
-        let registry = RegistryDouble::start().expect("start the registry double");
         Services {
             pg,
             broker,
