@@ -117,17 +117,27 @@ async fn check_registry(config: &Config, report: &mut Report) {
     };
     match reached {
         Ok(()) => report.pass(format!("schema registry at {shown} is reachable")),
-        Err(err @ RegistryError::Unauthorized { .. }) => report.fail(
-            format!("schema registry at {shown} refuses sluice: {err}"),
-            "check avro.registry_username/registry_password or avro.registry_bearer_token",
+        Err(RegistryError::Tls { cause, fix, .. }) => report.fail(
+            format!("schema registry at {shown}: TLS failed: {cause}"),
+            fix,
         ),
-        Err(err @ RegistryError::TlsFile { .. }) => report.fail(
-            format!("schema registry at {shown}: {err}"),
-            "check the PEM files named in [avro]",
+        Err(RegistryError::Unauthorized {
+            status,
+            message,
+            fix,
+            ..
+        }) => report.fail(
+            format!(
+                "schema registry at {shown} refused the credentials (HTTP {status}): {message}"
+            ),
+            fix,
         ),
+        Err(err @ RegistryError::TlsFile { .. }) => {
+            report.fail(format!("schema registry at {shown}: {err}"), err.fix())
+        }
         Err(err) => report.fail(
             format!("schema registry at {shown} is not reachable: {err}"),
-            "check `avro.registry_url` and that the registry runs",
+            err.fix(),
         ),
     }
 }

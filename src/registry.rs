@@ -5,12 +5,14 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::config::{Config, SubjectNameStrategy};
+
+mod tls;
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
@@ -23,15 +25,27 @@ pub enum RegistryError {
         path: PathBuf,
         reason: String,
     },
+    /// TLS with the registry failed (its certificate, the host name, the client certificate): a matter of
+    /// settings, so trying again gives the same answer.
+    #[error("TLS with the schema registry at {url} failed: {cause}; {fix}")]
+    Tls {
+        url: String,
+        /// rustls' words, e.g. `invalid peer certificate: UnknownIssuer`.
+        cause: String,
+        /// What to change, naming the `[avro]` key.
+        fix: String,
+    },
     /// The registry could not be reached or failed on its side: worth retrying.
     #[error("schema registry at {url} is unreachable: {reason}")]
     Unavailable { url: String, reason: String },
     /// The registry refused the credentials: a configuration problem, not a property of the event.
-    #[error("schema registry at {url} refused the credentials (HTTP {status}): {message}; check avro.registry_username/registry_password or registry_bearer_token")]
+    #[error("schema registry at {url} refused the credentials (HTTP {status}): {message}; {fix}")]
     Unauthorized {
         url: String,
         status: u16,
         message: String,
+        /// What to change, naming the `[avro]` keys of the credentials sluice sent.
+        fix: String,
     },
     /// An answer that is neither success nor about the schema: sluice stops rather than guess.
     #[error("schema registry at {url} answered HTTP {status}: {message}")]
@@ -59,6 +73,27 @@ impl RegistryError {
     /// the registry or sluice's settings (which stop sluice).
     pub fn is_schema_fault(&self) -> bool {
         matches!(self, RegistryError::Rejected { .. })
+    }
+
+    /// What the operator changes to clear a failure that is theirs to fix (for `sluice check`).
+    pub fn fix(&self) -> String {
+        match self {
+            RegistryError::Tls { fix, .. } | RegistryError::Unauthorized { fix, .. } => fix.clone(),
+            RegistryError::TlsFile { key, .. } => match *key {
+                "registry_ca_file" => "name a readable PEM file of the authorities that sign the registry's certificate in avro.registry_ca_file".to_owned(),
+                "registry_client_key_file" => "name a readable PEM file of the client certificate's unencrypted private key in avro.registry_client_key_file".to_owned(),
+                other => format!("name a readable PEM file of the client certificate in avro.{other}"),
+            },
+            RegistryError::Unavailable { .. } => {
+                "check `avro.registry_url` and that the registry runs".to_owned()
+            }
+            RegistryError::Unexpected { .. } => {
+                "check that `avro.registry_url` is the registry's API (not a proxy's or another service's page)".to_owned()
+            }
+            RegistryError::Rejected { .. } => {
+                "make the schema compatible with the subject's history, or change the subject's compatibility setting on the registry".to_owned()
+            }
+        }
     }
 }
 
@@ -186,50 +221,35 @@ pub struct RegistryClient {
     base: String,
     /// `base` with any password in it replaced, for messages.
     shown: String,
-    auth: Option<RegistryAuth>,
+    /// The credentials sent, and what error messages name.
+    settings: RegistrySettings,
+    tls: Arc<rustls::ClientConfig>,
     /// (subject, schema text) → id.
     ids: Mutex<HashMap<(String, String), u32>>,
 }
 
 impl RegistryClient {
     pub fn new(settings: &RegistrySettings) -> Result<RegistryClient, RegistryError> {
-        let mut builder = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30));
-        if let Some(path) = &settings.ca_file {
-            let pem = read_pem("registry_ca_file", path)?;
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| {
-                RegistryError::TlsFile {
-                    key: "registry_ca_file",
-                    path: path.clone(),
-                    reason: err.to_string(),
-                }
+        // sluice's own rustls configuration rather than reqwest's, so that `tls::probe` connects exactly
+        // as the requests do.
+        let tls = tls::client_config(settings)?;
+        let http = builder
+            .use_preconfigured_tls(rustls::ClientConfig::clone(&tls))
+            .build()
+            .map_err(|err| RegistryError::Tls {
+                url: crate::config::redact_secrets(&settings.url),
+                cause: sluice_core::errors::error_chain(&err),
+                fix: "sluice could not set up its HTTP client: report this message".to_owned(),
             })?;
-            for certificate in certificates {
-                builder = builder.add_root_certificate(certificate);
-            }
-        }
-        if let Some((cert, key)) = &settings.client_identity {
-            let mut pem = read_pem("registry_client_cert_file", cert)?;
-            pem.push(b'\n');
-            pem.extend(read_pem("registry_client_key_file", key)?);
-            let identity =
-                reqwest::Identity::from_pem(&pem).map_err(|err| RegistryError::TlsFile {
-                    key: "registry_client_cert_file",
-                    path: cert.clone(),
-                    reason: err.to_string(),
-                })?;
-            builder = builder.identity(identity);
-        }
-        let http = builder.build().map_err(|err| RegistryError::Unavailable {
-            url: crate::config::redact_secrets(&settings.url),
-            reason: err.to_string(),
-        })?;
         Ok(RegistryClient {
             http,
             base: settings.url.trim_end_matches('/').to_owned(),
             shown: crate::config::redact_secrets(settings.url.trim_end_matches('/')),
-            auth: settings.auth.clone(),
+            settings: settings.clone(),
+            tls,
             ids: Mutex::default(),
         })
     }
@@ -239,7 +259,7 @@ impl RegistryClient {
             .http
             .request(method, url)
             .header(reqwest::header::ACCEPT, CONTENT_TYPE);
-        match &self.auth {
+        match &self.settings.auth {
             Some(RegistryAuth::Basic { username, password }) => {
                 request.basic_auth(username, Some(password))
             }
@@ -261,15 +281,13 @@ impl RegistryClient {
             percent_encode(subject)
         );
         let body = serde_json::json!({ "schema": schema, "schemaType": "AVRO" });
-        let response = self
-            .request(reqwest::Method::POST, &url)
-            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|err| self.unavailable(err))?;
-        let status = response.status();
-        let text = response.text().await.map_err(|err| self.unavailable(err))?;
+        let (status, text) = self
+            .send(
+                self.request(reqwest::Method::POST, &url)
+                    .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+                    .json(&body),
+            )
+            .await?;
         if status.is_success() {
             let parsed: RegisterResponse =
                 serde_json::from_str(&text).map_err(|err| RegistryError::Unavailable {
@@ -313,13 +331,7 @@ impl RegistryClient {
             schema: String,
         }
         let url = format!("{}/schemas/ids/{id}", self.base);
-        let response = self
-            .request(reqwest::Method::GET, &url)
-            .send()
-            .await
-            .map_err(|err| self.unavailable(err))?;
-        let status = response.status();
-        let text = response.text().await.map_err(|err| self.unavailable(err))?;
+        let (status, text) = self.send(self.request(reqwest::Method::GET, &url)).await?;
         if let Some(err) = self.failure(status, &text) {
             return Err(err);
         }
@@ -340,13 +352,9 @@ impl RegistryClient {
 
     /// Whether the registry answers at all (for `sluice check`).
     pub async fn ping(&self) -> Result<(), RegistryError> {
-        let response = self
-            .request(reqwest::Method::GET, &format!("{}/subjects", self.base))
-            .send()
-            .await
-            .map_err(|err| self.unavailable(err))?;
-        let status = response.status();
-        let body = response.text().await.unwrap_or_default();
+        let (status, body) = self
+            .send(self.request(reqwest::Method::GET, &format!("{}/subjects", self.base)))
+            .await?;
         if status.is_success() {
             Ok(())
         } else if let Some(err) = self.failure(status, &body) {
@@ -371,13 +379,33 @@ impl RegistryClient {
             });
         }
         if matches!(status.as_u16(), 401 | 403) {
+            // Confluent's body is `{"error_code":401,"message":"Unauthorized"}`; a proxy's may be anything.
+            let message = serde_json::from_str::<ErrorResponse>(body)
+                .ok()
+                .filter(|error| !error.message.is_empty())
+                .map_or_else(|| truncate(body, 300).to_owned(), |error| error.message);
             return Some(RegistryError::Unauthorized {
                 url: self.shown.clone(),
                 status: status.as_u16(),
-                message: truncate(body, 300).to_owned(),
+                message,
+                fix: self.credentials_fix(status.as_u16()),
             });
         }
         None
+    }
+
+    /// The fix for a 401 or 403, naming the keys of what sluice sent (never their values).
+    fn credentials_fix(&self, status: u16) -> String {
+        match (status, &self.settings.auth) {
+            (403, _) => "the registry knows the credentials but does not allow this call: grant them access to the subjects on the registry".to_owned(),
+            (_, Some(RegistryAuth::Basic { .. })) => {
+                "check avro.registry_username and avro.registry_password".to_owned()
+            }
+            (_, Some(RegistryAuth::Bearer(_))) => {
+                "check avro.registry_bearer_token (it may have expired)".to_owned()
+            }
+            (_, None) => "the registry requires credentials: set avro.registry_username and avro.registry_password, or avro.registry_bearer_token".to_owned(),
+        }
     }
 
     fn cached(&self, key: &(String, String)) -> Option<u32> {
@@ -388,21 +416,47 @@ impl RegistryClient {
             .copied()
     }
 
-    fn unavailable(&self, err: reqwest::Error) -> RegistryError {
+    /// Sends `request` and reads the answer: its status and body.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(reqwest::StatusCode, String), RegistryError> {
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(err) => return Err(self.no_answer(err).await),
+        };
+        let status = response.status();
+        match response.text().await {
+            Ok(text) => Ok((status, text)),
+            Err(err) => Err(self.no_answer(err).await),
+        }
+    }
+
+    /// A request that got no answer: TLS refused (settings to fix, not worth retrying), or the registry
+    /// unreachable (retry).
+    async fn no_answer(&self, err: reqwest::Error) -> RegistryError {
+        let mut refusal = tls::rustls_error(&err).cloned();
+        // A connection that failed after it was made, without a reason: TLS may have refused it after the
+        // handshake (see `tls::probe`); a fresh connection tells.
+        let unexplained = refusal.is_none() && !err.is_connect() && !err.is_timeout();
+        if unexplained {
+            if let Some(url) = err.url().filter(|url| url.scheme() == "https") {
+                refusal = tls::probe(Arc::clone(&self.tls), url).await;
+            }
+        }
+        if let Some(refusal) = refusal {
+            return RegistryError::Tls {
+                url: self.shown.clone(),
+                cause: refusal.to_string(),
+                fix: tls::fix(&refusal, &self.settings),
+            };
+        }
         // reqwest's Display hides the cause ("error sending request"); the chain says what actually failed.
         RegistryError::Unavailable {
             url: self.shown.clone(),
             reason: sluice_core::errors::error_chain(&err),
         }
     }
-}
-
-fn read_pem(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, RegistryError> {
-    std::fs::read(path).map_err(|err| RegistryError::TlsFile {
-        key,
-        path: path.to_owned(),
-        reason: err.to_string(),
-    })
 }
 
 /// Subjects are topic names plus `-key`/`-value`: escape anything outside the unreserved set for the path.

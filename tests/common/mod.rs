@@ -30,14 +30,27 @@ pub struct Services {
 
 impl Services {
     pub async fn start() -> Services {
-        Services::start_with_broker(Tansu::start().expect("start tansu")).await
+        Services::with(
+            Tansu::start().expect("start tansu"),
+            RegistryDouble::start().expect("start the registry double"),
+        )
+        .await
     }
 
     /// The services around a broker the test started itself (secured, for instance).
     pub async fn start_with_broker(broker: Tansu) -> Services {
+        let registry = RegistryDouble::start().expect("start the registry double");
+        Services::with(broker, registry).await
+    }
+
+    /// The services with this registry double (e.g. one serving TLS) in place of the plain one.
+    pub async fn start_with_registry(registry: RegistryDouble) -> Services {
+        Services::with(Tansu::start().expect("start tansu"), registry).await
+    }
+
+    async fn with(broker: Tansu, registry: RegistryDouble) -> Services {
         let pg = PgCluster::start().expect("start PostgreSQL");
         pg.create_database(DATABASE).await.expect("create database");
-        let registry = RegistryDouble::start().expect("start the registry double");
         Services {
             pg,
             broker,

@@ -13,73 +13,61 @@
 //! `require_authorization` answers 401 to calls without the expected `Authorization` header),
 //! no Avro validation beyond "is JSON" (422/42201 otherwise), no deletes, and keeps everything in memory.
 //! The server runs on its own thread and runtime, so it answers even while a test blocks its own thread.
+//!
+//! [`RegistryOptions`] serves it over TLS (rustls), optionally demanding a client certificate signed by a
+//! given authority, and optionally demanding basic credentials or a bearer token from the start.
 
 mod http;
 mod routes;
 mod store;
+mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+use tokio_rustls::TlsAcceptor;
 
 use store::Store;
 
 /// A running registry double. Dropping it stops the server.
 pub struct RegistryDouble {
     addr: SocketAddr,
+    tls: bool,
     store: Arc<Mutex<Store>>,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl RegistryDouble {
-    /// Serves on a free loopback port.
+    /// Serves plain HTTP on a free loopback port.
     pub fn start() -> Result<RegistryDouble> {
-        RegistryDouble::start_on("127.0.0.1:0")
+        RegistryOptions::default().start()
     }
 
-    /// Serves on `addr` (e.g. `127.0.0.1:8081`).
+    /// Serves plain HTTP on `addr` (e.g. `127.0.0.1:8081`).
     pub fn start_on(addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<RegistryDouble> {
-        let listener = std::net::TcpListener::bind(&addr)
-            .with_context(|| format!("binding the registry double to {addr:?}"))?;
-        let addr = listener
-            .local_addr()
-            .context("local address of the registry double")?;
-        listener
-            .set_nonblocking(true)
-            .context("making the registry double's listener non-blocking")?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("building the registry double's runtime")?;
-        let store = Arc::new(Mutex::new(Store::default()));
-        let (shutdown, stopped) = oneshot::channel();
-        let served = Arc::clone(&store);
-        let thread = std::thread::Builder::new()
-            .name(format!("registry-double-{}", addr.port()))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = TcpListener::from_std(listener)
-                        .expect("registering the listener with the runtime");
-                    serve(listener, served, stopped).await;
-                })
-            })
-            .context("spawning the registry double's thread")?;
-        Ok(RegistryDouble {
-            addr,
-            store,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        })
+        RegistryOptions::default().start_on(addr)
     }
 
-    /// The base URL, `http://127.0.0.1:PORT`.
+    /// Options for a double over TLS or demanding credentials: `RegistryDouble::options().tls(…).start()`.
+    pub fn options() -> RegistryOptions {
+        RegistryOptions::default()
+    }
+
+    /// The base URL: `http://127.0.0.1:PORT`, or over TLS `https://localhost:PORT`, the name the test
+    /// certificates carry.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -112,6 +100,12 @@ impl RegistryDouble {
         self.store().required_authorization = header.map(str::to_owned);
     }
 
+    /// Why each TLS handshake the double refused failed (rustls' words, e.g. `peer sent no certificates`),
+    /// in order: what the server side saw of a refused client.
+    pub fn tls_refusals(&self) -> Vec<String> {
+        self.store().tls_refusals.clone()
+    }
+
     /// While set, every call fails with HTTP 503: a registry that is down, which clients should wait out.
     pub fn set_unavailable(&self, unavailable: bool) {
         self.store().unavailable = unavailable;
@@ -135,8 +129,102 @@ impl Drop for RegistryDouble {
     }
 }
 
+/// How a double serves: plain HTTP unless `tls` is given; with `require_client_certificate` the TLS
+/// handshake refuses clients without a certificate that authority signed; with `require_basic` or
+/// `require_bearer` every call without those credentials is answered 401, as Confluent's registry does.
+// No Debug: it holds the credentials.
+#[derive(Clone, Default)]
+pub struct RegistryOptions {
+    tls: Option<(PathBuf, PathBuf)>,
+    client_ca: Option<PathBuf>,
+    authorization: Option<String>,
+}
+
+impl RegistryOptions {
+    /// Serve TLS with this certificate chain and private key (PEM).
+    pub fn tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> RegistryOptions {
+        self.tls = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Demand a client certificate signed by the authority in `ca` (PEM); needs `tls`.
+    pub fn require_client_certificate(mut self, ca: impl Into<PathBuf>) -> RegistryOptions {
+        self.client_ca = Some(ca.into());
+        self
+    }
+
+    /// Demand HTTP basic authentication with exactly these credentials.
+    pub fn require_basic(mut self, username: &str, password: &str) -> RegistryOptions {
+        use base64::Engine;
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+        self.authorization = Some(format!("Basic {encoded}"));
+        self
+    }
+
+    /// Demand exactly this bearer token.
+    pub fn require_bearer(mut self, token: &str) -> RegistryOptions {
+        self.authorization = Some(format!("Bearer {token}"));
+        self
+    }
+
+    /// Serves on a free loopback port.
+    pub fn start(self) -> Result<RegistryDouble> {
+        self.start_on("127.0.0.1:0")
+    }
+
+    /// Serves on `addr` (e.g. `127.0.0.1:8081`).
+    pub fn start_on(self, addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<RegistryDouble> {
+        let acceptor = match (&self.tls, &self.client_ca) {
+            (Some((cert, key)), client_ca) => Some(TlsAcceptor::from(tls::server_config(
+                cert,
+                key,
+                client_ca.as_deref(),
+            )?)),
+            (None, Some(_)) => bail!("a client certificate can only be required over TLS"),
+            (None, None) => None,
+        };
+        let listener = std::net::TcpListener::bind(&addr)
+            .with_context(|| format!("binding the registry double to {addr:?}"))?;
+        let addr = listener
+            .local_addr()
+            .context("local address of the registry double")?;
+        listener
+            .set_nonblocking(true)
+            .context("making the registry double's listener non-blocking")?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building the registry double's runtime")?;
+        let mut store = Store::default();
+        store.required_authorization = self.authorization;
+        let store = Arc::new(Mutex::new(store));
+        let (shutdown, stopped) = oneshot::channel();
+        let served = Arc::clone(&store);
+        let tls = acceptor.is_some();
+        let thread = std::thread::Builder::new()
+            .name(format!("registry-double-{}", addr.port()))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = TcpListener::from_std(listener)
+                        .expect("registering the listener with the runtime");
+                    serve(listener, acceptor, served, stopped).await;
+                })
+            })
+            .context("spawning the registry double's thread")?;
+        Ok(RegistryDouble {
+            addr,
+            tls,
+            store,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
+    }
+}
+
 async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     store: Arc<Mutex<Store>>,
     mut stopped: oneshot::Receiver<()>,
 ) {
@@ -145,7 +233,11 @@ async fn serve(
             _ = &mut stopped => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(answer(stream, Arc::clone(&store)));
+                    let store = Arc::clone(&store);
+                    match &tls {
+                        None => tokio::spawn(answer(stream, store)),
+                        Some(acceptor) => tokio::spawn(handshake(acceptor.clone(), stream, store)),
+                    };
                 }
                 // Out of file descriptors and the like: keep serving, the client sees its connect fail.
                 Err(err) => eprintln!("registry double: accept failed: {err}"),
@@ -154,7 +246,34 @@ async fn serve(
     }
 }
 
-async fn answer(mut stream: TcpStream, store: Arc<Mutex<Store>>) {
+/// The TLS handshake, then the request; a refused handshake is recorded for `tls_refusals`.
+async fn handshake(acceptor: TlsAcceptor, stream: TcpStream, store: Arc<Mutex<Store>>) {
+    match acceptor.accept(stream).into_fallible().await {
+        Ok(stream) => answer(stream, store).await,
+        Err((err, mut stream)) => {
+            store
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .tls_refusals
+                .push(err.to_string());
+            // In TLS 1.3 a client sends its request before it learns that its certificate was refused.
+            // Closing with that request unread would reset the connection and could destroy the alert
+            // on its way; reading until the client closes lets it see why.
+            let _ = stream.shutdown().await;
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                stream.read_to_end(&mut sink),
+            )
+            .await;
+        }
+    }
+}
+
+async fn answer<S>(mut stream: S, store: Arc<Mutex<Store>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let response = match http::read_request(&mut stream).await {
         Ok(Some(request)) => routes::handle(
             &mut store.lock().unwrap_or_else(|p| p.into_inner()),
@@ -169,7 +288,10 @@ async fn answer(mut stream: TcpStream, store: Arc<Mutex<Store>>) {
         }
     };
     // The client may have gone away; nobody else to tell.
-    let _ = http::write_response(&mut stream, &response).await;
+    if http::write_response(&mut stream, &response).await.is_ok() {
+        // Over TLS this sends close_notify, so the client sees a clean end of the connection.
+        let _ = stream.shutdown().await;
+    }
 }
 
 #[cfg(test)]
@@ -185,10 +307,24 @@ mod tests {
         path: &str,
         body: Option<&Value>,
     ) -> (u16, Value) {
+        call_as(registry, None, method, path, body)
+    }
+
+    /// [`call`] with this `Authorization` header.
+    fn call_as(
+        registry: &RegistryDouble,
+        authorization: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
         let mut stream = std::net::TcpStream::connect(registry.addr()).unwrap();
         let body = body.map(Value::to_string).unwrap_or_default();
+        let authorization = authorization
+            .map(|value| format!("Authorization: {value}\r\n"))
+            .unwrap_or_default();
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{authorization}Content-Type: {}\r\nContent-Length: {}\r\n\r\n{body}",
             registry.addr(),
             http::CONTENT_TYPE,
             body.len()
@@ -334,6 +470,54 @@ mod tests {
         );
         assert_eq!((status, &body["error_code"]), (409, &json!(409)));
         assert!(registry.schemas().is_empty());
+    }
+
+    #[test]
+    fn required_credentials_are_checked_with_confluents_answer() {
+        let unauthorized = (401, json!({ "error_code": 401, "message": "Unauthorized" }));
+        let basic = RegistryDouble::options()
+            .require_basic("sluice", "s3cret")
+            .start()
+            .unwrap();
+        assert_eq!(call(&basic, "GET", "/subjects", None), unauthorized);
+        let wrong = Some("Basic c2x1aWNlOndyb25n");
+        assert_eq!(
+            call_as(&basic, wrong, "GET", "/subjects", None),
+            unauthorized
+        );
+        // "sluice:s3cret" in base64.
+        let right = Some("Basic c2x1aWNlOnMzY3JldA==");
+        assert_eq!(
+            call_as(&basic, right, "GET", "/subjects", None),
+            (200, json!([]))
+        );
+
+        let bearer = RegistryDouble::options()
+            .require_bearer("t0ken")
+            .start()
+            .unwrap();
+        let wrong = Some("Bearer t0ke");
+        assert_eq!(
+            call_as(&bearer, wrong, "GET", "/subjects", None),
+            unauthorized
+        );
+        assert_eq!(
+            call_as(&bearer, Some("Bearer t0ken"), "GET", "/subjects", None),
+            (200, json!([]))
+        );
+    }
+
+    #[test]
+    fn a_client_certificate_is_only_required_over_tls() {
+        let err = RegistryDouble::options()
+            .require_client_certificate("/nonexistent/ca.crt")
+            .start()
+            .err()
+            .expect("no TLS, no client certificates");
+        assert_eq!(
+            err.to_string(),
+            "a client certificate can only be required over TLS"
+        );
     }
 
     #[tokio::test]

@@ -17,7 +17,8 @@ pub(crate) fn handle(store: &mut Store, request: &Request) -> Response {
             "the registry double is set to be unavailable",
         ))
     } else if !authorized {
-        Err(ApiError::new(401, 40101, "Unauthorized"))
+        // Confluent's registry answers a missing or wrong credential with exactly this body.
+        Err(ApiError::new(401, 401, "Unauthorized"))
     } else {
         route(store, request)
     };

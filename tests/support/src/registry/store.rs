@@ -74,6 +74,8 @@ pub(crate) struct Store {
     pub(crate) required_authorization: Option<String>,
     /// Every call fails with 503, as a registry that is down behind a load balancer answers.
     pub(crate) unavailable: bool,
+    /// Why each refused TLS handshake failed, in order.
+    pub(crate) tls_refusals: Vec<String>,
 }
 
 impl Store {
