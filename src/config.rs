@@ -457,8 +457,8 @@ impl Config {
                 report(&format!("sink.kafka.\"{name}\""), value.span(), message);
             }
         }
-        if let Some((protocol, message)) = sasl_credentials_problem(&sink.kafka) {
-            report("sink.kafka.\"security.protocol\"", protocol.span(), message);
+        if let Some((key, setting, message)) = sasl_problem(&sink.kafka) {
+            report(&format!("sink.kafka.\"{key}\""), setting.span(), message);
         }
         for (key, setting) in [
             ("sink.topic_partitions", &sink.topic_partitions),
@@ -709,11 +709,14 @@ fn check_producer_property(name: &str, value: &str) -> Result<(), String> {
     }
 }
 
-/// A SASL login by password with the user or the password missing, which librdkafka would only refuse
-/// when connecting.
-fn sasl_credentials_problem(
+/// The SASL mechanisms this build's librdkafka has (no GSSAPI: it would need Kerberos' libraries).
+const SASL_MECHANISMS: [&str; 4] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"];
+
+/// A SASL login librdkafka would refuse only when connecting: no mechanism (its default, GSSAPI, is not
+/// built in), one it lacks, or a login by password without its user or password. (key, value, message).
+fn sasl_problem(
     kafka: &BTreeMap<String, Spanned<PropertyValue>>,
-) -> Option<(&Spanned<PropertyValue>, String)> {
+) -> Option<(&str, &Spanned<PropertyValue>, String)> {
     let value = |key: &str| kafka.get(key).map(|v| v.get_ref().0.trim());
     let protocol = kafka.get("security.protocol")?;
     if !protocol
@@ -724,18 +727,30 @@ fn sasl_credentials_problem(
     {
         return None;
     }
-    let mechanism = value("sasl.mechanisms").or(value("sasl.mechanism"))?;
-    let by_password = mechanism == "PLAIN" || mechanism.starts_with("SCRAM-");
+    let known = SASL_MECHANISMS.join(", ");
+    let Some((key, setting)) = ["sasl.mechanisms", "sasl.mechanism"]
+        .into_iter()
+        .find_map(|key| kafka.get(key).map(|setting| (key, setting)))
+    else {
+        let message = format!("a SASL protocol needs `sasl.mechanisms`: one of {known}");
+        return Some(("security.protocol", protocol, message));
+    };
+    let mechanism = setting.get_ref().0.trim();
+    if !SASL_MECHANISMS.contains(&mechanism) {
+        let message =
+            format!("`{mechanism}` is not a SASL mechanism sluice has: use one of {known}");
+        return Some((key, setting, message));
+    }
     let missing: Vec<&str> = ["sasl.username", "sasl.password"]
         .into_iter()
         .filter(|key| value(key).is_none_or(str::is_empty))
         .collect();
-    (by_password && !missing.is_empty()).then(|| {
+    (mechanism != "OAUTHBEARER" && !missing.is_empty()).then(|| {
         let message = format!(
             "SASL {mechanism} needs {} in [sink.kafka]",
             missing.join(" and ")
         );
-        (protocol, message)
+        ("security.protocol", protocol, message)
     })
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::config::{redact_secrets, Config, SinkKind};
 use crate::contracts::Contracts;
 use crate::registry::{RegistryClient, RegistryError, RegistrySettings};
-use crate::sink::{Sink, SinkError, SinkSettings};
+use crate::sink::{Login, Sink, SinkError, SinkSettings};
 use crate::sources::{with_source, SourceVisitor, Unbuildable};
 use sluice_core::check::Report;
 use sluice_core::positions::PositionPeek;
@@ -57,7 +57,7 @@ fn check_broker(config: &Config, report: &mut Report) {
             .pass("sink.kind = \"blackhole\": no broker; events are acknowledged and thrown away");
         return;
     }
-    let security = connection_security(&settings.properties);
+    let security = Login::of(&settings.properties).describe();
     let checked = Sink::new(settings, tracker, std::sync::Arc::default())
         .and_then(|(sink, _)| sink.check_reachable(Duration::from_secs(10)));
     match checked {
@@ -70,35 +70,6 @@ fn check_broker(config: &Config, report: &mut Report) {
             format!("broker at {brokers} is not reachable: {err}"),
             "check `sink.brokers`, that the broker runs and advertises an address this host can reach, and the security settings in [sink.kafka]",
         ),
-    }
-}
-
-/// How the connection is protected, from `security.protocol` and `sasl.mechanisms`, for the pass line.
-fn connection_security(properties: &[(String, String)]) -> String {
-    let value = |key: &str| {
-        properties
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    };
-    let sasl = || {
-        format!(
-            "authenticated with SASL {} as `{}`",
-            value("sasl.mechanisms")
-                .or(value("sasl.mechanism"))
-                .unwrap_or("GSSAPI"),
-            value("sasl.username").unwrap_or_default()
-        )
-    };
-    match value("security.protocol")
-        .map(str::to_ascii_uppercase)
-        .as_deref()
-    {
-        Some("SSL") => ", over TLS".into(),
-        Some("SASL_SSL") => format!(", over TLS, {}", sasl()),
-        Some("SASL_PLAINTEXT") => format!(", {} (unencrypted)", sasl()),
-        _ => " (plaintext, no authentication)".into(),
     }
 }
 

@@ -154,17 +154,27 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
 /// Whether a config key or a librdkafka property holds a secret.
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "secret", "token", "jaas", "oauthbearer.config"]
-        .iter()
-        .any(|word| key.contains(word))
+    [
+        "password",
+        "passphrase",
+        "secret",
+        "token",
+        "jaas",
+        "oauthbearer.config",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
         || (key.contains("key") && key.ends_with(".pem"))
 }
 
 /// A line of a config file as an error message may quote it: a secret key's value, and any URL's
 /// password, as `***`.
 pub fn redact_line(line: &str) -> String {
+    // Every text before an `=` may end in a key: `kafka = { "sasl.password" = "…" }` has two.
+    let mut keys = line.split('=');
+    keys.next_back();
     match line.split_once('=') {
-        Some((key, _)) if is_secret_key(key) => format!("{} = ***", key.trim_end()),
+        Some((first, _)) if keys.any(is_secret_key) => format!("{} = ***", first.trim_end()),
         _ => redact_secrets(line),
     }
 }
@@ -196,6 +206,25 @@ pub fn redact_secrets(text: &str) -> String {
         rest = &rest[authority_end..];
     }
     out.push_str(rest);
+    redact_password_parameters(&out)
+}
+
+/// `password=…` in a URL's query (libpq and tokio-postgres read it there too) as `password=***`.
+fn redact_password_parameters(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("password=") {
+        let value_start = at + "password=".len();
+        let starts_parameter = at == 0 || matches!(rest.as_bytes()[at - 1], b'?' | b'&' | b' ');
+        out.push_str(&rest[..value_start]);
+        rest = &rest[value_start..];
+        if starts_parameter {
+            let end = rest.find(['&', '#', ' ', '"', '\'']).unwrap_or(rest.len());
+            out.push_str("***");
+            rest = &rest[end..];
+        }
+    }
+    out.push_str(rest);
     out
 }
 
@@ -218,6 +247,17 @@ mod tests {
             r#"url = "postgres://u:***@h/db"#
         );
         assert_eq!(redact_line("slot = \"s\""), "slot = \"s\"");
+        assert_eq!(
+            redact_line(r#"kafka = { "sasl.password" = "hunter2", }"#),
+            "kafka = ***"
+        );
+        assert_eq!(
+            redact_secrets("postgres://u@h/db?sslmode=require&password=pw&x=1"),
+            "postgres://u@h/db?sslmode=require&password=***&x=1"
+        );
+        assert!(is_secret_key(
+            "sasl.oauthbearer.assertion.private.key.passphrase"
+        ));
     }
 
     #[test]

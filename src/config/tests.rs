@@ -451,5 +451,16 @@ fn a_sasl_login_by_password_needs_the_user_and_the_password() {
         "\"sasl.username\" = \"sluice\"\n\"sasl.password\" = \"pw\"\n",
     ))
     .expect("with both");
-    Config::parse(&sasl.replace("SCRAM-SHA-512", "GSSAPI")).expect("Kerberos needs no password");
+    let kerberos = problems(&sasl.replace("SCRAM-SHA-512", "GSSAPI"));
+    assert_eq!(kerberos[0].key, "sink.kafka.\"sasl.mechanisms\"");
+    assert_eq!(
+        kerberos[0].message,
+        "`GSSAPI` is not a SASL mechanism sluice has: use one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER"
+    );
+    let unnamed = problems(&sasl.replace("\"sasl.mechanisms\" = \"SCRAM-SHA-512\"\n", ""));
+    assert_eq!(unnamed[0].key, "sink.kafka.\"security.protocol\"");
+    assert!(
+        unnamed[0].message.contains("needs `sasl.mechanisms`"),
+        "{unnamed:?}"
+    );
 }

@@ -4,14 +4,15 @@
 
 mod refusal;
 
-pub use refusal::Refusal;
+pub use refusal::{Login, Refusal};
 
 use std::collections::HashSet;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::ClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, Headers, OwnedHeaders, Timestamp};
@@ -24,7 +25,8 @@ use crate::config::{Config, SinkKind};
 use crate::metrics::Metrics;
 use crate::pipeline::ack::AckTracker;
 use crate::shutdown::StopDeadline;
-use refusal::{ConnectionContext, Refusals};
+use refusal::Refusals;
+use sluice_core::config::is_secret_key;
 use sluice_core::positions::now_ms;
 
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +68,7 @@ pub fn is_too_large(error: &KafkaError) -> bool {
 const QUEUE_FULL_WARNING: Duration = Duration::from_secs(10);
 
 /// The settings the sink needs, out of the config file.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SinkSettings {
     pub kind: SinkKind,
     /// Empty for the blackhole.
@@ -75,6 +77,28 @@ pub struct SinkSettings {
     pub create_topics: bool,
     pub topic_partitions: i32,
     pub topic_replication_factor: i32,
+}
+
+/// The properties' secret values as `***`.
+impl std::fmt::Debug for SinkSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: Vec<(&str, &str)> = self
+            .properties
+            .iter()
+            .map(|(key, value)| {
+                let shown = if is_secret_key(key) { "***" } else { value };
+                (key.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("SinkSettings")
+            .field("kind", &self.kind)
+            .field("brokers", &self.brokers)
+            .field("properties", &properties)
+            .field("create_topics", &self.create_topics)
+            .field("topic_partitions", &self.topic_partitions)
+            .field("topic_replication_factor", &self.topic_replication_factor)
+            .finish()
+    }
 }
 
 impl SinkSettings {
@@ -215,7 +239,10 @@ impl ProducerContext for DeliveryReports {
             }
         }
         match result {
-            Ok(_) => self.tracker.delivered(ordinal),
+            Ok(_) => {
+                self.refusals.clear();
+                self.tracker.delivered(ordinal)
+            }
             Err((error, message)) => {
                 let headers = message
                     .headers()
@@ -265,7 +292,7 @@ enum Transport {
     Kafka {
         /// Shared with the [`BrokerProbe`].
         producer: Arc<ThreadedProducer<DeliveryReports>>,
-        admin: AdminClient<ConnectionContext>,
+        admin: AdminClient<DefaultClientContext>,
     },
     /// Sends nothing and acknowledges every message at once (Vector's `blackhole` sink): what is left of
     /// a run is sluice's own cost, which is what `bench/run.sh` measures with it.
@@ -297,7 +324,7 @@ impl Sink {
                         .create_with_context(reports)
                         .map_err(SinkError::Producer)?,
                 ),
-                admin: admin_client(&settings, refusals.clone())?,
+                admin: admin_client(&settings)?,
             },
             SinkKind::Blackhole => Transport::Blackhole(reports),
         };
@@ -330,28 +357,45 @@ impl Sink {
         }
     }
 
-    /// Fails unless a broker answers a metadata request within `timeout`, and at once when the broker
-    /// refuses the connection (TLS, SASL): waiting would not change its answer.
+    /// Fails unless a broker answers a metadata request within `timeout`, and at once when the only
+    /// broker listed refuses the connection (TLS, SASL): waiting would not change its answer. With
+    /// several listed, another may still answer.
     pub fn check_reachable(&self, timeout: Duration) -> Result<(), SinkError> {
         let Transport::Kafka { producer, .. } = &self.transport else {
             return Ok(());
         };
-        let deadline = std::time::Instant::now() + timeout;
+        let (answer, answered) = std::sync::mpsc::channel();
+        let asking = producer.clone();
+        // One request for the whole timeout (librdkafka drops an answer that comes after its request's
+        // timeout), on a thread of its own so that a refusal can end the wait.
+        std::thread::spawn(move || {
+            let _ = answer.send(asking.client().fetch_metadata(None, timeout).map(|_| ()));
+        });
+        let brokers = self.settings.brokers.clone();
+        let one_broker = !brokers.contains(',');
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let source = match producer
-                .client()
-                .fetch_metadata(None, left.min(Duration::from_millis(250)))
-            {
-                Ok(_) => return Ok(()),
-                Err(source) => source,
-            };
-            let brokers = self.settings.brokers.clone();
-            if let Some(refusal) = self.refusals.last() {
-                return Err(SinkError::Refused { brokers, refusal });
-            }
-            if left.is_zero() {
-                return Err(SinkError::Unreachable { brokers, source });
+            match answered.recv_timeout(Duration::from_millis(100)) {
+                Ok(Ok(())) => {
+                    self.refusals.clear();
+                    return Ok(());
+                }
+                Ok(Err(source)) => {
+                    return Err(match self.refusals.last() {
+                        Some(refusal) => SinkError::Refused { brokers, refusal },
+                        None => SinkError::Unreachable { brokers, source },
+                    })
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Some(refusal) = self.refusals.last().filter(|_| one_broker) {
+                        return Err(SinkError::Refused { brokers, refusal });
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(SinkError::Unreachable {
+                        brokers,
+                        source: KafkaError::Canceled,
+                    })
+                }
             }
         }
     }
@@ -494,10 +538,7 @@ impl Sink {
 }
 
 /// The admin client that creates topics, with the producer's security settings.
-fn admin_client(
-    settings: &SinkSettings,
-    refusals: Arc<Refusals>,
-) -> Result<AdminClient<ConnectionContext>, SinkError> {
+fn admin_client(settings: &SinkSettings) -> Result<AdminClient<DefaultClientContext>, SinkError> {
     let mut admin_config = ClientConfig::new();
     admin_config.set("bootstrap.servers", &settings.brokers);
     for (key, value) in settings
@@ -507,13 +548,13 @@ fn admin_client(
     {
         admin_config.set(key, value);
     }
-    admin_config
-        .create_with_context(ConnectionContext { refusals })
-        .map_err(SinkError::Producer)
+    // Its errors and logs go to a queue the admin client never polls: the producer's context reports
+    // the refusals of the connection they share.
+    admin_config.create().map_err(SinkError::Producer)
 }
 
 async fn create_topic(
-    admin: &AdminClient<ConnectionContext>,
+    admin: &AdminClient<DefaultClientContext>,
     settings: &SinkSettings,
     topic: &str,
     configs: &[(&str, &str)],

@@ -1,15 +1,88 @@
-//! The broker's refusals of the connection itself: a TLS handshake that fails, SASL credentials it rejects.
-//! librdkafka reports them through its error callback and then retries with backoff for ever; caught
-//! here, they make a start fail at once with what to fix instead of after a metadata timeout, and a
-//! running pipeline logs each one once instead of at every reconnect.
+//! The broker's refusals of the connection itself: a TLS handshake that fails (its certificate, or
+//! sluice's), SASL credentials it rejects. librdkafka reports them through its error callback and then
+//! retries with backoff for ever; caught here, they make a start fail at once with what to fix instead of
+//! after a metadata timeout, and a running pipeline logs each one once a minute instead of at every
+//! reconnect. Only a refusal is caught: a broker that hangs up mid-handshake (restarting, or a plaintext
+//! listener) is a transport failure, waited out like any other.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use sluice_core::config::is_secret_key;
+
+/// How often the same kind of refusal is logged again while it lasts.
+const RELOG_AFTER: Duration = Duration::from_secs(60);
+
+/// How the producer logs in, from its librdkafka properties.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Login {
+    protocol: String,
+    /// None: SASL not configured (librdkafka would use GSSAPI, which this build lacks).
+    mechanism: Option<String>,
+    user: String,
+    /// Whether the broker's certificate is checked (and its host name).
+    verified: bool,
+}
+
+impl Login {
+    pub fn of(properties: &[(String, String)]) -> Login {
+        let value = |keys: &[&str]| {
+            properties
+                .iter()
+                .rev()
+                .find(|(key, _)| keys.contains(&key.as_str()))
+                .map(|(_, value)| value.trim().to_owned())
+        };
+        Login {
+            protocol: value(&["security.protocol"])
+                .unwrap_or_else(|| "PLAINTEXT".into())
+                .to_ascii_uppercase(),
+            mechanism: value(&["sasl.mechanisms", "sasl.mechanism"]),
+            user: value(&["sasl.username"]).unwrap_or_default(),
+            verified: value(&["enable.ssl.certificate.verification"]).as_deref() != Some("false")
+                && value(&["ssl.endpoint.identification.algorithm"]).as_deref() != Some("none"),
+        }
+    }
+
+    /// How the connection is protected, for `check`'s pass line.
+    pub fn describe(&self) -> String {
+        let tls = if self.verified {
+            "over TLS"
+        } else {
+            "over TLS (the broker's certificate not verified)"
+        };
+        let sasl = || {
+            let mechanism = self.mechanism.as_deref().unwrap_or("GSSAPI");
+            let clear = if mechanism == "PLAIN" && self.protocol == "SASL_PLAINTEXT" {
+                ", the password sent in clear"
+            } else {
+                ""
+            };
+            format!(
+                "authenticated with SASL {mechanism}{}{clear}",
+                self.as_user()
+            )
+        };
+        match self.protocol.as_str() {
+            "SSL" => format!(", {tls}"),
+            "SASL_SSL" => format!(", {tls}, {}", sasl()),
+            "SASL_PLAINTEXT" => format!(", {} (unencrypted)", sasl()),
+            _ => " (plaintext, no authentication)".into(),
+        }
+    }
+
+    fn as_user(&self) -> String {
+        if self.user.is_empty() {
+            String::new()
+        } else {
+            format!(" as user `{}`", self.user)
+        }
+    }
+}
 
 /// What the broker refused, in words an operator can act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,16 +94,23 @@ pub struct Refusal {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum RefusalKind {
-    Tls,
-    Sasl { mechanism: String, user: String },
+    /// sluice refused the broker's certificate.
+    ServerCertificate,
+    /// The broker refused sluice's client certificate, or its lack of one.
+    ClientCertificate,
+    Sasl(Login),
 }
 
 impl Refusal {
     /// The settings that fix it.
     pub fn fix(&self) -> &'static str {
-        match self.kind {
-            RefusalKind::Tls => "check in [sink.kafka] `ssl.ca.location` (the authority that signed the broker's certificate), that `sink.brokers` names a host the certificate is for, and `ssl.certificate.location`/`ssl.key.location` if the broker requires a client certificate",
-            RefusalKind::Sasl { .. } => "check in [sink.kafka] `sasl.username` and `sasl.password`, and that `sasl.mechanisms` is one the broker serves",
+        match &self.kind {
+            RefusalKind::ServerCertificate => "check in [sink.kafka] `ssl.ca.location` (the authority that signed the broker's certificate) and that `sink.brokers` names a host the certificate is for",
+            RefusalKind::ClientCertificate => "the broker requires a client certificate it trusts: check `ssl.certificate.location` and `ssl.key.location` in [sink.kafka]",
+            RefusalKind::Sasl(login) => match login.mechanism.as_deref() {
+                Some("OAUTHBEARER") => "check the `sasl.oauthbearer.*` settings in [sink.kafka], and that the broker accepts tokens of that issuer",
+                _ => "check in [sink.kafka] `sasl.username` and `sasl.password`, and that `sasl.mechanisms` is one the broker serves",
+            },
         }
     }
 }
@@ -38,95 +118,122 @@ impl Refusal {
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            RefusalKind::Tls => write!(f, "TLS: {}", self.detail),
-            RefusalKind::Sasl { mechanism, user } => write!(
+            RefusalKind::ServerCertificate | RefusalKind::ClientCertificate => {
+                write!(f, "TLS: {}", self.detail)
+            }
+            RefusalKind::Sasl(login) => write!(
                 f,
-                "SASL {mechanism} authentication as user `{user}`: {}",
+                "SASL {} authentication{}: {}",
+                login.mechanism.as_deref().unwrap_or("GSSAPI"),
+                login.as_user(),
                 self.detail
             ),
         }
     }
 }
 
-/// The last refusal seen, shared by the producer's and the admin client's contexts.
+/// What a librdkafka error or log text is, if a refusal. The codes alone mislead: librdkafka reports a
+/// hang-up during the TLS handshake as an SSL error, and later failed handshakes as transport failures.
+fn classify(code: Option<RDKafkaErrorCode>, text: &str, login: &Login) -> Option<RefusalKind> {
+    const CLIENT_ALERTS: [&str; 4] = [
+        "alert certificate required",
+        "alert unknown ca",
+        "alert bad certificate",
+        "alert certificate unknown",
+    ];
+    if CLIENT_ALERTS.iter().any(|alert| text.contains(alert)) {
+        return Some(RefusalKind::ClientCertificate);
+    }
+    if text.contains("certificate verify failed") {
+        return Some(RefusalKind::ServerCertificate);
+    }
+    if text.contains("Disconnected") || text.contains("Failed to acquire SASL OAUTHBEARER token") {
+        return None;
+    }
+    match code {
+        Some(RDKafkaErrorCode::SSL) => Some(RefusalKind::ServerCertificate),
+        Some(RDKafkaErrorCode::Authentication) => Some(RefusalKind::Sasl(login.clone())),
+        None if text.contains("SASL authentication error") => {
+            Some(RefusalKind::Sasl(login.clone()))
+        }
+        _ => None,
+    }
+}
+
+/// The refusals seen since the connection last worked, shared with the producer's context.
 pub struct Refusals {
-    mechanism: String,
-    user: String,
+    login: Login,
     /// Values of secret properties, scrubbed from librdkafka's text should it ever quote one.
     secrets: Vec<String>,
-    last: Mutex<Option<Refusal>>,
+    /// The last refusal, and when its kind was last logged.
+    last: Mutex<Option<(Refusal, Instant)>>,
+    /// `last` is set: read on every delivery report, so without the lock.
+    refused: AtomicBool,
 }
 
 impl Refusals {
     /// `properties` are the producer's librdkafka properties.
     pub fn new(properties: &[(String, String)]) -> Refusals {
-        let value = |keys: &[&str]| {
-            properties
-                .iter()
-                .rev()
-                .find(|(key, _)| keys.contains(&key.as_str()))
-                .map(|(_, value)| value.clone())
-        };
         Refusals {
-            // librdkafka's default mechanism.
-            mechanism: value(&["sasl.mechanisms", "sasl.mechanism"])
-                .unwrap_or_else(|| "GSSAPI".into()),
-            user: value(&["sasl.username"]).unwrap_or_default(),
+            login: Login::of(properties),
             secrets: properties
                 .iter()
                 .filter(|(key, value)| is_secret_key(key) && !value.is_empty())
                 .map(|(_, value)| value.clone())
                 .collect(),
             last: Mutex::new(None),
+            refused: AtomicBool::new(false),
         }
     }
 
-    /// Records a refusal from librdkafka's error callback, logging it when it is of another kind than the
-    /// last one (the retries' texts vary in their details); false for every other error.
-    pub fn observe(&self, error: &KafkaError, reason: &str) -> bool {
-        let kind = match error.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::SSL) => RefusalKind::Tls,
-            Some(RDKafkaErrorCode::Authentication) => self.sasl(),
-            // Handshakes retried after the first refusal come back as transport failures.
-            _ if is_tls_refusal(reason) => RefusalKind::Tls,
-            _ => return false,
+    /// Records a refusal from librdkafka's error callback, logging it unless one of its kind was logged
+    /// in the last minute; false for every other error.
+    fn observe(&self, error: &KafkaError, reason: &str) -> bool {
+        let Some(kind) = classify(error.rdkafka_error_code(), reason, &self.login) else {
+            return false;
         };
-        let mut last = self
-            .last
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if last.as_ref().is_none_or(|last| last.kind != kind) {
-            let refusal = Refusal {
-                kind,
-                detail: self.scrub(&detail_of(reason)),
+        let refusal = Refusal {
+            kind,
+            detail: self.scrub(&detail_of(reason)),
+        };
+        let logged_at = {
+            let mut last = self.lock();
+            let fresh = last
+                .as_ref()
+                .is_none_or(|(seen, at)| seen.kind != refusal.kind || at.elapsed() > RELOG_AFTER);
+            let at = if fresh {
+                Instant::now()
+            } else {
+                last.as_ref().map_or_else(Instant::now, |(_, at)| *at)
             };
+            *last = Some((refusal.clone(), at));
+            self.refused.store(true, Ordering::Release);
+            fresh
+        };
+        if logged_at {
             tracing::error!(
                 fix = refusal.fix(),
                 "the broker refused the connection: {refusal}"
             );
-            *last = Some(refusal);
         }
         true
     }
 
-    fn sasl(&self) -> RefusalKind {
-        RefusalKind::Sasl {
-            mechanism: self.mechanism.clone(),
-            user: self.user.clone(),
+    pub fn last(&self) -> Option<Refusal> {
+        self.lock().as_ref().map(|(refusal, _)| refusal.clone())
+    }
+
+    /// The connection works again: a later refusal is news.
+    pub fn clear(&self) {
+        if self.refused.swap(false, Ordering::AcqRel) {
+            *self.lock() = None;
         }
     }
 
-    /// librdkafka's log line of a refusal already reported: a debug line, not another error at each
-    /// reconnect.
-    fn is_reported(&self, message: &str) -> bool {
-        self.last().is_some() && (is_tls_refusal(message) || message.contains("SASL"))
-    }
-
-    pub fn last(&self) -> Option<Refusal> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Refusal, Instant)>> {
         self.last
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
     }
 
     fn scrub(&self, text: &str) -> String {
@@ -134,10 +241,30 @@ impl Refusals {
             text.replace(secret.as_str(), "***")
         })
     }
-}
 
-fn is_tls_refusal(text: &str) -> bool {
-    text.contains("SSL handshake failed") || text.contains("certificate verify failed")
+    /// librdkafka's log callback: its levels as tracing's; its line of each failed connection attempt
+    /// that the error callback reports as a refusal, a debug line.
+    pub fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        use RDKafkaLogLevel::*;
+        let message = self.scrub(message);
+        let refusal = facility == "FAIL" && classify(None, &message, &self.login).is_some();
+        match level {
+            _ if refusal => tracing::debug!(target: "librdkafka", "{facility} {message}"),
+            Emerg | Alert | Critical | Error => {
+                tracing::error!(target: "librdkafka", "{facility} {message}")
+            }
+            Warning => tracing::warn!(target: "librdkafka", "{facility} {message}"),
+            Notice | Info => tracing::info!(target: "librdkafka", "{facility} {message}"),
+            Debug => tracing::debug!(target: "librdkafka", "{facility} {message}"),
+        }
+    }
+
+    /// librdkafka's error callback: refusals recorded, other errors logged.
+    pub fn error(&self, error: KafkaError, reason: &str) {
+        if !self.observe(&error, reason) {
+            tracing::error!("librdkafka: {error}: {}", self.scrub(reason));
+        }
+    }
 }
 
 /// `sasl_ssl://host:9092/bootstrap: SASL authentication error: … (after 13ms in state AUTH_REQ)` → the middle.
@@ -156,104 +283,6 @@ fn detail_of(reason: &str) -> String {
     without_timing.trim().to_owned()
 }
 
-/// The admin client's context: its refusals go to the same place as the producer's.
-pub struct ConnectionContext {
-    pub refusals: std::sync::Arc<Refusals>,
-}
-
-impl ClientContext for ConnectionContext {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        self.refusals.log(level, facility, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.refusals.error(error, reason);
-    }
-}
-
-impl Refusals {
-    /// librdkafka's log callback: its levels as tracing's, refusals already reported as debug lines.
-    pub fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        use RDKafkaLogLevel::*;
-        match level {
-            _ if self.is_reported(message) => {
-                tracing::debug!(target: "librdkafka", "{facility} {message}")
-            }
-            Emerg | Alert | Critical | Error => {
-                tracing::error!(target: "librdkafka", "{facility} {message}")
-            }
-            Warning => tracing::warn!(target: "librdkafka", "{facility} {message}"),
-            Notice | Info => tracing::info!(target: "librdkafka", "{facility} {message}"),
-            Debug => tracing::debug!(target: "librdkafka", "{facility} {message}"),
-        }
-    }
-
-    /// librdkafka's error callback: refusals recorded, other errors logged.
-    pub fn error(&self, error: KafkaError, reason: &str) {
-        if !self.observe(&error, reason) {
-            tracing::error!("librdkafka: {error}: {reason}");
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn refusals() -> Refusals {
-        Refusals::new(&[
-            ("security.protocol".into(), "SASL_SSL".into()),
-            ("sasl.mechanisms".into(), "SCRAM-SHA-512".into()),
-            ("sasl.username".into(), "alice".into()),
-            ("sasl.password".into(), "hunter2".into()),
-        ])
-    }
-
-    #[test]
-    fn a_sasl_refusal_names_the_mechanism_and_user_without_the_broker_prefix_or_timing() {
-        let refusals = refusals();
-        let error = KafkaError::Global(RDKafkaErrorCode::Authentication);
-        assert!(refusals.observe(
-            &error,
-            "sasl_ssl://127.0.0.1:9093/bootstrap: SASL authentication error: SASL SCRAM authentication failed: broker responded with invalid-proof (after 13ms in state AUTH_REQ)"
-        ));
-        let refusal = refusals.last().unwrap();
-        assert_eq!(
-            refusal.to_string(),
-            "SASL SCRAM-SHA-512 authentication as user `alice`: SASL authentication error: SASL SCRAM authentication failed: broker responded with invalid-proof"
-        );
-        assert!(refusal.fix().contains("sasl.password"));
-    }
-
-    #[test]
-    fn a_tls_refusal_points_at_the_ca_and_other_errors_are_not_refusals() {
-        let refusals = refusals();
-        assert!(!refusals.observe(
-            &KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
-            "127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused"
-        ));
-        assert_eq!(refusals.last(), None);
-        assert!(refusals.observe(
-            &KafkaError::Global(RDKafkaErrorCode::SSL),
-            "ssl://127.0.0.1:9093/bootstrap: SSL handshake failed: certificate verify failed (after 4ms in state SSL_HANDSHAKE)"
-        ));
-        let refusal = refusals.last().unwrap();
-        assert_eq!(
-            refusal.to_string(),
-            "TLS: SSL handshake failed: certificate verify failed"
-        );
-        assert!(refusal.fix().contains("ssl.ca.location"));
-    }
-
-    #[test]
-    fn a_secret_quoted_by_librdkafka_is_scrubbed() {
-        let refusals = refusals();
-        refusals.observe(
-            &KafkaError::Global(RDKafkaErrorCode::Authentication),
-            "SASL authentication error: bad password hunter2",
-        );
-        let shown = refusals.last().unwrap().to_string();
-        assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(shown.ends_with("bad password ***"), "{shown}");
-    }
-}
+#[path = "refusal_tests.rs"]
+mod tests;
