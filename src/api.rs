@@ -16,6 +16,7 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
@@ -51,14 +52,8 @@ pub async fn serve(address: &str, metrics: Arc<Metrics>) -> Result<SocketAddr, A
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    let connection = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(HEAD_TIMEOUT)
-                        .max_buf_size(HEAD_MAX_BYTES)
-                        .keep_alive(false)
-                        .serve_connection(TokioIo::new(stream), service.clone());
                     // A client that hung up or sent garbage concerns nobody.
-                    tokio::spawn(connection);
+                    tokio::spawn(connection(stream, service.clone()));
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "api: accept failed");
@@ -68,6 +63,31 @@ pub async fn serve(address: &str, metrics: Arc<Metrics>) -> Result<SocketAddr, A
         }
     });
     Ok(bound)
+}
+
+/// Serves one connection on `stream` as `serve` serves each one it accepts, until it closes: for serving
+/// requests without a socket (the fuzz target in `fuzz/`).
+pub async fn serve_stream<S>(stream: S, metrics: Arc<Metrics>) -> Result<(), hyper::Error>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    connection(stream, TowerToHyperService::new(router(metrics))).await
+}
+
+/// One connection: one request, with bounds on its head's time and size.
+fn connection<S>(
+    stream: S,
+    service: TowerToHyperService<Router>,
+) -> http1::Connection<TokioIo<S>, TowerToHyperService<Router>>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(HEAD_MAX_BYTES)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service)
 }
 
 fn router(metrics: Arc<Metrics>) -> Router {
