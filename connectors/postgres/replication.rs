@@ -21,6 +21,10 @@ use sluice_core::event::Lsn;
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
+/// The longest message length a server sends: PostgreSQL builds each message in memory of at most 1 GiB
+/// (MaxAllocSize). A longer one is a corrupt stream, and reading it would first reserve up to 4 GiB.
+const MAX_MESSAGE_LEN: u32 = 1 << 30;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationError {
     #[error("cannot connect to PostgreSQL at {address}: {source}")]
@@ -473,6 +477,11 @@ impl ReplicationConnection {
                     self.read_buf[3],
                     self.read_buf[4],
                 ]);
+                if len > MAX_MESSAGE_LEN {
+                    return Err(protocol(format!(
+                        "a CopyBothResponse of {len} bytes, longer than a server sends"
+                    )));
+                }
                 let total = len as usize + 1;
                 if self.read_buf.len() >= total {
                     self.read_buf.advance(total);
@@ -494,7 +503,7 @@ impl ReplicationConnection {
 
     async fn next_message(&mut self) -> Result<backend::Message, ReplicationError> {
         loop {
-            if let Some(message) = backend::Message::parse(&mut self.read_buf)? {
+            if let Some(message) = parse_message(&mut self.read_buf)? {
                 return Ok(message);
             }
             self.read_more().await?;
@@ -649,7 +658,7 @@ async fn start_tls(
 /// whole message. Notices and parameter changes are taken out and passed over. Pure (the reader's I/O is
 /// around it), so that the fuzz target in `fuzz/` reaches it.
 pub fn parse_frame(buf: &mut BytesMut) -> Result<Option<Frame>, ReplicationError> {
-    while let Some(message) = backend::Message::parse(buf)? {
+    while let Some(message) = parse_message(buf)? {
         match message {
             backend::Message::CopyData(body) => {
                 return parse_copy_data(body.into_bytes()).map(Some)
@@ -666,6 +675,20 @@ pub fn parse_frame(buf: &mut BytesMut) -> Result<Option<Frame>, ReplicationError
         }
     }
     Ok(None)
+}
+
+/// The next whole backend message in `buf`, taking it out; None until it is all there. A length beyond
+/// what a server sends is an error before anything is reserved for it.
+fn parse_message(buf: &mut BytesMut) -> Result<Option<backend::Message>, ReplicationError> {
+    if let [_, a, b, c, d, ..] = buf[..] {
+        let len = u32::from_be_bytes([a, b, c, d]);
+        if len > MAX_MESSAGE_LEN {
+            return Err(protocol(format!(
+                "a message of {len} bytes, longer than a server sends (1 GiB at most)"
+            )));
+        }
+    }
+    Ok(backend::Message::parse(buf)?)
 }
 
 fn parse_copy_data(mut data: Bytes) -> Result<Frame, ReplicationError> {
@@ -804,6 +827,19 @@ mod tests {
         ));
         assert!(parse_frame(&mut buf).unwrap().is_none());
         assert_eq!(&buf[..], b"d\0");
+    }
+
+    #[test]
+    fn a_length_beyond_what_a_server_sends_is_an_error() {
+        // Found by the replication_stream fuzz target (fuzz/): the server's length was reserved before
+        // the message was read, 3 GiB here.
+        let mut buf = BytesMut::from(&[b'd', 0xC8, 0, 0, 0x36, b'w', 0, 0][..]);
+        let err = parse_frame(&mut buf).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "replication protocol error: a message of 3355443254 bytes, longer than a server sends (1 GiB at most)"
+        );
+        assert!(buf.capacity() < 1024);
     }
 
     #[test]
