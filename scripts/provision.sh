@@ -7,14 +7,17 @@
 #     storage lacks)
 #   - the rustfmt and clippy components of the Rust toolchain (scripts/test.sh checks formatting and lints)
 #   - tansu 0.6.0, a Kafka-protocol broker, built once into a cache outside the repository
+#   - cargo-fuzz 0.13.2, for the fuzz targets in fuzz/ (fuzz/run.sh), installed into the same cache
 #   - a Python venv with Confluent's client and Avro deserializer (tests/python/requirements.txt)
 #
-# Environment: SLUICE_CACHE_DIR (default ~/.cache/sluice) is where tansu and the venv are installed.
+# Environment: SLUICE_CACHE_DIR (default ~/.cache/sluice) is where tansu, cargo-fuzz and the venv are installed.
 set -euo pipefail
 
 cache_dir="${SLUICE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice}"
 tansu_version="0.6.0"
 tansu_root="$cache_dir/tansu-$tansu_version"
+cargo_fuzz_version="0.13.2"
+cargo_fuzz_root="$cache_dir/cargo-fuzz-$cargo_fuzz_version"
 
 log() { printf '[provision] %s\n' "$*" >&2; }
 
@@ -72,6 +75,19 @@ else
     --no-default-features --features libsql --root "$tansu_root.partial"
   rm -rf "$tansu_root" && mv "$tansu_root.partial" "$tansu_root"
   rm -rf "$cache_dir/tansu-build"
+fi
+
+# cargo-fuzz drives the fuzz targets (fuzz/run.sh, which scripts/test.sh runs briefly). The stable toolchain
+# serves: fuzz/run.sh sets RUSTC_BOOTSTRAP=1 for libFuzzer's -Z flags. About 2 minutes, once per machine.
+if [ -x "$cargo_fuzz_root/bin/cargo-fuzz" ]; then
+  log "cargo-fuzz $cargo_fuzz_version present at $cargo_fuzz_root/bin/cargo-fuzz"
+else
+  log "building cargo-fuzz $cargo_fuzz_version into $cargo_fuzz_root"
+  mkdir -p "$cache_dir"
+  CARGO_TARGET_DIR="$cache_dir/cargo-fuzz-build" cargo install "cargo-fuzz@$cargo_fuzz_version" --locked \
+    --root "$cargo_fuzz_root.partial"
+  rm -rf "$cargo_fuzz_root" && mv "$cargo_fuzz_root.partial" "$cargo_fuzz_root"
+  rm -rf "$cache_dir/cargo-fuzz-build"
 fi
 
 # Python with Confluent's client and Avro deserializer, for the tests that read sluice's topics the way a

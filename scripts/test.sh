@@ -15,3 +15,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # Two cores: two test threads keep the end-to-end tests (each with its own PostgreSQL and broker) from
 # starving one another.
 cargo test --workspace --locked -- --test-threads="${SLUICE_TEST_THREADS:-2}" "$@"
+
+# The fuzz targets (fuzz/) still build and each still passes its committed corpus: a few seconds per target,
+# so that a decoder change that breaks a target or brings back a fixed crash fails here (fuzz/README.md).
+bash fuzz/run.sh check

@@ -3,8 +3,9 @@
 //! on how long a client may take to send its request. One GET per connection, answered and closed, which
 //! is all a scraper or a probe sends.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -16,8 +17,8 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
@@ -28,10 +29,12 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 const HEAD_MAX_BYTES: usize = 8 * 1024;
 /// How long a connection may last in all, for a client that sends its request but never reads the answer.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once. Past it new ones are closed at once rather than queued, so that a flood
-/// neither piles up behind the head timeout nor takes the file descriptors the pipeline's own
-/// connections need.
+/// Connections served at once, in all and from one client address. Past either, new ones are closed at
+/// once rather than queued, so that a flood neither piles up behind the head timeout nor takes the file
+/// descriptors the pipeline's own connections need, and one client cannot hold every slot while the
+/// kubelet's and the scraper's probes come from other addresses.
 const MAX_CONNECTIONS: usize = 256;
+const MAX_PER_PEER: usize = 64;
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
@@ -55,31 +58,26 @@ pub async fn serve(address: &str, metrics: Arc<Metrics>) -> Result<SocketAddr, A
         source,
     })?;
     let service = TowerToHyperService::new(router(metrics));
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let admission = Arc::new(Admission::default());
     tokio::spawn(async move {
         let mut last_refusal_logged: Option<Instant> = None;
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
-                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    let Some(ticket) = admission.admit(peer.ip()) else {
                         if last_refusal_logged
                             .is_none_or(|at| at.elapsed() > Duration::from_secs(60))
                         {
-                            tracing::warn!(%peer, "api: {MAX_CONNECTIONS} connections open, closing new ones until some end");
+                            tracing::warn!(%peer, "api: too many connections open ({MAX_CONNECTIONS} in all, {MAX_PER_PEER} from one address), closing new ones until some end");
                             last_refusal_logged = Some(Instant::now());
                         }
                         continue;
                     };
-                    let connection = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(HEAD_TIMEOUT)
-                        .max_buf_size(HEAD_MAX_BYTES)
-                        .keep_alive(false)
-                        .serve_connection(TokioIo::new(stream), service.clone());
+                    let connection = connection(stream, service.clone());
                     // A client that hung up, sent garbage or stalled concerns nobody.
                     tokio::spawn(async move {
                         let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
-                        drop(slot);
+                        drop(ticket);
                     });
                 }
                 Err(err) => {
@@ -90,6 +88,82 @@ pub async fn serve(address: &str, metrics: Arc<Metrics>) -> Result<SocketAddr, A
         }
     });
     Ok(bound)
+}
+
+/// Counts the connections open, in all and by client address.
+#[derive(Default)]
+struct Admission {
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// An admitted connection; dropping it makes room for another.
+struct Ticket {
+    admission: Arc<Admission>,
+    peer: IpAddr,
+}
+
+impl Admission {
+    /// Room for one more connection from `peer`, or None.
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Ticket> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (all, by_peer) = &mut *open;
+        let from_peer = by_peer.entry(peer).or_default();
+        if *all >= MAX_CONNECTIONS || *from_peer >= MAX_PER_PEER {
+            return None;
+        }
+        *all += 1;
+        *from_peer += 1;
+        Some(Ticket {
+            admission: self.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut open = self
+            .admission
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (all, by_peer) = &mut *open;
+        *all -= 1;
+        if let Some(count) = by_peer.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                by_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Serves one connection on `stream` as `serve` serves each one it accepts, until it closes: for serving
+/// requests without a socket (the fuzz target in `fuzz/`).
+pub async fn serve_stream<S>(stream: S, metrics: Arc<Metrics>) -> Result<(), hyper::Error>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    connection(stream, TowerToHyperService::new(router(metrics))).await
+}
+
+/// One connection: one request, with bounds on its head's time and size.
+fn connection<S>(
+    stream: S,
+    service: TowerToHyperService<Router>,
+) -> http1::Connection<TokioIo<S>, TowerToHyperService<Router>>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(HEAD_MAX_BYTES)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service)
 }
 
 fn router(metrics: Arc<Metrics>) -> Router {

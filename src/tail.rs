@@ -105,7 +105,8 @@ impl SchemaLookup {
 /// Decodes message bodies, caching schemas by registry id and by fingerprint.
 pub struct MessageDecoder {
     registry: Option<RegistryClient>,
-    lookup: SchemaLookup,
+    /// None: only the schemas it was made with (`with_schemas`).
+    lookup: Option<SchemaLookup>,
     by_id: HashMap<u32, Arc<ParsedSchema>>,
     by_fingerprint: HashMap<Fingerprint, Arc<ParsedSchema>>,
     /// Schema texts read from the schemas topic, parsed on first use.
@@ -159,10 +160,22 @@ impl MessageDecoder {
     pub fn new(registry: Option<RegistryClient>, lookup: SchemaLookup) -> MessageDecoder {
         MessageDecoder {
             registry,
-            lookup,
+            lookup: Some(lookup),
             by_id: HashMap::new(),
             by_fingerprint: HashMap::new(),
             texts: HashMap::new(),
+        }
+    }
+
+    /// A decoder that knows only `texts` (schema texts by fingerprint) and no registry: it reads no topic,
+    /// for decoding without a broker (the fuzz target in `fuzz/`).
+    pub fn with_schemas(texts: HashMap<Fingerprint, String>) -> MessageDecoder {
+        MessageDecoder {
+            registry: None,
+            lookup: None,
+            by_id: HashMap::new(),
+            by_fingerprint: HashMap::new(),
+            texts,
         }
     }
 
@@ -208,9 +221,9 @@ impl MessageDecoder {
         if let Some(parsed) = self.by_fingerprint.get(&fingerprint) {
             return Ok(parsed.clone());
         }
-        if !self.texts.contains_key(&fingerprint) {
+        if let (false, Some(lookup)) = (self.texts.contains_key(&fingerprint), &self.lookup) {
             // A schema published since the last look (with --follow, or a new table version).
-            self.texts = self.lookup.load();
+            self.texts = lookup.load();
         }
         let text = self
             .texts

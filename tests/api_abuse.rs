@@ -1,7 +1,9 @@
-//! The HTTP endpoint under abuse, next to a running pipeline: clients that send their request head a
-//! byte at a time, that never send anything, that send megabytes of headers, that never read the answer,
-//! and a flood of connections past the endpoint's limit. Probes are answered within a bound throughout
-//! (or, past the limit, again once the flood's connections time out), and the pipeline keeps publishing.
+//! The HTTP endpoint under abuse, next to a running pipeline: from one address, clients that send their
+//! request head a line at a time, that never send anything, that send megabytes of headers, that never
+//! read the answer — more than the endpoint serves from one address; then a flood from ten addresses past
+//! its limit in all. Probes (from 127.0.0.1, the abusers from other loopback addresses) are answered
+//! within a bound throughout the first, and again once the flood's connections time out; the pipeline
+//! keeps publishing.
 
 mod common;
 
@@ -9,13 +11,15 @@ use std::time::{Duration, Instant};
 
 use common::{http_get, Daemon, Services};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
 /// How long a probe may take while abusive clients hold connections below the limit.
 const PROBE_BOUND: Duration = Duration::from_secs(2);
 /// sluice's bound on a request head's arrival (api.rs), plus slack for a loaded machine.
 const HEAD_TIMEOUT_AND_SLACK: Duration = Duration::from_secs(8);
+/// The abusive clients' address in the first part: 127.0.0.2.
+const ABUSER: u8 = 2;
 
 /// GETs `path` `times` times; each must answer 200 within `bound`.
 async fn probes_answer(address: &str, path: &str, times: usize, bound: Duration) {
@@ -33,16 +37,28 @@ async fn probes_answer(address: &str, path: &str, times: usize, bound: Duration)
     }
 }
 
+/// A connection to `address` from the loopback address `127.0.0.<host>`.
+async fn connect_from(host: u8, address: &str) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(([127, 0, 0, host], 0).into())?;
+    socket.connect(address.parse().expect("an address")).await
+}
+
 /// Sends the start of a request, then one header line a second, for ever; ends when the server closes.
 /// Returns how long the server let it go on.
 fn slow_client(address: String) -> JoinHandle<Duration> {
     tokio::spawn(async move {
         let started = Instant::now();
-        let mut stream = TcpStream::connect(&address).await.unwrap();
-        stream
+        let Ok(mut stream) = connect_from(ABUSER, &address).await else {
+            return started.elapsed();
+        };
+        if stream
             .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
             .await
-            .unwrap();
+            .is_err()
+        {
+            return started.elapsed();
+        }
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             if stream.write_all(b"X-Slow: a\r\n").await.is_err() {
@@ -63,7 +79,9 @@ fn slow_client(address: String) -> JoinHandle<Duration> {
 
 /// Megabytes of headers: refused (431) or cut off, never read whole.
 async fn huge_headers(address: &str) -> String {
-    let mut stream = TcpStream::connect(address).await.unwrap();
+    let Ok(mut stream) = connect_from(ABUSER, address).await else {
+        return String::new();
+    };
     let mut request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n".to_vec();
     for i in 0..20_000 {
         request.extend_from_slice(format!("X-Pad-{i}: {}\r\n", "a".repeat(100)).as_bytes());
@@ -88,19 +106,20 @@ async fn the_endpoint_answers_probes_and_the_pipeline_runs_under_abuse() {
     services.wait_streaming(&mut daemon).await;
     let address = daemon.api_address();
 
-    // Below the limit: 100 slow clients, 100 silent ones, 10 that never read their answer.
+    // From one address, more than the endpoint serves from one: 100 slow clients, 100 silent ones,
+    // 10 that never read their answer, 10 with megabytes of headers.
     let slow: Vec<JoinHandle<Duration>> = (0..100).map(|_| slow_client(address.clone())).collect();
     let mut held = Vec::new();
     for _ in 0..100 {
-        held.push(TcpStream::connect(&address).await.unwrap());
+        held.extend(connect_from(ABUSER, &address).await);
     }
     for _ in 0..10 {
-        let mut stream = TcpStream::connect(&address).await.unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        held.push(stream);
+        if let Ok(mut stream) = connect_from(ABUSER, &address).await {
+            let _ = stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await;
+            held.push(stream);
+        }
     }
     let mut huge = Vec::new();
     for _ in 0..10 {
@@ -136,13 +155,13 @@ async fn the_endpoint_answers_probes_and_the_pipeline_runs_under_abuse() {
     }
     drop(held);
 
-    // Past the limit: 400 silent connections. The endpoint closes those beyond it at once; the
-    // pipeline goes on; probes are answered again once the held ones time out.
+    // Past the limit in all: 40 silent connections from each of ten addresses. The endpoint closes those
+    // beyond it at once; the pipeline goes on; probes are answered again once the held ones time out.
     let flood_started = Instant::now();
     let mut flood = Vec::new();
-    for _ in 0..400 {
-        if let Ok(stream) = TcpStream::connect(&address).await {
-            flood.push(stream);
+    for host in 10..20 {
+        for _ in 0..40 {
+            flood.extend(connect_from(host, &address).await);
         }
     }
     services

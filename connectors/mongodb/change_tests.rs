@@ -8,7 +8,13 @@ use mongodb::bson::{
 };
 
 use super::*;
-use crate::malformed_fixtures::{assert_errors, set, Damage};
+use crate::malformed_fixtures::{assert_errors, fuzz_seed, set, Damage};
+
+/// `change::convert`, keeping each event as a seed of the `mongo_change` fuzz target.
+fn convert(event: &Document, replica_set: Option<&Arc<str>>) -> Result<Converted, ConversionError> {
+    fuzz_seed("mongo_change", event);
+    super::convert(event, replica_set)
+}
 
 fn token(n: u8) -> Document {
     doc! { "_data": format!("8264F0A1B2000000{n:02X}2B022C0100296E5A1004") }

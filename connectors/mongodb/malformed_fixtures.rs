@@ -40,3 +40,23 @@ pub(super) fn assert_errors(
         );
     }
 }
+
+/// With `SLUICE_FUZZ_SEEDS` set to a directory, writes `document` as BSON into its folder `target`: every
+/// event and entry the conversion tests read becomes a seed of the fuzz targets (fuzz/README.md). Files
+/// are named by their content, so a rerun adds nothing.
+pub(super) fn fuzz_seed(target: &str, document: &Document) {
+    use std::hash::{Hash, Hasher};
+
+    let Some(dir) = std::env::var_os("SLUICE_FUZZ_SEEDS") else {
+        return;
+    };
+    let mut bytes = Vec::new();
+    document
+        .to_writer(&mut bytes)
+        .expect("a document serialises");
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    let dir = std::path::Path::new(&dir).join(target);
+    std::fs::create_dir_all(&dir).expect("the seed folder");
+    std::fs::write(dir.join(format!("test-{:016x}", hasher.finish())), bytes).expect("a seed");
+}

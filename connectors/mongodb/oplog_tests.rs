@@ -10,7 +10,22 @@ use mongodb::bson::{
 };
 
 use super::*;
-use crate::malformed_fixtures::{assert_errors, set, Damage};
+use crate::malformed_fixtures::{assert_errors, fuzz_seed, set, Damage};
+
+/// `oplog::convert_entry`, keeping each entry as a seed of the `mongo_oplog` fuzz target.
+fn convert_entry(
+    entry: &Document,
+    replica_set: Option<&Arc<str>>,
+) -> Result<OplogConverted, ConversionError> {
+    fuzz_seed("mongo_oplog", entry);
+    super::convert_entry(entry, replica_set)
+}
+
+/// `oplog::update_fields`, keeping an update entry with this `o` as a seed of the `mongo_oplog` target.
+fn update_fields(o: &Document) -> Result<Option<UpdateDescription>, ConversionError> {
+    fuzz_seed("mongo_oplog", &update(o.clone()));
+    super::update_fields(o)
+}
 
 const OID: &str = r#"{"$oid":"64f0a1b2c3d4e5f601020304"}"#;
 const SESSION: &str = "00010203-0405-0607-0809-0a0b0c0d0e0f";

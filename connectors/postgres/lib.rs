@@ -24,6 +24,9 @@ pub mod connection;
 pub mod decoder;
 mod describe;
 mod error;
+// The fuzz targets' way in (fuzz/); not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 mod incremental;
 pub mod overlap;
 pub mod pgoutput;

@@ -722,3 +722,65 @@ fn mutated_messages_never_panic() {
         "{decoded} of 20000 mutated messages decoded"
     );
 }
+
+/// Writes the valid messages above into the seed corpora of the fuzz targets (fuzz/README.md): each
+/// message alone for `pgoutput`, and for `replication_stream` a transaction as the server streams it,
+/// CopyData frames of XLogData with a keepalive after the commit.
+/// `SLUICE_FUZZ_SEEDS=fuzz/corpus cargo test -p sluice-postgres write_fuzz_seeds -- --ignored`
+#[test]
+#[ignore = "writes files; run to refresh the fuzz corpora"]
+fn write_fuzz_seeds() {
+    let Some(dir) = std::env::var_os("SLUICE_FUZZ_SEEDS") else {
+        panic!("set SLUICE_FUZZ_SEEDS to the corpus folder");
+    };
+    let write = |target: &str, name: &str, bytes: &[u8]| {
+        let dir = std::path::Path::new(&dir).join(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    };
+    let messages = all_valid();
+    for (i, message) in messages.iter().enumerate() {
+        write(
+            "pgoutput",
+            &format!("test-{i:02}-{}", message[0] as char),
+            message,
+        );
+    }
+    // CopyData ('d', length) holding XLogData ('w', start, end, send time, the message).
+    let frame = |inner: &[u8]| {
+        let mut framed = vec![b'd'];
+        framed.extend_from_slice(&len32(inner).saturating_add(4).to_be_bytes());
+        framed.extend_from_slice(inner);
+        framed
+    };
+    let xlog = |lsn: u64, message: &[u8]| {
+        let mut inner = vec![b'w'];
+        inner.extend_from_slice(&lsn.to_be_bytes());
+        inner.extend_from_slice(&lsn.to_be_bytes());
+        inner.extend_from_slice(&0i64.to_be_bytes());
+        inner.extend_from_slice(message);
+        frame(&inner)
+    };
+    let mut keepalive = vec![b'k'];
+    keepalive.extend_from_slice(&0x300u64.to_be_bytes());
+    keepalive.extend_from_slice(&0i64.to_be_bytes());
+    keepalive.push(1);
+    let transaction = [
+        begin_msg(),
+        relation_msg(),
+        insert_msg(),
+        update_key_msg(),
+        update_full_msg(),
+        delete_key_msg(),
+        truncate_msg(),
+        logical_msg(),
+        commit_msg(),
+    ];
+    let mut stream = Vec::new();
+    for (i, message) in transaction.iter().enumerate() {
+        stream.extend(xlog(0x100 + i as u64, message));
+    }
+    stream.extend(frame(&keepalive));
+    write("replication_stream", "test-transaction", &stream);
+    write("replication_stream", "test-keepalive", &frame(&keepalive));
+}

@@ -21,6 +21,10 @@ use sluice_core::event::Lsn;
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
+/// The longest message length a server sends: PostgreSQL builds each message in memory of at most 1 GiB
+/// (MaxAllocSize). A longer one is a corrupt stream, and reading it would first reserve up to 4 GiB.
+const MAX_MESSAGE_LEN: u32 = 1 << 30;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationError {
     #[error("cannot connect to PostgreSQL at {address}: {source}")]
@@ -430,18 +434,10 @@ impl ReplicationConnection {
     /// The next frame of the replication stream. Cancel-safe: bytes read before a cancellation stay buffered.
     pub async fn next_frame(&mut self) -> Result<Frame, ReplicationError> {
         loop {
-            match self.next_message().await? {
-                backend::Message::CopyData(body) => return parse_copy_data(body.into_bytes()),
-                backend::Message::CopyDone => return Ok(Frame::CopyDone),
-                backend::Message::ErrorResponse(body) => {
-                    return Err(ServerError::from_body(&body).into())
-                }
-                backend::Message::NoticeResponse(_) | backend::Message::ParameterStatus(_) => {}
-                // A walsender told to shut down (a server stop or restart) sends what it has, then ends
-                // the COPY with CommandComplete and closes: the same as a lost connection.
-                backend::Message::CommandComplete(_) => return Err(ReplicationError::Closed),
-                _ => return Err(protocol("unexpected message in the replication stream")),
+            if let Some(frame) = parse_frame(&mut self.read_buf)? {
+                return Ok(frame);
             }
+            self.read_more().await?;
         }
     }
 
@@ -481,6 +477,11 @@ impl ReplicationConnection {
                     self.read_buf[3],
                     self.read_buf[4],
                 ]);
+                if len > MAX_MESSAGE_LEN {
+                    return Err(protocol(format!(
+                        "a CopyBothResponse of {len} bytes, longer than a server sends"
+                    )));
+                }
                 let total = len as usize + 1;
                 if self.read_buf.len() >= total {
                     self.read_buf.advance(total);
@@ -502,23 +503,29 @@ impl ReplicationConnection {
 
     async fn next_message(&mut self) -> Result<backend::Message, ReplicationError> {
         loop {
-            if let Some(message) = backend::Message::parse(&mut self.read_buf)? {
+            if let Some(message) = parse_message(&mut self.read_buf)? {
                 return Ok(message);
             }
-            // Grow for large messages (a wide row) instead of reading in tiny steps.
-            if let Ok(Some(header)) = backend::Header::parse(&self.read_buf) {
-                let wanted = header.len() as usize + 1;
-                if wanted > self.read_buf.capacity() {
-                    self.read_buf.reserve(wanted - self.read_buf.len());
-                }
-            }
-            if self.read_buf.capacity() - self.read_buf.len() < 8 * 1024 {
-                self.read_buf.reserve(64 * 1024);
-            }
-            if self.stream.read_buf(&mut self.read_buf).await? == 0 {
-                return Err(ReplicationError::Closed);
+            self.read_more().await?;
+        }
+    }
+
+    /// Reads what the server sent next into the buffer; an error when the connection closed.
+    async fn read_more(&mut self) -> Result<(), ReplicationError> {
+        // Grow for large messages (a wide row) instead of reading in tiny steps.
+        if let Ok(Some(header)) = backend::Header::parse(&self.read_buf) {
+            let wanted = header.len() as usize + 1;
+            if wanted > self.read_buf.capacity() {
+                self.read_buf.reserve(wanted - self.read_buf.len());
             }
         }
+        if self.read_buf.capacity() - self.read_buf.len() < 8 * 1024 {
+            self.read_buf.reserve(64 * 1024);
+        }
+        if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+            return Err(ReplicationError::Closed);
+        }
+        Ok(())
     }
 }
 
@@ -647,6 +654,43 @@ async fn start_tls(
     Ok(Box::new(stream))
 }
 
+/// The next frame of the replication stream in `buf`, taking its bytes out of it: None until `buf` holds a
+/// whole message. Notices and parameter changes are taken out and passed over. Pure (the reader's I/O is
+/// around it), so that the fuzz target in `fuzz/` reaches it.
+pub fn parse_frame(buf: &mut BytesMut) -> Result<Option<Frame>, ReplicationError> {
+    while let Some(message) = parse_message(buf)? {
+        match message {
+            backend::Message::CopyData(body) => {
+                return parse_copy_data(body.into_bytes()).map(Some)
+            }
+            backend::Message::CopyDone => return Ok(Some(Frame::CopyDone)),
+            backend::Message::ErrorResponse(body) => {
+                return Err(ServerError::from_body(&body).into())
+            }
+            backend::Message::NoticeResponse(_) | backend::Message::ParameterStatus(_) => {}
+            // A walsender told to shut down (a server stop or restart) sends what it has, then ends
+            // the COPY with CommandComplete and closes: the same as a lost connection.
+            backend::Message::CommandComplete(_) => return Err(ReplicationError::Closed),
+            _ => return Err(protocol("unexpected message in the replication stream")),
+        }
+    }
+    Ok(None)
+}
+
+/// The next whole backend message in `buf`, taking it out; None until it is all there. A length beyond
+/// what a server sends is an error before anything is reserved for it.
+fn parse_message(buf: &mut BytesMut) -> Result<Option<backend::Message>, ReplicationError> {
+    if let [_, a, b, c, d, ..] = buf[..] {
+        let len = u32::from_be_bytes([a, b, c, d]);
+        if len > MAX_MESSAGE_LEN {
+            return Err(protocol(format!(
+                "a message of {len} bytes, longer than a server sends (1 GiB at most)"
+            )));
+        }
+    }
+    Ok(backend::Message::parse(buf)?)
+}
+
 fn parse_copy_data(mut data: Bytes) -> Result<Frame, ReplicationError> {
     if data.is_empty() {
         return Err(protocol("empty CopyData message"));
@@ -759,6 +803,43 @@ mod tests {
         assert!(parse_copy_data(Bytes::from_static(b"k\0\0")).is_err());
         assert!(parse_copy_data(Bytes::from_static(b"x")).is_err());
         assert!(parse_copy_data(Bytes::new()).is_err());
+    }
+
+    #[test]
+    fn frames_are_taken_out_whole_and_notices_passed_over() {
+        let mut buf = BytesMut::new();
+        // A ParameterStatus, CopyData with a keepalive, CopyDone, then half a message.
+        buf.extend_from_slice(b"S\0\0\0\x08a\0b\0");
+        buf.extend_from_slice(b"d\0\0\0\x16k");
+        buf.extend_from_slice(&[0; 16]);
+        buf.extend_from_slice(&[1]);
+        buf.extend_from_slice(b"c\0\0\0\x04d\0");
+        assert!(matches!(
+            parse_frame(&mut buf).unwrap(),
+            Some(Frame::Keepalive {
+                reply_requested: true,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_frame(&mut buf).unwrap(),
+            Some(Frame::CopyDone)
+        ));
+        assert!(parse_frame(&mut buf).unwrap().is_none());
+        assert_eq!(&buf[..], b"d\0");
+    }
+
+    #[test]
+    fn a_length_beyond_what_a_server_sends_is_an_error() {
+        // Found by the replication_stream fuzz target (fuzz/): the server's length was reserved before
+        // the message was read, 3 GiB here.
+        let mut buf = BytesMut::from(&[b'd', 0xC8, 0, 0, 0x36, b'w', 0, 0][..]);
+        let err = parse_frame(&mut buf).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "replication protocol error: a message of 3355443254 bytes, longer than a server sends (1 GiB at most)"
+        );
+        assert!(buf.capacity() < 1024);
     }
 
     #[test]

@@ -119,7 +119,9 @@ pub fn zoned_time(text: &str) -> Option<String> {
     let (time, offset) = text.split_at(sign_at);
     let micros = time_micros(time)?;
     let offset_seconds = offset_seconds(offset)?;
-    let utc = (micros - offset_seconds * 1_000_000).rem_euclid(86_400_000_000);
+    let utc = micros
+        .checked_sub(offset_seconds * 1_000_000)?
+        .rem_euclid(86_400_000_000);
     let seconds = utc / 1_000_000;
     let fraction = utc % 1_000_000;
     let fraction = if fraction == 0 {
@@ -135,7 +137,7 @@ pub fn zoned_time(text: &str) -> Option<String> {
     ))
 }
 
-/// `HH:MM:SS[.ffffff]` in microseconds.
+/// `HH:MM:SS[.ffffff]` in microseconds; None for parts too large to count (a server prints none).
 fn time_micros(text: &str) -> Option<i64> {
     let (clock, fraction) = match text.split_once('.') {
         Some((clock, fraction)) => (clock, fraction),
@@ -148,7 +150,13 @@ fn time_micros(text: &str) -> Option<i64> {
         return None;
     }
     let fraction: i64 = format!("{fraction:0<6}").parse().ok()?;
-    Some(((hours * 60 + minutes) * 60 + seconds) * 1_000_000 + fraction)
+    hours
+        .checked_mul(60)?
+        .checked_add(minutes)?
+        .checked_mul(60)?
+        .checked_add(seconds)?
+        .checked_mul(1_000_000)?
+        .checked_add(fraction)
 }
 
 /// `±HH[:MM[:SS]]` in seconds.
@@ -224,7 +232,7 @@ fn seconds_as_jdbc(text: &str) -> Option<f64> {
         format!("{fraction:0<6}").parse().ok()?
     };
     let (whole, micros) = if negative {
-        (-whole, -micros)
+        (whole.checked_neg()?, -micros)
     } else {
         (whole, micros)
     };
@@ -363,6 +371,19 @@ mod tests {
     }
 
     #[test]
+    fn zoned_times_too_large_to_count_are_refused() {
+        // Found by the pg_text fuzz target (fuzz/): each overflowed the microseconds.
+        for bad in [
+            "105:3:2920000335598364-,20",
+            "105:3:292000033559836+00",
+            "9223372036854775807:00:00+00",
+            "00:00:9223372036855+01",
+        ] {
+            assert!(zoned_time(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
     fn intervals_become_debeziums_micro_durations() {
         // Debezium's own examples: `1 year 2 mons 3 days 04:05:06.78`, a month, a day.
         assert_eq!(
@@ -380,6 +401,8 @@ mod tests {
         for bad in ["", "1D", "P1X", "P1", "PT1D"] {
             assert!(micro_duration(bad).is_none(), "{bad}");
         }
+        // Seconds whose negation does not fit (the sign written twice).
+        assert!(micro_duration("PT--9223372036854775808S").is_none());
     }
 
     #[test]

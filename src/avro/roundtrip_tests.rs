@@ -1128,3 +1128,115 @@ fn debezium_mode_required_columns_added_later_keep_schemas_compatible() {
     )
     .expect("the new schema reads the old one's data");
 }
+
+/// Writes the schemas of the `tail` fuzz target (fuzz/schemas: a table's key and envelope, a document
+/// envelope) and, into its seed corpus, messages in both framings encoded with them (fuzz/README.md).
+/// `SLUICE_FUZZ_SEEDS=fuzz/corpus cargo test -p sluice write_fuzz_seeds -- --ignored`
+#[test]
+#[ignore = "writes files; run to refresh the fuzz corpora"]
+fn write_fuzz_seeds() {
+    use sluice_core::event::{DocumentChange, DocumentSource, UpdateDescription};
+
+    let Some(corpus) = std::env::var_os("SLUICE_FUZZ_SEEDS") else {
+        panic!("set SLUICE_FUZZ_SEEDS to the corpus folder");
+    };
+    let corpus = std::path::Path::new(&corpus).join("tail");
+    let schemas_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/schemas");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let t = table(vec![
+        column("id", ColumnType::Int64, true, "int8"),
+        column("flag", ColumnType::Boolean, false, "bool"),
+        column(
+            "amount",
+            ColumnType::Decimal {
+                precision: 12,
+                scale: 2,
+            },
+            false,
+            "numeric",
+        ),
+        column("ratio", ColumnType::VariableDecimal, false, "numeric"),
+        column("name", ColumnType::String, false, "text"),
+        column("uid", ColumnType::Uuid, false, "uuid"),
+        column("at", ColumnType::TimestampTz, false, "timestamptz"),
+        column(
+            "tags",
+            ColumnType::Array {
+                element: Box::new(ColumnType::Int32),
+                dimensions: 1,
+            },
+            false,
+            "_int4",
+        ),
+        column("attrs", ColumnType::TextMap, false, "hstore"),
+    ]);
+    let schemas = table_schemas("shop", &t).unwrap();
+    let key = schemas.key.as_ref().unwrap();
+    let row = vec![
+        Value::Int64(1),
+        Value::Bool(true),
+        numeric("-105", 1),
+        numeric("5", 2),
+        Value::String("Zoë".into()),
+        Value::Uuid("123e4567-e89b-12d3-a456-426614174000".into()),
+        Value::TimestampTz(1_700_000_000_123_456),
+        Value::Array(vec![Value::Int32(1), Value::Null]),
+        Value::TextMap(vec![("a".into(), Some("b".into())), ("c".into(), None)]),
+    ];
+    let documents = document_schemas("app", "shop", "orders");
+    let change = DocumentChange {
+        database: "shop".into(),
+        collection: "orders".into(),
+        op: Op::Update,
+        key: r#"{"$oid":"64f0a1b2c3d4e5f601020304"}"#.into(),
+        before: None,
+        after: Some(
+            r#"{"_id":{"$oid":"64f0a1b2c3d4e5f601020304"},"qty":{"$numberInt":"6"}}"#.into(),
+        ),
+        update: Some(UpdateDescription {
+            updated_fields: Some(r#"{"qty":{"$numberInt":"6"}}"#.into()),
+            removed_fields: vec!["note".into()],
+            truncated_arrays: vec![("tags".into(), 2)],
+        }),
+        source: DocumentSource {
+            replica_set: Some("rs0".into()),
+            cluster_time: (1_700_000_000, 1),
+            wall_time_ms: Some(1_700_000_000_123),
+            txn_number: Some(4),
+            lsid: Some("00010203-0405-0607-0809-0a0b0c0d0e0f".into()),
+            resume_token: Some(r#"{"_data":"82"}"#.into()),
+            snapshot: SnapshotMarker::False,
+        },
+    };
+    let mut document = Vec::new();
+    encode_document_envelope(&change, "app", 42, None, &mut document).unwrap();
+    let mut written = Vec::new();
+    for (name, schema, body) in [
+        ("table_key", key, encoded_key(&t, &row)),
+        (
+            "table_value",
+            &schemas.value,
+            encoded_envelope(&event(&t, Op::Create, None, Some(row.clone()))),
+        ),
+        ("document_value", &documents.value, document),
+    ] {
+        std::fs::write(schemas_dir.join(format!("{name}.avsc")), &schema.json).unwrap();
+        // The registry ids the target gives the schemas: their place in its list.
+        let id = written.len() as u32;
+        written.push(name);
+        for header in [
+            SchemaRef::Fingerprint(Fingerprint::of_json(&schema.json).unwrap()),
+            SchemaRef::RegistryId(id),
+        ] {
+            let mut message = Vec::new();
+            header.write_header(&mut message);
+            message.extend_from_slice(&body);
+            let framing = match header {
+                SchemaRef::Fingerprint(_) => "single-object",
+                SchemaRef::RegistryId(_) => "registry",
+            };
+            std::fs::write(corpus.join(format!("test-{name}-{framing}")), message).unwrap();
+        }
+    }
+    std::fs::write(corpus.join("test-json"), br#"{"op":"c","n":[1,2.5,null]}"#).unwrap();
+}
