@@ -34,6 +34,8 @@ fn tls(pki: &Pki) -> TlsFiles {
         cert: pki.path("broker.crt"),
         key: pki.path("broker.key"),
         ca: pki.path("ca.crt"),
+        client_ca: None,
+        client: None,
     }
 }
 
@@ -96,7 +98,13 @@ async fn publishes(services: &Services, name: &str, kafka: &[(&str, &str)]) {
 }
 
 /// `sluice run` must stop by itself, soon, saying `said` once, and without `secret` anywhere.
-fn run_refused(services: &Services, name: &str, kafka: &[(&str, &str)], said: &str, secret: &str) {
+fn run_refused(
+    services: &Services,
+    name: &str,
+    kafka: &[(&str, &str)],
+    said: &str,
+    secret: Option<&str>,
+) {
     let path = services.write_as(&with_kafka(services, kafka), name);
     let started = Instant::now();
     let mut daemon = Daemon::start(&path);
@@ -117,7 +125,9 @@ fn run_refused(services: &Services, name: &str, kafka: &[(&str, &str)], said: &s
         log.matches("librdkafka: FAIL").count() <= 1,
         "librdkafka's line of each retry is an error line:\n{log}"
     );
-    assert!(!log.contains(secret), "the password is in the log:\n{log}");
+    if let Some(secret) = secret {
+        assert!(!log.contains(secret), "the password is in the log:\n{log}");
+    }
 }
 
 #[tokio::test]
@@ -169,7 +179,7 @@ async fn publishes_over_verified_tls_and_refuses_a_certificate_from_another_auth
         "other-ca.toml",
         &wrong_ca,
         "certificate verify failed",
-        "-----BEGIN",
+        None,
     );
 
     // Plain TCP to a TLS port: no answer a client can read as a broker's.
@@ -216,8 +226,9 @@ async fn authenticates_with_scram_over_tls_and_names_a_refused_login() {
     let (ok, report) = check(&services, "alice.toml", &alice);
     assert!(ok, "{report}");
     assert!(
-        broker_line(&report)
-            .contains("is reachable, over TLS, authenticated with SASL SCRAM-SHA-512 as `alice`"),
+        broker_line(&report).contains(
+            "is reachable, over TLS, authenticated with SASL SCRAM-SHA-512 as user `alice`"
+        ),
         "{report}"
     );
     assert!(!report.contains(ALICE_PASSWORD), "{report}");
@@ -249,7 +260,7 @@ async fn authenticates_with_scram_over_tls_and_names_a_refused_login() {
         "wrong.toml",
         &wrong,
         "SASL SCRAM-SHA-512 authentication as user `alice`",
-        WRONG_PASSWORD,
+        Some(WRONG_PASSWORD),
     );
 
     // A mechanism tansu does not serve.
@@ -270,4 +281,53 @@ async fn authenticates_with_scram_over_tls_and_names_a_refused_login() {
         .read("shop.public.orders", 2, Duration::from_secs(10))
         .await;
     assert_eq!(records.len(), 2);
+}
+
+#[tokio::test]
+async fn a_client_certificate_the_broker_requires_is_presented_or_its_lack_named() {
+    let pki = pki();
+    let (cert, key) = (pki.path("client.crt"), pki.path("client.key"));
+    let services = services(&Security {
+        tls: Some(TlsFiles {
+            client_ca: Some(pki.path("ca.crt")),
+            client: Some((cert.clone(), key.clone())),
+            ..tls(&pki)
+        }),
+        scram_users: Vec::new(),
+    })
+    .await;
+    let ca = pki.path("ca.crt").display().to_string();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let without = [
+        ("security.protocol", "SSL"),
+        ("ssl.ca.location", ca.as_str()),
+    ];
+    let mut with = without.to_vec();
+    with.extend([
+        ("ssl.certificate.location", cert.as_str()),
+        ("ssl.key.location", key.as_str()),
+    ]);
+
+    let (ok, report) = check(&services, "client-cert.toml", &with);
+    assert!(ok, "{report}");
+    publishes(&services, "client-cert.toml", &with).await;
+
+    let (ok, report) = check(&services, "no-client-cert.toml", &without);
+    assert!(!ok, "{report}");
+    assert!(
+        broker_line(&report).contains("refused the connection: TLS:"),
+        "{report}"
+    );
+    assert!(
+        report.contains("requires a client certificate")
+            && report.contains("ssl.certificate.location"),
+        "the fix names the settings:\n{report}"
+    );
+    run_refused(
+        &services,
+        "no-client-cert.toml",
+        &without,
+        "requires a client certificate",
+        None,
+    );
 }

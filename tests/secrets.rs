@@ -98,6 +98,8 @@ async fn no_secret_reaches_logs_metrics_checks_dead_letters_or_positions() {
         ("sasl.mechanisms", "SCRAM-SHA-512"),
         ("sasl.username", "sluice"),
         ("sasl.password", "${SLUICE_TEST_SASL_PASSWORD}"),
+        // librdkafka's own debug lines too (shown in the JSON run, which logs at debug).
+        ("debug", "security,broker,conf"),
     ] {
         config.set_kafka(key, value);
     }
@@ -157,8 +159,9 @@ async fn no_secret_reaches_logs_metrics_checks_dead_letters_or_positions() {
     daemon.stop_cleanly();
     record("the text log", daemon.log().as_bytes());
 
-    // JSON logs, with PostgreSQL down for a while: the reader reconnects.
-    let mut daemon = Daemon::start_with(&path, &["--log-format", "json"], &SECRET_ENV);
+    // JSON logs at debug, with PostgreSQL down for a while: the reader reconnects.
+    let debug_env = [SECRET_ENV[0], SECRET_ENV[1], ("SLUICE_LOG", "debug")];
+    let mut daemon = Daemon::start_with(&path, &["--log-format", "json"], &debug_env);
     wait_slot_active(&services.pg, &mut daemon, "sluice_test").await;
     services.pg.stop().unwrap();
     record(
@@ -240,6 +243,7 @@ async fn no_secret_reaches_logs_metrics_checks_dead_letters_or_positions() {
         "refused the connection",
         "\"level\":",
         "postgres://postgres:***@",
+        "\"target\":\"librdkafka\"",
     ] {
         assert!(all.contains(expected), "no `{expected}` in the outputs");
     }

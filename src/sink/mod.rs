@@ -40,7 +40,10 @@ pub enum SinkError {
     #[error("brokers at {brokers} are unreachable: {source}")]
     Unreachable { brokers: String, source: KafkaError },
     #[error("the broker at {brokers} refused the connection: {refusal}; {}", refusal.fix())]
-    Refused { brokers: String, refusal: Refusal },
+    Refused {
+        brokers: String,
+        refusal: Box<Refusal>,
+    },
     #[error("stopped while waiting for the broker: {0}")]
     Stalled(String),
 }
@@ -381,12 +384,16 @@ impl Sink {
                 }
                 Ok(Err(source)) => {
                     return Err(match self.refusals.last() {
-                        Some(refusal) => SinkError::Refused { brokers, refusal },
+                        Some(refusal) => SinkError::Refused {
+                            brokers,
+                            refusal: Box::new(refusal),
+                        },
                         None => SinkError::Unreachable { brokers, source },
                     })
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     if let Some(refusal) = self.refusals.last().filter(|_| one_broker) {
+                        let refusal = Box::new(refusal);
                         return Err(SinkError::Refused { brokers, refusal });
                     }
                 }

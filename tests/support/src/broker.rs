@@ -98,6 +98,10 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: PathBuf,
+    /// Require a client certificate this authority signed.
+    pub client_ca: Option<PathBuf>,
+    /// The client certificate and key the harness presents to a broker that requires one.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 pub struct ScramUser {
@@ -142,6 +146,13 @@ impl Security {
         let mut properties = vec![("security.protocol".to_owned(), protocol.to_owned())];
         if let Some(tls) = &self.tls {
             properties.push(("ssl.ca.location".into(), tls.ca.display().to_string()));
+            if let Some((cert, key)) = &tls.client {
+                properties.push((
+                    "ssl.certificate.location".into(),
+                    cert.display().to_string(),
+                ));
+                properties.push(("ssl.key.location".into(), key.display().to_string()));
+            }
         }
         if let Some(user) = user {
             properties.extend([
@@ -183,7 +194,12 @@ impl Tansu {
             .tempdir()
             .context("creating a temporary directory for tansu")?;
         let front = match &security.tls {
-            Some(tls) => Some(TlsFront::start(&tls.cert, &tls.key, port)?),
+            Some(tls) => Some(TlsFront::start(
+                &tls.cert,
+                &tls.key,
+                tls.client_ca.as_deref(),
+                port,
+            )?),
             None => None,
         };
         let advertised = front.as_ref().map_or(port, TlsFront::port);
@@ -410,7 +426,7 @@ fn probe(access: &Access) -> Result<()> {
 /// Stores SCRAM credentials with `tansu user create`, through the broker on `port`.
 fn create_users(binary: &Path, port: u16, users: &[ScramUser]) -> Result<()> {
     for user in users {
-        let output = Command::new(binary)
+        let mut child = Command::new(binary)
             .args([
                 "user",
                 "create",
@@ -420,14 +436,30 @@ fn create_users(binary: &Path, port: u16, users: &[ScramUser]) -> Result<()> {
             .args(["--mechanism", user.mechanism.tansu_name()])
             .args([&user.name, &user.password])
             .env("NO_COLOR", "1")
-            .output()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
             .context("running tansu user create")?;
-        if !output.status.success() {
-            bail!(
-                "tansu user create {} failed: {}",
-                user.name,
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().context("waiting for tansu user create")? {
+                break status;
+            }
+            if started.elapsed() > START_TIMEOUT {
+                let _ = child.kill();
+                bail!(
+                    "tansu user create {} did not finish within {START_TIMEOUT:?}",
+                    user.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if !status.success() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+            }
+            bail!("tansu user create {} failed: {}", user.name, stderr.trim());
         }
     }
     Ok(())

@@ -11,6 +11,7 @@ pub mod python;
 pub mod registry;
 
 mod log_tail;
+mod tls;
 
 /// The BSON crate the MongoDB double speaks, for tests that build change events.
 pub use bson;

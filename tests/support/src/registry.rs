@@ -20,7 +20,6 @@
 mod http;
 mod routes;
 mod store;
-mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -175,15 +174,14 @@ impl RegistryOptions {
 
     /// Serves on `addr` (e.g. `127.0.0.1:8081`).
     pub fn start_on(self, addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<RegistryDouble> {
-        let acceptor = match (&self.tls, &self.client_ca) {
-            (Some((cert, key)), client_ca) => Some(TlsAcceptor::from(tls::server_config(
-                cert,
-                key,
-                client_ca.as_deref(),
-            )?)),
-            (None, Some(_)) => bail!("a client certificate can only be required over TLS"),
-            (None, None) => None,
-        };
+        let acceptor =
+            match (&self.tls, &self.client_ca) {
+                (Some((cert, key)), client_ca) => Some(TlsAcceptor::from(
+                    crate::tls::server_config(cert, key, client_ca.as_deref())?,
+                )),
+                (None, Some(_)) => bail!("a client certificate can only be required over TLS"),
+                (None, None) => None,
+            };
         let listener = std::net::TcpListener::bind(&addr)
             .with_context(|| format!("binding the registry double to {addr:?}"))?;
         let addr = listener

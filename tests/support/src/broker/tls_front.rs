@@ -4,11 +4,8 @@
 //! the certificate checks are librdkafka's own, against the certificate given here.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
@@ -20,23 +17,15 @@ pub struct TlsFront {
 }
 
 impl TlsFront {
-    /// Serves TLS with `cert` and `key` (PEM files) on a free port, forwarding to `127.0.0.1:upstream`.
-    pub fn start(cert: &Path, key: &Path, upstream: u16) -> Result<TlsFront> {
-        let certs = CertificateDer::pem_file_iter(cert)
-            .with_context(|| format!("reading {}", cert.display()))?
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("parsing {}", cert.display()))?;
-        let key = PrivateKeyDer::from_pem_file(key)
-            .with_context(|| format!("reading {}", key.display()))?;
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("the TLS front's certificate and key")?;
-        let acceptor = TlsAcceptor::from(Arc::new(config));
+    /// Serves TLS with `cert` and `key` (PEM files) on a free port, forwarding to `127.0.0.1:upstream`;
+    /// with `client_ca`, only to clients presenting a certificate it signed.
+    pub fn start(
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+        upstream: u16,
+    ) -> Result<TlsFront> {
+        let acceptor = TlsAcceptor::from(crate::tls::server_config(cert, key, client_ca)?);
         let listener =
             std::net::TcpListener::bind("127.0.0.1:0").context("binding the TLS front")?;
         listener.set_nonblocking(true)?;

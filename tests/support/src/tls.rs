@@ -1,5 +1,5 @@
-//! The double's TLS side: a rustls server configuration from PEM files, optionally demanding a client
-//! certificate signed by a given authority.
+//! The TLS side of the registry double and of the broker's TLS front: a rustls server configuration from
+//! PEM files, optionally demanding a client certificate signed by a given authority.
 
 use std::path::Path;
 use std::sync::Arc;
