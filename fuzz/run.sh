@@ -44,6 +44,8 @@ case "$mode" in
     for target in $(targets); do
       # New inputs go to a scratch folder (the first one), so the committed corpus stays as it is.
       scratch="$(mktemp -d)"
+      # A target whose corpus is not committed yet still runs, from nothing.
+      mkdir -p "corpus/$target"
       if check run "$target" "$scratch" "corpus/$target" -- -max_total_time="$seconds" \
         -timeout=10 -rss_limit_mb=2048 >"$scratch.log" 2>&1; then
         log "$target: $(grep -E '^Done [0-9]+ runs' "$scratch.log" | tail -n 1)"
